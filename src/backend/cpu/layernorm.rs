@@ -1,0 +1,80 @@
+//! LayerNorm over the last dimension, eps 1e-5, optional bias (nanoGPT's `LayerNorm(ndim, bias)`).
+
+use rayon::prelude::*;
+
+pub const EPS: f32 = 1e-5;
+
+/// Rows per partial sum of the weight gradients: a fixed split, so the order of the reduction
+/// never depends on thread scheduling.
+const ROWS_PER_PARTIAL: usize = 64;
+
+/// out(N,C) = (inp - mean) * rstd * w + b; also stores mean(N) and rstd(N) for backward.
+pub fn layernorm_forward(out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], inp: &[f32], w: &[f32], b: Option<&[f32]>) {
+    let c = w.len();
+    out.par_chunks_mut(c)
+        .zip(inp.par_chunks(c))
+        .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
+        .for_each(|((o, x), (m, r))| {
+            let mu = x.iter().sum::<f32>() / c as f32;
+            let var = x.iter().map(|&v| (v - mu) * (v - mu)).sum::<f32>() / c as f32;
+            let s = 1.0 / (var + EPS).sqrt();
+            for i in 0..c {
+                let n = (x[i] - mu) * s;
+                o[i] = n * w[i] + b.map_or(0.0, |b| b[i]);
+            }
+            *m = mu;
+            *r = s;
+        });
+}
+
+/// dinp += ...; dw += sum_rows(dout * norm); db += sum_rows(dout).
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_backward(dinp: &mut [f32], dw: &mut [f32], db: Option<&mut [f32]>, dout: &[f32], inp: &[f32], mean: &[f32], rstd: &[f32], w: &[f32]) {
+    let c = w.len();
+    let rows = ROWS_PER_PARTIAL * c;
+    // Each task handles a fixed block of rows: it writes its rows of dinp and returns its partial
+    // weight/bias gradients, which are then added in block order.
+    let partials: Vec<Vec<f32>> = dinp
+        .par_chunks_mut(rows)
+        .zip(dout.par_chunks(rows))
+        .zip(inp.par_chunks(rows))
+        .enumerate()
+        .map(|(blk, ((di, d), x))| {
+            let mut part = vec![0.0f32; 2 * c]; // [dw (C), db (C)]
+            for (r, ((di, d), x)) in di.chunks_mut(c).zip(d.chunks(c)).zip(x.chunks(c)).enumerate() {
+                let row = blk * ROWS_PER_PARTIAL + r;
+                let (mu, s) = (mean[row], rstd[row]);
+                // two reductions: mean(dnorm) and mean(dnorm * norm)
+                let mut dnorm_mean = 0.0f32;
+                let mut dnorm_norm_mean = 0.0f32;
+                for i in 0..c {
+                    let norm = (x[i] - mu) * s;
+                    let dnorm = w[i] * d[i];
+                    dnorm_mean += dnorm;
+                    dnorm_norm_mean += dnorm * norm;
+                }
+                dnorm_mean /= c as f32;
+                dnorm_norm_mean /= c as f32;
+                for i in 0..c {
+                    let norm = (x[i] - mu) * s;
+                    let dnorm = w[i] * d[i];
+                    part[i] += norm * d[i];
+                    part[c + i] += d[i];
+                    di[i] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s;
+                }
+            }
+            part
+        })
+        .collect();
+    let mut db = db;
+    for part in &partials {
+        for i in 0..c {
+            dw[i] += part[i];
+        }
+        if let Some(db) = db.as_deref_mut() {
+            for i in 0..c {
+                db[i] += part[c + i];
+            }
+        }
+    }
+}

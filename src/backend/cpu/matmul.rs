@@ -1,0 +1,110 @@
+//! Linear layers through the `gemm` crate, with every transpose folded into strides (no copies).
+//! A naive loop version is kept beside it as the algorithmic reference the tests compare with.
+
+use rayon::prelude::*;
+
+/// Columns per task when summing the bias gradient (each task sums all rows of its columns in
+/// order: deterministic).
+const BIAS_COLS: usize = 32;
+
+fn parallelism() -> gemm::Parallelism {
+    match rayon::current_num_threads() {
+        1 => gemm::Parallelism::None,
+        n => gemm::Parallelism::Rayon(n),
+    }
+}
+
+/// dst(m,n) = beta_dst * dst + lhs(m,k) @ rhs(k,n), all given by (row stride, column stride).
+#[allow(clippy::too_many_arguments)]
+fn gemm_strided(m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize, accumulate: bool, lhs: &[f32], lhs_rs: usize, lhs_cs: usize, rhs: &[f32], rhs_rs: usize, rhs_cs: usize) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    // Bounds: the last element each operand touches must lie inside its slice.
+    assert!((m - 1) * dst_rs + n <= dst.len());
+    assert!(k == 0 || (m - 1) * lhs_rs + (k - 1) * lhs_cs < lhs.len());
+    assert!(k == 0 || (k - 1) * rhs_rs + (n - 1) * rhs_cs < rhs.len());
+    // SAFETY: the asserts above keep every element gemm reads or writes inside the three slices;
+    // `dst` is borrowed exclusively, so it aliases neither `lhs` nor `rhs`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism(),
+        );
+    }
+}
+
+/// out(N,OC) = inp(N,IC) @ w(OC,IC)^T + b(OC).
+pub fn matmul_forward(out: &mut [f32], inp: &[f32], w: &[f32], b: Option<&[f32]>, ic: usize) {
+    let oc = w.len() / ic;
+    let n = inp.len() / ic;
+    if let Some(b) = b {
+        out.par_chunks_mut(oc).for_each(|o| o.copy_from_slice(b));
+    }
+    // rhs = w^T: element (i, o) = w[o * IC + i]
+    gemm_strided(n, oc, ic, out, oc, b.is_some(), inp, ic, 1, w, 1, ic);
+}
+
+/// dinp(N,IC) += dout(N,OC) @ w(OC,IC); dw(OC,IC) += dout^T @ inp; db(OC) += sum_rows(dout).
+pub fn matmul_backward(dinp: &mut [f32], dw: &mut [f32], db: Option<&mut [f32]>, dout: &[f32], inp: &[f32], w: &[f32], ic: usize) {
+    let oc = w.len() / ic;
+    let n = inp.len() / ic;
+    gemm_strided(n, ic, oc, dinp, ic, true, dout, oc, 1, w, ic, 1);
+    // lhs = dout^T: element (o, r) = dout[r * OC + o]
+    gemm_strided(oc, ic, n, dw, ic, true, dout, 1, oc, inp, ic, 1);
+    if let Some(db) = db {
+        db.par_chunks_mut(BIAS_COLS).enumerate().for_each(|(blk, dbc)| {
+            let c0 = blk * BIAS_COLS;
+            for row in dout.chunks_exact(oc) {
+                for (j, d) in dbc.iter_mut().enumerate() {
+                    *d += row[c0 + j];
+                }
+            }
+        });
+    }
+}
+
+/// The plain loop nest `matmul_forward` computes, for tests.
+pub fn matmul_forward_naive(out: &mut [f32], inp: &[f32], w: &[f32], b: Option<&[f32]>, ic: usize) {
+    let oc = w.len() / ic;
+    for (o, x) in out.chunks_mut(oc).zip(inp.chunks(ic)) {
+        for j in 0..oc {
+            let wr = &w[j * ic..(j + 1) * ic];
+            o[j] = b.map_or(0.0, |b| b[j]) + x.iter().zip(wr).map(|(a, b)| a * b).sum::<f32>();
+        }
+    }
+}
+
+/// The plain loop nest `matmul_backward` computes, for tests.
+pub fn matmul_backward_naive(dinp: &mut [f32], dw: &mut [f32], db: Option<&mut [f32]>, dout: &[f32], inp: &[f32], w: &[f32], ic: usize) {
+    let oc = w.len() / ic;
+    let mut db = db;
+    for (r, d) in dout.chunks(oc).enumerate() {
+        for j in 0..oc {
+            for i in 0..ic {
+                dinp[r * ic + i] += d[j] * w[j * ic + i];
+                dw[j * ic + i] += d[j] * inp[r * ic + i];
+            }
+            if let Some(db) = db.as_deref_mut() {
+                db[j] += d[j];
+            }
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! The CPU backend: the readable reference implementation of every kernel, f32, host memory,
+//! multi-threaded with rayon over the calling thread pool. Every reduction has a fixed order,
+//! so results are bitwise reproducible for a given thread count.
+
+pub mod attention;
+pub mod classifier;
+pub mod encoder;
+pub mod layernorm;
+pub mod matmul;
+pub mod optimizer;
+pub mod pointwise;
+
+use super::{AdamW, Backend, DType, Dropout, Linear, Span};
+
+/// The CPU backend. Kernels run on the rayon pool of the calling thread.
+#[derive(Clone, Debug, Default)]
+pub struct Cpu;
+
+/// Borrows `N` pairwise-disjoint spans of one buffer mutably at once, as llm.c passes several
+/// pointers into one activation buffer.
+///
+/// Panics if a span is out of bounds or two non-empty spans overlap (a bug in a layout).
+pub fn carve<const N: usize>(buf: &mut [f32], spans: [Span; N]) -> [&mut [f32]; N] {
+    for (i, a) in spans.iter().enumerate() {
+        assert!(a.end() <= buf.len(), "span {a:?} out of bounds ({})", buf.len());
+        for b in &spans[i + 1..] {
+            let disjoint = a.len == 0 || b.len == 0 || a.end() <= b.off || b.end() <= a.off;
+            assert!(disjoint, "spans {a:?} and {b:?} overlap");
+        }
+    }
+    let base = buf.as_mut_ptr();
+    // SAFETY: every span lies inside `buf` and no two non-empty spans overlap (checked above), so
+    // the returned slices alias neither each other nor anything else borrowed from `buf`, and
+    // they live no longer than the exclusive borrow of `buf`.
+    spans.map(|s| unsafe { std::slice::from_raw_parts_mut(base.add(s.off), s.len) })
+}
+
+fn at(buf: &[f32], s: Span) -> &[f32] {
+    &buf[s.off..s.end()]
+}
+
+impl Backend for Cpu {
+    type Buf = Vec<f32>;
+
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+    fn dtype(&self) -> DType {
+        DType::F32
+    }
+    fn alloc(&self, n: usize) -> Vec<f32> {
+        vec![0.0; n]
+    }
+    fn upload(&self, dst: &mut Vec<f32>, off: usize, src: &[f32]) {
+        dst[off..off + src.len()].copy_from_slice(src);
+    }
+    fn download(&self, src: &Vec<f32>, span: Span) -> Vec<f32> {
+        at(src, span).to_vec()
+    }
+    fn zero(&self, buf: &mut Vec<f32>, span: Span) {
+        buf[span.off..span.end()].fill(0.0);
+    }
+    fn len(&self, buf: &Vec<f32>) -> usize {
+        buf.len()
+    }
+
+    fn encoder_forward(&self, acts: &mut Vec<f32>, out: Span, params: &Vec<f32>, wte: Span, wpe: Span, tokens: &[u32], bt: (usize, usize), drop: Dropout) {
+        let c = out.len / (bt.0 * bt.1);
+        encoder::encoder_forward(&mut acts[out.off..out.end()], at(params, wte), at(params, wpe), tokens, bt.1, c);
+        if drop.active() {
+            pointwise::dropout(&mut acts[out.off..out.end()], drop);
+        }
+    }
+    fn encoder_backward(&self, grads: &mut Vec<f32>, dwte: Span, dwpe: Span, dacts: &Vec<f32>, dout: Span, tokens: &[u32], bt: (usize, usize)) {
+        let c = dout.len / (bt.0 * bt.1);
+        let [dwte, dwpe] = carve(grads, [dwte, dwpe]);
+        encoder::encoder_backward(dwte, dwpe, at(dacts, dout), tokens, bt.1, c);
+    }
+    fn dropout(&self, buf: &mut Vec<f32>, x: Span, drop: Dropout) {
+        pointwise::dropout(&mut buf[x.off..x.end()], drop);
+    }
+
+    fn layernorm_forward(&self, acts: &mut Vec<f32>, out: Span, mean: Span, rstd: Span, inp: Span, params: &Vec<f32>, w: Span, b: Option<Span>) {
+        let [out, mean, rstd, inp] = carve(acts, [out, mean, rstd, inp]);
+        layernorm::layernorm_forward(out, mean, rstd, inp, at(params, w), b.map(|b| at(params, b)));
+    }
+    fn layernorm_backward(&self, dacts: &mut Vec<f32>, dinp: Span, dout: Span, grads: &mut Vec<f32>, dw: Span, db: Option<Span>, acts: &Vec<f32>, inp: Span, mean: Span, rstd: Span, params: &Vec<f32>, w: Span) {
+        let [dinp, dout] = carve(dacts, [dinp, dout]);
+        let [dw, db] = carve(grads, [dw, db.unwrap_or_default()]);
+        let db = if db.is_empty() { None } else { Some(db) };
+        layernorm::layernorm_backward(dinp, dw, db, dout, at(acts, inp), at(acts, mean), at(acts, rstd), at(params, w));
+    }
+
+    fn matmul_forward(&self, acts: &mut Vec<f32>, out: Span, inp: Span, params: &Vec<f32>, lin: Linear, ic: usize) {
+        let [out, inp] = carve(acts, [out, inp]);
+        matmul::matmul_forward(out, inp, at(params, lin.w), lin.b.map(|b| at(params, b)), ic);
+    }
+    fn matmul_backward(&self, dacts: &mut Vec<f32>, dinp: Span, dout: Span, grads: &mut Vec<f32>, dlin: Linear, acts: &Vec<f32>, inp: Span, params: &Vec<f32>, w: Span, ic: usize) {
+        let [dinp, dout] = carve(dacts, [dinp, dout]);
+        let [dw, db] = carve(grads, [dlin.w, dlin.b.unwrap_or_default()]);
+        let db = if db.is_empty() { None } else { Some(db) };
+        matmul::matmul_backward(dinp, dw, db, dout, at(acts, inp), at(params, w), ic);
+    }
+
+    fn attention_forward(&self, acts: &mut Vec<f32>, out: Span, att: Span, qkv: Span, b: usize, t: usize, c: usize, nh: usize, drop: Dropout) {
+        let [out, att, qkv] = carve(acts, [out, att, qkv]);
+        attention::attention_forward(out, att, qkv, b, t, c, nh, drop);
+    }
+    fn attention_backward(&self, dacts: &mut Vec<f32>, dqkv: Span, datt: Span, dout: Span, acts: &Vec<f32>, qkv: Span, att: Span, b: usize, t: usize, c: usize, nh: usize, drop: Dropout) {
+        let [dqkv, datt, dout] = carve(dacts, [dqkv, datt, dout]);
+        attention::attention_backward(dqkv, datt, dout, at(acts, qkv), at(acts, att), b, t, c, nh, drop);
+    }
+
+    fn gelu_forward(&self, acts: &mut Vec<f32>, out: Span, inp: Span) {
+        let [out, inp] = carve(acts, [out, inp]);
+        pointwise::gelu_forward(out, inp);
+    }
+    fn gelu_backward(&self, dacts: &mut Vec<f32>, dinp: Span, dout: Span, acts: &Vec<f32>, inp: Span) {
+        let [dinp, dout] = carve(dacts, [dinp, dout]);
+        pointwise::gelu_backward(dinp, dout, at(acts, inp));
+    }
+    fn residual_forward(&self, acts: &mut Vec<f32>, out: Span, a: Span, b: Span) {
+        let [out, a, b] = carve(acts, [out, a, b]);
+        pointwise::residual_forward(out, a, b);
+    }
+    fn accumulate(&self, buf: &mut Vec<f32>, dst: Span, src: Span) {
+        let [dst, src] = carve(buf, [dst, src]);
+        pointwise::accumulate(dst, src);
+    }
+
+    fn crossentropy_forward(&self, acts: &mut Vec<f32>, logits: Span, losses: Span, targets: &[u32], v: usize, vp: usize, grad: Option<(&mut Vec<f32>, Span, f32)>) {
+        let [logits, losses] = carve(acts, [logits, losses]);
+        let grad = grad.map(|(dacts, dl, s)| (&mut dacts[dl.off..dl.end()], s));
+        classifier::crossentropy_forward(logits, losses, targets, v, vp, grad);
+    }
+    fn sum(&self, buf: &Vec<f32>, span: Span) -> f64 {
+        at(buf, span).iter().map(|&x| x as f64).sum()
+    }
+
+    fn sum_squares(&self, buf: &Vec<f32>, span: Span) -> f64 {
+        optimizer::sum_squares(at(buf, span))
+    }
+    fn scale(&self, buf: &mut Vec<f32>, span: Span, s: f32) {
+        pointwise::scale(&mut buf[span.off..span.end()], s);
+    }
+    fn adamw_update(&self, params: &mut Vec<f32>, grads: &Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, span: Span, hp: AdamW, step: u64, weight_decay: f32) {
+        let r = span.off..span.end();
+        optimizer::adamw(&mut params[r.clone()], &grads[r.clone()], &mut m[r.clone()], &mut v[r], hp, step, weight_decay);
+    }
+}

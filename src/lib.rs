@@ -1,0 +1,10 @@
+//! gptrain: a GPT-2-family trainer that tells the truth about time.
+//!
+//! See ARCHITECTURE.md for the map. Only `cli` (and `main.rs`) print; everything else returns
+//! values or errors.
+
+pub mod backend;
+pub mod model;
+pub mod optim;
+pub mod rng;
+pub mod tensorfile;
