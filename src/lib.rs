@@ -4,7 +4,10 @@
 //! values or errors.
 
 pub mod backend;
+pub mod config;
+pub mod data;
 pub mod model;
 pub mod optim;
 pub mod rng;
 pub mod tensorfile;
+pub mod tokenizer;

@@ -123,8 +123,30 @@ def make_hf_case():
     print("hf_tiny: written")
 
 
+def make_nanogpt_char_dir():
+    """A tiny dataset directory exactly as nanoGPT's data/shakespeare_char/prepare.py writes one."""
+    import pickle
+
+    import numpy as np
+
+    text = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 3
+    chars = sorted(list(set(text)))
+    stoi = {ch: i for i, ch in enumerate(chars)}
+    itos = {i: ch for i, ch in enumerate(chars)}
+    d = os.path.join(OUT, "nanogpt_char")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "meta.pkl"), "wb") as f:
+        pickle.dump({"vocab_size": len(chars), "itos": itos, "stoi": stoi}, f)
+    ids = np.array([stoi[c] for c in text], dtype=np.uint16)
+    n = len(ids)
+    ids[: int(n * 0.9)].tofile(os.path.join(d, "train.bin"))
+    ids[int(n * 0.9) :].tofile(os.path.join(d, "val.bin"))
+    print(f"nanogpt_char: {len(chars)} characters, {n} tokens")
+
+
 if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
     for name, case in CASES.items():
         make_case(name, case["cfg"], case["B"], case["T"])
     make_hf_case()
+    make_nanogpt_char_dir()

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 /// out(B,T,C) and att(B,NH,T,T) from qkv(B,T,3C), where qkv holds q, k, v side by side.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], b: usize, t: usize, c: usize, nh: usize, drop: Dropout) {
+pub fn attention_forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], _b: usize, t: usize, c: usize, nh: usize, drop: Dropout) {
     let hs = c / nh;
     let scale = 1.0 / (hs as f32).sqrt();
     let c3 = 3 * c;
@@ -56,8 +56,7 @@ pub fn attention_forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], b: usize
 
 /// dqkv(B,T,3C) += gradients through attention; datt(B,NH,T,T) is scratch.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_backward(dqkv: &mut [f32], datt: &mut [f32], dout: &[f32], qkv: &[f32], att: &[f32], b: usize, t: usize, c: usize, nh: usize, drop: Dropout) {
-    let _ = b;
+pub fn attention_backward(dqkv: &mut [f32], datt: &mut [f32], dout: &[f32], qkv: &[f32], att: &[f32], _b: usize, t: usize, c: usize, nh: usize, drop: Dropout) {
     let hs = c / nh;
     let scale = 1.0 / (hs as f32).sqrt();
     let c3 = 3 * c;
