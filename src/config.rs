@@ -158,6 +158,9 @@ knobs! {
     init_from: String = "scratch".into(); "`scratch`, `resume` (newest checkpoint in out_dir) or a path to a GPT-2 model.safetensors"
     out_dir: String = "out".into(); "where checkpoints and metrics go"
     keep_checkpoints: usize = 3; "keep the newest K checkpoints (plus the best by val loss)"
+    resume_fallback: bool = false; "on resume, fall back to the newest checkpoint that verifies"
+    on_nonfinite: String = "abort".into(); "on a NaN/Inf loss or gradient norm: `abort` or `skip` the update"
+    peak_tflops: f64 = 0.0; "override the device's peak TFLOP/s for MFU (0: from the device table)"
     seed: u64 = 1337; "seed of every random stream"
     threads: usize = 0; "worker threads (0: physical cores)"
     device: String = "cpu".into(); "compute device (`cpu` in this build)"
@@ -388,6 +391,9 @@ impl Config {
             if !(0.0..1.0).contains(&v) {
                 bail!("`{k}` must be in [0, 1) (got {v})");
             }
+        }
+        if self.on_nonfinite != "abort" && self.on_nonfinite != "skip" {
+            bail!("`on_nonfinite` must be \"abort\" or \"skip\" (got {:?})", self.on_nonfinite);
         }
         if !(self.temperature > 0.0 && self.temperature.is_finite()) {
             bail!("`temperature` must be > 0 (got {})", self.temperature);

@@ -4,10 +4,12 @@
 //! values or errors.
 
 pub mod backend;
+pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod model;
 pub mod optim;
+pub mod perf;
 pub mod rng;
 pub mod tensorfile;
 pub mod tokenizer;

@@ -1,0 +1,384 @@
+//! Checkpoints: one directory `ckpt-<iteration>` per save, made visible by a single rename
+//! once every file in it is written and fsynced.
+//!
+//! A checkpoint holds `model.safetensors` (Hugging Face GPT-2 names and Conv1D layout, so
+//! `GPT2LMHeadModel.from_pretrained(dir)` loads it) with its `config.json`, `optim.safetensors`
+//! (AdamW moments in gptrain's layout), `train_state.json` (iteration, losses, seed, the whole
+//! config, the dataset meta) and `MANIFEST.json` (a CRC-32 of every other file, checked on load).
+
+use crate::config::Config;
+use crate::data::Meta;
+use crate::model::{ModelConfig, ParamLayout};
+use crate::tensorfile;
+use anyhow::{bail, Context, Result};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Training state saved beside the weights.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct TrainState {
+    pub format: u32,
+    /// Optimiser steps done; training resumes at this iteration.
+    pub iter: u64,
+    /// Val loss at this checkpoint (None when saved without an eval).
+    pub val_loss: Option<f32>,
+    pub best_val_loss: Option<f32>,
+    /// Seed of every counter-based random stream; with `iter` it is the whole RNG and
+    /// data-sampler state (batches and dropout masks are functions of seed and iteration).
+    pub seed: u64,
+    pub model: ModelConfig,
+    pub config: Config,
+    pub meta: Meta,
+    /// Updates skipped by the non-finite guard so far.
+    #[serde(default)]
+    pub skipped_updates: u64,
+}
+
+/// What a checkpoint holds in memory.
+pub struct Checkpoint {
+    pub dir: PathBuf,
+    pub state: TrainState,
+    pub params: Vec<f32>,
+    pub m: Option<Vec<f32>>,
+    pub v: Option<Vec<f32>>,
+}
+
+/// Name of the checkpoint directory for an iteration.
+pub fn dir_name(iter: u64) -> String {
+    format!("ckpt-{iter:06}")
+}
+
+fn parse_dir_name(name: &str) -> Option<u64> {
+    name.strip_prefix("ckpt-").and_then(|n| n.parse().ok())
+}
+
+/// Complete checkpoints in `out_dir`, newest first. Leftovers of interrupted writes
+/// (`.tmp-*`) are not listed.
+pub fn list(out_dir: &Path) -> Vec<(u64, PathBuf)> {
+    let mut v: Vec<(u64, PathBuf)> = std::fs::read_dir(out_dir).into_iter().flatten().flatten().filter_map(|e| parse_dir_name(&e.file_name().to_string_lossy()).map(|i| (i, e.path()))).filter(|(_, p)| p.is_dir()).collect();
+    v.sort_by(|a, b| b.0.cmp(&a.0));
+    v
+}
+
+/// Removes leftovers of interrupted writes; returns how many.
+pub fn clean_leftovers(out_dir: &Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(out_dir).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with(".tmp-ckpt-") && std::fs::remove_dir_all(e.path()).is_ok() {
+            n += 1;
+        }
+    }
+    n
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hugging Face GPT-2 naming
+
+/// (HF name without prefix, our tensor name, layer or None, is Conv1D (transposed)).
+fn hf_names(cfg: &ModelConfig) -> Vec<(String, &'static str, Option<usize>, bool)> {
+    let mut v = vec![("wte.weight".to_string(), "wte", None, false), ("wpe.weight".to_string(), "wpe", None, false)];
+    for l in 0..cfg.n_layer {
+        for (suffix, ours, conv) in [
+            ("ln_1.weight", "ln1w", false),
+            ("ln_1.bias", "ln1b", false),
+            ("attn.c_attn.weight", "qkvw", true),
+            ("attn.c_attn.bias", "qkvb", false),
+            ("attn.c_proj.weight", "attprojw", true),
+            ("attn.c_proj.bias", "attprojb", false),
+            ("ln_2.weight", "ln2w", false),
+            ("ln_2.bias", "ln2b", false),
+            ("mlp.c_fc.weight", "fcw", true),
+            ("mlp.c_fc.bias", "fcb", false),
+            ("mlp.c_proj.weight", "fcprojw", true),
+            ("mlp.c_proj.bias", "fcprojb", false),
+        ] {
+            v.push((format!("h.{l}.{suffix}"), ours, Some(l), conv));
+        }
+    }
+    v.push(("ln_f.weight".into(), "lnfw", None, false));
+    v.push(("ln_f.bias".into(), "lnfb", None, false));
+    v
+}
+
+fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = x[r * cols + c];
+        }
+    }
+    out
+}
+
+/// Our parameter buffer as HF GPT-2 tensors (zero biases where the model has none).
+fn to_hf(cfg: &ModelConfig, layout: &ParamLayout, params: &[f32]) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    let c = cfg.n_embd;
+    let mut out = BTreeMap::new();
+    for (name, ours, layer, conv) in hf_names(cfg) {
+        let (shape, data) = match layout.tensor(ours) {
+            Some(t) => {
+                let span = match layer {
+                    Some(l) => layout.layer(t.span, l),
+                    None => t.span,
+                };
+                let x = &params[span.off..span.end()];
+                let shape: Vec<usize> = if layer.is_some() { t.shape[1..].to_vec() } else { t.shape.clone() };
+                if conv {
+                    (vec![shape[1], shape[0]], transpose(x, shape[0], shape[1]))
+                } else {
+                    (shape, x.to_vec())
+                }
+            }
+            None => {
+                // a bias the model does not have: zeros of the matching width
+                let n = match ours {
+                    "qkvb" => 3 * c,
+                    "fcb" => 4 * c,
+                    _ => c,
+                };
+                (vec![n], vec![0.0; n])
+            }
+        };
+        out.insert(format!("transformer.{name}"), (shape, data));
+    }
+    out
+}
+
+/// Hugging Face's config.json for a GPT2LMHeadModel of this shape.
+fn hf_config(cfg: &ModelConfig, dropout: f64) -> serde_json::Value {
+    serde_json::json!({
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": cfg.padded_vocab_size,
+        "n_positions": cfg.block_size,
+        "n_ctx": cfg.block_size,
+        "n_embd": cfg.n_embd,
+        "n_layer": cfg.n_layer,
+        "n_head": cfg.n_head,
+        "n_inner": null,
+        "activation_function": "gelu_new",
+        "layer_norm_epsilon": 1e-5,
+        "resid_pdrop": dropout,
+        "embd_pdrop": dropout,
+        "attn_pdrop": dropout,
+        "initializer_range": 0.02,
+        "tie_word_embeddings": true,
+        "bos_token_id": 50256,
+        "eos_token_id": 50256,
+        "torch_dtype": "float32"
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing
+
+/// Writes `bytes` to `path` and fsyncs it.
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(bytes).with_context(|| format!("cannot write {} ({} bytes)", path.display(), bytes.len()))?;
+    f.sync_all().with_context(|| format!("cannot sync {}", path.display()))?;
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// The files of a checkpoint, serialised.
+pub fn serialize(layout: &ParamLayout, state: &TrainState, params: &[f32], m: Option<&[f32]>, v: Option<&[f32]>) -> Result<Vec<(&'static str, Vec<u8>)>> {
+    let hf = to_hf(&state.model, layout, params);
+    let views: BTreeMap<String, (Vec<usize>, &[f32])> = hf.iter().map(|(k, (s, d))| (k.clone(), (s.clone(), d.as_slice()))).collect();
+    let model = tensorfile::serialize(&views, Some(HashMap::from([("format".to_string(), "pt".to_string())])))?;
+    let mut files = vec![("model.safetensors", model), ("config.json", serde_json::to_vec_pretty(&hf_config(&state.model, state.config.dropout))?)];
+    if let (Some(m), Some(v)) = (m, v) {
+        let n = vec![layout.total];
+        let views = BTreeMap::from([("m".to_string(), (n.clone(), m)), ("v".to_string(), (n, v))]);
+        files.push(("optim.safetensors", tensorfile::serialize(&views, None)?));
+    }
+    files.push(("train_state.json", serde_json::to_vec_pretty(state)?));
+    let manifest: BTreeMap<&str, String> = files.iter().map(|(n, b)| (*n, format!("{:08x}", crc32fast::hash(b)))).collect();
+    files.push(("MANIFEST.json", serde_json::to_vec_pretty(&manifest)?));
+    Ok(files)
+}
+
+/// A hook the tests use to make writes fail (disk full, permissions) at a chosen file.
+pub type WriteHook<'a> = &'a dyn Fn(&Path, &[u8]) -> Result<()>;
+
+/// Writes a checkpoint atomically: into `.tmp-ckpt-N-<pid>`, every file fsynced, then one
+/// rename to `ckpt-N` and an fsync of `out_dir`. On error the previous checkpoints are
+/// untouched and the temporary directory is removed.
+pub fn save(out_dir: &Path, files: &[(&'static str, Vec<u8>)], iter: u64, hook: Option<WriteHook>) -> Result<PathBuf> {
+    std::fs::create_dir_all(out_dir).with_context(|| format!("cannot create out_dir {}", out_dir.display()))?;
+    let name = dir_name(iter);
+    let tmp = out_dir.join(format!(".tmp-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let result = (|| -> Result<()> {
+        std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        for (fname, bytes) in files {
+            let p = tmp.join(fname);
+            match hook {
+                Some(h) => h(&p, bytes)?,
+                None => write_synced(&p, bytes)?,
+            }
+        }
+        sync_dir(&tmp);
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&tmp);
+        let need: usize = files.iter().map(|f| f.1.len()).sum();
+        return Err(e.context(format!("checkpoint {name} was not written ({need} bytes needed in {}); the previous checkpoint is intact", out_dir.display())));
+    }
+    let dst = out_dir.join(&name);
+    if dst.exists() {
+        // the same iteration saved again (e.g. eval_only): move the old one aside first
+        let old = out_dir.join(format!(".tmp-old-{name}-{}", std::process::id()));
+        std::fs::rename(&dst, &old)?;
+        std::fs::rename(&tmp, &dst)?;
+        let _ = std::fs::remove_dir_all(&old);
+    } else {
+        std::fs::rename(&tmp, &dst).with_context(|| format!("cannot rename {} to {}", tmp.display(), dst.display()))?;
+    }
+    sync_dir(out_dir);
+    Ok(dst)
+}
+
+/// Deletes all but the newest `keep` checkpoints and the best by val loss.
+pub fn prune(out_dir: &Path, keep: usize) {
+    let all = list(out_dir);
+    if all.len() <= keep.max(1) {
+        return;
+    }
+    let best = all.iter().filter_map(|(i, p)| read_state(p).ok().and_then(|s| s.val_loss).map(|v| (v, *i))).min_by(|a, b| a.0.total_cmp(&b.0)).map(|x| x.1);
+    for (i, p) in all.iter().skip(keep.max(1)) {
+        if Some(*i) != best {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading
+
+fn read_state(dir: &Path) -> Result<TrainState> {
+    let p = dir.join("train_state.json");
+    let text = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
+    serde_json::from_slice(&text).with_context(|| format!("{} is corrupt", p.display()))
+}
+
+/// Reads a file of a checkpoint and checks it against the manifest.
+fn read_verified(dir: &Path, name: &str, manifest: &BTreeMap<String, String>) -> Result<Vec<u8>> {
+    let p = dir.join(name);
+    let bytes = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
+    let want = manifest.get(name).with_context(|| format!("{} is not in the checkpoint's manifest", p.display()))?;
+    let got = format!("{:08x}", crc32fast::hash(&bytes));
+    if &got != want {
+        bail!("checkpoint {} failed verification: {name} has checksum {got}, the manifest says {want} (the file was altered or truncated)", dir.display());
+    }
+    Ok(bytes)
+}
+
+/// Loads and verifies a checkpoint directory.
+pub fn load(dir: &Path) -> Result<Checkpoint> {
+    let mp = dir.join("MANIFEST.json");
+    let manifest: BTreeMap<String, String> = serde_json::from_slice(&std::fs::read(&mp).with_context(|| format!("cannot read {}", mp.display()))?).with_context(|| format!("{} is corrupt", mp.display()))?;
+    let state: TrainState = serde_json::from_slice(&read_verified(dir, "train_state.json", &manifest)?).with_context(|| format!("{}/train_state.json is corrupt", dir.display()))?;
+    if state.format != FORMAT_VERSION {
+        bail!("checkpoint {} has format {}, this gptrain reads format {FORMAT_VERSION}", dir.display(), state.format);
+    }
+    let model_cfg = state.model.clone().validate()?;
+    let layout = ParamLayout::new(&model_cfg);
+    let tf = tensorfile::parse(&read_verified(dir, "model.safetensors", &manifest)?).with_context(|| format!("{}/model.safetensors", dir.display()))?;
+    let params = from_hf(&tf, &model_cfg, &layout).with_context(|| format!("{}/model.safetensors", dir.display()))?;
+    let (m, v) = if manifest.contains_key("optim.safetensors") {
+        let o = tensorfile::parse(&read_verified(dir, "optim.safetensors", &manifest)?)?;
+        let m = o.get("m")?.data.clone();
+        let v = o.get("v")?.data.clone();
+        if m.len() != layout.total || v.len() != layout.total {
+            bail!("{}/optim.safetensors does not match the model's {} parameters", dir.display(), layout.total);
+        }
+        (Some(m), Some(v))
+    } else {
+        (None, None)
+    };
+    Ok(Checkpoint { dir: dir.to_path_buf(), state, params, m, v })
+}
+
+/// Loads the newest checkpoint in `out_dir`. With `fallback`, a checkpoint that fails to load
+/// is reported and the next older one is tried.
+pub fn load_latest(out_dir: &Path, fallback: bool, warn: &mut dyn FnMut(String)) -> Result<Checkpoint> {
+    let all = list(out_dir);
+    if all.is_empty() {
+        bail!("no checkpoint in {} to resume from; hint: train first (init_from = \"scratch\"), or set out_dir to the run's directory", out_dir.display());
+    }
+    let mut last_err = None;
+    for (_, dir) in &all {
+        match load(dir) {
+            Ok(c) => return Ok(c),
+            Err(e) if fallback => {
+                warn(format!("warning: skipping {}: {e:#}", dir.display()));
+                last_err = Some(e);
+            }
+            Err(e) => return Err(e.context("hint: `--set resume_fallback=true` resumes from the newest checkpoint that verifies")),
+        }
+    }
+    Err(last_err.unwrap().context("no checkpoint in the directory verifies"))
+}
+
+/// Reads HF GPT-2 tensors (with or without the `transformer.` prefix, any float dtype) into
+/// our layout for `cfg`. Missing biases are an error only if the model has biases; the old
+/// `attn.bias`/`attn.masked_bias` buffers and `lm_head.weight` (tied) are ignored.
+pub fn from_hf(tf: &tensorfile::TensorFile, cfg: &ModelConfig, layout: &ParamLayout) -> Result<Vec<f32>> {
+    let mut params = vec![0.0f32; layout.total];
+    for (name, ours, layer, conv) in hf_names(cfg) {
+        let Some(t) = layout.tensor(ours) else { continue };
+        let src = tf.tensors.get(&format!("transformer.{name}")).or_else(|| tf.tensors.get(&name)).with_context(|| format!("tensor `{name}` is missing"))?;
+        let span = match layer {
+            Some(l) => layout.layer(t.span, l),
+            None => t.span,
+        };
+        let want: Vec<usize> = if layer.is_some() { t.shape[1..].to_vec() } else { t.shape.clone() };
+        let dst = &mut params[span.off..span.end()];
+        if conv {
+            if src.shape != [want[1], want[0]] {
+                bail!("`{name}` has shape {:?}, expected {:?} (Conv1D layout)", src.shape, [want[1], want[0]]);
+            }
+            dst.copy_from_slice(&transpose(&src.data, want[1], want[0]));
+        } else if ours == "wte" || ours == "wpe" {
+            // fewer rows in the file than in the model: vocabulary padding or a longer context
+            // is kept zero; more rows: a cropped context (nanoGPT's crop_block_size)
+            if src.shape.len() != 2 || src.shape[1] != want[1] {
+                bail!("`{name}` has shape {:?}, expected [_, {}]", src.shape, want[1]);
+            }
+            let n = src.data.len().min(dst.len());
+            dst[..n].copy_from_slice(&src.data[..n]);
+        } else {
+            if src.shape != want {
+                bail!("`{name}` has shape {:?}, expected {:?}", src.shape, want);
+            }
+            dst.copy_from_slice(&src.data);
+        }
+    }
+    Ok(params)
+}
+
+/// The model shape of a Hugging Face GPT-2 file: from the tensors, plus `n_head` from a
+/// `config.json` beside it (else `n_head_default`).
+pub fn hf_shape(tf: &tensorfile::TensorFile, dir: &Path, n_head_default: usize) -> Result<ModelConfig> {
+    let get = |n: &str| tf.tensors.get(&format!("transformer.{n}")).or_else(|| tf.tensors.get(n));
+    let wte = get("wte.weight").context("no `wte.weight`: not a GPT-2 model file")?;
+    let wpe = get("wpe.weight").context("no `wpe.weight`: not a GPT-2 model file")?;
+    if wte.shape.len() != 2 || wpe.shape.len() != 2 {
+        bail!("`wte.weight`/`wpe.weight` must be 2-D");
+    }
+    let n_layer = (0..).take_while(|l| get(&format!("h.{l}.ln_1.weight")).is_some()).count();
+    let bias = get("h.0.attn.c_attn.bias").is_some();
+    let n_head = std::fs::read(dir.join("config.json")).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()).and_then(|v| v["n_head"].as_u64()).map_or(n_head_default, |n| n as usize);
+    let cfg = ModelConfig { n_layer, n_head, n_embd: wte.shape[1], block_size: wpe.shape[0], vocab_size: wte.shape[0], padded_vocab_size: wte.shape[0], bias };
+    cfg.validate()
+}

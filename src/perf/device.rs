@@ -1,0 +1,220 @@
+//! Peak throughput and memory of the devices gptrain knows, each figure with its source, and a
+//! probe that measures this CPU's peak.
+
+use crate::backend::DType;
+use anyhow::{bail, Result};
+
+/// One device's peaks. TFLOP/s are dense (no structured sparsity).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Device {
+    pub name: String,
+    pub description: String,
+    pub fp32_tflops: f64,
+    pub tf32_tflops: f64,
+    /// fp16/bf16 tensor-core matmul with fp32 accumulation (GeForce cards run this at half
+    /// their fp16-accumulate rate).
+    pub half_tflops: f64,
+    pub memory_bytes: u64,
+    pub bandwidth_gbs: f64,
+    pub source: String,
+}
+
+impl Device {
+    /// Peak FLOP/s for matmuls in `dtype`.
+    pub fn peak_flops(&self, dtype: DType) -> f64 {
+        1e12 * match dtype {
+            DType::F32 => self.fp32_tflops,
+            DType::Tf32 => self.tf32_tflops,
+            DType::F16 | DType::Bf16 => self.half_tflops,
+        }
+    }
+}
+
+const GIB: u64 = 1 << 30;
+const GB: u64 = 1_000_000_000;
+
+/// (name, aliases, description, fp32, tf32, fp16/bf16 with fp32 accumulate, memory, GB/s, source)
+type Row = (&'static str, &'static [&'static str], &'static str, f64, f64, f64, u64, f64, &'static str);
+
+const ADA: &str = "NVIDIA Ada Lovelace GPU architecture whitepaper v2.1, appendix A (dense, FP16 tensor with FP32 accumulate)";
+const AMPERE: &str = "NVIDIA Ampere GA102 GPU architecture whitepaper v2.1, appendix A (dense, FP16 tensor with FP32 accumulate)";
+
+pub const TABLE: &[Row] = &[
+    ("rtx-3060-12gb", &["3060", "rtx3060"], "GeForce RTX 3060 12GB", 12.7, 12.7, 25.6, 12 * GIB, 360.0, AMPERE),
+    ("rtx-3090", &["3090", "rtx3090"], "GeForce RTX 3090", 35.6, 35.6, 71.0, 24 * GIB, 936.0, AMPERE),
+    ("rtx-4060-ti-16gb", &["4060 ti", "4060ti", "rtx4060ti"], "GeForce RTX 4060 Ti 16GB", 22.1, 22.1, 44.1, 16 * GIB, 288.0, ADA),
+    ("rtx-4070", &["4070", "rtx4070"], "GeForce RTX 4070", 29.1, 29.1, 58.3, 12 * GIB, 504.0, ADA),
+    ("rtx-4070-ti", &["4070 ti", "4070ti", "rtx4070ti"], "GeForce RTX 4070 Ti", 40.1, 40.1, 80.2, 12 * GIB, 504.0, ADA),
+    ("rtx-4080", &["4080", "rtx4080"], "GeForce RTX 4080", 48.7, 48.7, 97.5, 16 * GIB, 717.0, ADA),
+    ("rtx-4090", &["4090", "rtx4090"], "GeForce RTX 4090", 82.6, 82.6, 165.2, 24 * GIB, 1008.0, ADA),
+    ("rtx-5090", &["5090", "rtx5090"], "GeForce RTX 5090", 104.8, 104.8, 209.5, 32 * GIB, 1792.0, "NVIDIA RTX Blackwell GPU architecture whitepaper v1.0, appendix A (dense, FP16 tensor with FP32 accumulate)"),
+    ("a100-40gb", &["a100", "a100 40gb", "a100-sxm4-40gb"], "A100 SXM4 40GB", 19.5, 156.0, 312.0, 40 * GB, 1555.0, "NVIDIA A100 Tensor Core GPU datasheet (dense)"),
+    ("a100-80gb", &["a100 80gb", "a100-sxm4-80gb"], "A100 SXM4 80GB", 19.5, 156.0, 312.0, 80 * GB, 2039.0, "NVIDIA A100 Tensor Core GPU datasheet (dense)"),
+    ("h100-sxm", &["h100", "h100 sxm", "h100-sxm5"], "H100 SXM5 80GB", 67.0, 494.7, 989.4, 80 * GB, 3350.0, "NVIDIA H100 Tensor Core GPU datasheet (dense: half the sparsity figures)"),
+    ("h100-pcie", &["h100 pcie"], "H100 PCIe 80GB", 51.2, 378.0, 756.0, 80 * GB, 2000.0, "NVIDIA H100 Tensor Core GPU datasheet (dense: half the sparsity figures)"),
+    ("h200", &["h200 sxm", "h200-sxm"], "H200 SXM 141GB", 67.0, 494.7, 989.4, 141 * GB, 4800.0, "NVIDIA H200 Tensor Core GPU datasheet (dense: half the sparsity figures)"),
+    ("l4", &["nvidia l4"], "L4 24GB", 30.3, 60.0, 121.0, 24 * GB, 300.0, "NVIDIA L4 Tensor Core GPU datasheet (dense: half the sparsity figures)"),
+    ("t4", &["tesla t4", "nvidia t4"], "Tesla T4 16GB (no TF32: runs as fp32)", 8.1, 8.1, 65.0, 16 * GB, 320.0, "NVIDIA T4 Tensor Core GPU datasheet (mixed precision FP16/FP32)"),
+];
+
+fn normalise(s: &str) -> String {
+    s.to_ascii_lowercase().replace(['_', ' '], "-").replace("nvidia-", "").replace("geforce-", "")
+}
+
+/// Looks a device up by name or alias, forgivingly (`"RTX 4070"`, `4070`, `rtx-4070`).
+/// `cpu` is this machine (see [`cpu`]). An unknown name is an error listing the known ones.
+pub fn lookup(name: &str) -> Result<Device> {
+    let n = normalise(name);
+    if n == "cpu" || n == "this-cpu" {
+        return Ok(cpu());
+    }
+    for &(id, aliases, desc, fp32, tf32, half, mem, bw, src) in TABLE {
+        if normalise(id) == n || aliases.iter().any(|a| normalise(a) == n) || n.replace("rtx-", "") == normalise(id).replace("rtx-", "") {
+            return Ok(Device { name: id.into(), description: desc.into(), fp32_tflops: fp32, tf32_tflops: tf32, half_tflops: half, memory_bytes: mem, bandwidth_gbs: bw, source: src.into() });
+        }
+    }
+    bail!("unknown device `{name}`; known: cpu, {} (hint: `--peak-tflops X` supplies a peak for any other device)", TABLE.iter().map(|r| r.0).collect::<Vec<_>>().join(", "))
+}
+
+/// Every device name, for `--list-devices`.
+pub fn names() -> Vec<&'static str> {
+    std::iter::once("cpu").chain(TABLE.iter().map(|r| r.0)).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// This CPU
+
+/// The measured FMA peak of this CPU with the current rayon pool, cached per CPU model and
+/// thread count in `$XDG_CACHE_HOME/gptrain` (or `~/.cache/gptrain`).
+pub fn cpu() -> Device {
+    let threads = rayon::current_num_threads();
+    let peak = cpu_peak_cached(threads);
+    let mem = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| s.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())).map_or(0, |kb| kb * 1024);
+    Device {
+        name: "cpu".into(),
+        description: format!("{} ({threads} threads)", cpu_model()),
+        fp32_tflops: peak / 1e12,
+        tf32_tflops: peak / 1e12,
+        half_tflops: peak / 1e12,
+        memory_bytes: mem,
+        bandwidth_gbs: 0.0,
+        source: format!("measured: {:.1} GFLOP/s f32 FMA peak on {threads} threads (gptrain's probe, cached)", peak / 1e9),
+    }
+}
+
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string())).unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+fn cache_path(threads: usize) -> Option<std::path::PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME").map(std::path::PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))?;
+    let key: String = cpu_model().chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    Some(base.join("gptrain").join(format!("cpu-peak-{key}-{threads}t.json")))
+}
+
+fn cpu_peak_cached(threads: usize) -> f64 {
+    let path = cache_path(threads);
+    if let Some(p) = &path {
+        if let Some(v) = std::fs::read_to_string(p).ok().and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok()).and_then(|v| v["flops"].as_f64()) {
+            if v > 0.0 {
+                return v;
+            }
+        }
+    }
+    let peak = probe_cpu_peak();
+    if let Some(p) = path {
+        let _ = std::fs::create_dir_all(p.parent().unwrap());
+        let _ = std::fs::write(&p, serde_json::json!({ "flops": peak, "cpu": cpu_model(), "threads": threads }).to_string());
+    }
+    peak
+}
+
+/// Measures the f32 FMA peak: every pool thread runs independent FMA chains at once; the best
+/// of 5 rounds of ~40 ms.
+pub fn probe_cpu_peak() -> f64 {
+    use rayon::prelude::*;
+    let threads = rayon::current_num_threads();
+    let iters = 2_000_000u64;
+    let mut best = 0.0f64;
+    for _ in 0..5 {
+        let t0 = std::time::Instant::now();
+        let flops: f64 = (0..threads).into_par_iter().map(|i| fma_chains(iters, i as f32)).sum();
+        best = best.max(flops / t0.elapsed().as_secs_f64());
+    }
+    best
+}
+
+/// Runs `iters` rounds of independent FMA chains; returns the FLOPs done.
+fn fma_chains(iters: u64, seed: f32) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+            return unsafe { fma_chains_avx2(iters, seed) };
+        }
+    }
+    fma_chains_portable(iters, seed)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_chains_avx2(iters: u64, seed: f32) -> f64 {
+    use std::arch::x86_64::*;
+    // 10 independent accumulators hide the FMA latency (4-5 cycles x 2 ports)
+    let a = _mm256_set1_ps(0.999_999);
+    let b = _mm256_set1_ps(1e-7);
+    let mut acc = [_mm256_set1_ps(seed); 10];
+    for _ in 0..iters {
+        for x in acc.iter_mut() {
+            *x = _mm256_fmadd_ps(*x, a, b);
+        }
+    }
+    let mut sum = _mm256_setzero_ps();
+    for x in acc {
+        sum = _mm256_add_ps(sum, x);
+    }
+    let mut out = [0.0f32; 8];
+    _mm256_storeu_ps(out.as_mut_ptr(), sum);
+    std::hint::black_box(out);
+    (iters * 10 * 8 * 2) as f64
+}
+
+fn fma_chains_portable(iters: u64, seed: f32) -> f64 {
+    let mut acc = [seed; 32];
+    for _ in 0..iters {
+        for x in acc.iter_mut() {
+            *x = *x * 0.999_999 + 1e-7;
+        }
+    }
+    std::hint::black_box(acc);
+    (iters * 32 * 2) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_match_forgivingly() {
+        for n in ["rtx-4070", "RTX 4070", "4070", "rtx4070", "NVIDIA GeForce RTX 4070"] {
+            assert_eq!(lookup(n).unwrap().name, "rtx-4070", "{n}");
+        }
+        assert_eq!(lookup("A100 80GB").unwrap().name, "a100-80gb");
+        assert_eq!(lookup("h100").unwrap().name, "h100-sxm");
+        assert_eq!(lookup("RTX 3060 12GB").unwrap().name, "rtx-3060-12gb");
+        assert!(lookup("voodoo-2").unwrap_err().to_string().contains("--peak-tflops"));
+    }
+
+    #[test]
+    fn geforce_half_precision_is_half_rate() {
+        let d = lookup("rtx-4070").unwrap();
+        assert!((d.peak_flops(DType::F16) / 1e12 - 58.3).abs() < 0.1);
+        assert_eq!(d.memory_bytes, 12 << 30);
+    }
+
+    #[test]
+    fn cpu_probe_measures_something_plausible() {
+        let p = probe_cpu_peak();
+        assert!(p > 1e8 && p < 1e13, "{p:e}");
+    }
+}

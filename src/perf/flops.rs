@@ -1,0 +1,243 @@
+//! The FLOPs and memory model of the architecture: the single source of truth for `estimate`,
+//! the live MFU in `train`, `logs` and `bench`.
+//!
+//! Conventions:
+//! * A multiply-add is 2 FLOPs. Only matmuls count (LayerNorm, softmax, GELU, AdamW are
+//!   bandwidth work, excluded as in the PaLM paper's MFU, appendix B,
+//!   <https://arxiv.org/abs/2204.02311>).
+//! * Training does 3x the forward matmul FLOPs (forward, then dinp and dweight in backward).
+//! * Attention is counted dense over the full T x T (not only the causal half), as PaLM and
+//!   nanoGPT do; the causal-exact count is given beside it.
+
+use crate::model::ModelConfig;
+
+/// FLOPs per token of one forward pass, by part (whole model, all layers).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct FlopsPerToken {
+    pub qkv: f64,
+    pub attn_scores: f64,
+    pub attn_values: f64,
+    pub attn_proj: f64,
+    pub mlp_fc: f64,
+    pub mlp_proj: f64,
+    pub lm_head: f64,
+}
+
+impl FlopsPerToken {
+    pub fn forward(&self) -> f64 {
+        self.qkv + self.attn_scores + self.attn_values + self.attn_proj + self.mlp_fc + self.mlp_proj + self.lm_head
+    }
+    /// Forward + backward matmuls.
+    pub fn train(&self) -> f64 {
+        3.0 * self.forward()
+    }
+}
+
+/// Parameter counts.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Params {
+    /// Every parameter, as stored (padded vocabulary rows included).
+    pub total: usize,
+    /// nanoGPT's count (`get_num_params`): position embeddings excluded.
+    pub nanogpt: usize,
+    /// Parameters that take part in matmuls (the "N" of 6N): linear weights and the tied lm_head.
+    pub matmul: usize,
+}
+
+pub fn params(cfg: &ModelConfig) -> Params {
+    let (l, c, vp, t) = (cfg.n_layer, cfg.n_embd, cfg.padded_vocab_size, cfg.block_size);
+    let b = usize::from(cfg.bias);
+    let per_layer = 12 * c * c + 2 * c + b * (2 * c + 3 * c + c + 4 * c + c); // weights, ln weights, biases
+    let total = vp * c + t * c + l * per_layer + c + b * c;
+    Params { total, nanogpt: total - t * c, matmul: l * 12 * c * c + vp * c }
+}
+
+/// Forward FLOPs per token at sequence length `t` (dense attention).
+pub fn flops_per_token(cfg: &ModelConfig, t: usize) -> FlopsPerToken {
+    let (l, c, vp) = (cfg.n_layer as f64, cfg.n_embd as f64, cfg.padded_vocab_size as f64);
+    let t = t as f64;
+    FlopsPerToken {
+        qkv: l * 2.0 * c * 3.0 * c,
+        attn_scores: l * 2.0 * t * c,
+        attn_values: l * 2.0 * t * c,
+        attn_proj: l * 2.0 * c * c,
+        mlp_fc: l * 2.0 * c * 4.0 * c,
+        mlp_proj: l * 2.0 * 4.0 * c * c,
+        lm_head: 2.0 * c * vp,
+    }
+}
+
+/// Training FLOPs per token with causal attention counted exactly (each query attends to
+/// (T+1)/2 keys on average).
+pub fn train_flops_per_token_causal(cfg: &ModelConfig, t: usize) -> f64 {
+    let f = flops_per_token(cfg, t);
+    let attn = f.attn_scores + f.attn_values;
+    3.0 * (f.forward() - attn + attn * (t as f64 + 1.0) / (2.0 * t as f64))
+}
+
+/// nanoGPT's `estimate_mfu` numerator per token: 6N + 12 L H Q T (N = nanoGPT's parameter count),
+/// from the PaLM paper, appendix B.
+pub fn palm_flops_per_token(cfg: &ModelConfig, t: usize) -> f64 {
+    let n = params(cfg).nanogpt as f64;
+    6.0 * n + 12.0 * (cfg.n_layer * cfg.n_head * cfg.head_size() * t) as f64
+}
+
+/// Training FLOPs of one optimiser step.
+pub fn flops_per_iter(cfg: &ModelConfig, batch: usize, t: usize, accum: usize) -> f64 {
+    flops_per_token(cfg, t).train() * (batch * t * accum) as f64
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory
+
+/// Which implementation's memory to model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Impl {
+    /// gptrain's CPU backend: f32 everywhere, the exact buffers of `ActLayout` (attention
+    /// matrices stored, full logits, an activation-gradient buffer of the same layout).
+    Cpu,
+    /// gptrain's GPU path (llm.c's design): flash attention (no T x T), a fused classifier that
+    /// keeps logits in the compute dtype and overwrites them with their gradient, fp32 master
+    /// weights and AdamW moments under mixed precision.
+    Gpu,
+}
+
+/// Bytes by part for one configuration.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Memory {
+    pub weights: u64,
+    pub master_weights: u64,
+    pub gradients: u64,
+    pub optimizer: u64,
+    /// Saved activations of all layers for one micro-batch.
+    pub activations: u64,
+    /// Logits (and their gradient, in place) for one micro-batch.
+    pub logits: u64,
+    /// Gradient buffers of activations live during backward.
+    pub backward_scratch: u64,
+    /// Runtime overhead (CUDA context, workspace); 0 on CPU.
+    pub overhead: u64,
+}
+
+impl Memory {
+    pub fn total(&self) -> u64 {
+        self.weights + self.master_weights + self.gradients + self.optimizer + self.activations + self.logits + self.backward_scratch + self.overhead
+    }
+    /// (name, bytes) of each part, for tables.
+    pub fn parts(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("weights", self.weights),
+            ("master weights (fp32)", self.master_weights),
+            ("gradients", self.gradients),
+            ("AdamW moments (fp32)", self.optimizer),
+            ("activations", self.activations),
+            ("logits", self.logits),
+            ("backward scratch", self.backward_scratch),
+            ("runtime overhead", self.overhead),
+        ]
+    }
+}
+
+/// CUDA context, cuBLAS workspace and allocator slack, as seen with llm.c and PyTorch.
+pub const GPU_OVERHEAD_BYTES: u64 = 600 << 20;
+
+/// Memory of training `cfg` with micro-batch `b` at length `t`, compute dtype bytes `d`
+/// (4 for fp32/tf32, 2 for fp16/bf16), optionally recomputing GELU and LayerNorm in backward.
+pub fn memory(cfg: &ModelConfig, b: usize, t: usize, d: u64, recompute: bool, imp: Impl) -> Memory {
+    let n = params(cfg).total as u64;
+    let (l, c, vp, nh) = (cfg.n_layer as u64, cfg.n_embd as u64, cfg.padded_vocab_size as u64, cfg.n_head as u64);
+    let bt = (b * t) as u64;
+    match imp {
+        Impl::Cpu => {
+            let layout = crate::model::ActLayout::new(cfg, b, t);
+            let logits = 2 * layout.logits.len as u64 * 4;
+            let acts = 2 * (layout.total - layout.logits.len) as u64 * 4;
+            Memory { weights: 4 * n, master_weights: 0, gradients: 4 * n, optimizer: 8 * n, activations: acts, logits, backward_scratch: 0, overhead: 0 }
+        }
+        Impl::Gpu => {
+            // per layer, in units of B*T*C: ln1 1, qkv 3, atty 1, residual2 1, ln2 1, fch 4,
+            // fch_gelu 4, residual3 1 (llm.c's ActivationTensors); recomputation drops
+            // fch_gelu and both LayerNorm outputs (llm.c's recompute=2)
+            let units = if recompute { 10 } else { 16 };
+            let per_layer = units * bt * c * d + 4 * bt * 4 + bt * nh * 4; // + LN stats, attention LSE in fp32
+            let mixed = d < 4;
+            Memory {
+                weights: n * d,
+                master_weights: if mixed { 4 * n } else { 0 },
+                gradients: n * d,
+                optimizer: 8 * n,
+                activations: l * per_layer + bt * c * d, // + the embedding output
+                logits: bt * vp * d,
+                // llm.c reuses a few B*T*4C-sized buffers for activation gradients
+                backward_scratch: 2 * bt * 4 * c * d + bt * c * d,
+                overhead: GPU_OVERHEAD_BYTES,
+            }
+        }
+    }
+}
+
+/// The largest micro-batch whose memory fits in `capacity` bytes (0 if even 1 does not).
+pub fn max_micro_batch(cfg: &ModelConfig, t: usize, d: u64, recompute: bool, imp: Impl, capacity: u64) -> usize {
+    let (mut lo, mut hi) = (0usize, 1usize);
+    while memory(cfg, hi, t, d, recompute, imp).total() <= capacity && hi < 1 << 20 {
+        lo = hi;
+        hi *= 2;
+    }
+    while hi - lo > 1 {
+        let mid = (lo + hi) / 2;
+        if memory(cfg, mid, t, d, recompute, imp).total() <= capacity {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(l: usize, h: usize, c: usize, t: usize, v: usize, bias: bool) -> ModelConfig {
+        ModelConfig { n_layer: l, n_head: h, n_embd: c, block_size: t, vocab_size: v, padded_vocab_size: v, bias }
+    }
+
+    #[test]
+    fn param_counts_match_known_models() {
+        // GPT-2 124M as nanoGPT reports it: "number of parameters: 123.65M" (vocab 50257, bias)
+        let p = params(&cfg(12, 12, 768, 1024, 50257, true));
+        assert_eq!(p.nanogpt, 123_653_376);
+        assert_eq!(p.total, 124_439_808);
+        // the RTX 4070 run: ~38.9M with vocab 50304, no bias
+        let p = params(&cfg(4, 8, 512, 1024, 50304, false));
+        assert!((38_800_000..39_000_000).contains(&p.total), "{}", p.total);
+    }
+
+    #[test]
+    fn param_count_matches_the_layout() {
+        for bias in [false, true] {
+            let c = cfg(3, 4, 64, 32, 100, bias);
+            assert_eq!(params(&c).total, crate::model::ParamLayout::new(&c).total);
+        }
+    }
+
+    #[test]
+    fn rtx4070_iteration_is_over_1e14_flops() {
+        let c = cfg(4, 8, 512, 1024, 50304, false);
+        let f = flops_per_iter(&c, 16, 1024, 32);
+        assert!(f > 1.2e14 && f < 1.5e14, "{f:e}");
+        // the 6N + 12LHQT convention agrees within a few percent
+        let palm = palm_flops_per_token(&c, 1024) * (16 * 1024 * 32) as f64;
+        assert!((palm / f - 1.0).abs() < 0.05, "{palm:e} vs {f:e}");
+    }
+
+    #[test]
+    fn more_batch_needs_more_memory_and_max_fits() {
+        let c = cfg(4, 8, 512, 1024, 50304, false);
+        let cap = 12u64 << 30;
+        let m = max_micro_batch(&c, 1024, 2, false, Impl::Gpu, cap);
+        assert!(m >= 16, "{m}");
+        assert!(memory(&c, m, 1024, 2, false, Impl::Gpu).total() <= cap);
+        assert!(memory(&c, m + 1, 1024, 2, false, Impl::Gpu).total() > cap);
+    }
+}

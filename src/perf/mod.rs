@@ -1,0 +1,5 @@
+//! Performance truth: the FLOPs/memory model, the device table, the live meter, the estimator
+//! and the log reader.
+
+pub mod device;
+pub mod flops;
