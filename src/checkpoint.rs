@@ -58,8 +58,14 @@ fn parse_dir_name(name: &str) -> Option<u64> {
 /// Complete checkpoints in `out_dir`, newest first. Leftovers of interrupted writes
 /// (`.tmp-*`) are not listed.
 pub fn list(out_dir: &Path) -> Vec<(u64, PathBuf)> {
-    let mut v: Vec<(u64, PathBuf)> = std::fs::read_dir(out_dir).into_iter().flatten().flatten().filter_map(|e| parse_dir_name(&e.file_name().to_string_lossy()).map(|i| (i, e.path()))).filter(|(_, p)| p.is_dir()).collect();
-    v.sort_by(|a, b| b.0.cmp(&a.0));
+    let mut v: Vec<(u64, PathBuf)> = std::fs::read_dir(out_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| parse_dir_name(&e.file_name().to_string_lossy()).map(|i| (i, e.path())))
+        .filter(|(_, p)| p.is_dir())
+        .collect();
+    v.sort_by_key(|x| std::cmp::Reverse(x.0));
     v
 }
 
@@ -190,11 +196,18 @@ fn sync_dir(dir: &Path) {
 }
 
 /// The files of a checkpoint, serialised.
-pub fn serialize(layout: &ParamLayout, state: &TrainState, params: &[f32], m: Option<&[f32]>, v: Option<&[f32]>) -> Result<Vec<(&'static str, Vec<u8>)>> {
+pub fn serialize(
+    layout: &ParamLayout,
+    state: &TrainState,
+    params: &[f32],
+    m: Option<&[f32]>,
+    v: Option<&[f32]>,
+) -> Result<Vec<(&'static str, Vec<u8>)>> {
     let hf = to_hf(&state.model, layout, params);
     let views: BTreeMap<String, (Vec<usize>, &[f32])> = hf.iter().map(|(k, (s, d))| (k.clone(), (s.clone(), d.as_slice()))).collect();
     let model = tensorfile::serialize(&views, Some(HashMap::from([("format".to_string(), "pt".to_string())])))?;
-    let mut files = vec![("model.safetensors", model), ("config.json", serde_json::to_vec_pretty(&hf_config(&state.model, state.config.dropout))?)];
+    let mut files =
+        vec![("model.safetensors", model), ("config.json", serde_json::to_vec_pretty(&hf_config(&state.model, state.config.dropout))?)];
     if let (Some(m), Some(v)) = (m, v) {
         let n = vec![layout.total];
         let views = BTreeMap::from([("m".to_string(), (n.clone(), m)), ("v".to_string(), (n, v))]);
@@ -232,7 +245,10 @@ pub fn save(out_dir: &Path, files: &[(&'static str, Vec<u8>)], iter: u64, hook: 
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&tmp);
         let need: usize = files.iter().map(|f| f.1.len()).sum();
-        return Err(e.context(format!("checkpoint {name} was not written ({need} bytes needed in {}); the previous checkpoint is intact", out_dir.display())));
+        return Err(e.context(format!(
+            "checkpoint {name} was not written ({need} bytes needed in {}); the previous checkpoint is intact",
+            out_dir.display()
+        )));
     }
     let dst = out_dir.join(&name);
     if dst.exists() {
@@ -254,7 +270,11 @@ pub fn prune(out_dir: &Path, keep: usize) {
     if all.len() <= keep.max(1) {
         return;
     }
-    let best = all.iter().filter_map(|(i, p)| read_state(p).ok().and_then(|s| s.val_loss).map(|v| (v, *i))).min_by(|a, b| a.0.total_cmp(&b.0)).map(|x| x.1);
+    let best = all
+        .iter()
+        .filter_map(|(i, p)| read_state(p).ok().and_then(|s| s.val_loss).map(|v| (v, *i)))
+        .min_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|x| x.1);
     for (i, p) in all.iter().skip(keep.max(1)) {
         if Some(*i) != best {
             let _ = std::fs::remove_dir_all(p);
@@ -278,7 +298,10 @@ fn read_verified(dir: &Path, name: &str, manifest: &BTreeMap<String, String>) ->
     let want = manifest.get(name).with_context(|| format!("{} is not in the checkpoint's manifest", p.display()))?;
     let got = format!("{:08x}", crc32fast::hash(&bytes));
     if &got != want {
-        bail!("checkpoint {} failed verification: {name} has checksum {got}, the manifest says {want} (the file was altered or truncated)", dir.display());
+        bail!(
+            "checkpoint {} failed verification: {name} has checksum {got}, the manifest says {want} (the file was altered or truncated)",
+            dir.display()
+        );
     }
     Ok(bytes)
 }
@@ -286,14 +309,18 @@ fn read_verified(dir: &Path, name: &str, manifest: &BTreeMap<String, String>) ->
 /// Loads and verifies a checkpoint directory.
 pub fn load(dir: &Path) -> Result<Checkpoint> {
     let mp = dir.join("MANIFEST.json");
-    let manifest: BTreeMap<String, String> = serde_json::from_slice(&std::fs::read(&mp).with_context(|| format!("cannot read {}", mp.display()))?).with_context(|| format!("{} is corrupt", mp.display()))?;
-    let state: TrainState = serde_json::from_slice(&read_verified(dir, "train_state.json", &manifest)?).with_context(|| format!("{}/train_state.json is corrupt", dir.display()))?;
+    let manifest: BTreeMap<String, String> =
+        serde_json::from_slice(&std::fs::read(&mp).with_context(|| format!("cannot read {}", mp.display()))?)
+            .with_context(|| format!("{} is corrupt", mp.display()))?;
+    let state: TrainState = serde_json::from_slice(&read_verified(dir, "train_state.json", &manifest)?)
+        .with_context(|| format!("{}/train_state.json is corrupt", dir.display()))?;
     if state.format != FORMAT_VERSION {
         bail!("checkpoint {} has format {}, this gptrain reads format {FORMAT_VERSION}", dir.display(), state.format);
     }
     let model_cfg = state.model.clone().validate()?;
     let layout = ParamLayout::new(&model_cfg);
-    let tf = tensorfile::parse(&read_verified(dir, "model.safetensors", &manifest)?).with_context(|| format!("{}/model.safetensors", dir.display()))?;
+    let tf = tensorfile::parse(&read_verified(dir, "model.safetensors", &manifest)?)
+        .with_context(|| format!("{}/model.safetensors", dir.display()))?;
     let params = from_hf(&tf, &model_cfg, &layout).with_context(|| format!("{}/model.safetensors", dir.display()))?;
     let (m, v) = if manifest.contains_key("optim.safetensors") {
         let o = tensorfile::parse(&read_verified(dir, "optim.safetensors", &manifest)?)?;
@@ -314,7 +341,10 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
 pub fn load_latest(out_dir: &Path, fallback: bool, warn: &mut dyn FnMut(String)) -> Result<Checkpoint> {
     let all = list(out_dir);
     if all.is_empty() {
-        bail!("no checkpoint in {} to resume from; hint: train first (init_from = \"scratch\"), or set out_dir to the run's directory", out_dir.display());
+        bail!(
+            "no checkpoint in {} to resume from; hint: train first (init_from = \"scratch\"), or set out_dir to the run's directory",
+            out_dir.display()
+        );
     }
     let mut last_err = None;
     for (_, dir) in &all {
@@ -337,7 +367,11 @@ pub fn from_hf(tf: &tensorfile::TensorFile, cfg: &ModelConfig, layout: &ParamLay
     let mut params = vec![0.0f32; layout.total];
     for (name, ours, layer, conv) in hf_names(cfg) {
         let Some(t) = layout.tensor(ours) else { continue };
-        let src = tf.tensors.get(&format!("transformer.{name}")).or_else(|| tf.tensors.get(&name)).with_context(|| format!("tensor `{name}` is missing"))?;
+        let src = tf
+            .tensors
+            .get(&format!("transformer.{name}"))
+            .or_else(|| tf.tensors.get(&name))
+            .with_context(|| format!("tensor `{name}` is missing"))?;
         let span = match layer {
             Some(l) => layout.layer(t.span, l),
             None => t.span,
@@ -378,7 +412,19 @@ pub fn hf_shape(tf: &tensorfile::TensorFile, dir: &Path, n_head_default: usize) 
     }
     let n_layer = (0..).take_while(|l| get(&format!("h.{l}.ln_1.weight")).is_some()).count();
     let bias = get("h.0.attn.c_attn.bias").is_some();
-    let n_head = std::fs::read(dir.join("config.json")).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()).and_then(|v| v["n_head"].as_u64()).map_or(n_head_default, |n| n as usize);
-    let cfg = ModelConfig { n_layer, n_head, n_embd: wte.shape[1], block_size: wpe.shape[0], vocab_size: wte.shape[0], padded_vocab_size: wte.shape[0], bias };
+    let n_head = std::fs::read(dir.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["n_head"].as_u64())
+        .map_or(n_head_default, |n| n as usize);
+    let cfg = ModelConfig {
+        n_layer,
+        n_head,
+        n_embd: wte.shape[1],
+        block_size: wpe.shape[0],
+        vocab_size: wte.shape[0],
+        padded_vocab_size: wte.shape[0],
+        bias,
+    };
     cfg.validate()
 }

@@ -183,7 +183,10 @@ knobs! {
 const INERT: &[&str] = &["compile", "backend", "wandb_log", "wandb_project", "wandb_run_name"];
 
 /// Named presets: (name, description, parent, overrides).
-pub const PRESETS: &[(&str, &str, Option<&str>, &[(&str, &str)])] = &[
+/// A preset: (name, description, parent preset, knob overrides as TOML literals).
+pub type Preset = (&'static str, &'static str, Option<&'static str>, &'static [(&'static str, &'static str)]);
+
+pub const PRESETS: &[Preset] = &[
     (
         "shakespeare-char",
         "nanoGPT's config/train_shakespeare_char.py (6x384, block 256; a GPU run)",
@@ -318,7 +321,10 @@ impl Config {
             }
             return Ok(());
         }
-        bail!("unknown config key `{key}`; did you mean `{}`? (`gptrain train --help` lists the flags; README lists every key)", closest(key, KNOBS.iter().map(|k| k.0)))
+        bail!(
+            "unknown config key `{key}`; did you mean `{}`? (`gptrain train --help` lists the flags; README lists every key)",
+            closest(key, KNOBS.iter().map(|k| k.0))
+        )
     }
 
     /// Applies a `key=value` override.
@@ -331,7 +337,11 @@ impl Config {
     /// Applies a preset (and its parent first).
     pub fn apply_preset(&mut self, name: &str, notices: &mut Notices) -> Result<()> {
         let Some(&(_, _, parent, sets)) = PRESETS.iter().find(|p| p.0 == name) else {
-            bail!("unknown preset `{name}`; did you mean `{}`? (presets: {})", closest(name, PRESETS.iter().map(|p| p.0)), PRESETS.iter().map(|p| p.0).collect::<Vec<_>>().join(", "));
+            bail!(
+                "unknown preset `{name}`; did you mean `{}`? (presets: {})",
+                closest(name, PRESETS.iter().map(|p| p.0)),
+                PRESETS.iter().map(|p| p.0).collect::<Vec<_>>().join(", ")
+            );
         };
         if let Some(p) = parent {
             self.apply_preset(p, notices)?;
@@ -367,7 +377,15 @@ impl Config {
 
     /// Range checks; the message says which knob and what is allowed.
     pub fn validate(&self) -> Result<()> {
-        let pos = [("n_layer", self.n_layer), ("n_head", self.n_head), ("n_embd", self.n_embd), ("block_size", self.block_size), ("batch_size", self.batch_size), ("gradient_accumulation_steps", self.gradient_accumulation_steps), ("eval_iters", self.eval_iters)];
+        let pos = [
+            ("n_layer", self.n_layer),
+            ("n_head", self.n_head),
+            ("n_embd", self.n_embd),
+            ("block_size", self.block_size),
+            ("batch_size", self.batch_size),
+            ("gradient_accumulation_steps", self.gradient_accumulation_steps),
+            ("eval_iters", self.eval_iters),
+        ];
         for (k, v) in pos {
             if v == 0 {
                 bail!("`{k}` must be at least 1");
@@ -382,7 +400,12 @@ impl Config {
         if !(0.0..1.0).contains(&self.dropout) {
             bail!("`dropout` must be in [0, 1) (got {})", self.dropout);
         }
-        for (k, v) in [("learning_rate", self.learning_rate), ("min_lr", self.min_lr), ("weight_decay", self.weight_decay), ("grad_clip", self.grad_clip)] {
+        for (k, v) in [
+            ("learning_rate", self.learning_rate),
+            ("min_lr", self.min_lr),
+            ("weight_decay", self.weight_decay),
+            ("grad_clip", self.grad_clip),
+        ] {
             if !v.is_finite() || v < 0.0 {
                 bail!("`{k}` must be a finite number >= 0 (got {v})");
             }
@@ -415,7 +438,9 @@ impl Config {
 /// Reads the literal of a nanoGPT config line: numbers, strings, True/False/None, products
 /// like `5 * 8`.
 fn python_literal(v: &str) -> Result<toml::Value> {
-    if let Some(s) = v.strip_prefix('\'').and_then(|s| s.strip_suffix('\'')).or_else(|| v.strip_prefix('"').and_then(|s| s.strip_suffix('"'))) {
+    if let Some(s) =
+        v.strip_prefix('\'').and_then(|s| s.strip_suffix('\'')).or_else(|| v.strip_prefix('"').and_then(|s| s.strip_suffix('"')))
+    {
         return Ok(toml::Value::String(s.into()));
     }
     if v.contains('*') {
@@ -516,7 +541,12 @@ mod tests {
 
     #[test]
     fn set_values_parse_like_nanogpt() {
-        let (c, notices) = resolve(None, None, &["dataset=data/x".into(), "bias=True".into(), "learning_rate=3e-4".into(), "compile=False".into(), "max_iters=7".into()]).unwrap();
+        let (c, notices) = resolve(
+            None,
+            None,
+            &["dataset=data/x".into(), "bias=True".into(), "learning_rate=3e-4".into(), "compile=False".into(), "max_iters=7".into()],
+        )
+        .unwrap();
         assert_eq!(c.dataset, "data/x");
         assert!(c.bias);
         assert_eq!(c.learning_rate, 3e-4);

@@ -4,12 +4,16 @@
 //! values or errors.
 
 pub mod backend;
+pub mod bench;
 pub mod checkpoint;
+pub mod cli;
 pub mod config;
 pub mod data;
 pub mod model;
 pub mod optim;
 pub mod perf;
 pub mod rng;
+pub mod sample;
 pub mod tensorfile;
 pub mod tokenizer;
+pub mod train;

@@ -52,7 +52,15 @@ pub struct StepStats {
 /// One optimiser step at iteration `it` (0-based) over `micro_batches` of (tokens, targets),
 /// each (B, T): forward+backward each with loss scaled by 1/accum, clip, AdamW.
 /// With `skip_update` the gradients are computed but no update is made (non-finite guard).
-pub fn train_step<Bk: Backend>(model: &mut Gpt<Bk>, micro_batches: &[(Vec<u32>, Vec<u32>)], b: usize, t: usize, it: u64, opt: &OptimConfig, dropout: Option<(f32, u64)>) -> StepStats {
+pub fn train_step<Bk: Backend>(
+    model: &mut Gpt<Bk>,
+    micro_batches: &[(Vec<u32>, Vec<u32>)],
+    b: usize,
+    t: usize,
+    it: u64,
+    opt: &OptimConfig,
+    dropout: Option<(f32, u64)>,
+) -> StepStats {
     let accum = micro_batches.len();
     model.zero_grad();
     let mut loss_sum = 0.0f64;

@@ -37,7 +37,10 @@ pub fn parse(bytes: &[u8]) -> Result<TensorFile> {
     let metadata = meta.metadata().clone().unwrap_or_default();
     let mut tensors = HashMap::new();
     for (name, view) in st.tensors() {
-        tensors.insert(name.clone(), Tensor { shape: view.shape().to_vec(), data: to_f32(&view).with_context(|| format!("tensor `{name}`"))? });
+        tensors.insert(
+            name.clone(),
+            Tensor { shape: view.shape().to_vec(), data: to_f32(&view).with_context(|| format!("tensor `{name}`"))? },
+        );
     }
     Ok(TensorFile { tensors, metadata })
 }
@@ -59,7 +62,12 @@ fn to_f32(v: &TensorView) -> Result<Vec<f32>> {
 
 /// Serialises f32 tensors (name -> (shape, data)) with metadata into safetensors bytes.
 pub fn serialize(tensors: &BTreeMap<String, (Vec<usize>, &[f32])>, metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors.iter().map(|(n, (s, d))| (n.clone(), s.clone(), d.iter().flat_map(|x| x.to_le_bytes()).collect())).collect();
-    let views: Vec<(String, TensorView)> = bytes.iter().map(|(n, s, b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?))).collect::<Result<_, safetensors::SafeTensorError>>().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
+        tensors.iter().map(|(n, (s, d))| (n.clone(), s.clone(), d.iter().flat_map(|x| x.to_le_bytes()).collect())).collect();
+    let views: Vec<(String, TensorView)> = bytes
+        .iter()
+        .map(|(n, s, b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
+        .collect::<Result<_, safetensors::SafeTensorError>>()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     safetensors::serialize(views, metadata).map_err(|e| anyhow::anyhow!("{e}"))
 }

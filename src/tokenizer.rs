@@ -12,7 +12,10 @@ pub const GPT2_VOCAB: usize = 50257;
 #[derive(Clone, Debug)]
 pub enum Tokenizer {
     /// itos[i] is the character of id i (as a string, nanoGPT's meta.pkl `itos`).
-    Char { itos: Vec<String>, stoi: HashMap<char, u32> },
+    Char {
+        itos: Vec<String>,
+        stoi: HashMap<char, u32>,
+    },
     Gpt2,
 }
 

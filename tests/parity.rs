@@ -16,7 +16,15 @@ fn load(case: &str) -> (TensorFile, ModelConfig, usize, usize, serde_json::Value
     let f = tensorfile::read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(format!("{case}.safetensors"))).unwrap();
     let c: serde_json::Value = serde_json::from_str(&f.metadata["config"]).unwrap();
     let u = |k: &str| c[k].as_u64().unwrap() as usize;
-    let cfg = ModelConfig { n_layer: u("n_layer"), n_head: u("n_head"), n_embd: u("n_embd"), block_size: u("block_size"), vocab_size: u("vocab_size"), padded_vocab_size: u("padded_vocab_size"), bias: c["bias"].as_bool().unwrap() };
+    let cfg = ModelConfig {
+        n_layer: u("n_layer"),
+        n_head: u("n_head"),
+        n_embd: u("n_embd"),
+        block_size: u("block_size"),
+        vocab_size: u("vocab_size"),
+        padded_vocab_size: u("padded_vocab_size"),
+        bias: c["bias"].as_bool().unwrap(),
+    };
     let b = f.metadata["B"].parse().unwrap();
     let t = f.metadata["T"].parse().unwrap();
     let train: serde_json::Value = serde_json::from_str(&f.metadata["train"]).unwrap();
@@ -81,17 +89,30 @@ fn check_training(case: &str) {
     };
     let (steps, accum) = (g("steps") as usize, g("accum") as usize);
     let (xs, ys) = (tokens(&f, "train_x"), tokens(&f, "train_y"));
-    let (want_lr, want_loss, want_norm) = (&f.get("train_lr").unwrap().data, &f.get("train_loss").unwrap().data, &f.get("train_norm").unwrap().data);
+    let (want_lr, want_loss, want_norm) =
+        (&f.get("train_lr").unwrap().data, &f.get("train_loss").unwrap().data, &f.get("train_norm").unwrap().data);
     let n = b * t;
     for step in 0..steps {
-        let batches: Vec<(Vec<u32>, Vec<u32>)> = (0..accum).map(|a| {
-            let o = (step * accum + a) * n;
-            (xs[o..o + n].to_vec(), ys[o..o + n].to_vec())
-        }).collect();
+        let batches: Vec<(Vec<u32>, Vec<u32>)> = (0..accum)
+            .map(|a| {
+                let o = (step * accum + a) * n;
+                (xs[o..o + n].to_vec(), ys[o..o + n].to_vec())
+            })
+            .collect();
         let s = train_step(&mut m, &batches, b, t, step as u64, &opt, None);
         assert!(((s.lr - want_lr[step]) / want_lr[step]).abs() <= 1e-6, "{case} step {step}: lr {} vs {}", s.lr, want_lr[step]);
-        assert!(((s.loss - want_loss[step]) / want_loss[step]).abs() <= 1e-5, "{case} step {step}: loss {} vs torch {}", s.loss, want_loss[step]);
-        assert!(((s.grad_norm - want_norm[step]) / want_norm[step]).abs() <= 1e-4, "{case} step {step}: grad norm {} vs torch {}", s.grad_norm, want_norm[step]);
+        assert!(
+            ((s.loss - want_loss[step]) / want_loss[step]).abs() <= 1e-5,
+            "{case} step {step}: loss {} vs torch {}",
+            s.loss,
+            want_loss[step]
+        );
+        assert!(
+            ((s.grad_norm - want_norm[step]) / want_norm[step]).abs() <= 1e-4,
+            "{case} step {step}: grad norm {} vs torch {}",
+            s.grad_norm,
+            want_norm[step]
+        );
     }
     let params = m.params_host();
     for p in &m.layout.tensors {

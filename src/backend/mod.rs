@@ -123,32 +123,112 @@ pub trait Backend: Send + Sync {
 
     /// out(B,T,C) = wte[tokens] + wpe[t], then embedding dropout.
     #[allow(clippy::too_many_arguments)]
-    fn encoder_forward(&self, acts: &mut Self::Buf, out: Span, params: &Self::Buf, wte: Span, wpe: Span, tokens: &[u32], bt: (usize, usize), drop: Dropout);
+    fn encoder_forward(
+        &self,
+        acts: &mut Self::Buf,
+        out: Span,
+        params: &Self::Buf,
+        wte: Span,
+        wpe: Span,
+        tokens: &[u32],
+        bt: (usize, usize),
+        drop: Dropout,
+    );
     /// dwte[tokens] += dout, dwpe[t] += dout (dout already through the dropout mask).
     #[allow(clippy::too_many_arguments)]
-    fn encoder_backward(&self, grads: &mut Self::Buf, dwte: Span, dwpe: Span, dacts: &Self::Buf, dout: Span, tokens: &[u32], bt: (usize, usize));
+    fn encoder_backward(
+        &self,
+        grads: &mut Self::Buf,
+        dwte: Span,
+        dwpe: Span,
+        dacts: &Self::Buf,
+        dout: Span,
+        tokens: &[u32],
+        bt: (usize, usize),
+    );
     /// Applies dropout in place on `x` (forward), or its mask to `dx` (backward: same op).
     fn dropout(&self, buf: &mut Self::Buf, x: Span, drop: Dropout);
 
     /// out(N,C), mean(N), rstd(N) = layernorm(inp(N,C)) with weight(C) and optional bias(C).
     #[allow(clippy::too_many_arguments)]
-    fn layernorm_forward(&self, acts: &mut Self::Buf, out: Span, mean: Span, rstd: Span, inp: Span, params: &Self::Buf, w: Span, b: Option<Span>);
+    fn layernorm_forward(
+        &self,
+        acts: &mut Self::Buf,
+        out: Span,
+        mean: Span,
+        rstd: Span,
+        inp: Span,
+        params: &Self::Buf,
+        w: Span,
+        b: Option<Span>,
+    );
     #[allow(clippy::too_many_arguments)]
-    fn layernorm_backward(&self, dacts: &mut Self::Buf, dinp: Span, dout: Span, grads: &mut Self::Buf, dw: Span, db: Option<Span>, acts: &Self::Buf, inp: Span, mean: Span, rstd: Span, params: &Self::Buf, w: Span);
+    fn layernorm_backward(
+        &self,
+        dacts: &mut Self::Buf,
+        dinp: Span,
+        dout: Span,
+        grads: &mut Self::Buf,
+        dw: Span,
+        db: Option<Span>,
+        acts: &Self::Buf,
+        inp: Span,
+        mean: Span,
+        rstd: Span,
+        params: &Self::Buf,
+        w: Span,
+    );
 
     /// out(N,OC) = inp(N,IC) @ w(OC,IC)^T + b(OC).
     fn matmul_forward(&self, acts: &mut Self::Buf, out: Span, inp: Span, params: &Self::Buf, lin: Linear, ic: usize);
     /// dinp += dout @ w; dw += dout^T @ inp; db += sum_rows(dout).
     #[allow(clippy::too_many_arguments)]
-    fn matmul_backward(&self, dacts: &mut Self::Buf, dinp: Span, dout: Span, grads: &mut Self::Buf, dlin: Linear, acts: &Self::Buf, inp: Span, params: &Self::Buf, w: Span, ic: usize);
+    fn matmul_backward(
+        &self,
+        dacts: &mut Self::Buf,
+        dinp: Span,
+        dout: Span,
+        grads: &mut Self::Buf,
+        dlin: Linear,
+        acts: &Self::Buf,
+        inp: Span,
+        params: &Self::Buf,
+        w: Span,
+        ic: usize,
+    );
 
     /// Causal self-attention: out(B,T,C) and att(B,NH,T,T) (softmax probabilities, before
     /// dropout) from qkv(B,T,3C).
     #[allow(clippy::too_many_arguments)]
-    fn attention_forward(&self, acts: &mut Self::Buf, out: Span, att: Span, qkv: Span, b: usize, t: usize, c: usize, nh: usize, drop: Dropout);
+    fn attention_forward(
+        &self,
+        acts: &mut Self::Buf,
+        out: Span,
+        att: Span,
+        qkv: Span,
+        b: usize,
+        t: usize,
+        c: usize,
+        nh: usize,
+        drop: Dropout,
+    );
     /// dqkv += ...; uses datt(B,NH,T,T) in `dacts` as scratch.
     #[allow(clippy::too_many_arguments)]
-    fn attention_backward(&self, dacts: &mut Self::Buf, dqkv: Span, datt: Span, dout: Span, acts: &Self::Buf, qkv: Span, att: Span, b: usize, t: usize, c: usize, nh: usize, drop: Dropout);
+    fn attention_backward(
+        &self,
+        dacts: &mut Self::Buf,
+        dqkv: Span,
+        datt: Span,
+        dout: Span,
+        acts: &Self::Buf,
+        qkv: Span,
+        att: Span,
+        b: usize,
+        t: usize,
+        c: usize,
+        nh: usize,
+        drop: Dropout,
+    );
 
     /// out = gelu_tanh(inp), elementwise.
     fn gelu_forward(&self, acts: &mut Self::Buf, out: Span, inp: Span);
@@ -164,7 +244,16 @@ pub trait Backend: Send + Sync {
     /// writes `dlogits = s * (softmax - onehot(target))` (zero in padded columns), so the
     /// probabilities are never stored.
     #[allow(clippy::too_many_arguments)]
-    fn crossentropy_forward(&self, acts: &mut Self::Buf, logits: Span, losses: Span, targets: &[u32], v: usize, vp: usize, grad: Option<(&mut Self::Buf, Span, f32)>);
+    fn crossentropy_forward(
+        &self,
+        acts: &mut Self::Buf,
+        logits: Span,
+        losses: Span,
+        targets: &[u32],
+        v: usize,
+        vp: usize,
+        grad: Option<(&mut Self::Buf, Span, f32)>,
+    );
     /// Sum of `span`, reduced in a fixed order (deterministic); used for the mean loss.
     fn sum(&self, buf: &Self::Buf, span: Span) -> f64;
 
@@ -174,7 +263,17 @@ pub trait Backend: Send + Sync {
     fn scale(&self, buf: &mut Self::Buf, span: Span, s: f32);
     /// One AdamW step (torch.optim.AdamW semantics) over `span` of params/grads/m/v.
     #[allow(clippy::too_many_arguments)]
-    fn adamw_update(&self, params: &mut Self::Buf, grads: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, span: Span, hp: AdamW, step: u64, weight_decay: f32);
+    fn adamw_update(
+        &self,
+        params: &mut Self::Buf,
+        grads: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        span: Span,
+        hp: AdamW,
+        step: u64,
+        weight_decay: f32,
+    );
 }
 
 /// AdamW hyper-parameters for one step.

@@ -73,9 +73,7 @@ impl Meta {
             Some(pickle::Value::Int(n)) if *n > 0 && *n <= u32::MAX as i64 => *n as usize,
             _ => bail!("no positive integer `vocab_size`"),
         };
-        let Some(pickle::Value::Dict(items)) = v.get("itos") else {
-            bail!("no `itos` dict")
-        };
+        let Some(pickle::Value::Dict(items)) = v.get("itos") else { bail!("no `itos` dict") };
         let mut itos = vec![String::new(); vocab];
         for (k, s) in items {
             match (k, s) {
@@ -96,17 +94,31 @@ pub enum Tokens {
 impl Tokens {
     /// Maps `path`; its length must be a whole number of ids, and every id below `vocab`.
     pub fn open(path: &Path, token_bytes: usize, vocab: usize) -> Result<Tokens> {
-        let file = std::fs::File::open(path).with_context(|| format!("cannot open {}; hint: run `gptrain prepare --out {}` first", path.display(), path.parent().map_or(".".into(), |p| p.display().to_string())))?;
+        let file = std::fs::File::open(path).with_context(|| {
+            format!(
+                "cannot open {}; hint: run `gptrain prepare --out {}` first",
+                path.display(),
+                path.parent().map_or(".".into(), |p| p.display().to_string())
+            )
+        })?;
         // SAFETY: the file is opened read-only and gptrain never writes a token file it is
         // reading; a file truncated by another process underneath would be a SIGBUS, the same
         // contract every mmap reader has.
         let map = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
         if !map.len().is_multiple_of(token_bytes) {
-            bail!("{} has {} bytes, not a whole number of {}-byte token ids (truncated or not a token file)", path.display(), map.len(), token_bytes);
+            bail!(
+                "{} has {} bytes, not a whole number of {}-byte token ids (truncated or not a token file)",
+                path.display(),
+                map.len(),
+                token_bytes
+            );
         }
         let t = Tokens::Mapped(map, token_bytes);
         if let Some((pos, id)) = t.first_out_of_range(vocab) {
-            bail!("{}: token id {id} at position {pos} is >= the vocabulary size {vocab} (wrong meta, or a file from another tokenizer)", path.display());
+            bail!(
+                "{}: token id {id} at position {pos} is >= the vocabulary size {vocab} (wrong meta, or a file from another tokenizer)",
+                path.display()
+            );
         }
         Ok(t)
     }
@@ -133,7 +145,9 @@ impl Tokens {
     fn first_out_of_range(&self, vocab: usize) -> Option<(usize, u32)> {
         const CH: usize = 1 << 20;
         let n = self.len();
-        (0..n.div_ceil(CH)).into_par_iter().find_map_first(|c| (c * CH..((c + 1) * CH).min(n)).find_map(|i| Some((i, self.get(i))).filter(|&(_, id)| id as usize >= vocab)))
+        (0..n.div_ceil(CH)).into_par_iter().find_map_first(|c| {
+            (c * CH..((c + 1) * CH).min(n)).find_map(|i| Some((i, self.get(i))).filter(|&(_, id)| id as usize >= vocab))
+        })
     }
 }
 
@@ -173,7 +187,12 @@ impl Dataset {
     pub fn builtin() -> Dataset {
         let (meta, ids) = prepare::char_encode_all(BUILTIN_CORPUS);
         let n = ids.len() * 9 / 10;
-        Dataset { meta, train: Tokens::Owned(ids[..n].to_vec()), val: Tokens::Owned(ids[n..].to_vec()), source: "built-in Shakespeare corpus (char-level)".into() }
+        Dataset {
+            meta,
+            train: Tokens::Owned(ids[..n].to_vec()),
+            val: Tokens::Owned(ids[n..].to_vec()),
+            source: "built-in Shakespeare corpus (char-level)".into(),
+        }
     }
 
     pub fn split(&self, s: Split) -> &Tokens {
@@ -187,7 +206,11 @@ impl Dataset {
     pub fn check_block_size(&self, block_size: usize) -> Result<()> {
         for (name, t) in [("train", &self.train), ("val", &self.val)] {
             if t.len() <= block_size {
-                bail!("the {name} split of {} has {} tokens, not more than block_size ({block_size}); use a smaller block_size or more data", self.source, t.len());
+                bail!(
+                    "the {name} split of {} has {} tokens, not more than block_size ({block_size}); use a smaller block_size or more data",
+                    self.source,
+                    t.len()
+                );
             }
         }
         Ok(())

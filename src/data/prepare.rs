@@ -49,7 +49,9 @@ impl Source {
     }
     fn reader(&self) -> Result<Box<dyn BufRead>> {
         Ok(match self {
-            Source::File(p) => Box::new(BufReader::with_capacity(1 << 20, std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?)),
+            Source::File(p) => {
+                Box::new(BufReader::with_capacity(1 << 20, std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?))
+            }
             Source::Builtin => Box::new(BUILTIN_CORPUS.as_bytes()),
         })
     }
@@ -102,7 +104,9 @@ fn for_each_chunk(src: &Source, mut f: impl FnMut(String) -> Result<()>) -> Resu
             r.read_until(b'\n', &mut buf)?; // finish the line
         }
         let n = buf.len() as u64;
-        let text = String::from_utf8(buf).map_err(|e| anyhow::anyhow!("{} is not UTF-8 text (invalid byte at offset {})", src.name(), offset + e.utf8_error().valid_up_to() as u64))?;
+        let text = String::from_utf8(buf).map_err(|e| {
+            anyhow::anyhow!("{} is not UTF-8 text (invalid byte at offset {})", src.name(), offset + e.utf8_error().valid_up_to() as u64)
+        })?;
         offset += n;
         f(text)?;
     }
@@ -219,7 +223,11 @@ fn prepare_gpt2(srcs: &[Source], total: u64, eot_per_doc: bool, out: &Path, prog
             })
             .collect();
         for ((t, to_val, _), ids) in pending.iter().zip(&encoded) {
-            if *to_val { val.write(ids)? } else { train.write(ids)? }
+            if *to_val {
+                val.write(ids)?
+            } else {
+                train.write(ids)?
+            }
             progress.inc(t.len() as u64);
         }
         pending.clear();

@@ -38,10 +38,10 @@ pub struct Gpt<B: Backend> {
     pub cfg: ModelConfig,
     pub layout: ParamLayout,
     pub backend: B,
-    pub params: B::Buf,          // (total params)
-    pub grads: B::Buf,           // (total params)
-    pub m: Option<B::Buf>,       // (total params), AdamW first moment, allocated on first update
-    pub v: Option<B::Buf>,       // (total params), AdamW second moment
+    pub params: B::Buf,    // (total params)
+    pub grads: B::Buf,     // (total params)
+    pub m: Option<B::Buf>, // (total params), AdamW first moment, allocated on first update
+    pub v: Option<B::Buf>, // (total params), AdamW second moment
     acts: Option<Acts<B>>,
 }
 
@@ -88,7 +88,15 @@ impl<B: Backend> Gpt<B> {
     /// Forward pass over `tokens(B,T)` with `targets(B,T)`; returns the mean loss. With
     /// `grad_scale = Some(s)`, the fused classifier also writes dloss/dlogits scaled by `s`
     /// (e.g. `1 / grad_accum`) ready for [`Gpt::backward`].
-    pub fn forward(&mut self, tokens: &[u32], targets: &[u32], b: usize, t: usize, dropout: Option<DropoutCtx>, grad_scale: Option<f32>) -> f32 {
+    pub fn forward(
+        &mut self,
+        tokens: &[u32],
+        targets: &[u32],
+        b: usize,
+        t: usize,
+        dropout: Option<DropoutCtx>,
+        grad_scale: Option<f32>,
+    ) -> f32 {
         assert!(t <= self.cfg.block_size && tokens.len() == b * t && targets.len() == b * t);
         self.ensure_acts(b, t);
         let Gpt { cfg, layout: p, backend: be, params, acts, .. } = self;
@@ -108,13 +116,31 @@ impl<B: Backend> Gpt<B> {
             let fch_gelu = a.layer(a.fch_gelu, l);
             let fcproj = a.layer(a.fcproj, l);
 
-            be.layernorm_forward(acts, ln1, a.layer(a.ln1_mean, l), a.layer(a.ln1_rstd, l), residual, params, p.layer(p.ln1w, l), p.ln1b.map(|s| p.layer(s, l)));
+            be.layernorm_forward(
+                acts,
+                ln1,
+                a.layer(a.ln1_mean, l),
+                a.layer(a.ln1_rstd, l),
+                residual,
+                params,
+                p.layer(p.ln1w, l),
+                p.ln1b.map(|s| p.layer(s, l)),
+            );
             be.matmul_forward(acts, qkv, ln1, params, p.linear(p.qkvw, p.qkvb, l), c);
             be.attention_forward(acts, atty, a.layer(a.att, l), qkv, b, t, c, cfg.n_head, DropoutCtx::at(dropout, l, 1));
             be.matmul_forward(acts, attproj, atty, params, p.linear(p.attprojw, p.attprojb, l), c);
             be.dropout(acts, attproj, DropoutCtx::at(dropout, l, 2));
             be.residual_forward(acts, residual2, residual, attproj);
-            be.layernorm_forward(acts, ln2, a.layer(a.ln2_mean, l), a.layer(a.ln2_rstd, l), residual2, params, p.layer(p.ln2w, l), p.ln2b.map(|s| p.layer(s, l)));
+            be.layernorm_forward(
+                acts,
+                ln2,
+                a.layer(a.ln2_mean, l),
+                a.layer(a.ln2_rstd, l),
+                residual2,
+                params,
+                p.layer(p.ln2w, l),
+                p.ln2b.map(|s| p.layer(s, l)),
+            );
             be.matmul_forward(acts, fch, ln2, params, p.linear(p.fcw, p.fcb, l), c);
             be.gelu_forward(acts, fch_gelu, fch);
             be.matmul_forward(acts, fcproj, fch_gelu, params, p.linear(p.fcprojw, p.fcprojb, l), 4 * c);
@@ -160,18 +186,79 @@ impl<B: Backend> Gpt<B> {
             be.accumulate(dacts, residual2, residual3);
             be.accumulate(dacts, fcproj, residual3);
             be.dropout(dacts, fcproj, DropoutCtx::at(dropout, l, 3));
-            be.matmul_backward(dacts, fch_gelu, fcproj, grads, p.linear(p.fcprojw, p.fcprojb, l), acts, fch_gelu, params, p.layer(p.fcprojw, l), 4 * c);
+            be.matmul_backward(
+                dacts,
+                fch_gelu,
+                fcproj,
+                grads,
+                p.linear(p.fcprojw, p.fcprojb, l),
+                acts,
+                fch_gelu,
+                params,
+                p.layer(p.fcprojw, l),
+                4 * c,
+            );
             be.gelu_backward(dacts, fch, fch_gelu, acts, fch);
             be.matmul_backward(dacts, ln2, fch, grads, p.linear(p.fcw, p.fcb, l), acts, ln2, params, p.layer(p.fcw, l), c);
-            be.layernorm_backward(dacts, residual2, ln2, grads, p.layer(p.ln2w, l), p.ln2b.map(|s| p.layer(s, l)), acts, residual2, a.layer(a.ln2_mean, l), a.layer(a.ln2_rstd, l), params, p.layer(p.ln2w, l));
+            be.layernorm_backward(
+                dacts,
+                residual2,
+                ln2,
+                grads,
+                p.layer(p.ln2w, l),
+                p.ln2b.map(|s| p.layer(s, l)),
+                acts,
+                residual2,
+                a.layer(a.ln2_mean, l),
+                a.layer(a.ln2_rstd, l),
+                params,
+                p.layer(p.ln2w, l),
+            );
             // residual2 = residual + dropout(attproj)
             be.accumulate(dacts, residual, residual2);
             be.accumulate(dacts, attproj, residual2);
             be.dropout(dacts, attproj, DropoutCtx::at(dropout, l, 2));
-            be.matmul_backward(dacts, atty, attproj, grads, p.linear(p.attprojw, p.attprojb, l), acts, atty, params, p.layer(p.attprojw, l), c);
-            be.attention_backward(dacts, qkv, a.layer(a.att, l), atty, acts, qkv, a.layer(a.att, l), b, t, c, cfg.n_head, DropoutCtx::at(dropout, l, 1));
+            be.matmul_backward(
+                dacts,
+                atty,
+                attproj,
+                grads,
+                p.linear(p.attprojw, p.attprojb, l),
+                acts,
+                atty,
+                params,
+                p.layer(p.attprojw, l),
+                c,
+            );
+            be.attention_backward(
+                dacts,
+                qkv,
+                a.layer(a.att, l),
+                atty,
+                acts,
+                qkv,
+                a.layer(a.att, l),
+                b,
+                t,
+                c,
+                cfg.n_head,
+                DropoutCtx::at(dropout, l, 1),
+            );
             be.matmul_backward(dacts, ln1, qkv, grads, p.linear(p.qkvw, p.qkvb, l), acts, ln1, params, p.layer(p.qkvw, l), c);
-            be.layernorm_backward(dacts, residual, ln1, grads, p.layer(p.ln1w, l), p.ln1b.map(|s| p.layer(s, l)), acts, residual, a.layer(a.ln1_mean, l), a.layer(a.ln1_rstd, l), params, p.layer(p.ln1w, l));
+            be.layernorm_backward(
+                dacts,
+                residual,
+                ln1,
+                grads,
+                p.layer(p.ln1w, l),
+                p.ln1b.map(|s| p.layer(s, l)),
+                acts,
+                residual,
+                a.layer(a.ln1_mean, l),
+                a.layer(a.ln1_rstd, l),
+                params,
+                p.layer(p.ln1w, l),
+            );
         }
         be.dropout(dacts, a.encoded, DropoutCtx::at(dropout, 0, 0));
         be.encoder_backward(grads, p.wte, p.wpe, dacts, a.encoded, tokens, (b, t));

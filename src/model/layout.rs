@@ -70,7 +70,27 @@ impl ParamLayout {
         let fcprojb = add("fcprojb", vec![l, c], false, b);
         let lnfw = add("lnfw", vec![c], false, true).unwrap();
         let lnfb = add("lnfb", vec![c], false, b);
-        ParamLayout { wte, wpe, ln1w, ln1b, qkvw, qkvb, attprojw, attprojb, ln2w, ln2b, fcw, fcb, fcprojw, fcprojb, lnfw, lnfb, tensors, total: off, n_layer: l }
+        ParamLayout {
+            wte,
+            wpe,
+            ln1w,
+            ln1b,
+            qkvw,
+            qkvb,
+            attprojw,
+            attprojb,
+            ln2w,
+            ln2b,
+            fcw,
+            fcb,
+            fcprojw,
+            fcprojb,
+            lnfw,
+            lnfb,
+            tensors,
+            total: off,
+            n_layer: l,
+        }
     }
 
     pub fn tensor(&self, name: &str) -> Option<&ParamTensor> {

@@ -26,10 +26,21 @@ impl ModelConfig {
     /// Checks the shape and returns it; the error names the knob to change.
     pub fn validate(self) -> Result<Self> {
         if self.n_layer == 0 || self.n_head == 0 || self.n_embd == 0 || self.block_size == 0 {
-            bail!("n_layer, n_head, n_embd and block_size must all be at least 1 (got {}, {}, {}, {})", self.n_layer, self.n_head, self.n_embd, self.block_size);
+            bail!(
+                "n_layer, n_head, n_embd and block_size must all be at least 1 (got {}, {}, {}, {})",
+                self.n_layer,
+                self.n_head,
+                self.n_embd,
+                self.block_size
+            );
         }
         if !self.n_embd.is_multiple_of(self.n_head) {
-            bail!("n_embd ({}) must be divisible by n_head ({}); hint: try n_head = {}", self.n_embd, self.n_head, largest_divisor_at_most(self.n_embd, self.n_head));
+            bail!(
+                "n_embd ({}) must be divisible by n_head ({}); hint: try n_head = {}",
+                self.n_embd,
+                self.n_head,
+                largest_divisor_at_most(self.n_embd, self.n_head)
+            );
         }
         if self.vocab_size == 0 || self.vocab_size > u32::MAX as usize {
             bail!("vocab_size must be between 1 and 2^32-1 (got {})", self.vocab_size);

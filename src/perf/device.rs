@@ -47,14 +47,94 @@ pub const TABLE: &[Row] = &[
     ("rtx-4070-ti", &["4070 ti", "4070ti", "rtx4070ti"], "GeForce RTX 4070 Ti", 40.1, 40.1, 80.2, 12 * GIB, 504.0, ADA),
     ("rtx-4080", &["4080", "rtx4080"], "GeForce RTX 4080", 48.7, 48.7, 97.5, 16 * GIB, 717.0, ADA),
     ("rtx-4090", &["4090", "rtx4090"], "GeForce RTX 4090", 82.6, 82.6, 165.2, 24 * GIB, 1008.0, ADA),
-    ("rtx-5090", &["5090", "rtx5090"], "GeForce RTX 5090", 104.8, 104.8, 209.5, 32 * GIB, 1792.0, "NVIDIA RTX Blackwell GPU architecture whitepaper v1.0, appendix A (dense, FP16 tensor with FP32 accumulate)"),
-    ("a100-40gb", &["a100", "a100 40gb", "a100-sxm4-40gb"], "A100 SXM4 40GB", 19.5, 156.0, 312.0, 40 * GB, 1555.0, "NVIDIA A100 Tensor Core GPU datasheet (dense)"),
-    ("a100-80gb", &["a100 80gb", "a100-sxm4-80gb"], "A100 SXM4 80GB", 19.5, 156.0, 312.0, 80 * GB, 2039.0, "NVIDIA A100 Tensor Core GPU datasheet (dense)"),
-    ("h100-sxm", &["h100", "h100 sxm", "h100-sxm5"], "H100 SXM5 80GB", 67.0, 494.7, 989.4, 80 * GB, 3350.0, "NVIDIA H100 Tensor Core GPU datasheet (dense: half the sparsity figures)"),
-    ("h100-pcie", &["h100 pcie"], "H100 PCIe 80GB", 51.2, 378.0, 756.0, 80 * GB, 2000.0, "NVIDIA H100 Tensor Core GPU datasheet (dense: half the sparsity figures)"),
-    ("h200", &["h200 sxm", "h200-sxm"], "H200 SXM 141GB", 67.0, 494.7, 989.4, 141 * GB, 4800.0, "NVIDIA H200 Tensor Core GPU datasheet (dense: half the sparsity figures)"),
-    ("l4", &["nvidia l4"], "L4 24GB", 30.3, 60.0, 121.0, 24 * GB, 300.0, "NVIDIA L4 Tensor Core GPU datasheet (dense: half the sparsity figures)"),
-    ("t4", &["tesla t4", "nvidia t4"], "Tesla T4 16GB (no TF32: runs as fp32)", 8.1, 8.1, 65.0, 16 * GB, 320.0, "NVIDIA T4 Tensor Core GPU datasheet (mixed precision FP16/FP32)"),
+    (
+        "rtx-5090",
+        &["5090", "rtx5090"],
+        "GeForce RTX 5090",
+        104.8,
+        104.8,
+        209.5,
+        32 * GIB,
+        1792.0,
+        "NVIDIA RTX Blackwell GPU architecture whitepaper v1.0, appendix A (dense, FP16 tensor with FP32 accumulate)",
+    ),
+    (
+        "a100-40gb",
+        &["a100", "a100 40gb", "a100-sxm4-40gb"],
+        "A100 SXM4 40GB",
+        19.5,
+        156.0,
+        312.0,
+        40 * GB,
+        1555.0,
+        "NVIDIA A100 Tensor Core GPU datasheet (dense)",
+    ),
+    (
+        "a100-80gb",
+        &["a100 80gb", "a100-sxm4-80gb"],
+        "A100 SXM4 80GB",
+        19.5,
+        156.0,
+        312.0,
+        80 * GB,
+        2039.0,
+        "NVIDIA A100 Tensor Core GPU datasheet (dense)",
+    ),
+    (
+        "h100-sxm",
+        &["h100", "h100 sxm", "h100-sxm5"],
+        "H100 SXM5 80GB",
+        67.0,
+        494.7,
+        989.4,
+        80 * GB,
+        3350.0,
+        "NVIDIA H100 Tensor Core GPU datasheet (dense: half the sparsity figures)",
+    ),
+    (
+        "h100-pcie",
+        &["h100 pcie"],
+        "H100 PCIe 80GB",
+        51.2,
+        378.0,
+        756.0,
+        80 * GB,
+        2000.0,
+        "NVIDIA H100 Tensor Core GPU datasheet (dense: half the sparsity figures)",
+    ),
+    (
+        "h200",
+        &["h200 sxm", "h200-sxm"],
+        "H200 SXM 141GB",
+        67.0,
+        494.7,
+        989.4,
+        141 * GB,
+        4800.0,
+        "NVIDIA H200 Tensor Core GPU datasheet (dense: half the sparsity figures)",
+    ),
+    (
+        "l4",
+        &["nvidia l4"],
+        "L4 24GB",
+        30.3,
+        60.0,
+        121.0,
+        24 * GB,
+        300.0,
+        "NVIDIA L4 Tensor Core GPU datasheet (dense: half the sparsity figures)",
+    ),
+    (
+        "t4",
+        &["tesla t4", "nvidia t4"],
+        "Tesla T4 16GB (no TF32: runs as fp32)",
+        8.1,
+        8.1,
+        65.0,
+        16 * GB,
+        320.0,
+        "NVIDIA T4 Tensor Core GPU datasheet (mixed precision FP16/FP32)",
+    ),
 ];
 
 fn normalise(s: &str) -> String {
@@ -70,10 +150,22 @@ pub fn lookup(name: &str) -> Result<Device> {
     }
     for &(id, aliases, desc, fp32, tf32, half, mem, bw, src) in TABLE {
         if normalise(id) == n || aliases.iter().any(|a| normalise(a) == n) || n.replace("rtx-", "") == normalise(id).replace("rtx-", "") {
-            return Ok(Device { name: id.into(), description: desc.into(), fp32_tflops: fp32, tf32_tflops: tf32, half_tflops: half, memory_bytes: mem, bandwidth_gbs: bw, source: src.into() });
+            return Ok(Device {
+                name: id.into(),
+                description: desc.into(),
+                fp32_tflops: fp32,
+                tf32_tflops: tf32,
+                half_tflops: half,
+                memory_bytes: mem,
+                bandwidth_gbs: bw,
+                source: src.into(),
+            });
         }
     }
-    bail!("unknown device `{name}`; known: cpu, {} (hint: `--peak-tflops X` supplies a peak for any other device)", TABLE.iter().map(|r| r.0).collect::<Vec<_>>().join(", "))
+    bail!(
+        "unknown device `{name}`; known: cpu, {} (hint: `--peak-tflops X` supplies a peak for any other device)",
+        TABLE.iter().map(|r| r.0).collect::<Vec<_>>().join(", ")
+    )
 }
 
 /// Every device name, for `--list-devices`.
@@ -89,7 +181,10 @@ pub fn names() -> Vec<&'static str> {
 pub fn cpu() -> Device {
     let threads = rayon::current_num_threads();
     let peak = cpu_peak_cached(threads);
-    let mem = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| s.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())).map_or(0, |kb| kb * 1024);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .map_or(0, |kb| kb * 1024);
     Device {
         name: "cpu".into(),
         description: format!("{} ({threads} threads)", cpu_model()),
@@ -103,19 +198,28 @@ pub fn cpu() -> Device {
 }
 
 pub fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string())).unwrap_or_else(|| std::env::consts::ARCH.to_string())
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string()))
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
 
 fn cache_path(threads: usize) -> Option<std::path::PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME").map(std::path::PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))?;
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))?;
     let key: String = cpu_model().chars().filter(|c| c.is_ascii_alphanumeric()).collect();
-    Some(base.join("gptrain").join(format!("cpu-peak-{key}-{threads}t.json")))
+    Some(base.join("gptrain").join(format!("cpu-peak-v2-{key}-{threads}t.json")))
 }
 
 fn cpu_peak_cached(threads: usize) -> f64 {
     let path = cache_path(threads);
     if let Some(p) = &path {
-        if let Some(v) = std::fs::read_to_string(p).ok().and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok()).and_then(|v| v["flops"].as_f64()) {
+        if let Some(v) = std::fs::read_to_string(p)
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .and_then(|v| v["flops"].as_f64())
+        {
             if v > 0.0 {
                 return v;
             }
@@ -148,6 +252,10 @@ pub fn probe_cpu_peak() -> f64 {
 fn fma_chains(iters: u64, seed: f32) -> f64 {
     #[cfg(target_arch = "x86_64")]
     {
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (checked just above).
+            return unsafe { fma_chains_avx512(iters, seed) };
+        }
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             // SAFETY: the CPU supports AVX2 and FMA (checked just above).
             return unsafe { fma_chains_avx2(iters, seed) };
@@ -177,6 +285,26 @@ unsafe fn fma_chains_avx2(iters: u64, seed: f32) -> f64 {
     _mm256_storeu_ps(out.as_mut_ptr(), sum);
     std::hint::black_box(out);
     (iters * 10 * 8 * 2) as f64
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_chains_avx512(iters: u64, seed: f32) -> f64 {
+    use std::arch::x86_64::*;
+    let a = _mm512_set1_ps(0.999_999);
+    let b = _mm512_set1_ps(1e-7);
+    let mut acc = [_mm512_set1_ps(seed); 10];
+    for _ in 0..iters {
+        for x in acc.iter_mut() {
+            *x = _mm512_fmadd_ps(*x, a, b);
+        }
+    }
+    let mut sum = _mm512_setzero_ps();
+    for x in acc {
+        sum = _mm512_add_ps(sum, x);
+    }
+    std::hint::black_box(_mm512_reduce_add_ps(sum));
+    (iters * 10 * 16 * 2) as f64
 }
 
 fn fma_chains_portable(iters: u64, seed: f32) -> f64 {

@@ -121,7 +121,14 @@ pub struct Memory {
 
 impl Memory {
     pub fn total(&self) -> u64 {
-        self.weights + self.master_weights + self.gradients + self.optimizer + self.activations + self.logits + self.backward_scratch + self.overhead
+        self.weights
+            + self.master_weights
+            + self.gradients
+            + self.optimizer
+            + self.activations
+            + self.logits
+            + self.backward_scratch
+            + self.overhead
     }
     /// (name, bytes) of each part, for tables.
     pub fn parts(&self) -> Vec<(&'static str, u64)> {
@@ -152,7 +159,16 @@ pub fn memory(cfg: &ModelConfig, b: usize, t: usize, d: u64, recompute: bool, im
             let layout = crate::model::ActLayout::new(cfg, b, t);
             let logits = 2 * layout.logits.len as u64 * 4;
             let acts = 2 * (layout.total - layout.logits.len) as u64 * 4;
-            Memory { weights: 4 * n, master_weights: 0, gradients: 4 * n, optimizer: 8 * n, activations: acts, logits, backward_scratch: 0, overhead: 0 }
+            Memory {
+                weights: 4 * n,
+                master_weights: 0,
+                gradients: 4 * n,
+                optimizer: 8 * n,
+                activations: acts,
+                logits,
+                backward_scratch: 0,
+                overhead: 0,
+            }
         }
         Impl::Gpu => {
             // per layer, in units of B*T*C: ln1 1, qkv 3, atty 1, residual2 1, ln2 1, fch 4,

@@ -2,4 +2,7 @@
 //! and the log reader.
 
 pub mod device;
+pub mod estimate;
 pub mod flops;
+pub mod logs;
+pub mod meter;

@@ -11,11 +11,8 @@ pub fn attention_forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], _b: usiz
     let hs = c / nh;
     let scale = 1.0 / (hs as f32).sqrt();
     let c3 = 3 * c;
-    out.par_chunks_mut(t * c)
-        .zip(att.par_chunks_mut(nh * t * t))
-        .zip(qkv.par_chunks(t * c3))
-        .enumerate()
-        .for_each(|(bi, ((out, att), qkv))| {
+    out.par_chunks_mut(t * c).zip(att.par_chunks_mut(nh * t * t)).zip(qkv.par_chunks(t * c3)).enumerate().for_each(
+        |(bi, ((out, att), qkv))| {
             for h in 0..nh {
                 for t1 in 0..t {
                     // seek to q[b, t1, h, :] and att[b, h, t1, :]
@@ -30,7 +27,7 @@ pub fn attention_forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], _b: usiz
                     }
                     let mut sum = 0.0f32;
                     for a in &mut row[..=t1] {
-                        *a = (*a - maxv).exp();
+                        *a = super::mathf::exp(*a - maxv);
                         sum += *a;
                     }
                     let inv = 1.0 / sum;
@@ -51,12 +48,24 @@ pub fn attention_forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], _b: usiz
                     }
                 }
             }
-        });
+        },
+    );
 }
 
 /// dqkv(B,T,3C) += gradients through attention; datt(B,NH,T,T) is scratch.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_backward(dqkv: &mut [f32], datt: &mut [f32], dout: &[f32], qkv: &[f32], att: &[f32], _b: usize, t: usize, c: usize, nh: usize, drop: Dropout) {
+pub fn attention_backward(
+    dqkv: &mut [f32],
+    datt: &mut [f32],
+    dout: &[f32],
+    qkv: &[f32],
+    att: &[f32],
+    _b: usize,
+    t: usize,
+    c: usize,
+    nh: usize,
+    drop: Dropout,
+) {
     let hs = c / nh;
     let scale = 1.0 / (hs as f32).sqrt();
     let c3 = 3 * c;

@@ -10,11 +10,11 @@ pub fn crossentropy_forward(logits: &[f32], losses: &mut [f32], targets: &[u32],
     let row_loss = |row: usize, l: &[f32], dl: Option<(&mut [f32], f32)>| -> f32 {
         let tgt = targets[row] as usize;
         let maxv = l[..v].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-        let sum = l[..v].iter().map(|&x| (x - maxv).exp()).sum::<f32>();
+        let sum = l[..v].iter().map(|&x| super::mathf::exp(x - maxv)).sum::<f32>();
         if let Some((dl, s)) = dl {
             let inv = 1.0 / sum;
             for i in 0..v {
-                let p = (l[i] - maxv).exp() * inv;
+                let p = super::mathf::exp(l[i] - maxv) * inv;
                 dl[i] = s * (p - if i == tgt { 1.0 } else { 0.0 });
             }
             dl[v..].fill(0.0);
@@ -23,9 +23,11 @@ pub fn crossentropy_forward(logits: &[f32], losses: &mut [f32], targets: &[u32],
     };
     match grad {
         Some((dlogits, s)) => {
-            losses.par_iter_mut().zip(logits.par_chunks(vp).zip(dlogits.par_chunks_mut(vp))).enumerate().for_each(|(row, (loss, (l, dl)))| {
-                *loss = row_loss(row, l, Some((dl, s)));
-            });
+            losses.par_iter_mut().zip(logits.par_chunks(vp).zip(dlogits.par_chunks_mut(vp))).enumerate().for_each(
+                |(row, (loss, (l, dl)))| {
+                    *loss = row_loss(row, l, Some((dl, s)));
+                },
+            );
         }
         None => {
             losses.par_iter_mut().zip(logits.par_chunks(vp)).enumerate().for_each(|(row, (loss, l))| {

@@ -11,25 +11,31 @@ const ROWS_PER_PARTIAL: usize = 64;
 /// out(N,C) = (inp - mean) * rstd * w + b; also stores mean(N) and rstd(N) for backward.
 pub fn layernorm_forward(out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], inp: &[f32], w: &[f32], b: Option<&[f32]>) {
     let c = w.len();
-    out.par_chunks_mut(c)
-        .zip(inp.par_chunks(c))
-        .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
-        .for_each(|((o, x), (m, r))| {
-            let mu = x.iter().sum::<f32>() / c as f32;
-            let var = x.iter().map(|&v| (v - mu) * (v - mu)).sum::<f32>() / c as f32;
-            let s = 1.0 / (var + EPS).sqrt();
-            for i in 0..c {
-                let n = (x[i] - mu) * s;
-                o[i] = n * w[i] + b.map_or(0.0, |b| b[i]);
-            }
-            *m = mu;
-            *r = s;
-        });
+    out.par_chunks_mut(c).zip(inp.par_chunks(c)).zip(mean.par_iter_mut().zip(rstd.par_iter_mut())).for_each(|((o, x), (m, r))| {
+        let mu = x.iter().sum::<f32>() / c as f32;
+        let var = x.iter().map(|&v| (v - mu) * (v - mu)).sum::<f32>() / c as f32;
+        let s = 1.0 / (var + EPS).sqrt();
+        for i in 0..c {
+            let n = (x[i] - mu) * s;
+            o[i] = n * w[i] + b.map_or(0.0, |b| b[i]);
+        }
+        *m = mu;
+        *r = s;
+    });
 }
 
 /// dinp += ...; dw += sum_rows(dout * norm); db += sum_rows(dout).
 #[allow(clippy::too_many_arguments)]
-pub fn layernorm_backward(dinp: &mut [f32], dw: &mut [f32], db: Option<&mut [f32]>, dout: &[f32], inp: &[f32], mean: &[f32], rstd: &[f32], w: &[f32]) {
+pub fn layernorm_backward(
+    dinp: &mut [f32],
+    dw: &mut [f32],
+    db: Option<&mut [f32]>,
+    dout: &[f32],
+    inp: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    w: &[f32],
+) {
     let c = w.len();
     let rows = ROWS_PER_PARTIAL * c;
     // Each task handles a fixed block of rows: it writes its rows of dinp and returns its partial

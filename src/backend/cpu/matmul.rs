@@ -16,7 +16,20 @@ fn parallelism() -> gemm::Parallelism {
 
 /// dst(m,n) = beta_dst * dst + lhs(m,k) @ rhs(k,n), all given by (row stride, column stride).
 #[allow(clippy::too_many_arguments)]
-fn gemm_strided(m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize, accumulate: bool, lhs: &[f32], lhs_rs: usize, lhs_cs: usize, rhs: &[f32], rhs_rs: usize, rhs_cs: usize) {
+fn gemm_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_rs: usize,
+    lhs_cs: usize,
+    rhs: &[f32],
+    rhs_rs: usize,
+    rhs_cs: usize,
+) {
     if m == 0 || n == 0 {
         return;
     }

@@ -6,6 +6,7 @@ pub mod attention;
 pub mod classifier;
 pub mod encoder;
 pub mod layernorm;
+pub mod mathf;
 pub mod matmul;
 pub mod optimizer;
 pub mod pointwise;
@@ -64,14 +65,33 @@ impl Backend for Cpu {
         buf.len()
     }
 
-    fn encoder_forward(&self, acts: &mut Vec<f32>, out: Span, params: &Vec<f32>, wte: Span, wpe: Span, tokens: &[u32], bt: (usize, usize), drop: Dropout) {
+    fn encoder_forward(
+        &self,
+        acts: &mut Vec<f32>,
+        out: Span,
+        params: &Vec<f32>,
+        wte: Span,
+        wpe: Span,
+        tokens: &[u32],
+        bt: (usize, usize),
+        drop: Dropout,
+    ) {
         let c = out.len / (bt.0 * bt.1);
         encoder::encoder_forward(&mut acts[out.off..out.end()], at(params, wte), at(params, wpe), tokens, bt.1, c);
         if drop.active() {
             pointwise::dropout(&mut acts[out.off..out.end()], drop);
         }
     }
-    fn encoder_backward(&self, grads: &mut Vec<f32>, dwte: Span, dwpe: Span, dacts: &Vec<f32>, dout: Span, tokens: &[u32], bt: (usize, usize)) {
+    fn encoder_backward(
+        &self,
+        grads: &mut Vec<f32>,
+        dwte: Span,
+        dwpe: Span,
+        dacts: &Vec<f32>,
+        dout: Span,
+        tokens: &[u32],
+        bt: (usize, usize),
+    ) {
         let c = dout.len / (bt.0 * bt.1);
         let [dwte, dwpe] = carve(grads, [dwte, dwpe]);
         encoder::encoder_backward(dwte, dwpe, at(dacts, dout), tokens, bt.1, c);
@@ -80,11 +100,35 @@ impl Backend for Cpu {
         pointwise::dropout(&mut buf[x.off..x.end()], drop);
     }
 
-    fn layernorm_forward(&self, acts: &mut Vec<f32>, out: Span, mean: Span, rstd: Span, inp: Span, params: &Vec<f32>, w: Span, b: Option<Span>) {
+    fn layernorm_forward(
+        &self,
+        acts: &mut Vec<f32>,
+        out: Span,
+        mean: Span,
+        rstd: Span,
+        inp: Span,
+        params: &Vec<f32>,
+        w: Span,
+        b: Option<Span>,
+    ) {
         let [out, mean, rstd, inp] = carve(acts, [out, mean, rstd, inp]);
         layernorm::layernorm_forward(out, mean, rstd, inp, at(params, w), b.map(|b| at(params, b)));
     }
-    fn layernorm_backward(&self, dacts: &mut Vec<f32>, dinp: Span, dout: Span, grads: &mut Vec<f32>, dw: Span, db: Option<Span>, acts: &Vec<f32>, inp: Span, mean: Span, rstd: Span, params: &Vec<f32>, w: Span) {
+    fn layernorm_backward(
+        &self,
+        dacts: &mut Vec<f32>,
+        dinp: Span,
+        dout: Span,
+        grads: &mut Vec<f32>,
+        dw: Span,
+        db: Option<Span>,
+        acts: &Vec<f32>,
+        inp: Span,
+        mean: Span,
+        rstd: Span,
+        params: &Vec<f32>,
+        w: Span,
+    ) {
         let [dinp, dout] = carve(dacts, [dinp, dout]);
         let [dw, db] = carve(grads, [dw, db.unwrap_or_default()]);
         let db = if db.is_empty() { None } else { Some(db) };
@@ -95,18 +139,55 @@ impl Backend for Cpu {
         let [out, inp] = carve(acts, [out, inp]);
         matmul::matmul_forward(out, inp, at(params, lin.w), lin.b.map(|b| at(params, b)), ic);
     }
-    fn matmul_backward(&self, dacts: &mut Vec<f32>, dinp: Span, dout: Span, grads: &mut Vec<f32>, dlin: Linear, acts: &Vec<f32>, inp: Span, params: &Vec<f32>, w: Span, ic: usize) {
+    fn matmul_backward(
+        &self,
+        dacts: &mut Vec<f32>,
+        dinp: Span,
+        dout: Span,
+        grads: &mut Vec<f32>,
+        dlin: Linear,
+        acts: &Vec<f32>,
+        inp: Span,
+        params: &Vec<f32>,
+        w: Span,
+        ic: usize,
+    ) {
         let [dinp, dout] = carve(dacts, [dinp, dout]);
         let [dw, db] = carve(grads, [dlin.w, dlin.b.unwrap_or_default()]);
         let db = if db.is_empty() { None } else { Some(db) };
         matmul::matmul_backward(dinp, dw, db, dout, at(acts, inp), at(params, w), ic);
     }
 
-    fn attention_forward(&self, acts: &mut Vec<f32>, out: Span, att: Span, qkv: Span, b: usize, t: usize, c: usize, nh: usize, drop: Dropout) {
+    fn attention_forward(
+        &self,
+        acts: &mut Vec<f32>,
+        out: Span,
+        att: Span,
+        qkv: Span,
+        b: usize,
+        t: usize,
+        c: usize,
+        nh: usize,
+        drop: Dropout,
+    ) {
         let [out, att, qkv] = carve(acts, [out, att, qkv]);
         attention::attention_forward(out, att, qkv, b, t, c, nh, drop);
     }
-    fn attention_backward(&self, dacts: &mut Vec<f32>, dqkv: Span, datt: Span, dout: Span, acts: &Vec<f32>, qkv: Span, att: Span, b: usize, t: usize, c: usize, nh: usize, drop: Dropout) {
+    fn attention_backward(
+        &self,
+        dacts: &mut Vec<f32>,
+        dqkv: Span,
+        datt: Span,
+        dout: Span,
+        acts: &Vec<f32>,
+        qkv: Span,
+        att: Span,
+        b: usize,
+        t: usize,
+        c: usize,
+        nh: usize,
+        drop: Dropout,
+    ) {
         let [dqkv, datt, dout] = carve(dacts, [dqkv, datt, dout]);
         attention::attention_backward(dqkv, datt, dout, at(acts, qkv), at(acts, att), b, t, c, nh, drop);
     }
@@ -128,7 +209,16 @@ impl Backend for Cpu {
         pointwise::accumulate(dst, src);
     }
 
-    fn crossentropy_forward(&self, acts: &mut Vec<f32>, logits: Span, losses: Span, targets: &[u32], v: usize, vp: usize, grad: Option<(&mut Vec<f32>, Span, f32)>) {
+    fn crossentropy_forward(
+        &self,
+        acts: &mut Vec<f32>,
+        logits: Span,
+        losses: Span,
+        targets: &[u32],
+        v: usize,
+        vp: usize,
+        grad: Option<(&mut Vec<f32>, Span, f32)>,
+    ) {
         let [logits, losses] = carve(acts, [logits, losses]);
         let grad = grad.map(|(dacts, dl, s)| (&mut dacts[dl.off..dl.end()], s));
         classifier::crossentropy_forward(logits, losses, targets, v, vp, grad);
@@ -143,7 +233,17 @@ impl Backend for Cpu {
     fn scale(&self, buf: &mut Vec<f32>, span: Span, s: f32) {
         pointwise::scale(&mut buf[span.off..span.end()], s);
     }
-    fn adamw_update(&self, params: &mut Vec<f32>, grads: &Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, span: Span, hp: AdamW, step: u64, weight_decay: f32) {
+    fn adamw_update(
+        &self,
+        params: &mut Vec<f32>,
+        grads: &Vec<f32>,
+        m: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+        span: Span,
+        hp: AdamW,
+        step: u64,
+        weight_decay: f32,
+    ) {
         let r = span.off..span.end();
         optimizer::adamw(&mut params[r.clone()], &grads[r.clone()], &mut m[r.clone()], &mut v[r], hp, step, weight_decay);
     }

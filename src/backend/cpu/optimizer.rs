@@ -21,10 +21,8 @@ pub fn adamw(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], hp: AdamW, 
     let step_size = hp.lr / bc1;
     let bc2_sqrt = bc2.sqrt();
     let decay = 1.0 - hp.lr * wd;
-    p.par_chunks_mut(CHUNK)
-        .zip(g.par_chunks(CHUNK))
-        .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
-        .for_each(|((p, g), (m, v))| {
+    p.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK))).for_each(
+        |((p, g), (m, v))| {
             for i in 0..p.len() {
                 let gi = g[i];
                 p[i] *= decay;
@@ -33,5 +31,6 @@ pub fn adamw(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], hp: AdamW, 
                 let denom = v[i].sqrt() / bc2_sqrt + hp.eps;
                 p[i] -= step_size * m[i] / denom;
             }
-        });
+        },
+    );
 }

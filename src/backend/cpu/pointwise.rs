@@ -1,5 +1,6 @@
 //! Elementwise kernels: GELU, residual add, dropout, scaling.
 
+use super::mathf;
 use crate::backend::Dropout;
 use rayon::prelude::*;
 
@@ -15,7 +16,7 @@ pub fn gelu_forward(out: &mut [f32], inp: &[f32]) {
     out.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK)).for_each(|(o, x)| {
         for (o, &x) in o.iter_mut().zip(x) {
             let cube = 0.044715 * x * x * x;
-            *o = 0.5 * x * (1.0 + (GELU_SCALE * (x + cube)).tanh());
+            *o = 0.5 * x * (1.0 + mathf::tanh(GELU_SCALE * (x + cube)));
         }
     });
 }
@@ -26,9 +27,8 @@ pub fn gelu_backward(dinp: &mut [f32], dout: &[f32], inp: &[f32]) {
         for ((di, &d), &x) in di.iter_mut().zip(d).zip(x) {
             let cube = 0.044715 * x * x * x;
             let tanh_arg = GELU_SCALE * (x + cube);
-            let tanh_out = tanh_arg.tanh();
-            let cosh = tanh_arg.cosh();
-            let sech2 = 1.0 / (cosh * cosh);
+            let tanh_out = mathf::tanh(tanh_arg);
+            let sech2 = 1.0 - tanh_out * tanh_out;
             let grad = 0.5 * (1.0 + tanh_out) + x * 0.5 * sech2 * GELU_SCALE * (1.0 + 3.0 * 0.044715 * x * x);
             *di += grad * d;
         }

@@ -1,0 +1,314 @@
+//! `gptrain bench`: times full training steps (forward, backward, clipping, AdamW) on synthetic
+//! tokens, and optionally the share of each kernel (through [`Timed`], a backend wrapper).
+
+use crate::backend::cpu::Cpu;
+use crate::backend::{AdamW, Backend, DType, Dropout, Linear, Span};
+use crate::model::{Gpt, ModelConfig};
+use crate::optim::{train_step, OptimConfig};
+use crate::perf::flops;
+use crate::rng;
+use anyhow::Result;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BenchResult {
+    pub ms_per_step: f64,
+    pub p10_ms: f64,
+    pub p90_ms: f64,
+    /// Model FLOPs of one step (one micro-batch), from `perf::flops`.
+    pub flops_per_step: f64,
+    pub peak_rss_bytes: u64,
+    pub params: usize,
+    /// (kernel, ms per step), largest first.
+    pub profile: Vec<(String, f64)>,
+}
+
+/// Peak resident memory of this process (VmHWM), bytes.
+pub fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Times `steps` training steps of `model` at micro-batch `b` after `warmup` untimed ones.
+pub fn run(model: &ModelConfig, b: usize, steps: usize, warmup: usize, profile: bool) -> Result<BenchResult> {
+    let t = model.block_size;
+    let opt = OptimConfig {
+        learning_rate: 1e-4,
+        min_lr: 1e-5,
+        warmup_iters: 0,
+        lr_decay_iters: 1000,
+        decay_lr: false,
+        weight_decay: 0.1,
+        beta1: 0.9,
+        beta2: 0.95,
+        grad_clip: 1.0,
+    };
+    let key = rng::key(0, rng::STREAM_TRAIN_BATCH, &[]);
+    let batch = |i: u64| -> Vec<(Vec<u32>, Vec<u32>)> {
+        let toks: Vec<u32> =
+            (0..b * t + 1).map(|j| rng::below(rng::mix(key, i * 1_000_003 + j as u64), model.vocab_size as u64) as u32).collect();
+        vec![(toks[..b * t].to_vec(), toks[1..].to_vec())]
+    };
+    let timer = Timer::default();
+    let mut times = Vec::new();
+    if profile {
+        let mut g = Gpt::init(Timed { inner: Cpu, timer: &timer }, model.clone(), 1);
+        for i in 0..warmup + steps {
+            if i == warmup {
+                timer.reset();
+            }
+            let mb = batch(i as u64);
+            let t0 = Instant::now();
+            train_step(&mut g, &mb, b, t, i as u64, &opt, None);
+            if i >= warmup {
+                times.push(t0.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    } else {
+        let mut g = Gpt::init(Cpu, model.clone(), 1);
+        for i in 0..warmup + steps {
+            let mb = batch(i as u64);
+            let t0 = Instant::now();
+            train_step(&mut g, &mb, b, t, i as u64, &opt, None);
+            if i >= warmup {
+                times.push(t0.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    let q = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
+    let mut prof: Vec<(String, f64)> = timer.0.lock().unwrap().iter().map(|(k, v)| (k.clone(), v / steps.max(1) as f64)).collect();
+    prof.sort_by(|a, b| b.1.total_cmp(&a.1));
+    Ok(BenchResult {
+        ms_per_step: q(0.5),
+        p10_ms: q(0.1),
+        p90_ms: q(0.9),
+        flops_per_step: flops::flops_per_iter(model, b, t, 1),
+        peak_rss_bytes: peak_rss(),
+        params: flops::params(model).total,
+        profile: prof,
+    })
+}
+
+/// Accumulated milliseconds per kernel name.
+#[derive(Default)]
+pub struct Timer(Mutex<BTreeMap<String, f64>>);
+
+impl Timer {
+    fn add(&self, name: &str, t0: Instant) {
+        *self.0.lock().unwrap().entry(name.to_string()).or_default() += t0.elapsed().as_secs_f64() * 1e3;
+    }
+    fn reset(&self) {
+        self.0.lock().unwrap().clear();
+    }
+}
+
+/// A backend that times every kernel of the backend it wraps.
+pub struct Timed<'a, B: Backend> {
+    pub inner: B,
+    pub timer: &'a Timer,
+}
+
+/// A matmul's role from its shape: output channels over input channels.
+fn matmul_role(ic: usize, oc: usize) -> &'static str {
+    match (4 * oc / ic, 4 * oc % ic) {
+        (12, 0) => "matmul qkv",
+        (4, 0) => "matmul attn proj",
+        (16, 0) => "matmul mlp fc",
+        (1, 0) => "matmul mlp proj",
+        _ => "matmul lm_head",
+    }
+}
+
+macro_rules! timed {
+    ($self:ident, $name:expr, $call:expr) => {{
+        let t0 = Instant::now();
+        let r = $call;
+        $self.timer.add($name, t0);
+        r
+    }};
+}
+
+impl<B: Backend> Backend for Timed<'_, B> {
+    type Buf = B::Buf;
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+    fn dtype(&self) -> DType {
+        self.inner.dtype()
+    }
+    fn alloc(&self, n: usize) -> Self::Buf {
+        self.inner.alloc(n)
+    }
+    fn upload(&self, dst: &mut Self::Buf, off: usize, src: &[f32]) {
+        self.inner.upload(dst, off, src)
+    }
+    fn download(&self, src: &Self::Buf, span: Span) -> Vec<f32> {
+        self.inner.download(src, span)
+    }
+    fn zero(&self, buf: &mut Self::Buf, span: Span) {
+        timed!(self, "zero grads/activations", self.inner.zero(buf, span))
+    }
+    fn len(&self, buf: &Self::Buf) -> usize {
+        self.inner.len(buf)
+    }
+    fn encoder_forward(
+        &self,
+        acts: &mut Self::Buf,
+        out: Span,
+        params: &Self::Buf,
+        wte: Span,
+        wpe: Span,
+        tokens: &[u32],
+        bt: (usize, usize),
+        drop: Dropout,
+    ) {
+        timed!(self, "encoder", self.inner.encoder_forward(acts, out, params, wte, wpe, tokens, bt, drop))
+    }
+    fn encoder_backward(
+        &self,
+        grads: &mut Self::Buf,
+        dwte: Span,
+        dwpe: Span,
+        dacts: &Self::Buf,
+        dout: Span,
+        tokens: &[u32],
+        bt: (usize, usize),
+    ) {
+        timed!(self, "encoder", self.inner.encoder_backward(grads, dwte, dwpe, dacts, dout, tokens, bt))
+    }
+    fn dropout(&self, buf: &mut Self::Buf, x: Span, drop: Dropout) {
+        timed!(self, "dropout", self.inner.dropout(buf, x, drop))
+    }
+    fn layernorm_forward(
+        &self,
+        acts: &mut Self::Buf,
+        out: Span,
+        mean: Span,
+        rstd: Span,
+        inp: Span,
+        params: &Self::Buf,
+        w: Span,
+        b: Option<Span>,
+    ) {
+        timed!(self, "layernorm", self.inner.layernorm_forward(acts, out, mean, rstd, inp, params, w, b))
+    }
+    fn layernorm_backward(
+        &self,
+        dacts: &mut Self::Buf,
+        dinp: Span,
+        dout: Span,
+        grads: &mut Self::Buf,
+        dw: Span,
+        db: Option<Span>,
+        acts: &Self::Buf,
+        inp: Span,
+        mean: Span,
+        rstd: Span,
+        params: &Self::Buf,
+        w: Span,
+    ) {
+        timed!(self, "layernorm", self.inner.layernorm_backward(dacts, dinp, dout, grads, dw, db, acts, inp, mean, rstd, params, w))
+    }
+    fn matmul_forward(&self, acts: &mut Self::Buf, out: Span, inp: Span, params: &Self::Buf, lin: Linear, ic: usize) {
+        let role = matmul_role(ic, lin.w.len / ic);
+        timed!(self, role, self.inner.matmul_forward(acts, out, inp, params, lin, ic))
+    }
+    fn matmul_backward(
+        &self,
+        dacts: &mut Self::Buf,
+        dinp: Span,
+        dout: Span,
+        grads: &mut Self::Buf,
+        dlin: Linear,
+        acts: &Self::Buf,
+        inp: Span,
+        params: &Self::Buf,
+        w: Span,
+        ic: usize,
+    ) {
+        let role = matmul_role(ic, w.len / ic);
+        timed!(self, role, self.inner.matmul_backward(dacts, dinp, dout, grads, dlin, acts, inp, params, w, ic))
+    }
+    fn attention_forward(
+        &self,
+        acts: &mut Self::Buf,
+        out: Span,
+        att: Span,
+        qkv: Span,
+        b: usize,
+        t: usize,
+        c: usize,
+        nh: usize,
+        drop: Dropout,
+    ) {
+        timed!(self, "attention", self.inner.attention_forward(acts, out, att, qkv, b, t, c, nh, drop))
+    }
+    fn attention_backward(
+        &self,
+        dacts: &mut Self::Buf,
+        dqkv: Span,
+        datt: Span,
+        dout: Span,
+        acts: &Self::Buf,
+        qkv: Span,
+        att: Span,
+        b: usize,
+        t: usize,
+        c: usize,
+        nh: usize,
+        drop: Dropout,
+    ) {
+        timed!(self, "attention", self.inner.attention_backward(dacts, dqkv, datt, dout, acts, qkv, att, b, t, c, nh, drop))
+    }
+    fn gelu_forward(&self, acts: &mut Self::Buf, out: Span, inp: Span) {
+        timed!(self, "gelu", self.inner.gelu_forward(acts, out, inp))
+    }
+    fn gelu_backward(&self, dacts: &mut Self::Buf, dinp: Span, dout: Span, acts: &Self::Buf, inp: Span) {
+        timed!(self, "gelu", self.inner.gelu_backward(dacts, dinp, dout, acts, inp))
+    }
+    fn residual_forward(&self, acts: &mut Self::Buf, out: Span, a: Span, b: Span) {
+        timed!(self, "residual", self.inner.residual_forward(acts, out, a, b))
+    }
+    fn accumulate(&self, buf: &mut Self::Buf, dst: Span, src: Span) {
+        timed!(self, "residual", self.inner.accumulate(buf, dst, src))
+    }
+    fn crossentropy_forward(
+        &self,
+        acts: &mut Self::Buf,
+        logits: Span,
+        losses: Span,
+        targets: &[u32],
+        v: usize,
+        vp: usize,
+        grad: Option<(&mut Self::Buf, Span, f32)>,
+    ) {
+        timed!(self, "softmax + cross-entropy", self.inner.crossentropy_forward(acts, logits, losses, targets, v, vp, grad))
+    }
+    fn sum(&self, buf: &Self::Buf, span: Span) -> f64 {
+        self.inner.sum(buf, span)
+    }
+    fn sum_squares(&self, buf: &Self::Buf, span: Span) -> f64 {
+        timed!(self, "grad norm + clip", self.inner.sum_squares(buf, span))
+    }
+    fn scale(&self, buf: &mut Self::Buf, span: Span, s: f32) {
+        timed!(self, "grad norm + clip", self.inner.scale(buf, span, s))
+    }
+    fn adamw_update(
+        &self,
+        params: &mut Self::Buf,
+        grads: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        span: Span,
+        hp: AdamW,
+        step: u64,
+        weight_decay: f32,
+    ) {
+        timed!(self, "adamw", self.inner.adamw_update(params, grads, m, v, span, hp, step, weight_decay))
+    }
+}

@@ -1,0 +1,587 @@
+//! One function per subcommand: resolve flags into a plan, run it, print.
+
+use super::printer::{gib, si, thousands, Printer};
+use super::ConfigArgs;
+use crate::backend::DType;
+use crate::checkpoint;
+use crate::config::{self, Config};
+use crate::data::prepare::{self, TokenizerKind};
+use crate::model::ModelConfig;
+use crate::perf::estimate::{self, MfuAssumption, Run};
+use crate::perf::logs as logreader;
+use crate::perf::{device, flops};
+use crate::rng;
+use crate::sample::Sampler;
+use crate::tokenizer::Tokenizer;
+use crate::train;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+/// The preset used when a command is given neither `--preset` nor `--config`.
+pub const DEFAULT_PRESET: &str = "shakespeare-char-cpu";
+
+/// Resolves config flags (defaulting to [`DEFAULT_PRESET`]) and prints notices.
+fn resolve(a: &ConfigArgs) -> Result<Config> {
+    let preset = a.preset.as_deref().or(if a.config.is_none() { Some(DEFAULT_PRESET) } else { None });
+    let (cfg, notices) = config::resolve(preset, a.config.as_deref(), &a.sets)?;
+    for n in notices.0 {
+        eprintln!("{n}");
+    }
+    Ok(cfg)
+}
+
+/// A rayon pool with `threads` workers (0: physical cores).
+fn pool(threads: usize) -> Result<rayon::ThreadPool> {
+    let n = if threads == 0 { config::physical_cores() } else { threads };
+    rayon::ThreadPoolBuilder::new().num_threads(n).build().context("cannot start the thread pool")
+}
+
+pub fn prepare(input: Option<PathBuf>, tokenizer: &str, out: &Path, threads: Option<usize>) -> Result<()> {
+    let kind = match tokenizer {
+        "char" => TokenizerKind::Char,
+        "gpt2" | "bpe" => TokenizerKind::Gpt2,
+        t => bail!("unknown tokenizer `{t}`; use `char` or `gpt2`"),
+    };
+    let bar = if std::io::stderr().is_terminal() { indicatif::ProgressBar::new(0) } else { indicatif::ProgressBar::hidden() };
+    bar.set_style(indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}").unwrap());
+    let r = pool(threads.unwrap_or(0))?.install(|| prepare::prepare(input.as_deref(), kind, out, &bar))?;
+    bar.finish_and_clear();
+    println!("read {} from {} document(s)", gib(r.bytes), r.documents);
+    println!("vocabulary: {} tokens ({} tokenizer), stored as uint{}", r.meta.vocab_size, r.meta.tokenizer, r.meta.token_bytes * 8);
+    println!("train has {} tokens, val has {} tokens", thousands(r.train_tokens as f64), thousands(r.val_tokens as f64));
+    println!("wrote {}/train.bin, val.bin, meta.json{}", out.display(), if r.meta.itos.is_some() { ", meta.pkl" } else { "" });
+    Ok(())
+}
+
+pub fn train(a: &ConfigArgs) -> Result<()> {
+    let cfg = resolve(a)?;
+    train::check_device(&cfg)?;
+    println!("config:\n{}", cfg.table());
+    install_signal_handler();
+    let mut printer = Printer::new();
+    pool(cfg.threads)?.install(|| -> Result<()> {
+        let summary = train::run(&cfg, &mut printer)?;
+        if summary.iters > 0 {
+            println!("sample:");
+            sample_run(&cfg, 1, cfg.max_new_tokens.min(300))?;
+        }
+        Ok(())
+    })
+}
+
+fn install_signal_handler() {
+    let _ = ctrlc::set_handler(|| {
+        if train::STOP.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            eprintln!("\nstopping now (second interrupt); the last checkpoint is intact");
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: finishing this iteration and writing a checkpoint (interrupt again to quit at once)");
+    });
+}
+
+pub fn sample(a: &ConfigArgs) -> Result<()> {
+    let cfg = resolve(a)?;
+    pool(cfg.threads)?.install(|| sample_run(&cfg, cfg.num_samples, cfg.max_new_tokens))
+}
+
+/// Loads the model to sample from: a GPT-2 safetensors file when `init_from` is a path, else
+/// the newest checkpoint in out_dir.
+fn load_for_sampling(cfg: &Config) -> Result<(ModelConfig, Vec<f32>, Tokenizer)> {
+    if cfg.init_from != "scratch" && cfg.init_from != "resume" {
+        let p = PathBuf::from(&cfg.init_from);
+        let file = if p.is_dir() { p.join("model.safetensors") } else { p };
+        let tf = crate::tensorfile::read(&file)?;
+        let mc = checkpoint::hf_shape(&tf, file.parent().unwrap_or(Path::new(".")), cfg.n_head)?;
+        let params = checkpoint::from_hf(&tf, &mc, &crate::model::ParamLayout::new(&mc))?;
+        return Ok((mc, params, Tokenizer::Gpt2));
+    }
+    let ck = checkpoint::load_latest(Path::new(&cfg.out_dir), cfg.resume_fallback, &mut |w| eprintln!("{w}"))?;
+    let tok = ck.state.meta.tokenizer()?;
+    Ok((ck.state.model, ck.params, tok))
+}
+
+fn sample_run(cfg: &Config, num_samples: usize, max_new_tokens: usize) -> Result<()> {
+    let (mc, params, tok) = load_for_sampling(cfg)?;
+    let start = match cfg.start.strip_prefix("FILE:") {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read the prompt file {path}"))?,
+        None => cfg.start.clone(),
+    };
+    let mut prompt = tok.encode(&start).context("cannot encode the prompt")?;
+    if prompt.is_empty() {
+        prompt = match tok {
+            Tokenizer::Gpt2 => vec![crate::tokenizer::GPT2_EOT],
+            Tokenizer::Char { .. } => tok.encode("\n").unwrap_or(vec![0]),
+        };
+    }
+    let mut sampler = Sampler::new(mc, params);
+    let stdout = std::io::stdout();
+    for k in 0..num_samples {
+        let mut rng = rng::Rng::new(cfg.seed, rng::STREAM_SAMPLE + 1000 * k as u64);
+        print!("{start}");
+        let mut pending = Vec::new();
+        sampler.generate(&prompt, max_new_tokens, cfg.temperature as f32, cfg.top_k, &mut rng, |t| {
+            // BPE tokens may split a UTF-8 character: print once the bytes decode cleanly
+            pending.push(t);
+            let text = tok.decode(&pending);
+            if !text.contains('\u{FFFD}') {
+                print!("{text}");
+                let _ = stdout.lock().flush();
+                pending.clear();
+            }
+        });
+        if !pending.is_empty() {
+            print!("{}", tok.decode(&pending));
+        }
+        println!("\n---------------");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Args, Clone, Debug)]
+pub struct EstimateArgs {
+    #[command(flatten)]
+    pub cfg: ConfigArgs,
+    /// Device name (`gptrain estimate --list-devices`), e.g. rtx-4070, a100-80gb, cpu.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// fp32, tf32, fp16 or bf16 (default: the config's dtype).
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// Assumed model FLOPs utilisation (0-1); default depends on device and size.
+    #[arg(long)]
+    pub mfu: Option<f64>,
+    /// Peak TFLOP/s to use instead of the device table's.
+    #[arg(long)]
+    pub peak_tflops: Option<f64>,
+    /// Is this many ms per iteration physically possible?
+    #[arg(long)]
+    pub expect_ms: Option<f64>,
+    /// Time a few real training iterations here and use the measured MFU (cpu only).
+    #[arg(long)]
+    pub calibrate: bool,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// List known devices and exit.
+    #[arg(long)]
+    pub list_devices: bool,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct LogsArgs {
+    /// The log file (nanoGPT, llm.c, or gptrain's metrics.jsonl).
+    pub file: PathBuf,
+    /// Device the log was made on, for the true MFU.
+    #[arg(long)]
+    pub device: Option<String>,
+    #[arg(long)]
+    pub dtype: Option<String>,
+    #[arg(long)]
+    pub peak_tflops: Option<f64>,
+    #[command(flatten)]
+    pub cfg: ConfigArgs,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub block_size: Option<usize>,
+    #[arg(long)]
+    pub grad_accum: Option<usize>,
+    #[arg(long)]
+    pub max_iters: Option<u64>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub cfg: ConfigArgs,
+    /// Timed steps.
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Share of the step per kernel.
+    #[arg(long)]
+    pub profile: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The model shape a config names without opening its dataset: `vocab_size` if set, else the
+/// built-in corpus's vocabulary for `builtin`, else a prepared directory's meta, else GPT-2's
+/// padded 50304 (nanoGPT's default).
+fn model_without_data(cfg: &Config) -> Result<ModelConfig> {
+    let vocab = match cfg.vocab_size {
+        Some(v) => v,
+        None if cfg.dataset == "builtin" => crate::data::prepare::char_encode_all(crate::data::BUILTIN_CORPUS).0.vocab_size,
+        None => match Path::new(&cfg.dataset).is_dir() {
+            true => crate::data::Meta::load(Path::new(&cfg.dataset))?.vocab_size,
+            false => 50304,
+        },
+    };
+    train::model_config(&Config { vocab_size: Some(vocab), ..cfg.clone() }, 0)
+}
+
+fn parse_dtype(s: &str) -> Result<DType> {
+    DType::parse(s).with_context(|| format!("unknown dtype `{s}`; use fp32, tf32, fp16 or bf16"))
+}
+
+pub fn estimate(a: &EstimateArgs) -> Result<()> {
+    if a.list_devices {
+        for n in device::names() {
+            let d = device::lookup(n)?;
+            println!(
+                "{:<18} {:<40} fp32 {:>6.1}  tf32 {:>6.1}  fp16/bf16 {:>6.1} TFLOP/s  {:>6.1} GiB",
+                d.name,
+                d.description,
+                d.fp32_tflops,
+                d.tf32_tflops,
+                d.half_tflops,
+                d.memory_bytes as f64 / (1u64 << 30) as f64
+            );
+        }
+        return Ok(());
+    }
+    let cfg = resolve(&a.cfg)?;
+    let dev_name = a.device.clone().unwrap_or_else(|| if cfg.device == "cuda" { String::new() } else { cfg.device.clone() });
+    if dev_name.is_empty() {
+        bail!("this config runs on `cuda`: name the card with `--device` (e.g. rtx-4070, a100-80gb; `--list-devices` shows all)");
+    }
+    let threads = if cfg.threads == 0 { config::physical_cores() } else { cfg.threads };
+    pool(threads)?.install(|| -> Result<()> {
+        let dev = device::lookup(&dev_name)?;
+        let mut dtype = parse_dtype(a.dtype.as_deref().unwrap_or(&cfg.dtype))?;
+        let mut notes = Vec::new();
+        if dev.name == "cpu" && dtype != DType::F32 {
+            notes.push(format!("note: the CPU backend computes in fp32, not {}; estimating fp32", dtype.name()));
+            dtype = DType::F32;
+        }
+        let model = model_without_data(&cfg)?;
+        let run = Run {
+            model: model.clone(),
+            batch_size: cfg.batch_size,
+            grad_accum: cfg.gradient_accumulation_steps,
+            max_iters: cfg.max_iters,
+            eval_interval: cfg.eval_interval,
+            eval_iters: cfg.eval_iters,
+        };
+        let mfu = if a.calibrate {
+            if dev.name != "cpu" {
+                bail!("--calibrate times real iterations on this machine: use it with --device cpu");
+            }
+            let b = crate::bench::run(&model, cfg.batch_size, 3, 1, false)?;
+            let measured = b.flops_per_step * cfg.gradient_accumulation_steps as f64
+                / (b.ms_per_step * cfg.gradient_accumulation_steps as f64 / 1e3)
+                / dev.peak_flops(DType::F32);
+            notes.push(format!(
+                "calibrated: {} timed micro-steps of this model here took {:.1} ms each (median) = {:.1}% MFU",
+                3,
+                b.ms_per_step,
+                measured * 100.0
+            ));
+            MfuAssumption::fixed(measured, "measured here by --calibrate")
+        } else if let Some(m) = a.mfu {
+            if !(m > 0.0 && m <= 1.0) {
+                bail!("--mfu must be in (0, 1] (got {m})");
+            }
+            MfuAssumption::fixed(m, "--mfu")
+        } else {
+            MfuAssumption::default_for(&dev)
+        };
+        let peak = a.peak_tflops.map(|t| t * 1e12);
+        let e = estimate::estimate(&run, &dev, dtype, peak, mfu);
+        let verdict = a.expect_ms.map(|ms| estimate::expect_verdict(&e, ms));
+        if a.json {
+            for n in &notes {
+                eprintln!("{n}");
+            }
+            let mut v = serde_json::to_value(&e)?;
+            if let Some((ok, why)) = &verdict {
+                v["expect_ms"] = serde_json::json!({ "ms": a.expect_ms, "possible": ok, "reason": why });
+            }
+            println!("{v}");
+            return Ok(());
+        }
+        for n in &notes {
+            println!("{n}");
+        }
+        print_estimate(&e, &model, &run, &dev, verdict.as_ref());
+        Ok(())
+    })
+}
+
+fn print_estimate(e: &estimate::Estimate, m: &ModelConfig, run: &Run, dev: &device::Device, verdict: Option<&(bool, String)>) {
+    use crate::perf::meter::human_duration;
+    println!(
+        "model: {} layers, {} heads, {} dims, block {}, vocab {}, bias {}",
+        m.n_layer, m.n_head, m.n_embd, m.block_size, m.padded_vocab_size, m.bias
+    );
+    println!(
+        "parameters: {:.2}M ({:.2}M as nanoGPT counts, without position embeddings)",
+        e.params as f64 / 1e6,
+        e.params_nanogpt as f64 / 1e6
+    );
+    println!(
+        "tokens per iteration: {} (batch {} x block {} x grad accum {})",
+        thousands(e.tokens_per_iter as f64),
+        run.batch_size,
+        m.block_size,
+        run.grad_accum
+    );
+    println!(
+        "FLOPs per token (training): {:.3e} exact matmul count; {:.3e} by the 6N + 12LHQT convention nanoGPT uses",
+        e.flops_per_token, e.flops_per_token_palm
+    );
+    println!("FLOPs per iteration: {:.3e}", e.flops_per_iter);
+    println!("device: {} ({}), {} peak {:.1} TFLOP/s [{}]", dev.name, dev.description, e.dtype, e.peak_flops / 1e12, e.peak_source);
+    println!();
+    println!(
+        "floor (100% of peak): {:.0} ms/iteration -> {} for {} iterations",
+        e.floor_ms_per_iter,
+        human_duration(e.floor_total_seconds),
+        e.max_iters
+    );
+    let (lo, hi) = e.ms_per_iter_range;
+    if e.mfu.low == e.mfu.high {
+        println!("expected at MFU {:.1}% ({}): {:.0} ms/iteration", e.mfu.mid() * 100.0, e.mfu.source, e.ms_per_iter);
+    } else {
+        println!(
+            "expected at MFU {:.0}-{:.0}% ({}): {:.0}-{:.0} ms/iteration (mid {:.0} ms)",
+            e.mfu.low * 100.0,
+            e.mfu.high * 100.0,
+            e.mfu.source,
+            lo,
+            hi,
+            e.ms_per_iter
+        );
+    }
+    println!(
+        "total for {} iterations + {} evals ({:.1}s each): {} (range {} - {})",
+        e.max_iters,
+        e.evals,
+        e.eval_seconds,
+        human_duration(e.total_seconds),
+        human_duration(e.total_seconds_range.0),
+        human_duration(e.total_seconds_range.1)
+    );
+    println!();
+    println!(
+        "memory at micro-batch {} ({}):",
+        run.batch_size,
+        if dev.name == "cpu" {
+            "gptrain's CPU buffers, fp32"
+        } else {
+            "gptrain's GPU path: flash attention, fused classifier, fp32 master weights and moments"
+        }
+    );
+    for (name, b) in e.memory.parts() {
+        if b > 0 {
+            println!("  {name:<24} {:>10}", gib(b));
+        }
+    }
+    let cap = e.device_memory_bytes;
+    println!("  {:<24} {:>10} of {} -> {}", "total", gib(e.memory_bytes), gib(cap), if e.fits { "fits" } else { "DOES NOT FIT" });
+    println!(
+        "largest micro-batch that fits: {}{}",
+        e.max_micro_batch,
+        if e.max_micro_batch_recompute > 0 {
+            format!(" ({} with GELU/LayerNorm recomputation)", e.max_micro_batch_recompute)
+        } else {
+            String::new()
+        }
+    );
+    if !e.fits {
+        let tokens = run.batch_size * run.grad_accum;
+        match (1..=e.max_micro_batch).rev().find(|b| tokens.is_multiple_of(*b)) {
+            Some(b) => println!(
+                "to fit: --set batch_size={b} --set gradient_accumulation_steps={} keeps {} tokens per iteration",
+                tokens / b,
+                thousands(e.tokens_per_iter as f64)
+            ),
+            None => println!(
+                "to fit: even micro-batch 1 does not fit; use a smaller block_size or model, or recomputation ({} at this batch)",
+                gib(e.memory_with_recompute)
+            ),
+        }
+    }
+    if let Some((_, why)) = verdict {
+        println!();
+        println!("{why}");
+    }
+}
+
+pub fn logs(a: &LogsArgs) -> Result<()> {
+    let text = std::fs::read(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
+    let text = String::from_utf8_lossy(&text);
+    let parsed = logreader::parse(&text).with_context(|| format!("{}", a.file.display()))?;
+    let st = logreader::steady(&parsed);
+    // the run's shape: explicit flags over config flags
+    let have_cfg = a.cfg.preset.is_some() || a.cfg.config.is_some() || !a.cfg.sets.is_empty();
+    let cfg = if have_cfg { Some(resolve(&a.cfg)?) } else { None };
+    let batch = a.batch_size.or(cfg.as_ref().map(|c| c.batch_size));
+    let block = a.block_size.or(cfg.as_ref().map(|c| c.block_size));
+    let accum = a.grad_accum.or(cfg.as_ref().map(|c| c.gradient_accumulation_steps));
+    let max_iters = a.max_iters.or(st.total_from_log).or(cfg.as_ref().map(|c| c.max_iters));
+    let tokens_per_iter = match (batch, block, accum) {
+        (Some(b), Some(t), Some(g)) => Some((b * t * g) as f64),
+        _ => None,
+    };
+    let s = st.steady_ms_per_iter / 1e3;
+    let tokens_per_second = tokens_per_iter.map(|t| t / s).or(st.log_tok_s);
+    let dev = a.device.as_deref().map(device::lookup).transpose()?;
+    let dtype = parse_dtype(a.dtype.as_deref().unwrap_or(if dev.as_ref().is_some_and(|d| d.name == "cpu") { "fp32" } else { "bf16" }))?;
+    let peak = a.peak_tflops.map(|t| t * 1e12).or(dev.as_ref().map(|d| d.peak_flops(dtype)));
+    let model = match &cfg {
+        Some(c) => Some(model_without_data(c)?),
+        None => None,
+    };
+    let flops_per_token = model.as_ref().map(|m| flops::flops_per_token(m, block.unwrap_or(m.block_size)).train());
+    let mfu = match (flops_per_token, tokens_per_second, peak) {
+        (Some(f), Some(tps), Some(p)) => Some(f * tps / p),
+        _ => None,
+    };
+    let log_mfu_on_device = match (parsed.format, st.log_mfu, peak) {
+        (logreader::Format::NanoGpt, Some(m), Some(p)) => Some(m * logreader::NANOGPT_PEAK / p),
+        (_, Some(m), _) => Some(m),
+        _ => None,
+    };
+    let eta = max_iters.map(|m| m.saturating_sub(st.last_iter + 1) as f64 * s);
+    if a.json {
+        let v = serde_json::json!({
+            "format": parsed.format,
+            "steady_ms_per_iter": st.steady_ms_per_iter,
+            "p10_ms": st.p10_ms,
+            "p90_ms": st.p90_ms,
+            "tokens_per_second": tokens_per_second,
+            "mfu": mfu,
+            "log_mfu": st.log_mfu,
+            "log_mfu_on_device": log_mfu_on_device,
+            "eta_seconds": eta,
+            "iters_seen": st.iters_seen,
+            "iters_dropped": st.iters_dropped,
+            "warmup_dropped": st.warmup_dropped,
+            "outliers_dropped": st.outliers_dropped,
+            "last_iter": st.last_iter,
+            "max_iters": max_iters,
+            "evals": parsed.evals,
+            "lines_skipped": parsed.skipped_lines,
+            "minus_100_lines": parsed.minus_100,
+            "device": dev.as_ref().map(|d| d.name.clone()),
+            "peak_flops": peak,
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    use crate::perf::meter::human_duration;
+    println!(
+        "{}: {:?} log, {} iteration lines, {} eval lines, {} other lines skipped",
+        a.file.display(),
+        parsed.format,
+        st.iters_seen,
+        parsed.evals,
+        parsed.skipped_lines
+    );
+    println!(
+        "dropped {} iterations: {} warm-up (until three consecutive times agree within 10%), {} outliers (> {}x the median: eval/checkpoint time counted into an iteration)",
+        st.iters_dropped,
+        st.warmup_dropped,
+        st.outliers_dropped,
+        logreader::OUTLIER
+    );
+    println!("steady: {:.2} ms/iter (median; p10 {:.2}, p90 {:.2})", st.steady_ms_per_iter, st.p10_ms, st.p90_ms);
+    match tokens_per_second {
+        Some(t) => println!("tokens/s: {}", thousands(t)),
+        None => println!("tokens/s: unknown (give --batch-size, --block-size and --grad-accum, or a --preset/--config)"),
+    }
+    match (mfu, &dev) {
+        (Some(m), Some(d)) => println!("true MFU on {} ({}): {:.1}%", d.name, dtype.name(), m * 100.0),
+        (None, None) => println!("MFU: n/a (name the GPU with --device to compute it)"),
+        _ => println!("MFU: n/a (needs the model shape: --preset/--config/--set, and the batch shape)"),
+    }
+    if let Some(m) = st.log_mfu {
+        match (parsed.format, log_mfu_on_device, &dev) {
+            (logreader::Format::NanoGpt, Some(x), Some(d)) => println!(
+                "the log's mfu column says {:.1}% of an A100's 312 TFLOP/s whatever the card; against {} it would have read {:.1}%",
+                m * 100.0,
+                d.name,
+                x * 100.0
+            ),
+            _ => println!("the log's own MFU column: {:.1}%", m * 100.0),
+        }
+    }
+    if parsed.minus_100 > 0 {
+        println!("note: {} lines show `mfu -100.00%`: nanoGPT prints its running-MFU placeholder (-1) until its 5th iteration; it is not a measurement", parsed.minus_100);
+    }
+    match (eta, max_iters) {
+        (Some(e), Some(m)) => println!(
+            "ETA to iteration {m}: {} (from iteration {}, at the steady rate, evals not included)",
+            human_duration(e),
+            st.last_iter
+        ),
+        _ => println!("ETA: unknown (give --max-iters)"),
+    }
+    Ok(())
+}
+
+pub fn bench(a: &BenchArgs) -> Result<()> {
+    let cfg = resolve(&a.cfg)?;
+    let threads = a.threads.unwrap_or(if cfg.threads == 0 { config::physical_cores() } else { cfg.threads });
+    pool(threads)?.install(|| -> Result<()> {
+        let model = model_without_data(&cfg)?;
+        let dev = device::cpu();
+        let r = crate::bench::run(&model, cfg.batch_size, a.steps, a.warmup, a.profile)?;
+        let peak = dev.peak_flops(DType::F32);
+        let tps = (cfg.batch_size * model.block_size) as f64 / (r.ms_per_step / 1e3);
+        let gflops = r.flops_per_step / (r.ms_per_step / 1e3) / 1e9;
+        if a.json {
+            let v = serde_json::json!({
+                "ms_per_step": r.ms_per_step, "ms_p10": r.p10_ms, "ms_p90": r.p90_ms, "tokens_per_second": tps, "gflops": gflops,
+                "mfu": gflops * 1e9 / peak, "peak_gflops": peak / 1e9, "peak_rss_bytes": r.peak_rss_bytes, "threads": threads,
+                "params": r.params, "steps": a.steps, "profile": r.profile,
+            });
+            println!("{v}");
+            return Ok(());
+        }
+        println!(
+            "model: {} layers, {} heads, {} dims, block {}, batch {}, vocab {} ({:.2}M params), {} threads",
+            model.n_layer,
+            model.n_head,
+            model.n_embd,
+            model.block_size,
+            cfg.batch_size,
+            model.padded_vocab_size,
+            r.params as f64 / 1e6,
+            threads
+        );
+        println!(
+            "step (forward, backward, clip, AdamW): {:.2} ms median over {} steps (p10 {:.2}, p90 {:.2})",
+            r.ms_per_step, a.steps, r.p10_ms, r.p90_ms
+        );
+        println!(
+            "{} tokens/s, {:.1} GFLOP/s of model FLOPs, MFU {:.1}% of {:.1} GFLOP/s ({})",
+            thousands(tps),
+            gflops,
+            gflops * 1e9 / peak * 100.0,
+            peak / 1e9,
+            dev.source
+        );
+        println!("peak memory (RSS): {}", gib(r.peak_rss_bytes));
+        if !r.profile.is_empty() {
+            println!("profile (share of the step):");
+            let total: f64 = r.profile.iter().map(|p| p.1).sum();
+            for (name, ms) in &r.profile {
+                println!("  {name:<28} {:>8.2} ms {:>6.1}%", ms, ms / total * 100.0);
+            }
+        }
+        let _ = si(0.0);
+        Ok(())
+    })
+}

@@ -1,0 +1,82 @@
+//! The command line: parses flags into a validated plan, runs it, and is the only place that
+//! prints.
+
+mod commands;
+mod printer;
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "gptrain", version, about = "Train GPT-2-family models on CPU, and tell the truth about time.", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+/// Config flags shared by every command that takes a config.
+#[derive(Args, Clone, Debug, Default)]
+pub struct ConfigArgs {
+    /// A TOML config file (or a nanoGPT `config/*.py`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// A named preset: shakespeare-char, shakespeare-char-cpu, gpt2-124m, rtx4070-40m.
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Override one knob, e.g. `--set max_iters=200` (repeatable; applied last, in order).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Tokenize text into train.bin/val.bin (nanoGPT's format) plus meta.
+    Prepare {
+        /// A text file or a folder of .txt files (default: the built-in Shakespeare corpus).
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// `char` (vocabulary from the text) or `gpt2` (GPT-2 BPE).
+        #[arg(long, default_value = "char")]
+        tokenizer: String,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Worker threads (default: physical cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Train (with no flags: the `shakespeare-char-cpu` preset on the built-in corpus).
+    Train(ConfigArgs),
+    /// Sample from the newest checkpoint in out_dir (or init_from = a GPT-2 model.safetensors).
+    Sample(ConfigArgs),
+    /// Predict time per iteration, total time and memory of a config on a device.
+    Estimate(commands::EstimateArgs),
+    /// Read a training log (nanoGPT, llm.c or gptrain JSONL): steady speed, true MFU, ETA.
+    Logs(commands::LogsArgs),
+    /// Time full training steps on synthetic tokens: ms/step, tokens/s, GFLOP/s, MFU.
+    Bench(commands::BenchArgs),
+}
+
+/// Runs the CLI; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Prepare { input, tokenizer, out, threads } => commands::prepare(input, &tokenizer, &out, threads),
+        Cmd::Train(a) => commands::train(&a),
+        Cmd::Sample(a) => commands::sample(&a),
+        Cmd::Estimate(a) => commands::estimate(&a),
+        Cmd::Logs(a) => commands::logs(&a),
+        Cmd::Bench(a) => commands::bench(&a),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.downcast_ref::<crate::train::Interrupted>().is_some() {
+                130
+            } else {
+                1
+            }
+        }
+    }
+}

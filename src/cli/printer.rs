@@ -1,0 +1,162 @@
+//! How training reads on a terminal (a progress bar with lines above it) and in a log file
+//! (plain lines, nanoGPT's shapes).
+
+use crate::perf::meter::{finish_time, human_duration};
+use crate::train::{IterLog, Observer, StartInfo, Summary};
+use std::io::IsTerminal;
+use std::path::Path;
+
+pub struct Printer {
+    bar: Option<indicatif::ProgressBar>,
+    max_iters: u64,
+}
+
+impl Printer {
+    pub fn new() -> Self {
+        Printer { bar: None, max_iters: 0 }
+    }
+
+    fn line(&self, s: &str) {
+        match &self.bar {
+            Some(b) => b.println(s),
+            None => println!("{s}"),
+        }
+    }
+}
+
+/// `12,345`.
+pub fn thousands(x: f64) -> String {
+    let s = format!("{:.0}", x.max(0.0));
+    let mut out = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+pub fn si(x: f64) -> String {
+    match x.abs() {
+        v if v >= 1e12 => format!("{:.2}T", x / 1e12),
+        v if v >= 1e9 => format!("{:.2}G", x / 1e9),
+        v if v >= 1e6 => format!("{:.2}M", x / 1e6),
+        v if v >= 1e3 => format!("{:.2}k", x / 1e3),
+        _ => format!("{x:.0}"),
+    }
+}
+
+pub fn gib(b: u64) -> String {
+    format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
+}
+
+impl Observer for Printer {
+    fn message(&mut self, text: &str) {
+        self.line(text);
+    }
+
+    fn start(&mut self, s: &StartInfo) {
+        let m = &s.model;
+        println!(
+            "model: {} layers, {} heads, {} dims, block {}, vocab {}{}, bias {}",
+            m.n_layer,
+            m.n_head,
+            m.n_embd,
+            m.block_size,
+            m.vocab_size,
+            if m.padded_vocab_size != m.vocab_size { format!(" (padded to {})", m.padded_vocab_size) } else { String::new() },
+            m.bias
+        );
+        println!(
+            "number of parameters: {:.2}M ({:.2}M without position embeddings, as nanoGPT counts)",
+            s.params as f64 / 1e6,
+            s.params_nanogpt as f64 / 1e6
+        );
+        println!("data: {}", s.dataset);
+        println!("tokens per iteration: {} ; FLOPs per iteration: {}", thousands(s.tokens_per_iter as f64), si(s.flops_per_iter));
+        match s.peak_flops {
+            Some(p) => println!("device: {} ; peak {:.1} GFLOP/s ({})", s.device, p / 1e9, s.peak_source),
+            None => println!("device: {} ; peak unknown: MFU n/a", s.device),
+        }
+        println!("memory: about {} for weights, optimizer and activations", gib(s.memory_bytes));
+        println!(
+            "iterations {} -> {}; the first iterations are warm-up and are not counted in throughput, MFU or ETA",
+            s.start_iter, s.max_iters
+        );
+        self.max_iters = s.max_iters;
+        if std::io::stderr().is_terminal() {
+            let bar = indicatif::ProgressBar::new(s.max_iters);
+            bar.set_position(s.start_iter);
+            bar.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").unwrap());
+            self.bar = Some(bar);
+        }
+    }
+
+    fn iter(&mut self, l: &IterLog) {
+        let mut s = format!("iter {}: loss {:.4}, time {:.2}ms, lr {:.2e}, norm {:.4}", l.iter, l.loss, l.ms, l.lr, l.grad_norm);
+        let r = &l.reading;
+        if r.warmup {
+            s.push_str(", warm-up (not counted)");
+        } else {
+            if let (Some(ms), Some(tps)) = (r.steady_ms, r.tokens_per_sec) {
+                s.push_str(&format!(", steady {ms:.2}ms/iter, {} tok/s", thousands(tps)));
+            }
+            match r.mfu {
+                Some(m) => s.push_str(&format!(", mfu {:.1}%", m * 100.0)),
+                None => s.push_str(", mfu n/a"),
+            }
+            if let Some(eta) = r.eta_s {
+                s.push_str(&format!(", eta {} (done {})", human_duration(eta), finish_time(eta)));
+            }
+        }
+        if l.skipped {
+            s.push_str(", NON-FINITE: update skipped");
+        }
+        self.line(&s);
+        if let Some(b) = &self.bar {
+            b.set_position(l.iter + 1);
+            b.set_message(match r.eta_s {
+                Some(e) => format!("loss {:.4} eta {}", l.loss, human_duration(e)),
+                None => format!("loss {:.4} warm-up", l.loss),
+            });
+        }
+    }
+
+    fn eval(&mut self, it: u64, train_loss: f32, val_loss: f32, _secs: f64) {
+        self.line(&format!("step {it}: train loss {train_loss:.4}, val loss {val_loss:.4}"));
+    }
+
+    fn checkpoint(&mut self, path: &Path, secs: f64) {
+        self.line(&format!("saved checkpoint to {} ({:.2}s)", path.display(), secs));
+    }
+
+    fn finish(&mut self, s: &Summary) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+        println!(
+            "done: {} iterations in {} (warm-up {} iters {}, training {}, eval {}, checkpoints {})",
+            s.iters,
+            human_duration(s.total_s),
+            s.warmup_iters,
+            human_duration(s.warmup_s),
+            human_duration(s.train_s),
+            human_duration(s.eval_s),
+            human_duration(s.checkpoint_s)
+        );
+        if let (Some(ms), Some(tps)) = (s.steady_ms, s.tokens_per_sec) {
+            println!(
+                "steady: {ms:.2} ms/iter, {} tok/s, MFU {}",
+                thousands(tps),
+                s.mfu.map_or("n/a".into(), |m| format!("{:.1}%", m * 100.0))
+            );
+        }
+        if let (Some(t), Some(v)) = (s.final_train_loss, s.final_val_loss) {
+            println!("final: train loss {t:.4}, val loss {v:.4}");
+        }
+        if s.skipped_updates > 0 {
+            println!("skipped updates (non-finite loss or gradient): {}", s.skipped_updates);
+        }
+    }
+}

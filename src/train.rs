@@ -1,0 +1,481 @@
+//! The training loop: nanoGPT's train.py, with honest time.
+//!
+//! Order per iteration `it` (= optimiser steps done): evaluate when `it % eval_interval == 0`
+//! (and checkpoint when val improved, or always with `always_save_checkpoint`); stop at
+//! `max_iters` (always checkpointing there); else one optimiser step over
+//! `gradient_accumulation_steps` micro-batches. Batches and dropout masks are functions of
+//! (seed, iteration, micro-step), so resuming from `ckpt-N` replays exactly what an
+//! uninterrupted run does from N.
+
+use crate::backend::cpu::Cpu;
+use crate::backend::{Backend, DType};
+use crate::checkpoint::{self, TrainState};
+use crate::config::Config;
+use crate::data::{Dataset, Split};
+use crate::model::{pad_vocab, Gpt, ModelConfig};
+use crate::optim::{train_step, OptimConfig, StepStats};
+use crate::perf::{device, flops, meter::Meter, meter::Reading};
+use crate::rng;
+use crate::tensorfile;
+use anyhow::{bail, Context, Result};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// Set by the Ctrl-C / SIGTERM handler: finish the iteration, checkpoint, stop.
+pub static STOP: AtomicBool = AtomicBool::new(false);
+
+/// What the loop reports; the CLI prints it.
+pub trait Observer {
+    fn message(&mut self, text: &str);
+    fn start(&mut self, info: &StartInfo);
+    fn iter(&mut self, log: &IterLog);
+    fn eval(&mut self, it: u64, train_loss: f32, val_loss: f32, secs: f64);
+    fn checkpoint(&mut self, path: &Path, secs: f64);
+    fn finish(&mut self, summary: &Summary);
+}
+
+/// Facts about the run, reported once at start.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StartInfo {
+    pub model: ModelConfig,
+    pub params: usize,
+    pub params_nanogpt: usize,
+    pub tokens_per_iter: usize,
+    pub flops_per_iter: f64,
+    pub device: String,
+    pub peak_flops: Option<f64>,
+    pub peak_source: String,
+    pub threads: usize,
+    pub dataset: String,
+    pub start_iter: u64,
+    pub max_iters: u64,
+    pub memory_bytes: u64,
+}
+
+/// One logged iteration.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct IterLog {
+    pub iter: u64,
+    pub max_iters: u64,
+    pub loss: f32,
+    pub lr: f32,
+    pub grad_norm: f32,
+    /// This iteration's own time (no eval or checkpoint inside).
+    pub ms: f64,
+    pub skipped: bool,
+    #[serde(flatten)]
+    pub reading: Reading,
+}
+
+/// The closing summary.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Summary {
+    pub iters: u64,
+    pub warmup_iters: usize,
+    /// Seconds by phase: warm-up, training, eval, checkpoint.
+    pub warmup_s: f64,
+    pub train_s: f64,
+    pub eval_s: f64,
+    pub checkpoint_s: f64,
+    pub total_s: f64,
+    pub steady_ms: Option<f64>,
+    pub tokens_per_sec: Option<f64>,
+    pub mfu: Option<f64>,
+    pub final_train_loss: Option<f32>,
+    pub final_val_loss: Option<f32>,
+    pub skipped_updates: u64,
+    pub out_dir: String,
+}
+
+/// Checks the knobs this build cannot honour.
+pub fn check_device(cfg: &Config) -> Result<DType> {
+    if cfg.device != "cpu" {
+        bail!("device `{}` is not available: this build has only the CPU backend (a CUDA backend is planned); use `--set device=cpu` (and see `gptrain estimate --device ...` for GPU timings)", cfg.device);
+    }
+    let dtype =
+        DType::parse(&cfg.dtype).with_context(|| format!("unknown dtype `{}` (float32, tfloat32, float16, bfloat16)", cfg.dtype))?;
+    if dtype != DType::F32 {
+        bail!("dtype `{}` is not supported by the CPU backend, which computes in float32; use `--set dtype=float32`", cfg.dtype);
+    }
+    Ok(dtype)
+}
+
+/// The model shape a config asks for over a dataset.
+pub fn model_config(cfg: &Config, data_vocab: usize) -> Result<ModelConfig> {
+    let vocab = cfg.vocab_size.unwrap_or(data_vocab);
+    if vocab < data_vocab {
+        bail!("vocab_size {vocab} is smaller than the dataset's vocabulary ({data_vocab})");
+    }
+    let padded = if cfg.pad_vocab { pad_vocab(vocab) } else { vocab };
+    ModelConfig {
+        n_layer: cfg.n_layer,
+        n_head: cfg.n_head,
+        n_embd: cfg.n_embd,
+        block_size: cfg.block_size,
+        vocab_size: vocab,
+        padded_vocab_size: padded,
+        bias: cfg.bias,
+    }
+    .validate()
+}
+
+fn optim_config(cfg: &Config) -> OptimConfig {
+    OptimConfig {
+        learning_rate: cfg.learning_rate as f32,
+        min_lr: cfg.min_lr as f32,
+        warmup_iters: cfg.warmup_iters,
+        lr_decay_iters: cfg.lr_decay_iters,
+        decay_lr: cfg.decay_lr,
+        weight_decay: cfg.weight_decay as f32,
+        beta1: cfg.beta1 as f32,
+        beta2: cfg.beta2 as f32,
+        grad_clip: cfg.grad_clip as f32,
+    }
+}
+
+/// Knobs that fix the model's shape: they must match a checkpoint on resume.
+const SHAPE_KEYS: &[&str] = &["n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "pad_vocab"];
+
+/// Where training starts from.
+struct Init {
+    model_cfg: ModelConfig,
+    params: Vec<f32>,
+    m: Option<Vec<f32>>,
+    v: Option<Vec<f32>>,
+    start_iter: u64,
+    best_val: Option<f32>,
+    skipped: u64,
+    resumed: bool,
+}
+
+fn initialise(cfg: &Config, ds: &Dataset, obs: &mut dyn Observer) -> Result<Init> {
+    let out_dir = Path::new(&cfg.out_dir);
+    match cfg.init_from.as_str() {
+        "scratch" => {
+            let model_cfg = model_config(cfg, ds.meta.vocab_size)?;
+            let layout = crate::model::ParamLayout::new(&model_cfg);
+            let params = crate::model::gpt::init_params(&model_cfg, &layout, cfg.seed);
+            Ok(Init { model_cfg, params, m: None, v: None, start_iter: 0, best_val: None, skipped: 0, resumed: false })
+        }
+        "resume" => {
+            let n = checkpoint::clean_leftovers(out_dir);
+            if n > 0 {
+                obs.message(&format!("removed {n} unfinished checkpoint write(s) in {}", out_dir.display()));
+            }
+            let ck = checkpoint::load_latest(out_dir, cfg.resume_fallback, &mut |w| obs.message(&w))?;
+            let saved = &ck.state.config;
+            let (a, b) = (saved.entries(), cfg.entries());
+            for key in SHAPE_KEYS {
+                let (x, y) = (&a.iter().find(|e| e.0 == *key).unwrap().1, &b.iter().find(|e| e.0 == *key).unwrap().1);
+                if x != y && !(*key == "vocab_size" && y == "auto") {
+                    bail!("`{key}` is {y} but the checkpoint {} was trained with {x}; shape keys must match on resume", ck.dir.display());
+                }
+            }
+            if ck.state.meta.tokenizer != ds.meta.tokenizer
+                || ck.state.meta.vocab_size != ds.meta.vocab_size
+                || ck.state.meta.itos != ds.meta.itos
+            {
+                bail!(
+                    "the dataset's vocabulary ({} tokenizer, {} tokens) does not match the checkpoint's ({} tokenizer, {} tokens) in {}; hint: resume with the dataset the run was trained on",
+                    ds.meta.tokenizer,
+                    ds.meta.vocab_size,
+                    ck.state.meta.tokenizer,
+                    ck.state.meta.vocab_size,
+                    ck.dir.display()
+                );
+            }
+            obs.message(&format!("resuming from {} (iteration {})", ck.dir.display(), ck.state.iter));
+            Ok(Init {
+                model_cfg: ck.state.model.clone(),
+                params: ck.params,
+                m: ck.m,
+                v: ck.v,
+                start_iter: ck.state.iter,
+                best_val: ck.state.best_val_loss,
+                skipped: ck.state.skipped_updates,
+                resumed: true,
+            })
+        }
+        path => {
+            let p = PathBuf::from(path);
+            let file = if p.is_dir() { p.join("model.safetensors") } else { p.clone() };
+            if !file.exists() {
+                bail!("init_from = `{path}`: no such file (expected `scratch`, `resume`, or the path of a GPT-2 model.safetensors)");
+            }
+            let tf = tensorfile::read(&file)?;
+            let mut model_cfg = checkpoint::hf_shape(&tf, file.parent().unwrap_or(Path::new(".")), cfg.n_head)
+                .with_context(|| format!("{}", file.display()))?;
+            if model_cfg.vocab_size < ds.meta.vocab_size {
+                bail!(
+                    "{} has a vocabulary of {} tokens but the dataset's has {}: the model cannot read this data",
+                    file.display(),
+                    model_cfg.vocab_size,
+                    ds.meta.vocab_size
+                );
+            }
+            let file_block = model_cfg.block_size;
+            if cfg.block_size < file_block {
+                model_cfg.block_size = cfg.block_size; // nanoGPT's crop_block_size
+            }
+            let layout = crate::model::ParamLayout::new(&model_cfg);
+            let params = checkpoint::from_hf(&tf, &model_cfg, &layout).with_context(|| format!("{}", file.display()))?;
+            obs.message(&format!(
+                "initialised from {} ({} layers, {} heads, {} dims, vocab {}, context {} of {}); shape knobs come from the file",
+                file.display(),
+                model_cfg.n_layer,
+                model_cfg.n_head,
+                model_cfg.n_embd,
+                model_cfg.vocab_size,
+                model_cfg.block_size,
+                file_block
+            ));
+            Ok(Init { model_cfg, params, m: None, v: None, start_iter: 0, best_val: None, skipped: 0, resumed: false })
+        }
+    }
+}
+
+/// Mean loss over `eval_iters` batches of each split; batches are a function of (seed,
+/// iteration), so evaluation never shifts the training stream.
+fn estimate_loss<B: Backend>(model: &mut Gpt<B>, ds: &Dataset, cfg: &Config, it: u64) -> (f32, f32) {
+    let (b, t) = (cfg.batch_size, model.cfg.block_size);
+    let mut out = [0.0f32; 2];
+    for (si, split) in [Split::Train, Split::Val].into_iter().enumerate() {
+        let mut sum = 0.0f64;
+        for k in 0..cfg.eval_iters {
+            let key = rng::key(cfg.seed, rng::STREAM_EVAL_BATCH, &[it, si as u64, k as u64]);
+            let (x, y) = ds.batch(split, key, b, t);
+            sum += model.forward(&x, &y, b, t, None, None) as f64;
+        }
+        out[si] = (sum / cfg.eval_iters as f64) as f32;
+    }
+    (out[0], out[1])
+}
+
+/// The micro-batches of training iteration `it`.
+pub fn train_batches(ds: &Dataset, seed: u64, it: u64, accum: usize, b: usize, t: usize) -> Vec<(Vec<u32>, Vec<u32>)> {
+    (0..accum).map(|m| ds.batch(Split::Train, rng::key(seed, rng::STREAM_TRAIN_BATCH, &[it, m as u64]), b, t)).collect()
+}
+
+/// Appends JSON lines to `out_dir/metrics.jsonl`.
+struct Metrics(Option<std::fs::File>);
+
+impl Metrics {
+    fn write(&mut self, v: serde_json::Value) {
+        if let Some(f) = &mut self.0 {
+            if writeln!(f, "{v}").is_err() {
+                self.0 = None; // a full disk must not stop training; checkpoints report it
+            }
+        }
+    }
+}
+
+/// Runs training with `cfg` on the current rayon pool.
+pub fn run(cfg: &Config, obs: &mut dyn Observer) -> Result<Summary> {
+    let t_run = Instant::now();
+    check_device(cfg)?;
+    let ds = Dataset::open(&cfg.dataset)?;
+    let init = initialise(cfg, &ds, obs)?;
+    let mc = init.model_cfg.clone();
+    ds.check_block_size(mc.block_size)?;
+    let (b, t, accum) = (cfg.batch_size, mc.block_size, cfg.gradient_accumulation_steps);
+    let out_dir = PathBuf::from(&cfg.out_dir);
+
+    // telemetry: one FLOPs model, this device's real peak
+    let dev = device::cpu();
+    let peak = if cfg.peak_tflops > 0.0 { Some(cfg.peak_tflops * 1e12) } else { Some(dev.peak_flops(DType::F32)).filter(|p| *p > 0.0) };
+    let peak_source = if cfg.peak_tflops > 0.0 { "--set peak_tflops".to_string() } else { dev.source.clone() };
+    let flops_per_iter = flops::flops_per_iter(&mc, b, t, accum);
+    let tokens_per_iter = b * t * accum;
+    let mem = flops::memory(&mc, b, t, 4, false, flops::Impl::Cpu).total();
+    let avail = available_memory();
+    if let Some(a) = avail.filter(|a| mem > *a) {
+        obs.message(&format!("warning: this run needs about {:.1} GiB but only {:.1} GiB of memory is available; lower batch_size (and raise gradient_accumulation_steps) or block_size", mem as f64 / (1u64 << 30) as f64, a as f64 / (1u64 << 30) as f64));
+    }
+
+    let mut model = Gpt::zeros(Cpu, mc.clone());
+    model.set_params(&init.params);
+    if let (Some(m), Some(v)) = (init.m, init.v) {
+        let n = model.num_params();
+        let mut mb = model.backend.alloc(n);
+        let mut vb = model.backend.alloc(n);
+        model.backend.upload(&mut mb, 0, &m);
+        model.backend.upload(&mut vb, 0, &v);
+        (model.m, model.v) = (Some(mb), Some(vb));
+    }
+    let p = flops::params(&mc);
+    obs.start(&StartInfo {
+        model: mc.clone(),
+        params: p.total,
+        params_nanogpt: p.nanogpt,
+        tokens_per_iter,
+        flops_per_iter,
+        device: dev.description.clone(),
+        peak_flops: peak,
+        peak_source,
+        threads: rayon::current_num_threads(),
+        dataset: ds.source.clone(),
+        start_iter: init.start_iter,
+        max_iters: cfg.max_iters,
+        memory_bytes: mem,
+    });
+
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("cannot create out_dir {}", out_dir.display()))?;
+    let mut metrics = Metrics(std::fs::OpenOptions::new().create(true).append(true).open(out_dir.join("metrics.jsonl")).ok());
+    metrics.write(serde_json::json!({"type": "start", "iter": init.start_iter, "max_iters": cfg.max_iters, "tokens_per_iter": tokens_per_iter, "flops_per_iter": flops_per_iter, "peak_flops": peak, "params": p.total, "config": cfg}));
+
+    let opt = optim_config(cfg);
+    let dropout = (cfg.dropout > 0.0).then_some((cfg.dropout as f32, cfg.seed));
+    let mut meter = Meter::new(tokens_per_iter as f64, flops_per_iter, peak);
+    let mut best_val = init.best_val;
+    let mut skipped = init.skipped;
+    let mut last_eval: Option<(f32, f32)> = None;
+    let mut last_saved: Option<u64> = None;
+    let mut it = init.start_iter;
+    let first_iter = it;
+
+    let state = |it: u64, val: Option<f32>, best: Option<f32>, skipped: u64| TrainState {
+        format: checkpoint::FORMAT_VERSION,
+        iter: it,
+        val_loss: val,
+        best_val_loss: best,
+        seed: cfg.seed,
+        model: mc.clone(),
+        config: cfg.clone(),
+        meta: ds.meta.clone(),
+        skipped_updates: skipped,
+    };
+    let save = |model: &Gpt<Cpu>, st: TrainState, meter: &mut Meter, obs: &mut dyn Observer, metrics: &mut Metrics| -> Result<PathBuf> {
+        let t0 = Instant::now();
+        let files = checkpoint::serialize(&model.layout, &st, &model.params, model.m.as_deref(), model.v.as_deref())?;
+        let path = checkpoint::save(&out_dir, &files, st.iter, None)?;
+        checkpoint::prune(&out_dir, cfg.keep_checkpoints);
+        let secs = t0.elapsed().as_secs_f64();
+        meter.record_checkpoint(secs);
+        obs.checkpoint(&path, secs);
+        metrics.write(serde_json::json!({"type": "checkpoint", "iter": st.iter, "path": path, "secs": secs}));
+        Ok(path)
+    };
+
+    loop {
+        let evaluate = it.is_multiple_of(cfg.eval_interval) && !(init.resumed && it == first_iter) || cfg.eval_only;
+        if evaluate {
+            let t0 = Instant::now();
+            let (tl, vl) = estimate_loss(&mut model, &ds, cfg, it);
+            let secs = t0.elapsed().as_secs_f64();
+            meter.record_eval(secs);
+            obs.eval(it, tl, vl, secs);
+            metrics.write(serde_json::json!({"type": "eval", "iter": it, "train_loss": tl, "val_loss": vl, "secs": secs}));
+            last_eval = Some((tl, vl));
+            let improved = best_val.is_none_or(|b| vl < b);
+            if improved {
+                best_val = Some(vl);
+            }
+            if cfg.eval_only {
+                break;
+            }
+            if (improved || cfg.always_save_checkpoint) && it > 0 && it < cfg.max_iters {
+                save(&model, state(it, Some(vl), best_val, skipped), &mut meter, obs, &mut metrics)?;
+                last_saved = Some(it);
+            }
+        }
+        if it >= cfg.max_iters {
+            if last_saved != Some(it) && it > first_iter {
+                let val = last_eval.filter(|_| evaluate).map(|e| e.1);
+                save(&model, state(it, val, best_val, skipped), &mut meter, obs, &mut metrics)?;
+            }
+            break;
+        }
+
+        let batches = train_batches(&ds, cfg.seed, it, accum, b, t);
+        let t0 = Instant::now();
+        let s: StepStats = train_step(&mut model, &batches, b, t, it, &opt, dropout);
+        let secs = t0.elapsed().as_secs_f64();
+        let nonfinite = !(s.loss.is_finite() && s.grad_norm.is_finite());
+        if nonfinite {
+            if cfg.on_nonfinite == "abort" {
+                bail!(
+                    "non-finite {} at iteration {it} (loss {}, gradient norm {}, learning rate {:.3e}); no update was made and no checkpoint written. Likely cause: the learning rate is too high or the gradients exploded; try a lower learning_rate, grad_clip = 1.0, or `--set on_nonfinite=skip`",
+                    if s.loss.is_finite() { "gradient norm" } else { "loss" },
+                    s.loss,
+                    s.grad_norm,
+                    s.lr
+                );
+            }
+            skipped += 1;
+        }
+        meter.record_iter(secs);
+        it += 1;
+        if (it - 1).is_multiple_of(cfg.log_interval) || it == cfg.max_iters {
+            let iters_left = cfg.max_iters - it;
+            let evals_left = (it..=cfg.max_iters).filter(|i| i.is_multiple_of(cfg.eval_interval)).count() as u64;
+            let ckpts_left = if cfg.always_save_checkpoint { evals_left } else { 1 };
+            let reading = meter.reading(iters_left, evals_left, ckpts_left, 2.0 * cfg.eval_iters as f64, accum as f64);
+            let log = IterLog {
+                iter: it - 1,
+                max_iters: cfg.max_iters,
+                loss: s.loss,
+                lr: s.lr,
+                grad_norm: s.grad_norm,
+                ms: secs * 1e3,
+                skipped: nonfinite,
+                reading,
+            };
+            metrics.write(serde_json::json!({"type": "iter", "iter": log.iter, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm, "ms": log.ms, "warmup": reading.warmup, "steady_ms": reading.steady_ms, "tokens_per_sec": reading.tokens_per_sec, "mfu": reading.mfu, "eta_s": reading.eta_s, "skipped": nonfinite}));
+            obs.iter(&log);
+        }
+        if STOP.load(Ordering::SeqCst) {
+            let path = save(&model, state(it, None, best_val, skipped), &mut meter, obs, &mut metrics)?;
+            bail!(Interrupted { iter: it, path });
+        }
+    }
+
+    let r = meter.reading(0, 0, 0, 0.0, 1.0);
+    let summary = Summary {
+        iters: it - first_iter,
+        warmup_iters: meter.warmup_iters(),
+        warmup_s: meter.phase_s[0],
+        train_s: meter.phase_s[1],
+        eval_s: meter.phase_s[2],
+        checkpoint_s: meter.phase_s[3],
+        total_s: t_run.elapsed().as_secs_f64(),
+        steady_ms: r.steady_ms,
+        tokens_per_sec: r.tokens_per_sec,
+        mfu: r.mfu,
+        final_train_loss: last_eval.map(|e| e.0),
+        final_val_loss: last_eval.map(|e| e.1),
+        skipped_updates: skipped,
+        out_dir: out_dir.display().to_string(),
+    };
+    metrics.write(serde_json::json!({"type": "summary", "summary": summary}));
+    obs.finish(&summary);
+    Ok(summary)
+}
+
+/// The run stopped on a signal after writing a checkpoint.
+#[derive(Debug)]
+pub struct Interrupted {
+    pub iter: u64,
+    pub path: PathBuf,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(
+            f,
+            "interrupted after iteration {}; checkpoint written to {}. Resume with the same command plus `--set init_from=resume`",
+            self.iter,
+            self.path.display()
+        )
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// MemAvailable from /proc/meminfo, bytes.
+pub fn available_memory() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = s.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

@@ -1,0 +1,128 @@
+//! The binary answers bad input with one clear `error:` line and a non-zero exit, never a panic.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn gptrain(args: &[&str], dir: &Path) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_gptrain")).args(args).current_dir(dir).env("XDG_CACHE_HOME", dir).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("gptrain-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Runs and checks: exit 1, no panic, the last stderr line is one `error:` line containing `want`.
+fn fails_with(args: &[&str], dir: &Path, want: &str) {
+    let (code, _, err) = gptrain(args, dir);
+    assert_eq!(code, 1, "{args:?}: exit {code}, stderr: {err}");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    let last = err.lines().last().unwrap_or("");
+    assert!(last.starts_with("error: ") && last.contains(want), "{args:?}: {err}");
+}
+
+#[test]
+fn bad_inputs_get_one_clear_line() {
+    let d = tmp("bad");
+    fails_with(&["train", "--set", "dataset=missing-dir"], &d, "is not a directory");
+    fails_with(&["train", "--set", "n_embd=100", "--set", "n_head=3"], &d, "divisible");
+    fails_with(&["train", "--set", "n_embed=64"], &d, "did you mean `n_embd`");
+    fails_with(&["train", "--set", "max_iters=ten"], &d, "`max_iters` must be a non-negative integer");
+    fails_with(&["train", "--preset", "shakespeare"], &d, "did you mean `shakespeare-char`");
+    fails_with(&["train", "--set", "init_from=resume"], &d, "no checkpoint");
+    fails_with(&["train", "--set", "device=cuda"], &d, "only the CPU backend");
+    fails_with(&["train", "--set", "dtype=float16"], &d, "float32");
+    fails_with(&["sample"], &d, "no checkpoint");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nanogpt_char");
+    fails_with(&["train", "--set", &format!("dataset={}", fixture.display()), "--set", "block_size=1000"], &d, "not more than block_size");
+    // a truncated token file
+    let data = d.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for f in ["meta.pkl", "train.bin", "val.bin"] {
+        std::fs::copy(fixture.join(f), data.join(f)).unwrap();
+    }
+    let bin = std::fs::read(data.join("train.bin")).unwrap();
+    std::fs::write(data.join("train.bin"), &bin[..bin.len() - 1]).unwrap();
+    fails_with(&["train", "--set", "dataset=data", "--set", "block_size=8"], &d, "not a whole number");
+    fails_with(&["prepare", "--input", "nope.txt", "--out", "x"], &d, "does not exist");
+    std::fs::remove_dir_all(d).ok();
+}
+
+#[test]
+fn prepare_then_train_then_sample() {
+    let d = tmp("flow");
+    let text: String = (0..400).map(|i| format!("line {i}: to be or not to be\n")).collect();
+    std::fs::write(d.join("in.txt"), text).unwrap();
+    let (code, out, err) = gptrain(&["prepare", "--input", "in.txt", "--out", "data"], &d);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("train has"), "{out}");
+    assert!(d.join("data/train.bin").exists() && d.join("data/meta.pkl").exists() && d.join("data/meta.json").exists());
+    let common = [
+        "--set",
+        "dataset=data",
+        "--set",
+        "n_layer=1",
+        "--set",
+        "n_embd=16",
+        "--set",
+        "n_head=2",
+        "--set",
+        "block_size=16",
+        "--set",
+        "out_dir=out",
+        "--set",
+        "eval_interval=5",
+        "--set",
+        "eval_iters=2",
+        "--set",
+        "max_new_tokens=20",
+    ];
+    let mut args = vec!["train", "--set", "max_iters=6"];
+    args.extend(common);
+    let (code, out, err) = gptrain(&args, &d);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("iter 0: loss ") && out.contains("step 5: train loss "), "{out}");
+    assert!(out.contains("warm-up"), "{out}");
+    assert!(out.contains("sample:"), "{out}");
+    let mut args = vec!["sample", "--set", "num_samples=2", "--set", "start=line"];
+    args.extend(common);
+    let (code, out, err) = gptrain(&args, &d);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.matches("---------------").count(), 2, "{out}");
+    // a prompt character outside the vocabulary
+    let mut args = vec!["sample", "--set", "start=Z"];
+    args.extend(common);
+    let (code, _, err) = gptrain(&args, &d);
+    assert_eq!(code, 1);
+    assert!(err.contains("'Z' is not in this model's vocabulary"), "{err}");
+    std::fs::remove_dir_all(d).ok();
+}
+
+#[test]
+fn gpt2_bpe_prepare_of_a_folder_puts_eot_between_documents() {
+    let d = tmp("bpe");
+    std::fs::create_dir_all(d.join("docs")).unwrap();
+    for i in 0..3 {
+        std::fs::write(d.join(format!("docs/{i}.txt")), "Hello world, this is a test.\n".repeat(20)).unwrap();
+    }
+    let (code, _, err) = gptrain(&["prepare", "--input", "docs", "--tokenizer", "gpt2", "--out", "data"], &d);
+    assert_eq!(code, 0, "{err}");
+    let read = |f: &str| -> Vec<u16> {
+        std::fs::read(d.join("data").join(f)).unwrap().chunks(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect()
+    };
+    let all: Vec<u16> = read("train.bin").into_iter().chain(read("val.bin")).collect();
+    assert_eq!(all.iter().filter(|&&t| t == 50256).count(), 3);
+    assert_eq!(&all[..8], &[15496, 995, 11, 428, 318, 257, 1332, 13]);
+    std::fs::remove_dir_all(d).ok();
+}
+
+#[test]
+fn readme_lists_every_config_key() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    for (k, _) in gptrain::config::KNOBS {
+        assert!(readme.contains(&format!("| `{k}` |")), "README does not list `{k}`");
+    }
+}

@@ -1,0 +1,193 @@
+//! The training loop end to end on the built-in corpus with a tiny model: resume is exact,
+//! checkpoints are complete and loadable, GPT-2-layout files load, eval does not shift training.
+
+use gptrain::config::{resolve, Config};
+use gptrain::train::{self, IterLog, Observer, StartInfo, Summary};
+use std::path::{Path, PathBuf};
+
+#[derive(Default)]
+struct Collect {
+    losses: Vec<(u64, f32)>,
+    evals: Vec<(u64, f32, f32)>,
+    checkpoints: Vec<PathBuf>,
+    messages: Vec<String>,
+}
+
+impl Observer for Collect {
+    fn message(&mut self, text: &str) {
+        self.messages.push(text.into());
+    }
+    fn start(&mut self, _: &StartInfo) {}
+    fn iter(&mut self, l: &IterLog) {
+        self.losses.push((l.iter, l.loss));
+    }
+    fn eval(&mut self, it: u64, t: f32, v: f32, _: f64) {
+        self.evals.push((it, t, v));
+    }
+    fn checkpoint(&mut self, p: &Path, _: f64) {
+        self.checkpoints.push(p.to_path_buf());
+    }
+    fn finish(&mut self, _: &Summary) {}
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("gptrain-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn tiny(out: &Path, extra: &[&str]) -> Config {
+    let mut sets: Vec<String> = [
+        "n_layer=2",
+        "n_head=2",
+        "n_embd=32",
+        "block_size=32",
+        "batch_size=4",
+        "gradient_accumulation_steps=2",
+        "dropout=0.1",
+        "eval_interval=10",
+        "eval_iters=2",
+        "log_interval=1",
+        "warmup_iters=5",
+        "lr_decay_iters=40",
+        "always_save_checkpoint=true",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    sets.push(format!("out_dir={}", out.display()));
+    sets.extend(extra.iter().map(|s| s.to_string()));
+    resolve(Some("shakespeare-char-cpu"), None, &sets).unwrap().0
+}
+
+fn run(cfg: &Config) -> anyhow::Result<Collect> {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let mut c = Collect::default();
+    pool.install(|| train::run(cfg, &mut c))?;
+    Ok(c)
+}
+
+#[test]
+fn resuming_gives_exactly_the_uninterrupted_losses() {
+    let (a, b) = (tmp("full"), tmp("split"));
+    let full = run(&tiny(&a, &["max_iters=40"])).unwrap();
+    let first = run(&tiny(&b, &["max_iters=20"])).unwrap();
+    let second = run(&tiny(&b, &["max_iters=40", "init_from=resume"])).unwrap();
+    let split: Vec<(u64, f32)> = first.losses.iter().chain(&second.losses).copied().collect();
+    assert_eq!(full.losses.len(), 40);
+    assert_eq!(split, full.losses, "resumed losses differ (bitwise)");
+    // evals at 30 and 40 match too: eval batches depend only on (seed, iteration)
+    let tail = |c: &Collect| c.evals.iter().filter(|e| e.0 > 20).copied().collect::<Vec<_>>();
+    assert_eq!(tail(&second), tail(&full));
+    assert!(full.losses.last().unwrap().1 < full.losses[0].1, "loss did not fall");
+    for d in [a, b] {
+        std::fs::remove_dir_all(d).ok();
+    }
+}
+
+#[test]
+fn evaluating_does_not_shift_training() {
+    let (a, b) = (tmp("evalA"), tmp("evalB"));
+    let often = run(&tiny(&a, &["max_iters=12", "eval_interval=3"])).unwrap();
+    let rarely = run(&tiny(&b, &["max_iters=12", "eval_interval=100"])).unwrap();
+    assert_eq!(often.losses, rarely.losses);
+    for d in [a, b] {
+        std::fs::remove_dir_all(d).ok();
+    }
+}
+
+#[test]
+fn checkpoints_are_complete_and_hold_hf_gpt2_tensors() {
+    let d = tmp("ckpt");
+    let c = run(&tiny(&d, &["max_iters=20", "keep_checkpoints=1", "bias=false"])).unwrap();
+    assert_eq!(
+        c.checkpoints.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect::<Vec<_>>(),
+        vec!["ckpt-000010", "ckpt-000020"]
+    );
+    // keep_checkpoints=1 keeps the newest plus the best by val loss
+    let left: Vec<_> = gptrain::checkpoint::list(&d).into_iter().map(|x| x.0).collect();
+    assert!(left.contains(&20) && left.len() <= 2, "{left:?}");
+    let ck = d.join("ckpt-000020");
+    for f in ["model.safetensors", "config.json", "optim.safetensors", "train_state.json", "MANIFEST.json"] {
+        assert!(ck.join(f).exists(), "{f} missing");
+    }
+    let tf = gptrain::tensorfile::read(&ck.join("model.safetensors")).unwrap();
+    assert_eq!(tf.get("transformer.h.0.attn.c_attn.weight").unwrap().shape, vec![32, 96]); // Conv1D (in, out)
+    assert!(tf.get("transformer.h.1.mlp.c_fc.bias").unwrap().data.iter().all(|&x| x == 0.0)); // bias=false: zeros
+    let loaded = gptrain::checkpoint::load(&ck).unwrap();
+    assert_eq!(loaded.state.iter, 20);
+    assert!(!d.read_dir().unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with(".tmp")));
+    std::fs::remove_dir_all(d).ok();
+}
+
+#[test]
+fn an_altered_checkpoint_is_reported_and_fallback_is_opt_in() {
+    let d = tmp("altered");
+    run(&tiny(&d, &["max_iters=20"])).unwrap();
+    let f = d.join("ckpt-000020/model.safetensors");
+    let mut bytes = std::fs::read(&f).unwrap();
+    let n = bytes.len();
+    bytes[n - 5] ^= 0x40;
+    std::fs::write(&f, bytes).unwrap();
+    let err = run(&tiny(&d, &["max_iters=30", "init_from=resume"])).err().unwrap();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("ckpt-000020") && msg.contains("failed verification"), "{msg}");
+    let c = run(&tiny(&d, &["max_iters=30", "init_from=resume", "resume_fallback=true"])).unwrap();
+    assert_eq!(c.losses[0].0, 10, "resumed from the older checkpoint");
+    std::fs::remove_dir_all(d).ok();
+}
+
+#[test]
+fn resume_rejects_another_vocabulary_and_a_missing_checkpoint() {
+    let d = tmp("vocab");
+    let err = run(&tiny(&d, &["init_from=resume"])).err().unwrap();
+    assert!(format!("{err:#}").contains("no checkpoint"), "{err:#}");
+    run(&tiny(&d, &["max_iters=10"])).unwrap();
+    // a dataset with another character vocabulary
+    let other = d.join("other-data");
+    let txt = d.join("other.txt");
+    std::fs::write(&txt, "abc de\n".repeat(200)).unwrap();
+    gptrain::data::prepare::prepare(Some(&txt), gptrain::data::prepare::TokenizerKind::Char, &other, &indicatif::ProgressBar::hidden())
+        .unwrap();
+    let err = run(&tiny(&d, &["max_iters=20", "init_from=resume", &format!("dataset={}", other.display())])).err().unwrap();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("does not match the checkpoint's") && msg.contains("vocabulary"), "{msg}");
+    // a shape key that differs from the checkpoint
+    let err = run(&tiny(&d, &["max_iters=20", "init_from=resume", "n_embd=64"])).err().unwrap();
+    assert!(format!("{err:#}").contains("`n_embd` is 64 but the checkpoint"), "{err:#}");
+    std::fs::remove_dir_all(d).ok();
+}
+
+#[test]
+fn a_gpt2_layout_safetensors_file_loads_and_gives_the_reference_logits() {
+    use gptrain::backend::cpu::Cpu;
+    use gptrain::model::Gpt;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf_tiny");
+    let tf = gptrain::tensorfile::read(&dir.join("model.safetensors")).unwrap();
+    let cfg = gptrain::checkpoint::hf_shape(&tf, &dir, 12).unwrap();
+    assert_eq!((cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.vocab_size, cfg.bias), (2, 2, 32, 16, 40, true));
+    let params = gptrain::checkpoint::from_hf(&tf, &cfg, &gptrain::model::ParamLayout::new(&cfg)).unwrap();
+    let mut g = Gpt::zeros(Cpu, cfg);
+    g.set_params(&params);
+    let exp = gptrain::tensorfile::read(&dir.join("expected.safetensors")).unwrap();
+    let x: Vec<u32> = exp.get("x").unwrap().data.iter().map(|&v| v as u32).collect();
+    g.forward(&x, &x, 1, x.len(), None, None);
+    let want = &exp.get("logits").unwrap().data;
+    let got = g.logits();
+    let err = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(err < 1e-4, "max abs logit error {err}");
+}
+
+#[test]
+fn fine_tuning_from_a_gpt2_file_trains() {
+    // the hf_tiny model has a 40-token vocabulary: train it on the nanoGPT fixture (30 chars)
+    let d = tmp("finetune");
+    let hf = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf_tiny/model.safetensors");
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nanogpt_char");
+    let c =
+        run(&tiny(&d, &["max_iters=5", "block_size=16", &format!("init_from={}", hf.display()), &format!("dataset={}", data.display())]))
+            .unwrap();
+    assert_eq!(c.losses.len(), 5);
+    assert!(c.messages.iter().any(|m| m.contains("initialised from")));
+    std::fs::remove_dir_all(d).ok();
+}
