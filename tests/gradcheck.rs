@@ -259,3 +259,22 @@ fn whole_model_gradient_matches_a_directional_finite_difference() {
         "directional derivative: backward {analytic} vs finite difference {numeric}"
     );
 }
+
+#[test]
+fn fast_attention_matches_the_naive_loops() {
+    for drop in [Dropout::NONE, Dropout { p: 0.2, key: 99 }] {
+        let (b, t, c, nh) = (3, 7, 12, 3);
+        let qkv = randn(b * t * 3 * c, 11, 1.0);
+        let dout = randn(b * t * c, 12, 1.0);
+        let (mut o1, mut a1, mut o2, mut a2) =
+            (vec![0.0; b * t * c], vec![0.0; b * nh * t * t], vec![0.0; b * t * c], vec![0.0; b * nh * t * t]);
+        attention::attention_forward(&mut o1, &mut a1, &qkv, b, t, c, nh, drop);
+        attention::attention_forward_naive(&mut o2, &mut a2, &qkv, b, t, c, nh, drop);
+        assert_close("out", &o1, &to64(&o2));
+        assert_close("att", &a1, &to64(&a2));
+        let (mut d1, mut s1, mut d2, mut s2) = (vec![0.5; qkv.len()], vec![0.0; a1.len()], vec![0.5; qkv.len()], vec![0.0; a1.len()]);
+        attention::attention_backward(&mut d1, &mut s1, &dout, &qkv, &a1, b, t, c, nh, drop);
+        attention::attention_backward_naive(&mut d2, &mut s2, &dout, &qkv, &a2, b, t, c, nh, drop);
+        assert_close("dqkv", &d1, &to64(&d2));
+    }
+}

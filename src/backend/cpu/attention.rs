@@ -1,4 +1,9 @@
-//! Causal multi-head self-attention, one batch row per task, storing the softmax matrix.
+//! Causal multi-head self-attention, storing the softmax matrix att(B,NH,T,T).
+//!
+//! `attention_forward`/`attention_backward` run each (batch row, head) as a task of small
+//! matmuls through `gemm` (scores, probabilities x values, and their gradients), with the
+//! transposes and the q/k/v interleaving of qkv(B,T,3C) folded into strides. The `_naive`
+//! versions are the plain loop nests they are tested against.
 //! <https://github.com/karpathy/nanoGPT/blob/master/model.py> (CausalSelfAttention, the
 //! non-flash branch), with attention dropout from a counter-based mask.
 
@@ -7,7 +12,7 @@ use rayon::prelude::*;
 
 /// out(B,T,C) and att(B,NH,T,T) from qkv(B,T,3C), where qkv holds q, k, v side by side.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], _b: usize, t: usize, c: usize, nh: usize, drop: Dropout) {
+pub fn attention_forward_naive(out: &mut [f32], att: &mut [f32], qkv: &[f32], _b: usize, t: usize, c: usize, nh: usize, drop: Dropout) {
     let hs = c / nh;
     let scale = 1.0 / (hs as f32).sqrt();
     let c3 = 3 * c;
@@ -54,7 +59,7 @@ pub fn attention_forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], _b: usiz
 
 /// dqkv(B,T,3C) += gradients through attention; datt(B,NH,T,T) is scratch.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_backward(
+pub fn attention_backward_naive(
     dqkv: &mut [f32],
     datt: &mut [f32],
     dout: &[f32],
@@ -106,4 +111,186 @@ pub fn attention_backward(
                 }
             }
         });
+}
+
+/// A raw pointer that may cross threads; each task touches a disjoint region (see SAFETY notes).
+#[derive(Clone, Copy)]
+struct Ptr(*mut f32);
+// SAFETY: used only to hand disjoint (batch, head) regions of one buffer to different tasks.
+unsafe impl Send for Ptr {}
+// SAFETY: as above; no two tasks write the same element.
+unsafe impl Sync for Ptr {}
+
+impl Ptr {
+    /// The pointer (a method, so closures capture the whole `Send` wrapper).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// dst(m,n) (+)= alpha * lhs(m,k) @ rhs(k,n), single-threaded, all strides in elements.
+///
+/// # Safety
+/// Every element addressed through the pointers and strides must be valid, and `dst` must not
+/// overlap `lhs` or `rhs`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn mm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: *const f32,
+    lhs_rs: usize,
+    lhs_cs: usize,
+    rhs: *const f32,
+    rhs_rs: usize,
+    rhs_cs: usize,
+    alpha: f32,
+) {
+    // SAFETY: forwarded from the caller's contract.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs,
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs,
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            alpha,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// out(B,T,C) and att(B,NH,T,T) from qkv(B,T,3C); same contract as [`attention_forward_naive`].
+#[allow(clippy::too_many_arguments)]
+pub fn attention_forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], b: usize, t: usize, c: usize, nh: usize, drop: Dropout) {
+    let hs = c / nh;
+    let scale = 1.0 / (hs as f32).sqrt();
+    let c3 = 3 * c;
+    assert!(out.len() == b * t * c && att.len() == b * nh * t * t && qkv.len() == b * t * c3);
+    let (outp, qkvp) = (Ptr(out.as_mut_ptr()), Ptr(qkv.as_ptr() as *mut f32));
+    att.par_chunks_mut(t * t).enumerate().for_each_init(
+        || vec![0.0f32; if drop.active() { t * t } else { 0 }],
+        |scratch, (bh, a)| {
+            let (bi, h) = (bh / nh, bh % nh);
+            let q = qkvp.get().wrapping_add(bi * t * c3 + h * hs);
+            let k = q.wrapping_add(c);
+            let v = q.wrapping_add(2 * c);
+            // SAFETY: q/k/v address rows bi*T..(bi+1)*T of qkv at this head's columns (inside
+            // qkv, read-only); `a` is this task's own T x T block.
+            unsafe { mm(t, t, hs, a.as_mut_ptr(), t, false, q, c3, 1, k, 1, c3, scale) };
+            for t1 in 0..t {
+                let row = &mut a[t1 * t..(t1 + 1) * t];
+                let maxv = row[..=t1].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                let mut sum = 0.0f32;
+                for x in &mut row[..=t1] {
+                    *x = super::mathf::exp(*x - maxv);
+                    sum += *x;
+                }
+                let inv = 1.0 / sum;
+                row[..=t1].iter_mut().for_each(|x| *x *= inv);
+                row[t1 + 1..].fill(0.0);
+            }
+            let p: &[f32] = if drop.active() {
+                for (i, (s, &x)) in scratch.iter_mut().zip(a.iter()).enumerate() {
+                    *s = x * drop.scale(bh * t * t + i);
+                }
+                scratch
+            } else {
+                a
+            };
+            // SAFETY: this task alone writes out rows bi*T..(bi+1)*T at head h's columns; p is
+            // T x T, v addresses this batch row's values.
+            unsafe { mm(t, hs, t, outp.get().wrapping_add(bi * t * c + h * hs), c, false, p.as_ptr(), t, 1, v, c3, 1, 1.0) };
+        },
+    );
+}
+
+/// dqkv(B,T,3C) += gradients through attention; datt(B,NH,T,T) is scratch. Same contract as
+/// [`attention_backward_naive`].
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    dqkv: &mut [f32],
+    datt: &mut [f32],
+    dout: &[f32],
+    qkv: &[f32],
+    att: &[f32],
+    b: usize,
+    t: usize,
+    c: usize,
+    nh: usize,
+    drop: Dropout,
+) {
+    let hs = c / nh;
+    let scale = 1.0 / (hs as f32).sqrt();
+    let c3 = 3 * c;
+    assert!(
+        dqkv.len() == b * t * c3
+            && datt.len() == b * nh * t * t
+            && dout.len() == b * t * c
+            && qkv.len() == b * t * c3
+            && att.len() == datt.len()
+    );
+    let dqkvp = Ptr(dqkv.as_mut_ptr());
+    datt.par_chunks_mut(t * t).zip(att.par_chunks(t * t)).enumerate().for_each_init(
+        || vec![0.0f32; if drop.active() { t * t } else { 0 }],
+        |scratch, (bh, (da, a))| {
+            let (bi, h) = (bh / nh, bh % nh);
+            let off = bi * t * c3 + h * hs;
+            let (q, k, v) = (qkv[off..].as_ptr(), qkv[off + c..].as_ptr(), qkv[off + 2 * c..].as_ptr());
+            let dq = dqkvp.get().wrapping_add(off);
+            let (dk, dv) = (dq.wrapping_add(c), dq.wrapping_add(2 * c));
+            let dy = dout[bi * t * c + h * hs..].as_ptr();
+            let p: &[f32] = if drop.active() {
+                for (i, (s, &x)) in scratch.iter_mut().zip(a.iter()).enumerate() {
+                    *s = x * drop.scale(bh * t * t + i);
+                }
+                scratch
+            } else {
+                a
+            };
+            // SAFETY (all four products): q/k/v/dy address this batch row and head inside
+            // their slices; this task alone writes dq/dk/dv at (bi, h) and its own da block.
+            unsafe {
+                // dv += p^T @ dy
+                mm(t, hs, t, dv, c3, true, p.as_ptr(), 1, t, dy, c, 1, 1.0);
+                // dp = dy @ v^T
+                mm(t, t, hs, da.as_mut_ptr(), t, false, dy, c, 1, v, 1, c3, 1.0);
+            }
+            // through dropout, then softmax: ds = a * (dp - sum(a * dp)), causal entries only
+            for t1 in 0..t {
+                let (arow, drow) = (&a[t1 * t..(t1 + 1) * t], &mut da[t1 * t..(t1 + 1) * t]);
+                if drop.active() {
+                    for (t2, d) in drow[..=t1].iter_mut().enumerate() {
+                        *d *= drop.scale(bh * t * t + t1 * t + t2);
+                    }
+                }
+                let dot: f32 = arow[..=t1].iter().zip(&drow[..=t1]).map(|(x, y)| x * y).sum();
+                for t2 in 0..=t1 {
+                    drow[t2] = arow[t2] * (drow[t2] - dot);
+                }
+                drow[t1 + 1..].fill(0.0);
+            }
+            // SAFETY: as above.
+            unsafe {
+                // dq += scale * ds @ k ; dk += scale * ds^T @ q
+                mm(t, hs, t, dq, c3, true, da.as_ptr(), t, 1, k, c3, 1, scale);
+                mm(t, hs, t, dk, c3, true, da.as_ptr(), 1, t, q, c3, 1, scale);
+            }
+        },
+    );
 }

@@ -1,5 +1,6 @@
 //! LayerNorm over the last dimension, eps 1e-5, optional bias (nanoGPT's `LayerNorm(ndim, bias)`).
 
+use super::simd::dispatch;
 use rayon::prelude::*;
 
 pub const EPS: f32 = 1e-5;
@@ -11,17 +12,30 @@ const ROWS_PER_PARTIAL: usize = 64;
 /// out(N,C) = (inp - mean) * rstd * w + b; also stores mean(N) and rstd(N) for backward.
 pub fn layernorm_forward(out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], inp: &[f32], w: &[f32], b: Option<&[f32]>) {
     let c = w.len();
+    let b = b.unwrap_or(&[]);
     out.par_chunks_mut(c).zip(inp.par_chunks(c)).zip(mean.par_iter_mut().zip(rstd.par_iter_mut())).for_each(|((o, x), (m, r))| {
+        (*m, *r) = layernorm_row(o, x, w, b);
+    });
+}
+
+dispatch! {
+    /// One row: returns (mean, rstd); `b` is empty when there is no bias.
+    fn layernorm_row(o: &mut [f32], x: &[f32], w: &[f32], b: &[f32]) -> (f32, f32) {
+        let c = w.len();
         let mu = x.iter().sum::<f32>() / c as f32;
         let var = x.iter().map(|&v| (v - mu) * (v - mu)).sum::<f32>() / c as f32;
         let s = 1.0 / (var + EPS).sqrt();
-        for i in 0..c {
-            let n = (x[i] - mu) * s;
-            o[i] = n * w[i] + b.map_or(0.0, |b| b[i]);
+        if b.is_empty() {
+            for i in 0..c {
+                o[i] = (x[i] - mu) * s * w[i];
+            }
+        } else {
+            for i in 0..c {
+                o[i] = (x[i] - mu) * s * w[i] + b[i];
+            }
         }
-        *m = mu;
-        *r = s;
-    });
+        (mu, s)
+    }
 }
 
 /// dinp += ...; dw += sum_rows(dout * norm); db += sum_rows(dout).
@@ -49,25 +63,7 @@ pub fn layernorm_backward(
             let mut part = vec![0.0f32; 2 * c]; // [dw (C), db (C)]
             for (r, ((di, d), x)) in di.chunks_mut(c).zip(d.chunks(c)).zip(x.chunks(c)).enumerate() {
                 let row = blk * ROWS_PER_PARTIAL + r;
-                let (mu, s) = (mean[row], rstd[row]);
-                // two reductions: mean(dnorm) and mean(dnorm * norm)
-                let mut dnorm_mean = 0.0f32;
-                let mut dnorm_norm_mean = 0.0f32;
-                for i in 0..c {
-                    let norm = (x[i] - mu) * s;
-                    let dnorm = w[i] * d[i];
-                    dnorm_mean += dnorm;
-                    dnorm_norm_mean += dnorm * norm;
-                }
-                dnorm_mean /= c as f32;
-                dnorm_norm_mean /= c as f32;
-                for i in 0..c {
-                    let norm = (x[i] - mu) * s;
-                    let dnorm = w[i] * d[i];
-                    part[i] += norm * d[i];
-                    part[c + i] += d[i];
-                    di[i] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s;
-                }
+                layernorm_row_backward(di, &mut part, d, x, w, mean[row], rstd[row]);
             }
             part
         })
@@ -81,6 +77,31 @@ pub fn layernorm_backward(
             for i in 0..c {
                 db[i] += part[c + i];
             }
+        }
+    }
+}
+
+dispatch! {
+    /// One row of the backward: dinp += ..., part[..C] += dout * norm, part[C..] += dout.
+    fn layernorm_row_backward(di: &mut [f32], part: &mut [f32], d: &[f32], x: &[f32], w: &[f32], mu: f32, s: f32) {
+        let c = w.len();
+        // two reductions: mean(dnorm) and mean(dnorm * norm)
+        let mut dnorm_mean = 0.0f32;
+        let mut dnorm_norm_mean = 0.0f32;
+        for i in 0..c {
+            let norm = (x[i] - mu) * s;
+            let dnorm = w[i] * d[i];
+            dnorm_mean += dnorm;
+            dnorm_norm_mean += dnorm * norm;
+        }
+        dnorm_mean /= c as f32;
+        dnorm_norm_mean /= c as f32;
+        for i in 0..c {
+            let norm = (x[i] - mu) * s;
+            let dnorm = w[i] * d[i];
+            part[i] += norm * d[i];
+            part[c + i] += d[i];
+            di[i] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s;
         }
     }
 }

@@ -13,10 +13,14 @@ const ROUND: f32 = 12_582_912.0;
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
+    // n as an integer straight from the mantissa bits (no float-to-int conversion, so the
+    // loop vectorises): shifted = 1.5 * 2^23 + n exactly
+    let ni = shifted.to_bits().wrapping_sub(ROUND.to_bits());
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    p * f32::from_bits(ni.wrapping_add(127) << 23)
 }
 
 /// tanh(x) = 1 - 2 / (e^{2x} + 1), odd-symmetric, exact limits at +-inf after clamping.

@@ -10,6 +10,7 @@ pub mod mathf;
 pub mod matmul;
 pub mod optimizer;
 pub mod pointwise;
+mod simd;
 
 use super::{AdamW, Backend, DType, Dropout, Linear, Span};
 

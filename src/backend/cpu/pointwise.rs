@@ -1,6 +1,7 @@
 //! Elementwise kernels: GELU, residual add, dropout, scaling.
 
 use super::mathf;
+use super::simd::dispatch;
 use crate::backend::Dropout;
 use rayon::prelude::*;
 
@@ -13,17 +14,28 @@ const GELU_SCALE: f32 = 0.797_884_6;
 /// out = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
 /// <https://pytorch.org/docs/stable/generated/torch.nn.GELU.html> (approximate='tanh').
 pub fn gelu_forward(out: &mut [f32], inp: &[f32]) {
-    out.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK)).for_each(|(o, x)| {
+    out.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK)).for_each(|(o, x)| gelu_forward_chunk(o, x));
+}
+
+dispatch! {
+    fn gelu_forward_chunk(o: &mut [f32], x: &[f32]) {
         for (o, &x) in o.iter_mut().zip(x) {
             let cube = 0.044715 * x * x * x;
             *o = 0.5 * x * (1.0 + mathf::tanh(GELU_SCALE * (x + cube)));
         }
-    });
+    }
 }
 
 /// dinp += gelu'(inp) * dout.
 pub fn gelu_backward(dinp: &mut [f32], dout: &[f32], inp: &[f32]) {
-    dinp.par_chunks_mut(CHUNK).zip(dout.par_chunks(CHUNK)).zip(inp.par_chunks(CHUNK)).for_each(|((di, d), x)| {
+    dinp.par_chunks_mut(CHUNK)
+        .zip(dout.par_chunks(CHUNK))
+        .zip(inp.par_chunks(CHUNK))
+        .for_each(|((di, d), x)| gelu_backward_chunk(di, d, x));
+}
+
+dispatch! {
+    fn gelu_backward_chunk(di: &mut [f32], d: &[f32], x: &[f32]) {
         for ((di, &d), &x) in di.iter_mut().zip(d).zip(x) {
             let cube = 0.044715 * x * x * x;
             let tanh_arg = GELU_SCALE * (x + cube);
@@ -32,7 +44,7 @@ pub fn gelu_backward(dinp: &mut [f32], dout: &[f32], inp: &[f32]) {
             let grad = 0.5 * (1.0 + tanh_out) + x * 0.5 * sech2 * GELU_SCALE * (1.0 + 3.0 * 0.044715 * x * x);
             *di += grad * d;
         }
-    });
+    }
 }
 
 /// out = a + b.

@@ -1,0 +1,32 @@
+//! Runtime dispatch of plain loops to an AVX2+FMA build of the same code.
+//!
+//! The crate is compiled for baseline x86-64 (SSE2) so the binary runs on any x86-64 CPU; the
+//! hot elementwise loops are written once as ordinary Rust and [`dispatch!`] compiles them a
+//! second time with AVX2 enabled, chosen at run time. The arithmetic is the same (no fused
+//! multiply-adds are introduced: Rust never contracts `a * b + c`), so results do not depend on
+//! which version runs.
+
+/// Defines `fn name(args) body` that runs an AVX2 build of `body` when the CPU has it.
+macro_rules! dispatch {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$m])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    body($($arg),*)
+                }
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+
+pub(crate) use dispatch;

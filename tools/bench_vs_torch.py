@@ -1,0 +1,73 @@
+"""Side-by-side: gptrain vs the PyTorch reference of the same model, alternating A B A B ... in
+one invocation with the same threads, on the configs of issue #4. Prints each median and the
+ratio (gptrain tokens/s over PyTorch tokens/s; > 1 means gptrain is faster).
+
+    cargo build --release && python tools/bench_vs_torch.py [--rounds 5] [--threads 2] [--compile] [--configs tiny,small,gpt2]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+GPTRAIN = os.path.join(ROOT, "target", "release", "gptrain")
+
+CONFIGS = {
+    "tiny": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, vocab_size=65, steps=20),
+    "small": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=8, vocab_size=65, steps=5),
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=64, batch_size=4, vocab_size=50304, steps=3),
+}
+
+
+def run_gptrain(c, threads):
+    sets = []
+    for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size"):
+        sets += ["--set", f"{k}={c[k]}"]
+    cmd = [GPTRAIN, "bench", "--json", "--steps", str(c["steps"]), "--warmup", "2", "--threads", str(threads), "--set", "bias=false", "--set", "dropout=0"] + sets
+    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+
+
+def run_torch(c, threads, compile_):
+    cmd = [sys.executable, os.path.join(HERE, "torch_bench.py"), "--threads", str(threads), "--steps", str(c["steps"]), "--warmup", "2" if not compile_ else "3"]
+    for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size"):
+        cmd += ["--" + k.replace("_", "-"), str(c[k])]
+    if compile_:
+        cmd.append("--compile")
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile")
+    ap.add_argument("--configs", default="tiny,small,gpt2")
+    a = ap.parse_args()
+    print(f"{'config':<8} {'gptrain ms':>11} {'torch ms':>10} {'ratio':>7} {'gptrain MFU':>12} {'gptrain RSS':>12} {'torch RSS':>10}" + (f" {'compile ms':>11} {'ratio':>7}" if a.compile else ""))
+    for name in a.configs.split(","):
+        c = CONFIGS[name]
+        g, t, tc = [], [], []
+        for _ in range(a.rounds):  # A B A B ...
+            g.append(run_gptrain(c, a.threads))
+            t.append(run_torch(c, a.threads, False))
+            if a.compile:
+                tc.append(run_torch(c, a.threads, True))
+        gm = statistics.median(x["ms_per_step"] for x in g)
+        tm = statistics.median(x["ms_per_step"] for x in t)
+        mfu = statistics.median(x["mfu"] for x in g)
+        grss = max(x["peak_rss_bytes"] for x in g) / 2**20
+        trss = max(x["peak_rss_bytes"] for x in t) / 2**20
+        line = f"{name:<8} {gm:>11.2f} {tm:>10.2f} {tm / gm:>6.2f}x {mfu * 100:>11.1f}% {grss:>9.0f}MiB {trss:>7.0f}MiB"
+        if a.compile:
+            cm = statistics.median(x["ms_per_step"] for x in tc)
+            line += f" {cm:>11.2f} {cm / gm:>6.2f}x"
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()

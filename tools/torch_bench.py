@@ -1,0 +1,47 @@
+"""Times full PyTorch training steps (forward, backward, clip_grad_norm_, AdamW) of the reference
+model on synthetic tokens, and prints one JSON object like `gptrain bench --json`.
+
+    python tools/torch_bench.py --n-layer 4 --n-head 4 --n-embd 128 --block-size 64 --batch-size 12 --vocab-size 65 --threads 2
+"""
+
+import argparse
+import json
+import resource
+import time
+
+import torch
+
+from reference import GPT, Config
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    for k, v in dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, vocab_size=65, steps=10, warmup=2, threads=2).items():
+        ap.add_argument("--" + k.replace("_", "-"), type=int, default=v)
+    ap.add_argument("--compile", action="store_true")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    cfg = Config(n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd, block_size=a.block_size, vocab_size=a.vocab_size, padded_vocab_size=a.vocab_size, bias=False)
+    model = GPT(cfg)
+    opt = torch.optim.AdamW(model.param_groups(0.1), lr=1e-4, betas=(0.9, 0.95))
+    fwd = torch.compile(model) if a.compile else model
+    times = []
+    for i in range(a.warmup + a.steps):
+        x = torch.randint(0, a.vocab_size, (a.batch_size, a.block_size))
+        y = torch.randint(0, a.vocab_size, (a.batch_size, a.block_size))
+        t0 = time.perf_counter()
+        _, loss = fwd(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i >= a.warmup:
+            times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    ms = times[len(times) // 2]
+    print(json.dumps({"ms_per_step": ms, "tokens_per_second": a.batch_size * a.block_size / (ms / 1e3), "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "torch": torch.__version__, "compile": a.compile}))
+
+
+if __name__ == "__main__":
+    main()
