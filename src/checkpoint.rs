@@ -73,7 +73,8 @@ pub fn list(out_dir: &Path) -> Vec<(u64, PathBuf)> {
 pub fn clean_leftovers(out_dir: &Path) -> usize {
     let mut n = 0;
     for e in std::fs::read_dir(out_dir).into_iter().flatten().flatten() {
-        if e.file_name().to_string_lossy().starts_with(".tmp-ckpt-") && std::fs::remove_dir_all(e.path()).is_ok() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if (name.starts_with(".tmp-ckpt-") || name.starts_with(".tmp-del-")) && std::fs::remove_dir_all(e.path()).is_ok() {
             n += 1;
         }
     }
@@ -252,14 +253,12 @@ pub fn save(out_dir: &Path, files: &[(&'static str, Vec<u8>)], iter: u64, hook: 
     }
     let dst = out_dir.join(&name);
     if dst.exists() {
-        // the same iteration saved again (e.g. eval_only): move the old one aside first
-        let old = out_dir.join(format!(".tmp-old-{name}-{}", std::process::id()));
-        std::fs::rename(&dst, &old)?;
-        std::fs::rename(&tmp, &dst)?;
-        let _ = std::fs::remove_dir_all(&old);
-    } else {
-        std::fs::rename(&tmp, &dst).with_context(|| format!("cannot rename {} to {}", tmp.display(), dst.display()))?;
+        // this iteration is already saved (e.g. interrupted right after a resume): training is
+        // deterministic, so the state is the same; keep the existing directory untouched
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Ok(dst);
     }
+    std::fs::rename(&tmp, &dst).with_context(|| format!("cannot rename {} to {}", tmp.display(), dst.display()))?;
     sync_dir(out_dir);
     Ok(dst)
 }
@@ -277,7 +276,12 @@ pub fn prune(out_dir: &Path, keep: usize) {
         .map(|x| x.1);
     for (i, p) in all.iter().skip(keep.max(1)) {
         if Some(*i) != best {
-            let _ = std::fs::remove_dir_all(p);
+            // rename first (atomic), so a kill mid-delete leaves a `.tmp-` leftover, never a
+            // half-deleted `ckpt-N`
+            let doomed = out_dir.join(format!(".tmp-del-{}-{}", dir_name(*i), std::process::id()));
+            if std::fs::rename(p, &doomed).is_ok() {
+                let _ = std::fs::remove_dir_all(&doomed);
+            }
         }
     }
 }
@@ -312,18 +316,26 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
     let manifest: BTreeMap<String, String> =
         serde_json::from_slice(&std::fs::read(&mp).with_context(|| format!("cannot read {}", mp.display()))?)
             .with_context(|| format!("{} is corrupt", mp.display()))?;
-    let state: TrainState = serde_json::from_slice(&read_verified(dir, "train_state.json", &manifest)?)
-        .with_context(|| format!("{}/train_state.json is corrupt", dir.display()))?;
+    // every file the manifest lists must verify, read or not
+    let mut files: HashMap<String, Vec<u8>> = HashMap::new();
+    for name in manifest.keys() {
+        if name.contains('/') || name.contains("..") {
+            bail!("{} lists an invalid file name `{name}`", mp.display());
+        }
+        files.insert(name.clone(), read_verified(dir, name, &manifest)?);
+    }
+    let file = |name: &str| files.get(name).with_context(|| format!("checkpoint {} has no {name}", dir.display()));
+    let state: TrainState =
+        serde_json::from_slice(file("train_state.json")?).with_context(|| format!("{}/train_state.json is corrupt", dir.display()))?;
     if state.format != FORMAT_VERSION {
         bail!("checkpoint {} has format {}, this gptrain reads format {FORMAT_VERSION}", dir.display(), state.format);
     }
     let model_cfg = state.model.clone().validate()?;
     let layout = ParamLayout::new(&model_cfg);
-    let tf = tensorfile::parse(&read_verified(dir, "model.safetensors", &manifest)?)
-        .with_context(|| format!("{}/model.safetensors", dir.display()))?;
+    let tf = tensorfile::parse(file("model.safetensors")?).with_context(|| format!("{}/model.safetensors", dir.display()))?;
     let params = from_hf(&tf, &model_cfg, &layout).with_context(|| format!("{}/model.safetensors", dir.display()))?;
-    let (m, v) = if manifest.contains_key("optim.safetensors") {
-        let o = tensorfile::parse(&read_verified(dir, "optim.safetensors", &manifest)?)?;
+    let (m, v) = if files.contains_key("optim.safetensors") {
+        let o = tensorfile::parse(file("optim.safetensors")?)?;
         let m = o.get("m")?.data.clone();
         let v = o.get("v")?.data.clone();
         if m.len() != layout.total || v.len() != layout.total {
@@ -427,4 +439,47 @@ pub fn hf_shape(tf: &tensorfile::TensorFile, dir: &Path, n_head_default: usize) 
         bias,
     };
     cfg.validate()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files() -> Vec<(&'static str, Vec<u8>)> {
+        vec![("a.bin", vec![1u8; 1000]), ("MANIFEST.json", b"{}".to_vec())]
+    }
+
+    #[test]
+    fn a_failed_write_names_the_path_and_bytes_and_keeps_the_previous_checkpoint() {
+        let d = std::env::temp_dir().join(format!("gptrain-ckpt-fail-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        save(&d, &files(), 10, None).unwrap();
+        let disk_full = |p: &Path, _: &[u8]| -> Result<()> {
+            if p.ends_with("MANIFEST.json") {
+                bail!("cannot write {}: No space left on device (os error 28)", p.display());
+            }
+            Ok(())
+        };
+        let err = format!("{:#}", save(&d, &files(), 20, Some(&disk_full)).unwrap_err());
+        assert!(err.contains("MANIFEST.json") && err.contains("No space left") && err.contains("1002 bytes needed"), "{err}");
+        assert!(err.contains("previous checkpoint is intact"), "{err}");
+        assert_eq!(list(&d).iter().map(|x| x.0).collect::<Vec<_>>(), vec![10]);
+        assert!(
+            std::fs::read_dir(&d).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with(".tmp")),
+            "temporary directory left behind"
+        );
+        std::fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn leftovers_are_ignored_and_cleaned() {
+        let d = std::env::temp_dir().join(format!("gptrain-ckpt-left-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        save(&d, &files(), 10, None).unwrap();
+        std::fs::create_dir_all(d.join(".tmp-ckpt-000020-999")).unwrap();
+        std::fs::create_dir_all(d.join(".tmp-del-ckpt-000005-999")).unwrap();
+        assert_eq!(list(&d).len(), 1);
+        assert_eq!(clean_leftovers(&d), 2);
+        std::fs::remove_dir_all(&d).ok();
+    }
 }

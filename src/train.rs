@@ -376,8 +376,12 @@ pub fn run(cfg: &Config, obs: &mut dyn Observer) -> Result<Summary> {
                 break;
             }
             if (improved || cfg.always_save_checkpoint) && it > 0 && it < cfg.max_iters {
-                save(&model, state(it, Some(vl), best_val, skipped), &mut meter, obs, &mut metrics)?;
-                last_saved = Some(it);
+                // a failed mid-run save (disk full, permissions) is reported and training goes
+                // on with its state in memory; the previous checkpoint is intact
+                match save(&model, state(it, Some(vl), best_val, skipped), &mut meter, obs, &mut metrics) {
+                    Ok(_) => last_saved = Some(it),
+                    Err(e) => obs.message(&format!("warning: {e:#}; training continues and will try again at the next checkpoint")),
+                }
             }
         }
         if it >= cfg.max_iters {

@@ -126,3 +126,85 @@ fn readme_lists_every_config_key() {
         assert!(readme.contains(&format!("| `{k}` |")), "README does not list `{k}`");
     }
 }
+
+const TINY: [&str; 12] = [
+    "--set",
+    "n_layer=1",
+    "--set",
+    "n_embd=16",
+    "--set",
+    "n_head=2",
+    "--set",
+    "block_size=16",
+    "--set",
+    "out_dir=out",
+    "--set",
+    "eval_iters=2",
+];
+
+#[test]
+fn sigint_finishes_the_iteration_and_leaves_a_checkpoint() {
+    use std::io::BufRead;
+    let d = tmp("sigint");
+    let mut args = vec!["train", "--set", "max_iters=100000", "--set", "eval_interval=100000"];
+    args.extend(TINY);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gptrain"))
+        .args(&args)
+        .current_dir(&d)
+        .env("XDG_CACHE_HOME", &d)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
+        if line.unwrap().starts_with("iter 5:") {
+            break;
+        }
+    }
+    let drain = std::thread::spawn(move || lines.count());
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    drain.join().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    let it: u64 = err
+        .split("interrupted after iteration ")
+        .nth(1)
+        .and_then(|s| s.split(';').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(it >= 6, "{err}");
+    assert!(d.join(format!("out/ckpt-{it:06}/MANIFEST.json")).exists(), "{err}");
+    assert!(err.contains("init_from=resume"), "{err}");
+    std::fs::remove_dir_all(d).ok();
+}
+
+#[test]
+fn an_absurd_learning_rate_aborts_or_skips() {
+    let d = tmp("nan");
+    let mut args = vec![
+        "train",
+        "--set",
+        "max_iters=8",
+        "--set",
+        "eval_interval=4",
+        "--set",
+        "learning_rate=1e30",
+        "--set",
+        "warmup_iters=0",
+        "--set",
+        "grad_clip=0",
+    ];
+    args.extend(TINY);
+    let (code, _, err) = gptrain(&args, &d);
+    assert_eq!(code, 1, "{err}");
+    let last = err.lines().last().unwrap();
+    assert!(last.contains("non-finite") && last.contains("at iteration") && last.contains("learning rate 1.000e30"), "{err}");
+    args.extend(["--set", "on_nonfinite=skip"]);
+    let (code, out, err) = gptrain(&args, &d);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("skipped updates (non-finite loss or gradient): "), "{out}");
+    std::fs::remove_dir_all(d).ok();
+}

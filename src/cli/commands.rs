@@ -1,6 +1,6 @@
 //! One function per subcommand: resolve flags into a plan, run it, print.
 
-use super::printer::{gib, si, thousands, Printer};
+use super::printer::{gib, say, si, thousands, Printer};
 use super::ConfigArgs;
 use crate::backend::DType;
 use crate::checkpoint;
@@ -48,23 +48,23 @@ pub fn prepare(input: Option<PathBuf>, tokenizer: &str, out: &Path, threads: Opt
     bar.set_style(indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}").unwrap());
     let r = pool(threads.unwrap_or(0))?.install(|| prepare::prepare(input.as_deref(), kind, out, &bar))?;
     bar.finish_and_clear();
-    println!("read {} from {} document(s)", gib(r.bytes), r.documents);
-    println!("vocabulary: {} tokens ({} tokenizer), stored as uint{}", r.meta.vocab_size, r.meta.tokenizer, r.meta.token_bytes * 8);
-    println!("train has {} tokens, val has {} tokens", thousands(r.train_tokens as f64), thousands(r.val_tokens as f64));
-    println!("wrote {}/train.bin, val.bin, meta.json{}", out.display(), if r.meta.itos.is_some() { ", meta.pkl" } else { "" });
+    say!("read {} from {} document(s)", gib(r.bytes), r.documents);
+    say!("vocabulary: {} tokens ({} tokenizer), stored as uint{}", r.meta.vocab_size, r.meta.tokenizer, r.meta.token_bytes * 8);
+    say!("train has {} tokens, val has {} tokens", thousands(r.train_tokens as f64), thousands(r.val_tokens as f64));
+    say!("wrote {}/train.bin, val.bin, meta.json{}", out.display(), if r.meta.itos.is_some() { ", meta.pkl" } else { "" });
     Ok(())
 }
 
 pub fn train(a: &ConfigArgs) -> Result<()> {
     let cfg = resolve(a)?;
     train::check_device(&cfg)?;
-    println!("config:\n{}", cfg.table());
+    say!("config:\n{}", cfg.table());
     install_signal_handler();
     let mut printer = Printer::new();
     pool(cfg.threads)?.install(|| -> Result<()> {
         let summary = train::run(&cfg, &mut printer)?;
         if summary.iters > 0 {
-            println!("sample:");
+            say!("sample:");
             sample_run(&cfg, 1, cfg.max_new_tokens.min(300))?;
         }
         Ok(())
@@ -119,22 +119,22 @@ fn sample_run(cfg: &Config, num_samples: usize, max_new_tokens: usize) -> Result
     let stdout = std::io::stdout();
     for k in 0..num_samples {
         let mut rng = rng::Rng::new(cfg.seed, rng::STREAM_SAMPLE + 1000 * k as u64);
-        print!("{start}");
+        let _ = write!(stdout.lock(), "{start}");
         let mut pending = Vec::new();
         sampler.generate(&prompt, max_new_tokens, cfg.temperature as f32, cfg.top_k, &mut rng, |t| {
             // BPE tokens may split a UTF-8 character: print once the bytes decode cleanly
             pending.push(t);
             let text = tok.decode(&pending);
             if !text.contains('\u{FFFD}') {
-                print!("{text}");
+                let _ = write!(stdout.lock(), "{text}");
                 let _ = stdout.lock().flush();
                 pending.clear();
             }
         });
         if !pending.is_empty() {
-            print!("{}", tok.decode(&pending));
+            let _ = write!(stdout.lock(), "{}", tok.decode(&pending));
         }
-        println!("\n---------------");
+        say!("\n---------------");
     }
     Ok(())
 }
@@ -238,7 +238,7 @@ pub fn estimate(a: &EstimateArgs) -> Result<()> {
     if a.list_devices {
         for n in device::names() {
             let d = device::lookup(n)?;
-            println!(
+            say!(
                 "{:<18} {:<40} fp32 {:>6.1}  tf32 {:>6.1}  fp16/bf16 {:>6.1} TFLOP/s  {:>6.1} GiB",
                 d.name,
                 d.description,
@@ -307,11 +307,11 @@ pub fn estimate(a: &EstimateArgs) -> Result<()> {
             if let Some((ok, why)) = &verdict {
                 v["expect_ms"] = serde_json::json!({ "ms": a.expect_ms, "possible": ok, "reason": why });
             }
-            println!("{v}");
+            say!("{v}");
             return Ok(());
         }
         for n in &notes {
-            println!("{n}");
+            say!("{n}");
         }
         print_estimate(&e, &model, &run, &dev, verdict.as_ref());
         Ok(())
@@ -320,30 +320,36 @@ pub fn estimate(a: &EstimateArgs) -> Result<()> {
 
 fn print_estimate(e: &estimate::Estimate, m: &ModelConfig, run: &Run, dev: &device::Device, verdict: Option<&(bool, String)>) {
     use crate::perf::meter::human_duration;
-    println!(
+    say!(
         "model: {} layers, {} heads, {} dims, block {}, vocab {}, bias {}",
-        m.n_layer, m.n_head, m.n_embd, m.block_size, m.padded_vocab_size, m.bias
+        m.n_layer,
+        m.n_head,
+        m.n_embd,
+        m.block_size,
+        m.padded_vocab_size,
+        m.bias
     );
-    println!(
+    say!(
         "parameters: {:.2}M ({:.2}M as nanoGPT counts, without position embeddings)",
         e.params as f64 / 1e6,
         e.params_nanogpt as f64 / 1e6
     );
-    println!(
+    say!(
         "tokens per iteration: {} (batch {} x block {} x grad accum {})",
         thousands(e.tokens_per_iter as f64),
         run.batch_size,
         m.block_size,
         run.grad_accum
     );
-    println!(
+    say!(
         "FLOPs per token (training): {:.3e} exact matmul count; {:.3e} by the 6N + 12LHQT convention nanoGPT uses",
-        e.flops_per_token, e.flops_per_token_palm
+        e.flops_per_token,
+        e.flops_per_token_palm
     );
-    println!("FLOPs per iteration: {:.3e}", e.flops_per_iter);
-    println!("device: {} ({}), {} peak {:.1} TFLOP/s [{}]", dev.name, dev.description, e.dtype, e.peak_flops / 1e12, e.peak_source);
-    println!();
-    println!(
+    say!("FLOPs per iteration: {:.3e}", e.flops_per_iter);
+    say!("device: {} ({}), {} peak {:.1} TFLOP/s [{}]", dev.name, dev.description, e.dtype, e.peak_flops / 1e12, e.peak_source);
+    say!();
+    say!(
         "floor (100% of peak): {:.0} ms/iteration -> {} for {} iterations",
         e.floor_ms_per_iter,
         human_duration(e.floor_total_seconds),
@@ -351,9 +357,9 @@ fn print_estimate(e: &estimate::Estimate, m: &ModelConfig, run: &Run, dev: &devi
     );
     let (lo, hi) = e.ms_per_iter_range;
     if e.mfu.low == e.mfu.high {
-        println!("expected at MFU {:.1}% ({}): {:.0} ms/iteration", e.mfu.mid() * 100.0, e.mfu.source, e.ms_per_iter);
+        say!("expected at MFU {:.1}% ({}): {:.0} ms/iteration", e.mfu.mid() * 100.0, e.mfu.source, e.ms_per_iter);
     } else {
-        println!(
+        say!(
             "expected at MFU {:.0}-{:.0}% ({}): {:.0}-{:.0} ms/iteration (mid {:.0} ms)",
             e.mfu.low * 100.0,
             e.mfu.high * 100.0,
@@ -363,7 +369,7 @@ fn print_estimate(e: &estimate::Estimate, m: &ModelConfig, run: &Run, dev: &devi
             e.ms_per_iter
         );
     }
-    println!(
+    say!(
         "total for {} iterations + {} evals ({:.1}s each): {} (range {} - {})",
         e.max_iters,
         e.evals,
@@ -372,8 +378,8 @@ fn print_estimate(e: &estimate::Estimate, m: &ModelConfig, run: &Run, dev: &devi
         human_duration(e.total_seconds_range.0),
         human_duration(e.total_seconds_range.1)
     );
-    println!();
-    println!(
+    say!();
+    say!(
         "memory at micro-batch {} ({}):",
         run.batch_size,
         if dev.name == "cpu" {
@@ -384,12 +390,12 @@ fn print_estimate(e: &estimate::Estimate, m: &ModelConfig, run: &Run, dev: &devi
     );
     for (name, b) in e.memory.parts() {
         if b > 0 {
-            println!("  {name:<24} {:>10}", gib(b));
+            say!("  {name:<24} {:>10}", gib(b));
         }
     }
     let cap = e.device_memory_bytes;
-    println!("  {:<24} {:>10} of {} -> {}", "total", gib(e.memory_bytes), gib(cap), if e.fits { "fits" } else { "DOES NOT FIT" });
-    println!(
+    say!("  {:<24} {:>10} of {} -> {}", "total", gib(e.memory_bytes), gib(cap), if e.fits { "fits" } else { "DOES NOT FIT" });
+    say!(
         "largest micro-batch that fits: {}{}",
         e.max_micro_batch,
         if e.max_micro_batch_recompute > 0 {
@@ -401,20 +407,20 @@ fn print_estimate(e: &estimate::Estimate, m: &ModelConfig, run: &Run, dev: &devi
     if !e.fits {
         let tokens = run.batch_size * run.grad_accum;
         match (1..=e.max_micro_batch).rev().find(|b| tokens.is_multiple_of(*b)) {
-            Some(b) => println!(
+            Some(b) => say!(
                 "to fit: --set batch_size={b} --set gradient_accumulation_steps={} keeps {} tokens per iteration",
                 tokens / b,
                 thousands(e.tokens_per_iter as f64)
             ),
-            None => println!(
+            None => say!(
                 "to fit: even micro-batch 1 does not fit; use a smaller block_size or model, or recomputation ({} at this batch)",
                 gib(e.memory_with_recompute)
             ),
         }
     }
     if let Some((_, why)) = verdict {
-        println!();
-        println!("{why}");
+        say!();
+        say!("{why}");
     }
 }
 
@@ -477,11 +483,11 @@ pub fn logs(a: &LogsArgs) -> Result<()> {
             "device": dev.as_ref().map(|d| d.name.clone()),
             "peak_flops": peak,
         });
-        println!("{v}");
+        say!("{v}");
         return Ok(());
     }
     use crate::perf::meter::human_duration;
-    println!(
+    say!(
         "{}: {:?} log, {} iteration lines, {} eval lines, {} other lines skipped",
         a.file.display(),
         parsed.format,
@@ -489,44 +495,42 @@ pub fn logs(a: &LogsArgs) -> Result<()> {
         parsed.evals,
         parsed.skipped_lines
     );
-    println!(
+    say!(
         "dropped {} iterations: {} warm-up (until three consecutive times agree within 10%), {} outliers (> {}x the median: eval/checkpoint time counted into an iteration)",
         st.iters_dropped,
         st.warmup_dropped,
         st.outliers_dropped,
         logreader::OUTLIER
     );
-    println!("steady: {:.2} ms/iter (median; p10 {:.2}, p90 {:.2})", st.steady_ms_per_iter, st.p10_ms, st.p90_ms);
+    say!("steady: {:.2} ms/iter (median; p10 {:.2}, p90 {:.2})", st.steady_ms_per_iter, st.p10_ms, st.p90_ms);
     match tokens_per_second {
-        Some(t) => println!("tokens/s: {}", thousands(t)),
-        None => println!("tokens/s: unknown (give --batch-size, --block-size and --grad-accum, or a --preset/--config)"),
+        Some(t) => say!("tokens/s: {}", thousands(t)),
+        None => say!("tokens/s: unknown (give --batch-size, --block-size and --grad-accum, or a --preset/--config)"),
     }
     match (mfu, &dev) {
-        (Some(m), Some(d)) => println!("true MFU on {} ({}): {:.1}%", d.name, dtype.name(), m * 100.0),
-        (None, None) => println!("MFU: n/a (name the GPU with --device to compute it)"),
-        _ => println!("MFU: n/a (needs the model shape: --preset/--config/--set, and the batch shape)"),
+        (Some(m), Some(d)) => say!("true MFU on {} ({}): {:.1}%", d.name, dtype.name(), m * 100.0),
+        (None, None) => say!("MFU: n/a (name the GPU with --device to compute it)"),
+        _ => say!("MFU: n/a (needs the model shape: --preset/--config/--set, and the batch shape)"),
     }
     if let Some(m) = st.log_mfu {
         match (parsed.format, log_mfu_on_device, &dev) {
-            (logreader::Format::NanoGpt, Some(x), Some(d)) => println!(
+            (logreader::Format::NanoGpt, Some(x), Some(d)) => say!(
                 "the log's mfu column says {:.1}% of an A100's 312 TFLOP/s whatever the card; against {} it would have read {:.1}%",
                 m * 100.0,
                 d.name,
                 x * 100.0
             ),
-            _ => println!("the log's own MFU column: {:.1}%", m * 100.0),
+            _ => say!("the log's own MFU column: {:.1}%", m * 100.0),
         }
     }
     if parsed.minus_100 > 0 {
-        println!("note: {} lines show `mfu -100.00%`: nanoGPT prints its running-MFU placeholder (-1) until its 5th iteration; it is not a measurement", parsed.minus_100);
+        say!("note: {} lines show `mfu -100.00%`: nanoGPT prints its running-MFU placeholder (-1) until its 5th iteration; it is not a measurement", parsed.minus_100);
     }
     match (eta, max_iters) {
-        (Some(e), Some(m)) => println!(
-            "ETA to iteration {m}: {} (from iteration {}, at the steady rate, evals not included)",
-            human_duration(e),
-            st.last_iter
-        ),
-        _ => println!("ETA: unknown (give --max-iters)"),
+        (Some(e), Some(m)) => {
+            say!("ETA to iteration {m}: {} (from iteration {}, at the steady rate, evals not included)", human_duration(e), st.last_iter)
+        }
+        _ => say!("ETA: unknown (give --max-iters)"),
     }
     Ok(())
 }
@@ -547,10 +551,10 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
                 "mfu": gflops * 1e9 / peak, "peak_gflops": peak / 1e9, "peak_rss_bytes": r.peak_rss_bytes, "threads": threads,
                 "params": r.params, "steps": a.steps, "profile": r.profile,
             });
-            println!("{v}");
+            say!("{v}");
             return Ok(());
         }
-        println!(
+        say!(
             "model: {} layers, {} heads, {} dims, block {}, batch {}, vocab {} ({:.2}M params), {} threads",
             model.n_layer,
             model.n_head,
@@ -561,11 +565,14 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             r.params as f64 / 1e6,
             threads
         );
-        println!(
+        say!(
             "step (forward, backward, clip, AdamW): {:.2} ms median over {} steps (p10 {:.2}, p90 {:.2})",
-            r.ms_per_step, a.steps, r.p10_ms, r.p90_ms
+            r.ms_per_step,
+            a.steps,
+            r.p10_ms,
+            r.p90_ms
         );
-        println!(
+        say!(
             "{} tokens/s, {:.1} GFLOP/s of model FLOPs, MFU {:.1}% of {:.1} GFLOP/s ({})",
             thousands(tps),
             gflops,
@@ -573,12 +580,12 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             peak / 1e9,
             dev.source
         );
-        println!("peak memory (RSS): {}", gib(r.peak_rss_bytes));
+        say!("peak memory (RSS): {}", gib(r.peak_rss_bytes));
         if !r.profile.is_empty() {
-            println!("profile (share of the step):");
+            say!("profile (share of the step):");
             let total: f64 = r.profile.iter().map(|p| p.1).sum();
             for (name, ms) in &r.profile {
-                println!("  {name:<28} {:>8.2} ms {:>6.1}%", ms, ms / total * 100.0);
+                say!("  {name:<28} {:>8.2} ms {:>6.1}%", ms, ms / total * 100.0);
             }
         }
         let _ = si(0.0);

@@ -6,6 +6,15 @@ use crate::train::{IterLog, Observer, StartInfo, Summary};
 use std::io::IsTerminal;
 use std::path::Path;
 
+/// println! that never panics: a closed stdout (`gptrain train | head`) must not kill a run.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+pub(crate) use say;
+
 pub struct Printer {
     bar: Option<indicatif::ProgressBar>,
     max_iters: u64,
@@ -19,7 +28,7 @@ impl Printer {
     fn line(&self, s: &str) {
         match &self.bar {
             Some(b) => b.println(s),
-            None => println!("{s}"),
+            None => say!("{s}"),
         }
     }
 }
@@ -58,7 +67,7 @@ impl Observer for Printer {
 
     fn start(&mut self, s: &StartInfo) {
         let m = &s.model;
-        println!(
+        say!(
             "model: {} layers, {} heads, {} dims, block {}, vocab {}{}, bias {}",
             m.n_layer,
             m.n_head,
@@ -68,21 +77,22 @@ impl Observer for Printer {
             if m.padded_vocab_size != m.vocab_size { format!(" (padded to {})", m.padded_vocab_size) } else { String::new() },
             m.bias
         );
-        println!(
+        say!(
             "number of parameters: {:.2}M ({:.2}M without position embeddings, as nanoGPT counts)",
             s.params as f64 / 1e6,
             s.params_nanogpt as f64 / 1e6
         );
-        println!("data: {}", s.dataset);
-        println!("tokens per iteration: {} ; FLOPs per iteration: {}", thousands(s.tokens_per_iter as f64), si(s.flops_per_iter));
+        say!("data: {}", s.dataset);
+        say!("tokens per iteration: {} ; FLOPs per iteration: {}", thousands(s.tokens_per_iter as f64), si(s.flops_per_iter));
         match s.peak_flops {
-            Some(p) => println!("device: {} ; peak {:.1} GFLOP/s ({})", s.device, p / 1e9, s.peak_source),
-            None => println!("device: {} ; peak unknown: MFU n/a", s.device),
+            Some(p) => say!("device: {} ; peak {:.1} GFLOP/s ({})", s.device, p / 1e9, s.peak_source),
+            None => say!("device: {} ; peak unknown: MFU n/a", s.device),
         }
-        println!("memory: about {} for weights, optimizer and activations", gib(s.memory_bytes));
-        println!(
+        say!("memory: about {} for weights, optimizer and activations", gib(s.memory_bytes));
+        say!(
             "iterations {} -> {}; the first iterations are warm-up and are not counted in throughput, MFU or ETA",
-            s.start_iter, s.max_iters
+            s.start_iter,
+            s.max_iters
         );
         self.max_iters = s.max_iters;
         if std::io::stderr().is_terminal() {
@@ -135,7 +145,7 @@ impl Observer for Printer {
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();
         }
-        println!(
+        say!(
             "done: {} iterations in {} (warm-up {} iters {}, training {}, eval {}, checkpoints {})",
             s.iters,
             human_duration(s.total_s),
@@ -146,17 +156,13 @@ impl Observer for Printer {
             human_duration(s.checkpoint_s)
         );
         if let (Some(ms), Some(tps)) = (s.steady_ms, s.tokens_per_sec) {
-            println!(
-                "steady: {ms:.2} ms/iter, {} tok/s, MFU {}",
-                thousands(tps),
-                s.mfu.map_or("n/a".into(), |m| format!("{:.1}%", m * 100.0))
-            );
+            say!("steady: {ms:.2} ms/iter, {} tok/s, MFU {}", thousands(tps), s.mfu.map_or("n/a".into(), |m| format!("{:.1}%", m * 100.0)));
         }
         if let (Some(t), Some(v)) = (s.final_train_loss, s.final_val_loss) {
-            println!("final: train loss {t:.4}, val loss {v:.4}");
+            say!("final: train loss {t:.4}, val loss {v:.4}");
         }
         if s.skipped_updates > 0 {
-            println!("skipped updates (non-finite loss or gradient): {}", s.skipped_updates);
+            say!("skipped updates (non-finite loss or gradient): {}", s.skipped_updates);
         }
     }
 }
