@@ -12,6 +12,7 @@ pub mod data;
 pub mod model;
 pub mod optim;
 pub mod perf;
+pub mod plot;
 pub mod rng;
 pub mod sample;
 pub mod tensorfile;

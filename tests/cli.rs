@@ -48,6 +48,11 @@ fn bad_inputs_get_one_clear_line() {
     std::fs::write(data.join("train.bin"), &bin[..bin.len() - 1]).unwrap();
     fails_with(&["train", "--set", "dataset=data", "--set", "block_size=8"], &d, "not a whole number");
     fails_with(&["prepare", "--input", "nope.txt", "--out", "x"], &d, "does not exist");
+    std::fs::write(d.join("junk.log"), "hello\nworld\n").unwrap();
+    fails_with(&["logs", "junk.log"], &d, "no training iteration line");
+    fails_with(&["plot", "junk.log"], &d, "no iteration records");
+    fails_with(&["estimate", "--device", "voodoo-2"], &d, "unknown device");
+    fails_with(&["estimate", "--preset", "rtx4070-40m"], &d, "--device");
     std::fs::remove_dir_all(d).ok();
 }
 
@@ -87,6 +92,18 @@ fn prepare_then_train_then_sample() {
     assert!(out.contains("iter 0: loss ") && out.contains("step 5: train loss "), "{out}");
     assert!(out.contains("warm-up"), "{out}");
     assert!(out.contains("sample:"), "{out}");
+    // the run's metrics: plotted, and read back by `logs`
+    let (code, out, err) = gptrain(&["plot", "out/metrics.jsonl"], &d);
+    assert_eq!(code, 0, "{err}");
+    assert!(d.join("out/metrics.png").exists() && d.join("out/metrics.svg").exists(), "{out}");
+    let (code, out, err) = gptrain(
+        &["logs", "out/metrics.jsonl", "--json", "--batch-size", "12", "--block-size", "16", "--grad-accum", "40", "--max-iters", "6"],
+        &d,
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["iters_seen"], 6);
+    assert!(v["steady_ms_per_iter"].as_f64().unwrap() > 0.0 && v["mfu"].is_null());
     let mut args = vec!["sample", "--set", "num_samples=2", "--set", "start=line"];
     args.extend(common);
     let (code, out, err) = gptrain(&args, &d);
@@ -206,5 +223,43 @@ fn an_absurd_learning_rate_aborts_or_skips() {
     let (code, out, err) = gptrain(&args, &d);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("skipped updates (non-finite loss or gradient): "), "{out}");
+    std::fs::remove_dir_all(d).ok();
+}
+
+#[test]
+fn estimate_says_the_rtx4070_run_takes_hours_and_100ms_is_impossible() {
+    let d = tmp("estimate");
+    let (code, out, err) =
+        gptrain(&["estimate", "--preset", "rtx4070-40m", "--device", "RTX 4070", "--dtype", "fp16", "--expect-ms", "100", "--json"], &d);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("stdout holds only the JSON object");
+    for k in [
+        "params",
+        "tokens_per_iter",
+        "flops_per_iter",
+        "floor_ms_per_iter",
+        "ms_per_iter",
+        "total_seconds",
+        "memory_bytes",
+        "device_memory_bytes",
+        "fits",
+        "max_micro_batch",
+    ] {
+        assert!(!v[k].is_null(), "missing {k}");
+    }
+    assert_eq!(v["tokens_per_iter"], 524_288);
+    assert!(v["floor_ms_per_iter"].as_f64().unwrap() > 2000.0);
+    assert!(v["total_seconds"].as_f64().unwrap() > 3.0 * 3600.0);
+    assert_eq!(v["fits"], true);
+    assert_eq!(v["expect_ms"]["possible"], false);
+    let (code, out, _) =
+        gptrain(&["estimate", "--preset", "rtx4070-40m", "--device", "rtx-4070", "--dtype", "fp16", "--expect-ms", "100"], &d);
+    assert_eq!(code, 0);
+    assert!(out.contains("impossible: 100 ms/iteration"), "{out}");
+    let (code, out, _) = gptrain(&["estimate", "--list-devices"], &d);
+    assert_eq!(code, 0);
+    for n in ["rtx-3060-12gb", "rtx-4070", "a100-80gb", "h100-sxm", "h200", "l4", "t4", "cpu"] {
+        assert!(out.contains(n), "{n} not listed");
+    }
     std::fs::remove_dir_all(d).ok();
 }

@@ -592,3 +592,10 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         Ok(())
     })
 }
+
+pub fn plot(metrics: &Path, out: Option<PathBuf>) -> Result<()> {
+    let out = out.unwrap_or_else(|| metrics.with_extension(""));
+    let (png, svg) = crate::plot::plot(metrics, &out)?;
+    say!("wrote {} and {}", png.display(), svg.display());
+    Ok(())
+}

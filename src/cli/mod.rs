@@ -55,6 +55,14 @@ enum Cmd {
     Logs(commands::LogsArgs),
     /// Time full training steps on synthetic tokens: ms/step, tokens/s, GFLOP/s, MFU.
     Bench(commands::BenchArgs),
+    /// Plot train/val loss and tokens/s from a run's metrics.jsonl (PNG and SVG).
+    Plot {
+        /// The run's metrics.jsonl (in its out_dir).
+        metrics: PathBuf,
+        /// Output path without extension (default: beside the metrics file).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -67,6 +75,7 @@ pub fn main() -> i32 {
         Cmd::Estimate(a) => commands::estimate(&a),
         Cmd::Logs(a) => commands::logs(&a),
         Cmd::Bench(a) => commands::bench(&a),
+        Cmd::Plot { metrics, out } => commands::plot(&metrics, out),
     };
     match result {
         Ok(()) => 0,
