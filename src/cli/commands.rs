@@ -277,16 +277,11 @@ pub fn estimate(a: &EstimateArgs) -> Result<()> {
             if dev.name != "cpu" {
                 bail!("--calibrate times real iterations on this machine: use it with --device cpu");
             }
-            let b = crate::bench::run(&model, cfg.batch_size, 3, 1, false)?;
-            let measured = b.flops_per_step * cfg.gradient_accumulation_steps as f64
-                / (b.ms_per_step * cfg.gradient_accumulation_steps as f64 / 1e3)
-                / dev.peak_flops(DType::F32);
-            notes.push(format!(
-                "calibrated: {} timed micro-steps of this model here took {:.1} ms each (median) = {:.1}% MFU",
-                3,
-                b.ms_per_step,
-                measured * 100.0
-            ));
+            let (steps, warmup) = (12, 3);
+            let b = crate::bench::run(&model, cfg.batch_size, steps, warmup, false)?;
+            // one micro-step's FLOPs over its time: the accumulation factor cancels
+            let measured = b.flops_per_step / (b.ms_per_step / 1e3) / dev.peak_flops(DType::F32);
+            notes.push(format!("calibrated: {steps} timed training steps of this model here (after {warmup} warm-up steps) took {:.1} ms each (median) = {:.1}% MFU", b.ms_per_step, measured * 100.0));
             MfuAssumption::fixed(measured, "measured here by --calibrate")
         } else if let Some(m) = a.mfu {
             if !(m > 0.0 && m <= 1.0) {
