@@ -278,3 +278,20 @@ fn fast_attention_matches_the_naive_loops() {
         assert_close("dqkv", &d1, &to64(&d2));
     }
 }
+
+#[test]
+fn fast_attention_matches_the_naive_loops_across_query_blocks() {
+    // T = 150 spans three 64-row query blocks, the last one partial
+    let (b, t, c, nh) = (1, 150, 8, 2);
+    let qkv = randn(b * t * 3 * c, 21, 1.0);
+    let dout = randn(b * t * c, 22, 1.0);
+    let (mut o1, mut a1, mut o2, mut a2) =
+        (vec![0.0; b * t * c], vec![0.0; b * nh * t * t], vec![0.0; b * t * c], vec![0.0; b * nh * t * t]);
+    attention::attention_forward(&mut o1, &mut a1, &qkv, b, t, c, nh, Dropout::NONE);
+    attention::attention_forward_naive(&mut o2, &mut a2, &qkv, b, t, c, nh, Dropout::NONE);
+    assert_close("out", &o1, &to64(&o2));
+    let (mut d1, mut s1, mut d2, mut s2) = (vec![0.0; qkv.len()], vec![0.0; a1.len()], vec![0.0; qkv.len()], vec![0.0; a1.len()]);
+    attention::attention_backward(&mut d1, &mut s1, &dout, &qkv, &a1, b, t, c, nh, Dropout::NONE);
+    attention::attention_backward_naive(&mut d2, &mut s2, &dout, &qkv, &a2, b, t, c, nh, Dropout::NONE);
+    assert_close("dqkv", &d1, &to64(&d2));
+}

@@ -7,6 +7,7 @@
 //! <https://github.com/karpathy/nanoGPT/blob/master/model.py> (CausalSelfAttention, the
 //! non-flash branch), with attention dropout from a counter-based mask.
 
+use super::simd::dispatch;
 use crate::backend::Dropout;
 use rayon::prelude::*;
 
@@ -113,6 +114,9 @@ pub fn attention_backward_naive(
         });
 }
 
+/// Query rows per block: a block of rows r0..r1 needs only keys 0..r1.
+const QBLOCK: usize = 64;
+
 /// A raw pointer that may cross threads; each task touches a disjoint region (see SAFETY notes).
 #[derive(Clone, Copy)]
 struct Ptr(*mut f32);
@@ -175,6 +179,21 @@ unsafe fn mm(
     }
 }
 
+dispatch! {
+    /// row[..=t1] = softmax(row[..=t1]); row[t1+1..] = 0.
+    fn softmax_causal_row(row: &mut [f32], t1: usize) {
+        let maxv = row[..=t1].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        let mut sum = 0.0f32;
+        for x in &mut row[..=t1] {
+            *x = super::mathf::exp(*x - maxv);
+            sum += *x;
+        }
+        let inv = 1.0 / sum;
+        row[..=t1].iter_mut().for_each(|x| *x *= inv);
+        row[t1 + 1..].fill(0.0);
+    }
+}
+
 /// out(B,T,C) and att(B,NH,T,T) from qkv(B,T,3C); same contract as [`attention_forward_naive`].
 #[allow(clippy::too_many_arguments)]
 pub fn attention_forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], b: usize, t: usize, c: usize, nh: usize, drop: Dropout) {
@@ -190,20 +209,15 @@ pub fn attention_forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], b: usize
             let q = qkvp.get().wrapping_add(bi * t * c3 + h * hs);
             let k = q.wrapping_add(c);
             let v = q.wrapping_add(2 * c);
-            // SAFETY: q/k/v address rows bi*T..(bi+1)*T of qkv at this head's columns (inside
-            // qkv, read-only); `a` is this task's own T x T block.
-            unsafe { mm(t, t, hs, a.as_mut_ptr(), t, false, q, c3, 1, k, 1, c3, scale) };
+            // scores, by blocks of query rows: rows r0..r1 only see keys 0..r1 (causal)
+            for r0 in (0..t).step_by(QBLOCK) {
+                let r1 = (r0 + QBLOCK).min(t);
+                // SAFETY: q/k address rows of this batch row at this head's columns (inside
+                // qkv, read-only); the destination is rows r0..r1 of this task's own T x T block.
+                unsafe { mm(r1 - r0, r1, hs, a[r0 * t..].as_mut_ptr(), t, false, q.wrapping_add(r0 * c3), c3, 1, k, 1, c3, scale) };
+            }
             for t1 in 0..t {
-                let row = &mut a[t1 * t..(t1 + 1) * t];
-                let maxv = row[..=t1].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                let mut sum = 0.0f32;
-                for x in &mut row[..=t1] {
-                    *x = super::mathf::exp(*x - maxv);
-                    sum += *x;
-                }
-                let inv = 1.0 / sum;
-                row[..=t1].iter_mut().for_each(|x| *x *= inv);
-                row[t1 + 1..].fill(0.0);
+                softmax_causal_row(&mut a[t1 * t..(t1 + 1) * t], t1);
             }
             let p: &[f32] = if drop.active() {
                 for (i, (s, &x)) in scratch.iter_mut().zip(a.iter()).enumerate() {
@@ -213,9 +227,13 @@ pub fn attention_forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], b: usize
             } else {
                 a
             };
-            // SAFETY: this task alone writes out rows bi*T..(bi+1)*T at head h's columns; p is
-            // T x T, v addresses this batch row's values.
-            unsafe { mm(t, hs, t, outp.get().wrapping_add(bi * t * c + h * hs), c, false, p.as_ptr(), t, 1, v, c3, 1, 1.0) };
+            let o = outp.get().wrapping_add(bi * t * c + h * hs);
+            for r0 in (0..t).step_by(QBLOCK) {
+                let r1 = (r0 + QBLOCK).min(t);
+                // SAFETY: this task alone writes rows r0..r1 of out for batch row bi at head h's
+                // columns; p is T x T, v addresses this batch row's values (rows 0..r1).
+                unsafe { mm(r1 - r0, hs, r1, o.wrapping_add(r0 * c), c, false, p[r0 * t..].as_ptr(), t, 1, v, c3, 1, 1.0) };
+            }
         },
     );
 }
@@ -263,13 +281,17 @@ pub fn attention_backward(
             } else {
                 a
             };
-            // SAFETY (all four products): q/k/v/dy address this batch row and head inside
-            // their slices; this task alone writes dq/dk/dv at (bi, h) and its own da block.
-            unsafe {
-                // dv += p^T @ dy
-                mm(t, hs, t, dv, c3, true, p.as_ptr(), 1, t, dy, c, 1, 1.0);
-                // dp = dy @ v^T
-                mm(t, t, hs, da.as_mut_ptr(), t, false, dy, c, 1, v, 1, c3, 1.0);
+            // SAFETY (all products below): q/k/v/dy address this batch row and head inside
+            // their slices; this task alone writes dq/dk/dv at (bi, h) and its own da block;
+            // block r0..r1 of query rows touches keys/values 0..r1 only.
+            for r0 in (0..t).step_by(QBLOCK) {
+                let r1 = (r0 + QBLOCK).min(t);
+                unsafe {
+                    // dv[0..r1] += p[r0..r1, 0..r1]^T @ dy[r0..r1]
+                    mm(r1, hs, r1 - r0, dv, c3, true, p[r0 * t..].as_ptr(), 1, t, dy.wrapping_add(r0 * c), c, 1, 1.0);
+                    // dp[r0..r1, 0..r1] = dy[r0..r1] @ v[0..r1]^T
+                    mm(r1 - r0, r1, hs, da[r0 * t..].as_mut_ptr(), t, false, dy.wrapping_add(r0 * c), c, 1, v, 1, c3, 1.0);
+                }
             }
             // through dropout, then softmax: ds = a * (dp - sum(a * dp)), causal entries only
             for t1 in 0..t {
@@ -285,11 +307,15 @@ pub fn attention_backward(
                 }
                 drow[t1 + 1..].fill(0.0);
             }
-            // SAFETY: as above.
-            unsafe {
-                // dq += scale * ds @ k ; dk += scale * ds^T @ q
-                mm(t, hs, t, dq, c3, true, da.as_ptr(), t, 1, k, c3, 1, scale);
-                mm(t, hs, t, dk, c3, true, da.as_ptr(), 1, t, q, c3, 1, scale);
+            for r0 in (0..t).step_by(QBLOCK) {
+                let r1 = (r0 + QBLOCK).min(t);
+                // SAFETY: as above.
+                unsafe {
+                    // dq[r0..r1] += scale * ds[r0..r1, 0..r1] @ k[0..r1]
+                    mm(r1 - r0, hs, r1, dq.wrapping_add(r0 * c3), c3, true, da[r0 * t..].as_ptr(), t, 1, k, c3, 1, scale);
+                    // dk[0..r1] += scale * ds[r0..r1, 0..r1]^T @ q[r0..r1]
+                    mm(r1, hs, r1 - r0, dk, c3, true, da[r0 * t..].as_ptr(), 1, t, q.wrapping_add(r0 * c3), c3, 1, scale);
+                }
             }
         },
     );

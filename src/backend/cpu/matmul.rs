@@ -7,14 +7,15 @@ use rayon::prelude::*;
 /// order: deterministic).
 const BIAS_COLS: usize = 32;
 
-fn parallelism() -> gemm::Parallelism {
-    match rayon::current_num_threads() {
-        1 => gemm::Parallelism::None,
-        n => gemm::Parallelism::Rayon(n),
-    }
-}
+/// Products of fewer multiply-adds than this (m n k) split their rows across threads
+/// themselves; larger ones use gemm's threading (measured on GPT shapes, 2 threads).
+const SPLIT_ROWS_BELOW: f64 = 3e8;
 
-/// dst(m,n) = beta_dst * dst + lhs(m,k) @ rhs(k,n), all given by (row stride, column stride).
+/// dst(m,n) (+)= lhs(m,k) @ rhs(k,n), all given by (row stride, column stride).
+///
+/// Below [`SPLIT_ROWS_BELOW`], the rows of `dst` are split into one contiguous block per pool thread, each a
+/// single-threaded `gemm` call: for the skinny shapes of small models this beats gemm's own
+/// threading, and every output element is still computed by exactly one call (deterministic).
 #[allow(clippy::too_many_arguments)]
 fn gemm_strided(
     m: usize,
@@ -37,31 +38,67 @@ fn gemm_strided(
     assert!((m - 1) * dst_rs + n <= dst.len());
     assert!(k == 0 || (m - 1) * lhs_rs + (k - 1) * lhs_cs < lhs.len());
     assert!(k == 0 || (k - 1) * rhs_rs + (n - 1) * rhs_cs < rhs.len());
-    // SAFETY: the asserts above keep every element gemm reads or writes inside the three slices;
-    // `dst` is borrowed exclusively, so it aliases neither `lhs` nor `rhs`.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism(),
-        );
+    let threads = rayon::current_num_threads();
+    if threads > 1 && (m * n * k) as f64 >= SPLIT_ROWS_BELOW {
+        // big products: gemm's own threading splits them better
+        // SAFETY: the asserts above keep every element gemm reads or writes inside the three
+        // slices; `dst` is borrowed exclusively, so it aliases neither `lhs` nor `rhs`.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst.as_mut_ptr(),
+                1,
+                dst_rs as isize,
+                accumulate,
+                lhs.as_ptr(),
+                lhs_cs as isize,
+                lhs_rs as isize,
+                rhs.as_ptr(),
+                rhs_cs as isize,
+                rhs_rs as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(threads),
+            );
+        }
+        return;
     }
+    let rows = m.div_ceil(threads.min(m));
+    dst[..(m - 1) * dst_rs + n].par_chunks_mut(rows * dst_rs).enumerate().for_each(|(i, d)| {
+        let r0 = i * rows;
+        let mi = rows.min(m - r0);
+        // SAFETY: rows r0..r0+mi of dst lie in `d` (it starts at row r0 and spans mi rows, the
+        // last one possibly short of its stride padding but holding its n elements); lhs rows
+        // r0.. and all of rhs are inside their slices by the asserts above; `d` is exclusive.
+        unsafe {
+            gemm::gemm(
+                mi,
+                n,
+                k,
+                d.as_mut_ptr(),
+                1,
+                dst_rs as isize,
+                accumulate,
+                lhs.as_ptr().add(r0 * lhs_rs),
+                lhs_cs as isize,
+                lhs_rs as isize,
+                rhs.as_ptr(),
+                rhs_cs as isize,
+                rhs_rs as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    });
 }
 
 /// out(N,OC) = inp(N,IC) @ w(OC,IC)^T + b(OC).

@@ -60,7 +60,8 @@ impl Backend for Cpu {
         at(src, span).to_vec()
     }
     fn zero(&self, buf: &mut Vec<f32>, span: Span) {
-        buf[span.off..span.end()].fill(0.0);
+        use rayon::prelude::*;
+        buf[span.off..span.end()].par_chunks_mut(1 << 16).for_each(|c| c.fill(0.0));
     }
     fn len(&self, buf: &Vec<f32>) -> usize {
         buf.len()
