@@ -469,6 +469,7 @@ pub fn logs(a: &LogsArgs) -> Result<()> {
             "iters_seen": st.iters_seen,
             "iters_dropped": st.iters_dropped,
             "warmup_dropped": st.warmup_dropped,
+            "warmup_settled": st.warmup_settled,
             "outliers_dropped": st.outliers_dropped,
             "last_iter": st.last_iter,
             "max_iters": max_iters,
@@ -497,6 +498,9 @@ pub fn logs(a: &LogsArgs) -> Result<()> {
         st.outliers_dropped,
         logreader::OUTLIER
     );
+    if !st.warmup_settled {
+        say!("note: iteration times never settled in this log (too short?): only the first iteration is treated as warm-up");
+    }
     say!("steady: {:.2} ms/iter (median; p10 {:.2}, p90 {:.2})", st.steady_ms_per_iter, st.p10_ms, st.p90_ms);
     match tokens_per_second {
         Some(t) => say!("tokens/s: {}", thousands(t)),

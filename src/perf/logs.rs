@@ -170,6 +170,9 @@ pub struct Steady {
     pub warmup_dropped: usize,
     pub outliers_dropped: usize,
     pub iters_dropped: usize,
+    /// False when the log ended before iteration times settled (then only the first
+    /// iteration counts as warm-up).
+    pub warmup_settled: bool,
     pub steady_ms_per_iter: f64,
     pub p10_ms: f64,
     pub p90_ms: f64,
@@ -191,8 +194,10 @@ pub fn steady(p: &Parsed) -> Steady {
             break;
         }
     }
-    // the meter moves the settled iterations back to steady: count only what stayed warm-up
-    let warm = warm.min(meter.warmup_iters());
+    // the meter moves the settled iterations back to steady: count only what stayed warm-up;
+    // a log too short to settle keeps all but the first MIN_WARMUP iterations
+    let settled = meter.is_warm();
+    let warm = if settled { warm.min(meter.warmup_iters()) } else { super::meter::MIN_WARMUP.min(p.iters.len().saturating_sub(1)) };
     let rest: Vec<&IterLine> = p.iters[warm..].iter().collect();
     let mut times: Vec<f64> = rest.iter().map(|l| l.ms).collect();
     times.sort_by(|a, b| a.total_cmp(b));
@@ -210,6 +215,7 @@ pub fn steady(p: &Parsed) -> Steady {
         warmup_dropped: warm,
         outliers_dropped: rest.len() - kept.len(),
         iters_dropped: p.iters.len() - kept.len(),
+        warmup_settled: settled,
         steady_ms_per_iter: percentile(&kt, 0.5),
         p10_ms: percentile(&kt, 0.1),
         p90_ms: percentile(&kt, 0.9),
@@ -249,6 +255,15 @@ iter 70: loss 2.4701, time 101.70ms, mfu 3.31%
         assert_eq!(s.outliers_dropped, 1);
         // hand computation: median of 102.37, 101.89, 103.02, 102.51, 102.10, 101.70
         assert!((s.steady_ms_per_iter - (102.10 + 102.37) / 2.0).abs() < 1e-9, "{}", s.steady_ms_per_iter);
+    }
+
+    #[test]
+    fn a_short_unsettled_log_still_has_a_steady_figure() {
+        let p = parse("iter 0: loss 4, time 500ms, mfu -100.00%\niter 1: loss 4, time 100ms, mfu -100.00%\niter 2: loss 4, time 150ms, mfu -100.00%\n").unwrap();
+        let s = steady(&p);
+        assert!(!s.warmup_settled);
+        assert_eq!(s.warmup_dropped, 1);
+        assert!((s.steady_ms_per_iter - 125.0).abs() < 1e-9, "{}", s.steady_ms_per_iter);
     }
 
     #[test]
