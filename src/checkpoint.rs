@@ -156,7 +156,7 @@ fn to_hf(cfg: &ModelConfig, layout: &ParamLayout, params: &[f32]) -> BTreeMap<St
 
 /// Hugging Face's config.json for a GPT2LMHeadModel of this shape.
 fn hf_config(cfg: &ModelConfig, dropout: f64) -> serde_json::Value {
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
         "vocab_size": cfg.padded_vocab_size,
@@ -173,10 +173,14 @@ fn hf_config(cfg: &ModelConfig, dropout: f64) -> serde_json::Value {
         "attn_pdrop": dropout,
         "initializer_range": 0.02,
         "tie_word_embeddings": true,
-        "bos_token_id": 50256,
-        "eos_token_id": 50256,
         "torch_dtype": "float32"
-    })
+    });
+    if cfg.padded_vocab_size > crate::tokenizer::GPT2_EOT as usize {
+        // GPT-2's <|endoftext|> exists only in a GPT-2-sized vocabulary
+        v["bos_token_id"] = crate::tokenizer::GPT2_EOT.into();
+        v["eos_token_id"] = crate::tokenizer::GPT2_EOT.into();
+    }
+    v
 }
 
 // ---------------------------------------------------------------------------------------------
