@@ -277,6 +277,9 @@ impl<B: Backend> Backend for Timed<'_, B> {
     fn accumulate(&self, buf: &mut Self::Buf, dst: Span, src: Span) {
         timed!(self, "residual", self.inner.accumulate(buf, dst, src))
     }
+    fn copy(&self, buf: &mut Self::Buf, dst: Span, src: Span) {
+        timed!(self, "residual", self.inner.copy(buf, dst, src))
+    }
     fn crossentropy_forward(
         &self,
         acts: &mut Self::Buf,

@@ -1,6 +1,8 @@
 """Side-by-side: gptrain vs the PyTorch reference of the same model, alternating A B A B ... in
-one invocation with the same threads, on the configs of issue #4. Prints each median and the
-ratio (gptrain tokens/s over PyTorch tokens/s; > 1 means gptrain is faster).
+one invocation with the same threads, on the configs of issue #4. Prints each side's median
+ms/step and the median of the per-round ratios (PyTorch ms / gptrain ms, i.e. gptrain tokens/s
+over PyTorch tokens/s; > 1 means gptrain is faster). Pairing each gptrain run with the PyTorch
+run next to it cancels slow drifts of a shared machine.
 
     cargo build --release && python tools/bench_vs_torch.py [--rounds 5] [--threads 2] [--compile] [--configs tiny,small,gpt2]
 """
@@ -59,13 +61,15 @@ def main():
                 tc.append(run_torch(c, a.threads, True))
         gm = statistics.median(x["ms_per_step"] for x in g)
         tm = statistics.median(x["ms_per_step"] for x in t)
+        ratio = statistics.median(b["ms_per_step"] / a["ms_per_step"] for a, b in zip(g, t))
         mfu = statistics.median(x["mfu"] for x in g)
         grss = max(x["peak_rss_bytes"] for x in g) / 2**20
         trss = max(x["peak_rss_bytes"] for x in t) / 2**20
-        line = f"{name:<8} {gm:>11.2f} {tm:>10.2f} {tm / gm:>6.2f}x {mfu * 100:>11.1f}% {grss:>9.0f}MiB {trss:>7.0f}MiB"
+        line = f"{name:<8} {gm:>11.2f} {tm:>10.2f} {ratio:>6.2f}x {mfu * 100:>11.1f}% {grss:>9.0f}MiB {trss:>7.0f}MiB"
         if a.compile:
             cm = statistics.median(x["ms_per_step"] for x in tc)
-            line += f" {cm:>11.2f} {cm / gm:>6.2f}x"
+            cratio = statistics.median(b["ms_per_step"] / a["ms_per_step"] for a, b in zip(g, tc))
+            line += f" {cm:>11.2f} {cratio:>6.2f}x"
         print(line, flush=True)
 
 

@@ -104,9 +104,10 @@ pub struct Linear {
     pub b: Option<Span>,
 }
 
-/// The kernels of a GPT-2 training step. Every op writes its outputs into caller-owned spans;
-/// backward ops *accumulate* (`+=`) into gradient spans, as gradient accumulation and residual
-/// branches need. `acts`/`dacts` are the activation buffer and its gradient, `params`/`grads` the
+/// The kernels of a GPT-2 training step. Every op writes its outputs into caller-owned spans.
+/// As in llm.c's CUDA trainer, backward ops *accumulate* (`+=`) into parameter gradients (which
+/// gradient accumulation needs) and *overwrite* the activation gradients they produce, except
+/// LayerNorm's `dinp`, which accumulates (it completes a residual-stream gradient). `acts`/`dacts` are the activation buffer and its gradient, `params`/`grads` the
 /// parameter buffer and its gradient.
 pub trait Backend: Send + Sync {
     /// One allocation of elements on this backend.
@@ -181,7 +182,7 @@ pub trait Backend: Send + Sync {
 
     /// out(N,OC) = inp(N,IC) @ w(OC,IC)^T + b(OC).
     fn matmul_forward(&self, acts: &mut Self::Buf, out: Span, inp: Span, params: &Self::Buf, lin: Linear, ic: usize);
-    /// dinp += dout @ w; dw += dout^T @ inp; db += sum_rows(dout).
+    /// dinp = dout @ w; dw += dout^T @ inp; db += sum_rows(dout).
     #[allow(clippy::too_many_arguments)]
     fn matmul_backward(
         &self,
@@ -212,7 +213,7 @@ pub trait Backend: Send + Sync {
         nh: usize,
         drop: Dropout,
     );
-    /// dqkv += ...; uses datt(B,NH,T,T) in `dacts` as scratch.
+    /// dqkv = ...; uses datt(B,NH,T,T) in `dacts` as scratch.
     #[allow(clippy::too_many_arguments)]
     fn attention_backward(
         &self,
@@ -232,12 +233,14 @@ pub trait Backend: Send + Sync {
 
     /// out = gelu_tanh(inp), elementwise.
     fn gelu_forward(&self, acts: &mut Self::Buf, out: Span, inp: Span);
-    /// dinp += gelu'(inp) * dout.
+    /// dinp = gelu'(inp) * dout.
     fn gelu_backward(&self, dacts: &mut Self::Buf, dinp: Span, dout: Span, acts: &Self::Buf, inp: Span);
     /// out = a + b, elementwise.
     fn residual_forward(&self, acts: &mut Self::Buf, out: Span, a: Span, b: Span);
-    /// dst += src, elementwise (residual backward: the gradient flows to both branches).
+    /// dst += src, elementwise.
     fn accumulate(&self, buf: &mut Self::Buf, dst: Span, src: Span);
+    /// dst = src (residual backward: the gradient flows unchanged to both branches).
+    fn copy(&self, buf: &mut Self::Buf, dst: Span, src: Span);
 
     /// Fused softmax + cross-entropy over the first `v` of `vp` logits per row of logits(N,Vp):
     /// writes each row's loss into `losses(N)`; with `grad = Some((dacts, dlogits, s))` also

@@ -162,11 +162,10 @@ impl<B: Backend> Gpt<B> {
         let Gpt { cfg, layout: p, backend: be, params, grads, acts, .. } = self;
         let Acts { layout: a, acts, dacts } = acts.as_mut().expect("backward before forward");
         let (l_n, c, b, t) = (cfg.n_layer, cfg.n_embd, a.b, a.t);
-        // every backward kernel accumulates: clear all but dlogits, which forward just wrote
-        be.zero(dacts, Span::new(0, a.logits.off));
-        be.zero(dacts, Span::new(a.losses.off, a.losses.len));
-
+        // activation gradients are overwritten by the op that produces them; only LayerNorm's
+        // dinp accumulates, into a residual gradient that a copy started, except the last one
         let last = a.layer(a.residual3, l_n - 1);
+        be.zero(dacts, last);
         be.matmul_backward(dacts, a.lnf, a.logits, grads, crate::backend::Linear { w: p.wte, b: None }, acts, a.lnf, params, p.wte, c);
         be.layernorm_backward(dacts, last, a.lnf, grads, p.lnfw, p.lnfb, acts, last, a.lnf_mean, a.lnf_rstd, params, p.lnfw);
         for l in (0..l_n).rev() {
@@ -183,8 +182,8 @@ impl<B: Backend> Gpt<B> {
             let ln1 = a.layer(a.ln1, l);
 
             // residual3 = residual2 + dropout(fcproj)
-            be.accumulate(dacts, residual2, residual3);
-            be.accumulate(dacts, fcproj, residual3);
+            be.copy(dacts, residual2, residual3);
+            be.copy(dacts, fcproj, residual3);
             be.dropout(dacts, fcproj, DropoutCtx::at(dropout, l, 3));
             be.matmul_backward(
                 dacts,
@@ -215,8 +214,8 @@ impl<B: Backend> Gpt<B> {
                 p.layer(p.ln2w, l),
             );
             // residual2 = residual + dropout(attproj)
-            be.accumulate(dacts, residual, residual2);
-            be.accumulate(dacts, attproj, residual2);
+            be.copy(dacts, residual, residual2);
+            be.copy(dacts, attproj, residual2);
             be.dropout(dacts, attproj, DropoutCtx::at(dropout, l, 2));
             be.matmul_backward(
                 dacts,

@@ -58,7 +58,7 @@ pub fn attention_forward_naive(out: &mut [f32], att: &mut [f32], qkv: &[f32], _b
     );
 }
 
-/// dqkv(B,T,3C) += gradients through attention; datt(B,NH,T,T) is scratch.
+/// dqkv(B,T,3C) = gradients through attention; datt(B,NH,T,T) is scratch.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward_naive(
     dqkv: &mut [f32],
@@ -75,6 +75,7 @@ pub fn attention_backward_naive(
     let hs = c / nh;
     let scale = 1.0 / (hs as f32).sqrt();
     let c3 = 3 * c;
+    dqkv.fill(0.0);
     dqkv.par_chunks_mut(t * c3)
         .zip(datt.par_chunks_mut(nh * t * t))
         .zip(dout.par_chunks(t * c).zip(qkv.par_chunks(t * c3)))
@@ -238,7 +239,7 @@ pub fn attention_forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], b: usize
     );
 }
 
-/// dqkv(B,T,3C) += gradients through attention; datt(B,NH,T,T) is scratch. Same contract as
+/// dqkv(B,T,3C) = gradients through attention; datt(B,NH,T,T) is scratch. Same contract as
 /// [`attention_backward_naive`].
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
@@ -272,6 +273,13 @@ pub fn attention_backward(
             let (q, k, v) = (qkv[off..].as_ptr(), qkv[off + c..].as_ptr(), qkv[off + 2 * c..].as_ptr());
             let dq = dqkvp.get().wrapping_add(off);
             let (dk, dv) = (dq.wrapping_add(c), dq.wrapping_add(2 * c));
+            for r in 0..t {
+                for part in [dq, dk, dv] {
+                    // SAFETY: row r of this task's (bi, h) columns of dq/dk/dv, inside dqkv
+                    // (asserted length) and written by no other task.
+                    unsafe { std::slice::from_raw_parts_mut(part.wrapping_add(r * c3), hs) }.fill(0.0);
+                }
+            }
             let dy = dout[bi * t * c + h * hs..].as_ptr();
             let p: &[f32] = if drop.active() {
                 for (i, (s, &x)) in scratch.iter_mut().zip(a.iter()).enumerate() {

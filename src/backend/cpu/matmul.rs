@@ -112,11 +112,11 @@ pub fn matmul_forward(out: &mut [f32], inp: &[f32], w: &[f32], b: Option<&[f32]>
     gemm_strided(n, oc, ic, out, oc, b.is_some(), inp, ic, 1, w, 1, ic);
 }
 
-/// dinp(N,IC) += dout(N,OC) @ w(OC,IC); dw(OC,IC) += dout^T @ inp; db(OC) += sum_rows(dout).
+/// dinp(N,IC) = dout(N,OC) @ w(OC,IC); dw(OC,IC) += dout^T @ inp; db(OC) += sum_rows(dout).
 pub fn matmul_backward(dinp: &mut [f32], dw: &mut [f32], db: Option<&mut [f32]>, dout: &[f32], inp: &[f32], w: &[f32], ic: usize) {
     let oc = w.len() / ic;
     let n = inp.len() / ic;
-    gemm_strided(n, ic, oc, dinp, ic, true, dout, oc, 1, w, ic, 1);
+    gemm_strided(n, ic, oc, dinp, ic, false, dout, oc, 1, w, ic, 1);
     // lhs = dout^T: element (o, r) = dout[r * OC + o]
     gemm_strided(oc, ic, n, dw, ic, true, dout, 1, oc, inp, ic, 1);
     if let Some(db) = db {
@@ -146,6 +146,7 @@ pub fn matmul_forward_naive(out: &mut [f32], inp: &[f32], w: &[f32], b: Option<&
 pub fn matmul_backward_naive(dinp: &mut [f32], dw: &mut [f32], db: Option<&mut [f32]>, dout: &[f32], inp: &[f32], w: &[f32], ic: usize) {
     let oc = w.len() / ic;
     let mut db = db;
+    dinp.fill(0.0);
     for (r, d) in dout.chunks(oc).enumerate() {
         for j in 0..oc {
             for i in 0..ic {

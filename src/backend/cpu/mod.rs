@@ -210,6 +210,10 @@ impl Backend for Cpu {
         let [dst, src] = carve(buf, [dst, src]);
         pointwise::accumulate(dst, src);
     }
+    fn copy(&self, buf: &mut Vec<f32>, dst: Span, src: Span) {
+        let [dst, src] = carve(buf, [dst, src]);
+        pointwise::copy(dst, src);
+    }
 
     fn crossentropy_forward(
         &self,

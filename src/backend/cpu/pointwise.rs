@@ -26,7 +26,7 @@ dispatch! {
     }
 }
 
-/// dinp += gelu'(inp) * dout.
+/// dinp = gelu'(inp) * dout.
 pub fn gelu_backward(dinp: &mut [f32], dout: &[f32], inp: &[f32]) {
     dinp.par_chunks_mut(CHUNK)
         .zip(dout.par_chunks(CHUNK))
@@ -42,7 +42,7 @@ dispatch! {
             let tanh_out = mathf::tanh(tanh_arg);
             let sech2 = 1.0 - tanh_out * tanh_out;
             let grad = 0.5 * (1.0 + tanh_out) + x * 0.5 * sech2 * GELU_SCALE * (1.0 + 3.0 * 0.044715 * x * x);
-            *di += grad * d;
+            *di = grad * d;
         }
     }
 }
@@ -54,6 +54,11 @@ pub fn residual_forward(out: &mut [f32], a: &[f32], b: &[f32]) {
             *o = a + b;
         }
     });
+}
+
+/// dst = src.
+pub fn copy(dst: &mut [f32], src: &[f32]) {
+    dst.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| d.copy_from_slice(s));
 }
 
 /// dst += src.
