@@ -184,14 +184,23 @@ dispatch! {
     /// row[..=t1] = softmax(row[..=t1]); row[t1+1..] = 0.
     fn softmax_causal_row(row: &mut [f32], t1: usize) {
         let maxv = row[..=t1].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-        let mut sum = 0.0f32;
         for x in &mut row[..=t1] {
             *x = super::mathf::exp(*x - maxv);
-            sum += *x;
         }
-        let inv = 1.0 / sum;
+        let inv = 1.0 / super::mathf::sum_by(&row[..=t1], |x| x);
         row[..=t1].iter_mut().for_each(|x| *x *= inv);
         row[t1 + 1..].fill(0.0);
+    }
+}
+
+dispatch! {
+    /// drow[..=t1] = arow * (drow - <arow, drow>); drow[t1+1..] = 0.
+    fn softmax_backward_row(arow: &[f32], drow: &mut [f32], t1: usize) {
+        let dot = super::mathf::sum_by2(&arow[..=t1], &drow[..=t1], |x, y| x * y);
+        for t2 in 0..=t1 {
+            drow[t2] = arow[t2] * (drow[t2] - dot);
+        }
+        drow[t1 + 1..].fill(0.0);
     }
 }
 
@@ -309,11 +318,7 @@ pub fn attention_backward(
                         *d *= drop.scale(bh * t * t + t1 * t + t2);
                     }
                 }
-                let dot: f32 = arow[..=t1].iter().zip(&drow[..=t1]).map(|(x, y)| x * y).sum();
-                for t2 in 0..=t1 {
-                    drow[t2] = arow[t2] * (drow[t2] - dot);
-                }
-                drow[t1 + 1..].fill(0.0);
+                softmax_backward_row(arow, drow, t1);
             }
             for r0 in (0..t).step_by(QBLOCK) {
                 let r1 = (r0 + QBLOCK).min(t);

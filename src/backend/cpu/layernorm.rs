@@ -1,5 +1,6 @@
 //! LayerNorm over the last dimension, eps 1e-5, optional bias (nanoGPT's `LayerNorm(ndim, bias)`).
 
+use super::mathf;
 use super::simd::dispatch;
 use rayon::prelude::*;
 
@@ -22,8 +23,8 @@ dispatch! {
     /// One row: returns (mean, rstd); `b` is empty when there is no bias.
     fn layernorm_row(o: &mut [f32], x: &[f32], w: &[f32], b: &[f32]) -> (f32, f32) {
         let c = w.len();
-        let mu = x.iter().sum::<f32>() / c as f32;
-        let var = x.iter().map(|&v| (v - mu) * (v - mu)).sum::<f32>() / c as f32;
+        let mu = mathf::sum_by(x, |v| v) / c as f32;
+        let var = mathf::sum_by(x, |v| (v - mu) * (v - mu)) / c as f32;
         let s = 1.0 / (var + EPS).sqrt();
         if b.is_empty() {
             for i in 0..c {
@@ -85,17 +86,9 @@ dispatch! {
     /// One row of the backward: dinp += ..., part[..C] += dout * norm, part[C..] += dout.
     fn layernorm_row_backward(di: &mut [f32], part: &mut [f32], d: &[f32], x: &[f32], w: &[f32], mu: f32, s: f32) {
         let c = w.len();
-        // two reductions: mean(dnorm) and mean(dnorm * norm)
-        let mut dnorm_mean = 0.0f32;
-        let mut dnorm_norm_mean = 0.0f32;
-        for i in 0..c {
-            let norm = (x[i] - mu) * s;
-            let dnorm = w[i] * d[i];
-            dnorm_mean += dnorm;
-            dnorm_norm_mean += dnorm * norm;
-        }
-        dnorm_mean /= c as f32;
-        dnorm_norm_mean /= c as f32;
+        // two reductions: mean(dnorm) and mean(dnorm * norm), dnorm = w * dout
+        let dnorm_mean = mathf::sum_by2(w, d, |wi, di| wi * di) / c as f32;
+        let dnorm_norm_mean = mathf::sum_by3(w, d, x, |wi, di, xi| wi * di * ((xi - mu) * s)) / c as f32;
         for i in 0..c {
             let norm = (x[i] - mu) * s;
             let dnorm = w[i] * d[i];

@@ -1,12 +1,12 @@
-//! Runtime dispatch of plain loops to an AVX2+FMA build of the same code.
+//! Runtime dispatch of plain loops to AVX-512 or AVX2 builds of the same code.
 //!
 //! The crate is compiled for baseline x86-64 (SSE2) so the binary runs on any x86-64 CPU; the
-//! hot elementwise loops are written once as ordinary Rust and [`dispatch!`] compiles them a
-//! second time with AVX2 enabled, chosen at run time. The arithmetic is the same (no fused
+//! hot elementwise loops are written once as ordinary Rust and [`dispatch!`] compiles them again
+//! with AVX-512 and with AVX2 enabled, chosen at run time. The arithmetic is the same (no fused
 //! multiply-adds are introduced: Rust never contracts `a * b + c`), so results do not depend on
 //! which version runs.
 
-/// Defines `fn name(args) body` that runs an AVX2 build of `body` when the CPU has it.
+/// Defines `fn name(args) body` that runs an AVX-512 or AVX2 build of `body` when the CPU has it.
 macro_rules! dispatch {
     ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$m])*
@@ -15,6 +15,14 @@ macro_rules! dispatch {
             fn body($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    body($($arg),*)
+                }
+                if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512vl") && std::is_x86_feature_detected!("avx512bw") && std::is_x86_feature_detected!("avx512dq") {
+                    // SAFETY: the CPU supports these AVX-512 subsets (checked just above).
+                    return unsafe { avx512($($arg),*) };
+                }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
                     body($($arg),*)
