@@ -31,23 +31,6 @@ pub fn tanh(x: f32) -> f32 {
     (1.0 - 2.0 / (e + 1.0)).copysign(x)
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn exp_and_tanh_are_accurate() {
-        let mut worst_exp = 0.0f64;
-        let mut worst_tanh = 0.0f64;
-        for i in -80_000..=80_000 {
-            let x = i as f32 * 1e-3;
-            let e = (x as f64).exp();
-            worst_exp = worst_exp.max(((super::exp(x) as f64 - e) / e).abs());
-            worst_tanh = worst_tanh.max((super::tanh(x) as f64 - (x as f64).tanh()).abs());
-        }
-        assert!(worst_exp < 5e-7, "exp relative error {worst_exp:e}");
-        assert!(worst_tanh < 5e-7, "tanh absolute error {worst_tanh:e}");
-    }
-}
-
 /// Lanes of the vector reductions below: independent partial sums that the compiler keeps in
 /// vector registers (a single running sum is a dependency chain it may not reorder).
 pub const LANES: usize = 16;
@@ -115,4 +98,21 @@ pub fn sum_by3(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32
         s += f(a[i], b[i], c[i]);
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn exp_and_tanh_are_accurate() {
+        let mut worst_exp = 0.0f64;
+        let mut worst_tanh = 0.0f64;
+        for i in -80_000..=80_000 {
+            let x = i as f32 * 1e-3;
+            let e = (x as f64).exp();
+            worst_exp = worst_exp.max(((super::exp(x) as f64 - e) / e).abs());
+            worst_tanh = worst_tanh.max((super::tanh(x) as f64 - (x as f64).tanh()).abs());
+        }
+        assert!(worst_exp < 5e-7, "exp relative error {worst_exp:e}");
+        assert!(worst_tanh < 5e-7, "tanh absolute error {worst_tanh:e}");
+    }
 }
