@@ -34,7 +34,7 @@ pub fn peak_rss() -> u64 {
 }
 
 /// Times `steps` training steps of `model` at micro-batch `b` after `warmup` untimed ones.
-pub fn run(model: &ModelConfig, b: usize, steps: usize, warmup: usize, profile: bool) -> Result<BenchResult> {
+pub fn run(model: &ModelConfig, b: usize, steps: usize, warmup: usize, profile: bool, cpu: Cpu) -> Result<BenchResult> {
     let t = model.block_size;
     let opt = OptimConfig {
         learning_rate: 1e-4,
@@ -56,7 +56,7 @@ pub fn run(model: &ModelConfig, b: usize, steps: usize, warmup: usize, profile: 
     let timer = Timer::default();
     let mut times = Vec::new();
     if profile {
-        let mut g = Gpt::init(Timed { inner: Cpu, timer: &timer }, model.clone(), 1);
+        let mut g = Gpt::init(Timed { inner: cpu, timer: &timer }, model.clone(), 1);
         for i in 0..warmup + steps {
             if i == warmup {
                 timer.reset();
@@ -69,7 +69,7 @@ pub fn run(model: &ModelConfig, b: usize, steps: usize, warmup: usize, profile: 
             }
         }
     } else {
-        let mut g = Gpt::init(Cpu, model.clone(), 1);
+        let mut g = Gpt::init(cpu, model.clone(), 1);
         for i in 0..warmup + steps {
             let mb = batch(i as u64);
             let t0 = Instant::now();

@@ -163,6 +163,7 @@ knobs! {
     peak_tflops: f64 = 0.0; "override the device's peak TFLOP/s for MFU (0: from the device table)"
     seed: u64 = 1337; "seed of every random stream"
     threads: usize = 0; "worker threads (0: physical cores)"
+    kernels: String = "fast".into(); "CPU kernels: `fast`, or `reference` (the readable ones the fast ones are tested against)"
     device: String = "cpu".into(); "compute device (`cpu` in this build)"
     dtype: String = "float32".into(); "compute precision (`float32` on cpu)"
     // sampling (nanoGPT sample.py)
@@ -414,6 +415,9 @@ impl Config {
             if !(0.0..1.0).contains(&v) {
                 bail!("`{k}` must be in [0, 1) (got {v})");
             }
+        }
+        if crate::backend::cpu::Kernels::parse(&self.kernels).is_none() {
+            bail!("`kernels` must be \"fast\" or \"reference\" (got {:?})", self.kernels);
         }
         if self.on_nonfinite != "abort" && self.on_nonfinite != "skip" {
             bail!("`on_nonfinite` must be \"abort\" or \"skip\" (got {:?})", self.on_nonfinite);

@@ -167,7 +167,7 @@ mod tests {
     #[test]
     fn kv_cache_matches_the_full_forward() {
         let cfg = ModelConfig { n_layer: 2, n_head: 2, n_embd: 16, block_size: 8, vocab_size: 11, padded_vocab_size: 64, bias: true };
-        let mut g = Gpt::init(Cpu, cfg.clone(), 3);
+        let mut g = Gpt::init(Cpu::FAST, cfg.clone(), 3);
         let toks: Vec<u32> = vec![1, 5, 2, 9, 0, 3, 7];
         g.forward(&toks, &toks, 1, toks.len(), None, None);
         let full = g.logits();
@@ -184,7 +184,7 @@ mod tests {
     #[test]
     fn top_k_one_is_greedy_and_context_is_cropped() {
         let cfg = ModelConfig { n_layer: 1, n_head: 1, n_embd: 8, block_size: 4, vocab_size: 5, padded_vocab_size: 5, bias: false };
-        let g = Gpt::init(Cpu, cfg.clone(), 1);
+        let g = Gpt::init(Cpu::FAST, cfg.clone(), 1);
         let mut s = Sampler::new(cfg, g.params_host());
         let mut rng = Rng::new(0, 0);
         let out = s.generate(&[1], 20, 1.0, 1, &mut rng, |_| {});

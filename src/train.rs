@@ -294,7 +294,8 @@ pub fn run(cfg: &Config, obs: &mut dyn Observer) -> Result<Summary> {
         obs.message(&format!("warning: this run needs about {:.1} GiB but only {:.1} GiB of memory is available; lower batch_size (and raise gradient_accumulation_steps) or block_size", mem as f64 / (1u64 << 30) as f64, a as f64 / (1u64 << 30) as f64));
     }
 
-    let mut model = Gpt::zeros(Cpu, mc.clone());
+    let kernels = crate::backend::cpu::Kernels::parse(&cfg.kernels).unwrap_or_default();
+    let mut model = Gpt::zeros(Cpu { kernels }, mc.clone());
     model.set_params(&init.params);
     if let (Some(m), Some(v)) = (init.m, init.v) {
         let n = model.num_params();

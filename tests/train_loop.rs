@@ -167,7 +167,7 @@ fn a_gpt2_layout_safetensors_file_loads_and_gives_the_reference_logits() {
     let cfg = gptrain::checkpoint::hf_shape(&tf, &dir, 12).unwrap();
     assert_eq!((cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.vocab_size, cfg.bias), (2, 2, 32, 16, 40, true));
     let params = gptrain::checkpoint::from_hf(&tf, &cfg, &gptrain::model::ParamLayout::new(&cfg)).unwrap();
-    let mut g = Gpt::zeros(Cpu, cfg);
+    let mut g = Gpt::zeros(Cpu::FAST, cfg);
     g.set_params(&params);
     let exp = gptrain::tensorfile::read(&dir.join("expected.safetensors")).unwrap();
     let x: Vec<u32> = exp.get("x").unwrap().data.iter().map(|&v| v as u32).collect();

@@ -230,6 +230,10 @@ fn model_without_data(cfg: &Config) -> Result<ModelConfig> {
     train::model_config(&Config { vocab_size: Some(vocab), ..cfg.clone() }, 0)
 }
 
+fn cpu_backend(cfg: &Config) -> crate::backend::cpu::Cpu {
+    crate::backend::cpu::Cpu { kernels: crate::backend::cpu::Kernels::parse(&cfg.kernels).unwrap_or_default() }
+}
+
 fn parse_dtype(s: &str) -> Result<DType> {
     DType::parse(s).with_context(|| format!("unknown dtype `{s}`; use fp32, tf32, fp16 or bf16"))
 }
@@ -278,7 +282,7 @@ pub fn estimate(a: &EstimateArgs) -> Result<()> {
                 bail!("--calibrate times real iterations on this machine: use it with --device cpu");
             }
             let (steps, warmup) = (12, 3);
-            let b = crate::bench::run(&model, cfg.batch_size, steps, warmup, false)?;
+            let b = crate::bench::run(&model, cfg.batch_size, steps, warmup, false, cpu_backend(&cfg))?;
             // one micro-step's FLOPs over its time: the accumulation factor cancels
             let measured = b.flops_per_step / (b.ms_per_step / 1e3) / dev.peak_flops(DType::F32);
             notes.push(format!("calibrated: {steps} timed training steps of this model here (after {warmup} warm-up steps) took {:.1} ms each (median) = {:.1}% MFU", b.ms_per_step, measured * 100.0));
@@ -540,7 +544,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     pool(threads)?.install(|| -> Result<()> {
         let model = model_without_data(&cfg)?;
         let dev = device::cpu();
-        let r = crate::bench::run(&model, cfg.batch_size, a.steps, a.warmup, a.profile)?;
+        let r = crate::bench::run(&model, cfg.batch_size, a.steps, a.warmup, a.profile, cpu_backend(&cfg))?;
         let peak = dev.peak_flops(DType::F32);
         let tps = (cfg.batch_size * model.block_size) as f64 / (r.ms_per_step / 1e3);
         let gflops = r.flops_per_step / (r.ms_per_step / 1e3) / 1e9;

@@ -33,7 +33,7 @@ pub fn attention_forward_naive(out: &mut [f32], att: &mut [f32], qkv: &[f32], _b
                     }
                     let mut sum = 0.0f32;
                     for a in &mut row[..=t1] {
-                        *a = super::mathf::exp(*a - maxv);
+                        *a = (*a - maxv).exp();
                         sum += *a;
                     }
                     let inv = 1.0 / sum;

@@ -36,3 +36,28 @@ pub fn crossentropy_forward(logits: &[f32], losses: &mut [f32], targets: &[u32],
         }
     }
 }
+
+/// The plain version of [`crossentropy_forward`]: one row at a time, the platform's exp.
+pub fn crossentropy_forward_naive(
+    logits: &[f32],
+    losses: &mut [f32],
+    targets: &[u32],
+    v: usize,
+    vp: usize,
+    grad: Option<(&mut [f32], f32)>,
+) {
+    let mut grad = grad;
+    for (row, (l, loss)) in logits.chunks(vp).zip(losses.iter_mut()).enumerate() {
+        let tgt = targets[row] as usize;
+        let maxv = l[..v].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        let sum: f32 = l[..v].iter().map(|&x| (x - maxv).exp()).sum();
+        *loss = sum.ln() + maxv - l[tgt];
+        if let Some((dl, s)) = grad.as_mut() {
+            let dl = &mut dl[row * vp..(row + 1) * vp];
+            for i in 0..v {
+                dl[i] = *s * ((l[i] - maxv).exp() / sum - if i == tgt { 1.0 } else { 0.0 });
+            }
+            dl[v..].fill(0.0);
+        }
+    }
+}

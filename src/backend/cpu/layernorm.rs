@@ -98,3 +98,54 @@ dispatch! {
         }
     }
 }
+
+/// The plain version of [`layernorm_forward`] (sequential sums), the reference it is tested
+/// against and the `kernels = "reference"` path.
+pub fn layernorm_forward_naive(out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], inp: &[f32], w: &[f32], b: Option<&[f32]>) {
+    let c = w.len();
+    out.par_chunks_mut(c).zip(inp.par_chunks(c)).zip(mean.par_iter_mut().zip(rstd.par_iter_mut())).for_each(|((o, x), (m, r))| {
+        let mu = x.iter().sum::<f32>() / c as f32;
+        let var = x.iter().map(|&v| (v - mu) * (v - mu)).sum::<f32>() / c as f32;
+        let s = 1.0 / (var + EPS).sqrt();
+        for i in 0..c {
+            o[i] = (x[i] - mu) * s * w[i] + b.map_or(0.0, |b| b[i]);
+        }
+        (*m, *r) = (mu, s);
+    });
+}
+
+/// The plain version of [`layernorm_backward`]: rows in order, sequential sums.
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_backward_naive(
+    dinp: &mut [f32],
+    dw: &mut [f32],
+    db: Option<&mut [f32]>,
+    dout: &[f32],
+    inp: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    w: &[f32],
+) {
+    let c = w.len();
+    let mut db = db;
+    for (row, ((di, d), x)) in dinp.chunks_mut(c).zip(dout.chunks(c)).zip(inp.chunks(c)).enumerate() {
+        let (mu, s) = (mean[row], rstd[row]);
+        let mut dnorm_mean = 0.0f32;
+        let mut dnorm_norm_mean = 0.0f32;
+        for i in 0..c {
+            let norm = (x[i] - mu) * s;
+            dnorm_mean += w[i] * d[i];
+            dnorm_norm_mean += w[i] * d[i] * norm;
+        }
+        dnorm_mean /= c as f32;
+        dnorm_norm_mean /= c as f32;
+        for i in 0..c {
+            let norm = (x[i] - mu) * s;
+            dw[i] += norm * d[i];
+            if let Some(db) = db.as_deref_mut() {
+                db[i] += d[i];
+            }
+            di[i] += (w[i] * d[i] - dnorm_mean - norm * dnorm_norm_mean) * s;
+        }
+    }
+}

@@ -131,6 +131,110 @@ pub fn matmul_backward(dinp: &mut [f32], dw: &mut [f32], db: Option<&mut [f32]>,
     }
 }
 
+/// `matmul_forward` as one library sgemm call with gemm's own threading: the
+/// `kernels = "reference"` path (the loop nests below are too slow for whole training runs).
+pub fn matmul_forward_reference(out: &mut [f32], inp: &[f32], w: &[f32], b: Option<&[f32]>, ic: usize) {
+    let oc = w.len() / ic;
+    let n = inp.len() / ic;
+    for o in out.chunks_mut(oc) {
+        match b {
+            Some(b) => o.copy_from_slice(b),
+            None => o.fill(0.0),
+        }
+    }
+    // SAFETY: out is (n, oc), inp (n, ic), w (oc, ic), as the strides say.
+    unsafe {
+        gemm::gemm(
+            n,
+            oc,
+            ic,
+            out.as_mut_ptr(),
+            1,
+            oc as isize,
+            true,
+            inp.as_ptr(),
+            1,
+            ic as isize,
+            w.as_ptr(),
+            ic as isize,
+            1,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        )
+    };
+}
+
+/// `matmul_backward` as library sgemm calls with gemm's own threading (the reference path).
+pub fn matmul_backward_reference(
+    dinp: &mut [f32],
+    dw: &mut [f32],
+    db: Option<&mut [f32]>,
+    dout: &[f32],
+    inp: &[f32],
+    w: &[f32],
+    ic: usize,
+) {
+    let oc = w.len() / ic;
+    let n = inp.len() / ic;
+    let par = gemm::Parallelism::Rayon(rayon::current_num_threads());
+    // SAFETY: dinp (n, ic) = dout (n, oc) @ w (oc, ic); dw (oc, ic) += dout^T @ inp (n, ic).
+    unsafe {
+        gemm::gemm(
+            n,
+            ic,
+            oc,
+            dinp.as_mut_ptr(),
+            1,
+            ic as isize,
+            false,
+            dout.as_ptr(),
+            1,
+            oc as isize,
+            w.as_ptr(),
+            1,
+            ic as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+        gemm::gemm(
+            oc,
+            ic,
+            n,
+            dw.as_mut_ptr(),
+            1,
+            ic as isize,
+            true,
+            dout.as_ptr(),
+            oc as isize,
+            1,
+            inp.as_ptr(),
+            1,
+            ic as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+    if let Some(db) = db {
+        for row in dout.chunks_exact(oc) {
+            for (d, &g) in db.iter_mut().zip(row) {
+                *d += g;
+            }
+        }
+    }
+}
+
 /// The plain loop nest `matmul_forward` computes, for tests.
 pub fn matmul_forward_naive(out: &mut [f32], inp: &[f32], w: &[f32], b: Option<&[f32]>, ic: usize) {
     let oc = w.len() / ic;

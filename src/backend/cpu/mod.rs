@@ -14,9 +14,40 @@ mod simd;
 
 use super::{AdamW, Backend, DType, Dropout, Linear, Span};
 
+/// Which implementation of each kernel the CPU backend runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Kernels {
+    /// The optimised kernels (the default).
+    #[default]
+    Fast,
+    /// The readable `_naive` kernels the fast ones are tested against (matmuls through one
+    /// plain sgemm call): the same math, slower, for checking that speed changed nothing.
+    Reference,
+}
+
+impl Kernels {
+    pub fn parse(s: &str) -> Option<Kernels> {
+        match s {
+            "fast" => Some(Kernels::Fast),
+            "reference" => Some(Kernels::Reference),
+            _ => None,
+        }
+    }
+}
+
 /// The CPU backend. Kernels run on the rayon pool of the calling thread.
-#[derive(Clone, Debug, Default)]
-pub struct Cpu;
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cpu {
+    pub kernels: Kernels,
+}
+
+impl Cpu {
+    pub const FAST: Cpu = Cpu { kernels: Kernels::Fast };
+    pub const REFERENCE: Cpu = Cpu { kernels: Kernels::Reference };
+    fn fast(&self) -> bool {
+        self.kernels == Kernels::Fast
+    }
+}
 
 /// Borrows `N` pairwise-disjoint spans of one buffer mutably at once, as llm.c passes several
 /// pointers into one activation buffer.
@@ -45,7 +76,7 @@ impl Backend for Cpu {
     type Buf = Vec<f32>;
 
     fn name(&self) -> String {
-        format!("cpu ({} threads)", rayon::current_num_threads())
+        format!("cpu ({} threads, {:?} kernels)", rayon::current_num_threads(), self.kernels)
     }
     fn dtype(&self) -> DType {
         DType::F32
@@ -114,7 +145,8 @@ impl Backend for Cpu {
         b: Option<Span>,
     ) {
         let [out, mean, rstd, inp] = carve(acts, [out, mean, rstd, inp]);
-        layernorm::layernorm_forward(out, mean, rstd, inp, at(params, w), b.map(|b| at(params, b)));
+        let f = if self.fast() { layernorm::layernorm_forward } else { layernorm::layernorm_forward_naive };
+        f(out, mean, rstd, inp, at(params, w), b.map(|b| at(params, b)));
     }
     fn layernorm_backward(
         &self,
@@ -134,12 +166,14 @@ impl Backend for Cpu {
         let [dinp, dout] = carve(dacts, [dinp, dout]);
         let [dw, db] = carve(grads, [dw, db.unwrap_or_default()]);
         let db = if db.is_empty() { None } else { Some(db) };
-        layernorm::layernorm_backward(dinp, dw, db, dout, at(acts, inp), at(acts, mean), at(acts, rstd), at(params, w));
+        let f = if self.fast() { layernorm::layernorm_backward } else { layernorm::layernorm_backward_naive };
+        f(dinp, dw, db, dout, at(acts, inp), at(acts, mean), at(acts, rstd), at(params, w));
     }
 
     fn matmul_forward(&self, acts: &mut Vec<f32>, out: Span, inp: Span, params: &Vec<f32>, lin: Linear, ic: usize) {
         let [out, inp] = carve(acts, [out, inp]);
-        matmul::matmul_forward(out, inp, at(params, lin.w), lin.b.map(|b| at(params, b)), ic);
+        let f = if self.fast() { matmul::matmul_forward } else { matmul::matmul_forward_reference };
+        f(out, inp, at(params, lin.w), lin.b.map(|b| at(params, b)), ic);
     }
     fn matmul_backward(
         &self,
@@ -157,7 +191,8 @@ impl Backend for Cpu {
         let [dinp, dout] = carve(dacts, [dinp, dout]);
         let [dw, db] = carve(grads, [dlin.w, dlin.b.unwrap_or_default()]);
         let db = if db.is_empty() { None } else { Some(db) };
-        matmul::matmul_backward(dinp, dw, db, dout, at(acts, inp), at(params, w), ic);
+        let f = if self.fast() { matmul::matmul_backward } else { matmul::matmul_backward_reference };
+        f(dinp, dw, db, dout, at(acts, inp), at(params, w), ic);
     }
 
     fn attention_forward(
@@ -173,7 +208,8 @@ impl Backend for Cpu {
         drop: Dropout,
     ) {
         let [out, att, qkv] = carve(acts, [out, att, qkv]);
-        attention::attention_forward(out, att, qkv, b, t, c, nh, drop);
+        let f = if self.fast() { attention::attention_forward } else { attention::attention_forward_naive };
+        f(out, att, qkv, b, t, c, nh, drop);
     }
     fn attention_backward(
         &self,
@@ -191,16 +227,19 @@ impl Backend for Cpu {
         drop: Dropout,
     ) {
         let [dqkv, datt, dout] = carve(dacts, [dqkv, datt, dout]);
-        attention::attention_backward(dqkv, datt, dout, at(acts, qkv), at(acts, att), b, t, c, nh, drop);
+        let f = if self.fast() { attention::attention_backward } else { attention::attention_backward_naive };
+        f(dqkv, datt, dout, at(acts, qkv), at(acts, att), b, t, c, nh, drop);
     }
 
     fn gelu_forward(&self, acts: &mut Vec<f32>, out: Span, inp: Span) {
         let [out, inp] = carve(acts, [out, inp]);
-        pointwise::gelu_forward(out, inp);
+        let f = if self.fast() { pointwise::gelu_forward } else { pointwise::gelu_forward_naive };
+        f(out, inp);
     }
     fn gelu_backward(&self, dacts: &mut Vec<f32>, dinp: Span, dout: Span, acts: &Vec<f32>, inp: Span) {
         let [dinp, dout] = carve(dacts, [dinp, dout]);
-        pointwise::gelu_backward(dinp, dout, at(acts, inp));
+        let f = if self.fast() { pointwise::gelu_backward } else { pointwise::gelu_backward_naive };
+        f(dinp, dout, at(acts, inp));
     }
     fn residual_forward(&self, acts: &mut Vec<f32>, out: Span, a: Span, b: Span) {
         let [out, a, b] = carve(acts, [out, a, b]);
@@ -227,7 +266,8 @@ impl Backend for Cpu {
     ) {
         let [logits, losses] = carve(acts, [logits, losses]);
         let grad = grad.map(|(dacts, dl, s)| (&mut dacts[dl.off..dl.end()], s));
-        classifier::crossentropy_forward(logits, losses, targets, v, vp, grad);
+        let f = if self.fast() { classifier::crossentropy_forward } else { classifier::crossentropy_forward_naive };
+        f(logits, losses, targets, v, vp, grad);
     }
     fn sum(&self, buf: &Vec<f32>, span: Span) -> f64 {
         at(buf, span).iter().map(|&x| x as f64).sum()

@@ -47,6 +47,23 @@ dispatch! {
     }
 }
 
+/// The plain version of [`gelu_forward`] (the platform's tanh).
+pub fn gelu_forward_naive(out: &mut [f32], inp: &[f32]) {
+    for (o, &x) in out.iter_mut().zip(inp) {
+        *o = 0.5 * x * (1.0 + (GELU_SCALE * (x + 0.044715 * x * x * x)).tanh());
+    }
+}
+
+/// The plain version of [`gelu_backward`]: dinp = gelu'(inp) * dout.
+pub fn gelu_backward_naive(dinp: &mut [f32], dout: &[f32], inp: &[f32]) {
+    for ((di, &d), &x) in dinp.iter_mut().zip(dout).zip(inp) {
+        let tanh_arg = GELU_SCALE * (x + 0.044715 * x * x * x);
+        let sech = 1.0 / tanh_arg.cosh();
+        let grad = 0.5 * (1.0 + tanh_arg.tanh()) + x * 0.5 * sech * sech * GELU_SCALE * (1.0 + 3.0 * 0.044715 * x * x);
+        *di = grad * d;
+    }
+}
+
 /// out = a + b.
 pub fn residual_forward(out: &mut [f32], a: &[f32], b: &[f32]) {
     out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK)).zip(b.par_chunks(CHUNK)).for_each(|((o, a), b)| {
