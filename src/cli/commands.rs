@@ -441,7 +441,15 @@ pub fn logs(a: &LogsArgs) -> Result<()> {
     };
     let s = st.steady_ms_per_iter / 1e3;
     let tokens_per_second = tokens_per_iter.map(|t| t / s).or(st.log_tok_s);
-    let dev = a.device.as_deref().map(device::lookup).transpose()?;
+    // an unknown device gives "MFU n/a" and a hint, never a made-up figure
+    let dev = match a.device.as_deref().map(device::lookup).transpose() {
+        Ok(d) => d,
+        Err(e) if a.peak_tflops.is_none() => {
+            eprintln!("warning: {e:#}; MFU n/a");
+            None
+        }
+        Err(_) => None,
+    };
     let dtype = parse_dtype(a.dtype.as_deref().unwrap_or(if dev.as_ref().is_some_and(|d| d.name == "cpu") { "fp32" } else { "bf16" }))?;
     let peak = a.peak_tflops.map(|t| t * 1e12).or(dev.as_ref().map(|d| d.peak_flops(dtype)));
     let model = match &cfg {

@@ -88,13 +88,27 @@ fn parse_llmc_cuda(line: &str) -> Option<IterLine> {
     Some(IterLine { iter, loss, ms, log_mfu, log_tok_s, total })
 }
 
+/// llm.c's CPU trainer (`step N: train loss X (took Y ms)`) and its older CUDA trainer
+/// (`step N/M: train loss X (Y ms, T tok/s)`).
 fn parse_llmc_cpu(line: &str) -> Option<IterLine> {
     let rest = line.trim().strip_prefix("step ")?;
     let (n, rest) = rest.split_once(':')?;
-    let iter = n.trim().parse().ok()?;
+    let (iter, total) = match n.split_once('/') {
+        Some((a, b)) => (a.trim().parse().ok()?, b.trim().parse().ok()),
+        None => (n.trim().parse().ok()?, None),
+    };
     let loss = num_after(rest, "train loss")?.parse().ok()?;
-    let ms = num_after(rest, "(took")?.parse().ok()?;
-    Some(IterLine { iter, loss, ms, log_mfu: None, log_tok_s: None, total: None })
+    let paren = &rest[rest.find('(')?..];
+    let ms = num_after(paren, "(took").or_else(|| num_after(paren, "("))?.parse().ok()?;
+    if !paren.contains("ms") {
+        return None;
+    }
+    let log_tok_s = paren
+        .split(',')
+        .nth(1)
+        .and_then(|f| f.trim().strip_suffix("tok/s)").or_else(|| f.trim().strip_suffix("tok/s")))
+        .and_then(|x| x.trim().parse().ok());
+    Some(IterLine { iter, loss, ms, log_mfu: None, log_tok_s, total })
 }
 
 fn parse_jsonl(line: &str) -> Option<IterLine> {
@@ -277,6 +291,10 @@ iter 70: loss 2.4701, time 101.70ms, mfu 3.31%
         let p = parse(cpu).unwrap();
         assert_eq!(p.format, Format::LlmcCpu);
         assert_eq!(p.iters.len(), 2);
+        let old_cuda = "step    1/37: train loss 4.406481 (80.952 ms, 6324 tok/s)\nstep    2/37: train loss 4.1 (60.5 ms, 8400 tok/s)\n";
+        let p = parse(old_cuda).unwrap();
+        assert_eq!((p.iters.len(), p.iters[1].total, p.iters[1].log_tok_s), (2, Some(37), Some(8400.0)));
+        assert!((p.iters[0].ms - 80.952).abs() < 1e-9);
     }
 
     #[test]
