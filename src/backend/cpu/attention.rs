@@ -133,11 +133,10 @@ impl Ptr {
     }
 }
 
-/// dst(m,n) (+)= alpha * lhs(m,k) @ rhs(k,n), single-threaded, all strides in elements.
+/// dst(m,n) (+)= alpha * lhs(m,k) @ rhs(k,n), single-threaded (the caller is one task of many).
 ///
 /// # Safety
-/// Every element addressed through the pointers and strides must be valid, and `dst` must not
-/// overlap `lhs` or `rhs`.
+/// As [`super::matmul::gemm_raw`].
 #[allow(clippy::too_many_arguments)]
 unsafe fn mm(
     m: usize,
@@ -156,27 +155,7 @@ unsafe fn mm(
 ) {
     // SAFETY: forwarded from the caller's contract.
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            1,
-            dst_rs as isize,
-            accumulate,
-            lhs,
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs,
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0,
-            alpha,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
+        super::matmul::gemm_raw(m, n, k, dst, dst_rs, accumulate, lhs, lhs_rs, lhs_cs, rhs, rhs_rs, rhs_cs, alpha, gemm::Parallelism::None)
     }
 }
 

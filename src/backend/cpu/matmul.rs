@@ -7,6 +7,55 @@ use rayon::prelude::*;
 /// order: deterministic).
 const BIAS_COLS: usize = 32;
 
+/// dst(m,n) = alpha * lhs(m,k) @ rhs(k,n) (+ dst when `accumulate`), through the `gemm`
+/// crate; every operand given by a pointer, a row stride and a column stride (in elements).
+///
+/// # Safety
+/// Every element the strides address must be valid for reads (lhs, rhs) or writes (dst), and
+/// `dst` must not overlap `lhs` or `rhs`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_raw(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: *const f32,
+    lhs_rs: usize,
+    lhs_cs: usize,
+    rhs: *const f32,
+    rhs_rs: usize,
+    rhs_cs: usize,
+    alpha: f32,
+    par: gemm::Parallelism,
+) {
+    // SAFETY: forwarded from the caller's contract; gemm computes dst := 1 * dst + alpha * lhs @ rhs.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs,
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs,
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            alpha,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
 /// Products of fewer multiply-adds than this (m n k) split their rows across threads
 /// themselves; larger ones use gemm's threading (measured on GPT shapes, 2 threads).
 const SPLIT_ROWS_BELOW: f64 = 3e8;
@@ -44,28 +93,23 @@ fn gemm_strided(
         // SAFETY: the asserts above keep every element gemm reads or writes inside the three
         // slices; `dst` is borrowed exclusively, so it aliases neither `lhs` nor `rhs`.
         unsafe {
-            gemm::gemm(
+            gemm_raw(
                 m,
                 n,
                 k,
                 dst.as_mut_ptr(),
-                1,
-                dst_rs as isize,
+                dst_rs,
                 accumulate,
                 lhs.as_ptr(),
-                lhs_cs as isize,
-                lhs_rs as isize,
+                lhs_rs,
+                lhs_cs,
                 rhs.as_ptr(),
-                rhs_cs as isize,
-                rhs_rs as isize,
+                rhs_rs,
+                rhs_cs,
                 1.0,
-                1.0,
-                false,
-                false,
-                false,
                 gemm::Parallelism::Rayon(threads),
-            );
-        }
+            )
+        };
         return;
     }
     let rows = m.div_ceil(threads.min(m));
@@ -76,28 +120,23 @@ fn gemm_strided(
         // last one possibly short of its stride padding but holding its n elements); lhs rows
         // r0.. and all of rhs are inside their slices by the asserts above; `d` is exclusive.
         unsafe {
-            gemm::gemm(
+            gemm_raw(
                 mi,
                 n,
                 k,
                 d.as_mut_ptr(),
-                1,
-                dst_rs as isize,
+                dst_rs,
                 accumulate,
                 lhs.as_ptr().add(r0 * lhs_rs),
-                lhs_cs as isize,
-                lhs_rs as isize,
+                lhs_rs,
+                lhs_cs,
                 rhs.as_ptr(),
-                rhs_cs as isize,
-                rhs_rs as isize,
+                rhs_rs,
+                rhs_cs,
                 1.0,
-                1.0,
-                false,
-                false,
-                false,
                 gemm::Parallelism::None,
-            );
-        }
+            )
+        };
     });
 }
 
@@ -144,25 +183,20 @@ pub fn matmul_forward_reference(out: &mut [f32], inp: &[f32], w: &[f32], b: Opti
     }
     // SAFETY: out is (n, oc), inp (n, ic), w (oc, ic), as the strides say.
     unsafe {
-        gemm::gemm(
+        gemm_raw(
             n,
             oc,
             ic,
             out.as_mut_ptr(),
-            1,
-            oc as isize,
+            oc,
             true,
             inp.as_ptr(),
+            ic,
             1,
-            ic as isize,
             w.as_ptr(),
-            ic as isize,
             1,
+            ic,
             1.0,
-            1.0,
-            false,
-            false,
-            false,
             gemm::Parallelism::Rayon(rayon::current_num_threads()),
         )
     };
@@ -183,48 +217,8 @@ pub fn matmul_backward_reference(
     let par = gemm::Parallelism::Rayon(rayon::current_num_threads());
     // SAFETY: dinp (n, ic) = dout (n, oc) @ w (oc, ic); dw (oc, ic) += dout^T @ inp (n, ic).
     unsafe {
-        gemm::gemm(
-            n,
-            ic,
-            oc,
-            dinp.as_mut_ptr(),
-            1,
-            ic as isize,
-            false,
-            dout.as_ptr(),
-            1,
-            oc as isize,
-            w.as_ptr(),
-            1,
-            ic as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        );
-        gemm::gemm(
-            oc,
-            ic,
-            n,
-            dw.as_mut_ptr(),
-            1,
-            ic as isize,
-            true,
-            dout.as_ptr(),
-            oc as isize,
-            1,
-            inp.as_ptr(),
-            1,
-            ic as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        );
+        gemm_raw(n, ic, oc, dinp.as_mut_ptr(), ic, false, dout.as_ptr(), oc, 1, w.as_ptr(), ic, 1, 1.0, par);
+        gemm_raw(oc, ic, n, dw.as_mut_ptr(), ic, true, dout.as_ptr(), 1, oc, inp.as_ptr(), ic, 1, 1.0, par);
     }
     if let Some(db) = db {
         for row in dout.chunks_exact(oc) {
