@@ -504,7 +504,7 @@ pub fn logs(a: &LogsArgs) -> Result<()> {
         parsed.skipped_lines
     );
     say!(
-        "dropped {} iterations: {} warm-up (until three consecutive times agree within 10%), {} outliers (> {}x the median: eval/checkpoint time counted into an iteration)",
+        "dropped {} iterations: {} warm-up (until three consecutive times agree within 10%), {} outliers (> {}x the median, e.g. the eval or checkpoint time nanoGPT counts into the next iteration)",
         st.iters_dropped,
         st.warmup_dropped,
         st.outliers_dropped,
