@@ -264,6 +264,8 @@ fn fma_chains(iters: u64, seed: f32) -> f64 {
     fma_chains_portable(iters, seed)
 }
 
+/// # Safety
+/// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn fma_chains_avx2(iters: u64, seed: f32) -> f64 {
@@ -287,6 +289,8 @@ unsafe fn fma_chains_avx2(iters: u64, seed: f32) -> f64 {
     (iters * 10 * 8 * 2) as f64
 }
 
+/// # Safety
+/// The CPU must support AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn fma_chains_avx512(iters: u64, seed: f32) -> f64 {

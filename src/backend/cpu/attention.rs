@@ -282,6 +282,7 @@ pub fn attention_backward(
             // block r0..r1 of query rows touches keys/values 0..r1 only.
             for r0 in (0..t).step_by(QBLOCK) {
                 let r1 = (r0 + QBLOCK).min(t);
+                // SAFETY: see above.
                 unsafe {
                     // dv[0..r1] += p[r0..r1, 0..r1]^T @ dy[r0..r1]
                     mm(r1, hs, r1 - r0, dv, c3, true, p[r0 * t..].as_ptr(), 1, t, dy.wrapping_add(r0 * c), c, 1, 1.0);
