@@ -256,6 +256,11 @@ fn estimate_says_the_rtx4070_run_takes_hours_and_100ms_is_impossible() {
         gptrain(&["estimate", "--preset", "rtx4070-40m", "--device", "rtx-4070", "--dtype", "fp16", "--expect-ms", "100"], &d);
     assert_eq!(code, 0);
     assert!(out.contains("impossible: 100 ms/iteration"), "{out}");
+    // a device outside the table works with an explicit peak, and makes no memory verdict
+    let (code, out, err) = gptrain(&["estimate", "--preset", "rtx4070-40m", "--device", "voodoo-9", "--peak-tflops", "100", "--json"], &d);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(v["fits"].is_null() && (v["floor_ms_per_iter"].as_f64().unwrap() - 1338.0).abs() < 1.0, "{v}");
     let (code, out, _) = gptrain(&["estimate", "--list-devices"], &d);
     assert_eq!(code, 0);
     for n in ["rtx-3060-12gb", "rtx-4070", "a100-80gb", "h100-sxm", "h200", "l4", "t4", "cpu"] {

@@ -261,7 +261,21 @@ pub fn estimate(a: &EstimateArgs) -> Result<()> {
     }
     let threads = if cfg.threads == 0 { config::physical_cores() } else { cfg.threads };
     pool(threads)?.install(|| -> Result<()> {
-        let dev = device::lookup(&dev_name)?;
+        let dev = match (device::lookup(&dev_name), a.peak_tflops) {
+            (Ok(d), _) => d,
+            // an unknown device is fine with an explicit peak; its memory is then unknown
+            (Err(_), Some(t)) => device::Device {
+                name: dev_name.clone(),
+                description: "not in gptrain's table".into(),
+                fp32_tflops: t,
+                tf32_tflops: t,
+                half_tflops: t,
+                memory_bytes: 0,
+                bandwidth_gbs: 0.0,
+                source: "--peak-tflops".into(),
+            },
+            (Err(e), None) => return Err(e),
+        };
         let mut dtype = parse_dtype(a.dtype.as_deref().unwrap_or(&cfg.dtype))?;
         let mut notes = Vec::new();
         if dev.name == "cpu" && dtype != DType::F32 {
@@ -393,17 +407,27 @@ fn print_estimate(e: &estimate::Estimate, m: &ModelConfig, run: &Run, dev: &devi
         }
     }
     let cap = e.device_memory_bytes;
-    say!("  {:<24} {:>10} of {} -> {}", "total", gib(e.memory_bytes), gib(cap), if e.fits { "fits" } else { "DOES NOT FIT" });
-    say!(
-        "largest micro-batch that fits: {}{}",
-        e.max_micro_batch,
-        if e.max_micro_batch_recompute > 0 {
-            format!(" ({} with GELU/LayerNorm recomputation)", e.max_micro_batch_recompute)
-        } else {
-            String::new()
-        }
-    );
-    if !e.fits {
+    if cap == 0 {
+        say!("  {:<24} {:>10} (the device's memory is unknown: no fits verdict)", "total", gib(e.memory_bytes));
+    } else {
+        say!(
+            "  {:<24} {:>10} of {} -> {}",
+            "total",
+            gib(e.memory_bytes),
+            gib(cap),
+            if e.fits == Some(true) { "fits" } else { "DOES NOT FIT" }
+        );
+        say!(
+            "largest micro-batch that fits: {}{}",
+            e.max_micro_batch,
+            if e.max_micro_batch_recompute > 0 {
+                format!(" ({} with GELU/LayerNorm recomputation)", e.max_micro_batch_recompute)
+            } else {
+                String::new()
+            }
+        );
+    }
+    if e.fits == Some(false) {
         let tokens = run.batch_size * run.grad_accum;
         match (1..=e.max_micro_batch).rev().find(|b| tokens.is_multiple_of(*b)) {
             Some(b) => say!(

@@ -70,7 +70,8 @@ pub struct Estimate {
     pub memory: Memory,
     pub memory_bytes: u64,
     pub device_memory_bytes: u64,
-    pub fits: bool,
+    /// None when the device's memory is unknown.
+    pub fits: Option<bool>,
     pub max_micro_batch: usize,
     pub max_micro_batch_recompute: usize,
     pub memory_with_recompute: u64,
@@ -126,7 +127,7 @@ pub fn estimate(run: &Run, device: &Device, dtype: DType, peak_override: Option<
         floor_total_seconds: run.max_iters as f64 * floor_s,
         max_iters: run.max_iters,
         memory_bytes: mem.total(),
-        fits: cap == 0 || mem.total() <= cap,
+        fits: (cap > 0).then(|| mem.total() <= cap),
         memory: mem,
         device_memory_bytes: cap,
         max_micro_batch: flops::max_micro_batch(m, t, d, false, imp, cap),
@@ -199,7 +200,7 @@ mod tests {
         let e = estimate(&rtx4070_run(), &d, DType::F16, None, MfuAssumption::default_for(&d));
         assert!(e.floor_ms_per_iter > 2000.0, "{}", e.floor_ms_per_iter);
         assert!(e.total_seconds > 3.0 * 3600.0, "{}", e.total_seconds);
-        assert!(e.fits, "the run fit its user's 12 GB card: {} bytes", e.memory_bytes);
+        assert_eq!(e.fits, Some(true), "the run fit its user's 12 GB card: {} bytes", e.memory_bytes);
         let (ok, why) = expect_verdict(&e, 100.0);
         assert!(!ok && why.starts_with("impossible"), "{why}");
     }
