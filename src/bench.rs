@@ -153,9 +153,6 @@ impl<B: Backend> Backend for Timed<'_, B> {
     fn zero(&self, buf: &mut Self::Buf, span: Span) {
         timed!(self, "zero grads/activations", self.inner.zero(buf, span))
     }
-    fn len(&self, buf: &Self::Buf) -> usize {
-        self.inner.len(buf)
-    }
     fn encoder_forward(
         &self,
         acts: &mut Self::Buf,
@@ -273,9 +270,6 @@ impl<B: Backend> Backend for Timed<'_, B> {
     }
     fn residual_forward(&self, acts: &mut Self::Buf, out: Span, a: Span, b: Span) {
         timed!(self, "residual", self.inner.residual_forward(acts, out, a, b))
-    }
-    fn accumulate(&self, buf: &mut Self::Buf, dst: Span, src: Span) {
-        timed!(self, "residual", self.inner.accumulate(buf, dst, src))
     }
     fn copy(&self, buf: &mut Self::Buf, dst: Span, src: Span) {
         timed!(self, "residual", self.inner.copy(buf, dst, src))

@@ -51,7 +51,8 @@ pub struct StepStats {
 
 /// One optimiser step at iteration `it` (0-based) over `micro_batches` of (tokens, targets),
 /// each (B, T): forward+backward each with loss scaled by 1/accum, clip, AdamW.
-/// With `skip_update` the gradients are computed but no update is made (non-finite guard).
+/// When the loss or the gradient norm is not finite, no update is made (the caller decides
+/// whether to abort or count the skip).
 pub fn train_step<Bk: Backend>(
     model: &mut Gpt<Bk>,
     micro_batches: &[(Vec<u32>, Vec<u32>)],

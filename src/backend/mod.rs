@@ -120,7 +120,6 @@ pub trait Backend: Send + Sync {
     fn upload(&self, dst: &mut Self::Buf, off: usize, src: &[f32]);
     fn download(&self, src: &Self::Buf, span: Span) -> Vec<f32>;
     fn zero(&self, buf: &mut Self::Buf, span: Span);
-    fn len(&self, buf: &Self::Buf) -> usize;
 
     /// out(B,T,C) = wte[tokens] + wpe[t], then embedding dropout.
     #[allow(clippy::too_many_arguments)]
@@ -237,8 +236,6 @@ pub trait Backend: Send + Sync {
     fn gelu_backward(&self, dacts: &mut Self::Buf, dinp: Span, dout: Span, acts: &Self::Buf, inp: Span);
     /// out = a + b, elementwise.
     fn residual_forward(&self, acts: &mut Self::Buf, out: Span, a: Span, b: Span);
-    /// dst += src, elementwise.
-    fn accumulate(&self, buf: &mut Self::Buf, dst: Span, src: Span);
     /// dst = src (residual backward: the gradient flows unchanged to both branches).
     fn copy(&self, buf: &mut Self::Buf, dst: Span, src: Span);
 

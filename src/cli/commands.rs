@@ -1,6 +1,6 @@
 //! One function per subcommand: resolve flags into a plan, run it, print.
 
-use super::printer::{gib, say, si, thousands, Printer};
+use super::printer::{gib, say, thousands, Printer};
 use super::ConfigArgs;
 use crate::backend::DType;
 use crate::checkpoint;
@@ -623,7 +623,6 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
                 say!("  {name:<28} {:>8.2} ms {:>6.1}%", ms, ms / total * 100.0);
             }
         }
-        let _ = si(0.0);
         Ok(())
     })
 }

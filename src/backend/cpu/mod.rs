@@ -94,9 +94,6 @@ impl Backend for Cpu {
         use rayon::prelude::*;
         buf[span.off..span.end()].par_chunks_mut(1 << 16).for_each(|c| c.fill(0.0));
     }
-    fn len(&self, buf: &Vec<f32>) -> usize {
-        buf.len()
-    }
 
     fn encoder_forward(
         &self,
@@ -244,10 +241,6 @@ impl Backend for Cpu {
     fn residual_forward(&self, acts: &mut Vec<f32>, out: Span, a: Span, b: Span) {
         let [out, a, b] = carve(acts, [out, a, b]);
         pointwise::residual_forward(out, a, b);
-    }
-    fn accumulate(&self, buf: &mut Vec<f32>, dst: Span, src: Span) {
-        let [dst, src] = carve(buf, [dst, src]);
-        pointwise::accumulate(dst, src);
     }
     fn copy(&self, buf: &mut Vec<f32>, dst: Span, src: Span) {
         let [dst, src] = carve(buf, [dst, src]);

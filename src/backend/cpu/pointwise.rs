@@ -78,15 +78,6 @@ pub fn copy(dst: &mut [f32], src: &[f32]) {
     dst.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| d.copy_from_slice(s));
 }
 
-/// dst += src.
-pub fn accumulate(dst: &mut [f32], src: &[f32]) {
-    dst.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| {
-        for (d, &s) in d.iter_mut().zip(s) {
-            *d += s;
-        }
-    });
-}
-
 /// x *= s.
 pub fn scale(x: &mut [f32], s: f32) {
     x.par_chunks_mut(CHUNK).for_each(|x| x.iter_mut().for_each(|x| *x *= s));
