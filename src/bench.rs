@@ -243,7 +243,7 @@ impl<B: Backend> Backend for Timed<'_, B> {
         nh: usize,
         drop: Dropout,
     ) {
-        timed!(self, "attention", self.inner.attention_forward(acts, out, att, qkv, b, t, c, nh, drop))
+        timed!(self, "attention forward", self.inner.attention_forward(acts, out, att, qkv, b, t, c, nh, drop))
     }
     fn attention_backward(
         &self,
@@ -260,7 +260,7 @@ impl<B: Backend> Backend for Timed<'_, B> {
         nh: usize,
         drop: Dropout,
     ) {
-        timed!(self, "attention", self.inner.attention_backward(dacts, dqkv, datt, dout, acts, qkv, att, b, t, c, nh, drop))
+        timed!(self, "attention backward", self.inner.attention_backward(dacts, dqkv, datt, dout, acts, qkv, att, b, t, c, nh, drop))
     }
     fn gelu_forward(&self, acts: &mut Self::Buf, out: Span, inp: Span) {
         timed!(self, "gelu", self.inner.gelu_forward(acts, out, inp))

@@ -268,3 +268,46 @@ fn estimate_says_the_rtx4070_run_takes_hours_and_100ms_is_impossible() {
     }
     std::fs::remove_dir_all(d).ok();
 }
+
+#[test]
+fn bench_prints_one_json_object_and_a_profile_by_kernel() {
+    let d = tmp("bench");
+    let shape = [
+        "--set",
+        "n_layer=2",
+        "--set",
+        "n_head=2",
+        "--set",
+        "n_embd=32",
+        "--set",
+        "block_size=16",
+        "--set",
+        "batch_size=2",
+        "--set",
+        "vocab_size=65",
+        "--set",
+        "bias=false",
+    ];
+    let mut args = vec!["bench", "--steps", "2", "--warmup", "1", "--threads", "1", "--json"];
+    args.extend(shape);
+    let (code, out, err) = gptrain(&args, &d);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("stdout holds only the JSON object");
+    for k in ["ms_per_step", "tokens_per_second", "gflops", "mfu", "peak_rss_bytes", "peak_gflops"] {
+        assert!(v[k].as_f64().is_some_and(|x| x > 0.0), "{k} = {}", v[k]);
+    }
+    // tokens/s is batch * block per step time
+    let tps = 2.0 * 16.0 / (v["ms_per_step"].as_f64().unwrap() / 1e3);
+    assert!((v["tokens_per_second"].as_f64().unwrap() / tps - 1.0).abs() < 1e-9);
+    // L (12 C^2 + 2 C) + wte V C + wpe T C + ln_f C, no biases
+    assert_eq!(v["params"], 2 * (12 * 32 * 32 + 2 * 32) + 65 * 32 + 16 * 32 + 32);
+    let mut args = vec!["bench", "--steps", "1", "--warmup", "0", "--threads", "1", "--profile"];
+    args.extend(shape);
+    let (code, out, err) = gptrain(&args, &d);
+    assert_eq!(code, 0, "{err}");
+    for kernel in
+        ["matmul mlp fc", "matmul qkv", "attention forward", "attention backward", "layernorm", "gelu", "adamw", "softmax + cross-entropy"]
+    {
+        assert!(out.contains(kernel), "profile lacks {kernel}: {out}");
+    }
+}

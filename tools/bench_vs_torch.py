@@ -4,7 +4,7 @@ ms/step and the median of the per-round ratios (PyTorch ms / gptrain ms, i.e. gp
 over PyTorch tokens/s; > 1 means gptrain is faster). Pairing each gptrain run with the PyTorch
 run next to it cancels slow drifts of a shared machine.
 
-    cargo build --release && python tools/bench_vs_torch.py [--rounds 5] [--threads 2] [--compile] [--configs tiny,small,gpt2]
+    cargo build --release && python tools/bench_vs_torch.py [--rounds 5] [--threads 2] [--compile] [--configs tiny,small,gpt2] [--sdpa]
 """
 
 import argparse
@@ -33,12 +33,14 @@ def run_gptrain(c, threads):
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
 
 
-def run_torch(c, threads, compile_):
+def run_torch(c, threads, compile_, sdpa=False):
     cmd = [sys.executable, os.path.join(HERE, "torch_bench.py"), "--threads", str(threads), "--steps", str(c["steps"]), "--warmup", "2" if not compile_ else "3"]
     for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size"):
         cmd += ["--" + k.replace("_", "-"), str(c[k])]
     if compile_:
         cmd.append("--compile")
+    if sdpa:
+        cmd.append("--sdpa")
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout.strip().splitlines()[-1])
 
@@ -49,6 +51,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--compile", action="store_true", help="also time torch.compile")
     ap.add_argument("--configs", default="tiny,small,gpt2")
+    ap.add_argument("--sdpa", action="store_true", help="PyTorch attention through scaled_dot_product_attention (nanoGPT's flash path)")
     a = ap.parse_args()
     print(f"{'config':<8} {'gptrain ms':>11} {'torch ms':>10} {'ratio':>7} {'gptrain MFU':>12} {'gptrain RSS':>12} {'torch RSS':>10}" + (f" {'compile ms':>11} {'ratio':>7}" if a.compile else ""))
     for name in a.configs.split(","):
@@ -56,9 +59,9 @@ def main():
         g, t, tc = [], [], []
         for _ in range(a.rounds):  # A B A B ...
             g.append(run_gptrain(c, a.threads))
-            t.append(run_torch(c, a.threads, False))
+            t.append(run_torch(c, a.threads, False, a.sdpa))
             if a.compile:
-                tc.append(run_torch(c, a.threads, True))
+                tc.append(run_torch(c, a.threads, True, a.sdpa))
         gm = statistics.median(x["ms_per_step"] for x in g)
         tm = statistics.median(x["ms_per_step"] for x in t)
         ratio = statistics.median(b["ms_per_step"] / a["ms_per_step"] for a, b in zip(g, t))

@@ -29,6 +29,9 @@ class Config:
     padded_vocab_size: int  # rows of wte
     bias: bool = True
     dropout: float = 0.0
+    # attention through F.scaled_dot_product_attention(is_causal=True), nanoGPT's "flash" path
+    # (same math, fused kernel); the explicit softmax below is the default
+    sdpa: bool = False
 
 
 class LayerNorm(nn.Module):
@@ -47,6 +50,7 @@ class Attention(nn.Module):
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.n_head = cfg.n_head
+        self.sdpa = cfg.sdpa
 
     def forward(self, x):
         B, T, C = x.shape
@@ -55,6 +59,9 @@ class Attention(nn.Module):
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)
+        if self.sdpa:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
         att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))
         mask = torch.tril(torch.ones(T, T, dtype=torch.bool, device=x.device))
         att = att.masked_fill(~mask, float("-inf"))

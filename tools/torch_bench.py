@@ -19,10 +19,11 @@ def main():
     for k, v in dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, vocab_size=65, steps=10, warmup=2, threads=2).items():
         ap.add_argument("--" + k.replace("_", "-"), type=int, default=v)
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--sdpa", action="store_true", help="attention through F.scaled_dot_product_attention (nanoGPT's flash path)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    cfg = Config(n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd, block_size=a.block_size, vocab_size=a.vocab_size, padded_vocab_size=a.vocab_size, bias=False)
+    cfg = Config(n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd, block_size=a.block_size, vocab_size=a.vocab_size, padded_vocab_size=a.vocab_size, bias=False, sdpa=a.sdpa)
     model = GPT(cfg)
     opt = torch.optim.AdamW(model.param_groups(0.1), lr=1e-4, betas=(0.9, 0.95))
     fwd = torch.compile(model) if a.compile else model
@@ -40,7 +41,7 @@ def main():
             times.append((time.perf_counter() - t0) * 1e3)
     times.sort()
     ms = times[len(times) // 2]
-    print(json.dumps({"ms_per_step": ms, "tokens_per_second": a.batch_size * a.block_size / (ms / 1e3), "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "torch": torch.__version__, "compile": a.compile}))
+    print(json.dumps({"ms_per_step": ms, "tokens_per_second": a.batch_size * a.block_size / (ms / 1e3), "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "torch": torch.__version__, "compile": a.compile, "sdpa": a.sdpa}))
 
 
 if __name__ == "__main__":

@@ -60,9 +60,14 @@ pub(crate) unsafe fn gemm_raw(
 /// themselves; larger ones use gemm's threading (measured on GPT shapes, 2 threads).
 const SPLIT_ROWS_BELOW: f64 = 3e8;
 
+/// ... unless every thread gets at least this many rows: then one single-threaded call per
+/// thread wins again (the `small` config's 2048-row products, 1-4% per step in paired runs;
+/// the 256-row products of `gpt2` stay with gemm's threading, which was 4-10% faster there).
+const SPLIT_ROWS_MIN_PER_THREAD: usize = 512;
+
 /// dst(m,n) (+)= lhs(m,k) @ rhs(k,n), all given by (row stride, column stride).
 ///
-/// Below [`SPLIT_ROWS_BELOW`], the rows of `dst` are split into one contiguous block per pool thread, each a
+/// Below [`SPLIT_ROWS_BELOW`] (or with [`SPLIT_ROWS_MIN_PER_THREAD`] rows per thread), the rows of `dst` are split into one contiguous block per pool thread, each a
 /// single-threaded `gemm` call: for the skinny shapes of small models this beats gemm's own
 /// threading, and every output element is still computed by exactly one call (deterministic).
 #[allow(clippy::too_many_arguments)]
@@ -88,7 +93,7 @@ fn gemm_strided(
     assert!(k == 0 || (m - 1) * lhs_rs + (k - 1) * lhs_cs < lhs.len());
     assert!(k == 0 || (k - 1) * rhs_rs + (n - 1) * rhs_cs < rhs.len());
     let threads = rayon::current_num_threads();
-    if threads > 1 && (m * n * k) as f64 >= SPLIT_ROWS_BELOW {
+    if threads > 1 && (m * n * k) as f64 >= SPLIT_ROWS_BELOW && m / threads < SPLIT_ROWS_MIN_PER_THREAD {
         // big products: gemm's own threading splits them better
         // SAFETY: the asserts above keep every element gemm reads or writes inside the three
         // slices; `dst` is borrowed exclusively, so it aliases neither `lhs` nor `rhs`.
