@@ -94,6 +94,61 @@ pub fn run(model: &ModelConfig, b: usize, steps: usize, warmup: usize, profile: 
     })
 }
 
+/// The linear layers of one training step alone (every layer's forward product, then its
+/// input-gradient and weight-gradient products in reverse order, lm_head included), each layer
+/// on its own buffers as in a real step: how fast the matmul library runs this model's shapes.
+/// Returns (median ms per pass, model FLOPs per pass).
+pub fn run_linears(model: &ModelConfig, b: usize, steps: usize, warmup: usize) -> (f64, f64) {
+    use crate::backend::cpu::matmul::{matmul_backward, matmul_forward};
+    let (c, bt, vp) = (model.n_embd, b * model.block_size, model.padded_vocab_size);
+    let key = rng::key(0, rng::STREAM_TRAIN_BATCH, &[]);
+    let filled = |n: usize, salt: u64, scale: f32| -> Vec<f32> {
+        (0..n).map(|i| (rng::below(rng::mix(key, salt * 1_000_003 + i as u64), 2001) as f32 / 1000.0 - 1.0) * scale).collect()
+    };
+    // (in features, out features) of each product: qkv, attention proj, fc, mlp proj
+    let shapes = [(c, 3 * c), (c, c), (c, 4 * c), (4 * c, c)];
+    struct Lin {
+        inp: Vec<f32>,  // (BT, IC)
+        w: Vec<f32>,    // (OC, IC)
+        out: Vec<f32>,  // (BT, OC)
+        dw: Vec<f32>,   // (OC, IC)
+        dinp: Vec<f32>, // (BT, IC)
+        ic: usize,
+    }
+    let mut salt = 0;
+    let mut lin = |ic: usize, oc: usize| {
+        salt += 3;
+        Lin {
+            inp: filled(bt * ic, salt, 1.0),
+            w: filled(oc * ic, salt + 1, 0.02),
+            out: filled(bt * oc, salt + 2, 1e-3),
+            dw: vec![0.0; oc * ic],
+            dinp: vec![0.0; bt * ic],
+            ic,
+        }
+    };
+    let mut lins: Vec<Lin> = (0..model.n_layer).flat_map(|_| shapes.map(|(ic, oc)| (ic, oc))).map(|(ic, oc)| lin(ic, oc)).collect();
+    lins.push(lin(c, vp)); // lm_head: logits (BT, Vp) from wte (Vp, C)
+    let mut times = Vec::new();
+    for i in 0..warmup + steps {
+        let t0 = Instant::now();
+        for l in lins.iter_mut() {
+            matmul_forward(&mut l.out, &l.inp, &l.w, None, l.ic);
+        }
+        // the forward's outputs stand in for the output gradients: same shapes, same traffic
+        for l in lins.iter_mut().rev() {
+            matmul_backward(&mut l.dinp, &mut l.dw, None, &l.out, &l.inp, &l.w, l.ic);
+        }
+        if i >= warmup {
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    let f = flops::flops_per_token(model, model.block_size);
+    let linear_flops = 3.0 * (f.qkv + f.attn_proj + f.mlp_fc + f.mlp_proj + f.lm_head) * bt as f64;
+    (times[times.len() / 2], linear_flops)
+}
+
 /// Accumulated milliseconds per kernel name.
 #[derive(Default)]
 pub struct Timer(Mutex<BTreeMap<String, f64>>);

@@ -4,7 +4,7 @@ ms/step and the median of the per-round ratios (PyTorch ms / gptrain ms, i.e. gp
 over PyTorch tokens/s; > 1 means gptrain is faster). Pairing each gptrain run with the PyTorch
 run next to it cancels slow drifts of a shared machine.
 
-    cargo build --release && python tools/bench_vs_torch.py [--rounds 5] [--threads 2] [--compile] [--configs tiny,small,gpt2] [--sdpa]
+    cargo build --release && python tools/bench_vs_torch.py [--rounds 5] [--threads 2] [--compile] [--configs tiny,small,gpt2] [--sdpa] [--linears]
 """
 
 import argparse
@@ -25,15 +25,15 @@ CONFIGS = {
 }
 
 
-def run_gptrain(c, threads):
+def run_gptrain(c, threads, linears=False):
     sets = []
     for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size"):
         sets += ["--set", f"{k}={c[k]}"]
-    cmd = [GPTRAIN, "bench", "--json", "--steps", str(c["steps"]), "--warmup", "2", "--threads", str(threads), "--set", "bias=false", "--set", "dropout=0"] + sets
+    cmd = [GPTRAIN, "bench", "--json", "--steps", str(c["steps"]), "--warmup", "2", "--threads", str(threads), "--set", "bias=false", "--set", "dropout=0"] + sets + (["--linears"] if linears else [])
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
 
 
-def run_torch(c, threads, compile_, sdpa=False):
+def run_torch(c, threads, compile_, sdpa=False, linears=False):
     cmd = [sys.executable, os.path.join(HERE, "torch_bench.py"), "--threads", str(threads), "--steps", str(c["steps"]), "--warmup", "2" if not compile_ else "3"]
     for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size"):
         cmd += ["--" + k.replace("_", "-"), str(c[k])]
@@ -41,6 +41,8 @@ def run_torch(c, threads, compile_, sdpa=False):
         cmd.append("--compile")
     if sdpa:
         cmd.append("--sdpa")
+    if linears:
+        cmd.append("--linears")
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout.strip().splitlines()[-1])
 
@@ -51,8 +53,11 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--compile", action="store_true", help="also time torch.compile")
     ap.add_argument("--configs", default="tiny,small,gpt2")
+    ap.add_argument("--linears", action="store_true", help="time only the linear layers' matmuls on both sides (the matmul libraries on these shapes)")
     ap.add_argument("--sdpa", action="store_true", help="PyTorch attention through scaled_dot_product_attention (nanoGPT's flash path)")
     a = ap.parse_args()
+    if a.linears:
+        return linears(a)
     print(f"{'config':<8} {'gptrain ms':>11} {'torch ms':>10} {'ratio':>7} {'gptrain MFU':>12} {'gptrain RSS':>12} {'torch RSS':>10}" + (f" {'compile ms':>11} {'ratio':>7}" if a.compile else ""))
     for name in a.configs.split(","):
         c = CONFIGS[name]
@@ -74,6 +79,20 @@ def main():
             cratio = statistics.median(b["ms_per_step"] / a["ms_per_step"] for a, b in zip(g, tc))
             line += f" {cm:>11.2f} {cratio:>6.2f}x"
         print(line, flush=True)
+
+
+def linears(a):
+    print(f"{'config':<8} {'gptrain ms':>11} {'torch ms':>10} {'ratio':>7} {'gptrain GFLOP/s':>16} {'torch GFLOP/s':>14}")
+    for name in a.configs.split(","):
+        c = CONFIGS[name]
+        g, t = [], []
+        for _ in range(a.rounds):  # A B A B ...
+            g.append(run_gptrain(c, a.threads, linears=True))
+            t.append(run_torch(c, a.threads, False, linears=True))
+        ratio = statistics.median(b["ms_per_step"] / a["ms_per_step"] for a, b in zip(g, t))
+        gm, tm = (statistics.median(x["ms_per_step"] for x in v) for v in (g, t))
+        gf, tf = (statistics.median(x["gflops"] for x in v) for v in (g, t))
+        print(f"{name:<8} {gm:>11.2f} {tm:>10.2f} {ratio:>6.2f}x {gf:>16.1f} {tf:>14.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -211,6 +211,10 @@ pub struct BenchArgs {
     /// Share of the step per kernel.
     #[arg(long)]
     pub profile: bool,
+    /// Time only the linear layers' matmuls (forward, input and weight gradients) on this
+    /// model's shapes: the matmul library's speed, to compare with `tools/torch_bench.py --linears`.
+    #[arg(long, conflicts_with = "profile")]
+    pub linears: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -576,6 +580,18 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     pool(threads)?.install(|| -> Result<()> {
         let model = model_without_data(&cfg)?;
         let dev = device::cpu();
+        if a.linears {
+            let (ms, flops) = crate::bench::run_linears(&model, cfg.batch_size, a.steps, a.warmup);
+            let gflops = flops / (ms / 1e3) / 1e9;
+            let peak = dev.peak_flops(DType::F32);
+            if a.json {
+                say!("{}", serde_json::json!({ "ms_per_step": ms, "gflops": gflops, "mfu": gflops * 1e9 / peak, "peak_gflops": peak / 1e9, "threads": threads, "steps": a.steps }));
+            } else {
+                say!("linear layers only (forward, input and weight gradients, lm_head): {ms:.2} ms median over {} passes", a.steps);
+                say!("{gflops:.1} GFLOP/s, {:.1}% of {:.1} GFLOP/s ({})", gflops * 1e9 / peak * 100.0, peak / 1e9, dev.source);
+            }
+            return Ok(());
+        }
         let r = crate::bench::run(&model, cfg.batch_size, a.steps, a.warmup, a.profile, cpu_backend(&cfg))?;
         let peak = dev.peak_flops(DType::F32);
         let tps = (cfg.batch_size * model.block_size) as f64 / (r.ms_per_step / 1e3);
