@@ -8,7 +8,7 @@
 //! uninterrupted run does from N.
 
 use crate::backend::cpu::Cpu;
-use crate::backend::{Backend, DType};
+use crate::backend::{Backend, DType, Span};
 use crate::checkpoint::{self, TrainState};
 use crate::config::Config;
 use crate::data::{Dataset, Split};
@@ -273,8 +273,15 @@ impl Metrics {
 
 /// Runs training with `cfg` on the current rayon pool.
 pub fn run(cfg: &Config, obs: &mut dyn Observer) -> Result<Summary> {
-    let t_run = Instant::now();
     check_device(cfg)?;
+    let kernels = crate::backend::cpu::Kernels::parse(&cfg.kernels).unwrap_or_default();
+    run_on(Cpu { kernels }, cfg, obs)
+}
+
+/// The loop itself, on any backend: it touches parameters and optimizer moments only through
+/// the backend (`upload`, `download`, the model's ops), so a device backend slots in here.
+fn run_on<B: Backend>(backend: B, cfg: &Config, obs: &mut dyn Observer) -> Result<Summary> {
+    let t_run = Instant::now();
     let ds = Dataset::open(&cfg.dataset)?;
     let init = initialise(cfg, &ds, obs)?;
     let mc = init.model_cfg.clone();
@@ -283,7 +290,7 @@ pub fn run(cfg: &Config, obs: &mut dyn Observer) -> Result<Summary> {
     let out_dir = PathBuf::from(&cfg.out_dir);
 
     // telemetry: one FLOPs model, this device's real peak
-    let dev = device::cpu();
+    let dev = device::cpu(); // the only backend today runs on this CPU; a device backend names its card here
     let peak = if cfg.peak_tflops > 0.0 { Some(cfg.peak_tflops * 1e12) } else { Some(dev.peak_flops(DType::F32)).filter(|p| *p > 0.0) };
     let peak_source = if cfg.peak_tflops > 0.0 { "--set peak_tflops".to_string() } else { dev.source.clone() };
     let flops_per_iter = flops::flops_per_iter(&mc, b, t, accum);
@@ -294,8 +301,7 @@ pub fn run(cfg: &Config, obs: &mut dyn Observer) -> Result<Summary> {
         obs.message(&format!("warning: this run needs about {:.1} GiB but only {:.1} GiB of memory is available; lower batch_size (and raise gradient_accumulation_steps) or block_size", mem as f64 / (1u64 << 30) as f64, a as f64 / (1u64 << 30) as f64));
     }
 
-    let kernels = crate::backend::cpu::Kernels::parse(&cfg.kernels).unwrap_or_default();
-    let mut model = Gpt::zeros(Cpu { kernels }, mc.clone());
+    let mut model = Gpt::zeros(backend, mc.clone());
     model.set_params(&init.params);
     if let (Some(m), Some(v)) = (init.m, init.v) {
         let n = model.num_params();
@@ -347,9 +353,13 @@ pub fn run(cfg: &Config, obs: &mut dyn Observer) -> Result<Summary> {
         meta: ds.meta.clone(),
         skipped_updates: skipped,
     };
-    let save = |model: &Gpt<Cpu>, st: TrainState, meter: &mut Meter, obs: &mut dyn Observer, metrics: &mut Metrics| -> Result<PathBuf> {
+    let save = |model: &Gpt<B>, st: TrainState, meter: &mut Meter, obs: &mut dyn Observer, metrics: &mut Metrics| -> Result<PathBuf> {
         let t0 = Instant::now();
-        let files = checkpoint::serialize(&model.layout, &st, &model.params, model.m.as_deref(), model.v.as_deref())?;
+        // host copies of the parameters and AdamW moments (a device backend copies them back)
+        let all = Span::new(0, model.num_params());
+        let host = |buf: &B::Buf| model.backend.download(buf, all);
+        let (params, m, v) = (host(&model.params), model.m.as_ref().map(host), model.v.as_ref().map(host));
+        let files = checkpoint::serialize(&model.layout, &st, &params, m.as_deref(), v.as_deref())?;
         let path = checkpoint::save(&out_dir, &files, st.iter, None)?;
         checkpoint::prune(&out_dir, cfg.keep_checkpoints);
         let secs = t0.elapsed().as_secs_f64();
