@@ -32,9 +32,13 @@ pub struct TrainState {
     pub model: ModelConfig,
     pub config: Config,
     pub meta: Meta,
-    /// Updates skipped by the non-finite guard so far.
+    /// Updates skipped so far (non-finite loss or norm, or the outlier guard).
     #[serde(default)]
     pub skipped_updates: u64,
+    /// The outlier guard's windows (loss, gradient norm), so that a resumed run skips exactly
+    /// what an uninterrupted one does.
+    #[serde(default)]
+    pub outliers: [crate::optim::OutlierDetector; 2],
 }
 
 /// What a checkpoint holds in memory.

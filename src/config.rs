@@ -160,6 +160,8 @@ knobs! {
     keep_checkpoints: usize = 3; "keep the newest K checkpoints (plus the best by val loss)"
     resume_fallback: bool = false; "on resume, fall back to the newest checkpoint that verifies"
     on_nonfinite: String = "abort".into(); "on a NaN/Inf loss or gradient norm: `abort` or `skip` the update"
+    skip_update_lossz: f64 = 0.0; "skip the update when the loss's z-score against the last 128 iterations exceeds this (0: off; llm.c's -sl)"
+    skip_update_gradz: f64 = 0.0; "skip the update when the gradient norm's z-score against the last 128 iterations exceeds this (0: off; llm.c's -sg)"
     peak_tflops: f64 = 0.0; "override the device's peak TFLOP/s for MFU (0: from the device table)"
     seed: u64 = 1337; "seed of every random stream"
     threads: usize = 0; "worker threads (0: physical cores)"
@@ -421,6 +423,11 @@ impl Config {
         }
         if self.on_nonfinite != "abort" && self.on_nonfinite != "skip" {
             bail!("`on_nonfinite` must be \"abort\" or \"skip\" (got {:?})", self.on_nonfinite);
+        }
+        for (k, v) in [("skip_update_lossz", self.skip_update_lossz), ("skip_update_gradz", self.skip_update_gradz)] {
+            if !(v >= 0.0 && v.is_finite()) {
+                bail!("`{k}` must be a z-score >= 0 (0: off; got {v})");
+            }
         }
         if !(self.temperature > 0.0 && self.temperature.is_finite()) {
             bail!("`temperature` must be > 0 (got {})", self.temperature);

@@ -47,6 +47,8 @@ pub struct StepStats {
     /// Global gradient norm before clipping.
     pub grad_norm: f32,
     pub lr: f32,
+    /// Whether AdamW ran (false: non-finite loss or norm, or the outlier guard said no).
+    pub updated: bool,
 }
 
 /// One optimiser step at iteration `it` (0-based) over `micro_batches` of (tokens, targets),
@@ -62,6 +64,22 @@ pub fn train_step<Bk: Backend>(
     opt: &OptimConfig,
     dropout: Option<(f32, u64)>,
 ) -> StepStats {
+    train_step_guarded(model, micro_batches, b, t, it, opt, dropout, &mut |_, _| true)
+}
+
+/// [`train_step`], asking `accept(loss, grad_norm)` (finite values only) before updating: the
+/// update is skipped when it answers false (the outlier guard).
+#[allow(clippy::too_many_arguments)]
+pub fn train_step_guarded<Bk: Backend>(
+    model: &mut Gpt<Bk>,
+    micro_batches: &[(Vec<u32>, Vec<u32>)],
+    b: usize,
+    t: usize,
+    it: u64,
+    opt: &OptimConfig,
+    dropout: Option<(f32, u64)>,
+    accept: &mut dyn FnMut(f32, f32) -> bool,
+) -> StepStats {
     let accum = micro_batches.len();
     model.zero_grad();
     let mut loss_sum = 0.0f64;
@@ -73,12 +91,74 @@ pub fn train_step<Bk: Backend>(
     let loss = (loss_sum / accum as f64) as f32;
     let grad_norm = model.grad_norm();
     let lr = opt.lr_at(it);
-    if loss.is_finite() && grad_norm.is_finite() {
+    let updated = loss.is_finite() && grad_norm.is_finite() && accept(loss, grad_norm);
+    if updated {
         if opt.grad_clip > 0.0 {
             model.clip_grads(grad_norm, opt.grad_clip);
         }
         let hp = AdamW { lr, beta1: opt.beta1, beta2: opt.beta2, eps: 1e-8 };
         model.update(hp, opt.weight_decay, it + 1);
     }
-    StepStats { loss, grad_norm, lr }
+    StepStats { loss, grad_norm, lr, updated }
+}
+
+/// llm.c's outlier detector: the z-score of a new value against the previous [`Self::WINDOW`]
+/// values (a ring buffer, summed in index order so that a resumed run computes the same bits).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct OutlierDetector {
+    /// The last values, at most WINDOW; once full, `next` is the oldest slot.
+    window: Vec<f64>,
+    next: usize,
+}
+
+impl OutlierDetector {
+    pub const WINDOW: usize = 128;
+
+    /// The z-score of `x` against the window (None until the window is full or when its spread
+    /// is zero); then `x` joins the window. Non-finite values are scored as None and not kept.
+    pub fn update(&mut self, x: f64) -> Option<f64> {
+        if !x.is_finite() {
+            return None;
+        }
+        let z = (self.window.len() == Self::WINDOW).then(|| {
+            let n = Self::WINDOW as f64;
+            let mean = self.window.iter().sum::<f64>() / n;
+            let var = self.window.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
+            (var > 0.0).then(|| (x - mean) / var.sqrt())
+        });
+        if self.window.len() < Self::WINDOW {
+            self.window.push(x);
+        } else {
+            self.window[self.next] = x;
+            self.next = (self.next + 1) % Self::WINDOW;
+        }
+        z.flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OutlierDetector;
+
+    #[test]
+    fn outlier_z_scores_need_a_full_window_and_match_the_formula() {
+        let mut d = OutlierDetector::default();
+        // values 0, 1, 0, 1, ...: mean 0.5, population std 0.5
+        for i in 0..OutlierDetector::WINDOW {
+            assert_eq!(d.update((i % 2) as f64), None, "no score before the window is full");
+        }
+        assert_eq!(d.update(3.0), Some(5.0)); // (3 - 0.5) / 0.5
+                                              // the window slid: it now holds 1, 0, 1, ..., 0, 3 (the first 0 left)
+        let w: Vec<f64> = (1..OutlierDetector::WINDOW).map(|i| (i % 2) as f64).chain([3.0]).collect();
+        let mean = w.iter().sum::<f64>() / w.len() as f64;
+        let std = (w.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / w.len() as f64).sqrt();
+        let z = d.update(0.25).unwrap();
+        assert!((z - (0.25 - mean) / std).abs() < 1e-12, "{z}");
+        assert_eq!(d.update(f64::NAN), None, "non-finite values are not scored or kept");
+        let mut flat = OutlierDetector::default();
+        for _ in 0..OutlierDetector::WINDOW {
+            flat.update(2.0);
+        }
+        assert_eq!(flat.update(9.0), None, "zero spread gives no score");
+    }
 }

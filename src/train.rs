@@ -13,7 +13,7 @@ use crate::checkpoint::{self, TrainState};
 use crate::config::Config;
 use crate::data::{Dataset, Split};
 use crate::model::{pad_vocab, Gpt, ModelConfig};
-use crate::optim::{train_step, OptimConfig, StepStats};
+use crate::optim::{train_step_guarded, OptimConfig, OutlierDetector, StepStats};
 use crate::perf::{device, flops, meter::Meter, meter::Reading};
 use crate::rng;
 use crate::tensorfile;
@@ -64,7 +64,9 @@ pub struct IterLog {
     pub grad_norm: f32,
     /// This iteration's own time (no eval or checkpoint inside).
     pub ms: f64,
+    /// No update was made: a non-finite loss or norm, or (with `outlier`) the outlier guard.
     pub skipped: bool,
+    pub outlier: bool,
     #[serde(flatten)]
     pub reading: Reading,
 }
@@ -147,6 +149,7 @@ struct Init {
     start_iter: u64,
     best_val: Option<f32>,
     skipped: u64,
+    outliers: [OutlierDetector; 2],
     resumed: bool,
 }
 
@@ -157,7 +160,17 @@ fn initialise(cfg: &Config, ds: &Dataset, obs: &mut dyn Observer) -> Result<Init
             let model_cfg = model_config(cfg, ds.meta.vocab_size)?;
             let layout = crate::model::ParamLayout::new(&model_cfg);
             let params = crate::model::gpt::init_params(&model_cfg, &layout, cfg.seed);
-            Ok(Init { model_cfg, params, m: None, v: None, start_iter: 0, best_val: None, skipped: 0, resumed: false })
+            Ok(Init {
+                model_cfg,
+                params,
+                m: None,
+                v: None,
+                start_iter: 0,
+                best_val: None,
+                skipped: 0,
+                outliers: Default::default(),
+                resumed: false,
+            })
         }
         "resume" => {
             let n = checkpoint::clean_leftovers(out_dir);
@@ -195,6 +208,7 @@ fn initialise(cfg: &Config, ds: &Dataset, obs: &mut dyn Observer) -> Result<Init
                 start_iter: ck.state.iter,
                 best_val: ck.state.best_val_loss,
                 skipped: ck.state.skipped_updates,
+                outliers: ck.state.outliers.clone(),
                 resumed: true,
             })
         }
@@ -231,7 +245,17 @@ fn initialise(cfg: &Config, ds: &Dataset, obs: &mut dyn Observer) -> Result<Init
                 model_cfg.block_size,
                 file_block
             ));
-            Ok(Init { model_cfg, params, m: None, v: None, start_iter: 0, best_val: None, skipped: 0, resumed: false })
+            Ok(Init {
+                model_cfg,
+                params,
+                m: None,
+                v: None,
+                start_iter: 0,
+                best_val: None,
+                skipped: 0,
+                outliers: Default::default(),
+                resumed: false,
+            })
         }
     }
 }
@@ -337,12 +361,13 @@ fn run_on<B: Backend>(backend: B, cfg: &Config, obs: &mut dyn Observer) -> Resul
     let mut meter = Meter::new(tokens_per_iter as f64, flops_per_iter, peak);
     let mut best_val = init.best_val;
     let mut skipped = init.skipped;
+    let mut outliers = init.outliers.clone();
     let mut last_eval: Option<(f32, f32)> = None;
     let mut last_saved: Option<u64> = None;
     let mut it = init.start_iter;
     let first_iter = it;
 
-    let state = |it: u64, val: Option<f32>, best: Option<f32>, skipped: u64| TrainState {
+    let state = |it: u64, val: Option<f32>, best: Option<f32>, skipped: u64, outliers: &[OutlierDetector; 2]| TrainState {
         format: checkpoint::FORMAT_VERSION,
         iter: it,
         val_loss: val,
@@ -352,6 +377,7 @@ fn run_on<B: Backend>(backend: B, cfg: &Config, obs: &mut dyn Observer) -> Resul
         config: cfg.clone(),
         meta: ds.meta.clone(),
         skipped_updates: skipped,
+        outliers: outliers.clone(),
     };
     let save = |model: &Gpt<B>, st: TrainState, meter: &mut Meter, obs: &mut dyn Observer, metrics: &mut Metrics| -> Result<PathBuf> {
         let t0 = Instant::now();
@@ -389,7 +415,7 @@ fn run_on<B: Backend>(backend: B, cfg: &Config, obs: &mut dyn Observer) -> Resul
             if (improved || cfg.always_save_checkpoint) && it > 0 && it < cfg.max_iters {
                 // a failed mid-run save (disk full, permissions) is reported and training goes
                 // on with its state in memory; the previous checkpoint is intact
-                match save(&model, state(it, Some(vl), best_val, skipped), &mut meter, obs, &mut metrics) {
+                match save(&model, state(it, Some(vl), best_val, skipped, &outliers), &mut meter, obs, &mut metrics) {
                     Ok(_) => last_saved = Some(it),
                     Err(e) => obs.message(&format!("warning: {e:#}; training continues and will try again at the next checkpoint")),
                 }
@@ -398,14 +424,24 @@ fn run_on<B: Backend>(backend: B, cfg: &Config, obs: &mut dyn Observer) -> Resul
         if it >= cfg.max_iters {
             if last_saved != Some(it) && it > first_iter {
                 let val = last_eval.filter(|_| evaluate).map(|e| e.1);
-                save(&model, state(it, val, best_val, skipped), &mut meter, obs, &mut metrics)?;
+                save(&model, state(it, val, best_val, skipped, &outliers), &mut meter, obs, &mut metrics)?;
             }
             break;
         }
 
         let batches = train_batches(&ds, cfg.seed, it, accum, b, t);
         let t0 = Instant::now();
-        let s: StepStats = train_step(&mut model, &batches, b, t, it, &opt, dropout);
+        // the outlier guard (llm.c's): z-scores against the last 128 iterations; both windows
+        // see every finite value, skipped or not
+        let mut outlier = false;
+        let mut accept = |loss: f32, norm: f32| {
+            let lz = outliers[0].update(loss as f64);
+            let gz = outliers[1].update(norm as f64);
+            let over = |z: Option<f64>, thr: f64| thr > 0.0 && z.is_some_and(|z| z > thr);
+            outlier = over(lz, cfg.skip_update_lossz) || over(gz, cfg.skip_update_gradz);
+            !outlier
+        };
+        let s: StepStats = train_step_guarded(&mut model, &batches, b, t, it, &opt, dropout, &mut accept);
         let secs = t0.elapsed().as_secs_f64();
         let nonfinite = !(s.loss.is_finite() && s.grad_norm.is_finite());
         if nonfinite {
@@ -418,6 +454,9 @@ fn run_on<B: Backend>(backend: B, cfg: &Config, obs: &mut dyn Observer) -> Resul
                     s.lr
                 );
             }
+            skipped += 1;
+        }
+        if outlier {
             skipped += 1;
         }
         meter.record_iter(secs);
@@ -434,14 +473,15 @@ fn run_on<B: Backend>(backend: B, cfg: &Config, obs: &mut dyn Observer) -> Resul
                 lr: s.lr,
                 grad_norm: s.grad_norm,
                 ms: secs * 1e3,
-                skipped: nonfinite,
+                skipped: !s.updated,
+                outlier,
                 reading,
             };
-            metrics.write(serde_json::json!({"type": "iter", "iter": log.iter, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm, "ms": log.ms, "warmup": reading.warmup, "steady_ms": reading.steady_ms, "tokens_per_sec": reading.tokens_per_sec, "mfu": reading.mfu, "eta_s": reading.eta_s, "skipped": nonfinite}));
+            metrics.write(serde_json::json!({"type": "iter", "iter": log.iter, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm, "ms": log.ms, "warmup": reading.warmup, "steady_ms": reading.steady_ms, "tokens_per_sec": reading.tokens_per_sec, "mfu": reading.mfu, "eta_s": reading.eta_s, "skipped": !s.updated, "outlier": outlier}));
             obs.iter(&log);
         }
         if STOP.load(Ordering::SeqCst) {
-            let path = save(&model, state(it, None, best_val, skipped), &mut meter, obs, &mut metrics)?;
+            let path = save(&model, state(it, None, best_val, skipped, &outliers), &mut meter, obs, &mut metrics)?;
             bail!(Interrupted { iter: it, path });
         }
     }

@@ -222,7 +222,8 @@ fn an_absurd_learning_rate_aborts_or_skips() {
     args.extend(["--set", "on_nonfinite=skip"]);
     let (code, out, err) = gptrain(&args, &d);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("skipped updates (non-finite loss or gradient): "), "{out}");
+    assert!(out.contains("skipped updates (non-finite loss or gradient, or outliers): "), "{out}");
+    assert!(out.contains("NON-FINITE: update skipped"), "{out}");
     std::fs::remove_dir_all(d).ok();
 }
 

@@ -105,6 +105,7 @@ fn altered_or_truncated_checkpoints_are_errors() {
         config: cfg,
         meta: gptrain::data::Meta::char((0..10).map(|i| i.to_string()).collect()),
         skipped_updates: 0,
+        outliers: Default::default(),
     };
     let m = vec![0.0; layout.total];
     let files = checkpoint::serialize(&layout, &state, &params, Some(&m), Some(&m)).unwrap();

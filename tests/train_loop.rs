@@ -11,6 +11,7 @@ struct Collect {
     evals: Vec<(u64, f32, f32)>,
     checkpoints: Vec<PathBuf>,
     messages: Vec<String>,
+    outliers: Vec<u64>,
 }
 
 impl Observer for Collect {
@@ -20,6 +21,9 @@ impl Observer for Collect {
     fn start(&mut self, _: &StartInfo) {}
     fn iter(&mut self, l: &IterLog) {
         self.losses.push((l.iter, l.loss));
+        if l.outlier {
+            self.outliers.push(l.iter);
+        }
     }
     fn eval(&mut self, it: u64, t: f32, v: f32, _: f64) {
         self.evals.push((it, t, v));
@@ -81,6 +85,34 @@ fn resuming_gives_exactly_the_uninterrupted_losses() {
     assert_eq!(tail(&second), tail(&full));
     assert!(full.losses.last().unwrap().1 < full.losses[0].1, "loss did not fall");
     for d in [a, b] {
+        std::fs::remove_dir_all(d).ok();
+    }
+}
+
+#[test]
+fn the_outlier_guard_skips_updates_and_resumes_exactly() {
+    // with a tiny constant learning rate and a z-score threshold of 0.01 on the gradient norm,
+    // updates become "outliers" once the 128-iteration window is full (here: most of them);
+    // the windows travel in the checkpoint
+    let (a, b) = (tmp("zfull"), tmp("zsplit"));
+    let guard = ["skip_update_gradz=0.01", "eval_interval=50", "learning_rate=1e-5", "decay_lr=false"];
+    fn with<'a>(guard: &[&'a str], n: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+        [guard, &[n], extra].concat()
+    }
+    let full = run(&tiny(&a, &with(&guard, "max_iters=140", &[]))).unwrap();
+    let first = run(&tiny(&b, &with(&guard, "max_iters=131", &[]))).unwrap();
+    let second = run(&tiny(&b, &with(&guard, "max_iters=140", &["init_from=resume"]))).unwrap();
+    assert!(full.outliers.iter().all(|&i| i >= 128), "scored before the window filled: {:?}", full.outliers);
+    assert!(!second.outliers.is_empty(), "no update was skipped after the resume");
+    let split: Vec<(u64, f32)> = first.losses.iter().chain(&second.losses).copied().collect();
+    assert_eq!(split, full.losses, "resumed losses differ (bitwise)");
+    assert_eq!([first.outliers, second.outliers].concat(), full.outliers);
+    // without the guard the same run updates at those iterations, so later losses differ
+    let c = tmp("znone");
+    let none = run(&tiny(&c, &["eval_interval=50", "learning_rate=1e-5", "decay_lr=false", "max_iters=140"])).unwrap();
+    assert!(none.outliers.is_empty());
+    assert_ne!(none.losses.last(), full.losses.last());
+    for d in [a, b, c] {
         std::fs::remove_dir_all(d).ok();
     }
 }

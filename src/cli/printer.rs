@@ -120,7 +120,9 @@ impl Observer for Printer {
                 s.push_str(&format!(", eta {} (done {})", human_duration(eta), finish_time(eta)));
             }
         }
-        if l.skipped {
+        if l.outlier {
+            s.push_str(", OUTLIER (z-score over skip_update_lossz/gradz): update skipped");
+        } else if l.skipped {
             s.push_str(", NON-FINITE: update skipped");
         }
         self.line(&s);
@@ -162,7 +164,7 @@ impl Observer for Printer {
             say!("final: train loss {t:.4}, val loss {v:.4}");
         }
         if s.skipped_updates > 0 {
-            say!("skipped updates (non-finite loss or gradient): {}", s.skipped_updates);
+            say!("skipped updates (non-finite loss or gradient, or outliers): {}", s.skipped_updates);
         }
     }
 }
