@@ -153,6 +153,23 @@ struct Init {
     resumed: bool,
 }
 
+impl Init {
+    /// A run from iteration 0 with these weights (from scratch or from a GPT-2 file).
+    fn fresh(model_cfg: ModelConfig, params: Vec<f32>) -> Self {
+        Init {
+            model_cfg,
+            params,
+            m: None,
+            v: None,
+            start_iter: 0,
+            best_val: None,
+            skipped: 0,
+            outliers: Default::default(),
+            resumed: false,
+        }
+    }
+}
+
 fn initialise(cfg: &Config, ds: &Dataset, obs: &mut dyn Observer) -> Result<Init> {
     let out_dir = Path::new(&cfg.out_dir);
     match cfg.init_from.as_str() {
@@ -160,17 +177,7 @@ fn initialise(cfg: &Config, ds: &Dataset, obs: &mut dyn Observer) -> Result<Init
             let model_cfg = model_config(cfg, ds.meta.vocab_size)?;
             let layout = crate::model::ParamLayout::new(&model_cfg);
             let params = crate::model::gpt::init_params(&model_cfg, &layout, cfg.seed);
-            Ok(Init {
-                model_cfg,
-                params,
-                m: None,
-                v: None,
-                start_iter: 0,
-                best_val: None,
-                skipped: 0,
-                outliers: Default::default(),
-                resumed: false,
-            })
+            Ok(Init::fresh(model_cfg, params))
         }
         "resume" => {
             let n = checkpoint::clean_leftovers(out_dir);
@@ -245,17 +252,7 @@ fn initialise(cfg: &Config, ds: &Dataset, obs: &mut dyn Observer) -> Result<Init
                 model_cfg.block_size,
                 file_block
             ));
-            Ok(Init {
-                model_cfg,
-                params,
-                m: None,
-                v: None,
-                start_iter: 0,
-                best_val: None,
-                skipped: 0,
-                outliers: Default::default(),
-                resumed: false,
-            })
+            Ok(Init::fresh(model_cfg, params))
         }
     }
 }
