@@ -97,7 +97,7 @@ pub fn run(model: &ModelConfig, b: usize, steps: usize, warmup: usize, profile: 
 /// The linear layers of one training step alone (every layer's forward product, then its
 /// input-gradient and weight-gradient products in reverse order, lm_head included), each layer
 /// on its own buffers as in a real step: how fast the matmul library runs this model's shapes.
-/// Returns (median ms per pass, model FLOPs per pass).
+/// Returns (median ms per pass, model FLOPs per pass); `steps` must be at least 1.
 pub fn run_linears(model: &ModelConfig, b: usize, steps: usize, warmup: usize) -> (f64, f64) {
     use crate::backend::cpu::matmul::{matmul_backward, matmul_forward};
     let (c, bt, vp) = (model.n_embd, b * model.block_size, model.padded_vocab_size);
@@ -117,17 +117,17 @@ pub fn run_linears(model: &ModelConfig, b: usize, steps: usize, warmup: usize) -
     }
     let mut salt = 0;
     let mut lin = |ic: usize, oc: usize| {
-        salt += 3;
+        salt += 2;
         Lin {
             inp: filled(bt * ic, salt, 1.0),
             w: filled(oc * ic, salt + 1, 0.02),
-            out: filled(bt * oc, salt + 2, 1e-3),
+            out: vec![0.0; bt * oc], // written by the forward pass before the backward reads it
             dw: vec![0.0; oc * ic],
             dinp: vec![0.0; bt * ic],
             ic,
         }
     };
-    let mut lins: Vec<Lin> = (0..model.n_layer).flat_map(|_| shapes.map(|(ic, oc)| (ic, oc))).map(|(ic, oc)| lin(ic, oc)).collect();
+    let mut lins: Vec<Lin> = (0..model.n_layer).flat_map(|_| shapes).map(|(ic, oc)| lin(ic, oc)).collect();
     lins.push(lin(c, vp)); // lm_head: logits (BT, Vp) from wte (Vp, C)
     let mut times = Vec::new();
     for i in 0..warmup + steps {

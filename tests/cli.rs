@@ -28,6 +28,7 @@ fn fails_with(args: &[&str], dir: &Path, want: &str) {
 fn bad_inputs_get_one_clear_line() {
     let d = tmp("bad");
     fails_with(&["train", "--set", "dataset=missing-dir"], &d, "is not a directory");
+    fails_with(&["bench", "--steps", "0"], &d, "--steps must be at least 1");
     fails_with(&["train", "--set", "n_embd=100", "--set", "n_head=3"], &d, "divisible");
     fails_with(&["train", "--set", "n_embed=64"], &d, "did you mean `n_embd`");
     fails_with(&["train", "--set", "max_iters=ten"], &d, "`max_iters` must be a non-negative integer");

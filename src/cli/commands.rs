@@ -575,6 +575,9 @@ pub fn logs(a: &LogsArgs) -> Result<()> {
 }
 
 pub fn bench(a: &BenchArgs) -> Result<()> {
+    if a.steps == 0 {
+        bail!("--steps must be at least 1 (the timed steps whose median is reported)");
+    }
     let cfg = resolve(&a.cfg)?;
     let threads = a.threads.unwrap_or(if cfg.threads == 0 { config::physical_cores() } else { cfg.threads });
     pool(threads)?.install(|| -> Result<()> {
