@@ -579,7 +579,10 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         bail!("--steps must be at least 1 (the timed steps whose median is reported)");
     }
     let cfg = resolve(&a.cfg)?;
-    let threads = a.threads.unwrap_or(if cfg.threads == 0 { config::physical_cores() } else { cfg.threads });
+    let threads = match a.threads.unwrap_or(cfg.threads) {
+        0 => config::physical_cores(),
+        n => n,
+    };
     pool(threads)?.install(|| -> Result<()> {
         let model = model_without_data(&cfg)?;
         let dev = device::cpu();
