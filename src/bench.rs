@@ -80,7 +80,7 @@ pub fn run(model: &ModelConfig, b: usize, steps: usize, warmup: usize, profile: 
         }
     }
     times.sort_by(|a, b| a.total_cmp(b));
-    let q = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
+    let q = |p: f64| quantile(&times, p);
     let mut prof: Vec<(String, f64)> = timer.0.lock().unwrap().iter().map(|(k, v)| (k.clone(), v / steps.max(1) as f64)).collect();
     prof.sort_by(|a, b| b.1.total_cmp(&a.1));
     Ok(BenchResult {
@@ -146,7 +146,12 @@ pub fn run_linears(model: &ModelConfig, b: usize, steps: usize, warmup: usize) -
     times.sort_by(|a, b| a.total_cmp(b));
     let f = flops::flops_per_token(model, model.block_size);
     let linear_flops = 3.0 * (f.qkv + f.attn_proj + f.mlp_fc + f.mlp_proj + f.lm_head) * bt as f64;
-    (times[times.len() / 2], linear_flops)
+    (quantile(&times, 0.5), linear_flops)
+}
+
+/// The `p` quantile of sorted, non-empty `times` (nearest rank).
+fn quantile(times: &[f64], p: f64) -> f64 {
+    times[((times.len() - 1) as f64 * p).round() as usize]
 }
 
 /// Accumulated milliseconds per kernel name.

@@ -292,11 +292,15 @@ impl Metrics {
     }
 }
 
+/// The CPU backend with the kernels `cfg` names (validated by `Config`; `fast` otherwise).
+pub fn cpu_backend(cfg: &Config) -> Cpu {
+    Cpu { kernels: crate::backend::cpu::Kernels::parse(&cfg.kernels).unwrap_or_default() }
+}
+
 /// Runs training with `cfg` on the current rayon pool.
 pub fn run(cfg: &Config, obs: &mut dyn Observer) -> Result<Summary> {
     check_device(cfg)?;
-    let kernels = crate::backend::cpu::Kernels::parse(&cfg.kernels).unwrap_or_default();
-    run_on(Cpu { kernels }, cfg, obs)
+    run_on(cpu_backend(cfg), cfg, obs)
 }
 
 /// The loop itself, on any backend: it touches parameters and optimizer moments only through

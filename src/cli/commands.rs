@@ -32,10 +32,18 @@ fn resolve(a: &ConfigArgs) -> Result<Config> {
     Ok(cfg)
 }
 
+/// `threads` workers, 0 meaning the physical cores.
+fn worker_threads(threads: usize) -> usize {
+    if threads == 0 {
+        config::physical_cores()
+    } else {
+        threads
+    }
+}
+
 /// A rayon pool with `threads` workers (0: physical cores).
 fn pool(threads: usize) -> Result<rayon::ThreadPool> {
-    let n = if threads == 0 { config::physical_cores() } else { threads };
-    rayon::ThreadPoolBuilder::new().num_threads(n).build().context("cannot start the thread pool")
+    rayon::ThreadPoolBuilder::new().num_threads(worker_threads(threads)).build().context("cannot start the thread pool")
 }
 
 pub fn prepare(input: Option<PathBuf>, tokenizer: &str, out: &Path, threads: Option<usize>) -> Result<()> {
@@ -234,10 +242,6 @@ fn model_without_data(cfg: &Config) -> Result<ModelConfig> {
     train::model_config(&Config { vocab_size: Some(vocab), ..cfg.clone() }, 0)
 }
 
-fn cpu_backend(cfg: &Config) -> crate::backend::cpu::Cpu {
-    crate::backend::cpu::Cpu { kernels: crate::backend::cpu::Kernels::parse(&cfg.kernels).unwrap_or_default() }
-}
-
 fn parse_dtype(s: &str) -> Result<DType> {
     DType::parse(s).with_context(|| format!("unknown dtype `{s}`; use fp32, tf32, fp16 or bf16"))
 }
@@ -263,8 +267,7 @@ pub fn estimate(a: &EstimateArgs) -> Result<()> {
     if dev_name.is_empty() {
         bail!("this config runs on `cuda`: name the card with `--device` (e.g. rtx-4070, a100-80gb; `--list-devices` shows all)");
     }
-    let threads = if cfg.threads == 0 { config::physical_cores() } else { cfg.threads };
-    pool(threads)?.install(|| -> Result<()> {
+    pool(cfg.threads)?.install(|| -> Result<()> {
         let dev = match (device::lookup(&dev_name), a.peak_tflops) {
             (Ok(d), _) => d,
             // an unknown device is fine with an explicit peak; its memory is then unknown
@@ -300,7 +303,7 @@ pub fn estimate(a: &EstimateArgs) -> Result<()> {
                 bail!("--calibrate times real iterations on this machine: use it with --device cpu");
             }
             let (steps, warmup) = (12, 3);
-            let b = crate::bench::run(&model, cfg.batch_size, steps, warmup, false, cpu_backend(&cfg))?;
+            let b = crate::bench::run(&model, cfg.batch_size, steps, warmup, false, train::cpu_backend(&cfg))?;
             // one micro-step's FLOPs over its time: the accumulation factor cancels
             let measured = b.flops_per_step / (b.ms_per_step / 1e3) / dev.peak_flops(DType::F32);
             notes.push(format!("calibrated: {steps} timed training steps of this model here (after {warmup} warm-up steps) took {:.1} ms each (median) = {:.1}% MFU", b.ms_per_step, measured * 100.0));
@@ -579,10 +582,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         bail!("--steps must be at least 1 (the timed steps whose median is reported)");
     }
     let cfg = resolve(&a.cfg)?;
-    let threads = match a.threads.unwrap_or(cfg.threads) {
-        0 => config::physical_cores(),
-        n => n,
-    };
+    let threads = worker_threads(a.threads.unwrap_or(cfg.threads));
     pool(threads)?.install(|| -> Result<()> {
         let model = model_without_data(&cfg)?;
         let dev = device::cpu();
@@ -598,7 +598,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             }
             return Ok(());
         }
-        let r = crate::bench::run(&model, cfg.batch_size, a.steps, a.warmup, a.profile, cpu_backend(&cfg))?;
+        let r = crate::bench::run(&model, cfg.batch_size, a.steps, a.warmup, a.profile, train::cpu_backend(&cfg))?;
         let peak = dev.peak_flops(DType::F32);
         let tps = (cfg.batch_size * model.block_size) as f64 / (r.ms_per_step / 1e3);
         let gflops = r.flops_per_step / (r.ms_per_step / 1e3) / 1e9;

@@ -118,6 +118,11 @@ pub fn attention_backward_naive(
 /// Query rows per block: a block of rows r0..r1 needs only keys 0..r1.
 const QBLOCK: usize = 64;
 
+/// The (r0, r1) row ranges of [`QBLOCK`]-row query blocks covering 0..t.
+fn query_blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..t).step_by(QBLOCK).map(move |r0| (r0, (r0 + QBLOCK).min(t)))
+}
+
 /// A raw pointer that may cross threads; each task touches a disjoint region (see SAFETY notes).
 #[derive(Clone, Copy)]
 struct Ptr(*mut f32);
@@ -199,8 +204,7 @@ pub fn attention_forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], b: usize
             let k = q.wrapping_add(c);
             let v = q.wrapping_add(2 * c);
             // scores, by blocks of query rows: rows r0..r1 only see keys 0..r1 (causal)
-            for r0 in (0..t).step_by(QBLOCK) {
-                let r1 = (r0 + QBLOCK).min(t);
+            for (r0, r1) in query_blocks(t) {
                 // SAFETY: q/k address rows of this batch row at this head's columns (inside
                 // qkv, read-only); the destination is rows r0..r1 of this task's own T x T block.
                 unsafe { mm(r1 - r0, r1, hs, a[r0 * t..].as_mut_ptr(), t, false, q.wrapping_add(r0 * c3), c3, 1, k, 1, c3, scale) };
@@ -217,8 +221,7 @@ pub fn attention_forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], b: usize
                 a
             };
             let o = outp.get().wrapping_add(bi * t * c + h * hs);
-            for r0 in (0..t).step_by(QBLOCK) {
-                let r1 = (r0 + QBLOCK).min(t);
+            for (r0, r1) in query_blocks(t) {
                 // SAFETY: this task alone writes rows r0..r1 of out for batch row bi at head h's
                 // columns; p is T x T, v addresses this batch row's values (rows 0..r1).
                 unsafe { mm(r1 - r0, hs, r1, o.wrapping_add(r0 * c), c, false, p[r0 * t..].as_ptr(), t, 1, v, c3, 1, 1.0) };
@@ -280,8 +283,7 @@ pub fn attention_backward(
             // SAFETY (all products below): q/k/v/dy address this batch row and head inside
             // their slices; this task alone writes dq/dk/dv at (bi, h) and its own da block;
             // block r0..r1 of query rows touches keys/values 0..r1 only.
-            for r0 in (0..t).step_by(QBLOCK) {
-                let r1 = (r0 + QBLOCK).min(t);
+            for (r0, r1) in query_blocks(t) {
                 // SAFETY: see above.
                 unsafe {
                     // dv[0..r1] += p[r0..r1, 0..r1]^T @ dy[r0..r1]
@@ -300,8 +302,7 @@ pub fn attention_backward(
                 }
                 softmax_backward_row(arow, drow, t1);
             }
-            for r0 in (0..t).step_by(QBLOCK) {
-                let r1 = (r0 + QBLOCK).min(t);
+            for (r0, r1) in query_blocks(t) {
                 // SAFETY: as above.
                 unsafe {
                     // dq[r0..r1] += scale * ds[r0..r1, 0..r1] @ k[0..r1]

@@ -38,44 +38,13 @@ pub const LANES: usize = 16;
 /// sum_i f(x[i]) with [`LANES`] partial sums combined in a fixed order (deterministic).
 #[inline(always)]
 pub fn sum_by(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
-    let mut acc = [0.0f32; LANES];
-    let chunks = x.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for i in 0..LANES {
-            acc[i] += f(c[i]);
-        }
-    }
-    let mut s = 0.0f32;
-    for a in acc {
-        s += a;
-    }
-    for &v in rest {
-        s += f(v);
-    }
-    s
+    sum_by3(x, x, x, |v, _, _| f(v))
 }
 
 /// sum_i f(a[i], b[i]) with [`LANES`] partial sums combined in a fixed order.
 #[inline(always)]
 pub fn sum_by2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0.0f32; LANES];
-    let full = n / LANES * LANES;
-    for (ca, cb) in a[..full].chunks_exact(LANES).zip(b[..full].chunks_exact(LANES)) {
-        for i in 0..LANES {
-            acc[i] += f(ca[i], cb[i]);
-        }
-    }
-    let mut s = 0.0f32;
-    for v in acc {
-        s += v;
-    }
-    for i in full..n {
-        s += f(a[i], b[i]);
-    }
-    s
+    sum_by3(a, b, a, |x, y, _| f(x, y))
 }
 
 /// sum_i f(a[i], b[i], c[i]) with [`LANES`] partial sums combined in a fixed order.

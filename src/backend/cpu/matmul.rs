@@ -92,38 +92,12 @@ fn gemm_strided(
     assert!((m - 1) * dst_rs + n <= dst.len());
     assert!(k == 0 || (m - 1) * lhs_rs + (k - 1) * lhs_cs < lhs.len());
     assert!(k == 0 || (k - 1) * rhs_rs + (n - 1) * rhs_cs < rhs.len());
-    let threads = rayon::current_num_threads();
-    if threads > 1 && (m * n * k) as f64 >= SPLIT_ROWS_BELOW && m / threads < SPLIT_ROWS_MIN_PER_THREAD {
-        // big products: gemm's own threading splits them better
-        // SAFETY: the asserts above keep every element gemm reads or writes inside the three
-        // slices; `dst` is borrowed exclusively, so it aliases neither `lhs` nor `rhs`.
-        unsafe {
-            gemm_raw(
-                m,
-                n,
-                k,
-                dst.as_mut_ptr(),
-                dst_rs,
-                accumulate,
-                lhs.as_ptr(),
-                lhs_rs,
-                lhs_cs,
-                rhs.as_ptr(),
-                rhs_rs,
-                rhs_cs,
-                1.0,
-                gemm::Parallelism::Rayon(threads),
-            )
-        };
-        return;
-    }
-    let rows = m.div_ceil(threads.min(m));
-    dst[..(m - 1) * dst_rs + n].par_chunks_mut(rows * dst_rs).enumerate().for_each(|(i, d)| {
-        let r0 = i * rows;
-        let mi = rows.min(m - r0);
-        // SAFETY: rows r0..r0+mi of dst lie in `d` (it starts at row r0 and spans mi rows, the
-        // last one possibly short of its stride padding but holding its n elements); lhs rows
-        // r0.. and all of rhs are inside their slices by the asserts above; `d` is exclusive.
+    // rows r0..r0+mi of the product into `d`, which starts at dst row r0
+    let rows_into = |d: &mut [f32], r0: usize, mi: usize, par: gemm::Parallelism| {
+        // SAFETY: `d` starts at row r0 of dst and spans mi rows (the last one possibly short of
+        // its stride padding but holding its n elements); lhs rows r0..r0+mi and all of rhs are
+        // inside their slices by the asserts above; `d` is borrowed exclusively, so it aliases
+        // neither `lhs` nor `rhs`.
         unsafe {
             gemm_raw(
                 mi,
@@ -139,10 +113,20 @@ fn gemm_strided(
                 rhs_rs,
                 rhs_cs,
                 1.0,
-                gemm::Parallelism::None,
+                par,
             )
-        };
-    });
+        }
+    };
+    let threads = rayon::current_num_threads();
+    if threads > 1 && (m * n * k) as f64 >= SPLIT_ROWS_BELOW && m / threads < SPLIT_ROWS_MIN_PER_THREAD {
+        // big products: gemm's own threading splits them better
+        return rows_into(dst, 0, m, gemm::Parallelism::Rayon(threads));
+    }
+    let rows = m.div_ceil(threads.min(m));
+    dst[..(m - 1) * dst_rs + n]
+        .par_chunks_mut(rows * dst_rs)
+        .enumerate()
+        .for_each(|(i, d)| rows_into(d, i * rows, rows.min(m - i * rows), gemm::Parallelism::None));
 }
 
 /// out(N,OC) = inp(N,IC) @ w(OC,IC)^T + b(OC).
@@ -180,10 +164,9 @@ pub fn matmul_backward(dinp: &mut [f32], dw: &mut [f32], db: Option<&mut [f32]>,
 pub fn matmul_forward_reference(out: &mut [f32], inp: &[f32], w: &[f32], b: Option<&[f32]>, ic: usize) {
     let oc = w.len() / ic;
     let n = inp.len() / ic;
-    for o in out.chunks_mut(oc) {
-        match b {
-            Some(b) => o.copy_from_slice(b),
-            None => o.fill(0.0),
+    if let Some(b) = b {
+        for o in out.chunks_mut(oc) {
+            o.copy_from_slice(b);
         }
     }
     // SAFETY: out is (n, oc), inp (n, ic), w (oc, ic), as the strides say.
@@ -194,7 +177,7 @@ pub fn matmul_forward_reference(out: &mut [f32], inp: &[f32], w: &[f32], b: Opti
             ic,
             out.as_mut_ptr(),
             oc,
-            true,
+            b.is_some(),
             inp.as_ptr(),
             ic,
             1,
