@@ -290,7 +290,8 @@ fn fast_attention_matches_the_naive_loops_across_query_blocks() {
     attention::attention_forward(&mut o1, &mut a1, &qkv, b, t, c, nh, Dropout::NONE);
     attention::attention_forward_naive(&mut o2, &mut a2, &qkv, b, t, c, nh, Dropout::NONE);
     assert_close("out", &o1, &to64(&o2));
-    let (mut d1, mut s1, mut d2, mut s2) = (vec![0.0; qkv.len()], vec![0.0; a1.len()], vec![0.0; qkv.len()], vec![0.0; a1.len()]);
+    // gradients and scratch start dirty: the kernels must overwrite, not accumulate
+    let (mut d1, mut s1, mut d2, mut s2) = (vec![0.5; qkv.len()], vec![0.5; a1.len()], vec![0.5; qkv.len()], vec![0.5; a1.len()]);
     attention::attention_backward(&mut d1, &mut s1, &dout, &qkv, &a1, b, t, c, nh, Dropout::NONE);
     attention::attention_backward_naive(&mut d2, &mut s2, &dout, &qkv, &a2, b, t, c, nh, Dropout::NONE);
     assert_close("dqkv", &d1, &to64(&d2));

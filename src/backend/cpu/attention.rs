@@ -7,6 +7,7 @@
 //! <https://github.com/karpathy/nanoGPT/blob/master/model.py> (CausalSelfAttention, the
 //! non-flash branch), with attention dropout from a counter-based mask.
 
+use super::mathf::LANES;
 use super::simd::dispatch;
 use crate::backend::Dropout;
 use rayon::prelude::*;
@@ -119,7 +120,7 @@ pub fn attention_backward_naive(
 const QBLOCK: usize = 64;
 
 /// The (r0, r1) row ranges of [`QBLOCK`]-row query blocks covering 0..t.
-fn query_blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
+fn query_blocks(t: usize) -> impl DoubleEndedIterator<Item = (usize, usize)> {
     (0..t).step_by(QBLOCK).map(move |r0| (r0, (r0 + QBLOCK).min(t)))
 }
 
@@ -165,26 +166,50 @@ unsafe fn mm(
 }
 
 dispatch! {
-    /// row[..=t1] = softmax(row[..=t1]); row[t1+1..] = 0.
+    /// row[..=t1] = softmax(row[..=t1]); row[t1+1..] = 0. One pass for the maximum (lane-wise,
+    /// exact in any order), one for the exponentials and their [`LANES`]-lane sum (the order of
+    /// `mathf::sum_by`), one to normalise.
     fn softmax_causal_row(row: &mut [f32], t1: usize) {
-        let maxv = row[..=t1].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-        for x in &mut row[..=t1] {
-            *x = super::mathf::exp(*x - maxv);
+        let (x, rest) = row.split_at_mut(t1 + 1);
+        let full = x.len() / LANES * LANES;
+        let mut lanes = [f32::NEG_INFINITY; LANES];
+        for chunk in x[..full].chunks_exact(LANES) {
+            for (m, &v) in lanes.iter_mut().zip(chunk) {
+                *m = if v > *m { v } else { *m };
+            }
         }
-        let inv = 1.0 / super::mathf::sum_by(&row[..=t1], |x| x);
-        row[..=t1].iter_mut().for_each(|x| *x *= inv);
-        row[t1 + 1..].fill(0.0);
+        let maxv = x[full..].iter().chain(&lanes).fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+        let mut acc = [0.0f32; LANES];
+        for chunk in x[..full].chunks_exact_mut(LANES) {
+            for (a, v) in acc.iter_mut().zip(chunk) {
+                *v = super::mathf::exp(*v - maxv);
+                *a += *v;
+            }
+        }
+        let mut sum = 0.0f32;
+        for a in acc {
+            sum += a;
+        }
+        for v in &mut x[full..] {
+            *v = super::mathf::exp(*v - maxv);
+            sum += *v;
+        }
+        let inv = 1.0 / sum;
+        x.iter_mut().for_each(|v| *v *= inv);
+        rest.fill(0.0);
     }
 }
 
 dispatch! {
     /// drow[..=t1] = arow * (drow - <arow, drow>); drow[t1+1..] = 0.
     fn softmax_backward_row(arow: &[f32], drow: &mut [f32], t1: usize) {
-        let dot = super::mathf::sum_by2(&arow[..=t1], &drow[..=t1], |x, y| x * y);
-        for t2 in 0..=t1 {
-            drow[t2] = arow[t2] * (drow[t2] - dot);
+        let (d, rest) = drow.split_at_mut(t1 + 1);
+        let a = &arow[..=t1];
+        let dot = super::mathf::sum_by2(a, d, |x, y| x * y);
+        for (d, &a) in d.iter_mut().zip(a) {
+            *d = a * (*d - dot);
         }
-        drow[t1 + 1..].fill(0.0);
+        rest.fill(0.0);
     }
 }
 
@@ -264,13 +289,6 @@ pub fn attention_backward(
             let (q, k, v) = (qkv[off..].as_ptr(), qkv[off + c..].as_ptr(), qkv[off + 2 * c..].as_ptr());
             let dq = dqkvp.get().wrapping_add(off);
             let (dk, dv) = (dq.wrapping_add(c), dq.wrapping_add(2 * c));
-            for r in 0..t {
-                for part in [dq, dk, dv] {
-                    // SAFETY: row r of this task's (bi, h) columns of dq/dk/dv, inside dqkv
-                    // (asserted length) and written by no other task.
-                    unsafe { std::slice::from_raw_parts_mut(part.wrapping_add(r * c3), hs) }.fill(0.0);
-                }
-            }
             let dy = dout[bi * t * c + h * hs..].as_ptr();
             let p: &[f32] = if drop.active() {
                 for (i, (s, &x)) in scratch.iter_mut().zip(a.iter()).enumerate() {
@@ -283,11 +301,14 @@ pub fn attention_backward(
             // SAFETY (all products below): q/k/v/dy address this batch row and head inside
             // their slices; this task alone writes dq/dk/dv at (bi, h) and its own da block;
             // block r0..r1 of query rows touches keys/values 0..r1 only.
-            for (r0, r1) in query_blocks(t) {
+            // Blocks run last to first: the last one covers every key row 0..T, so its dk/dv
+            // products overwrite (no zero fill of dqkv) and the earlier ones accumulate.
+            for (r0, r1) in query_blocks(t).rev() {
+                let first = r1 == t;
                 // SAFETY: see above.
                 unsafe {
-                    // dv[0..r1] += p[r0..r1, 0..r1]^T @ dy[r0..r1]
-                    mm(r1, hs, r1 - r0, dv, c3, true, p[r0 * t..].as_ptr(), 1, t, dy.wrapping_add(r0 * c), c, 1, 1.0);
+                    // dv[0..r1] (+)= p[r0..r1, 0..r1]^T @ dy[r0..r1]
+                    mm(r1, hs, r1 - r0, dv, c3, !first, p[r0 * t..].as_ptr(), 1, t, dy.wrapping_add(r0 * c), c, 1, 1.0);
                     // dp[r0..r1, 0..r1] = dy[r0..r1] @ v[0..r1]^T
                     mm(r1 - r0, r1, hs, da[r0 * t..].as_mut_ptr(), t, false, dy.wrapping_add(r0 * c), c, 1, v, 1, c3, 1.0);
                 }
@@ -302,13 +323,14 @@ pub fn attention_backward(
                 }
                 softmax_backward_row(arow, drow, t1);
             }
-            for (r0, r1) in query_blocks(t) {
+            for (r0, r1) in query_blocks(t).rev() {
+                let first = r1 == t;
                 // SAFETY: as above.
                 unsafe {
-                    // dq[r0..r1] += scale * ds[r0..r1, 0..r1] @ k[0..r1]
-                    mm(r1 - r0, hs, r1, dq.wrapping_add(r0 * c3), c3, true, da[r0 * t..].as_ptr(), t, 1, k, c3, 1, scale);
-                    // dk[0..r1] += scale * ds[r0..r1, 0..r1]^T @ q[r0..r1]
-                    mm(r1, hs, r1 - r0, dk, c3, true, da[r0 * t..].as_ptr(), 1, t, q.wrapping_add(r0 * c3), c3, 1, scale);
+                    // dq[r0..r1] = scale * ds[r0..r1, 0..r1] @ k[0..r1] (each query row once)
+                    mm(r1 - r0, hs, r1, dq.wrapping_add(r0 * c3), c3, false, da[r0 * t..].as_ptr(), t, 1, k, c3, 1, scale);
+                    // dk[0..r1] (+)= scale * ds[r0..r1, 0..r1]^T @ q[r0..r1]
+                    mm(r1, hs, r1 - r0, dk, c3, !first, da[r0 * t..].as_ptr(), 1, t, q.wrapping_add(r0 * c3), c3, 1, scale);
                 }
             }
         },
