@@ -195,6 +195,9 @@ macro_rules! timed {
 
 impl<B: Backend> Backend for Timed<'_, B> {
     type Buf = B::Buf;
+    fn step_scope<R>(f: impl FnOnce() -> R) -> R {
+        B::step_scope(f)
+    }
     fn name(&self) -> String {
         self.inner.name()
     }

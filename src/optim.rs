@@ -80,26 +80,29 @@ pub fn train_step_guarded<Bk: Backend>(
     dropout: Option<(f32, u64)>,
     accept: &mut dyn FnMut(f32, f32) -> bool,
 ) -> StepStats {
-    let accum = micro_batches.len();
-    model.zero_grad();
-    let mut loss_sum = 0.0f64;
-    for (micro, (x, y)) in micro_batches.iter().enumerate() {
-        let ctx = dropout.map(|(p, seed)| DropoutCtx { p, seed, iter: it, micro: micro as u64 });
-        loss_sum += model.forward(x, y, b, t, ctx, Some(1.0 / accum as f32)) as f64;
-        model.backward(x, ctx);
-    }
-    let loss = (loss_sum / accum as f64) as f32;
-    let grad_norm = model.grad_norm();
-    let lr = opt.lr_at(it);
-    let updated = loss.is_finite() && grad_norm.is_finite() && accept(loss, grad_norm);
-    if updated {
-        if opt.grad_clip > 0.0 {
-            model.clip_grads(grad_norm, opt.grad_clip);
+    // one scope for the whole step: the CPU backend keeps its workers awake through it
+    Bk::step_scope(|| {
+        let accum = micro_batches.len();
+        model.zero_grad();
+        let mut loss_sum = 0.0f64;
+        for (micro, (x, y)) in micro_batches.iter().enumerate() {
+            let ctx = dropout.map(|(p, seed)| DropoutCtx { p, seed, iter: it, micro: micro as u64 });
+            loss_sum += model.forward(x, y, b, t, ctx, Some(1.0 / accum as f32)) as f64;
+            model.backward(x, ctx);
         }
-        let hp = AdamW { lr, beta1: opt.beta1, beta2: opt.beta2, eps: 1e-8 };
-        model.update(hp, opt.weight_decay, it + 1);
-    }
-    StepStats { loss, grad_norm, lr, updated }
+        let loss = (loss_sum / accum as f64) as f32;
+        let grad_norm = model.grad_norm();
+        let lr = opt.lr_at(it);
+        let updated = loss.is_finite() && grad_norm.is_finite() && accept(loss, grad_norm);
+        if updated {
+            if opt.grad_clip > 0.0 {
+                model.clip_grads(grad_norm, opt.grad_clip);
+            }
+            let hp = AdamW { lr, beta1: opt.beta1, beta2: opt.beta2, eps: 1e-8 };
+            model.update(hp, opt.weight_decay, it + 1);
+        }
+        StepStats { loss, grad_norm, lr, updated }
+    })
 }
 
 /// llm.c's outlier detector: the z-score of a new value against the previous [`Self::WINDOW`]

@@ -267,7 +267,7 @@ fn estimate_loss<B: Backend>(model: &mut Gpt<B>, ds: &Dataset, cfg: &Config, it:
         for k in 0..cfg.eval_iters {
             let key = rng::key(cfg.seed, rng::STREAM_EVAL_BATCH, &[it, si as u64, k as u64]);
             let (x, y) = ds.batch(split, key, b, t);
-            sum += model.forward(&x, &y, b, t, None, None) as f64;
+            sum += B::step_scope(|| model.forward(&x, &y, b, t, None, None)) as f64;
         }
         out[si] = (sum / cfg.eval_iters as f64) as f32;
     }

@@ -116,6 +116,16 @@ pub trait Backend: Send + Sync {
     fn name(&self) -> String;
     fn dtype(&self) -> DType;
 
+    /// Runs `f`, one training step's (or evaluation batch's) calls into this backend. The
+    /// default just calls it; the CPU backend keeps its idle worker threads polling for work
+    /// meanwhile, so its parallel ops do not each pay for waking a sleeping thread.
+    fn step_scope<R>(f: impl FnOnce() -> R) -> R
+    where
+        Self: Sized,
+    {
+        f()
+    }
+
     fn alloc(&self, n: usize) -> Self::Buf;
     fn upload(&self, dst: &mut Self::Buf, off: usize, src: &[f32]);
     fn download(&self, src: &Self::Buf, span: Span) -> Vec<f32>;

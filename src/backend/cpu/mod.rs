@@ -10,6 +10,7 @@ pub mod mathf;
 pub mod matmul;
 pub mod optimizer;
 pub mod pointwise;
+pub mod pool;
 mod simd;
 
 use super::{AdamW, Backend, DType, Dropout, Linear, Span};
@@ -74,6 +75,10 @@ fn at(buf: &[f32], s: Span) -> &[f32] {
 
 impl Backend for Cpu {
     type Buf = Vec<f32>;
+
+    fn step_scope<R>(f: impl FnOnce() -> R) -> R {
+        pool::hot(f)
+    }
 
     fn name(&self) -> String {
         format!("cpu ({} threads, {:?} kernels)", rayon::current_num_threads(), self.kernels)
