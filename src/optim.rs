@@ -150,8 +150,9 @@ mod tests {
         for i in 0..OutlierDetector::WINDOW {
             assert_eq!(d.update((i % 2) as f64), None, "no score before the window is full");
         }
-        assert_eq!(d.update(3.0), Some(5.0)); // (3 - 0.5) / 0.5
-                                              // the window slid: it now holds 1, 0, 1, ..., 0, 3 (the first 0 left)
+        // (3 - 0.5) / 0.5
+        assert_eq!(d.update(3.0), Some(5.0));
+        // the window slid: it now holds 1, 0, 1, ..., 0, 3 (the first 0 left)
         let w: Vec<f64> = (1..OutlierDetector::WINDOW).map(|i| (i % 2) as f64).chain([3.0]).collect();
         let mean = w.iter().sum::<f64>() / w.len() as f64;
         let std = (w.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / w.len() as f64).sqrt();

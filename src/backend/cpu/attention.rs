@@ -166,9 +166,8 @@ unsafe fn mm(
 }
 
 dispatch! {
-    /// row[..=t1] = softmax(row[..=t1]); row[t1+1..] = 0. One pass for the maximum (lane-wise,
-    /// exact in any order), one for the exponentials and their [`LANES`]-lane sum (the order of
-    /// `mathf::sum_by`), one to normalise.
+    /// row[..=t1] = softmax(row[..=t1]); row[t1+1..] = 0. The maximum by lanes (exact in any
+    /// order, and it vectorises where a running `f32::max` does not).
     fn softmax_causal_row(row: &mut [f32], t1: usize) {
         let (x, rest) = row.split_at_mut(t1 + 1);
         let full = x.len() / LANES * LANES;
@@ -179,22 +178,10 @@ dispatch! {
             }
         }
         let maxv = x[full..].iter().chain(&lanes).fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
-        let mut acc = [0.0f32; LANES];
-        for chunk in x[..full].chunks_exact_mut(LANES) {
-            for (a, v) in acc.iter_mut().zip(chunk) {
-                *v = super::mathf::exp(*v - maxv);
-                *a += *v;
-            }
-        }
-        let mut sum = 0.0f32;
-        for a in acc {
-            sum += a;
-        }
-        for v in &mut x[full..] {
+        for v in x.iter_mut() {
             *v = super::mathf::exp(*v - maxv);
-            sum += *v;
         }
-        let inv = 1.0 / sum;
+        let inv = 1.0 / super::mathf::sum_by(x, |v| v);
         x.iter_mut().for_each(|v| *v *= inv);
         rest.fill(0.0);
     }
