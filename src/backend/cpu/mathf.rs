@@ -23,12 +23,19 @@ pub fn exp(x: f32) -> f32 {
     p * f32::from_bits(ni.wrapping_add(127) << 23)
 }
 
-/// tanh(x) = 1 - 2 / (e^{2x} + 1), odd-symmetric, exact limits at +-inf after clamping.
+/// tanh(x) ~ x P(x^2) / Q(x^2) on [-9, 9] (|tanh| > 1 - 3e-8 beyond): a rational fit made by
+/// `tools/fit_tanh.py`, max absolute error 2.8e-7 in f32. Cheaper than going through `exp` (one
+/// division, nine fused multiply-adds). `mul_add` rounds once on every path, so the result does
+/// not depend on whether the CPU has FMA (without it, it is a slower library call).
 #[inline(always)]
 pub fn tanh(x: f32) -> f32 {
-    let a = x.abs().min(15.0);
-    let e = exp(2.0 * a);
-    (1.0 - 2.0 / (e + 1.0)).copysign(x)
+    const P: [f32; 7] = [1.0, 0.130_999_03, 0.003_121_669, 1.133_828_3e-5, -2.096_232_5e-8, 5.626_993_7e-11, -9.368_097e-14];
+    const Q: [f32; 4] = [1.0, 0.464_332_34, 0.024_565_827, 2.571_866_8e-4];
+    let c = x.clamp(-9.0, 9.0);
+    let t = c * c;
+    let p = P[..6].iter().rev().fold(P[6], |acc, &k| acc.mul_add(t, k));
+    let q = Q[..3].iter().rev().fold(Q[3], |acc, &k| acc.mul_add(t, k));
+    (c * p / q).clamp(-1.0, 1.0)
 }
 
 /// Lanes of the vector reductions below: independent partial sums that the compiler keeps in
@@ -79,9 +86,11 @@ mod tests {
             let x = i as f32 * 1e-3;
             let e = (x as f64).exp();
             worst_exp = worst_exp.max(((super::exp(x) as f64 - e) / e).abs());
-            worst_tanh = worst_tanh.max((super::tanh(x) as f64 - (x as f64).tanh()).abs());
+            let t = super::tanh(x);
+            assert!((-1.0..=1.0).contains(&t) && t == -super::tanh(-x), "tanh({x}) = {t}");
+            worst_tanh = worst_tanh.max((t as f64 - (x as f64).tanh()).abs());
         }
         assert!(worst_exp < 5e-7, "exp relative error {worst_exp:e}");
-        assert!(worst_tanh < 5e-7, "tanh absolute error {worst_tanh:e}");
+        assert!(worst_tanh < 3.5e-7, "tanh absolute error {worst_tanh:e}");
     }
 }

@@ -2,9 +2,9 @@
 //!
 //! The crate is compiled for baseline x86-64 (SSE2) so the binary runs on any x86-64 CPU; the
 //! hot elementwise loops are written once as ordinary Rust and [`dispatch!`] compiles them again
-//! with AVX-512 and with AVX2 enabled, chosen at run time. The arithmetic is the same (no fused
-//! multiply-adds are introduced: Rust never contracts `a * b + c`), so results do not depend on
-//! which version runs.
+//! with AVX-512 and with AVX2 enabled, chosen at run time. The arithmetic is the same (Rust never
+//! contracts `a * b + c` into a fused multiply-add; where a kernel wants one it writes `mul_add`,
+//! which rounds once on every path), so results do not depend on which version runs.
 
 /// Defines `fn name(args) body` that runs an AVX-512 or AVX2 build of `body` when the CPU has it.
 macro_rules! dispatch {
