@@ -7,7 +7,6 @@
 //! <https://github.com/karpathy/nanoGPT/blob/master/model.py> (CausalSelfAttention, the
 //! non-flash branch), with attention dropout from a counter-based mask.
 
-use super::mathf::LANES;
 use super::simd::dispatch;
 use crate::backend::Dropout;
 use rayon::prelude::*;
@@ -166,18 +165,10 @@ unsafe fn mm(
 }
 
 dispatch! {
-    /// row[..=t1] = softmax(row[..=t1]); row[t1+1..] = 0. The maximum by lanes (exact in any
-    /// order, and it vectorises where a running `f32::max` does not).
+    /// row[..=t1] = softmax(row[..=t1]); row[t1+1..] = 0.
     fn softmax_causal_row(row: &mut [f32], t1: usize) {
         let (x, rest) = row.split_at_mut(t1 + 1);
-        let full = x.len() / LANES * LANES;
-        let mut lanes = [f32::NEG_INFINITY; LANES];
-        for chunk in x[..full].chunks_exact(LANES) {
-            for (m, &v) in lanes.iter_mut().zip(chunk) {
-                *m = if v > *m { v } else { *m };
-            }
-        }
-        let maxv = x[full..].iter().chain(&lanes).fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+        let maxv = super::mathf::max(x);
         for v in x.iter_mut() {
             *v = super::mathf::exp(*v - maxv);
         }

@@ -28,12 +28,12 @@ pub fn crossentropy_forward(logits: &[f32], losses: &mut [f32], targets: &[u32],
 dispatch! {
     /// One row: returns its loss; with a non-empty `dl`, writes s * (softmax - onehot) there.
     fn crossentropy_row(l: &[f32], dl: &mut [f32], tgt: usize, v: usize, s: f32) -> f32 {
-        let maxv = l[..v].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        let maxv = mathf::max(&l[..v]);
         let sum = mathf::sum_by(&l[..v], |x| mathf::exp(x - maxv));
         if !dl.is_empty() {
             let scale = s / sum;
-            for i in 0..v {
-                dl[i] = scale * mathf::exp(l[i] - maxv);
+            for (d, &x) in dl[..v].iter_mut().zip(&l[..v]) {
+                *d = scale * mathf::exp(x - maxv);
             }
             dl[tgt] -= s;
             dl[v..].fill(0.0);

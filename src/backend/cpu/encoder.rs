@@ -9,8 +9,8 @@ pub fn encoder_forward(out: &mut [f32], wte: &[f32], wpe: &[f32], tokens: &[u32]
         let tok = tokens[row] as usize;
         let we = &wte[tok * c..(tok + 1) * c];
         let pe = &wpe[(row % t) * c..(row % t + 1) * c];
-        for i in 0..c {
-            o[i] = we[i] + pe[i];
+        for ((o, &w), &p) in o.iter_mut().zip(we).zip(pe) {
+            *o = w + p;
         }
     });
 }

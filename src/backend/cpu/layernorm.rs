@@ -23,16 +23,18 @@ dispatch! {
     /// One row: returns (mean, rstd); `b` is empty when there is no bias.
     fn layernorm_row(o: &mut [f32], x: &[f32], w: &[f32], b: &[f32]) -> (f32, f32) {
         let c = w.len();
+        // equal-length slices, so the loops below have no bounds checks and vectorise
+        let (o, x) = (&mut o[..c], &x[..c]);
         let mu = mathf::sum_by(x, |v| v) / c as f32;
         let var = mathf::sum_by(x, |v| (v - mu) * (v - mu)) / c as f32;
         let s = 1.0 / (var + EPS).sqrt();
         if b.is_empty() {
-            for i in 0..c {
-                o[i] = (x[i] - mu) * s * w[i];
+            for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
+                *o = (x - mu) * s * w;
             }
         } else {
-            for i in 0..c {
-                o[i] = (x[i] - mu) * s * w[i] + b[i];
+            for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(w).zip(&b[..c]) {
+                *o = (x - mu) * s * w + b;
             }
         }
         (mu, s)
@@ -86,15 +88,18 @@ dispatch! {
     /// One row of the backward: dinp += ..., part[..C] += dout * norm, part[C..] += dout.
     fn layernorm_row_backward(di: &mut [f32], part: &mut [f32], d: &[f32], x: &[f32], w: &[f32], mu: f32, s: f32) {
         let c = w.len();
+        // equal-length slices, so the loop below has no bounds checks and vectorises
+        let (di, d, x) = (&mut di[..c], &d[..c], &x[..c]);
+        let (pw, pb) = part[..2 * c].split_at_mut(c);
         // two reductions: mean(dnorm) and mean(dnorm * norm), dnorm = w * dout
         let dnorm_mean = mathf::sum_by2(w, d, |wi, di| wi * di) / c as f32;
         let dnorm_norm_mean = mathf::sum_by3(w, d, x, |wi, di, xi| wi * di * ((xi - mu) * s)) / c as f32;
-        for i in 0..c {
-            let norm = (x[i] - mu) * s;
-            let dnorm = w[i] * d[i];
-            part[i] += norm * d[i];
-            part[c + i] += d[i];
-            di[i] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s;
+        for (((((di, &d), &x), &w), pw), pb) in di.iter_mut().zip(d).zip(x).zip(w).zip(pw).zip(pb) {
+            let norm = (x - mu) * s;
+            let dnorm = w * d;
+            *pw += norm * d;
+            *pb += d;
+            *di += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s;
         }
     }
 }

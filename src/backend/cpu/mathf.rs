@@ -42,6 +42,20 @@ pub fn tanh(x: f32) -> f32 {
 /// vector registers (a single running sum is a dependency chain it may not reorder).
 pub const LANES: usize = 16;
 
+/// The maximum of `x` (-inf when empty), by [`LANES`] running maxima: exact in any order, and it
+/// vectorises where a single running `f32::max` does not. NaNs are skipped, as `f32::max` does.
+#[inline(always)]
+pub fn max(x: &[f32]) -> f32 {
+    let full = x.len() / LANES * LANES;
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    for chunk in x[..full].chunks_exact(LANES) {
+        for (m, &v) in lanes.iter_mut().zip(chunk) {
+            *m = if v > *m { v } else { *m };
+        }
+    }
+    x[full..].iter().chain(&lanes).fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+}
+
 /// sum_i f(x[i]) with [`LANES`] partial sums combined in a fixed order (deterministic).
 #[inline(always)]
 pub fn sum_by(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
