@@ -93,6 +93,22 @@ pub fn sum_by3(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32
 #[cfg(test)]
 mod tests {
     #[test]
+    fn max_by_lanes_equals_the_running_max() {
+        assert_eq!(super::max(&[]), f32::NEG_INFINITY);
+        for n in [1usize, 15, 16, 17, 40, 257] {
+            // values below zero, the largest at a different place for each length
+            let x: Vec<f32> = (0..n).map(|i| -1.0 - ((i * 37 + n) % 101) as f32).collect();
+            assert_eq!(super::max(&x), x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)), "n = {n}");
+        }
+        // NaNs are skipped, as f32::max skips them
+        let mut x = vec![1.0f32; 33];
+        x[3] = f32::NAN;
+        x[20] = 2.0;
+        x[32] = f32::NAN;
+        assert_eq!(super::max(&x), 2.0);
+    }
+
+    #[test]
     fn exp_and_tanh_are_accurate() {
         let mut worst_exp = 0.0f64;
         let mut worst_tanh = 0.0f64;
