@@ -176,11 +176,16 @@ pub fn names() -> Vec<&'static str> {
 // ---------------------------------------------------------------------------------------------
 // This CPU
 
-/// The measured FMA peak of this CPU with the current rayon pool, cached per CPU model and
-/// thread count in `$XDG_CACHE_HOME/gptrain` (or `~/.cache/gptrain`).
+/// This CPU with the current rayon pool, its peak measured by [`probe_cpu_peak`] (~40 ms) on
+/// every call. A busy machine only ever makes the probe read low, so the best value seen on
+/// this CPU model and thread count is kept in `$XDG_CACHE_HOME/gptrain` (or `~/.cache/gptrain`)
+/// and used when larger: a probe taken in a slow minute does not inflate the MFU of later runs.
 pub fn cpu() -> Device {
+    cpu_device(peak_with_cache(cache_path(rayon::current_num_threads()).as_deref(), probe_cpu_peak))
+}
+
+fn cpu_device(peak: f64) -> Device {
     let threads = rayon::current_num_threads();
-    let peak = cpu_peak_cached(threads);
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
@@ -193,7 +198,7 @@ pub fn cpu() -> Device {
         half_tflops: peak / 1e12,
         memory_bytes: mem,
         bandwidth_gbs: 0.0,
-        source: format!("measured: {:.1} GFLOP/s f32 FMA peak on {threads} threads (gptrain's probe, cached)", peak / 1e9),
+        source: format!("measured: {:.1} GFLOP/s f32 FMA peak on {threads} threads (gptrain's probe, best seen)", peak / 1e9),
     }
 }
 
@@ -212,37 +217,40 @@ fn cache_path(threads: usize) -> Option<std::path::PathBuf> {
     Some(base.join("gptrain").join(format!("cpu-peak-v2-{key}-{threads}t.json")))
 }
 
-fn cpu_peak_cached(threads: usize) -> f64 {
-    let path = cache_path(threads);
-    if let Some(p) = &path {
-        if let Some(v) = std::fs::read_to_string(p)
-            .ok()
-            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-            .and_then(|v| v["flops"].as_f64())
-        {
-            if v > 0.0 {
-                return v;
-            }
-        }
-    }
-    let peak = probe_cpu_peak();
+/// `probe()`, or the value cached at `path` when that is larger; the result is written back
+/// (best effort: an unwritable or absent cache is no error, just the probe).
+fn peak_with_cache(path: Option<&std::path::Path>, probe: impl FnOnce() -> f64) -> f64 {
+    let cached = path
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+        .and_then(|v| v["flops"].as_f64())
+        .filter(|&v| v > 0.0 && v.is_finite());
+    let peak = probe().max(cached.unwrap_or(0.0));
     if let Some(p) = path {
-        let _ = std::fs::create_dir_all(p.parent().unwrap());
-        let _ = std::fs::write(&p, serde_json::json!({ "flops": peak, "cpu": cpu_model(), "threads": threads }).to_string());
+        let _ = std::fs::create_dir_all(p.parent().unwrap_or(p));
+        let json = serde_json::json!({ "flops": peak, "cpu": cpu_model(), "threads": rayon::current_num_threads() });
+        // written aside and renamed, so a run reading it meanwhile never sees half a file
+        let tmp = p.with_extension(format!("tmp{}", std::process::id()));
+        if std::fs::write(&tmp, json.to_string()).and_then(|()| std::fs::rename(&tmp, p)).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
     }
     peak
 }
 
-/// Measures the f32 FMA peak: every pool thread runs independent FMA chains at once; the best
-/// of 5 rounds of ~40 ms.
+/// Measures the f32 FMA peak: every pool thread runs independent FMA chains at once; one
+/// untimed round (wakes the pool's threads and the cores' wide-vector clocks), then the best
+/// of 7 rounds of ~4 ms.
 pub fn probe_cpu_peak() -> f64 {
     use rayon::prelude::*;
     let threads = rayon::current_num_threads();
     let iters = 2_000_000u64;
+    let round = || (0..threads).into_par_iter().map(|i| fma_chains(iters, i as f32)).sum::<f64>();
+    round();
     let mut best = 0.0f64;
-    for _ in 0..5 {
+    for _ in 0..7 {
         let t0 = std::time::Instant::now();
-        let flops: f64 = (0..threads).into_par_iter().map(|i| fma_chains(iters, i as f32)).sum();
+        let flops = round();
         best = best.max(flops / t0.elapsed().as_secs_f64());
     }
     best
@@ -342,6 +350,26 @@ mod tests {
         let d = lookup("rtx-4070").unwrap();
         assert!((d.peak_flops(DType::F16) / 1e12 - 58.3).abs() < 0.1);
         assert_eq!(d.memory_bytes, 12 << 30);
+    }
+
+    #[test]
+    fn the_cached_peak_is_the_best_probe_seen() {
+        let dir = std::env::temp_dir().join(format!("gptrain-peak-{}", std::process::id()));
+        let path = dir.join("sub").join("peak.json");
+        let p = Some(path.as_path());
+        // no cache yet: the probe, written (the folder created)
+        assert_eq!(peak_with_cache(p, || 2e11), 2e11);
+        // a lower probe (a busy minute) keeps the cached value; a higher one replaces it
+        assert_eq!(peak_with_cache(p, || 1.5e11), 2e11);
+        assert_eq!(peak_with_cache(p, || 3e11), 3e11);
+        assert_eq!(peak_with_cache(p, || 0.0), 3e11);
+        // a corrupt cache is ignored and replaced
+        std::fs::write(&path, "not json").unwrap();
+        assert_eq!(peak_with_cache(p, || 1e11), 1e11);
+        assert_eq!(peak_with_cache(p, || 0.0), 1e11);
+        // no cache location: just the probe
+        assert_eq!(peak_with_cache(None, || 4e11), 4e11);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
