@@ -176,7 +176,7 @@ pub fn names() -> Vec<&'static str> {
 // ---------------------------------------------------------------------------------------------
 // This CPU
 
-/// This CPU with the current rayon pool, its peak measured by [`probe_cpu_peak`] (~40 ms) on
+/// This CPU with the current rayon pool, its peak measured by [`probe_cpu_peak`] (~0.1 s) on
 /// every call. A busy machine only ever makes the probe read low, so the best value seen on
 /// this CPU model and thread count is kept in `$XDG_CACHE_HOME/gptrain` (or `~/.cache/gptrain`)
 /// and used when larger: a probe taken in a slow minute does not inflate the MFU of later runs.
@@ -214,7 +214,7 @@ fn cache_path(threads: usize) -> Option<std::path::PathBuf> {
         .map(std::path::PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))?;
     let key: String = cpu_model().chars().filter(|c| c.is_ascii_alphanumeric()).collect();
-    Some(base.join("gptrain").join(format!("cpu-peak-v2-{key}-{threads}t.json")))
+    Some(base.join("gptrain").join(format!("cpu-peak-v3-{key}-{threads}t.json")))
 }
 
 /// `probe()`, or the value cached at `path` when that is larger; the result is written back
@@ -240,15 +240,15 @@ fn peak_with_cache(path: Option<&std::path::Path>, probe: impl FnOnce() -> f64) 
 
 /// Measures the f32 FMA peak: every pool thread runs independent FMA chains at once; one
 /// untimed round (wakes the pool's threads and the cores' wide-vector clocks), then the best
-/// of 7 rounds of ~4 ms.
+/// of 5 rounds of ~20 ms (long enough that a brief turbo burst does not set the peak).
 pub fn probe_cpu_peak() -> f64 {
     use rayon::prelude::*;
     let threads = rayon::current_num_threads();
-    let iters = 2_000_000u64;
+    let iters = 10_000_000u64;
     let round = || (0..threads).into_par_iter().map(|i| fma_chains(iters, i as f32)).sum::<f64>();
     round();
     let mut best = 0.0f64;
-    for _ in 0..7 {
+    for _ in 0..5 {
         let t0 = std::time::Instant::now();
         let flops = round();
         best = best.max(flops / t0.elapsed().as_secs_f64());
