@@ -353,10 +353,7 @@ impl<B: Backend> Backend for Timed<'_, B> {
         self.inner.sum(buf, span)
     }
     fn sum_squares(&self, buf: &Self::Buf, span: Span) -> f64 {
-        timed!(self, "grad norm + clip", self.inner.sum_squares(buf, span))
-    }
-    fn scale(&self, buf: &mut Self::Buf, span: Span, s: f32) {
-        timed!(self, "grad norm + clip", self.inner.scale(buf, span, s))
+        timed!(self, "grad norm", self.inner.sum_squares(buf, span))
     }
     fn adamw_update(
         &self,
@@ -368,7 +365,8 @@ impl<B: Backend> Backend for Timed<'_, B> {
         hp: AdamW,
         step: u64,
         weight_decay: f32,
+        grad_scale: f32,
     ) {
-        timed!(self, "adamw", self.inner.adamw_update(params, grads, m, v, span, hp, step, weight_decay))
+        timed!(self, "adamw (+ clip)", self.inner.adamw_update(params, grads, m, v, span, hp, step, weight_decay, grad_scale))
     }
 }

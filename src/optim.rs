@@ -95,14 +95,18 @@ pub fn train_step_guarded<Bk: Backend>(
         let lr = opt.lr_at(it);
         let updated = loss.is_finite() && grad_norm.is_finite() && accept(loss, grad_norm);
         if updated {
-            if opt.grad_clip > 0.0 {
-                model.clip_grads(grad_norm, opt.grad_clip);
-            }
+            let scale = if opt.grad_clip > 0.0 { clip_coef(grad_norm, opt.grad_clip) } else { 1.0 };
             let hp = AdamW { lr, beta1: opt.beta1, beta2: opt.beta2, eps: 1e-8 };
-            model.update(hp, opt.weight_decay, it + 1);
+            model.update(hp, opt.weight_decay, it + 1, scale);
         }
         StepStats { loss, grad_norm, lr, updated }
     })
+}
+
+/// torch.nn.utils.clip_grad_norm_'s coefficient: gradients of global norm `norm` are scaled by
+/// min(1, max_norm / (norm + 1e-6)). The scaling itself happens inside the AdamW update.
+pub fn clip_coef(norm: f32, max_norm: f32) -> f32 {
+    (max_norm / (norm + 1e-6)).min(1.0)
 }
 
 /// llm.c's outlier detector: the z-score of a new value against the previous [`Self::WINDOW`]

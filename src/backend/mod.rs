@@ -269,9 +269,9 @@ pub trait Backend: Send + Sync {
 
     /// Sum of squares of `span`, reduced in a fixed order (deterministic).
     fn sum_squares(&self, buf: &Self::Buf, span: Span) -> f64;
-    /// x *= s.
-    fn scale(&self, buf: &mut Self::Buf, span: Span, s: f32);
-    /// One AdamW step (torch.optim.AdamW semantics) over `span` of params/grads/m/v.
+    /// One AdamW step (torch.optim.AdamW semantics) over `span` of params/grads/m/v, each
+    /// gradient multiplied by `grad_scale` as it is read (gradient clipping fused into the
+    /// update, as llm.c does: no separate pass over the gradients; `grads` is left as it is).
     #[allow(clippy::too_many_arguments)]
     fn adamw_update(
         &self,
@@ -283,6 +283,7 @@ pub trait Backend: Send + Sync {
         hp: AdamW,
         step: u64,
         weight_decay: f32,
+        grad_scale: f32,
     );
 }
 

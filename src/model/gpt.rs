@@ -274,23 +274,15 @@ impl<B: Backend> Gpt<B> {
         ss.sqrt() as f32
     }
 
-    /// torch.nn.utils.clip_grad_norm_: scales all gradients by min(1, max_norm / (norm + 1e-6)).
-    pub fn clip_grads(&mut self, norm: f32, max_norm: f32) {
-        let coef = (max_norm / (norm + 1e-6)).min(1.0);
-        if coef < 1.0 {
-            let n = self.layout.total;
-            self.backend.scale(&mut self.grads, Span::new(0, n), coef);
-        }
-    }
-
-    /// One AdamW step (`step` counts from 1); weight decay on the 2-D tensors only.
-    pub fn update(&mut self, hp: AdamW, weight_decay: f32, step: u64) {
+    /// One AdamW step (`step` counts from 1) on the gradients times `grad_scale` (see
+    /// [`crate::optim::clip_coef`]; 1 for none); weight decay on the 2-D tensors only.
+    pub fn update(&mut self, hp: AdamW, weight_decay: f32, step: u64, grad_scale: f32) {
         let n = self.layout.total;
         let m = self.m.get_or_insert_with(|| self.backend.alloc(n));
         let v = self.v.get_or_insert_with(|| self.backend.alloc(n));
         for t in &self.layout.tensors {
             let wd = if t.decay { weight_decay } else { 0.0 };
-            self.backend.adamw_update(&mut self.params, &self.grads, m, v, t.span, hp, step, wd);
+            self.backend.adamw_update(&mut self.params, &self.grads, m, v, t.span, hp, step, wd, grad_scale);
         }
     }
 

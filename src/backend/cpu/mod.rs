@@ -274,9 +274,6 @@ impl Backend for Cpu {
     fn sum_squares(&self, buf: &Vec<f32>, span: Span) -> f64 {
         optimizer::sum_squares(at(buf, span))
     }
-    fn scale(&self, buf: &mut Vec<f32>, span: Span, s: f32) {
-        pointwise::scale(&mut buf[span.off..span.end()], s);
-    }
     fn adamw_update(
         &self,
         params: &mut Vec<f32>,
@@ -287,8 +284,9 @@ impl Backend for Cpu {
         hp: AdamW,
         step: u64,
         weight_decay: f32,
+        grad_scale: f32,
     ) {
         let r = span.off..span.end();
-        optimizer::adamw(&mut params[r.clone()], &grads[r.clone()], &mut m[r.clone()], &mut v[r], hp, step, weight_decay);
+        optimizer::adamw(&mut params[r.clone()], &grads[r.clone()], &mut m[r.clone()], &mut v[r], hp, step, weight_decay, grad_scale);
     }
 }

@@ -78,11 +78,6 @@ pub fn copy(dst: &mut [f32], src: &[f32]) {
     dst.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| d.copy_from_slice(s));
 }
 
-/// x *= s.
-pub fn scale(x: &mut [f32], s: f32) {
-    x.par_chunks_mut(CHUNK).for_each(|x| x.iter_mut().for_each(|x| *x *= s));
-}
-
 /// x[i] *= mask(i): zero with probability p, else 1/(1-p). Forward and backward are the same op.
 pub fn dropout(x: &mut [f32], drop: Dropout) {
     if !drop.active() {
