@@ -181,11 +181,8 @@ pub fn names() -> Vec<&'static str> {
 /// this CPU model and thread count is kept in `$XDG_CACHE_HOME/gptrain` (or `~/.cache/gptrain`)
 /// and used when larger: a probe taken in a slow minute does not inflate the MFU of later runs.
 pub fn cpu() -> Device {
-    cpu_device(peak_with_cache(cache_path(rayon::current_num_threads()).as_deref(), probe_cpu_peak))
-}
-
-fn cpu_device(peak: f64) -> Device {
     let threads = rayon::current_num_threads();
+    let peak = peak_with_cache(cache_path(threads).as_deref(), probe_cpu_peak);
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))

@@ -86,8 +86,8 @@ mod tests {
         assert!(coef < 1.0 && (coef - 1.0 / 3.7).abs() < 1e-6);
         assert_eq!(crate::optim::clip_coef(0.5, 1.0), 1.0);
         // the old way: scale the gradients in place, then step with them as they are
-        let (mut p1, mut m1, mut v1) = (filled(n, 2), filled(n, 3), filled(n, 4).iter().map(|x| x.abs()).collect::<Vec<f32>>());
-        let (mut p2, mut m2, mut v2) = (p1.clone(), m1.clone(), v1.clone());
+        let init = || (filled(n, 2), filled(n, 3), filled(n, 4).iter().map(|x| x.abs()).collect::<Vec<f32>>());
+        let ((mut p1, mut m1, mut v1), (mut p2, mut m2, mut v2)) = (init(), init());
         let scaled: Vec<f32> = g.iter().map(|x| x * coef).collect();
         for step in 1..=3 {
             adamw(&mut p1, &scaled, &mut m1, &mut v1, hp, step, 0.1, 1.0);
@@ -97,7 +97,6 @@ mod tests {
         assert!(m1.iter().zip(&m2).all(|(a, b)| a.to_bits() == b.to_bits()));
         assert!(v1.iter().zip(&v2).all(|(a, b)| a.to_bits() == b.to_bits()));
         // and the scale does act: the same step without it moves the moments elsewhere
-        let init = || (filled(n, 2), filled(n, 3), filled(n, 4).iter().map(|x| x.abs()).collect::<Vec<f32>>());
         let ((mut p3, mut m3, mut v3), (mut p4, mut m4, mut v4)) = (init(), init());
         adamw(&mut p3, &g, &mut m3, &mut v3, hp, 1, 0.1, 1.0);
         adamw(&mut p4, &g, &mut m4, &mut v4, hp, 1, 0.1, coef);
