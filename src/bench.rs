@@ -149,6 +149,27 @@ pub fn run_linears(model: &ModelConfig, b: usize, steps: usize, warmup: usize) -
     (quantile(&times, 0.5), linear_flops)
 }
 
+/// Model FLOPs per step behind the profile's rows that do matmul work (the names [`Timed`]
+/// gives them), from `perf::flops`: each linear layer's forward and both gradient products,
+/// and attention's products with causal masking counted exactly (the kernels skip the masked
+/// blocks, so dense counting would flatter them).
+pub fn profile_flops(model: &ModelConfig, b: usize) -> Vec<(&'static str, f64)> {
+    let t = model.block_size;
+    let f = flops::flops_per_token(model, t);
+    let tokens = (b * t) as f64;
+    let attn = (f.attn_scores + f.attn_values) * (t as f64 + 1.0) / (2.0 * t as f64) * tokens;
+    vec![
+        ("matmul qkv", 3.0 * f.qkv * tokens),
+        ("matmul attn proj", 3.0 * f.attn_proj * tokens),
+        ("matmul mlp fc", 3.0 * f.mlp_fc * tokens),
+        ("matmul mlp proj", 3.0 * f.mlp_proj * tokens),
+        ("matmul lm_head", 3.0 * f.lm_head * tokens),
+        ("attention forward", attn),
+        // scores and values each have two gradient products
+        ("attention backward", 2.0 * attn),
+    ]
+}
+
 /// The `p` quantile of sorted, non-empty `times` (nearest rank).
 fn quantile(times: &[f64], p: f64) -> f64 {
     times[((times.len() - 1) as f64 * p).round() as usize]

@@ -312,4 +312,19 @@ fn bench_prints_one_json_object_and_a_profile_by_kernel() {
     {
         assert!(out.contains(kernel), "profile lacks {kernel}: {out}");
     }
+    // the kernels doing matmul work carry their speed; the others do not
+    let row = |k: &str| out.lines().find(|l| l.trim_start().starts_with(k)).unwrap_or_else(|| panic!("no row {k}: {out}")).to_string();
+    for kernel in ["matmul mlp fc", "matmul qkv", "matmul lm_head", "attention forward", "attention backward"] {
+        assert!(row(kernel).contains("GFLOP/s"), "{}", row(kernel));
+    }
+    assert!(!row("layernorm").contains("GFLOP/s"), "{}", row("layernorm"));
+    let mut args = vec!["bench", "--steps", "1", "--warmup", "0", "--threads", "1", "--profile", "--json"];
+    args.extend(shape);
+    let (code, out, err) = gptrain(&args, &d);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("stdout holds only the JSON object");
+    for kernel in ["matmul mlp proj", "matmul attn proj", "attention backward"] {
+        assert!(v["profile_gflops"][kernel].as_f64().is_some_and(|g| g > 0.0), "{kernel}: {}", v["profile_gflops"]);
+    }
+    assert!(v["profile_gflops"]["gelu"].is_null());
 }

@@ -602,11 +602,16 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         let peak = dev.peak_flops(DType::F32);
         let tps = (cfg.batch_size * model.block_size) as f64 / (r.ms_per_step / 1e3);
         let gflops = r.flops_per_step / (r.ms_per_step / 1e3) / 1e9;
+        // GFLOP/s of the profiled kernels that do matmul work
+        let kernel_flops = crate::bench::profile_flops(&model, cfg.batch_size);
+        let rate = |name: &str, ms: f64| kernel_flops.iter().find(|k| k.0 == name).map(|k| k.1 / (ms / 1e3) / 1e9);
         if a.json {
+            let rates: serde_json::Map<String, serde_json::Value> =
+                r.profile.iter().filter_map(|(name, ms)| Some((name.clone(), rate(name, *ms)?.into()))).collect();
             let v = serde_json::json!({
                 "ms_per_step": r.ms_per_step, "ms_p10": r.p10_ms, "ms_p90": r.p90_ms, "tokens_per_second": tps, "gflops": gflops,
                 "mfu": gflops * 1e9 / peak, "peak_gflops": peak / 1e9, "peak_rss_bytes": r.peak_rss_bytes, "threads": threads,
-                "params": r.params, "steps": a.steps, "profile": r.profile,
+                "params": r.params, "steps": a.steps, "profile": r.profile, "profile_gflops": rates,
             });
             say!("{v}");
             return Ok(());
@@ -639,10 +644,11 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         );
         say!("peak memory (RSS): {}", gib(r.peak_rss_bytes));
         if !r.profile.is_empty() {
-            say!("profile (share of the step):");
+            say!("profile (share of the step; GFLOP/s and % of the peak where the kernel does matmul work):");
             let total: f64 = r.profile.iter().map(|p| p.1).sum();
             for (name, ms) in &r.profile {
-                say!("  {name:<28} {:>8.2} ms {:>6.1}%", ms, ms / total * 100.0);
+                let speed = rate(name, *ms).map_or(String::new(), |g| format!(" {g:>8.1} GFLOP/s {:>5.1}%", g * 1e9 / peak * 100.0));
+                say!("  {name:<28} {:>8.2} ms {:>6.1}%{speed}", ms, ms / total * 100.0);
             }
         }
         Ok(())
