@@ -25,9 +25,11 @@ impl DropoutCtx {
     }
 }
 
-/// Activations for one micro-batch shape: layout, values, gradients.
+/// Activations for one micro-batch shape: layouts, values, gradients.
 struct Acts<B: Backend> {
     layout: ActLayout,
+    /// The layout of `dacts`: one layer's worth, reused by every layer ([`ActLayout::one_layer`]).
+    grad_layout: ActLayout,
     acts: B::Buf,
     dacts: B::Buf,
 }
@@ -75,14 +77,15 @@ impl<B: Backend> Gpt<B> {
         }
         self.acts = None; // free the old ones first
         let layout = ActLayout::new(&self.cfg, b, t);
+        let grad_layout = ActLayout::one_layer(&self.cfg, b, t);
         let acts = self.backend.alloc(layout.total);
-        let dacts = self.backend.alloc(layout.total);
-        self.acts = Some(Acts { layout, acts, dacts });
+        let dacts = self.backend.alloc(grad_layout.total);
+        self.acts = Some(Acts { layout, grad_layout, acts, dacts });
     }
 
-    /// Activation bytes for micro-batch shape (b, t) (values and gradients), f32.
+    /// Activation elements for micro-batch shape (b, t) (values and gradients), f32.
     pub fn activation_elements(cfg: &ModelConfig, b: usize, t: usize) -> usize {
-        2 * ActLayout::new(cfg, b, t).total
+        ActLayout::new(cfg, b, t).total + ActLayout::one_layer(cfg, b, t).total
     }
 
     /// Forward pass over `tokens(B,T)` with `targets(B,T)`; returns the mean loss. With
@@ -100,7 +103,7 @@ impl<B: Backend> Gpt<B> {
         assert!(t <= self.cfg.block_size && tokens.len() == b * t && targets.len() == b * t);
         self.ensure_acts(b, t);
         let Gpt { cfg, layout: p, backend: be, params, acts, .. } = self;
-        let Acts { layout: a, acts, dacts } = acts.as_mut().unwrap();
+        let Acts { layout: a, grad_layout: g, acts, dacts } = acts.as_mut().unwrap();
         let (l_n, c) = (cfg.n_layer, cfg.n_embd);
 
         be.encoder_forward(acts, a.encoded, params, p.wte, p.wpe, tokens, (b, t), DropoutCtx::at(dropout, 0, 0));
@@ -151,7 +154,7 @@ impl<B: Backend> Gpt<B> {
         be.layernorm_forward(acts, a.lnf, a.lnf_mean, a.lnf_rstd, last, params, p.lnfw, p.lnfb);
         be.matmul_forward(acts, a.logits, a.lnf, params, crate::backend::Linear { w: p.wte, b: None }, c);
         // d(mean loss)/d(loss of one position) = 1 / (B T), times the caller's scale
-        let grad = grad_scale.map(|s| (&mut *dacts, a.logits, s / (b * t) as f32));
+        let grad = grad_scale.map(|s| (&mut *dacts, g.logits, s / (b * t) as f32));
         be.crossentropy_forward(acts, a.logits, a.losses, targets, cfg.vocab_size, cfg.padded_vocab_size, grad);
         (be.sum(acts, a.losses) / (b * t) as f64) as f32
     }
@@ -160,35 +163,37 @@ impl<B: Backend> Gpt<B> {
     /// accumulates into the parameter gradients.
     pub fn backward(&mut self, tokens: &[u32], dropout: Option<DropoutCtx>) {
         let Gpt { cfg, layout: p, backend: be, params, grads, acts, .. } = self;
-        let Acts { layout: a, acts, dacts } = acts.as_mut().expect("backward before forward");
+        let Acts { layout: a, grad_layout: g, acts, dacts } = acts.as_mut().expect("backward before forward");
         let (l_n, c, b, t) = (cfg.n_layer, cfg.n_embd, a.b, a.t);
-        // activation gradients are overwritten by the op that produces them; only LayerNorm's
-        // dinp accumulates, into a residual gradient that a copy started, except the last one
+        // Activation spans are layer l's (in `a`); gradient spans are the one layer's worth
+        // in `g` that every layer reuses. The residual stream's gradient is g.residual3 on
+        // entry to layer l (dL/d residual3_l) and is overwritten with dL/d residual3_(l-1) by
+        // the time layer l is done; below layer 0 it is the embedding output's, in g.encoded.
+        // Gradients are overwritten by the op that produces them; only LayerNorm's dinp
+        // accumulates, into a residual gradient that a copy started, except the last one.
+        be.zero(dacts, g.residual3);
+        be.matmul_backward(dacts, g.lnf, g.logits, grads, crate::backend::Linear { w: p.wte, b: None }, acts, a.lnf, params, p.wte, c);
         let last = a.layer(a.residual3, l_n - 1);
-        be.zero(dacts, last);
-        be.matmul_backward(dacts, a.lnf, a.logits, grads, crate::backend::Linear { w: p.wte, b: None }, acts, a.lnf, params, p.wte, c);
-        be.layernorm_backward(dacts, last, a.lnf, grads, p.lnfw, p.lnfb, acts, last, a.lnf_mean, a.lnf_rstd, params, p.lnfw);
+        be.layernorm_backward(dacts, g.residual3, g.lnf, grads, p.lnfw, p.lnfb, acts, last, a.lnf_mean, a.lnf_rstd, params, p.lnfw);
         for l in (0..l_n).rev() {
             let residual = if l == 0 { a.encoded } else { a.layer(a.residual3, l - 1) };
+            let dresidual = if l == 0 { g.encoded } else { g.residual3 };
             let residual2 = a.layer(a.residual2, l);
-            let residual3 = a.layer(a.residual3, l);
-            let fcproj = a.layer(a.fcproj, l);
             let fch = a.layer(a.fch, l);
             let fch_gelu = a.layer(a.fch_gelu, l);
             let ln2 = a.layer(a.ln2, l);
-            let attproj = a.layer(a.attproj, l);
             let atty = a.layer(a.atty, l);
             let qkv = a.layer(a.qkv, l);
             let ln1 = a.layer(a.ln1, l);
 
             // residual3 = residual2 + dropout(fcproj)
-            be.copy(dacts, residual2, residual3);
-            be.copy(dacts, fcproj, residual3);
-            be.dropout(dacts, fcproj, DropoutCtx::at(dropout, l, 3));
+            be.copy(dacts, g.residual2, g.residual3);
+            be.copy(dacts, g.fcproj, g.residual3);
+            be.dropout(dacts, g.fcproj, DropoutCtx::at(dropout, l, 3));
             be.matmul_backward(
                 dacts,
-                fch_gelu,
-                fcproj,
+                g.fch_gelu,
+                g.fcproj,
                 grads,
                 p.linear(p.fcprojw, p.fcprojb, l),
                 acts,
@@ -197,12 +202,12 @@ impl<B: Backend> Gpt<B> {
                 p.layer(p.fcprojw, l),
                 4 * c,
             );
-            be.gelu_backward(dacts, fch, fch_gelu, acts, fch);
-            be.matmul_backward(dacts, ln2, fch, grads, p.linear(p.fcw, p.fcb, l), acts, ln2, params, p.layer(p.fcw, l), c);
+            be.gelu_backward(dacts, g.fch, g.fch_gelu, acts, fch);
+            be.matmul_backward(dacts, g.ln2, g.fch, grads, p.linear(p.fcw, p.fcb, l), acts, ln2, params, p.layer(p.fcw, l), c);
             be.layernorm_backward(
                 dacts,
-                residual2,
-                ln2,
+                g.residual2,
+                g.ln2,
                 grads,
                 p.layer(p.ln2w, l),
                 p.ln2b.map(|s| p.layer(s, l)),
@@ -213,14 +218,15 @@ impl<B: Backend> Gpt<B> {
                 params,
                 p.layer(p.ln2w, l),
             );
-            // residual2 = residual + dropout(attproj)
-            be.copy(dacts, residual, residual2);
-            be.copy(dacts, attproj, residual2);
-            be.dropout(dacts, attproj, DropoutCtx::at(dropout, l, 2));
+            // residual2 = residual + dropout(attproj); g.residual3 is not read again in this
+            // layer, so for l > 0 the input's gradient overwrites it here
+            be.copy(dacts, dresidual, g.residual2);
+            be.copy(dacts, g.attproj, g.residual2);
+            be.dropout(dacts, g.attproj, DropoutCtx::at(dropout, l, 2));
             be.matmul_backward(
                 dacts,
-                atty,
-                attproj,
+                g.atty,
+                g.attproj,
                 grads,
                 p.linear(p.attprojw, p.attprojb, l),
                 acts,
@@ -231,9 +237,9 @@ impl<B: Backend> Gpt<B> {
             );
             be.attention_backward(
                 dacts,
-                qkv,
-                a.layer(a.att, l),
-                atty,
+                g.qkv,
+                g.att,
+                g.atty,
                 acts,
                 qkv,
                 a.layer(a.att, l),
@@ -243,11 +249,11 @@ impl<B: Backend> Gpt<B> {
                 cfg.n_head,
                 DropoutCtx::at(dropout, l, 1),
             );
-            be.matmul_backward(dacts, ln1, qkv, grads, p.linear(p.qkvw, p.qkvb, l), acts, ln1, params, p.layer(p.qkvw, l), c);
+            be.matmul_backward(dacts, g.ln1, g.qkv, grads, p.linear(p.qkvw, p.qkvb, l), acts, ln1, params, p.layer(p.qkvw, l), c);
             be.layernorm_backward(
                 dacts,
-                residual,
-                ln1,
+                dresidual,
+                g.ln1,
                 grads,
                 p.layer(p.ln1w, l),
                 p.ln1b.map(|s| p.layer(s, l)),
@@ -259,8 +265,8 @@ impl<B: Backend> Gpt<B> {
                 p.layer(p.ln1w, l),
             );
         }
-        be.dropout(dacts, a.encoded, DropoutCtx::at(dropout, 0, 0));
-        be.encoder_backward(grads, p.wte, p.wpe, dacts, a.encoded, tokens, (b, t));
+        be.dropout(dacts, g.encoded, DropoutCtx::at(dropout, 0, 0));
+        be.encoder_backward(grads, p.wte, p.wpe, dacts, g.encoded, tokens, (b, t));
     }
 
     pub fn zero_grad(&mut self) {

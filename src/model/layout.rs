@@ -109,7 +109,7 @@ impl ParamLayout {
 }
 
 /// The activation buffer for micro-batch `B` and sequence length `T`. The activation-gradient
-/// buffer has the same layout.
+/// buffer has the layout of [`ActLayout::one_layer`].
 #[derive(Clone, Debug)]
 pub struct ActLayout {
     pub b: usize,
@@ -197,6 +197,15 @@ impl ActLayout {
             total: off,
             n_layer: l,
         }
+    }
+
+    /// The activation-gradient buffer: the same tensors with a single layer's worth of each
+    /// per-layer one, which every layer's backward reuses in turn (each layer's gradients are
+    /// produced and consumed within its own backward; only the residual stream's gradient
+    /// crosses layers, and it lives in `residual3`, overwritten in place layer by layer). So
+    /// the gradients need one layer's memory, not `L` layers' (llm.c's idea).
+    pub fn one_layer(cfg: &ModelConfig, b: usize, t: usize) -> Self {
+        Self::new(&ModelConfig { n_layer: 1, ..cfg.clone() }, b, t)
     }
 
     /// Layer `l` of a stacked activation.

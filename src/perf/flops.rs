@@ -94,7 +94,8 @@ pub fn flops_per_iter(cfg: &ModelConfig, batch: usize, t: usize, accum: usize) -
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Impl {
     /// gptrain's CPU backend: f32 everywhere, the exact buffers of `ActLayout` (attention
-    /// matrices stored, full logits, an activation-gradient buffer of the same layout).
+    /// matrices stored, full logits) and an activation-gradient buffer of one layer's worth
+    /// (`ActLayout::one_layer`, reused by every layer).
     Cpu,
     /// gptrain's GPU path (llm.c's design): flash attention (no T x T), a fused classifier that
     /// keeps logits in the compute dtype and overwrites them with their gradient, fp32 master
@@ -156,9 +157,9 @@ pub fn memory(cfg: &ModelConfig, b: usize, t: usize, d: u64, recompute: bool, im
     let bt = (b * t) as u64;
     match imp {
         Impl::Cpu => {
-            let layout = crate::model::ActLayout::new(cfg, b, t);
-            let logits = 2 * layout.logits.len as u64 * 4;
-            let acts = 2 * (layout.total - layout.logits.len) as u64 * 4;
+            let (a, g) = (crate::model::ActLayout::new(cfg, b, t), crate::model::ActLayout::one_layer(cfg, b, t));
+            let logits = (a.logits.len + g.logits.len) as u64 * 4;
+            let acts = (a.total - a.logits.len + g.total - g.logits.len) as u64 * 4;
             Memory {
                 weights: 4 * n,
                 master_weights: 0,
@@ -216,6 +217,24 @@ mod tests {
 
     fn cfg(l: usize, h: usize, c: usize, t: usize, v: usize, bias: bool) -> ModelConfig {
         ModelConfig { n_layer: l, n_head: h, n_embd: c, block_size: t, vocab_size: v, padded_vocab_size: v, bias }
+    }
+
+    #[test]
+    fn the_cpu_memory_model_counts_the_buffers_gpt_allocates() {
+        use crate::backend::cpu::Cpu;
+        use crate::model::{ActLayout, Gpt};
+        for (c, b, t) in [(cfg(3, 2, 16, 8, 11, true), 2, 8), (cfg(2, 4, 32, 16, 65, false), 3, 5)] {
+            let m = memory(&c, b, t, 4, false, Impl::Cpu);
+            assert_eq!(m.activations + m.logits, 4 * Gpt::<Cpu>::activation_elements(&c, b, t) as u64);
+            assert_eq!(m.weights, 4 * params(&c).total as u64);
+            // the activations' gradients are one layer's worth: a deeper model needs more
+            // memory for the values only
+            let deeper = ModelConfig { n_layer: c.n_layer + 1, ..c.clone() };
+            let (values, grads) = (ActLayout::new(&c, b, t).total, ActLayout::one_layer(&c, b, t).total);
+            assert_eq!(Gpt::<Cpu>::activation_elements(&c, b, t), values + grads);
+            assert_eq!(ActLayout::one_layer(&deeper, b, t).total, grads);
+            assert!(ActLayout::new(&deeper, b, t).total > values && grads < values);
+        }
     }
 
     #[test]
