@@ -170,7 +170,8 @@ impl<B: Backend> Gpt<B> {
         // entry to layer l (dL/d residual3_l) and is overwritten with dL/d residual3_(l-1) by
         // the time layer l is done; below layer 0 it is the embedding output's, in g.encoded.
         // Gradients are overwritten by the op that produces them; only LayerNorm's dinp
-        // accumulates, into a residual gradient that a copy started, except the last one.
+        // accumulates, into a residual gradient that a copy started (ln_f's, the first, into
+        // a zeroed one).
         be.zero(dacts, g.residual3);
         be.matmul_backward(dacts, g.lnf, g.logits, grads, crate::backend::Linear { w: p.wte, b: None }, acts, a.lnf, params, p.wte, c);
         let last = a.layer(a.residual3, l_n - 1);
