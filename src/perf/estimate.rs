@@ -25,7 +25,7 @@ impl MfuAssumption {
             MfuAssumption {
                 low: 0.30,
                 high: 0.60,
-                source: "gptrain's f32 steps on 2 x86 threads measure 30-45% on ~1M-parameter models and 40-70% on 10-124M ones (PERFORMANCE.md); --calibrate measures this machine".into(),
+                source: "gptrain's f32 steps on 2 x86 threads measured 31-45% on a ~1M-parameter model and 35-69% on 10-124M ones, lower on a busy machine (PERFORMANCE.md); --calibrate measures this machine".into(),
             }
         } else if device.name.starts_with("rtx") {
             MfuAssumption { low: 0.25, high: 0.45, source: "assumed: well-tuned PyTorch/llm.c training of GPT-2-small-sized models on GeForce cards typically reaches 25-45% of the fp16/fp32-accumulate peak".into() }
