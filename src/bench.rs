@@ -366,9 +366,24 @@ impl<B: Backend> Backend for Timed<'_, B> {
         targets: &[u32],
         v: usize,
         vp: usize,
-        grad: Option<(&mut Self::Buf, Span, f32)>,
+        grad_scale: Option<f32>,
     ) {
-        timed!(self, "softmax + cross-entropy", self.inner.crossentropy_forward(acts, logits, losses, targets, v, vp, grad))
+        timed!(self, "softmax + cross-entropy", self.inner.crossentropy_forward(acts, logits, losses, targets, v, vp, grad_scale))
+    }
+    fn classifier_backward(
+        &self,
+        dacts: &mut Self::Buf,
+        dinp: Span,
+        grads: &mut Self::Buf,
+        dw: Span,
+        acts: &Self::Buf,
+        dlogits: Span,
+        inp: Span,
+        params: &Self::Buf,
+        w: Span,
+        ic: usize,
+    ) {
+        timed!(self, "matmul lm_head", self.inner.classifier_backward(dacts, dinp, grads, dw, acts, dlogits, inp, params, w, ic))
     }
     fn sum(&self, buf: &Self::Buf, span: Span) -> f64 {
         self.inner.sum(buf, span)

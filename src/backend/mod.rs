@@ -250,9 +250,9 @@ pub trait Backend: Send + Sync {
     fn copy(&self, buf: &mut Self::Buf, dst: Span, src: Span);
 
     /// Fused softmax + cross-entropy over the first `v` of `vp` logits per row of logits(N,Vp):
-    /// writes each row's loss into `losses(N)`; with `grad = Some((dacts, dlogits, s))` also
-    /// writes `dlogits = s * (softmax - onehot(target))` (zero in padded columns), so the
-    /// probabilities are never stored.
+    /// writes each row's loss into `losses(N)`; with `grad_scale = Some(s)` it then overwrites
+    /// the logits with `dlogits = s * (softmax - onehot(target))` (zero in padded columns), so
+    /// neither the probabilities nor a second (N,Vp) buffer are ever needed.
     #[allow(clippy::too_many_arguments)]
     fn crossentropy_forward(
         &self,
@@ -262,7 +262,25 @@ pub trait Backend: Send + Sync {
         targets: &[u32],
         v: usize,
         vp: usize,
-        grad: Option<(&mut Self::Buf, Span, f32)>,
+        grad_scale: Option<f32>,
+    );
+
+    /// The classifier's [`Backend::matmul_backward`] (no bias), reading its output gradient
+    /// where [`Backend::crossentropy_forward`] left it, in place of the logits in `acts`:
+    /// dinp(N,IC) = dlogits(N,OC) @ w(OC,IC) into `dacts`; dw(OC,IC) += dlogits^T @ inp.
+    #[allow(clippy::too_many_arguments)]
+    fn classifier_backward(
+        &self,
+        dacts: &mut Self::Buf,
+        dinp: Span,
+        grads: &mut Self::Buf,
+        dw: Span,
+        acts: &Self::Buf,
+        dlogits: Span,
+        inp: Span,
+        params: &Self::Buf,
+        w: Span,
+        ic: usize,
     );
     /// Sum of `span`, reduced in a fixed order (deterministic); used for the mean loss.
     fn sum(&self, buf: &Self::Buf, span: Span) -> f64;

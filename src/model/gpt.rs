@@ -32,6 +32,8 @@ struct Acts<B: Backend> {
     grad_layout: ActLayout,
     acts: B::Buf,
     dacts: B::Buf,
+    /// Whether the last forward overwrote the logits with their gradient.
+    logits_hold_grad: bool,
 }
 
 /// A GPT-2 model on backend `B`: parameters, their gradients, AdamW moments and activations,
@@ -80,7 +82,7 @@ impl<B: Backend> Gpt<B> {
         let grad_layout = ActLayout::one_layer(&self.cfg, b, t);
         let acts = self.backend.alloc(layout.total);
         let dacts = self.backend.alloc(grad_layout.total);
-        self.acts = Some(Acts { layout, grad_layout, acts, dacts });
+        self.acts = Some(Acts { layout, grad_layout, acts, dacts, logits_hold_grad: false });
     }
 
     /// Activation elements for micro-batch shape (b, t) (values and gradients), f32.
@@ -90,7 +92,8 @@ impl<B: Backend> Gpt<B> {
 
     /// Forward pass over `tokens(B,T)` with `targets(B,T)`; returns the mean loss. With
     /// `grad_scale = Some(s)`, the fused classifier also writes dloss/dlogits scaled by `s`
-    /// (e.g. `1 / grad_accum`) ready for [`Gpt::backward`].
+    /// (e.g. `1 / grad_accum`) over the logits, ready for [`Gpt::backward`]; [`Gpt::logits`]
+    /// then has nothing to give until a forward without it.
     pub fn forward(
         &mut self,
         tokens: &[u32],
@@ -103,7 +106,7 @@ impl<B: Backend> Gpt<B> {
         assert!(t <= self.cfg.block_size && tokens.len() == b * t && targets.len() == b * t);
         self.ensure_acts(b, t);
         let Gpt { cfg, layout: p, backend: be, params, acts, .. } = self;
-        let Acts { layout: a, grad_layout: g, acts, dacts } = acts.as_mut().unwrap();
+        let Acts { layout: a, acts, logits_hold_grad, .. } = acts.as_mut().unwrap();
         let (l_n, c) = (cfg.n_layer, cfg.n_embd);
 
         be.encoder_forward(acts, a.encoded, params, p.wte, p.wpe, tokens, (b, t), DropoutCtx::at(dropout, 0, 0));
@@ -154,8 +157,9 @@ impl<B: Backend> Gpt<B> {
         be.layernorm_forward(acts, a.lnf, a.lnf_mean, a.lnf_rstd, last, params, p.lnfw, p.lnfb);
         be.matmul_forward(acts, a.logits, a.lnf, params, crate::backend::Linear { w: p.wte, b: None }, c);
         // d(mean loss)/d(loss of one position) = 1 / (B T), times the caller's scale
-        let grad = grad_scale.map(|s| (&mut *dacts, g.logits, s / (b * t) as f32));
+        let grad = grad_scale.map(|s| s / (b * t) as f32);
         be.crossentropy_forward(acts, a.logits, a.losses, targets, cfg.vocab_size, cfg.padded_vocab_size, grad);
+        *logits_hold_grad = grad.is_some();
         (be.sum(acts, a.losses) / (b * t) as f64) as f32
     }
 
@@ -163,7 +167,8 @@ impl<B: Backend> Gpt<B> {
     /// accumulates into the parameter gradients.
     pub fn backward(&mut self, tokens: &[u32], dropout: Option<DropoutCtx>) {
         let Gpt { cfg, layout: p, backend: be, params, grads, acts, .. } = self;
-        let Acts { layout: a, grad_layout: g, acts, dacts } = acts.as_mut().expect("backward before forward");
+        let Acts { layout: a, grad_layout: g, acts, dacts, logits_hold_grad } = acts.as_mut().expect("backward before forward");
+        assert!(*logits_hold_grad, "backward needs a forward with a grad_scale");
         let (l_n, c, b, t) = (cfg.n_layer, cfg.n_embd, a.b, a.t);
         // Activation spans are layer l's (in `a`); gradient spans are the one layer's worth
         // in `g` that every layer reuses. The residual stream's gradient is g.residual3 on
@@ -173,7 +178,7 @@ impl<B: Backend> Gpt<B> {
         // accumulates, into a residual gradient that a copy started (ln_f's, the first, into
         // a zeroed one).
         be.zero(dacts, g.residual3);
-        be.matmul_backward(dacts, g.lnf, g.logits, grads, crate::backend::Linear { w: p.wte, b: None }, acts, a.lnf, params, p.wte, c);
+        be.classifier_backward(dacts, g.lnf, grads, p.wte, acts, a.logits, a.lnf, params, p.wte, c);
         let last = a.layer(a.residual3, l_n - 1);
         be.layernorm_backward(dacts, g.residual3, g.lnf, grads, p.lnfw, p.lnfb, acts, last, a.lnf_mean, a.lnf_rstd, params, p.lnfw);
         for l in (0..l_n).rev() {
@@ -293,9 +298,11 @@ impl<B: Backend> Gpt<B> {
         }
     }
 
-    /// The logits of the last forward, (B, T, Vp).
+    /// The logits of the last forward, (B, T, Vp); that forward must have had no `grad_scale`
+    /// (one with it leaves their gradient in their place).
     pub fn logits(&self) -> Vec<f32> {
         let a = self.acts.as_ref().expect("logits before forward");
+        assert!(!a.logits_hold_grad, "logits after a forward with a grad_scale, which overwrote them with their gradient");
         self.backend.download(&a.acts, a.layout.logits)
     }
 

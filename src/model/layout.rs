@@ -141,7 +141,12 @@ pub struct ActLayout {
 
 impl ActLayout {
     pub fn new(cfg: &ModelConfig, b: usize, t: usize) -> Self {
-        let (l, c, nh, vp) = (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.padded_vocab_size);
+        Self::with_layers(cfg, cfg.n_layer, true, b, t)
+    }
+
+    /// `L` layers' worth of each per-layer tensor; `logits` is empty unless `with_logits`.
+    fn with_layers(cfg: &ModelConfig, l: usize, with_logits: bool, b: usize, t: usize) -> Self {
+        let (c, nh, vp) = (cfg.n_embd, cfg.n_head, cfg.padded_vocab_size);
         let bt = b * t;
         let mut off = 0;
         let mut add = |len: usize| {
@@ -168,7 +173,7 @@ impl ActLayout {
         let lnf = add(bt * c);
         let lnf_mean = add(bt);
         let lnf_rstd = add(bt);
-        let logits = add(bt * vp);
+        let logits = add(if with_logits { bt * vp } else { 0 });
         let losses = add(bt);
         ActLayout {
             b,
@@ -203,9 +208,10 @@ impl ActLayout {
     /// per-layer one, which every layer's backward reuses in turn (each layer's gradients are
     /// produced and consumed within its own backward; only the residual stream's gradient
     /// crosses layers, and it lives in `residual3`, overwritten in place layer by layer). So
-    /// the gradients need one layer's memory, not `L` layers' (llm.c's idea).
+    /// the gradients need one layer's memory, not `L` layers' (llm.c's idea). No logits: their
+    /// gradient overwrites the logits themselves (see `Backend::crossentropy_forward`).
     pub fn one_layer(cfg: &ModelConfig, b: usize, t: usize) -> Self {
-        Self::new(&ModelConfig { n_layer: 1, ..cfg.clone() }, b, t)
+        Self::with_layers(cfg, 1, false, b, t)
     }
 
     /// Layer `l` of a stacked activation.

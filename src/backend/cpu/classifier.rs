@@ -6,63 +6,46 @@ use super::simd::dispatch;
 use rayon::prelude::*;
 
 /// losses(N) = -log softmax(logits[:v])[target] per row of logits(N,Vp); padded columns
-/// `v..vp` take no part. With `grad = Some((dlogits, s))`, dlogits(N,Vp) = s * (softmax -
-/// onehot(target)), zero in the padded columns.
-pub fn crossentropy_forward(logits: &[f32], losses: &mut [f32], targets: &[u32], v: usize, vp: usize, grad: Option<(&mut [f32], f32)>) {
-    match grad {
-        Some((dlogits, s)) => {
-            losses.par_iter_mut().zip(logits.par_chunks(vp).zip(dlogits.par_chunks_mut(vp))).enumerate().for_each(
-                |(row, (loss, (l, dl)))| {
-                    *loss = crossentropy_row(l, dl, targets[row] as usize, v, s);
-                },
-            );
-        }
-        None => {
-            losses.par_iter_mut().zip(logits.par_chunks(vp)).enumerate().for_each(|(row, (loss, l))| {
-                *loss = crossentropy_row(l, &mut [], targets[row] as usize, v, 0.0);
-            });
-        }
-    }
+/// `v..vp` take no part. With `grad = Some(s)`, each row of logits is then overwritten with its
+/// gradient s * (softmax - onehot(target)), zero in the padded columns (llm.c's fused classifier
+/// works in place too): after a training forward the buffer holds dlogits, not logits.
+pub fn crossentropy_forward(logits: &mut [f32], losses: &mut [f32], targets: &[u32], v: usize, vp: usize, grad: Option<f32>) {
+    losses.par_iter_mut().zip(logits.par_chunks_mut(vp)).enumerate().for_each(|(row, (loss, l))| {
+        *loss = crossentropy_row(l, targets[row] as usize, v, grad);
+    });
 }
 
 dispatch! {
-    /// One row: returns its loss; with a non-empty `dl`, writes s * (softmax - onehot) there.
-    fn crossentropy_row(l: &[f32], dl: &mut [f32], tgt: usize, v: usize, s: f32) -> f32 {
+    /// One row: returns its loss; with `grad = Some(s)`, then overwrites the row with
+    /// s * (softmax - onehot).
+    fn crossentropy_row(l: &mut [f32], tgt: usize, v: usize, grad: Option<f32>) -> f32 {
         let maxv = mathf::max(&l[..v]);
         let sum = mathf::sum_by(&l[..v], |x| mathf::exp(x - maxv));
-        if !dl.is_empty() {
+        let loss = sum.ln() + maxv - l[tgt];
+        if let Some(s) = grad {
             let scale = s / sum;
-            for (d, &x) in dl[..v].iter_mut().zip(&l[..v]) {
-                *d = scale * mathf::exp(x - maxv);
+            for x in l[..v].iter_mut() {
+                *x = scale * mathf::exp(*x - maxv);
             }
-            dl[tgt] -= s;
-            dl[v..].fill(0.0);
+            l[tgt] -= s;
+            l[v..].fill(0.0);
         }
-        sum.ln() + maxv - l[tgt]
+        loss
     }
 }
 
 /// The plain version of [`crossentropy_forward`]: one row at a time, the platform's exp.
-pub fn crossentropy_forward_naive(
-    logits: &[f32],
-    losses: &mut [f32],
-    targets: &[u32],
-    v: usize,
-    vp: usize,
-    grad: Option<(&mut [f32], f32)>,
-) {
-    let mut grad = grad;
-    for (row, (l, loss)) in logits.chunks(vp).zip(losses.iter_mut()).enumerate() {
+pub fn crossentropy_forward_naive(logits: &mut [f32], losses: &mut [f32], targets: &[u32], v: usize, vp: usize, grad: Option<f32>) {
+    for (row, (l, loss)) in logits.chunks_mut(vp).zip(losses.iter_mut()).enumerate() {
         let tgt = targets[row] as usize;
         let maxv = l[..v].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
         let sum: f32 = l[..v].iter().map(|&x| (x - maxv).exp()).sum();
         *loss = sum.ln() + maxv - l[tgt];
-        if let Some((dl, s)) = grad.as_mut() {
-            let dl = &mut dl[row * vp..(row + 1) * vp];
-            for i in 0..v {
-                dl[i] = *s * ((l[i] - maxv).exp() / sum - if i == tgt { 1.0 } else { 0.0 });
+        if let Some(s) = grad {
+            for (i, x) in l[..v].iter_mut().enumerate() {
+                *x = s * ((*x - maxv).exp() / sum - if i == tgt { 1.0 } else { 0.0 });
             }
-            dl[v..].fill(0.0);
+            l[v..].fill(0.0);
         }
     }
 }

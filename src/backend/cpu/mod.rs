@@ -260,12 +260,27 @@ impl Backend for Cpu {
         targets: &[u32],
         v: usize,
         vp: usize,
-        grad: Option<(&mut Vec<f32>, Span, f32)>,
+        grad_scale: Option<f32>,
     ) {
         let [logits, losses] = carve(acts, [logits, losses]);
-        let grad = grad.map(|(dacts, dl, s)| (&mut dacts[dl.off..dl.end()], s));
         let f = if self.fast() { classifier::crossentropy_forward } else { classifier::crossentropy_forward_naive };
-        f(logits, losses, targets, v, vp, grad);
+        f(logits, losses, targets, v, vp, grad_scale);
+    }
+    fn classifier_backward(
+        &self,
+        dacts: &mut Vec<f32>,
+        dinp: Span,
+        grads: &mut Vec<f32>,
+        dw: Span,
+        acts: &Vec<f32>,
+        dlogits: Span,
+        inp: Span,
+        params: &Vec<f32>,
+        w: Span,
+        ic: usize,
+    ) {
+        let f = if self.fast() { matmul::matmul_backward } else { matmul::matmul_backward_reference };
+        f(&mut dacts[dinp.off..dinp.end()], &mut grads[dw.off..dw.end()], None, at(acts, dlogits), at(acts, inp), at(params, w), ic);
     }
     fn sum(&self, buf: &Vec<f32>, span: Span) -> f64 {
         at(buf, span).iter().map(|&x| x as f64).sum()
