@@ -345,3 +345,49 @@ pub fn init_params(cfg: &ModelConfig, layout: &ParamLayout, seed: u64) -> Vec<f3
     }
     host
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::Cpu;
+
+    fn tiny() -> (Gpt<Cpu>, Vec<u32>) {
+        let cfg = ModelConfig { n_layer: 2, n_head: 2, n_embd: 8, block_size: 4, vocab_size: 7, padded_vocab_size: 8, bias: false };
+        (Gpt::init(Cpu::FAST, cfg, 1), vec![1, 2, 3, 4, 5, 6, 0, 1])
+    }
+
+    #[test]
+    fn a_forward_with_gradient_leaves_dlogits_where_the_logits_were() {
+        let (mut g, x) = tiny();
+        g.forward(&x, &x, 2, 4, None, None);
+        let logits = g.logits();
+        g.forward(&x, &x, 2, 4, None, Some(1.0));
+        let a = g.acts.as_ref().unwrap();
+        let dlogits = g.backend.download(&a.acts, a.layout.logits);
+        // each row of dlogits is (softmax - onehot) / (B T): it sums to zero over the vocabulary
+        for (row, (l, d)) in logits.chunks(8).zip(dlogits.chunks(8)).enumerate() {
+            let z: f32 = l[..7].iter().map(|v| v.exp()).sum();
+            for i in 0..7 {
+                let want = (l[i].exp() / z - if i == x[row] as usize { 1.0 } else { 0.0 }) / 8.0;
+                assert!((d[i] - want).abs() < 1e-6, "row {row}, column {i}: {} vs {want}", d[i]);
+            }
+            assert_eq!(d[7], 0.0, "the padded column gets no gradient");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "overwrote them with their gradient")]
+    fn the_logits_are_not_read_after_a_forward_with_gradient() {
+        let (mut g, x) = tiny();
+        g.forward(&x, &x, 2, 4, None, Some(1.0));
+        g.logits();
+    }
+
+    #[test]
+    #[should_panic(expected = "backward needs a forward with a grad_scale")]
+    fn backward_needs_a_forward_with_gradient() {
+        let (mut g, x) = tiny();
+        g.forward(&x, &x, 2, 4, None, None);
+        g.backward(&x, None);
+    }
+}
