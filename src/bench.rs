@@ -149,25 +149,38 @@ pub fn run_linears(model: &ModelConfig, b: usize, steps: usize, warmup: usize) -
     (quantile(&times, 0.5), linear_flops)
 }
 
-/// Model FLOPs per step behind the profile's rows that do matmul work (the names [`Timed`]
-/// gives them), from `perf::flops`: each linear layer's forward and both gradient products,
-/// and attention's products with causal masking counted exactly (the kernels skip the masked
-/// blocks, so dense counting would flatter them).
+/// The profile's names for attention's two kernels.
+const ATTENTION_FORWARD: &str = "attention forward";
+const ATTENTION_BACKWARD: &str = "attention backward";
+
+/// Model FLOPs per step behind the profile's rows that do matmul work, under the names
+/// [`Timed`] gives them, from `perf::flops`: each linear layer's forward and both gradient
+/// products, and attention's products with causal masking counted exactly (the kernels skip
+/// the masked blocks, so dense counting would flatter them). Products that [`matmul_role`]
+/// cannot tell apart by shape share a row, and their FLOPs add up there.
 pub fn profile_flops(model: &ModelConfig, b: usize) -> Vec<(&'static str, f64)> {
-    let t = model.block_size;
+    let (t, c, vp) = (model.block_size, model.n_embd, model.padded_vocab_size);
     let f = flops::flops_per_token(model, t);
     let tokens = (b * t) as f64;
     let attn = (f.attn_scores + f.attn_values) * (t as f64 + 1.0) / (2.0 * t as f64) * tokens;
-    vec![
-        ("matmul qkv", 3.0 * f.qkv * tokens),
-        ("matmul attn proj", 3.0 * f.attn_proj * tokens),
-        ("matmul mlp fc", 3.0 * f.mlp_fc * tokens),
-        ("matmul mlp proj", 3.0 * f.mlp_proj * tokens),
-        ("matmul lm_head", 3.0 * f.lm_head * tokens),
-        ("attention forward", attn),
+    let rows = [
+        (matmul_role(c, 3 * c), 3.0 * f.qkv * tokens),
+        (matmul_role(c, c), 3.0 * f.attn_proj * tokens),
+        (matmul_role(c, 4 * c), 3.0 * f.mlp_fc * tokens),
+        (matmul_role(4 * c, c), 3.0 * f.mlp_proj * tokens),
+        (matmul_role(c, vp), 3.0 * f.lm_head * tokens),
+        (ATTENTION_FORWARD, attn),
         // scores and values each have two gradient products
-        ("attention backward", 2.0 * attn),
-    ]
+        (ATTENTION_BACKWARD, 2.0 * attn),
+    ];
+    let mut out: Vec<(&'static str, f64)> = Vec::new();
+    for (name, fl) in rows {
+        match out.iter_mut().find(|r| r.0 == name) {
+            Some(r) => r.1 += fl,
+            None => out.push((name, fl)),
+        }
+    }
+    out
 }
 
 /// The `p` quantile of sorted, non-empty `times` (nearest rank).
@@ -327,7 +340,7 @@ impl<B: Backend> Backend for Timed<'_, B> {
         nh: usize,
         drop: Dropout,
     ) {
-        timed!(self, "attention forward", self.inner.attention_forward(acts, out, att, qkv, b, t, c, nh, drop))
+        timed!(self, ATTENTION_FORWARD, self.inner.attention_forward(acts, out, att, qkv, b, t, c, nh, drop))
     }
     fn attention_backward(
         &self,
@@ -344,7 +357,7 @@ impl<B: Backend> Backend for Timed<'_, B> {
         nh: usize,
         drop: Dropout,
     ) {
-        timed!(self, "attention backward", self.inner.attention_backward(dacts, dqkv, datt, dout, acts, qkv, att, b, t, c, nh, drop))
+        timed!(self, ATTENTION_BACKWARD, self.inner.attention_backward(dacts, dqkv, datt, dout, acts, qkv, att, b, t, c, nh, drop))
     }
     fn gelu_forward(&self, acts: &mut Self::Buf, out: Span, inp: Span) {
         timed!(self, "gelu", self.inner.gelu_forward(acts, out, inp))
@@ -383,7 +396,8 @@ impl<B: Backend> Backend for Timed<'_, B> {
         w: Span,
         ic: usize,
     ) {
-        timed!(self, "matmul lm_head", self.inner.classifier_backward(dacts, dinp, grads, dw, acts, dlogits, inp, params, w, ic))
+        let role = matmul_role(ic, w.len / ic);
+        timed!(self, role, self.inner.classifier_backward(dacts, dinp, grads, dw, acts, dlogits, inp, params, w, ic))
     }
     fn sum(&self, buf: &Self::Buf, span: Span) -> f64 {
         self.inner.sum(buf, span)
@@ -404,5 +418,40 @@ impl<B: Backend> Backend for Timed<'_, B> {
         grad_scale: f32,
     ) {
         timed!(self, "adamw (+ clip)", self.inner.adamw_update(params, grads, m, v, span, hp, step, weight_decay, grad_scale))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profile_flops_follow_the_profiles_names_and_add_up_when_shapes_collide() {
+        let m = |vp| ModelConfig { n_layer: 2, n_head: 2, n_embd: 16, block_size: 8, vocab_size: vp, padded_vocab_size: vp, bias: false };
+        let rows = profile_flops(&m(65), 3);
+        let names: Vec<&str> = rows.iter().map(|r| r.0).collect();
+        assert_eq!(
+            names,
+            [
+                "matmul qkv",
+                "matmul attn proj",
+                "matmul mlp fc",
+                "matmul mlp proj",
+                "matmul lm_head",
+                "attention forward",
+                "attention backward"
+            ]
+        );
+        // matmul work per step is the FLOPs model's, attention's counted causally
+        let f = flops::flops_per_token(&m(65), 8);
+        let total: f64 = rows.iter().map(|r| r.1).sum();
+        let causal = (f.attn_scores + f.attn_values) * (9.0 / 16.0);
+        assert!((total - (f.train() - 3.0 * (f.attn_scores + f.attn_values) + 3.0 * causal) * 24.0).abs() < 1e-6 * total);
+        // a vocabulary of 4 C makes the classifier look like the MLP's first layer: one row
+        let collided = profile_flops(&m(64), 3);
+        assert_eq!(collided.len(), 6);
+        let fc = collided.iter().find(|r| r.0 == "matmul mlp fc").unwrap().1;
+        let g = flops::flops_per_token(&m(64), 8);
+        assert!((fc - 3.0 * (g.mlp_fc + g.lm_head) * 24.0).abs() < 1e-6 * fc);
     }
 }

@@ -364,7 +364,7 @@ mod tests {
         g.forward(&x, &x, 2, 4, None, Some(1.0));
         let a = g.acts.as_ref().unwrap();
         let dlogits = g.backend.download(&a.acts, a.layout.logits);
-        // each row of dlogits is (softmax - onehot) / (B T): it sums to zero over the vocabulary
+        // each row of dlogits is (softmax - onehot) / (B T), and zero in the padded column
         for (row, (l, d)) in logits.chunks(8).zip(dlogits.chunks(8)).enumerate() {
             let z: f32 = l[..7].iter().map(|v| v.exp()).sum();
             for i in 0..7 {
