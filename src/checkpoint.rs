@@ -254,10 +254,11 @@ pub fn save(out_dir: &Path, files: &[(&'static str, Vec<u8>)], iter: u64, hook: 
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&tmp);
         let need: usize = files.iter().map(|f| f.1.len()).sum();
-        return Err(e.context(format!(
-            "checkpoint {name} was not written ({need} bytes needed in {}); the previous checkpoint is intact",
-            out_dir.display()
-        )));
+        let previous = match list(out_dir).first() {
+            Some((_, p)) => format!("the previous checkpoint, {}, is intact", p.display()),
+            None => "there is no earlier checkpoint in it".to_string(),
+        };
+        return Err(e.context(format!("checkpoint {name} was not written ({need} bytes needed in {}); {previous}", out_dir.display())));
     }
     let dst = out_dir.join(&name);
     if dst.exists() {
@@ -374,7 +375,7 @@ pub fn load_latest(out_dir: &Path, fallback: bool, warn: &mut dyn FnMut(String))
                 warn(format!("warning: skipping {}: {e:#}", dir.display()));
                 last_err = Some(e);
             }
-            Err(e) => return Err(e.context("hint: `--set resume_fallback=true` resumes from the newest checkpoint that verifies")),
+            Err(e) => bail!("{e:#}; hint: `--set resume_fallback=true` resumes from the newest checkpoint that verifies"),
         }
     }
     Err(last_err.unwrap().context("no checkpoint in the directory verifies"))
@@ -458,6 +459,17 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_first_write_does_not_claim_an_earlier_checkpoint() {
+        let d = std::env::temp_dir().join(format!("gptrain-ckpt-fail-first-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let disk_full = |p: &Path, _: &[u8]| -> Result<()> { bail!("cannot write {}: No space left on device (os error 28)", p.display()) };
+        let err = format!("{:#}", save(&d, &files(), 10, Some(&disk_full)).unwrap_err());
+        assert!(err.contains("no earlier checkpoint") && !err.contains("intact"), "{err}");
+        assert!(list(&d).is_empty());
+        std::fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
     fn a_failed_write_names_the_path_and_bytes_and_keeps_the_previous_checkpoint() {
         let d = std::env::temp_dir().join(format!("gptrain-ckpt-fail-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
@@ -470,7 +482,7 @@ mod tests {
         };
         let err = format!("{:#}", save(&d, &files(), 20, Some(&disk_full)).unwrap_err());
         assert!(err.contains("MANIFEST.json") && err.contains("No space left") && err.contains("1002 bytes needed"), "{err}");
-        assert!(err.contains("previous checkpoint is intact"), "{err}");
+        assert!(err.contains("previous checkpoint") && err.contains("ckpt-000010, is intact"), "{err}");
         assert_eq!(list(&d).iter().map(|x| x.0).collect::<Vec<_>>(), vec![10]);
         assert!(
             std::fs::read_dir(&d).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with(".tmp")),

@@ -159,6 +159,7 @@ knobs! {
     out_dir: String = "out".into(); "where checkpoints and metrics go"
     keep_checkpoints: usize = 3; "keep the newest K checkpoints (plus the best by val loss)"
     resume_fallback: bool = false; "on resume, fall back to the newest checkpoint that verifies"
+    checkpoint_retry_s: u64 = 600; "when a run's last checkpoint (at max_iters or on Ctrl-C) cannot be written, e.g. disk full, try again every 10 s for this many seconds before giving up (0: give up at once)"
     on_nonfinite: String = "abort".into(); "on a NaN/Inf loss or gradient norm: `abort` or `skip` the update"
     skip_update_lossz: f64 = 0.0; "skip the update when the loss's z-score against the last 128 iterations exceeds this (0: off; llm.c's -sl)"
     skip_update_gradz: f64 = 0.0; "skip the update when the gradient norm's z-score against the last 128 iterations exceeds this (0: off; llm.c's -sg)"

@@ -21,7 +21,7 @@ use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Set by the Ctrl-C / SIGTERM handler: finish the iteration, checkpoint, stop.
 pub static STOP: AtomicBool = AtomicBool::new(false);
@@ -396,6 +396,13 @@ fn run_on<B: Backend>(backend: B, cfg: &Config, obs: &mut dyn Observer) -> Resul
         Ok(path)
     };
 
+    // the run's last checkpoint (at max_iters or on Ctrl-C) is retried rather than lost
+    let retry_limit = Duration::from_secs(cfg.checkpoint_retry_s);
+    let unsaved = format!(
+        "the training since the last checkpoint exists only in memory: free space in {} (or fix its permissions)",
+        out_dir.display()
+    );
+
     loop {
         let evaluate = it.is_multiple_of(cfg.eval_interval) && !(init.resumed && it == first_iter) || cfg.eval_only;
         if evaluate {
@@ -425,7 +432,10 @@ fn run_on<B: Backend>(backend: B, cfg: &Config, obs: &mut dyn Observer) -> Resul
         if it >= cfg.max_iters {
             if last_saved != Some(it) && it > first_iter {
                 let val = last_eval.filter(|_| evaluate).map(|e| e.1);
-                save(&model, state(it, val, best_val, skipped, &outliers), &mut meter, obs, &mut metrics)?;
+                let st = state(it, val, best_val, skipped, &outliers);
+                retry_last_save(obs, retry_limit, RETRY_EVERY, &STOP, &unsaved, |obs| {
+                    save(&model, st.clone(), &mut meter, obs, &mut metrics)
+                })?;
             }
             break;
         }
@@ -482,7 +492,10 @@ fn run_on<B: Backend>(backend: B, cfg: &Config, obs: &mut dyn Observer) -> Resul
             obs.iter(&log);
         }
         if STOP.load(Ordering::SeqCst) {
-            let path = save(&model, state(it, None, best_val, skipped, &outliers), &mut meter, obs, &mut metrics)?;
+            let st = state(it, None, best_val, skipped, &outliers);
+            let path = retry_last_save(obs, retry_limit, RETRY_EVERY, &STOP, &unsaved, |obs| {
+                save(&model, st.clone(), &mut meter, obs, &mut metrics)
+            })?;
             bail!(Interrupted { iter: it, path });
         }
     }
@@ -507,6 +520,50 @@ fn run_on<B: Backend>(backend: B, cfg: &Config, obs: &mut dyn Observer) -> Resul
     metrics.write(serde_json::json!({"type": "summary", "summary": summary}));
     obs.finish(&summary);
     Ok(summary)
+}
+
+/// How often a run's failed last checkpoint is tried again.
+const RETRY_EVERY: Duration = Duration::from_secs(10);
+
+/// Runs `attempt` (a run's last checkpoint) until it succeeds, `limit` has passed since the
+/// first try, or `stop` becomes set while waiting (a Ctrl-C: give up; if `stop` was already set
+/// on entry, this save is serving that interrupt, and a second Ctrl-C ends the process). The
+/// first failure is reported with `what` to do about it.
+fn retry_last_save<T>(
+    obs: &mut dyn Observer,
+    limit: Duration,
+    every: Duration,
+    stop: &AtomicBool,
+    what: &str,
+    mut attempt: impl FnMut(&mut dyn Observer) -> Result<T>,
+) -> Result<T> {
+    let stop_on_entry = stop.load(Ordering::SeqCst);
+    let t0 = Instant::now();
+    let mut reported = false;
+    loop {
+        let err = match attempt(obs) {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        if t0.elapsed() >= limit {
+            return Err(err);
+        }
+        if !reported {
+            obs.message(&format!(
+                "warning: {err:#}\n{what}; trying again every {} s for up to {} s (`checkpoint_retry_s`); Ctrl-C gives up",
+                every.as_secs_f64(),
+                limit.as_secs()
+            ));
+            reported = true;
+        }
+        let wake = Instant::now() + every.min(limit.saturating_sub(t0.elapsed()));
+        while let Some(left) = wake.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
+            if !stop_on_entry && stop.load(Ordering::SeqCst) {
+                return Err(err.context("gave up on the interrupt"));
+            }
+            std::thread::sleep(left.min(Duration::from_millis(50)));
+        }
+    }
 }
 
 /// The run stopped on a signal after writing a checkpoint.
@@ -534,4 +591,88 @@ pub fn available_memory() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/meminfo").ok()?;
     let kb: u64 = s.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Collects messages; ignores the rest.
+    #[derive(Default)]
+    struct Messages(Vec<String>);
+
+    impl Observer for Messages {
+        fn message(&mut self, text: &str) {
+            self.0.push(text.to_string());
+        }
+        fn start(&mut self, _: &StartInfo) {}
+        fn iter(&mut self, _: &IterLog) {}
+        fn eval(&mut self, _: u64, _: f32, _: f32, _: f64) {}
+        fn checkpoint(&mut self, _: &Path, _: f64) {}
+        fn finish(&mut self, _: &Summary) {}
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_failed_last_save_is_tried_again_until_it_succeeds() {
+        let (mut obs, stop, mut tries) = (Messages::default(), AtomicBool::new(false), 0);
+        let r = retry_last_save(&mut obs, Duration::from_secs(60), MS, &stop, "free space", |_| {
+            tries += 1;
+            if tries < 3 {
+                bail!("No space left on device")
+            } else {
+                Ok(tries)
+            }
+        });
+        assert_eq!(r.unwrap(), 3);
+        assert_eq!(obs.0.len(), 1, "reported once: {:?}", obs.0);
+        assert!(obs.0[0].contains("No space left") && obs.0[0].contains("free space") && obs.0[0].contains("checkpoint_retry_s"));
+    }
+
+    #[test]
+    fn a_zero_limit_gives_up_at_once() {
+        let (mut obs, stop, mut tries) = (Messages::default(), AtomicBool::new(false), 0);
+        let r: Result<()> = retry_last_save(&mut obs, Duration::ZERO, MS, &stop, "free space", |_| {
+            tries += 1;
+            bail!("No space left on device")
+        });
+        assert!(format!("{:#}", r.unwrap_err()).contains("No space left"));
+        assert_eq!((tries, obs.0.len()), (1, 0));
+    }
+
+    #[test]
+    fn the_limit_ends_the_retries() {
+        let (mut obs, stop, mut tries) = (Messages::default(), AtomicBool::new(false), 0);
+        let r: Result<()> = retry_last_save(&mut obs, 30 * MS, 5 * MS, &stop, "free space", |_| {
+            tries += 1;
+            bail!("No space left on device")
+        });
+        assert!(r.is_err());
+        assert!((2..=10).contains(&tries), "{tries} tries in 30 ms at 5 ms apart");
+    }
+
+    #[test]
+    fn an_interrupt_while_waiting_gives_up_but_one_being_served_does_not() {
+        // Ctrl-C during the wait: give up
+        let (mut obs, stop, mut tries) = (Messages::default(), AtomicBool::new(false), 0);
+        let r: Result<()> = retry_last_save(&mut obs, Duration::from_secs(60), Duration::from_secs(60), &stop, "free space", |_| {
+            tries += 1;
+            stop.store(true, Ordering::SeqCst);
+            bail!("No space left on device")
+        });
+        assert!(format!("{:#}", r.unwrap_err()).contains("gave up on the interrupt"));
+        assert_eq!(tries, 1);
+        // the save that serves an interrupt keeps trying
+        let (stop, mut tries) = (AtomicBool::new(true), 0);
+        let r = retry_last_save(&mut obs, Duration::from_secs(60), MS, &stop, "free space", |_| {
+            tries += 1;
+            if tries < 2 {
+                bail!("No space left on device")
+            } else {
+                Ok(())
+            }
+        });
+        assert!(r.is_ok() && tries == 2);
+    }
 }

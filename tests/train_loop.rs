@@ -164,6 +164,9 @@ fn an_altered_checkpoint_is_reported_and_fallback_is_opt_in() {
     let err = run(&tiny(&d, &["max_iters=30", "init_from=resume"])).err().unwrap();
     let msg = format!("{err:#}");
     assert!(msg.contains("ckpt-000020") && msg.contains("failed verification"), "{msg}");
+    // the cause first, then what to do about it
+    let (cause, hint) = (msg.find("failed verification").unwrap(), msg.find("resume_fallback=true").unwrap());
+    assert!(cause < hint, "{msg}");
     let c = run(&tiny(&d, &["max_iters=30", "init_from=resume", "resume_fallback=true"])).unwrap();
     assert_eq!(c.losses[0].0, 10, "resumed from the older checkpoint");
     std::fs::remove_dir_all(d).ok();

@@ -82,7 +82,7 @@ pub fn train(a: &ConfigArgs) -> Result<()> {
 fn install_signal_handler() {
     let _ = ctrlc::set_handler(|| {
         if train::STOP.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            eprintln!("\nstopping now (second interrupt); the last checkpoint is intact");
+            eprintln!("\nstopping now (second interrupt); checkpoints already on disk are intact");
             std::process::exit(130);
         }
         eprintln!("\ninterrupt: finishing this iteration and writing a checkpoint (interrupt again to quit at once)");
