@@ -54,6 +54,11 @@ fn bad_inputs_get_one_clear_line() {
     fails_with(&["plot", "junk.log"], &d, "no iteration records");
     fails_with(&["estimate", "--device", "voodoo-2"], &d, "unknown device");
     fails_with(&["estimate", "--preset", "rtx4070-40m"], &d, "--device");
+    // more memory than any machine has: an error before allocating, not an aborted allocation
+    if std::path::Path::new("/proc/meminfo").exists() {
+        fails_with(&["train", "--set", "batch_size=1000000", "--set", "max_iters=1"], &d, "more than this machine has");
+        fails_with(&["bench", "--set", "batch_size=1000000", "--steps", "1"], &d, "more than this machine has");
+    }
     std::fs::remove_dir_all(d).ok();
 }
 

@@ -585,6 +585,12 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     let threads = worker_threads(a.threads.unwrap_or(cfg.threads));
     pool(threads)?.install(|| -> Result<()> {
         let model = model_without_data(&cfg)?;
+        if !a.linears {
+            let need = flops::memory(&model, cfg.batch_size, model.block_size, 4, false, flops::Impl::Cpu).total();
+            if let Some(warning) = train::check_memory(need, train::MemInfo::read())? {
+                eprintln!("{warning}");
+            }
+        }
         let dev = device::cpu();
         if a.linears {
             let (ms, flops) = crate::bench::run_linears(&model, cfg.batch_size, a.steps, a.warmup);
