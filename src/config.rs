@@ -93,8 +93,11 @@ impl Knob for Option<usize> {
 
 macro_rules! knobs {
     ($( $name:ident : $ty:ty = $default:expr ; $doc:literal )*) => {
-        /// Every knob gptrain knows, with nanoGPT's names and (train.py) defaults.
+        /// Every knob gptrain knows, with nanoGPT's names and (train.py) defaults. A knob
+        /// missing from a saved config (a checkpoint written before the knob existed) takes its
+        /// default, so old checkpoints still resume.
         #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+        #[serde(default)]
         pub struct Config {
             $( #[doc = $doc] pub $name: $ty, )*
         }
@@ -526,6 +529,23 @@ pub fn physical_cores() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_saved_config_without_a_newer_knob_still_loads() {
+        // checkpoints embed the config; one written before a knob existed lacks its key
+        let mut cfg = Config { n_layer: 3, ..Config::default() };
+        cfg.learning_rate = 1e-3;
+        for (key, _) in KNOBS {
+            let mut json = serde_json::to_value(&cfg).unwrap();
+            json.as_object_mut().unwrap().remove(*key);
+            let back: Config = serde_json::from_value(json).unwrap_or_else(|e| panic!("without `{key}`: {e}"));
+            let want = Config::default().entries().into_iter().find(|(k, _)| k == key).unwrap();
+            assert_eq!(back.entries().into_iter().find(|(k, _)| k == key).unwrap(), want, "`{key}` takes its default");
+            // the other knobs keep their saved values
+            assert!(*key == "n_layer" || back.n_layer == 3, "without `{key}`");
+            assert!(*key == "learning_rate" || back.learning_rate == 1e-3, "without `{key}`");
+        }
+    }
 
     #[test]
     fn unknown_key_names_the_closest() {
