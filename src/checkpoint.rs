@@ -422,6 +422,33 @@ pub fn from_hf(tf: &tensorfile::TensorFile, cfg: &ModelConfig, layout: &ParamLay
     Ok(params)
 }
 
+/// The weights file `init_from` names: a `model.safetensors` file, or a directory holding one
+/// (as `huggingface-cli download` leaves it). A missing one is an error that says how to get it;
+/// gptrain does not download.
+pub fn hf_weights_file(init_from: &str) -> Result<PathBuf> {
+    let p = PathBuf::from(init_from);
+    let file = if p.is_dir() { p.join("model.safetensors") } else { p };
+    if file.is_file() {
+        return Ok(file);
+    }
+    let repo = match init_from {
+        "gpt2" => Some("openai-community/gpt2"),
+        "gpt2-medium" => Some("openai-community/gpt2-medium"),
+        "gpt2-large" => Some("openai-community/gpt2-large"),
+        "gpt2-xl" => Some("openai-community/gpt2-xl"),
+        _ => None,
+    };
+    match repo {
+        Some(repo) => bail!(
+            "init_from = `{init_from}`: no such file or directory here; gptrain does not download (nanoGPT's `{init_from}` comes from Hugging Face); hint: `huggingface-cli download {repo} model.safetensors config.json --local-dir {init_from}` makes the directory this setting names"
+        ),
+        None => bail!(
+            "init_from = `{init_from}`: {} does not exist (expected `scratch`, `resume`, or a GPT-2 model.safetensors or the directory holding it)",
+            file.display()
+        ),
+    }
+}
+
 /// The model shape of a Hugging Face GPT-2 file: from the tensors, plus `n_head` from a
 /// `config.json` beside it (else `n_head_default`).
 pub fn hf_shape(tf: &tensorfile::TensorFile, dir: &Path, n_head_default: usize) -> Result<ModelConfig> {

@@ -220,11 +220,7 @@ fn initialise(cfg: &Config, ds: &Dataset, obs: &mut dyn Observer) -> Result<Init
             })
         }
         path => {
-            let p = PathBuf::from(path);
-            let file = if p.is_dir() { p.join("model.safetensors") } else { p.clone() };
-            if !file.exists() {
-                bail!("init_from = `{path}`: no such file (expected `scratch`, `resume`, or the path of a GPT-2 model.safetensors)");
-            }
+            let file = checkpoint::hf_weights_file(path)?;
             let tf = tensorfile::read(&file)?;
             let mut model_cfg = checkpoint::hf_shape(&tf, file.parent().unwrap_or(Path::new(".")), cfg.n_head)
                 .with_context(|| format!("{}", file.display()))?;

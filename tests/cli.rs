@@ -37,6 +37,10 @@ fn bad_inputs_get_one_clear_line() {
     fails_with(&["train", "--set", "device=cuda"], &d, "only the CPU backend");
     fails_with(&["train", "--set", "dtype=float16"], &d, "float32");
     fails_with(&["sample"], &d, "no checkpoint");
+    // nanoGPT's init_from names: say how to get the weights (gptrain does not download)
+    fails_with(&["train", "--set", "init_from=gpt2"], &d, "huggingface-cli download openai-community/gpt2 model.safetensors");
+    fails_with(&["sample", "--set", "init_from=gpt2-xl"], &d, "--local-dir gpt2-xl");
+    fails_with(&["sample", "--set", "init_from=weights/model.safetensors"], &d, "weights/model.safetensors does not exist");
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nanogpt_char");
     fails_with(&["train", "--set", &format!("dataset={}", fixture.display()), "--set", "block_size=1000"], &d, "not more than block_size");
     // a truncated token file

@@ -98,8 +98,7 @@ pub fn sample(a: &ConfigArgs) -> Result<()> {
 /// the newest checkpoint in out_dir.
 fn load_for_sampling(cfg: &Config) -> Result<(ModelConfig, Vec<f32>, Tokenizer)> {
     if cfg.init_from != "scratch" && cfg.init_from != "resume" {
-        let p = PathBuf::from(&cfg.init_from);
-        let file = if p.is_dir() { p.join("model.safetensors") } else { p };
+        let file = checkpoint::hf_weights_file(&cfg.init_from)?;
         let tf = crate::tensorfile::read(&file)?;
         let mc = checkpoint::hf_shape(&tf, file.parent().unwrap_or(Path::new(".")), cfg.n_head)?;
         let params = checkpoint::from_hf(&tf, &mc, &crate::model::ParamLayout::new(&mc))?;
