@@ -138,7 +138,7 @@ knobs! {
     vocab_size: Option<usize> = None; "vocabulary size (auto: from the dataset's meta)"
     pad_vocab: bool = false; "pad the vocabulary to a multiple of 64 (padding takes no part in the loss)"
     // data
-    dataset: String = "builtin".into(); "prepared data directory, or `builtin` (the built-in Shakespeare corpus, char-level)"
+    dataset: String = "builtin".into(); "prepared data directory (a bare name not found here is looked for under `data/`, as nanoGPT does), or `builtin` (the built-in Shakespeare corpus, char-level)"
     batch_size: usize = 12; "micro-batch size in sequences"
     gradient_accumulation_steps: usize = 40; "micro-batches per optimiser step"
     // optimiser

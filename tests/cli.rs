@@ -67,6 +67,23 @@ fn bad_inputs_get_one_clear_line() {
 }
 
 #[test]
+fn a_dataset_named_as_in_nanogpt_is_found_under_data() {
+    let d = tmp("nanogpt-data");
+    let text: String = (0..300).map(|i| format!("line {i}: all the world's a stage\n")).collect();
+    std::fs::write(d.join("in.txt"), text).unwrap();
+    let (code, _, err) = gptrain(&["prepare", "--input", "in.txt", "--out", "data/tiny_char"], &d);
+    assert_eq!(code, 0, "{err}");
+    let small = ["--set", "n_layer=1", "--set", "n_embd=16", "--set", "n_head=2", "--set", "block_size=8", "--set", "max_iters=2"];
+    let mut args = vec!["train", "--set", "dataset=tiny_char", "--set", "eval_iters=1"];
+    args.extend(small);
+    let (code, out, err) = gptrain(&args, &d);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("data/tiny_char"), "the run says which directory it read: {out}");
+    fails_with(&["train", "--set", "dataset=other_char"], &d, "nor is data/other_char");
+    std::fs::remove_dir_all(d).ok();
+}
+
+#[test]
 fn prepare_then_train_then_sample() {
     let d = tmp("flow");
     let text: String = (0..400).map(|i| format!("line {i}: to be or not to be\n")).collect();

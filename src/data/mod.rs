@@ -173,9 +173,17 @@ impl Dataset {
         if dataset == "builtin" || dataset == "builtin:shakespeare-char" {
             return Ok(Self::builtin());
         }
-        let dir = PathBuf::from(dataset);
+        let mut dir = PathBuf::from(dataset);
         if !dir.is_dir() {
-            bail!("dataset `{dataset}` is not a directory; hint: `gptrain prepare --input FILE --out {dataset}` makes one, or use `--set dataset=builtin`");
+            // nanoGPT's configs name a dataset by its folder under data/ (`dataset = 'openwebtext'`)
+            let nanogpt = Path::new("data").join(dataset);
+            if dir.is_relative() && nanogpt.is_dir() {
+                dir = nanogpt;
+            } else {
+                bail!(
+                    "dataset `{dataset}` is not a directory (nor is data/{dataset}, where nanoGPT keeps it); hint: `gptrain prepare --input FILE --out {dataset}` makes one, or use `--set dataset=builtin`"
+                );
+            }
         }
         let meta = Meta::load(&dir)?;
         let train = Tokens::open(&dir.join("train.bin"), meta.token_bytes, meta.vocab_size)?;
