@@ -2,6 +2,7 @@
 
 use super::printer::{gib, say, thousands, Printer};
 use super::ConfigArgs;
+use crate::backend::cpu::matmul::GemmLib;
 use crate::backend::DType;
 use crate::checkpoint;
 use crate::config::{self, Config};
@@ -617,12 +618,13 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
                 "ms_per_step": r.ms_per_step, "ms_p10": r.p10_ms, "ms_p90": r.p90_ms, "tokens_per_second": tps, "gflops": gflops,
                 "mfu": gflops * 1e9 / peak, "peak_gflops": peak / 1e9, "peak_rss_bytes": r.peak_rss_bytes, "threads": threads,
                 "params": r.params, "steps": a.steps, "profile": r.profile, "profile_gflops": rates,
+                "matmul_library": GemmLib::get().describe(),
             });
             say!("{v}");
             return Ok(());
         }
         say!(
-            "model: {} layers, {} heads, {} dims, block {}, batch {}, vocab {} ({:.2}M params), {} threads",
+            "model: {} layers, {} heads, {} dims, block {}, batch {}, vocab {} ({:.2}M params), {} threads; matmuls: {}",
             model.n_layer,
             model.n_head,
             model.n_embd,
@@ -630,7 +632,8 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             cfg.batch_size,
             model.padded_vocab_size,
             r.params as f64 / 1e6,
-            threads
+            threads,
+            GemmLib::get().describe()
         );
         say!(
             "step (forward, backward, clip, AdamW): {:.2} ms median over {} steps (p10 {:.2}, p90 {:.2})",

@@ -1,4 +1,7 @@
-//! Linear layers through the `gemm` crate, with every transpose folded into strides (no copies).
+//! Linear layers through a GEMM library, with every transpose folded into strides (no copies):
+//! the `gemm` crate, except that on x86-64 CPUs with AVX2 but no AVX-512 the single-threaded
+//! products (one per thread, and attention's per-head ones) go through `private-gemm-x86`'s
+//! AVX2 kernels, which were 7-8% faster per `tiny` step there (PERFORMANCE.md, seventh session).
 //! A naive loop version is kept beside it as the algorithmic reference the tests compare with.
 
 use rayon::prelude::*;
@@ -7,8 +10,61 @@ use rayon::prelude::*;
 /// order: deterministic).
 const BIAS_COLS: usize = 32;
 
+/// The library behind single-threaded products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmLib {
+    /// The `gemm` crate (its AVX-512, AVX2 or plain kernels, picked at run time).
+    Gemm,
+    /// `private-gemm-x86`'s AVX2+FMA kernels.
+    Avx2Asm,
+}
+
+impl GemmLib {
+    /// The default for this CPU: `Avx2Asm` where the CPU has AVX2 and FMA but no AVX-512 (where
+    /// it was measured faster), else `Gemm`. The environment variable `GPTRAIN_GEMM` = `gemm` or
+    /// `avx2asm` overrides it (for benchmarks and tests; `avx2asm` still needs AVX2 and FMA).
+    pub fn get() -> GemmLib {
+        static LIB: std::sync::OnceLock<GemmLib> = std::sync::OnceLock::new();
+        *LIB.get_or_init(|| {
+            let avx2 = cfg!(target_arch = "x86_64") && avx2_fma();
+            match std::env::var("GPTRAIN_GEMM").as_deref() {
+                Ok("gemm") => GemmLib::Gemm,
+                Ok("avx2asm") if avx2 => GemmLib::Avx2Asm,
+                _ if avx2 && !avx512f() => GemmLib::Avx2Asm,
+                _ => GemmLib::Gemm,
+            }
+        })
+    }
+
+    /// For the bench's header.
+    pub fn describe(self) -> &'static str {
+        match self {
+            GemmLib::Gemm => "gemm",
+            GemmLib::Avx2Asm => "private-gemm-x86 AVX2 per thread, gemm for gemm-threaded products",
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx2_fma() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+}
+#[cfg(not(target_arch = "x86_64"))]
+fn avx2_fma() -> bool {
+    false
+}
+#[cfg(target_arch = "x86_64")]
+fn avx512f() -> bool {
+    std::is_x86_feature_detected!("avx512f")
+}
+#[cfg(not(target_arch = "x86_64"))]
+fn avx512f() -> bool {
+    false
+}
+
 /// dst(m,n) = alpha * lhs(m,k) @ rhs(k,n) (+ dst when `accumulate`), through the `gemm`
-/// crate; every operand given by a pointer, a row stride and a column stride (in elements).
+/// crate (or, single-threaded, the library [`GemmLib::get`] picks); every operand given by a
+/// pointer, a row stride and a column stride (in elements).
 ///
 /// # Safety
 /// Every element the strides address must be valid for reads (lhs, rhs) or writes (dst), and
@@ -30,6 +86,12 @@ pub(crate) unsafe fn gemm_raw(
     alpha: f32,
     par: gemm::Parallelism,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if matches!(par, gemm::Parallelism::None) && GemmLib::get() == GemmLib::Avx2Asm {
+        // SAFETY: forwarded from the caller's contract; GemmLib::get picks Avx2Asm only where
+        // the CPU has AVX2 and FMA.
+        return unsafe { gemm_avx2asm(m, n, k, dst, dst_rs, accumulate, lhs, lhs_rs, lhs_cs, rhs, rhs_rs, rhs_cs, alpha) };
+    }
     // SAFETY: forwarded from the caller's contract; gemm computes dst := 1 * dst + alpha * lhs @ rhs.
     unsafe {
         gemm::gemm(
@@ -52,6 +114,73 @@ pub(crate) unsafe fn gemm_raw(
             false,
             false,
             par,
+        )
+    }
+}
+
+/// As [`gemm_raw`], single-threaded, through `private-gemm-x86`'s AVX2 kernels.
+///
+/// # Safety
+/// As [`gemm_raw`]; and the CPU must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_avx2asm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: *const f32,
+    lhs_rs: usize,
+    lhs_cs: usize,
+    rhs: *const f32,
+    rhs_rs: usize,
+    rhs_cs: usize,
+    alpha: f32,
+) {
+    use private_gemm_x86 as pg;
+    if k == 0 {
+        // the library leaves dst as it was for an empty sum; the product of nothing is zero
+        if !accumulate {
+            for i in 0..m {
+                // SAFETY: row i of dst holds n writable elements (the caller's contract).
+                unsafe { std::slice::from_raw_parts_mut(dst.add(i * dst_rs), n) }.fill(0.0);
+            }
+        }
+        return;
+    }
+    let beta = if accumulate { pg::Accum::Add } else { pg::Accum::Replace };
+    // SAFETY: the operands are as the caller's contract says (strides in elements, dst not
+    // overlapping lhs or rhs); null row/column index arrays mean dense rows and columns, a null
+    // diagonal means none; alpha is read as an f32 (DType::F32); one thread, no pool.
+    unsafe {
+        pg::gemm(
+            pg::DType::F32,
+            pg::IType::U64,
+            pg::InstrSet::Avx256,
+            m,
+            n,
+            k,
+            dst.cast(),
+            dst_rs as isize,
+            1,
+            std::ptr::null(),
+            std::ptr::null(),
+            pg::DstKind::Full,
+            beta,
+            lhs.cast(),
+            lhs_rs as isize,
+            lhs_cs as isize,
+            false,
+            std::ptr::null(),
+            0,
+            rhs.cast(),
+            rhs_rs as isize,
+            rhs_cs as isize,
+            false,
+            (&raw const alpha).cast(),
+            1,
         )
     }
 }
@@ -241,6 +370,75 @@ pub fn matmul_backward_naive(dinp: &mut [f32], dw: &mut [f32], db: Option<&mut [
             }
             if let Some(db) = db.as_deref_mut() {
                 db[j] += d[j];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// dst(m,n) (+)= alpha * lhs @ rhs by loops, operands by (row stride, column stride).
+    #[allow(clippy::too_many_arguments)]
+    fn plain(
+        m: usize,
+        n: usize,
+        k: usize,
+        dst: &mut [f32],
+        dst_rs: usize,
+        acc: bool,
+        l: &[f32],
+        lrs: usize,
+        lcs: usize,
+        r: &[f32],
+        rrs: usize,
+        rcs: usize,
+        alpha: f32,
+    ) {
+        for i in 0..m {
+            for j in 0..n {
+                let s: f32 = (0..k).map(|p| l[i * lrs + p * lcs] * r[p * rrs + j * rcs]).sum();
+                let d = &mut dst[i * dst_rs + j];
+                *d = if acc { *d + alpha * s } else { alpha * s };
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_avx2_kernels_compute_every_layout_the_model_uses() {
+        if !avx2_fma() {
+            return; // nothing to test on this CPU: GemmLib never picks them here
+        }
+        let fill = |n: usize, s: u32| -> Vec<f32> {
+            (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(s) % 1999) as f32 / 999.0 - 1.0).collect()
+        };
+        // (m, n, k): odd sizes to cover the kernels' edges, and a k that spans two depth blocks
+        for (m, n, k) in [(37, 29, 19), (64, 48, 128), (5, 3, 1), (70, 33, 600), (3, 70, 0)] {
+            // (lhs row stride, lhs col stride, rhs row stride, rhs col stride): plain, lhs
+            // transposed (weight gradients), rhs transposed (forward), both, and a padded lhs
+            // row stride as in attention's q/k/v views
+            let layouts = [(k, 1, n, 1), (1, m, n, 1), (k, 1, 1, k), (1, m, 1, k), (k + 7, 1, n, 1)];
+            for (lrs, lcs, rrs, rcs) in layouts {
+                let l = fill((m.max(1) - 1) * lrs + (k.max(1) - 1) * lcs + 1, 1);
+                let r = fill((k.max(1) - 1) * rrs + (n.max(1) - 1) * rcs + 1, 2);
+                for (acc, alpha, dst_rs) in [(false, 1.0, n), (true, 0.5, n + 3)] {
+                    let mut want = fill(m * dst_rs, 3);
+                    let mut got = want.clone();
+                    plain(m, n, k, &mut want, dst_rs, acc, &l, lrs, lcs, &r, rrs, rcs, alpha);
+                    // SAFETY: every operand is a slice covering the elements its strides address.
+                    unsafe { gemm_avx2asm(m, n, k, got.as_mut_ptr(), dst_rs, acc, l.as_ptr(), lrs, lcs, r.as_ptr(), rrs, rcs, alpha) };
+                    // (the padding columns of dst_rs > n must come back untouched too)
+                    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                        let at = (i / dst_rs, i % dst_rs);
+                        assert!(
+                            (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                            "m{m} n{n} k{k} {:?} acc {acc} at {at:?}: {g} vs {w}",
+                            (lrs, lcs, rrs, rcs)
+                        );
+                    }
+                }
             }
         }
     }
