@@ -180,8 +180,9 @@ impl Dataset {
             if dir.is_relative() && nanogpt.is_dir() {
                 dir = nanogpt;
             } else {
+                let also = if dir.is_relative() { format!(" (nor is data/{dataset}, where nanoGPT keeps it)") } else { String::new() };
                 bail!(
-                    "dataset `{dataset}` is not a directory (nor is data/{dataset}, where nanoGPT keeps it); hint: `gptrain prepare --input FILE --out {dataset}` makes one, or use `--set dataset=builtin`"
+                    "dataset `{dataset}` is not a directory{also}; hint: `gptrain prepare --input FILE --out {dataset}` makes one, or use `--set dataset=builtin`"
                 );
             }
         }
