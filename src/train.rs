@@ -26,6 +26,10 @@ use std::time::{Duration, Instant};
 /// Set by the Ctrl-C / SIGTERM handler: finish the iteration, checkpoint, stop.
 pub static STOP: AtomicBool = AtomicBool::new(false);
 
+/// Set while a run's final checkpoint waits to be tried again (`retry_last_save`), when a
+/// Ctrl-C means giving up on it rather than writing one.
+pub static WAITING_TO_SAVE: AtomicBool = AtomicBool::new(false);
+
 /// What the loop reports; the CLI prints it.
 pub trait Observer {
     fn message(&mut self, text: &str);
@@ -552,12 +556,15 @@ fn retry_last_save<T>(
             reported = true;
         }
         let wake = Instant::now() + every.min(limit.saturating_sub(t0.elapsed()));
+        WAITING_TO_SAVE.store(!stop_on_entry, Ordering::SeqCst);
         while let Some(left) = wake.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
             if !stop_on_entry && stop.load(Ordering::SeqCst) {
+                WAITING_TO_SAVE.store(false, Ordering::SeqCst);
                 return Err(err.context("gave up on the interrupt"));
             }
             std::thread::sleep(left.min(Duration::from_millis(50)));
         }
+        WAITING_TO_SAVE.store(false, Ordering::SeqCst);
     }
 }
 

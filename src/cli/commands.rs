@@ -86,7 +86,11 @@ fn install_signal_handler() {
             eprintln!("\nstopping now (second interrupt); checkpoints already on disk are intact");
             std::process::exit(130);
         }
-        eprintln!("\ninterrupt: finishing this iteration and writing a checkpoint (interrupt again to quit at once)");
+        if train::WAITING_TO_SAVE.load(std::sync::atomic::Ordering::SeqCst) {
+            eprintln!("\ninterrupt: giving up on the final checkpoint");
+        } else {
+            eprintln!("\ninterrupt: finishing this iteration and writing a checkpoint (interrupt again to quit at once)");
+        }
     });
 }
 
