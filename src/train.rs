@@ -321,7 +321,7 @@ fn run_on<B: Backend>(backend: B, cfg: &Config, obs: &mut dyn Observer) -> Resul
     let flops_per_iter = flops::flops_per_iter(&mc, b, t, accum);
     let tokens_per_iter = b * t * accum;
     let mem = flops::memory(&mc, b, t, 4, false, flops::Impl::Cpu).total();
-    if let Some(warning) = check_memory(mem, MemInfo::read())? {
+    if let Some(warning) = check_memory(mem, device::MemInfo::read())? {
         obs.message(&warning);
     }
 
@@ -588,30 +588,10 @@ impl std::fmt::Display for Interrupted {
 
 impl std::error::Error for Interrupted {}
 
-/// This machine's memory, bytes, from /proc/meminfo.
-#[derive(Clone, Copy, Debug)]
-pub struct MemInfo {
-    pub total: u64,
-    pub available: u64,
-    pub swap_free: u64,
-}
-
-impl MemInfo {
-    /// None where /proc/meminfo is missing or unreadable (not Linux).
-    pub fn read() -> Option<MemInfo> {
-        let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-        let field = |name: &str| -> Option<u64> {
-            let kb: u64 = s.lines().find(|l| l.starts_with(name))?.split_whitespace().nth(1)?.parse().ok()?;
-            Some(kb * 1024)
-        };
-        Some(MemInfo { total: field("MemTotal:")?, available: field("MemAvailable:")?, swap_free: field("SwapFree:").unwrap_or(0) })
-    }
-}
-
 /// A run that needs `need` bytes (`perf::flops::memory`): an error when that is more than the
 /// machine has at all (memory plus free swap: the allocation would abort the process), a
 /// warning when it is more than is available now; None when it fits or `mem` is unknown.
-pub fn check_memory(need: u64, mem: Option<MemInfo>) -> Result<Option<String>> {
+pub fn check_memory(need: u64, mem: Option<device::MemInfo>) -> Result<Option<String>> {
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     let hint = "lower batch_size (and raise gradient_accumulation_steps) or block_size; `gptrain estimate` gives the largest micro-batch that fits";
     let Some(m) = mem else { return Ok(None) };
@@ -656,7 +636,7 @@ mod tests {
 
     #[test]
     fn memory_beyond_the_machine_is_an_error_and_beyond_what_is_free_a_warning() {
-        let m = Some(MemInfo { total: 24 * GIB, available: 20 * GIB, swap_free: 2 * GIB });
+        let m = Some(device::MemInfo { total: 24 * GIB, available: 20 * GIB, swap_free: 2 * GIB });
         assert_eq!(check_memory(10 * GIB, m).unwrap(), None);
         let w = check_memory(21 * GIB, m).unwrap().unwrap();
         assert!(w.starts_with("warning:") && w.contains("20.0 GiB") && w.contains("batch_size"), "{w}");

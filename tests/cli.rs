@@ -79,6 +79,10 @@ fn a_dataset_named_as_in_nanogpt_is_found_under_data() {
     let (code, out, err) = gptrain(&args, &d);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("data/tiny_char"), "the run says which directory it read: {out}");
+    // estimate and bench read the vocabulary from the same directory
+    let (code, out, err) = gptrain(&["estimate", "--device", "cpu", "--set", "dataset=tiny_char"], &d);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("vocab 50304"), "{out}");
     fails_with(&["train", "--set", "dataset=other_char"], &d, "nor is data/other_char");
     std::fs::remove_dir_all(d).ok();
 }

@@ -238,9 +238,9 @@ fn model_without_data(cfg: &Config) -> Result<ModelConfig> {
     let vocab = match cfg.vocab_size {
         Some(v) => v,
         None if cfg.dataset == "builtin" => crate::data::prepare::char_encode_all(crate::data::BUILTIN_CORPUS).0.vocab_size,
-        None => match Path::new(&cfg.dataset).is_dir() {
-            true => crate::data::Meta::load(Path::new(&cfg.dataset))?.vocab_size,
-            false => 50304,
+        None => match crate::data::find_dir(&cfg.dataset) {
+            Some(dir) => crate::data::Meta::load(&dir)?.vocab_size,
+            None => 50304,
         },
     };
     train::model_config(&Config { vocab_size: Some(vocab), ..cfg.clone() }, 0)
@@ -589,12 +589,6 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     let threads = worker_threads(a.threads.unwrap_or(cfg.threads));
     pool(threads)?.install(|| -> Result<()> {
         let model = model_without_data(&cfg)?;
-        if !a.linears {
-            let need = flops::memory(&model, cfg.batch_size, model.block_size, 4, false, flops::Impl::Cpu).total();
-            if let Some(warning) = train::check_memory(need, train::MemInfo::read())? {
-                eprintln!("{warning}");
-            }
-        }
         let dev = device::cpu();
         if a.linears {
             let (ms, flops) = crate::bench::run_linears(&model, cfg.batch_size, a.steps, a.warmup);
@@ -607,6 +601,10 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
                 say!("{gflops:.1} GFLOP/s, {:.1}% of {:.1} GFLOP/s ({})", gflops * 1e9 / peak * 100.0, peak / 1e9, dev.source);
             }
             return Ok(());
+        }
+        let need = flops::memory(&model, cfg.batch_size, model.block_size, 4, false, flops::Impl::Cpu).total();
+        if let Some(warning) = train::check_memory(need, device::MemInfo::read())? {
+            eprintln!("{warning}");
         }
         let r = crate::bench::run(&model, cfg.batch_size, a.steps, a.warmup, a.profile, train::cpu_backend(&cfg))?;
         let peak = dev.peak_flops(DType::F32);

@@ -167,25 +167,30 @@ pub struct Dataset {
     pub source: String,
 }
 
+/// The prepared-data directory `dataset` names: that path, or, for a relative name that is not
+/// a directory here, `data/<name>` as nanoGPT's configs name it (`dataset = 'openwebtext'`).
+pub fn find_dir(dataset: &str) -> Option<PathBuf> {
+    let dir = PathBuf::from(dataset);
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    let nanogpt = Path::new("data").join(dataset);
+    (dir.is_relative() && nanogpt.is_dir()).then_some(nanogpt)
+}
+
 impl Dataset {
     /// `builtin` (the built-in corpus, char-level, prepared in memory) or a prepared directory.
     pub fn open(dataset: &str) -> Result<Dataset> {
         if dataset == "builtin" || dataset == "builtin:shakespeare-char" {
             return Ok(Self::builtin());
         }
-        let mut dir = PathBuf::from(dataset);
-        if !dir.is_dir() {
-            // nanoGPT's configs name a dataset by its folder under data/ (`dataset = 'openwebtext'`)
-            let nanogpt = Path::new("data").join(dataset);
-            if dir.is_relative() && nanogpt.is_dir() {
-                dir = nanogpt;
-            } else {
-                let also = if dir.is_relative() { format!(" (nor is data/{dataset}, where nanoGPT keeps it)") } else { String::new() };
-                bail!(
-                    "dataset `{dataset}` is not a directory{also}; hint: `gptrain prepare --input FILE --out {dataset}` makes one, or use `--set dataset=builtin`"
-                );
-            }
-        }
+        let Some(dir) = find_dir(dataset) else {
+            let also =
+                if Path::new(dataset).is_relative() { format!(" (nor is data/{dataset}, where nanoGPT keeps it)") } else { String::new() };
+            bail!(
+                "dataset `{dataset}` is not a directory{also}; hint: `gptrain prepare --input FILE --out {dataset}` makes one, or use `--set dataset=builtin`"
+            );
+        };
         let meta = Meta::load(&dir)?;
         let train = Tokens::open(&dir.join("train.bin"), meta.token_bytes, meta.vocab_size)?;
         let val = Tokens::open(&dir.join("val.bin"), meta.token_bytes, meta.vocab_size)?;

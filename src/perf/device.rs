@@ -176,6 +176,26 @@ pub fn names() -> Vec<&'static str> {
 // ---------------------------------------------------------------------------------------------
 // This CPU
 
+/// This machine's memory, bytes, from /proc/meminfo.
+#[derive(Clone, Copy, Debug)]
+pub struct MemInfo {
+    pub total: u64,
+    pub available: u64,
+    pub swap_free: u64,
+}
+
+impl MemInfo {
+    /// None where /proc/meminfo is missing or unreadable (not Linux).
+    pub fn read() -> Option<MemInfo> {
+        let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let field = |name: &str| -> Option<u64> {
+            let kb: u64 = s.lines().find(|l| l.starts_with(name))?.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kb * 1024)
+        };
+        Some(MemInfo { total: field("MemTotal:")?, available: field("MemAvailable:")?, swap_free: field("SwapFree:").unwrap_or(0) })
+    }
+}
+
 /// This CPU with the current rayon pool, its peak measured by [`probe_cpu_peak`] (~0.1 s) on
 /// every call. A busy machine only ever makes the probe read low, so the best value seen on
 /// this CPU model and thread count is kept in `$XDG_CACHE_HOME/gptrain` (or `~/.cache/gptrain`)
@@ -183,10 +203,7 @@ pub fn names() -> Vec<&'static str> {
 pub fn cpu() -> Device {
     let threads = rayon::current_num_threads();
     let peak = peak_with_cache(cache_path(threads).as_deref(), probe_cpu_peak);
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
-        .map_or(0, |kb| kb * 1024);
+    let mem = MemInfo::read().map_or(0, |m| m.total);
     Device {
         name: "cpu".into(),
         description: format!("{} ({threads} threads)", cpu_model()),

@@ -26,7 +26,7 @@ impl GemmLib {
     pub fn get() -> GemmLib {
         static LIB: std::sync::OnceLock<GemmLib> = std::sync::OnceLock::new();
         *LIB.get_or_init(|| {
-            let avx2 = cfg!(target_arch = "x86_64") && avx2_fma();
+            let avx2 = avx2_fma();
             match std::env::var("GPTRAIN_GEMM").as_deref() {
                 Ok("gemm") => GemmLib::Gemm,
                 Ok("avx2asm") if avx2 => GemmLib::Avx2Asm,
