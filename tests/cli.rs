@@ -358,3 +358,93 @@ fn bench_prints_one_json_object_and_a_profile_by_kernel() {
     }
     assert!(v["profile_gflops"]["gelu"].is_null());
 }
+
+#[test]
+fn held_to_avx2_the_model_trains_to_the_same_loss() {
+    let d = tmp("isa");
+    let run = |args: &[&str], isa: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_gptrain"));
+        c.args(args).current_dir(&d).env("XDG_CACHE_HOME", &d).env_remove("GPTRAIN_GEMM");
+        match isa {
+            Some(v) => c.env("GPTRAIN_ISA", v),
+            None => c.env_remove("GPTRAIN_ISA"),
+        };
+        let out = c.output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, _, err) = run(&["estimate"], Some("avx3"));
+    assert_eq!(code, 1);
+    assert!(err.trim_end().ends_with("or unset it") && err.contains("GPTRAIN_ISA=\"avx3\" is not a choice"), "{err}");
+    let text: String = (0..300).map(|i| format!("line {i}: to be or not to be\n")).collect();
+    std::fs::write(d.join("in.txt"), text).unwrap();
+    assert_eq!(run(&["prepare", "--input", "in.txt", "--out", "data"], None).0, 0);
+    let train = |out_dir: &str, isa: Option<&str>| {
+        let kernels = if out_dir.ends_with("reference") { "kernels=reference" } else { "kernels=fast" };
+        let out_dir = format!("out_dir={out_dir}");
+        let mut args =
+            vec!["train", "--set", "dataset=data", "--set", "max_iters=10", "--set", "eval_interval=10", "--set", "eval_iters=2"];
+        args.extend(["--set", "n_layer=2", "--set", "n_embd=32", "--set", "n_head=2", "--set", "block_size=32", "--set", "threads=2"]);
+        args.extend(["--set", "dropout=0", "--set", "max_new_tokens=0", "--set", &out_dir, "--set", kernels]);
+        run(&args, isa)
+    };
+    let (code, _, err) = train("wide", None);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = train("avx2", Some("avx2"));
+    let has_avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+    if !has_avx2 {
+        assert_eq!(code, 1);
+        assert!(err.contains("this CPU has no AVX2"), "{err}");
+        return;
+    }
+    assert_eq!(code, 0, "{err}");
+    // the reference kernels' matmuls, threaded by rows when held to AVX2
+    let (code, _, err) = train("avx2-reference", Some("avx2"));
+    assert_eq!(code, 0, "{err}");
+    // the last eval's losses: the same math in other vectors and matmul blockings
+    let losses = |out_dir: &str| -> Vec<f64> {
+        let metrics = std::fs::read_to_string(d.join(out_dir).join("metrics.jsonl")).unwrap();
+        let last = metrics.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).rfind(|v| v["type"] == "eval").unwrap();
+        assert_eq!(last["iter"], 10);
+        vec![last["train_loss"].as_f64().unwrap(), last["val_loss"].as_f64().unwrap()]
+    };
+    let a = losses("wide");
+    for run in ["avx2", "avx2-reference"] {
+        let b = losses(run);
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= 1e-5 * x.abs(), "default {a:?} against {run} {b:?}");
+        }
+    }
+    // the bench names the vectors, and measures the peak in them
+    let (code, out, err) = run(
+        &[
+            "bench",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--threads",
+            "1",
+            "--json",
+            "--set",
+            "n_layer=1",
+            "--set",
+            "n_embd=32",
+            "--set",
+            "n_head=2",
+            "--set",
+            "block_size=16",
+            "--set",
+            "batch_size=2",
+        ],
+        Some("avx2"),
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["isa"], "AVX2");
+    assert!(v["matmul_library"].as_str().unwrap().contains("private-gemm-x86"), "{v}");
+    std::fs::remove_dir_all(d).ok();
+}

@@ -4,7 +4,12 @@ ms/step and the median of the per-round ratios (PyTorch ms / gptrain ms, i.e. gp
 over PyTorch tokens/s; > 1 means gptrain is faster). Pairing each gptrain run with the PyTorch
 run next to it cancels slow drifts of a shared machine.
 
-    cargo build --release && python tools/bench_vs_torch.py [--rounds 5] [--threads 2] [--compile] [--configs tiny,small,gpt2] [--sdpa] [--linears]
+    cargo build --release && python tools/bench_vs_torch.py [--rounds 5] [--threads 2] [--compile] [--configs tiny,small,gpt2] [--sdpa] [--linears] [--isa avx2]
+
+MFU is against gptrain's probe of this machine's FMA peak (best seen, as `gptrain bench` reports
+it); PyTorch's MFU is the same model FLOPs over its own time. `--isa avx2` runs both sides as an
+AVX2-only CPU would on an AVX-512 machine (GPTRAIN_ISA=avx2; ATEN_CPU_CAPABILITY, MKL and oneDNN
+held to AVX2), with the peak probed in AVX2.
 """
 
 import argparse
@@ -25,12 +30,16 @@ CONFIGS = {
 }
 
 
+AVX2_ENV = {"GPTRAIN_ISA": "avx2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+EXTRA_ENV = {}
+
+
 def run_gptrain(c, threads, linears=False):
     sets = []
     for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size"):
         sets += ["--set", f"{k}={c[k]}"]
     cmd = [GPTRAIN, "bench", "--json", "--steps", str(c["steps"]), "--warmup", "2", "--threads", str(threads), "--set", "bias=false", "--set", "dropout=0"] + sets + (["--linears"] if linears else [])
-    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, env=dict(os.environ, **EXTRA_ENV)).stdout)
 
 
 def run_torch(c, threads, compile_, sdpa=False, linears=False):
@@ -43,7 +52,7 @@ def run_torch(c, threads, compile_, sdpa=False, linears=False):
         cmd.append("--sdpa")
     if linears:
         cmd.append("--linears")
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), **EXTRA_ENV)
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout.strip().splitlines()[-1])
 
 
@@ -55,10 +64,14 @@ def main():
     ap.add_argument("--configs", default="tiny,small,gpt2")
     ap.add_argument("--linears", action="store_true", help="time only the linear layers' matmuls on both sides (the matmul libraries on these shapes)")
     ap.add_argument("--sdpa", action="store_true", help="PyTorch attention through scaled_dot_product_attention (nanoGPT's flash path)")
+    ap.add_argument("--isa", choices=["avx2"], help="hold both sides to AVX2 (what an AVX2-only CPU would run)")
     a = ap.parse_args()
+    if a.isa == "avx2":
+        EXTRA_ENV.update(AVX2_ENV)
     if a.linears:
         return linears(a)
-    print(f"{'config':<8} {'gptrain ms':>11} {'torch ms':>10} {'ratio':>7} {'gptrain MFU':>12} {'gptrain RSS':>12} {'torch RSS':>10}" + (f" {'compile ms':>11} {'ratio':>7}" if a.compile else ""))
+    print(f"{'config':<8} {'gptrain ms':>11} {'torch ms':>10} {'ratio':>7} {'gptrain MFU':>12} {'torch MFU':>10} {'gptrain RSS':>12} {'torch RSS':>10}" + (f" {'compile ms':>11} {'ratio':>7}" if a.compile else ""))
+    peaks, isa = [], ""
     for name in a.configs.split(","):
         c = CONFIGS[name]
         g, t, tc = [], [], []
@@ -71,14 +84,19 @@ def main():
         tm = statistics.median(x["ms_per_step"] for x in t)
         ratio = statistics.median(b["ms_per_step"] / a["ms_per_step"] for a, b in zip(g, t))
         mfu = statistics.median(x["mfu"] for x in g)
+        # the same model FLOPs and peak over PyTorch's time, round by round
+        tmfu = statistics.median(a["mfu"] * a["ms_per_step"] / b["ms_per_step"] for a, b in zip(g, t))
         grss = max(x["peak_rss_bytes"] for x in g) / 2**20
         trss = max(x["peak_rss_bytes"] for x in t) / 2**20
-        line = f"{name:<8} {gm:>11.2f} {tm:>10.2f} {ratio:>6.2f}x {mfu * 100:>11.1f}% {grss:>9.0f}MiB {trss:>7.0f}MiB"
+        line = f"{name:<8} {gm:>11.2f} {tm:>10.2f} {ratio:>6.2f}x {mfu * 100:>11.1f}% {tmfu * 100:>9.1f}% {grss:>9.0f}MiB {trss:>7.0f}MiB"
         if a.compile:
             cm = statistics.median(x["ms_per_step"] for x in tc)
             cratio = statistics.median(b["ms_per_step"] / a["ms_per_step"] for a, b in zip(g, tc))
             line += f" {cm:>11.2f} {cratio:>6.2f}x"
         print(line, flush=True)
+        peaks += [x["peak_gflops"] for x in g]
+        isa = g[-1].get("isa", "")
+    print(f"MFU against up to {max(peaks):.1f} GFLOP/s, the best {isa} FMA peak gptrain's probe had seen on this machine at each run", flush=True)
 
 
 def linears(a):

@@ -3,6 +3,7 @@
 use super::printer::{gib, say, thousands, Printer};
 use super::ConfigArgs;
 use crate::backend::cpu::matmul::GemmLib;
+use crate::backend::cpu::simd::Isa;
 use crate::backend::DType;
 use crate::checkpoint;
 use crate::config::{self, Config};
@@ -620,13 +621,13 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
                 "ms_per_step": r.ms_per_step, "ms_p10": r.p10_ms, "ms_p90": r.p90_ms, "tokens_per_second": tps, "gflops": gflops,
                 "mfu": gflops * 1e9 / peak, "peak_gflops": peak / 1e9, "peak_rss_bytes": r.peak_rss_bytes, "threads": threads,
                 "params": r.params, "steps": a.steps, "profile": r.profile, "profile_gflops": rates,
-                "matmul_library": GemmLib::get().describe(),
+                "matmul_library": GemmLib::get().describe(), "isa": Isa::get().name(),
             });
             say!("{v}");
             return Ok(());
         }
         say!(
-            "model: {} layers, {} heads, {} dims, block {}, batch {}, vocab {} ({:.2}M params), {} threads; matmuls: {}",
+            "model: {} layers, {} heads, {} dims, block {}, batch {}, vocab {} ({:.2}M params), {} threads; vectors: {}; matmuls: {}",
             model.n_layer,
             model.n_head,
             model.n_embd,
@@ -635,6 +636,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             model.padded_vocab_size,
             r.params as f64 / 1e6,
             threads,
+            Isa::get().name(),
             GemmLib::get().describe()
         );
         say!(

@@ -68,7 +68,7 @@ enum Cmd {
 /// Runs the CLI; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    let result = match cli.cmd {
+    let result = crate::backend::cpu::simd::check_env().and_then(|()| match cli.cmd {
         Cmd::Prepare { input, tokenizer, out, threads } => commands::prepare(input, &tokenizer, &out, threads),
         Cmd::Train(a) => commands::train(&a),
         Cmd::Sample(a) => commands::sample(&a),
@@ -76,7 +76,7 @@ pub fn main() -> i32 {
         Cmd::Logs(a) => commands::logs(&a),
         Cmd::Bench(a) => commands::bench(&a),
         Cmd::Plot { metrics, out } => commands::plot(&metrics, out),
-    };
+    });
     match result {
         Ok(()) => 0,
         Err(e) => {

@@ -1,6 +1,7 @@
 //! Peak throughput and memory of the devices gptrain knows, each figure with its source, and a
 //! probe that measures this CPU's peak.
 
+use crate::backend::cpu::simd::Isa;
 use crate::backend::DType;
 use anyhow::{bail, Result};
 
@@ -212,7 +213,12 @@ pub fn cpu() -> Device {
         half_tflops: peak / 1e12,
         memory_bytes: mem,
         bandwidth_gbs: 0.0,
-        source: format!("measured: {:.1} GFLOP/s f32 FMA peak on {threads} threads (gptrain's probe, best seen)", peak / 1e9),
+        source: format!(
+            "measured: {:.1} GFLOP/s f32 FMA peak on {threads} threads with {}{} (gptrain's probe, best seen)",
+            peak / 1e9,
+            Isa::get().name(),
+            if Isa::is_capped() { ", held there by GPTRAIN_ISA" } else { "" }
+        ),
     }
 }
 
@@ -228,7 +234,9 @@ fn cache_path(threads: usize) -> Option<std::path::PathBuf> {
         .map(std::path::PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))?;
     let key: String = cpu_model().chars().filter(|c| c.is_ascii_alphanumeric()).collect();
-    Some(base.join("gptrain").join(format!("cpu-peak-v3-{key}-{threads}t.json")))
+    // a run held to AVX2 keeps its own best (its peak is half the AVX-512 one)
+    let isa = if Isa::is_capped() { format!("-{}", Isa::get().name().to_ascii_lowercase()) } else { String::new() };
+    Some(base.join("gptrain").join(format!("cpu-peak-v3-{key}-{threads}t{isa}.json")))
 }
 
 /// `probe()`, or the value cached at `path` when that is larger; the result is written back
@@ -274,13 +282,13 @@ pub fn probe_cpu_peak() -> f64 {
 fn fma_chains(iters: u64, seed: f32) -> f64 {
     #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F (checked just above).
-            return unsafe { fma_chains_avx512(iters, seed) };
-        }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            return unsafe { fma_chains_avx2(iters, seed) };
+        // the vectors the kernels use (GPTRAIN_ISA=avx2 lowers both)
+        match Isa::get() {
+            // SAFETY: Isa::get says Avx512 only where the CPU has AVX-512F (and more).
+            Isa::Avx512 => return unsafe { fma_chains_avx512(iters, seed) },
+            // SAFETY: Isa::get says Avx2 only where the CPU has AVX2 and FMA.
+            Isa::Avx2 => return unsafe { fma_chains_avx2(iters, seed) },
+            Isa::Baseline => {}
         }
     }
     fma_chains_portable(iters, seed)

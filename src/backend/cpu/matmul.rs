@@ -2,8 +2,12 @@
 //! the `gemm` crate, except that on x86-64 CPUs with AVX2 but no AVX-512 the single-threaded
 //! products (one per thread, and attention's per-head ones) go through `private-gemm-x86`'s
 //! AVX2 kernels, which were 7-8% faster per `tiny` step there (PERFORMANCE.md, seventh session).
-//! A naive loop version is kept beside it as the algorithmic reference the tests compare with.
+//! Under `GPTRAIN_ISA=avx2` on an AVX-512 CPU every product goes through them (`gemm` cannot be
+//! held to AVX2). A naive loop version is kept beside it as the algorithmic reference the tests
+//! compare with.
 
+use super::simd::Isa;
+use anyhow::{bail, Result};
 use rayon::prelude::*;
 
 /// Columns per task when summing the bias gradient (each task sums all rows of its columns in
@@ -20,46 +24,45 @@ pub enum GemmLib {
 }
 
 impl GemmLib {
-    /// The default for this CPU: `Avx2Asm` where the CPU has AVX2 and FMA but no AVX-512 (where
-    /// it was measured faster), else `Gemm`. The environment variable `GPTRAIN_GEMM` = `gemm` or
-    /// `avx2asm` overrides it (for benchmarks and tests; `avx2asm` still needs AVX2 and FMA).
+    /// The default for this CPU: `Avx2Asm` where the kernels run AVX2 ([`Isa::get`]: a CPU with
+    /// AVX2 and FMA but no AVX-512, where it was measured faster, or `GPTRAIN_ISA=avx2`), else
+    /// `Gemm`. The environment variable `GPTRAIN_GEMM` = `gemm` or `avx2asm` overrides it (for
+    /// benchmarks and tests; [`super::simd::check_env`] rejects a value that cannot hold).
     pub fn get() -> GemmLib {
         static LIB: std::sync::OnceLock<GemmLib> = std::sync::OnceLock::new();
-        *LIB.get_or_init(|| {
-            let avx2 = avx2_fma();
-            match std::env::var("GPTRAIN_GEMM").as_deref() {
-                Ok("gemm") => GemmLib::Gemm,
-                Ok("avx2asm") if avx2 => GemmLib::Avx2Asm,
-                _ if avx2 && !avx512f() => GemmLib::Avx2Asm,
-                _ => GemmLib::Gemm,
-            }
+        *LIB.get_or_init(|| match GemmLib::from_env().ok().flatten() {
+            _ if Isa::is_capped() => GemmLib::Avx2Asm,
+            Some(lib) => lib,
+            None if Isa::get() == Isa::Avx2 => GemmLib::Avx2Asm,
+            None => GemmLib::Gemm,
         })
+    }
+
+    /// `GPTRAIN_GEMM`, checked against this CPU and `GPTRAIN_ISA`; `None` when unset.
+    pub fn from_env() -> Result<Option<GemmLib>> {
+        let Some(v) = std::env::var_os("GPTRAIN_GEMM").filter(|v| !v.is_empty()) else { return Ok(None) };
+        let lib = match v.to_str() {
+            Some("gemm") => GemmLib::Gemm,
+            Some("avx2asm") => GemmLib::Avx2Asm,
+            _ => bail!("GPTRAIN_GEMM={v:?} is not a choice; hint: use `gemm` or `avx2asm`, or unset it"),
+        };
+        if lib == GemmLib::Avx2Asm && Isa::detected() < Isa::Avx2 {
+            bail!("GPTRAIN_GEMM=avx2asm but this CPU has no AVX2 with FMA; hint: unset GPTRAIN_GEMM");
+        }
+        if lib == GemmLib::Gemm && Isa::is_capped() {
+            bail!("GPTRAIN_GEMM=gemm cannot be held to GPTRAIN_ISA=avx2 (gemm uses the CPU's widest vectors); hint: unset one of them");
+        }
+        Ok(Some(lib))
     }
 
     /// For the bench's header.
     pub fn describe(self) -> &'static str {
         match self {
             GemmLib::Gemm => "gemm",
+            GemmLib::Avx2Asm if Isa::is_capped() => "private-gemm-x86 AVX2 for every product (GPTRAIN_ISA=avx2)",
             GemmLib::Avx2Asm => "private-gemm-x86 AVX2 per thread, gemm for gemm-threaded products",
         }
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-fn avx2_fma() -> bool {
-    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-}
-#[cfg(not(target_arch = "x86_64"))]
-fn avx2_fma() -> bool {
-    false
-}
-#[cfg(target_arch = "x86_64")]
-fn avx512f() -> bool {
-    std::is_x86_feature_detected!("avx512f")
-}
-#[cfg(not(target_arch = "x86_64"))]
-fn avx512f() -> bool {
-    false
 }
 
 /// dst(m,n) = alpha * lhs(m,k) @ rhs(k,n) (+ dst when `accumulate`), through the `gemm`
@@ -87,10 +90,44 @@ pub(crate) unsafe fn gemm_raw(
     par: gemm::Parallelism,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if matches!(par, gemm::Parallelism::None) && GemmLib::get() == GemmLib::Avx2Asm {
-        // SAFETY: forwarded from the caller's contract; GemmLib::get picks Avx2Asm only where
-        // the CPU has AVX2 and FMA.
-        return unsafe { gemm_avx2asm(m, n, k, dst, dst_rs, accumulate, lhs, lhs_rs, lhs_cs, rhs, rhs_rs, rhs_cs, alpha) };
+    if GemmLib::get() == GemmLib::Avx2Asm {
+        match par {
+            gemm::Parallelism::None => {
+                // SAFETY: forwarded from the caller's contract; GemmLib::get picks Avx2Asm only
+                // where the CPU has AVX2 and FMA.
+                return unsafe { gemm_avx2asm(m, n, k, dst, dst_rs, accumulate, lhs, lhs_rs, lhs_cs, rhs, rhs_rs, rhs_cs, alpha) };
+            }
+            // held to AVX2 (GPTRAIN_ISA): gemm would use AVX-512, so split the rows instead
+            gemm::Parallelism::Rayon(threads) if Isa::is_capped() => {
+                let rows = m.div_ceil(threads.max(1)).max(1);
+                // raw pointers are not Send; the blocks below are disjoint rows of dst
+                let (d, l, r) = (dst as usize, lhs as usize, rhs as usize);
+                (0..m.div_ceil(rows)).into_par_iter().for_each(|i| {
+                    let r0 = i * rows;
+                    // SAFETY: rows r0..r0+mi of dst and lhs lie inside the caller's operands;
+                    // each task writes only its own rows of dst; AVX2 and FMA as above.
+                    unsafe {
+                        gemm_avx2asm(
+                            rows.min(m - r0),
+                            n,
+                            k,
+                            (d as *mut f32).add(r0 * dst_rs),
+                            dst_rs,
+                            accumulate,
+                            (l as *const f32).add(r0 * lhs_rs),
+                            lhs_rs,
+                            lhs_cs,
+                            r as *const f32,
+                            rhs_rs,
+                            rhs_cs,
+                            alpha,
+                        )
+                    }
+                });
+                return;
+            }
+            _ => {}
+        }
     }
     // SAFETY: forwarded from the caller's contract; gemm computes dst := 1 * dst + alpha * lhs @ rhs.
     unsafe {
@@ -408,7 +445,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn the_avx2_kernels_compute_every_layout_the_model_uses() {
-        if !avx2_fma() {
+        if Isa::detected() < Isa::Avx2 {
             return; // nothing to test on this CPU: GemmLib never picks them here
         }
         let fill = |n: usize, s: u32| -> Vec<f32> {

@@ -11,7 +11,7 @@ pub mod matmul;
 pub mod optimizer;
 pub mod pointwise;
 pub mod pool;
-mod simd;
+pub mod simd;
 
 use super::{AdamW, Backend, DType, Dropout, Linear, Span};
 
