@@ -6,8 +6,9 @@ run next to it cancels slow drifts of a shared machine.
 
     cargo build --release && python tools/bench_vs_torch.py [--rounds 5] [--threads 2] [--compile] [--configs tiny,small,gpt2] [--sdpa] [--linears] [--isa avx2]
 
-MFU is against gptrain's probe of this machine's FMA peak (best seen, as `gptrain bench` reports
-it); PyTorch's MFU is the same model FLOPs over its own time. `--isa avx2` runs both sides as an
+MFU is against gptrain's probe of this machine's FMA peak: the best it has seen by the config's
+last round (each `gptrain bench` reports against the best seen before it); PyTorch's MFU is the
+same model FLOPs over its own time. `--isa avx2` runs both sides as an
 AVX2-only CPU would on an AVX-512 machine (GPTRAIN_ISA=avx2; ATEN_CPU_CAPABILITY, MKL and oneDNN
 held to AVX2), with the peak probed in AVX2.
 """
@@ -83,9 +84,11 @@ def main():
         gm = statistics.median(x["ms_per_step"] for x in g)
         tm = statistics.median(x["ms_per_step"] for x in t)
         ratio = statistics.median(b["ms_per_step"] / a["ms_per_step"] for a, b in zip(g, t))
-        mfu = statistics.median(x["mfu"] for x in g)
-        # the same model FLOPs and peak over PyTorch's time, round by round
-        tmfu = statistics.median(a["mfu"] * a["ms_per_step"] / b["ms_per_step"] for a, b in zip(g, t))
+        # against the best peak of the rounds (a run's own MFU is against the best seen before it);
+        # PyTorch's: the same model FLOPs over its time, round by round
+        peak = max(x["peak_gflops"] for x in g)
+        mfu = statistics.median(x["gflops"] / peak for x in g)
+        tmfu = statistics.median(a["gflops"] * a["ms_per_step"] / b["ms_per_step"] / peak for a, b in zip(g, t))
         grss = max(x["peak_rss_bytes"] for x in g) / 2**20
         trss = max(x["peak_rss_bytes"] for x in t) / 2**20
         line = f"{name:<8} {gm:>11.2f} {tm:>10.2f} {ratio:>6.2f}x {mfu * 100:>11.1f}% {tmfu * 100:>9.1f}% {grss:>9.0f}MiB {trss:>7.0f}MiB"
@@ -96,7 +99,7 @@ def main():
         print(line, flush=True)
         peaks += [x["peak_gflops"] for x in g]
         isa = g[-1].get("isa", "")
-    print(f"MFU against up to {max(peaks):.1f} GFLOP/s, the best {isa} FMA peak gptrain's probe had seen on this machine at each run", flush=True)
+    print(f"MFU against the best {isa} FMA peak gptrain's probe has seen on this machine by each config's last round (up to {max(peaks):.1f} GFLOP/s)", flush=True)
 
 
 def linears(a):
