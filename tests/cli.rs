@@ -379,6 +379,26 @@ fn held_to_avx2_the_model_trains_to_the_same_loss() {
     let (code, _, err) = run(&["estimate"], Some("avx3"));
     assert_eq!(code, 1);
     assert!(err.trim_end().ends_with("or unset it") && err.contains("GPTRAIN_ISA=\"avx3\" is not a choice"), "{err}");
+    let with_gemm = |gemm: &str, isa: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_gptrain"))
+            .arg("estimate")
+            .current_dir(&d)
+            .env("GPTRAIN_GEMM", gemm)
+            .env("GPTRAIN_ISA", isa)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, err) = with_gemm("blas", "");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("GPTRAIN_GEMM=\"blas\" is not a choice"), "{err}");
+    use std::is_x86_feature_detected as has;
+    if has!("avx512f") && has!("avx512vl") && has!("avx512bw") && has!("avx512dq") && has!("avx2") && has!("fma") {
+        // gemm uses AVX-512 where the CPU has it, whatever GPTRAIN_ISA says
+        let (code, err) = with_gemm("gemm", "avx2");
+        assert_eq!(code, Some(1));
+        assert!(err.contains("cannot be held to GPTRAIN_ISA=avx2"), "{err}");
+    }
     let text: String = (0..300).map(|i| format!("line {i}: to be or not to be\n")).collect();
     std::fs::write(d.join("in.txt"), text).unwrap();
     assert_eq!(run(&["prepare", "--input", "in.txt", "--out", "data"], None).0, 0);
@@ -394,7 +414,7 @@ fn held_to_avx2_the_model_trains_to_the_same_loss() {
     let (code, _, err) = train("wide", None);
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = train("avx2", Some("avx2"));
-    let has_avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+    let has_avx2 = has!("avx2") && has!("fma");
     if !has_avx2 {
         assert_eq!(code, 1);
         assert!(err.contains("this CPU has no AVX2"), "{err}");
