@@ -160,7 +160,7 @@ unsafe fn mm(
 ) {
     // SAFETY: forwarded from the caller's contract.
     unsafe {
-        super::matmul::gemm_raw(m, n, k, dst, dst_rs, accumulate, lhs, lhs_rs, lhs_cs, rhs, rhs_rs, rhs_cs, alpha, gemm::Parallelism::None)
+        super::matmul::gemm_raw(m, n, k, dst, dst_rs, accumulate, lhs, lhs_rs, lhs_cs, rhs, rhs_rs, rhs_cs, alpha, super::matmul::Par::None)
     }
 }
 

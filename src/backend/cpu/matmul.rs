@@ -65,9 +65,23 @@ impl GemmLib {
     }
 }
 
+/// How [`gemm_raw`] spreads a product over the pool's threads.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Par {
+    /// One call on this thread.
+    None,
+    /// `gemm`'s own threading over this many threads (under `GPTRAIN_ISA=avx2`, which `gemm`
+    /// cannot honour, [`Par::Rows`] instead).
+    Gemm(usize),
+    /// The rows of dst split into one contiguous block per thread (at most this many blocks),
+    /// each a single-threaded call: every output element is computed by exactly one call, in
+    /// blocks that do not depend on scheduling (deterministic).
+    Rows(usize),
+}
+
 /// dst(m,n) = alpha * lhs(m,k) @ rhs(k,n) (+ dst when `accumulate`), through the `gemm`
-/// crate (or, single-threaded, the library [`GemmLib::get`] picks); every operand given by a
-/// pointer, a row stride and a column stride (in elements).
+/// crate (or, single-threaded, the library [`GemmLib::get`] picks), threaded as `par` says;
+/// every operand given by a pointer, a row stride and a column stride (in elements).
 ///
 /// # Safety
 /// Every element the strides address must be valid for reads (lhs, rhs) or writes (dst), and
@@ -87,48 +101,54 @@ pub(crate) unsafe fn gemm_raw(
     rhs_rs: usize,
     rhs_cs: usize,
     alpha: f32,
-    par: gemm::Parallelism,
+    par: Par,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if GemmLib::get() == GemmLib::Avx2Asm {
-        match par {
-            gemm::Parallelism::None => {
-                // SAFETY: forwarded from the caller's contract; GemmLib::get picks Avx2Asm only
-                // where the CPU has AVX2 and FMA.
-                return unsafe { gemm_avx2asm(m, n, k, dst, dst_rs, accumulate, lhs, lhs_rs, lhs_cs, rhs, rhs_rs, rhs_cs, alpha) };
-            }
-            // held to AVX2 (GPTRAIN_ISA): gemm would use AVX-512, so split the rows instead
-            gemm::Parallelism::Rayon(threads) if Isa::is_capped() => {
-                let rows = m.div_ceil(threads.max(1)).max(1);
-                // raw pointers are not Send; the blocks below are disjoint rows of dst
-                let (d, l, r) = (dst as usize, lhs as usize, rhs as usize);
-                (0..m.div_ceil(rows)).into_par_iter().for_each(|i| {
-                    let r0 = i * rows;
-                    // SAFETY: rows r0..r0+mi of dst and lhs lie inside the caller's operands;
-                    // each task writes only its own rows of dst; AVX2 and FMA as above.
-                    unsafe {
-                        gemm_avx2asm(
-                            rows.min(m - r0),
-                            n,
-                            k,
-                            (d as *mut f32).add(r0 * dst_rs),
-                            dst_rs,
-                            accumulate,
-                            (l as *const f32).add(r0 * lhs_rs),
-                            lhs_rs,
-                            lhs_cs,
-                            r as *const f32,
-                            rhs_rs,
-                            rhs_cs,
-                            alpha,
-                        )
-                    }
-                });
-                return;
-            }
-            _ => {}
+    let par = match par {
+        Par::Gemm(threads) if Isa::is_capped() => Par::Rows(threads),
+        par => par,
+    };
+    if let Par::Rows(threads) = par {
+        if m == 0 {
+            return;
         }
+        let rows = m.div_ceil(threads.clamp(1, m));
+        // raw pointers are not Send; the blocks below are disjoint rows of dst
+        let (d, l, r) = (dst as usize, lhs as usize, rhs as usize);
+        (0..m.div_ceil(rows)).into_par_iter().for_each(|i| {
+            let r0 = i * rows;
+            // SAFETY: rows r0..r0+mi of dst and lhs are rows of the caller's operands (the
+            // caller's contract); each task writes only its own rows of dst.
+            unsafe {
+                gemm_raw(
+                    rows.min(m - r0),
+                    n,
+                    k,
+                    (d as *mut f32).add(r0 * dst_rs),
+                    dst_rs,
+                    accumulate,
+                    (l as *const f32).add(r0 * lhs_rs),
+                    lhs_rs,
+                    lhs_cs,
+                    r as *const f32,
+                    rhs_rs,
+                    rhs_cs,
+                    alpha,
+                    Par::None,
+                )
+            }
+        });
+        return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if matches!(par, Par::None) && GemmLib::get() == GemmLib::Avx2Asm {
+        // SAFETY: forwarded from the caller's contract; GemmLib::get picks Avx2Asm only where
+        // the CPU has AVX2 and FMA.
+        return unsafe { gemm_avx2asm(m, n, k, dst, dst_rs, accumulate, lhs, lhs_rs, lhs_cs, rhs, rhs_rs, rhs_cs, alpha) };
+    }
+    let par = match par {
+        Par::Gemm(threads) => gemm::Parallelism::Rayon(threads),
+        _ => gemm::Parallelism::None,
+    };
     // SAFETY: forwarded from the caller's contract; gemm computes dst := 1 * dst + alpha * lhs @ rhs.
     unsafe {
         gemm::gemm(
@@ -233,9 +253,9 @@ const SPLIT_ROWS_MIN_PER_THREAD: usize = 512;
 
 /// dst(m,n) (+)= lhs(m,k) @ rhs(k,n), all given by (row stride, column stride).
 ///
-/// Below [`SPLIT_ROWS_BELOW`] (or with [`SPLIT_ROWS_MIN_PER_THREAD`] rows per thread), the rows of `dst` are split into one contiguous block per pool thread, each a
-/// single-threaded `gemm` call: for the skinny shapes of small models this beats gemm's own
-/// threading, and every output element is still computed by exactly one call (deterministic).
+/// Below [`SPLIT_ROWS_BELOW`] (or with [`SPLIT_ROWS_MIN_PER_THREAD`] rows per thread), the rows
+/// of `dst` are split into one contiguous block per pool thread ([`Par::Rows`]): for the
+/// skinny shapes of small models this beats gemm's own threading.
 #[allow(clippy::too_many_arguments)]
 fn gemm_strided(
     m: usize,
@@ -258,41 +278,15 @@ fn gemm_strided(
     assert!((m - 1) * dst_rs + n <= dst.len());
     assert!(k == 0 || (m - 1) * lhs_rs + (k - 1) * lhs_cs < lhs.len());
     assert!(k == 0 || (k - 1) * rhs_rs + (n - 1) * rhs_cs < rhs.len());
-    // rows r0..r0+mi of the product into `d`, which starts at dst row r0
-    let rows_into = |d: &mut [f32], r0: usize, mi: usize, par: gemm::Parallelism| {
-        // SAFETY: `d` starts at row r0 of dst and spans mi rows (the last one possibly short of
-        // its stride padding but holding its n elements); lhs rows r0..r0+mi and all of rhs are
-        // inside their slices by the asserts above; `d` is borrowed exclusively, so it aliases
-        // neither `lhs` nor `rhs`.
-        unsafe {
-            gemm_raw(
-                mi,
-                n,
-                k,
-                d.as_mut_ptr(),
-                dst_rs,
-                accumulate,
-                lhs.as_ptr().add(r0 * lhs_rs),
-                lhs_rs,
-                lhs_cs,
-                rhs.as_ptr(),
-                rhs_rs,
-                rhs_cs,
-                1.0,
-                par,
-            )
-        }
-    };
     let threads = rayon::current_num_threads();
-    if threads > 1 && (m * n * k) as f64 >= SPLIT_ROWS_BELOW && m / threads < SPLIT_ROWS_MIN_PER_THREAD {
-        // big products: gemm's own threading splits them better
-        return rows_into(dst, 0, m, gemm::Parallelism::Rayon(threads));
-    }
-    let rows = m.div_ceil(threads.min(m));
-    dst[..(m - 1) * dst_rs + n]
-        .par_chunks_mut(rows * dst_rs)
-        .enumerate()
-        .for_each(|(i, d)| rows_into(d, i * rows, rows.min(m - i * rows), gemm::Parallelism::None));
+    let par = if threads > 1 && (m * n * k) as f64 >= SPLIT_ROWS_BELOW && m / threads < SPLIT_ROWS_MIN_PER_THREAD {
+        Par::Gemm(threads) // big products: gemm's own threading splits them better
+    } else {
+        Par::Rows(threads)
+    };
+    // SAFETY: every element the strides address lies inside its slice (the asserts above);
+    // `dst` is borrowed exclusively, so it aliases neither `lhs` nor `rhs`.
+    unsafe { gemm_raw(m, n, k, dst.as_mut_ptr(), dst_rs, accumulate, lhs.as_ptr(), lhs_rs, lhs_cs, rhs.as_ptr(), rhs_rs, rhs_cs, 1.0, par) }
 }
 
 /// out(N,OC) = inp(N,IC) @ w(OC,IC)^T + b(OC).
@@ -351,7 +345,7 @@ pub fn matmul_forward_reference(out: &mut [f32], inp: &[f32], w: &[f32], b: Opti
             1,
             ic,
             1.0,
-            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+            Par::Gemm(rayon::current_num_threads()),
         )
     };
 }
@@ -368,7 +362,7 @@ pub fn matmul_backward_reference(
 ) {
     let oc = w.len() / ic;
     let n = inp.len() / ic;
-    let par = gemm::Parallelism::Rayon(rayon::current_num_threads());
+    let par = Par::Gemm(rayon::current_num_threads());
     // SAFETY: dinp (n, ic) = dout (n, oc) @ w (oc, ic); dw (oc, ic) += dout^T @ inp (n, ic).
     unsafe {
         gemm_raw(n, ic, oc, dinp.as_mut_ptr(), ic, false, dout.as_ptr(), oc, 1, w.as_ptr(), ic, 1, 1.0, par);
