@@ -175,7 +175,8 @@ pub(crate) unsafe fn gemm_raw(
     }
 }
 
-/// As [`gemm_raw`], single-threaded, through `private-gemm-x86`'s AVX2 kernels.
+/// As [`gemm_raw`], single-threaded, through `private-gemm-x86`'s AVX2 kernels, in column
+/// blocks of [`avx2asm_cols`].
 ///
 /// # Safety
 /// As [`gemm_raw`]; and the CPU must have AVX2 and FMA.
@@ -208,38 +209,62 @@ unsafe fn gemm_avx2asm(
         return;
     }
     let beta = if accumulate { pg::Accum::Add } else { pg::Accum::Replace };
-    // SAFETY: the operands are as the caller's contract says (strides in elements, dst not
-    // overlapping lhs or rhs); null row/column index arrays mean dense rows and columns, a null
-    // diagonal means none; alpha is read as an f32 (DType::F32); one thread, no pool.
-    unsafe {
-        pg::gemm(
-            pg::DType::F32,
-            pg::IType::U64,
-            pg::InstrSet::Avx256,
-            m,
-            n,
-            k,
-            dst.cast(),
-            dst_rs as isize,
-            1,
-            std::ptr::null(),
-            std::ptr::null(),
-            pg::DstKind::Full,
-            beta,
-            lhs.cast(),
-            lhs_rs as isize,
-            lhs_cs as isize,
-            false,
-            std::ptr::null(),
-            0,
-            rhs.cast(),
-            rhs_rs as isize,
-            rhs_cs as isize,
-            false,
-            (&raw const alpha).cast(),
-            1,
-        )
+    let cols = avx2asm_cols(n, k);
+    for j0 in (0..n).step_by(cols) {
+        // SAFETY: columns j0..j0+nj of dst and rhs are columns of the caller's operands (its
+        // contract: strides in elements, dst not overlapping lhs or rhs); null row/column index
+        // arrays mean dense rows and columns, a null diagonal means none; alpha is read as an
+        // f32 (DType::F32); one thread, no pool.
+        unsafe {
+            pg::gemm(
+                pg::DType::F32,
+                pg::IType::U64,
+                pg::InstrSet::Avx256,
+                m,
+                cols.min(n - j0),
+                k,
+                dst.add(j0).cast(),
+                dst_rs as isize,
+                1,
+                std::ptr::null(),
+                std::ptr::null(),
+                pg::DstKind::Full,
+                beta,
+                lhs.cast(),
+                lhs_rs as isize,
+                lhs_cs as isize,
+                false,
+                std::ptr::null(),
+                0,
+                rhs.add(j0 * rhs_cs).cast(),
+                rhs_rs as isize,
+                rhs_cs as isize,
+                false,
+                (&raw const alpha).cast(),
+                1,
+            )
+        }
     }
+}
+
+/// Columns of dst per `private-gemm-x86` call. For a row-major dst it packs the rhs side, a
+/// panel of n x min(k, 512) elements, and takes it whole when that fits its estimate of L2;
+/// at 1.8 MiB (the `small` config's qkv forward, 1152 x 384) on a 2 MiB L2 that thrashed:
+/// 15-25% slower than the same product in column blocks (PERFORMANCE.md, ninth session). So
+/// each call's panel is held to half of L2, in equal blocks that are whole multiples of the
+/// AVX2 kernel's 24 rows. Each element still sums over all of k in the same order (the
+/// library's depth blocks depend on k alone), so the blocks change no bits.
+#[cfg(target_arch = "x86_64")]
+fn avx2asm_cols(n: usize, k: usize) -> usize {
+    cols_within_half(n, k, gemm_common::cache::CACHE_INFO[1].cache_bytes.max(256 << 10))
+}
+
+/// See [`avx2asm_cols`]: column blocks of an n x min(k, 512) panel within half of `l2` bytes.
+#[cfg(target_arch = "x86_64")]
+fn cols_within_half(n: usize, k: usize, l2: usize) -> usize {
+    let panel = n * k.min(512) * std::mem::size_of::<f32>();
+    let blocks = panel.div_ceil(l2 / 2).max(1);
+    n.div_ceil(blocks).next_multiple_of(24).min(n)
 }
 
 /// Products of fewer multiply-adds than this (m n k) split their rows across threads
@@ -472,5 +497,42 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn column_blocks_hold_the_panel_to_half_of_l2() {
+        let mib = 1 << 20;
+        // small's qkv forward (1152 x 384, 1.7 MiB) on a 2 MiB L2: two blocks of 576
+        assert_eq!(cols_within_half(1152, 384, 2 * mib), 576);
+        // fc forward, 1536 x 384: three blocks, whole multiples of 24 (528, 528, 480)
+        assert_eq!(cols_within_half(1536, 384, 2 * mib), 528);
+        // weight gradients reduce over 2048 rows in depth blocks of 512: 384 x 512 fits
+        assert_eq!(cols_within_half(384, 2048, 2 * mib), 384);
+        // a larger L2, or a narrow product: one call
+        assert_eq!(cols_within_half(1152, 384, 4 * mib), 1152);
+        assert_eq!(cols_within_half(7, 100_000, 256 << 10), 7);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn column_blocks_change_no_bits() {
+        if Isa::detected() < Isa::Avx2 {
+            return; // GemmLib never picks the AVX2 kernels on this CPU
+        }
+        // the model's forward layout (rhs = w^T); 600 spans two depth blocks of 512
+        let (m, n, k) = (50, 100, 600);
+        let fill = |len: usize, s: u32| -> Vec<f32> {
+            (0..len).map(|i| ((i as u32).wrapping_mul(2654435761) ^ s) as f32 / u32::MAX as f32 - 0.5).collect()
+        };
+        let (l, r) = (fill(m * k, 1), fill(n * k, 2));
+        let (mut whole, mut blocks) = (vec![0.0f32; m * n], vec![0.0f32; m * n]);
+        // SAFETY: every operand is a slice covering the elements its strides address.
+        unsafe {
+            gemm_avx2asm(m, n, k, whole.as_mut_ptr(), n, false, l.as_ptr(), k, 1, r.as_ptr(), 1, k, 1.0);
+            gemm_avx2asm(m, 48, k, blocks.as_mut_ptr(), n, false, l.as_ptr(), k, 1, r.as_ptr(), 1, k, 1.0);
+            gemm_avx2asm(m, n - 48, k, blocks.as_mut_ptr().add(48), n, false, l.as_ptr(), k, 1, r.as_ptr().add(48 * k), 1, k, 1.0);
+        }
+        assert!(whole.iter().zip(&blocks).all(|(a, b)| a.to_bits() == b.to_bits()));
     }
 }
