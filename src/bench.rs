@@ -332,7 +332,7 @@ impl<B: Backend> Backend for Timed<'_, B> {
         &self,
         acts: &mut Self::Buf,
         out: Span,
-        att: Span,
+        stats: Span,
         qkv: Span,
         b: usize,
         t: usize,
@@ -340,24 +340,23 @@ impl<B: Backend> Backend for Timed<'_, B> {
         nh: usize,
         drop: Dropout,
     ) {
-        timed!(self, ATTENTION_FORWARD, self.inner.attention_forward(acts, out, att, qkv, b, t, c, nh, drop))
+        timed!(self, ATTENTION_FORWARD, self.inner.attention_forward(acts, out, stats, qkv, b, t, c, nh, drop))
     }
     fn attention_backward(
         &self,
         dacts: &mut Self::Buf,
         dqkv: Span,
-        datt: Span,
         dout: Span,
         acts: &Self::Buf,
         qkv: Span,
-        att: Span,
+        stats: Span,
         b: usize,
         t: usize,
         c: usize,
         nh: usize,
         drop: Dropout,
     ) {
-        timed!(self, ATTENTION_BACKWARD, self.inner.attention_backward(dacts, dqkv, datt, dout, acts, qkv, att, b, t, c, nh, drop))
+        timed!(self, ATTENTION_BACKWARD, self.inner.attention_backward(dacts, dqkv, dout, acts, qkv, stats, b, t, c, nh, drop))
     }
     fn gelu_forward(&self, acts: &mut Self::Buf, out: Span, inp: Span) {
         timed!(self, "gelu", self.inner.gelu_forward(acts, out, inp))

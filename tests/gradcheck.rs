@@ -153,11 +153,11 @@ fn check_attention(drop: Dropout) {
     let (b, t, c, nh) = (2, 5, 8, 2);
     let qkv = randn(b * t * 3 * c, 1, 1.0);
     let r = randn(b * t * c, 2, 1.0);
-    let (mut out, mut att) = (vec![0.0; b * t * c], vec![0.0; b * nh * t * t]);
-    attention::attention_forward(&mut out, &mut att, &qkv, b, t, c, nh, drop);
+    let (mut out, mut stats) = (vec![0.0; b * t * c], vec![0.0; b * nh * t * 2]);
+    attention::attention_forward(&mut out, &mut stats, &qkv, b, t, c, nh, drop);
     assert_close("forward", &out, &attention64(&to64(&qkv), b, t, c, nh, drop));
-    let (mut dqkv, mut datt) = (vec![0.0; qkv.len()], vec![0.0; att.len()]);
-    attention::attention_backward(&mut dqkv, &mut datt, &r, &qkv, &att, b, t, c, nh, drop);
+    let mut dqkv = vec![0.0; qkv.len()];
+    attention::attention_backward(&mut dqkv, &r, &qkv, &stats, b, t, c, nh, drop);
     assert_close("dqkv", &dqkv, &fd(&qkv, &r, |q| attention64(q, b, t, c, nh, drop)));
 }
 
@@ -266,15 +266,16 @@ fn fast_attention_matches_the_naive_loops() {
         let (b, t, c, nh) = (3, 7, 12, 3);
         let qkv = randn(b * t * 3 * c, 11, 1.0);
         let dout = randn(b * t * c, 12, 1.0);
-        let (mut o1, mut a1, mut o2, mut a2) =
-            (vec![0.0; b * t * c], vec![0.0; b * nh * t * t], vec![0.0; b * t * c], vec![0.0; b * nh * t * t]);
-        attention::attention_forward(&mut o1, &mut a1, &qkv, b, t, c, nh, drop);
-        attention::attention_forward_naive(&mut o2, &mut a2, &qkv, b, t, c, nh, drop);
+        let (mut o1, mut s1, mut o2, mut s2) =
+            (vec![0.0; b * t * c], vec![0.0; b * nh * t * 2], vec![0.0; b * t * c], vec![0.0; b * nh * t * 2]);
+        attention::attention_forward(&mut o1, &mut s1, &qkv, b, t, c, nh, drop);
+        attention::attention_forward_naive(&mut o2, &mut s2, &qkv, b, t, c, nh, drop);
         assert_close("out", &o1, &to64(&o2));
-        assert_close("att", &a1, &to64(&a2));
-        let (mut d1, mut s1, mut d2, mut s2) = (vec![0.5; qkv.len()], vec![0.0; a1.len()], vec![0.5; qkv.len()], vec![0.0; a1.len()]);
-        attention::attention_backward(&mut d1, &mut s1, &dout, &qkv, &a1, b, t, c, nh, drop);
-        attention::attention_backward_naive(&mut d2, &mut s2, &dout, &qkv, &a2, b, t, c, nh, drop);
+        assert_close("stats (row max, 1/sum)", &s1, &to64(&s2));
+        // gradients start dirty: the kernels must overwrite, not accumulate
+        let (mut d1, mut d2) = (vec![0.5; qkv.len()], vec![0.5; qkv.len()]);
+        attention::attention_backward(&mut d1, &dout, &qkv, &s1, b, t, c, nh, drop);
+        attention::attention_backward_naive(&mut d2, &dout, &qkv, &s2, b, t, c, nh, drop);
         assert_close("dqkv", &d1, &to64(&d2));
     }
 }
@@ -285,14 +286,15 @@ fn fast_attention_matches_the_naive_loops_across_query_blocks() {
     let (b, t, c, nh) = (1, 150, 8, 2);
     let qkv = randn(b * t * 3 * c, 21, 1.0);
     let dout = randn(b * t * c, 22, 1.0);
-    let (mut o1, mut a1, mut o2, mut a2) =
-        (vec![0.0; b * t * c], vec![0.0; b * nh * t * t], vec![0.0; b * t * c], vec![0.0; b * nh * t * t]);
-    attention::attention_forward(&mut o1, &mut a1, &qkv, b, t, c, nh, Dropout::NONE);
-    attention::attention_forward_naive(&mut o2, &mut a2, &qkv, b, t, c, nh, Dropout::NONE);
+    let (mut o1, mut s1, mut o2, mut s2) =
+        (vec![0.0; b * t * c], vec![0.0; b * nh * t * 2], vec![0.0; b * t * c], vec![0.0; b * nh * t * 2]);
+    attention::attention_forward(&mut o1, &mut s1, &qkv, b, t, c, nh, Dropout::NONE);
+    attention::attention_forward_naive(&mut o2, &mut s2, &qkv, b, t, c, nh, Dropout::NONE);
     assert_close("out", &o1, &to64(&o2));
-    // gradients and scratch start dirty: the kernels must overwrite, not accumulate
-    let (mut d1, mut s1, mut d2, mut s2) = (vec![0.5; qkv.len()], vec![0.5; a1.len()], vec![0.5; qkv.len()], vec![0.5; a1.len()]);
-    attention::attention_backward(&mut d1, &mut s1, &dout, &qkv, &a1, b, t, c, nh, Dropout::NONE);
-    attention::attention_backward_naive(&mut d2, &mut s2, &dout, &qkv, &a2, b, t, c, nh, Dropout::NONE);
+    assert_close("stats (row max, 1/sum)", &s1, &to64(&s2));
+    // gradients start dirty: the kernels must overwrite, not accumulate
+    let (mut d1, mut d2) = (vec![0.5; qkv.len()], vec![0.5; qkv.len()]);
+    attention::attention_backward(&mut d1, &dout, &qkv, &s1, b, t, c, nh, Dropout::NONE);
+    attention::attention_backward_naive(&mut d2, &dout, &qkv, &s2, b, t, c, nh, Dropout::NONE);
     assert_close("dqkv", &d1, &to64(&d2));
 }

@@ -207,14 +207,15 @@ pub trait Backend: Send + Sync {
         ic: usize,
     );
 
-    /// Causal self-attention: out(B,T,C) and att(B,NH,T,T) (softmax probabilities, before
-    /// dropout) from qkv(B,T,3C).
+    /// Causal self-attention: out(B,T,C) from qkv(B,T,3C), and stats(B,NH,T,2), each attention
+    /// row's softmax maximum and 1/sum, from which the backward recomputes the probabilities
+    /// (no B x NH x T x T matrix is kept).
     #[allow(clippy::too_many_arguments)]
     fn attention_forward(
         &self,
         acts: &mut Self::Buf,
         out: Span,
-        att: Span,
+        stats: Span,
         qkv: Span,
         b: usize,
         t: usize,
@@ -222,17 +223,16 @@ pub trait Backend: Send + Sync {
         nh: usize,
         drop: Dropout,
     );
-    /// dqkv = ...; uses datt(B,NH,T,T) in `dacts` as scratch.
+    /// dqkv(B,T,3C) from dout(B,T,C), the forward's qkv and its stats.
     #[allow(clippy::too_many_arguments)]
     fn attention_backward(
         &self,
         dacts: &mut Self::Buf,
         dqkv: Span,
-        datt: Span,
         dout: Span,
         acts: &Self::Buf,
         qkv: Span,
-        att: Span,
+        stats: Span,
         b: usize,
         t: usize,
         c: usize,

@@ -133,7 +133,7 @@ impl<B: Backend> Gpt<B> {
                 p.ln1b.map(|s| p.layer(s, l)),
             );
             be.matmul_forward(acts, qkv, ln1, params, p.linear(p.qkvw, p.qkvb, l), c);
-            be.attention_forward(acts, atty, a.layer(a.att, l), qkv, b, t, c, cfg.n_head, DropoutCtx::at(dropout, l, 1));
+            be.attention_forward(acts, atty, a.layer(a.att_stats, l), qkv, b, t, c, cfg.n_head, DropoutCtx::at(dropout, l, 1));
             be.matmul_forward(acts, attproj, atty, params, p.linear(p.attprojw, p.attprojb, l), c);
             be.dropout(acts, attproj, DropoutCtx::at(dropout, l, 2));
             be.residual_forward(acts, residual2, residual, attproj);
@@ -244,11 +244,10 @@ impl<B: Backend> Gpt<B> {
             be.attention_backward(
                 dacts,
                 g.qkv,
-                g.att,
                 g.atty,
                 acts,
                 qkv,
-                a.layer(a.att, l),
+                a.layer(a.att_stats, l),
                 b,
                 t,
                 c,

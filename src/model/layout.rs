@@ -120,7 +120,7 @@ pub struct ActLayout {
     pub ln1_rstd: Span,  // (L, B, T)
     pub qkv: Span,       // (L, B, T, 3C)
     pub atty: Span,      // (L, B, T, C)
-    pub att: Span,       // (L, B, NH, T, T)
+    pub att_stats: Span, // (L, B, NH, T, 2): each attention row's softmax max and 1/sum
     pub attproj: Span,   // (L, B, T, C)
     pub residual2: Span, // (L, B, T, C)
     pub ln2: Span,       // (L, B, T, C)
@@ -160,7 +160,7 @@ impl ActLayout {
         let ln1_rstd = add(l * bt);
         let qkv = add(l * bt * 3 * c);
         let atty = add(l * bt * c);
-        let att = add(l * b * nh * t * t);
+        let att_stats = add(l * b * nh * t * 2);
         let attproj = add(l * bt * c);
         let residual2 = add(l * bt * c);
         let ln2 = add(l * bt * c);
@@ -184,7 +184,7 @@ impl ActLayout {
             ln1_rstd,
             qkv,
             atty,
-            att,
+            att_stats,
             attproj,
             residual2,
             ln2,

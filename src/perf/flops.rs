@@ -93,9 +93,11 @@ pub fn flops_per_iter(cfg: &ModelConfig, batch: usize, t: usize, accum: usize) -
 /// Which implementation's memory to model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Impl {
-    /// gptrain's CPU backend: f32 everywhere, the exact buffers of `ActLayout` (attention
-    /// matrices stored, full logits, overwritten by their gradient) and an activation-gradient
-    /// buffer of one layer's worth (`ActLayout::one_layer`, reused by every layer).
+    /// gptrain's CPU backend: f32 everywhere, the exact buffers of `ActLayout` (two statistics
+    /// per attention row instead of the T x T matrices, which the backward recomputes; full
+    /// logits, overwritten by their gradient) and an activation-gradient buffer of one layer's
+    /// worth (`ActLayout::one_layer`, reused by every layer). The attention kernels' per-thread
+    /// scratch (three 64 x T blocks) is left out.
     Cpu,
     /// gptrain's GPU path (llm.c's design): flash attention (no T x T), a fused classifier that
     /// keeps logits in the compute dtype and overwrites them with their gradient, fp32 master

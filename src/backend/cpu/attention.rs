@@ -1,29 +1,36 @@
-//! Causal multi-head self-attention, storing the softmax matrix att(B,NH,T,T).
+//! Causal multi-head self-attention that stores no T x T matrix: the forward keeps each
+//! attention row's softmax maximum and 1/sum (`stats`, B x NH x T x 2) and the backward
+//! recomputes the probabilities from them (flash attention's scheme: one more scores product per
+//! head, in exchange for not writing and reading B x NH x T x T floats per layer, which set the
+//! pace here; PERFORMANCE.md, ninth session).
 //!
 //! `attention_forward`/`attention_backward` run each (batch row, head) as a task of small
-//! matmuls through `gemm` (scores, probabilities x values, and their gradients), with the
-//! transposes and the q/k/v interleaving of qkv(B,T,3C) folded into strides. The `_naive`
-//! versions are the plain loop nests they are tested against.
+//! matmuls through `gemm` (scores, probabilities x values, and their gradients) over 64-row
+//! query blocks whose scores live in a per-task scratch block, with the transposes and the
+//! q/k/v interleaving of qkv(B,T,3C) folded into strides. The recomputed probabilities are the
+//! forward's bits (the same products and the same row operations). The `_naive` versions are the
+//! plain loop nests they are tested against.
 //! <https://github.com/karpathy/nanoGPT/blob/master/model.py> (CausalSelfAttention, the
-//! non-flash branch), with attention dropout from a counter-based mask.
+//! non-flash branch, whose math this is), with attention dropout from a counter-based mask.
 
 use super::simd::dispatch;
 use crate::backend::Dropout;
 use rayon::prelude::*;
 
-/// out(B,T,C) and att(B,NH,T,T) from qkv(B,T,3C), where qkv holds q, k, v side by side.
+/// out(B,T,C) and stats(B,NH,T,2) from qkv(B,T,3C), where qkv holds q, k, v side by side and
+/// stats holds each attention row's softmax maximum and 1/sum.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_forward_naive(out: &mut [f32], att: &mut [f32], qkv: &[f32], _b: usize, t: usize, c: usize, nh: usize, drop: Dropout) {
+pub fn attention_forward_naive(out: &mut [f32], stats: &mut [f32], qkv: &[f32], _b: usize, t: usize, c: usize, nh: usize, drop: Dropout) {
     let hs = c / nh;
     let scale = 1.0 / (hs as f32).sqrt();
     let c3 = 3 * c;
-    out.par_chunks_mut(t * c).zip(att.par_chunks_mut(nh * t * t)).zip(qkv.par_chunks(t * c3)).enumerate().for_each(
-        |(bi, ((out, att), qkv))| {
+    out.par_chunks_mut(t * c).zip(stats.par_chunks_mut(nh * t * 2)).zip(qkv.par_chunks(t * c3)).enumerate().for_each(
+        |(bi, ((out, stats), qkv))| {
+            let mut row = vec![0.0f32; t];
             for h in 0..nh {
                 for t1 in 0..t {
-                    // seek to q[b, t1, h, :] and att[b, h, t1, :]
+                    // seek to q[b, t1, h, :]
                     let q = &qkv[t1 * c3 + h * hs..t1 * c3 + (h + 1) * hs];
-                    let row = &mut att[(h * t + t1) * t..(h * t + t1 + 1) * t];
                     let mut maxv = f32::NEG_INFINITY;
                     for t2 in 0..=t1 {
                         let k = &qkv[t2 * c3 + c + h * hs..t2 * c3 + c + (h + 1) * hs];
@@ -40,7 +47,8 @@ pub fn attention_forward_naive(out: &mut [f32], att: &mut [f32], qkv: &[f32], _b
                     for a in &mut row[..=t1] {
                         *a *= inv;
                     }
-                    row[t1 + 1..].fill(0.0);
+                    stats[(h * t + t1) * 2] = maxv;
+                    stats[(h * t + t1) * 2 + 1] = inv;
                     // y[t1] = sum_t2 dropout(att[t1, t2]) * v[t2]
                     let y = &mut out[t1 * c + h * hs..t1 * c + (h + 1) * hs];
                     y.fill(0.0);
@@ -58,14 +66,13 @@ pub fn attention_forward_naive(out: &mut [f32], att: &mut [f32], qkv: &[f32], _b
     );
 }
 
-/// dqkv(B,T,3C) = gradients through attention; datt(B,NH,T,T) is scratch.
+/// dqkv(B,T,3C) = gradients through attention, from the forward's qkv and stats.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward_naive(
     dqkv: &mut [f32],
-    datt: &mut [f32],
     dout: &[f32],
     qkv: &[f32],
-    att: &[f32],
+    stats: &[f32],
     _b: usize,
     t: usize,
     c: usize,
@@ -77,15 +84,21 @@ pub fn attention_backward_naive(
     let c3 = 3 * c;
     dqkv.fill(0.0);
     dqkv.par_chunks_mut(t * c3)
-        .zip(datt.par_chunks_mut(nh * t * t))
         .zip(dout.par_chunks(t * c).zip(qkv.par_chunks(t * c3)))
-        .zip(att.par_chunks(nh * t * t))
+        .zip(stats.par_chunks(nh * t * 2))
         .enumerate()
-        .for_each(|(bi, (((dqkv, datt), (dout, qkv)), att))| {
+        .for_each(|(bi, ((dqkv, (dout, qkv)), stats))| {
+            let (mut arow, mut drow) = (vec![0.0f32; t], vec![0.0f32; t]);
             for h in 0..nh {
                 for t1 in 0..t {
-                    let arow = &att[(h * t + t1) * t..(h * t + t1 + 1) * t];
-                    let drow = &mut datt[(h * t + t1) * t..(h * t + t1 + 1) * t];
+                    // the probabilities again, from the scores and the forward's statistics
+                    let (maxv, inv) = (stats[(h * t + t1) * 2], stats[(h * t + t1) * 2 + 1]);
+                    let q = &qkv[t1 * c3 + h * hs..t1 * c3 + (h + 1) * hs];
+                    for t2 in 0..=t1 {
+                        let k = &qkv[t2 * c3 + c + h * hs..t2 * c3 + c + (h + 1) * hs];
+                        let s = q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
+                        arow[t2] = (s - maxv).exp() * inv;
+                    }
                     let dy = &dout[t1 * c + h * hs..t1 * c + (h + 1) * hs];
                     let base = ((bi * nh + h) * t + t1) * t;
                     // backward through y = sum dropout(att) * v
@@ -165,8 +178,8 @@ unsafe fn mm(
 }
 
 dispatch! {
-    /// row[..=t1] = softmax(row[..=t1]); row[t1+1..] = 0.
-    fn softmax_causal_row(row: &mut [f32], t1: usize) {
+    /// row[..=t1] = softmax(row[..=t1]); row[t1+1..] = 0. Returns the maximum and 1/sum.
+    fn softmax_causal_row(row: &mut [f32], t1: usize) -> (f32, f32) {
         let (x, rest) = row.split_at_mut(t1 + 1);
         let maxv = super::mathf::max(x);
         for v in x.iter_mut() {
@@ -174,6 +187,19 @@ dispatch! {
         }
         let inv = 1.0 / super::mathf::sum_by(x, |v| v);
         x.iter_mut().for_each(|v| *v *= inv);
+        rest.fill(0.0);
+        (maxv, inv)
+    }
+}
+
+dispatch! {
+    /// row[..=t1] = exp(row[..=t1] - maxv) * inv (the probabilities [`softmax_causal_row`]
+    /// made, the same bits); row[t1+1..] = 0.
+    fn probs_causal_row(row: &mut [f32], t1: usize, maxv: f32, inv: f32) {
+        let (x, rest) = row.split_at_mut(t1 + 1);
+        for v in x.iter_mut() {
+            *v = super::mathf::exp(*v - maxv) * inv;
+        }
         rest.fill(0.0);
     }
 }
@@ -191,57 +217,115 @@ dispatch! {
     }
 }
 
-/// out(B,T,C) and att(B,NH,T,T) from qkv(B,T,3C); same contract as [`attention_forward_naive`].
-#[allow(clippy::too_many_arguments)]
-pub fn attention_forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], b: usize, t: usize, c: usize, nh: usize, drop: Dropout) {
-    let hs = c / nh;
-    let scale = 1.0 / (hs as f32).sqrt();
-    let c3 = 3 * c;
-    assert!(out.len() == b * t * c && att.len() == b * nh * t * t && qkv.len() == b * t * c3);
-    let (outp, qkvp) = (Ptr(out.as_mut_ptr()), Ptr(qkv.as_ptr() as *mut f32));
-    att.par_chunks_mut(t * t).enumerate().for_each_init(
-        || vec![0.0f32; if drop.active() { t * t } else { 0 }],
-        |scratch, (bh, a)| {
-            let (bi, h) = (bh / nh, bh % nh);
-            let q = qkvp.get().wrapping_add(bi * t * c3 + h * hs);
-            let k = q.wrapping_add(c);
-            let v = q.wrapping_add(2 * c);
-            // scores, by blocks of query rows: rows r0..r1 only see keys 0..r1 (causal)
-            for (r0, r1) in query_blocks(t) {
-                // SAFETY: q/k address rows of this batch row at this head's columns (inside
-                // qkv, read-only); the destination is rows r0..r1 of this task's own T x T block.
-                unsafe { mm(r1 - r0, r1, hs, a[r0 * t..].as_mut_ptr(), t, false, q.wrapping_add(r0 * c3), c3, 1, k, 1, c3, scale) };
-            }
-            for t1 in 0..t {
-                softmax_causal_row(&mut a[t1 * t..(t1 + 1) * t], t1);
-            }
-            let p: &[f32] = if drop.active() {
-                for (i, (s, &x)) in scratch.iter_mut().zip(a.iter()).enumerate() {
-                    *s = x * drop.scale(bh * t * t + i);
+/// One task's scratch: a query block's scores/probabilities, their dropped-out copy and (in
+/// the backward) their gradient, each QBLOCK x T (row stride T).
+struct Scratch {
+    p: Vec<f32>,
+    dropped: Vec<f32>,
+    dp: Vec<f32>,
+}
+
+impl Scratch {
+    fn new(t: usize, drop: Dropout, backward: bool) -> Scratch {
+        let block = QBLOCK.min(t) * t;
+        Scratch {
+            p: vec![0.0; block],
+            dropped: vec![0.0; if drop.active() { block } else { 0 }],
+            dp: vec![0.0; if backward { block } else { 0 }],
+        }
+    }
+}
+
+/// One head's operands (pointers into qkv at batch row `bi`, head `h`) and its strides.
+#[derive(Clone, Copy)]
+struct Head {
+    q: *const f32,
+    k: *const f32,
+    v: *const f32,
+    t: usize,
+    hs: usize,
+    c3: usize,
+    scale: f32,
+}
+
+impl Head {
+    /// p[0..r1-r0, 0..r1] = probabilities of query rows r0..r1 (rows T apart), zero past the
+    /// diagonal; with `stats` = None computes them by softmax and returns each row's (max,
+    /// 1/sum) through `keep`, else recomputes them from those.
+    ///
+    /// # Safety
+    /// q/k must address T rows of hs elements, `c3` apart.
+    unsafe fn probs(self, p: &mut [f32], r0: usize, r1: usize, stats: Option<&[f32]>, mut keep: impl FnMut(usize, f32, f32)) {
+        let (t, c3) = (self.t, self.c3);
+        // SAFETY: q/k address rows r0..r1 and 0..r1 of this head (the caller's contract); p
+        // holds (r1 - r0) rows of T.
+        unsafe { mm(r1 - r0, r1, self.hs, p.as_mut_ptr(), t, false, self.q.wrapping_add(r0 * c3), c3, 1, self.k, 1, c3, self.scale) };
+        for (i, row) in p.chunks_exact_mut(t).take(r1 - r0).enumerate() {
+            let t1 = r0 + i;
+            match stats {
+                None => {
+                    let (maxv, inv) = softmax_causal_row(&mut row[..r1], t1);
+                    keep(t1, maxv, inv);
                 }
-                scratch
-            } else {
-                a
-            };
+                Some(s) => probs_causal_row(&mut row[..r1], t1, s[2 * t1], s[2 * t1 + 1]),
+            }
+        }
+    }
+}
+
+/// `p` with dropout applied (into `dropped`), rows r0..r1 of task `bh`'s T x T mask; or `p`.
+fn dropout_block<'a>(p: &'a [f32], dropped: &'a mut [f32], drop: Dropout, bh: usize, t: usize, r0: usize, r1: usize) -> &'a [f32] {
+    if !drop.active() {
+        return p;
+    }
+    for (i, (d, x)) in dropped.chunks_exact_mut(t).zip(p.chunks_exact(t)).take(r1 - r0).enumerate() {
+        let base = bh * t * t + (r0 + i) * t;
+        for (j, (d, &x)) in d[..r1].iter_mut().zip(&x[..r1]).enumerate() {
+            *d = x * drop.scale(base + j);
+        }
+    }
+    dropped
+}
+
+/// out(B,T,C) and stats(B,NH,T,2) from qkv(B,T,3C); same contract as [`attention_forward_naive`].
+#[allow(clippy::too_many_arguments)]
+pub fn attention_forward(out: &mut [f32], stats: &mut [f32], qkv: &[f32], b: usize, t: usize, c: usize, nh: usize, drop: Dropout) {
+    let hs = c / nh;
+    let c3 = 3 * c;
+    assert!(out.len() == b * t * c && stats.len() == b * nh * t * 2 && qkv.len() == b * t * c3);
+    let outp = Ptr(out.as_mut_ptr());
+    stats.par_chunks_mut(t * 2).enumerate().for_each_init(
+        || Scratch::new(t, drop, false),
+        |Scratch { p, dropped, .. }, (bh, st)| {
+            let (bi, h) = (bh / nh, bh % nh);
+            let q = qkv[bi * t * c3 + h * hs..].as_ptr();
+            let head = Head { q, k: q.wrapping_add(c), v: q.wrapping_add(2 * c), t, hs, c3, scale: 1.0 / (hs as f32).sqrt() };
             let o = outp.get().wrapping_add(bi * t * c + h * hs);
             for (r0, r1) in query_blocks(t) {
+                // SAFETY: q/k/v address rows 0..T of batch row bi at head h's columns, inside qkv.
+                unsafe {
+                    head.probs(p, r0, r1, None, |t1, maxv, inv| {
+                        st[2 * t1] = maxv;
+                        st[2 * t1 + 1] = inv;
+                    })
+                };
+                let p = dropout_block(p, dropped, drop, bh, t, r0, r1);
                 // SAFETY: this task alone writes rows r0..r1 of out for batch row bi at head h's
-                // columns; p is T x T, v addresses this batch row's values (rows 0..r1).
-                unsafe { mm(r1 - r0, hs, r1, o.wrapping_add(r0 * c), c, false, p[r0 * t..].as_ptr(), t, 1, v, c3, 1, 1.0) };
+                // columns; p holds rows r0..r1 (T apart), v this batch row's values 0..r1.
+                unsafe { mm(r1 - r0, hs, r1, o.wrapping_add(r0 * c), c, false, p.as_ptr(), t, 1, head.v, c3, 1, 1.0) };
             }
         },
     );
 }
 
-/// dqkv(B,T,3C) = gradients through attention; datt(B,NH,T,T) is scratch. Same contract as
-/// [`attention_backward_naive`].
+/// dqkv(B,T,3C) = gradients through attention, from the forward's qkv and stats. Same contract
+/// as [`attention_backward_naive`].
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     dqkv: &mut [f32],
-    datt: &mut [f32],
     dout: &[f32],
     qkv: &[f32],
-    att: &[f32],
+    stats: &[f32],
     b: usize,
     t: usize,
     c: usize,
@@ -249,66 +333,51 @@ pub fn attention_backward(
     drop: Dropout,
 ) {
     let hs = c / nh;
-    let scale = 1.0 / (hs as f32).sqrt();
     let c3 = 3 * c;
-    assert!(
-        dqkv.len() == b * t * c3
-            && datt.len() == b * nh * t * t
-            && dout.len() == b * t * c
-            && qkv.len() == b * t * c3
-            && att.len() == datt.len()
-    );
+    assert!(dqkv.len() == b * t * c3 && dout.len() == b * t * c && qkv.len() == b * t * c3 && stats.len() == b * nh * t * 2);
     let dqkvp = Ptr(dqkv.as_mut_ptr());
-    datt.par_chunks_mut(t * t).zip(att.par_chunks(t * t)).enumerate().for_each_init(
-        || vec![0.0f32; if drop.active() { t * t } else { 0 }],
-        |scratch, (bh, (da, a))| {
+    stats.par_chunks(t * 2).enumerate().for_each_init(
+        || Scratch::new(t, drop, true),
+        |Scratch { p, dropped, dp }, (bh, st)| {
             let (bi, h) = (bh / nh, bh % nh);
             let off = bi * t * c3 + h * hs;
-            let (q, k, v) = (qkv[off..].as_ptr(), qkv[off + c..].as_ptr(), qkv[off + 2 * c..].as_ptr());
+            let q = qkv[off..].as_ptr();
+            let head = Head { q, k: q.wrapping_add(c), v: q.wrapping_add(2 * c), t, hs, c3, scale: 1.0 / (hs as f32).sqrt() };
             let dq = dqkvp.get().wrapping_add(off);
             let (dk, dv) = (dq.wrapping_add(c), dq.wrapping_add(2 * c));
             let dy = dout[bi * t * c + h * hs..].as_ptr();
-            let p: &[f32] = if drop.active() {
-                for (i, (s, &x)) in scratch.iter_mut().zip(a.iter()).enumerate() {
-                    *s = x * drop.scale(bh * t * t + i);
-                }
-                scratch
-            } else {
-                a
-            };
-            // SAFETY (all products below): q/k/v/dy address this batch row and head inside
-            // their slices; this task alone writes dq/dk/dv at (bi, h) and its own da block;
-            // block r0..r1 of query rows touches keys/values 0..r1 only.
             // Blocks run last to first: the last one covers every key row 0..T, so its dk/dv
             // products overwrite (no zero fill of dqkv) and the earlier ones accumulate.
             for (r0, r1) in query_blocks(t).rev() {
                 let first = r1 == t;
-                // SAFETY: see above.
+                // SAFETY (this block): q/k/v/dy address rows 0..T of batch row bi at head h's
+                // columns inside their slices; this task alone writes dq/dk/dv at (bi, h); the
+                // scratch blocks hold rows r0..r1 (T apart), and block r0..r1 of query rows
+                // touches keys/values 0..r1 only.
                 unsafe {
-                    // dv[0..r1] (+)= p[r0..r1, 0..r1]^T @ dy[r0..r1]
-                    mm(r1, hs, r1 - r0, dv, c3, !first, p[r0 * t..].as_ptr(), 1, t, dy.wrapping_add(r0 * c), c, 1, 1.0);
+                    head.probs(p, r0, r1, Some(st), |_, _, _| {});
+                    let pd = dropout_block(p, dropped, drop, bh, t, r0, r1);
+                    // dv[0..r1] (+)= pd[r0..r1, 0..r1]^T @ dy[r0..r1]
+                    mm(r1, hs, r1 - r0, dv, c3, !first, pd.as_ptr(), 1, t, dy.wrapping_add(r0 * c), c, 1, 1.0);
                     // dp[r0..r1, 0..r1] = dy[r0..r1] @ v[0..r1]^T
-                    mm(r1 - r0, r1, hs, da[r0 * t..].as_mut_ptr(), t, false, dy.wrapping_add(r0 * c), c, 1, v, 1, c3, 1.0);
+                    mm(r1 - r0, r1, hs, dp.as_mut_ptr(), t, false, dy.wrapping_add(r0 * c), c, 1, head.v, 1, c3, 1.0);
                 }
-            }
-            // through dropout, then softmax: ds = a * (dp - sum(a * dp)), causal entries only
-            for t1 in 0..t {
-                let (arow, drow) = (&a[t1 * t..(t1 + 1) * t], &mut da[t1 * t..(t1 + 1) * t]);
-                if drop.active() {
-                    for (t2, d) in drow[..=t1].iter_mut().enumerate() {
-                        *d *= drop.scale(bh * t * t + t1 * t + t2);
+                // through dropout, then softmax: ds = p * (dp - sum(p * dp)), causal entries only
+                for (i, (prow, drow)) in p.chunks_exact(t).zip(dp.chunks_exact_mut(t)).take(r1 - r0).enumerate() {
+                    let t1 = r0 + i;
+                    if drop.active() {
+                        for (t2, d) in drow[..=t1].iter_mut().enumerate() {
+                            *d *= drop.scale(bh * t * t + t1 * t + t2);
+                        }
                     }
+                    softmax_backward_row(&prow[..r1], &mut drow[..r1], t1);
                 }
-                softmax_backward_row(arow, drow, t1);
-            }
-            for (r0, r1) in query_blocks(t).rev() {
-                let first = r1 == t;
                 // SAFETY: as above.
                 unsafe {
                     // dq[r0..r1] = scale * ds[r0..r1, 0..r1] @ k[0..r1] (each query row once)
-                    mm(r1 - r0, hs, r1, dq.wrapping_add(r0 * c3), c3, false, da[r0 * t..].as_ptr(), t, 1, k, c3, 1, scale);
+                    mm(r1 - r0, hs, r1, dq.wrapping_add(r0 * c3), c3, false, dp.as_ptr(), t, 1, head.k, c3, 1, head.scale);
                     // dk[0..r1] (+)= scale * ds[r0..r1, 0..r1]^T @ q[r0..r1]
-                    mm(r1, hs, r1 - r0, dk, c3, !first, da[r0 * t..].as_ptr(), 1, t, q.wrapping_add(r0 * c3), c3, 1, scale);
+                    mm(r1, hs, r1 - r0, dk, c3, !first, dp.as_ptr(), 1, t, q.wrapping_add(r0 * c3), c3, 1, head.scale);
                 }
             }
         },

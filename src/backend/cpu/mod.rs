@@ -201,7 +201,7 @@ impl Backend for Cpu {
         &self,
         acts: &mut Vec<f32>,
         out: Span,
-        att: Span,
+        stats: Span,
         qkv: Span,
         b: usize,
         t: usize,
@@ -209,28 +209,27 @@ impl Backend for Cpu {
         nh: usize,
         drop: Dropout,
     ) {
-        let [out, att, qkv] = carve(acts, [out, att, qkv]);
+        let [out, stats, qkv] = carve(acts, [out, stats, qkv]);
         let f = if self.fast() { attention::attention_forward } else { attention::attention_forward_naive };
-        f(out, att, qkv, b, t, c, nh, drop);
+        f(out, stats, qkv, b, t, c, nh, drop);
     }
     fn attention_backward(
         &self,
         dacts: &mut Vec<f32>,
         dqkv: Span,
-        datt: Span,
         dout: Span,
         acts: &Vec<f32>,
         qkv: Span,
-        att: Span,
+        stats: Span,
         b: usize,
         t: usize,
         c: usize,
         nh: usize,
         drop: Dropout,
     ) {
-        let [dqkv, datt, dout] = carve(dacts, [dqkv, datt, dout]);
+        let [dqkv, dout] = carve(dacts, [dqkv, dout]);
         let f = if self.fast() { attention::attention_backward } else { attention::attention_backward_naive };
-        f(dqkv, datt, dout, at(acts, qkv), at(acts, att), b, t, c, nh, drop);
+        f(dqkv, dout, at(acts, qkv), at(acts, stats), b, t, c, nh, drop);
     }
 
     fn gelu_forward(&self, acts: &mut Vec<f32>, out: Span, inp: Span) {
