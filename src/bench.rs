@@ -170,7 +170,8 @@ pub fn profile_flops(model: &ModelConfig, b: usize) -> Vec<(&'static str, f64)> 
         (matmul_role(4 * c, c), 3.0 * f.mlp_proj * tokens),
         (matmul_role(c, vp), 3.0 * f.lm_head * tokens),
         (ATTENTION_FORWARD, attn),
-        // scores and values each have two gradient products
+        // scores and values each have two gradient products (model FLOPs: the scores the
+        // backward recomputes, instead of storing them, are not counted)
         (ATTENTION_BACKWARD, 2.0 * attn),
     ];
     let mut out: Vec<(&'static str, f64)> = Vec::new();

@@ -1,8 +1,8 @@
 //! Causal multi-head self-attention that stores no T x T matrix: the forward keeps each
 //! attention row's softmax maximum and 1/sum (`stats`, B x NH x T x 2) and the backward
 //! recomputes the probabilities from them (flash attention's scheme: one more scores product per
-//! head, in exchange for not writing and reading B x NH x T x T floats per layer, which set the
-//! pace here; PERFORMANCE.md, ninth session).
+//! head, in exchange for not keeping B x NH x T x T floats per layer; the time saved on that
+//! memory about pays for the product, PERFORMANCE.md, ninth session).
 //!
 //! `attention_forward`/`attention_backward` run each (batch row, head) as a task of small
 //! matmuls through `gemm` (scores, probabilities x values, and their gradients) over 64-row

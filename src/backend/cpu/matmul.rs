@@ -211,7 +211,7 @@ unsafe fn gemm_avx2asm(
     let beta = if accumulate { pg::Accum::Add } else { pg::Accum::Replace };
     let cols = avx2asm_cols(n, k);
     for j0 in (0..n).step_by(cols) {
-        // SAFETY: columns j0..j0+nj of dst and rhs are columns of the caller's operands (its
+        // SAFETY: the block's columns (j0 onwards) of dst and rhs are columns of the caller's operands (its
         // contract: strides in elements, dst not overlapping lhs or rhs); null row/column index
         // arrays mean dense rows and columns, a null diagonal means none; alpha is read as an
         // f32 (DType::F32); one thread, no pool.
@@ -264,7 +264,7 @@ fn avx2asm_cols(n: usize, k: usize) -> usize {
 fn cols_within_half(n: usize, k: usize, l2: usize) -> usize {
     let panel = n * k.min(512) * std::mem::size_of::<f32>();
     let blocks = panel.div_ceil(l2 / 2).max(1);
-    n.div_ceil(blocks).next_multiple_of(24).min(n)
+    n.div_ceil(blocks).next_multiple_of(24).min(n).max(1)
 }
 
 /// Products of fewer multiply-adds than this (m n k) split their rows across threads
@@ -512,6 +512,8 @@ mod tests {
         // a larger L2, or a narrow product: one call
         assert_eq!(cols_within_half(1152, 384, 4 * mib), 1152);
         assert_eq!(cols_within_half(7, 100_000, 256 << 10), 7);
+        // an empty product still steps forward
+        assert_eq!(cols_within_half(0, 384, 2 * mib), 1);
     }
 
     #[cfg(target_arch = "x86_64")]
