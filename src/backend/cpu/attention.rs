@@ -13,6 +13,7 @@
 //! <https://github.com/karpathy/nanoGPT/blob/master/model.py> (CausalSelfAttention, the
 //! non-flash branch, whose math this is), with attention dropout from a counter-based mask.
 
+use super::matmul::{gemm_raw, Par};
 use super::simd::dispatch;
 use crate::backend::Dropout;
 use rayon::prelude::*;
@@ -151,32 +152,6 @@ impl Ptr {
     }
 }
 
-/// dst(m,n) (+)= alpha * lhs(m,k) @ rhs(k,n), single-threaded (the caller is one task of many).
-///
-/// # Safety
-/// As [`super::matmul::gemm_raw`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn mm(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    dst_rs: usize,
-    accumulate: bool,
-    lhs: *const f32,
-    lhs_rs: usize,
-    lhs_cs: usize,
-    rhs: *const f32,
-    rhs_rs: usize,
-    rhs_cs: usize,
-    alpha: f32,
-) {
-    // SAFETY: forwarded from the caller's contract.
-    unsafe {
-        super::matmul::gemm_raw(m, n, k, dst, dst_rs, accumulate, lhs, lhs_rs, lhs_cs, rhs, rhs_rs, rhs_cs, alpha, super::matmul::Par::None)
-    }
-}
-
 dispatch! {
     /// row[..=t1] = softmax(row[..=t1]); row[t1+1..] = 0. Returns the maximum and 1/sum.
     fn softmax_causal_row(row: &mut [f32], t1: usize) -> (f32, f32) {
@@ -250,27 +225,46 @@ struct Head {
 
 impl Head {
     /// p[0..r1-r0, 0..r1] = probabilities of query rows r0..r1 (rows T apart), zero past the
-    /// diagonal; with `stats` = None computes them by softmax and returns each row's (max,
-    /// 1/sum) through `keep`, else recomputes them from those.
+    /// diagonal: by softmax, keeping each row's (max, 1/sum) in `stats`, or recomputed from them.
     ///
     /// # Safety
     /// q/k must address T rows of hs elements, `c3` apart.
-    unsafe fn probs(self, p: &mut [f32], r0: usize, r1: usize, stats: Option<&[f32]>, mut keep: impl FnMut(usize, f32, f32)) {
+    unsafe fn probs(self, p: &mut [f32], r0: usize, r1: usize, mut stats: RowStats) {
         let (t, c3) = (self.t, self.c3);
         // SAFETY: q/k address rows r0..r1 and 0..r1 of this head (the caller's contract); p
         // holds (r1 - r0) rows of T.
-        unsafe { mm(r1 - r0, r1, self.hs, p.as_mut_ptr(), t, false, self.q.wrapping_add(r0 * c3), c3, 1, self.k, 1, c3, self.scale) };
-        for (i, row) in p.chunks_exact_mut(t).take(r1 - r0).enumerate() {
-            let t1 = r0 + i;
-            match stats {
-                None => {
-                    let (maxv, inv) = softmax_causal_row(&mut row[..r1], t1);
-                    keep(t1, maxv, inv);
-                }
-                Some(s) => probs_causal_row(&mut row[..r1], t1, s[2 * t1], s[2 * t1 + 1]),
+        unsafe {
+            gemm_raw(
+                r1 - r0,
+                r1,
+                self.hs,
+                p.as_mut_ptr(),
+                t,
+                false,
+                self.q.wrapping_add(r0 * c3),
+                c3,
+                1,
+                self.k,
+                1,
+                c3,
+                self.scale,
+                Par::None,
+            )
+        };
+        for (row, t1) in p.chunks_exact_mut(t).zip(r0..r1) {
+            match &mut stats {
+                RowStats::Keep(s) => (s[2 * t1], s[2 * t1 + 1]) = softmax_causal_row(&mut row[..r1], t1),
+                RowStats::Recompute(s) => probs_causal_row(&mut row[..r1], t1, s[2 * t1], s[2 * t1 + 1]),
             }
         }
     }
+}
+
+/// A head's per-row softmax statistics, (max, 1/sum) for each of its T rows: written by the
+/// forward, read by the backward to recompute the probabilities.
+enum RowStats<'a> {
+    Keep(&'a mut [f32]),
+    Recompute(&'a [f32]),
 }
 
 /// `p` with dropout applied (into `dropped`), rows r0..r1 of task `bh`'s T x T mask; or `p`.
@@ -303,16 +297,11 @@ pub fn attention_forward(out: &mut [f32], stats: &mut [f32], qkv: &[f32], b: usi
             let o = outp.get().wrapping_add(bi * t * c + h * hs);
             for (r0, r1) in query_blocks(t) {
                 // SAFETY: q/k/v address rows 0..T of batch row bi at head h's columns, inside qkv.
-                unsafe {
-                    head.probs(p, r0, r1, None, |t1, maxv, inv| {
-                        st[2 * t1] = maxv;
-                        st[2 * t1 + 1] = inv;
-                    })
-                };
+                unsafe { head.probs(p, r0, r1, RowStats::Keep(st)) };
                 let p = dropout_block(p, dropped, drop, bh, t, r0, r1);
                 // SAFETY: this task alone writes rows r0..r1 of out for batch row bi at head h's
                 // columns; p holds rows r0..r1 (T apart), v this batch row's values 0..r1.
-                unsafe { mm(r1 - r0, hs, r1, o.wrapping_add(r0 * c), c, false, p.as_ptr(), t, 1, head.v, c3, 1, 1.0) };
+                unsafe { gemm_raw(r1 - r0, hs, r1, o.wrapping_add(r0 * c), c, false, p.as_ptr(), t, 1, head.v, c3, 1, 1.0, Par::None) };
             }
         },
     );
@@ -355,12 +344,12 @@ pub fn attention_backward(
                 // scratch blocks hold rows r0..r1 (T apart), and block r0..r1 of query rows
                 // touches keys/values 0..r1 only.
                 unsafe {
-                    head.probs(p, r0, r1, Some(st), |_, _, _| {});
+                    head.probs(p, r0, r1, RowStats::Recompute(st));
                     let pd = dropout_block(p, dropped, drop, bh, t, r0, r1);
                     // dv[0..r1] (+)= pd[r0..r1, 0..r1]^T @ dy[r0..r1]
-                    mm(r1, hs, r1 - r0, dv, c3, !first, pd.as_ptr(), 1, t, dy.wrapping_add(r0 * c), c, 1, 1.0);
+                    gemm_raw(r1, hs, r1 - r0, dv, c3, !first, pd.as_ptr(), 1, t, dy.wrapping_add(r0 * c), c, 1, 1.0, Par::None);
                     // dp[r0..r1, 0..r1] = dy[r0..r1] @ v[0..r1]^T
-                    mm(r1 - r0, r1, hs, dp.as_mut_ptr(), t, false, dy.wrapping_add(r0 * c), c, 1, head.v, 1, c3, 1.0);
+                    gemm_raw(r1 - r0, r1, hs, dp.as_mut_ptr(), t, false, dy.wrapping_add(r0 * c), c, 1, head.v, 1, c3, 1.0, Par::None);
                 }
                 // through dropout, then softmax: ds = p * (dp - sum(p * dp)), causal entries only
                 for (i, (prow, drow)) in p.chunks_exact(t).zip(dp.chunks_exact_mut(t)).take(r1 - r0).enumerate() {
@@ -375,9 +364,9 @@ pub fn attention_backward(
                 // SAFETY: as above.
                 unsafe {
                     // dq[r0..r1] = scale * ds[r0..r1, 0..r1] @ k[0..r1] (each query row once)
-                    mm(r1 - r0, hs, r1, dq.wrapping_add(r0 * c3), c3, false, dp.as_ptr(), t, 1, head.k, c3, 1, head.scale);
+                    gemm_raw(r1 - r0, hs, r1, dq.wrapping_add(r0 * c3), c3, false, dp.as_ptr(), t, 1, head.k, c3, 1, head.scale, Par::None);
                     // dk[0..r1] (+)= scale * ds[r0..r1, 0..r1]^T @ q[r0..r1]
-                    mm(r1, hs, r1 - r0, dk, c3, !first, dp.as_ptr(), 1, t, q.wrapping_add(r0 * c3), c3, 1, head.scale);
+                    gemm_raw(r1, hs, r1 - r0, dk, c3, !first, dp.as_ptr(), 1, t, q.wrapping_add(r0 * c3), c3, 1, head.scale, Par::None);
                 }
             }
         },

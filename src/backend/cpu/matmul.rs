@@ -211,10 +211,10 @@ unsafe fn gemm_avx2asm(
     let beta = if accumulate { pg::Accum::Add } else { pg::Accum::Replace };
     let cols = avx2asm_cols(n, k);
     for j0 in (0..n).step_by(cols) {
-        // SAFETY: the block's columns (j0 onwards) of dst and rhs are columns of the caller's operands (its
-        // contract: strides in elements, dst not overlapping lhs or rhs); null row/column index
-        // arrays mean dense rows and columns, a null diagonal means none; alpha is read as an
-        // f32 (DType::F32); one thread, no pool.
+        // SAFETY: the block's columns (j0 onwards) of dst and rhs are columns of the caller's
+        // operands (its contract: strides in elements, dst not overlapping lhs or rhs); null
+        // row/column index arrays mean dense rows and columns, a null diagonal means none;
+        // alpha is read as an f32 (DType::F32); one thread, no pool.
         unsafe {
             pg::gemm(
                 pg::DType::F32,
