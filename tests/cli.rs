@@ -3,6 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use gptrain::backend::cpu::simd::Isa;
+
 fn gptrain(args: &[&str], dir: &Path) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_gptrain")).args(args).current_dir(dir).env("XDG_CACHE_HOME", dir).output().unwrap();
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
@@ -362,13 +364,16 @@ fn bench_prints_one_json_object_and_a_profile_by_kernel() {
 #[test]
 fn held_to_avx2_the_model_trains_to_the_same_loss() {
     let d = tmp("isa");
-    let run = |args: &[&str], isa: Option<&str>| {
+    // gptrain with GPTRAIN_ISA and GPTRAIN_GEMM set to these (None: unset)
+    let run_with = |args: &[&str], isa: Option<&str>, gemm: Option<&str>| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_gptrain"));
-        c.args(args).current_dir(&d).env("XDG_CACHE_HOME", &d).env_remove("GPTRAIN_GEMM");
-        match isa {
-            Some(v) => c.env("GPTRAIN_ISA", v),
-            None => c.env_remove("GPTRAIN_ISA"),
-        };
+        c.args(args).current_dir(&d).env("XDG_CACHE_HOME", &d);
+        for (var, value) in [("GPTRAIN_ISA", isa), ("GPTRAIN_GEMM", gemm)] {
+            match value {
+                Some(v) => c.env(var, v),
+                None => c.env_remove(var),
+            };
+        }
         let out = c.output().unwrap();
         (
             out.status.code().unwrap_or(-1),
@@ -376,27 +381,17 @@ fn held_to_avx2_the_model_trains_to_the_same_loss() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
+    let run = |args: &[&str], isa: Option<&str>| run_with(args, isa, None);
     let (code, _, err) = run(&["estimate"], Some("avx3"));
     assert_eq!(code, 1);
     assert!(err.trim_end().ends_with("or unset it") && err.contains("GPTRAIN_ISA=\"avx3\" is not a choice"), "{err}");
-    let with_gemm = |gemm: &str, isa: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_gptrain"))
-            .arg("estimate")
-            .current_dir(&d)
-            .env("GPTRAIN_GEMM", gemm)
-            .env("GPTRAIN_ISA", isa)
-            .output()
-            .unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
-    };
-    let (code, err) = with_gemm("blas", "");
-    assert_eq!(code, Some(1));
+    let (code, _, err) = run_with(&["estimate"], Some(""), Some("blas"));
+    assert_eq!(code, 1);
     assert!(err.contains("GPTRAIN_GEMM=\"blas\" is not a choice"), "{err}");
-    use std::is_x86_feature_detected as has;
-    if has!("avx512f") && has!("avx512vl") && has!("avx512bw") && has!("avx512dq") && has!("avx2") && has!("fma") {
+    if Isa::detected() == Isa::Avx512 {
         // gemm uses AVX-512 where the CPU has it, whatever GPTRAIN_ISA says
-        let (code, err) = with_gemm("gemm", "avx2");
-        assert_eq!(code, Some(1));
+        let (code, _, err) = run_with(&["estimate"], Some("avx2"), Some("gemm"));
+        assert_eq!(code, 1);
         assert!(err.contains("cannot be held to GPTRAIN_ISA=avx2"), "{err}");
     }
     let text: String = (0..300).map(|i| format!("line {i}: to be or not to be\n")).collect();
@@ -414,8 +409,7 @@ fn held_to_avx2_the_model_trains_to_the_same_loss() {
     let (code, _, err) = train("wide", None);
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = train("avx2", Some("avx2"));
-    let has_avx2 = has!("avx2") && has!("fma");
-    if !has_avx2 {
+    if Isa::detected() < Isa::Avx2 {
         assert_eq!(code, 1);
         assert!(err.contains("this CPU has no AVX2"), "{err}");
         return;

@@ -211,6 +211,11 @@ impl Scratch {
     }
 }
 
+/// Where q[bi, 0, h, :] lies in qkv(B,T,3C) (and dq in dqkv).
+fn head_offset(bi: usize, h: usize, t: usize, c: usize, nh: usize) -> usize {
+    bi * t * 3 * c + h * (c / nh)
+}
+
 /// One head's operands (pointers into qkv at batch row `bi`, head `h`) and its strides.
 #[derive(Clone, Copy)]
 struct Head {
@@ -224,6 +229,13 @@ struct Head {
 }
 
 impl Head {
+    /// Batch row `bi`, head `h` of qkv(B,T,3C).
+    fn new(qkv: &[f32], bi: usize, h: usize, t: usize, c: usize, nh: usize) -> Head {
+        let hs = c / nh;
+        let q = qkv[head_offset(bi, h, t, c, nh)..].as_ptr();
+        Head { q, k: q.wrapping_add(c), v: q.wrapping_add(2 * c), t, hs, c3: 3 * c, scale: 1.0 / (hs as f32).sqrt() }
+    }
+
     /// p[0..r1-r0, 0..r1] = probabilities of query rows r0..r1 (rows T apart), zero past the
     /// diagonal: by softmax, keeping each row's (max, 1/sum) in `stats`, or recomputed from them.
     ///
@@ -292,8 +304,7 @@ pub fn attention_forward(out: &mut [f32], stats: &mut [f32], qkv: &[f32], b: usi
         || Scratch::new(t, drop, false),
         |Scratch { p, dropped, .. }, (bh, st)| {
             let (bi, h) = (bh / nh, bh % nh);
-            let q = qkv[bi * t * c3 + h * hs..].as_ptr();
-            let head = Head { q, k: q.wrapping_add(c), v: q.wrapping_add(2 * c), t, hs, c3, scale: 1.0 / (hs as f32).sqrt() };
+            let head = Head::new(qkv, bi, h, t, c, nh);
             let o = outp.get().wrapping_add(bi * t * c + h * hs);
             for (r0, r1) in query_blocks(t) {
                 // SAFETY: q/k/v address rows 0..T of batch row bi at head h's columns, inside qkv.
@@ -329,10 +340,8 @@ pub fn attention_backward(
         || Scratch::new(t, drop, true),
         |Scratch { p, dropped, dp }, (bh, st)| {
             let (bi, h) = (bh / nh, bh % nh);
-            let off = bi * t * c3 + h * hs;
-            let q = qkv[off..].as_ptr();
-            let head = Head { q, k: q.wrapping_add(c), v: q.wrapping_add(2 * c), t, hs, c3, scale: 1.0 / (hs as f32).sqrt() };
-            let dq = dqkvp.get().wrapping_add(off);
+            let head = Head::new(qkv, bi, h, t, c, nh);
+            let dq = dqkvp.get().wrapping_add(head_offset(bi, h, t, c, nh));
             let (dk, dv) = (dq.wrapping_add(c), dq.wrapping_add(2 * c));
             let dy = dout[bi * t * c + h * hs..].as_ptr();
             // Blocks run last to first: the last one covers every key row 0..T, so its dk/dv
@@ -366,7 +375,22 @@ pub fn attention_backward(
                     // dq[r0..r1] = scale * ds[r0..r1, 0..r1] @ k[0..r1] (each query row once)
                     gemm_raw(r1 - r0, hs, r1, dq.wrapping_add(r0 * c3), c3, false, dp.as_ptr(), t, 1, head.k, c3, 1, head.scale, Par::None);
                     // dk[0..r1] (+)= scale * ds[r0..r1, 0..r1]^T @ q[r0..r1]
-                    gemm_raw(r1, hs, r1 - r0, dk, c3, !first, dp.as_ptr(), 1, t, q.wrapping_add(r0 * c3), c3, 1, head.scale, Par::None);
+                    gemm_raw(
+                        r1,
+                        hs,
+                        r1 - r0,
+                        dk,
+                        c3,
+                        !first,
+                        dp.as_ptr(),
+                        1,
+                        t,
+                        head.q.wrapping_add(r0 * c3),
+                        c3,
+                        1,
+                        head.scale,
+                        Par::None,
+                    );
                 }
             }
         },

@@ -461,15 +461,18 @@ mod tests {
         }
     }
 
+    /// `n` values in [-1, 1] from seed `s`.
+    #[cfg(target_arch = "x86_64")]
+    fn fill(n: usize, s: u32) -> Vec<f32> {
+        (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(s) % 1999) as f32 / 999.0 - 1.0).collect()
+    }
+
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn the_avx2_kernels_compute_every_layout_the_model_uses() {
         if Isa::detected() < Isa::Avx2 {
             return; // nothing to test on this CPU: GemmLib never picks them here
         }
-        let fill = |n: usize, s: u32| -> Vec<f32> {
-            (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(s) % 1999) as f32 / 999.0 - 1.0).collect()
-        };
         // (m, n, k): odd sizes to cover the kernels' edges, and a k that spans two depth blocks
         for (m, n, k) in [(37, 29, 19), (64, 48, 128), (5, 3, 1), (70, 33, 600), (3, 70, 0)] {
             // (lhs row stride, lhs col stride, rhs row stride, rhs col stride): plain, lhs
@@ -524,9 +527,6 @@ mod tests {
         }
         // the model's forward layout (rhs = w^T); 600 spans two depth blocks of 512
         let (m, n, k) = (50, 100, 600);
-        let fill = |len: usize, s: u32| -> Vec<f32> {
-            (0..len).map(|i| ((i as u32).wrapping_mul(2654435761) ^ s) as f32 / u32::MAX as f32 - 0.5).collect()
-        };
         let (l, r) = (fill(m * k, 1), fill(n * k, 2));
         let (mut whole, mut blocks) = (vec![0.0f32; m * n], vec![0.0f32; m * n]);
         // SAFETY: every operand is a slice covering the elements its strides address.
