@@ -53,7 +53,7 @@ pub fn attention_forward_naive(out: &mut [f32], stats: &mut [f32], qkv: &[f32], 
                     // y[t1] = sum_t2 dropout(att[t1, t2]) * v[t2]
                     let y = &mut out[t1 * c + h * hs..t1 * c + (h + 1) * hs];
                     y.fill(0.0);
-                    let base = ((bi * nh + h) * t + t1) * t;
+                    let base = mask_row(bi * nh + h, t, t1);
                     for t2 in 0..=t1 {
                         let a = if drop.active() { row[t2] * drop.scale(base + t2) } else { row[t2] };
                         let v = &qkv[t2 * c3 + 2 * c + h * hs..t2 * c3 + 2 * c + (h + 1) * hs];
@@ -101,7 +101,7 @@ pub fn attention_backward_naive(
                         arow[t2] = (s - maxv).exp() * inv;
                     }
                     let dy = &dout[t1 * c + h * hs..t1 * c + (h + 1) * hs];
-                    let base = ((bi * nh + h) * t + t1) * t;
+                    let base = mask_row(bi * nh + h, t, t1);
                     // backward through y = sum dropout(att) * v
                     for t2 in 0..=t1 {
                         let m = if drop.active() { drop.scale(base + t2) } else { 1.0 };
@@ -279,13 +279,20 @@ enum RowStats<'a> {
     Recompute(&'a [f32]),
 }
 
+/// Where row `row` of (batch x head) task `bh`'s T x T attention-dropout mask starts in the
+/// mask's counter space (element (row, col) is this + col): the forward and the backward, the
+/// naive and the blocked kernels, all draw the same mask through it.
+fn mask_row(bh: usize, t: usize, row: usize) -> usize {
+    (bh * t + row) * t
+}
+
 /// `p` with dropout applied (into `dropped`), rows r0..r1 of task `bh`'s T x T mask; or `p`.
 fn dropout_block<'a>(p: &'a [f32], dropped: &'a mut [f32], drop: Dropout, bh: usize, t: usize, r0: usize, r1: usize) -> &'a [f32] {
     if !drop.active() {
         return p;
     }
     for (i, (d, x)) in dropped.chunks_exact_mut(t).zip(p.chunks_exact(t)).take(r1 - r0).enumerate() {
-        let base = bh * t * t + (r0 + i) * t;
+        let base = mask_row(bh, t, r0 + i);
         for (j, (d, &x)) in d[..r1].iter_mut().zip(&x[..r1]).enumerate() {
             *d = x * drop.scale(base + j);
         }
@@ -364,8 +371,9 @@ pub fn attention_backward(
                 for (i, (prow, drow)) in p.chunks_exact(t).zip(dp.chunks_exact_mut(t)).take(r1 - r0).enumerate() {
                     let t1 = r0 + i;
                     if drop.active() {
+                        let base = mask_row(bh, t, t1);
                         for (t2, d) in drow[..=t1].iter_mut().enumerate() {
-                            *d *= drop.scale(bh * t * t + t1 * t + t2);
+                            *d *= drop.scale(base + t2);
                         }
                     }
                     softmax_backward_row(&prow[..r1], &mut drow[..r1], t1);
