@@ -71,12 +71,38 @@ pub(crate) enum Par {
     /// One call on this thread.
     None,
     /// `gemm`'s own threading over this many threads (under `GPTRAIN_ISA=avx2`, which `gemm`
-    /// cannot honour, [`Par::Rows`] instead).
+    /// cannot honour, [`Par::Split`] instead).
     Gemm(usize),
-    /// The rows of dst split into one contiguous block per thread (at most this many blocks),
-    /// each a single-threaded call: every output element is computed by exactly one call, in
-    /// blocks that do not depend on scheduling (deterministic).
-    Rows(usize),
+    /// dst split into one contiguous block per thread (at most this many blocks), each a
+    /// single-threaded call: blocks of its columns where [`split_columns`] says so, else of its
+    /// rows. Every output element is computed by exactly one call over all of k, in blocks that
+    /// do not depend on scheduling (deterministic, and the same bits either way).
+    Split(usize),
+}
+
+/// Rows of the AVX2 kernel's register tile in `private-gemm-x86` (it computes dst^T, so these
+/// are columns of our dst): column blocks in whole multiples of it leave no ragged tiles inside.
+#[cfg(target_arch = "x86_64")]
+const AVX2_TILE: usize = 24;
+
+/// Products of at least this many multiply-adds (m n k) that [`Par::Split`] hands to
+/// `private-gemm-x86` are split by columns rather than rows.
+const SPLIT_COLUMNS_FROM: usize = 100_000_000;
+
+/// Whether [`Par::Split`] gives each of `threads` threads a block of dst's columns rather than
+/// of its rows. With `private-gemm-x86` (AVX2), on products of at least [`SPLIT_COLUMNS_FROM`]
+/// multiply-adds and 48 columns per thread, columns were 1-5% faster per `small` and `gpt2` step
+/// (two threads: each streams all of lhs and packs half of rhs, instead of packing all of rhs
+/// for half of lhs); `tiny`'s smaller products and `gemm`'s kernels lost 1-3% with them
+/// (PERFORMANCE.md, eleventh session).
+fn split_columns(lib: GemmLib, m: usize, n: usize, k: usize, threads: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return lib == GemmLib::Avx2Asm && threads > 1 && n >= 2 * AVX2_TILE * threads && m * n * k >= SPLIT_COLUMNS_FROM;
+    #[cfg(not(target_arch = "x86_64"))]
+    return {
+        let _ = (lib, m, n, k, threads);
+        false
+    };
 }
 
 /// dst(m,n) = alpha * lhs(m,k) @ rhs(k,n) (+ dst when `accumulate`), through the `gemm`
@@ -104,32 +130,37 @@ pub(crate) unsafe fn gemm_raw(
     par: Par,
 ) {
     let par = match par {
-        Par::Gemm(threads) if Isa::is_capped() => Par::Rows(threads),
+        Par::Gemm(threads) if Isa::is_capped() => Par::Split(threads),
         par => par,
     };
-    if let Par::Rows(threads) = par {
-        if m == 0 {
+    if let Par::Split(threads) = par {
+        if m == 0 || n == 0 {
             return;
         }
-        let rows = m.div_ceil(threads.clamp(1, m));
-        // raw pointers are not Send; the blocks below are disjoint rows of dst
+        let by_cols = split_columns(GemmLib::get(), m, n, k, threads);
+        // blocks along dst's columns (whole register tiles) or its rows, one per thread
+        let (len, block) =
+            if by_cols { (n, n.div_ceil(threads).next_multiple_of(AVX2_TILE)) } else { (m, m.div_ceil(threads.clamp(1, m))) };
+        // raw pointers are not Send; the blocks below are disjoint parts of dst
         let (d, l, r) = (dst as usize, lhs as usize, rhs as usize);
-        (0..m.div_ceil(rows)).into_par_iter().for_each(|i| {
-            let r0 = i * rows;
-            // SAFETY: rows r0..r0+mi of dst and lhs are rows of the caller's operands (the
-            // caller's contract); each task writes only its own rows of dst.
+        (0..len.div_ceil(block)).into_par_iter().for_each(|i| {
+            let (start, size) = (i * block, block.min(len - i * block));
+            let (r0, c0, mi, ni) = if by_cols { (0, start, m, size) } else { (start, 0, size, n) };
+            // SAFETY: rows r0..r0+mi and columns c0..c0+ni of dst, the same rows of lhs and
+            // columns of rhs, are parts of the caller's operands (the caller's contract); each
+            // task writes only its own block of dst.
             unsafe {
                 gemm_raw(
-                    rows.min(m - r0),
-                    n,
+                    mi,
+                    ni,
                     k,
-                    (d as *mut f32).add(r0 * dst_rs),
+                    (d as *mut f32).add(r0 * dst_rs + c0),
                     dst_rs,
                     accumulate,
                     (l as *const f32).add(r0 * lhs_rs),
                     lhs_rs,
                     lhs_cs,
-                    r as *const f32,
+                    (r as *const f32).add(c0 * rhs_cs),
                     rhs_rs,
                     rhs_cs,
                     alpha,
@@ -264,11 +295,11 @@ fn avx2asm_cols(n: usize, k: usize) -> usize {
 fn cols_within_half(n: usize, k: usize, l2: usize) -> usize {
     let panel = n * k.min(512) * std::mem::size_of::<f32>();
     let blocks = panel.div_ceil(l2 / 2).max(1);
-    n.div_ceil(blocks).next_multiple_of(24).min(n).max(1)
+    n.div_ceil(blocks).next_multiple_of(AVX2_TILE).min(n).max(1)
 }
 
-/// Products of fewer multiply-adds than this (m n k) split their rows across threads
-/// themselves; larger ones use gemm's threading (measured on GPT shapes, 2 threads).
+/// Products of fewer multiply-adds than this (m n k) split themselves across threads
+/// ([`Par::Split`]); larger ones use gemm's threading (measured on GPT shapes, 2 threads).
 const SPLIT_ROWS_BELOW: f64 = 3e8;
 
 /// ... unless every thread gets at least this many rows: then one single-threaded call per
@@ -278,9 +309,10 @@ const SPLIT_ROWS_MIN_PER_THREAD: usize = 512;
 
 /// dst(m,n) (+)= lhs(m,k) @ rhs(k,n), all given by (row stride, column stride).
 ///
-/// Below [`SPLIT_ROWS_BELOW`] (or with [`SPLIT_ROWS_MIN_PER_THREAD`] rows per thread), the rows
-/// of `dst` are split into one contiguous block per pool thread ([`Par::Rows`]): for the
-/// skinny shapes of small models this beats gemm's own threading.
+/// Below [`SPLIT_ROWS_BELOW`] (or with [`SPLIT_ROWS_MIN_PER_THREAD`] rows per thread), `dst` is
+/// split into one contiguous block per pool thread ([`Par::Split`]: rows, or columns where
+/// [`split_columns`] says so): for the skinny shapes of small models this beats gemm's own
+/// threading.
 #[allow(clippy::too_many_arguments)]
 fn gemm_strided(
     m: usize,
@@ -307,7 +339,7 @@ fn gemm_strided(
     let par = if threads > 1 && (m * n * k) as f64 >= SPLIT_ROWS_BELOW && m / threads < SPLIT_ROWS_MIN_PER_THREAD {
         Par::Gemm(threads) // big products: gemm's own threading splits them better
     } else {
-        Par::Rows(threads)
+        Par::Split(threads)
     };
     // SAFETY: every element the strides address lies inside its slice (the asserts above);
     // `dst` is borrowed exclusively, so it aliases neither `lhs` nor `rhs`.
@@ -517,6 +549,55 @@ mod tests {
         assert_eq!(cols_within_half(7, 100_000, 256 << 10), 7);
         // an empty product still steps forward
         assert_eq!(cols_within_half(0, 384, 2 * mib), 1);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn only_large_avx2_products_split_by_columns() {
+        let avx2 = GemmLib::Avx2Asm;
+        // small's linear layers (2048 rows): forward, input and weight gradients
+        assert!(split_columns(avx2, 2048, 1152, 384, 2));
+        assert!(split_columns(avx2, 2048, 384, 1536, 2));
+        assert!(split_columns(avx2, 1536, 384, 2048, 2));
+        // gpt2's 256-row products, its lm_head included
+        assert!(split_columns(avx2, 256, 768, 768, 2));
+        assert!(split_columns(avx2, 256, 50304, 768, 2));
+        // tiny's largest (768 x 512 x 128), one thread, too few columns, or `gemm`'s kernels
+        assert!(!split_columns(avx2, 768, 512, 128, 2));
+        assert!(!split_columns(avx2, 2048, 1152, 384, 1));
+        assert!(!split_columns(avx2, 1 << 20, 64, 384, 2));
+        assert!(!split_columns(GemmLib::Gemm, 2048, 1152, 384, 2));
+    }
+
+    #[test]
+    fn a_product_split_across_threads_matches_the_loops() {
+        // large enough for the column rule with the AVX2 library (m n k >= 1e8), odd-sized
+        // blocks; weight-gradient layout (lhs transposed) and forward layout (rhs transposed)
+        let (m, n, k) = (500, 470, 430);
+        for (lrs, lcs, rrs, rcs) in [(1, m, n, 1), (k, 1, 1, k)] {
+            let l: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1999) as f32 / 999.0 - 1.0).collect();
+            let r: Vec<f32> = (0..k * n).map(|i| ((i * 104729) % 1997) as f32 / 998.0 - 1.0).collect();
+            let mut want = vec![0.0f32; m * n];
+            plain(m, n, k, &mut want, n, false, &l, lrs, lcs, &r, rrs, rcs, 1.0);
+            let mut whole = vec![0.0f32; m * n];
+            // SAFETY: every operand is a slice covering the elements its strides address.
+            unsafe { gemm_raw(m, n, k, whole.as_mut_ptr(), n, false, l.as_ptr(), lrs, lcs, r.as_ptr(), rrs, rcs, 1.0, Par::None) };
+            for threads in [2, 3] {
+                let mut got = vec![0.0f32; m * n];
+                // SAFETY: as above.
+                unsafe {
+                    gemm_raw(m, n, k, got.as_mut_ptr(), n, false, l.as_ptr(), lrs, lcs, r.as_ptr(), rrs, rcs, 1.0, Par::Split(threads))
+                };
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!((g - w).abs() <= 1e-3 * (1.0 + w.abs()), "{threads} threads, at {i}: {g} vs {w}");
+                }
+                // with the AVX2 library every element sums over k in the same order whichever
+                // block holds it (rows or columns): the split changes no bits
+                if GemmLib::get() == GemmLib::Avx2Asm {
+                    assert!(got.iter().zip(&whole).all(|(a, b)| a.to_bits() == b.to_bits()), "{threads} threads");
+                }
+            }
+        }
     }
 
     #[cfg(target_arch = "x86_64")]
