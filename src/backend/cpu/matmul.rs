@@ -82,7 +82,6 @@ pub(crate) enum Par {
 
 /// Rows of the AVX2 kernel's register tile in `private-gemm-x86` (it computes dst^T, so these
 /// are columns of our dst): column blocks in whole multiples of it leave no ragged tiles inside.
-#[cfg(target_arch = "x86_64")]
 const AVX2_TILE: usize = 24;
 
 /// Products of at least this many multiply-adds (m n k) that [`Par::Split`] hands to
@@ -96,13 +95,7 @@ const SPLIT_COLUMNS_FROM: usize = 100_000_000;
 /// for half of lhs); `tiny`'s smaller products and `gemm`'s kernels lost 1-3% with them
 /// (PERFORMANCE.md, eleventh session).
 fn split_columns(lib: GemmLib, m: usize, n: usize, k: usize, threads: usize) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return lib == GemmLib::Avx2Asm && threads > 1 && n >= 2 * AVX2_TILE * threads && m * n * k >= SPLIT_COLUMNS_FROM;
-    #[cfg(not(target_arch = "x86_64"))]
-    return {
-        let _ = (lib, m, n, k, threads);
-        false
-    };
+    lib == GemmLib::Avx2Asm && threads > 1 && n >= 2 * AVX2_TILE * threads && m * n * k >= SPLIT_COLUMNS_FROM
 }
 
 /// dst(m,n) = alpha * lhs(m,k) @ rhs(k,n) (+ dst when `accumulate`), through the `gemm`
@@ -551,7 +544,6 @@ mod tests {
         assert_eq!(cols_within_half(0, 384, 2 * mib), 1);
     }
 
-    #[cfg(target_arch = "x86_64")]
     #[test]
     fn only_large_avx2_products_split_by_columns() {
         let avx2 = GemmLib::Avx2Asm;
