@@ -1,10 +1,10 @@
 //! Linear layers through a GEMM library, with every transpose folded into strides (no copies):
-//! the `gemm` crate, except that on x86-64 CPUs with AVX2 but no AVX-512 the single-threaded
-//! products (one per thread, and attention's per-head ones) go through `private-gemm-x86`'s
-//! AVX2 kernels, which were 7-8% faster per `tiny` step there (PERFORMANCE.md, seventh session).
-//! Under `GPTRAIN_ISA=avx2` on an AVX-512 CPU every product goes through them (`gemm` cannot be
-//! held to AVX2). A naive loop version is kept beside it as the algorithmic reference the tests
-//! compare with.
+//! the `gemm` crate, except that on x86-64 CPUs with AVX2 but no AVX-512 every product goes
+//! through `private-gemm-x86`'s AVX2 kernels, one single-threaded call per thread ([`Par::Split`])
+//! or per attention head. They were 7-8% faster per `tiny` step there (PERFORMANCE.md, seventh
+//! session), and split across the threads they beat `gemm`'s own threading on `gpt2`'s products
+//! too (eleventh session). `GPTRAIN_ISA=avx2` runs the same on an AVX-512 CPU. A naive loop
+//! version is kept beside it as the algorithmic reference the tests compare with.
 
 use super::simd::Isa;
 use anyhow::{bail, Result};
@@ -14,7 +14,7 @@ use rayon::prelude::*;
 /// order: deterministic).
 const BIAS_COLS: usize = 32;
 
-/// The library behind single-threaded products.
+/// The library behind the products (the `gemm` crate's own threading only with `Gemm`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GemmLib {
     /// The `gemm` crate (its AVX-512, AVX2 or plain kernels, picked at run time).
@@ -60,7 +60,7 @@ impl GemmLib {
         match self {
             GemmLib::Gemm => "gemm",
             GemmLib::Avx2Asm if Isa::is_capped() => "private-gemm-x86 AVX2 for every product (GPTRAIN_ISA=avx2)",
-            GemmLib::Avx2Asm => "private-gemm-x86 AVX2 per thread, gemm for gemm-threaded products",
+            GemmLib::Avx2Asm => "private-gemm-x86 AVX2 for every product",
         }
     }
 }
@@ -291,8 +291,9 @@ fn cols_within_half(n: usize, k: usize, l2: usize) -> usize {
     n.div_ceil(blocks).next_multiple_of(AVX2_TILE).min(n).max(1)
 }
 
-/// Products of fewer multiply-adds than this (m n k) split themselves across threads
-/// ([`Par::Split`]); larger ones use gemm's threading (measured on GPT shapes, 2 threads).
+/// With the `gemm` crate, products of fewer multiply-adds than this (m n k) split themselves
+/// across threads ([`Par::Split`]); larger ones use gemm's threading (measured on GPT shapes, 2
+/// threads).
 const SPLIT_ROWS_BELOW: f64 = 3e8;
 
 /// ... unless every thread gets at least this many rows: then one single-threaded call per
@@ -302,10 +303,12 @@ const SPLIT_ROWS_MIN_PER_THREAD: usize = 512;
 
 /// dst(m,n) (+)= lhs(m,k) @ rhs(k,n), all given by (row stride, column stride).
 ///
-/// Below [`SPLIT_ROWS_BELOW`] (or with [`SPLIT_ROWS_MIN_PER_THREAD`] rows per thread), `dst` is
-/// split into one contiguous block per pool thread ([`Par::Split`]: rows, or columns where
-/// [`split_columns`] says so): for the skinny shapes of small models this beats gemm's own
-/// threading.
+/// Below [`SPLIT_ROWS_BELOW`] (or with [`SPLIT_ROWS_MIN_PER_THREAD`] rows per thread), and
+/// always with `private-gemm-x86`, `dst` is split into one contiguous block per pool thread
+/// ([`Par::Split`]: rows, or columns where [`split_columns`] says so): for the skinny shapes of
+/// small models this beats gemm's own threading. With AVX2, `gemm`'s threading (its AVX2
+/// kernels) lost to `private-gemm-x86` split by columns on `gpt2`'s 256-row products as well:
+/// 1.01-1.11x per step (PERFORMANCE.md, eleventh session).
 #[allow(clippy::too_many_arguments)]
 fn gemm_strided(
     m: usize,
@@ -329,7 +332,8 @@ fn gemm_strided(
     assert!(k == 0 || (m - 1) * lhs_rs + (k - 1) * lhs_cs < lhs.len());
     assert!(k == 0 || (k - 1) * rhs_rs + (n - 1) * rhs_cs < rhs.len());
     let threads = rayon::current_num_threads();
-    let par = if threads > 1 && (m * n * k) as f64 >= SPLIT_ROWS_BELOW && m / threads < SPLIT_ROWS_MIN_PER_THREAD {
+    let gemm_threads = GemmLib::get() == GemmLib::Gemm && (m * n * k) as f64 >= SPLIT_ROWS_BELOW;
+    let par = if threads > 1 && gemm_threads && m / threads < SPLIT_ROWS_MIN_PER_THREAD {
         Par::Gemm(threads) // big products: gemm's own threading splits them better
     } else {
         Par::Split(threads)
