@@ -86,7 +86,7 @@ const AVX2_TILE: usize = 24;
 
 /// Products of at least this many multiply-adds (m n k) that [`Par::Split`] hands to
 /// `private-gemm-x86` are split by columns rather than rows.
-const SPLIT_COLUMNS_FROM: usize = 100_000_000;
+const SPLIT_COLUMNS_FROM: f64 = 1e8;
 
 /// Whether [`Par::Split`] gives each of `threads` threads a block of dst's columns rather than
 /// of its rows. With `private-gemm-x86` (AVX2), on products of at least [`SPLIT_COLUMNS_FROM`]
@@ -95,7 +95,12 @@ const SPLIT_COLUMNS_FROM: usize = 100_000_000;
 /// for half of lhs); `tiny`'s smaller products and `gemm`'s kernels lost 1-3% with them
 /// (PERFORMANCE.md, eleventh session).
 fn split_columns(lib: GemmLib, m: usize, n: usize, k: usize, threads: usize) -> bool {
-    lib == GemmLib::Avx2Asm && threads > 1 && n >= 2 * AVX2_TILE * threads && m * n * k >= SPLIT_COLUMNS_FROM
+    lib == GemmLib::Avx2Asm && threads > 1 && n >= 2 * AVX2_TILE * threads && macs(m, n, k) >= SPLIT_COLUMNS_FROM
+}
+
+/// The multiply-adds of an (m, k) x (k, n) product, in f64 (no overflow on 32-bit targets).
+fn macs(m: usize, n: usize, k: usize) -> f64 {
+    m as f64 * n as f64 * k as f64
 }
 
 /// dst(m,n) = alpha * lhs(m,k) @ rhs(k,n) (+ dst when `accumulate`), through the `gemm`
@@ -332,7 +337,7 @@ fn gemm_strided(
     assert!(k == 0 || (m - 1) * lhs_rs + (k - 1) * lhs_cs < lhs.len());
     assert!(k == 0 || (k - 1) * rhs_rs + (n - 1) * rhs_cs < rhs.len());
     let threads = rayon::current_num_threads();
-    let gemm_threads = GemmLib::get() == GemmLib::Gemm && (m * n * k) as f64 >= SPLIT_ROWS_BELOW;
+    let gemm_threads = GemmLib::get() == GemmLib::Gemm && macs(m, n, k) >= SPLIT_ROWS_BELOW;
     let par = if threads > 1 && gemm_threads && m / threads < SPLIT_ROWS_MIN_PER_THREAD {
         Par::Gemm(threads) // big products: gemm's own threading splits them better
     } else {
