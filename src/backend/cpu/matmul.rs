@@ -496,7 +496,6 @@ mod tests {
     }
 
     /// `n` values in [-1, 1] from seed `s`.
-    #[cfg(target_arch = "x86_64")]
     fn fill(n: usize, s: u32) -> Vec<f32> {
         (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(s) % 1999) as f32 / 999.0 - 1.0).collect()
     }
@@ -576,8 +575,7 @@ mod tests {
         // blocks; weight-gradient layout (lhs transposed) and forward layout (rhs transposed)
         let (m, n, k) = (500, 470, 430);
         for (lrs, lcs, rrs, rcs) in [(1, m, n, 1), (k, 1, 1, k)] {
-            let l: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1999) as f32 / 999.0 - 1.0).collect();
-            let r: Vec<f32> = (0..k * n).map(|i| ((i * 104729) % 1997) as f32 / 998.0 - 1.0).collect();
+            let (l, r) = (fill(m * k, 1), fill(k * n, 2));
             let mut want = vec![0.0f32; m * n];
             plain(m, n, k, &mut want, n, false, &l, lrs, lcs, &r, rrs, rcs, 1.0);
             let mut whole = vec![0.0f32; m * n];
