@@ -278,6 +278,8 @@ fn estimate_says_the_rtx4070_run_takes_hours_and_100ms_is_impossible() {
         "device_memory_bytes",
         "fits",
         "max_micro_batch",
+        "memory_pytorch_bytes",
+        "fits_pytorch",
     ] {
         assert!(!v[k].is_null(), "missing {k}");
     }
@@ -290,6 +292,7 @@ fn estimate_says_the_rtx4070_run_takes_hours_and_100ms_is_impossible() {
         gptrain(&["estimate", "--preset", "rtx4070-40m", "--device", "rtx-4070", "--dtype", "fp16", "--expect-ms", "100"], &d);
     assert_eq!(code, 0);
     assert!(out.contains("impossible: 100 ms/iteration"), "{out}");
+    assert!(out.contains("nanoGPT (PyTorch, torch.compile) at this micro-batch: about 7.00 GiB -> fits"), "{out}");
     // a device outside the table works with an explicit peak, and makes no memory verdict
     let (code, out, err) = gptrain(&["estimate", "--preset", "rtx4070-40m", "--device", "voodoo-9", "--peak-tflops", "100", "--json"], &d);
     assert_eq!(code, 0, "{err}");
@@ -300,6 +303,32 @@ fn estimate_says_the_rtx4070_run_takes_hours_and_100ms_is_impossible() {
     for n in ["rtx-3060-12gb", "rtx-4070", "a100-80gb", "h100-sxm", "h200", "l4", "t4", "cpu"] {
         assert!(out.contains(n), "{n} not listed");
     }
+    std::fs::remove_dir_all(d).ok();
+}
+
+#[test]
+fn logs_reads_a_real_nanogpt_log_from_an_h200() {
+    // nanoGPT's own train.py with the rtx4070-40m run's shape (torch.compile, fp16, synthetic
+    // tokens) on an H200, verbatim: a 20.7 s first iteration (compilation), `mfu -100.00%` until
+    // iteration 5, then an MFU column against an A100's peak that reads 117%
+    let d = tmp("logs-h200");
+    let log = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nanogpt_h200_rtx4070-40m.log");
+    let (code, out, err) = gptrain(&["logs", log.to_str().unwrap(), "--device", "h200", "--preset", "rtx4070-40m", "--json"], &d);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (v["format"].as_str(), v["iters_seen"].as_u64(), v["minus_100_lines"].as_u64()),
+        (Some("nanogpt"), Some(21), Some(5)),
+        "{v}"
+    );
+    assert_eq!((v["warmup_dropped"].as_u64(), v["outliers_dropped"].as_u64()), (Some(2), Some(0)), "{v}");
+    let f = |k: &str| v[k].as_f64().unwrap();
+    assert!((f("steady_ms_per_iter") - 366.58).abs() < 1e-9, "{v}");
+    assert!((f("log_mfu") - 1.177).abs() < 0.001, "{v}");
+    // the true MFU against the H200's fp16 peak, and what the log's column would have read there
+    assert!((f("mfu") - 0.369).abs() < 0.001 && (f("log_mfu_on_device") - 0.371).abs() < 0.001, "{v}");
+    // 5980 iterations left at the steady rate
+    assert!((f("eta_seconds") - 5980.0 * 0.36658).abs() < 1.0, "{v}");
     std::fs::remove_dir_all(d).ok();
 }
 

@@ -439,6 +439,17 @@ fn print_estimate(e: &estimate::Estimate, m: &ModelConfig, run: &Run, dev: &devi
             }
         );
     }
+    if let Some(b) = e.memory_pytorch_bytes {
+        let verdict = match e.fits_pytorch {
+            Some(true) => " -> fits",
+            Some(false) => " -> DOES NOT FIT",
+            None => "",
+        };
+        say!(
+            "nanoGPT (PyTorch, torch.compile) at this micro-batch: about {}{verdict} (fp32 weights, gradients and logits too; eager PyTorch needs ~1.35-1.7x that)",
+            gib(b)
+        );
+    }
     if e.fits == Some(false) {
         let tokens = run.batch_size * run.grad_accum;
         match (1..=e.max_micro_batch).rev().find(|b| tokens.is_multiple_of(*b)) {

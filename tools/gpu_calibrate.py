@@ -1,0 +1,110 @@
+"""Checks `gptrain estimate` against a real GPU: times full nanoGPT-style training iterations of
+the PyTorch reference model (tools/reference.py) on CUDA and prints measured ms/iter and MFU next
+to what `gptrain estimate` predicts for the same preset on the named device.
+
+    python tools/gpu_calibrate.py --device h200 [--presets rtx4070-40m,gpt2-124m] [--modes eager,compile] [--iters 4]
+
+Each iteration is what nanoGPT's train.py does per iteration: grad_accum micro-steps of forward
+(autocast to --dtype) and backward, gradient clipping at 1.0, fused AdamW, zero_grad. Tokens are
+random and made on the GPU (no data loading). Attention goes through scaled_dot_product_attention
+(nanoGPT's flash path); TF32 is allowed for fp32 matmuls, as in nanoGPT. The first --warmup
+iterations (compilation, autotuning, allocator growth) are timed but left out of the median.
+
+FLOPs per iteration and the device's peak come from `gptrain estimate --json` (the one FLOPs
+model), so the measured MFU is the same quantity the estimate assumes. Needs the release binary
+(cargo build --release) and a CUDA build of PyTorch.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from reference import GPT, Config  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GPTRAIN = os.environ.get("GPTRAIN", os.path.join(ROOT, "target", "release", "gptrain"))
+
+# The shapes and schedules of gptrain's presets of the same names (src/config.rs).
+PRESETS = {
+    "rtx4070-40m": dict(n_layer=4, n_head=8, n_embd=512, block_size=1024, vocab_size=50304, bias=False, batch_size=16, grad_accum=32),
+    "gpt2-124m": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304, bias=True, batch_size=12, grad_accum=40),
+}
+
+
+def estimate(preset, device, dtype):
+    cmd = [GPTRAIN, "estimate", "--preset", preset, "--device", device, "--dtype", dtype, "--json"]
+    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+
+
+def time_iterations(p, mode, dtype, iters, warmup):
+    torch.manual_seed(0)
+    cfg = Config(n_layer=p["n_layer"], n_head=p["n_head"], n_embd=p["n_embd"], block_size=p["block_size"], vocab_size=p["vocab_size"], padded_vocab_size=p["vocab_size"], bias=p["bias"], sdpa=True)
+    model = GPT(cfg).cuda()
+    opt = torch.optim.AdamW(model.param_groups(0.1), lr=6e-4, betas=(0.9, 0.95), fused=True)
+    fwd = torch.compile(model) if mode == "compile" else model
+    ptdtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == "fp16")
+    B, T, V = p["batch_size"], p["block_size"], p["vocab_size"]
+    times, losses = [], []
+    torch.cuda.reset_peak_memory_stats()
+    for _ in range(warmup + iters):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(p["grad_accum"]):
+            x = torch.randint(0, V, (B, T), device="cuda")
+            y = torch.randint(0, V, (B, T), device="cuda")
+            with torch.autocast("cuda", dtype=ptdtype):
+                _, loss = fwd(x, y)
+            scaler.scale(loss / p["grad_accum"]).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1e3)
+        losses.append(loss.item())
+    return dict(warmup_ms=times[:warmup], ms=times[warmup:], loss=losses[-1], peak_alloc_bytes=torch.cuda.max_memory_allocated(), peak_reserved_bytes=torch.cuda.max_memory_reserved())
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="h200", help="gptrain's name for the card this runs on (gptrain estimate --list-devices)")
+    ap.add_argument("--presets", default="rtx4070-40m,gpt2-124m")
+    ap.add_argument("--modes", default="eager,compile")
+    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
+    ap.add_argument("--iters", type=int, default=4)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--json", help="also write every number to this file")
+    a = ap.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, {a.dtype}", flush=True)
+    print(f"{'preset':<12} {'mode':<8} {'ms/iter':>9} {'min-max':>15} {'tok/s':>10} {'MFU':>6} {'predicted ms':>17} {'in range':>8} {'peak alloc':>10}", flush=True)
+    rows = []
+    for name in a.presets.split(","):
+        p = PRESETS[name]
+        e = estimate(name, a.device, a.dtype)
+        for mode in a.modes.split(","):
+            r = time_iterations(p, mode, a.dtype, a.iters, a.warmup)
+            ms = statistics.median(r["ms"])
+            mfu = e["flops_per_iter"] / (ms / 1e3) / e["peak_flops"]
+            lo, hi = e["ms_per_iter_range"]
+            row = dict(preset=name, mode=mode, dtype=a.dtype, ms_per_iter=ms, mfu=mfu, tokens_per_second=e["tokens_per_iter"] / (ms / 1e3), predicted_ms_range=[lo, hi], predicted_mfu=[e["mfu"]["low"], e["mfu"]["high"]], predicted_memory_bytes=e["memory_bytes"], **r)
+            rows.append(row)
+            print(f"{name:<12} {mode:<8} {ms:>9.1f} {min(r['ms']):>7.1f}-{max(r['ms']):<7.1f} {row['tokens_per_second']:>10.0f} {mfu * 100:>5.1f}% {lo:>8.0f}-{hi:<8.0f} {'yes' if lo <= ms <= hi else 'NO':>8} {r['peak_alloc_bytes'] / 2**30:>8.2f}GiB", flush=True)
+    print(f"MFU: gptrain's FLOPs per iteration over ms/iter, against {a.device}'s {a.dtype} peak ({e['peak_flops'] / 1e12:.1f} TFLOP/s, {e['peak_source']})")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
