@@ -284,6 +284,7 @@ fn estimate_says_the_rtx4070_run_takes_hours_and_100ms_is_impossible() {
         assert!(!v[k].is_null(), "missing {k}");
     }
     assert_eq!(v["tokens_per_iter"], 524_288);
+    assert_eq!((v["batch_size"].as_u64(), v["grad_accum"].as_u64(), v["model"]["n_embd"].as_u64()), (Some(16), Some(32), Some(512)), "{v}");
     assert!(v["floor_ms_per_iter"].as_f64().unwrap() > 2000.0);
     assert!(v["total_seconds"].as_f64().unwrap() > 3.0 * 3600.0);
     assert_eq!(v["fits"], true);

@@ -2,7 +2,7 @@
 the PyTorch reference model (tools/reference.py) on CUDA and prints measured ms/iter and MFU next
 to what `gptrain estimate` predicts for the same preset on the named device.
 
-    python tools/gpu_calibrate.py --device h200 [--presets rtx4070-40m,gpt2-124m] [--modes eager,compile] [--iters 4]
+    python tools/gpu_calibrate.py --device h200 [--presets rtx4070-40m,gpt2-124m] [--set KEY=VALUE ...] [--modes eager,compile] [--iters 4]
 
 Each iteration is what nanoGPT's train.py does per iteration: grad_accum micro-steps of forward
 (autocast to --dtype) and backward, gradient clipping at 1.0, fused AdamW, zero_grad. Tokens are
@@ -10,8 +10,8 @@ random and made on the GPU (no data loading). Attention goes through scaled_dot_
 (nanoGPT's flash path); TF32 is allowed for fp32 matmuls, as in nanoGPT. The first --warmup
 iterations (compilation, autotuning, allocator growth) are timed but left out of the median.
 
-FLOPs per iteration and the device's peak come from `gptrain estimate --json` (the one FLOPs
-model), so the measured MFU is the same quantity the estimate assumes. Needs the release binary
+The run's shape and schedule, its FLOPs per iteration and the device's peak all come from
+`gptrain estimate --json` of the preset (the one FLOPs model), so the measured MFU is the same quantity the estimate assumes. Needs the release binary
 (cargo build --release) and a CUDA build of PyTorch.
 """
 
@@ -31,21 +31,20 @@ from reference import GPT, Config  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GPTRAIN = os.environ.get("GPTRAIN", os.path.join(ROOT, "target", "release", "gptrain"))
 
-# The shapes and schedules of gptrain's presets of the same names (src/config.rs).
-PRESETS = {
-    "rtx4070-40m": dict(n_layer=4, n_head=8, n_embd=512, block_size=1024, vocab_size=50304, bias=False, batch_size=16, grad_accum=32),
-    "gpt2-124m": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304, bias=True, batch_size=12, grad_accum=40),
-}
-
-
-def estimate(preset, device, dtype):
+def estimate(preset, sets, device, dtype):
+    """`gptrain estimate --json` of a preset: the run's shape and schedule, its FLOPs per
+    iteration and the prediction, all from gptrain."""
     cmd = [GPTRAIN, "estimate", "--preset", preset, "--device", device, "--dtype", dtype, "--json"]
+    for kv in sets:
+        cmd += ["--set", kv]
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
 
 
-def time_iterations(p, mode, dtype, iters, warmup):
+def time_iterations(e, mode, dtype, iters, warmup):
     torch.manual_seed(0)
-    cfg = Config(n_layer=p["n_layer"], n_head=p["n_head"], n_embd=p["n_embd"], block_size=p["block_size"], vocab_size=p["vocab_size"], padded_vocab_size=p["vocab_size"], bias=p["bias"], sdpa=True)
+    m = e["model"]
+    cfg = Config(n_layer=m["n_layer"], n_head=m["n_head"], n_embd=m["n_embd"], block_size=m["block_size"], vocab_size=m["vocab_size"], padded_vocab_size=m["padded_vocab_size"], bias=m["bias"], sdpa=True)
+    p = dict(batch_size=e["batch_size"], grad_accum=e["grad_accum"], block_size=m["block_size"], vocab_size=m["vocab_size"])
     model = GPT(cfg).cuda()
     opt = torch.optim.AdamW(model.param_groups(0.1), lr=6e-4, betas=(0.9, 0.95), fused=True)
     fwd = torch.compile(model) if mode == "compile" else model
@@ -77,7 +76,8 @@ def time_iterations(p, mode, dtype, iters, warmup):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="h200", help="gptrain's name for the card this runs on (gptrain estimate --list-devices)")
-    ap.add_argument("--presets", default="rtx4070-40m,gpt2-124m")
+    ap.add_argument("--presets", default="rtx4070-40m,gpt2-124m", help="gptrain presets (gptrain estimate --help)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to gptrain estimate, e.g. --set batch_size=8")
     ap.add_argument("--modes", default="eager,compile")
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
     ap.add_argument("--iters", type=int, default=4)
@@ -90,10 +90,9 @@ def main():
     print(f"{'preset':<12} {'mode':<8} {'ms/iter':>9} {'min-max':>15} {'tok/s':>10} {'MFU':>6} {'predicted ms':>17} {'in range':>8} {'peak alloc':>10}", flush=True)
     rows = []
     for name in a.presets.split(","):
-        p = PRESETS[name]
-        e = estimate(name, a.device, a.dtype)
+        e = estimate(name, a.set, a.device, a.dtype)
         for mode in a.modes.split(","):
-            r = time_iterations(p, mode, a.dtype, a.iters, a.warmup)
+            r = time_iterations(e, mode, a.dtype, a.iters, a.warmup)
             ms = statistics.median(r["ms"])
             mfu = e["flops_per_iter"] / (ms / 1e3) / e["peak_flops"]
             lo, hi = e["ms_per_iter_range"]

@@ -46,6 +46,10 @@ impl MfuAssumption {
 /// Everything `estimate` reports.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Estimate {
+    /// The run estimated: model shape, micro-batch and accumulation steps.
+    pub model: ModelConfig,
+    pub batch_size: usize,
+    pub grad_accum: usize,
     pub params: usize,
     pub params_nanogpt: usize,
     pub tokens_per_iter: usize,
@@ -112,6 +116,9 @@ pub fn estimate(run: &Run, device: &Device, dtype: DType, peak_override: Option<
     let cap = device.memory_bytes;
     let torch = (imp == Impl::Gpu).then(|| flops::memory(m, run.batch_size, t, d, false, Impl::Torch).total());
     Estimate {
+        model: m.clone(),
+        batch_size: run.batch_size,
+        grad_accum: run.grad_accum,
         params: p.total,
         params_nanogpt: p.nanogpt,
         tokens_per_iter: tokens,
