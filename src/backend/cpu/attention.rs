@@ -13,7 +13,7 @@
 //! <https://github.com/karpathy/nanoGPT/blob/master/model.py> (CausalSelfAttention, the
 //! non-flash branch, whose math this is), with attention dropout from a counter-based mask.
 
-use super::matmul::{gemm_raw, Par};
+use super::matmul::{gemm_raw, Dst, Par, Src};
 use super::simd::dispatch;
 use crate::backend::Dropout;
 use rayon::prelude::*;
@@ -216,15 +216,15 @@ fn head_offset(bi: usize, h: usize, t: usize, c: usize, nh: usize) -> usize {
     bi * t * 3 * c + h * (c / nh)
 }
 
-/// One head's operands (pointers into qkv at batch row `bi`, head `h`) and its strides.
+/// One head's operands: its q, k and v, each T x hs inside qkv at batch row `bi`, head `h`
+/// (rows 3C apart).
 #[derive(Clone, Copy)]
 struct Head {
-    q: *const f32,
-    k: *const f32,
-    v: *const f32,
+    q: Src,
+    k: Src,
+    v: Src,
     t: usize,
     hs: usize,
-    c3: usize,
     scale: f32,
 }
 
@@ -232,37 +232,20 @@ impl Head {
     /// Batch row `bi`, head `h` of qkv(B,T,3C).
     fn new(qkv: &[f32], bi: usize, h: usize, t: usize, c: usize, nh: usize) -> Head {
         let hs = c / nh;
-        let q = qkv[head_offset(bi, h, t, c, nh)..].as_ptr();
-        Head { q, k: q.wrapping_add(c), v: q.wrapping_add(2 * c), t, hs, c3: 3 * c, scale: 1.0 / (hs as f32).sqrt() }
+        let q = Src::rows(qkv[head_offset(bi, h, t, c, nh)..].as_ptr(), 3 * c);
+        Head { q, k: q.at(0, c), v: q.at(0, 2 * c), t, hs, scale: 1.0 / (hs as f32).sqrt() }
     }
 
     /// p[0..r1-r0, 0..r1] = probabilities of query rows r0..r1 (rows T apart), zero past the
     /// diagonal: by softmax, keeping each row's (max, 1/sum) in `stats`, or recomputed from them.
     ///
     /// # Safety
-    /// q/k must address T rows of hs elements, `c3` apart.
+    /// q/k must address T rows of hs elements.
     unsafe fn probs(self, p: &mut [f32], r0: usize, r1: usize, mut stats: RowStats) {
-        let (t, c3) = (self.t, self.c3);
+        let t = self.t;
         // SAFETY: q/k address rows r0..r1 and 0..r1 of this head (the caller's contract); p
         // holds (r1 - r0) rows of T.
-        unsafe {
-            gemm_raw(
-                r1 - r0,
-                r1,
-                self.hs,
-                p.as_mut_ptr(),
-                t,
-                false,
-                self.q.wrapping_add(r0 * c3),
-                c3,
-                1,
-                self.k,
-                1,
-                c3,
-                self.scale,
-                Par::None,
-            )
-        };
+        unsafe { gemm_raw(r1 - r0, r1, self.hs, Dst::rows(p.as_mut_ptr(), t), false, self.q.at(r0, 0), self.k.t(), self.scale, Par::None) };
         for (row, t1) in p.chunks_exact_mut(t).zip(r0..r1) {
             match &mut stats {
                 RowStats::Keep(s) => (s[2 * t1], s[2 * t1 + 1]) = softmax_causal_row(&mut row[..r1], t1),
@@ -319,7 +302,7 @@ pub fn attention_forward(out: &mut [f32], stats: &mut [f32], qkv: &[f32], b: usi
                 let p = dropout_block(p, dropped, drop, bh, t, r0, r1);
                 // SAFETY: this task alone writes rows r0..r1 of out for batch row bi at head h's
                 // columns; p holds rows r0..r1 (T apart), v this batch row's values 0..r1.
-                unsafe { gemm_raw(r1 - r0, hs, r1, o.wrapping_add(r0 * c), c, false, p.as_ptr(), t, 1, head.v, c3, 1, 1.0, Par::None) };
+                unsafe { gemm_raw(r1 - r0, hs, r1, Dst::rows(o, c).at(r0, 0), false, Src::rows(p.as_ptr(), t), head.v, 1.0, Par::None) };
             }
         },
     );
@@ -348,9 +331,9 @@ pub fn attention_backward(
         |Scratch { p, dropped, dp }, (bh, st)| {
             let (bi, h) = (bh / nh, bh % nh);
             let head = Head::new(qkv, bi, h, t, c, nh);
-            let dq = dqkvp.get().wrapping_add(head_offset(bi, h, t, c, nh));
-            let (dk, dv) = (dq.wrapping_add(c), dq.wrapping_add(2 * c));
-            let dy = dout[bi * t * c + h * hs..].as_ptr();
+            let dq = Dst::rows(dqkvp.get().wrapping_add(head_offset(bi, h, t, c, nh)), c3);
+            let (dk, dv) = (dq.at(0, c), dq.at(0, 2 * c));
+            let dy = Src::rows(dout[bi * t * c + h * hs..].as_ptr(), c);
             // Blocks run last to first: the last one covers every key row 0..T, so its dk/dv
             // products overwrite (no zero fill of dqkv) and the earlier ones accumulate.
             for (r0, r1) in query_blocks(t).rev() {
@@ -363,9 +346,9 @@ pub fn attention_backward(
                     head.probs(p, r0, r1, RowStats::Recompute(st));
                     let pd = dropout_block(p, dropped, drop, bh, t, r0, r1);
                     // dv[0..r1] (+)= pd[r0..r1, 0..r1]^T @ dy[r0..r1]
-                    gemm_raw(r1, hs, r1 - r0, dv, c3, !first, pd.as_ptr(), 1, t, dy.wrapping_add(r0 * c), c, 1, 1.0, Par::None);
+                    gemm_raw(r1, hs, r1 - r0, dv, !first, Src::rows(pd.as_ptr(), t).t(), dy.at(r0, 0), 1.0, Par::None);
                     // dp[r0..r1, 0..r1] = dy[r0..r1] @ v[0..r1]^T
-                    gemm_raw(r1 - r0, r1, hs, dp.as_mut_ptr(), t, false, dy.wrapping_add(r0 * c), c, 1, head.v, 1, c3, 1.0, Par::None);
+                    gemm_raw(r1 - r0, r1, hs, Dst::rows(dp.as_mut_ptr(), t), false, dy.at(r0, 0), head.v.t(), 1.0, Par::None);
                 }
                 // through dropout, then softmax: ds = p * (dp - sum(p * dp)), causal entries only
                 for (i, (prow, drow)) in p.chunks_exact(t).zip(dp.chunks_exact_mut(t)).take(r1 - r0).enumerate() {
@@ -381,24 +364,9 @@ pub fn attention_backward(
                 // SAFETY: as above.
                 unsafe {
                     // dq[r0..r1] = scale * ds[r0..r1, 0..r1] @ k[0..r1] (each query row once)
-                    gemm_raw(r1 - r0, hs, r1, dq.wrapping_add(r0 * c3), c3, false, dp.as_ptr(), t, 1, head.k, c3, 1, head.scale, Par::None);
+                    gemm_raw(r1 - r0, hs, r1, dq.at(r0, 0), false, Src::rows(dp.as_ptr(), t), head.k, head.scale, Par::None);
                     // dk[0..r1] (+)= scale * ds[r0..r1, 0..r1]^T @ q[r0..r1]
-                    gemm_raw(
-                        r1,
-                        hs,
-                        r1 - r0,
-                        dk,
-                        c3,
-                        !first,
-                        dp.as_ptr(),
-                        1,
-                        t,
-                        head.q.wrapping_add(r0 * c3),
-                        c3,
-                        1,
-                        head.scale,
-                        Par::None,
-                    );
+                    gemm_raw(r1, hs, r1 - r0, dk, !first, Src::rows(dp.as_ptr(), t).t(), head.q.at(r0, 0), head.scale, Par::None);
                 }
             }
         },

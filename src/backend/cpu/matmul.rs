@@ -103,30 +103,97 @@ fn macs(m: usize, n: usize, k: usize) -> f64 {
     m as f64 * n as f64 * k as f64
 }
 
+/// A matrix a product reads: element (i, j) at `ptr + i * rs + j * cs` (strides in elements),
+/// so a transpose is the same memory with its strides swapped ([`Src::t`]), never a copy.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Src {
+    pub ptr: *const f32,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+// SAFETY: a Src is an address and two strides; which elements a thread may read through it is
+// the contract of the unsafe function that reads them ([`gemm_raw`]).
+unsafe impl Send for Src {}
+// SAFETY: as above.
+unsafe impl Sync for Src {}
+
+impl Src {
+    /// A row-major matrix whose rows lie `ld` elements apart.
+    pub fn rows(ptr: *const f32, ld: usize) -> Src {
+        Src { ptr, rs: ld, cs: 1 }
+    }
+
+    /// The transpose: the same memory, strides swapped.
+    pub fn t(self) -> Src {
+        Src { rs: self.cs, cs: self.rs, ..self }
+    }
+
+    /// The matrix from element (i, j) on (address arithmetic only: nothing is read).
+    pub fn at(self, i: usize, j: usize) -> Src {
+        Src { ptr: self.ptr.wrapping_add(i * self.rs + j * self.cs), ..self }
+    }
+}
+
+/// The matrix a product writes: row-major, rows `rs` elements apart.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Dst {
+    pub ptr: *mut f32,
+    pub rs: usize,
+}
+
+// SAFETY: as for [`Src`]: which elements a thread may write through it is the contract of
+// [`gemm_raw`], which hands each thread a disjoint block.
+unsafe impl Send for Dst {}
+// SAFETY: as above.
+unsafe impl Sync for Dst {}
+
+impl Dst {
+    /// A row-major matrix whose rows lie `ld` elements apart.
+    pub fn rows(ptr: *mut f32, ld: usize) -> Dst {
+        Dst { ptr, rs: ld }
+    }
+
+    /// The matrix from element (i, j) on (address arithmetic only: nothing is written).
+    pub fn at(self, i: usize, j: usize) -> Dst {
+        Dst { ptr: self.ptr.wrapping_add(i * self.rs + j), ..self }
+    }
+}
+
+/// A slice read as a matrix, as [`Src`] describes.
+#[derive(Clone, Copy)]
+pub(crate) struct Mat<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    /// A row-major matrix whose rows lie `ld` elements apart.
+    pub fn rows(data: &'a [f32], ld: usize) -> Mat<'a> {
+        Mat { data, rs: ld, cs: 1 }
+    }
+
+    /// The transpose: the same slice, strides swapped.
+    pub fn t(self) -> Mat<'a> {
+        Mat { rs: self.cs, cs: self.rs, ..self }
+    }
+
+    /// Its [`Src`], after checking that all of its first `rows` x `cols` elements lie in the slice.
+    fn src(self, rows: usize, cols: usize) -> Src {
+        assert!(rows == 0 || cols == 0 || (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len());
+        Src { ptr: self.data.as_ptr(), rs: self.rs, cs: self.cs }
+    }
+}
+
 /// dst(m,n) = alpha * lhs(m,k) @ rhs(k,n) (+ dst when `accumulate`), through the `gemm`
-/// crate (or, single-threaded, the library [`GemmLib::get`] picks), threaded as `par` says;
-/// every operand given by a pointer, a row stride and a column stride (in elements).
+/// crate (or, single-threaded, the library [`GemmLib::get`] picks), threaded as `par` says.
 ///
 /// # Safety
 /// Every element the strides address must be valid for reads (lhs, rhs) or writes (dst), and
 /// `dst` must not overlap `lhs` or `rhs`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn gemm_raw(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    dst_rs: usize,
-    accumulate: bool,
-    lhs: *const f32,
-    lhs_rs: usize,
-    lhs_cs: usize,
-    rhs: *const f32,
-    rhs_rs: usize,
-    rhs_cs: usize,
-    alpha: f32,
-    par: Par,
-) {
+pub(crate) unsafe fn gemm_raw(m: usize, n: usize, k: usize, dst: Dst, accumulate: bool, lhs: Src, rhs: Src, alpha: f32, par: Par) {
     let par = match par {
         Par::Gemm(threads) if Isa::is_capped() => Par::Split(threads),
         par => par,
@@ -139,32 +206,13 @@ pub(crate) unsafe fn gemm_raw(
         // blocks along dst's columns (whole register tiles) or its rows, one per thread
         let (len, block) =
             if by_cols { (n, n.div_ceil(threads).next_multiple_of(AVX2_TILE)) } else { (m, m.div_ceil(threads.clamp(1, m))) };
-        // raw pointers are not Send; the blocks below are disjoint parts of dst
-        let (d, l, r) = (dst as usize, lhs as usize, rhs as usize);
         (0..len.div_ceil(block)).into_par_iter().for_each(|i| {
             let (start, size) = (i * block, block.min(len - i * block));
             let (r0, c0, mi, ni) = if by_cols { (0, start, m, size) } else { (start, 0, size, n) };
             // SAFETY: rows r0..r0+mi and columns c0..c0+ni of dst, the same rows of lhs and
             // columns of rhs, are parts of the caller's operands (the caller's contract); each
             // task writes only its own block of dst.
-            unsafe {
-                gemm_raw(
-                    mi,
-                    ni,
-                    k,
-                    (d as *mut f32).add(r0 * dst_rs + c0),
-                    dst_rs,
-                    accumulate,
-                    (l as *const f32).add(r0 * lhs_rs),
-                    lhs_rs,
-                    lhs_cs,
-                    (r as *const f32).add(c0 * rhs_cs),
-                    rhs_rs,
-                    rhs_cs,
-                    alpha,
-                    Par::None,
-                )
-            }
+            unsafe { gemm_raw(mi, ni, k, dst.at(r0, c0), accumulate, lhs.at(r0, 0), rhs.at(0, c0), alpha, Par::None) }
         });
         return;
     }
@@ -172,7 +220,7 @@ pub(crate) unsafe fn gemm_raw(
     if matches!(par, Par::None) && GemmLib::get() == GemmLib::Avx2Asm {
         // SAFETY: forwarded from the caller's contract; GemmLib::get picks Avx2Asm only where
         // the CPU has AVX2 and FMA.
-        return unsafe { gemm_avx2asm(m, n, k, dst, dst_rs, accumulate, lhs, lhs_rs, lhs_cs, rhs, rhs_rs, rhs_cs, alpha) };
+        return unsafe { gemm_avx2asm(m, n, k, dst, accumulate, lhs, rhs, alpha) };
     }
     let par = match par {
         Par::Gemm(threads) => gemm::Parallelism::Rayon(threads),
@@ -184,16 +232,16 @@ pub(crate) unsafe fn gemm_raw(
             m,
             n,
             k,
-            dst,
+            dst.ptr,
             1,
-            dst_rs as isize,
+            dst.rs as isize,
             accumulate,
-            lhs,
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs,
-            rhs_cs as isize,
-            rhs_rs as isize,
+            lhs.ptr,
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.ptr,
+            rhs.cs as isize,
+            rhs.rs as isize,
             1.0,
             alpha,
             false,
@@ -211,28 +259,14 @@ pub(crate) unsafe fn gemm_raw(
 /// As [`gemm_raw`]; and the CPU must have AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_avx2asm(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    dst_rs: usize,
-    accumulate: bool,
-    lhs: *const f32,
-    lhs_rs: usize,
-    lhs_cs: usize,
-    rhs: *const f32,
-    rhs_rs: usize,
-    rhs_cs: usize,
-    alpha: f32,
-) {
+unsafe fn gemm_avx2asm(m: usize, n: usize, k: usize, dst: Dst, accumulate: bool, lhs: Src, rhs: Src, alpha: f32) {
     use private_gemm_x86 as pg;
     if k == 0 {
         // the library leaves dst as it was for an empty sum; the product of nothing is zero
         if !accumulate {
             for i in 0..m {
                 // SAFETY: row i of dst holds n writable elements (the caller's contract).
-                unsafe { std::slice::from_raw_parts_mut(dst.add(i * dst_rs), n) }.fill(0.0);
+                unsafe { std::slice::from_raw_parts_mut(dst.ptr.add(i * dst.rs), n) }.fill(0.0);
             }
         }
         return;
@@ -252,22 +286,22 @@ unsafe fn gemm_avx2asm(
                 m,
                 cols.min(n - j0),
                 k,
-                dst.add(j0).cast(),
-                dst_rs as isize,
+                dst.ptr.add(j0).cast(),
+                dst.rs as isize,
                 1,
                 std::ptr::null(),
                 std::ptr::null(),
                 pg::DstKind::Full,
                 beta,
-                lhs.cast(),
-                lhs_rs as isize,
-                lhs_cs as isize,
+                lhs.ptr.cast(),
+                lhs.rs as isize,
+                lhs.cs as isize,
                 false,
                 std::ptr::null(),
                 0,
-                rhs.add(j0 * rhs_cs).cast(),
-                rhs_rs as isize,
-                rhs_cs as isize,
+                rhs.ptr.add(j0 * rhs.cs).cast(),
+                rhs.rs as isize,
+                rhs.cs as isize,
                 false,
                 (&raw const alpha).cast(),
                 1,
@@ -306,7 +340,7 @@ const SPLIT_ROWS_BELOW: f64 = 3e8;
 /// the 256-row products of `gpt2` stay with gemm's threading, which was 4-10% faster there).
 const SPLIT_ROWS_MIN_PER_THREAD: usize = 512;
 
-/// dst(m,n) (+)= lhs(m,k) @ rhs(k,n), all given by (row stride, column stride).
+/// dst(m,n) (+)= lhs(m,k) @ rhs(k,n), dst row-major and contiguous.
 ///
 /// Below [`SPLIT_ROWS_BELOW`] (or with [`SPLIT_ROWS_MIN_PER_THREAD`] rows per thread), and
 /// always with `private-gemm-x86`, `dst` is split into one contiguous block per pool thread
@@ -314,28 +348,13 @@ const SPLIT_ROWS_MIN_PER_THREAD: usize = 512;
 /// small models this beats gemm's own threading. With AVX2, `gemm`'s threading (its AVX2
 /// kernels) lost to `private-gemm-x86` split by columns on `gpt2`'s 256-row products as well:
 /// 1.01-1.11x per step (PERFORMANCE.md, eleventh session).
-#[allow(clippy::too_many_arguments)]
-fn gemm_strided(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    dst_rs: usize,
-    accumulate: bool,
-    lhs: &[f32],
-    lhs_rs: usize,
-    lhs_cs: usize,
-    rhs: &[f32],
-    rhs_rs: usize,
-    rhs_cs: usize,
-) {
+fn gemm_strided(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, lhs: Mat, rhs: Mat) {
     if m == 0 || n == 0 {
         return;
     }
-    // Bounds: the last element each operand touches must lie inside its slice.
-    assert!((m - 1) * dst_rs + n <= dst.len());
-    assert!(k == 0 || (m - 1) * lhs_rs + (k - 1) * lhs_cs < lhs.len());
-    assert!(k == 0 || (k - 1) * rhs_rs + (n - 1) * rhs_cs < rhs.len());
+    // Bounds: every element each operand touches must lie inside its slice.
+    assert!(m * n <= dst.len());
+    let (lhs, rhs) = (lhs.src(m, k), rhs.src(k, n));
     let threads = rayon::current_num_threads();
     let gemm_threads = GemmLib::get() == GemmLib::Gemm && macs(m, n, k) >= SPLIT_ROWS_BELOW;
     let par = if threads > 1 && gemm_threads && m / threads < SPLIT_ROWS_MIN_PER_THREAD {
@@ -345,7 +364,7 @@ fn gemm_strided(
     };
     // SAFETY: every element the strides address lies inside its slice (the asserts above);
     // `dst` is borrowed exclusively, so it aliases neither `lhs` nor `rhs`.
-    unsafe { gemm_raw(m, n, k, dst.as_mut_ptr(), dst_rs, accumulate, lhs.as_ptr(), lhs_rs, lhs_cs, rhs.as_ptr(), rhs_rs, rhs_cs, 1.0, par) }
+    unsafe { gemm_raw(m, n, k, Dst::rows(dst.as_mut_ptr(), n), accumulate, lhs, rhs, 1.0, par) }
 }
 
 /// out(N,OC) = inp(N,IC) @ w(OC,IC)^T + b(OC).
@@ -355,17 +374,15 @@ pub fn matmul_forward(out: &mut [f32], inp: &[f32], w: &[f32], b: Option<&[f32]>
     if let Some(b) = b {
         out.par_chunks_mut(oc).for_each(|o| o.copy_from_slice(b));
     }
-    // rhs = w^T: element (i, o) = w[o * IC + i]
-    gemm_strided(n, oc, ic, out, oc, b.is_some(), inp, ic, 1, w, 1, ic);
+    gemm_strided(n, oc, ic, out, b.is_some(), Mat::rows(inp, ic), Mat::rows(w, ic).t());
 }
 
 /// dinp(N,IC) = dout(N,OC) @ w(OC,IC); dw(OC,IC) += dout^T @ inp; db(OC) += sum_rows(dout).
 pub fn matmul_backward(dinp: &mut [f32], dw: &mut [f32], db: Option<&mut [f32]>, dout: &[f32], inp: &[f32], w: &[f32], ic: usize) {
     let oc = w.len() / ic;
     let n = inp.len() / ic;
-    gemm_strided(n, ic, oc, dinp, ic, false, dout, oc, 1, w, ic, 1);
-    // lhs = dout^T: element (o, r) = dout[r * OC + o]
-    gemm_strided(oc, ic, n, dw, ic, true, dout, 1, oc, inp, ic, 1);
+    gemm_strided(n, ic, oc, dinp, false, Mat::rows(dout, oc), Mat::rows(w, ic));
+    gemm_strided(oc, ic, n, dw, true, Mat::rows(dout, oc).t(), Mat::rows(inp, ic));
     if let Some(db) = db {
         db.par_chunks_mut(BIAS_COLS).enumerate().for_each(|(blk, dbc)| {
             let c0 = blk * BIAS_COLS;
@@ -390,22 +407,8 @@ pub fn matmul_forward_reference(out: &mut [f32], inp: &[f32], w: &[f32], b: Opti
     }
     // SAFETY: out is (n, oc), inp (n, ic), w (oc, ic), as the strides say.
     unsafe {
-        gemm_raw(
-            n,
-            oc,
-            ic,
-            out.as_mut_ptr(),
-            oc,
-            b.is_some(),
-            inp.as_ptr(),
-            ic,
-            1,
-            w.as_ptr(),
-            1,
-            ic,
-            1.0,
-            Par::Gemm(rayon::current_num_threads()),
-        )
+        let (out, inp, w) = (Dst::rows(out.as_mut_ptr(), oc), Src::rows(inp.as_ptr(), ic), Src::rows(w.as_ptr(), ic));
+        gemm_raw(n, oc, ic, out, b.is_some(), inp, w.t(), 1.0, Par::Gemm(rayon::current_num_threads()))
     };
 }
 
@@ -424,8 +427,9 @@ pub fn matmul_backward_reference(
     let par = Par::Gemm(rayon::current_num_threads());
     // SAFETY: dinp (n, ic) = dout (n, oc) @ w (oc, ic); dw (oc, ic) += dout^T @ inp (n, ic).
     unsafe {
-        gemm_raw(n, ic, oc, dinp.as_mut_ptr(), ic, false, dout.as_ptr(), oc, 1, w.as_ptr(), ic, 1, 1.0, par);
-        gemm_raw(oc, ic, n, dw.as_mut_ptr(), ic, true, dout.as_ptr(), 1, oc, inp.as_ptr(), ic, 1, 1.0, par);
+        let (dout, inp, w) = (Src::rows(dout.as_ptr(), oc), Src::rows(inp.as_ptr(), ic), Src::rows(w.as_ptr(), ic));
+        gemm_raw(n, ic, oc, Dst::rows(dinp.as_mut_ptr(), ic), false, dout, w, 1.0, par);
+        gemm_raw(oc, ic, n, Dst::rows(dw.as_mut_ptr(), ic), true, dout.t(), inp, 1.0, par);
     }
     if let Some(db) = db {
         for row in dout.chunks_exact(oc) {
@@ -469,26 +473,12 @@ pub fn matmul_backward_naive(dinp: &mut [f32], dw: &mut [f32], db: Option<&mut [
 mod tests {
     use super::*;
 
-    /// dst(m,n) (+)= alpha * lhs @ rhs by loops, operands by (row stride, column stride).
+    /// dst(m,n) (+)= alpha * lhs @ rhs by loops, dst's rows `dst_rs` apart.
     #[allow(clippy::too_many_arguments)]
-    fn plain(
-        m: usize,
-        n: usize,
-        k: usize,
-        dst: &mut [f32],
-        dst_rs: usize,
-        acc: bool,
-        l: &[f32],
-        lrs: usize,
-        lcs: usize,
-        r: &[f32],
-        rrs: usize,
-        rcs: usize,
-        alpha: f32,
-    ) {
+    fn plain(m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize, acc: bool, l: Mat, r: Mat, alpha: f32) {
         for i in 0..m {
             for j in 0..n {
-                let s: f32 = (0..k).map(|p| l[i * lrs + p * lcs] * r[p * rrs + j * rcs]).sum();
+                let s: f32 = (0..k).map(|p| l.data[i * l.rs + p * l.cs] * r.data[p * r.rs + j * r.cs]).sum();
                 let d = &mut dst[i * dst_rs + j];
                 *d = if acc { *d + alpha * s } else { alpha * s };
             }
@@ -518,9 +508,10 @@ mod tests {
                 for (acc, alpha, dst_rs) in [(false, 1.0, n), (true, 0.5, n + 3)] {
                     let mut want = fill(m * dst_rs, 3);
                     let mut got = want.clone();
-                    plain(m, n, k, &mut want, dst_rs, acc, &l, lrs, lcs, &r, rrs, rcs, alpha);
+                    let (lm, rm) = (Mat { data: &l, rs: lrs, cs: lcs }, Mat { data: &r, rs: rrs, cs: rcs });
+                    plain(m, n, k, &mut want, dst_rs, acc, lm, rm, alpha);
                     // SAFETY: every operand is a slice covering the elements its strides address.
-                    unsafe { gemm_avx2asm(m, n, k, got.as_mut_ptr(), dst_rs, acc, l.as_ptr(), lrs, lcs, r.as_ptr(), rrs, rcs, alpha) };
+                    unsafe { gemm_avx2asm(m, n, k, Dst::rows(got.as_mut_ptr(), dst_rs), acc, lm.src(m, k), rm.src(k, n), alpha) };
                     // (the padding columns of dst_rs > n must come back untouched too)
                     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                         let at = (i / dst_rs, i % dst_rs);
@@ -577,16 +568,16 @@ mod tests {
         for (lrs, lcs, rrs, rcs) in [(1, m, n, 1), (k, 1, 1, k)] {
             let (l, r) = (fill(m * k, 1), fill(k * n, 2));
             let mut want = vec![0.0f32; m * n];
-            plain(m, n, k, &mut want, n, false, &l, lrs, lcs, &r, rrs, rcs, 1.0);
+            let (lm, rm) = (Mat { data: &l, rs: lrs, cs: lcs }, Mat { data: &r, rs: rrs, cs: rcs });
+            plain(m, n, k, &mut want, n, false, lm, rm, 1.0);
+            let (ls, rs) = (lm.src(m, k), rm.src(k, n));
             let mut whole = vec![0.0f32; m * n];
             // SAFETY: every operand is a slice covering the elements its strides address.
-            unsafe { gemm_raw(m, n, k, whole.as_mut_ptr(), n, false, l.as_ptr(), lrs, lcs, r.as_ptr(), rrs, rcs, 1.0, Par::None) };
+            unsafe { gemm_raw(m, n, k, Dst::rows(whole.as_mut_ptr(), n), false, ls, rs, 1.0, Par::None) };
             for threads in [2, 3] {
                 let mut got = vec![0.0f32; m * n];
                 // SAFETY: as above.
-                unsafe {
-                    gemm_raw(m, n, k, got.as_mut_ptr(), n, false, l.as_ptr(), lrs, lcs, r.as_ptr(), rrs, rcs, 1.0, Par::Split(threads))
-                };
+                unsafe { gemm_raw(m, n, k, Dst::rows(got.as_mut_ptr(), n), false, ls, rs, 1.0, Par::Split(threads)) };
                 for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                     assert!((g - w).abs() <= 1e-3 * (1.0 + w.abs()), "{threads} threads, at {i}: {g} vs {w}");
                 }
@@ -610,10 +601,11 @@ mod tests {
         let (l, r) = (fill(m * k, 1), fill(n * k, 2));
         let (mut whole, mut blocks) = (vec![0.0f32; m * n], vec![0.0f32; m * n]);
         // SAFETY: every operand is a slice covering the elements its strides address.
+        let (ls, rs) = (Src::rows(l.as_ptr(), k), Src::rows(r.as_ptr(), k).t());
         unsafe {
-            gemm_avx2asm(m, n, k, whole.as_mut_ptr(), n, false, l.as_ptr(), k, 1, r.as_ptr(), 1, k, 1.0);
-            gemm_avx2asm(m, 48, k, blocks.as_mut_ptr(), n, false, l.as_ptr(), k, 1, r.as_ptr(), 1, k, 1.0);
-            gemm_avx2asm(m, n - 48, k, blocks.as_mut_ptr().add(48), n, false, l.as_ptr(), k, 1, r.as_ptr().add(48 * k), 1, k, 1.0);
+            gemm_avx2asm(m, n, k, Dst::rows(whole.as_mut_ptr(), n), false, ls, rs, 1.0);
+            gemm_avx2asm(m, 48, k, Dst::rows(blocks.as_mut_ptr(), n), false, ls, rs, 1.0);
+            gemm_avx2asm(m, n - 48, k, Dst::rows(blocks.as_mut_ptr(), n).at(0, 48), false, ls, rs.at(0, 48), 1.0);
         }
         assert!(whole.iter().zip(&blocks).all(|(a, b)| a.to_bits() == b.to_bits()));
     }
