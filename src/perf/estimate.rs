@@ -33,7 +33,7 @@ impl MfuAssumption {
             MfuAssumption {
                 low: 0.30,
                 high: 0.50,
-                source: "nanoGPT (torch.compile, bf16) measured 37-40% on an H200 for GPT-2 124M and a 4x512 model (PERFORMANCE.md); its published A100 run implies ~30%, llm.c's ~60%".into(),
+                source: "nanoGPT with torch.compile (bf16) measured 37-40% on an H200 for GPT-2 124M and a 4x512 model, eager PyTorch 25-32% (PERFORMANCE.md); its published A100 run implies ~30%, llm.c's ~60%".into(),
             }
         }
     }
