@@ -11,8 +11,9 @@ random and made on the GPU (no data loading). Attention goes through scaled_dot_
 iterations (compilation, autotuning, allocator growth) are timed but left out of the median.
 
 The run's shape and schedule, its FLOPs per iteration and the device's peak all come from
-`gptrain estimate --json` of the preset (the one FLOPs model), so the measured MFU is the same quantity the estimate assumes. Needs the release binary
-(cargo build --release) and a CUDA build of PyTorch.
+`gptrain estimate --json` of the preset (the one FLOPs model), so the measured MFU is the same
+quantity the estimate assumes. Needs the release binary (cargo build --release) and a CUDA
+build of PyTorch.
 """
 
 import argparse
@@ -31,6 +32,7 @@ from reference import GPT, Config  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GPTRAIN = os.environ.get("GPTRAIN", os.path.join(ROOT, "target", "release", "gptrain"))
 
+
 def estimate(preset, sets, device, dtype):
     """`gptrain estimate --json` of a preset: the run's shape and schedule, its FLOPs per
     iteration and the prediction, all from gptrain."""
@@ -44,24 +46,23 @@ def time_iterations(e, mode, dtype, iters, warmup):
     torch.manual_seed(0)
     m = e["model"]
     cfg = Config(n_layer=m["n_layer"], n_head=m["n_head"], n_embd=m["n_embd"], block_size=m["block_size"], vocab_size=m["vocab_size"], padded_vocab_size=m["padded_vocab_size"], bias=m["bias"], sdpa=True)
-    p = dict(batch_size=e["batch_size"], grad_accum=e["grad_accum"], block_size=m["block_size"], vocab_size=m["vocab_size"])
     model = GPT(cfg).cuda()
     opt = torch.optim.AdamW(model.param_groups(0.1), lr=6e-4, betas=(0.9, 0.95), fused=True)
     fwd = torch.compile(model) if mode == "compile" else model
     ptdtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == "fp16")
-    B, T, V = p["batch_size"], p["block_size"], p["vocab_size"]
+    B, T, V, accum = e["batch_size"], m["block_size"], m["vocab_size"], e["grad_accum"]
     times, losses = [], []
     torch.cuda.reset_peak_memory_stats()
     for _ in range(warmup + iters):
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        for _ in range(p["grad_accum"]):
+        for _ in range(accum):
             x = torch.randint(0, V, (B, T), device="cuda")
             y = torch.randint(0, V, (B, T), device="cuda")
             with torch.autocast("cuda", dtype=ptdtype):
                 _, loss = fwd(x, y)
-            scaler.scale(loss / p["grad_accum"]).backward()
+            scaler.scale(loss / accum).backward()
         scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         scaler.step(opt)
