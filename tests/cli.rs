@@ -6,7 +6,20 @@ use std::process::Command;
 use gptrain::backend::cpu::simd::Isa;
 
 fn gptrain(args: &[&str], dir: &Path) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_gptrain")).args(args).current_dir(dir).env("XDG_CACHE_HOME", dir).output().unwrap();
+    gptrain_env(args, dir, &[])
+}
+
+/// As [`gptrain`], with each of `env`'s variables set (Some) or removed (None).
+fn gptrain_env(args: &[&str], dir: &Path, env: &[(&str, Option<&str>)]) -> (i32, String, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_gptrain"));
+    c.args(args).current_dir(dir).env("XDG_CACHE_HOME", dir);
+    for &(var, value) in env {
+        match value {
+            Some(v) => c.env(var, v),
+            None => c.env_remove(var),
+        };
+    }
+    let out = c.output().unwrap();
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
@@ -395,22 +408,8 @@ fn bench_prints_one_json_object_and_a_profile_by_kernel() {
 fn held_to_avx2_the_model_trains_to_the_same_loss() {
     let d = tmp("isa");
     // gptrain with GPTRAIN_ISA and GPTRAIN_GEMM set to these (None: unset)
-    let run_with = |args: &[&str], isa: Option<&str>, gemm: Option<&str>| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_gptrain"));
-        c.args(args).current_dir(&d).env("XDG_CACHE_HOME", &d);
-        for (var, value) in [("GPTRAIN_ISA", isa), ("GPTRAIN_GEMM", gemm)] {
-            match value {
-                Some(v) => c.env(var, v),
-                None => c.env_remove(var),
-            };
-        }
-        let out = c.output().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let run_with =
+        |args: &[&str], isa: Option<&str>, gemm: Option<&str>| gptrain_env(args, &d, &[("GPTRAIN_ISA", isa), ("GPTRAIN_GEMM", gemm)]);
     let run = |args: &[&str], isa: Option<&str>| run_with(args, isa, None);
     let (code, _, err) = run(&["estimate"], Some("avx3"));
     assert_eq!(code, 1);

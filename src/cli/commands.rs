@@ -343,6 +343,15 @@ pub fn estimate(a: &EstimateArgs) -> Result<()> {
     })
 }
 
+/// `estimate`'s memory verdict.
+fn fit_word(fits: bool) -> &'static str {
+    if fits {
+        "fits"
+    } else {
+        "DOES NOT FIT"
+    }
+}
+
 fn print_estimate(e: &estimate::Estimate, m: &ModelConfig, run: &Run, dev: &device::Device, verdict: Option<&(bool, String)>) {
     use crate::perf::meter::human_duration;
     say!(
@@ -422,13 +431,7 @@ fn print_estimate(e: &estimate::Estimate, m: &ModelConfig, run: &Run, dev: &devi
     if cap == 0 {
         say!("  {:<24} {:>10} (the device's memory is unknown: no fits verdict)", "total", gib(e.memory_bytes));
     } else {
-        say!(
-            "  {:<24} {:>10} of {} -> {}",
-            "total",
-            gib(e.memory_bytes),
-            gib(cap),
-            if e.fits == Some(true) { "fits" } else { "DOES NOT FIT" }
-        );
+        say!("  {:<24} {:>10} of {} -> {}", "total", gib(e.memory_bytes), gib(cap), fit_word(e.fits == Some(true)));
         say!(
             "largest micro-batch that fits: {}{}",
             e.max_micro_batch,
@@ -440,11 +443,7 @@ fn print_estimate(e: &estimate::Estimate, m: &ModelConfig, run: &Run, dev: &devi
         );
     }
     if let Some(b) = e.memory_pytorch_bytes {
-        let verdict = match e.fits_pytorch {
-            Some(true) => " -> fits",
-            Some(false) => " -> DOES NOT FIT",
-            None => "",
-        };
+        let verdict = e.fits_pytorch.map(|f| format!(" -> {}", fit_word(f))).unwrap_or_default();
         say!(
             "nanoGPT (PyTorch, torch.compile) at this micro-batch: about {}{verdict} (fp32 weights, gradients and logits too; eager PyTorch needs ~1.35-1.7x that)",
             gib(b)

@@ -114,6 +114,7 @@ pub fn estimate(run: &Run, device: &Device, dtype: DType, peak_override: Option<
     let d = if imp == Impl::Cpu { 4 } else { dtype.bytes() as u64 };
     let mem = flops::memory(m, run.batch_size, t, d, false, imp);
     let cap = device.memory_bytes;
+    let fits = |bytes: u64| (cap > 0).then_some(bytes <= cap); // None: the device's memory is unknown
     let torch = (imp == Impl::Gpu).then(|| flops::memory(m, run.batch_size, t, d, false, Impl::Torch).total());
     Estimate {
         model: m.clone(),
@@ -139,14 +140,14 @@ pub fn estimate(run: &Run, device: &Device, dtype: DType, peak_override: Option<
         floor_total_seconds: run.max_iters as f64 * floor_s,
         max_iters: run.max_iters,
         memory_bytes: mem.total(),
-        fits: (cap > 0).then(|| mem.total() <= cap),
+        fits: fits(mem.total()),
         memory: mem,
         device_memory_bytes: cap,
         max_micro_batch: flops::max_micro_batch(m, t, d, false, imp, cap),
         max_micro_batch_recompute: if imp == Impl::Gpu { flops::max_micro_batch(m, t, d, true, imp, cap) } else { 0 },
         memory_with_recompute: flops::memory(m, run.batch_size, t, d, true, imp).total(),
         memory_pytorch_bytes: torch,
-        fits_pytorch: torch.filter(|_| cap > 0).map(|b| b <= cap),
+        fits_pytorch: torch.and_then(fits),
         mfu,
     }
 }
