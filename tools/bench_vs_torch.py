@@ -4,18 +4,20 @@ ms/step and the median of the per-round ratios (PyTorch ms / gptrain ms, i.e. gp
 over PyTorch tokens/s; > 1 means gptrain is faster). Pairing each gptrain run with the PyTorch
 run next to it cancels slow drifts of a shared machine.
 
-    cargo build --release && python tools/bench_vs_torch.py [--rounds 5] [--threads 2] [--compile] [--configs tiny,small,gpt2] [--sdpa] [--linears] [--isa avx2]
+    cargo build --release && python tools/bench_vs_torch.py [--rounds 5] [--threads 2] [--compile] [--configs tiny,small,gpt2] [--sdpa] [--linears] [--isa avx2] [--llmc ~/llm.c]
 
 MFU is against gptrain's probe of this machine's FMA peak: the best it has seen by the config's
 last round (each `gptrain bench` reports against the best seen before it); PyTorch's MFU is the
 same model FLOPs over its own time. `--isa avx2` runs both sides as an
 AVX2-only CPU would on an AVX-512 machine (GPTRAIN_ISA=avx2; ATEN_CPU_CAPABILITY, MKL and oneDNN
-held to AVX2), with the peak probed in AVX2.
+held to AVX2), with the peak probed in AVX2. `--llmc DIR` adds llm.c's CPU trainer from your
+checkout at DIR as a third side of each round (`llmc_bench.py`: built here for each config).
 """
 
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -66,21 +68,27 @@ def main():
     ap.add_argument("--linears", action="store_true", help="time only the linear layers' matmuls on both sides (the matmul libraries on these shapes)")
     ap.add_argument("--sdpa", action="store_true", help="PyTorch attention through scaled_dot_product_attention (nanoGPT's flash path)")
     ap.add_argument("--isa", choices=["avx2"], help="hold both sides to AVX2 (what an AVX2-only CPU would run)")
+    ap.add_argument("--llmc", metavar="DIR", help="also time llm.c's CPU trainer (train_gpt2.c) from the llm.c checkout at DIR")
     a = ap.parse_args()
     if a.isa == "avx2":
         EXTRA_ENV.update(AVX2_ENV)
     if a.linears:
         return linears(a)
-    print(f"{'config':<8} {'gptrain ms':>11} {'torch ms':>10} {'ratio':>7} {'gptrain MFU':>12} {'torch MFU':>10} {'gptrain RSS':>12} {'torch RSS':>10}" + (f" {'compile ms':>11} {'ratio':>7}" if a.compile else ""))
+    if a.llmc:
+        import llmc_bench  # (needs numpy)
+    print(f"{'config':<8} {'gptrain ms':>11} {'torch ms':>10} {'ratio':>7} {'gptrain MFU':>12} {'torch MFU':>10} {'gptrain RSS':>12} {'torch RSS':>10}" + (f" {'compile ms':>11} {'ratio':>7}" if a.compile else "") + (f" {'llm.c ms':>10} {'ratio':>7}" if a.llmc else ""))
     peaks, isa = [], ""
     for name in a.configs.split(","):
         c = CONFIGS[name]
-        g, t, tc = [], [], []
+        g, t, tc, lc = [], [], [], []
+        work = llmc_bench.prepare(a.llmc, c, c["steps"], a.isa) if a.llmc else None
         for _ in range(a.rounds):  # A B A B ...
             g.append(run_gptrain(c, a.threads))
             t.append(run_torch(c, a.threads, False, a.sdpa))
             if a.compile:
                 tc.append(run_torch(c, a.threads, True, a.sdpa))
+            if work:
+                lc.append(llmc_bench.run(work, a.threads))
         gm = statistics.median(x["ms_per_step"] for x in g)
         tm = statistics.median(x["ms_per_step"] for x in t)
         ratio = statistics.median(b["ms_per_step"] / a["ms_per_step"] for a, b in zip(g, t))
@@ -96,6 +104,11 @@ def main():
             cm = statistics.median(x["ms_per_step"] for x in tc)
             cratio = statistics.median(b["ms_per_step"] / a["ms_per_step"] for a, b in zip(g, tc))
             line += f" {cm:>11.2f} {cratio:>6.2f}x"
+        if work:
+            lm = statistics.median(x["ms_per_step"] for x in lc)
+            lratio = statistics.median(b["ms_per_step"] / a["ms_per_step"] for a, b in zip(g, lc))
+            line += f" {lm:>10.2f} {lratio:>6.2f}x"
+            shutil.rmtree(work)
         print(line, flush=True)
         peaks += [x["peak_gflops"] for x in g]
         isa = g[-1].get("isa", "")

@@ -19,7 +19,7 @@ import os
 import torch
 from safetensors.torch import save_file
 
-from reference import GPT, Config, to_stacked, from_stacked
+from reference import GPT, Config, to_stacked
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "..", "tests", "fixtures")
