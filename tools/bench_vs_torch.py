@@ -59,6 +59,12 @@ def run_torch(c, threads, compile_, sdpa=False, linears=False):
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout.strip().splitlines()[-1])
 
 
+def paired(g, other):
+    """The other side's median ms/step, and the median of its per-round ratios to gptrain's
+    (its ms over gptrain's, round by round: > 1 means gptrain is faster)."""
+    return statistics.median(x["ms_per_step"] for x in other), statistics.median(b["ms_per_step"] / a["ms_per_step"] for a, b in zip(g, other))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
@@ -90,8 +96,7 @@ def main():
             if work:
                 lc.append(llmc_bench.run(work, a.threads))
         gm = statistics.median(x["ms_per_step"] for x in g)
-        tm = statistics.median(x["ms_per_step"] for x in t)
-        ratio = statistics.median(b["ms_per_step"] / a["ms_per_step"] for a, b in zip(g, t))
+        tm, ratio = paired(g, t)
         # against the best peak of the rounds (a run's own MFU is against the best seen before it);
         # PyTorch's: the same model FLOPs over its time, round by round
         peak = max(x["peak_gflops"] for x in g)
@@ -101,12 +106,10 @@ def main():
         trss = max(x["peak_rss_bytes"] for x in t) / 2**20
         line = f"{name:<8} {gm:>11.2f} {tm:>10.2f} {ratio:>6.2f}x {mfu * 100:>11.1f}% {tmfu * 100:>9.1f}% {grss:>9.0f}MiB {trss:>7.0f}MiB"
         if a.compile:
-            cm = statistics.median(x["ms_per_step"] for x in tc)
-            cratio = statistics.median(b["ms_per_step"] / a["ms_per_step"] for a, b in zip(g, tc))
+            cm, cratio = paired(g, tc)
             line += f" {cm:>11.2f} {cratio:>6.2f}x"
         if work:
-            lm = statistics.median(x["ms_per_step"] for x in lc)
-            lratio = statistics.median(b["ms_per_step"] / a["ms_per_step"] for a, b in zip(g, lc))
+            lm, lratio = paired(g, lc)
             line += f" {lm:>10.2f} {lratio:>6.2f}x"
             shutil.rmtree(work)
         print(line, flush=True)
@@ -123,8 +126,8 @@ def linears(a):
         for _ in range(a.rounds):  # A B A B ...
             g.append(run_gptrain(c, a.threads, linears=True))
             t.append(run_torch(c, a.threads, False, linears=True))
-        ratio = statistics.median(b["ms_per_step"] / a["ms_per_step"] for a, b in zip(g, t))
-        gm, tm = (statistics.median(x["ms_per_step"] for x in v) for v in (g, t))
+        gm = statistics.median(x["ms_per_step"] for x in g)
+        tm, ratio = paired(g, t)
         gf, tf = (statistics.median(x["gflops"] for x in v) for v in (g, t))
         print(f"{name:<8} {gm:>11.2f} {tm:>10.2f} {ratio:>6.2f}x {gf:>16.1f} {tf:>14.1f}", flush=True)
 
