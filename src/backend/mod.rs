@@ -246,7 +246,7 @@ pub trait Backend: Send + Sync {
     fn gelu_backward(&self, dacts: &mut Self::Buf, dinp: Span, dout: Span, acts: &Self::Buf, inp: Span);
     /// out = a + b, elementwise.
     fn residual_forward(&self, acts: &mut Self::Buf, out: Span, a: Span, b: Span);
-    /// dst = src (residual backward: the gradient flows unchanged to both branches).
+    /// dst = src (a residual branch's output gradient, copied before its dropout mask).
     fn copy(&self, buf: &mut Self::Buf, dst: Span, src: Span);
 
     /// Fused softmax + cross-entropy over the first `v` of `vp` logits per row of logits(N,Vp):

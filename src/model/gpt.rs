@@ -171,19 +171,32 @@ impl<B: Backend> Gpt<B> {
         assert!(*logits_hold_grad, "backward needs a forward with a grad_scale");
         let (l_n, c, b, t) = (cfg.n_layer, cfg.n_embd, a.b, a.t);
         // Activation spans are layer l's (in `a`); gradient spans are the one layer's worth
-        // in `g` that every layer reuses. The residual stream's gradient is g.residual3 on
-        // entry to layer l (dL/d residual3_l) and is overwritten with dL/d residual3_(l-1) by
-        // the time layer l is done; below layer 0 it is the embedding output's, in g.encoded.
-        // Gradients are overwritten by the op that produces them; only LayerNorm's dinp
-        // accumulates, into a residual gradient that a copy started (ln_f's, the first, into
-        // a zeroed one).
-        be.zero(dacts, g.residual3);
+        // in `g` that every layer reuses. The residual stream's gradient lives in one span,
+        // `dres` (llm.c's scheme): dL/d residual3_l on entry to layer l. A residual add passes
+        // its gradient unchanged to both inputs, so the branch's matmul reads `dres` as its
+        // output gradient (through a dropout-masked copy when dropout is on), and then the
+        // branch's LayerNorm backward accumulates into `dres` itself, which turns it into the
+        // gradient of the add's other input: dL/d residual2_l after the MLP half, dL/d
+        // residual3_(l-1) after the attention half, and below layer 0 the embedding output's.
+        // Other gradients are overwritten by the op that produces them; ln_f's LayerNorm
+        // accumulates into a zeroed `dres`.
+        let dres = g.residual3;
+        be.zero(dacts, dres);
         be.classifier_backward(dacts, g.lnf, grads, p.wte, acts, a.logits, a.lnf, params, p.wte, c);
         let last = a.layer(a.residual3, l_n - 1);
-        be.layernorm_backward(dacts, g.residual3, g.lnf, grads, p.lnfw, p.lnfb, acts, last, a.lnf_mean, a.lnf_rstd, params, p.lnfw);
+        be.layernorm_backward(dacts, dres, g.lnf, grads, p.lnfw, p.lnfb, acts, last, a.lnf_mean, a.lnf_rstd, params, p.lnfw);
+        // The output gradient of a residual branch: `dres` itself, or a copy of it under
+        // the branch's dropout mask.
+        let branch = |be: &B, dacts: &mut B::Buf, copy: Span, drop: Dropout| {
+            if !drop.active() {
+                return dres;
+            }
+            be.copy(dacts, copy, dres);
+            be.dropout(dacts, copy, drop);
+            copy
+        };
         for l in (0..l_n).rev() {
             let residual = if l == 0 { a.encoded } else { a.layer(a.residual3, l - 1) };
-            let dresidual = if l == 0 { g.encoded } else { g.residual3 };
             let residual2 = a.layer(a.residual2, l);
             let fch = a.layer(a.fch, l);
             let fch_gelu = a.layer(a.fch_gelu, l);
@@ -193,13 +206,11 @@ impl<B: Backend> Gpt<B> {
             let ln1 = a.layer(a.ln1, l);
 
             // residual3 = residual2 + dropout(fcproj)
-            be.copy(dacts, g.residual2, g.residual3);
-            be.copy(dacts, g.fcproj, g.residual3);
-            be.dropout(dacts, g.fcproj, DropoutCtx::at(dropout, l, 3));
+            let dfcproj = branch(be, dacts, g.fcproj, DropoutCtx::at(dropout, l, 3));
             be.matmul_backward(
                 dacts,
                 g.fch_gelu,
-                g.fcproj,
+                dfcproj,
                 grads,
                 p.linear(p.fcprojw, p.fcprojb, l),
                 acts,
@@ -212,7 +223,7 @@ impl<B: Backend> Gpt<B> {
             be.matmul_backward(dacts, g.ln2, g.fch, grads, p.linear(p.fcw, p.fcb, l), acts, ln2, params, p.layer(p.fcw, l), c);
             be.layernorm_backward(
                 dacts,
-                g.residual2,
+                dres,
                 g.ln2,
                 grads,
                 p.layer(p.ln2w, l),
@@ -224,15 +235,12 @@ impl<B: Backend> Gpt<B> {
                 params,
                 p.layer(p.ln2w, l),
             );
-            // residual2 = residual + dropout(attproj); g.residual3 is not read again in this
-            // layer, so for l > 0 the input's gradient overwrites it here
-            be.copy(dacts, dresidual, g.residual2);
-            be.copy(dacts, g.attproj, g.residual2);
-            be.dropout(dacts, g.attproj, DropoutCtx::at(dropout, l, 2));
+            // residual2 = residual + dropout(attproj)
+            let dattproj = branch(be, dacts, g.attproj, DropoutCtx::at(dropout, l, 2));
             be.matmul_backward(
                 dacts,
                 g.atty,
-                g.attproj,
+                dattproj,
                 grads,
                 p.linear(p.attprojw, p.attprojb, l),
                 acts,
@@ -257,7 +265,7 @@ impl<B: Backend> Gpt<B> {
             be.matmul_backward(dacts, g.ln1, g.qkv, grads, p.linear(p.qkvw, p.qkvb, l), acts, ln1, params, p.layer(p.qkvw, l), c);
             be.layernorm_backward(
                 dacts,
-                dresidual,
+                dres,
                 g.ln1,
                 grads,
                 p.layer(p.ln1w, l),
@@ -270,8 +278,8 @@ impl<B: Backend> Gpt<B> {
                 p.layer(p.ln1w, l),
             );
         }
-        be.dropout(dacts, g.encoded, DropoutCtx::at(dropout, 0, 0));
-        be.encoder_backward(grads, p.wte, p.wpe, dacts, g.encoded, tokens, (b, t));
+        be.dropout(dacts, dres, DropoutCtx::at(dropout, 0, 0));
+        be.encoder_backward(grads, p.wte, p.wpe, dacts, dres, tokens, (b, t));
     }
 
     pub fn zero_grad(&mut self) {

@@ -141,11 +141,12 @@ pub struct ActLayout {
 
 impl ActLayout {
     pub fn new(cfg: &ModelConfig, b: usize, t: usize) -> Self {
-        Self::with_layers(cfg, cfg.n_layer, true, b, t)
+        Self::with_layers(cfg, cfg.n_layer, false, b, t)
     }
 
-    /// `L` layers' worth of each per-layer tensor; `logits` is empty unless `with_logits`.
-    fn with_layers(cfg: &ModelConfig, l: usize, with_logits: bool, b: usize, t: usize) -> Self {
+    /// `L` layers' worth of each per-layer tensor; for the gradients (`grads`), `encoded`,
+    /// `residual2` and `logits` are empty (see [`ActLayout::one_layer`]).
+    fn with_layers(cfg: &ModelConfig, l: usize, grads: bool, b: usize, t: usize) -> Self {
         let (c, nh, vp) = (cfg.n_embd, cfg.n_head, cfg.padded_vocab_size);
         let bt = b * t;
         let mut off = 0;
@@ -154,7 +155,7 @@ impl ActLayout {
             off += len;
             s
         };
-        let encoded = add(bt * c);
+        let encoded = add(if grads { 0 } else { bt * c });
         let ln1 = add(l * bt * c);
         let ln1_mean = add(l * bt);
         let ln1_rstd = add(l * bt);
@@ -162,7 +163,7 @@ impl ActLayout {
         let atty = add(l * bt * c);
         let att_stats = add(l * b * nh * t * 2);
         let attproj = add(l * bt * c);
-        let residual2 = add(l * bt * c);
+        let residual2 = add(if grads { 0 } else { l * bt * c });
         let ln2 = add(l * bt * c);
         let ln2_mean = add(l * bt);
         let ln2_rstd = add(l * bt);
@@ -173,7 +174,7 @@ impl ActLayout {
         let lnf = add(bt * c);
         let lnf_mean = add(bt);
         let lnf_rstd = add(bt);
-        let logits = add(if with_logits { bt * vp } else { 0 });
+        let logits = add(if grads { 0 } else { bt * vp });
         let losses = add(bt);
         ActLayout {
             b,
@@ -207,11 +208,13 @@ impl ActLayout {
     /// The activation-gradient buffer: the same tensors with a single layer's worth of each
     /// per-layer one, which every layer's backward reuses in turn (each layer's gradients are
     /// produced and consumed within its own backward; only the residual stream's gradient
-    /// crosses layers, and it lives in `residual3`, overwritten in place layer by layer). So
+    /// crosses layers, and it lives in `residual3`, updated in place layer by layer). So
     /// the gradients need one layer's memory, not `L` layers' (llm.c's idea). No logits: their
-    /// gradient overwrites the logits themselves (see `Backend::crossentropy_forward`).
+    /// gradient overwrites the logits themselves (see `Backend::crossentropy_forward`). No
+    /// `encoded` or `residual2`: the residual stream's gradient stays in `residual3` from the
+    /// top of the model to the embeddings (see `Gpt::backward`).
     pub fn one_layer(cfg: &ModelConfig, b: usize, t: usize) -> Self {
-        Self::with_layers(cfg, 1, false, b, t)
+        Self::with_layers(cfg, 1, true, b, t)
     }
 
     /// Layer `l` of a stacked activation.
