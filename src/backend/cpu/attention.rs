@@ -137,21 +137,6 @@ fn query_blocks(t: usize) -> impl DoubleEndedIterator<Item = (usize, usize)> {
     (0..t).step_by(QBLOCK).map(move |r0| (r0, (r0 + QBLOCK).min(t)))
 }
 
-/// A raw pointer that may cross threads; each task touches a disjoint region (see SAFETY notes).
-#[derive(Clone, Copy)]
-struct Ptr(*mut f32);
-// SAFETY: used only to hand disjoint (batch, head) regions of one buffer to different tasks.
-unsafe impl Send for Ptr {}
-// SAFETY: as above; no two tasks write the same element.
-unsafe impl Sync for Ptr {}
-
-impl Ptr {
-    /// The pointer (a method, so closures capture the whole `Send` wrapper).
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
 dispatch! {
     /// row[..=t1] = softmax(row[..=t1]); row[t1+1..] = 0. Returns the maximum and 1/sum.
     fn softmax_causal_row(row: &mut [f32], t1: usize) -> (f32, f32) {
@@ -211,11 +196,6 @@ impl Scratch {
     }
 }
 
-/// Where q[bi, 0, h, :] lies in qkv(B,T,3C) (and dq in dqkv).
-fn head_offset(bi: usize, h: usize, t: usize, c: usize, nh: usize) -> usize {
-    bi * t * 3 * c + h * (c / nh)
-}
-
 /// One head's operands: its q, k and v, each T x hs inside qkv at batch row `bi`, head `h`
 /// (rows 3C apart).
 #[derive(Clone, Copy)]
@@ -229,10 +209,10 @@ struct Head {
 }
 
 impl Head {
-    /// Batch row `bi`, head `h` of qkv(B,T,3C).
+    /// Batch row `bi`, head `h` of qkv(B,T,3C) (the callers check qkv's length).
     fn new(qkv: &[f32], bi: usize, h: usize, t: usize, c: usize, nh: usize) -> Head {
         let hs = c / nh;
-        let q = Src::rows(qkv[head_offset(bi, h, t, c, nh)..].as_ptr(), 3 * c);
+        let q = Src::rows(qkv.as_ptr(), 3 * c).at(bi * t, h * hs);
         Head { q, k: q.at(0, c), v: q.at(0, 2 * c), t, hs, scale: 1.0 / (hs as f32).sqrt() }
     }
 
@@ -289,20 +269,21 @@ pub fn attention_forward(out: &mut [f32], stats: &mut [f32], qkv: &[f32], b: usi
     let hs = c / nh;
     let c3 = 3 * c;
     assert!(out.len() == b * t * c && stats.len() == b * nh * t * 2 && qkv.len() == b * t * c3);
-    let outp = Ptr(out.as_mut_ptr());
+    // out as (B T, C); each task writes only its own (batch row, head) block of it
+    let out = Dst::rows(out.as_mut_ptr(), c);
     stats.par_chunks_mut(t * 2).enumerate().for_each_init(
         || Scratch::new(t, drop, false),
         |Scratch { p, dropped, .. }, (bh, st)| {
             let (bi, h) = (bh / nh, bh % nh);
             let head = Head::new(qkv, bi, h, t, c, nh);
-            let o = outp.get().wrapping_add(bi * t * c + h * hs);
+            let o = out.at(bi * t, h * hs);
             for (r0, r1) in query_blocks(t) {
                 // SAFETY: q/k/v address rows 0..T of batch row bi at head h's columns, inside qkv.
                 unsafe { head.probs(p, r0, r1, RowStats::Keep(st)) };
                 let p = dropout_block(p, dropped, drop, bh, t, r0, r1);
                 // SAFETY: this task alone writes rows r0..r1 of out for batch row bi at head h's
                 // columns; p holds rows r0..r1 (T apart), v this batch row's values 0..r1.
-                unsafe { gemm_raw(r1 - r0, hs, r1, Dst::rows(o, c).at(r0, 0), false, Src::rows(p.as_ptr(), t), head.v, 1.0, Par::None) };
+                unsafe { gemm_raw(r1 - r0, hs, r1, o.at(r0, 0), false, Src::rows(p.as_ptr(), t), head.v, 1.0, Par::None) };
             }
         },
     );
@@ -325,13 +306,14 @@ pub fn attention_backward(
     let hs = c / nh;
     let c3 = 3 * c;
     assert!(dqkv.len() == b * t * c3 && dout.len() == b * t * c && qkv.len() == b * t * c3 && stats.len() == b * nh * t * 2);
-    let dqkvp = Ptr(dqkv.as_mut_ptr());
+    // dqkv as (B T, 3C); each task writes only its own (batch row, head) columns of it
+    let dqkv = Dst::rows(dqkv.as_mut_ptr(), c3);
     stats.par_chunks(t * 2).enumerate().for_each_init(
         || Scratch::new(t, drop, true),
         |Scratch { p, dropped, dp }, (bh, st)| {
             let (bi, h) = (bh / nh, bh % nh);
             let head = Head::new(qkv, bi, h, t, c, nh);
-            let dq = Dst::rows(dqkvp.get().wrapping_add(head_offset(bi, h, t, c, nh)), c3);
+            let dq = dqkv.at(bi * t, h * hs);
             let (dk, dv) = (dq.at(0, c), dq.at(0, 2 * c));
             let dy = Src::rows(dout[bi * t * c + h * hs..].as_ptr(), c);
             // Blocks run last to first: the last one covers every key row 0..T, so its dk/dv

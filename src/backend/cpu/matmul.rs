@@ -142,8 +142,9 @@ pub(crate) struct Dst {
     pub rs: usize,
 }
 
-// SAFETY: as for [`Src`]: which elements a thread may write through it is the contract of
-// [`gemm_raw`], which hands each thread a disjoint block.
+// SAFETY: as for [`Src`]: which elements a thread may write through it is the contract of the
+// unsafe code that writes them ([`gemm_raw`], which hands each thread a disjoint block; the
+// attention kernels, which hand each task its own (batch row, head) block).
 unsafe impl Send for Dst {}
 // SAFETY: as above.
 unsafe impl Sync for Dst {}
