@@ -73,12 +73,30 @@ pub fn list(out_dir: &Path) -> Vec<(u64, PathBuf)> {
     v
 }
 
-/// Removes leftovers of interrupted writes; returns how many.
+/// Prefix of a checkpoint being replaced: `ckpt-N` is renamed to `.tmp-old-ckpt-N-<pid>` just
+/// before the new `ckpt-N` is renamed in, and removed after.
+const OLD_PREFIX: &str = ".tmp-old-";
+
+/// Finishes or undoes interrupted writes; returns how many leftovers it handled. A checkpoint
+/// that was being replaced when the process died (`.tmp-old-ckpt-N-*` with no `ckpt-N`) is
+/// put back; every other leftover (`.tmp-ckpt-*` half-written, `.tmp-del-*` being pruned,
+/// `.tmp-old-*` whose replacement is in place) is removed.
 pub fn clean_leftovers(out_dir: &Path) -> usize {
     let mut n = 0;
     for e in std::fs::read_dir(out_dir).into_iter().flatten().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if (name.starts_with(".tmp-ckpt-") || name.starts_with(".tmp-del-")) && std::fs::remove_dir_all(e.path()).is_ok() {
+        if let Some(rest) = name.strip_prefix(OLD_PREFIX) {
+            let dst = rest.rsplit_once('-').map(|(ckpt, _pid)| out_dir.join(ckpt));
+            if let Some(dst) = dst.filter(|d| parse_dir_name(&d.file_name().unwrap_or_default().to_string_lossy()).is_some()) {
+                if !dst.exists() && std::fs::rename(e.path(), &dst).is_ok() {
+                    sync_dir(out_dir);
+                    n += 1;
+                    continue;
+                }
+            }
+        }
+        let leftover = [".tmp-ckpt-", ".tmp-del-", OLD_PREFIX].iter().any(|p| name.starts_with(p));
+        if leftover && std::fs::remove_dir_all(e.path()).is_ok() {
             n += 1;
         }
     }
@@ -261,21 +279,58 @@ pub fn save(out_dir: &Path, files: &[(&'static str, Vec<u8>)], iter: u64, hook: 
         return Err(e.context(format!("checkpoint {name} was not written ({need} bytes needed in {}); {previous}", out_dir.display())));
     }
     let dst = out_dir.join(&name);
-    if dst.exists() {
-        // this iteration is already saved (e.g. interrupted right after a resume): training is
-        // deterministic, so the state is the same; keep the existing directory untouched
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Ok(dst);
-    }
-    std::fs::rename(&tmp, &dst).with_context(|| format!("cannot rename {} to {}", tmp.display(), dst.display()))?;
-    sync_dir(out_dir);
+    install(out_dir, &tmp, &dst, usize::MAX)?;
     Ok(dst)
 }
 
-/// Deletes all but the newest `keep` checkpoints and the best by val loss.
-pub fn prune(out_dir: &Path, keep: usize) {
+/// Renames the complete checkpoint `tmp` to `dst`. An existing `dst` (a corrupt checkpoint a
+/// fallback resume skipped, or one of this iteration from an interrupted run) is replaced: it
+/// is renamed aside, the new one renamed in, and the old one removed after, so a kill at any
+/// point leaves one complete `ckpt-N`, old or new ([`clean_leftovers`] puts an old one back).
+/// `steps` stops after that many file-system steps: the tests' stand-in for a kill.
+fn install(out_dir: &Path, tmp: &Path, dst: &Path, steps: usize) -> Result<()> {
+    let old = dst.exists().then(|| {
+        let name = dst.file_name().unwrap_or_default().to_string_lossy();
+        out_dir.join(format!("{OLD_PREFIX}{name}-{}", std::process::id()))
+    });
+    let mut step = 0;
+    let mut next = || {
+        step += 1;
+        step <= steps
+    };
+    if let Some(old) = &old {
+        let _ = std::fs::remove_dir_all(old);
+        if !next() {
+            return Ok(());
+        }
+        std::fs::rename(dst, old).with_context(|| format!("cannot move the existing {} aside to replace it", dst.display()))?;
+    }
+    if !next() {
+        return Ok(());
+    }
+    if let Err(e) = std::fs::rename(tmp, dst) {
+        if let Some(old) = &old {
+            let _ = std::fs::rename(old, dst); // put the previous one back
+        }
+        let _ = std::fs::remove_dir_all(tmp);
+        return Err(e).with_context(|| format!("cannot rename {} to {}", tmp.display(), dst.display()));
+    }
+    sync_dir(out_dir);
+    if !next() {
+        return Ok(());
+    }
+    if let Some(old) = &old {
+        let _ = std::fs::remove_dir_all(old);
+    }
+    Ok(())
+}
+
+/// Deletes all but the newest `keep` checkpoints and the best by val loss (`keep` = 0: deletes
+/// none). `written`, the checkpoint just saved, is never deleted, whatever older runs or
+/// skipped corrupt checkpoints sort after it.
+pub fn prune(out_dir: &Path, keep: usize, written: u64) {
     let all = list(out_dir);
-    if all.len() <= keep.max(1) {
+    if keep == 0 || all.len() <= keep {
         return;
     }
     let best = all
@@ -283,8 +338,8 @@ pub fn prune(out_dir: &Path, keep: usize) {
         .filter_map(|(i, p)| read_state(p).ok().and_then(|s| s.val_loss).map(|v| (v, *i)))
         .min_by(|a, b| a.0.total_cmp(&b.0))
         .map(|x| x.1);
-    for (i, p) in all.iter().skip(keep.max(1)) {
-        if Some(*i) != best {
+    for (i, p) in all.iter().skip(keep) {
+        if Some(*i) != best && *i != written {
             // rename first (atomic), so a kill mid-delete leaves a `.tmp-` leftover, never a
             // half-deleted `ckpt-N`
             let doomed = out_dir.join(format!(".tmp-del-{}-{}", dir_name(*i), std::process::id()));
@@ -293,6 +348,37 @@ pub fn prune(out_dir: &Path, keep: usize) {
             }
         }
     }
+}
+
+/// Deletes every checkpoint in `out_dir` (a fresh run told to replace an earlier run's with
+/// `replace_checkpoints`); returns how many. Each goes the way [`prune`] removes one.
+pub fn remove_all(out_dir: &Path) -> Result<usize> {
+    let all = list(out_dir);
+    for (i, p) in &all {
+        let doomed = out_dir.join(format!(".tmp-del-{}-{}", dir_name(*i), std::process::id()));
+        std::fs::rename(p, &doomed).with_context(|| format!("cannot remove {}", p.display()))?;
+        let _ = std::fs::remove_dir_all(&doomed);
+    }
+    sync_dir(out_dir);
+    Ok(all.len())
+}
+
+/// What a checkpoint directory holds, in a few words (`iteration 300, val loss 1.4752`), for
+/// messages about it; the words say so when it cannot be read.
+pub fn describe(dir: &Path) -> String {
+    match read_state(dir) {
+        Ok(s) => match s.val_loss {
+            Some(v) => format!("iteration {}, val loss {v:.4}", s.iter),
+            None => format!("iteration {}", s.iter),
+        },
+        Err(_) => "unreadable".into(),
+    }
+}
+
+/// Whether `dir` is a gptrain checkpoint (it holds a `train_state.json` beside its weights),
+/// rather than a Hugging Face GPT-2 directory.
+pub fn is_gptrain_checkpoint(dir: &Path) -> bool {
+    dir.join("train_state.json").is_file() && dir.join("MANIFEST.json").is_file()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -516,6 +602,74 @@ mod tests {
             "temporary directory left behind"
         );
         std::fs::remove_dir_all(&d).ok();
+    }
+
+    fn tmp_dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("gptrain-ckpt-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    /// A checkpoint directory's one file, `a.bin`: which save wrote it.
+    fn content(dir: &Path) -> Vec<u8> {
+        std::fs::read(dir.join("a.bin")).unwrap()
+    }
+
+    fn files_with(byte: u8) -> Vec<(&'static str, Vec<u8>)> {
+        vec![("a.bin", vec![byte; 10])]
+    }
+
+    fn leftovers(d: &Path) -> Vec<String> {
+        let names = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned());
+        names.filter(|n| n.starts_with(".tmp")).collect()
+    }
+
+    #[test]
+    fn a_save_replaces_an_existing_checkpoint_of_that_iteration() {
+        // e.g. a fallback resume past a corrupt ckpt-N: the save must write, not claim it
+        let d = tmp_dir("replace");
+        save(&d, &files_with(1), 30, None).unwrap();
+        let p = save(&d, &files_with(2), 30, None).unwrap();
+        assert_eq!(p, d.join("ckpt-000030"));
+        assert_eq!(content(&p), vec![2; 10], "the save reported a directory it did not write");
+        assert!(leftovers(&d).is_empty(), "{:?}", leftovers(&d));
+        std::fs::remove_dir_all(d).ok();
+    }
+
+    #[test]
+    fn a_kill_at_any_point_of_a_replace_leaves_one_complete_checkpoint() {
+        // the replace is three file-system steps (old aside, new in, old removed); stopping
+        // after each is what a kill -9 there leaves on disk; the next run's clean-up must find
+        // exactly one ckpt-N, the old (save not finished) or the new one
+        for steps in 0..=3 {
+            let d = tmp_dir(&format!("kill{steps}"));
+            save(&d, &files_with(1), 30, None).unwrap();
+            let tmp = d.join(".tmp-ckpt-000030-1");
+            std::fs::create_dir_all(&tmp).unwrap();
+            std::fs::write(tmp.join("a.bin"), vec![2u8; 10]).unwrap();
+            install(&d, &tmp, &d.join("ckpt-000030"), steps).unwrap();
+            clean_leftovers(&d);
+            assert_eq!(list(&d).iter().map(|x| x.0).collect::<Vec<_>>(), vec![30], "killed after {steps} steps");
+            let want = if steps >= 2 { 2 } else { 1 };
+            assert_eq!(content(&d.join("ckpt-000030")), vec![want; 10], "killed after {steps} steps");
+            assert!(leftovers(&d).is_empty(), "killed after {steps} steps: {:?}", leftovers(&d));
+            std::fs::remove_dir_all(d).ok();
+        }
+    }
+
+    #[test]
+    fn pruning_keeps_the_checkpoint_just_written_and_zero_keeps_all() {
+        // an older run's (or skipped corrupt) checkpoints at later iterations sort first
+        let d = tmp_dir("prune");
+        for it in [100, 200, 300, 10] {
+            save(&d, &files_with(it as u8), it, None).unwrap();
+        }
+        prune(&d, 0, 10);
+        assert_eq!(list(&d).len(), 4, "keep_checkpoints = 0 keeps every checkpoint");
+        prune(&d, 2, 10);
+        let left: Vec<u64> = list(&d).iter().map(|x| x.0).collect();
+        assert_eq!(left, vec![300, 200, 10], "the newest two and the one just written");
+        std::fs::remove_dir_all(d).ok();
     }
 
     #[test]

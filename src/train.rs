@@ -55,6 +55,8 @@ pub struct StartInfo {
     pub dataset: String,
     pub start_iter: u64,
     pub max_iters: u64,
+    /// `eval_only`: one evaluation, no training.
+    pub eval_only: bool,
     pub memory_bytes: u64,
 }
 
@@ -93,6 +95,31 @@ pub struct Summary {
     pub final_val_loss: Option<f32>,
     pub skipped_updates: u64,
     pub out_dir: String,
+    /// The checkpoint this run wrote last (None when it wrote none).
+    pub last_checkpoint: Option<PathBuf>,
+}
+
+impl Summary {
+    /// A run that trained nothing (resumed at or past `max_iters`).
+    fn nothing(out_dir: &Path) -> Summary {
+        Summary {
+            iters: 0,
+            warmup_iters: 0,
+            warmup_s: 0.0,
+            train_s: 0.0,
+            eval_s: 0.0,
+            checkpoint_s: 0.0,
+            total_s: 0.0,
+            steady_ms: None,
+            tokens_per_sec: None,
+            mfu: None,
+            final_train_loss: None,
+            final_val_loss: None,
+            skipped_updates: 0,
+            out_dir: out_dir.display().to_string(),
+            last_checkpoint: None,
+        }
+    }
 }
 
 /// Checks the knobs this build cannot honour.
@@ -174,7 +201,68 @@ impl Init {
     }
 }
 
+/// A fresh run (`scratch` or fine-tuning) must not mix its checkpoints with another run's in
+/// the same out_dir: a save would replace theirs at equal iterations, pruning would delete its
+/// own at lower ones, and a later resume would pick up theirs. Refuses, naming what is there
+/// and the ways out, unless `replace_checkpoints` asks to delete them (done once the start
+/// weights are in memory: a fine-tuning source may live in that out_dir).
+fn check_fresh_out_dir(cfg: &Config, out_dir: &Path) -> Result<()> {
+    let found = checkpoint::list(out_dir);
+    let Some((_, newest)) = found.first() else { return Ok(()) };
+    if cfg.replace_checkpoints || cfg.eval_only {
+        return Ok(());
+    }
+    let n = found.len();
+    bail!(
+        "out_dir {} already holds {n} checkpoint{} of another run (newest: {}, {}); a new `{}` run there would mix its checkpoints with them. Choose one: `--set init_from=resume` continues that run, `--set out_dir=NEW_DIR` starts this one elsewhere, `--set replace_checkpoints=true` deletes them and starts over",
+        out_dir.display(),
+        if n == 1 { "" } else { "s" },
+        newest.display(),
+        checkpoint::describe(newest),
+        if cfg.init_from == "scratch" { "scratch" } else { "fine-tuning" }
+    )
+}
+
+/// A checkpoint's vocabulary must be the dataset's: the same token ids for the same text.
+fn check_same_vocabulary(ck: &crate::data::Meta, ds: &crate::data::Meta, dir: &Path, hint: &str) -> Result<()> {
+    if ck.tokenizer != ds.tokenizer || ck.vocab_size != ds.vocab_size || ck.itos != ds.itos {
+        bail!(
+            "the dataset's vocabulary ({} tokenizer, {} tokens) does not match the checkpoint's ({} tokenizer, {} tokens) in {}; hint: {hint}",
+            ds.tokenizer,
+            ds.vocab_size,
+            ck.tokenizer,
+            ck.vocab_size,
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 fn initialise(cfg: &Config, ds: &Dataset, obs: &mut dyn Observer) -> Result<Init> {
+    let out_dir = Path::new(&cfg.out_dir);
+    if cfg.init_from != "resume" {
+        let n = checkpoint::clean_leftovers(out_dir);
+        if n > 0 {
+            obs.message(&format!("removed {n} unfinished checkpoint write(s) in {}", out_dir.display()));
+        }
+        check_fresh_out_dir(cfg, out_dir)?;
+    }
+    let init = initialise_from(cfg, ds, obs)?;
+    if cfg.init_from != "resume" && cfg.replace_checkpoints && !cfg.eval_only {
+        let n = checkpoint::remove_all(out_dir)?;
+        if n > 0 {
+            let _ = std::fs::remove_file(out_dir.join("metrics.jsonl"));
+            obs.message(&format!(
+                "deleted the {n} checkpoint{} (and metrics.jsonl) of an earlier run in {}, as replace_checkpoints asks",
+                if n == 1 { "" } else { "s" },
+                out_dir.display()
+            ));
+        }
+    }
+    Ok(init)
+}
+
+fn initialise_from(cfg: &Config, ds: &Dataset, obs: &mut dyn Observer) -> Result<Init> {
     let out_dir = Path::new(&cfg.out_dir);
     match cfg.init_from.as_str() {
         "scratch" => {
@@ -197,19 +285,7 @@ fn initialise(cfg: &Config, ds: &Dataset, obs: &mut dyn Observer) -> Result<Init
                     bail!("`{key}` is {y} but the checkpoint {} was trained with {x}; shape keys must match on resume", ck.dir.display());
                 }
             }
-            if ck.state.meta.tokenizer != ds.meta.tokenizer
-                || ck.state.meta.vocab_size != ds.meta.vocab_size
-                || ck.state.meta.itos != ds.meta.itos
-            {
-                bail!(
-                    "the dataset's vocabulary ({} tokenizer, {} tokens) does not match the checkpoint's ({} tokenizer, {} tokens) in {}; hint: resume with the dataset the run was trained on",
-                    ds.meta.tokenizer,
-                    ds.meta.vocab_size,
-                    ck.state.meta.tokenizer,
-                    ck.state.meta.vocab_size,
-                    ck.dir.display()
-                );
-            }
+            check_same_vocabulary(&ck.state.meta, &ds.meta, &ck.dir, "resume with the dataset the run was trained on")?;
             obs.message(&format!("resuming from {} (iteration {})", ck.dir.display(), ck.state.iter));
             Ok(Init {
                 model_cfg: ck.state.model.clone(),
@@ -226,8 +302,16 @@ fn initialise(cfg: &Config, ds: &Dataset, obs: &mut dyn Observer) -> Result<Init
         path => {
             let file = checkpoint::hf_weights_file(path)?;
             let tf = tensorfile::read(&file)?;
-            let mut model_cfg = checkpoint::hf_shape(&tf, file.parent().unwrap_or(Path::new(".")), cfg.n_head)
-                .with_context(|| format!("{}", file.display()))?;
+            let dir = file.parent().unwrap_or(Path::new("."));
+            let mut model_cfg = if checkpoint::is_gptrain_checkpoint(dir) {
+                // a gptrain checkpoint: verified, and its shape (bias, true vocabulary) and
+                // tokenizer come from its training state, not guessed from the tensors
+                let ck = checkpoint::load(dir)?;
+                check_same_vocabulary(&ck.state.meta, &ds.meta, dir, "fine-tune on data prepared with the checkpoint's tokenizer")?;
+                ck.state.model
+            } else {
+                checkpoint::hf_shape(&tf, dir, cfg.n_head).with_context(|| format!("{}", file.display()))?
+            };
             if model_cfg.vocab_size < ds.meta.vocab_size {
                 bail!(
                     "{} has a vocabulary of {} tokens but the dataset's has {}: the model cannot read this data",
@@ -309,6 +393,13 @@ fn run_on<B: Backend>(backend: B, cfg: &Config, obs: &mut dyn Observer) -> Resul
     let t_run = Instant::now();
     let ds = Dataset::open(&cfg.dataset)?;
     let init = initialise(cfg, &ds, obs)?;
+    if init.resumed && init.start_iter >= cfg.max_iters && !cfg.eval_only {
+        obs.message(&format!(
+            "nothing to do: the checkpoint is at iteration {} and max_iters is {}; raise max_iters (`--set max_iters=N`, an absolute count) to train further",
+            init.start_iter, cfg.max_iters
+        ));
+        return Ok(Summary::nothing(Path::new(&cfg.out_dir)));
+    }
     let mc = init.model_cfg.clone();
     ds.check_block_size(mc.block_size)?;
     let (b, t, accum) = (cfg.batch_size, mc.block_size, cfg.gradient_accumulation_steps);
@@ -349,6 +440,7 @@ fn run_on<B: Backend>(backend: B, cfg: &Config, obs: &mut dyn Observer) -> Resul
         dataset: ds.source.clone(),
         start_iter: init.start_iter,
         max_iters: cfg.max_iters,
+        eval_only: cfg.eval_only,
         memory_bytes: mem,
     });
 
@@ -364,6 +456,7 @@ fn run_on<B: Backend>(backend: B, cfg: &Config, obs: &mut dyn Observer) -> Resul
     let mut outliers = init.outliers.clone();
     let mut last_eval: Option<(f32, f32)> = None;
     let mut last_saved: Option<u64> = None;
+    let mut last_checkpoint: Option<PathBuf> = None;
     let mut it = init.start_iter;
     let first_iter = it;
 
@@ -387,7 +480,7 @@ fn run_on<B: Backend>(backend: B, cfg: &Config, obs: &mut dyn Observer) -> Resul
         let (params, m, v) = (host(&model.params), model.m.as_ref().map(host), model.v.as_ref().map(host));
         let files = checkpoint::serialize(&model.layout, &st, &params, m.as_deref(), v.as_deref())?;
         let path = checkpoint::save(&out_dir, &files, st.iter, None)?;
-        checkpoint::prune(&out_dir, cfg.keep_checkpoints);
+        checkpoint::prune(&out_dir, cfg.keep_checkpoints, st.iter);
         let secs = t0.elapsed().as_secs_f64();
         meter.record_checkpoint(secs);
         obs.checkpoint(&path, secs);
@@ -423,7 +516,7 @@ fn run_on<B: Backend>(backend: B, cfg: &Config, obs: &mut dyn Observer) -> Resul
                 // a failed mid-run save (disk full, permissions) is reported and training goes
                 // on with its state in memory; the previous checkpoint is intact
                 match save(&model, state(it, Some(vl), best_val, skipped, &outliers), &mut meter, obs, &mut metrics) {
-                    Ok(_) => last_saved = Some(it),
+                    Ok(p) => (last_saved, last_checkpoint) = (Some(it), Some(p)),
                     Err(e) => obs.message(&format!("warning: {e:#}; training continues and will try again at the next checkpoint")),
                 }
             }
@@ -432,9 +525,10 @@ fn run_on<B: Backend>(backend: B, cfg: &Config, obs: &mut dyn Observer) -> Resul
             if last_saved != Some(it) && it > first_iter {
                 let val = last_eval.filter(|_| evaluate).map(|e| e.1);
                 let st = state(it, val, best_val, skipped, &outliers);
-                retry_last_save(obs, retry_limit, RETRY_EVERY, &STOP, &unsaved, |obs| {
+                let p = retry_last_save(obs, retry_limit, RETRY_EVERY, &STOP, &unsaved, |obs| {
                     save(&model, st.clone(), &mut meter, obs, &mut metrics)
                 })?;
+                last_checkpoint = Some(p);
             }
             break;
         }
@@ -471,7 +565,9 @@ fn run_on<B: Backend>(backend: B, cfg: &Config, obs: &mut dyn Observer) -> Resul
         }
         meter.record_iter(secs);
         it += 1;
-        if (it - 1).is_multiple_of(cfg.log_interval) || it == cfg.max_iters {
+        // an interrupted run logs the iteration it stops after, whatever log_interval says
+        let stopping = STOP.load(Ordering::SeqCst);
+        if (it - 1).is_multiple_of(cfg.log_interval) || it == cfg.max_iters || stopping {
             let iters_left = cfg.max_iters - it;
             let evals_left = (it..=cfg.max_iters).filter(|i| i.is_multiple_of(cfg.eval_interval)).count() as u64;
             let ckpts_left = if cfg.always_save_checkpoint { evals_left } else { 1 };
@@ -490,12 +586,12 @@ fn run_on<B: Backend>(backend: B, cfg: &Config, obs: &mut dyn Observer) -> Resul
             metrics.write(serde_json::json!({"type": "iter", "iter": log.iter, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm, "ms": log.ms, "warmup": reading.warmup, "steady_ms": reading.steady_ms, "tokens_per_sec": reading.tokens_per_sec, "mfu": reading.mfu, "eta_s": reading.eta_s, "skipped": !s.updated, "outlier": outlier}));
             obs.iter(&log);
         }
-        if STOP.load(Ordering::SeqCst) {
+        if stopping {
             let st = state(it, None, best_val, skipped, &outliers);
             let path = retry_last_save(obs, retry_limit, RETRY_EVERY, &STOP, &unsaved, |obs| {
                 save(&model, st.clone(), &mut meter, obs, &mut metrics)
             })?;
-            bail!(Interrupted { iter: it, path });
+            bail!(Interrupted { last_logged: it - 1, path });
         }
     }
 
@@ -515,6 +611,7 @@ fn run_on<B: Backend>(backend: B, cfg: &Config, obs: &mut dyn Observer) -> Resul
         final_val_loss: last_eval.map(|e| e.1),
         skipped_updates: skipped,
         out_dir: out_dir.display().to_string(),
+        last_checkpoint,
     };
     metrics.write(serde_json::json!({"type": "summary", "summary": summary}));
     obs.finish(&summary);
@@ -571,7 +668,8 @@ fn retry_last_save<T>(
 /// The run stopped on a signal after writing a checkpoint.
 #[derive(Debug)]
 pub struct Interrupted {
-    pub iter: u64,
+    /// The last iteration the log shows (0-based, as every log line counts).
+    pub last_logged: u64,
     pub path: PathBuf,
 }
 
@@ -579,9 +677,10 @@ impl std::fmt::Display for Interrupted {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         write!(
             f,
-            "interrupted after iteration {}; checkpoint written to {}. Resume with the same command plus `--set init_from=resume`",
-            self.iter,
-            self.path.display()
+            "interrupted after iteration {}; checkpoint written to {} (resumes at iteration {}). Resume with the same command plus `--set init_from=resume`",
+            self.last_logged,
+            self.path.display(),
+            self.last_logged + 1
         )
     }
 }

@@ -151,3 +151,51 @@ fn token_files_and_logs_never_panic() {
         });
     }
 }
+
+/// `gptrain ARGS` in `dir`: (exit code, stderr).
+fn gptrain(args: &[&str], dir: &std::path::Path) -> (i32, String) {
+    let out =
+        std::process::Command::new(env!("CARGO_BIN_EXE_gptrain")).args(args).current_dir(dir).env("XDG_CACHE_HOME", dir).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn any_checkpoint_with_any_prompt_samples_or_says_why() {
+    let d = std::env::temp_dir().join(format!("gptrain-hostile-sample-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    let small = ["--set", "n_layer=1", "--set", "n_embd=16", "--set", "n_head=2", "--set", "block_size=8", "--set", "max_iters=2"];
+    let small = small.iter().chain(&["--set", "eval_iters=1", "--set", "max_new_tokens=3"]).copied();
+    // a char-level run on the built-in corpus, and a GPT-2 BPE one on a prepared folder
+    let char_run: Vec<&str> = ["train", "--set", "out_dir=char"].into_iter().chain(small.clone()).collect();
+    assert_eq!(gptrain(&char_run, &d).0, 0);
+    std::fs::write(d.join("doc.txt"), "Hello world, this is a test of the GPT-2 tokenizer.\n".repeat(40)).unwrap();
+    assert_eq!(gptrain(&["prepare", "--input", "doc.txt", "--tokenizer", "gpt2", "--out", "bpe-data"], &d).0, 0);
+    let bpe_run: Vec<&str> = ["train", "--set", "out_dir=bpe", "--set", "dataset=bpe-data"].into_iter().chain(small).collect();
+    assert_eq!(gptrain(&bpe_run, &d).0, 0);
+    let hf = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf_tiny");
+    let sources = [
+        "init_from=char/ckpt-000002".to_string(),
+        "init_from=char/ckpt-000002/model.safetensors".to_string(),
+        "out_dir=char".to_string(),
+        "init_from=bpe/ckpt-000002".to_string(),
+        "out_dir=bpe".to_string(),
+        format!("init_from={}", hf.display()),
+        format!("init_from={}", hf.join("model.safetensors").display()),
+    ];
+    let long = "To be, or not to be: that is the question. ".repeat(20);
+    let prompts =
+        ["", "\n", "hello world", "Z", "héllo ☃ 日本語", "<|endoftext|>", "\u{7f}\u{1b}[31m", "FILE:no-such-file.txt", long.as_str()];
+    for src in &sources {
+        for prompt in prompts {
+            let start = format!("start={prompt}");
+            let args = ["sample", "--set", src, "--set", &start, "--set", "num_samples=1", "--set", "max_new_tokens=3"];
+            let (code, err) = gptrain(&args, &d);
+            assert!(!err.contains("panicked"), "{src} x {prompt:?} panicked: {err}");
+            let last = err.lines().last().unwrap_or("");
+            assert!(code == 0 || (code == 1 && last.starts_with("error: ")), "{src} x {prompt:?}: exit {code}, {err}");
+            assert!(code != 0 || err.contains("sampling from "), "{src} x {prompt:?}: {err}");
+        }
+    }
+    std::fs::remove_dir_all(&d).ok();
+}

@@ -169,6 +169,11 @@ fn an_altered_checkpoint_is_reported_and_fallback_is_opt_in() {
     assert!(cause < hint, "{msg}");
     let c = run(&tiny(&d, &["max_iters=30", "init_from=resume", "resume_fallback=true"])).unwrap();
     assert_eq!(c.losses[0].0, 10, "resumed from the older checkpoint");
+    // its save at 20 replaced the corrupt directory instead of claiming it
+    assert!(c.checkpoints.contains(&d.join("ckpt-000020")), "{:?}", c.checkpoints);
+    let ck = gptrain::checkpoint::load(&d.join("ckpt-000020")).unwrap();
+    assert_eq!(ck.state.iter, 20);
+    assert!(gptrain::checkpoint::load(&d.join("ckpt-000030")).is_ok());
     std::fs::remove_dir_all(d).ok();
 }
 
@@ -224,5 +229,69 @@ fn fine_tuning_from_a_gpt2_file_trains() {
             .unwrap();
     assert_eq!(c.losses.len(), 5);
     assert!(c.messages.iter().any(|m| m.contains("initialised from")));
+    std::fs::remove_dir_all(d).ok();
+}
+
+#[test]
+fn a_new_run_never_mixes_its_checkpoints_with_another_runs() {
+    let d = tmp("mixed");
+    run(&tiny(&d, &["max_iters=20"])).unwrap();
+    let old = std::fs::read(d.join("ckpt-000020/model.safetensors")).unwrap();
+    // a scratch run into that out_dir refuses, naming what it found and the ways out
+    let err = format!("{:#}", run(&tiny(&d, &["max_iters=10", "seed=7"])).err().unwrap());
+    for want in ["already holds 2 checkpoints", "ckpt-000020", "iteration 20", "init_from=resume", "out_dir=", "replace_checkpoints=true"] {
+        assert!(err.contains(want), "`{want}` missing: {err}");
+    }
+    assert_eq!(std::fs::read(d.join("ckpt-000020/model.safetensors")).unwrap(), old, "the old run's checkpoint changed");
+    // so does fine-tuning from one of them into the same out_dir
+    let src = d.join("ckpt-000020");
+    let err = format!("{:#}", run(&tiny(&d, &["max_iters=30", &format!("init_from={}", src.display())])).err().unwrap());
+    assert!(err.contains("fine-tuning") && err.contains("already holds"), "{err}");
+    // replaced on purpose: the old checkpoints go, and only the new run's remain
+    let c = run(&tiny(&d, &["max_iters=10", "seed=7", "replace_checkpoints=true"])).unwrap();
+    assert!(c.messages.iter().any(|m| m.contains("deleted the 2 checkpoints")), "{:?}", c.messages);
+    let left: Vec<u64> = gptrain::checkpoint::list(&d).into_iter().map(|x| x.0).collect();
+    assert_eq!(left, vec![10]);
+    assert_eq!(gptrain::checkpoint::load(&d.join("ckpt-000010")).unwrap().state.seed, 7);
+    std::fs::remove_dir_all(d).ok();
+}
+
+#[test]
+fn fine_tuning_from_a_gptrain_checkpoint_keeps_its_shape_and_vocabulary() {
+    let (a, b) = (tmp("ft-src"), tmp("ft-dst"));
+    run(&tiny(&a, &["max_iters=10", "bias=false"])).unwrap();
+    let src = a.join("ckpt-000010");
+    // the config says bias=true (the default preset's); the checkpoint has none and keeps none
+    let c = run(&tiny(&b, &["max_iters=13", "bias=true", &format!("init_from={}", src.display())])).unwrap();
+    assert!(c.messages.iter().any(|m| m.contains("initialised from")), "{:?}", c.messages);
+    let ck = gptrain::checkpoint::load(&b.join("ckpt-000013")).unwrap();
+    assert!(!ck.state.model.bias, "fine-tuning from a bias-free checkpoint added biases");
+    assert_eq!(ck.state.model.vocab_size, gptrain::checkpoint::load(&src).unwrap().state.model.vocab_size);
+    // a dataset with another character vocabulary cannot be read by that model
+    let other = a.join("other-data");
+    let txt = a.join("other.txt");
+    std::fs::write(&txt, "abc de\n".repeat(200)).unwrap();
+    gptrain::data::prepare::prepare(Some(&txt), gptrain::data::prepare::TokenizerKind::Char, &other, &indicatif::ProgressBar::hidden())
+        .unwrap();
+    let c = tmp("ft-other");
+    let err = run(&tiny(&c, &["max_iters=12", &format!("init_from={}", src.display()), &format!("dataset={}", other.display())]));
+    let msg = format!("{:#}", err.err().unwrap());
+    assert!(msg.contains("does not match the checkpoint's"), "{msg}");
+    for d in [a, b, c] {
+        std::fs::remove_dir_all(d).ok();
+    }
+}
+
+#[test]
+fn resuming_a_finished_run_says_there_is_nothing_to_do() {
+    let d = tmp("finished");
+    run(&tiny(&d, &["max_iters=10"])).unwrap();
+    let c = run(&tiny(&d, &["max_iters=5", "init_from=resume"])).unwrap();
+    assert!(c.losses.is_empty() && c.checkpoints.is_empty());
+    assert!(
+        c.messages.iter().any(|m| m.contains("nothing to do") && m.contains("iteration 10") && m.contains("max_iters is 5")),
+        "{:?}",
+        c.messages
+    );
     std::fs::remove_dir_all(d).ok();
 }

@@ -43,9 +43,18 @@ fn worker_threads(threads: usize) -> usize {
     }
 }
 
-/// A rayon pool with `threads` workers (0: physical cores).
+/// A rayon pool with `threads` workers (0: physical cores); more than the machine's logical
+/// CPUs is allowed but warned about (they take turns on the same cores: every step slows).
 fn pool(threads: usize) -> Result<rayon::ThreadPool> {
-    rayon::ThreadPoolBuilder::new().num_threads(worker_threads(threads)).build().context("cannot start the thread pool")
+    let n = worker_threads(threads);
+    let cpus = std::thread::available_parallelism().map_or(n, |c| c.get());
+    if n > cpus {
+        eprintln!(
+            "warning: threads = {n} is more than this machine's {cpus} logical CPUs; the extra threads take turns on the same cores and slow every step (`threads = 0` uses the {} physical cores)",
+            config::physical_cores()
+        );
+    }
+    rayon::ThreadPoolBuilder::new().num_threads(n).build().context("cannot start the thread pool")
 }
 
 pub fn prepare(input: Option<PathBuf>, tokenizer: &str, out: &Path, threads: Option<usize>) -> Result<()> {
@@ -73,9 +82,10 @@ pub fn train(a: &ConfigArgs) -> Result<()> {
     let mut printer = Printer::new();
     pool(cfg.threads)?.install(|| -> Result<()> {
         let summary = train::run(&cfg, &mut printer)?;
-        if summary.iters > 0 {
+        // a sample of what this run trained: its own last checkpoint
+        if let (true, Some(ckpt)) = (summary.iters > 0, &summary.last_checkpoint) {
             say!("sample:");
-            sample_run(&cfg, 1, cfg.max_new_tokens.min(300))?;
+            sample_run(&cfg, Some(ckpt), 1, cfg.max_new_tokens.min(300))?;
         }
         Ok(())
     })
@@ -97,37 +107,90 @@ fn install_signal_handler() {
 
 pub fn sample(a: &ConfigArgs) -> Result<()> {
     let cfg = resolve(a)?;
-    pool(cfg.threads)?.install(|| sample_run(&cfg, cfg.num_samples, cfg.max_new_tokens))
+    pool(cfg.threads)?.install(|| sample_run(&cfg, None, cfg.num_samples, cfg.max_new_tokens))
 }
 
-/// Loads the model to sample from: a GPT-2 safetensors file when `init_from` is a path, else
-/// the newest checkpoint in out_dir.
-fn load_for_sampling(cfg: &Config) -> Result<(ModelConfig, Vec<f32>, Tokenizer)> {
-    if cfg.init_from != "scratch" && cfg.init_from != "resume" {
-        let file = checkpoint::hf_weights_file(&cfg.init_from)?;
-        let tf = crate::tensorfile::read(&file)?;
-        let mc = checkpoint::hf_shape(&tf, file.parent().unwrap_or(Path::new(".")), cfg.n_head)?;
-        let params = checkpoint::from_hf(&tf, &mc, &crate::model::ParamLayout::new(&mc))?;
-        return Ok((mc, params, Tokenizer::Gpt2));
+/// What `sample` generates from: weights, their shape and tokenizer, and where they came from.
+struct SampleSource {
+    model: ModelConfig,
+    params: Vec<f32>,
+    tok: Tokenizer,
+    what: String,
+}
+
+fn tokenizer_words(tok: &Tokenizer) -> String {
+    match tok {
+        Tokenizer::Char { itos, .. } => format!("char tokenizer of {} characters", itos.len()),
+        Tokenizer::Gpt2 => "GPT-2 BPE tokenizer".into(),
     }
-    let ck = checkpoint::load_latest(Path::new(&cfg.out_dir), cfg.resume_fallback, &mut |w| eprintln!("{w}"))?;
-    let tok = ck.state.meta.tokenizer()?;
-    Ok((ck.state.model, ck.params, tok))
 }
 
-fn sample_run(cfg: &Config, num_samples: usize, max_new_tokens: usize) -> Result<()> {
-    let (mc, params, tok) = load_for_sampling(cfg)?;
+/// Loads the model to sample from: `from` (a training run's own last checkpoint), else
+/// `init_from` when it is a path (a gptrain checkpoint directory, which carries its tokenizer,
+/// or a Hugging Face GPT-2 file or directory, which is GPT-2 BPE), else the newest checkpoint
+/// in out_dir.
+fn load_for_sampling(cfg: &Config, from: Option<&Path>) -> Result<SampleSource> {
+    let named = match from {
+        Some(p) => Some(p.to_string_lossy().into_owned()),
+        None => (cfg.init_from != "scratch" && cfg.init_from != "resume").then(|| cfg.init_from.clone()),
+    };
+    let ck = match named {
+        Some(path) => {
+            let file = checkpoint::hf_weights_file(&path)?;
+            let dir = file.parent().unwrap_or(Path::new("."));
+            if !checkpoint::is_gptrain_checkpoint(dir) {
+                let tf = crate::tensorfile::read(&file)?;
+                let model = checkpoint::hf_shape(&tf, dir, cfg.n_head).with_context(|| format!("{}", file.display()))?;
+                let params = checkpoint::from_hf(&tf, &model, &crate::model::ParamLayout::new(&model))
+                    .with_context(|| format!("{}", file.display()))?;
+                let tok = Tokenizer::Gpt2;
+                let what = format!("{} (GPT-2 weights without gptrain's training state: {})", file.display(), tokenizer_words(&tok));
+                return Ok(SampleSource { model, params, tok, what });
+            }
+            checkpoint::load(dir)?
+        }
+        None => checkpoint::load_latest(Path::new(&cfg.out_dir), cfg.resume_fallback, &mut |w| eprintln!("{w}"))?,
+    };
+    let tok = ck.state.meta.tokenizer().with_context(|| format!("checkpoint {}", ck.dir.display()))?;
+    let what = format!("{} ({}, {})", ck.dir.display(), checkpoint::describe(&ck.dir), tokenizer_words(&tok));
+    Ok(SampleSource { model: ck.state.model, params: ck.params, tok, what })
+}
+
+/// The prompt's token ids: `start` (or the file it names) in the model's tokenizer, or a
+/// document start when empty; every id must be inside the model's vocabulary.
+fn encode_prompt(cfg: &Config, src: &SampleSource) -> Result<(String, Vec<u32>)> {
     let start = match cfg.start.strip_prefix("FILE:") {
         Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read the prompt file {path}"))?,
         None => cfg.start.clone(),
     };
-    let mut prompt = tok.encode(&start).context("cannot encode the prompt")?;
+    let vocab = src.model.vocab_size;
+    let mut prompt =
+        src.tok.encode(&start).with_context(|| format!("cannot encode the prompt with the model's {}", tokenizer_words(&src.tok)))?;
     if prompt.is_empty() {
-        prompt = match tok {
+        prompt = match &src.tok {
+            Tokenizer::Gpt2 if crate::tokenizer::GPT2_EOT as usize >= vocab => bail!(
+                "an empty prompt starts from GPT-2's <|endoftext|> (id {}), which this model's vocabulary of {vocab} tokens does not have; give a prompt with `--set start=TEXT`",
+                crate::tokenizer::GPT2_EOT
+            ),
             Tokenizer::Gpt2 => vec![crate::tokenizer::GPT2_EOT],
-            Tokenizer::Char { .. } => tok.encode("\n").unwrap_or(vec![0]),
+            Tokenizer::Char { .. } => src.tok.encode("\n").unwrap_or(vec![0]),
         };
     }
+    if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
+        bail!(
+            "the prompt encodes to token {bad} ({:?}), outside this model's vocabulary of {vocab} tokens ({}); give a prompt the model can read",
+            src.tok.decode(&[bad]),
+            tokenizer_words(&src.tok)
+        );
+    }
+    Ok((start, prompt))
+}
+
+fn sample_run(cfg: &Config, from: Option<&Path>, num_samples: usize, max_new_tokens: usize) -> Result<()> {
+    let src = load_for_sampling(cfg, from)?;
+    eprintln!("sampling from {}", src.what);
+    let (start, prompt) = encode_prompt(cfg, &src)?;
+    let (mc, params, tok) = (src.model, src.params, src.tok);
     let mut sampler = Sampler::new(mc, params);
     let stdout = std::io::stdout();
     for k in 0..num_samples {

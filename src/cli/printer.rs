@@ -18,11 +18,12 @@ pub(crate) use say;
 pub struct Printer {
     bar: Option<indicatif::ProgressBar>,
     max_iters: u64,
+    eval_only: bool,
 }
 
 impl Printer {
     pub fn new() -> Self {
-        Printer { bar: None, max_iters: 0 }
+        Printer { bar: None, max_iters: 0, eval_only: false }
     }
 
     fn line(&self, s: &str) {
@@ -31,6 +32,11 @@ impl Printer {
             None => say!("{s}"),
         }
     }
+}
+
+/// `1 iteration`, `2 iterations`.
+pub fn count(n: u64, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
 
 /// `12,345`.
@@ -89,6 +95,11 @@ impl Observer for Printer {
             None => say!("device: {} ; peak unknown: MFU n/a", s.device),
         }
         say!("memory: about {} for weights, optimizer and activations", gib(s.memory_bytes));
+        if s.eval_only {
+            say!("eval_only: one evaluation at iteration {}, no training", s.start_iter);
+            self.eval_only = true;
+            return;
+        }
         say!(
             "iterations {} -> {}; the first iterations are warm-up and are not counted in throughput, MFU or ETA",
             s.start_iter,
@@ -127,10 +138,13 @@ impl Observer for Printer {
         }
         self.line(&s);
         if let Some(b) = &self.bar {
+            // the bar counts iterations done; its loss is the last of them, its ETA the meter's
+            // (none once training is over: the final eval and checkpoint follow)
             b.set_position(l.iter + 1);
             b.set_message(match r.eta_s {
-                Some(e) => format!("loss {:.4} eta {}", l.loss, human_duration(e)),
-                None => format!("loss {:.4} warm-up", l.loss),
+                _ if l.iter + 1 >= self.max_iters => format!("iter {} loss {:.4}, done", l.iter, l.loss),
+                Some(e) => format!("iter {} loss {:.4}, eta {}", l.iter, l.loss, human_duration(e)),
+                None => format!("iter {} loss {:.4}, warm-up", l.iter, l.loss),
             });
         }
     }
@@ -145,13 +159,20 @@ impl Observer for Printer {
 
     fn finish(&mut self, s: &Summary) {
         if let Some(b) = self.bar.take() {
-            b.finish_and_clear();
+            b.abandon(); // stays on screen as it is: at 100%, "done"
+        }
+        if self.eval_only {
+            say!("done: evaluation in {} (eval {})", human_duration(s.total_s), human_duration(s.eval_s));
+            if let (Some(t), Some(v)) = (s.final_train_loss, s.final_val_loss) {
+                say!("train loss {t:.4}, val loss {v:.4}");
+            }
+            return;
         }
         say!(
-            "done: {} iterations in {} (warm-up {} iters {}, training {}, eval {}, checkpoints {})",
-            s.iters,
+            "done: {} in {} (warm-up {} {}, training {}, eval {}, checkpoints {})",
+            count(s.iters, "iteration"),
             human_duration(s.total_s),
-            s.warmup_iters,
+            count(s.warmup_iters as u64, "iter"),
             human_duration(s.warmup_s),
             human_duration(s.train_s),
             human_duration(s.eval_s),

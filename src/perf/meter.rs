@@ -4,7 +4,9 @@
 /// Iterations always counted as warm-up at the start of a run (allocations, page faults, caches).
 pub const MIN_WARMUP: usize = 1;
 /// Warm-up ends when the last `SETTLE_WINDOW` iteration times are all within `SETTLE_TOL` of
-/// their median, or after `MAX_WARMUP` iterations whatever happens.
+/// their median, or after `MAX_WARMUP` iterations whatever happens. The iteration that ends it
+/// is the first steady one; every iteration before it was reported as warm-up when it happened,
+/// so it stays warm-up (the live log, metrics.jsonl and the summary count the same iterations).
 pub const SETTLE_WINDOW: usize = 3;
 pub const SETTLE_TOL: f64 = 0.10;
 pub const MAX_WARMUP: usize = 10;
@@ -75,6 +77,7 @@ impl Meter {
 
     /// Records one iteration's own time (seconds) and says whether it was warm-up.
     pub fn record_iter(&mut self, secs: f64) -> bool {
+        let was_warm = self.warm;
         if self.warm {
             self.steady_times.push(secs);
             self.phase_s[1] += secs;
@@ -84,28 +87,20 @@ impl Meter {
         self.phase_s[0] += secs;
         let n = self.warmup_times.len();
         // warm-up is over once the last SETTLE_WINDOW times (after the first MIN_WARMUP)
-        // agree; those settled iterations were steady already and move over
-        if n >= MIN_WARMUP + SETTLE_WINDOW {
+        // agree, or after MAX_WARMUP; this iteration, not yet reported, is the first steady one
+        let settled = n >= MIN_WARMUP + SETTLE_WINDOW && {
             let last = &self.warmup_times[n - SETTLE_WINDOW..];
             let m = median(last);
-            if last.iter().all(|&x| (x - m).abs() <= SETTLE_TOL * m) {
-                self.settle(SETTLE_WINDOW);
-            }
+            last.iter().all(|&x| (x - m).abs() <= SETTLE_TOL * m)
+        };
+        if settled || n >= MAX_WARMUP {
+            let t = self.warmup_times.pop().unwrap_or(secs);
+            self.phase_s[0] -= t;
+            self.phase_s[1] += t;
+            self.steady_times.push(t);
+            self.warm = true;
         }
-        if !self.warm && n >= MAX_WARMUP {
-            self.settle(1);
-        }
-        true
-    }
-
-    fn settle(&mut self, keep: usize) {
-        let n = self.warmup_times.len();
-        let moved: Vec<f64> = self.warmup_times.drain(n - keep..).collect();
-        let s: f64 = moved.iter().sum();
-        self.phase_s[0] -= s;
-        self.phase_s[1] += s;
-        self.steady_times.extend(moved);
-        self.warm = true;
+        !was_warm && !self.warm
     }
 
     pub fn record_eval(&mut self, secs: f64) {
@@ -204,7 +199,7 @@ mod tests {
         assert!(m.record_iter(0.5));
         assert!(m.record_iter(0.1));
         assert!(m.record_iter(0.1));
-        assert!(m.record_iter(0.1)); // settles here: the last three agree
+        assert!(!m.record_iter(0.1)); // settles here: the last three agree; the first steady one
         assert!(m.is_warm());
         assert!(!m.record_iter(0.1));
         let r = m.reading(10, 0, 0, 0.0, 1.0);
@@ -212,7 +207,18 @@ mod tests {
         assert!((r.tokens_per_sec.unwrap() - 10_000.0).abs() < 1e-6);
         assert!((r.mfu.unwrap() - 1.0).abs() < 1e-9);
         assert!((r.eta_s.unwrap() - 1.0).abs() < 1e-9);
-        assert_eq!(m.warmup_iters(), 2);
+        // what was reported as warm-up is what the summary counts, and its time is warm-up time
+        assert_eq!(m.warmup_iters(), 4);
+        assert!((m.phase_s[0] - 1.7).abs() < 1e-9 && (m.phase_s[1] - 0.2).abs() < 1e-9, "{:?}", m.phase_s);
+    }
+
+    #[test]
+    fn warmup_ends_after_max_warmup_iterations_whatever_the_times() {
+        let mut m = Meter::new(1.0, 1.0, None);
+        let reported: Vec<bool> = (0..MAX_WARMUP + 2).map(|i| m.record_iter(if i % 2 == 0 { 1.0 } else { 3.0 })).collect();
+        assert_eq!(reported.iter().filter(|w| **w).count(), MAX_WARMUP - 1);
+        assert_eq!(m.warmup_iters(), MAX_WARMUP - 1);
+        assert!(!reported[MAX_WARMUP - 1] && m.is_warm());
     }
 
     #[test]
