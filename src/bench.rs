@@ -1,8 +1,10 @@
 //! `gptrain bench`: times full training steps (forward, backward, clipping, AdamW) on synthetic
-//! tokens, and optionally the share of each kernel (through [`Timed`], a backend wrapper).
+//! tokens, and optionally the share of each op (through [`Timed`], a backend wrapper that
+//! names each op by [`Op::name`]).
 
 use crate::backend::cpu::Cpu;
-use crate::backend::{AdamW, Backend, DType, Dropout, Linear, Span};
+use crate::backend::ops::{ATTENTION_BACKWARD, ATTENTION_FORWARD};
+use crate::backend::{Backend, Buffers, DType, DeviceInfo, Host, Op, Precision, Role, Tensor};
 use crate::model::{Gpt, ModelConfig};
 use crate::optim::{train_step, OptimConfig};
 use crate::perf::flops;
@@ -56,24 +58,24 @@ pub fn run(model: &ModelConfig, b: usize, steps: usize, warmup: usize, profile: 
     let timer = Timer::default();
     let mut times = Vec::new();
     if profile {
-        let mut g = Gpt::init(Timed { inner: cpu, timer: &timer }, model.clone(), 1);
+        let mut g = Gpt::init(Timed { inner: cpu, timer: &timer }, model.clone(), 1)?;
         for i in 0..warmup + steps {
             if i == warmup {
                 timer.reset();
             }
             let mb = batch(i as u64);
             let t0 = Instant::now();
-            train_step(&mut g, &mb, b, t, i as u64, &opt, None);
+            train_step(&mut g, &mb, b, t, i as u64, &opt, None)?;
             if i >= warmup {
                 times.push(t0.elapsed().as_secs_f64() * 1e3);
             }
         }
     } else {
-        let mut g = Gpt::init(cpu, model.clone(), 1);
+        let mut g = Gpt::init(cpu, model.clone(), 1)?;
         for i in 0..warmup + steps {
             let mb = batch(i as u64);
             let t0 = Instant::now();
-            train_step(&mut g, &mb, b, t, i as u64, &opt, None);
+            train_step(&mut g, &mb, b, t, i as u64, &opt, None)?;
             if i >= warmup {
                 times.push(t0.elapsed().as_secs_f64() * 1e3);
             }
@@ -149,39 +151,26 @@ pub fn run_linears(model: &ModelConfig, b: usize, steps: usize, warmup: usize) -
     (quantile(&times, 0.5), linear_flops)
 }
 
-/// The profile's names for attention's two kernels.
-const ATTENTION_FORWARD: &str = "attention forward";
-const ATTENTION_BACKWARD: &str = "attention backward";
-
 /// Model FLOPs per step behind the profile's rows that do matmul work, under the names
-/// [`Timed`] gives them, from `perf::flops`: each linear layer's forward and both gradient
+/// [`Op::name`] gives them, from `perf::flops`: each linear layer's forward and both gradient
 /// products, and attention's products with causal masking counted exactly (the kernels skip
-/// the masked blocks, so dense counting would flatter them). Products that [`matmul_role`]
-/// cannot tell apart by shape share a row, and their FLOPs add up there.
+/// the masked blocks, so dense counting would flatter them).
 pub fn profile_flops(model: &ModelConfig, b: usize) -> Vec<(&'static str, f64)> {
-    let (t, c, vp) = (model.block_size, model.n_embd, model.padded_vocab_size);
+    let t = model.block_size;
     let f = flops::flops_per_token(model, t);
     let tokens = (b * t) as f64;
     let attn = (f.attn_scores + f.attn_values) * (t as f64 + 1.0) / (2.0 * t as f64) * tokens;
-    let rows = [
-        (matmul_role(c, 3 * c), 3.0 * f.qkv * tokens),
-        (matmul_role(c, c), 3.0 * f.attn_proj * tokens),
-        (matmul_role(c, 4 * c), 3.0 * f.mlp_fc * tokens),
-        (matmul_role(4 * c, c), 3.0 * f.mlp_proj * tokens),
-        (matmul_role(c, vp), 3.0 * f.lm_head * tokens),
+    vec![
+        (Role::Qkv.name(), 3.0 * f.qkv * tokens),
+        (Role::AttnProj.name(), 3.0 * f.attn_proj * tokens),
+        (Role::MlpFc.name(), 3.0 * f.mlp_fc * tokens),
+        (Role::MlpProj.name(), 3.0 * f.mlp_proj * tokens),
+        (Role::LmHead.name(), 3.0 * f.lm_head * tokens),
         (ATTENTION_FORWARD, attn),
         // scores and values each have two gradient products (model FLOPs: the scores the
         // backward recomputes, instead of storing them, are not counted)
         (ATTENTION_BACKWARD, 2.0 * attn),
-    ];
-    let mut out: Vec<(&'static str, f64)> = Vec::new();
-    for (name, fl) in rows {
-        match out.iter_mut().find(|r| r.0 == name) {
-            Some(r) => r.1 += fl,
-            None => out.push((name, fl)),
-        }
-    }
-    out
+    ]
 }
 
 /// The `p` quantile of sorted, non-empty `times` (nearest rank).
@@ -202,30 +191,10 @@ impl Timer {
     }
 }
 
-/// A backend that times every kernel of the backend it wraps.
+/// A backend that times every op of the backend it wraps, by the op's own name.
 pub struct Timed<'a, B: Backend> {
     pub inner: B,
     pub timer: &'a Timer,
-}
-
-/// A matmul's role from its shape: output channels over input channels.
-fn matmul_role(ic: usize, oc: usize) -> &'static str {
-    match (4 * oc / ic, 4 * oc % ic) {
-        (12, 0) => "matmul qkv",
-        (4, 0) => "matmul attn proj",
-        (16, 0) => "matmul mlp fc",
-        (1, 0) => "matmul mlp proj",
-        _ => "matmul lm_head",
-    }
-}
-
-macro_rules! timed {
-    ($self:ident, $name:expr, $call:expr) => {{
-        let t0 = Instant::now();
-        let r = $call;
-        $self.timer.add($name, t0);
-        r
-    }};
 }
 
 impl<B: Backend> Backend for Timed<'_, B> {
@@ -236,188 +205,26 @@ impl<B: Backend> Backend for Timed<'_, B> {
     fn name(&self) -> String {
         self.inner.name()
     }
-    fn dtype(&self) -> DType {
-        self.inner.dtype()
+    fn device(&self, p: Precision) -> DeviceInfo {
+        self.inner.device(p)
     }
-    fn alloc(&self, n: usize) -> Self::Buf {
-        self.inner.alloc(n)
+    fn alloc(&self, n: usize, dtype: DType) -> Result<Self::Buf> {
+        self.inner.alloc(n, dtype)
     }
-    fn upload(&self, dst: &mut Self::Buf, off: usize, src: &[f32]) {
-        self.inner.upload(dst, off, src)
+    fn upload(&self, bufs: &mut Buffers<Self::Buf>, dst: Tensor, src: &Host) -> Result<()> {
+        self.inner.upload(bufs, dst, src)
     }
-    fn download(&self, src: &Self::Buf, span: Span) -> Vec<f32> {
-        self.inner.download(src, span)
+    fn download(&self, bufs: &Buffers<Self::Buf>, src: Tensor) -> Result<Host> {
+        self.inner.download(bufs, src)
     }
-    fn zero(&self, buf: &mut Self::Buf, span: Span) {
-        timed!(self, "zero grads/activations", self.inner.zero(buf, span))
+    fn synchronize(&self) -> Result<()> {
+        self.inner.synchronize()
     }
-    fn encoder_forward(
-        &self,
-        acts: &mut Self::Buf,
-        out: Span,
-        params: &Self::Buf,
-        wte: Span,
-        wpe: Span,
-        tokens: &[u32],
-        bt: (usize, usize),
-        drop: Dropout,
-    ) {
-        timed!(self, "encoder", self.inner.encoder_forward(acts, out, params, wte, wpe, tokens, bt, drop))
-    }
-    fn encoder_backward(
-        &self,
-        grads: &mut Self::Buf,
-        dwte: Span,
-        dwpe: Span,
-        dacts: &Self::Buf,
-        dout: Span,
-        tokens: &[u32],
-        bt: (usize, usize),
-    ) {
-        timed!(self, "encoder", self.inner.encoder_backward(grads, dwte, dwpe, dacts, dout, tokens, bt))
-    }
-    fn dropout(&self, buf: &mut Self::Buf, x: Span, drop: Dropout) {
-        timed!(self, "dropout", self.inner.dropout(buf, x, drop))
-    }
-    fn layernorm_forward(
-        &self,
-        acts: &mut Self::Buf,
-        out: Span,
-        mean: Span,
-        rstd: Span,
-        inp: Span,
-        params: &Self::Buf,
-        w: Span,
-        b: Option<Span>,
-    ) {
-        timed!(self, "layernorm", self.inner.layernorm_forward(acts, out, mean, rstd, inp, params, w, b))
-    }
-    fn layernorm_backward(
-        &self,
-        dacts: &mut Self::Buf,
-        dinp: Span,
-        dout: Span,
-        grads: &mut Self::Buf,
-        dw: Span,
-        db: Option<Span>,
-        acts: &Self::Buf,
-        inp: Span,
-        mean: Span,
-        rstd: Span,
-        params: &Self::Buf,
-        w: Span,
-    ) {
-        timed!(self, "layernorm", self.inner.layernorm_backward(dacts, dinp, dout, grads, dw, db, acts, inp, mean, rstd, params, w))
-    }
-    fn matmul_forward(&self, acts: &mut Self::Buf, out: Span, inp: Span, params: &Self::Buf, lin: Linear, ic: usize) {
-        let role = matmul_role(ic, lin.w.len / ic);
-        timed!(self, role, self.inner.matmul_forward(acts, out, inp, params, lin, ic))
-    }
-    fn matmul_backward(
-        &self,
-        dacts: &mut Self::Buf,
-        dinp: Span,
-        dout: Span,
-        grads: &mut Self::Buf,
-        dlin: Linear,
-        acts: &Self::Buf,
-        inp: Span,
-        params: &Self::Buf,
-        w: Span,
-        ic: usize,
-    ) {
-        let role = matmul_role(ic, w.len / ic);
-        timed!(self, role, self.inner.matmul_backward(dacts, dinp, dout, grads, dlin, acts, inp, params, w, ic))
-    }
-    fn attention_forward(
-        &self,
-        acts: &mut Self::Buf,
-        out: Span,
-        stats: Span,
-        qkv: Span,
-        b: usize,
-        t: usize,
-        c: usize,
-        nh: usize,
-        drop: Dropout,
-    ) {
-        timed!(self, ATTENTION_FORWARD, self.inner.attention_forward(acts, out, stats, qkv, b, t, c, nh, drop))
-    }
-    fn attention_backward(
-        &self,
-        dacts: &mut Self::Buf,
-        dqkv: Span,
-        dout: Span,
-        acts: &Self::Buf,
-        qkv: Span,
-        stats: Span,
-        b: usize,
-        t: usize,
-        c: usize,
-        nh: usize,
-        drop: Dropout,
-    ) {
-        timed!(self, ATTENTION_BACKWARD, self.inner.attention_backward(dacts, dqkv, dout, acts, qkv, stats, b, t, c, nh, drop))
-    }
-    fn gelu_forward(&self, acts: &mut Self::Buf, out: Span, inp: Span) {
-        timed!(self, "gelu", self.inner.gelu_forward(acts, out, inp))
-    }
-    fn gelu_backward(&self, dacts: &mut Self::Buf, dinp: Span, dout: Span, acts: &Self::Buf, inp: Span) {
-        timed!(self, "gelu", self.inner.gelu_backward(dacts, dinp, dout, acts, inp))
-    }
-    fn residual_forward(&self, acts: &mut Self::Buf, out: Span, a: Span, b: Span) {
-        timed!(self, "residual", self.inner.residual_forward(acts, out, a, b))
-    }
-    fn copy(&self, buf: &mut Self::Buf, dst: Span, src: Span) {
-        timed!(self, "residual", self.inner.copy(buf, dst, src))
-    }
-    fn crossentropy_forward(
-        &self,
-        acts: &mut Self::Buf,
-        logits: Span,
-        losses: Span,
-        targets: &[u32],
-        v: usize,
-        vp: usize,
-        grad_scale: Option<f32>,
-    ) {
-        timed!(self, "softmax + cross-entropy", self.inner.crossentropy_forward(acts, logits, losses, targets, v, vp, grad_scale))
-    }
-    fn classifier_backward(
-        &self,
-        dacts: &mut Self::Buf,
-        dinp: Span,
-        grads: &mut Self::Buf,
-        dw: Span,
-        acts: &Self::Buf,
-        dlogits: Span,
-        inp: Span,
-        params: &Self::Buf,
-        w: Span,
-        ic: usize,
-    ) {
-        let role = matmul_role(ic, w.len / ic);
-        timed!(self, role, self.inner.classifier_backward(dacts, dinp, grads, dw, acts, dlogits, inp, params, w, ic))
-    }
-    fn sum(&self, buf: &Self::Buf, span: Span) -> f64 {
-        self.inner.sum(buf, span)
-    }
-    fn sum_squares(&self, buf: &Self::Buf, span: Span) -> f64 {
-        timed!(self, "grad norm", self.inner.sum_squares(buf, span))
-    }
-    fn adamw_update(
-        &self,
-        params: &mut Self::Buf,
-        grads: &Self::Buf,
-        m: &mut Self::Buf,
-        v: &mut Self::Buf,
-        span: Span,
-        hp: AdamW,
-        step: u64,
-        weight_decay: f32,
-        grad_scale: f32,
-    ) {
-        timed!(self, "adamw (+ clip)", self.inner.adamw_update(params, grads, m, v, span, hp, step, weight_decay, grad_scale))
+    fn run(&self, bufs: &mut Buffers<Self::Buf>, op: &Op) -> Result<()> {
+        let t0 = Instant::now();
+        let r = self.inner.run(bufs, op);
+        self.timer.add(op.name(), t0);
+        r
     }
 }
 
@@ -447,11 +254,12 @@ mod tests {
         let total: f64 = rows.iter().map(|r| r.1).sum();
         let causal = (f.attn_scores + f.attn_values) * (9.0 / 16.0);
         assert!((total - (f.train() - 3.0 * (f.attn_scores + f.attn_values) + 3.0 * causal) * 24.0).abs() < 1e-6 * total);
-        // a vocabulary of 4 C makes the classifier look like the MLP's first layer: one row
-        let collided = profile_flops(&m(64), 3);
-        assert_eq!(collided.len(), 6);
-        let fc = collided.iter().find(|r| r.0 == "matmul mlp fc").unwrap().1;
+        // a vocabulary of 4 C has the MLP's first layer's shape; the op names its role, so the
+        // classifier keeps its own row
+        let same_shape = profile_flops(&m(64), 3);
+        assert_eq!(same_shape.len(), 7);
         let g = flops::flops_per_token(&m(64), 8);
-        assert!((fc - 3.0 * (g.mlp_fc + g.lm_head) * 24.0).abs() < 1e-6 * fc);
+        let fc = same_shape.iter().find(|r| r.0 == "matmul mlp fc").unwrap().1;
+        assert!((fc - 3.0 * g.mlp_fc * 24.0).abs() < 1e-6 * fc);
     }
 }

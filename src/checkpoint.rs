@@ -150,7 +150,7 @@ fn to_hf(cfg: &ModelConfig, layout: &ParamLayout, params: &[f32]) -> BTreeMap<St
         let (shape, data) = match layout.tensor(ours) {
             Some(t) => {
                 let span = match layer {
-                    Some(l) => layout.layer(t.span, l),
+                    Some(l) => t.span.part(l, layout.n_layer),
                     None => t.span,
                 };
                 let x = &params[span.off..span.end()];
@@ -480,7 +480,7 @@ pub fn from_hf(tf: &tensorfile::TensorFile, cfg: &ModelConfig, layout: &ParamLay
             .or_else(|| tf.tensors.get(&name))
             .with_context(|| format!("tensor `{name}` is missing"))?;
         let span = match layer {
-            Some(l) => layout.layer(t.span, l),
+            Some(l) => t.span.part(l, layout.n_layer),
             None => t.span,
         };
         let want: Vec<usize> = if layer.is_some() { t.shape[1..].to_vec() } else { t.shape.clone() };

@@ -1,8 +1,9 @@
 //! The optimisation schedule and one training step: learning rate, gradient accumulation,
 //! clipping and AdamW, as nanoGPT's train.py does them.
 
-use crate::backend::{AdamW, Backend};
+use crate::backend::{AdamW, Backend, Scalar};
 use crate::model::{DropoutCtx, Gpt};
+use anyhow::Result;
 
 /// Hyper-parameters of the optimiser and schedule (nanoGPT's names).
 #[derive(Clone, Debug)]
@@ -52,7 +53,8 @@ pub struct StepStats {
 }
 
 /// One optimiser step at iteration `it` (0-based) over `micro_batches` of (tokens, targets),
-/// each (B, T): forward+backward each with loss scaled by 1/accum, clip, AdamW.
+/// each (B, T): forward+backward each with loss scaled by 1/accum, clip, AdamW. The loss and
+/// the squared gradient norm accumulate on the backend and are read once, before the update.
 /// When the loss or the gradient norm is not finite, no update is made (the caller decides
 /// whether to abort or count the skip).
 pub fn train_step<Bk: Backend>(
@@ -63,7 +65,7 @@ pub fn train_step<Bk: Backend>(
     it: u64,
     opt: &OptimConfig,
     dropout: Option<(f32, u64)>,
-) -> StepStats {
+) -> Result<StepStats> {
     train_step_guarded(model, micro_batches, b, t, it, opt, dropout, &mut |_, _| true)
 }
 
@@ -79,27 +81,30 @@ pub fn train_step_guarded<Bk: Backend>(
     opt: &OptimConfig,
     dropout: Option<(f32, u64)>,
     accept: &mut dyn FnMut(f32, f32) -> bool,
-) -> StepStats {
+) -> Result<StepStats> {
     // one scope for the whole step: the CPU backend keeps its workers awake through it
     Bk::step_scope(|| {
         let accum = micro_batches.len();
-        model.zero_grad();
-        let mut loss_sum = 0.0f64;
+        model.zero_grad()?;
+        model.reset_scalars()?;
         for (micro, (x, y)) in micro_batches.iter().enumerate() {
             let ctx = dropout.map(|(p, seed)| DropoutCtx { p, seed, iter: it, micro: micro as u64 });
-            loss_sum += model.forward(x, y, b, t, ctx, Some(1.0 / accum as f32)) as f64;
-            model.backward(x, ctx);
+            model.set_batch(x, y, b, t)?;
+            model.forward(ctx, Some(1.0 / accum as f32))?;
+            model.backward(ctx)?;
         }
-        let loss = (loss_sum / accum as f64) as f32;
-        let grad_norm = model.grad_norm();
+        model.accumulate_grad_squares()?;
+        let sums = model.read_scalars()?;
+        let loss = (sums[Scalar::LossSum as usize] / accum as f64) as f32;
+        let grad_norm = sums[Scalar::GradSquares as usize].sqrt() as f32;
         let lr = opt.lr_at(it);
         let updated = loss.is_finite() && grad_norm.is_finite() && accept(loss, grad_norm);
         if updated {
             let scale = if opt.grad_clip > 0.0 { clip_coef(grad_norm, opt.grad_clip) } else { 1.0 };
             let hp = AdamW { lr, beta1: opt.beta1, beta2: opt.beta2, eps: 1e-8 };
-            model.update(hp, opt.weight_decay, it + 1, scale);
+            model.update(hp, opt.weight_decay, it + 1, scale)?;
         }
-        StepStats { loss, grad_norm, lr, updated }
+        Ok(StepStats { loss, grad_norm, lr, updated })
     })
 }
 

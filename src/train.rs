@@ -8,7 +8,7 @@
 //! uninterrupted run does from N.
 
 use crate::backend::cpu::Cpu;
-use crate::backend::{Backend, DType, Span};
+use crate::backend::{Backend, Precision, Scalar};
 use crate::checkpoint::{self, TrainState};
 use crate::config::Config;
 use crate::data::{Dataset, Split};
@@ -123,13 +123,13 @@ impl Summary {
 }
 
 /// Checks the knobs this build cannot honour.
-pub fn check_device(cfg: &Config) -> Result<DType> {
+pub fn check_device(cfg: &Config) -> Result<Precision> {
     if cfg.device != "cpu" {
         bail!("device `{}` is not available: this build has only the CPU backend (a CUDA backend is planned); use `--set device=cpu` (and see `gptrain estimate --device ...` for GPU timings)", cfg.device);
     }
     let dtype =
-        DType::parse(&cfg.dtype).with_context(|| format!("unknown dtype `{}` (float32, tfloat32, float16, bfloat16)", cfg.dtype))?;
-    if dtype != DType::F32 {
+        Precision::parse(&cfg.dtype).with_context(|| format!("unknown dtype `{}` (float32, tfloat32, float16, bfloat16)", cfg.dtype))?;
+    if dtype != Precision::F32 {
         bail!("dtype `{}` is not supported by the CPU backend, which computes in float32; use `--set dtype=float32`", cfg.dtype);
     }
     Ok(dtype)
@@ -343,19 +343,24 @@ fn initialise_from(cfg: &Config, ds: &Dataset, obs: &mut dyn Observer) -> Result
 
 /// Mean loss over `eval_iters` batches of each split; batches are a function of (seed,
 /// iteration), so evaluation never shifts the training stream.
-fn estimate_loss<B: Backend>(model: &mut Gpt<B>, ds: &Dataset, cfg: &Config, it: u64) -> (f32, f32) {
+fn estimate_loss<B: Backend>(model: &mut Gpt<B>, ds: &Dataset, cfg: &Config, it: u64) -> Result<(f32, f32)> {
     let (b, t) = (cfg.batch_size, model.cfg.block_size);
     let mut out = [0.0f32; 2];
     for (si, split) in [Split::Train, Split::Val].into_iter().enumerate() {
-        let mut sum = 0.0f64;
+        // the batches' mean losses add up on the backend, read once per split
+        model.reset_scalars()?;
         for k in 0..cfg.eval_iters {
             let key = rng::key(cfg.seed, rng::STREAM_EVAL_BATCH, &[it, si as u64, k as u64]);
             let (x, y) = ds.batch(split, key, b, t);
-            sum += B::step_scope(|| model.forward(&x, &y, b, t, None, None)) as f64;
+            B::step_scope(|| -> Result<()> {
+                model.set_batch(&x, &y, b, t)?;
+                model.forward(None, None)
+            })?;
         }
+        let sum = model.read_scalars()?[Scalar::LossSum as usize];
         out[si] = (sum / cfg.eval_iters as f64) as f32;
     }
-    (out[0], out[1])
+    Ok((out[0], out[1]))
 }
 
 /// The micro-batches of training iteration `it`.
@@ -381,15 +386,16 @@ pub fn cpu_backend(cfg: &Config) -> Cpu {
     Cpu { kernels: crate::backend::cpu::Kernels::parse(&cfg.kernels).unwrap_or_default() }
 }
 
-/// Runs training with `cfg` on the current rayon pool.
+/// Runs training with `cfg` on the backend it names, on the current rayon pool.
 pub fn run(cfg: &Config, obs: &mut dyn Observer) -> Result<Summary> {
     check_device(cfg)?;
-    run_on(cpu_backend(cfg), cfg, obs)
+    run_with(cpu_backend(cfg), cfg, obs)
 }
 
 /// The loop itself, on any backend: it touches parameters and optimizer moments only through
-/// the backend (`upload`, `download`, the model's ops), so a device backend slots in here.
-fn run_on<B: Backend>(backend: B, cfg: &Config, obs: &mut dyn Observer) -> Result<Summary> {
+/// the model (which reaches them through the backend's ops and copies), so a device backend
+/// slots in here.
+pub fn run_with<B: Backend>(backend: B, cfg: &Config, obs: &mut dyn Observer) -> Result<Summary> {
     let t_run = Instant::now();
     let ds = Dataset::open(&cfg.dataset)?;
     let init = initialise(cfg, &ds, obs)?;
@@ -405,26 +411,21 @@ fn run_on<B: Backend>(backend: B, cfg: &Config, obs: &mut dyn Observer) -> Resul
     let (b, t, accum) = (cfg.batch_size, mc.block_size, cfg.gradient_accumulation_steps);
     let out_dir = PathBuf::from(&cfg.out_dir);
 
-    // telemetry: one FLOPs model, this device's real peak
-    let dev = device::cpu(); // the only backend today runs on this CPU; a device backend names its card here
-    let peak = if cfg.peak_tflops > 0.0 { Some(cfg.peak_tflops * 1e12) } else { Some(dev.peak_flops(DType::F32)).filter(|p| *p > 0.0) };
-    let peak_source = if cfg.peak_tflops > 0.0 { "--set peak_tflops".to_string() } else { dev.source.clone() };
+    // telemetry: one FLOPs model, the real peak of the device the backend runs on
+    let dev = backend.device(Precision::F32);
+    let peak = if cfg.peak_tflops > 0.0 { Some(cfg.peak_tflops * 1e12) } else { dev.peak_flops };
+    let peak_source = if cfg.peak_tflops > 0.0 { "--set peak_tflops".to_string() } else { dev.peak_source.clone() };
     let flops_per_iter = flops::flops_per_iter(&mc, b, t, accum);
     let tokens_per_iter = b * t * accum;
-    let mem = flops::memory(&mc, b, t, 4, false, flops::Impl::Cpu).total();
-    if let Some(warning) = check_memory(mem, device::MemInfo::read())? {
+    let mem = flops::memory(&mc, b, t, 4, false, dev.memory_model).total();
+    if let Some(warning) = check_memory(mem, dev.memory)? {
         obs.message(&warning);
     }
 
-    let mut model = Gpt::zeros(backend, mc.clone());
-    model.set_params(&init.params);
-    if let (Some(m), Some(v)) = (init.m, init.v) {
-        let n = model.num_params();
-        let mut mb = model.backend.alloc(n);
-        let mut vb = model.backend.alloc(n);
-        model.backend.upload(&mut mb, 0, &m);
-        model.backend.upload(&mut vb, 0, &v);
-        (model.m, model.v) = (Some(mb), Some(vb));
+    let mut model = Gpt::zeros(backend, mc.clone())?;
+    model.set_params(&init.params)?;
+    if let (Some(m), Some(v)) = (&init.m, &init.v) {
+        model.set_optimizer_state(m, v)?;
     }
     let p = flops::params(&mc);
     obs.start(&StartInfo {
@@ -436,7 +437,7 @@ fn run_on<B: Backend>(backend: B, cfg: &Config, obs: &mut dyn Observer) -> Resul
         device: dev.description.clone(),
         peak_flops: peak,
         peak_source,
-        threads: rayon::current_num_threads(),
+        threads: dev.workers,
         dataset: ds.source.clone(),
         start_iter: init.start_iter,
         max_iters: cfg.max_iters,
@@ -475,10 +476,10 @@ fn run_on<B: Backend>(backend: B, cfg: &Config, obs: &mut dyn Observer) -> Resul
     let save = |model: &Gpt<B>, st: TrainState, meter: &mut Meter, obs: &mut dyn Observer, metrics: &mut Metrics| -> Result<PathBuf> {
         let t0 = Instant::now();
         // host copies of the parameters and AdamW moments (a device backend copies them back)
-        let all = Span::new(0, model.num_params());
-        let host = |buf: &B::Buf| model.backend.download(buf, all);
-        let (params, m, v) = (host(&model.params), model.m.as_ref().map(host), model.v.as_ref().map(host));
-        let files = checkpoint::serialize(&model.layout, &st, &params, m.as_deref(), v.as_deref())?;
+        let params = model.params_host()?;
+        let mv = model.optimizer_state()?;
+        let (m, v) = (mv.as_ref().map(|x| x.0.as_slice()), mv.as_ref().map(|x| x.1.as_slice()));
+        let files = checkpoint::serialize(&model.layout, &st, &params, m, v)?;
         let path = checkpoint::save(&out_dir, &files, st.iter, None)?;
         checkpoint::prune(&out_dir, cfg.keep_checkpoints, st.iter);
         let secs = t0.elapsed().as_secs_f64();
@@ -499,7 +500,7 @@ fn run_on<B: Backend>(backend: B, cfg: &Config, obs: &mut dyn Observer) -> Resul
         let evaluate = it.is_multiple_of(cfg.eval_interval) && !(init.resumed && it == first_iter) || cfg.eval_only;
         if evaluate {
             let t0 = Instant::now();
-            let (tl, vl) = estimate_loss(&mut model, &ds, cfg, it);
+            let (tl, vl) = estimate_loss(&mut model, &ds, cfg, it)?;
             let secs = t0.elapsed().as_secs_f64();
             meter.record_eval(secs);
             obs.eval(it, tl, vl, secs);
@@ -545,7 +546,7 @@ fn run_on<B: Backend>(backend: B, cfg: &Config, obs: &mut dyn Observer) -> Resul
             outlier = over(lz, cfg.skip_update_lossz) || over(gz, cfg.skip_update_gradz);
             !outlier
         };
-        let s: StepStats = train_step_guarded(&mut model, &batches, b, t, it, &opt, dropout, &mut accept);
+        let s: StepStats = train_step_guarded(&mut model, &batches, b, t, it, &opt, dropout, &mut accept)?;
         let secs = t0.elapsed().as_secs_f64();
         let nonfinite = !(s.loss.is_finite() && s.grad_norm.is_finite());
         if nonfinite {

@@ -3,6 +3,8 @@
 //! kernel's dx (with dout = r) to d/dx <r, f64_f(x)> estimated with step 1e-6.
 //! Tolerance: max |ours - fd| <= 2e-3 * max(1, max |fd|) (f32 kernels, f64 differences).
 
+mod common;
+
 use gptrain::backend::cpu::{attention, classifier, encoder, layernorm, matmul, pointwise};
 use gptrain::backend::Dropout;
 use gptrain::rng;
@@ -230,28 +232,31 @@ fn dropout_is_its_own_backward_and_drops_about_p() {
     assert_eq!(x, y);
 }
 
-#[test]
-fn whole_model_gradient_matches_a_directional_finite_difference() {
-    use gptrain::backend::cpu::Cpu;
+/// The whole model's backward (every op, dropout included) against a central difference of its
+/// forward along a random direction, on every backend.
+fn whole_model_gradient_matches_a_directional_finite_difference<B: gptrain::backend::Backend>(backend: B, _tol: common::Tol) {
     use gptrain::model::{DropoutCtx, Gpt, ModelConfig};
     let cfg = ModelConfig { n_layer: 2, n_head: 2, n_embd: 16, block_size: 8, vocab_size: 13, padded_vocab_size: 64, bias: true };
-    let mut g = Gpt::init(Cpu::FAST, cfg, 5);
+    let mut g = Gpt::init(backend, cfg, 5).unwrap();
     let (b, t) = (2, 8);
     let x: Vec<u32> = (0..16).map(|i| (i * 7 % 13) as u32).collect();
     let y: Vec<u32> = (0..16).map(|i| (i * 5 % 13) as u32).collect();
     let ctx = Some(DropoutCtx { p: 0.1, seed: 3, iter: 0, micro: 0 });
-    g.zero_grad();
-    g.forward(&x, &y, b, t, ctx, Some(1.0));
-    g.backward(&x, ctx);
-    let grad = g.grads_host();
-    let p0 = g.params_host();
+    g.zero_grad().unwrap();
+    g.set_batch(&x, &y, b, t).unwrap();
+    g.forward(ctx, Some(1.0)).unwrap();
+    g.backward(ctx).unwrap();
+    let grad = g.grads_host().unwrap();
+    let p0 = g.params_host().unwrap();
     let dir = randn(p0.len(), 9, 0.01);
     let analytic: f64 = grad.iter().zip(&dir).map(|(a, b)| (*a as f64) * (*b as f64)).sum();
     let h = 1e-2f32;
     let mut loss_at = |s: f32| {
         let p: Vec<f32> = p0.iter().zip(&dir).map(|(p, d)| p + s * d).collect();
-        g.set_params(&p);
-        g.forward(&x, &y, b, t, ctx, None) as f64
+        g.set_params(&p).unwrap();
+        g.reset_scalars().unwrap();
+        g.forward(ctx, None).unwrap();
+        g.read_scalars().unwrap()[0]
     };
     let numeric = (loss_at(h) - loss_at(-h)) / (2.0 * h as f64);
     assert!(
@@ -298,3 +303,5 @@ fn fast_attention_matches_the_naive_loops_across_query_blocks() {
     attention::attention_backward_naive(&mut d2, &dout, &qkv, &s2, b, t, c, nh, Dropout::NONE);
     assert_close("dqkv", &d1, &to64(&d2));
 }
+
+common::backend_tests!(whole_model_gradient_matches_a_directional_finite_difference);

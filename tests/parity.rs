@@ -2,11 +2,16 @@
 //! tools/make_fixtures.py): logits, loss, every gradient, and 10 AdamW steps with gradient
 //! accumulation and clipping.
 //!
-//! Tolerances: loss 1e-5 relative; logits and each gradient tensor 1e-4 relative in L2 norm
-//! (||ours - torch|| / ||torch||); after 10 steps, each parameter tensor 1e-4 relative in norm
-//! and each step's loss 1e-5 relative.
+//! Tolerances per backend precision (`common::Tol`; for f32: loss 1e-5 relative; logits and
+//! each gradient tensor 1e-4 relative in L2 norm (||ours - torch|| / ||torch||); after 10 steps,
+//! each parameter tensor 1e-4 relative in norm and each step's loss 1e-5 relative). Every check
+//! runs on every backend (`backend_tests!`).
 
+mod common;
+
+use common::{backend_tests, Tol};
 use gptrain::backend::cpu::Cpu;
+use gptrain::backend::Backend;
 use gptrain::model::{Gpt, ModelConfig};
 use gptrain::optim::{train_step, OptimConfig};
 use gptrain::tensorfile::{self, TensorFile};
@@ -38,15 +43,15 @@ fn rel_err(ours: &[f32], want: &[f32]) -> f64 {
     diff / norm.max(1e-30)
 }
 
-fn model_from(f: &TensorFile, cfg: &ModelConfig, prefix: &str, cpu: Cpu) -> Gpt<Cpu> {
-    let mut m = Gpt::zeros(cpu, cfg.clone());
+fn model_from<B: Backend>(f: &TensorFile, cfg: &ModelConfig, prefix: &str, backend: B) -> Gpt<B> {
+    let mut m = Gpt::zeros(backend, cfg.clone()).unwrap();
     let mut host = vec![0.0; m.num_params()];
     for t in &m.layout.tensors {
         let src = f.get(&format!("{prefix}.{}", t.name)).unwrap();
         assert_eq!(src.shape, t.shape, "{}", t.name);
         host[t.span.off..t.span.end()].copy_from_slice(&src.data);
     }
-    m.set_params(&host);
+    m.set_params(&host).unwrap();
     m
 }
 
@@ -54,29 +59,29 @@ fn tokens(f: &TensorFile, name: &str) -> Vec<u32> {
     f.get(name).unwrap().data.iter().map(|&x| x as u32).collect()
 }
 
-fn check_forward_backward(case: &str, cpu: Cpu) {
+fn check_forward_backward<B: Backend>(case: &str, backend: B, tol: Tol) {
     let (f, cfg, b, t, _) = load(case);
-    let mut m = model_from(&f, &cfg, "param", cpu);
+    let mut m = model_from(&f, &cfg, "param", backend);
     let (x, y) = (tokens(&f, "x"), tokens(&f, "y"));
-    m.zero_grad();
+    m.zero_grad().unwrap();
     // the logits from a forward without gradient (one with it overwrites them with dlogits)
-    m.forward(&x, &y, b, t, None, None);
-    let e = rel_err(&m.logits(), &f.get("logits").unwrap().data);
-    assert!(e <= 1e-4, "{case}: logits rel err {e:e}");
-    let loss = m.forward(&x, &y, b, t, None, Some(1.0));
+    let loss = m.loss(&x, &y, b, t).unwrap();
+    let e = rel_err(&m.logits().unwrap(), &f.get("logits").unwrap().data);
+    assert!(e <= tol.tensor, "{case}: logits rel err {e:e}");
     let want = f.get("loss").unwrap().data[0];
-    assert!(((loss - want) / want).abs() <= 1e-5, "{case}: loss {loss} vs torch {want}");
-    m.backward(&x, None);
-    let grads = m.grads_host();
+    assert!(((loss - want) / want).abs() as f64 <= tol.loss, "{case}: loss {loss} vs torch {want}");
+    m.forward(None, Some(1.0)).unwrap();
+    m.backward(None).unwrap();
+    let grads = m.grads_host().unwrap();
     for p in &m.layout.tensors {
         let e = rel_err(&grads[p.span.off..p.span.end()], &f.get(&format!("grad.{}", p.name)).unwrap().data);
-        assert!(e <= 1e-4, "{case}: gradient of {} rel err {e:e}", p.name);
+        assert!(e <= tol.tensor, "{case}: gradient of {} rel err {e:e}", p.name);
     }
 }
 
-fn check_training(case: &str, cpu: Cpu) {
+fn check_training<B: Backend>(case: &str, backend: B, tol: Tol) {
     let (f, cfg, b, t, tr) = load(case);
-    let mut m = model_from(&f, &cfg, "param", cpu);
+    let mut m = model_from(&f, &cfg, "param", backend);
     let g = |k: &str| tr[k].as_f64().unwrap();
     let opt = OptimConfig {
         learning_rate: g("lr") as f32,
@@ -101,22 +106,22 @@ fn check_training(case: &str, cpu: Cpu) {
                 (xs[o..o + n].to_vec(), ys[o..o + n].to_vec())
             })
             .collect();
-        let s = train_step(&mut m, &batches, b, t, step as u64, &opt, None);
+        let s = train_step(&mut m, &batches, b, t, step as u64, &opt, None).unwrap();
         assert!(((s.lr - want_lr[step]) / want_lr[step]).abs() <= 1e-6, "{case} step {step}: lr {} vs {}", s.lr, want_lr[step]);
         assert!(
-            ((s.loss - want_loss[step]) / want_loss[step]).abs() <= 1e-5,
+            ((s.loss - want_loss[step]) / want_loss[step]).abs() as f64 <= tol.loss,
             "{case} step {step}: loss {} vs torch {}",
             s.loss,
             want_loss[step]
         );
         assert!(
-            ((s.grad_norm - want_norm[step]) / want_norm[step]).abs() <= 1e-4,
+            ((s.grad_norm - want_norm[step]) / want_norm[step]).abs() as f64 <= tol.tensor,
             "{case} step {step}: grad norm {} vs torch {}",
             s.grad_norm,
             want_norm[step]
         );
     }
-    let params = m.params_host();
+    let params = m.params_host().unwrap();
     for p in &m.layout.tensors {
         let (mut ours, mut want) = (params[p.span.off..p.span.end()].to_vec(), f.get(&format!("final.{}", p.name)).unwrap().data.clone());
         if p.name == "qkvb" {
@@ -133,33 +138,50 @@ fn check_training(case: &str, cpu: Cpu) {
             (ours, want) = (qv(&ours), qv(&want));
         }
         let e = rel_err(&ours, &want);
-        assert!(e <= 1e-4, "{case}: {} after {steps} steps rel err {e:e}", p.name);
+        assert!(e <= tol.tensor, "{case}: {} after {steps} steps rel err {e:e}", p.name);
     }
 }
 
-#[test]
-fn tiny_forward_backward_matches_torch() {
-    check_forward_backward("tiny", Cpu::FAST);
-    check_forward_backward("tiny", Cpu::REFERENCE);
+fn tiny_forward_backward_matches_torch<B: Backend>(backend: B, tol: Tol) {
+    check_forward_backward("tiny", backend, tol);
 }
 
-#[test]
-fn padded_vocab_forward_backward_matches_torch() {
-    check_forward_backward("padded", Cpu::FAST);
-    check_forward_backward("padded", Cpu::REFERENCE);
+fn padded_vocab_forward_backward_matches_torch<B: Backend>(backend: B, tol: Tol) {
+    check_forward_backward("padded", backend, tol);
 }
 
-#[test]
-fn tiny_ten_adamw_steps_match_torch() {
-    check_training("tiny", Cpu::FAST);
-    check_training("tiny", Cpu::REFERENCE);
+fn tiny_ten_adamw_steps_match_torch<B: Backend>(backend: B, tol: Tol) {
+    check_training("tiny", backend, tol);
 }
 
-#[test]
-fn padded_vocab_ten_adamw_steps_match_torch() {
-    check_training("padded", Cpu::FAST);
-    check_training("padded", Cpu::REFERENCE);
+fn padded_vocab_ten_adamw_steps_match_torch<B: Backend>(backend: B, tol: Tol) {
+    check_training("padded", backend, tol);
 }
+
+/// Sampling's one-position forward against the KV cache gives the full forward's logits.
+fn sampling_with_a_kv_cache_gives_the_full_forwards_logits<B: Backend + Clone>(backend: B, tol: Tol) {
+    let cfg = ModelConfig { n_layer: 2, n_head: 2, n_embd: 16, block_size: 8, vocab_size: 11, padded_vocab_size: 64, bias: true };
+    let mut g = Gpt::init(backend.clone(), cfg.clone(), 3).unwrap();
+    let toks: Vec<u32> = vec![1, 5, 2, 9, 0, 3, 7];
+    g.loss(&toks, &toks, 1, toks.len()).unwrap();
+    let full = g.logits().unwrap();
+    let mut s = gptrain::sample::Sampler::new(backend, cfg, &g.params_host().unwrap()).unwrap();
+    for (i, &t) in toks.iter().enumerate() {
+        let l = s.push(t).unwrap();
+        let want = &full[i * 64..i * 64 + 11];
+        for (a, b) in l.iter().zip(want) {
+            assert!((a - b).abs() < tol.logit, "position {i}: {a} vs {b}");
+        }
+    }
+}
+
+backend_tests!(
+    tiny_forward_backward_matches_torch,
+    padded_vocab_forward_backward_matches_torch,
+    tiny_ten_adamw_steps_match_torch,
+    padded_vocab_ten_adamw_steps_match_torch,
+    sampling_with_a_kv_cache_gives_the_full_forwards_logits,
+);
 
 /// Speed did not change the math: 30 training steps with the fast kernels give the losses of
 /// the reference kernels within 1e-4 (relative), on the built-in corpus.
@@ -188,9 +210,11 @@ fn fast_and_reference_kernels_train_the_same() {
         grad_clip: 1.0,
     };
     let losses = |cpu: Cpu| -> Vec<f32> {
-        let mut m = Gpt::init(cpu, cfg.clone(), 7);
+        let mut m = Gpt::init(cpu, cfg.clone(), 7).unwrap();
         (0..30)
-            .map(|it| train_step(&mut m, &gptrain::train::train_batches(&ds, 7, it, 2, 4, 96), 4, 96, it, &opt, Some((0.1, 7))).loss)
+            .map(|it| {
+                train_step(&mut m, &gptrain::train::train_batches(&ds, 7, it, 2, 4, 96), 4, 96, it, &opt, Some((0.1, 7))).unwrap().loss
+            })
             .collect()
     };
     let (fast, reference) = (losses(Cpu::FAST), losses(Cpu::REFERENCE));

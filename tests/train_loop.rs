@@ -1,6 +1,9 @@
 //! The training loop end to end on the built-in corpus with a tiny model: resume is exact,
 //! checkpoints are complete and loadable, GPT-2-layout files load, eval does not shift training.
 
+mod common;
+
+use gptrain::backend::Backend;
 use gptrain::config::{resolve, Config};
 use gptrain::train::{self, IterLog, Observer, StartInfo, Summary};
 use std::path::{Path, PathBuf};
@@ -71,12 +74,20 @@ fn run(cfg: &Config) -> anyhow::Result<Collect> {
     Ok(c)
 }
 
-#[test]
-fn resuming_gives_exactly_the_uninterrupted_losses() {
-    let (a, b) = (tmp("full"), tmp("split"));
-    let full = run(&tiny(&a, &["max_iters=40"])).unwrap();
-    let first = run(&tiny(&b, &["max_iters=20"])).unwrap();
-    let second = run(&tiny(&b, &["max_iters=40", "init_from=resume"])).unwrap();
+/// [`run`] on a given backend.
+fn run_on<B: Backend>(backend: B, cfg: &Config) -> anyhow::Result<Collect> {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let mut c = Collect::default();
+    pool.install(|| train::run_with(backend, cfg, &mut c))?;
+    Ok(c)
+}
+
+fn resuming_gives_exactly_the_uninterrupted_losses<B: Backend + Clone>(backend: B, _tol: common::Tol) {
+    let name = backend.name().replace(|c: char| !c.is_ascii_alphanumeric(), "");
+    let (a, b) = (tmp(&format!("full{name}")), tmp(&format!("split{name}")));
+    let full = run_on(backend.clone(), &tiny(&a, &["max_iters=40"])).unwrap();
+    let first = run_on(backend.clone(), &tiny(&b, &["max_iters=20"])).unwrap();
+    let second = run_on(backend, &tiny(&b, &["max_iters=40", "init_from=resume"])).unwrap();
     let split: Vec<(u64, f32)> = first.losses.iter().chain(&second.losses).copied().collect();
     assert_eq!(full.losses.len(), 40);
     assert_eq!(split, full.losses, "resumed losses differ (bitwise)");
@@ -207,13 +218,13 @@ fn a_gpt2_layout_safetensors_file_loads_and_gives_the_reference_logits() {
     let cfg = gptrain::checkpoint::hf_shape(&tf, &dir, 12).unwrap();
     assert_eq!((cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.vocab_size, cfg.bias), (2, 2, 32, 16, 40, true));
     let params = gptrain::checkpoint::from_hf(&tf, &cfg, &gptrain::model::ParamLayout::new(&cfg)).unwrap();
-    let mut g = Gpt::zeros(Cpu::FAST, cfg);
-    g.set_params(&params);
+    let mut g = Gpt::zeros(Cpu::FAST, cfg).unwrap();
+    g.set_params(&params).unwrap();
     let exp = gptrain::tensorfile::read(&dir.join("expected.safetensors")).unwrap();
     let x: Vec<u32> = exp.get("x").unwrap().data.iter().map(|&v| v as u32).collect();
-    g.forward(&x, &x, 1, x.len(), None, None);
+    g.loss(&x, &x, 1, x.len()).unwrap();
     let want = &exp.get("logits").unwrap().data;
-    let got = g.logits();
+    let got = g.logits().unwrap();
     let err = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     assert!(err < 1e-4, "max abs logit error {err}");
 }
@@ -295,3 +306,5 @@ fn resuming_a_finished_run_says_there_is_nothing_to_do() {
     );
     std::fs::remove_dir_all(d).ok();
 }
+
+common::backend_tests!(resuming_gives_exactly_the_uninterrupted_losses);

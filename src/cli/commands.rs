@@ -4,7 +4,7 @@ use super::printer::{gib, say, thousands, Printer};
 use super::ConfigArgs;
 use crate::backend::cpu::matmul::GemmLib;
 use crate::backend::cpu::simd::Isa;
-use crate::backend::DType;
+use crate::backend::Precision;
 use crate::checkpoint;
 use crate::config::{self, Config};
 use crate::data::prepare::{self, TokenizerKind};
@@ -191,7 +191,7 @@ fn sample_run(cfg: &Config, from: Option<&Path>, num_samples: usize, max_new_tok
     eprintln!("sampling from {}", src.what);
     let (start, prompt) = encode_prompt(cfg, &src)?;
     let (mc, params, tok) = (src.model, src.params, src.tok);
-    let mut sampler = Sampler::new(mc, params);
+    let mut sampler = Sampler::new(train::cpu_backend(cfg), mc, &params)?;
     let stdout = std::io::stdout();
     for k in 0..num_samples {
         let mut rng = rng::Rng::new(cfg.seed, rng::STREAM_SAMPLE + 1000 * k as u64);
@@ -206,7 +206,7 @@ fn sample_run(cfg: &Config, from: Option<&Path>, num_samples: usize, max_new_tok
                 let _ = stdout.lock().flush();
                 pending.clear();
             }
-        });
+        })?;
         if !pending.is_empty() {
             let _ = write!(stdout.lock(), "{}", tok.decode(&pending));
         }
@@ -310,8 +310,8 @@ fn model_without_data(cfg: &Config) -> Result<ModelConfig> {
     train::model_config(&Config { vocab_size: Some(vocab), ..cfg.clone() }, 0)
 }
 
-fn parse_dtype(s: &str) -> Result<DType> {
-    DType::parse(s).with_context(|| format!("unknown dtype `{s}`; use fp32, tf32, fp16 or bf16"))
+fn parse_dtype(s: &str) -> Result<Precision> {
+    Precision::parse(s).with_context(|| format!("unknown dtype `{s}`; use fp32, tf32, fp16 or bf16"))
 }
 
 pub fn estimate(a: &EstimateArgs) -> Result<()> {
@@ -353,9 +353,9 @@ pub fn estimate(a: &EstimateArgs) -> Result<()> {
         };
         let mut dtype = parse_dtype(a.dtype.as_deref().unwrap_or(&cfg.dtype))?;
         let mut notes = Vec::new();
-        if dev.name == "cpu" && dtype != DType::F32 {
+        if dev.name == "cpu" && dtype != Precision::F32 {
             notes.push(format!("note: the CPU backend computes in fp32, not {}; estimating fp32", dtype.name()));
-            dtype = DType::F32;
+            dtype = Precision::F32;
         }
         let model = model_without_data(&cfg)?;
         let run = Run {
@@ -373,7 +373,7 @@ pub fn estimate(a: &EstimateArgs) -> Result<()> {
             let (steps, warmup) = (12, 3);
             let b = crate::bench::run(&model, cfg.batch_size, steps, warmup, false, train::cpu_backend(&cfg))?;
             // one micro-step's FLOPs over its time: the accumulation factor cancels
-            let measured = b.flops_per_step / (b.ms_per_step / 1e3) / dev.peak_flops(DType::F32);
+            let measured = b.flops_per_step / (b.ms_per_step / 1e3) / dev.peak_flops(Precision::F32);
             notes.push(format!("calibrated: {steps} timed training steps of this model here (after {warmup} warm-up steps) took {:.1} ms each (median) = {:.1}% MFU", b.ms_per_step, measured * 100.0));
             MfuAssumption::fixed(measured, "measured here by --calibrate")
         } else if let Some(m) = a.mfu {
@@ -667,7 +667,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         if a.linears {
             let (ms, flops) = crate::bench::run_linears(&model, cfg.batch_size, a.steps, a.warmup);
             let gflops = flops / (ms / 1e3) / 1e9;
-            let peak = dev.peak_flops(DType::F32);
+            let peak = dev.peak_flops(Precision::F32);
             if a.json {
                 say!("{}", serde_json::json!({ "ms_per_step": ms, "gflops": gflops, "mfu": gflops * 1e9 / peak, "peak_gflops": peak / 1e9, "threads": threads, "steps": a.steps }));
             } else {
@@ -681,7 +681,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             eprintln!("{warning}");
         }
         let r = crate::bench::run(&model, cfg.batch_size, a.steps, a.warmup, a.profile, train::cpu_backend(&cfg))?;
-        let peak = dev.peak_flops(DType::F32);
+        let peak = dev.peak_flops(Precision::F32);
         let tps = (cfg.batch_size * model.block_size) as f64 / (r.ms_per_step / 1e3);
         let gflops = r.flops_per_step / (r.ms_per_step / 1e3) / 1e9;
         // GFLOP/s of the profiled kernels that do matmul work

@@ -1,7 +1,7 @@
 //! Where every tensor lives in the one parameter buffer and the one activation buffer.
 
 use super::ModelConfig;
-use crate::backend::{Linear, Span};
+use crate::backend::{BufId, DType, Span, Tensor};
 
 /// One named parameter tensor.
 #[derive(Clone, Debug)]
@@ -14,25 +14,34 @@ pub struct ParamTensor {
     pub decay: bool,
 }
 
-/// The parameter buffer, in llm.c's order. Linear weights are `(OC, IC)` like `nn.Linear`.
+impl ParamTensor {
+    /// This tensor in buffer `buf` (parameters, gradients, moments: one layout) of type `dtype`.
+    pub fn of(&self, buf: BufId, dtype: DType) -> Tensor {
+        Tensor::new(buf, self.span, &self.shape, dtype)
+    }
+}
+
+/// The parameter buffer, in llm.c's order, as tensors of [`BufId::Params`]. Linear weights are
+/// `(OC, IC)` like `nn.Linear`. Gradients, AdamW moments and master weights share this layout
+/// ([`Tensor::of`] names the same place in their buffers).
 #[derive(Clone, Debug)]
 pub struct ParamLayout {
-    pub wte: Span,              // (Vp, C), tied to lm_head
-    pub wpe: Span,              // (maxT, C)
-    pub ln1w: Span,             // (L, C)
-    pub ln1b: Option<Span>,     // (L, C)
-    pub qkvw: Span,             // (L, 3C, C)
-    pub qkvb: Option<Span>,     // (L, 3C)
-    pub attprojw: Span,         // (L, C, C)
-    pub attprojb: Option<Span>, // (L, C)
-    pub ln2w: Span,             // (L, C)
-    pub ln2b: Option<Span>,     // (L, C)
-    pub fcw: Span,              // (L, 4C, C)
-    pub fcb: Option<Span>,      // (L, 4C)
-    pub fcprojw: Span,          // (L, C, 4C)
-    pub fcprojb: Option<Span>,  // (L, C)
-    pub lnfw: Span,             // (C)
-    pub lnfb: Option<Span>,     // (C)
+    pub wte: Tensor,              // (Vp, C), tied to lm_head
+    pub wpe: Tensor,              // (maxT, C)
+    pub ln1w: Tensor,             // (L, C)
+    pub ln1b: Option<Tensor>,     // (L, C)
+    pub qkvw: Tensor,             // (L, 3C, C)
+    pub qkvb: Option<Tensor>,     // (L, 3C)
+    pub attprojw: Tensor,         // (L, C, C)
+    pub attprojb: Option<Tensor>, // (L, C)
+    pub ln2w: Tensor,             // (L, C)
+    pub ln2b: Option<Tensor>,     // (L, C)
+    pub fcw: Tensor,              // (L, 4C, C)
+    pub fcb: Option<Tensor>,      // (L, 4C)
+    pub fcprojw: Tensor,          // (L, C, 4C)
+    pub fcprojb: Option<Tensor>,  // (L, C)
+    pub lnfw: Tensor,             // (C)
+    pub lnfb: Option<Tensor>,     // (C)
     pub tensors: Vec<ParamTensor>,
     pub total: usize,
     pub n_layer: usize,
@@ -43,15 +52,16 @@ impl ParamLayout {
         let (l, c, vp, maxt) = (cfg.n_layer, cfg.n_embd, cfg.padded_vocab_size, cfg.block_size);
         let mut tensors = Vec::new();
         let mut off = 0;
-        let mut add = |name: &'static str, shape: Vec<usize>, decay: bool, present: bool| -> Option<Span> {
+        let mut add = |name: &'static str, shape: Vec<usize>, decay: bool, present: bool| -> Option<Tensor> {
             if !present {
                 return None;
             }
             let len = shape.iter().product();
-            let span = Span::new(off, len);
+            let t = ParamTensor { name, shape, span: Span::new(off, len), decay };
             off += len;
-            tensors.push(ParamTensor { name, shape, span, decay });
-            Some(span)
+            let tensor = t.of(BufId::Params, DType::F32);
+            tensors.push(t);
+            Some(tensor)
         };
         let b = cfg.bias;
         let wte = add("wte", vec![vp, c], true, true).unwrap();
@@ -97,46 +107,41 @@ impl ParamLayout {
         self.tensors.iter().find(|t| t.name == name)
     }
 
-    /// Layer `l` of a stacked linear layer.
-    pub fn linear(&self, w: Span, b: Option<Span>, l: usize) -> Linear {
-        Linear { w: w.part(l, self.n_layer), b: b.map(|b| b.part(l, self.n_layer)) }
-    }
-
-    /// Layer `l` of a stacked per-layer tensor.
-    pub fn layer(&self, s: Span, l: usize) -> Span {
-        s.part(l, self.n_layer)
+    /// Every parameter tensor of the whole buffer, flat.
+    pub fn all(&self) -> Tensor {
+        Tensor::new(BufId::Params, Span::new(0, self.total), &[self.total], DType::F32)
     }
 }
 
-/// The activation buffer for micro-batch `B` and sequence length `T`. The activation-gradient
-/// buffer has the layout of [`ActLayout::one_layer`].
+/// The activation buffer for micro-batch `B` and sequence length `T`, as tensors of
+/// [`BufId::Acts`]; the activation-gradient buffer ([`BufId::DActs`]) has the layout of
+/// [`ActLayout::one_layer`]. Per-layer tensors have a leading `L` axis ([`Tensor::index`]).
 #[derive(Clone, Debug)]
 pub struct ActLayout {
     pub b: usize,
     pub t: usize,
-    pub encoded: Span,   // (B, T, C)
-    pub ln1: Span,       // (L, B, T, C)
-    pub ln1_mean: Span,  // (L, B, T)
-    pub ln1_rstd: Span,  // (L, B, T)
-    pub qkv: Span,       // (L, B, T, 3C)
-    pub atty: Span,      // (L, B, T, C)
-    pub att_stats: Span, // (L, B, NH, T, 2): each attention row's softmax max and 1/sum
-    pub attproj: Span,   // (L, B, T, C)
-    pub residual2: Span, // (L, B, T, C)
-    pub ln2: Span,       // (L, B, T, C)
-    pub ln2_mean: Span,  // (L, B, T)
-    pub ln2_rstd: Span,  // (L, B, T)
-    pub fch: Span,       // (L, B, T, 4C)
-    pub fch_gelu: Span,  // (L, B, T, 4C)
-    pub fcproj: Span,    // (L, B, T, C)
-    pub residual3: Span, // (L, B, T, C)
-    pub lnf: Span,       // (B, T, C)
-    pub lnf_mean: Span,  // (B, T)
-    pub lnf_rstd: Span,  // (B, T)
-    pub logits: Span,    // (B, T, Vp)
-    pub losses: Span,    // (B, T)
+    pub encoded: Tensor,   // (B, T, C)
+    pub ln1: Tensor,       // (L, B, T, C)
+    pub ln1_mean: Tensor,  // (L, B, T)
+    pub ln1_rstd: Tensor,  // (L, B, T)
+    pub qkv: Tensor,       // (L, B, T, 3C)
+    pub atty: Tensor,      // (L, B, T, C)
+    pub att_stats: Tensor, // (L, B, NH, T, 2): each attention row's softmax max and 1/sum
+    pub attproj: Tensor,   // (L, B, T, C)
+    pub residual2: Tensor, // (L, B, T, C)
+    pub ln2: Tensor,       // (L, B, T, C)
+    pub ln2_mean: Tensor,  // (L, B, T)
+    pub ln2_rstd: Tensor,  // (L, B, T)
+    pub fch: Tensor,       // (L, B, T, 4C)
+    pub fch_gelu: Tensor,  // (L, B, T, 4C)
+    pub fcproj: Tensor,    // (L, B, T, C)
+    pub residual3: Tensor, // (L, B, T, C)
+    pub lnf: Tensor,       // (B, T, C)
+    pub lnf_mean: Tensor,  // (B, T)
+    pub lnf_rstd: Tensor,  // (B, T)
+    pub logits: Tensor,    // (B, T, Vp)
+    pub losses: Tensor,    // (B, T)
     pub total: usize,
-    pub n_layer: usize,
 }
 
 impl ActLayout {
@@ -148,34 +153,36 @@ impl ActLayout {
     /// `residual2` and `logits` are empty (see [`ActLayout::one_layer`]).
     fn with_layers(cfg: &ModelConfig, l: usize, grads: bool, b: usize, t: usize) -> Self {
         let (c, nh, vp) = (cfg.n_embd, cfg.n_head, cfg.padded_vocab_size);
-        let bt = b * t;
+        let buf = if grads { BufId::DActs } else { BufId::Acts };
         let mut off = 0;
-        let mut add = |len: usize| {
-            let s = Span::new(off, len);
+        let mut add = |dims: &[usize]| {
+            let len = dims.iter().product();
+            let x = Tensor::new(buf, Span::new(off, len), dims, DType::F32);
             off += len;
-            s
+            x
         };
-        let encoded = add(if grads { 0 } else { bt * c });
-        let ln1 = add(l * bt * c);
-        let ln1_mean = add(l * bt);
-        let ln1_rstd = add(l * bt);
-        let qkv = add(l * bt * 3 * c);
-        let atty = add(l * bt * c);
-        let att_stats = add(l * b * nh * t * 2);
-        let attproj = add(l * bt * c);
-        let residual2 = add(if grads { 0 } else { l * bt * c });
-        let ln2 = add(l * bt * c);
-        let ln2_mean = add(l * bt);
-        let ln2_rstd = add(l * bt);
-        let fch = add(l * bt * 4 * c);
-        let fch_gelu = add(l * bt * 4 * c);
-        let fcproj = add(l * bt * c);
-        let residual3 = add(l * bt * c);
-        let lnf = add(bt * c);
-        let lnf_mean = add(bt);
-        let lnf_rstd = add(bt);
-        let logits = add(if grads { 0 } else { bt * vp });
-        let losses = add(bt);
+        let (none, keep) = (&[0][..], !grads);
+        let encoded = if keep { add(&[b, t, c]) } else { add(none) };
+        let ln1 = add(&[l, b, t, c]);
+        let ln1_mean = add(&[l, b, t]);
+        let ln1_rstd = add(&[l, b, t]);
+        let qkv = add(&[l, b, t, 3 * c]);
+        let atty = add(&[l, b, t, c]);
+        let att_stats = add(&[l, b, nh, t, 2]);
+        let attproj = add(&[l, b, t, c]);
+        let residual2 = if keep { add(&[l, b, t, c]) } else { add(none) };
+        let ln2 = add(&[l, b, t, c]);
+        let ln2_mean = add(&[l, b, t]);
+        let ln2_rstd = add(&[l, b, t]);
+        let fch = add(&[l, b, t, 4 * c]);
+        let fch_gelu = add(&[l, b, t, 4 * c]);
+        let fcproj = add(&[l, b, t, c]);
+        let residual3 = add(&[l, b, t, c]);
+        let lnf = add(&[b, t, c]);
+        let lnf_mean = add(&[b, t]);
+        let lnf_rstd = add(&[b, t]);
+        let logits = if keep { add(&[b, t, vp]) } else { add(none) };
+        let losses = add(&[b, t]);
         ActLayout {
             b,
             t,
@@ -201,7 +208,6 @@ impl ActLayout {
             logits,
             losses,
             total: off,
-            n_layer: l,
         }
     }
 
@@ -210,15 +216,10 @@ impl ActLayout {
     /// produced and consumed within its own backward; only the residual stream's gradient
     /// crosses layers, and it lives in `residual3`, updated in place layer by layer). So
     /// the gradients need one layer's memory, not `L` layers' (llm.c's idea). No logits: their
-    /// gradient overwrites the logits themselves (see `Backend::crossentropy_forward`). No
-    /// `encoded` or `residual2`: the residual stream's gradient stays in `residual3` from the
-    /// top of the model to the embeddings (see `Gpt::backward`).
+    /// gradient overwrites the logits themselves (see `ops::FusedClassifier`). No `encoded` or
+    /// `residual2`: the residual stream's gradient stays in `residual3` from the top of the
+    /// model to the embeddings (see `Gpt::backward`).
     pub fn one_layer(cfg: &ModelConfig, b: usize, t: usize) -> Self {
         Self::with_layers(cfg, 1, true, b, t)
-    }
-
-    /// Layer `l` of a stacked activation.
-    pub fn layer(&self, s: Span, l: usize) -> Span {
-        s.part(l, self.n_layer)
     }
 }

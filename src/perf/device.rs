@@ -2,7 +2,7 @@
 //! probe that measures this CPU's peak.
 
 use crate::backend::cpu::simd::Isa;
-use crate::backend::DType;
+use crate::backend::Precision;
 use anyhow::{bail, Result};
 
 /// One device's peaks. TFLOP/s are dense (no structured sparsity).
@@ -22,11 +22,11 @@ pub struct Device {
 
 impl Device {
     /// Peak FLOP/s for matmuls in `dtype`.
-    pub fn peak_flops(&self, dtype: DType) -> f64 {
+    pub fn peak_flops(&self, dtype: Precision) -> f64 {
         1e12 * match dtype {
-            DType::F32 => self.fp32_tflops,
-            DType::Tf32 => self.tf32_tflops,
-            DType::F16 | DType::Bf16 => self.half_tflops,
+            Precision::F32 => self.fp32_tflops,
+            Precision::Tf32 => self.tf32_tflops,
+            Precision::F16 | Precision::Bf16 => self.half_tflops,
         }
     }
 }
@@ -370,7 +370,7 @@ mod tests {
     #[test]
     fn geforce_half_precision_is_half_rate() {
         let d = lookup("rtx-4070").unwrap();
-        assert!((d.peak_flops(DType::F16) / 1e12 - 58.3).abs() < 0.1);
+        assert!((d.peak_flops(Precision::F16) / 1e12 - 58.3).abs() < 0.1);
         assert_eq!(d.memory_bytes, 12 << 30);
     }
 

@@ -3,7 +3,7 @@
 
 use super::device::Device;
 use super::flops::{self, Impl, Memory};
-use crate::backend::DType;
+use crate::backend::Precision;
 use crate::model::ModelConfig;
 
 /// The assumed MFU range and where it comes from.
@@ -96,7 +96,7 @@ pub struct Run {
     pub eval_iters: usize,
 }
 
-pub fn estimate(run: &Run, device: &Device, dtype: DType, peak_override: Option<f64>, mfu: MfuAssumption) -> Estimate {
+pub fn estimate(run: &Run, device: &Device, dtype: Precision, peak_override: Option<f64>, mfu: MfuAssumption) -> Estimate {
     let m = &run.model;
     let t = m.block_size;
     let p = flops::params(m);
@@ -212,7 +212,7 @@ mod tests {
     #[test]
     fn the_rtx4070_run_takes_seconds_per_iteration_and_hours_in_total() {
         let d = lookup("rtx-4070").unwrap();
-        let e = estimate(&rtx4070_run(), &d, DType::F16, None, MfuAssumption::default_for(&d));
+        let e = estimate(&rtx4070_run(), &d, Precision::F16, None, MfuAssumption::default_for(&d));
         assert!(e.floor_ms_per_iter > 2000.0, "{}", e.floor_ms_per_iter);
         assert!(e.total_seconds > 3.0 * 3600.0, "{}", e.total_seconds);
         assert_eq!(e.fits, Some(true), "the run fit its user's 12 GB card: {} bytes", e.memory_bytes);
@@ -232,7 +232,7 @@ mod tests {
             grad_accum: 40,
             ..rtx4070_run()
         };
-        for (run, dtype, measured_ms) in [(rtx4070_run(), DType::F16, 366.6), (gpt2, DType::Bf16, 1067.5)] {
+        for (run, dtype, measured_ms) in [(rtx4070_run(), Precision::F16, 366.6), (gpt2, Precision::Bf16, 1067.5)] {
             let e = estimate(&run, &d, dtype, None, MfuAssumption::default_for(&d));
             let (lo, hi) = e.ms_per_iter_range;
             assert!(lo <= measured_ms && measured_ms <= hi, "{measured_ms} ms outside {lo:.0}-{hi:.0}");
@@ -257,13 +257,13 @@ mod tests {
             bias: false,
         };
         let fpt = crate::perf::flops::flops_per_token(&model, 1024).train();
-        let peak = d.peak_flops(DType::Bf16);
+        let peak = d.peak_flops(Precision::Bf16);
         let nanogpt_mfu = fpt * 491_520.0 * 600_000.0 / (4.0 * 86400.0 * 8.0) / peak;
         let llmc_mfu = fpt * 10e9 / (90.0 * 60.0 * 8.0) / peak;
         assert!((0.2..0.4).contains(&nanogpt_mfu), "{nanogpt_mfu}");
         assert!((0.5..0.75).contains(&llmc_mfu), "{llmc_mfu}");
         let run = Run { model, batch_size: 12, grad_accum: 40, max_iters: 600_000, eval_interval: 1000, eval_iters: 200 };
-        let e = estimate(&run, &d, DType::Bf16, None, MfuAssumption::default_for(&d));
+        let e = estimate(&run, &d, Precision::Bf16, None, MfuAssumption::default_for(&d));
         let published_s = 4.0 * 86400.0 * 8.0 / 600_000.0; // GPU-seconds per iteration
         assert!(e.ms_per_iter_range.0 / 1e3 < published_s && published_s < 1.5 * e.ms_per_iter_range.1 / 1e3, "{e:?}");
     }

@@ -167,8 +167,8 @@ pub fn memory(cfg: &ModelConfig, b: usize, t: usize, d: u64, recompute: bool, im
     match imp {
         Impl::Cpu => {
             let (a, g) = (crate::model::ActLayout::new(cfg, b, t), crate::model::ActLayout::one_layer(cfg, b, t));
-            let logits = (a.logits.len + g.logits.len) as u64 * 4;
-            let acts = (a.total - a.logits.len + g.total - g.logits.len) as u64 * 4;
+            let logits = (a.logits.len() + g.logits.len()) as u64 * 4;
+            let acts = (a.total - a.logits.len() + g.total - g.logits.len()) as u64 * 4;
             Memory {
                 weights: 4 * n,
                 master_weights: 0,

@@ -354,3 +354,38 @@ pub fn attention_backward(
         },
     );
 }
+
+/// One new position of sampling with a KV cache: stores qkv(3C)'s key and value as row `pos` of
+/// k(maxT, C) and v(maxT, C), then out(C) = each head's attention of the query over rows
+/// 0..=pos (causal by construction: later rows are not there yet).
+pub fn attention_decode(out: &mut [f32], k: &mut [f32], v: &mut [f32], qkv: &[f32], pos: usize, nh: usize) {
+    let c = out.len();
+    let hs = c / nh;
+    assert!(qkv.len() == 3 * c && (pos + 1) * c <= k.len() && k.len() == v.len());
+    k[pos * c..(pos + 1) * c].copy_from_slice(&qkv[c..2 * c]);
+    v[pos * c..(pos + 1) * c].copy_from_slice(&qkv[2 * c..]);
+    let scale = 1.0 / (hs as f32).sqrt();
+    let mut att = vec![0.0f32; pos + 1];
+    for h in 0..nh {
+        let q = &qkv[h * hs..(h + 1) * hs];
+        let mut maxv = f32::NEG_INFINITY;
+        for (t2, a) in att.iter_mut().enumerate() {
+            let kr = &k[t2 * c + h * hs..][..hs];
+            *a = q.iter().zip(kr).map(|(a, b)| a * b).sum::<f32>() * scale;
+            maxv = maxv.max(*a);
+        }
+        let mut sum = 0.0;
+        for a in att.iter_mut() {
+            *a = (*a - maxv).exp();
+            sum += *a;
+        }
+        let yh = &mut out[h * hs..(h + 1) * hs];
+        yh.fill(0.0);
+        for (t2, a) in att.iter().enumerate() {
+            let vr = &v[t2 * c + h * hs..][..hs];
+            for (yi, vi) in yh.iter_mut().zip(vr) {
+                *yi += a / sum * vi;
+            }
+        }
+    }
+}

@@ -13,7 +13,9 @@ pub mod pointwise;
 pub mod pool;
 pub mod simd;
 
-use super::{AdamW, Backend, DType, Dropout, Linear, Span};
+use super::tensor::N_BUFS;
+use super::{Backend, BufId, Buffers, DType, DeviceInfo, Host, Op, Precision, Scalar, Tensor};
+use anyhow::{bail, Result};
 
 /// Which implementation of each kernel the CPU backend runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -50,31 +52,91 @@ impl Cpu {
     }
 }
 
-/// Borrows `N` pairwise-disjoint spans of one buffer mutably at once, as llm.c passes several
-/// pointers into one activation buffer.
-///
-/// Panics if a span is out of bounds or two non-empty spans overlap (a bug in a layout).
-pub fn carve<const N: usize>(buf: &mut [f32], spans: [Span; N]) -> [&mut [f32]; N] {
-    for (i, a) in spans.iter().enumerate() {
-        assert!(a.end() <= buf.len(), "span {a:?} out of bounds ({})", buf.len());
-        for b in &spans[i + 1..] {
-            let disjoint = a.len == 0 || b.len == 0 || a.end() <= b.off || b.end() <= a.off;
-            assert!(disjoint, "spans {a:?} and {b:?} overlap");
-        }
-    }
-    let base = buf.as_mut_ptr();
-    // SAFETY: every span lies inside `buf` and no two non-empty spans overlap (checked above), so
-    // the returned slices alias neither each other nor anything else borrowed from `buf`, and
-    // they live no longer than the exclusive borrow of `buf`.
-    spans.map(|s| unsafe { std::slice::from_raw_parts_mut(base.add(s.off), s.len) })
+/// One CPU buffer: host memory of one element type.
+#[derive(Clone, Debug)]
+pub enum CpuBuf {
+    F32(Vec<f32>),
+    U32(Vec<u32>),
+    F64(Vec<f64>),
 }
 
-fn at(buf: &[f32], s: Span) -> &[f32] {
-    &buf[s.off..s.end()]
+impl CpuBuf {
+    fn dtype(&self) -> DType {
+        match self {
+            CpuBuf::F32(_) => DType::F32,
+            CpuBuf::U32(_) => DType::U32,
+            CpuBuf::F64(_) => DType::F64,
+        }
+    }
+    fn u32(&self) -> &[u32] {
+        match self {
+            CpuBuf::U32(v) => v,
+            b => panic!("a u32 tensor in a {:?} buffer", b.dtype()),
+        }
+    }
+    fn f64_mut(&mut self) -> &mut [f64] {
+        match self {
+            CpuBuf::F64(v) => v,
+            b => panic!("an f64 tensor in a {:?} buffer", b.dtype()),
+        }
+    }
+}
+
+type Bufs = Buffers<CpuBuf>;
+
+/// The slices of one op's f32 operands: `outs` mutable, `ins` shared, all at once, as llm.c
+/// passes several pointers into one activation buffer.
+///
+/// Panics if an operand is not f32, lies outside its buffer, or an output overlaps another
+/// operand (a bug in a layout, never input).
+fn io<const M: usize, const N: usize>(bufs: &mut Bufs, outs: [Tensor; M], ins: [Tensor; N]) -> ([&mut [f32]; M], [&[f32]; N]) {
+    let mut base = [(std::ptr::null_mut::<f32>(), 0usize); N_BUFS];
+    for id in BufId::ALL {
+        if bufs.has(id) {
+            if let CpuBuf::F32(v) = bufs.get_mut(id) {
+                base[id.index()] = (v.as_mut_ptr(), v.len());
+            }
+        }
+    }
+    for t in outs.iter().chain(&ins) {
+        let (ptr, len) = base[t.buf.index()];
+        assert!(t.dtype == DType::F32 && !ptr.is_null(), "{t:?}: not an f32 tensor of an allocated f32 buffer");
+        assert!(t.span.end() <= len, "{t:?} out of bounds ({len} elements)");
+    }
+    for (i, a) in outs.iter().enumerate() {
+        for b in outs[i + 1..].iter().chain(&ins) {
+            assert!(!a.overlaps(b), "{a:?} and {b:?} overlap");
+        }
+    }
+    // SAFETY (for the three blocks below): every tensor lies inside its f32 buffer (checked
+    // above) and no output shares an element with any other operand, so the mutable slices
+    // alias nothing else handed out (inputs may overlap each other: both are shared); all of
+    // them live no longer than the exclusive borrow of `bufs` the pointers come from.
+    let at = |t: &Tensor| unsafe { base[t.buf.index()].0.add(t.span.off) };
+    // SAFETY: see above.
+    let o = outs.map(|t| unsafe { std::slice::from_raw_parts_mut(at(&t), t.len()) });
+    // SAFETY: see above.
+    let i = ins.map(|t| unsafe { std::slice::from_raw_parts(at(&t) as *const f32, t.len()) });
+    (o, i)
+}
+
+/// A u32 operand's buffer (token ids), taken out while the op runs (its f32 operands are in
+/// other buffers) and put back after; with the range of the tensor in it.
+fn take_ids(bufs: &mut Bufs, t: Tensor) -> (CpuBuf, std::ops::Range<usize>) {
+    assert_eq!(t.dtype, DType::U32, "{t:?}: token ids must be u32");
+    let b = bufs.take(t.buf).unwrap_or_else(|| panic!("buffer {:?} is not allocated", t.buf));
+    assert!(t.span.end() <= b.u32().len(), "{t:?} out of bounds");
+    (b, t.span.off..t.span.end())
+}
+
+/// Adds `x` to f64 scalar slot `into`.
+fn add_scalar(bufs: &mut Bufs, into: Scalar, x: f64) {
+    let t = into.tensor();
+    bufs.get_mut(t.buf).f64_mut()[t.span.off] += x;
 }
 
 impl Backend for Cpu {
-    type Buf = Vec<f32>;
+    type Buf = CpuBuf;
 
     fn step_scope<R>(f: impl FnOnce() -> R) -> R {
         pool::hot(f)
@@ -83,224 +145,187 @@ impl Backend for Cpu {
     fn name(&self) -> String {
         format!("cpu ({} threads, {:?} kernels)", rayon::current_num_threads(), self.kernels)
     }
-    fn dtype(&self) -> DType {
-        DType::F32
-    }
-    fn alloc(&self, n: usize) -> Vec<f32> {
-        vec![0.0; n]
-    }
-    fn upload(&self, dst: &mut Vec<f32>, off: usize, src: &[f32]) {
-        dst[off..off + src.len()].copy_from_slice(src);
-    }
-    fn download(&self, src: &Vec<f32>, span: Span) -> Vec<f32> {
-        at(src, span).to_vec()
-    }
-    fn zero(&self, buf: &mut Vec<f32>, span: Span) {
-        use rayon::prelude::*;
-        buf[span.off..span.end()].par_chunks_mut(1 << 16).for_each(|c| c.fill(0.0));
-    }
 
-    fn encoder_forward(
-        &self,
-        acts: &mut Vec<f32>,
-        out: Span,
-        params: &Vec<f32>,
-        wte: Span,
-        wpe: Span,
-        tokens: &[u32],
-        bt: (usize, usize),
-        drop: Dropout,
-    ) {
-        let c = out.len / (bt.0 * bt.1);
-        encoder::encoder_forward(&mut acts[out.off..out.end()], at(params, wte), at(params, wpe), tokens, bt.1, c);
-        if drop.active() {
-            pointwise::dropout(&mut acts[out.off..out.end()], drop);
+    fn device(&self, p: Precision) -> DeviceInfo {
+        let dev = crate::perf::device::cpu();
+        DeviceInfo {
+            peak_flops: Some(dev.peak_flops(p)).filter(|x| *x > 0.0),
+            peak_source: dev.source.clone(),
+            description: dev.description,
+            memory_model: crate::perf::flops::Impl::Cpu,
+            memory: crate::perf::device::MemInfo::read(),
+            workers: rayon::current_num_threads(),
         }
     }
-    fn encoder_backward(
-        &self,
-        grads: &mut Vec<f32>,
-        dwte: Span,
-        dwpe: Span,
-        dacts: &Vec<f32>,
-        dout: Span,
-        tokens: &[u32],
-        bt: (usize, usize),
-    ) {
-        let c = dout.len / (bt.0 * bt.1);
-        let [dwte, dwpe] = carve(grads, [dwte, dwpe]);
-        encoder::encoder_backward(dwte, dwpe, at(dacts, dout), tokens, bt.1, c);
-    }
-    fn dropout(&self, buf: &mut Vec<f32>, x: Span, drop: Dropout) {
-        pointwise::dropout(&mut buf[x.off..x.end()], drop);
+
+    fn alloc(&self, n: usize, dtype: DType) -> Result<CpuBuf> {
+        Ok(match dtype {
+            DType::F32 => CpuBuf::F32(vec![0.0; n]),
+            DType::U32 => CpuBuf::U32(vec![0; n]),
+            DType::F64 => CpuBuf::F64(vec![0.0; n]),
+            DType::Bf16 | DType::F16 => bail!("the CPU backend stores f32, not {dtype:?}, in this build"),
+        })
     }
 
-    fn layernorm_forward(
-        &self,
-        acts: &mut Vec<f32>,
-        out: Span,
-        mean: Span,
-        rstd: Span,
-        inp: Span,
-        params: &Vec<f32>,
-        w: Span,
-        b: Option<Span>,
-    ) {
-        let [out, mean, rstd, inp] = carve(acts, [out, mean, rstd, inp]);
-        let f = if self.fast() { layernorm::layernorm_forward } else { layernorm::layernorm_forward_naive };
-        f(out, mean, rstd, inp, at(params, w), b.map(|b| at(params, b)));
-    }
-    fn layernorm_backward(
-        &self,
-        dacts: &mut Vec<f32>,
-        dinp: Span,
-        dout: Span,
-        grads: &mut Vec<f32>,
-        dw: Span,
-        db: Option<Span>,
-        acts: &Vec<f32>,
-        inp: Span,
-        mean: Span,
-        rstd: Span,
-        params: &Vec<f32>,
-        w: Span,
-    ) {
-        let [dinp, dout] = carve(dacts, [dinp, dout]);
-        let [dw, db] = carve(grads, [dw, db.unwrap_or_default()]);
-        let db = if db.is_empty() { None } else { Some(db) };
-        let f = if self.fast() { layernorm::layernorm_backward } else { layernorm::layernorm_backward_naive };
-        f(dinp, dw, db, dout, at(acts, inp), at(acts, mean), at(acts, rstd), at(params, w));
+    fn upload(&self, bufs: &mut Bufs, dst: Tensor, src: &Host) -> Result<()> {
+        assert!(src.dtype() == dst.dtype && src.len() == dst.len(), "upload of {} {:?} into {dst:?}", src.len(), src.dtype());
+        let r = dst.span.off..dst.span.end();
+        match (bufs.get_mut(dst.buf), src) {
+            (CpuBuf::F32(b), Host::F32(s)) => b[r].copy_from_slice(s),
+            (CpuBuf::U32(b), Host::U32(s)) => b[r].copy_from_slice(s),
+            (CpuBuf::F64(b), Host::F64(s)) => b[r].copy_from_slice(s),
+            (b, _) => panic!("upload of {:?} data into a {:?} buffer", src.dtype(), b.dtype()),
+        }
+        Ok(())
     }
 
-    fn matmul_forward(&self, acts: &mut Vec<f32>, out: Span, inp: Span, params: &Vec<f32>, lin: Linear, ic: usize) {
-        let [out, inp] = carve(acts, [out, inp]);
-        let f = if self.fast() { matmul::matmul_forward } else { matmul::matmul_forward_reference };
-        f(out, inp, at(params, lin.w), lin.b.map(|b| at(params, b)), ic);
-    }
-    fn matmul_backward(
-        &self,
-        dacts: &mut Vec<f32>,
-        dinp: Span,
-        dout: Span,
-        grads: &mut Vec<f32>,
-        dlin: Linear,
-        acts: &Vec<f32>,
-        inp: Span,
-        params: &Vec<f32>,
-        w: Span,
-        ic: usize,
-    ) {
-        let [dinp, dout] = carve(dacts, [dinp, dout]);
-        let [dw, db] = carve(grads, [dlin.w, dlin.b.unwrap_or_default()]);
-        let db = if db.is_empty() { None } else { Some(db) };
-        let f = if self.fast() { matmul::matmul_backward } else { matmul::matmul_backward_reference };
-        f(dinp, dw, db, dout, at(acts, inp), at(params, w), ic);
+    fn download(&self, bufs: &Bufs, src: Tensor) -> Result<Host> {
+        let r = src.span.off..src.span.end();
+        Ok(match bufs.get(src.buf) {
+            CpuBuf::F32(b) => Host::F32(b[r].to_vec()),
+            CpuBuf::U32(b) => Host::U32(b[r].to_vec()),
+            CpuBuf::F64(b) => Host::F64(b[r].to_vec()),
+        })
     }
 
-    fn attention_forward(
-        &self,
-        acts: &mut Vec<f32>,
-        out: Span,
-        stats: Span,
-        qkv: Span,
-        b: usize,
-        t: usize,
-        c: usize,
-        nh: usize,
-        drop: Dropout,
-    ) {
-        let [out, stats, qkv] = carve(acts, [out, stats, qkv]);
-        let f = if self.fast() { attention::attention_forward } else { attention::attention_forward_naive };
-        f(out, stats, qkv, b, t, c, nh, drop);
-    }
-    fn attention_backward(
-        &self,
-        dacts: &mut Vec<f32>,
-        dqkv: Span,
-        dout: Span,
-        acts: &Vec<f32>,
-        qkv: Span,
-        stats: Span,
-        b: usize,
-        t: usize,
-        c: usize,
-        nh: usize,
-        drop: Dropout,
-    ) {
-        let [dqkv, dout] = carve(dacts, [dqkv, dout]);
-        let f = if self.fast() { attention::attention_backward } else { attention::attention_backward_naive };
-        f(dqkv, dout, at(acts, qkv), at(acts, stats), b, t, c, nh, drop);
+    fn synchronize(&self) -> Result<()> {
+        Ok(()) // every op has finished when its call returns
     }
 
-    fn gelu_forward(&self, acts: &mut Vec<f32>, out: Span, inp: Span) {
-        let [out, inp] = carve(acts, [out, inp]);
-        let f = if self.fast() { pointwise::gelu_forward } else { pointwise::gelu_forward_naive };
-        f(out, inp);
+    fn run(&self, bufs: &mut Bufs, op: &Op) -> Result<()> {
+        use rayon::prelude::*;
+        let fast = self.fast();
+        match *op {
+            Op::Zero(x) => {
+                let r = x.span.off..x.span.end();
+                match bufs.get_mut(x.buf) {
+                    CpuBuf::F32(v) => v[r].par_chunks_mut(1 << 16).for_each(|c| c.fill(0.0)),
+                    CpuBuf::U32(v) => v[r].fill(0),
+                    CpuBuf::F64(v) => v[r].fill(0.0),
+                }
+            }
+            Op::Copy { dst, src } => {
+                let ([dst], [src]) = io(bufs, [dst], [src]);
+                pointwise::copy(dst, src);
+            }
+            Op::Dropout { x, drop } => {
+                let ([x], []) = io(bufs, [x], []);
+                pointwise::dropout(x, drop);
+            }
+            Op::Embed(e) => {
+                let (ids, r) = take_ids(bufs, e.tokens);
+                let (t, c) = (e.out.dims()[1], e.out.cols());
+                assert_eq!(e.tokens.len(), e.out.rows(), "{e:?}");
+                {
+                    let ([out], [wte, wpe]) = io(bufs, [e.out], [e.wte, e.wpe]);
+                    encoder::encoder_forward(out, wte, &wpe[e.pos0 * c..], &ids.u32()[r], t, c);
+                    if e.drop.active() {
+                        pointwise::dropout(out, e.drop);
+                    }
+                }
+                bufs.set(e.tokens.buf, ids);
+            }
+            Op::EmbedBackward(e) => {
+                let (ids, r) = take_ids(bufs, e.tokens);
+                let (t, c) = (e.dout.dims()[1], e.dout.cols());
+                {
+                    let ([dwte, dwpe], [dout]) = io(bufs, [e.dwte, e.dwpe], [e.dout]);
+                    encoder::encoder_backward(dwte, dwpe, dout, &ids.u32()[r], t, c);
+                }
+                bufs.set(e.tokens.buf, ids);
+            }
+            Op::LayerNorm(l) => {
+                let b = or_empty(l.b, l.w);
+                let ([out, mean, rstd], [inp, w, b_]) = io(bufs, [l.out, l.mean, l.rstd], [l.inp, l.w, b]);
+                let f = if fast { layernorm::layernorm_forward } else { layernorm::layernorm_forward_naive };
+                f(out, mean, rstd, inp, w, l.b.map(|_| b_));
+            }
+            Op::LayerNormBackward(l) => {
+                let db = or_empty(l.db, l.dw);
+                let ([dinp, dw, db_], [dout, inp, mean, rstd, w]) = io(bufs, [l.dinp, l.dw, db], [l.dout, l.inp, l.mean, l.rstd, l.w]);
+                let f = if fast { layernorm::layernorm_backward } else { layernorm::layernorm_backward_naive };
+                f(dinp, dw, l.db.map(|_| db_), dout, inp, mean, rstd, w);
+            }
+            Op::Matmul(m) => {
+                let b = or_empty(m.b, m.w);
+                let ([out], [inp, w, b_]) = io(bufs, [m.out], [m.inp, m.w, b]);
+                let f = if fast { matmul::matmul_forward } else { matmul::matmul_forward_reference };
+                f(out, inp, w, m.b.map(|_| b_), m.inp.cols());
+            }
+            Op::MatmulBackward(m) => {
+                let db = or_empty(m.db, m.dw);
+                let ([dinp, dw, db_], [dout, inp, w]) = io(bufs, [m.dinp, m.dw, db], [m.dout, m.inp, m.w]);
+                let f = if fast { matmul::matmul_backward } else { matmul::matmul_backward_reference };
+                f(dinp, dw, m.db.map(|_| db_), dout, inp, w, m.inp.cols());
+            }
+            Op::Attention(a) => {
+                let (b, t, c) = bt_c(a.qkv);
+                let ([out, stats], [qkv]) = io(bufs, [a.out, a.stats], [a.qkv]);
+                let f = if fast { attention::attention_forward } else { attention::attention_forward_naive };
+                f(out, stats, qkv, b, t, c, a.n_head, a.drop);
+            }
+            Op::AttentionBackward(a) => {
+                let (b, t, c) = bt_c(a.qkv);
+                let ([dqkv], [dout, qkv, stats]) = io(bufs, [a.dqkv], [a.dout, a.qkv, a.stats]);
+                let f = if fast { attention::attention_backward } else { attention::attention_backward_naive };
+                f(dqkv, dout, qkv, stats, b, t, c, a.n_head, a.drop);
+            }
+            Op::AttentionDecode(a) => {
+                let ([out, k, v], [qkv]) = io(bufs, [a.out, a.k, a.v], [a.qkv]);
+                attention::attention_decode(out, k, v, qkv, a.pos, a.n_head);
+            }
+            Op::Gelu(g) => {
+                let ([out], [inp]) = io(bufs, [g.out], [g.inp]);
+                let f = if fast { pointwise::gelu_forward } else { pointwise::gelu_forward_naive };
+                f(out, inp);
+            }
+            Op::GeluBackward(g) => {
+                let ([dinp], [dout, inp]) = io(bufs, [g.dinp], [g.dout, g.inp]);
+                let f = if fast { pointwise::gelu_backward } else { pointwise::gelu_backward_naive };
+                f(dinp, dout, inp);
+            }
+            Op::Residual(r) => {
+                let ([out], [a, b]) = io(bufs, [r.out], [r.a, r.b]);
+                pointwise::residual_forward(out, a, b);
+            }
+            Op::FusedClassifier(fc) => {
+                let (ids, r) = take_ids(bufs, fc.targets);
+                {
+                    let ([logits, losses], []) = io(bufs, [fc.logits, fc.losses], []);
+                    let f = if fast { classifier::crossentropy_forward } else { classifier::crossentropy_forward_naive };
+                    f(logits, losses, &ids.u32()[r], fc.vocab, fc.logits.cols(), fc.grad_scale);
+                }
+                bufs.set(fc.targets.buf, ids);
+            }
+            Op::AddMeanLoss { losses, into } => {
+                let ([], [l]) = io(bufs, [], [losses]);
+                let mean = (l.iter().map(|&x| x as f64).sum::<f64>() / l.len() as f64) as f32;
+                add_scalar(bufs, into, mean as f64);
+            }
+            Op::AddSquares { x, into } => {
+                let ([], [x]) = io(bufs, [], [x]);
+                let ss = optimizer::sum_squares(x);
+                add_scalar(bufs, into, ss);
+            }
+            Op::AdamW(a) => {
+                assert!(a.master.is_none(), "the CPU backend keeps f32 parameters: they are the master weights");
+                let ([p, m, v], [g]) = io(bufs, [a.params, a.m, a.v], [a.grads]);
+                optimizer::adamw(p, g, m, v, a.hp, a.step, a.weight_decay, a.grad_scale);
+            }
+        }
+        Ok(())
     }
-    fn gelu_backward(&self, dacts: &mut Vec<f32>, dinp: Span, dout: Span, acts: &Vec<f32>, inp: Span) {
-        let [dinp, dout] = carve(dacts, [dinp, dout]);
-        let f = if self.fast() { pointwise::gelu_backward } else { pointwise::gelu_backward_naive };
-        f(dinp, dout, at(acts, inp));
-    }
-    fn residual_forward(&self, acts: &mut Vec<f32>, out: Span, a: Span, b: Span) {
-        let [out, a, b] = carve(acts, [out, a, b]);
-        pointwise::residual_forward(out, a, b);
-    }
-    fn copy(&self, buf: &mut Vec<f32>, dst: Span, src: Span) {
-        let [dst, src] = carve(buf, [dst, src]);
-        pointwise::copy(dst, src);
-    }
+}
 
-    fn crossentropy_forward(
-        &self,
-        acts: &mut Vec<f32>,
-        logits: Span,
-        losses: Span,
-        targets: &[u32],
-        v: usize,
-        vp: usize,
-        grad_scale: Option<f32>,
-    ) {
-        let [logits, losses] = carve(acts, [logits, losses]);
-        let f = if self.fast() { classifier::crossentropy_forward } else { classifier::crossentropy_forward_naive };
-        f(logits, losses, targets, v, vp, grad_scale);
-    }
-    fn classifier_backward(
-        &self,
-        dacts: &mut Vec<f32>,
-        dinp: Span,
-        grads: &mut Vec<f32>,
-        dw: Span,
-        acts: &Vec<f32>,
-        dlogits: Span,
-        inp: Span,
-        params: &Vec<f32>,
-        w: Span,
-        ic: usize,
-    ) {
-        let f = if self.fast() { matmul::matmul_backward } else { matmul::matmul_backward_reference };
-        f(&mut dacts[dinp.off..dinp.end()], &mut grads[dw.off..dw.end()], None, at(acts, dlogits), at(acts, inp), at(params, w), ic);
-    }
-    fn sum(&self, buf: &Vec<f32>, span: Span) -> f64 {
-        at(buf, span).iter().map(|&x| x as f64).sum()
-    }
+/// An optional operand as a tensor for [`io`]: itself, or an empty one (which overlaps nothing)
+/// in the buffer of `like`.
+fn or_empty(t: Option<Tensor>, like: Tensor) -> Tensor {
+    t.unwrap_or(Tensor::empty(like.buf, like.span.off, like.dtype))
+}
 
-    fn sum_squares(&self, buf: &Vec<f32>, span: Span) -> f64 {
-        optimizer::sum_squares(at(buf, span))
-    }
-    fn adamw_update(
-        &self,
-        params: &mut Vec<f32>,
-        grads: &Vec<f32>,
-        m: &mut Vec<f32>,
-        v: &mut Vec<f32>,
-        span: Span,
-        hp: AdamW,
-        step: u64,
-        weight_decay: f32,
-        grad_scale: f32,
-    ) {
-        let r = span.off..span.end();
-        optimizer::adamw(&mut params[r.clone()], &grads[r.clone()], &mut m[r.clone()], &mut v[r], hp, step, weight_decay, grad_scale);
-    }
+/// (B, T, C) of a qkv(B, T, 3C) tensor.
+fn bt_c(qkv: Tensor) -> (usize, usize, usize) {
+    let d = qkv.dims();
+    assert!(d.len() == 3 && d[2].is_multiple_of(3), "qkv must be (B, T, 3C): {qkv:?}");
+    (d[0], d[1], d[2] / 3)
 }

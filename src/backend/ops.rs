@@ -1,0 +1,325 @@
+//! The ops of a GPT-2 training step (and of sampling with a KV cache), one argument struct
+//! each, gathered in [`Op`]: what a backend runs.
+//!
+//! Every operand is a [`Tensor`] (buffer, span, shape, element type); sizes come from the
+//! shapes, so an op carries only what a shape cannot say (head count, vocabulary, dropout).
+//! Conventions, as in llm.c's CUDA trainer: outputs are overwritten, except parameter gradients
+//! (`dw`, `db`), which backward ops *accumulate* (`+=`, for gradient accumulation), and
+//! LayerNorm's `dinp`, which accumulates into the residual stream's gradient.
+//!
+//! Shape legend: B = micro-batch, T = sequence length, C = channels, NH = heads, V/Vp = the
+//! vocabulary and its padded size, OC/IC = a linear layer's output/input features, N = rows.
+
+use super::{Scalar, Tensor};
+
+/// Dropout for one call site: drop probability `p` and a key that, mixed with the element index,
+/// decides each element. The same key regenerates the same mask in backward, so masks are never
+/// stored, and the result does not depend on how work is split across threads.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Dropout {
+    pub p: f32,
+    pub key: u64,
+}
+
+impl Dropout {
+    pub const NONE: Dropout = Dropout { p: 0.0, key: 0 };
+    pub fn active(&self) -> bool {
+        self.p > 0.0
+    }
+    /// The multiplier for element `idx`: 0 when dropped, 1/(1-p) when kept.
+    #[inline]
+    pub fn scale(&self, idx: usize) -> f32 {
+        let u = crate::rng::uniform_f32(crate::rng::mix(self.key, idx as u64));
+        if u < self.p {
+            0.0
+        } else {
+            1.0 / (1.0 - self.p)
+        }
+    }
+}
+
+/// AdamW hyper-parameters for one step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamW {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+}
+
+/// Which linear layer a matmul is (for profiles; the math is the same).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Qkv,
+    AttnProj,
+    MlpFc,
+    MlpProj,
+    /// The classifier (`wte` tied as lm_head).
+    LmHead,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Qkv => "matmul qkv",
+            Role::AttnProj => "matmul attn proj",
+            Role::MlpFc => "matmul mlp fc",
+            Role::MlpProj => "matmul mlp proj",
+            Role::LmHead => "matmul lm_head",
+        }
+    }
+}
+
+/// out(B,T,C) = wte[tokens] + wpe[pos0 + t], then embedding dropout.
+#[derive(Clone, Copy, Debug)]
+pub struct Embed {
+    pub out: Tensor,    // (B, T, C)
+    pub wte: Tensor,    // (Vp, C)
+    pub wpe: Tensor,    // (maxT, C)
+    pub tokens: Tensor, // (B, T) u32
+    /// Position of the first token (0 in training; the cache length when sampling).
+    pub pos0: usize,
+    pub drop: Dropout,
+}
+
+/// dwte[tokens] += dout, dwpe[t] += dout (dout already through the dropout mask).
+#[derive(Clone, Copy, Debug)]
+pub struct EmbedBackward {
+    pub dwte: Tensor,   // (Vp, C)
+    pub dwpe: Tensor,   // (maxT, C)
+    pub dout: Tensor,   // (B, T, C)
+    pub tokens: Tensor, // (B, T) u32
+}
+
+/// out(N,C), mean(N), rstd(N) = layernorm(inp(N,C)) with weight w(C) and optional bias b(C).
+#[derive(Clone, Copy, Debug)]
+pub struct LayerNorm {
+    pub out: Tensor,
+    pub mean: Tensor,
+    pub rstd: Tensor,
+    pub inp: Tensor,
+    pub w: Tensor,
+    pub b: Option<Tensor>,
+}
+
+/// dinp(N,C) += LayerNorm's input gradient; dw(C) += ..., db(C) += ... from dout(N,C) and the
+/// forward's inp, mean, rstd and weight.
+#[derive(Clone, Copy, Debug)]
+pub struct LayerNormBackward {
+    pub dinp: Tensor,
+    pub dw: Tensor,
+    pub db: Option<Tensor>,
+    pub dout: Tensor,
+    pub inp: Tensor,
+    pub mean: Tensor,
+    pub rstd: Tensor,
+    pub w: Tensor,
+}
+
+/// out(N,OC) = inp(N,IC) @ w(OC,IC)^T + b(OC).
+#[derive(Clone, Copy, Debug)]
+pub struct Matmul {
+    pub out: Tensor,
+    pub inp: Tensor,
+    pub w: Tensor,
+    pub b: Option<Tensor>,
+    pub role: Role,
+}
+
+/// dinp(N,IC) = dout(N,OC) @ w; dw(OC,IC) += dout^T @ inp; db(OC) += sum over rows of dout.
+/// `dout` may be anywhere: the classifier's is in the activations, where [`FusedClassifier`]
+/// left it in place of the logits.
+#[derive(Clone, Copy, Debug)]
+pub struct MatmulBackward {
+    pub dinp: Tensor,
+    pub dw: Tensor,
+    pub db: Option<Tensor>,
+    pub dout: Tensor,
+    pub inp: Tensor,
+    pub w: Tensor,
+    pub role: Role,
+}
+
+/// Causal self-attention: out(B,T,C) from qkv(B,T,3C), and stats(B,NH,T,2), each attention
+/// row's softmax maximum and 1/sum, from which the backward recomputes the probabilities (no
+/// B x NH x T x T matrix is kept).
+#[derive(Clone, Copy, Debug)]
+pub struct Attention {
+    pub out: Tensor,
+    pub stats: Tensor,
+    pub qkv: Tensor,
+    pub n_head: usize,
+    pub drop: Dropout,
+}
+
+/// dqkv(B,T,3C) from dout(B,T,C), the forward's qkv and its stats.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionBackward {
+    pub dqkv: Tensor,
+    pub dout: Tensor,
+    pub qkv: Tensor,
+    pub stats: Tensor,
+    pub n_head: usize,
+    pub drop: Dropout,
+}
+
+/// One new position of sampling: writes qkv(1,1,3C)'s key and value into row `pos` of the
+/// caches k, v (maxT, C), then out(1,1,C) = attention of its query over rows 0..=pos.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionDecode {
+    pub out: Tensor,
+    pub qkv: Tensor,
+    pub k: Tensor,
+    pub v: Tensor,
+    pub pos: usize,
+    pub n_head: usize,
+}
+
+/// out = gelu_tanh(inp), elementwise.
+#[derive(Clone, Copy, Debug)]
+pub struct Gelu {
+    pub out: Tensor,
+    pub inp: Tensor,
+}
+
+/// dinp = gelu'(inp) * dout.
+#[derive(Clone, Copy, Debug)]
+pub struct GeluBackward {
+    pub dinp: Tensor,
+    pub dout: Tensor,
+    pub inp: Tensor,
+}
+
+/// out = a + b, elementwise (a residual connection).
+#[derive(Clone, Copy, Debug)]
+pub struct Residual {
+    pub out: Tensor,
+    pub a: Tensor,
+    pub b: Tensor,
+}
+
+/// llm.c's fused classifier: softmax + cross-entropy over the first `vocab` of the Vp logits
+/// of each row of logits(N,Vp), writing each row's loss into losses(N); with
+/// `grad_scale = Some(s)` it then overwrites the logits with dlogits = s * (softmax -
+/// onehot(target)) (zero in padded columns), so neither the probabilities nor a second (N,Vp)
+/// buffer is ever needed.
+#[derive(Clone, Copy, Debug)]
+pub struct FusedClassifier {
+    pub logits: Tensor,
+    pub losses: Tensor,
+    pub targets: Tensor, // (N) u32
+    pub vocab: usize,
+    pub grad_scale: Option<f32>,
+}
+
+/// One AdamW step (torch.optim.AdamW semantics) on one parameter tensor, each gradient
+/// multiplied by `grad_scale` as it is read (gradient clipping fused into the update, as llm.c
+/// does); writes the f32 `master` weights when there are any and the parameters the kernels
+/// read from them.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWStep {
+    pub params: Tensor,
+    pub master: Option<Tensor>,
+    pub grads: Tensor,
+    pub m: Tensor,
+    pub v: Tensor,
+    pub hp: AdamW,
+    /// Counts from 1.
+    pub step: u64,
+    pub weight_decay: f32,
+    pub grad_scale: f32,
+}
+
+/// Every op a backend runs.
+#[derive(Clone, Copy, Debug)]
+pub enum Op {
+    /// x = 0.
+    Zero(Tensor),
+    /// dst = src (a residual branch's output gradient, copied before its dropout mask).
+    Copy {
+        dst: Tensor,
+        src: Tensor,
+    },
+    /// Applies dropout in place on x (forward), or its mask to dx (backward: the same op).
+    Dropout {
+        x: Tensor,
+        drop: Dropout,
+    },
+    Embed(Embed),
+    EmbedBackward(EmbedBackward),
+    LayerNorm(LayerNorm),
+    LayerNormBackward(LayerNormBackward),
+    Matmul(Matmul),
+    MatmulBackward(MatmulBackward),
+    Attention(Attention),
+    AttentionBackward(AttentionBackward),
+    AttentionDecode(AttentionDecode),
+    Gelu(Gelu),
+    GeluBackward(GeluBackward),
+    Residual(Residual),
+    FusedClassifier(FusedClassifier),
+    /// Scalar `into` += the mean of losses(N), rounded to f32 (the precision a loss is
+    /// reported in), in a fixed order.
+    AddMeanLoss {
+        losses: Tensor,
+        into: Scalar,
+    },
+    /// Scalar `into` += the sum of squares of x, in a fixed order.
+    AddSquares {
+        x: Tensor,
+        into: Scalar,
+    },
+    AdamW(AdamWStep),
+}
+
+impl Op {
+    /// The op's name in profiles (`bench --profile`): matmuls by the layer they compute.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Zero(_) => "zero grads/activations",
+            Op::Copy { .. } | Op::Residual(_) => "residual",
+            Op::Dropout { .. } => "dropout",
+            Op::Embed(_) | Op::EmbedBackward(_) => "encoder",
+            Op::LayerNorm(_) | Op::LayerNormBackward(_) => "layernorm",
+            Op::Matmul(m) => m.role.name(),
+            Op::MatmulBackward(m) => m.role.name(),
+            Op::Attention(_) => ATTENTION_FORWARD,
+            Op::AttentionBackward(_) => ATTENTION_BACKWARD,
+            Op::AttentionDecode(_) => "attention decode",
+            Op::Gelu(_) | Op::GeluBackward(_) => "gelu",
+            Op::FusedClassifier(_) => "softmax + cross-entropy",
+            Op::AddMeanLoss { .. } => "loss",
+            Op::AddSquares { .. } => "grad norm",
+            Op::AdamW(_) => "adamw (+ clip)",
+        }
+    }
+}
+
+/// The profile's names for attention's two kernels.
+pub const ATTENTION_FORWARD: &str = "attention forward";
+pub const ATTENTION_BACKWARD: &str = "attention backward";
+
+macro_rules! into_op {
+    ($($t:ident),*) => { $( impl From<$t> for Op { fn from(x: $t) -> Op { Op::$t(x) } } )* };
+}
+into_op!(
+    Embed,
+    EmbedBackward,
+    LayerNorm,
+    LayerNormBackward,
+    Matmul,
+    MatmulBackward,
+    Attention,
+    AttentionBackward,
+    AttentionDecode,
+    Gelu,
+    GeluBackward,
+    Residual,
+    FusedClassifier
+);
+
+impl From<AdamWStep> for Op {
+    fn from(x: AdamWStep) -> Op {
+        Op::AdamW(x)
+    }
+}
