@@ -487,7 +487,13 @@ impl FromKnob for f64 {
 /// Resolves command-line config flags: defaults, then `--preset`, then `--config`, then each
 /// `--set` in order.
 pub fn resolve(preset: Option<&str>, config: Option<&Path>, sets: &[String]) -> Result<(Config, Notices)> {
-    let mut cfg = Config::default();
+    resolve_onto(Config::default(), preset, config, sets)
+}
+
+/// As [`resolve`], starting from `base` instead of the defaults (so a caller can tell which
+/// knobs the flags named: a value only `base` holds was named by none of them).
+pub fn resolve_onto(base: Config, preset: Option<&str>, config: Option<&Path>, sets: &[String]) -> Result<(Config, Notices)> {
+    let mut cfg = base;
     let mut notices = Notices::default();
     if let Some(p) = preset {
         cfg.apply_preset(p, &mut notices)?;
