@@ -1,6 +1,7 @@
 //! One function per subcommand: resolve flags into a plan, run it, print.
 
 use super::printer::{gib, say, thousands, Printer};
+use super::units::{count, human_bytes};
 use super::ConfigArgs;
 use crate::backend::cpu::matmul::GemmLib;
 use crate::backend::cpu::simd::Isa;
@@ -67,10 +68,44 @@ pub fn prepare(input: Option<PathBuf>, tokenizer: &str, out: &Path, threads: Opt
     bar.set_style(indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}").unwrap());
     let r = pool(threads.unwrap_or(0))?.install(|| prepare::prepare(input.as_deref(), kind, out, &bar))?;
     bar.finish_and_clear();
-    say!("read {} from {} document(s)", gib(r.bytes), r.documents);
-    say!("vocabulary: {} tokens ({} tokenizer), stored as uint{}", r.meta.vocab_size, r.meta.tokenizer, r.meta.token_bytes * 8);
-    say!("train has {} tokens, val has {} tokens", thousands(r.train_tokens as f64), thousands(r.val_tokens as f64));
+    // at most this many files listed per list; the rest are counted
+    const LIST: usize = 20;
+    let list = |rows: Vec<(String, String)>| {
+        let w = rows.iter().take(LIST).map(|r| r.0.len()).max().unwrap_or(0);
+        for (name, what) in rows.iter().take(LIST) {
+            say!("  {name:<w$}  {what}");
+        }
+        if rows.len() > LIST {
+            say!("  ... and {} more", rows.len() - LIST);
+        }
+    };
+    match r.read.as_slice() {
+        [(name, bytes)] => say!("read {} from {name} (1 document)", human_bytes(*bytes)),
+        docs => {
+            say!("read {} from {}:", human_bytes(r.bytes), count(docs.len(), "document"));
+            list(docs.iter().map(|(name, bytes)| (name.clone(), human_bytes(*bytes))).collect());
+        }
+    }
+    if !r.skipped.is_empty() {
+        say!("skipped {}:", count(r.skipped.len(), "file"));
+        let why = |w: &prepare::Skip| match w {
+            prepare::Skip::NotTxt => "not a .txt file",
+            prepare::Skip::Empty => "empty",
+        };
+        list(r.skipped.iter().map(|(p, w)| (p.display().to_string(), why(w).to_string())).collect());
+    }
+    let tokens = |n: usize| format!("{} token{}", thousands(n as f64), if n == 1 { "" } else { "s" });
+    say!("vocabulary: {} ({} tokenizer), stored as uint{}", tokens(r.meta.vocab_size), r.meta.tokenizer, r.meta.token_bytes * 8);
+    say!("train has {}, val has {}", tokens(r.train_tokens), tokens(r.val_tokens));
     say!("wrote {}/train.bin, val.bin, meta.json{}", out.display(), if r.meta.itos.is_some() { ", meta.pkl" } else { "" });
+    if let Some(old) = &r.replaced {
+        let vocab = if old.vocab_size == r.meta.vocab_size {
+            String::new()
+        } else {
+            format!("; the old vocabulary had {}, the new {}", tokens(old.vocab_size), thousands(r.meta.vocab_size as f64))
+        };
+        say!("overwrote the {} dataset that was in {} (same tokenizer{vocab})", old.tokenizer, out.display());
+    }
     Ok(())
 }
 
@@ -676,18 +711,18 @@ pub fn logs(a: &LogsArgs) -> Result<()> {
     }
     use crate::perf::meter::human_duration;
     say!(
-        "{}: {:?} log, {} iteration lines, {} eval lines, {} other lines skipped",
+        "{}: {} log, {}, {}, {} skipped",
         a.file.display(),
-        parsed.format,
-        st.iters_seen,
-        parsed.evals,
-        parsed.skipped_lines
+        parsed.format.name(),
+        count(st.iters_seen, "iteration line"),
+        count(parsed.evals, "eval line"),
+        count(parsed.skipped_lines, "other line")
     );
     say!(
-        "dropped {} iterations: {} warm-up (until three consecutive times agree within 10%), {} outliers (> {}x the median, e.g. the eval or checkpoint time nanoGPT counts into the next iteration)",
-        st.iters_dropped,
-        st.warmup_dropped,
-        st.outliers_dropped,
+        "dropped {}: {} (until three consecutive times agree within 10%), {} (> {}x the median, e.g. the eval or checkpoint time nanoGPT counts into the next iteration)",
+        count(st.iters_dropped, "iteration"),
+        count(st.warmup_dropped, "warm-up iteration"),
+        count(st.outliers_dropped, "outlier"),
         logreader::OUTLIER
     );
     if !st.warmup_settled {
@@ -715,7 +750,11 @@ pub fn logs(a: &LogsArgs) -> Result<()> {
         }
     }
     if parsed.minus_100 > 0 {
-        say!("note: {} lines show `mfu -100.00%`: nanoGPT prints its running-MFU placeholder (-1) until its 5th iteration; it is not a measurement", parsed.minus_100);
+        let show = if parsed.minus_100 == 1 { "shows" } else { "show" };
+        say!(
+            "note: {} {show} `mfu -100.00%`: nanoGPT prints its running-MFU placeholder (-1) until its 5th iteration; it is not a measurement",
+            count(parsed.minus_100, "line")
+        );
     }
     match (eta, max_iters) {
         (Some(e), Some(m)) => {
