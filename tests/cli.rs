@@ -226,10 +226,10 @@ fn sigint_finishes_the_iteration_and_leaves_a_checkpoint() {
             break;
         }
     }
-    let drain = std::thread::spawn(move || lines.count());
+    let drain = std::thread::spawn(move || lines.map_while(Result::ok).filter(|l| l.starts_with("iter ")).last());
     assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
     let out = child.wait_with_output().unwrap();
-    drain.join().unwrap();
+    let last_line = drain.join().unwrap().unwrap_or_default();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{err}");
     let it: u64 = err
@@ -238,8 +238,11 @@ fn sigint_finishes_the_iteration_and_leaves_a_checkpoint() {
         .and_then(|s| s.split(';').next())
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("{err}"));
-    assert!(it >= 6, "{err}");
-    assert!(d.join(format!("out/ckpt-{it:06}/MANIFEST.json")).exists(), "{err}");
+    assert!(it >= 5, "{err}");
+    // the message names the last iteration the log shows; the checkpoint holds it done
+    assert!(last_line.starts_with(&format!("iter {it}:")), "last log line {last_line:?}, {err}");
+    assert!(d.join(format!("out/ckpt-{:06}/MANIFEST.json", it + 1)).exists(), "{err}");
+    assert!(err.contains(&format!("resumes at iteration {}", it + 1)), "{err}");
     assert!(err.contains("init_from=resume"), "{err}");
     std::fs::remove_dir_all(d).ok();
 }
@@ -335,7 +338,8 @@ fn logs_reads_a_real_nanogpt_log_from_an_h200() {
         (Some("nanogpt"), Some(21), Some(5)),
         "{v}"
     );
-    assert_eq!((v["warmup_dropped"].as_u64(), v["outliers_dropped"].as_u64()), (Some(2), Some(0)), "{v}");
+    // iterations 0-3 are warm-up: 4 settles the meter (2, 3 and 4 agree), as the live log would say
+    assert_eq!((v["warmup_dropped"].as_u64(), v["outliers_dropped"].as_u64()), (Some(4), Some(0)), "{v}");
     let f = |k: &str| v[k].as_f64().unwrap();
     assert!((f("steady_ms_per_iter") - 366.58).abs() < 1e-9, "{v}");
     assert!((f("log_mfu") - 1.177).abs() < 0.001, "{v}");
@@ -589,7 +593,7 @@ fn logs_names_the_format_and_counts_with_plurals() {
     let (code, out, err) = gptrain(&["logs", log.to_str().unwrap()], &d);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(": nanoGPT log, 21 iteration lines, 1 eval line,"), "{out}");
-    assert!(out.contains("2 warm-up iterations") && out.contains("0 outliers"), "{out}");
+    assert!(out.contains("4 warm-up iterations") && out.contains("0 outliers"), "{out}");
     std::fs::remove_dir_all(d).ok();
 }
 
