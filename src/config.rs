@@ -366,15 +366,18 @@ impl Config {
     /// Applies a `key=value` override. An empty key or value is named as such (an empty string
     /// can still be given as `key=""`).
     pub fn set_str(&mut self, kv: &str, notices: &mut Notices) -> Result<()> {
-        let Some((k, v)) = kv.split_once('=') else { bail!("`--set {kv}`: expected key=value, e.g. `--set max_iters=200`") };
-        let (k, v) = (k.trim().trim_start_matches("--"), v.trim());
+        let shown = kv.escape_debug(); // one line, whatever the value holds
+        let Some((k, raw)) = kv.split_once('=') else { bail!("`--set {shown}`: expected key=value, e.g. `--set max_iters=200`") };
+        // a value of only whitespace (a newline prompt) is kept as it is, not trimmed to nothing
+        let k = k.trim().trim_start_matches("--");
+        let v = if raw.trim().is_empty() { raw } else { raw.trim() };
         if k.is_empty() {
-            bail!("`--set {kv}`: the key is empty; expected key=value, e.g. `--set max_iters=200` ({KEYS_HINT})");
+            bail!("`--set {shown}`: the key is empty; expected key=value, e.g. `--set max_iters=200` ({KEYS_HINT})");
         }
         if v.is_empty() && !is_inert(k) {
             if let Some(kind) = knob_kind(k) {
                 let default = Config::default().entries().into_iter().find(|e| e.0 == k).map_or(String::new(), |e| e.1);
-                bail!("`--set {kv}`: the value is empty; `{k}` takes {kind} (default {default})");
+                bail!("`--set {shown}`: the value is empty; `{k}` takes {kind} (default {default})");
             }
         }
         self.set(k, &parse_value(v), notices)
