@@ -165,6 +165,7 @@ knobs! {
     eval_interval: u64 = 2000; "evaluate (and maybe checkpoint) every this many steps"
     eval_iters: usize = 200; "batches per split in an evaluation"
     log_interval: u64 = 1; "log a line every this many steps"
+    tensorboard: bool = true; "write TensorBoard event files under out_dir/tensorboard/ (`tensorboard --logdir out_dir/tensorboard`)"
     eval_only: bool = false; "evaluate once and exit"
     always_save_checkpoint: bool = true; "checkpoint at every eval, not only when val loss improves"
     init_from: String = "scratch".into(); "`scratch`, `resume` (newest checkpoint in out_dir), or a path to fine-tune from: a gptrain checkpoint directory or a GPT-2 model.safetensors (or its directory)"
