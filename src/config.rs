@@ -92,43 +92,52 @@ impl Knob for Option<usize> {
 }
 
 macro_rules! knobs {
-    ($( $name:ident : $ty:ty = $default:expr ; $doc:literal )*) => {
+    ($( [$group:literal] $( $name:ident : $ty:ty = $default:expr ; $doc:literal )* )*) => {
         /// Every knob gptrain knows, with nanoGPT's names and (train.py) defaults. A knob
         /// missing from a saved config (a checkpoint written before the knob existed) takes its
         /// default, so old checkpoints still resume.
         #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
         #[serde(default)]
         pub struct Config {
-            $( #[doc = $doc] pub $name: $ty, )*
+            $( $( #[doc = $doc] pub $name: $ty, )* )*
         }
         impl Default for Config {
             fn default() -> Self {
-                Config { $( $name: $default, )* }
+                Config { $( $( $name: $default, )* )* }
             }
         }
         /// (name, description) of every knob.
-        pub const KNOBS: &[(&str, &str)] = &[ $( (stringify!($name), $doc), )* ];
+        pub const KNOBS: &[(&str, &str)] = &[ $( $( (stringify!($name), $doc), )* )* ];
+        /// (title, names) of the knobs' groups, in order (what `gptrain config` prints).
+        pub const GROUPS: &[(&str, &[&str])] = &[ $( ($group, &[ $( stringify!($name), )* ]), )* ];
+        /// What values a knob takes (`a non-negative integer`, ...), None for an unknown key.
+        pub fn knob_kind(key: &str) -> Option<&'static str> {
+            match key {
+                $( $( stringify!($name) => Some(<$ty as Knob>::KIND), )* )*
+                _ => None,
+            }
+        }
         impl Config {
             fn set_typed(&mut self, key: &str, v: &toml::Value) -> Result<bool> {
                 match key {
-                    $( stringify!($name) => {
+                    $( $( stringify!($name) => {
                         self.$name = <$ty as Knob>::from_toml(v).ok_or_else(|| anyhow!(
                             "`{}` must be {} (got {})", key, <$ty as Knob>::KIND, v))?;
                         Ok(true)
-                    } )*
+                    } )* )*
                     _ => Ok(false),
                 }
             }
             /// (name, value) of every knob, for the table printed at start.
             pub fn entries(&self) -> Vec<(&'static str, String)> {
-                vec![ $( (stringify!($name), Knob::show(&self.$name)), )* ]
+                vec![ $( $( (stringify!($name), Knob::show(&self.$name)), )* )* ]
             }
         }
     };
 }
 
 knobs! {
-    // model
+    ["model"]
     n_layer: usize = 12; "number of transformer blocks"
     n_head: usize = 12; "attention heads per block"
     n_embd: usize = 768; "embedding width (channels)"
@@ -137,11 +146,11 @@ knobs! {
     dropout: f64 = 0.0; "dropout probability (embedding, attention, residual)"
     vocab_size: Option<usize> = None; "vocabulary size (auto: from the dataset's meta)"
     pad_vocab: bool = false; "pad the vocabulary to a multiple of 64 (padding takes no part in the loss)"
-    // data
+    ["data"]
     dataset: String = "builtin".into(); "prepared data directory (a bare name not found here is looked for under `data/`, as nanoGPT does), or `builtin` (the built-in Shakespeare corpus, char-level)"
     batch_size: usize = 12; "micro-batch size in sequences"
     gradient_accumulation_steps: usize = 40; "micro-batches per optimiser step"
-    // optimiser
+    ["optimiser and learning-rate schedule"]
     learning_rate: f64 = 6e-4; "peak learning rate"
     max_iters: u64 = 600_000; "total optimiser steps (absolute, also on resume)"
     weight_decay: f64 = 0.1; "AdamW weight decay (2-D tensors only)"
@@ -152,10 +161,11 @@ knobs! {
     warmup_iters: u64 = 2000; "linear warmup steps"
     lr_decay_iters: u64 = 600_000; "step at which the cosine reaches min_lr"
     min_lr: f64 = 6e-5; "final learning rate"
-    // eval, logging, checkpoints
+    ["evaluation, logging, checkpoints"]
     eval_interval: u64 = 2000; "evaluate (and maybe checkpoint) every this many steps"
     eval_iters: usize = 200; "batches per split in an evaluation"
     log_interval: u64 = 1; "log a line every this many steps"
+    tensorboard: bool = true; "write TensorBoard event files under out_dir/tensorboard/ (`tensorboard --logdir out_dir/tensorboard`)"
     eval_only: bool = false; "evaluate once and exit"
     always_save_checkpoint: bool = true; "checkpoint at every eval, not only when val loss improves"
     init_from: String = "scratch".into(); "`scratch`, `resume` (newest checkpoint in out_dir), or a path to fine-tune from: a gptrain checkpoint directory or a GPT-2 model.safetensors (or its directory)"
@@ -167,19 +177,20 @@ knobs! {
     on_nonfinite: String = "abort".into(); "on a NaN/Inf loss or gradient norm: `abort` or `skip` the update"
     skip_update_lossz: f64 = 0.0; "skip the update when the loss's z-score against the last 128 iterations exceeds this (0: off; llm.c's -sl)"
     skip_update_gradz: f64 = 0.0; "skip the update when the gradient norm's z-score against the last 128 iterations exceeds this (0: off; llm.c's -sg)"
+    ["device, threads, seed"]
     peak_tflops: f64 = 0.0; "override the device's peak TFLOP/s for MFU (0: from the device table)"
     seed: u64 = 1337; "seed of every random stream"
     threads: usize = 0; "worker threads (0: physical cores)"
     kernels: String = "fast".into(); "CPU kernels: `fast`, or `reference` (the readable ones the fast ones are tested against)"
     device: String = "cpu".into(); "compute device (`cpu` in this build)"
     dtype: String = "float32".into(); "compute precision (`float32` on cpu)"
-    // sampling (nanoGPT sample.py)
+    ["sampling (nanoGPT's sample.py)"]
     start: String = "\n".into(); "prompt text, or FILE:path"
     num_samples: usize = 10; "samples to draw"
     max_new_tokens: usize = 500; "tokens per sample"
     temperature: f64 = 0.8; "sampling temperature (> 0)"
     top_k: usize = 200; "keep the top k tokens (0: all)"
-    // accepted for nanoGPT compatibility, no effect here
+    ["accepted so nanoGPT configs run unchanged; ignored, with a note"]
     compile: bool = false; "nanoGPT's torch.compile switch (no effect)"
     backend: String = "nccl".into(); "nanoGPT's DDP backend (no effect)"
     wandb_log: bool = false; "nanoGPT's wandb switch (no effect)"
@@ -187,8 +198,23 @@ knobs! {
     wandb_run_name: String = "gpt2".into(); "nanoGPT's wandb run name (no effect)"
 }
 
-/// Knobs accepted so nanoGPT configs work unchanged, with no effect here.
+/// Knobs accepted so nanoGPT configs work unchanged, with no effect here: a line or `--set`
+/// that sets one is skipped whatever its value, with a note.
 const INERT: &[&str] = &["compile", "backend", "wandb_log", "wandb_project", "wandb_run_name"];
+
+/// Whether `key` is a nanoGPT knob that gptrain accepts and ignores.
+pub fn is_inert(key: &str) -> bool {
+    INERT.contains(&key)
+}
+
+/// The note for a skipped inert knob; `at` is the `file:line` it came from, if any.
+fn inert_note(key: &str, at: Option<&str>) -> String {
+    let at = at.map_or(String::new(), |a| format!("{a}: "));
+    format!("note: {at}`{key}` ignored: a nanoGPT knob with no effect in gptrain")
+}
+
+/// Where an error about a config key sends the reader.
+pub const KEYS_HINT: &str = "`gptrain config` lists every key with its default and meaning";
 
 /// Named presets: (name, description, parent, overrides).
 /// A preset: (name, description, parent preset, knob overrides as TOML literals).
@@ -294,9 +320,11 @@ fn levenshtein(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-/// The known name closest to `name` among `known`.
+/// The known name closest to `name` among `known`, ignoring case first (`MAX_ITERS` is
+/// closest to `max_iters`), then with it.
 pub fn closest<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> &'a str {
-    known.into_iter().min_by_key(|k| levenshtein(name, k)).unwrap_or("")
+    let lower = name.to_lowercase();
+    known.into_iter().min_by_key(|k| (levenshtein(&lower, &k.to_lowercase()), levenshtein(name, k))).unwrap_or("")
 }
 
 /// Parses a `--set` value: a TOML literal when it is one (`3`, `1e-3`, `true`, `"x"`), else
@@ -321,25 +349,39 @@ pub fn parse_value(raw: &str) -> toml::Value {
 pub struct Notices(pub Vec<String>);
 
 impl Config {
-    /// Sets one knob; an unknown key is an error naming the closest known one.
+    /// Sets one knob; an inert nanoGPT knob is skipped (whatever its value) with a note; an
+    /// unknown key is an error naming the closest known one.
     pub fn set(&mut self, key: &str, v: &toml::Value, notices: &mut Notices) -> Result<()> {
-        if self.set_typed(key, v)? {
-            if INERT.contains(&key) {
-                notices.0.push(format!("note: `{key}` is a nanoGPT knob with no effect in gptrain; ignored"));
-            }
+        if is_inert(key) {
+            notices.0.push(inert_note(key, None));
             return Ok(());
         }
-        bail!(
-            "unknown config key `{key}`; did you mean `{}`? (`gptrain train --help` lists the flags; README lists every key)",
-            closest(key, KNOBS.iter().map(|k| k.0))
-        )
+        if self.set_typed(key, v)? {
+            return Ok(());
+        }
+        let near = closest(key, KNOBS.iter().map(|k| k.0));
+        let case = if near.eq_ignore_ascii_case(key) { "keys are lower-case; " } else { "" };
+        bail!("unknown config key `{key}`; did you mean `{near}`? ({case}{KEYS_HINT})")
     }
 
-    /// Applies a `key=value` override.
+    /// Applies a `key=value` override. An empty key or value is named as such (an empty string
+    /// can still be given as `key=""`).
     pub fn set_str(&mut self, kv: &str, notices: &mut Notices) -> Result<()> {
-        let (k, v) = kv.split_once('=').with_context(|| format!("`--set {kv}`: expected key=value"))?;
+        let shown = kv.escape_debug(); // one line, whatever the value holds
+        let Some((k, raw)) = kv.split_once('=') else { bail!("`--set {shown}`: expected key=value, e.g. `--set max_iters=200`") };
+        // a value of only whitespace (a newline prompt) is kept as it is, not trimmed to nothing
         let k = k.trim().trim_start_matches("--");
-        self.set(k, &parse_value(v.trim()), notices)
+        let v = if raw.trim().is_empty() { raw } else { raw.trim() };
+        if k.is_empty() {
+            bail!("`--set {shown}`: the key is empty; expected key=value, e.g. `--set max_iters=200` ({KEYS_HINT})");
+        }
+        if v.is_empty() && !is_inert(k) {
+            if let Some(kind) = knob_kind(k) {
+                let default = Config::default().entries().into_iter().find(|e| e.0 == k).map_or(String::new(), |e| e.1);
+                bail!("`--set {shown}`: the value is empty; `{k}` takes {kind} (default {default})");
+            }
+        }
+        self.set(k, &parse_value(v), notices)
     }
 
     /// Applies a preset (and its parent first).
@@ -366,13 +408,21 @@ impl Config {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
         if path.extension().is_some_and(|e| e == "py") {
             for (n, line) in text.lines().enumerate() {
-                let line = line.split('#').next().unwrap_or("").trim();
+                let at = format!("{}:{}", path.display(), n + 1);
+                let line = strip_python_comment(line).trim();
                 if line.is_empty() || line.starts_with("import ") || line.starts_with("from ") {
                     continue;
                 }
-                let (k, v) = line.split_once('=').with_context(|| format!("{}:{}: expected `key = value`", path.display(), n + 1))?;
-                let v = python_literal(v.trim()).with_context(|| format!("{}:{}: cannot read `{}`", path.display(), n + 1, v.trim()))?;
-                self.set(k.trim(), &v, notices).with_context(|| format!("{}:{}", path.display(), n + 1))?;
+                let Some((k, v)) = line.split_once('=') else { bail!("{at}: expected `key = value` (got `{line}`)") };
+                let (k, v) = (k.trim(), v.trim());
+                // nanoGPT's wandb/compile/DDP knobs: skipped whatever the right-hand side
+                // (finetune_shakespeare.py names its run `'ft-' + str(time.time())`)
+                if is_inert(k) {
+                    notices.0.push(inert_note(k, Some(&at)));
+                    continue;
+                }
+                let v = python_literal(v).with_context(|| format!("{at}: `{k} = {v}`"))?;
+                self.set(k, &v, notices).with_context(|| at.clone())?;
             }
             return Ok(());
         }
@@ -451,26 +501,54 @@ impl Config {
     }
 }
 
-/// Reads the literal of a nanoGPT config line: numbers, strings, True/False/None, products
-/// like `5 * 8`.
-fn python_literal(v: &str) -> Result<toml::Value> {
-    if let Some(s) =
-        v.strip_prefix('\'').and_then(|s| s.strip_suffix('\'')).or_else(|| v.strip_prefix('"').and_then(|s| s.strip_suffix('"')))
-    {
-        return Ok(toml::Value::String(s.into()));
+/// A line of Python without its comment (a `#` outside quotes and what follows).
+fn strip_python_comment(line: &str) -> &str {
+    let mut quote = None;
+    for (i, c) in line.char_indices() {
+        match (quote, c) {
+            (None, '#') => return &line[..i],
+            (None, '\'' | '"') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            _ => {}
+        }
     }
-    if v.contains('*') {
+    line
+}
+
+/// Reads the literal of a nanoGPT config line: numbers, strings, True/False/None, products
+/// like `5 * 8`. Anything else (`'ft-' + str(time.time())`) is an error.
+fn python_literal(v: &str) -> Result<toml::Value> {
+    const READS: &str = "gptrain reads numbers, 'strings', True/False/None and products like `5 * 8` here, not other Python expressions";
+    for q in ['\'', '"'] {
+        if let Some(s) = v.strip_prefix(q).and_then(|s| s.strip_suffix(q)) {
+            if s.contains(q) {
+                bail!("{READS}");
+            }
+            return Ok(toml::Value::String(s.into()));
+        }
+    }
+    if v.contains('*') && !v.contains("**") {
         let mut prod = toml::Value::Integer(1);
         for f in v.split('*') {
             prod = match (prod, python_literal(f.trim())?) {
-                (toml::Value::Integer(a), toml::Value::Integer(b)) => toml::Value::Integer(a * b),
+                (toml::Value::Integer(a), toml::Value::Integer(b)) => {
+                    toml::Value::Integer(a.checked_mul(b).ok_or_else(|| anyhow!("`{v}` is out of range"))?)
+                }
                 (a, b) => toml::Value::Float(f64::from_knob(&a)? * f64::from_knob(&b)?),
             };
         }
         return Ok(prod);
     }
+    // Python's number forms that TOML lacks (`.5`, `5.`)
+    if v.starts_with(|c: char| c.is_ascii_digit() || c == '.') {
+        if let Ok(x) = v.parse::<f64>() {
+            if v.contains(['.', 'e', 'E']) {
+                return Ok(toml::Value::Float(x));
+            }
+        }
+    }
     match parse_value(v) {
-        toml::Value::String(s) if s != "auto" => bail!("unsupported expression `{s}`"),
+        toml::Value::String(s) if s != "auto" => bail!("{READS}"),
         other => Ok(other),
     }
 }
@@ -487,7 +565,13 @@ impl FromKnob for f64 {
 /// Resolves command-line config flags: defaults, then `--preset`, then `--config`, then each
 /// `--set` in order.
 pub fn resolve(preset: Option<&str>, config: Option<&Path>, sets: &[String]) -> Result<(Config, Notices)> {
-    let mut cfg = Config::default();
+    resolve_onto(Config::default(), preset, config, sets)
+}
+
+/// As [`resolve`], starting from `base` instead of the defaults (so a caller can tell which
+/// knobs the flags named: a value only `base` holds was named by none of them).
+pub fn resolve_onto(base: Config, preset: Option<&str>, config: Option<&Path>, sets: &[String]) -> Result<(Config, Notices)> {
+    let mut cfg = base;
     let mut notices = Notices::default();
     if let Some(p) = preset {
         cfg.apply_preset(p, &mut notices)?;
@@ -596,6 +680,115 @@ mod tests {
         let (c, _) = resolve(None, Some(&f), &[]).unwrap();
         assert_eq!((c.out_dir.as_str(), c.eval_interval, c.gradient_accumulation_steps, c.learning_rate), ("out-x", 250, 40, 1e-3));
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// One file per config in nanoGPT's `config/` folder (eval_gpt2*, finetune_shakespeare,
+    /// train_gpt2, train_shakespeare_char), made of the same kinds of lines: comments (some
+    /// holding `=`), `import`, quoted strings, numbers in Python's forms, products, True/False,
+    /// trailing comments, and wandb lines whose right-hand side is an expression.
+    #[test]
+    fn every_nanogpt_config_loads() {
+        let dir = std::env::temp_dir().join(format!("gptrain-nanogpt-cfgs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let eval = |size: &str, quote: char| {
+            format!(
+                "# the pretrained {size}, evaluated\n# n_layer=12, n_head=12, n_embd=768 (say)\nbatch_size = 8\neval_iters = 500 # a few batches more for a steadier number\neval_only = True\nwandb_log = False\ninit_from = {quote}{size}{quote}\n"
+            )
+        };
+        let files = [
+            ("eval_gpt2.py", eval("gpt2", '\'')),
+            ("eval_gpt2_medium.py", eval("gpt2-medium", '\'')),
+            ("eval_gpt2_large.py", eval("gpt2-large", '\'')),
+            ("eval_gpt2_xl.py", eval("gpt2-xl", '"')),
+            (
+                "finetune_shakespeare.py",
+                "import time\n\nout_dir = 'out-shakespeare'\neval_interval = 5\neval_iters = 40\nwandb_log = False # switch on to log\nwandb_project = 'shakespeare'\nwandb_run_name = 'ft-' + str(time.time())\n\ndataset = 'shakespeare'\ninit_from = 'gpt2-xl' # the biggest one\n\n# save only on a better val loss\nalways_save_checkpoint = False\n\n# 1 * 32 * 1024 = 32,768 tokens per iteration\nbatch_size = 1\ngradient_accumulation_steps = 32\nmax_iters = 20\n\n# a constant learning rate\nlearning_rate = 3e-5\ndecay_lr = False\n".into(),
+            ),
+            (
+                "train_gpt2.py",
+                "# GPT-2 124M on one node of 8 GPUs\n# $ torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py\n\nwandb_log = False\nwandb_project = 'owt'\nwandb_run_name='gpt2-124M'\n\n# 12 * 1024 * 5 * 8 = 491,520 tokens per step\nbatch_size = 12\nblock_size = 1024\ngradient_accumulation_steps = 5 * 8\n\nmax_iters = 600000\nlr_decay_iters = 600000\n\neval_interval = 1000\neval_iters = 200\nlog_interval = 10\n\nweight_decay = 1e-1\n".into(),
+            ),
+            (
+                "train_shakespeare_char.py",
+                "# a small char-level model\n\nout_dir = 'out-shakespeare-char'\neval_interval = 250 # it overfits, so often\neval_iters = 200\nlog_interval = 10\n\nalways_save_checkpoint = False\n\nwandb_log = False # or True\nwandb_project = 'shakespeare-char'\nwandb_run_name = 'mini-gpt'\n\ndataset = 'shakespeare_char'\ngradient_accumulation_steps = 1\nbatch_size = 64\nblock_size = 256 # characters of context\n\nn_layer = 6\nn_head = 6\nn_embd = 384\ndropout = 0.2\n\nlearning_rate = 1e-3 # small nets take more\nmax_iters = 5000\nlr_decay_iters = 5000 # = max_iters\nmin_lr = 1e-4 # learning_rate / 10\nbeta2 = 0.99 # a bit bigger: few tokens per iteration\n\nwarmup_iters = 100 # hardly needed\n\n# on a laptop:\n# device = 'cpu'  # cpu only\n# compile = False # no torch.compile\n".into(),
+            ),
+        ];
+        let mut resolved = std::collections::HashMap::new();
+        for (name, text) in &files {
+            let f = dir.join(name);
+            std::fs::write(&f, text).unwrap();
+            let (c, notices) = resolve(None, Some(&f), &[]).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            for n in &notices.0 {
+                assert!(n.contains(&format!("{name}:")) && n.contains("ignored"), "{name}: {n}");
+            }
+            resolved.insert(*name, (c, notices.0));
+        }
+        let (c, _) = &resolved["eval_gpt2_xl.py"];
+        assert_eq!((c.batch_size, c.eval_iters, c.eval_only, c.init_from.as_str()), (8, 500, true, "gpt2-xl"));
+        assert_eq!(resolved["eval_gpt2_medium.py"].0.init_from, "gpt2-medium");
+        let (c, notes) = &resolved["finetune_shakespeare.py"];
+        assert_eq!(
+            (c.out_dir.as_str(), c.eval_interval, c.dataset.as_str(), c.init_from.as_str()),
+            ("out-shakespeare", 5, "shakespeare", "gpt2-xl")
+        );
+        assert_eq!((c.batch_size, c.gradient_accumulation_steps, c.max_iters, c.learning_rate, c.decay_lr), (1, 32, 20, 3e-5, false));
+        assert!(!c.always_save_checkpoint);
+        assert_eq!(notes.len(), 3, "{notes:?}");
+        assert!(notes[2].contains("finetune_shakespeare.py:8: `wandb_run_name` ignored"), "{notes:?}");
+        let (c, _) = &resolved["train_gpt2.py"];
+        assert_eq!(
+            (c.batch_size, c.block_size, c.gradient_accumulation_steps, c.max_iters, c.lr_decay_iters),
+            (12, 1024, 40, 600000, 600000)
+        );
+        assert_eq!((c.eval_interval, c.eval_iters, c.log_interval, c.weight_decay), (1000, 200, 10, 0.1));
+        let (c, _) = &resolved["train_shakespeare_char.py"];
+        assert_eq!((c.n_layer, c.n_head, c.n_embd, c.dropout, c.block_size, c.batch_size), (6, 6, 384, 0.2, 256, 64));
+        assert_eq!(
+            (c.beta2, c.warmup_iters, c.min_lr, c.dataset.as_str(), c.device.as_str()),
+            (0.99, 100, 1e-4, "shakespeare_char", "cpu")
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn an_expression_for_a_key_gptrain_uses_is_an_error_naming_the_line() {
+        let dir = std::env::temp_dir().join(format!("gptrain-cfg-expr-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("x.py");
+        for (line, want) in [
+            ("out_dir = 'out-' + str(time.time())", "x.py:3: `out_dir = 'out-' + str(time.time())`: gptrain reads numbers"),
+            ("max_iters = int(1e4)", "x.py:3: `max_iters = int(1e4)`"),
+            ("n_layer = 2 ** 3", "x.py:3: `n_layer = 2 ** 3`"),
+            ("batch_size = 99999999999 * 99999999999", "out of range"),
+        ] {
+            std::fs::write(&f, format!("import time\nwandb_run_name = 'r' + str(time.time())\n{line}\n")).unwrap();
+            let err = format!("{:#}", resolve(None, Some(&f), &[]).unwrap_err());
+            assert!(err.contains(want), "{line}: {err}");
+        }
+        // a `#` inside a string is not a comment; Python's `.5` is a number
+        std::fs::write(&f, "out_dir = 'out#1' # where\ndropout = .5\n").unwrap();
+        let (c, _) = resolve(None, Some(&f), &[]).unwrap();
+        assert_eq!((c.out_dir.as_str(), c.dropout), ("out#1", 0.5));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn set_names_an_empty_key_or_value_and_suggests_ignoring_case() {
+        let err = |s: &str| resolve(None, None, &[s.into()]).unwrap_err().to_string();
+        assert!(err("=3").contains("`--set =3`: the key is empty"), "{}", err("=3"));
+        assert!(err("max_iters=").contains("`--set max_iters=`: the value is empty; `max_iters` takes a non-negative integer"));
+        for k in ["MAX_ITERS", "Max_Iters"] {
+            let e = err(&format!("{k}=5"));
+            assert!(e.contains(&format!("unknown config key `{k}`; did you mean `max_iters`?")), "{e}");
+        }
+        // an empty string is still given with quotes
+        assert_eq!(resolve(None, None, &["start=\"\"".into()]).unwrap().0.start, "");
+    }
+
+    #[test]
+    fn every_knob_is_in_one_group() {
+        let grouped: Vec<&str> = GROUPS.iter().flat_map(|g| g.1.iter().copied()).collect();
+        assert_eq!(grouped, KNOBS.iter().map(|k| k.0).collect::<Vec<_>>());
     }
 
     #[test]

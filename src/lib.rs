@@ -15,6 +15,7 @@ pub mod perf;
 pub mod plot;
 pub mod rng;
 pub mod sample;
+pub mod tensorboard;
 pub mod tensorfile;
 pub mod tokenizer;
 pub mod train;

@@ -65,30 +65,74 @@ fn range(xs: impl Iterator<Item = f64> + Clone) -> (f64, f64) {
     }
 }
 
+/// The warm-up shading's colour, and its edge's.
+const WARM: RGBColor = RGBColor(255, 214, 165);
+const WARM_EDGE: RGBColor = RGBColor(230, 130, 30);
+
+/// Tick labels of the iteration axis: whole iterations, at most 10 of them.
+fn x_labels(x0: f64, x1: f64) -> usize {
+    ((x1 - x0).round() as usize + 1).clamp(2, 10)
+}
+
+/// A tick label of a tokens/s axis: `40k`, `1.2M`.
+fn short(v: f64) -> String {
+    match v.abs() {
+        a if a >= 1e6 => format!("{}M", (v / 1e6 * 10.0).round() / 10.0),
+        a if a >= 1e3 => format!("{}k", (v / 1e3 * 10.0).round() / 10.0),
+        _ => format!("{}", v.round()),
+    }
+}
+
+/// A tick label of the loss axis, with as many decimals as the range needs.
+fn loss_label(v: f64, span: f64) -> String {
+    let decimals = if span >= 5.0 {
+        0
+    } else if span >= 0.5 {
+        1
+    } else if span >= 0.05 {
+        2
+    } else {
+        3
+    };
+    format!("{v:.decimals$}")
+}
+
 fn draw<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, s: &Series) -> Result<()>
 where
     DB::ErrorType: 'static,
 {
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let (top, bottom) = root.split_vertically(root.dim_in_pixel().1 / 2);
-    let (x0, x1) = range(s.train.iter().map(|p| p.0));
+    let (x0, x1) = range(s.train.iter().chain(&s.eval_val).map(|p| p.0));
+    // the shading covers the warm-up iterations up to halfway to the first steady one, and is
+    // never narrower than 0.6% of the axis, so that a short warm-up in a long run stays visible
     let warm_end = s.warmup.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let warm_end = (warm_end + 0.5).max(x0 + (x1 - x0) * 0.006).min(x1);
     let e = |e: plotters::drawing::DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("{e:?}");
+    let x_fmt = |x: &f64| format!("{x:.0}");
 
     let (l0, l1) = range(s.train.iter().chain(&s.eval_val).chain(&s.eval_train).map(|p| p.1));
     let mut c = ChartBuilder::on(&top)
         .caption("loss", ("sans-serif", 20))
         .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(50)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
         .build_cartesian_2d(x0..x1, l0..l1)
         .map_err(e)?;
-    c.configure_mesh().x_desc("iteration").y_desc("loss").draw().map_err(e)?;
-    if warm_end.is_finite() {
-        c.draw_series(std::iter::once(Rectangle::new([(x0, l0), (warm_end.max(x0), l1)], RGBColor(255, 230, 200).filled())))
+    c.configure_mesh()
+        .x_desc("iteration")
+        .y_desc("loss")
+        .x_labels(x_labels(x0, x1))
+        .x_label_formatter(&x_fmt)
+        .y_label_formatter(&|v| loss_label(*v, l1 - l0))
+        .draw()
+        .map_err(e)?;
+    if !s.warmup.is_empty() {
+        c.draw_series([Rectangle::new([(x0, l0), (warm_end, l1)], WARM.filled())])
             .map_err(e)?
             .label("warm-up")
-            .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], RGBColor(255, 230, 200).filled()));
+            .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], WARM.filled()));
+        c.draw_series([PathElement::new([(warm_end, l0), (warm_end, l1)], WARM_EDGE.stroke_width(2))]).map_err(e)?;
     }
     c.draw_series(LineSeries::new(s.train.iter().cloned(), BLUE.mix(0.6)))
         .map_err(e)?
@@ -108,16 +152,24 @@ where
     let mut c = ChartBuilder::on(&bottom)
         .caption("throughput", ("sans-serif", 20))
         .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(50)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
         .build_cartesian_2d(x0..x1, 0.0..t1 * 1.05)
         .map_err(e)?;
-    c.configure_mesh().x_desc("iteration").y_desc("tokens/s").draw().map_err(e)?;
-    if warm_end.is_finite() {
-        c.draw_series(std::iter::once(Rectangle::new([(x0, 0.0), (warm_end.max(x0), t1 * 1.05)], RGBColor(255, 230, 200).filled())))
+    c.configure_mesh()
+        .x_desc("iteration")
+        .y_desc("tokens/s")
+        .x_labels(x_labels(x0, x1))
+        .x_label_formatter(&x_fmt)
+        .y_label_formatter(&|v| short(*v))
+        .draw()
+        .map_err(e)?;
+    if !s.warmup.is_empty() {
+        c.draw_series([Rectangle::new([(x0, 0.0), (warm_end, t1 * 1.05)], WARM.filled())])
             .map_err(e)?
             .label("warm-up (excluded)")
-            .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], RGBColor(255, 230, 200).filled()));
+            .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], WARM.filled()));
+        c.draw_series([PathElement::new([(warm_end, 0.0), (warm_end, t1 * 1.05)], WARM_EDGE.stroke_width(2))]).map_err(e)?;
     }
     c.draw_series(LineSeries::new(s.tok_s.iter().cloned(), BLUE.mix(0.4)))
         .map_err(e)?

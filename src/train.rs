@@ -16,6 +16,7 @@ use crate::model::{pad_vocab, Gpt, ModelConfig};
 use crate::optim::{train_step_guarded, OptimConfig, OutlierDetector, StepStats};
 use crate::perf::{device, flops, meter::Meter, meter::Reading};
 use crate::rng;
+use crate::tensorboard::{self, TensorBoard};
 use crate::tensorfile;
 use anyhow::{bail, Context, Result};
 use std::io::Write;
@@ -252,8 +253,9 @@ fn initialise(cfg: &Config, ds: &Dataset, obs: &mut dyn Observer) -> Result<Init
         let n = checkpoint::remove_all(out_dir)?;
         if n > 0 {
             let _ = std::fs::remove_file(out_dir.join("metrics.jsonl"));
+            let _ = std::fs::remove_dir_all(out_dir.join("tensorboard"));
             obs.message(&format!(
-                "deleted the {n} checkpoint{} (and metrics.jsonl) of an earlier run in {}, as replace_checkpoints asks",
+                "deleted the {n} checkpoint{} (and metrics.jsonl and tensorboard/) of an earlier run in {}, as replace_checkpoints asks",
                 if n == 1 { "" } else { "s" },
                 out_dir.display()
             ));
@@ -460,6 +462,16 @@ pub fn run_with<B: Backend>(backend: B, cfg: &Config, obs: &mut dyn Observer) ->
     let mut last_checkpoint: Option<PathBuf> = None;
     let mut it = init.start_iter;
     let first_iter = it;
+    // a resumed run does not evaluate again at its checkpoint's iteration
+    let evaluates_at = |it: u64| it.is_multiple_of(cfg.eval_interval) && !(init.resumed && it == first_iter) || cfg.eval_only;
+    let mut tb = TensorBoard::off();
+    if cfg.tensorboard {
+        let warning;
+        (tb, warning) = TensorBoard::open(&out_dir, first_iter, evaluates_at(first_iter), &tensorboard::markdown_table(&cfg.entries()));
+        if let Some(w) = warning {
+            obs.message(&w);
+        }
+    }
 
     let state = |it: u64, val: Option<f32>, best: Option<f32>, skipped: u64, outliers: &[OutlierDetector; 2]| TrainState {
         format: checkpoint::FORMAT_VERSION,
@@ -497,7 +509,7 @@ pub fn run_with<B: Backend>(backend: B, cfg: &Config, obs: &mut dyn Observer) ->
     );
 
     loop {
-        let evaluate = it.is_multiple_of(cfg.eval_interval) && !(init.resumed && it == first_iter) || cfg.eval_only;
+        let evaluate = evaluates_at(it);
         if evaluate {
             let t0 = Instant::now();
             let (tl, vl) = estimate_loss(&mut model, &ds, cfg, it)?;
@@ -505,6 +517,9 @@ pub fn run_with<B: Backend>(backend: B, cfg: &Config, obs: &mut dyn Observer) ->
             meter.record_eval(secs);
             obs.eval(it, tl, vl, secs);
             metrics.write(serde_json::json!({"type": "eval", "iter": it, "train_loss": tl, "val_loss": vl, "secs": secs}));
+            if let Some(w) = tb.eval(it, tl, vl) {
+                obs.message(&w);
+            }
             last_eval = Some((tl, vl));
             let improved = best_val.is_none_or(|b| vl < b);
             if improved {
@@ -585,6 +600,9 @@ pub fn run_with<B: Backend>(backend: B, cfg: &Config, obs: &mut dyn Observer) ->
                 reading,
             };
             metrics.write(serde_json::json!({"type": "iter", "iter": log.iter, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm, "ms": log.ms, "warmup": reading.warmup, "steady_ms": reading.steady_ms, "tokens_per_sec": reading.tokens_per_sec, "mfu": reading.mfu, "eta_s": reading.eta_s, "skipped": !s.updated, "outlier": outlier}));
+            if let Some(w) = tb.iter(&log) {
+                obs.message(&w);
+            }
             obs.iter(&log);
         }
         if stopping {

@@ -497,6 +497,107 @@ fn held_to_avx2_the_model_trains_to_the_same_loss() {
 }
 
 #[test]
+fn set_names_an_empty_key_or_value_and_suggests_keys_ignoring_case() {
+    let d = tmp("set-empty");
+    fails_with(&["train", "--set", "=3"], &d, "`--set =3`: the key is empty");
+    fails_with(&["train", "--set", "max_iters="], &d, "`--set max_iters=`: the value is empty; `max_iters` takes a non-negative integer");
+    fails_with(&["train", "--set", "dataset="], &d, "`--set dataset=`: the value is empty; `dataset` takes a string");
+    fails_with(&["train", "--set", "MAX_ITERS=5"], &d, "unknown config key `MAX_ITERS`; did you mean `max_iters`?");
+    fails_with(&["train", "--set", "Learning_Rate=1e-3"], &d, "did you mean `learning_rate`?");
+    // the hint points at the command that lists the keys, not at the README
+    fails_with(&["train", "--set", "n_embed=64"], &d, "`gptrain config` lists every key");
+    std::fs::remove_dir_all(d).ok();
+}
+
+#[test]
+fn config_lists_every_key_with_its_default_and_every_preset() {
+    let d = tmp("config-list");
+    let (code, help, _) = gptrain(&["--help"], &d);
+    assert_eq!(code, 0);
+    assert!(help.lines().any(|l| l.trim_start().starts_with("config ") && l.contains("default and meaning")), "{help}");
+    let (code, out, err) = gptrain(&["config"], &d);
+    assert_eq!(code, 0, "{err}");
+    let defaults = gptrain::config::Config::default().entries();
+    for (k, doc) in gptrain::config::KNOBS {
+        let line = out.lines().find(|l| l.starts_with(&format!("  {k} "))).unwrap_or_else(|| panic!("`{k}` not listed: {out}"));
+        let first_words: String = doc.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+        assert!(line.contains(&first_words), "`{k}`'s meaning: {line}");
+        if !gptrain::config::is_inert(k) {
+            let default = &defaults.iter().find(|e| e.0 == *k).unwrap().1;
+            assert!(line.split_whitespace().nth(1) == Some(default.as_str()), "`{k}`'s default {default}: {line}");
+        }
+    }
+    for (name, ..) in gptrain::config::PRESETS {
+        assert!(out.lines().any(|l| l.starts_with(&format!("  {name} "))), "preset `{name}` not listed: {out}");
+    }
+    for (title, _) in gptrain::config::GROUPS {
+        assert!(out.lines().any(|l| l == *title), "group `{title}`: {out}");
+    }
+    // with flags: the values they resolve to, beside the defaults they change
+    let (code, out, err) = gptrain(&["config", "--preset", "shakespeare-char-cpu", "--set", "max_iters=7"], &d);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().any(|l| l.trim_start().starts_with("max_iters") && l.contains("7 (default 600000)")), "{out}");
+    assert!(out.lines().any(|l| l.trim_start().starts_with("n_layer") && l.contains("4 (default 12)")), "{out}");
+    // a nanoGPT config whose wandb run name is a Python expression loads, with a note
+    std::fs::write(d.join("ft.py"), "import time\nwandb_run_name = 'ft-' + str(time.time())\ninit_from = 'gpt2-xl' # big\n").unwrap();
+    let (code, out, err) = gptrain(&["config", "--config", "ft.py"], &d);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("ft.py:2: `wandb_run_name` ignored"), "{err}");
+    assert!(out.lines().any(|l| l.trim_start().starts_with("init_from") && l.contains("\"gpt2-xl\"")), "{out}");
+    // ... and a key gptrain uses may not be an expression
+    std::fs::write(d.join("bad.py"), "import time\nout_dir = 'out-' + str(time.time())\n").unwrap();
+    fails_with(&["train", "--config", "bad.py"], &d, "bad.py:2: `out_dir = 'out-' + str(time.time())`");
+    std::fs::remove_dir_all(d).ok();
+}
+
+#[test]
+fn prepare_lists_what_it_read_and_skipped_and_keeps_a_dataset_of_another_tokenizer() {
+    let d = tmp("prepare-report");
+    std::fs::create_dir_all(d.join("docs/sub")).unwrap();
+    std::fs::write(d.join("docs/a.txt"), "to be or not to be\n".repeat(60_000)).unwrap();
+    std::fs::write(d.join("docs/sub/b.txt"), "that is the question\n").unwrap();
+    std::fs::write(d.join("docs/empty.txt"), "").unwrap();
+    std::fs::write(d.join("docs/notes.md"), "# notes\n").unwrap();
+    let (code, out, err) = gptrain(&["prepare", "--input", "docs", "--out", "data"], &d);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("read 1.1 MiB from 2 documents:"), "{out}");
+    assert!(out.lines().any(|l| l.contains("docs/a.txt") && l.ends_with("1.1 MiB")), "{out}");
+    assert!(out.lines().any(|l| l.contains("docs/sub/b.txt") && l.ends_with("21 B")), "{out}");
+    assert!(out.contains("skipped 2 files:"), "{out}");
+    assert!(out.lines().any(|l| l.contains("docs/empty.txt") && l.ends_with("empty")), "{out}");
+    assert!(out.lines().any(|l| l.contains("docs/notes.md") && l.ends_with("not a .txt file")), "{out}");
+    assert!(!out.contains("GiB") && !out.contains("overwrote"), "{out}");
+    // the same tokenizer again: overwritten, and said so
+    let (code, out, err) = gptrain(&["prepare", "--input", "docs/a.txt", "--out", "data"], &d);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("from docs/a.txt (1 document)"), "{out}");
+    assert!(out.contains("overwrote the char dataset that was in data"), "{out}");
+    // another tokenizer: refused, the directory untouched
+    let before = std::fs::read(d.join("data/train.bin")).unwrap();
+    fails_with(
+        &["prepare", "--input", "docs", "--tokenizer", "gpt2", "--out", "data"],
+        &d,
+        "data already holds a dataset prepared with the `char` tokenizer; not overwriting it with `gpt2` tokens",
+    );
+    fails_with(&["prepare", "--input", "docs", "--tokenizer", "gpt2", "--out", "data"], &d, "give another --out, or delete data first");
+    assert_eq!(std::fs::read(d.join("data/train.bin")).unwrap(), before);
+    // an empty input is named
+    fails_with(&["prepare", "--input", "docs/empty.txt", "--out", "x"], &d, "docs/empty.txt is empty");
+    std::fs::remove_dir_all(d).ok();
+}
+
+#[test]
+fn logs_names_the_format_and_counts_with_plurals() {
+    let d = tmp("logs-words");
+    let log = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nanogpt_h200_rtx4070-40m.log");
+    let (code, out, err) = gptrain(&["logs", log.to_str().unwrap()], &d);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(": nanoGPT log, 21 iteration lines, 1 eval line,"), "{out}");
+    assert!(out.contains("4 warm-up iterations") && out.contains("0 outliers"), "{out}");
+    std::fs::remove_dir_all(d).ok();
+}
+
+#[test]
 fn the_log_the_metrics_and_the_summary_agree_on_warmup_and_eval_only_trains_nothing() {
     let d = tmp("warmup");
     let mut args = vec!["train", "--set", "max_iters=12", "--set", "eval_interval=6"];
@@ -572,6 +673,6 @@ fn sample_reads_a_checkpoints_own_tokenizer_and_says_what_it_loaded() {
         &d,
         "outside this model's vocabulary of 40 tokens",
     );
-    fails_with(&["sample", "--set", &format!("init_from={}", hf.display()), "--set", "start="], &d, "<|endoftext|>");
+    fails_with(&["sample", "--set", &format!("init_from={}", hf.display()), "--set", "start=\"\""], &d, "<|endoftext|>");
     std::fs::remove_dir_all(d).ok();
 }

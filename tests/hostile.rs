@@ -57,6 +57,40 @@ fn config_text_never_panics() {
 }
 
 #[test]
+fn odd_python_config_lines_and_set_strings_never_panic() {
+    let dir = std::env::temp_dir().join(format!("gptrain-hostile-py-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("c.py");
+    let lines = [
+        "out_dir = 'unterminated",
+        "out_dir = '#'",
+        "out_dir = \"a'b\"",
+        "wandb_run_name = ",
+        "wandb_project = )(",
+        "compile = not a value at all = 3",
+        "= 3",
+        "n_layer = 4 * * 2",
+        "n_layer = *",
+        "n_layer = 9223372036854775807 * 2",
+        "dropout = .",
+        "dropout = 1e999",
+        "max_iters = -1",
+        "batch_size = 5. * 8",
+        "# only a comment = 3",
+        "\u{feff}n_layer = 2",
+    ];
+    for line in lines {
+        std::fs::write(&f, format!("{line}\n")).unwrap();
+        let f = f.clone();
+        no_panic(line, move || gptrain::config::resolve(None, Some(&f), &[]).map(|_| ()));
+    }
+    for s in ["=", "==", "=3", "max_iters=", " = ", "--=1", "MAX_ITERS=", "\u{e9}=1", "max_iters=\"\""] {
+        no_panic(s, move || gptrain::config::resolve(None, None, &[s.to_string()]).map(|_| ()));
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn safetensors_and_pickle_bytes_never_panic() {
     let files = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let st = std::fs::read(files.join("hf_tiny/model.safetensors")).unwrap();
@@ -188,7 +222,8 @@ fn any_checkpoint_with_any_prompt_samples_or_says_why() {
         ["", "\n", "hello world", "Z", "héllo ☃ 日本語", "<|endoftext|>", "\u{7f}\u{1b}[31m", "FILE:no-such-file.txt", long.as_str()];
     for src in &sources {
         for prompt in prompts {
-            let start = format!("start={prompt}");
+            // an empty `--set` value is an error; the empty prompt is the TOML string ""
+            let start = if prompt.is_empty() { "start=\"\"".to_string() } else { format!("start={prompt}") };
             let args = ["sample", "--set", src, "--set", &start, "--set", "num_samples=1", "--set", "max_new_tokens=3"];
             let (code, err) = gptrain(&args, &d);
             assert!(!err.contains("panicked"), "{src} x {prompt:?} panicked: {err}");

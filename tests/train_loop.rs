@@ -307,4 +307,98 @@ fn resuming_a_finished_run_says_there_is_nothing_to_do() {
     std::fs::remove_dir_all(d).ok();
 }
 
+/// metrics.jsonl's scalars as the TensorBoard tags hold them: (tag, step) -> value, the latest
+/// record per step winning.
+fn metrics_scalars(out: &Path) -> std::collections::BTreeMap<(String, i64), f32> {
+    let tags = [
+        ("iter", "loss", "train/loss"),
+        ("iter", "lr", "train/lr"),
+        ("iter", "grad_norm", "train/grad_norm"),
+        ("iter", "steady_ms", "perf/steady_ms_per_iter"),
+        ("iter", "tokens_per_sec", "perf/tokens_per_sec"),
+        ("iter", "mfu", "perf/mfu"),
+        ("eval", "val_loss", "val/loss"),
+        ("eval", "train_loss", "val/train_loss"),
+    ];
+    let mut latest = std::collections::BTreeMap::new();
+    for line in std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines() {
+        let r: serde_json::Value = serde_json::from_str(line).unwrap();
+        if let (Some(kind), Some(it)) = (r["type"].as_str(), r["iter"].as_i64()) {
+            latest.insert((kind.to_string(), it), r);
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    for ((kind, it), r) in latest {
+        for (k, field, tag) in tags {
+            if let (true, Some(x)) = (k == kind, r[field].as_f64()) {
+                out.insert((tag.to_string(), it), x as f32);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_resumed_run_appends_tensorboard_events_without_duplicating_steps() {
+    use gptrain::tensorboard::{event_files, read_records, read_scalars};
+    let d = tmp("tensorboard");
+    run(&tiny(&d, &["max_iters=20"])).unwrap();
+    let tb = d.join("tensorboard");
+    let fresh = read_scalars(&tb);
+    let want: Vec<_> = metrics_scalars(&d).into_iter().collect();
+    let got: Vec<_> = fresh.iter().map(|(k, v)| (k.clone(), v.1)).collect();
+    assert_eq!(got, want);
+    assert!(
+        fresh.contains_key(&("perf/tokens_per_sec".into(), 19)) && !fresh.contains_key(&("perf/tokens_per_sec".into(), 0)),
+        "steady state only"
+    );
+    assert_eq!(fresh.keys().filter(|k| k.0 == "val/loss").map(|k| k.1).collect::<Vec<_>>(), vec![0, 10, 20]);
+
+    // steps 10..19 and the eval at 20 are logged again by a run resumed from ckpt-10
+    std::fs::remove_dir_all(d.join("ckpt-000020")).unwrap();
+    run(&tiny(&d, &["max_iters=20", "init_from=resume"])).unwrap();
+    let files = event_files(&tb);
+    assert_eq!(files.len(), 2);
+    let mut raw_loss_12 = 0;
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        let (records, err) = read_records(&bytes);
+        assert_eq!(err, None, "{}", f.display());
+        for rec in records {
+            let ev = <gptrain::tensorboard::Event as prost::Message>::decode(rec).unwrap();
+            let values = ev.summary.map(|s| s.value).unwrap_or_default();
+            raw_loss_12 += values.iter().filter(|v| v.tag == "train/loss" && ev.step == 12).count();
+        }
+    }
+    assert_eq!(raw_loss_12, 2, "both runs logged step 12; the reader keeps the second");
+    // what makes TensorBoard's reader drop the first run's steps >= 10: a session START there
+    let second = std::fs::read(&files[1]).unwrap();
+    let start = <gptrain::tensorboard::Event as prost::Message>::decode(read_records(&second).0[1]).unwrap();
+    assert_eq!((start.step, start.session_log.map(|s| s.status)), (10, Some(gptrain::tensorboard::SESSION_START)));
+    let resumed = read_scalars(&tb);
+    let want: Vec<_> = metrics_scalars(&d).into_iter().collect();
+    let got: Vec<_> = resumed.iter().map(|(k, v)| (k.clone(), v.1)).collect();
+    assert_eq!(got, want);
+    // the checkpoint's own eval, carried over from the first file
+    assert_eq!(resumed[&("val/loss".to_string(), 10)], fresh[&("val/loss".to_string(), 10)]);
+    std::fs::remove_dir_all(d).ok();
+}
+
+#[test]
+fn a_tensorboard_directory_that_cannot_be_written_is_one_warning() {
+    let d = tmp("tensorboard-blocked");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("tensorboard"), "not a directory").unwrap();
+    let c = run(&tiny(&d, &["max_iters=3"])).unwrap();
+    assert_eq!(c.losses.len(), 3);
+    let warnings: Vec<_> = c.messages.iter().filter(|m| m.contains("TensorBoard")).collect();
+    assert_eq!(warnings.len(), 1, "{:?}", c.messages);
+    assert!(warnings[0].contains("training goes on"), "{}", warnings[0]);
+    let off = tmp("tensorboard-off");
+    run(&tiny(&off, &["max_iters=3", "tensorboard=false"])).unwrap();
+    assert!(!off.join("tensorboard").exists());
+    std::fs::remove_dir_all(d).ok();
+    std::fs::remove_dir_all(off).ok();
+}
+
 common::backend_tests!(resuming_gives_exactly_the_uninterrupted_losses);

@@ -1,6 +1,7 @@
 //! One function per subcommand: resolve flags into a plan, run it, print.
 
 use super::printer::{gib, say, thousands, Printer};
+use super::units::{count, human_bytes};
 use super::ConfigArgs;
 use crate::backend::cpu::matmul::GemmLib;
 use crate::backend::cpu::simd::Isa;
@@ -67,10 +68,44 @@ pub fn prepare(input: Option<PathBuf>, tokenizer: &str, out: &Path, threads: Opt
     bar.set_style(indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}").unwrap());
     let r = pool(threads.unwrap_or(0))?.install(|| prepare::prepare(input.as_deref(), kind, out, &bar))?;
     bar.finish_and_clear();
-    say!("read {} from {} document(s)", gib(r.bytes), r.documents);
-    say!("vocabulary: {} tokens ({} tokenizer), stored as uint{}", r.meta.vocab_size, r.meta.tokenizer, r.meta.token_bytes * 8);
-    say!("train has {} tokens, val has {} tokens", thousands(r.train_tokens as f64), thousands(r.val_tokens as f64));
+    // at most this many files listed per list; the rest are counted
+    const LIST: usize = 20;
+    let list = |rows: Vec<(String, String)>| {
+        let w = rows.iter().take(LIST).map(|r| r.0.len()).max().unwrap_or(0);
+        for (name, what) in rows.iter().take(LIST) {
+            say!("  {name:<w$}  {what}");
+        }
+        if rows.len() > LIST {
+            say!("  ... and {} more", rows.len() - LIST);
+        }
+    };
+    match r.read.as_slice() {
+        [(name, bytes)] => say!("read {} from {name} (1 document)", human_bytes(*bytes)),
+        docs => {
+            say!("read {} from {}:", human_bytes(r.bytes), count(docs.len(), "document"));
+            list(docs.iter().map(|(name, bytes)| (name.clone(), human_bytes(*bytes))).collect());
+        }
+    }
+    if !r.skipped.is_empty() {
+        say!("skipped {}:", count(r.skipped.len(), "file"));
+        let why = |w: &prepare::Skip| match w {
+            prepare::Skip::NotTxt => "not a .txt file",
+            prepare::Skip::Empty => "empty",
+        };
+        list(r.skipped.iter().map(|(p, w)| (p.display().to_string(), why(w).to_string())).collect());
+    }
+    let tokens = |n: usize| format!("{} token{}", thousands(n as f64), if n == 1 { "" } else { "s" });
+    say!("vocabulary: {} ({} tokenizer), stored as uint{}", tokens(r.meta.vocab_size), r.meta.tokenizer, r.meta.token_bytes * 8);
+    say!("train has {}, val has {}", tokens(r.train_tokens), tokens(r.val_tokens));
     say!("wrote {}/train.bin, val.bin, meta.json{}", out.display(), if r.meta.itos.is_some() { ", meta.pkl" } else { "" });
+    if let Some(old) = &r.replaced {
+        let vocab = if old.vocab_size == r.meta.vocab_size {
+            String::new()
+        } else {
+            format!("; the old vocabulary had {}, the new {}", tokens(old.vocab_size), thousands(r.meta.vocab_size as f64))
+        };
+        say!("overwrote the {} dataset that was in {} (same tokenizer{vocab})", old.tokenizer, out.display());
+    }
     Ok(())
 }
 
@@ -224,9 +259,14 @@ pub struct EstimateArgs {
     /// Device name (`gptrain estimate --list-devices`), e.g. rtx-4070, a100-80gb, cpu.
     #[arg(long)]
     pub device: Option<String>,
-    /// fp32, tf32, fp16 or bf16 (default: the config's dtype).
+    /// fp32, tf32, fp16 or bf16 (default: the config's dtype if it names one, else nanoGPT's
+    /// on a GPU: bf16 where the card has it, else fp16).
     #[arg(long)]
     pub dtype: Option<String>,
+    /// Data-parallel GPUs of the device, as nanoGPT's DDP: each runs
+    /// gradient_accumulation_steps / N micro-steps, then the gradients are all-reduced.
+    #[arg(long, default_value_t = 1)]
+    pub gpus: usize,
     /// Assumed model FLOPs utilisation (0-1); default depends on device and size.
     #[arg(long)]
     pub mfu: Option<f64>,
@@ -295,19 +335,67 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
-/// The model shape a config names without opening its dataset: `vocab_size` if set, else the
-/// built-in corpus's vocabulary for `builtin`, else a prepared directory's meta, else GPT-2's
-/// padded 50304 (nanoGPT's default).
-fn model_without_data(cfg: &Config) -> Result<ModelConfig> {
+/// Whether the config flags name `dataset` and `dtype` themselves (a preset, the config file
+/// or a `--set`), rather than leaving them at gptrain's defaults.
+fn named_in_flags(a: &ConfigArgs) -> Result<(bool, bool)> {
+    const UNSET: &str = "\u{1}unset";
+    let preset = a.preset.as_deref().or(if a.config.is_none() { Some(DEFAULT_PRESET) } else { None });
+    let base = Config { dataset: UNSET.into(), dtype: UNSET.into(), ..Config::default() };
+    let (c, _) = config::resolve_onto(base, preset, a.config.as_deref(), &a.sets)?;
+    Ok((c.dataset != UNSET, c.dtype != UNSET))
+}
+
+/// The vocabulary nanoGPT's data preparation gives a dataset it knows, for a dataset that is
+/// not on disk here: (size, what makes it).
+fn nanogpt_vocab(dataset: &str) -> (usize, &'static str) {
+    let name = Path::new(dataset).file_name().and_then(|n| n.to_str()).unwrap_or(dataset);
+    match name {
+        "shakespeare_char" => (65, "the 65 characters nanoGPT's data/shakespeare_char/prepare.py finds"),
+        "openwebtext" | "shakespeare" => {
+            (50304, "GPT-2 BPE, as nanoGPT's prepare.py makes it: no meta.pkl, so nanoGPT pads GPT-2's 50257 tokens to 50304")
+        }
+        _ => (50304, "nanoGPT's vocabulary for a dataset without meta.pkl: GPT-2's 50257 tokens padded to 50304"),
+    }
+}
+
+/// The model shape a config names without opening its token files, and where its vocabulary
+/// comes from: `vocab_size` if set; else the dataset's meta (the built-in corpus's characters
+/// for `builtin`); a dataset that is not on disk is an assumption that says so. A nanoGPT
+/// `.py` config that names no dataset gets nanoGPT's default, `openwebtext`.
+fn model_without_data(cfg: &Config, args: &ConfigArgs) -> Result<(ModelConfig, estimate::Vocab)> {
+    let (dataset_named, _) = named_in_flags(args)?;
+    let nanogpt_default = !dataset_named && args.config.as_ref().is_some_and(|p| p.extension().is_some_and(|e| e == "py"));
+    let dataset = if nanogpt_default { "openwebtext" } else { cfg.dataset.as_str() };
+    let why = if nanogpt_default { "the nanoGPT config names no dataset, so nanoGPT's default `openwebtext`: " } else { "" };
     let vocab = match cfg.vocab_size {
-        Some(v) => v,
-        None if cfg.dataset == "builtin" => crate::data::prepare::char_encode_all(crate::data::BUILTIN_CORPUS).0.vocab_size,
-        None => match crate::data::find_dir(&cfg.dataset) {
-            Some(dir) => crate::data::Meta::load(&dir)?.vocab_size,
-            None => 50304,
+        Some(v) => estimate::Vocab { size: v, source: "`vocab_size` in the config".into(), assumed: false },
+        None if dataset.starts_with("builtin") => {
+            let v = crate::data::prepare::char_encode_all(crate::data::BUILTIN_CORPUS).0.vocab_size;
+            estimate::Vocab { size: v, source: format!("the built-in corpus: {v} characters"), assumed: false }
+        }
+        None => match crate::data::find_dir(dataset) {
+            Some(dir) => {
+                let m = crate::data::Meta::load(&dir)?;
+                estimate::Vocab {
+                    size: m.vocab_size,
+                    source: format!("{why}dataset meta in {} ({})", dir.display(), m.tokenizer),
+                    assumed: false,
+                }
+            }
+            None => {
+                let (v, what) = nanogpt_vocab(dataset);
+                estimate::Vocab {
+                    size: v,
+                    source: format!(
+                        "assumed: {why}dataset `{dataset}` is not on disk here (nor data/{dataset}), so {what}; `--set vocab_size=N`, or `gptrain prepare --out data/{dataset}`, gives the real one"
+                    ),
+                    assumed: true,
+                }
+            }
         },
     };
-    train::model_config(&Config { vocab_size: Some(vocab), ..cfg.clone() }, 0)
+    let model = train::model_config(&Config { vocab_size: Some(vocab.size), ..cfg.clone() }, 0)?;
+    Ok((model, vocab))
 }
 
 fn parse_dtype(s: &str) -> Result<Precision> {
@@ -319,13 +407,14 @@ pub fn estimate(a: &EstimateArgs) -> Result<()> {
         for n in device::names() {
             let d = device::lookup(n)?;
             say!(
-                "{:<18} {:<40} fp32 {:>6.1}  tf32 {:>6.1}  fp16/bf16 {:>6.1} TFLOP/s  {:>6.1} GiB",
+                "{:<18} {:<40} fp32 {:>6.1}  tf32 {:>6.1}  fp16/bf16 {:>6.1} TFLOP/s  {:>6.1} GiB  link {:>5.1} GB/s",
                 d.name,
                 d.description,
                 d.fp32_tflops,
                 d.tf32_tflops,
                 d.half_tflops,
-                d.memory_bytes as f64 / (1u64 << 30) as f64
+                d.memory_bytes as f64 / (1u64 << 30) as f64,
+                d.link_gbs
             );
         }
         return Ok(());
@@ -342,30 +431,34 @@ pub fn estimate(a: &EstimateArgs) -> Result<()> {
             (Err(_), Some(t)) => device::Device {
                 name: dev_name.clone(),
                 description: "not in gptrain's table".into(),
+                class: device::Class::Datacenter,
                 fp32_tflops: t,
                 tf32_tflops: t,
                 half_tflops: t,
                 memory_bytes: 0,
                 bandwidth_gbs: 0.0,
                 source: "--peak-tflops".into(),
+                link_gbs: 0.0,
+                link_source: "unknown".into(),
             },
             (Err(e), None) => return Err(e),
         };
-        let mut dtype = parse_dtype(a.dtype.as_deref().unwrap_or(&cfg.dtype))?;
-        let mut notes = Vec::new();
-        if dev.name == "cpu" && dtype != Precision::F32 {
-            notes.push(format!("note: the CPU backend computes in fp32, not {}; estimating fp32", dtype.name()));
-            dtype = Precision::F32;
-        }
-        let model = model_without_data(&cfg)?;
+        let (_, dtype_named) = named_in_flags(&a.cfg)?;
+        let flag = a.dtype.as_deref().map(parse_dtype).transpose()?;
+        let named = if dtype_named { Some(parse_dtype(&cfg.dtype)?) } else { None };
+        let (precision, mut notes) = estimate::DtypeChoice::choose(flag, named, &dev);
+        let (model, vocab) = model_without_data(&cfg, &a.cfg)?;
         let run = Run {
             model: model.clone(),
+            vocab,
             batch_size: cfg.batch_size,
             grad_accum: cfg.gradient_accumulation_steps,
             max_iters: cfg.max_iters,
             eval_interval: cfg.eval_interval,
             eval_iters: cfg.eval_iters,
+            gpus: a.gpus,
         };
+        run.check_gpus(&dev)?;
         let mfu = if a.calibrate {
             if dev.name != "cpu" {
                 bail!("--calibrate times real iterations on this machine: use it with --device cpu");
@@ -382,10 +475,11 @@ pub fn estimate(a: &EstimateArgs) -> Result<()> {
             }
             MfuAssumption::fixed(m, "--mfu")
         } else {
-            MfuAssumption::default_for(&dev)
+            MfuAssumption::default_for(&dev, &run)
         };
+        notes.extend(mfu.note.clone());
         let peak = a.peak_tflops.map(|t| t * 1e12);
-        let e = estimate::estimate(&run, &dev, dtype, peak, mfu);
+        let e = estimate::estimate(&run, &dev, &precision, peak, mfu);
         let verdict = a.expect_ms.map(|ms| estimate::expect_verdict(&e, ms));
         if a.json {
             for n in &notes {
@@ -416,7 +510,9 @@ fn fit_word(fits: bool) -> &'static str {
 }
 
 fn print_estimate(e: &estimate::Estimate, m: &ModelConfig, run: &Run, dev: &device::Device, verdict: Option<&(bool, String)>) {
-    use crate::perf::meter::human_duration;
+    use crate::perf::estimate::fmt_ms;
+    // seconds as the meter shows them, milliseconds (3 significant digits) below one second
+    let dur = |s: f64| if s < 1.0 { fmt_ms(s * 1e3) } else { crate::perf::meter::human_duration(s) };
     say!(
         "model: {} layers, {} heads, {} dims, block {}, vocab {}, bias {}",
         m.n_layer,
@@ -426,13 +522,15 @@ fn print_estimate(e: &estimate::Estimate, m: &ModelConfig, run: &Run, dev: &devi
         m.padded_vocab_size,
         m.bias
     );
+    say!("vocabulary: {} ({})", e.vocab.size, e.vocab.source);
     say!(
         "parameters: {:.2}M ({:.2}M as nanoGPT counts, without position embeddings)",
         e.params as f64 / 1e6,
         e.params_nanogpt as f64 / 1e6
     );
+    let gpus = if e.gpus > 1 { format!(" = {} per GPU x {} GPUs", e.grad_accum_per_gpu, e.gpus) } else { String::new() };
     say!(
-        "tokens per iteration: {} (batch {} x block {} x grad accum {})",
+        "tokens per iteration: {} (batch {} x block {} x grad accum {}{gpus})",
         thousands(e.tokens_per_iter as f64),
         run.batch_size,
         m.block_size,
@@ -443,37 +541,45 @@ fn print_estimate(e: &estimate::Estimate, m: &ModelConfig, run: &Run, dev: &devi
         e.flops_per_token,
         e.flops_per_token_palm
     );
-    say!("FLOPs per iteration: {:.3e}", e.flops_per_iter);
-    say!("device: {} ({}), {} peak {:.1} TFLOP/s [{}]", dev.name, dev.description, e.dtype, e.peak_flops / 1e12, e.peak_source);
+    say!("FLOPs per iteration: {:.3e} ({:.3e} per micro-step)", e.flops_per_iter, e.flops_per_micro_step);
+    let cards = if e.gpus > 1 { format!("{} x {}", e.gpus, dev.name) } else { dev.name.clone() };
+    say!("device: {cards} ({}), {} peak {:.1} TFLOP/s per GPU [{}]", dev.description, e.dtype, e.peak_flops / 1e12, e.peak_source);
+    say!("dtype: {} ({})", e.dtype, e.dtype_source);
+    if let Some(a) = &e.allreduce {
+        say!(
+            "gradient all-reduce: {} of fp32 gradients, ring: {} through each GPU's link at {:.1} GB/s [{}] = {} per iteration, {}",
+            gib(a.gradient_bytes),
+            gib(a.bytes_per_gpu as u64),
+            a.link_gbs,
+            a.link_source,
+            fmt_ms(a.ms_per_iter),
+            a.assumption
+        );
+    }
     say!();
     say!(
-        "floor (100% of peak): {:.0} ms/iteration -> {} for {} iterations",
-        e.floor_ms_per_iter,
-        human_duration(e.floor_total_seconds),
+        "floor (100% of peak): {}/iteration -> {} for {} iterations",
+        fmt_ms(e.floor_ms_per_iter),
+        dur(e.floor_total_seconds),
         e.max_iters
     );
     let (lo, hi) = e.ms_per_iter_range;
     if e.mfu.low == e.mfu.high {
-        say!("expected at MFU {:.1}% ({}): {:.0} ms/iteration", e.mfu.mid() * 100.0, e.mfu.source, e.ms_per_iter);
+        say!("MFU assumed: {:.1}% ({})", e.mfu.mid() * 100.0, e.mfu.source);
+        say!("expected: {}/iteration", fmt_ms(e.ms_per_iter));
     } else {
-        say!(
-            "expected at MFU {:.0}-{:.0}% ({}): {:.0}-{:.0} ms/iteration (mid {:.0} ms)",
-            e.mfu.low * 100.0,
-            e.mfu.high * 100.0,
-            e.mfu.source,
-            lo,
-            hi,
-            e.ms_per_iter
-        );
+        say!("MFU assumed: {:.0}-{:.0}% ({})", e.mfu.low * 100.0, e.mfu.high * 100.0, e.mfu.source);
+        say!("expected: {} - {}/iteration (mid {})", fmt_ms(lo), fmt_ms(hi), fmt_ms(e.ms_per_iter));
     }
     say!(
-        "total for {} iterations + {} evals ({:.1}s each): {} (range {} - {})",
+        "total for {} iterations + {} evals ({} each{}): {} (range {} - {})",
         e.max_iters,
         e.evals,
-        e.eval_seconds,
-        human_duration(e.total_seconds),
-        human_duration(e.total_seconds_range.0),
-        human_duration(e.total_seconds_range.1)
+        dur(e.eval_seconds),
+        if e.gpus > 1 { ", on one GPU as nanoGPT's master process runs them" } else { "" },
+        dur(e.total_seconds),
+        dur(e.total_seconds_range.0),
+        dur(e.total_seconds_range.1)
     );
     say!();
     say!(
@@ -562,7 +668,7 @@ pub fn logs(a: &LogsArgs) -> Result<()> {
     let dtype = parse_dtype(a.dtype.as_deref().unwrap_or(if dev.as_ref().is_some_and(|d| d.name == "cpu") { "fp32" } else { "bf16" }))?;
     let peak = a.peak_tflops.map(|t| t * 1e12).or(dev.as_ref().map(|d| d.peak_flops(dtype)));
     let model = match &cfg {
-        Some(c) => Some(model_without_data(c)?),
+        Some(c) => Some(model_without_data(c, &a.cfg)?.0),
         None => None,
     };
     let flops_per_token = model.as_ref().map(|m| flops::flops_per_token(m, block.unwrap_or(m.block_size)).train());
@@ -605,18 +711,18 @@ pub fn logs(a: &LogsArgs) -> Result<()> {
     }
     use crate::perf::meter::human_duration;
     say!(
-        "{}: {:?} log, {} iteration lines, {} eval lines, {} other lines skipped",
+        "{}: {} log, {}, {}, {} skipped",
         a.file.display(),
-        parsed.format,
-        st.iters_seen,
-        parsed.evals,
-        parsed.skipped_lines
+        parsed.format.name(),
+        count(st.iters_seen, "iteration line"),
+        count(parsed.evals, "eval line"),
+        count(parsed.skipped_lines, "other line")
     );
     say!(
-        "dropped {} iterations: {} warm-up (until three consecutive times agree within 10%), {} outliers (> {}x the median, e.g. the eval or checkpoint time nanoGPT counts into the next iteration)",
-        st.iters_dropped,
-        st.warmup_dropped,
-        st.outliers_dropped,
+        "dropped {}: {} (until three consecutive times agree within 10%), {} (> {}x the median, e.g. the eval or checkpoint time nanoGPT counts into the next iteration)",
+        count(st.iters_dropped, "iteration"),
+        count(st.warmup_dropped, "warm-up iteration"),
+        count(st.outliers_dropped, "outlier"),
         logreader::OUTLIER
     );
     if !st.warmup_settled {
@@ -644,7 +750,11 @@ pub fn logs(a: &LogsArgs) -> Result<()> {
         }
     }
     if parsed.minus_100 > 0 {
-        say!("note: {} lines show `mfu -100.00%`: nanoGPT prints its running-MFU placeholder (-1) until its 5th iteration; it is not a measurement", parsed.minus_100);
+        let show = if parsed.minus_100 == 1 { "shows" } else { "show" };
+        say!(
+            "note: {} {show} `mfu -100.00%`: nanoGPT prints its running-MFU placeholder (-1) until its 5th iteration; it is not a measurement",
+            count(parsed.minus_100, "line")
+        );
     }
     match (eta, max_iters) {
         (Some(e), Some(m)) => {
@@ -662,7 +772,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     let cfg = resolve(&a.cfg)?;
     let threads = worker_threads(a.threads.unwrap_or(cfg.threads));
     pool(threads)?.install(|| -> Result<()> {
-        let model = model_without_data(&cfg)?;
+        let (model, _) = model_without_data(&cfg, &a.cfg)?;
         let dev = device::cpu();
         if a.linears {
             let (ms, flops) = crate::bench::run_linears(&model, cfg.batch_size, a.steps, a.warmup);

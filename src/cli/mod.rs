@@ -2,7 +2,9 @@
 //! prints.
 
 mod commands;
+mod keys;
 mod printer;
+mod units;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -23,7 +25,8 @@ pub struct ConfigArgs {
     /// A named preset: shakespeare-char, shakespeare-char-cpu, gpt2-124m, rtx4070-40m.
     #[arg(long)]
     pub preset: Option<String>,
-    /// Override one knob, e.g. `--set max_iters=200` (repeatable; applied last, in order).
+    /// Override one knob, e.g. `--set max_iters=200` (repeatable; applied last, in order;
+    /// `gptrain config` lists every key).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub sets: Vec<String>,
 }
@@ -55,6 +58,9 @@ enum Cmd {
     Logs(commands::LogsArgs),
     /// Time full training steps on synthetic tokens: ms/step, tokens/s, GFLOP/s, MFU.
     Bench(commands::BenchArgs),
+    /// List every config key with its default and meaning, and the presets (with --preset,
+    /// --config or --set: the values they resolve to).
+    Config(ConfigArgs),
     /// Plot train/val loss and tokens/s from a run's metrics.jsonl (PNG and SVG).
     Plot {
         /// The run's metrics.jsonl (in its out_dir).
@@ -76,6 +82,7 @@ pub fn main() -> i32 {
         Cmd::Logs(a) => commands::logs(&a),
         Cmd::Bench(a) => commands::bench(&a),
         Cmd::Plot { metrics, out } => commands::plot(&metrics, out),
+        Cmd::Config(a) => keys::config(&a),
     });
     match result {
         Ok(()) => 0,

@@ -3,7 +3,9 @@
 //! Input is a text file, a folder of `.txt` files (each one document; GPT-2 BPE puts EOT after
 //! each), or the built-in corpus. The first 90% goes to train, the rest to val: exactly 90% of
 //! the characters for char-level (as nanoGPT's shakespeare_char), at the first line break after
-//! 90% of the bytes for BPE. BPE runs in parallel over line-aligned chunks.
+//! 90% of the bytes for BPE. BPE runs in parallel over line-aligned chunks. In a folder, files
+//! that are not `.txt` and empty `.txt` files are skipped (and reported). An output directory
+//! that already holds a prepared dataset is overwritten only when its tokenizer is the same.
 
 use super::{pickle, Meta, BUILTIN_CORPUS};
 use crate::tokenizer::{bpe, GPT2_EOT};
@@ -24,14 +26,36 @@ pub enum TokenizerKind {
     Gpt2,
 }
 
-/// What `prepare` wrote.
+impl TokenizerKind {
+    /// The name `meta.json` gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            TokenizerKind::Char => "char",
+            TokenizerKind::Gpt2 => "gpt2",
+        }
+    }
+}
+
+/// Why a file of an input folder was not read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Skip {
+    NotTxt,
+    Empty,
+}
+
+/// What `prepare` read and wrote.
 #[derive(Debug)]
 pub struct Report {
     pub meta: Meta,
     pub train_tokens: usize,
     pub val_tokens: usize,
     pub bytes: u64,
-    pub documents: usize,
+    /// Each document read (a file's path, or `the built-in corpus`) and its size in bytes.
+    pub read: Vec<(String, u64)>,
+    /// Files of an input folder that were not read, and why.
+    pub skipped: Skipped,
+    /// The meta of the dataset this run overwrote in the output directory (same tokenizer).
+    pub replaced: Option<Meta>,
 }
 
 /// A text source: a file, or the built-in corpus.
@@ -58,36 +82,92 @@ impl Source {
     fn name(&self) -> String {
         match self {
             Source::File(p) => p.display().to_string(),
-            Source::Builtin => "built-in corpus".into(),
+            Source::Builtin => "the built-in corpus".into(),
         }
     }
 }
 
-fn sources(input: Option<&Path>) -> Result<Vec<Source>> {
-    let Some(input) = input else { return Ok(vec![Source::Builtin]) };
+/// Up to `n` of `paths`, comma-separated, with "and N more".
+fn some_names(paths: &[&Path], n: usize) -> String {
+    let mut s = paths.iter().take(n).map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+    if paths.len() > n {
+        s.push_str(&format!(" and {} more", paths.len() - n));
+    }
+    s
+}
+
+/// Files of an input folder that are not read, and why.
+type Skipped = Vec<(PathBuf, Skip)>;
+
+/// The documents to read, and the files of a folder that are skipped (not `.txt`, or empty).
+fn sources(input: Option<&Path>) -> Result<(Vec<Source>, Skipped)> {
+    let Some(input) = input else { return Ok((vec![Source::Builtin], Vec::new())) };
     if input.is_file() {
-        return Ok(vec![Source::File(input.to_path_buf())]);
+        if Source::File(input.to_path_buf()).len()? == 0 {
+            bail!("{} is empty (0 bytes): there is no text to prepare", input.display());
+        }
+        return Ok((vec![Source::File(input.to_path_buf())], Vec::new()));
     }
     if !input.is_dir() {
         bail!("input {} does not exist", input.display());
     }
     let mut files = Vec::new();
+    let mut skipped = Vec::new();
     let mut stack = vec![input.to_path_buf()];
+    // a symlink back up the tree must not make the walk endless
+    let mut seen = BTreeSet::new();
     while let Some(d) = stack.pop() {
+        if !seen.insert(std::fs::canonicalize(&d).unwrap_or_else(|_| d.clone())) {
+            continue;
+        }
         for e in std::fs::read_dir(&d).with_context(|| format!("cannot list {}", d.display()))? {
             let p = e?.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "txt") {
+            } else if p.extension().is_none_or(|x| x != "txt") {
+                skipped.push((p, Skip::NotTxt));
+            } else if Source::File(p.clone()).len()? == 0 {
+                skipped.push((p, Skip::Empty));
+            } else {
                 files.push(p);
             }
         }
     }
     files.sort();
+    skipped.sort();
     if files.is_empty() {
+        let empty: Vec<&Path> = skipped.iter().filter(|s| s.1 == Skip::Empty).map(|s| s.0.as_path()).collect();
+        let other: Vec<&Path> = skipped.iter().filter(|s| s.1 == Skip::NotTxt).map(|s| s.0.as_path()).collect();
+        if !empty.is_empty() {
+            bail!("every .txt file in {} is empty: {}", input.display(), some_names(&empty, 5));
+        }
+        if !other.is_empty() {
+            bail!("{} holds no .txt files (only {})", input.display(), some_names(&other, 5));
+        }
         bail!("{} holds no .txt files", input.display());
     }
-    Ok(files.into_iter().map(Source::File).collect())
+    Ok((files.into_iter().map(Source::File).collect(), skipped))
+}
+
+/// The dataset already prepared in `out`, if any: an error when it was made with another
+/// tokenizer (its token ids would change meaning under a run's feet) or cannot be read.
+fn existing(out: &Path, kind: TokenizerKind) -> Result<Option<Meta>> {
+    let prepared = ["meta.json", "meta.pkl", "train.bin", "val.bin"].iter().any(|f| out.join(f).exists());
+    if !out.is_dir() || !prepared {
+        return Ok(None);
+    }
+    let way_out = format!("give another --out, or delete {} first", out.display());
+    let old = Meta::load(out)
+        .with_context(|| format!("{} holds a prepared dataset whose meta cannot be read; not overwriting it: {way_out}", out.display()))?;
+    if old.tokenizer != kind.name() {
+        bail!(
+            "{} already holds a dataset prepared with the `{}` tokenizer; not overwriting it with `{}` tokens (what was trained on it would no longer match): {way_out}",
+            out.display(),
+            old.tokenizer,
+            kind.name()
+        );
+    }
+    Ok(Some(old))
 }
 
 /// Reads a source as line-aligned UTF-8 chunks of about CHUNK bytes.
@@ -153,20 +233,26 @@ impl Writer {
 
 /// Prepares `input` (None: the built-in corpus) into `out`.
 pub fn prepare(input: Option<&Path>, kind: TokenizerKind, out: &Path, progress: &indicatif::ProgressBar) -> Result<Report> {
-    let srcs = sources(input)?;
-    let total: u64 = srcs.iter().map(|s| s.len()).sum::<Result<u64>>()?;
+    let (srcs, skipped) = sources(input)?;
+    let read: Vec<(String, u64)> = srcs.iter().map(|s| Ok((s.name(), s.len()?))).collect::<Result<_>>()?;
+    let total: u64 = read.iter().map(|r| r.1).sum();
     if total == 0 {
         bail!("the input is empty");
     }
+    let replaced = existing(out, kind)?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let many = srcs.len() > 1;
-    match kind {
+    let (meta, train_tokens, val_tokens) = match kind {
         TokenizerKind::Char => prepare_char(&srcs, total, out, progress),
         TokenizerKind::Gpt2 => prepare_gpt2(&srcs, total, many, out, progress),
-    }
+    }?;
+    Ok(Report { meta, train_tokens, val_tokens, bytes: total, read, skipped, replaced })
 }
 
-fn prepare_char(srcs: &[Source], total: u64, out: &Path, progress: &indicatif::ProgressBar) -> Result<Report> {
+/// (meta, train tokens, val tokens) written.
+type Written = (Meta, usize, usize);
+
+fn prepare_char(srcs: &[Source], total: u64, out: &Path, progress: &indicatif::ProgressBar) -> Result<Written> {
     // pass 1: the vocabulary and the character count
     progress.set_length(2 * total);
     let mut chars = BTreeSet::new();
@@ -199,10 +285,10 @@ fn prepare_char(srcs: &[Source], total: u64, out: &Path, progress: &indicatif::P
         })?;
     }
     write_meta(out, &meta)?;
-    Ok(Report { meta, train_tokens: train.finish()?, val_tokens: val.finish()?, bytes: total, documents: srcs.len() })
+    Ok((meta, train.finish()?, val.finish()?))
 }
 
-fn prepare_gpt2(srcs: &[Source], total: u64, eot_per_doc: bool, out: &Path, progress: &indicatif::ProgressBar) -> Result<Report> {
+fn prepare_gpt2(srcs: &[Source], total: u64, eot_per_doc: bool, out: &Path, progress: &indicatif::ProgressBar) -> Result<Written> {
     progress.set_length(total);
     let meta = Meta::gpt2();
     let mut train = Writer::create(out.join("train.bin"), meta.token_bytes)?;
@@ -267,7 +353,7 @@ fn prepare_gpt2(srcs: &[Source], total: u64, eot_per_doc: bool, out: &Path, prog
     }
     flush(&mut pending, &mut train, &mut val)?;
     write_meta(out, &meta)?;
-    Ok(Report { meta, train_tokens: train.finish()?, val_tokens: val.finish()?, bytes: total, documents: srcs.len() })
+    Ok((meta, train.finish()?, val.finish()?))
 }
 
 /// Writes meta.json (ours) and, for char vocabularies, nanoGPT's meta.pkl (so nanoGPT's

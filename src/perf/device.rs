@@ -5,11 +5,26 @@ use crate::backend::cpu::simd::Isa;
 use crate::backend::Precision;
 use anyhow::{bail, Result};
 
+/// Which document's vocabulary names a card's peaks, and which dtypes it runs on tensor cores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Class {
+    /// This machine's CPU: every peak is the measured f32 FMA rate.
+    Cpu,
+    /// GeForce (Ampere, Ada, Blackwell): TF32 tensor runs at the FP32 non-tensor rate, FP16/BF16
+    /// tensor with FP32 accumulate at half the FP16-accumulate rate.
+    GeForce,
+    /// Datacenter Ampere/Ada/Hopper (A100, H100, H200, L4): TF32 and BF16/FP16 tensor cores.
+    Datacenter,
+    /// Turing (T4): FP16 tensor cores, no TF32 and no BF16.
+    Turing,
+}
+
 /// One device's peaks. TFLOP/s are dense (no structured sparsity).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Device {
     pub name: String,
     pub description: String,
+    pub class: Class,
     pub fp32_tflops: f64,
     pub tf32_tflops: f64,
     /// fp16/bf16 tensor-core matmul with fp32 accumulation (GeForce cards run this at half
@@ -17,7 +32,12 @@ pub struct Device {
     pub half_tflops: f64,
     pub memory_bytes: u64,
     pub bandwidth_gbs: f64,
+    /// The document the peaks, memory and bandwidth come from.
     pub source: String,
+    /// GB/s each way between one card and the others in a multi-GPU machine (NVLink, else the
+    /// card's PCIe link): what a ring all-reduce moves its data over. 0: unknown.
+    pub link_gbs: f64,
+    pub link_source: String,
 }
 
 impl Device {
@@ -29,114 +49,226 @@ impl Device {
             Precision::F16 | Precision::Bf16 => self.half_tflops,
         }
     }
+
+    /// Where *this dtype's* peak comes from: the document and the line of it that gives the
+    /// figure.
+    pub fn peak_source(&self, dtype: Precision) -> String {
+        use Class::*;
+        let line = match (self.class, dtype) {
+            (Cpu, _) => return format!("{} (the CPU backend computes every dtype as f32)", self.source),
+            (GeForce, Precision::F32) => "Peak FP32 TFLOPS (non-Tensor)",
+            (GeForce, Precision::Tf32) => "Peak TF32 Tensor TFLOPS (the FP32 rate on GeForce)",
+            (GeForce, Precision::F16) => "Peak FP16 Tensor TFLOPS with FP32 Accumulate",
+            (GeForce, Precision::Bf16) => "Peak BF16 Tensor TFLOPS with FP32 Accumulate",
+            (Datacenter, Precision::F32) => "FP32 (non-tensor)",
+            (Datacenter, Precision::Tf32) => "TF32 Tensor Core",
+            (Datacenter, Precision::F16) => "FP16 Tensor Core",
+            (Datacenter, Precision::Bf16) => "BF16 Tensor Core",
+            (Turing, Precision::F32) => "Single-Precision (FP32)",
+            (Turing, Precision::Tf32) => "no TF32 on Turing: tf32 matmuls run as FP32, Single-Precision (FP32)",
+            (Turing, Precision::F16) => "Mixed-Precision (FP16/FP32) Tensor",
+            (Turing, Precision::Bf16) => "no BF16 on Turing: the Mixed-Precision (FP16/FP32) Tensor figure, which bf16 does not reach",
+        };
+        format!("{}: {line}", self.source)
+    }
+
+    /// Whether the card has bf16 tensor cores (compute capability 8.0 and later), which is
+    /// when nanoGPT picks bf16 (`torch.cuda.is_bf16_supported()`).
+    pub fn has_bf16(&self) -> bool {
+        matches!(self.class, Class::GeForce | Class::Datacenter)
+    }
+
+    pub fn is_gpu(&self) -> bool {
+        self.class != Class::Cpu
+    }
 }
 
 const GIB: u64 = 1 << 30;
 const GB: u64 = 1_000_000_000;
 
-/// (name, aliases, description, fp32, tf32, fp16/bf16 with fp32 accumulate, memory, GB/s, source)
-type Row = (&'static str, &'static [&'static str], &'static str, f64, f64, f64, u64, f64, &'static str);
+/// One row of the device table.
+pub struct Card {
+    pub name: &'static str,
+    pub aliases: &'static [&'static str],
+    pub description: &'static str,
+    pub class: Class,
+    /// TFLOP/s: fp32, tf32, fp16/bf16 with fp32 accumulate (dense)
+    pub fp32: f64,
+    pub tf32: f64,
+    pub half: f64,
+    pub memory: u64,
+    /// memory bandwidth, GB/s
+    pub bandwidth: f64,
+    pub source: &'static str,
+    /// interconnect, GB/s each way, and where that comes from
+    pub link: f64,
+    pub link_source: &'static str,
+}
 
-const ADA: &str = "NVIDIA Ada Lovelace GPU architecture whitepaper v2.1, appendix A (dense, FP16 tensor with FP32 accumulate)";
-const AMPERE: &str = "NVIDIA Ampere GA102 GPU architecture whitepaper v2.1, appendix A (dense, FP16 tensor with FP32 accumulate)";
+const ADA: &str = "NVIDIA Ada Lovelace GPU architecture whitepaper v2.1, appendix A (dense)";
+const AMPERE: &str = "NVIDIA Ampere GA102 GPU architecture whitepaper v2.1, appendix A (dense)";
+const A100: &str = "NVIDIA A100 Tensor Core GPU datasheet (dense)";
+const H100: &str = "NVIDIA H100 Tensor Core GPU datasheet (dense: half the sparsity figures)";
+const H200: &str = "NVIDIA H200 Tensor Core GPU datasheet (dense: half the sparsity figures)";
+const L4: &str = "NVIDIA L4 Tensor Core GPU datasheet (dense: half the sparsity figures)";
 
-pub const TABLE: &[Row] = &[
-    ("rtx-3060-12gb", &["3060", "rtx3060"], "GeForce RTX 3060 12GB", 12.7, 12.7, 25.6, 12 * GIB, 360.0, AMPERE),
-    ("rtx-3090", &["3090", "rtx3090"], "GeForce RTX 3090", 35.6, 35.6, 71.0, 24 * GIB, 936.0, AMPERE),
-    ("rtx-4060-ti-16gb", &["4060 ti", "4060ti", "rtx4060ti"], "GeForce RTX 4060 Ti 16GB", 22.1, 22.1, 44.1, 16 * GIB, 288.0, ADA),
-    ("rtx-4070", &["4070", "rtx4070"], "GeForce RTX 4070", 29.1, 29.1, 58.3, 12 * GIB, 504.0, ADA),
-    ("rtx-4070-ti", &["4070 ti", "4070ti", "rtx4070ti"], "GeForce RTX 4070 Ti", 40.1, 40.1, 80.2, 12 * GIB, 504.0, ADA),
-    ("rtx-4080", &["4080", "rtx4080"], "GeForce RTX 4080", 48.7, 48.7, 97.5, 16 * GIB, 717.0, ADA),
-    ("rtx-4090", &["4090", "rtx4090"], "GeForce RTX 4090", 82.6, 82.6, 165.2, 24 * GIB, 1008.0, ADA),
-    (
+// PCIe: 8 GT/s (Gen3), 16 (Gen4), 32 (Gen5) per lane with 128b/130b encoding, each way (PCI-SIG
+// base specifications). GeForce cards have no peer-to-peer over PCIe, so NCCL stages through
+// host memory and reaches less than these.
+const PCIE4_X16: &str = "PCIe 4.0 x16: 16 GT/s x 16 lanes, 128b/130b = 31.5 GB/s each way (PCI-SIG); no NVLink";
+const PCIE4_X8: &str = "PCIe 4.0 x8 (the 4060 Ti's link): 16 GT/s x 8 lanes, 128b/130b = 15.8 GB/s each way (PCI-SIG)";
+const PCIE5_X16: &str = "PCIe 5.0 x16: 32 GT/s x 16 lanes, 128b/130b = 63 GB/s each way (PCI-SIG); no NVLink";
+const NVLINK3: &str = "NVIDIA A100 datasheet: NVLink 600 GB/s per GPU (both directions), 300 GB/s each way";
+const NVLINK4: &str = "NVIDIA H100/H200 datasheets: NVLink 900 GB/s per GPU (both directions), 450 GB/s each way";
+
+pub const TABLE: &[Card] = &[
+    geforce("rtx-3060-12gb", &["3060", "rtx3060"], "GeForce RTX 3060 12GB", 12.7, 25.6, 12 * GIB, 360.0, AMPERE, 31.5, PCIE4_X16),
+    geforce("rtx-3090", &["3090", "rtx3090"], "GeForce RTX 3090", 35.6, 71.0, 24 * GIB, 936.0, AMPERE, 31.5, PCIE4_X16),
+    geforce(
+        "rtx-4060-ti-16gb",
+        &["4060 ti", "4060ti", "rtx4060ti"],
+        "GeForce RTX 4060 Ti 16GB",
+        22.1,
+        44.1,
+        16 * GIB,
+        288.0,
+        ADA,
+        15.8,
+        PCIE4_X8,
+    ),
+    geforce("rtx-4070", &["4070", "rtx4070"], "GeForce RTX 4070", 29.1, 58.3, 12 * GIB, 504.0, ADA, 31.5, PCIE4_X16),
+    geforce("rtx-4070-ti", &["4070 ti", "4070ti", "rtx4070ti"], "GeForce RTX 4070 Ti", 40.1, 80.2, 12 * GIB, 504.0, ADA, 31.5, PCIE4_X16),
+    geforce("rtx-4080", &["4080", "rtx4080"], "GeForce RTX 4080", 48.7, 97.5, 16 * GIB, 717.0, ADA, 31.5, PCIE4_X16),
+    geforce("rtx-4090", &["4090", "rtx4090"], "GeForce RTX 4090", 82.6, 165.2, 24 * GIB, 1008.0, ADA, 31.5, PCIE4_X16),
+    geforce(
         "rtx-5090",
         &["5090", "rtx5090"],
         "GeForce RTX 5090",
         104.8,
-        104.8,
         209.5,
         32 * GIB,
         1792.0,
-        "NVIDIA RTX Blackwell GPU architecture whitepaper v1.0, appendix A (dense, FP16 tensor with FP32 accumulate)",
+        "NVIDIA RTX Blackwell GPU architecture whitepaper v1.0, appendix A (dense)",
+        63.0,
+        PCIE5_X16,
     ),
-    (
-        "a100-40gb",
-        &["a100", "a100 40gb", "a100-sxm4-40gb"],
-        "A100 SXM4 40GB",
-        19.5,
-        156.0,
-        312.0,
-        40 * GB,
-        1555.0,
-        "NVIDIA A100 Tensor Core GPU datasheet (dense)",
-    ),
-    (
-        "a100-80gb",
-        &["a100 80gb", "a100-sxm4-80gb"],
-        "A100 SXM4 80GB",
-        19.5,
-        156.0,
-        312.0,
-        80 * GB,
-        2039.0,
-        "NVIDIA A100 Tensor Core GPU datasheet (dense)",
-    ),
-    (
-        "h100-sxm",
-        &["h100", "h100 sxm", "h100-sxm5"],
-        "H100 SXM5 80GB",
-        67.0,
-        494.7,
-        989.4,
-        80 * GB,
-        3350.0,
-        "NVIDIA H100 Tensor Core GPU datasheet (dense: half the sparsity figures)",
-    ),
-    (
-        "h100-pcie",
-        &["h100 pcie"],
-        "H100 PCIe 80GB",
-        51.2,
-        378.0,
-        756.0,
-        80 * GB,
-        2000.0,
-        "NVIDIA H100 Tensor Core GPU datasheet (dense: half the sparsity figures)",
-    ),
-    (
-        "h200",
-        &["h200 sxm", "h200-sxm"],
-        "H200 SXM 141GB",
-        67.0,
-        494.7,
-        989.4,
-        141 * GB,
-        4800.0,
-        "NVIDIA H200 Tensor Core GPU datasheet (dense: half the sparsity figures)",
-    ),
-    (
-        "l4",
-        &["nvidia l4"],
-        "L4 24GB",
-        30.3,
-        60.0,
-        121.0,
-        24 * GB,
-        300.0,
-        "NVIDIA L4 Tensor Core GPU datasheet (dense: half the sparsity figures)",
-    ),
-    (
-        "t4",
-        &["tesla t4", "nvidia t4"],
-        "Tesla T4 16GB (no TF32: runs as fp32)",
-        8.1,
-        8.1,
-        65.0,
-        16 * GB,
-        320.0,
-        "NVIDIA T4 Tensor Core GPU datasheet (mixed precision FP16/FP32)",
-    ),
+    Card {
+        name: "a100-40gb",
+        aliases: &["a100", "a100 40gb", "a100-sxm4-40gb"],
+        description: "A100 SXM4 40GB",
+        class: Class::Datacenter,
+        fp32: 19.5,
+        tf32: 156.0,
+        half: 312.0,
+        memory: 40 * GB,
+        bandwidth: 1555.0,
+        source: A100,
+        link: 300.0,
+        link_source: NVLINK3,
+    },
+    Card {
+        name: "a100-80gb",
+        aliases: &["a100 80gb", "a100-sxm4-80gb"],
+        description: "A100 SXM4 80GB",
+        class: Class::Datacenter,
+        fp32: 19.5,
+        tf32: 156.0,
+        half: 312.0,
+        memory: 80 * GB,
+        bandwidth: 2039.0,
+        source: A100,
+        link: 300.0,
+        link_source: NVLINK3,
+    },
+    Card {
+        name: "h100-sxm",
+        aliases: &["h100", "h100 sxm", "h100-sxm5"],
+        description: "H100 SXM5 80GB",
+        class: Class::Datacenter,
+        fp32: 67.0,
+        tf32: 494.7,
+        half: 989.4,
+        memory: 80 * GB,
+        bandwidth: 3350.0,
+        source: H100,
+        link: 450.0,
+        link_source: NVLINK4,
+    },
+    Card {
+        name: "h100-pcie",
+        aliases: &["h100 pcie"],
+        description: "H100 PCIe 80GB",
+        class: Class::Datacenter,
+        fp32: 51.2,
+        tf32: 378.0,
+        half: 756.0,
+        memory: 80 * GB,
+        bandwidth: 2000.0,
+        source: H100,
+        link: 63.0,
+        link_source:
+            "NVIDIA H100 datasheet: PCIe Gen5 128 GB/s (both directions), 63 GB/s each way; its optional NVLink bridge joins pairs only",
+    },
+    Card {
+        name: "h200",
+        aliases: &["h200 sxm", "h200-sxm"],
+        description: "H200 SXM 141GB",
+        class: Class::Datacenter,
+        fp32: 67.0,
+        tf32: 494.7,
+        half: 989.4,
+        memory: 141 * GB,
+        bandwidth: 4800.0,
+        source: H200,
+        link: 450.0,
+        link_source: NVLINK4,
+    },
+    Card {
+        name: "l4",
+        aliases: &["nvidia l4"],
+        description: "L4 24GB",
+        class: Class::Datacenter,
+        fp32: 30.3,
+        tf32: 60.0,
+        half: 121.0,
+        memory: 24 * GB,
+        bandwidth: 300.0,
+        source: L4,
+        link: 31.5,
+        link_source: "NVIDIA L4 datasheet: PCIe Gen4 x16 64 GB/s (both directions), 31.5 GB/s each way; no NVLink",
+    },
+    Card {
+        name: "t4",
+        aliases: &["tesla t4", "nvidia t4"],
+        description: "Tesla T4 16GB (no TF32, no BF16)",
+        class: Class::Turing,
+        fp32: 8.1,
+        tf32: 8.1,
+        half: 65.0,
+        memory: 16 * GB,
+        bandwidth: 320.0,
+        source: "NVIDIA T4 Tensor Core GPU datasheet",
+        link: 15.8,
+        link_source: "NVIDIA T4 datasheet: PCIe Gen3 x16, 32 GB/s interconnect (both directions), 15.8 GB/s each way; no NVLink",
+    },
 ];
+
+/// A GeForce row: TF32 tensor at the FP32 rate (the whitepapers' dense figures).
+#[allow(clippy::too_many_arguments)]
+const fn geforce(
+    name: &'static str,
+    aliases: &'static [&'static str],
+    description: &'static str,
+    fp32: f64,
+    half: f64,
+    memory: u64,
+    bandwidth: f64,
+    source: &'static str,
+    link: f64,
+    link_source: &'static str,
+) -> Card {
+    Card { name, aliases, description, class: Class::GeForce, fp32, tf32: fp32, half, memory, bandwidth, source, link, link_source }
+}
 
 fn normalise(s: &str) -> String {
     s.to_ascii_lowercase().replace(['_', ' '], "-").replace("nvidia-", "").replace("geforce-", "")
@@ -149,29 +281,35 @@ pub fn lookup(name: &str) -> Result<Device> {
     if n == "cpu" || n == "this-cpu" {
         return Ok(cpu());
     }
-    for &(id, aliases, desc, fp32, tf32, half, mem, bw, src) in TABLE {
-        if normalise(id) == n || aliases.iter().any(|a| normalise(a) == n) || n.replace("rtx-", "") == normalise(id).replace("rtx-", "") {
+    for c in TABLE {
+        if normalise(c.name) == n
+            || c.aliases.iter().any(|a| normalise(a) == n)
+            || n.replace("rtx-", "") == normalise(c.name).replace("rtx-", "")
+        {
             return Ok(Device {
-                name: id.into(),
-                description: desc.into(),
-                fp32_tflops: fp32,
-                tf32_tflops: tf32,
-                half_tflops: half,
-                memory_bytes: mem,
-                bandwidth_gbs: bw,
-                source: src.into(),
+                name: c.name.into(),
+                description: c.description.into(),
+                class: c.class,
+                fp32_tflops: c.fp32,
+                tf32_tflops: c.tf32,
+                half_tflops: c.half,
+                memory_bytes: c.memory,
+                bandwidth_gbs: c.bandwidth,
+                source: c.source.into(),
+                link_gbs: c.link,
+                link_source: c.link_source.into(),
             });
         }
     }
     bail!(
         "unknown device `{name}`; known: cpu, {} (hint: `--peak-tflops X` supplies a peak for any other device)",
-        TABLE.iter().map(|r| r.0).collect::<Vec<_>>().join(", ")
+        TABLE.iter().map(|r| r.name).collect::<Vec<_>>().join(", ")
     )
 }
 
 /// Every device name, for `--list-devices`.
 pub fn names() -> Vec<&'static str> {
-    std::iter::once("cpu").chain(TABLE.iter().map(|r| r.0)).collect()
+    std::iter::once("cpu").chain(TABLE.iter().map(|r| r.name)).collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -213,6 +351,9 @@ pub fn cpu() -> Device {
         half_tflops: peak / 1e12,
         memory_bytes: mem,
         bandwidth_gbs: 0.0,
+        class: Class::Cpu,
+        link_gbs: 0.0,
+        link_source: "one CPU: no interconnect".into(),
         source: format!(
             "measured: {:.1} GFLOP/s f32 FMA peak on {threads} threads with {}{} (gptrain's probe, best seen)",
             peak / 1e9,
@@ -372,6 +513,22 @@ mod tests {
         let d = lookup("rtx-4070").unwrap();
         assert!((d.peak_flops(Precision::F16) / 1e12 - 58.3).abs() < 0.1);
         assert_eq!(d.memory_bytes, 12 << 30);
+    }
+
+    #[test]
+    fn every_card_has_a_sourced_link_and_its_dtypes() {
+        for c in TABLE {
+            assert!(c.link > 0.0 && c.link_source.contains("GB/s"), "{}", c.name);
+            // a link figure is each way: at most half of what a datasheet gives for both
+            assert!(c.link <= 450.0, "{}", c.name);
+        }
+        let (a100, t4, rtx) = (lookup("a100").unwrap(), lookup("t4").unwrap(), lookup("rtx-4070").unwrap());
+        assert!(a100.has_bf16() && rtx.has_bf16() && !t4.has_bf16());
+        assert!(a100.link_source.contains("NVLink") && rtx.link_source.contains("PCIe"));
+        // four dtypes, four different lines of the document
+        let lines: std::collections::BTreeSet<String> =
+            [Precision::F32, Precision::Tf32, Precision::F16, Precision::Bf16].map(|d| a100.peak_source(d)).into();
+        assert_eq!(lines.len(), 4);
     }
 
     #[test]

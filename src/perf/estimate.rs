@@ -1,10 +1,11 @@
 //! `gptrain estimate`: time per iteration, total time and memory of a config on a device,
 //! before running it. Every number comes from `perf::flops` and `perf::device`.
 
-use super::device::Device;
+use super::device::{Class, Device};
 use super::flops::{self, Impl, Memory};
 use crate::backend::Precision;
 use crate::model::ModelConfig;
+use anyhow::{bail, Result};
 
 /// The assumed MFU range and where it comes from.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -12,6 +13,33 @@ pub struct MfuAssumption {
     pub low: f64,
     pub high: f64,
     pub source: String,
+    /// A warning when the run lies outside what the default was measured on.
+    pub note: Option<String>,
+}
+
+/// nanoGPT's train.py (torch.compile, bf16/fp16) on datacenter GPUs: MFU over a whole run at
+/// the smallest micro-step measured (shakespeare-char on one A100, nanoGPT's README: "about 3
+/// minutes" for 5000 iterations and 21 evals, which our FLOPs model puts at 16% of the bf16
+/// peak), and from the rtx4070-40m shape's micro-step up (36.9% and 39.8% measured on an H200
+/// for that shape and GPT-2 124M, PERFORMANCE.md; 29% implied by the README's GPT-2 124M in
+/// ~4 days on 8 A100s).
+const GPU_SMALL_MFU: f64 = 0.16;
+const GPU_LARGE_MFU: f64 = 0.35;
+/// The range is the middle +-25%: the spread of those measurements (29-40% for one model).
+const GPU_SPREAD: f64 = 0.25;
+
+/// The micro-steps of those points: shakespeare-char (6x384, block 256, batch 64, nanoGPT's 65
+/// characters) and the rtx4070-40m shape (4x512, block 1024, batch 16, vocabulary 50304).
+fn gpu_anchor_flops() -> (f64, f64) {
+    let small = ModelConfig { n_layer: 6, n_head: 6, n_embd: 384, block_size: 256, vocab_size: 65, padded_vocab_size: 65, bias: false };
+    let large =
+        ModelConfig { n_layer: 4, n_head: 8, n_embd: 512, block_size: 1024, vocab_size: 50304, padded_vocab_size: 50304, bias: false };
+    (micro_step_flops(&small, 64), micro_step_flops(&large, 16))
+}
+
+/// Training FLOPs of one micro-step (forward and backward of one micro-batch) on one device.
+pub fn micro_step_flops(m: &ModelConfig, batch: usize) -> f64 {
+    flops::flops_per_token(m, m.block_size).train() * (batch * m.block_size) as f64
 }
 
 impl MfuAssumption {
@@ -19,28 +47,140 @@ impl MfuAssumption {
         (self.low + self.high) / 2.0
     }
 
-    /// The default for a device: what well-tuned small-GPT training reaches there.
-    pub fn default_for(device: &Device) -> MfuAssumption {
-        if device.name == "cpu" {
-            MfuAssumption {
+    /// The default for a run on a device. On a GPU it depends on the work of one micro-step:
+    /// small models keep the GPU less busy (kernel launches, Python, elementwise work weigh
+    /// more), so they run at a lower MFU than GPT-2-sized ones.
+    pub fn default_for(device: &Device, run: &Run) -> MfuAssumption {
+        if !device.is_gpu() {
+            return MfuAssumption {
                 low: 0.30,
                 high: 0.60,
                 source: "gptrain's f32 steps on 2 x86 threads measured 31-45% on a ~1M-parameter model and 35-69% on 10-124M ones, lower on a busy machine (PERFORMANCE.md); --calibrate measures this machine".into(),
-            }
-        } else if device.name.starts_with("rtx") {
-            MfuAssumption { low: 0.25, high: 0.45, source: "assumed: well-tuned PyTorch/llm.c training of GPT-2-small-sized models on GeForce cards typically reaches 25-45% of the fp16/fp32-accumulate peak".into() }
+                note: None,
+            };
+        }
+        let f = micro_step_flops(&run.model, run.batch_size);
+        let (f_small, f_large) = gpu_anchor_flops();
+        let mid = if f <= f_small {
+            GPU_SMALL_MFU
+        } else if f >= f_large {
+            GPU_LARGE_MFU
         } else {
-            MfuAssumption {
-                low: 0.30,
-                high: 0.50,
-                source: "nanoGPT with torch.compile (bf16) measured 37-40% on an H200 for GPT-2 124M and a 4x512 model, eager PyTorch 25-32% (PERFORMANCE.md); its published A100 run implies ~30%, llm.c's ~60%".into(),
-            }
+            let x = (f / f_small).ln() / (f_large / f_small).ln();
+            GPU_SMALL_MFU + x * (GPU_LARGE_MFU - GPU_SMALL_MFU)
+        };
+        let geforce = if device.class == Class::GeForce { "; no GeForce card measured: the same curve assumed" } else { "" };
+        MfuAssumption {
+            low: mid * (1.0 - GPU_SPREAD),
+            high: mid * (1.0 + GPU_SPREAD),
+            source: format!(
+                "middle {:.0}% for {f:.2e} FLOPs per micro-step, +-25%: nanoGPT (torch.compile, bf16/fp16) runs at ~{:.0}% from {f_large:.1e} FLOPs per micro-step up (36.9-39.8% measured on an H200, PERFORMANCE.md; 29% implied by its README's GPT-2 124M on 8xA100 in ~4 days) and at {:.0}% at shakespeare-char's {f_small:.1e} (its README's ~3 minutes on one A100, evals included); log-interpolated between{geforce}",
+                mid * 100.0,
+                GPU_LARGE_MFU * 100.0,
+                GPU_SMALL_MFU * 100.0
+            ),
+            note: (f < f_small).then(|| {
+                format!(
+                    "note: a micro-step of {f:.2e} FLOPs is smaller than any measured ({f_small:.1e}, shakespeare-char): a GPU is mostly idle between kernel launches then, so expect less than {:.0}% MFU and a longer run (--mfu sets your own)",
+                    GPU_SMALL_MFU * 100.0
+                )
+            }),
         }
     }
 
     pub fn fixed(mfu: f64, source: &str) -> MfuAssumption {
-        MfuAssumption { low: mfu, high: mfu, source: source.into() }
+        MfuAssumption { low: mfu, high: mfu, source: source.into(), note: None }
     }
+}
+
+/// The vocabulary size of the run and where it came from.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Vocab {
+    pub size: usize,
+    pub source: String,
+    /// True when no file or setting gave it: the estimate rests on a guess the source explains.
+    pub assumed: bool,
+}
+
+impl Vocab {
+    pub fn given(size: usize) -> Vocab {
+        Vocab { size, source: "given".into(), assumed: false }
+    }
+}
+
+/// The compute dtype and why it was chosen.
+#[derive(Clone, Debug)]
+pub struct DtypeChoice {
+    pub dtype: Precision,
+    pub source: String,
+}
+
+impl DtypeChoice {
+    pub fn given(dtype: Precision) -> DtypeChoice {
+        DtypeChoice { dtype, source: "given".into() }
+    }
+
+    /// `--dtype` (`flag`), else the config's explicit dtype (`config`), else what the program
+    /// being estimated uses by default: on a GPU nanoGPT's (`'bfloat16' if
+    /// torch.cuda.is_bf16_supported() else 'float16'`), on the CPU gptrain's fp32. Then what
+    /// the device cannot run is replaced (a note says so): the CPU backend computes in fp32, a
+    /// card without bf16 runs fp16.
+    pub fn choose(flag: Option<Precision>, config: Option<Precision>, device: &Device) -> (DtypeChoice, Vec<String>) {
+        let mut notes = Vec::new();
+        let mut p = match (flag, config) {
+            (Some(d), _) => DtypeChoice { dtype: d, source: "--dtype".into() },
+            (None, Some(d)) => DtypeChoice { dtype: d, source: "the config's `dtype`".into() },
+            (None, None) if !device.is_gpu() => {
+                DtypeChoice { dtype: Precision::F32, source: "gptrain's CPU backend computes in fp32".into() }
+            }
+            (None, None) if device.has_bf16() => DtypeChoice {
+                dtype: Precision::Bf16,
+                source: format!("nanoGPT's default: bfloat16 where the card has it ({}: yes); --dtype to change", device.name),
+            },
+            (None, None) => DtypeChoice {
+                dtype: Precision::F16,
+                source: format!(
+                    "nanoGPT's default: bfloat16 where the card has it, else float16 ({} has no bf16); --dtype to change",
+                    device.name
+                ),
+            },
+        };
+        if !device.is_gpu() && p.dtype != Precision::F32 {
+            notes.push(format!("note: the CPU backend computes in fp32, not {}; estimating fp32", p.dtype.name()));
+            p = DtypeChoice { dtype: Precision::F32, source: format!("{} asked, but gptrain's CPU backend computes in fp32", p.source) };
+        } else if device.is_gpu() && p.dtype == Precision::Bf16 && !device.has_bf16() {
+            notes.push(format!("note: {} has no bf16 tensor cores (nanoGPT picks float16 there); estimating fp16", device.name));
+            p = DtypeChoice {
+                dtype: Precision::F16,
+                source: format!("bf16 from {}, but {} has no bf16: fp16, as nanoGPT picks", p.source, device.name),
+            };
+        }
+        (p, notes)
+    }
+}
+
+/// The gradient all-reduce of data-parallel training, once per iteration.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AllReduce {
+    /// fp32 gradients of every parameter: what DDP reduces under autocast.
+    pub gradient_bytes: u64,
+    /// A ring all-reduce sends (and receives) 2 (N-1)/N of the gradient per GPU.
+    pub bytes_per_gpu: f64,
+    pub link_gbs: f64,
+    pub link_source: String,
+    pub ms_per_iter: f64,
+    pub assumption: String,
+}
+
+/// How the all-reduce's time is counted.
+pub const ALLREDUCE_ASSUMPTION: &str = "not overlapped: added in full to every iteration at the link's rated speed (DDP overlaps its buckets with the last micro-step's backward, so this is an upper bound on their cost, while NCCL reaches less than the rated speed)";
+
+/// One dtype's peak on the device and where the figure comes from.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Peak {
+    pub dtype: &'static str,
+    pub tflops: f64,
+    pub source: String,
 }
 
 /// Everything `estimate` reports.
@@ -48,29 +188,46 @@ impl MfuAssumption {
 pub struct Estimate {
     /// The run estimated: model shape, micro-batch and accumulation steps.
     pub model: ModelConfig,
+    pub vocab: Vocab,
     pub batch_size: usize,
+    /// Micro-steps per iteration over all GPUs (nanoGPT's `gradient_accumulation_steps`).
     pub grad_accum: usize,
+    pub gpus: usize,
+    /// Micro-steps each GPU runs per iteration (grad_accum / gpus, as nanoGPT's DDP divides it).
+    pub grad_accum_per_gpu: usize,
     pub params: usize,
     pub params_nanogpt: usize,
     pub tokens_per_iter: usize,
     pub flops_per_token: f64,
     pub flops_per_token_palm: f64,
+    /// Over all GPUs.
     pub flops_per_iter: f64,
+    pub flops_per_micro_step: f64,
     pub device: String,
     pub dtype: String,
+    pub dtype_source: String,
+    /// One GPU's peak in `dtype`.
     pub peak_flops: f64,
     pub peak_source: String,
+    /// Every dtype's peak on this device, each with its own source.
+    pub peaks: Vec<Peak>,
+    /// Compute at 100% of peak, no all-reduce: no iteration can be faster.
     pub floor_ms_per_iter: f64,
     pub mfu: MfuAssumption,
+    /// Compute at the expected MFU plus the all-reduce.
     pub ms_per_iter: f64,
     pub ms_per_iter_range: (f64, f64),
-    /// Time of one eval (2 x eval_iters forward passes), at the expected MFU.
+    /// None on one device.
+    pub allreduce: Option<AllReduce>,
+    /// Time of one eval (2 x eval_iters forward passes on one GPU, as nanoGPT's master process
+    /// runs them), at the expected MFU.
     pub eval_seconds: f64,
     pub evals: u64,
     pub total_seconds: f64,
     pub total_seconds_range: (f64, f64),
     pub floor_total_seconds: f64,
     pub max_iters: u64,
+    /// Per GPU.
     pub memory: Memory,
     pub memory_bytes: u64,
     pub device_memory_bytes: u64,
@@ -89,50 +246,116 @@ pub struct Estimate {
 #[derive(Clone, Debug)]
 pub struct Run {
     pub model: ModelConfig,
+    pub vocab: Vocab,
     pub batch_size: usize,
+    /// Micro-steps per iteration over all GPUs.
     pub grad_accum: usize,
     pub max_iters: u64,
     pub eval_interval: u64,
     pub eval_iters: usize,
+    /// Cards training in data parallel, as nanoGPT's DDP: each runs `grad_accum / gpus`
+    /// micro-steps of `batch_size`, then the gradients are all-reduced.
+    pub gpus: usize,
 }
 
-pub fn estimate(run: &Run, device: &Device, dtype: Precision, peak_override: Option<f64>, mfu: MfuAssumption) -> Estimate {
+impl Run {
+    /// What nanoGPT's DDP asserts, as one-line errors.
+    pub fn check_gpus(&self, device: &Device) -> Result<()> {
+        let n = self.gpus;
+        if n == 0 {
+            bail!("--gpus must be at least 1");
+        }
+        if n > 1 && !device.is_gpu() {
+            bail!("--gpus {n} is data parallelism over GPUs; the CPU is one device (leave --gpus out)");
+        }
+        if n > 1 && device.link_gbs <= 0.0 {
+            bail!(
+                "--gpus {n}: the interconnect of `{}` is unknown, so the all-reduce cannot be costed; name a card from --list-devices",
+                device.name
+            );
+        }
+        if !self.grad_accum.is_multiple_of(n) {
+            let near: Vec<String> =
+                [n * (self.grad_accum / n).max(1), n * (self.grad_accum / n + 1)].iter().map(|g| g.to_string()).collect();
+            bail!(
+                "gradient_accumulation_steps ({}) must be divisible by --gpus {n}, as nanoGPT's DDP asserts; e.g. --set gradient_accumulation_steps={}",
+                self.grad_accum,
+                near.join(" or ")
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The estimate of `run` on `device`. `run.check_gpus(device)` must hold.
+pub fn estimate(run: &Run, device: &Device, precision: &DtypeChoice, peak_override: Option<f64>, mfu: MfuAssumption) -> Estimate {
     let m = &run.model;
     let t = m.block_size;
+    let dtype = precision.dtype;
     let p = flops::params(m);
     let fpt = flops::flops_per_token(m, t).train();
     let tokens = run.batch_size * t * run.grad_accum;
     let fpi = fpt * tokens as f64;
+    let gpus = run.gpus.max(1);
+    let per_gpu = run.grad_accum / gpus;
+    let micro = micro_step_flops(m, run.batch_size);
     let peak = peak_override.unwrap_or_else(|| device.peak_flops(dtype));
-    let floor_s = fpi / peak;
-    let s_at = |u: f64| floor_s / u;
-    // eval: 2 splits x eval_iters micro-batches, forward only (a third of a training micro-step)
-    let eval_s = |u: f64| 2.0 * run.eval_iters as f64 * s_at(u) / run.grad_accum as f64 / 3.0;
+    let allreduce = (gpus > 1).then(|| {
+        let bytes = 4 * p.total as u64;
+        let per = 2.0 * (gpus - 1) as f64 / gpus as f64 * bytes as f64;
+        AllReduce {
+            gradient_bytes: bytes,
+            bytes_per_gpu: per,
+            link_gbs: device.link_gbs,
+            link_source: device.link_source.clone(),
+            ms_per_iter: per / (device.link_gbs * 1e9) * 1e3,
+            assumption: ALLREDUCE_ASSUMPTION.into(),
+        }
+    });
+    let comm_s = allreduce.as_ref().map_or(0.0, |a| a.ms_per_iter / 1e3);
+    let micro_s = |u: f64| micro / peak / u;
+    let floor_s = per_gpu as f64 * micro_s(1.0);
+    let s_at = |u: f64| per_gpu as f64 * micro_s(u) + comm_s;
+    // eval: 2 splits x eval_iters micro-batches, forward only (a third of a training
+    // micro-step), on one GPU
+    let eval_s = |u: f64| 2.0 * run.eval_iters as f64 * micro_s(u) / 3.0;
     let evals = run.max_iters / run.eval_interval.max(1) + 1;
     let total = |u: f64| run.max_iters as f64 * s_at(u) + evals as f64 * eval_s(u);
-    let imp = if device.name == "cpu" { Impl::Cpu } else { Impl::Gpu };
+    let imp = if device.is_gpu() { Impl::Gpu } else { Impl::Cpu };
     let d = if imp == Impl::Cpu { 4 } else { dtype.bytes() as u64 };
     let mem = flops::memory(m, run.batch_size, t, d, false, imp);
     let cap = device.memory_bytes;
     let fits = |bytes: u64| (cap > 0).then_some(bytes <= cap); // None: the device's memory is unknown
     let torch = (imp == Impl::Gpu).then(|| flops::memory(m, run.batch_size, t, d, false, Impl::Torch).total());
+    let source_of = |d: Precision| if peak_override.is_some() { "--peak-tflops".to_string() } else { device.peak_source(d) };
+    let peaks = [Precision::F32, Precision::Tf32, Precision::F16, Precision::Bf16]
+        .into_iter()
+        .map(|d| Peak { dtype: d.name(), tflops: peak_override.unwrap_or_else(|| device.peak_flops(d)) / 1e12, source: source_of(d) })
+        .collect();
     Estimate {
         model: m.clone(),
+        vocab: run.vocab.clone(),
         batch_size: run.batch_size,
         grad_accum: run.grad_accum,
+        gpus,
+        grad_accum_per_gpu: per_gpu,
         params: p.total,
         params_nanogpt: p.nanogpt,
         tokens_per_iter: tokens,
         flops_per_token: fpt,
         flops_per_token_palm: flops::palm_flops_per_token(m, t),
         flops_per_iter: fpi,
+        flops_per_micro_step: micro,
         device: device.name.clone(),
         dtype: dtype.name().into(),
+        dtype_source: precision.source.clone(),
         peak_flops: peak,
-        peak_source: if peak_override.is_some() { "--peak-tflops".into() } else { device.source.clone() },
+        peak_source: source_of(dtype),
+        peaks,
         floor_ms_per_iter: floor_s * 1e3,
         ms_per_iter: s_at(mfu.mid()) * 1e3,
         ms_per_iter_range: (s_at(mfu.high) * 1e3, s_at(mfu.low) * 1e3),
+        allreduce,
         eval_seconds: eval_s(mfu.mid()),
         evals,
         total_seconds: total(mfu.mid()),
@@ -155,34 +378,44 @@ pub fn estimate(run: &Run, device: &Device, dtype: Precision, peak_override: Opt
 /// Whether `ms` per iteration is physically possible, with the reason.
 pub fn expect_verdict(e: &Estimate, ms: f64) -> (bool, String) {
     let needed = e.flops_per_iter / (ms / 1e3);
-    let ratio = needed / e.peak_flops;
+    let all = e.peak_flops * e.gpus as f64;
+    let ratio = needed / all;
+    let cards = if e.gpus > 1 { format!("{} x {}", e.gpus, e.device) } else { e.device.clone() };
     if ms < e.floor_ms_per_iter {
         (
             false,
             format!(
-                "impossible: {ms} ms/iteration means {:.3e} FLOP/s ({:.1} TFLOP/s), {ratio:.1}x the {} peak of {:.1} TFLOP/s for {}; even at 100% utilisation an iteration of {:.3e} FLOPs takes {:.0} ms",
+                "impossible: {ms} ms/iteration means {:.3e} FLOP/s ({:.1} TFLOP/s), {ratio:.1}x the {cards} peak of {:.1} TFLOP/s for {}; even at 100% utilisation an iteration of {:.3e} FLOPs takes {}",
                 needed,
                 needed / 1e12,
-                e.device,
-                e.peak_flops / 1e12,
+                all / 1e12,
                 e.dtype,
                 e.flops_per_iter,
-                e.floor_ms_per_iter
+                fmt_ms(e.floor_ms_per_iter)
             ),
         )
     } else {
         (
             true,
             format!(
-                "possible: {ms} ms/iteration means {:.1}% MFU on {} ({}); the expected time is {:.0} ms at {:.0}% MFU",
+                "possible: {ms} ms/iteration means {:.1}% MFU on {cards} ({}); the expected time is {} at {:.0}% MFU",
                 ratio * 100.0,
-                e.device,
                 e.dtype,
-                e.ms_per_iter,
+                fmt_ms(e.ms_per_iter),
                 e.mfu.mid() * 100.0
             ),
         )
     }
+}
+
+/// Milliseconds with three significant digits (`0.0123 ms`, `1.23 ms`, `123 ms`), whole
+/// milliseconds from 1000 up (`1234 ms`).
+pub fn fmt_ms(ms: f64) -> String {
+    if !ms.is_finite() {
+        return "? ms".into();
+    }
+    let digits = if ms == 0.0 || ms.abs() >= 100.0 { 0 } else { (2 - ms.abs().log10().floor() as i32).max(0) as usize };
+    format!("{ms:.digits$} ms")
 }
 
 #[cfg(test)]
@@ -201,18 +434,46 @@ mod tests {
                 padded_vocab_size: 50304,
                 bias: false,
             },
+            vocab: Vocab::given(50304),
             batch_size: 16,
             grad_accum: 32,
             max_iters: 6000,
             eval_interval: 2000,
             eval_iters: 200,
+            gpus: 1,
         }
+    }
+
+    /// A preset's run as `estimate` sees it, with the vocabulary nanoGPT's data gives.
+    fn preset_run(preset: &str, vocab: usize, gpus: usize) -> Run {
+        let (cfg, _) = crate::config::resolve(Some(preset), None, &[]).unwrap();
+        let model = crate::train::model_config(&crate::config::Config { vocab_size: Some(vocab), ..cfg.clone() }, 0).unwrap();
+        Run {
+            model,
+            vocab: Vocab::given(vocab),
+            batch_size: cfg.batch_size,
+            grad_accum: cfg.gradient_accumulation_steps,
+            max_iters: cfg.max_iters,
+            eval_interval: cfg.eval_interval,
+            eval_iters: cfg.eval_iters,
+            gpus,
+        }
+    }
+
+    fn est(run: &Run, device: &str, dtype: Precision) -> Estimate {
+        let d = lookup(device).unwrap();
+        run.check_gpus(&d).unwrap();
+        estimate(run, &d, &DtypeChoice::given(dtype), None, MfuAssumption::default_for(&d, run))
+    }
+
+    /// |published / predicted middle - 1|, both ways round (the larger).
+    fn off(predicted: f64, published: f64) -> f64 {
+        (published / predicted - 1.0).abs().max((predicted / published - 1.0).abs())
     }
 
     #[test]
     fn the_rtx4070_run_takes_seconds_per_iteration_and_hours_in_total() {
-        let d = lookup("rtx-4070").unwrap();
-        let e = estimate(&rtx4070_run(), &d, Precision::F16, None, MfuAssumption::default_for(&d));
+        let e = est(&rtx4070_run(), "rtx-4070", Precision::F16);
         assert!(e.floor_ms_per_iter > 2000.0, "{}", e.floor_ms_per_iter);
         assert!(e.total_seconds > 3.0 * 3600.0, "{}", e.total_seconds);
         assert_eq!(e.fits, Some(true), "the run fit its user's 12 GB card: {} bytes", e.memory_bytes);
@@ -224,8 +485,8 @@ mod tests {
     fn nanogpt_runs_measured_on_an_h200_fall_in_the_predicted_range() {
         // nanoGPT's own train.py (torch.compile, synthetic tokens) on an H200, steady ms/iter
         // by `gptrain logs` (PERFORMANCE.md, "Estimates against a real GPU"): the rtx4070-40m
-        // run's shape in fp16, and GPT-2 124M (config/train_gpt2.py's schedule) in bf16
-        let d = lookup("h200").unwrap();
+        // run's shape in fp16, and GPT-2 124M (config/train_gpt2.py's schedule) in bf16;
+        // issue 20 asks for each within 25% of the range's middle
         let gpt2 = Run {
             model: ModelConfig { n_layer: 12, n_head: 12, n_embd: 768, bias: true, ..rtx4070_run().model },
             batch_size: 12,
@@ -233,38 +494,118 @@ mod tests {
             ..rtx4070_run()
         };
         for (run, dtype, measured_ms) in [(rtx4070_run(), Precision::F16, 366.6), (gpt2, Precision::Bf16, 1067.5)] {
-            let e = estimate(&run, &d, dtype, None, MfuAssumption::default_for(&d));
+            let e = est(&run, "h200", dtype);
             let (lo, hi) = e.ms_per_iter_range;
             assert!(lo <= measured_ms && measured_ms <= hi, "{measured_ms} ms outside {lo:.0}-{hi:.0}");
-            assert!((e.ms_per_iter / measured_ms - 1.0).abs() < 0.1, "expected {:.0} ms, measured {measured_ms}", e.ms_per_iter);
+            assert!(off(e.ms_per_iter, measured_ms) < 0.25, "expected {:.0} ms, measured {measured_ms}", e.ms_per_iter);
         }
     }
 
     #[test]
-    fn published_gpt2_124m_a100_runs_imply_plausible_mfu() {
-        // nanoGPT README: GPT-2 124M on one 8xA100 40GB node "in about 4 days" for 600k
-        // iterations of 491,520 tokens; llm.c: GPT-2 124M on 10B tokens in ~90 minutes on
-        // 8xA100 80GB. Our FLOPs model and the A100's 312 TFLOP/s bf16 peak put these at
-        // ~30% and ~60% MFU, the range our default assumption (30-50%) sits in.
+    fn nanogpt_readme_runs_fall_within_a_quarter_of_the_middle() {
+        // nanoGPT's README: config/train_shakespeare_char.py "on one A100 GPU ... takes about 3
+        // minutes" (5000 iterations, evals every 250 included; its data has 65 characters),
+        // and GPT-2 124M (config/train_gpt2.py, 600k iterations) on "a single 8XA100 40GB node
+        // in about 4 days"; both in bf16, nanoGPT's default on an A100
+        let e = est(&preset_run("shakespeare-char", 65, 1), "a100-40gb", Precision::Bf16);
+        assert_eq!((e.evals, e.max_iters), (21, 5000));
+        assert!(off(e.total_seconds, 180.0) < 0.25, "predicted {:.0} s, published ~180 s", e.total_seconds);
+        let (lo, hi) = e.total_seconds_range;
+        assert!(lo < 180.0 && 180.0 < hi, "{lo:.0}-{hi:.0} s");
+        let e = est(&preset_run("gpt2-124m", 50304, 8), "a100-40gb", Precision::Bf16);
+        assert_eq!((e.grad_accum_per_gpu, e.tokens_per_iter), (5, 491_520));
+        let days = e.total_seconds / 86400.0;
+        assert!(off(days, 4.0) < 0.25, "predicted {days:.2} days, published ~4");
+        let (lo, hi) = e.total_seconds_range;
+        assert!(lo / 86400.0 < 4.0 && 4.0 < hi / 86400.0, "{lo:.0}-{hi:.0} s");
+    }
+
+    #[test]
+    fn small_models_get_a_lower_mfu_than_gpt2_sized_ones() {
         let d = lookup("a100-40gb").unwrap();
-        let model = ModelConfig {
-            n_layer: 12,
-            n_head: 12,
-            n_embd: 768,
-            block_size: 1024,
-            vocab_size: 50304,
-            padded_vocab_size: 50304,
-            bias: false,
-        };
-        let fpt = crate::perf::flops::flops_per_token(&model, 1024).train();
-        let peak = d.peak_flops(Precision::Bf16);
-        let nanogpt_mfu = fpt * 491_520.0 * 600_000.0 / (4.0 * 86400.0 * 8.0) / peak;
-        let llmc_mfu = fpt * 10e9 / (90.0 * 60.0 * 8.0) / peak;
-        assert!((0.2..0.4).contains(&nanogpt_mfu), "{nanogpt_mfu}");
-        assert!((0.5..0.75).contains(&llmc_mfu), "{llmc_mfu}");
-        let run = Run { model, batch_size: 12, grad_accum: 40, max_iters: 600_000, eval_interval: 1000, eval_iters: 200 };
-        let e = estimate(&run, &d, Precision::Bf16, None, MfuAssumption::default_for(&d));
-        let published_s = 4.0 * 86400.0 * 8.0 / 600_000.0; // GPU-seconds per iteration
-        assert!(e.ms_per_iter_range.0 / 1e3 < published_s && published_s < 1.5 * e.ms_per_iter_range.1 / 1e3, "{e:?}");
+        let mid = |r: &Run| MfuAssumption::default_for(&d, r).mid();
+        let (tiny, small, mid40, gpt2) = (
+            preset_run("shakespeare-char-cpu", 65, 1),
+            preset_run("shakespeare-char", 65, 1),
+            rtx4070_run(),
+            preset_run("gpt2-124m", 50304, 1),
+        );
+        assert!(mid(&tiny) <= mid(&small) && mid(&small) < mid(&mid40) && mid(&mid40) <= mid(&gpt2));
+        assert!(mid(&small) < 0.6 * mid(&gpt2), "{} vs {}", mid(&small), mid(&gpt2));
+        // a bigger micro-batch of the small model keeps the GPU busier
+        assert!(mid(&Run { batch_size: 128, ..small.clone() }) > mid(&small));
+        // below every measured run the default says it is a guess
+        assert!(MfuAssumption::default_for(&d, &tiny).note.is_some());
+        assert!(MfuAssumption::default_for(&d, &gpt2).note.is_none());
+        assert!(MfuAssumption::default_for(&d, &gpt2).source.contains("PERFORMANCE.md"));
+    }
+
+    #[test]
+    fn data_parallel_runs_divide_the_micro_steps_and_pay_an_all_reduce() {
+        let one = est(&preset_run("gpt2-124m", 50304, 1), "a100-40gb", Precision::Bf16);
+        let eight = est(&preset_run("gpt2-124m", 50304, 8), "a100-40gb", Precision::Bf16);
+        assert!(one.allreduce.is_none());
+        let a = eight.allreduce.as_ref().unwrap();
+        // ring all-reduce of fp32 gradients: 2 (N-1)/N of them through each GPU's link
+        assert_eq!(a.gradient_bytes, 4 * one.params as u64);
+        assert!((a.bytes_per_gpu - 1.75 * a.gradient_bytes as f64).abs() < 1.0);
+        assert!((a.ms_per_iter - a.bytes_per_gpu / 300e9 * 1e3).abs() < 1e-9, "A100 NVLink: 300 GB/s each way");
+        let compute = |e: &Estimate| e.ms_per_iter - e.allreduce.as_ref().map_or(0.0, |a| a.ms_per_iter);
+        assert!((compute(&one) / compute(&eight) - 8.0).abs() < 1e-9);
+        assert_eq!(one.tokens_per_iter, eight.tokens_per_iter);
+        // evals run on one GPU either way
+        assert_eq!(one.eval_seconds, eight.eval_seconds);
+        // the same run over PCIe pays more for the all-reduce
+        let pcie = est(&Run { gpus: 8, ..rtx4070_run() }, "rtx-4090", Precision::Bf16);
+        assert!(pcie.allreduce.unwrap().ms_per_iter > 5.0 * a.ms_per_iter * pcie.params as f64 / one.params as f64);
+        // what nanoGPT asserts is a clear error
+        let d = lookup("a100-40gb").unwrap();
+        let gpt2 = preset_run("gpt2-124m", 50304, 3);
+        let err = gpt2.check_gpus(&d).unwrap_err().to_string();
+        assert!(err.contains("divisible by --gpus 3") && err.contains("gradient_accumulation_steps=39 or 42"), "{err}");
+        assert!(Run { gpus: 0, ..gpt2.clone() }.check_gpus(&d).unwrap_err().to_string().contains("at least 1"));
+        assert!(Run { gpus: 2, ..gpt2 }.check_gpus(&crate::perf::device::cpu()).is_err());
+    }
+
+    #[test]
+    fn a_gpu_defaults_to_nanogpts_dtype_unless_one_is_named() {
+        let (a100, t4, cpu) = (lookup("a100").unwrap(), lookup("t4").unwrap(), crate::perf::device::cpu());
+        let (p, notes) = DtypeChoice::choose(None, None, &a100);
+        assert!(p.dtype == Precision::Bf16 && p.source.contains("nanoGPT") && notes.is_empty(), "{}", p.source);
+        assert_eq!(DtypeChoice::choose(None, None, &t4).0.dtype, Precision::F16);
+        assert_eq!(DtypeChoice::choose(None, None, &cpu).0.dtype, Precision::F32);
+        assert_eq!(DtypeChoice::choose(None, Some(Precision::F16), &a100).0.dtype, Precision::F16);
+        let (p, _) = DtypeChoice::choose(Some(Precision::F32), Some(Precision::F16), &a100);
+        assert!(p.dtype == Precision::F32 && p.source == "--dtype");
+        // what the device cannot run is replaced, and said so
+        let (p, notes) = DtypeChoice::choose(Some(Precision::Bf16), None, &t4);
+        assert!(p.dtype == Precision::F16 && notes[0].contains("no bf16"), "{notes:?}");
+        let (p, notes) = DtypeChoice::choose(None, Some(Precision::F16), &cpu);
+        assert!(p.dtype == Precision::F32 && notes[0].contains("fp32"), "{notes:?}");
+    }
+
+    #[test]
+    fn each_dtype_names_the_source_of_its_own_peak() {
+        let e = est(&rtx4070_run(), "a100-40gb", Precision::F32);
+        assert!(e.peak_source.contains("FP32 (non-tensor)") && !e.peak_source.contains("FP16"), "{}", e.peak_source);
+        let src = |d: &str, dt: &str| e_peaks(d).into_iter().find(|p| p.dtype == dt).unwrap().source;
+        assert!(src("t4", "tf32").contains("no TF32"));
+        assert!(src("rtx-4070", "tf32").contains("TF32"));
+        assert!(src("rtx-4070", "fp16").contains("FP32 Accumulate"));
+        assert!(src("h200", "bf16").contains("BF16"));
+    }
+
+    fn e_peaks(device: &str) -> Vec<Peak> {
+        est(&rtx4070_run(), device, Precision::F16).peaks
+    }
+
+    #[test]
+    fn milliseconds_keep_three_significant_digits() {
+        assert_eq!(fmt_ms(0.012345), "0.0123 ms");
+        assert_eq!(fmt_ms(1.2345), "1.23 ms");
+        assert_eq!(fmt_ms(12.345), "12.3 ms");
+        assert_eq!(fmt_ms(123.45), "123 ms");
+        assert_eq!(fmt_ms(1234.4), "1234 ms");
+        assert_eq!(fmt_ms(0.0), "0 ms");
     }
 }

@@ -29,6 +29,18 @@ pub enum Format {
     Gptrain,
 }
 
+impl Format {
+    /// The format as a person names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::NanoGpt => "nanoGPT",
+            Format::LlmcCuda => "llm.c (CUDA trainer)",
+            Format::LlmcCpu => "llm.c (CPU trainer)",
+            Format::Gptrain => "gptrain metrics.jsonl",
+        }
+    }
+}
+
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct IterLine {
     pub iter: u64,
