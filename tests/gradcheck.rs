@@ -180,7 +180,7 @@ fn crossentropy_gradient_matches_finite_differences() {
     let targets: Vec<u32> = vec![0, 5, 2, 3];
     let mut losses = vec![0.0; n];
     let mut dlogits = logits.clone(); // overwritten in place with the gradient
-    classifier::crossentropy_forward(&mut dlogits, &mut losses, &targets, v, vp, Some(1.0));
+    classifier::fused_classifier(&mut dlogits, &mut losses, &targets, v, vp, Some(1.0));
     let ones = vec![1.0f32; n];
     let f = |l: &[f64]| -> Vec<f64> {
         l.chunks(vp)

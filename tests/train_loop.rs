@@ -31,7 +31,7 @@ impl Observer for Collect {
     fn eval(&mut self, it: u64, t: f32, v: f32, _: f64) {
         self.evals.push((it, t, v));
     }
-    fn checkpoint(&mut self, p: &Path, _: f64) {
+    fn checkpoint(&mut self, _: u64, p: &Path, _: f64) {
         self.checkpoints.push(p.to_path_buf());
     }
     fn finish(&mut self, _: &Summary) {}

@@ -153,7 +153,7 @@ impl Observer for Printer {
         self.line(&format!("step {it}: train loss {train_loss:.4}, val loss {val_loss:.4}"));
     }
 
-    fn checkpoint(&mut self, path: &Path, secs: f64) {
+    fn checkpoint(&mut self, _iter: u64, path: &Path, secs: f64) {
         self.line(&format!("saved checkpoint to {} ({:.2}s)", path.display(), secs));
     }
 

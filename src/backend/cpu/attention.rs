@@ -2,7 +2,7 @@
 //! attention row's softmax maximum and 1/sum (`stats`, B x NH x T x 2) and the backward
 //! recomputes the probabilities from them (flash attention's scheme: one more scores product per
 //! head, in exchange for not keeping B x NH x T x T floats per layer; the time saved on that
-//! memory about pays for the product, PERFORMANCE.md, ninth session).
+//! memory about pays for the product, as PERFORMANCE.md measured).
 //!
 //! `attention_forward`/`attention_backward` run each (batch row, head) as a task of small
 //! matmuls through `gemm` (scores, probabilities x values, and their gradients) over 64-row

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 /// `v..vp` take no part. With `grad = Some(s)`, each row of logits is then overwritten with its
 /// gradient s * (softmax - onehot(target)), zero in the padded columns (llm.c's fused classifier
 /// works in place too): after a training forward the buffer holds dlogits, not logits.
-pub fn crossentropy_forward(logits: &mut [f32], losses: &mut [f32], targets: &[u32], v: usize, vp: usize, grad: Option<f32>) {
+pub fn fused_classifier(logits: &mut [f32], losses: &mut [f32], targets: &[u32], v: usize, vp: usize, grad: Option<f32>) {
     losses.par_iter_mut().zip(logits.par_chunks_mut(vp)).enumerate().for_each(|(row, (loss, l))| {
         *loss = crossentropy_row(l, targets[row] as usize, v, grad);
     });
@@ -34,8 +34,8 @@ dispatch! {
     }
 }
 
-/// The plain version of [`crossentropy_forward`]: one row at a time, the platform's exp.
-pub fn crossentropy_forward_naive(logits: &mut [f32], losses: &mut [f32], targets: &[u32], v: usize, vp: usize, grad: Option<f32>) {
+/// The plain version of [`fused_classifier`]: one row at a time, the platform's exp.
+pub fn fused_classifier_naive(logits: &mut [f32], losses: &mut [f32], targets: &[u32], v: usize, vp: usize, grad: Option<f32>) {
     for (row, (l, loss)) in logits.chunks_mut(vp).zip(losses.iter_mut()).enumerate() {
         let tgt = targets[row] as usize;
         let maxv = l[..v].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));

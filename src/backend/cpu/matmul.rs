@@ -1,9 +1,8 @@
 //! Linear layers through a GEMM library, with every transpose folded into strides (no copies):
 //! the `gemm` crate, except that on x86-64 CPUs with AVX2 but no AVX-512 every product goes
 //! through `private-gemm-x86`'s AVX2 kernels, one single-threaded call per thread ([`Par::Split`])
-//! or per attention head. They were 7-8% faster per `tiny` step there (PERFORMANCE.md, seventh
-//! session), and split across the threads they beat `gemm`'s own threading on `gpt2`'s products
-//! too (eleventh session). `GPTRAIN_ISA=avx2` runs the same on an AVX-512 CPU. A naive loop
+//! or per attention head: faster there, also against `gemm`'s own threading (the measurements are
+//! in PERFORMANCE.md). `GPTRAIN_ISA=avx2` runs the same on an AVX-512 CPU. A naive loop
 //! version is kept beside it as the algorithmic reference the tests compare with.
 
 use super::simd::Isa;
@@ -90,10 +89,9 @@ const SPLIT_COLUMNS_FROM: f64 = 1e8;
 
 /// Whether [`Par::Split`] gives each of `threads` threads a block of dst's columns rather than
 /// of its rows. With `private-gemm-x86` (AVX2), on products of at least [`SPLIT_COLUMNS_FROM`]
-/// multiply-adds and 48 columns per thread, columns were 1-5% faster per `small` and `gpt2` step
-/// (two threads: each streams all of lhs and packs half of rhs, instead of packing all of rhs
-/// for half of lhs); `tiny`'s smaller products and `gemm`'s kernels lost 1-3% with them
-/// (PERFORMANCE.md, eleventh session).
+/// multiply-adds and 48 columns per thread, columns are faster (two threads: each streams all of
+/// lhs and packs half of rhs, instead of packing all of rhs for half of lhs); smaller products
+/// and `gemm`'s kernels are faster by rows (PERFORMANCE.md has the measurements).
 fn split_columns(lib: GemmLib, m: usize, n: usize, k: usize, threads: usize) -> bool {
     lib == GemmLib::Avx2Asm && threads > 1 && n >= 2 * AVX2_TILE * threads && macs(m, n, k) >= SPLIT_COLUMNS_FROM
 }
@@ -313,8 +311,8 @@ unsafe fn gemm_avx2asm(m: usize, n: usize, k: usize, dst: Dst, accumulate: bool,
 
 /// Columns of dst per `private-gemm-x86` call. For a row-major dst it packs the rhs side, a
 /// panel of n x min(k, 512) elements, and takes it whole when that fits its estimate of L2;
-/// at 1.8 MiB (the `small` config's qkv forward, 1152 x 384) on a 2 MiB L2 that thrashed:
-/// 15-25% slower than the same product in column blocks (PERFORMANCE.md, ninth session). So
+/// a panel near the size of L2 thrashes it (slower than the same product in column blocks;
+/// PERFORMANCE.md has the measurements). So
 /// each call's panel is held to half of L2, in equal blocks that are whole multiples of the
 /// AVX2 kernel's 24 rows. Each element still sums over all of k in the same order (the
 /// library's depth blocks depend on k alone), so the blocks change no bits.
@@ -332,13 +330,13 @@ fn cols_within_half(n: usize, k: usize, l2: usize) -> usize {
 }
 
 /// With the `gemm` crate, products of fewer multiply-adds than this (m n k) split themselves
-/// across threads ([`Par::Split`]); larger ones use gemm's threading (measured on GPT shapes, 2
-/// threads).
+/// across threads ([`Par::Split`]); larger ones use gemm's threading (the faster of the two on
+/// GPT shapes with 2 threads; PERFORMANCE.md).
 const SPLIT_ROWS_BELOW: f64 = 3e8;
 
 /// ... unless every thread gets at least this many rows: then one single-threaded call per
-/// thread wins again (the `small` config's 2048-row products, 1-4% per step in paired runs;
-/// the 256-row products of `gpt2` stay with gemm's threading, which was 4-10% faster there).
+/// thread wins again (the `small` config's 2048-row products; the 256-row products of `gpt2`
+/// stay with gemm's threading, faster there; PERFORMANCE.md).
 const SPLIT_ROWS_MIN_PER_THREAD: usize = 512;
 
 /// dst(m,n) (+)= lhs(m,k) @ rhs(k,n), dst row-major and contiguous.
@@ -347,8 +345,8 @@ const SPLIT_ROWS_MIN_PER_THREAD: usize = 512;
 /// always with `private-gemm-x86`, `dst` is split into one contiguous block per pool thread
 /// ([`Par::Split`]: rows, or columns where [`split_columns`] says so): for the skinny shapes of
 /// small models this beats gemm's own threading. With AVX2, `gemm`'s threading (its AVX2
-/// kernels) lost to `private-gemm-x86` split by columns on `gpt2`'s 256-row products as well:
-/// 1.01-1.11x per step (PERFORMANCE.md, eleventh session).
+/// kernels) lost to `private-gemm-x86` split by columns on `gpt2`'s 256-row products as well
+/// (PERFORMANCE.md).
 fn gemm_strided(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, lhs: Mat, rhs: Mat) {
     if m == 0 || n == 0 {
         return;

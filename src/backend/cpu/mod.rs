@@ -292,7 +292,7 @@ impl Backend for Cpu {
                 let (ids, r) = take_ids(bufs, fc.targets);
                 {
                     let ([logits, losses], []) = io(bufs, [fc.logits, fc.losses], []);
-                    let f = if fast { classifier::crossentropy_forward } else { classifier::crossentropy_forward_naive };
+                    let f = if fast { classifier::fused_classifier } else { classifier::fused_classifier_naive };
                     f(logits, losses, &ids.u32()[r], fc.vocab, fc.logits.cols(), fc.grad_scale);
                 }
                 bufs.set(fc.targets.buf, ids);

@@ -1,11 +1,11 @@
 //! Keeping the thread pool awake through a training step.
 //!
 //! A rayon worker with nothing to do sleeps after some tens of microseconds of searching, and
-//! waking it for the next parallel op costs 20-30 us on the machine measured (0.2 us when it is
-//! awake). A step of a small model is hundreds of short ops, so those wake-ups add up (the `tiny`
-//! bench step ran 4-12% faster without them). [`hot`] runs the step with every other worker
-//! polling for work, yielding to the OS between polls so that a busy machine loses little
-//! (measured: +2% beside another 2-thread job); PyTorch's OpenMP threads spin the same way.
+//! waking it for the next parallel op costs a hundred times more than reaching an awake one. A
+//! step of a small model is hundreds of short ops, so those wake-ups add up. [`hot`] runs the
+//! step with every other worker polling for work, yielding to the OS between polls so that a
+//! busy machine loses little; PyTorch's OpenMP threads spin the same way. (The measurements are
+//! in PERFORMANCE.md.)
 
 use rayon::Yield;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,0 +1,187 @@
+//! Where a run starts: from scratch, from its own newest checkpoint (resume), or from weights to
+//! fine-tune (a gptrain checkpoint or a Hugging Face GPT-2 file); and the one-run-per-out_dir
+//! rule a fresh run obeys.
+
+use super::{model_config, Observer};
+use crate::checkpoint;
+use crate::config::Config;
+use crate::data::Dataset;
+use crate::model::ModelConfig;
+use crate::optim::OutlierDetector;
+use crate::tensorfile;
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+
+/// Knobs that fix the model's shape: they must match a checkpoint on resume.
+const SHAPE_KEYS: &[&str] = &["n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "pad_vocab"];
+
+/// Where training starts from.
+pub(super) struct Init {
+    pub(super) model_cfg: ModelConfig,
+    pub(super) params: Vec<f32>,
+    pub(super) m: Option<Vec<f32>>,
+    pub(super) v: Option<Vec<f32>>,
+    pub(super) start_iter: u64,
+    pub(super) best_val: Option<f32>,
+    pub(super) skipped: u64,
+    pub(super) outliers: [OutlierDetector; 2],
+    pub(super) resumed: bool,
+}
+
+impl Init {
+    /// A run from iteration 0 with these weights (from scratch or from a GPT-2 file).
+    fn fresh(model_cfg: ModelConfig, params: Vec<f32>) -> Self {
+        Init {
+            model_cfg,
+            params,
+            m: None,
+            v: None,
+            start_iter: 0,
+            best_val: None,
+            skipped: 0,
+            outliers: Default::default(),
+            resumed: false,
+        }
+    }
+}
+
+/// A fresh run (`scratch` or fine-tuning) must not mix its checkpoints with another run's in
+/// the same out_dir: a save would replace theirs at equal iterations, pruning would delete its
+/// own at lower ones, and a later resume would pick up theirs. Refuses, naming what is there
+/// and the ways out, unless `replace_checkpoints` asks to delete them (done once the start
+/// weights are in memory: a fine-tuning source may live in that out_dir).
+fn check_fresh_out_dir(cfg: &Config, out_dir: &Path) -> Result<()> {
+    let found = checkpoint::list(out_dir);
+    let Some((_, newest)) = found.first() else { return Ok(()) };
+    if cfg.replace_checkpoints || cfg.eval_only {
+        return Ok(());
+    }
+    let n = found.len();
+    bail!(
+        "out_dir {} already holds {n} checkpoint{} of another run (newest: {}, {}); a new `{}` run there would mix its checkpoints with them. Choose one: `--set init_from=resume` continues that run, `--set out_dir=NEW_DIR` starts this one elsewhere, `--set replace_checkpoints=true` deletes them and starts over",
+        out_dir.display(),
+        if n == 1 { "" } else { "s" },
+        newest.display(),
+        checkpoint::describe(newest),
+        if cfg.init_from == "scratch" { "scratch" } else { "fine-tuning" }
+    )
+}
+
+/// A checkpoint's vocabulary must be the dataset's: the same token ids for the same text.
+fn check_same_vocabulary(ck: &crate::data::Meta, ds: &crate::data::Meta, dir: &Path, hint: &str) -> Result<()> {
+    if ck.tokenizer != ds.tokenizer || ck.vocab_size != ds.vocab_size || ck.itos != ds.itos {
+        bail!(
+            "the dataset's vocabulary ({} tokenizer, {} tokens) does not match the checkpoint's ({} tokenizer, {} tokens) in {}; hint: {hint}",
+            ds.tokenizer,
+            ds.vocab_size,
+            ck.tokenizer,
+            ck.vocab_size,
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+pub(super) fn initialise(cfg: &Config, ds: &Dataset, obs: &mut dyn Observer) -> Result<Init> {
+    let out_dir = Path::new(&cfg.out_dir);
+    if cfg.init_from != "resume" {
+        let n = checkpoint::clean_leftovers(out_dir);
+        if n > 0 {
+            obs.message(&format!("removed {n} unfinished checkpoint write(s) in {}", out_dir.display()));
+        }
+        check_fresh_out_dir(cfg, out_dir)?;
+    }
+    let init = initialise_from(cfg, ds, obs)?;
+    if cfg.init_from != "resume" && cfg.replace_checkpoints && !cfg.eval_only {
+        let n = checkpoint::remove_all(out_dir)?;
+        if n > 0 {
+            let _ = std::fs::remove_file(out_dir.join("metrics.jsonl"));
+            let _ = std::fs::remove_dir_all(out_dir.join("tensorboard"));
+            obs.message(&format!(
+                "deleted the {n} checkpoint{} (and metrics.jsonl and tensorboard/) of an earlier run in {}, as replace_checkpoints asks",
+                if n == 1 { "" } else { "s" },
+                out_dir.display()
+            ));
+        }
+    }
+    Ok(init)
+}
+
+fn initialise_from(cfg: &Config, ds: &Dataset, obs: &mut dyn Observer) -> Result<Init> {
+    let out_dir = Path::new(&cfg.out_dir);
+    match cfg.init_from.as_str() {
+        "scratch" => {
+            let model_cfg = model_config(cfg, ds.meta.vocab_size)?;
+            let layout = crate::model::ParamLayout::new(&model_cfg);
+            let params = crate::model::gpt::init_params(&model_cfg, &layout, cfg.seed);
+            Ok(Init::fresh(model_cfg, params))
+        }
+        "resume" => {
+            let n = checkpoint::clean_leftovers(out_dir);
+            if n > 0 {
+                obs.message(&format!("removed {n} unfinished checkpoint write(s) in {}", out_dir.display()));
+            }
+            let ck = checkpoint::load_latest(out_dir, cfg.resume_fallback, &mut |w| obs.message(&w))?;
+            let saved = &ck.state.config;
+            let (a, b) = (saved.entries(), cfg.entries());
+            for key in SHAPE_KEYS {
+                let (x, y) = (&a.iter().find(|e| e.0 == *key).unwrap().1, &b.iter().find(|e| e.0 == *key).unwrap().1);
+                if x != y && !(*key == "vocab_size" && y == "auto") {
+                    bail!("`{key}` is {y} but the checkpoint {} was trained with {x}; shape keys must match on resume", ck.dir.display());
+                }
+            }
+            check_same_vocabulary(&ck.state.meta, &ds.meta, &ck.dir, "resume with the dataset the run was trained on")?;
+            obs.message(&format!("resuming from {} (iteration {})", ck.dir.display(), ck.state.iter));
+            Ok(Init {
+                model_cfg: ck.state.model.clone(),
+                params: ck.params,
+                m: ck.m,
+                v: ck.v,
+                start_iter: ck.state.iter,
+                best_val: ck.state.best_val_loss,
+                skipped: ck.state.skipped_updates,
+                outliers: ck.state.outliers.clone(),
+                resumed: true,
+            })
+        }
+        path => {
+            let file = checkpoint::hf_weights_file(path)?;
+            let tf = tensorfile::read(&file)?;
+            let dir = file.parent().unwrap_or(Path::new("."));
+            let mut model_cfg = if checkpoint::is_gptrain_checkpoint(dir) {
+                // a gptrain checkpoint: verified, and its shape (bias, true vocabulary) and
+                // tokenizer come from its training state, not guessed from the tensors
+                let ck = checkpoint::load(dir)?;
+                check_same_vocabulary(&ck.state.meta, &ds.meta, dir, "fine-tune on data prepared with the checkpoint's tokenizer")?;
+                ck.state.model
+            } else {
+                checkpoint::hf_shape(&tf, dir, cfg.n_head).with_context(|| format!("{}", file.display()))?
+            };
+            if model_cfg.vocab_size < ds.meta.vocab_size {
+                bail!(
+                    "{} has a vocabulary of {} tokens but the dataset's has {}: the model cannot read this data",
+                    file.display(),
+                    model_cfg.vocab_size,
+                    ds.meta.vocab_size
+                );
+            }
+            let file_block = model_cfg.block_size;
+            if cfg.block_size < file_block {
+                model_cfg.block_size = cfg.block_size; // nanoGPT's crop_block_size
+            }
+            let layout = crate::model::ParamLayout::new(&model_cfg);
+            let params = checkpoint::from_hf(&tf, &model_cfg, &layout).with_context(|| format!("{}", file.display()))?;
+            obs.message(&format!(
+                "initialised from {} ({} layers, {} heads, {} dims, vocab {}, context {} of {}); shape knobs come from the file",
+                file.display(),
+                model_cfg.n_layer,
+                model_cfg.n_head,
+                model_cfg.n_embd,
+                model_cfg.vocab_size,
+                model_cfg.block_size,
+                file_block
+            ));
+            Ok(Init::fresh(model_cfg, params))
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! The training loop: nanoGPT's train.py, with honest time.
+//!
+//! Order per iteration `it` (= optimiser steps done): evaluate when `it % eval_interval == 0`
+//! (and checkpoint when val improved, or always with `always_save_checkpoint`); stop at
+//! `max_iters` (always checkpointing there); else one optimiser step over
+//! `gradient_accumulation_steps` micro-batches. Batches and dropout masks are functions of
+//! (seed, iteration, micro-step), so resuming from `ckpt-N` replays exactly what an
+//! uninterrupted run does from N.
+//!
+//! [`run_with`] is that order as a loop over the phases of a [`session::Session`] (evaluate,
+//! step, log, save, finish); `init` finds the start weights, `record` keeps the metrics file and
+//! TensorBoard, `save` retries a run's last checkpoint.
+
+mod init;
+mod record;
+mod save;
+mod session;
+
+pub use save::Interrupted;
+
+use crate::backend::cpu::Cpu;
+use crate::backend::{Backend, Precision, Scalar};
+use crate::config::Config;
+use crate::data::{Dataset, Split};
+use crate::model::{pad_vocab, Gpt, ModelConfig};
+use crate::optim::OptimConfig;
+use crate::perf::{device, meter::Reading};
+use crate::rng;
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set by the Ctrl-C / SIGTERM handler: finish the iteration, checkpoint, stop.
+pub static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Set while a run's final checkpoint waits to be tried again (`retry_last_save`), when a
+/// Ctrl-C means giving up on it rather than writing one.
+pub static WAITING_TO_SAVE: AtomicBool = AtomicBool::new(false);
+
+/// What the loop reports; the CLI prints it.
+pub trait Observer {
+    fn message(&mut self, text: &str);
+    fn start(&mut self, info: &StartInfo);
+    fn iter(&mut self, log: &IterLog);
+    fn eval(&mut self, it: u64, train_loss: f32, val_loss: f32, secs: f64);
+    fn checkpoint(&mut self, iter: u64, path: &Path, secs: f64);
+    fn finish(&mut self, summary: &Summary);
+}
+
+/// Facts about the run, reported once at start.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StartInfo {
+    pub model: ModelConfig,
+    pub params: usize,
+    pub params_nanogpt: usize,
+    pub tokens_per_iter: usize,
+    pub flops_per_iter: f64,
+    pub device: String,
+    pub peak_flops: Option<f64>,
+    pub peak_source: String,
+    pub threads: usize,
+    pub dataset: String,
+    pub start_iter: u64,
+    pub max_iters: u64,
+    /// `eval_only`: one evaluation, no training.
+    pub eval_only: bool,
+    pub memory_bytes: u64,
+    /// The resolved config.
+    pub config: Config,
+}
+
+/// One logged iteration.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct IterLog {
+    pub iter: u64,
+    pub max_iters: u64,
+    pub loss: f32,
+    pub lr: f32,
+    pub grad_norm: f32,
+    /// This iteration's own time (no eval or checkpoint inside).
+    pub ms: f64,
+    /// No update was made: a non-finite loss or norm, or (with `outlier`) the outlier guard.
+    pub skipped: bool,
+    pub outlier: bool,
+    #[serde(flatten)]
+    pub reading: Reading,
+}
+
+/// The closing summary.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Summary {
+    pub iters: u64,
+    pub warmup_iters: usize,
+    /// Seconds by phase: warm-up, training, eval, checkpoint.
+    pub warmup_s: f64,
+    pub train_s: f64,
+    pub eval_s: f64,
+    pub checkpoint_s: f64,
+    pub total_s: f64,
+    pub steady_ms: Option<f64>,
+    pub tokens_per_sec: Option<f64>,
+    pub mfu: Option<f64>,
+    pub final_train_loss: Option<f32>,
+    pub final_val_loss: Option<f32>,
+    pub skipped_updates: u64,
+    pub out_dir: String,
+    /// The checkpoint this run wrote last (None when it wrote none).
+    pub last_checkpoint: Option<PathBuf>,
+}
+
+impl Summary {
+    /// A run that trained nothing (resumed at or past `max_iters`).
+    fn nothing(out_dir: &Path) -> Summary {
+        Summary {
+            iters: 0,
+            warmup_iters: 0,
+            warmup_s: 0.0,
+            train_s: 0.0,
+            eval_s: 0.0,
+            checkpoint_s: 0.0,
+            total_s: 0.0,
+            steady_ms: None,
+            tokens_per_sec: None,
+            mfu: None,
+            final_train_loss: None,
+            final_val_loss: None,
+            skipped_updates: 0,
+            out_dir: out_dir.display().to_string(),
+            last_checkpoint: None,
+        }
+    }
+}
+
+/// Checks the knobs this build cannot honour.
+pub fn check_device(cfg: &Config) -> Result<Precision> {
+    if cfg.device != "cpu" {
+        bail!("device `{}` is not available: this build has only the CPU backend (a CUDA backend is planned); use `--set device=cpu` (and see `gptrain estimate --device ...` for GPU timings)", cfg.device);
+    }
+    let dtype =
+        Precision::parse(&cfg.dtype).with_context(|| format!("unknown dtype `{}` (float32, tfloat32, float16, bfloat16)", cfg.dtype))?;
+    if dtype != Precision::F32 {
+        bail!("dtype `{}` is not supported by the CPU backend, which computes in float32; use `--set dtype=float32`", cfg.dtype);
+    }
+    Ok(dtype)
+}
+
+/// The model shape a config asks for over a dataset.
+pub fn model_config(cfg: &Config, data_vocab: usize) -> Result<ModelConfig> {
+    let vocab = cfg.vocab_size.unwrap_or(data_vocab);
+    if vocab < data_vocab {
+        bail!("vocab_size {vocab} is smaller than the dataset's vocabulary ({data_vocab})");
+    }
+    let padded = if cfg.pad_vocab { pad_vocab(vocab) } else { vocab };
+    ModelConfig {
+        n_layer: cfg.n_layer,
+        n_head: cfg.n_head,
+        n_embd: cfg.n_embd,
+        block_size: cfg.block_size,
+        vocab_size: vocab,
+        padded_vocab_size: padded,
+        bias: cfg.bias,
+    }
+    .validate()
+}
+
+pub(super) fn optim_config(cfg: &Config) -> OptimConfig {
+    OptimConfig {
+        learning_rate: cfg.learning_rate as f32,
+        min_lr: cfg.min_lr as f32,
+        warmup_iters: cfg.warmup_iters,
+        lr_decay_iters: cfg.lr_decay_iters,
+        decay_lr: cfg.decay_lr,
+        weight_decay: cfg.weight_decay as f32,
+        beta1: cfg.beta1 as f32,
+        beta2: cfg.beta2 as f32,
+        grad_clip: cfg.grad_clip as f32,
+    }
+}
+
+/// Mean loss over `eval_iters` batches of each split; batches are a function of (seed,
+/// iteration), so evaluation never shifts the training stream.
+pub(super) fn estimate_loss<B: Backend>(model: &mut Gpt<B>, ds: &Dataset, cfg: &Config, it: u64) -> Result<(f32, f32)> {
+    let (b, t) = (cfg.batch_size, model.cfg.block_size);
+    let mut out = [0.0f32; 2];
+    for (si, split) in [Split::Train, Split::Val].into_iter().enumerate() {
+        // the batches' mean losses add up on the backend, read once per split
+        model.reset_scalars()?;
+        for k in 0..cfg.eval_iters {
+            let key = rng::key(cfg.seed, rng::STREAM_EVAL_BATCH, &[it, si as u64, k as u64]);
+            let (x, y) = ds.batch(split, key, b, t);
+            B::step_scope(|| -> Result<()> {
+                model.set_batch(&x, &y, b, t)?;
+                model.forward(None, None)
+            })?;
+        }
+        let sum = model.read_scalars()?[Scalar::LossSum as usize];
+        out[si] = (sum / cfg.eval_iters as f64) as f32;
+    }
+    Ok((out[0], out[1]))
+}
+
+/// The micro-batches of training iteration `it`.
+pub fn train_batches(ds: &Dataset, seed: u64, it: u64, accum: usize, b: usize, t: usize) -> Vec<(Vec<u32>, Vec<u32>)> {
+    (0..accum).map(|m| ds.batch(Split::Train, rng::key(seed, rng::STREAM_TRAIN_BATCH, &[it, m as u64]), b, t)).collect()
+}
+
+/// The CPU backend with the kernels `cfg` names (validated by `Config`; `fast` otherwise).
+pub fn cpu_backend(cfg: &Config) -> Cpu {
+    Cpu { kernels: crate::backend::cpu::Kernels::parse(&cfg.kernels).unwrap_or_default() }
+}
+
+/// Runs training with `cfg` on the backend it names, on the current rayon pool.
+pub fn run(cfg: &Config, obs: &mut dyn Observer) -> Result<Summary> {
+    check_device(cfg)?;
+    run_with(cpu_backend(cfg), cfg, obs)
+}
+
+/// The loop itself, on any backend: it touches parameters and optimizer moments only through
+/// the model (which reaches them through the backend's ops and copies), so a device backend
+/// slots in here.
+pub fn run_with<B: Backend>(backend: B, cfg: &Config, obs: &mut dyn Observer) -> Result<Summary> {
+    let Some(mut run) = session::Session::open(backend, cfg, obs)? else {
+        return Ok(Summary::nothing(Path::new(&cfg.out_dir)));
+    };
+    loop {
+        let evaluated = if run.evaluates_now() { Some(run.evaluate()?) } else { None };
+        if cfg.eval_only {
+            break;
+        }
+        if run.it >= cfg.max_iters {
+            run.save_final(evaluated)?;
+            break;
+        }
+        let step = run.step()?;
+        let stopping = STOP.load(Ordering::SeqCst);
+        run.log(&step, stopping);
+        if stopping {
+            let path = run.save_last(None)?;
+            bail!(Interrupted { last_logged: run.it - 1, path });
+        }
+    }
+    Ok(run.finish())
+}
+
+/// A run that needs `need` bytes (`perf::flops::memory`): an error when that is more than the
+/// machine has at all (memory plus free swap: the allocation would abort the process), a
+/// warning when it is more than is available now; None when it fits or `mem` is unknown.
+pub fn check_memory(need: u64, mem: Option<device::MemInfo>) -> Result<Option<String>> {
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let hint = "lower batch_size (and raise gradient_accumulation_steps) or block_size; `gptrain estimate` gives the largest micro-batch that fits";
+    let Some(m) = mem else { return Ok(None) };
+    if need > m.total + m.swap_free {
+        bail!(
+            "this run needs about {:.1} GiB of memory, more than this machine has ({:.1} GiB, plus {:.1} GiB of free swap); {hint}",
+            gib(need),
+            gib(m.total),
+            gib(m.swap_free)
+        );
+    }
+    Ok((need > m.available).then(|| {
+        format!(
+            "warning: this run needs about {:.1} GiB but only {:.1} GiB of memory is available now; {hint}",
+            gib(need),
+            gib(m.available)
+        )
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::save::retry_last_save;
+    use super::*;
+    use std::time::Duration;
+
+    /// Collects messages; ignores the rest.
+    #[derive(Default)]
+    struct Messages(Vec<String>);
+
+    impl Observer for Messages {
+        fn message(&mut self, text: &str) {
+            self.0.push(text.to_string());
+        }
+        fn start(&mut self, _: &StartInfo) {}
+        fn iter(&mut self, _: &IterLog) {}
+        fn eval(&mut self, _: u64, _: f32, _: f32, _: f64) {}
+        fn checkpoint(&mut self, _: u64, _: &Path, _: f64) {}
+        fn finish(&mut self, _: &Summary) {}
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+    const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn memory_beyond_the_machine_is_an_error_and_beyond_what_is_free_a_warning() {
+        let m = Some(device::MemInfo { total: 24 * GIB, available: 20 * GIB, swap_free: 2 * GIB });
+        assert_eq!(check_memory(10 * GIB, m).unwrap(), None);
+        let w = check_memory(21 * GIB, m).unwrap().unwrap();
+        assert!(w.starts_with("warning:") && w.contains("20.0 GiB") && w.contains("batch_size"), "{w}");
+        assert!(check_memory(25 * GIB, m).unwrap().is_some(), "within memory plus swap: a warning");
+        let e = format!("{:#}", check_memory(27 * GIB, m).unwrap_err());
+        assert!(e.contains("27.0 GiB") && e.contains("24.0 GiB") && e.contains("2.0 GiB of free swap") && e.contains("estimate"), "{e}");
+        assert_eq!(check_memory(u64::MAX / 2, None).unwrap(), None, "unknown machine: no verdict");
+    }
+
+    #[test]
+    fn a_failed_last_save_is_tried_again_until_it_succeeds() {
+        let (mut obs, stop, mut tries) = (Messages::default(), AtomicBool::new(false), 0);
+        let r = retry_last_save(&mut obs, Duration::from_secs(60), MS, &stop, "free space", |_| {
+            tries += 1;
+            if tries < 3 {
+                bail!("No space left on device")
+            } else {
+                Ok(tries)
+            }
+        });
+        assert_eq!(r.unwrap(), 3);
+        assert_eq!(obs.0.len(), 1, "reported once: {:?}", obs.0);
+        assert!(obs.0[0].contains("No space left") && obs.0[0].contains("free space") && obs.0[0].contains("checkpoint_retry_s"));
+    }
+
+    #[test]
+    fn a_zero_limit_gives_up_at_once() {
+        let (mut obs, stop, mut tries) = (Messages::default(), AtomicBool::new(false), 0);
+        let r: Result<()> = retry_last_save(&mut obs, Duration::ZERO, MS, &stop, "free space", |_| {
+            tries += 1;
+            bail!("No space left on device")
+        });
+        assert!(format!("{:#}", r.unwrap_err()).contains("No space left"));
+        assert_eq!((tries, obs.0.len()), (1, 0));
+    }
+
+    #[test]
+    fn the_limit_ends_the_retries() {
+        let (mut obs, stop, mut tries) = (Messages::default(), AtomicBool::new(false), 0);
+        let r: Result<()> = retry_last_save(&mut obs, 30 * MS, 5 * MS, &stop, "free space", |_| {
+            tries += 1;
+            bail!("No space left on device")
+        });
+        assert!(r.is_err());
+        assert!((2..=10).contains(&tries), "{tries} tries in 30 ms at 5 ms apart");
+    }
+
+    #[test]
+    fn an_interrupt_while_waiting_gives_up_but_one_being_served_does_not() {
+        // Ctrl-C during the wait: give up
+        let (mut obs, stop, mut tries) = (Messages::default(), AtomicBool::new(false), 0);
+        let r: Result<()> = retry_last_save(&mut obs, Duration::from_secs(60), Duration::from_secs(60), &stop, "free space", |_| {
+            tries += 1;
+            stop.store(true, Ordering::SeqCst);
+            bail!("No space left on device")
+        });
+        assert!(format!("{:#}", r.unwrap_err()).contains("gave up on the interrupt"));
+        assert_eq!(tries, 1);
+        // the save that serves an interrupt keeps trying
+        let (stop, mut tries) = (AtomicBool::new(true), 0);
+        let r = retry_last_save(&mut obs, Duration::from_secs(60), MS, &stop, "free space", |_| {
+            tries += 1;
+            if tries < 2 {
+                bail!("No space left on device")
+            } else {
+                Ok(())
+            }
+        });
+        assert!(r.is_ok() && tries == 2);
+    }
+}

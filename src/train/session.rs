@@ -1,0 +1,341 @@
+//! One training run as named phases over its state: [`Session::open`] (start weights, model,
+//! banner, recorders), [`Session::evaluate`], [`Session::step`], [`Session::log`],
+//! [`Session::save`] and [`Session::finish`]. `super::run_with` is the loop over them.
+
+use super::init::{initialise, Init};
+use super::record::{Metrics, Recorders};
+use super::save::{retry_last_save, RETRY_EVERY};
+use super::{check_memory, estimate_loss, optim_config, train_batches, IterLog, Observer, StartInfo, Summary, STOP};
+use crate::backend::{Backend, Precision};
+use crate::checkpoint::{self, TrainState};
+use crate::config::Config;
+use crate::data::Dataset;
+use crate::model::{Gpt, ModelConfig};
+use crate::optim::{train_step_guarded, OptimConfig, OutlierDetector, StepStats};
+use crate::perf::{flops, meter::Meter};
+use crate::tensorboard::{self, TensorBoard};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// One optimiser step's outcome, as the log reports it.
+pub(super) struct Step {
+    stats: StepStats,
+    /// The step's own time.
+    secs: f64,
+    /// The outlier guard skipped the update.
+    outlier: bool,
+}
+
+/// A run in progress: the model, where it stands, and what it reports to.
+pub(super) struct Session<'a, B: Backend> {
+    cfg: &'a Config,
+    ds: Dataset,
+    model: Gpt<B>,
+    mc: ModelConfig,
+    obs: Recorders<'a>,
+    meter: Meter,
+    opt: OptimConfig,
+    /// (probability, seed) when dropout is on.
+    dropout: Option<(f32, u64)>,
+    out_dir: PathBuf,
+    /// Optimiser steps done.
+    pub(super) it: u64,
+    first_iter: u64,
+    resumed: bool,
+    best_val: Option<f32>,
+    skipped: u64,
+    outliers: [OutlierDetector; 2],
+    last_eval: Option<(f32, f32)>,
+    last_saved: Option<u64>,
+    last_checkpoint: Option<PathBuf>,
+    t_run: Instant,
+}
+
+impl<'a, B: Backend> Session<'a, B> {
+    /// Opens the data, finds the start weights, builds the model on `backend` and announces the
+    /// run; None when a resumed run is already at `max_iters` (said through `user`).
+    pub(super) fn open(backend: B, cfg: &'a Config, user: &'a mut dyn Observer) -> Result<Option<Self>> {
+        let t_run = Instant::now();
+        let ds = Dataset::open(&cfg.dataset)?;
+        let init = initialise(cfg, &ds, user)?;
+        if init.resumed && init.start_iter >= cfg.max_iters && !cfg.eval_only {
+            user.message(&format!(
+                "nothing to do: the checkpoint is at iteration {} and max_iters is {}; raise max_iters (`--set max_iters=N`, an absolute count) to train further",
+                init.start_iter, cfg.max_iters
+            ));
+            return Ok(None);
+        }
+        let mc = init.model_cfg.clone();
+        ds.check_block_size(mc.block_size)?;
+        let (b, t, accum) = (cfg.batch_size, mc.block_size, cfg.gradient_accumulation_steps);
+        let out_dir = PathBuf::from(&cfg.out_dir);
+
+        // telemetry: one FLOPs model, the real peak of the device the backend runs on
+        let dev = backend.device(Precision::F32);
+        let peak = if cfg.peak_tflops > 0.0 { Some(cfg.peak_tflops * 1e12) } else { dev.peak_flops };
+        let peak_source = if cfg.peak_tflops > 0.0 { "--set peak_tflops".to_string() } else { dev.peak_source.clone() };
+        let flops_per_iter = flops::flops_per_iter(&mc, b, t, accum);
+        let tokens_per_iter = b * t * accum;
+        let mem = flops::memory(&mc, b, t, 4, false, dev.memory_model).total();
+        if let Some(warning) = check_memory(mem, dev.memory)? {
+            user.message(&warning);
+        }
+
+        let mut model = Gpt::zeros(backend, mc.clone())?;
+        model.set_params(&init.params)?;
+        if let (Some(m), Some(v)) = (&init.m, &init.v) {
+            model.set_optimizer_state(m, v)?;
+        }
+        std::fs::create_dir_all(&out_dir).with_context(|| format!("cannot create out_dir {}", out_dir.display()))?;
+        let Init { start_iter, resumed, best_val, skipped, outliers, .. } = init;
+        let evaluates_first = evaluates_at(cfg, resumed, start_iter, start_iter);
+        let mut tensorboard = TensorBoard::off();
+        if cfg.tensorboard {
+            let warning;
+            (tensorboard, warning) = TensorBoard::open(&out_dir, start_iter, evaluates_first, &tensorboard::markdown_table(&cfg.entries()));
+            if let Some(w) = warning {
+                user.message(&w);
+            }
+        }
+        let mut obs = Recorders { user, metrics: Metrics::open(&out_dir), tensorboard };
+        let p = flops::params(&mc);
+        obs.start(&StartInfo {
+            model: mc.clone(),
+            params: p.total,
+            params_nanogpt: p.nanogpt,
+            tokens_per_iter,
+            flops_per_iter,
+            device: dev.description.clone(),
+            peak_flops: peak,
+            peak_source,
+            threads: dev.workers,
+            dataset: ds.source.clone(),
+            start_iter,
+            max_iters: cfg.max_iters,
+            eval_only: cfg.eval_only,
+            memory_bytes: mem,
+            config: cfg.clone(),
+        });
+        Ok(Some(Session {
+            cfg,
+            ds,
+            model,
+            mc,
+            obs,
+            meter: Meter::new(tokens_per_iter as f64, flops_per_iter, peak),
+            opt: optim_config(cfg),
+            dropout: (cfg.dropout > 0.0).then_some((cfg.dropout as f32, cfg.seed)),
+            out_dir,
+            it: start_iter,
+            first_iter: start_iter,
+            resumed,
+            best_val,
+            skipped,
+            outliers,
+            last_eval: None,
+            last_saved: None,
+            last_checkpoint: None,
+            t_run,
+        }))
+    }
+
+    /// Whether the loop evaluates at the current iteration.
+    pub(super) fn evaluates_now(&self) -> bool {
+        evaluates_at(self.cfg, self.resumed, self.first_iter, self.it)
+    }
+
+    /// Evaluates both splits and reports it; checkpoints when val improved (every eval with
+    /// `always_save_checkpoint`), except at iteration 0 and at `max_iters` (the final save does
+    /// that). A failed mid-run save is reported and training goes on. Returns the val loss.
+    pub(super) fn evaluate(&mut self) -> Result<f32> {
+        let (cfg, it) = (self.cfg, self.it);
+        let t0 = Instant::now();
+        let (tl, vl) = estimate_loss(&mut self.model, &self.ds, cfg, it)?;
+        let secs = t0.elapsed().as_secs_f64();
+        self.meter.record_eval(secs);
+        self.obs.eval(it, tl, vl, secs);
+        self.last_eval = Some((tl, vl));
+        let improved = self.best_val.is_none_or(|b| vl < b);
+        if improved {
+            self.best_val = Some(vl);
+        }
+        if !cfg.eval_only && (improved || cfg.always_save_checkpoint) && it > 0 && it < cfg.max_iters {
+            // the previous checkpoint is intact when this one cannot be written
+            match self.save(Some(vl)) {
+                Ok(p) => (self.last_saved, self.last_checkpoint) = (Some(it), Some(p)),
+                Err(e) => self.obs.message(&format!("warning: {e:#}; training continues and will try again at the next checkpoint")),
+            }
+        }
+        Ok(vl)
+    }
+
+    /// One optimiser step over `gradient_accumulation_steps` micro-batches, with the non-finite
+    /// and outlier guards.
+    pub(super) fn step(&mut self) -> Result<Step> {
+        let (cfg, it) = (self.cfg, self.it);
+        let (b, t, accum) = (cfg.batch_size, self.mc.block_size, cfg.gradient_accumulation_steps);
+        let batches = train_batches(&self.ds, cfg.seed, it, accum, b, t);
+        let t0 = Instant::now();
+        // the outlier guard (llm.c's): z-scores against the last 128 iterations; both windows
+        // see every finite value, skipped or not
+        let mut outlier = false;
+        let outliers = &mut self.outliers;
+        let mut accept = |loss: f32, norm: f32| {
+            let lz = outliers[0].update(loss as f64);
+            let gz = outliers[1].update(norm as f64);
+            let over = |z: Option<f64>, thr: f64| thr > 0.0 && z.is_some_and(|z| z > thr);
+            outlier = over(lz, cfg.skip_update_lossz) || over(gz, cfg.skip_update_gradz);
+            !outlier
+        };
+        let s = train_step_guarded(&mut self.model, &batches, b, t, it, &self.opt, self.dropout, &mut accept)?;
+        let secs = t0.elapsed().as_secs_f64();
+        if !(s.loss.is_finite() && s.grad_norm.is_finite()) {
+            if cfg.on_nonfinite == "abort" {
+                bail!(
+                    "non-finite {} at iteration {it} (loss {}, gradient norm {}, learning rate {:.3e}); no update was made and no checkpoint written. Likely cause: the learning rate is too high or the gradients exploded; try a lower learning_rate, grad_clip = 1.0, or `--set on_nonfinite=skip`",
+                    if s.loss.is_finite() { "gradient norm" } else { "loss" },
+                    s.loss,
+                    s.grad_norm,
+                    s.lr
+                );
+            }
+            self.skipped += 1;
+        }
+        if outlier {
+            self.skipped += 1;
+        }
+        self.meter.record_iter(secs);
+        self.it += 1;
+        Ok(Step { stats: s, secs, outlier })
+    }
+
+    /// Reports the step just taken, every `log_interval` iterations, at `max_iters`, and always
+    /// when the run is stopping (so an interrupt names an iteration the log shows).
+    pub(super) fn log(&mut self, step: &Step, stopping: bool) {
+        let (cfg, it) = (self.cfg, self.it);
+        if !((it - 1).is_multiple_of(cfg.log_interval) || it == cfg.max_iters || stopping) {
+            return;
+        }
+        let iters_left = cfg.max_iters - it;
+        let evals_left = (it..=cfg.max_iters).filter(|i| i.is_multiple_of(cfg.eval_interval)).count() as u64;
+        let ckpts_left = if cfg.always_save_checkpoint { evals_left } else { 1 };
+        let accum = cfg.gradient_accumulation_steps as f64;
+        let reading = self.meter.reading(iters_left, evals_left, ckpts_left, 2.0 * cfg.eval_iters as f64, accum);
+        let s = &step.stats;
+        let log = IterLog {
+            iter: it - 1,
+            max_iters: cfg.max_iters,
+            loss: s.loss,
+            lr: s.lr,
+            grad_norm: s.grad_norm,
+            ms: step.secs * 1e3,
+            skipped: !s.updated,
+            outlier: step.outlier,
+            reading,
+        };
+        self.obs.iter(&log);
+    }
+
+    /// The checkpoint of the current iteration (`val`: the val loss of an eval just made there).
+    pub(super) fn save(&mut self, val: Option<f32>) -> Result<PathBuf> {
+        let st = self.state(val);
+        save_with(&self.model, &st, self.cfg, &self.out_dir, &mut self.meter, &mut self.obs)
+    }
+
+    /// The run's last checkpoint (at `max_iters`, or on Ctrl-C): tried again every
+    /// `RETRY_EVERY` for `checkpoint_retry_s` rather than lost (a failed write is reported
+    /// with what to do about it).
+    pub(super) fn save_last(&mut self, val: Option<f32>) -> Result<PathBuf> {
+        let st = self.state(val);
+        let unsaved = format!(
+            "the training since the last checkpoint exists only in memory: free space in {} (or fix its permissions)",
+            self.out_dir.display()
+        );
+        let limit = Duration::from_secs(self.cfg.checkpoint_retry_s);
+        let (model, cfg, out_dir, meter) = (&self.model, self.cfg, &self.out_dir, &mut self.meter);
+        let path =
+            retry_last_save(&mut self.obs, limit, RETRY_EVERY, &STOP, &unsaved, |obs| save_with(model, &st, cfg, out_dir, meter, obs))?;
+        (self.last_saved, self.last_checkpoint) = (Some(self.it), Some(path.clone()));
+        Ok(path)
+    }
+
+    /// At `max_iters`: the final checkpoint, unless this iteration is saved already or the run
+    /// trained nothing. `evaluated` is the val loss of an eval made at this iteration.
+    pub(super) fn save_final(&mut self, evaluated: Option<f32>) -> Result<()> {
+        if self.last_saved != Some(self.it) && self.it > self.first_iter {
+            self.save_last(evaluated)?;
+        }
+        Ok(())
+    }
+
+    /// The closing summary, reported and returned.
+    pub(super) fn finish(mut self) -> Summary {
+        let r = self.meter.reading(0, 0, 0, 0.0, 1.0);
+        let m = &self.meter;
+        let summary = Summary {
+            iters: self.it - self.first_iter,
+            warmup_iters: m.warmup_iters(),
+            warmup_s: m.phase_s[0],
+            train_s: m.phase_s[1],
+            eval_s: m.phase_s[2],
+            checkpoint_s: m.phase_s[3],
+            total_s: self.t_run.elapsed().as_secs_f64(),
+            steady_ms: r.steady_ms,
+            tokens_per_sec: r.tokens_per_sec,
+            mfu: r.mfu,
+            final_train_loss: self.last_eval.map(|e| e.0),
+            final_val_loss: self.last_eval.map(|e| e.1),
+            skipped_updates: self.skipped,
+            out_dir: self.out_dir.display().to_string(),
+            last_checkpoint: self.last_checkpoint.clone(),
+        };
+        self.obs.finish(&summary);
+        summary
+    }
+
+    /// What a checkpoint of the current iteration records besides the weights.
+    fn state(&self, val: Option<f32>) -> TrainState {
+        TrainState {
+            format: checkpoint::FORMAT_VERSION,
+            iter: self.it,
+            val_loss: val,
+            best_val_loss: self.best_val,
+            seed: self.cfg.seed,
+            model: self.mc.clone(),
+            config: self.cfg.clone(),
+            meta: self.ds.meta.clone(),
+            skipped_updates: self.skipped,
+            outliers: self.outliers.clone(),
+        }
+    }
+}
+
+/// Whether a run evaluates at iteration `it`: every `eval_interval`, except at a resumed run's
+/// first iteration (its checkpoint's, evaluated before it was written); always with `eval_only`.
+fn evaluates_at(cfg: &Config, resumed: bool, first_iter: u64, it: u64) -> bool {
+    it.is_multiple_of(cfg.eval_interval) && !(resumed && it == first_iter) || cfg.eval_only
+}
+
+/// Writes the checkpoint `st` of `model` into `out_dir`, prunes, and reports it.
+fn save_with<B: Backend>(
+    model: &Gpt<B>,
+    st: &TrainState,
+    cfg: &Config,
+    out_dir: &Path,
+    meter: &mut Meter,
+    obs: &mut dyn Observer,
+) -> Result<PathBuf> {
+    let t0 = Instant::now();
+    // host copies of the parameters and AdamW moments (a device backend copies them back)
+    let params = model.params_host()?;
+    let mv = model.optimizer_state()?;
+    let (m, v) = (mv.as_ref().map(|x| x.0.as_slice()), mv.as_ref().map(|x| x.1.as_slice()));
+    let files = checkpoint::serialize(&model.layout, st, &params, m, v)?;
+    let path = checkpoint::save(out_dir, &files, st.iter, None)?;
+    checkpoint::prune(out_dir, cfg.keep_checkpoints, st.iter);
+    let secs = t0.elapsed().as_secs_f64();
+    meter.record_checkpoint(secs);
+    obs.checkpoint(st.iter, &path, secs);
+    Ok(path)
+}
