@@ -303,6 +303,7 @@ fn json(a: &LogsArgs, r: &Report) -> serde_json::Value {
         "iter_lines": p.iter_lines,
         "other_format_lines": p.other_iter_lines,
         "first_iter": p.first_iter,
+        "from_start": p.from_start,
         "last_iter": st.last_iter,
         "max_iters": r.max_iters.as_ref().map(|x| x.0),
         "max_iters_source": r.max_iters.as_ref().map(|x| &x.1),
@@ -350,7 +351,9 @@ fn print(a: &LogsArgs, r: &Report) {
         st.outliers_dropped,
         logreader::OUTLIER
     );
-    if !st.warmup_settled {
+    if !p.from_start {
+        say!("note: the log starts at iteration {}, past its run's start: an excerpt, so no sample is treated as warm-up", p.first_iter);
+    } else if !st.warmup_settled && p.meaning != logreader::Meaning::RunAverage {
         say!("note: iteration times never settled in this log (too short?): only the first sample is treated as warm-up");
     }
     say!(

@@ -59,7 +59,7 @@ static FACTS: LazyLock<Vec<Fact>> = LazyLock::new(|| {
             |x| &mut x.total_iters,
             "total iterations",
         ),
-        f(r"tokens per iteration will be:\s*([\d,]+)", |x| &mut x.stated_tokens_per_iter, "tokens per iteration"),
+        f(r"tokens per iteration(?: will be)?:\s*([\d,]+)", |x| &mut x.stated_tokens_per_iter, "tokens per iteration"),
         f(&format!(r"^\s*num[_ ]layers{SEP}(\d+)"), |x| &mut x.n_layer, "layers"),
         f(&format!(r"^\s*hidden[_ ]size{SEP}(\d+)"), |x| &mut x.n_embd, "hidden size"),
         f(&format!(r"^\s*num[_ ]attention[_ ]heads{SEP}(\d+)"), |x| &mut x.n_head, "heads"),

@@ -1,6 +1,7 @@
-//! The fallback: any line with an iteration counter (`iter N`, `step N/M`, `iteration: N`) and
+//! The fallback: any line with an iteration counter (`iter N`, `step N/M`, `iteration: N`,
+//! `global_step=N`, `Batch [N/M]`) and
 //! one of: a per-iteration time (`dt: 989ms`, `iter time 0.41s`, `seconds: 2.167`,
-//! `time (ms): 350`), a rate (`3.1it/s`, `2.54s/it`, `tok/sec: 529,882`, `12.5 samples/s`), or
+//! `time (ms): 350`), a rate (`3.1it/s`, `2.54s/it`, `1.2 s/step`, `tok/sec: 529,882`, `12.5 samples/s`), or
 //! only the line's timestamp. A time without a unit is seconds below 50, else milliseconds.
 //! `total time` and `data time` are not an iteration's time.
 
@@ -8,14 +9,15 @@ use super::{num, Format, Hit, Record, Time, Unit};
 use regex::Regex;
 use std::sync::LazyLock;
 
-static COUNTER: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"(?i)\b(?:iter(?:ation)?|step|update)s?\b\s*[:=#]?\s*(\d+)(?:\s*(?:/|of)\s*(\d+))?").unwrap());
+static COUNTER: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)\b(?:global[_ ]?)?(?:iter(?:ation)?|step|update|batch)s?\b\s*[:=#\[]?\s*(\d+)(?:\s*(?:/|of)\s*(\d+))?").unwrap()
+});
 static TIME: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"(?i)\b(dt|iter(?:ation)?[_ ]?time|step[_ ]?time|time[_ /]per[_ ](?:iter(?:ation)?|step)|time|elapsed|seconds|sec|duration|took|latency)\b\s*(?:\((ms|s|sec)\))?\s*[:=]?\s*([\d.]+)\s*(ms|s|sec|seconds)?\b").unwrap()
 });
 static RATE_AFTER: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(
-        r"(?i)([\d,]*\.?\d+)\s*(s/it|it/s|tok/s|tokens/s|tok/sec|tokens/sec|tokens per second|samples/s|samples/sec|samples per second)\b",
+        r"(?i)([\d,]*\.?\d+)\s*(ms/(?:it|iter|step)|s/(?:it|iter|step)|it/s|steps/s|tok/s|tokens/s|tok/sec|tokens/sec|tokens per second|samples/s|samples/sec|samples per second)\b",
     )
     .unwrap()
 });
@@ -59,8 +61,9 @@ fn rate(line: &str) -> Option<Time> {
         return None;
     }
     Some(match unit.as_str() {
-        "s/it" => Time::PerIter(v * 1e3),
-        "it/s" => Time::PerIter(1e3 / v),
+        u if u.starts_with("ms/") => Time::PerIter(v),
+        u if u.starts_with("s/") => Time::PerIter(v * 1e3),
+        "it/s" | "steps/s" => Time::PerIter(1e3 / v),
         u if u.starts_with("sample") => Time::Throughput { per_s: v, unit: Unit::Samples },
         _ => Time::Throughput { per_s: v, unit: Unit::Tokens },
     })

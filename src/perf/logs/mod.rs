@@ -322,6 +322,10 @@ pub struct Parsed {
     pub minus_100: usize,
     pub first_iter: u64,
     pub last_iter: u64,
+    /// Whether the log holds its run's start (its first iteration counter is within
+    /// `MAX_WARMUP` iterations, or two logging intervals, of zero). A log that starts later is an
+    /// excerpt from a run already warm: no sample of it is warm-up.
+    pub from_start: bool,
     /// `N/M` in the iteration lines: the run's total iterations.
     pub total_from_log: Option<u64>,
     /// The global batch size the iteration lines state (the last one).
@@ -374,7 +378,7 @@ pub fn clean(line: &str) -> (String, Option<Stamp>) {
             let n = |i: usize| c.get(i).map_or(0, |m| m.as_str().parse::<i64>().unwrap_or(0));
             stamp = Some(stamp_of(1970, 1, 1, n(1), n(2), n(3), c.get(4).map(|m| m.as_str())));
             rest = &rest[c.get(0).unwrap().end()..];
-        } else if let Some(m) = TAG.find(rest) {
+        } else if let Some(m) = TAG.find(rest).filter(|m| !is_counter_tag(m.as_str())) {
             rest = &rest[m.end()..];
         } else if let Some(m) = LOGGER.find(rest).filter(|m| m.end() > 0) {
             rest = &rest[m.end()..];
@@ -386,6 +390,12 @@ pub fn clean(line: &str) -> (String, Option<Stamp>) {
         s = rest.to_string();
     }
     (s.trim_end().to_string(), stamp)
+}
+
+/// `[Epoch 1/10]`, `[Batch 100/500]`, `[iter 20]`: a bracket that holds the counter stays.
+fn is_counter_tag(tag: &str) -> bool {
+    let t = tag.trim_start_matches('[').trim_start().to_ascii_lowercase();
+    ["epoch", "iter", "step", "batch", "it "].iter().any(|k| t.starts_with(k)) && tag.bytes().any(|b| b.is_ascii_digit())
 }
 
 fn stamp_of(y: i64, mo: i64, d: i64, h: i64, mi: i64, sec: i64, frac: Option<&str>) -> Stamp {
@@ -482,12 +492,20 @@ pub fn parse_with(text: &str, opt: &Options) -> Result<Parsed> {
         skipped_lines: skipped,
         minus_100,
         first_iter: mine.first().map_or(0, |r| r.iter),
+        from_start: from_start(&mine),
         last_iter: mine.last().map_or(0, |r| r.iter),
         total_from_log: mine.iter().find_map(|r| r.total),
         batch_from_lines: mine.iter().rev().find_map(|r| r.batch),
         samples,
         facts,
     })
+}
+
+fn from_start(records: &[Record]) -> bool {
+    let mut iters = records.iter().map(|r| r.iter);
+    let Some(first) = iters.next() else { return true };
+    let gap = iters.find(|&i| i > first).map_or(0, |i| i - first);
+    first <= (super::meter::MAX_WARMUP as u64).max(2 * gap)
 }
 
 /// Times each line itself (not only a timestamp or a rate).
@@ -593,14 +611,16 @@ pub fn samples(records: &[Record], opt: &Options, facts: &Facts) -> (Meaning, Ve
     (Meaning::Throughput, s)
 }
 
-/// Differences a clock (`(record, ms, resolution ms)`) between lines: each sample spans at least
-/// [`MIN_TICKS`] ticks of the clock; a line that repeats the window's first iteration moves
+/// Differences a clock (`(record, ms, resolution ms)`) between lines: each sample after the
+/// first spans at least [`MIN_TICKS`] ticks of the clock; a line that repeats the window's first iteration moves
 /// the window's start (a progress bar refreshed after an eval); a clock or counter that goes
 /// back starts afresh.
 fn difference(clock: &[(&Record, f64, f64)]) -> Vec<Sample> {
     let mut out = Vec::new();
     let Some(&(first, c0, _)) = clock.first() else { return out };
     let (mut start_iter, mut start_ms, mut last_iter) = (first.iter, c0, first.iter);
+    // the first advance is a sample of its own, however short: it holds the run's start-up
+    let mut first_window = true;
     for &(r, ms, res) in &clock[1..] {
         if r.iter < last_iter || ms < start_ms || (r.iter == start_iter && r.iter == last_iter) {
             // a restart, or the window's first iteration again: the window starts here
@@ -609,9 +629,10 @@ fn difference(clock: &[(&Record, f64, f64)]) -> Vec<Sample> {
         }
         last_iter = r.iter;
         let gap = r.iter - start_iter;
-        if gap == 0 || ms - start_ms < MIN_TICKS * res {
+        if gap == 0 || (ms - start_ms < MIN_TICKS * res && !(first_window && ms > start_ms)) {
             continue;
         }
+        first_window = false;
         out.push(sample(r, (ms - start_ms) / gap as f64, gap));
         (start_iter, start_ms) = (r.iter, ms);
     }
@@ -667,7 +688,13 @@ pub fn steady(p: &Parsed) -> Steady {
     // a log too short to settle keeps all but the first MIN_WARMUP samples
     let settled = meter.is_warm();
     let n = p.samples.len();
-    let warm = if settled { warm.min(meter.warmup_iters()) } else { super::meter::MIN_WARMUP.min(n.saturating_sub(1)) };
+    let warm = if !p.from_start {
+        0 // an excerpt from the middle of a run: its warm-up is not in the log
+    } else if settled {
+        warm.min(meter.warmup_iters())
+    } else {
+        super::meter::MIN_WARMUP.min(n.saturating_sub(1))
+    };
     let rest = &p.samples[warm..];
     let mut times: Vec<f64> = rest.iter().map(|l| l.ms).collect();
     times.sort_by(|a, b| a.total_cmp(b));
@@ -686,7 +713,7 @@ pub fn steady(p: &Parsed) -> Steady {
         outliers_dropped: rest.len() - kept.len(),
         iters_dropped: n - kept.len(),
         iters_counted: kept.iter().map(|s| s.span).sum(),
-        warmup_settled: settled,
+        warmup_settled: settled || !p.from_start,
         steady_ms_per_iter: percentile(&kt, 0.5),
         p10_ms: percentile(&kt, 0.1),
         p90_ms: percentile(&kt, 0.9),

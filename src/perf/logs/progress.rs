@@ -5,6 +5,8 @@
 //!   refreshes over at least ten seconds. The `s/it` rate is tqdm's smoothed rate, not used.
 //!   Each bar (label and total) is its own stream; the one with the most steps is training
 //!   (an eval bar is another). Lightning's step is `epoch x total + n`.
+//!   Lightning's rich bar (`Epoch 3/9 ━━━━ 450/1000 0:02:13 • 0:02:43 3.37it/s`) likewise;
+//!   NeMo's `train_step_timing in s=1.21` in the bar's postfix is one step's time.
 //! * The Trainer's `{'loss': ..., 'grad_norm': ..., 'learning_rate': ..., 'epoch': ...}` dicts
 //!   (untimed) and `{'eval_...': ...}` (evals).
 //! * `trainer_state.json` as the file: no per-step times; the run's `train_runtime` less its
@@ -17,9 +19,21 @@ use std::sync::LazyLock;
 
 static BAR: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^(.*?)\s*(?:\d{1,3}%\|[^|]*\|\s*(\d+)/(\d+)|:?\s*(\d+)it)\s*\[(?:(\d+):)?(\d+):(\d+)\s*[<,\]]").unwrap());
+/// Lightning's rich bar: `Epoch 3/9  ━━━━━━━━━━━━━━━ 450/1000 0:02:13 • 0:02:43 3.37it/s v_num: 0`.
+static RICH: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^Epoch\s+(\d+)/\d+\s+\S*\s+(\d+)/(\d+)\s+(\d+):(\d+):(\d+)\s*•").unwrap());
+/// NeMo's per-step time in Lightning's bar: `train_step_timing in s=1.21`.
+static NEMO_STEP: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"train_step_timing in s=([\d.]+)").unwrap());
 static EPOCH: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^Epoch\s+(\d+)").unwrap());
 
 pub(super) fn bar(line: &str) -> Option<(Format, Hit)> {
+    if let Some(c) = RICH.captures(line) {
+        let n = |i: usize| c[i].parse::<u64>().ok();
+        let (epoch, step, total) = (n(1)?, n(2)?, n(3)?);
+        let ms = ((n(4)? * 60 + n(5)?) * 60 + n(6)?) as f64 * 1e3;
+        let mut r = Record::new(epoch.checked_mul(total)?.checked_add(step)?, Time::Cumulative { ms, resolution_ms: 1000.0 });
+        r.stream = total;
+        return Some((Format::Lightning, Hit::Iter(r)));
+    }
     let c = BAR.captures(line)?;
     let label = c[1].trim().trim_end_matches(':').trim();
     let n: u64 = c.get(2).or(c.get(4))?.as_str().parse().ok()?;
@@ -35,7 +49,11 @@ pub(super) fn bar(line: &str) -> Option<(Format, Hit)> {
     } else {
         return None; // another bar: loading shards, tokenising, ...
     };
-    let mut r = Record::new(iter, Time::Cumulative { ms, resolution_ms: 1000.0 });
+    let time = match NEMO_STEP.captures(line).and_then(|c| super::num(&c[1])) {
+        Some(secs) => Time::PerIter(secs * 1e3),
+        None => Time::Cumulative { ms, resolution_ms: 1000.0 },
+    };
+    let mut r = Record::new(iter, time);
     r.total = (total > 0 && format == Format::HfTrainer).then_some(total);
     r.stream = key.bytes().fold(total.wrapping_mul(1_000_003), |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
     Some((format, Hit::Iter(r)))
@@ -92,6 +110,7 @@ fn run_average(v: &serde_json::Value, history: &[serde_json::Value], step: u64) 
         skipped_lines: 0,
         minus_100: 0,
         first_iter: 0,
+        from_start: true,
         last_iter: step,
         total_from_log: v["max_steps"].as_u64(),
         batch_from_lines: None,

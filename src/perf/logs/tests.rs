@@ -154,3 +154,67 @@ fn a_rate_needs_the_units_per_iteration() {
     // 8000 tokens per GPU per step at 5000 and 4000 tokens/s per GPU
     assert_eq!(p.samples.iter().map(|s| s.ms).collect::<Vec<_>>(), vec![1600.0, 2000.0]);
 }
+
+#[test]
+fn an_excerpt_from_the_middle_of_a_run_has_no_warmup() {
+    // litgpt's older shape, iterations 76-83 of a run (alternating optimizer-step iterations):
+    // all eight are steady; median = (198.35 + 214.40) / 2
+    let log = "iter 76 step 38: loss 10.8259, iter time: 197.87ms
+iter 77 step 39: loss 10.8259, iter time: 214.40ms (optimizer.step)
+iter 78 step 39: loss 10.8259, iter time: 198.00ms
+iter 79 step 40: loss 10.8259, iter time: 215.31ms (optimizer.step)
+iter 80 step 40: loss 10.8259, iter time: 197.59ms
+iter 81 step 41: loss 10.8259, iter time: 215.43ms (optimizer.step)
+iter 82 step 41: loss 10.8259, iter time: 198.35ms
+iter 83 step 42: loss 10.8259, iter time: 215.40ms (optimizer.step)
+";
+    let p = parse(log).unwrap();
+    assert_eq!((p.format, p.from_start), (Format::Litgpt, false));
+    let s = steady(&p);
+    assert_eq!(s.warmup_dropped, 0);
+    assert!((s.steady_ms_per_iter - (198.35 + 214.40) / 2.0).abs() < 1e-9, "{}", s.steady_ms_per_iter);
+}
+
+#[test]
+fn a_progress_bars_first_step_is_a_sample_of_its_own() {
+    // Lightning, one second resolution: step 1 at 8 s (start-up), then 3 s per step; the first
+    // window is 0-1 alone (8 s, warm-up), the next 1-5 (12 s / 4 steps)
+    let log = "Epoch 0:   0%|          | 0/18 [00:00<?, ?it/s]
+Epoch 0:   6%|▌         | 1/18 [00:08<02:29,  8.77s/it, loss=10.473, v_num=193315]
+Epoch 0:  11%|█         | 2/18 [00:11<01:33,  5.82s/it, loss=10.473, v_num=193315]
+Epoch 0:  17%|█▋        | 3/18 [00:14<01:13,  4.87s/it, loss=10.224, v_num=193315]
+Epoch 0:  22%|██▏       | 4/18 [00:17<01:02,  4.47s/it, loss=10.047, v_num=193315]
+Epoch 0:  28%|██▊       | 5/18 [00:20<00:53,  4.14s/it, loss=9.926, v_num=193315]
+";
+    let p = parse(log).unwrap();
+    assert_eq!(p.samples.iter().map(|s| s.ms).collect::<Vec<_>>(), vec![8000.0, 3000.0]);
+    assert!((steady(&p).steady_ms_per_iter - 3000.0).abs() < 1e-9);
+    // the rich bar, and NeMo's own step time in the bar
+    let rich = "Epoch 0/9  ━━━━━━━━━━━━━━━ 10/100 0:00:20 • 0:03:00 0.50it/s v_num: 0\nEpoch 0/9  ━━━━━━━━━━━━━━━ 20/100 0:00:40 • 0:02:40 0.50it/s v_num: 0\n";
+    let p = parse(rich).unwrap();
+    assert_eq!((p.format, p.samples[0].ms), (Format::Lightning, 2000.0));
+    let nemo = "Epoch 0: :  50%|█████     | 50/100 [01:00<01:00, reduced_train_loss=2.3, global_step=49.0, train_step_timing in s=1.21]\n";
+    let p = parse(nemo).unwrap();
+    assert_eq!((p.meaning, p.samples[0].ms), (Meaning::PerIteration, 1210.0));
+}
+
+#[test]
+fn the_fallback_reads_counters_with_a_time_or_a_rate() {
+    let cases: [(&str, f64); 5] = [
+        // build-nanogpt
+        ("step    12 | loss: 9.003456 | lr 6.0000e-04 | norm: 1.2345 | dt: 1230.56ms | tok/sec: 424242.42", 1230.56),
+        // a bracketed counter is not noise
+        ("[Epoch 1/10][Batch 100/500] loss: 2.31 1.21 s/step", 1210.0),
+        ("2024-01-01 10:00:00 | INFO | global_step=120, loss=2.2, 0.8 it/s", 1250.0),
+        ("Iter: 100, loss: 2.3, time: 0.52s, data_time: 0.01", 520.0),
+        // `total time` is not an iteration's
+        ("step 7/100 | total time: 3.5m | dt: 980ms", 980.0),
+    ];
+    for (line, ms) in cases {
+        let p = parse(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert_eq!(p.format, Format::Generic, "{line}");
+        assert!((p.samples[0].ms - ms).abs() < 1e-9, "{line}: {}", p.samples[0].ms);
+    }
+    // a counter with nothing to time it, and no timestamp, is skipped
+    assert!(parse("step 5 of the recipe\nstep 6 of the recipe\n").is_err());
+}
