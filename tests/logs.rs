@@ -299,10 +299,25 @@ fn follow_reprints_as_lines_arrive() {
     f.flush().unwrap();
     // steady over 200, 300, 300, 300, 300 = 300; 92 iterations left at 0.3 s
     let second = wait_for("iter 7: steady 300.00 ms/iter");
-    let _ = child.kill();
-    let _ = child.wait();
+    // Ctrl-C: the full report, then a clean exit
+    let interrupted = Command::new("kill").args(["-INT", &child.id().to_string()]).status().is_ok_and(|s| s.success());
+    let report = interrupted.then(|| wait_for("steady: 300.00 ms/iter")).flatten();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break Some(st),
+            _ if Instant::now() > deadline => break None,
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     std::fs::remove_dir_all(d).ok();
     assert!(first.is_some(), "no first summary");
     let second = second.expect("no second summary");
     assert!(second.contains("ETA to 100: 27.6s"), "{second}");
+    assert!(interrupted && report.is_some(), "no report after Ctrl-C");
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "not a clean exit on Ctrl-C");
 }

@@ -429,7 +429,7 @@ pub fn parse_with(text: &str, opt: &Options) -> Result<Parsed> {
     }
     let mut records: Vec<(Format, Record)> = Vec::new();
     let mut facts = Facts::default();
-    let (mut evals, mut skipped, mut lines) = (0, 0, 0);
+    let (mut evals, mut skipped, mut lines, mut hf_dicts) = (0, 0, 0, 0);
     for raw in text.split(['\n', '\r']) {
         if raw.trim().is_empty() {
             continue;
@@ -452,11 +452,14 @@ pub fn parse_with(text: &str, opt: &Options) -> Result<Parsed> {
                 records.push((f, r));
             }
             Some((_, Hit::Eval)) => evals += 1,
-            Some((_, Hit::Info)) => {}
+            Some((f, Hit::Info)) => hf_dicts += usize::from(f == Format::HfTrainer),
             None => skipped += 1,
         }
     }
     let Some(format) = choose_format(&records) else {
+        if hf_dicts > 0 {
+            bail!("{hf_dicts} Hugging Face Trainer loss lines but no time in them (they carry no step counter or clock): give the console's progress bar lines, or the run's trainer_state.json");
+        }
         match opt.format {
             Some(f) => bail!("no {} iteration line in {lines} lines (--format {})", f.describe(), f.name()),
             None => bail!(
@@ -618,16 +621,18 @@ pub fn samples(records: &[Record], opt: &Options, facts: &Facts) -> (Meaning, Ve
 fn difference(clock: &[(&Record, f64, f64)]) -> Vec<Sample> {
     let mut out = Vec::new();
     let Some(&(first, c0, _)) = clock.first() else { return out };
-    let (mut start_iter, mut start_ms, mut last_iter) = (first.iter, c0, first.iter);
+    let (mut start_iter, mut start_ms, mut last_iter, mut last_ms) = (first.iter, c0, first.iter, c0);
     // the first advance is a sample of its own, however short: it holds the run's start-up
     let mut first_window = true;
     for &(r, ms, res) in &clock[1..] {
-        if r.iter < last_iter || ms < start_ms || (r.iter == start_iter && r.iter == last_iter) {
-            // a restart, or the window's first iteration again: the window starts here
-            (start_iter, start_ms, last_iter) = (r.iter, ms, r.iter);
+        let paused = r.iter == last_iter && ms - last_ms >= MIN_TICKS * res;
+        if r.iter < last_iter || ms < start_ms || (r.iter == start_iter && r.iter == last_iter) || paused {
+            // a restart, the window's first iteration again, or the same iteration much later
+            // (an eval in between): the window starts here
+            (start_iter, start_ms, last_iter, last_ms) = (r.iter, ms, r.iter, ms);
             continue;
         }
-        last_iter = r.iter;
+        (last_iter, last_ms) = (r.iter, ms);
         let gap = r.iter - start_iter;
         if gap == 0 || (ms - start_ms < MIN_TICKS * res && !(first_window && ms > start_ms)) {
             continue;

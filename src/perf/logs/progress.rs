@@ -44,8 +44,9 @@ pub(super) fn bar(line: &str) -> Option<(Format, Hit)> {
         (Format::HfTrainer, n, "")
     } else if let Some(e) = EPOCH.captures(label) {
         (Format::Lightning, e[1].parse::<u64>().ok()?.checked_mul(total)?.checked_add(n)?, "Epoch")
-    } else if ["Training", "Train", "train", "Steps", "Iteration"].contains(&label) {
-        (Format::Lightning, n, label)
+    } else if ["Training", "Train", "train", "Steps", "Iteration", "Iter", "Step"].contains(&label) {
+        // Hugging Face's older example scripts (`Iteration:`), Accelerate and diffusers (`Steps:`)
+        (Format::HfTrainer, n, label)
     } else {
         return None; // another bar: loading shards, tokenising, ...
     };

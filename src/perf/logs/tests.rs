@@ -218,3 +218,19 @@ fn the_fallback_reads_counters_with_a_time_or_a_rate() {
     // a counter with nothing to time it, and no timestamp, is skipped
     assert!(parse("step 5 of the recipe\nstep 6 of the recipe\n").is_err());
 }
+
+#[test]
+fn an_eval_in_the_middle_of_a_clock_window_is_cut_out() {
+    // a bar refreshed every step at 2 s/step; at step 7 an eval holds it 60 s, and the bar
+    // is redrawn at step 7 when training resumes: the window 5-7 is dropped, not stretched
+    let mut log = String::new();
+    for n in 0..=12u32 {
+        let secs = 2 * n + if n > 7 { 60 } else { 0 };
+        log += &format!("{:3}%|#   | {n}/100 [{:02}:{:02}<01:00,  2.00s/it]\n", n, secs / 60, secs % 60);
+        if n == 7 {
+            log += &format!("  7%|#   | 7/100 [{:02}:{:02}<01:00,  2.00s/it]\n", (14 + 60) / 60, (14 + 60) % 60);
+        }
+    }
+    let p = parse(&log).unwrap();
+    assert!(p.samples.iter().all(|s| (s.ms - 2000.0).abs() < 1e-9), "{:?}", p.samples);
+}
