@@ -592,8 +592,11 @@ fn logs_names_the_format_and_counts_with_plurals() {
     let log = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nanogpt_h200_rtx4070-40m.log");
     let (code, out, err) = gptrain(&["logs", log.to_str().unwrap()], &d);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains(": nanoGPT log, 21 iteration lines, 1 eval line,"), "{out}");
-    assert!(out.contains("4 warm-up iterations") && out.contains("0 outliers"), "{out}");
+    assert!(
+        out.contains(": nanoGPT log (format nanogpt), 21 iteration lines (iterations 0-20), 1 eval line, 26 other lines skipped"),
+        "{out}"
+    );
+    assert!(out.contains("dropped 4 of 21 samples: 4 warm-up") && out.contains("0 outliers"), "{out}");
     std::fs::remove_dir_all(d).ok();
 }
 

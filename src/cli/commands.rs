@@ -11,7 +11,6 @@ use crate::config::{self, Config};
 use crate::data::prepare::{self, TokenizerKind};
 use crate::model::ModelConfig;
 use crate::perf::estimate::{self, MfuAssumption, Run};
-use crate::perf::logs as logreader;
 use crate::perf::{device, flops};
 use crate::rng;
 use crate::sample::Sampler;
@@ -26,7 +25,7 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_PRESET: &str = "shakespeare-char-cpu";
 
 /// Resolves config flags (defaulting to [`DEFAULT_PRESET`]) and prints notices.
-fn resolve(a: &ConfigArgs) -> Result<Config> {
+pub(super) fn resolve(a: &ConfigArgs) -> Result<Config> {
     let preset = a.preset.as_deref().or(if a.config.is_none() { Some(DEFAULT_PRESET) } else { None });
     let (cfg, notices) = config::resolve(preset, a.config.as_deref(), &a.sets)?;
     for n in notices.0 {
@@ -288,31 +287,6 @@ pub struct EstimateArgs {
 }
 
 #[derive(Args, Clone, Debug)]
-pub struct LogsArgs {
-    /// The log file (nanoGPT, llm.c, or gptrain's metrics.jsonl).
-    pub file: PathBuf,
-    /// Device the log was made on, for the true MFU.
-    #[arg(long)]
-    pub device: Option<String>,
-    #[arg(long)]
-    pub dtype: Option<String>,
-    #[arg(long)]
-    pub peak_tflops: Option<f64>,
-    #[command(flatten)]
-    pub cfg: ConfigArgs,
-    #[arg(long)]
-    pub batch_size: Option<usize>,
-    #[arg(long)]
-    pub block_size: Option<usize>,
-    #[arg(long)]
-    pub grad_accum: Option<usize>,
-    #[arg(long)]
-    pub max_iters: Option<u64>,
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Args, Clone, Debug)]
 pub struct BenchArgs {
     #[command(flatten)]
     pub cfg: ConfigArgs,
@@ -362,7 +336,7 @@ fn nanogpt_vocab(dataset: &str) -> (usize, &'static str) {
 /// comes from: `vocab_size` if set; else the dataset's meta (the built-in corpus's characters
 /// for `builtin`); a dataset that is not on disk is an assumption that says so. A nanoGPT
 /// `.py` config that names no dataset gets nanoGPT's default, `openwebtext`.
-fn model_without_data(cfg: &Config, args: &ConfigArgs) -> Result<(ModelConfig, estimate::Vocab)> {
+pub(super) fn model_without_data(cfg: &Config, args: &ConfigArgs) -> Result<(ModelConfig, estimate::Vocab)> {
     let (dataset_named, _) = named_in_flags(args)?;
     let nanogpt_default = !dataset_named && args.config.as_ref().is_some_and(|p| p.extension().is_some_and(|e| e == "py"));
     let dataset = if nanogpt_default { "openwebtext" } else { cfg.dataset.as_str() };
@@ -398,7 +372,7 @@ fn model_without_data(cfg: &Config, args: &ConfigArgs) -> Result<(ModelConfig, e
     Ok((model, vocab))
 }
 
-fn parse_dtype(s: &str) -> Result<Precision> {
+pub(super) fn parse_dtype(s: &str) -> Result<Precision> {
     Precision::parse(s).with_context(|| format!("unknown dtype `{s}`; use fp32, tf32, fp16 or bf16"))
 }
 
@@ -636,133 +610,6 @@ fn print_estimate(e: &estimate::Estimate, m: &ModelConfig, run: &Run, dev: &devi
         say!();
         say!("{why}");
     }
-}
-
-pub fn logs(a: &LogsArgs) -> Result<()> {
-    let text = std::fs::read(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
-    let text = String::from_utf8_lossy(&text);
-    let parsed = logreader::parse(&text).with_context(|| format!("{}", a.file.display()))?;
-    let st = logreader::steady(&parsed);
-    // the run's shape: explicit flags over config flags
-    let have_cfg = a.cfg.preset.is_some() || a.cfg.config.is_some() || !a.cfg.sets.is_empty();
-    let cfg = if have_cfg { Some(resolve(&a.cfg)?) } else { None };
-    let batch = a.batch_size.or(cfg.as_ref().map(|c| c.batch_size));
-    let block = a.block_size.or(cfg.as_ref().map(|c| c.block_size));
-    let accum = a.grad_accum.or(cfg.as_ref().map(|c| c.gradient_accumulation_steps));
-    let max_iters = a.max_iters.or(st.total_from_log).or(cfg.as_ref().map(|c| c.max_iters));
-    let tokens_per_iter = match (batch, block, accum) {
-        (Some(b), Some(t), Some(g)) => Some((b * t * g) as f64),
-        _ => None,
-    };
-    let s = st.steady_ms_per_iter / 1e3;
-    let tokens_per_second = tokens_per_iter.map(|t| t / s).or(st.log_tok_s);
-    // an unknown device gives "MFU n/a" and a hint, never a made-up figure
-    let dev = match a.device.as_deref().map(device::lookup).transpose() {
-        Ok(d) => d,
-        Err(e) if a.peak_tflops.is_none() => {
-            eprintln!("warning: {e:#}; MFU n/a");
-            None
-        }
-        Err(_) => None,
-    };
-    let dtype = parse_dtype(a.dtype.as_deref().unwrap_or(if dev.as_ref().is_some_and(|d| d.name == "cpu") { "fp32" } else { "bf16" }))?;
-    let peak = a.peak_tflops.map(|t| t * 1e12).or(dev.as_ref().map(|d| d.peak_flops(dtype)));
-    let model = match &cfg {
-        Some(c) => Some(model_without_data(c, &a.cfg)?.0),
-        None => None,
-    };
-    let flops_per_token = model.as_ref().map(|m| flops::flops_per_token(m, block.unwrap_or(m.block_size)).train());
-    let mfu = match (flops_per_token, tokens_per_second, peak) {
-        (Some(f), Some(tps), Some(p)) => Some(f * tps / p),
-        _ => None,
-    };
-    let log_mfu_on_device = match (parsed.format, st.log_mfu, peak) {
-        (logreader::Format::NanoGpt, Some(m), Some(p)) => Some(m * logreader::NANOGPT_PEAK / p),
-        (_, Some(m), _) => Some(m),
-        _ => None,
-    };
-    let eta = max_iters.map(|m| m.saturating_sub(st.last_iter + 1) as f64 * s);
-    if a.json {
-        let v = serde_json::json!({
-            "format": parsed.format,
-            "steady_ms_per_iter": st.steady_ms_per_iter,
-            "p10_ms": st.p10_ms,
-            "p90_ms": st.p90_ms,
-            "tokens_per_second": tokens_per_second,
-            "mfu": mfu,
-            "log_mfu": st.log_mfu,
-            "log_mfu_on_device": log_mfu_on_device,
-            "eta_seconds": eta,
-            "iters_seen": st.iters_seen,
-            "iters_dropped": st.iters_dropped,
-            "warmup_dropped": st.warmup_dropped,
-            "warmup_settled": st.warmup_settled,
-            "outliers_dropped": st.outliers_dropped,
-            "last_iter": st.last_iter,
-            "max_iters": max_iters,
-            "evals": parsed.evals,
-            "lines_skipped": parsed.skipped_lines,
-            "minus_100_lines": parsed.minus_100,
-            "device": dev.as_ref().map(|d| d.name.clone()),
-            "peak_flops": peak,
-        });
-        say!("{v}");
-        return Ok(());
-    }
-    use crate::perf::meter::human_duration;
-    say!(
-        "{}: {} log, {}, {}, {} skipped",
-        a.file.display(),
-        parsed.format.name(),
-        count(st.iters_seen, "iteration line"),
-        count(parsed.evals, "eval line"),
-        count(parsed.skipped_lines, "other line")
-    );
-    say!(
-        "dropped {}: {} (until three consecutive times agree within 10%), {} (> {}x the median, e.g. the eval or checkpoint time nanoGPT counts into the next iteration)",
-        count(st.iters_dropped, "iteration"),
-        count(st.warmup_dropped, "warm-up iteration"),
-        count(st.outliers_dropped, "outlier"),
-        logreader::OUTLIER
-    );
-    if !st.warmup_settled {
-        say!("note: iteration times never settled in this log (too short?): only the first iteration is treated as warm-up");
-    }
-    say!("steady: {:.2} ms/iter (median; p10 {:.2}, p90 {:.2})", st.steady_ms_per_iter, st.p10_ms, st.p90_ms);
-    match tokens_per_second {
-        Some(t) => say!("tokens/s: {}", thousands(t)),
-        None => say!("tokens/s: unknown (give --batch-size, --block-size and --grad-accum, or a --preset/--config)"),
-    }
-    match (mfu, &dev) {
-        (Some(m), Some(d)) => say!("true MFU on {} ({}): {:.1}%", d.name, dtype.name(), m * 100.0),
-        (None, None) => say!("MFU: n/a (name the GPU with --device to compute it)"),
-        _ => say!("MFU: n/a (needs the model shape: --preset/--config/--set, and the batch shape)"),
-    }
-    if let Some(m) = st.log_mfu {
-        match (parsed.format, log_mfu_on_device, &dev) {
-            (logreader::Format::NanoGpt, Some(x), Some(d)) => say!(
-                "the log's mfu column says {:.1}% of an A100's 312 TFLOP/s whatever the card; against {} it would have read {:.1}%",
-                m * 100.0,
-                d.name,
-                x * 100.0
-            ),
-            _ => say!("the log's own MFU column: {:.1}%", m * 100.0),
-        }
-    }
-    if parsed.minus_100 > 0 {
-        let show = if parsed.minus_100 == 1 { "shows" } else { "show" };
-        say!(
-            "note: {} {show} `mfu -100.00%`: nanoGPT prints its running-MFU placeholder (-1) until its 5th iteration; it is not a measurement",
-            count(parsed.minus_100, "line")
-        );
-    }
-    match (eta, max_iters) {
-        (Some(e), Some(m)) => {
-            say!("ETA to iteration {m}: {} (from iteration {}, at the steady rate, evals not included)", human_duration(e), st.last_iter)
-        }
-        _ => say!("ETA: unknown (give --max-iters)"),
-    }
-    Ok(())
 }
 
 pub fn bench(a: &BenchArgs) -> Result<()> {

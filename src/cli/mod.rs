@@ -3,6 +3,7 @@
 
 mod commands;
 mod keys;
+mod logs;
 mod printer;
 mod units;
 
@@ -54,8 +55,8 @@ enum Cmd {
     Sample(ConfigArgs),
     /// Predict time per iteration, total time and memory of a config on a device.
     Estimate(commands::EstimateArgs),
-    /// Read a training log (nanoGPT, llm.c or gptrain JSONL): steady speed, true MFU, ETA.
-    Logs(commands::LogsArgs),
+    /// Read a training log (nanoGPT, llm.c, gptrain, Hugging Face, Lightning, litgpt, torchtitan, Megatron, DeepSpeed, modded-nanogpt, or any line with a counter and a time): steady speed, true MFU, ETA.
+    Logs(logs::LogsArgs),
     /// Time full training steps on synthetic tokens: ms/step, tokens/s, GFLOP/s, MFU.
     Bench(commands::BenchArgs),
     /// List every config key with its default and meaning, and the presets (with --preset,
@@ -79,7 +80,7 @@ pub fn main() -> i32 {
         Cmd::Train(a) => commands::train(&a),
         Cmd::Sample(a) => commands::sample(&a),
         Cmd::Estimate(a) => commands::estimate(&a),
-        Cmd::Logs(a) => commands::logs(&a),
+        Cmd::Logs(a) => logs::logs(&a),
         Cmd::Bench(a) => commands::bench(&a),
         Cmd::Plot { metrics, out } => commands::plot(&metrics, out),
         Cmd::Config(a) => keys::config(&a),

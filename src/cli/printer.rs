@@ -1,6 +1,7 @@
 //! How training reads on a terminal (a progress bar with lines above it) and in a log file
 //! (plain lines, nanoGPT's shapes).
 
+use super::units::count;
 use crate::perf::meter::{finish_time, human_duration};
 use crate::train::{IterLog, Observer, StartInfo, Summary};
 use std::io::IsTerminal;
@@ -32,11 +33,6 @@ impl Printer {
             None => say!("{s}"),
         }
     }
-}
-
-/// `1 iteration`, `2 iterations`.
-pub fn count(n: u64, noun: &str) -> String {
-    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
 
 /// `12,345`.
@@ -170,9 +166,9 @@ impl Observer for Printer {
         }
         say!(
             "done: {} in {} (warm-up {} {}, training {}, eval {}, checkpoints {})",
-            count(s.iters, "iteration"),
+            count(s.iters as usize, "iteration"),
             human_duration(s.total_s),
-            count(s.warmup_iters as u64, "iter"),
+            count(s.warmup_iters, "iter"),
             human_duration(s.warmup_s),
             human_duration(s.train_s),
             human_duration(s.eval_s),

@@ -1,0 +1,106 @@
+//! The run's shape where a log states it: global batch size, sequence length, world size,
+//! total iterations, tokens per iteration, and (Megatron's argument dump) the model's shape.
+//! Every line is searched; the first statement of each fact wins.
+
+use regex::Regex;
+use std::sync::LazyLock;
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Facts {
+    /// Samples per iteration, whole job.
+    pub global_batch: Option<u64>,
+    /// Samples per GPU per micro-step (torchtitan's `local batch size`).
+    pub local_batch: Option<u64>,
+    pub seq_len: Option<u64>,
+    pub world_size: Option<u64>,
+    pub total_iters: Option<u64>,
+    /// nanoGPT's `tokens per iteration will be: N`.
+    pub stated_tokens_per_iter: Option<u64>,
+    pub n_layer: Option<u64>,
+    pub n_embd: Option<u64>,
+    pub n_head: Option<u64>,
+    pub vocab: Option<u64>,
+    /// Each fact's line, shortened: where it came from.
+    pub sources: Vec<String>,
+}
+
+struct Fact {
+    re: Regex,
+    set: fn(&mut Facts) -> &mut Option<u64>,
+    name: &'static str,
+}
+
+// `key ....... 1024` (Megatron's argument dump), `key: 1024`, `key = 1024`, `--key 1024`
+const SEP: &str = r"[\s.:=]*";
+
+static FACTS: LazyLock<Vec<Fact>> = LazyLock::new(|| {
+    let f = |pat: &str, set: fn(&mut Facts) -> &mut Option<u64>, name: &'static str| Fact {
+        re: Regex::new(&format!(r"(?i){pat}")).unwrap(),
+        set,
+        name,
+    };
+    vec![
+        f(
+            &format!(r"(?:\bglobal[_ -]batch[_ -]size|total train batch size \(w\. parallel, distributed & accumulation\)){SEP}(\d+)"),
+            |x| &mut x.global_batch,
+            "global batch size",
+        ),
+        f(&format!(r"\blocal[_ -]batch[_ -]size{SEP}(\d+)"), |x| &mut x.local_batch, "local batch size"),
+        f(
+            &format!(r"\b(?:seq[_ -]length|seq[_ -]len|sequence[_ -]length|max[_ -]seq[_ -]length|block[_ -]size){SEP}(\d+)"),
+            |x| &mut x.seq_len,
+            "sequence length",
+        ),
+        f(&format!(r"\b(?:world[_ -]size|num[_ -]gpus|ngpus){SEP}(\d+)"), |x| &mut x.world_size, "world size"),
+        f(
+            &format!(
+                r"(?:\btrain[_ -]iters|\bmax[_ -]iters|\bmax[_ -]steps|total optimization steps|\btotal steps|\btrain[_ -]steps){SEP}(\d+)"
+            ),
+            |x| &mut x.total_iters,
+            "total iterations",
+        ),
+        f(r"tokens per iteration(?: will be)?:\s*([\d,]+)", |x| &mut x.stated_tokens_per_iter, "tokens per iteration"),
+        f(&format!(r"^\s*num[_ ]layers{SEP}(\d+)"), |x| &mut x.n_layer, "layers"),
+        f(&format!(r"^\s*hidden[_ ]size{SEP}(\d+)"), |x| &mut x.n_embd, "hidden size"),
+        f(&format!(r"^\s*num[_ ]attention[_ ]heads{SEP}(\d+)"), |x| &mut x.n_head, "heads"),
+        f(
+            &format!(r"(?:^\s*padded[_ ]vocab[_ ]size{SEP}|^(?:> )?padded vocab \(size: \d+\) with \d+ dummy tokens \(new size: )(\d+)"),
+            |x| &mut x.vocab,
+            "vocabulary",
+        ),
+    ]
+});
+
+impl Facts {
+    /// Looks for facts in one (cleaned) line.
+    pub fn scan(&mut self, line: &str) {
+        // cheap filter: every fact's line has one of these
+        let l = line.to_ascii_lowercase();
+        if !["batch", "seq", "world", "gpus", "iter", "step", "block", "layers", "hidden", "heads", "vocab"].iter().any(|k| l.contains(k)) {
+            return;
+        }
+        for f in FACTS.iter() {
+            if (f.set)(self).is_some() {
+                continue;
+            }
+            if let Some(c) = f.re.captures(line) {
+                let Some(v) = c[1].replace(',', "").parse::<u64>().ok().filter(|v| *v > 0) else { continue };
+                *(f.set)(self) = Some(v);
+                let m = c.get(0).unwrap().as_str().trim();
+                let m: String = m.split_whitespace().filter(|w| !w.chars().all(|c| c == '.')).collect::<Vec<_>>().join(" ");
+                let m = if m.len() > 60 { format!("{}...", &m[..m.char_indices().nth(57).map_or(m.len(), |x| x.0)]) } else { m };
+                self.sources.push(format!("{} {v} (`{m}`)", f.name));
+            }
+        }
+    }
+
+    /// Tokens per iteration, whole job, as the log states them.
+    pub fn tokens_per_iter(&self) -> Option<f64> {
+        self.stated_tokens_per_iter.map(|t| t as f64).or(self.global_batch.zip(self.seq_len).map(|(b, t)| (b * t) as f64))
+    }
+
+    /// Tokens per GPU per iteration (torchtitan: local batch x sequence length).
+    pub fn tokens_per_gpu_iter(&self) -> Option<f64> {
+        self.local_batch.zip(self.seq_len).map(|(b, t)| (b * t) as f64)
+    }
+}

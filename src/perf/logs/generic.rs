@@ -1,0 +1,90 @@
+//! The fallback: any line with an iteration counter (`iter N`, `step N/M`, `iteration: N`,
+//! `global_step=N`, `Batch [N/M]`) and
+//! one of: a per-iteration time (`dt: 989ms`, `iter time 0.41s`, `seconds: 2.167`,
+//! `time (ms): 350`), a rate (`3.1it/s`, `2.54s/it`, `1.2 s/step`, `tok/sec: 529,882`, `12.5 samples/s`), or
+//! only the line's timestamp. A time without a unit is seconds below 50, else milliseconds.
+//! `total time` and `data time` are not an iteration's time.
+
+use super::{num, Format, Hit, Record, Time, Unit};
+use regex::Regex;
+use std::sync::LazyLock;
+
+static COUNTER: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)\b(?:global[_ ]?)?(?:iter(?:ation)?|step|update|batch)s?\b\s*[:=#\[]?\s*(\d+)(?:\s*(?:/|of)\s*(\d+))?").unwrap()
+});
+static TIME: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)\b(dt|iter(?:ation)?[_ ]?time|step[_ ]?time|time[_ /]per[_ ](?:iter(?:ation)?|step)|time|elapsed|seconds|sec|duration|took|latency)\b\s*(?:\((ms|s|sec)\))?\s*[:=]?\s*([\d.]+)\s*(ms|s|sec|seconds)?\b").unwrap()
+});
+static RATE_AFTER: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"(?i)([\d,]*\.?\d+)\s*(ms/(?:it|iter|step)|s/(?:it|iter|step)|it/s|steps/s|tok/s|tokens/s|tok/sec|tokens/sec|tokens per second|samples/s|samples/sec|samples per second)\b",
+    )
+    .unwrap()
+});
+static RATE_BEFORE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)\b(s/it|it/s|tok/s|tokens/s|tok/sec|tokens/sec|tokens_per_sec(?:ond)?|tps|samples/s|samples/sec|samples_per_sec(?:ond)?)\s*[:=]\s*([\d,]*\.?\d+)").unwrap()
+});
+static LOSS: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?i)\b(?:train[_ ])?loss\s*[:=]?\s*([-\d.Ee+]+)").unwrap());
+static MFU: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?i)\bmfu\s*[:=]?\s*([\d.]+)\s*(%)?").unwrap());
+static TFLOPS: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?i)\bTFLOP/?s(?:/GPU)?\s*[:=]\s*([\d.]+)").unwrap());
+
+fn per_iter_ms(line: &str) -> Option<f64> {
+    for c in TIME.captures_iter(line) {
+        let start = c.get(0).unwrap().start();
+        let before = line[..start].to_ascii_lowercase();
+        if before.ends_with("total ") || before.ends_with("total_") || before.ends_with("data ") || before.ends_with("eval ") {
+            continue;
+        }
+        let key = c[1].to_ascii_lowercase();
+        let v = num(&c[3])?;
+        let unit = c.get(2).or(c.get(4)).map(|m| m.as_str().to_ascii_lowercase());
+        let ms = match unit.as_deref() {
+            Some("ms") => v,
+            Some(_) => v * 1e3,
+            None if key.starts_with("sec") => v * 1e3,
+            None if v < 50.0 => v * 1e3,
+            None => v,
+        };
+        return Some(ms);
+    }
+    None
+}
+
+fn rate(line: &str) -> Option<Time> {
+    let (v, unit) = if let Some(c) = RATE_AFTER.captures(line) {
+        (num(&c[1])?, c[2].to_ascii_lowercase())
+    } else {
+        let c = RATE_BEFORE.captures(line)?;
+        (num(&c[2])?, c[1].to_ascii_lowercase())
+    };
+    if v <= 0.0 {
+        return None;
+    }
+    Some(match unit.as_str() {
+        u if u.starts_with("ms/") => Time::PerIter(v),
+        u if u.starts_with("s/") => Time::PerIter(v * 1e3),
+        "it/s" | "steps/s" => Time::PerIter(1e3 / v),
+        u if u.starts_with("sample") => Time::Throughput { per_s: v, unit: Unit::Samples },
+        _ => Time::Throughput { per_s: v, unit: Unit::Tokens },
+    })
+}
+
+static EVAL: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?i)\bval(?:idation)?[_ ]?(?:loss|bpb|ppl)").unwrap());
+
+pub(super) fn line(line: &str) -> Option<(Format, Hit)> {
+    if EVAL.is_match(line) {
+        return Some((Format::Generic, Hit::Eval));
+    }
+    let c = COUNTER.captures(line)?;
+    let iter = c[1].parse().ok()?;
+    let time = per_iter_ms(line).map(Time::PerIter).or_else(|| rate(line)).unwrap_or(Time::Timestamp);
+    let mut r = Record::new(iter, time);
+    r.total = c.get(2).and_then(|m| m.as_str().parse().ok());
+    r.loss = LOSS.captures(line).and_then(|c| num(&c[1]));
+    r.log_mfu = MFU.captures(line).and_then(|c| num(&c[1]).map(|m| if c.get(2).is_some() || m > 1.0 { m / 100.0 } else { m }));
+    r.log_tflops = TFLOPS.captures(line).and_then(|c| num(&c[1]));
+    if let Some(Time::Throughput { per_s, unit: Unit::Tokens }) = rate(line) {
+        r.log_tok_s = Some(per_s);
+    }
+    Some((Format::Generic, Hit::Iter(r)))
+}

@@ -1,0 +1,236 @@
+use super::*;
+
+const NANOGPT: &str = "Overriding config with config/train_shakespeare_char.py:
+tokens per iteration will be: 16,384
+number of parameters: 10.65M
+step 0: train loss 4.2874, val loss 4.2823
+iter 0: loss 4.2654, time 29681.23ms, mfu -100.00%
+iter 10: loss 3.2425, time 102.37ms, mfu -100.00%
+iter 20: loss 2.7945, time 101.89ms, mfu 3.65%
+iter 30: loss 2.6115, time 103.02ms, mfu 3.65%
+iter 40: loss 2.5349, time 102.51ms, mfu 3.65%
+iter 50: loss 2.5123, time 102.10ms, mfu 3.66%
+step 60: train loss 2.4, val loss 2.4
+iter 60: loss 2.4895, time 2050.00ms, mfu 3.30%
+iter 70: loss 2.4701, time 101.70ms, mfu 3.31%
+";
+
+#[test]
+fn nanogpt_log_steady_state_drops_warmup_and_eval_spike() {
+    let p = parse(NANOGPT).unwrap();
+    assert_eq!((p.format, p.meaning), (Format::NanoGpt, Meaning::PerIteration));
+    assert_eq!((p.samples.len(), p.evals, p.minus_100, p.skipped_lines), (8, 2, 2, 3));
+    assert_eq!(p.facts.stated_tokens_per_iter, Some(16_384));
+    let s = steady(&p);
+    // iterations 0, 10 and 20 are warm-up: 30 settles the meter (10, 20, 30 agree)
+    assert_eq!(s.warmup_dropped, 3);
+    assert_eq!(s.outliers_dropped, 1);
+    // hand computation: median of 103.02, 102.51, 102.10, 101.70
+    assert!((s.steady_ms_per_iter - (102.10 + 102.51) / 2.0).abs() < 1e-9, "{}", s.steady_ms_per_iter);
+}
+
+#[test]
+fn a_short_unsettled_log_still_has_a_steady_figure() {
+    let p = parse(
+        "iter 0: loss 4, time 500ms, mfu -100.00%\niter 1: loss 4, time 100ms, mfu -100.00%\niter 2: loss 4, time 150ms, mfu -100.00%\n",
+    )
+    .unwrap();
+    let s = steady(&p);
+    assert!(!s.warmup_settled);
+    assert_eq!(s.warmup_dropped, 1);
+    assert!((s.steady_ms_per_iter - 125.0).abs() < 1e-9, "{}", s.steady_ms_per_iter);
+}
+
+#[test]
+fn llmc_logs_parse() {
+    let cuda = "step    1/74 | loss 7.577 (+nanz)| norm 1.7 (+nanz)| lr 6.00e-04 | 68.60 ms | 51.4% bf16 MFU | 203213 tok/s\nstep    2/74 | loss 7.1 | norm 1.2 | lr 6.00e-04 | 60.00 ms | 52.0% bf16 MFU | 210000 tok/s\n";
+    let p = parse(cuda).unwrap();
+    assert_eq!(p.format, Format::LlmcCuda);
+    assert_eq!(p.total_from_log, Some(74));
+    assert!((p.samples[1].ms - 60.0).abs() < 1e-9 && (p.samples[1].log_mfu.unwrap() - 0.52).abs() < 1e-9);
+    let cpu =
+        "train dataset num_batches: 1192\nstep 0: train loss 5.356082 (took 1452.121 ms)\nstep 1: train loss 4.300639 (took 1398.32 ms)\n";
+    let p = parse(cpu).unwrap();
+    assert_eq!(p.format, Format::LlmcCpu);
+    assert_eq!(p.samples.len(), 2);
+    let old_cuda = "step    1/37: train loss 4.406481 (80.952 ms, 6324 tok/s)\nstep    2/37: train loss 4.1 (60.5 ms, 8400 tok/s)\n";
+    let p = parse(old_cuda).unwrap();
+    assert_eq!((p.samples.len(), p.total_from_log, p.samples[1].log_tok_s), (2, Some(37), Some(8400.0)));
+    assert!((p.samples[0].ms - 80.952).abs() < 1e-9);
+}
+
+#[test]
+fn a_log_without_iterations_is_an_error() {
+    assert!(parse("hello\nworld\n").unwrap_err().to_string().contains("no training iteration line"));
+    assert!(parse("").is_err());
+    // a forced format that is not there
+    let e = parse_with(NANOGPT, &Options { format: Some(Format::Megatron), ..Options::default() }).unwrap_err();
+    assert!(e.to_string().contains("no Megatron-LM iteration line"), "{e}");
+    assert!(Format::from_name("tensorboard").is_err());
+    assert_eq!(Format::from_name("HF").unwrap(), Format::HfTrainer);
+    assert_eq!(Format::from_name("modded-nanogpt").unwrap(), Format::ModdedNanogpt);
+}
+
+#[test]
+fn noise_before_a_line_is_stripped_and_its_timestamp_kept() {
+    let cases = [
+        ("[rank0]:[titan] 2025-06-16 22:30:50,322 - root - INFO - step: 200  loss:  6.1384", "step: 200  loss:  6.1384", Some(1.0)),
+        ("> iter 10: loss 3.2, time 102.37ms", "iter 10: loss 3.2, time 102.37ms", None),
+        ("    #  10%|█  | 40/400 [02:22<07:12,  1.20s/it]", "10%|█  | 40/400 [02:22<07:12,  1.20s/it]", None),
+        (
+            "[2023-07-25 21:03:17,269] [INFO] [timer.py:215:stop] epoch=0/micro_step=34/global_step=34, X",
+            "epoch=0/micro_step=34/global_step=34, X",
+            Some(1.0),
+        ),
+        ("\x1b[31mstep: \x1b[32m 5\x1b[39m", "step:  5", None),
+        ("2024-05-01T10:00:00Z INFO step 3 dt 1.5s", "step 3 dt 1.5s", Some(1000.0)),
+        ("0: iteration 10/ 100 |", "iteration 10/ 100 |", None),
+    ];
+    for (raw, want, res) in cases {
+        let (got, stamp) = clean(raw);
+        assert_eq!(got, want, "{raw:?}");
+        assert_eq!(stamp.map(|s| s.resolution_ms), res, "{raw:?}");
+    }
+    let (_, a) = clean("[2021-06-10 20:47:54,339] x");
+    let (_, b) = clean("[2021-06-11 00:00:04,339] x");
+    assert!((b.unwrap().secs - a.unwrap().secs - (3.0 * 3600.0 + 12.0 * 60.0 + 10.0)).abs() < 1e-6);
+}
+
+#[test]
+fn interval_averages_count_iterations_by_the_counter() {
+    let log = " iteration       10/    1000 | elapsed time per iteration (ms): 3000.0 | global batch size:     4 | lm loss: 1E+01 |
+ iteration       20/    1000 | elapsed time per iteration (ms): 1600.0 | global batch size:     4 | lm loss: 1E+01 |
+ iteration       30/    1000 | elapsed time per iteration (ms): 1610.0 | global batch size:     4 | lm loss: 1E+01 |
+ iteration       40/    1000 | elapsed time per iteration (ms): 1620.0 | global batch size:     4 | lm loss: 1E+01 |
+ iteration       50/    1000 | elapsed time per iteration (ms): 1630.0 | global batch size:     4 | lm loss: 1E+01 |
+";
+    let p = parse(log).unwrap();
+    assert_eq!((p.format, p.meaning, p.batch_from_lines), (Format::Megatron, Meaning::IntervalAverage, Some(4)));
+    assert_eq!(p.samples.iter().map(|s| s.span).collect::<Vec<_>>(), vec![10, 10, 10, 10, 10]);
+    let s = steady(&p);
+    // 10, 20, 30 are warm-up (40 settles the meter); steady: median of 1620 and 1630
+    assert_eq!((s.warmup_dropped, s.iters_counted), (3, 20));
+    assert!((s.steady_ms_per_iter - 1625.0).abs() < 1e-9, "{}", s.steady_ms_per_iter);
+}
+
+#[test]
+fn a_cumulative_clock_is_differenced_and_an_eval_refresh_moves_the_window() {
+    // a tqdm bar read to the second: 10 steps per line; the bar is refreshed at step 30 after
+    // an eval (40 s later) and the eval's own bar (total 7) is another stream
+    let log = "  0%|          | 0/100 [00:00<?, ?it/s]
+ 10%|#         | 10/100 [00:50<01:00,  5.00s/it]
+ 20%|##        | 20/100 [01:01<00:50,  1.10s/it]
+ 30%|###       | 30/100 [01:12<00:50,  1.10s/it]
+ 43%|####      | 3/7 [00:02<00:01,  1.00s/it]
+ 30%|###       | 30/100 [01:52<00:50,  1.10s/it]
+ 40%|####      | 40/100 [02:03<00:40,  1.10s/it]
+ 50%|#####     | 50/100 [02:14<00:40,  1.10s/it]
+";
+    let p = parse(log).unwrap();
+    assert_eq!((p.format, p.meaning), (Format::HfTrainer, Meaning::CumulativeClock));
+    let ms: Vec<f64> = p.samples.iter().map(|s| s.ms).collect();
+    assert_eq!(ms, vec![5000.0, 1100.0, 1100.0, 1100.0, 1100.0]);
+}
+
+#[test]
+fn timestamps_time_lines_that_have_nothing_else() {
+    let log = "[2022-03-11 02:06:28,700] [INFO] [logging.py:69:log_dist] [Rank 0] step=20, skipped=2, lr=[5e-05], mom=[[0.9, 0.999]]
+[2022-03-11 02:06:43,800] [INFO] [logging.py:69:log_dist] [Rank 0] step=30, skipped=2, lr=[5e-05], mom=[[0.9, 0.999]]
+[2022-03-11 02:06:43,800] [INFO] [timer.py:189:stop] 0/30, SamplesPerSec=83.4, MemAllocated=0.26GB, MaxMemAllocated=9.02GB
+[2022-03-11 02:06:58,985] [INFO] [logging.py:69:log_dist] [Rank 0] step=40, skipped=2, lr=[5e-05], mom=[[0.9, 0.999]]
+";
+    let p = parse(log).unwrap();
+    assert_eq!((p.format, p.meaning), (Format::DeepSpeed, Meaning::Timestamps));
+    let ms: Vec<f64> = p.samples.iter().map(|s| (s.ms * 1000.0).round() / 1000.0).collect();
+    assert_eq!(ms, vec![1510.0, 1518.5]);
+}
+
+#[test]
+fn a_rate_needs_the_units_per_iteration() {
+    let log = "step: 10  loss:  6.0  memory: 49.66GiB(52.28%)  tps: 5,000  tflops: 339.16  mfu: 34.29%\nstep: 20  loss:  6.0  memory: 49.66GiB(52.28%)  tps: 4,000  tflops: 339.16  mfu: 34.29%\n";
+    assert!(parse(log).unwrap_err().to_string().contains("--batch-size"));
+    let p = parse_with(log, &Options { tokens_per_iter: Some(16_000.0), gpus: Some(2.0), ..Options::default() }).unwrap();
+    assert_eq!((p.format, p.meaning), (Format::Torchtitan, Meaning::Throughput));
+    // 8000 tokens per GPU per step at 5000 and 4000 tokens/s per GPU
+    assert_eq!(p.samples.iter().map(|s| s.ms).collect::<Vec<_>>(), vec![1600.0, 2000.0]);
+}
+
+#[test]
+fn an_excerpt_from_the_middle_of_a_run_has_no_warmup() {
+    // litgpt's older shape, iterations 76-83 of a run (alternating optimizer-step iterations):
+    // all eight are steady; median = (198.35 + 214.40) / 2
+    let log = "iter 76 step 38: loss 10.8259, iter time: 197.87ms
+iter 77 step 39: loss 10.8259, iter time: 214.40ms (optimizer.step)
+iter 78 step 39: loss 10.8259, iter time: 198.00ms
+iter 79 step 40: loss 10.8259, iter time: 215.31ms (optimizer.step)
+iter 80 step 40: loss 10.8259, iter time: 197.59ms
+iter 81 step 41: loss 10.8259, iter time: 215.43ms (optimizer.step)
+iter 82 step 41: loss 10.8259, iter time: 198.35ms
+iter 83 step 42: loss 10.8259, iter time: 215.40ms (optimizer.step)
+";
+    let p = parse(log).unwrap();
+    assert_eq!((p.format, p.from_start), (Format::Litgpt, false));
+    let s = steady(&p);
+    assert_eq!(s.warmup_dropped, 0);
+    assert!((s.steady_ms_per_iter - (198.35 + 214.40) / 2.0).abs() < 1e-9, "{}", s.steady_ms_per_iter);
+}
+
+#[test]
+fn a_progress_bars_first_step_is_a_sample_of_its_own() {
+    // Lightning, one second resolution: step 1 at 8 s (start-up), then 3 s per step; the first
+    // window is 0-1 alone (8 s, warm-up), the next 1-5 (12 s / 4 steps)
+    let log = "Epoch 0:   0%|          | 0/18 [00:00<?, ?it/s]
+Epoch 0:   6%|▌         | 1/18 [00:08<02:29,  8.77s/it, loss=10.473, v_num=193315]
+Epoch 0:  11%|█         | 2/18 [00:11<01:33,  5.82s/it, loss=10.473, v_num=193315]
+Epoch 0:  17%|█▋        | 3/18 [00:14<01:13,  4.87s/it, loss=10.224, v_num=193315]
+Epoch 0:  22%|██▏       | 4/18 [00:17<01:02,  4.47s/it, loss=10.047, v_num=193315]
+Epoch 0:  28%|██▊       | 5/18 [00:20<00:53,  4.14s/it, loss=9.926, v_num=193315]
+";
+    let p = parse(log).unwrap();
+    assert_eq!(p.samples.iter().map(|s| s.ms).collect::<Vec<_>>(), vec![8000.0, 3000.0]);
+    assert!((steady(&p).steady_ms_per_iter - 3000.0).abs() < 1e-9);
+    // the rich bar, and NeMo's own step time in the bar
+    let rich = "Epoch 0/9  ━━━━━━━━━━━━━━━ 10/100 0:00:20 • 0:03:00 0.50it/s v_num: 0\nEpoch 0/9  ━━━━━━━━━━━━━━━ 20/100 0:00:40 • 0:02:40 0.50it/s v_num: 0\n";
+    let p = parse(rich).unwrap();
+    assert_eq!((p.format, p.samples[0].ms), (Format::Lightning, 2000.0));
+    let nemo = "Epoch 0: :  50%|█████     | 50/100 [01:00<01:00, reduced_train_loss=2.3, global_step=49.0, train_step_timing in s=1.21]\n";
+    let p = parse(nemo).unwrap();
+    assert_eq!((p.meaning, p.samples[0].ms), (Meaning::PerIteration, 1210.0));
+}
+
+#[test]
+fn the_fallback_reads_counters_with_a_time_or_a_rate() {
+    let cases: [(&str, f64); 5] = [
+        // build-nanogpt
+        ("step    12 | loss: 9.003456 | lr 6.0000e-04 | norm: 1.2345 | dt: 1230.56ms | tok/sec: 424242.42", 1230.56),
+        // a bracketed counter is not noise
+        ("[Epoch 1/10][Batch 100/500] loss: 2.31 1.21 s/step", 1210.0),
+        ("2024-01-01 10:00:00 | INFO | global_step=120, loss=2.2, 0.8 it/s", 1250.0),
+        ("Iter: 100, loss: 2.3, time: 0.52s, data_time: 0.01", 520.0),
+        // `total time` is not an iteration's
+        ("step 7/100 | total time: 3.5m | dt: 980ms", 980.0),
+    ];
+    for (line, ms) in cases {
+        let p = parse(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert_eq!(p.format, Format::Generic, "{line}");
+        assert!((p.samples[0].ms - ms).abs() < 1e-9, "{line}: {}", p.samples[0].ms);
+    }
+    // a counter with nothing to time it, and no timestamp, is skipped
+    assert!(parse("step 5 of the recipe\nstep 6 of the recipe\n").is_err());
+}
+
+#[test]
+fn an_eval_in_the_middle_of_a_clock_window_is_cut_out() {
+    // a bar refreshed every step at 2 s/step; at step 7 an eval holds it 60 s, and the bar
+    // is redrawn at step 7 when training resumes: the window 5-7 is dropped, not stretched
+    let mut log = String::new();
+    for n in 0..=12u32 {
+        let secs = 2 * n + if n > 7 { 60 } else { 0 };
+        log += &format!("{:3}%|#   | {n}/100 [{:02}:{:02}<01:00,  2.00s/it]\n", n, secs / 60, secs % 60);
+        if n == 7 {
+            log += &format!("  7%|#   | 7/100 [{:02}:{:02}<01:00,  2.00s/it]\n", (14 + 60) / 60, (14 + 60) % 60);
+        }
+    }
+    let p = parse(&log).unwrap();
+    assert!(p.samples.iter().all(|s| (s.ms - 2000.0).abs() < 1e-9), "{:?}", p.samples);
+}

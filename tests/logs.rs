@@ -1,0 +1,323 @@
+//! `gptrain logs FILE --json` on real logs and on fixtures in the exact line shapes users posted.
+//!
+//! The three real logs live in `../shared/data/logs/` (read in place, never copied here); each
+//! has a note with its source and a steady figure computed by hand. The fixtures in
+//! `tests/fixtures/logs/` carry numbers of our own in real line shapes; each has a note
+//! (`<name>.md`) with the address of a real example, and its hand-computed figure is stated
+//! in the test below.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn gptrain(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_gptrain")).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn shared(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/logs").join(name)
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/logs").join(name)
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("gptrain-logs-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// `logs FILE --json [extra]`, parsed.
+fn read(file: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["logs", file.to_str().unwrap(), "--json"];
+    args.extend(extra);
+    let (code, out, err) = gptrain(&args);
+    assert_eq!(code, 0, "{file:?}: {err}");
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// The steady figure is within `tol` (relative) of the hand computation, and the format and
+/// time meaning are the ones named.
+fn check(v: &serde_json::Value, format: &str, meaning: &str, hand_ms: f64, tol: f64) {
+    assert_eq!((v["format"].as_str(), v["time_meaning"].as_str()), (Some(format), Some(meaning)), "{v}");
+    let got = v["steady_ms_per_iter"].as_f64().unwrap();
+    assert!((got - hand_ms).abs() <= tol * hand_ms, "{format}: steady {got} ms/iter, by hand {hand_ms}: {v}");
+}
+
+// ---- the three real logs, against their notes' hand figures (to 1%)
+
+#[test]
+fn real_megatron_lm_log_32xv100() {
+    // note: iterations 10-30 are warm-up (skipped fp16 steps); median of the 17 interval
+    // averages 40-200 = 1618.3 ms/iter; log interval 10
+    let v = read(&shared("megatron-lm-32xv100-bigscience-n8.log"), &["--block-size", "1024", "--gpus", "32"]);
+    check(&v, "megatron", "interval-average", 1618.3, 0.01);
+    assert_eq!((v["warmup_dropped"].as_u64(), v["iters_counted"].as_u64()), (Some(3), Some(170)), "{v}");
+    // 4 sequences of 1024 tokens (global batch size from the log, sequence length from the flag)
+    assert_eq!(v["tokens_per_iter"].as_f64(), Some(4096.0), "{v}");
+    assert!(v["tokens_per_iter_source"].as_str().unwrap().contains("global batch size 4"), "{v}");
+    // 4096 / 1.6183 s = 2531 tokens/s (the note's figure)
+    assert!((v["tokens_per_second"].as_f64().unwrap() - 2531.0).abs() < 2.0, "{v}");
+}
+
+#[test]
+fn real_megatron_deepspeed_log_64xv100() {
+    // note: iteration 1 is warm-up; median of iterations 2-49 = 137,103.55 ms/iter
+    let v = read(&shared("megatron-deepspeed-64xv100-bigscience-n16-ds-on.log"), &[]);
+    check(&v, "megatron", "interval-average", 137_103.55, 0.01);
+    assert_eq!(v["max_iters"].as_u64(), Some(1000), "{v}");
+}
+
+#[test]
+fn real_hf_trainer_console_log_behind_comment_markers() {
+    // note: every line behind `    # `; the tqdm bar's elapsed clock differenced over the
+    // 10-step logging intervals, the 133 s evals excluded: median 1100 ms/step
+    let v = read(&shared("hf-trainer-chatglm3-6b-lora-1gpu.log"), &[]);
+    check(&v, "hf-trainer", "cumulative-clock", 1100.0, 0.01);
+    assert_eq!((v["last_iter"].as_u64(), v["max_iters"].as_u64(), v["evals"].as_u64()), (Some(400), Some(400), Some(2)), "{v}");
+    // not the 2017 ms/step that train_runtime / 400 gives
+    assert!(v["steady_ms_per_iter"].as_f64().unwrap() < 1200.0);
+}
+
+// ---- fixtures in real line shapes (numbers of our own; figures by hand)
+
+#[test]
+fn torchtitan_timed_by_its_timestamps() {
+    // timestamps every 10 steps: (1700, 1400, 1390, 1401, 1405, 1396, 1401, 1402, 1395, 1400) ms;
+    // the first three are warm-up; median of the other seven = 1401
+    let v = read(&fixture("torchtitan.log"), &["--gpus", "8", "--device", "h100-sxm"]);
+    check(&v, "torchtitan", "timestamps", 1401.0, 1e-9);
+    // the log's mfu 34.2% with tflops 338.8: it assumed an H100's 989 TFLOP/s
+    assert!((v["log_peak_flops_assumed"].as_f64().unwrap() / 1e12 - 989.0).abs() < 2.0, "{v}");
+    // 8 x 8192 tokens per step (`Training starts at step 1, with local batch size 1, global
+    // batch size 8, sequence length 8192`) / 1.401 s = 46,778 tokens/s, 5,847 per GPU as `tps`
+    assert!((v["tokens_per_second"].as_f64().unwrap() - 65536.0 / 1.401).abs() < 1.0, "{v}");
+}
+
+#[test]
+fn modded_nanogpt_cumulative_train_time() {
+    // train_time differenced every 10 steps: 260, 230, 230 (warm-up), then 230.5, 230.5, 231,
+    // 230, 231, 231, 230.5, [val line at step 100 moves the start to 23370 ms], 231, 230.5,
+    // 230.5, 231, 230.5: six 230.5, five 231, one 230 -> median 230.5
+    let v = read(&fixture("modded-nanogpt.log"), &[]);
+    check(&v, "modded-nanogpt", "cumulative-clock", 230.5, 1e-9);
+    assert_eq!(v["max_iters"].as_u64(), Some(500));
+}
+
+#[test]
+fn litgpt_iter_time() {
+    // iterations 1-4 warm-up (5 settles the meter); median of the 12 others
+    // (96.4 ... 97.2, 97.3 ... 103.1) = (97.2 + 97.3) / 2
+    let v = read(&fixture("litgpt.log"), &[]);
+    check(&v, "litgpt", "per-iteration", 97.25, 1e-9);
+    assert_eq!(v["evals"].as_u64(), Some(1), "{v}");
+}
+
+#[test]
+fn lightning_progress_bar_over_two_epochs() {
+    // 1-second clock, the first step alone then windows of >= 10 s: epoch 0 gives 8 s for
+    // step 1, then 12 s / 4 steps x4 = 3.0; epoch 1's clock restarts: 13 s / 4 steps x4 = 3.25;
+    // warm-up drops 8.0, 3.0, 3.0; median of (3.0, 3.0, 3.25, 3.25, 3.25, 3.25) = 3.25 s
+    let v = read(&fixture("lightning.log"), &[]);
+    check(&v, "lightning", "cumulative-clock", 3250.0, 1e-9);
+}
+
+#[test]
+fn deepspeed_timer_lines_timed_by_their_timestamps() {
+    // `step=N` and `timer.py ... 0/N, SamplesPerSec=` every 10 steps; per-step ms from the
+    // timestamps: 1987, 1514, 1511 (warm-up), 1514.5, 1513.5, 1512, 1514, 1513, 1514.5
+    let v = read(&fixture("deepspeed-timer.log"), &[]);
+    check(&v, "deepspeed", "timestamps", 1513.75, 1e-9);
+}
+
+#[test]
+fn deepspeed_pipeline_engine_interval_averages() {
+    // `iter time (s)` every 10 steps: 2.871, 0.652, 0.641 warm-up; median of
+    // 645, 648, 643, 650, 646, 699, 644 = 646
+    let v = read(&fixture("deepspeed-pipe.log"), &[]);
+    check(&v, "deepspeed", "interval-average", 646.0, 1e-9);
+    assert_eq!(v["iters_counted"].as_u64(), Some(70), "{v}");
+}
+
+#[test]
+fn hf_trainer_state_json_gives_the_run_average() {
+    // (train_runtime 806.7695 - eval_runtime 133.2774 - 128.4112) s / global_step 400
+    let v = read(&fixture("hf-trainer-state.json"), &[]);
+    check(&v, "hf-trainer-state", "run-average", 1362.70225, 1e-9);
+    assert_eq!(v["evals"].as_u64(), Some(2));
+}
+
+#[test]
+fn megatron_args_dump_gives_tokens_gpus_and_the_model() {
+    // interval averages every 5 iterations; three warm-up; median of the nine others = 2100.8
+    let v = read(&fixture("megatron-lm-args.log"), &["--device", "h100-sxm"]);
+    check(&v, "megatron", "interval-average", 2100.8, 1e-9);
+    let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    assert_eq!((f("tokens_per_iter"), f("gpus")), (128.0 * 2048.0, 16.0), "{v}");
+    assert!(v["flops_per_token_source"].as_str().unwrap().contains("n_layer 24"), "{v}");
+    // a plausible MFU, not flagged
+    assert!(f("mfu") > 0.01 && f("mfu") < 1.0 && v["mfu_suspect"].is_null(), "{v}");
+    // one GPU instead of 16: above 100%, flagged
+    let v = read(&fixture("megatron-lm-args.log"), &["--device", "h100-sxm", "--gpus", "1"]);
+    assert!(v["mfu"].as_f64().unwrap() > 1.0 && v["mfu_suspect"].as_str().unwrap().contains("above 100%"), "{v}");
+    // 8 GPUs: 1.55x the log's own TFLOP/s column, flagged
+    let v = read(&fixture("megatron-lm-args.log"), &["--device", "h100-sxm", "--gpus", "8"]);
+    assert!(v["mfu_suspect"].as_str().unwrap().contains("TFLOP/s column"), "{v}");
+    let (code, out, _) = gptrain(&["logs", fixture("megatron-lm-args.log").to_str().unwrap(), "--device", "h100-sxm", "--gpus", "1"]);
+    assert_eq!(code, 0);
+    assert!(out.lines().any(|l| l.starts_with("warning: MFU")), "{out}");
+}
+
+#[test]
+fn generic_fallback_nanochat_and_maxtext_lines() {
+    // nanochat `dt: ...ms`: four warm-up, median of the eight others = (992.91 + 993.00) / 2
+    let v = read(&fixture("generic-nanochat.log"), &[]);
+    check(&v, "generic", "per-iteration", 992.955, 1e-9);
+    assert!((v["log_mfu"].as_f64().unwrap() - 0.7).abs() < 0.05, "{v}");
+    // maxtext `seconds: 2.167`: four warm-up, median of 2.160 ... 2.171 = 2.1655 s
+    let v = read(&fixture("generic-maxtext.log"), &[]);
+    check(&v, "generic", "per-iteration", 2165.5, 1e-9);
+    let (_, out, _) = gptrain(&["logs", fixture("generic-maxtext.log").to_str().unwrap()]);
+    assert!(out.contains("generic fallback"), "{out}");
+}
+
+// ---- noise, forced formats, errors
+
+#[test]
+fn prefixes_and_carriage_returns_do_not_stop_a_line() {
+    let d = tmp("noise");
+    // the real Megatron log behind a quote, a rank label and a timestamp: the same figure
+    let text = std::fs::read_to_string(shared("megatron-lm-32xv100-bigscience-n8.log")).unwrap();
+    let noisy: String = text.lines().map(|l| format!("> [rank0]: 2021-05-23 08:24:00,123 INFO {l}\n")).collect();
+    std::fs::write(d.join("quoted.log"), noisy).unwrap();
+    check(&read(&d.join("quoted.log"), &[]), "megatron", "interval-average", 1618.3, 1e-9);
+    // a Trainer's bar refreshed in place with carriage returns, a warning between refreshes:
+    // 1.2 s per step read to the second, over windows of >= 10 s
+    let mut raw = String::from("  0%|          | 0/100 [00:00<?, ?it/s]");
+    for n in 1..=60u32 {
+        let ms = 5000 + 1200 * n;
+        raw += &format!("\r{:3}%|#         | {n}/100 [{:02}:{:02}<01:00,  1.20s/it]", n, ms / 60000, ms / 1000 % 60);
+        if n == 30 {
+            raw += "\nUserWarning: something\n{'loss': 2.1, 'grad_norm': 0.9, 'learning_rate': 1e-05, 'epoch': 0.3}\n";
+        }
+    }
+    std::fs::write(d.join("cr.log"), raw).unwrap();
+    let v = read(&d.join("cr.log"), &[]);
+    // windows of >= 10 s read to the second: 9 steps in 10 or 11 s, or 8 steps in 10 s,
+    // i.e. 1111 to 1250 ms: within 10% of 1200
+    check(&v, "hf-trainer", "cumulative-clock", 1200.0, 0.1);
+    std::fs::remove_dir_all(d).ok();
+}
+
+#[test]
+fn format_flag_and_errors() {
+    let meg = shared("megatron-lm-32xv100-bigscience-n8.log");
+    let v = read(&meg, &["--format", "megatron"]);
+    assert_eq!(v["format"].as_str(), Some("megatron"));
+    let (code, _, err) = gptrain(&["logs", meg.to_str().unwrap(), "--format", "nanogpt"]);
+    assert_eq!(code, 1);
+    assert!(err.lines().last().unwrap().contains("no nanoGPT iteration line"), "{err}");
+    let (code, _, err) = gptrain(&["logs", meg.to_str().unwrap(), "--format", "tensorboard"]);
+    assert_eq!(code, 1);
+    assert!(err.lines().last().unwrap().starts_with("error: unknown --format"), "{err}");
+    let (code, _, err) = gptrain(&["logs", "/nonexistent/x.log"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot read"), "{err}");
+}
+
+#[test]
+fn gptrain_metrics_jsonl_states_its_tokens_flops_and_max_iters() {
+    let d = tmp("jsonl");
+    let mut text = String::from(
+        r#"{"type":"start","iter":0,"max_iters":100,"tokens_per_iter":8192,"flops_per_iter":4.0e12,"peak_flops":1e13,"params":1000,"config":{}}"#,
+    );
+    text.push('\n');
+    for (i, ms) in [900.0, 500.0, 400.0, 400.0, 410.0, 405.0, 400.0].iter().enumerate() {
+        text += &format!("{{\"type\":\"iter\",\"iter\":{i},\"loss\":4.0,\"ms\":{ms}}}\n");
+    }
+    std::fs::write(d.join("metrics.jsonl"), text).unwrap();
+    let v = read(&d.join("metrics.jsonl"), &["--peak-tflops", "100"]);
+    // 0-3 warm-up (4 settles: 400, 400, 410 agree); median of 410, 405, 400 = 405
+    check(&v, "gptrain", "per-iteration", 405.0, 1e-9);
+    let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    assert_eq!(f("tokens_per_iter"), 8192.0, "{v}");
+    assert_eq!(v["max_iters"].as_u64(), Some(100), "{v}");
+    // 4e12 FLOPs per iteration / 0.405 s / 100 TFLOP/s
+    assert!((f("mfu") - 4.0e12 / 0.405 / 1e14).abs() < 1e-9, "{v}");
+    // 93 iterations left (iterations 0-99, last logged 6)
+    assert!((f("eta_seconds") - 93.0 * 0.405).abs() < 1e-6, "{v}");
+    std::fs::remove_dir_all(d).ok();
+}
+
+#[test]
+fn follow_reprints_as_lines_arrive() {
+    let d = tmp("follow");
+    let log = d.join("run.log");
+    std::fs::write(&log, "starting\n").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gptrain"))
+        .args(["logs", "--follow", log.to_str().unwrap(), "--max-iters", "100"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    let wait_for = |want: &str| -> Option<String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(l) if l.contains(want) => return Some(l),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        None
+    };
+    // first batch: warm-up and three agreeing iterations -> 200 ms
+    for (i, ms) in [900.0, 200.0, 200.0, 200.0].iter().enumerate() {
+        writeln!(f, "iter {i}: loss 4.0, time {ms:.2}ms, mfu -100.00%").unwrap();
+    }
+    f.flush().unwrap();
+    let first = wait_for("iter 3: steady 200.00 ms/iter");
+    // more lines, and a half-written one that must wait for its newline
+    for i in 4..8 {
+        writeln!(f, "iter {i}: loss 4.0, time 300.00ms, mfu 1.00%").unwrap();
+    }
+    write!(f, "iter 8: loss 4.0, time 9").unwrap();
+    f.flush().unwrap();
+    // steady over 200, 300, 300, 300, 300 = 300; 92 iterations left at 0.3 s
+    let second = wait_for("iter 7: steady 300.00 ms/iter");
+    // Ctrl-C: the full report, then a clean exit
+    let interrupted = Command::new("kill").args(["-INT", &child.id().to_string()]).status().is_ok_and(|s| s.success());
+    let report = interrupted.then(|| wait_for("steady: 300.00 ms/iter")).flatten();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break Some(st),
+            _ if Instant::now() > deadline => break None,
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    std::fs::remove_dir_all(d).ok();
+    assert!(first.is_some(), "no first summary");
+    let second = second.expect("no second summary");
+    assert!(second.contains("ETA to 100: 27.6s"), "{second}");
+    assert!(interrupted && report.is_some(), "no report after Ctrl-C");
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "not a clean exit on Ctrl-C");
+}
