@@ -1,33 +1,14 @@
 //! The binary answers bad input with one clear `error:` line and a non-zero exit, never a panic.
 
+mod common;
+
+use common::{gptrain, gptrain_env};
+use gptrain::backend::cpu::simd::Isa;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use gptrain::backend::cpu::simd::Isa;
-
-fn gptrain(args: &[&str], dir: &Path) -> (i32, String, String) {
-    gptrain_env(args, dir, &[])
-}
-
-/// As [`gptrain`], with each of `env`'s variables set (Some) or removed (None).
-fn gptrain_env(args: &[&str], dir: &Path, env: &[(&str, Option<&str>)]) -> (i32, String, String) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_gptrain"));
-    c.args(args).current_dir(dir).env("XDG_CACHE_HOME", dir);
-    for &(var, value) in env {
-        match value {
-            Some(v) => c.env(var, v),
-            None => c.env_remove(var),
-        };
-    }
-    let out = c.output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("gptrain-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::tmp(&format!("cli-{name}"))
 }
 
 /// Runs and checks: exit 1, no panic, the last stderr line is one `error:` line containing `want`.

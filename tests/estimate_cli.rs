@@ -1,20 +1,14 @@
 //! `gptrain estimate --json` as a new user runs it: what it assumed, and the published points it
 //! must meet (issue 20, item 3): each within 25% of the predicted range's middle.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-fn gptrain(args: &[&str], dir: &Path) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_gptrain")).args(args).current_dir(dir).env("XDG_CACHE_HOME", dir).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
+use common::gptrain;
+use std::path::{Path, PathBuf};
 
 /// An empty folder: no `data/` beside it, as on a fresh clone.
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("gptrain-estimate-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::tmp(&format!("estimate-{name}"))
 }
 
 fn json(args: &[&str], dir: &Path) -> serde_json::Value {

@@ -2,6 +2,8 @@
 //! or a value, never a panic. (The cargo-fuzz targets in fuzz/ run the same properties for as
 //! long as one likes.)
 
+mod common;
+
 use gptrain::rng;
 use std::path::PathBuf;
 
@@ -188,9 +190,8 @@ fn token_files_and_logs_never_panic() {
 
 /// `gptrain ARGS` in `dir`: (exit code, stderr).
 fn gptrain(args: &[&str], dir: &std::path::Path) -> (i32, String) {
-    let out =
-        std::process::Command::new(env!("CARGO_BIN_EXE_gptrain")).args(args).current_dir(dir).env("XDG_CACHE_HOME", dir).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    let (code, _, err) = common::gptrain(args, dir);
+    (code, err)
 }
 
 #[test]

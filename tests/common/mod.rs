@@ -1,6 +1,38 @@
-//! What the backend-generic tests share (candle's `test_device!` is the model): the backends
-//! this build has, each with the tolerances of the precision it computes in.
-#![allow(dead_code)]
+//! What the test files share: the backends this build has, each with the tolerances of the
+//! precision it computes in (candle's `test_device!` is the model), and running the binary as a
+//! user would.
+#![allow(dead_code, unused_macros, unused_imports)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Runs `gptrain ARGS` in `dir` (its CPU-peak cache there too): (exit code, stdout, stderr).
+pub fn gptrain(args: &[&str], dir: &Path) -> (i32, String, String) {
+    gptrain_env(args, dir, &[])
+}
+
+/// As [`gptrain`], with each of `env`'s variables set (Some) or removed (None).
+pub fn gptrain_env(args: &[&str], dir: &Path, env: &[(&str, Option<&str>)]) -> (i32, String, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_gptrain"));
+    c.args(args).current_dir(dir).env("XDG_CACHE_HOME", dir);
+    for &(var, value) in env {
+        match value {
+            Some(v) => c.env(var, v),
+            None => c.env_remove(var),
+        };
+    }
+    let out = c.output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// A new empty folder for test `name` of this process (no `data/` beside it, as on a fresh
+/// clone).
+pub fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("gptrain-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
 
 /// How close a backend must come to the PyTorch fp32 reference.
 #[derive(Clone, Copy, Debug)]
