@@ -71,8 +71,11 @@ pub enum BufId {
     /// AdamW's first and second moments, f32, allocated on the first update.
     AdamM,
     AdamV,
-    /// The activations of one micro-batch shape.
+    /// The activations of one micro-batch shape, in the compute dtype.
     Acts,
+    /// Their statistics, always f32: LayerNorm means and reciprocal deviations, attention
+    /// rows' softmax maxima and sums, per-position losses.
+    Stats,
     /// Their gradients: one layer's worth, reused by every layer.
     DActs,
     /// The micro-batch's token ids and targets, (2, B, T) u32, uploaded once per micro-batch.
@@ -84,7 +87,7 @@ pub enum BufId {
 }
 
 /// How many [`BufId`]s there are.
-pub const N_BUFS: usize = 10;
+pub const N_BUFS: usize = 11;
 
 impl BufId {
     pub const ALL: [BufId; N_BUFS] = [
@@ -94,6 +97,7 @@ impl BufId {
         BufId::AdamM,
         BufId::AdamV,
         BufId::Acts,
+        BufId::Stats,
         BufId::DActs,
         BufId::Tokens,
         BufId::Scalars,

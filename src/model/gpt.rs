@@ -97,12 +97,13 @@ impl<B: Backend> Gpt<B> {
             return Ok(());
         }
         self.acts = None; // free the old ones first
-        for id in [BufId::Acts, BufId::DActs, BufId::Tokens] {
+        for id in [BufId::Acts, BufId::Stats, BufId::DActs, BufId::Tokens] {
             self.bufs.take(id);
         }
         let layout = ActLayout::new(&self.cfg, b, t);
         let grad_layout = ActLayout::one_layer(&self.cfg, b, t);
         self.bufs.set(BufId::Acts, self.backend.alloc(layout.total, DType::F32)?);
+        self.bufs.set(BufId::Stats, self.backend.alloc(layout.stats_total, DType::F32)?);
         self.bufs.set(BufId::DActs, self.backend.alloc(grad_layout.total, DType::F32)?);
         self.bufs.set(BufId::Tokens, self.backend.alloc(2 * b * t, DType::U32)?);
         let tokens = Tensor::new(BufId::Tokens, Span::new(0, 2 * b * t), &[2, b, t], DType::U32);
@@ -110,9 +111,11 @@ impl<B: Backend> Gpt<B> {
         Ok(())
     }
 
-    /// Activation elements for micro-batch shape (b, t) (values and gradients), f32.
+    /// Activation elements for micro-batch shape (b, t) (values, their statistics and their
+    /// gradients), f32.
     pub fn activation_elements(cfg: &ModelConfig, b: usize, t: usize) -> usize {
-        ActLayout::new(cfg, b, t).total + ActLayout::one_layer(cfg, b, t).total
+        let a = ActLayout::new(cfg, b, t);
+        a.total + a.stats_total + ActLayout::one_layer(cfg, b, t).total
     }
 
     /// Uploads a micro-batch: `tokens(B,T)` and their `targets(B,T)`, once, for the forward

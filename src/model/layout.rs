@@ -48,7 +48,14 @@ pub struct ParamLayout {
 }
 
 impl ParamLayout {
+    /// The f32 layout (checkpoints, the CPU backend, master weights).
     pub fn new(cfg: &ModelConfig) -> Self {
+        Self::with_dtype(cfg, DType::F32)
+    }
+
+    /// The layout with parameters stored as `dtype` (a low-precision copy beside f32 master
+    /// weights under mixed precision; offsets are in elements, so they are the f32 layout's).
+    pub fn with_dtype(cfg: &ModelConfig, dtype: DType) -> Self {
         let (l, c, vp, maxt) = (cfg.n_layer, cfg.n_embd, cfg.padded_vocab_size, cfg.block_size);
         let mut tensors = Vec::new();
         let mut off = 0;
@@ -59,7 +66,7 @@ impl ParamLayout {
             let len = shape.iter().product();
             let t = ParamTensor { name, shape, span: Span::new(off, len), decay };
             off += len;
-            let tensor = t.of(BufId::Params, DType::F32);
+            let tensor = t.of(BufId::Params, dtype);
             tensors.push(t);
             Some(tensor)
         };
@@ -109,12 +116,14 @@ impl ParamLayout {
 
     /// Every parameter tensor of the whole buffer, flat.
     pub fn all(&self) -> Tensor {
-        Tensor::new(BufId::Params, Span::new(0, self.total), &[self.total], DType::F32)
+        Tensor::new(BufId::Params, Span::new(0, self.total), &[self.total], self.wte.dtype)
     }
 }
 
-/// The activation buffer for micro-batch `B` and sequence length `T`, as tensors of
-/// [`BufId::Acts`]; the activation-gradient buffer ([`BufId::DActs`]) has the layout of
+/// The activation buffers for micro-batch `B` and sequence length `T`: the activations in
+/// [`BufId::Acts`] (in the compute dtype) and their statistics in [`BufId::Stats`] (always f32:
+/// LayerNorm means and rstds, attention row statistics, losses), so each buffer holds one
+/// element type. The activation-gradient buffer ([`BufId::DActs`]) has the layout of
 /// [`ActLayout::one_layer`]. Per-layer tensors have a leading `L` axis ([`Tensor::index`]).
 #[derive(Clone, Debug)]
 pub struct ActLayout {
@@ -141,48 +150,68 @@ pub struct ActLayout {
     pub lnf_rstd: Tensor,  // (B, T)
     pub logits: Tensor,    // (B, T, Vp)
     pub losses: Tensor,    // (B, T)
+    /// Elements of the activation buffer.
     pub total: usize,
+    /// Elements of the statistics buffer (none in the gradient layout: statistics have no
+    /// gradient).
+    pub stats_total: usize,
 }
 
 impl ActLayout {
+    /// The f32 layout.
     pub fn new(cfg: &ModelConfig, b: usize, t: usize) -> Self {
-        Self::with_layers(cfg, cfg.n_layer, false, b, t)
+        Self::with_dtype(cfg, b, t, DType::F32)
+    }
+
+    /// The layout with the activations that feed matmuls (and the residual stream and logits)
+    /// stored as `dtype`; LayerNorm statistics, attention statistics and losses stay f32
+    /// whatever it is (llm.c's mixed precision).
+    pub fn with_dtype(cfg: &ModelConfig, b: usize, t: usize, dtype: DType) -> Self {
+        Self::with_layers(cfg, cfg.n_layer, false, b, t, dtype)
     }
 
     /// `L` layers' worth of each per-layer tensor; for the gradients (`grads`), `encoded`,
     /// `residual2` and `logits` are empty (see [`ActLayout::one_layer`]).
-    fn with_layers(cfg: &ModelConfig, l: usize, grads: bool, b: usize, t: usize) -> Self {
+    fn with_layers(cfg: &ModelConfig, l: usize, grads: bool, b: usize, t: usize, x: DType) -> Self {
         let (c, nh, vp) = (cfg.n_embd, cfg.n_head, cfg.padded_vocab_size);
         let buf = if grads { BufId::DActs } else { BufId::Acts };
-        let mut off = 0;
-        let mut add = |dims: &[usize]| {
+        let (mut off, mut stats_off) = (0, 0);
+        // activations (`x`: in the compute dtype) in `buf`; statistics and losses (`f`) in
+        // f32 in `Stats`, or nowhere for the gradients
+        let (x, f) = (Some(x), None);
+        let mut at = |dims: &[usize], dtype: Option<DType>| {
+            let (b, off, dtype, dims) = match dtype {
+                Some(d) => (buf, &mut off, d, dims),
+                None if grads => (BufId::Stats, &mut stats_off, DType::F32, &[0][..]),
+                None => (BufId::Stats, &mut stats_off, DType::F32, dims),
+            };
             let len = dims.iter().product();
-            let x = Tensor::new(buf, Span::new(off, len), dims, DType::F32);
-            off += len;
-            x
+            let tensor = Tensor::new(b, Span::new(*off, len), dims, dtype);
+            *off += len;
+            tensor
         };
         let (none, keep) = (&[0][..], !grads);
-        let encoded = if keep { add(&[b, t, c]) } else { add(none) };
-        let ln1 = add(&[l, b, t, c]);
-        let ln1_mean = add(&[l, b, t]);
-        let ln1_rstd = add(&[l, b, t]);
-        let qkv = add(&[l, b, t, 3 * c]);
-        let atty = add(&[l, b, t, c]);
-        let att_stats = add(&[l, b, nh, t, 2]);
-        let attproj = add(&[l, b, t, c]);
-        let residual2 = if keep { add(&[l, b, t, c]) } else { add(none) };
-        let ln2 = add(&[l, b, t, c]);
-        let ln2_mean = add(&[l, b, t]);
-        let ln2_rstd = add(&[l, b, t]);
-        let fch = add(&[l, b, t, 4 * c]);
-        let fch_gelu = add(&[l, b, t, 4 * c]);
-        let fcproj = add(&[l, b, t, c]);
-        let residual3 = add(&[l, b, t, c]);
-        let lnf = add(&[b, t, c]);
-        let lnf_mean = add(&[b, t]);
-        let lnf_rstd = add(&[b, t]);
-        let logits = if keep { add(&[b, t, vp]) } else { add(none) };
-        let losses = add(&[b, t]);
+        let encoded = if keep { at(&[b, t, c], x) } else { at(none, x) };
+        let ln1 = at(&[l, b, t, c], x);
+        let ln1_mean = at(&[l, b, t], f);
+        let ln1_rstd = at(&[l, b, t], f);
+        let qkv = at(&[l, b, t, 3 * c], x);
+        let atty = at(&[l, b, t, c], x);
+        let att_stats = at(&[l, b, nh, t, 2], f);
+        let attproj = at(&[l, b, t, c], x);
+        let residual2 = if keep { at(&[l, b, t, c], x) } else { at(none, x) };
+        let ln2 = at(&[l, b, t, c], x);
+        let ln2_mean = at(&[l, b, t], f);
+        let ln2_rstd = at(&[l, b, t], f);
+        let fch = at(&[l, b, t, 4 * c], x);
+        let fch_gelu = at(&[l, b, t, 4 * c], x);
+        let fcproj = at(&[l, b, t, c], x);
+        let residual3 = at(&[l, b, t, c], x);
+        let lnf = at(&[b, t, c], x);
+        let lnf_mean = at(&[b, t], f);
+        let lnf_rstd = at(&[b, t], f);
+        let logits = if keep { at(&[b, t, vp], x) } else { at(none, x) };
+        let losses = at(&[b, t], f);
         ActLayout {
             b,
             t,
@@ -208,6 +237,7 @@ impl ActLayout {
             logits,
             losses,
             total: off,
+            stats_total: stats_off,
         }
     }
 
@@ -220,6 +250,33 @@ impl ActLayout {
     /// `residual2`: the residual stream's gradient stays in `residual3` from the top of the
     /// model to the embeddings (see `Gpt::backward`).
     pub fn one_layer(cfg: &ModelConfig, b: usize, t: usize) -> Self {
-        Self::with_layers(cfg, 1, true, b, t)
+        Self::with_layers(cfg, 1, true, b, t, DType::F32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> ModelConfig {
+        ModelConfig { n_layer: 2, n_head: 2, n_embd: 8, block_size: 4, vocab_size: 7, padded_vocab_size: 8, bias: true }
+    }
+
+    #[test]
+    fn each_tensor_has_its_storage_type_and_each_buffer_one_type() {
+        // under bf16 the activations and parameters are bf16; statistics and losses stay f32
+        // in their own buffer, so every buffer holds one element type
+        let a = ActLayout::with_dtype(&cfg(), 2, 4, DType::Bf16);
+        for t in [a.encoded, a.ln1, a.qkv, a.atty, a.attproj, a.residual2, a.ln2, a.fch, a.fch_gelu, a.fcproj, a.residual3, a.lnf, a.logits]
+        {
+            assert_eq!((t.buf, t.dtype), (BufId::Acts, DType::Bf16), "{t:?}");
+        }
+        for t in [a.ln1_mean, a.ln1_rstd, a.att_stats, a.ln2_mean, a.ln2_rstd, a.lnf_mean, a.lnf_rstd, a.losses] {
+            assert_eq!((t.buf, t.dtype), (BufId::Stats, DType::F32), "{t:?}");
+        }
+        let f32_layout = ActLayout::new(&cfg(), 2, 4);
+        assert_eq!((a.total, a.stats_total), (f32_layout.total, f32_layout.stats_total), "offsets are in elements");
+        let p = ParamLayout::with_dtype(&cfg(), DType::Bf16);
+        assert_eq!((p.qkvw.dtype, p.all().dtype, p.total), (DType::Bf16, DType::Bf16, ParamLayout::new(&cfg()).total));
     }
 }

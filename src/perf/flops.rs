@@ -168,7 +168,7 @@ pub fn memory(cfg: &ModelConfig, b: usize, t: usize, d: u64, recompute: bool, im
         Impl::Cpu => {
             let (a, g) = (crate::model::ActLayout::new(cfg, b, t), crate::model::ActLayout::one_layer(cfg, b, t));
             let logits = (a.logits.len() + g.logits.len()) as u64 * 4;
-            let acts = (a.total - a.logits.len() + g.total - g.logits.len()) as u64 * 4;
+            let acts = (a.total + a.stats_total - a.logits.len() + g.total - g.logits.len()) as u64 * 4;
             Memory {
                 weights: 4 * n,
                 master_weights: 0,
@@ -244,10 +244,12 @@ mod tests {
             // the activations' gradients are one layer's worth: a deeper model needs more
             // memory for the values only
             let deeper = ModelConfig { n_layer: c.n_layer + 1, ..c.clone() };
-            let (values, grads) = (ActLayout::new(&c, b, t).total, ActLayout::one_layer(&c, b, t).total);
+            let a = ActLayout::new(&c, b, t);
+            let (values, grads) = (a.total + a.stats_total, ActLayout::one_layer(&c, b, t).total);
             assert_eq!(Gpt::<Cpu>::activation_elements(&c, b, t), values + grads);
+            assert_eq!(ActLayout::one_layer(&c, b, t).stats_total, 0, "statistics have no gradient");
             assert_eq!(ActLayout::one_layer(&deeper, b, t).total, grads);
-            assert!(ActLayout::new(&deeper, b, t).total > values && grads < values);
+            assert!(ActLayout::new(&deeper, b, t).total > a.total && grads < values);
         }
     }
 
