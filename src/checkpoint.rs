@@ -340,38 +340,44 @@ pub fn prune(out_dir: &Path, keep: usize, written: u64) {
         .map(|x| x.1);
     for (i, p) in all.iter().skip(keep) {
         if Some(*i) != best && *i != written {
-            // rename first (atomic), so a kill mid-delete leaves a `.tmp-` leftover, never a
-            // half-deleted `ckpt-N`
-            let doomed = out_dir.join(format!(".tmp-del-{}-{}", dir_name(*i), std::process::id()));
-            if std::fs::rename(p, &doomed).is_ok() {
-                let _ = std::fs::remove_dir_all(&doomed);
-            }
+            let _ = remove(out_dir, *i, p); // a checkpoint pruning cannot remove stays
         }
     }
 }
 
 /// Deletes every checkpoint in `out_dir` (a fresh run told to replace an earlier run's with
-/// `replace_checkpoints`); returns how many. Each goes the way [`prune`] removes one.
+/// `replace_checkpoints`); returns how many.
 pub fn remove_all(out_dir: &Path) -> Result<usize> {
     let all = list(out_dir);
     for (i, p) in &all {
-        let doomed = out_dir.join(format!(".tmp-del-{}-{}", dir_name(*i), std::process::id()));
-        std::fs::rename(p, &doomed).with_context(|| format!("cannot remove {}", p.display()))?;
-        let _ = std::fs::remove_dir_all(&doomed);
+        remove(out_dir, *i, p).with_context(|| format!("cannot remove {}", p.display()))?;
     }
     sync_dir(out_dir);
     Ok(all.len())
 }
 
+/// Deletes checkpoint `dir` (of iteration `iter`) by renaming it first (atomic), so a kill
+/// mid-delete leaves a `.tmp-del-` leftover, never a half-deleted `ckpt-N`.
+fn remove(out_dir: &Path, iter: u64, dir: &Path) -> std::io::Result<()> {
+    let doomed = out_dir.join(format!(".tmp-del-{}-{}", dir_name(iter), std::process::id()));
+    std::fs::rename(dir, &doomed)?;
+    let _ = std::fs::remove_dir_all(&doomed);
+    Ok(())
+}
+
 /// What a checkpoint directory holds, in a few words (`iteration 300, val loss 1.4752`), for
 /// messages about it; the words say so when it cannot be read.
 pub fn describe(dir: &Path) -> String {
-    match read_state(dir) {
-        Ok(s) => match s.val_loss {
-            Some(v) => format!("iteration {}, val loss {v:.4}", s.iter),
-            None => format!("iteration {}", s.iter),
-        },
-        Err(_) => "unreadable".into(),
+    read_state(dir).map_or("unreadable".into(), |s| s.describe())
+}
+
+impl TrainState {
+    /// `iteration 300, val loss 1.4752`.
+    pub fn describe(&self) -> String {
+        match self.val_loss {
+            Some(v) => format!("iteration {}, val loss {v:.4}", self.iter),
+            None => format!("iteration {}", self.iter),
+        }
     }
 }
 
@@ -535,6 +541,47 @@ pub fn hf_weights_file(init_from: &str) -> Result<PathBuf> {
     }
 }
 
+/// Weights named by a path: fine-tuning's start and `sample`'s model.
+pub struct Weights {
+    /// The `model.safetensors` file.
+    pub file: PathBuf,
+    pub model: ModelConfig,
+    pub params: Vec<f32>,
+    /// The training state of a gptrain checkpoint (its tokenizer and vocabulary); None for
+    /// Hugging Face GPT-2 weights, which are GPT-2 BPE.
+    pub state: Option<TrainState>,
+}
+
+/// Loads the weights `path` names ([`hf_weights_file`]): a gptrain checkpoint directory (or
+/// its `model.safetensors`) is loaded and verified whole, its shape (bias, true vocabulary)
+/// from its training state; any other GPT-2 file gets its shape from the tensors
+/// ([`hf_shape`], `n_head_default` without a `config.json`).
+pub fn load_weights(path: &str, n_head_default: usize) -> Result<Weights> {
+    let file = hf_weights_file(path)?;
+    let dir = file.parent().unwrap_or(Path::new("."));
+    if is_gptrain_checkpoint(dir) {
+        let ck = load(dir)?;
+        return Ok(Weights { file, model: ck.state.model.clone(), params: ck.params, state: Some(ck.state) });
+    }
+    let tf = tensorfile::read(&file)?;
+    let model = hf_shape(&tf, dir, n_head_default).with_context(|| format!("{}", file.display()))?;
+    let params = from_hf(&tf, &model, &ParamLayout::new(&model)).with_context(|| format!("{}", file.display()))?;
+    Ok(Weights { file, model, params, state: None })
+}
+
+/// `params` of `model` with the context cut to `block` positions (nanoGPT's
+/// `crop_block_size`): every tensor as it is but `wpe`, which keeps its first `block` rows.
+pub fn crop_block(model: &ModelConfig, params: &[f32], block: usize) -> (ModelConfig, Vec<f32>) {
+    let cropped = ModelConfig { block_size: block.min(model.block_size), ..model.clone() };
+    let (from, to) = (ParamLayout::new(model), ParamLayout::new(&cropped));
+    let mut out = vec![0.0f32; to.total];
+    for (a, b) in from.tensors.iter().zip(&to.tensors) {
+        // tensors are row-major with the positions leading in `wpe`: its first rows come first
+        out[b.span.off..b.span.end()].copy_from_slice(&params[a.span.off..a.span.off + b.span.len]);
+    }
+    (cropped, out)
+}
+
 /// The model shape of a Hugging Face GPT-2 file: from the tensors, plus `n_head` from a
 /// `config.json` beside it (else `n_head_default`).
 pub fn hf_shape(tf: &tensorfile::TensorFile, dir: &Path, n_head_default: usize) -> Result<ModelConfig> {
@@ -670,6 +717,19 @@ mod tests {
         let left: Vec<u64> = list(&d).iter().map(|x| x.0).collect();
         assert_eq!(left, vec![300, 200, 10], "the newest two and the one just written");
         std::fs::remove_dir_all(d).ok();
+    }
+
+    #[test]
+    fn cropping_the_context_keeps_what_reading_the_file_at_that_context_gives() {
+        // nanoGPT's crop_block_size on our layout equals from_hf at the shorter context
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf_tiny");
+        let w = load_weights(dir.to_str().unwrap(), 12).unwrap();
+        assert!(w.state.is_none() && w.model.block_size == 16);
+        let (cropped, params) = crop_block(&w.model, &w.params, 5);
+        assert_eq!(cropped.block_size, 5);
+        let tf = tensorfile::read(&w.file).unwrap();
+        assert_eq!(params, from_hf(&tf, &cropped, &ParamLayout::new(&cropped)).unwrap());
+        assert_eq!(crop_block(&w.model, &w.params, 100), (w.model.clone(), w.params.clone()), "a longer context crops nothing");
     }
 
     #[test]

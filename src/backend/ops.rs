@@ -269,7 +269,7 @@ pub enum Op {
         x: Tensor,
         into: Scalar,
     },
-    AdamW(AdamWStep),
+    AdamWStep(AdamWStep),
 }
 
 impl Op {
@@ -290,7 +290,7 @@ impl Op {
             Op::FusedClassifier(_) => "softmax + cross-entropy",
             Op::AddMeanLoss { .. } => "loss",
             Op::AddSquares { .. } => "grad norm",
-            Op::AdamW(_) => "adamw (+ clip)",
+            Op::AdamWStep(_) => "adamw (+ clip)",
         }
     }
 }
@@ -315,11 +315,6 @@ into_op!(
     Gelu,
     GeluBackward,
     Residual,
-    FusedClassifier
+    FusedClassifier,
+    AdamWStep
 );
-
-impl From<AdamWStep> for Op {
-    fn from(x: AdamWStep) -> Op {
-        Op::AdamW(x)
-    }
-}

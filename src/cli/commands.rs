@@ -168,26 +168,26 @@ fn load_for_sampling(cfg: &Config, from: Option<&Path>) -> Result<SampleSource> 
         Some(p) => Some(p.to_string_lossy().into_owned()),
         None => (cfg.init_from != "scratch" && cfg.init_from != "resume").then(|| cfg.init_from.clone()),
     };
-    let ck = match named {
+    let (model, params, state, dir) = match named {
         Some(path) => {
-            let file = checkpoint::hf_weights_file(&path)?;
-            let dir = file.parent().unwrap_or(Path::new("."));
-            if !checkpoint::is_gptrain_checkpoint(dir) {
-                let tf = crate::tensorfile::read(&file)?;
-                let model = checkpoint::hf_shape(&tf, dir, cfg.n_head).with_context(|| format!("{}", file.display()))?;
-                let params = checkpoint::from_hf(&tf, &model, &crate::model::ParamLayout::new(&model))
-                    .with_context(|| format!("{}", file.display()))?;
-                let tok = Tokenizer::Gpt2;
-                let what = format!("{} (GPT-2 weights without gptrain's training state: {})", file.display(), tokenizer_words(&tok));
-                return Ok(SampleSource { model, params, tok, what });
+            let w = checkpoint::load_weights(&path, cfg.n_head)?;
+            match w.state {
+                Some(state) => (w.model, w.params, state, w.file.parent().unwrap_or(Path::new(".")).to_path_buf()),
+                None => {
+                    let tok = Tokenizer::Gpt2;
+                    let what = format!("{} (GPT-2 weights without gptrain's training state: {})", w.file.display(), tokenizer_words(&tok));
+                    return Ok(SampleSource { model: w.model, params: w.params, tok, what });
+                }
             }
-            checkpoint::load(dir)?
         }
-        None => checkpoint::load_latest(Path::new(&cfg.out_dir), cfg.resume_fallback, &mut |w| eprintln!("{w}"))?,
+        None => {
+            let ck = checkpoint::load_latest(Path::new(&cfg.out_dir), cfg.resume_fallback, &mut |w| eprintln!("{w}"))?;
+            (ck.state.model.clone(), ck.params, ck.state, ck.dir)
+        }
     };
-    let tok = ck.state.meta.tokenizer().with_context(|| format!("checkpoint {}", ck.dir.display()))?;
-    let what = format!("{} ({}, {})", ck.dir.display(), checkpoint::describe(&ck.dir), tokenizer_words(&tok));
-    Ok(SampleSource { model: ck.state.model, params: ck.params, tok, what })
+    let tok = state.meta.tokenizer().with_context(|| format!("checkpoint {}", dir.display()))?;
+    let what = format!("{} ({}, {})", dir.display(), state.describe(), tokenizer_words(&tok));
+    Ok(SampleSource { model, params, tok, what })
 }
 
 /// The prompt's token ids: `start` (or the file it names) in the model's tokenizer, or a

@@ -134,7 +134,7 @@ impl<B: Backend> Gpt<B> {
     /// [`Gpt::backward`]; [`Gpt::logits`] then has nothing to give until a forward without it.
     pub fn forward(&mut self, dropout: Option<DropoutCtx>, grad_scale: Option<f32>) -> Result<()> {
         let a = self.acts.as_ref().expect("forward before set_batch");
-        let (al, tokens) = (a.layout.clone(), a.tokens);
+        let (al, tokens) = (a.layout, a.tokens);
         let (b, t) = (al.b, al.t);
         self.embed(&al, tokens.index(0), 0, DropoutCtx::at(dropout, 0, 0))?;
         self.blocks(&al, Attend::Causal(dropout))?;
@@ -210,7 +210,7 @@ impl<B: Backend> Gpt<B> {
     pub fn backward(&mut self, dropout: Option<DropoutCtx>) -> Result<()> {
         let ac = self.acts.as_ref().expect("backward before forward");
         assert!(ac.logits_hold_grad, "backward needs a forward with a grad_scale");
-        let (a, g, tokens) = (ac.layout.clone(), ac.grad_layout.clone(), ac.tokens.index(0));
+        let (a, g, tokens) = (ac.layout, ac.grad_layout, ac.tokens.index(0));
         let (p, nh) = (self.layout.clone(), self.cfg.n_head);
         let grad = |t: Tensor| t.of(BufId::Grads, DType::F32);
         let ograd = |t: Option<Tensor>| t.map(grad);
@@ -399,7 +399,7 @@ impl<B: Backend> Gpt<B> {
         }
         self.set_batch(&[token], &[0], 1, 1)?;
         let a = self.acts.as_ref().unwrap();
-        let (al, tokens) = (a.layout.clone(), a.tokens);
+        let (al, tokens) = (a.layout, a.tokens);
         self.embed(&al, tokens.index(0), pos, Dropout::NONE)?;
         self.blocks(&al, Attend::Cached { pos })?;
         self.head(&al)?;

@@ -125,7 +125,7 @@ impl ParamLayout {
 /// LayerNorm means and rstds, attention row statistics, losses), so each buffer holds one
 /// element type. The activation-gradient buffer ([`BufId::DActs`]) has the layout of
 /// [`ActLayout::one_layer`]. Per-layer tensors have a leading `L` axis ([`Tensor::index`]).
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct ActLayout {
     pub b: usize,
     pub t: usize,

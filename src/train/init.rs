@@ -8,8 +8,7 @@ use crate::config::Config;
 use crate::data::Dataset;
 use crate::model::ModelConfig;
 use crate::optim::OutlierDetector;
-use crate::tensorfile;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use std::path::Path;
 
 /// Knobs that fix the model's shape: they must match a checkpoint on resume.
@@ -84,11 +83,12 @@ fn check_same_vocabulary(ck: &crate::data::Meta, ds: &crate::data::Meta, dir: &P
 
 pub(super) fn initialise(cfg: &Config, ds: &Dataset, obs: &mut dyn Observer) -> Result<Init> {
     let out_dir = Path::new(&cfg.out_dir);
+    // finish or undo what an interrupted write left, before anything reads the checkpoints
+    let n = checkpoint::clean_leftovers(out_dir);
+    if n > 0 {
+        obs.message(&format!("removed {n} unfinished checkpoint write(s) in {}", out_dir.display()));
+    }
     if cfg.init_from != "resume" {
-        let n = checkpoint::clean_leftovers(out_dir);
-        if n > 0 {
-            obs.message(&format!("removed {n} unfinished checkpoint write(s) in {}", out_dir.display()));
-        }
         check_fresh_out_dir(cfg, out_dir)?;
     }
     let init = initialise_from(cfg, ds, obs)?;
@@ -117,10 +117,6 @@ fn initialise_from(cfg: &Config, ds: &Dataset, obs: &mut dyn Observer) -> Result
             Ok(Init::fresh(model_cfg, params))
         }
         "resume" => {
-            let n = checkpoint::clean_leftovers(out_dir);
-            if n > 0 {
-                obs.message(&format!("removed {n} unfinished checkpoint write(s) in {}", out_dir.display()));
-            }
             let ck = checkpoint::load_latest(out_dir, cfg.resume_fallback, &mut |w| obs.message(&w))?;
             let saved = &ck.state.config;
             let (a, b) = (saved.entries(), cfg.entries());
@@ -145,32 +141,23 @@ fn initialise_from(cfg: &Config, ds: &Dataset, obs: &mut dyn Observer) -> Result
             })
         }
         path => {
-            let file = checkpoint::hf_weights_file(path)?;
-            let tf = tensorfile::read(&file)?;
-            let dir = file.parent().unwrap_or(Path::new("."));
-            let mut model_cfg = if checkpoint::is_gptrain_checkpoint(dir) {
-                // a gptrain checkpoint: verified, and its shape (bias, true vocabulary) and
-                // tokenizer come from its training state, not guessed from the tensors
-                let ck = checkpoint::load(dir)?;
-                check_same_vocabulary(&ck.state.meta, &ds.meta, dir, "fine-tune on data prepared with the checkpoint's tokenizer")?;
-                ck.state.model
-            } else {
-                checkpoint::hf_shape(&tf, dir, cfg.n_head).with_context(|| format!("{}", file.display()))?
-            };
-            if model_cfg.vocab_size < ds.meta.vocab_size {
+            let w = checkpoint::load_weights(path, cfg.n_head)?;
+            let file = &w.file;
+            if let Some(state) = &w.state {
+                // a gptrain checkpoint's tokenizer must be the dataset's
+                let dir = file.parent().unwrap_or(Path::new("."));
+                check_same_vocabulary(&state.meta, &ds.meta, dir, "fine-tune on data prepared with the checkpoint's tokenizer")?;
+            }
+            if w.model.vocab_size < ds.meta.vocab_size {
                 bail!(
                     "{} has a vocabulary of {} tokens but the dataset's has {}: the model cannot read this data",
                     file.display(),
-                    model_cfg.vocab_size,
+                    w.model.vocab_size,
                     ds.meta.vocab_size
                 );
             }
-            let file_block = model_cfg.block_size;
-            if cfg.block_size < file_block {
-                model_cfg.block_size = cfg.block_size; // nanoGPT's crop_block_size
-            }
-            let layout = crate::model::ParamLayout::new(&model_cfg);
-            let params = checkpoint::from_hf(&tf, &model_cfg, &layout).with_context(|| format!("{}", file.display()))?;
+            let file_block = w.model.block_size;
+            let (model_cfg, params) = checkpoint::crop_block(&w.model, &w.params, cfg.block_size);
             obs.message(&format!(
                 "initialised from {} ({} layers, {} heads, {} dims, vocab {}, context {} of {}); shape knobs come from the file",
                 file.display(),

@@ -86,8 +86,8 @@ pub struct IterLog {
     pub reading: Reading,
 }
 
-/// The closing summary.
-#[derive(Clone, Debug, serde::Serialize)]
+/// The closing summary (the default: a run that trained nothing).
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Summary {
     pub iters: u64,
     pub warmup_iters: usize,
@@ -106,29 +106,6 @@ pub struct Summary {
     pub out_dir: String,
     /// The checkpoint this run wrote last (None when it wrote none).
     pub last_checkpoint: Option<PathBuf>,
-}
-
-impl Summary {
-    /// A run that trained nothing (resumed at or past `max_iters`).
-    fn nothing(out_dir: &Path) -> Summary {
-        Summary {
-            iters: 0,
-            warmup_iters: 0,
-            warmup_s: 0.0,
-            train_s: 0.0,
-            eval_s: 0.0,
-            checkpoint_s: 0.0,
-            total_s: 0.0,
-            steady_ms: None,
-            tokens_per_sec: None,
-            mfu: None,
-            final_train_loss: None,
-            final_val_loss: None,
-            skipped_updates: 0,
-            out_dir: out_dir.display().to_string(),
-            last_checkpoint: None,
-        }
-    }
 }
 
 /// Checks the knobs this build cannot honour.
@@ -220,7 +197,7 @@ pub fn run(cfg: &Config, obs: &mut dyn Observer) -> Result<Summary> {
 /// slots in here.
 pub fn run_with<B: Backend>(backend: B, cfg: &Config, obs: &mut dyn Observer) -> Result<Summary> {
     let Some(mut run) = session::Session::open(backend, cfg, obs)? else {
-        return Ok(Summary::nothing(Path::new(&cfg.out_dir)));
+        return Ok(Summary { out_dir: cfg.out_dir.clone(), ..Default::default() });
     };
     loop {
         let evaluated = if run.evaluates_now() { Some(run.evaluate()?) } else { None };

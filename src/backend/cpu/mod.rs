@@ -307,7 +307,7 @@ impl Backend for Cpu {
                 let ss = optimizer::sum_squares(x);
                 add_scalar(bufs, into, ss);
             }
-            Op::AdamW(a) => {
+            Op::AdamWStep(a) => {
                 assert!(a.master.is_none(), "the CPU backend keeps f32 parameters: they are the master weights");
                 let ([p, m, v], [g]) = io(bufs, [a.params, a.m, a.v], [a.grads]);
                 optimizer::adamw(p, g, m, v, a.hp, a.step, a.weight_decay, a.grad_scale);

@@ -681,13 +681,11 @@ pub struct Steady {
 pub fn steady(p: &Parsed) -> Steady {
     // warm-up: the live meter's rule, fed the samples in order
     let mut meter = Meter::new(1.0, 1.0, None);
-    let mut warm = 0;
     for l in &p.samples {
-        if !meter.is_warm() && meter.record_iter(l.ms) {
-            warm += 1;
-        } else {
+        if meter.is_warm() {
             break;
         }
+        meter.record_iter(l.ms);
     }
     // the sample that settles the meter is the first steady one (as in the live log);
     // a log too short to settle keeps all but the first MIN_WARMUP samples
@@ -696,7 +694,7 @@ pub fn steady(p: &Parsed) -> Steady {
     let warm = if !p.from_start {
         0 // an excerpt from the middle of a run: its warm-up is not in the log
     } else if settled {
-        warm.min(meter.warmup_iters())
+        meter.warmup_iters()
     } else {
         super::meter::MIN_WARMUP.min(n.saturating_sub(1))
     };
