@@ -39,6 +39,10 @@ pub struct TrainState {
     /// what an uninterrupted one does.
     #[serde(default)]
     pub outliers: [crate::optim::OutlierDetector; 2],
+    /// The float16 loss scaler (scale, clean-step count, overflow skips); absent in other
+    /// precisions and in checkpoints older than mixed precision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scaler: Option<crate::optim::LossScaler>,
 }
 
 /// What a checkpoint holds in memory.

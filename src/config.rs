@@ -177,13 +177,14 @@ knobs! {
     on_nonfinite: String = "abort".into(); "on a NaN/Inf loss or gradient norm: `abort` or `skip` the update"
     skip_update_lossz: f64 = 0.0; "skip the update when the loss's z-score against the last 128 iterations exceeds this (0: off; llm.c's -sl)"
     skip_update_gradz: f64 = 0.0; "skip the update when the gradient norm's z-score against the last 128 iterations exceeds this (0: off; llm.c's -sg)"
+    init_loss_scale: f64 = 65536.0; "float16: the dynamic loss scale's start (PyTorch GradScaler's init_scale); halved on each gradient overflow, doubled after 2000 clean steps"
     ["device, threads, seed"]
     peak_tflops: f64 = 0.0; "override the device's peak TFLOP/s for MFU (0: from the device table)"
     seed: u64 = 1337; "seed of every random stream"
     threads: usize = 0; "worker threads (0: physical cores)"
     kernels: String = "fast".into(); "CPU kernels: `fast`, or `reference` (the readable ones the fast ones are tested against)"
     device: String = "cpu".into(); "compute device (`cpu` in this build)"
-    dtype: String = "float32".into(); "compute precision (`float32` on cpu)"
+    dtype: String = "float32".into(); "compute precision: `float32`, or mixed precision `bfloat16` / `float16` (f32 master weights; float16 with dynamic loss scaling)"
     ["sampling (nanoGPT's sample.py)"]
     start: String = "\n".into(); "prompt text, or FILE:path"
     num_samples: usize = 10; "samples to draw"
@@ -475,6 +476,9 @@ impl Config {
         }
         if crate::backend::cpu::Kernels::parse(&self.kernels).is_none() {
             bail!("`kernels` must be \"fast\" or \"reference\" (got {:?})", self.kernels);
+        }
+        if !(self.init_loss_scale.is_finite() && self.init_loss_scale >= 1.0 && self.init_loss_scale <= f32::MAX as f64) {
+            bail!("`init_loss_scale` must be a finite number of at least 1 (got {})", self.init_loss_scale);
         }
         if self.on_nonfinite != "abort" && self.on_nonfinite != "skip" {
             bail!("`on_nonfinite` must be \"abort\" or \"skip\" (got {:?})", self.on_nonfinite);

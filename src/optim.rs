@@ -1,7 +1,7 @@
 //! The optimisation schedule and one training step: learning rate, gradient accumulation,
 //! clipping and AdamW, as nanoGPT's train.py does them.
 
-use crate::backend::{AdamW, Backend, Scalar};
+use crate::backend::{AdamW, Backend, Precision, Scalar};
 use crate::model::{DropoutCtx, Gpt};
 use anyhow::Result;
 
@@ -48,8 +48,60 @@ pub struct StepStats {
     /// Global gradient norm before clipping.
     pub grad_norm: f32,
     pub lr: f32,
-    /// Whether AdamW ran (false: non-finite loss or norm, or the outlier guard said no).
+    /// Whether AdamW ran (false: non-finite loss or norm, a float16 gradient overflow, or the
+    /// outlier guard said no).
     pub updated: bool,
+    /// float16: a gradient overflowed at the current loss scale, so the update was skipped and
+    /// the scale halved (the loss scaler's business, not a non-finite loss).
+    pub overflow: bool,
+}
+
+/// Dynamic loss scaling with PyTorch GradScaler's semantics, for float16 runs: the loss
+/// gradient is multiplied by `scale` so that small gradients stay representable in f16; a step
+/// whose gradients overflow (inf/NaN) is skipped and the scale halved; after
+/// [`LossScaler::GROWTH_INTERVAL`] clean steps in a row the scale doubles. bfloat16 (the f32
+/// exponent range) and float32 keep the scale at 1 and never skip. Saved in checkpoints.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LossScaler {
+    /// The factor the loss gradient is multiplied by.
+    pub scale: f32,
+    /// Whether the scale moves (float16).
+    pub dynamic: bool,
+    /// Clean steps since the scale last changed (GradScaler's growth tracker).
+    pub clean: u64,
+    /// Updates skipped for an overflow, over the whole run.
+    pub skipped: u64,
+}
+
+impl LossScaler {
+    /// GradScaler's defaults: init_scale, growth_interval (growth 2, backoff 0.5).
+    pub const INIT: f32 = 65536.0;
+    pub const GROWTH_INTERVAL: u64 = 2000;
+
+    pub fn new(p: Precision) -> LossScaler {
+        let dynamic = p == Precision::F16;
+        LossScaler { scale: if dynamic { Self::INIT } else { 1.0 }, dynamic, clean: 0, skipped: 0 }
+    }
+
+    /// Records a step's outcome: `finite` = every gradient finite. Returns whether it was an
+    /// overflow (dynamic scaling only), which skips the update.
+    pub fn record(&mut self, finite: bool) -> bool {
+        if !self.dynamic {
+            return false;
+        }
+        if !finite {
+            self.scale *= 0.5;
+            self.clean = 0;
+            self.skipped += 1;
+            return true;
+        }
+        self.clean += 1;
+        if self.clean == Self::GROWTH_INTERVAL {
+            self.scale *= 2.0;
+            self.clean = 0;
+        }
+        false
+    }
 }
 
 /// One optimiser step at iteration `it` (0-based) over `micro_batches` of (tokens, targets),
@@ -96,15 +148,19 @@ pub fn train_step_guarded<Bk: Backend>(
         model.accumulate_grad_squares()?;
         let sums = model.read_scalars()?;
         let loss = (sums[Scalar::LossSum as usize] / accum as f64) as f32;
-        let grad_norm = sums[Scalar::GradSquares as usize].sqrt() as f32;
+        // the gradients carry the loss scale (1 unless float16): the norm is of the true ones
+        let loss_scale = model.scaler.scale;
+        let squares = sums[Scalar::GradSquares as usize];
+        let grad_norm = (squares.sqrt() / loss_scale as f64) as f32;
         let lr = opt.lr_at(it);
-        let updated = loss.is_finite() && grad_norm.is_finite() && accept(loss, grad_norm);
+        let overflow = loss.is_finite() && model.scaler.record(squares.is_finite());
+        let updated = !overflow && loss.is_finite() && grad_norm.is_finite() && accept(loss, grad_norm);
         if updated {
-            let scale = if opt.grad_clip > 0.0 { clip_coef(grad_norm, opt.grad_clip) } else { 1.0 };
+            let clip = if opt.grad_clip > 0.0 { clip_coef(grad_norm, opt.grad_clip) } else { 1.0 };
             let hp = AdamW { lr, beta1: opt.beta1, beta2: opt.beta2, eps: 1e-8 };
-            model.update(hp, opt.weight_decay, it + 1, scale)?;
+            model.update(hp, opt.weight_decay, it + 1, clip / loss_scale)?;
         }
-        Ok(StepStats { loss, grad_norm, lr, updated })
+        Ok(StepStats { loss, grad_norm, lr, updated, overflow })
     })
 }
 
@@ -150,7 +206,29 @@ impl OutlierDetector {
 
 #[cfg(test)]
 mod tests {
-    use super::OutlierDetector;
+    use super::{LossScaler, OutlierDetector};
+    use crate::backend::Precision;
+
+    #[test]
+    fn the_loss_scale_follows_grad_scaler() {
+        let mut s = LossScaler::new(Precision::F16);
+        assert_eq!((s.scale, s.dynamic), (65536.0, true));
+        assert!(s.record(false), "an overflow skips");
+        assert_eq!((s.scale, s.skipped, s.clean), (32768.0, 1, 0));
+        for _ in 0..LossScaler::GROWTH_INTERVAL - 1 {
+            assert!(!s.record(true));
+        }
+        assert_eq!(s.scale, 32768.0, "not yet 2000 clean steps");
+        s.record(true);
+        assert_eq!((s.scale, s.clean), (65536.0, 0), "doubles after 2000 clean steps");
+        s.record(true);
+        s.record(false);
+        assert_eq!((s.scale, s.clean, s.skipped), (32768.0, 0, 2), "an overflow resets the count");
+        for p in [Precision::F32, Precision::Bf16] {
+            let mut fixed = LossScaler::new(p);
+            assert!(!fixed.record(false) && fixed.scale == 1.0 && fixed.skipped == 0, "{p:?} never scales or skips");
+        }
+    }
 
     #[test]
     fn outlier_z_scores_need_a_full_window_and_match_the_formula() {

@@ -31,7 +31,7 @@ fn bad_inputs_get_one_clear_line() {
     fails_with(&["train", "--preset", "shakespeare"], &d, "did you mean `shakespeare-char`");
     fails_with(&["train", "--set", "init_from=resume"], &d, "no checkpoint");
     fails_with(&["train", "--set", "device=cuda"], &d, "only the CPU backend");
-    fails_with(&["train", "--set", "dtype=float16"], &d, "float32");
+    fails_with(&["train", "--set", "dtype=tfloat32"], &d, "GPU matmul mode");
     fails_with(&["sample"], &d, "no checkpoint");
     // nanoGPT's init_from names: say how to get the weights (gptrain does not download)
     fails_with(&["train", "--set", "init_from=gpt2"], &d, "huggingface-cli download openai-community/gpt2 model.safetensors");

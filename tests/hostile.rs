@@ -142,6 +142,7 @@ fn altered_or_truncated_checkpoints_are_errors() {
         meta: gptrain::data::Meta::char((0..10).map(|i| i.to_string()).collect()),
         skipped_updates: 0,
         outliers: Default::default(),
+        loss_scaler: None,
     };
     let m = vec![0.0; layout.total];
     let files = checkpoint::serialize(&layout, &state, &params, Some(&m), Some(&m)).unwrap();

@@ -15,6 +15,9 @@ struct Collect {
     checkpoints: Vec<PathBuf>,
     messages: Vec<String>,
     outliers: Vec<u64>,
+    /// (iteration, loss scale after it) of each fp16 overflow skip.
+    overflows: Vec<(u64, f32)>,
+    summary: Option<Summary>,
 }
 
 impl Observer for Collect {
@@ -27,6 +30,9 @@ impl Observer for Collect {
         if l.outlier {
             self.outliers.push(l.iter);
         }
+        if l.overflow {
+            self.overflows.push((l.iter, l.loss_scale.unwrap()));
+        }
     }
     fn eval(&mut self, it: u64, t: f32, v: f32, _: f64) {
         self.evals.push((it, t, v));
@@ -34,7 +40,9 @@ impl Observer for Collect {
     fn checkpoint(&mut self, _: u64, p: &Path, _: f64) {
         self.checkpoints.push(p.to_path_buf());
     }
-    fn finish(&mut self, _: &Summary) {}
+    fn finish(&mut self, s: &Summary) {
+        self.summary = Some(s.clone());
+    }
 }
 
 fn tmp(name: &str) -> PathBuf {
@@ -304,6 +312,48 @@ fn resuming_a_finished_run_says_there_is_nothing_to_do() {
         "{:?}",
         c.messages
     );
+    std::fs::remove_dir_all(d).ok();
+}
+
+/// Mixed precision keeps the loop's promises: bf16 and fp16 runs resume bitwise (the fp16 loss
+/// scale travels in the checkpoint), their checkpoints are f32 and resume in another precision,
+/// and the loss falls.
+#[test]
+fn mixed_precision_resumes_exactly_and_its_checkpoints_change_precision() {
+    for dtype in ["bfloat16", "float16"] {
+        let set = format!("dtype={dtype}");
+        let (a, b) = (tmp(&format!("mp-full-{dtype}")), tmp(&format!("mp-split-{dtype}")));
+        let full = run(&tiny(&a, &["max_iters=31", &set])).unwrap();
+        let first = run(&tiny(&b, &["max_iters=15", &set])).unwrap();
+        let second = run(&tiny(&b, &["max_iters=30", "init_from=resume", &set])).unwrap();
+        let split: Vec<(u64, f32)> = first.losses.iter().chain(&second.losses).copied().collect();
+        assert_eq!(split, full.losses[..30], "{dtype}: resumed losses differ (bitwise)");
+        assert!(full.losses[29].1 < full.losses[0].1 - 0.5, "{dtype}: loss did not fall: {:?}", full.losses);
+        // the checkpoint holds f32 weights: it resumes in float32 (the reverse direction is the
+        // same code), and its iteration 30 sees the mixed run's loss within rounding
+        let f32_run = run(&tiny(&b, &["max_iters=31", "init_from=resume", "dtype=float32"])).unwrap();
+        let (mixed, f32) = (full.losses[30], f32_run.losses[0]);
+        assert!(mixed.0 == f32.0 && (mixed.1 - f32.1).abs() < 0.02, "{dtype}: iteration 30: {mixed:?} mixed, {f32:?} float32");
+        for d in [a, b] {
+            std::fs::remove_dir_all(d).ok();
+        }
+    }
+}
+
+/// An fp16 gradient overflow halves the loss scale and skips the update, as GradScaler does: it
+/// is reported, counted in the summary and never taken for a non-finite loss (`on_nonfinite`
+/// stays `abort`).
+#[test]
+fn fp16_overflows_halve_the_loss_scale_and_skip_without_aborting() {
+    let d = tmp("fp16-overflow");
+    let c = run(&tiny(&d, &["max_iters=30", "dtype=float16", "init_loss_scale=1e12", "dropout=0"])).unwrap();
+    let n = c.overflows.len();
+    assert!(n > 5, "a 1e12 scale overflows f16 gradients: {:?}", c.overflows);
+    let want: Vec<(u64, f32)> = (0..n as u64).map(|i| (i, (1e12f32 / 2f32.powi(i as i32 + 1)))).collect();
+    assert_eq!(c.overflows, want, "the first steps skip, halving the scale each time");
+    let s = c.summary.unwrap();
+    assert_eq!((s.overflow_skips, s.skipped_updates, s.loss_scale), (n as u64, 0, Some(want[n - 1].1)));
+    assert!(c.losses.last().unwrap().1 < c.losses[n].1 - 0.1, "trains once the scale fits: {:?}", c.losses);
     std::fs::remove_dir_all(d).ok();
 }
 

@@ -8,13 +8,20 @@ gptrain's stacked layout (`param.<name>`), one batch (`x`, `y`), the logits and 
 every parameter gradient (`grad.<name>`), and a 10-step AdamW run with gradient accumulation and
 clipping: its micro-batches (`train_x`, `train_y`: (steps, accum, B, T)), learning rates, losses,
 gradient norms before clipping, and the final parameters (`final.<name>`).
+With `--autocast`, writes only `tiny_bf16` and `tiny_fp16`: the `tiny` case (same parameters,
+batches and schedule) run under torch.autocast("cpu", bfloat16 / float16), the fp16 one with
+torch.amp.GradScaler at its defaults (init scale 65536, growth interval 2000): its gradients are
+stored unscaled, and `train_scale` / `train_skipped` record the scale after each step and whether
+the step was skipped. What gptrain's bf16/fp16 runs are compared with (tests/parity.rs).
 Also writes a small Hugging Face GPT-2-layout file (Conv1D weights, no `transformer.` prefix,
 the old `attn.bias` mask buffers) with the logits it must give.
 """
 
+import contextlib
 import json
 import math
 import os
+import sys
 
 import torch
 from safetensors.torch import save_file
@@ -45,7 +52,10 @@ def get_lr(it, t):
     return t["min_lr"] + coeff * (t["lr"] - t["min_lr"])
 
 
-def make_case(name, cfg, B, T):
+def make_case(name, cfg, B, T, amp=None):
+    """The case's fixture; with `amp` (torch.bfloat16 / torch.float16), under CPU autocast."""
+    autocast = (lambda: torch.autocast("cpu", dtype=amp)) if amp else contextlib.nullcontext
+    scaler = torch.amp.GradScaler("cpu", init_scale=65536.0, growth_interval=2000, enabled=amp == torch.float16)
     torch.manual_seed(1234)
     model = GPT(cfg)
     out = {}
@@ -54,13 +64,14 @@ def make_case(name, cfg, B, T):
     g = torch.Generator().manual_seed(99)
     x = torch.randint(0, cfg.vocab_size, (B, T), generator=g)
     y = torch.randint(0, cfg.vocab_size, (B, T), generator=g)
-    logits, loss = model(x, y)
-    loss.backward()
+    with autocast():
+        logits, loss = model(x, y)
+    scaler.scale(loss).backward()
     out["x"], out["y"] = x.to(torch.int32), y.to(torch.int32)
-    out["logits"] = logits.detach()
-    out["loss"] = loss.detach().reshape(1)
+    out["logits"] = logits.detach().float()
+    out["loss"] = loss.detach().float().reshape(1)
     for k, v in to_stacked(model, grads=True).items():
-        out[f"grad.{k}"] = v
+        out[f"grad.{k}"] = v / scaler.get_scale()  # unscaled (fp16); the scale is 1.0 otherwise
 
     # 10 AdamW steps with accumulation and clipping, from the same initial parameters
     t = TRAIN
@@ -68,29 +79,40 @@ def make_case(name, cfg, B, T):
     opt = torch.optim.AdamW(model.param_groups(t["weight_decay"]), lr=t["lr"], betas=(t["beta1"], t["beta2"]), eps=1e-8)
     xs = torch.randint(0, cfg.vocab_size, (t["steps"], t["accum"], B, T), generator=g)
     ys = torch.randint(0, cfg.vocab_size, (t["steps"], t["accum"], B, T), generator=g)
-    lrs, losses, norms = [], [], []
+    lrs, losses, norms, scales, skipped = [], [], [], [], []
     for step in range(t["steps"]):
         lr = get_lr(step, t)
         for group in opt.param_groups:
             group["lr"] = lr
         total = 0.0
         for micro in range(t["accum"]):
-            _, l = model(xs[step, micro], ys[step, micro])
-            (l / t["accum"]).backward()
+            with autocast():
+                _, l = model(xs[step, micro], ys[step, micro])
+            scaler.scale(l / t["accum"]).backward()
             total += l.item()
+        scaler.unscale_(opt)
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t["grad_clip"])
-        opt.step()
+        before = scaler.get_scale()
+        scaler.step(opt)
+        scaler.update()
         opt.zero_grad(set_to_none=True)
         lrs.append(lr)
         losses.append(total / t["accum"])
         norms.append(norm.item())
+        scales.append(scaler.get_scale())
+        skipped.append(float(scaler.is_enabled() and scaler.get_scale() < before))
     out["train_x"], out["train_y"] = xs.to(torch.int32), ys.to(torch.int32)
     out["train_lr"] = torch.tensor(lrs, dtype=torch.float32)
     out["train_loss"] = torch.tensor(losses, dtype=torch.float32)
     out["train_norm"] = torch.tensor(norms, dtype=torch.float32)
+    if amp == torch.float16:
+        out["train_scale"] = torch.tensor(scales, dtype=torch.float32)
+        out["train_skipped"] = torch.tensor(skipped, dtype=torch.float32)
     for k, v in to_stacked(model).items():
         out[f"final.{k}"] = v
     meta = {"config": json.dumps(cfg.__dict__), "B": str(B), "T": str(T), "train": json.dumps(t), "torch": torch.__version__}
+    if amp:
+        meta["autocast"] = str(amp)
     out = {k: v.contiguous() for k, v in out.items()}
     save_file(out, os.path.join(OUT, f"{name}.safetensors"), metadata=meta)
     print(f"{name}: loss {loss.item():.6f}, clipped steps {sum(n > t['grad_clip'] for n in norms)}/{t['steps']}, norms {[round(n, 3) for n in norms]}")
@@ -146,6 +168,11 @@ def make_nanogpt_char_dir():
 
 if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
+    if "--autocast" in sys.argv[1:]:
+        case = CASES["tiny"]
+        make_case("tiny_bf16", case["cfg"], case["B"], case["T"], amp=torch.bfloat16)
+        make_case("tiny_fp16", case["cfg"], case["B"], case["T"], amp=torch.float16)
+        sys.exit(0)
     for name, case in CASES.items():
         make_case(name, case["cfg"], case["B"], case["T"])
     make_hf_case()

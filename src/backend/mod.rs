@@ -20,7 +20,7 @@ use anyhow::Result;
 /// The numeric precision a run computes in (the config's `dtype`, nanoGPT's names): what a
 /// peak FLOP/s figure is quoted for. Storage types are [`DType`]; `Tf32` is a matmul math mode
 /// on f32 storage, not a storage type.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum Precision {
     F32,
     Tf32,
@@ -119,6 +119,9 @@ pub struct DeviceInfo {
     pub memory: Option<crate::perf::device::MemInfo>,
     /// Worker threads (CPU) or streaming multiprocessors (GPU), for the banner.
     pub workers: usize,
+    /// How this backend computes at the precision asked (e.g. the CPU's bf16 matmul
+    /// instructions), for the banner; empty when there is nothing to say.
+    pub precision_note: String,
 }
 
 /// A place that runs the model's ops over its buffers.

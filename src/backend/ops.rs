@@ -295,6 +295,81 @@ impl Op {
     }
 }
 
+/// Calls `f(tensor, written)` on every tensor operand of an argument struct (`written`: the op
+/// writes it, whether it overwrites, accumulates into or updates it in place).
+macro_rules! operands {
+    ($t:ident { out: [$($o:ident),*], out_opt: [$($oo:ident),*], ins: [$($i:ident),*], in_opt: [$($io:ident),*] }) => {
+        impl $t {
+            fn visit(&mut self, f: &mut dyn FnMut(&mut Tensor, bool)) {
+                $( f(&mut self.$o, true); )*
+                $( if let Some(t) = self.$oo.as_mut() { f(t, true); } )*
+                $( f(&mut self.$i, false); )*
+                $( if let Some(t) = self.$io.as_mut() { f(t, false); } )*
+            }
+        }
+    };
+}
+operands!(Embed { out: [out], out_opt: [], ins: [wte, wpe, tokens], in_opt: [] });
+operands!(EmbedBackward { out: [dwte, dwpe], out_opt: [], ins: [dout, tokens], in_opt: [] });
+operands!(LayerNorm { out: [out, mean, rstd], out_opt: [], ins: [inp, w], in_opt: [b] });
+operands!(LayerNormBackward { out: [dinp, dw], out_opt: [db], ins: [dout, inp, mean, rstd, w], in_opt: [] });
+operands!(Matmul { out: [out], out_opt: [], ins: [inp, w], in_opt: [b] });
+operands!(MatmulBackward { out: [dinp, dw], out_opt: [db], ins: [dout, inp, w], in_opt: [] });
+operands!(Attention { out: [out, stats], out_opt: [], ins: [qkv], in_opt: [] });
+operands!(AttentionBackward { out: [dqkv], out_opt: [], ins: [dout, qkv, stats], in_opt: [] });
+operands!(AttentionDecode { out: [out, k, v], out_opt: [], ins: [qkv], in_opt: [] });
+operands!(Gelu { out: [out], out_opt: [], ins: [inp], in_opt: [] });
+operands!(GeluBackward { out: [dinp], out_opt: [], ins: [dout, inp], in_opt: [] });
+operands!(Residual { out: [out], out_opt: [], ins: [a, b], in_opt: [] });
+operands!(FusedClassifier { out: [logits, losses], out_opt: [], ins: [targets], in_opt: [] });
+operands!(AdamWStep { out: [params, m, v], out_opt: [master], ins: [grads], in_opt: [] });
+
+impl Op {
+    /// Calls `f(tensor, written)` on every tensor operand (see [`Op::map`]).
+    pub fn visit(&mut self, f: &mut dyn FnMut(&mut Tensor, bool)) {
+        match self {
+            Op::Zero(x) => f(x, true),
+            Op::Copy { dst, src } => {
+                f(dst, true);
+                f(src, false)
+            }
+            Op::Dropout { x, .. } => f(x, true),
+            Op::Embed(o) => o.visit(f),
+            Op::EmbedBackward(o) => o.visit(f),
+            Op::LayerNorm(o) => o.visit(f),
+            Op::LayerNormBackward(o) => o.visit(f),
+            Op::Matmul(o) => o.visit(f),
+            Op::MatmulBackward(o) => o.visit(f),
+            Op::Attention(o) => o.visit(f),
+            Op::AttentionBackward(o) => o.visit(f),
+            Op::AttentionDecode(o) => o.visit(f),
+            Op::Gelu(o) => o.visit(f),
+            Op::GeluBackward(o) => o.visit(f),
+            Op::Residual(o) => o.visit(f),
+            Op::FusedClassifier(o) => o.visit(f),
+            Op::AddMeanLoss { losses, .. } => f(losses, false),
+            Op::AddSquares { x, .. } => f(x, false),
+            Op::AdamWStep(o) => o.visit(f),
+        }
+    }
+
+    /// The op with every tensor operand replaced by `f(tensor, written)`: how a backend moves
+    /// operands somewhere else (the CPU's widening of low-precision operands to f32).
+    pub fn map(&self, f: &mut dyn FnMut(Tensor, bool) -> Tensor) -> Op {
+        let mut op = *self;
+        op.visit(&mut |t, w| *t = f(*t, w));
+        op
+    }
+
+    /// Every tensor operand, with whether the op writes it.
+    pub fn operands(&self) -> Vec<(Tensor, bool)> {
+        let mut v = Vec::new();
+        let mut op = *self;
+        op.visit(&mut |t, w| v.push((*t, w)));
+        v
+    }
+}
+
 /// The profile's names for attention's two kernels.
 pub const ATTENTION_FORWARD: &str = "attention forward";
 pub const ATTENTION_BACKWARD: &str = "attention backward";

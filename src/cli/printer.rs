@@ -90,6 +90,11 @@ impl Observer for Printer {
             Some(p) => say!("device: {} ; peak {:.1} GFLOP/s ({})", s.device, p / 1e9, s.peak_source),
             None => say!("device: {} ; peak unknown: MFU n/a", s.device),
         }
+        if s.precision_note.is_empty() {
+            say!("dtype: {}", s.precision.name());
+        } else {
+            say!("dtype: {} ({})", s.precision.name(), s.precision_note);
+        }
         say!("memory: about {} for weights, optimizer and activations", gib(s.memory_bytes));
         if s.eval_only {
             say!("eval_only: one evaluation at iteration {}, no training", s.start_iter);
@@ -129,6 +134,8 @@ impl Observer for Printer {
         }
         if l.outlier {
             s.push_str(", OUTLIER (z-score over skip_update_lossz/gradz): update skipped");
+        } else if l.overflow {
+            s.push_str(&format!(", fp16 gradient overflow: update skipped, loss scale now {}", l.loss_scale.unwrap_or(0.0)));
         } else if l.skipped {
             s.push_str(", NON-FINITE: update skipped");
         }
@@ -182,6 +189,9 @@ impl Observer for Printer {
         }
         if s.skipped_updates > 0 {
             say!("skipped updates (non-finite loss or gradient, or outliers): {}", s.skipped_updates);
+        }
+        if let Some(scale) = s.loss_scale {
+            say!("fp16 loss scaling: {} skipped for a gradient overflow, loss scale now {scale}", count(s.overflow_skips as usize, "update"));
         }
     }
 }

@@ -5,7 +5,7 @@ use crate::backend::ops::{
     AdamWStep, Attention, AttentionBackward, AttentionDecode, Embed, EmbedBackward, FusedClassifier, Gelu, GeluBackward, LayerNorm,
     LayerNormBackward, Matmul, MatmulBackward, Residual,
 };
-use crate::backend::{AdamW, Backend, BufId, Buffers, DType, Dropout, Op, Role, Scalar, Span, Tensor, N_SCALARS};
+use crate::backend::{AdamW, Backend, BufId, Buffers, DType, Dropout, Host, Op, Precision, Role, Scalar, Span, Tensor, N_SCALARS};
 use crate::rng;
 use anyhow::Result;
 
@@ -52,34 +52,68 @@ enum Attend {
 
 /// A GPT-2 model on backend `B`: its buffers ([`BufId`]: parameters, gradients, AdamW
 /// moments, activations and their gradients, token ids, step accumulators), each one
-/// allocation owned here, and the ops that run over them.
+/// allocation owned here, and the ops that run over them. Under mixed precision
+/// (`precision` bf16/f16) the buffers have ARCHITECTURE.md's storage types: low-precision
+/// parameters beside f32 master weights, f32 gradients and moments, low-precision activations.
 pub struct Gpt<B: Backend> {
     pub cfg: ModelConfig,
+    /// The parameters' layout, in their storage type (the kernels' copy under mixed precision).
     pub layout: ParamLayout,
     pub backend: B,
     pub bufs: Buffers<B::Buf>,
+    /// The compute precision (F32, or Bf16/F16 mixed precision).
+    pub precision: Precision,
+    /// The dynamic loss scale (float16 only; fixed at 1 otherwise): optimiser state, like the
+    /// AdamW moments.
+    pub scaler: crate::optim::LossScaler,
     acts: Option<Acts>,
 }
 
 impl<B: Backend> Gpt<B> {
-    /// A model with all parameters zero.
+    /// A model with all parameters zero, in f32.
     pub fn zeros(backend: B, cfg: ModelConfig) -> Result<Self> {
-        let layout = ParamLayout::new(&cfg);
+        Self::zeros_in(backend, cfg, Precision::F32)
+    }
+
+    /// A model with all parameters zero, computing in `precision` (F32, Bf16 or F16; TF32 is a
+    /// matmul mode some backends have on f32 storage).
+    pub fn zeros_in(backend: B, cfg: ModelConfig, precision: Precision) -> Result<Self> {
+        let low = precision.storage();
+        let layout = ParamLayout::with_dtype(&cfg, low);
         let mut bufs = Buffers::default();
-        bufs.set(BufId::Params, backend.alloc(layout.total, DType::F32)?);
+        bufs.set(BufId::Params, backend.alloc(layout.total, low)?);
+        if low != DType::F32 {
+            bufs.set(BufId::Master, backend.alloc(layout.total, DType::F32)?);
+        }
         bufs.set(BufId::Grads, backend.alloc(layout.total, DType::F32)?);
         bufs.set(BufId::Scalars, backend.alloc(N_SCALARS, DType::F64)?);
-        Ok(Gpt { cfg, layout, backend, bufs, acts: None })
+        let scaler = crate::optim::LossScaler::new(precision);
+        Ok(Gpt { cfg, layout, backend, bufs, precision, scaler, acts: None })
     }
 
     /// nanoGPT's initialisation: N(0, 0.02) for embeddings and linear weights, N(0,
     /// 0.02/sqrt(2 n_layer)) for the residual projections (`c_proj`), zero biases, unit
-    /// LayerNorm weights. Padding rows of `wte` are zero.
+    /// LayerNorm weights. Padding rows of `wte` are zero. In f32.
     pub fn init(backend: B, cfg: ModelConfig, seed: u64) -> Result<Self> {
-        let mut g = Self::zeros(backend, cfg)?;
+        Self::init_in(backend, cfg, seed, Precision::F32)
+    }
+
+    /// [`Gpt::init`] computing in `precision`.
+    pub fn init_in(backend: B, cfg: ModelConfig, seed: u64, precision: Precision) -> Result<Self> {
+        let mut g = Self::zeros_in(backend, cfg, precision)?;
         let host = init_params(&g.cfg, &g.layout, seed);
         g.set_params(&host)?;
         Ok(g)
+    }
+
+    /// The storage type of parameters, activations and their gradients.
+    fn low(&self) -> DType {
+        self.layout.wte.dtype
+    }
+
+    /// Whether f32 master weights sit beside low-precision parameters.
+    fn has_master(&self) -> bool {
+        self.low() != DType::F32
     }
 
     pub fn num_params(&self) -> usize {
@@ -100,11 +134,12 @@ impl<B: Backend> Gpt<B> {
         for id in [BufId::Acts, BufId::Stats, BufId::DActs, BufId::Tokens] {
             self.bufs.take(id);
         }
-        let layout = ActLayout::new(&self.cfg, b, t);
-        let grad_layout = ActLayout::one_layer(&self.cfg, b, t);
-        self.bufs.set(BufId::Acts, self.backend.alloc(layout.total, DType::F32)?);
+        let low = self.low();
+        let layout = ActLayout::with_dtype(&self.cfg, b, t, low);
+        let grad_layout = ActLayout::one_layer_in(&self.cfg, b, t, low);
+        self.bufs.set(BufId::Acts, self.backend.alloc(layout.total, low)?);
         self.bufs.set(BufId::Stats, self.backend.alloc(layout.stats_total, DType::F32)?);
-        self.bufs.set(BufId::DActs, self.backend.alloc(grad_layout.total, DType::F32)?);
+        self.bufs.set(BufId::DActs, self.backend.alloc(grad_layout.total, low)?);
         self.bufs.set(BufId::Tokens, self.backend.alloc(2 * b * t, DType::U32)?);
         let tokens = Tensor::new(BufId::Tokens, Span::new(0, 2 * b * t), &[2, b, t], DType::U32);
         self.acts = Some(Acts { layout, grad_layout, tokens, logits_hold_grad: false });
@@ -112,7 +147,7 @@ impl<B: Backend> Gpt<B> {
     }
 
     /// Activation elements for micro-batch shape (b, t) (values, their statistics and their
-    /// gradients), f32.
+    /// gradients).
     pub fn activation_elements(cfg: &ModelConfig, b: usize, t: usize) -> usize {
         let a = ActLayout::new(cfg, b, t);
         a.total + a.stats_total + ActLayout::one_layer(cfg, b, t).total
@@ -124,7 +159,7 @@ impl<B: Backend> Gpt<B> {
         assert!(t <= self.cfg.block_size && tokens.len() == b * t && targets.len() == b * t);
         self.ensure_acts(b, t)?;
         let dst = self.acts.as_ref().unwrap().tokens;
-        let both = crate::backend::Host::U32([tokens, targets].concat());
+        let both = Host::U32([tokens, targets].concat());
         self.backend.upload(&mut self.bufs, dst, &both)
     }
 
@@ -139,8 +174,10 @@ impl<B: Backend> Gpt<B> {
         self.embed(&al, tokens.index(0), 0, DropoutCtx::at(dropout, 0, 0))?;
         self.blocks(&al, Attend::Causal(dropout))?;
         self.head(&al)?;
-        // d(mean loss)/d(loss of one position) = 1 / (B T), times the caller's scale
-        let grad = grad_scale.map(|s| s / (b * t) as f32);
+        // d(mean loss)/d(loss of one position) = 1 / (B T), times the caller's scale and the
+        // loss scale (float16: keeps small gradients representable; divided out at the update)
+        let loss_scale = self.scaler.scale;
+        let grad = grad_scale.map(|s| s * loss_scale / (b * t) as f32);
         let (v, targets) = (self.cfg.vocab_size, tokens.index(1));
         self.run(FusedClassifier { logits: al.logits, losses: al.losses, targets, vocab: v, grad_scale: grad })?;
         self.acts.as_mut().unwrap().logits_hold_grad = grad.is_some();
@@ -324,9 +361,10 @@ impl<B: Backend> Gpt<B> {
         }
         for t in self.layout.tensors.clone() {
             let wd = if t.decay { weight_decay } else { 0.0 };
-            let params = t.of(BufId::Params, DType::F32);
+                let params = t.of(BufId::Params, self.low());
+            let master = self.has_master().then(|| t.of(BufId::Master, DType::F32));
             let (grads, m, v) = (t.of(BufId::Grads, DType::F32), t.of(BufId::AdamM, DType::F32), t.of(BufId::AdamV, DType::F32));
-            self.run(AdamWStep { params, master: None, grads, m, v, hp, step, weight_decay: wd, grad_scale })?;
+            self.run(AdamWStep { params, master, grads, m, v, hp, step, weight_decay: wd, grad_scale })?;
         }
         Ok(())
     }
@@ -348,16 +386,21 @@ impl<B: Backend> Gpt<B> {
     fn download_all(&self, buf: BufId) -> Result<Vec<f32>> {
         Ok(self.backend.download(&self.bufs, self.layout.all().of(buf, DType::F32))?.into_f32())
     }
+    /// The weights, f32: the master weights under mixed precision.
     pub fn params_host(&self) -> Result<Vec<f32>> {
-        self.download_all(BufId::Params)
+        self.download_all(if self.has_master() { BufId::Master } else { BufId::Params })
     }
     pub fn grads_host(&self) -> Result<Vec<f32>> {
         self.download_all(BufId::Grads)
     }
+    /// Sets the weights (f32): the master weights and their rounded copy under mixed precision.
     pub fn set_params(&mut self, host: &[f32]) -> Result<()> {
         assert_eq!(host.len(), self.layout.total);
-        let all = self.layout.all();
-        self.backend.upload(&mut self.bufs, all, &crate::backend::Host::F32(host.to_vec()))
+        let (all, host) = (self.layout.all(), Host::F32(host.to_vec()));
+        if self.has_master() {
+            self.backend.upload(&mut self.bufs, all.of(BufId::Master, DType::F32), &host)?;
+        }
+        self.backend.upload(&mut self.bufs, all, &host)
     }
 
     /// The AdamW moments (m, v) on the host, when an update has made them.
@@ -375,7 +418,7 @@ impl<B: Backend> Gpt<B> {
             let buf = self.backend.alloc(self.layout.total, DType::F32)?;
             self.bufs.set(id, buf);
             let dst = self.layout.all().of(id, DType::F32);
-            self.backend.upload(&mut self.bufs, dst, &crate::backend::Host::F32(x.to_vec()))?;
+            self.backend.upload(&mut self.bufs, dst, &Host::F32(x.to_vec()))?;
         }
         Ok(())
     }
@@ -383,7 +426,7 @@ impl<B: Backend> Gpt<B> {
     /// Layer `l`'s key and value caches, (maxT, C) each, allocated on first use.
     fn kv_cache(&mut self, l: usize) -> (Tensor, Tensor) {
         let (nl, maxt, c) = (self.cfg.n_layer, self.cfg.block_size, self.cfg.n_embd);
-        let all = Tensor::new(BufId::KvCache, Span::new(0, 2 * nl * maxt * c), &[2, nl, maxt, c], DType::F32);
+        let all = Tensor::new(BufId::KvCache, Span::new(0, 2 * nl * maxt * c), &[2, nl, maxt, c], self.low());
         (all.index(0).index(l), all.index(1).index(l))
     }
 
@@ -394,7 +437,7 @@ impl<B: Backend> Gpt<B> {
         assert!(pos < self.cfg.block_size, "position {pos} past the context of {}", self.cfg.block_size);
         if !self.bufs.has(BufId::KvCache) {
             let n = 2 * self.cfg.n_layer * self.cfg.block_size * self.cfg.n_embd;
-            let buf = self.backend.alloc(n, DType::F32)?;
+            let buf = self.backend.alloc(n, self.low())?;
             self.bufs.set(BufId::KvCache, buf);
         }
         self.set_batch(&[token], &[0], 1, 1)?;

@@ -250,7 +250,12 @@ impl ActLayout {
     /// `residual2`: the residual stream's gradient stays in `residual3` from the top of the
     /// model to the embeddings (see `Gpt::backward`).
     pub fn one_layer(cfg: &ModelConfig, b: usize, t: usize) -> Self {
-        Self::with_layers(cfg, 1, true, b, t, DType::F32)
+        Self::one_layer_in(cfg, b, t, DType::F32)
+    }
+
+    /// [`ActLayout::one_layer`] with the gradients stored as `dtype` (the activations' type).
+    pub fn one_layer_in(cfg: &ModelConfig, b: usize, t: usize, dtype: DType) -> Self {
+        Self::with_layers(cfg, 1, true, b, t, dtype)
     }
 }
 

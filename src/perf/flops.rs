@@ -166,12 +166,15 @@ pub fn memory(cfg: &ModelConfig, b: usize, t: usize, d: u64, recompute: bool, im
     let bt = (b * t) as u64;
     match imp {
         Impl::Cpu => {
+            // ARCHITECTURE.md's mixed-precision table: activations, their gradients and the
+            // parameters in `d` bytes, statistics, gradients and moments in f32, f32 master
+            // weights when `d` < 4
             let (a, g) = (crate::model::ActLayout::new(cfg, b, t), crate::model::ActLayout::one_layer(cfg, b, t));
-            let logits = (a.logits.len() + g.logits.len()) as u64 * 4;
-            let acts = (a.total + a.stats_total - a.logits.len() + g.total - g.logits.len()) as u64 * 4;
+            let logits = (a.logits.len() + g.logits.len()) as u64 * d;
+            let acts = (a.total - a.logits.len() + g.total - g.logits.len()) as u64 * d + a.stats_total as u64 * 4;
             Memory {
-                weights: 4 * n,
-                master_weights: 0,
+                weights: d * n,
+                master_weights: if d < 4 { 4 * n } else { 0 },
                 gradients: 4 * n,
                 optimizer: 8 * n,
                 activations: acts,

@@ -24,6 +24,7 @@ pub(super) struct Init {
     pub(super) best_val: Option<f32>,
     pub(super) skipped: u64,
     pub(super) outliers: [OutlierDetector; 2],
+    pub(super) loss_scaler: Option<crate::optim::LossScaler>,
     pub(super) resumed: bool,
 }
 
@@ -39,6 +40,7 @@ impl Init {
             best_val: None,
             skipped: 0,
             outliers: Default::default(),
+            loss_scaler: None,
             resumed: false,
         }
     }
@@ -137,6 +139,7 @@ fn initialise_from(cfg: &Config, ds: &Dataset, obs: &mut dyn Observer) -> Result
                 best_val: ck.state.best_val_loss,
                 skipped: ck.state.skipped_updates,
                 outliers: ck.state.outliers.clone(),
+                loss_scaler: ck.state.loss_scaler.clone(),
                 resumed: true,
             })
         }

@@ -56,6 +56,9 @@ pub struct StartInfo {
     pub tokens_per_iter: usize,
     pub flops_per_iter: f64,
     pub device: String,
+    /// The compute precision (and, under mixed precision, how the CPU runs its matmuls).
+    pub precision: Precision,
+    pub precision_note: String,
     pub peak_flops: Option<f64>,
     pub peak_source: String,
     pub threads: usize,
@@ -79,9 +82,13 @@ pub struct IterLog {
     pub grad_norm: f32,
     /// This iteration's own time (no eval or checkpoint inside).
     pub ms: f64,
-    /// No update was made: a non-finite loss or norm, or (with `outlier`) the outlier guard.
+    /// No update was made: a non-finite loss or norm, or (with `outlier`) the outlier guard,
+    /// or (with `overflow`) a float16 gradient overflow.
     pub skipped: bool,
     pub outlier: bool,
+    pub overflow: bool,
+    /// The float16 loss scale after this step (None in other precisions).
+    pub loss_scale: Option<f32>,
     #[serde(flatten)]
     pub reading: Reading,
 }
@@ -103,6 +110,10 @@ pub struct Summary {
     pub final_train_loss: Option<f32>,
     pub final_val_loss: Option<f32>,
     pub skipped_updates: u64,
+    /// float16: updates skipped for a gradient overflow (the loss scaler's), and the scale at
+    /// the end.
+    pub overflow_skips: u64,
+    pub loss_scale: Option<f32>,
     pub out_dir: String,
     /// The checkpoint this run wrote last (None when it wrote none).
     pub last_checkpoint: Option<PathBuf>,
@@ -115,8 +126,8 @@ pub fn check_device(cfg: &Config) -> Result<Precision> {
     }
     let dtype =
         Precision::parse(&cfg.dtype).with_context(|| format!("unknown dtype `{}` (float32, tfloat32, float16, bfloat16)", cfg.dtype))?;
-    if dtype != Precision::F32 {
-        bail!("dtype `{}` is not supported by the CPU backend, which computes in float32; use `--set dtype=float32`", cfg.dtype);
+    if dtype == Precision::Tf32 {
+        bail!("dtype `{}` is a GPU matmul mode the CPU backend does not have; use `--set dtype=float32` (or bfloat16, float16)", cfg.dtype);
     }
     Ok(dtype)
 }

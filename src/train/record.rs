@@ -32,7 +32,7 @@ impl Observer for Metrics {
     }
     fn iter(&mut self, l: &IterLog) {
         let r = &l.reading;
-        self.write(serde_json::json!({"type": "iter", "iter": l.iter, "loss": l.loss, "lr": l.lr, "grad_norm": l.grad_norm, "ms": l.ms, "warmup": r.warmup, "steady_ms": r.steady_ms, "tokens_per_sec": r.tokens_per_sec, "mfu": r.mfu, "eta_s": r.eta_s, "skipped": l.skipped, "outlier": l.outlier}));
+        self.write(serde_json::json!({"type": "iter", "iter": l.iter, "loss": l.loss, "lr": l.lr, "grad_norm": l.grad_norm, "ms": l.ms, "warmup": r.warmup, "steady_ms": r.steady_ms, "tokens_per_sec": r.tokens_per_sec, "mfu": r.mfu, "eta_s": r.eta_s, "skipped": l.skipped, "outlier": l.outlier, "overflow": l.overflow, "loss_scale": l.loss_scale}));
     }
     fn eval(&mut self, it: u64, train_loss: f32, val_loss: f32, secs: f64) {
         self.write(serde_json::json!({"type": "eval", "iter": it, "train_loss": train_loss, "val_loss": val_loss, "secs": secs}));

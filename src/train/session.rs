@@ -6,7 +6,7 @@ use super::init::{initialise, Init};
 use super::record::{Metrics, Recorders};
 use super::save::{retry_last_save, RETRY_EVERY};
 use super::{check_memory, estimate_loss, optim_config, train_batches, IterLog, Observer, StartInfo, Summary, STOP};
-use crate::backend::{Backend, Precision};
+use crate::backend::Backend;
 use crate::checkpoint::{self, TrainState};
 use crate::config::Config;
 use crate::data::Dataset;
@@ -71,21 +71,30 @@ impl<'a, B: Backend> Session<'a, B> {
         let (b, t, accum) = (cfg.batch_size, mc.block_size, cfg.gradient_accumulation_steps);
         let out_dir = PathBuf::from(&cfg.out_dir);
 
-        // telemetry: one FLOPs model, the real peak of the device the backend runs on
-        let dev = backend.device(Precision::F32);
+        // telemetry: one FLOPs model, the real peak of the device the backend runs on, at the
+        // run's precision
+        let precision = super::check_device(cfg)?;
+        let dev = backend.device(precision);
         let peak = if cfg.peak_tflops > 0.0 { Some(cfg.peak_tflops * 1e12) } else { dev.peak_flops };
         let peak_source = if cfg.peak_tflops > 0.0 { "--set peak_tflops".to_string() } else { dev.peak_source.clone() };
         let flops_per_iter = flops::flops_per_iter(&mc, b, t, accum);
         let tokens_per_iter = b * t * accum;
-        let mem = flops::memory(&mc, b, t, 4, false, dev.memory_model).total();
+        let mem = flops::memory(&mc, b, t, precision.bytes() as u64, false, dev.memory_model).total();
         if let Some(warning) = check_memory(mem, dev.memory)? {
             user.message(&warning);
         }
 
-        let mut model = Gpt::zeros(backend, mc.clone())?;
+        let mut model = Gpt::zeros_in(backend, mc.clone(), precision)?;
         model.set_params(&init.params)?;
         if let (Some(m), Some(v)) = (&init.m, &init.v) {
             model.set_optimizer_state(m, v)?;
+        }
+        // a float16 run resumes its loss scale; from another precision it starts afresh
+        if model.scaler.dynamic {
+            model.scaler.scale = cfg.init_loss_scale as f32;
+        }
+        if let Some(s) = init.loss_scaler.clone().filter(|s| s.dynamic == model.scaler.dynamic) {
+            model.scaler = s;
         }
         std::fs::create_dir_all(&out_dir).with_context(|| format!("cannot create out_dir {}", out_dir.display()))?;
         let Init { start_iter, resumed, best_val, skipped, outliers, .. } = init;
@@ -107,6 +116,8 @@ impl<'a, B: Backend> Session<'a, B> {
             tokens_per_iter,
             flops_per_iter,
             device: dev.description.clone(),
+            precision,
+            precision_note: dev.precision_note.clone(),
             peak_flops: peak,
             peak_source,
             threads: dev.workers,
@@ -190,7 +201,8 @@ impl<'a, B: Backend> Session<'a, B> {
         };
         let s = train_step_guarded(&mut self.model, &batches, b, t, it, &self.opt, self.dropout, &mut accept)?;
         let secs = t0.elapsed().as_secs_f64();
-        if !(s.loss.is_finite() && s.grad_norm.is_finite()) {
+        // a float16 overflow is the loss scaler's (counted there), not a non-finite loss
+        if !s.overflow && !(s.loss.is_finite() && s.grad_norm.is_finite()) {
             if cfg.on_nonfinite == "abort" {
                 bail!(
                     "non-finite {} at iteration {it} (loss {}, gradient norm {}, learning rate {:.3e}); no update was made and no checkpoint written. Likely cause: the learning rate is too high or the gradients exploded; try a lower learning_rate, grad_clip = 1.0, or `--set on_nonfinite=skip`",
@@ -232,6 +244,8 @@ impl<'a, B: Backend> Session<'a, B> {
             ms: step.secs * 1e3,
             skipped: !s.updated,
             outlier: step.outlier,
+            overflow: s.overflow,
+            loss_scale: self.model.scaler.dynamic.then_some(self.model.scaler.scale),
             reading,
         };
         self.obs.iter(&log);
@@ -287,6 +301,8 @@ impl<'a, B: Backend> Session<'a, B> {
             final_train_loss: self.last_eval.map(|e| e.0),
             final_val_loss: self.last_eval.map(|e| e.1),
             skipped_updates: self.skipped,
+            overflow_skips: self.model.scaler.skipped,
+            loss_scale: self.model.scaler.dynamic.then_some(self.model.scaler.scale),
             out_dir: self.out_dir.display().to_string(),
             last_checkpoint: self.last_checkpoint.clone(),
         };
@@ -307,6 +323,7 @@ impl<'a, B: Backend> Session<'a, B> {
             meta: self.ds.meta.clone(),
             skipped_updates: self.skipped,
             outliers: self.outliers.clone(),
+            loss_scaler: self.model.scaler.dynamic.then(|| self.model.scaler.clone()),
         }
     }
 }

@@ -1,6 +1,8 @@
-//! The CPU backend: the readable reference implementation of every kernel, f32, host memory,
+//! The CPU backend: the readable reference implementation of every kernel, host memory,
 //! multi-threaded with rayon over the calling thread pool. Every reduction has a fixed order,
-//! so results are bitwise reproducible for a given thread count.
+//! so results are bitwise reproducible for a given thread count. Kernels compute in f32; ops
+//! over bf16/f16 operands (mixed precision, ARCHITECTURE.md) run the same kernels on operands
+//! widened to f32 ([`widen`]), except the linear layers, which have bf16 kernels.
 
 pub mod attention;
 pub mod classifier;
@@ -12,10 +14,12 @@ pub mod optimizer;
 pub mod pointwise;
 pub mod pool;
 pub mod simd;
+pub mod widen;
 
 use super::tensor::N_BUFS;
+use super::ops::AdamWStep;
 use super::{Backend, BufId, Buffers, DType, DeviceInfo, Host, Op, Precision, Scalar, Tensor};
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 /// Which implementation of each kernel the CPU backend runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -56,6 +60,8 @@ impl Cpu {
 #[derive(Clone, Debug)]
 pub enum CpuBuf {
     F32(Vec<f32>),
+    Bf16(Vec<half::bf16>),
+    F16(Vec<half::f16>),
     U32(Vec<u32>),
     F64(Vec<f64>),
 }
@@ -64,6 +70,8 @@ impl CpuBuf {
     fn dtype(&self) -> DType {
         match self {
             CpuBuf::F32(_) => DType::F32,
+            CpuBuf::Bf16(_) => DType::Bf16,
+            CpuBuf::F16(_) => DType::F16,
             CpuBuf::U32(_) => DType::U32,
             CpuBuf::F64(_) => DType::F64,
         }
@@ -155,6 +163,11 @@ impl Backend for Cpu {
             memory_model: crate::perf::flops::Impl::Cpu,
             memory: crate::perf::device::MemInfo::read(),
             workers: rayon::current_num_threads(),
+            precision_note: match p {
+                Precision::F32 | Precision::Tf32 => String::new(),
+                Precision::Bf16 => "bf16 storage, f32 arithmetic (portable kernels)".into(),
+                Precision::F16 => "f16 storage, f32 arithmetic (portable kernels), dynamic loss scaling".into(),
+            },
         }
     }
 
@@ -163,15 +176,20 @@ impl Backend for Cpu {
             DType::F32 => CpuBuf::F32(vec![0.0; n]),
             DType::U32 => CpuBuf::U32(vec![0; n]),
             DType::F64 => CpuBuf::F64(vec![0.0; n]),
-            DType::Bf16 | DType::F16 => bail!("the CPU backend stores f32, not {dtype:?}, in this build"),
+            DType::Bf16 => CpuBuf::Bf16(vec![half::bf16::ZERO; n]),
+            DType::F16 => CpuBuf::F16(vec![half::f16::ZERO; n]),
         })
     }
 
     fn upload(&self, bufs: &mut Bufs, dst: Tensor, src: &Host) -> Result<()> {
-        assert!(src.dtype() == dst.dtype && src.len() == dst.len(), "upload of {} {:?} into {dst:?}", src.len(), src.dtype());
+        assert_eq!(src.len(), dst.len(), "upload of {} {:?} into {dst:?}", src.len(), src.dtype());
+        let low = matches!(dst.dtype, DType::Bf16 | DType::F16) && src.dtype() == DType::F32;
+        assert!(low || src.dtype() == dst.dtype, "upload of {:?} data into {dst:?}", src.dtype());
         let r = dst.span.off..dst.span.end();
         match (bufs.get_mut(dst.buf), src) {
             (CpuBuf::F32(b), Host::F32(s)) => b[r].copy_from_slice(s),
+            // f32 host data into low-precision storage: rounded to nearest even
+            (b @ (CpuBuf::Bf16(_) | CpuBuf::F16(_)), Host::F32(s)) => widen::narrow(b, r.start, s),
             (CpuBuf::U32(b), Host::U32(s)) => b[r].copy_from_slice(s),
             (CpuBuf::F64(b), Host::F64(s)) => b[r].copy_from_slice(s),
             (b, _) => panic!("upload of {:?} data into a {:?} buffer", src.dtype(), b.dtype()),
@@ -183,6 +201,8 @@ impl Backend for Cpu {
         let r = src.span.off..src.span.end();
         Ok(match bufs.get(src.buf) {
             CpuBuf::F32(b) => Host::F32(b[r].to_vec()),
+            // low-precision storage comes back widened to f32 (exactly)
+            b @ (CpuBuf::Bf16(_) | CpuBuf::F16(_)) => Host::F32(widen::wide(b, r)),
             CpuBuf::U32(b) => Host::U32(b[r].to_vec()),
             CpuBuf::F64(b) => Host::F64(b[r].to_vec()),
         })
@@ -195,11 +215,27 @@ impl Backend for Cpu {
     fn run(&self, bufs: &mut Bufs, op: &Op) -> Result<()> {
         use rayon::prelude::*;
         let fast = self.fast();
+        if let Op::AdamWStep(a @ AdamWStep { master: Some(master), .. }) = *op {
+            // mixed precision: the f32 master weights take the step, the parameters the kernels
+            // read are their rounded copy
+            let ([w, m, v], [g]) = io(bufs, [master, a.m, a.v], [a.grads]);
+            optimizer::adamw(w, g, m, v, a.hp, a.step, a.weight_decay, a.grad_scale);
+            let r = master.span.off..master.span.end();
+            let CpuBuf::F32(w) = bufs.take(master.buf).expect("master weights") else { panic!("master weights must be f32") };
+            widen::narrow(bufs.get_mut(a.params.buf), a.params.span.off, &w[r]);
+            bufs.set(master.buf, CpuBuf::F32(w));
+            return Ok(());
+        }
+        if widen::needed(op) {
+            return widen::run(self, bufs, op);
+        }
         match *op {
             Op::Zero(x) => {
                 let r = x.span.off..x.span.end();
                 match bufs.get_mut(x.buf) {
                     CpuBuf::F32(v) => v[r].par_chunks_mut(1 << 16).for_each(|c| c.fill(0.0)),
+                    CpuBuf::Bf16(v) => v[r].fill(half::bf16::ZERO),
+                    CpuBuf::F16(v) => v[r].fill(half::f16::ZERO),
                     CpuBuf::U32(v) => v[r].fill(0),
                     CpuBuf::F64(v) => v[r].fill(0.0),
                 }
@@ -308,7 +344,6 @@ impl Backend for Cpu {
                 add_scalar(bufs, into, ss);
             }
             Op::AdamWStep(a) => {
-                assert!(a.master.is_none(), "the CPU backend keeps f32 parameters: they are the master weights");
                 let ([p, m, v], [g]) = io(bufs, [a.params, a.m, a.v], [a.grads]);
                 optimizer::adamw(p, g, m, v, a.hp, a.step, a.weight_decay, a.grad_scale);
             }
