@@ -35,8 +35,9 @@ pub fn peak_rss() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// Times `steps` training steps of `model` at micro-batch `b` after `warmup` untimed ones.
-pub fn run(model: &ModelConfig, b: usize, steps: usize, warmup: usize, profile: bool, cpu: Cpu) -> Result<BenchResult> {
+/// Times `steps` training steps of `model` at micro-batch `b` after `warmup` untimed ones,
+/// computing in `precision`.
+pub fn run(model: &ModelConfig, b: usize, steps: usize, warmup: usize, profile: bool, cpu: Cpu, precision: Precision) -> Result<BenchResult> {
     let t = model.block_size;
     let opt = OptimConfig {
         learning_rate: 1e-4,
@@ -58,7 +59,7 @@ pub fn run(model: &ModelConfig, b: usize, steps: usize, warmup: usize, profile: 
     let timer = Timer::default();
     let mut times = Vec::new();
     if profile {
-        let mut g = Gpt::init(Timed { inner: cpu, timer: &timer }, model.clone(), 1)?;
+        let mut g = Gpt::init_in(Timed { inner: cpu, timer: &timer }, model.clone(), 1, precision)?;
         for i in 0..warmup + steps {
             if i == warmup {
                 timer.reset();
@@ -71,7 +72,7 @@ pub fn run(model: &ModelConfig, b: usize, steps: usize, warmup: usize, profile: 
             }
         }
     } else {
-        let mut g = Gpt::init(cpu, model.clone(), 1)?;
+        let mut g = Gpt::init_in(cpu, model.clone(), 1, precision)?;
         for i in 0..warmup + steps {
             let mb = batch(i as u64);
             let t0 = Instant::now();

@@ -438,9 +438,12 @@ pub fn estimate(a: &EstimateArgs) -> Result<()> {
                 bail!("--calibrate times real iterations on this machine: use it with --device cpu");
             }
             let (steps, warmup) = (12, 3);
-            let b = crate::bench::run(&model, cfg.batch_size, steps, warmup, false, train::cpu_backend(&cfg))?;
+            if precision.dtype == Precision::Tf32 {
+                bail!("--calibrate times real iterations on the CPU, which has no tf32; use --dtype fp32, bf16 or fp16");
+            }
+            let b = crate::bench::run(&model, cfg.batch_size, steps, warmup, false, train::cpu_backend(&cfg), precision.dtype)?;
             // one micro-step's FLOPs over its time: the accumulation factor cancels
-            let measured = b.flops_per_step / (b.ms_per_step / 1e3) / dev.peak_flops(Precision::F32);
+            let measured = b.flops_per_step / (b.ms_per_step / 1e3) / dev.peak_flops(precision.dtype);
             notes.push(format!("calibrated: {steps} timed training steps of this model here (after {warmup} warm-up steps) took {:.1} ms each (median) = {:.1}% MFU", b.ms_per_step, measured * 100.0));
             MfuAssumption::fixed(measured, "measured here by --calibrate")
         } else if let Some(m) = a.mfu {
@@ -633,12 +636,16 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             }
             return Ok(());
         }
-        let need = flops::memory(&model, cfg.batch_size, model.block_size, 4, false, flops::Impl::Cpu).total();
+        // the dtype the config names, refused as `train` refuses it
+        let precision = train::check_device(&cfg)?;
+        let need = flops::memory(&model, cfg.batch_size, model.block_size, precision.bytes() as u64, false, flops::Impl::Cpu).total();
         if let Some(warning) = train::check_memory(need, device::MemInfo::read())? {
             eprintln!("{warning}");
         }
-        let r = crate::bench::run(&model, cfg.batch_size, a.steps, a.warmup, a.profile, train::cpu_backend(&cfg))?;
-        let peak = dev.peak_flops(Precision::F32);
+        let cpu = train::cpu_backend(&cfg);
+        let r = crate::bench::run(&model, cfg.batch_size, a.steps, a.warmup, a.profile, cpu, precision)?;
+        let peak = dev.peak_flops(precision);
+        let info = crate::backend::Backend::device(&cpu, precision);
         let tps = (cfg.batch_size * model.block_size) as f64 / (r.ms_per_step / 1e3);
         let gflops = r.flops_per_step / (r.ms_per_step / 1e3) / 1e9;
         // GFLOP/s of the profiled kernels that do matmul work
@@ -652,12 +659,13 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
                 "mfu": gflops * 1e9 / peak, "peak_gflops": peak / 1e9, "peak_rss_bytes": r.peak_rss_bytes, "threads": threads,
                 "params": r.params, "steps": a.steps, "profile": r.profile, "profile_gflops": rates,
                 "matmul_library": GemmLib::get().describe(), "isa": Isa::get().name(),
+                "dtype": precision.name(), "dtype_note": info.precision_note,
             });
             say!("{v}");
             return Ok(());
         }
         say!(
-            "model: {} layers, {} heads, {} dims, block {}, batch {}, vocab {} ({:.2}M params), {} threads; vectors: {}; matmuls: {}",
+            "model: {} layers, {} heads, {} dims, block {}, batch {}, vocab {} ({:.2}M params), {} threads; dtype: {}; vectors: {}; matmuls: {}",
             model.n_layer,
             model.n_head,
             model.n_embd,
@@ -666,6 +674,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             model.padded_vocab_size,
             r.params as f64 / 1e6,
             threads,
+            if info.precision_note.is_empty() { precision.name().to_string() } else { format!("{} ({})", precision.name(), info.precision_note) },
             Isa::get().name(),
             GemmLib::get().describe()
         );
