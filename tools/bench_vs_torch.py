@@ -4,20 +4,27 @@ ms/step and the median of the per-round ratios (PyTorch ms / gptrain ms, i.e. gp
 over PyTorch tokens/s; > 1 means gptrain is faster). Pairing each gptrain run with the PyTorch
 run next to it cancels slow drifts of a shared machine.
 
-    cargo build --release && python tools/bench_vs_torch.py [--rounds 5] [--threads 2] [--compile] [--configs tiny,small,gpt2] [--sdpa] [--linears] [--isa avx2] [--llmc ~/llm.c]
+    cargo build --release && python tools/bench_vs_torch.py [--rounds 5] [--threads 2] [--compile] [--configs tiny,small,gpt2] [--sdpa] [--linears] [--isa avx2|avx512bf16] [--dtype bfloat16|float16]
 
 MFU is against gptrain's probe of this machine's FMA peak: the best it has seen by the config's
 last round (each `gptrain bench` reports against the best seen before it); PyTorch's MFU is the
 same model FLOPs over its own time. `--isa avx2` runs both sides as an
 AVX2-only CPU would on an AVX-512 machine (GPTRAIN_ISA=avx2; ATEN_CPU_CAPABILITY, MKL and oneDNN
-held to AVX2), with the peak probed in AVX2. `--llmc DIR` adds llm.c's CPU trainer from your
-checkout at DIR as a third side of each round (`llmc_bench.py`: built here for each config).
+held to AVX2), with the peak probed in AVX2; `--isa avx512bf16` holds both to AVX-512 BF16 without
+AMX tiles (GPTRAIN_ISA=avx512bf16, ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16).
+
+`--dtype bfloat16` (or float16) runs gptrain with `dtype` set and PyTorch under CPU autocast (its
+mixed precision), and adds gptrain's own float32 as a third side: the columns then give gptrain's
+mixed precision against PyTorch's, and against gptrain's fp32 (`own fp32` ratio: fp32 ms over
+mixed ms). MFU is then against the peak of that dtype.
+
+llm.c is compared through its published figures (PERFORMANCE.md keeps the runs measured here
+earlier): this repository builds no other project's code.
 """
 
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -34,19 +41,22 @@ CONFIGS = {
 
 
 AVX2_ENV = {"GPTRAIN_ISA": "avx2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+BF16_NO_AMX_ENV = {"GPTRAIN_ISA": "avx512bf16", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}
 EXTRA_ENV = {}
 
 
-def run_gptrain(c, threads, linears=False):
-    sets = []
+def run_gptrain(c, threads, linears=False, dtype="float32"):
+    sets = ["--set", f"dtype={dtype}"]
     for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size"):
         sets += ["--set", f"{k}={c[k]}"]
     cmd = [GPTRAIN, "bench", "--json", "--steps", str(c["steps"]), "--warmup", "2", "--threads", str(threads), "--set", "bias=false", "--set", "dropout=0"] + sets + (["--linears"] if linears else [])
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, env=dict(os.environ, **EXTRA_ENV)).stdout)
 
 
-def run_torch(c, threads, compile_, sdpa=False, linears=False):
+def run_torch(c, threads, compile_, sdpa=False, linears=False, dtype="float32"):
     cmd = [sys.executable, os.path.join(HERE, "torch_bench.py"), "--threads", str(threads), "--steps", str(c["steps"]), "--warmup", "2" if not compile_ else "3"]
+    if not linears:
+        cmd += ["--dtype", dtype]
     for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size"):
         cmd += ["--" + k.replace("_", "-"), str(c[k])]
     if compile_:
@@ -73,28 +83,28 @@ def main():
     ap.add_argument("--configs", default="tiny,small,gpt2")
     ap.add_argument("--linears", action="store_true", help="time only the linear layers' matmuls on both sides (the matmul libraries on these shapes)")
     ap.add_argument("--sdpa", action="store_true", help="PyTorch attention through scaled_dot_product_attention (nanoGPT's flash path)")
-    ap.add_argument("--isa", choices=["avx2"], help="hold both sides to AVX2 (what an AVX2-only CPU would run)")
-    ap.add_argument("--llmc", metavar="DIR", help="also time llm.c's CPU trainer (train_gpt2.c) from the llm.c checkout at DIR")
+    ap.add_argument("--isa", choices=["avx2", "avx512bf16"], help="hold both sides to AVX2 (what an AVX2-only CPU would run), or to AVX-512 BF16 without AMX")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="mixed precision on both sides (gptrain's dtype, PyTorch's CPU autocast), with gptrain's fp32 as a third side")
     a = ap.parse_args()
     if a.isa == "avx2":
         EXTRA_ENV.update(AVX2_ENV)
+    if a.isa == "avx512bf16":
+        EXTRA_ENV.update(BF16_NO_AMX_ENV)
     if a.linears:
         return linears(a)
-    if a.llmc:
-        import llmc_bench  # (needs numpy)
-    print(f"{'config':<8} {'gptrain ms':>11} {'torch ms':>10} {'ratio':>7} {'gptrain MFU':>12} {'torch MFU':>10} {'gptrain RSS':>12} {'torch RSS':>10}" + (f" {'compile ms':>11} {'ratio':>7}" if a.compile else "") + (f" {'llm.c ms':>10} {'ratio':>7}" if a.llmc else ""))
+    mixed = a.dtype != "float32"
+    print(f"{'config':<8} {'gptrain ms':>11} {'torch ms':>10} {'ratio':>7} {'gptrain MFU':>12} {'torch MFU':>10} {'gptrain RSS':>12} {'torch RSS':>10}" + (f" {'compile ms':>11} {'ratio':>7}" if a.compile else "") + (f" {'own fp32 ms':>12} {'ratio':>7}" if mixed else ""))
     peaks, isa = [], ""
     for name in a.configs.split(","):
         c = CONFIGS[name]
-        g, t, tc, lc = [], [], [], []
-        work = llmc_bench.prepare(a.llmc, c, c["steps"], a.isa) if a.llmc else None
+        g, t, tc, gf = [], [], [], []
         for _ in range(a.rounds):  # A B A B ...
-            g.append(run_gptrain(c, a.threads))
-            t.append(run_torch(c, a.threads, False, a.sdpa))
+            g.append(run_gptrain(c, a.threads, dtype=a.dtype))
+            t.append(run_torch(c, a.threads, False, a.sdpa, dtype=a.dtype))
             if a.compile:
-                tc.append(run_torch(c, a.threads, True, a.sdpa))
-            if work:
-                lc.append(llmc_bench.run(work, a.threads))
+                tc.append(run_torch(c, a.threads, True, a.sdpa, dtype=a.dtype))
+            if mixed:
+                gf.append(run_gptrain(c, a.threads))
         gm = statistics.median(x["ms_per_step"] for x in g)
         tm, ratio = paired(g, t)
         # against the best peak of the rounds (a run's own MFU is against the best seen before it);
@@ -108,14 +118,13 @@ def main():
         if a.compile:
             cm, cratio = paired(g, tc)
             line += f" {cm:>11.2f} {cratio:>6.2f}x"
-        if work:
-            lm, lratio = paired(g, lc)
-            line += f" {lm:>10.2f} {lratio:>6.2f}x"
-            shutil.rmtree(work)
+        if mixed:
+            fm, fratio = paired(g, gf)
+            line += f" {fm:>12.2f} {fratio:>6.2f}x"
         print(line, flush=True)
         peaks += [x["peak_gflops"] for x in g]
-        isa = g[-1].get("isa", "")
-    print(f"MFU against the best {isa} FMA peak gptrain's probe has seen on this machine by each config's last round (up to {max(peaks):.1f} GFLOP/s)", flush=True)
+        isa = g[-1].get("isa", "") + (f", {g[-1].get('dtype', '')}: {g[-1].get('dtype_note', '')}" if mixed else "")
+    print(f"MFU against the best {isa} peak gptrain's probe has seen on this machine by each config's last round (up to {max(peaks):.1f} GFLOP/s)", flush=True)
 
 
 def linears(a):
