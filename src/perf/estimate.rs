@@ -122,16 +122,16 @@ impl DtypeChoice {
 
     /// `--dtype` (`flag`), else the config's explicit dtype (`config`), else what the program
     /// being estimated uses by default: on a GPU nanoGPT's (`'bfloat16' if
-    /// torch.cuda.is_bf16_supported() else 'float16'`), on the CPU gptrain's fp32. Then what
-    /// the device cannot run is replaced (a note says so): the CPU backend computes in fp32, a
-    /// card without bf16 runs fp16.
+    /// torch.cuda.is_bf16_supported() else 'float16'`), on the CPU gptrain's default fp32. Then
+    /// what the device cannot run is replaced (a note says so): the CPU has no tf32, a card
+    /// without bf16 runs fp16.
     pub fn choose(flag: Option<Precision>, config: Option<Precision>, device: &Device) -> (DtypeChoice, Vec<String>) {
         let mut notes = Vec::new();
         let mut p = match (flag, config) {
             (Some(d), _) => DtypeChoice { dtype: d, source: "--dtype".into() },
             (None, Some(d)) => DtypeChoice { dtype: d, source: "the config's `dtype`".into() },
             (None, None) if !device.is_gpu() => {
-                DtypeChoice { dtype: Precision::F32, source: "gptrain's CPU backend computes in fp32".into() }
+                DtypeChoice { dtype: Precision::F32, source: "gptrain's default on the CPU (bf16/fp16 mixed precision with --dtype)".into() }
             }
             (None, None) if device.has_bf16() => DtypeChoice {
                 dtype: Precision::Bf16,
@@ -145,9 +145,9 @@ impl DtypeChoice {
                 ),
             },
         };
-        if !device.is_gpu() && p.dtype != Precision::F32 {
-            notes.push(format!("note: the CPU backend computes in fp32, not {}; estimating fp32", p.dtype.name()));
-            p = DtypeChoice { dtype: Precision::F32, source: format!("{} asked, but gptrain's CPU backend computes in fp32", p.source) };
+        if !device.is_gpu() && p.dtype == Precision::Tf32 {
+            notes.push("note: tf32 is a GPU matmul mode the CPU backend does not have; estimating fp32".into());
+            p = DtypeChoice { dtype: Precision::F32, source: format!("{} asked tf32, which the CPU has not: fp32", p.source) };
         } else if device.is_gpu() && p.dtype == Precision::Bf16 && !device.has_bf16() {
             notes.push(format!("note: {} has no bf16 tensor cores (nanoGPT picks float16 there); estimating fp16", device.name));
             p = DtypeChoice {
@@ -322,7 +322,7 @@ pub fn estimate(run: &Run, device: &Device, precision: &DtypeChoice, peak_overri
     let evals = run.max_iters / run.eval_interval.max(1) + 1;
     let total = |u: f64| run.max_iters as f64 * s_at(u) + evals as f64 * eval_s(u);
     let imp = if device.is_gpu() { Impl::Gpu } else { Impl::Cpu };
-    let d = if imp == Impl::Cpu { 4 } else { dtype.bytes() as u64 };
+    let d = dtype.bytes() as u64;
     let mem = flops::memory(m, run.batch_size, t, d, false, imp);
     let cap = device.memory_bytes;
     let fits = |bytes: u64| (cap > 0).then_some(bytes <= cap); // None: the device's memory is unknown
