@@ -580,8 +580,11 @@ mod tests {
         // what the device cannot run is replaced, and said so
         let (p, notes) = DtypeChoice::choose(Some(Precision::Bf16), None, &t4);
         assert!(p.dtype == Precision::F16 && notes[0].contains("no bf16"), "{notes:?}");
-        let (p, notes) = DtypeChoice::choose(None, Some(Precision::F16), &cpu);
+        let (p, notes) = DtypeChoice::choose(None, Some(Precision::Tf32), &cpu);
         assert!(p.dtype == Precision::F32 && notes[0].contains("fp32"), "{notes:?}");
+        // the CPU runs bf16 and fp16 mixed precision itself
+        let (p, notes) = DtypeChoice::choose(None, Some(Precision::F16), &cpu);
+        assert!(p.dtype == Precision::F16 && notes.is_empty(), "{notes:?}");
     }
 
     #[test]
