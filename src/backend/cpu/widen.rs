@@ -12,6 +12,7 @@
 use super::{Bufs, Cpu, CpuBuf};
 use crate::backend::{Backend, BufId, DType, Op, Span, Tensor};
 use anyhow::Result;
+use rayon::prelude::*;
 
 /// Whether `op` has a bf16/f16 operand and so takes this path (zeroing never does: it needs
 /// no arithmetic).
@@ -30,12 +31,16 @@ pub fn wide(b: &CpuBuf, r: std::ops::Range<usize>) -> Vec<f32> {
     out
 }
 
-/// `dst` = elements `off..` of a low-precision buffer, widened.
+/// Elements per parallel task of a conversion.
+const CHUNK: usize = 1 << 14;
+
+/// `dst` = elements `off..` of a low-precision buffer, widened (exact).
 fn widen_into(dst: &mut [f32], b: &CpuBuf, off: usize) {
+    use half::slice::HalfFloatSliceExt;
     let r = off..off + dst.len();
     match b {
-        CpuBuf::Bf16(v) => half::slice::HalfFloatSliceExt::convert_to_f32_slice(&v[r], dst),
-        CpuBuf::F16(v) => half::slice::HalfFloatSliceExt::convert_to_f32_slice(&v[r], dst),
+        CpuBuf::Bf16(v) => dst.par_chunks_mut(CHUNK).zip(v[r].par_chunks(CHUNK)).for_each(|(d, s)| s.convert_to_f32_slice(d)),
+        CpuBuf::F16(v) => dst.par_chunks_mut(CHUNK).zip(v[r].par_chunks(CHUNK)).for_each(|(d, s)| s.convert_to_f32_slice(d)),
         _ => unreachable!("widen of a {:?} buffer", b.dtype()),
     }
 }
@@ -43,10 +48,11 @@ fn widen_into(dst: &mut [f32], b: &CpuBuf, off: usize) {
 /// Elements `off..off + src.len()` of a low-precision buffer = `src`, each rounded to nearest
 /// even.
 pub fn narrow(b: &mut CpuBuf, off: usize, src: &[f32]) {
+    use half::slice::HalfFloatSliceExt;
     let r = off..off + src.len();
     match b {
-        CpuBuf::Bf16(v) => half::slice::HalfFloatSliceExt::convert_from_f32_slice(&mut v[r], src),
-        CpuBuf::F16(v) => half::slice::HalfFloatSliceExt::convert_from_f32_slice(&mut v[r], src),
+        CpuBuf::Bf16(v) => v[r].par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| d.convert_from_f32_slice(s)),
+        CpuBuf::F16(v) => v[r].par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| d.convert_from_f32_slice(s)),
         _ => unreachable!("narrow into a {:?} buffer", b.dtype()),
     }
 }
@@ -106,6 +112,7 @@ pub fn run(cpu: &Cpu, bufs: &mut Bufs, op: &Op) -> Result<()> {
     let mut real = Vec::with_capacity(scratches.len());
     for s in &scratches {
         let b = bufs.take(s.id).unwrap_or_else(|| panic!("buffer {:?} is not allocated", s.id));
+        // (zeroed memory comes from the allocator as untouched pages: no pass over it)
         let mut wide = vec![0.0f32; s.len];
         for (span, at) in &s.pieces {
             widen_into(&mut wide[*at..*at + span.len], &b, span.off);
