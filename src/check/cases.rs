@@ -336,7 +336,7 @@ pub(super) fn all() -> Vec<Case> {
         let outputs = vec![("params", params, Add), ("master", master.unwrap_or(params), Add), ("m", m, Write), ("v", v, Write)];
         Spec::new(vec![op.into()], outputs)
     }));
-    v.push(case("zero", format!("{btc}; {C}"), |l| {
+    v.push(case("zero", format!("{btc}, and C={C} f32"), |l| {
         let (x, g) = (l.t(Acts, &[B, T, C], Normal(1.0)), l.t(Grads, &[C], Normal(1.0)));
         Spec::new(vec![Op::Zero(x), Op::Zero(g)], vec![("activations", x, Write), ("gradients", g, Write)])
     }));
