@@ -45,7 +45,7 @@ fn worker_threads(threads: usize) -> usize {
 
 /// A rayon pool with `threads` workers (0: physical cores); more than the machine's logical
 /// CPUs is allowed but warned about (they take turns on the same cores: every step slows).
-fn pool(threads: usize) -> Result<rayon::ThreadPool> {
+pub(super) fn pool(threads: usize) -> Result<rayon::ThreadPool> {
     let n = worker_threads(threads);
     let cpus = std::thread::available_parallelism().map_or(n, |c| c.get());
     if n > cpus {

@@ -1,6 +1,7 @@
 //! The command line: parses flags into a validated plan, runs it, and is the only place that
 //! prints.
 
+mod check;
 mod commands;
 mod keys;
 mod logs;
@@ -62,6 +63,8 @@ enum Cmd {
     /// List every config key with its default and meaning, and the presets (with --preset,
     /// --config or --set: the values they resolve to).
     Config(ConfigArgs),
+    /// Check this setup: every op and ten training steps against the reference kernels.
+    Check(check::CheckArgs),
     /// Plot train/val loss and tokens/s from a run's metrics.jsonl (PNG and SVG).
     Plot {
         /// The run's metrics.jsonl (in its out_dir).
@@ -82,6 +85,7 @@ pub fn main() -> i32 {
         Cmd::Estimate(a) => commands::estimate(&a),
         Cmd::Logs(a) => logs::logs(&a),
         Cmd::Bench(a) => commands::bench(&a),
+        Cmd::Check(a) => check::check(&a),
         Cmd::Plot { metrics, out } => commands::plot(&metrics, out),
         Cmd::Config(a) => keys::config(&a),
     });
