@@ -37,7 +37,15 @@ pub fn peak_rss() -> u64 {
 
 /// Times `steps` training steps of `model` at micro-batch `b` after `warmup` untimed ones,
 /// computing in `precision`.
-pub fn run(model: &ModelConfig, b: usize, steps: usize, warmup: usize, profile: bool, cpu: Cpu, precision: Precision) -> Result<BenchResult> {
+pub fn run(
+    model: &ModelConfig,
+    b: usize,
+    steps: usize,
+    warmup: usize,
+    profile: bool,
+    cpu: Cpu,
+    precision: Precision,
+) -> Result<BenchResult> {
     let t = model.block_size;
     let opt = OptimConfig {
         learning_rate: 1e-4,

@@ -64,7 +64,14 @@ fn tokens(f: &TensorFile, name: &str) -> Vec<u32> {
 }
 
 /// The logits, loss and gradients (unscaled) of the case's batch, computing in `p`.
-fn forward_backward<B: Backend>(f: &TensorFile, cfg: &ModelConfig, b: usize, t: usize, backend: B, p: Precision) -> (Vec<f32>, f32, Gpt<B>) {
+fn forward_backward<B: Backend>(
+    f: &TensorFile,
+    cfg: &ModelConfig,
+    b: usize,
+    t: usize,
+    backend: B,
+    p: Precision,
+) -> (Vec<f32>, f32, Gpt<B>) {
     let mut m = model_from(f, cfg, "param", backend, p);
     let (x, y) = (tokens(f, "x"), tokens(f, "y"));
     m.zero_grad().unwrap();
@@ -153,7 +160,8 @@ fn check_training_in<B: Backend>(case: &str, backend: B, tol: Tol, p: Precision)
     }
     let params = m.params_host().unwrap();
     for pt in &m.layout.tensors {
-        let (mut ours, mut want) = (params[pt.span.off..pt.span.end()].to_vec(), f.get(&format!("final.{}", pt.name)).unwrap().data.clone());
+        let (mut ours, mut want) =
+            (params[pt.span.off..pt.span.end()].to_vec(), f.get(&format!("final.{}", pt.name)).unwrap().data.clone());
         if pt.name == "qkvb" {
             // The key bias has an exactly-zero gradient (it shifts every score of a softmax row
             // by the same amount), so both sides compute rounding noise of ~1e-12 for it, which
@@ -235,10 +243,16 @@ fn mixed_precision_is_as_accurate_as_torch_autocast<B: Backend + Clone>(backend:
         let (amp, ..) = load(case);
         let (logits, _, m) = forward_backward(&truth, &cfg, b, t, backend.clone(), p);
         let grads: Vec<f32> = m.grads_host().unwrap().iter().map(|g| g / m.scaler.scale).collect();
-        let mut pairs = vec![("logits".to_string(), logits, truth.get("logits").unwrap().data.clone(), amp.get("logits").unwrap().data.clone())];
+        let mut pairs =
+            vec![("logits".to_string(), logits, truth.get("logits").unwrap().data.clone(), amp.get("logits").unwrap().data.clone())];
         for pt in &m.layout.tensors {
             let k = format!("grad.{}", pt.name);
-            pairs.push((k.clone(), grads[pt.span.off..pt.span.end()].to_vec(), truth.get(&k).unwrap().data.clone(), amp.get(&k).unwrap().data.clone()));
+            pairs.push((
+                k.clone(),
+                grads[pt.span.off..pt.span.end()].to_vec(),
+                truth.get(&k).unwrap().data.clone(),
+                amp.get(&k).unwrap().data.clone(),
+            ));
         }
         for (name, ours, want, torch) in pairs {
             let (e_ours, e_torch) = (rel_err(&ours, &want), rel_err(&torch, &want));

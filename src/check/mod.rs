@@ -290,6 +290,4 @@ impl Describe for Cpu {
 }
 
 #[cfg(test)]
-mod emulated;
-#[cfg(test)]
 mod tests;

@@ -40,9 +40,8 @@ fn tiny() -> ModelConfig {
     ModelConfig { n_layer: 2, n_head: 3, n_embd: 24, block_size: 8, vocab_size: 13, padded_vocab_size: 16, bias: true }
 }
 
-/// Trains the tiny model for ten steps on `candidate` and on the reference and compares the
-/// losses. The model allocates float32 buffers in this build, so other precisions are
-/// skipped.
+/// Trains the tiny model for ten steps on `candidate` in `precision` and on the reference in
+/// float32 and compares the losses (at the precision's tolerance).
 pub fn check_training<B: Backend>(candidate: B, precision: Precision) -> Result<TrainCheck> {
     let cfg = tiny();
     let what = format!(
@@ -52,13 +51,8 @@ pub fn check_training<B: Backend>(candidate: B, precision: Precision) -> Result<
     let tol = tolerance(precision);
     let mut check =
         TrainCheck { dtype: precision.name(), what, losses: Vec::new(), max_rel_diff: None, worst_step: 0, tol, verdict: Verdict::Pass };
-    if precision != Precision::F32 {
-        check.verdict =
-            Verdict::Skip(format!("the model trains in fp32 only in this build (Gpt allocates f32 buffers), not {}", precision.name()));
-        return Ok(check);
-    }
-    let reference = losses(Cpu::REFERENCE, &cfg)?;
-    let candidate = match losses(candidate, &cfg) {
+    let reference = losses(Cpu::REFERENCE, &cfg, Precision::F32)?;
+    let candidate = match losses(candidate, &cfg, precision) {
         Ok(l) => l,
         Err(e) => {
             check.verdict = Verdict::Error(format!("{e:#}"));
@@ -80,7 +74,7 @@ pub fn check_training<B: Backend>(candidate: B, precision: Precision) -> Result<
 }
 
 /// The mean loss of each of the ten steps of the tiny model on `backend`.
-fn losses<B: Backend>(backend: B, cfg: &ModelConfig) -> Result<Vec<f32>> {
+fn losses<B: Backend>(backend: B, cfg: &ModelConfig, precision: Precision) -> Result<Vec<f32>> {
     let opt = OptimConfig {
         learning_rate: 1e-2,
         min_lr: 1e-3,
@@ -103,7 +97,7 @@ fn losses<B: Backend>(backend: B, cfg: &ModelConfig) -> Result<Vec<f32>> {
         let rows: Vec<Vec<u32>> = (0..B).map(row).collect();
         (rows.iter().flat_map(|r| r[..T].to_vec()).collect(), rows.iter().flat_map(|r| r[1..].to_vec()).collect())
     };
-    let mut g = Gpt::init(backend, cfg.clone(), SEED)?;
+    let mut g = Gpt::init_in(backend, cfg.clone(), SEED, precision)?;
     (0..STEPS)
         .map(|it| {
             let micro: Vec<_> = (0..ACCUM).map(|m| batch(it, m)).collect();

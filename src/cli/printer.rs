@@ -191,7 +191,10 @@ impl Observer for Printer {
             say!("skipped updates (non-finite loss or gradient, or outliers): {}", s.skipped_updates);
         }
         if let Some(scale) = s.loss_scale {
-            say!("fp16 loss scaling: {} skipped for a gradient overflow, loss scale now {scale}", count(s.overflow_skips as usize, "update"));
+            say!(
+                "fp16 loss scaling: {} skipped for a gradient overflow, loss scale now {scale}",
+                count(s.overflow_skips as usize, "update")
+            );
         }
     }
 }

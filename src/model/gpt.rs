@@ -361,7 +361,7 @@ impl<B: Backend> Gpt<B> {
         }
         for t in self.layout.tensors.clone() {
             let wd = if t.decay { weight_decay } else { 0.0 };
-                let params = t.of(BufId::Params, self.low());
+            let params = t.of(BufId::Params, self.low());
             let master = self.has_master().then(|| t.of(BufId::Master, DType::F32));
             let (grads, m, v) = (t.of(BufId::Grads, DType::F32), t.of(BufId::AdamM, DType::F32), t.of(BufId::AdamV, DType::F32));
             self.run(AdamWStep { params, master, grads, m, v, hp, step, weight_decay: wd, grad_scale })?;

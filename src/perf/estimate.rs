@@ -130,9 +130,10 @@ impl DtypeChoice {
         let mut p = match (flag, config) {
             (Some(d), _) => DtypeChoice { dtype: d, source: "--dtype".into() },
             (None, Some(d)) => DtypeChoice { dtype: d, source: "the config's `dtype`".into() },
-            (None, None) if !device.is_gpu() => {
-                DtypeChoice { dtype: Precision::F32, source: "gptrain's default on the CPU (bf16/fp16 mixed precision with --dtype)".into() }
-            }
+            (None, None) if !device.is_gpu() => DtypeChoice {
+                dtype: Precision::F32,
+                source: "gptrain's default on the CPU (bf16/fp16 mixed precision with --dtype)".into(),
+            },
             (None, None) if device.has_bf16() => DtypeChoice {
                 dtype: Precision::Bf16,
                 source: format!("nanoGPT's default: bfloat16 where the card has it ({}: yes); --dtype to change", device.name),

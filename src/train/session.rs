@@ -202,7 +202,8 @@ impl<'a, B: Backend> Session<'a, B> {
         let s = train_step_guarded(&mut self.model, &batches, b, t, it, &self.opt, self.dropout, &mut accept)?;
         let secs = t0.elapsed().as_secs_f64();
         // a float16 overflow is the loss scaler's (counted there), not a non-finite loss
-        if !s.overflow && !(s.loss.is_finite() && s.grad_norm.is_finite()) {
+        let finite = s.loss.is_finite() && s.grad_norm.is_finite();
+        if !s.overflow && !finite {
             if cfg.on_nonfinite == "abort" {
                 bail!(
                     "non-finite {} at iteration {it} (loss {}, gradient norm {}, learning rate {:.3e}); no update was made and no checkpoint written. Likely cause: the learning rate is too high or the gradients exploded; try a lower learning_rate, grad_clip = 1.0, or `--set on_nonfinite=skip`",

@@ -16,8 +16,8 @@ pub mod pool;
 pub mod simd;
 pub mod widen;
 
-use super::tensor::N_BUFS;
 use super::ops::AdamWStep;
+use super::tensor::N_BUFS;
 use super::{Backend, BufId, Buffers, DType, DeviceInfo, Host, Op, Precision, Scalar, Tensor};
 use anyhow::Result;
 

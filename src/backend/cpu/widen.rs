@@ -93,7 +93,8 @@ impl Scratch {
         if t.is_empty() {
             return Tensor { dtype: DType::F32, ..t };
         }
-        let (s, at) = self.pieces.iter().find(|(s, _)| s.off <= t.span.off && t.span.end() <= s.end()).expect("a merged span holds every operand");
+        let (s, at) =
+            self.pieces.iter().find(|(s, _)| s.off <= t.span.off && t.span.end() <= s.end()).expect("a merged span holds every operand");
         Tensor { span: Span::new(at + t.span.off - s.off, t.len()), dtype: DType::F32, ..t }
     }
 }
