@@ -15,6 +15,7 @@ pub mod pointwise;
 pub mod pool;
 pub mod simd;
 pub mod widen;
+mod widen_chunked;
 
 use super::ops::AdamWStep;
 use super::tensor::N_BUFS;
@@ -232,6 +233,9 @@ impl Backend for Cpu {
             }
         }
         if widen::needed(op) {
+            if widen_chunked::run(bufs, op) {
+                return Ok(());
+            }
             return widen::run(self, bufs, op);
         }
         match *op {
