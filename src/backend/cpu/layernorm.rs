@@ -8,7 +8,7 @@ pub const EPS: f32 = 1e-5;
 
 /// Rows per partial sum of the weight gradients: a fixed split, so the order of the reduction
 /// never depends on thread scheduling.
-const ROWS_PER_PARTIAL: usize = 64;
+pub(super) const ROWS_PER_PARTIAL: usize = 64;
 
 /// out(N,C) = (inp - mean) * rstd * w + b; also stores mean(N) and rstd(N) for backward.
 pub fn layernorm_forward(out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], inp: &[f32], w: &[f32], b: Option<&[f32]>) {

@@ -233,7 +233,7 @@ impl Backend for Cpu {
             }
         }
         if widen::needed(op) {
-            if widen_chunked::run(bufs, op) {
+            if widen_chunked::run(bufs, op) || (fast && widen::run_by_rows(self, bufs, op)?) {
                 return Ok(());
             }
             return widen::run(self, bufs, op);
