@@ -1,0 +1,5 @@
+//! The CUDA backend.
+
+pub mod compile;
+pub mod libs;
+pub mod select;
