@@ -2,7 +2,6 @@
 //! tokens, and optionally the share of each op (through [`Timed`], a backend wrapper that
 //! names each op by [`Op::name`]).
 
-use crate::backend::cpu::Cpu;
 use crate::backend::ops::{ATTENTION_BACKWARD, ATTENTION_FORWARD};
 use crate::backend::{Backend, Buffers, DType, DeviceInfo, Host, Op, Precision, Role, Tensor};
 use crate::model::{Gpt, ModelConfig};
@@ -35,8 +34,10 @@ pub fn peak_rss() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// Times `steps` training steps of `model` at micro-batch `b` after `warmup` untimed ones.
-pub fn run(model: &ModelConfig, b: usize, steps: usize, warmup: usize, profile: bool, cpu: Cpu) -> Result<BenchResult> {
+/// Times `steps` training steps of `model` at micro-batch `b` after `warmup` untimed ones, on
+/// `backend`. (A step ends by reading its scalars, so on a GPU a step's time is the GPU's; the
+/// `profile`'s per-op times are the host's time to issue each op there, not the GPU's.)
+pub fn run<B: Backend>(model: &ModelConfig, b: usize, steps: usize, warmup: usize, profile: bool, backend: B) -> Result<BenchResult> {
     let t = model.block_size;
     let opt = OptimConfig {
         learning_rate: 1e-4,
@@ -58,7 +59,7 @@ pub fn run(model: &ModelConfig, b: usize, steps: usize, warmup: usize, profile: 
     let timer = Timer::default();
     let mut times = Vec::new();
     if profile {
-        let mut g = Gpt::init(Timed { inner: cpu, timer: &timer }, model.clone(), 1)?;
+        let mut g = Gpt::init(Timed { inner: backend, timer: &timer }, model.clone(), 1)?;
         for i in 0..warmup + steps {
             if i == warmup {
                 timer.reset();
@@ -71,7 +72,7 @@ pub fn run(model: &ModelConfig, b: usize, steps: usize, warmup: usize, profile: 
             }
         }
     } else {
-        let mut g = Gpt::init(cpu, model.clone(), 1)?;
+        let mut g = Gpt::init(backend, model.clone(), 1)?;
         for i in 0..warmup + steps {
             let mb = batch(i as u64);
             let t0 = Instant::now();

@@ -182,8 +182,8 @@ knobs! {
     seed: u64 = 1337; "seed of every random stream"
     threads: usize = 0; "worker threads (0: physical cores)"
     kernels: String = "fast".into(); "CPU kernels: `fast`, or `reference` (the readable ones the fast ones are tested against)"
-    device: String = "cpu".into(); "compute device (`cpu` in this build)"
-    dtype: String = "float32".into(); "compute precision (`float32` on cpu)"
+    device: String = "auto".into(); "compute device: `auto` (the first usable NVIDIA GPU, else the CPU), `cpu`, `cuda` or `cuda:N`"
+    dtype: String = "float32".into(); "compute precision: `float32`, `tfloat32`, `float16`, `bfloat16` (`float32` only on the CPU)"
     ["sampling (nanoGPT's sample.py)"]
     start: String = "\n".into(); "prompt text, or FILE:path"
     num_samples: usize = 10; "samples to draw"

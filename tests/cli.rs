@@ -30,8 +30,10 @@ fn bad_inputs_get_one_clear_line() {
     fails_with(&["train", "--set", "max_iters=ten"], &d, "`max_iters` must be a non-negative integer");
     fails_with(&["train", "--preset", "shakespeare"], &d, "did you mean `shakespeare-char`");
     fails_with(&["train", "--set", "init_from=resume"], &d, "no checkpoint");
-    fails_with(&["train", "--set", "device=cuda"], &d, "only the CPU backend");
-    fails_with(&["train", "--set", "dtype=float16"], &d, "float32");
+    // no driver: "no NVIDIA driver found ..."; a GPU machine: "device cuda:99 does not exist: the NVIDIA driver sees ..."
+    fails_with(&["train", "--set", "device=cuda:99"], &d, "NVIDIA driver");
+    fails_with(&["train", "--set", "device=gpu"], &d, "unknown device `gpu` (auto, cpu, cuda, cuda:N)");
+    fails_with(&["train", "--set", "device=cpu", "--set", "dtype=float16"], &d, "float32");
     fails_with(&["sample"], &d, "no checkpoint");
     // nanoGPT's init_from names: say how to get the weights (gptrain does not download)
     fails_with(&["train", "--set", "init_from=gpt2"], &d, "huggingface-cli download openai-community/gpt2 model.safetensors");

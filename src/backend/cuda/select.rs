@@ -203,7 +203,11 @@ mod tests {
     fn without_a_driver_auto_is_the_cpu_and_cuda_an_error() {
         // SAFETY: only tries to open libcuda.
         if unsafe { sys::is_culib_present() } {
-            println!("skipped: this machine has an NVIDIA driver");
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "without_a_driver_auto_is_the_cpu_and_cuda_an_error: skipped: this machine has an NVIDIA driver"
+            );
             return;
         }
         let reason = "auto: no NVIDIA driver found (libcuda.so.1 not loadable), using the CPU".to_string();

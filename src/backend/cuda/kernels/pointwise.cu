@@ -1,6 +1,7 @@
-// Elementwise kernels: GELU (tanh form) and its backward, the residual add, copy, zero and
-// dropout. One thread per element with a grid-stride loop; each output is written (=), rounded
-// once to its type. Dropout's element index is the position in the tensor, as the CPU's.
+// Elementwise kernels: GELU (tanh form) and its backward, the residual add and dropout (copy
+// and zero are the driver's memcpy and memset). One thread per element, grid-stride loops; each
+// output is written (=), rounded once to its type. Dropout's element index is the position in
+// the tensor, as the CPU's.
 
 #define GELU_SCALE 0.7978845608f
 
@@ -32,11 +33,3 @@ extern "C" __global__ void dropout_##S(T* x, u64 n, float p, u64 key) { \
     } \
 }
 FOR_STORAGE(POINTWISE_KERNELS)
-
-// Copy and zero move raw 32-bit or 16-bit words, whatever they hold.
-extern "C" __global__ void copy_u32(u32* dst, const u32* src, u64 n) {
-    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) dst[i] = src[i];
-}
-extern "C" __global__ void copy_u16(unsigned short* dst, const unsigned short* src, u64 n) {
-    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) dst[i] = src[i];
-}
