@@ -745,7 +745,7 @@ mod tests {
         assert_eq!((c.n_layer, c.n_head, c.n_embd, c.dropout, c.block_size, c.batch_size), (6, 6, 384, 0.2, 256, 64));
         assert_eq!(
             (c.beta2, c.warmup_iters, c.min_lr, c.dataset.as_str(), c.device.as_str()),
-            (0.99, 100, 1e-4, "shakespeare_char", "cpu")
+            (0.99, 100, 1e-4, "shakespeare_char", "auto")
         );
         std::fs::remove_dir_all(&dir).ok();
     }

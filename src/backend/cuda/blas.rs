@@ -57,6 +57,11 @@ fn cuda_type(t: DType) -> Result<sys::cudaDataType> {
     })
 }
 
+/// The largest power of two (up to 256) that divides a device address.
+fn alignment(addr: u64) -> u32 {
+    1u32 << addr.trailing_zeros().min(8)
+}
+
 impl Blas {
     /// A handle, with `workspace` (device address of [`WORKSPACE_BYTES`] bytes) for its use.
     pub fn new(workspace: u64) -> Result<Blas> {
@@ -121,6 +126,17 @@ impl Blas {
                     std::mem::size_of::<u64>(),
                 )
             });
+            // the heuristic assumes 256-byte aligned operands unless told: tensors start anywhere
+            use sys::cublasLtMatmulPreferenceAttributes_t as P;
+            let aligns = [
+                (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, alignment(g.a.0)),
+                (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, alignment(g.b.0)),
+                (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, alignment(g.d.0)),
+                (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, alignment(g.d.0)),
+            ];
+            for (attr, bytes) in aligns {
+                r = r.and_then(|()| result::set_matmul_pref_attribute(pref, attr, &bytes as *const u32 as *const c_void, 4));
+            }
             let run = r.map_err(|e| err("attributes", e)).and_then(|()| {
                 let h =
                     result::get_matmul_algo_heuristic(self.handle, desc, la, lb, ld, ld, pref).map_err(|e| err("found no algorithm", e))?;

@@ -120,6 +120,12 @@ impl Cuda {
     fn cu_stream(&self) -> sys::CUstream {
         self.inner.stream.cu_stream()
     }
+
+    /// Makes this GPU's context current on the calling thread (ops may come from any worker
+    /// thread; the raw driver and cuBLASLt calls act on the current context).
+    fn bind(&self) -> Result<()> {
+        self.inner.ctx.bind_to_thread().map_err(|e| anyhow!("cuda:{}: binding the context ({e:?})", self.inner.card.ordinal))
+    }
 }
 
 /// The device address of `s`.
@@ -205,6 +211,7 @@ impl Backend for Cuda {
             (s, t) => panic!("upload of {:?} data into a {t:?} tensor", s.dtype()),
         };
         let at = self.ptr(bufs, dst);
+        self.bind()?;
         // SAFETY: `at` and the byte count lie inside the tensor's buffer (checked by `ptr`); a
         // copy from pageable host memory returns once `bytes` has been staged, so it may be
         // dropped after the call.
@@ -215,6 +222,7 @@ impl Backend for Cuda {
     fn download(&self, bufs: &Buffers<CudaBuf>, src: Tensor) -> Result<Host> {
         let at = self.ptr(bufs, src);
         let mut bytes = vec![0u8; src.len() * src.dtype.bytes()];
+        self.bind()?;
         // SAFETY: the tensor lies inside its buffer (checked by `ptr`) and `bytes` has its size;
         // the stream is synchronised before `bytes` is read.
         unsafe { drv::memcpy_dtoh_async(&mut bytes, at, self.cu_stream()) }.map_err(|e| anyhow!("download of {src:?}: {e:?}"))?;
@@ -232,6 +240,7 @@ impl Backend for Cuda {
     }
 
     fn run(&self, bufs: &mut Buffers<CudaBuf>, op: &Op) -> Result<()> {
+        self.bind()?;
         self.run_op(bufs, op).with_context(|| format!("cuda:{}: {}", self.inner.card.ordinal, op.name()))
     }
 }
