@@ -27,13 +27,14 @@ if [[ "${1:-}" == "--build" ]]; then
 for l in sys.stdin:
     m = json.loads(l)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
-        print(m["target"]["name"], m["executable"])' >"$PACK.all" || { mkdir -p "$PACK"; false; }
+        lib = "lib" in m["target"]["kind"]  # the library unit tests, not the gptrain binary
+        print(m["target"]["name"] + ("-lib" if lib else ""), m["executable"])' >"$PACK.all" || { mkdir -p "$PACK"; false; }
     rm -rf "$PACK" && mkdir -p "$PACK/bin"
     mv "$PACK.all" "$PACK/all-tests.txt"
     : >"$PACK/manifest.txt"
     while read -r name exe; do
         # only the binaries that hold CUDA tests (the library's and backend_tests! users)
-        if "$exe" --list 2>/dev/null | grep -q 'cuda'; then
+        if "$exe" --list 2>/dev/null | grep cuda >/dev/null; then  # (not grep -q: an early exit is a SIGPIPE failure under pipefail)
             cp "$exe" "$PACK/bin/$name" && strip --strip-debug "$PACK/bin/$name" 2>/dev/null || true
             echo "$name" >>"$PACK/manifest.txt"
         fi
