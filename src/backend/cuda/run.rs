@@ -107,6 +107,11 @@ impl Cuda {
         Ok(super::address(r.as_ref().expect("allocated above"), &self.inner.stream))
     }
 
+    /// A tensor as a matmul operand: its address and storage type.
+    fn operand(&self, bufs: &Buffers<CudaBuf>, t: Tensor) -> (u64, DType) {
+        (self.ptr(bufs, t), t.dtype)
+    }
+
     pub(super) fn run_op(&self, bufs: &mut Buffers<CudaBuf>, op: &Op) -> Result<()> {
         let p = |t: Tensor| Arg::P(self.ptr(bufs, t));
         let opt = |t: Option<Tensor>| Arg::P(t.map_or(0, |t| self.ptr(bufs, t)));
@@ -171,62 +176,18 @@ impl Cuda {
             }
             Op::Matmul(m) => {
                 let (n, ic, oc) = (m.inp.rows(), m.inp.cols(), m.out.cols());
-                let g = Gemm {
-                    m: oc,
-                    n,
-                    k: ic,
-                    a: (self.ptr(bufs, m.w), m.w.dtype),
-                    trans_a: true,
-                    lda: ic,
-                    b: (self.ptr(bufs, m.inp), m.inp.dtype),
-                    trans_b: false,
-                    ldb: ic,
-                    d: (self.ptr(bufs, m.out), m.out.dtype),
-                    ldd: oc,
-                    beta: 0.0,
-                    bias: m.b.map(|b| self.ptr(bufs, b)),
-                    tf32: self.inner.tf32,
-                };
+                let (out, inp, w) = (self.operand(bufs, m.out), self.operand(bufs, m.inp), self.operand(bufs, m.w));
+                let g = linear_forward(n, ic, oc, out, inp, w, m.b.map(|b| self.ptr(bufs, b)), self.inner.tf32);
                 self.inner.blas.gemm(&g, self.cu_stream())?;
             }
             Op::MatmulBackward(m) => {
                 let (n, ic, oc) = (m.inp.rows(), m.inp.cols(), m.dout.cols());
-                let tf32 = self.inner.tf32;
+                let (dout, inp, w) = (self.operand(bufs, m.dout), self.operand(bufs, m.inp), self.operand(bufs, m.w));
                 if !m.dinp.is_empty() {
-                    let g = Gemm {
-                        m: ic,
-                        n,
-                        k: oc,
-                        a: (self.ptr(bufs, m.w), m.w.dtype),
-                        trans_a: false,
-                        lda: ic,
-                        b: (self.ptr(bufs, m.dout), m.dout.dtype),
-                        trans_b: false,
-                        ldb: oc,
-                        d: (self.ptr(bufs, m.dinp), m.dinp.dtype),
-                        ldd: ic,
-                        beta: 0.0,
-                        bias: None,
-                        tf32,
-                    };
+                    let g = linear_dinp(n, ic, oc, self.operand(bufs, m.dinp), dout, w, self.inner.tf32);
                     self.inner.blas.gemm(&g, self.cu_stream())?;
                 }
-                let g = Gemm {
-                    m: ic,
-                    n: oc,
-                    k: n,
-                    a: (self.ptr(bufs, m.inp), m.inp.dtype),
-                    trans_a: false,
-                    lda: ic,
-                    b: (self.ptr(bufs, m.dout), m.dout.dtype),
-                    trans_b: true,
-                    ldb: oc,
-                    d: (self.ptr(bufs, m.dw), m.dw.dtype),
-                    ldd: ic,
-                    beta: 1.0,
-                    bias: None,
-                    tf32,
-                };
+                let g = linear_dw(n, ic, oc, self.operand(bufs, m.dw), dout, inp, self.inner.tf32);
                 self.inner.blas.gemm(&g, self.cu_stream())?;
                 if let Some(db) = m.db {
                     assert_eq!(db.dtype, DType::F32, "parameter gradients are f32: {db:?}");
@@ -324,6 +285,47 @@ impl Cuda {
     }
 }
 
+/// out(N,OC) = inp(N,IC) @ w(OC,IC)^T (+ b): column-major out^T (OC x N) = op_T(w) . inp^T.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_forward(
+    n: usize,
+    ic: usize,
+    oc: usize,
+    out: (u64, DType),
+    inp: (u64, DType),
+    w: (u64, DType),
+    bias: Option<u64>,
+    tf32: bool,
+) -> Gemm {
+    Gemm { m: oc, n, k: ic, a: w, trans_a: true, lda: ic, b: inp, trans_b: false, ldb: ic, d: out, ldd: oc, beta: 0.0, bias, tf32 }
+}
+
+/// dinp(N,IC) = dout(N,OC) @ w(OC,IC): column-major dinp^T (IC x N) = w^T . dout^T, w^T being
+/// w's row-major storage read column-major.
+pub fn linear_dinp(n: usize, ic: usize, oc: usize, dinp: (u64, DType), dout: (u64, DType), w: (u64, DType), tf32: bool) -> Gemm {
+    Gemm { m: ic, n, k: oc, a: w, trans_a: false, lda: ic, b: dout, trans_b: false, ldb: oc, d: dinp, ldd: ic, beta: 0.0, bias: None, tf32 }
+}
+
+/// dw(OC,IC) += dout(N,OC)^T @ inp(N,IC): column-major dw^T (IC x OC) += inp^T . op_T(dout^T).
+pub fn linear_dw(n: usize, ic: usize, oc: usize, dw: (u64, DType), dout: (u64, DType), inp: (u64, DType), tf32: bool) -> Gemm {
+    Gemm {
+        m: ic,
+        n: oc,
+        k: n,
+        a: inp,
+        trans_a: false,
+        lda: ic,
+        b: dout,
+        trans_b: true,
+        ldb: oc,
+        d: dw,
+        ldd: ic,
+        beta: 1.0,
+        bias: None,
+        tf32,
+    }
+}
+
 /// (B, T, C) of a qkv(B, T, 3C) tensor, and a check that a head fits the attention kernels
 /// (at most 256 channels: eight per lane of a warp).
 fn bt_c(qkv: Tensor, n_head: usize) -> (usize, usize, usize) {
@@ -332,4 +334,59 @@ fn bt_c(qkv: Tensor, n_head: usize) -> (usize, usize, usize) {
     let c = d[2] / 3;
     assert!(c / n_head <= 256, "the CUDA attention kernels take heads of at most 256 channels, not {}", c / n_head);
     (d[0], d[1], c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What cuBLASLt computes for `g` (column-major, as documented), with each operand's
+    /// "address" an index into `mats`.
+    fn column_major(g: &Gemm, mats: &mut [Vec<f32>]) {
+        let (a, b) = (mats[g.a.0 as usize].clone(), mats[g.b.0 as usize].clone());
+        let bias = g.bias.map(|i| mats[i as usize].clone());
+        let d = &mut mats[g.d.0 as usize];
+        for i in 0..g.m {
+            for j in 0..g.n {
+                let mut s = 0.0f32;
+                for p in 0..g.k {
+                    let x = if g.trans_a { a[p + i * g.lda] } else { a[i + p * g.lda] };
+                    let y = if g.trans_b { b[j + p * g.ldb] } else { b[p + j * g.ldb] };
+                    s += x * y;
+                }
+                let at = i + j * g.ldd;
+                d[at] = g.beta * d[at] + s + bias.as_ref().map_or(0.0, |b| b[i]);
+            }
+        }
+    }
+
+    #[test]
+    fn the_linear_layers_column_major_products_are_the_row_major_ones() {
+        let (n, ic, oc) = (5, 3, 4);
+        let fill = |len: usize, salt: usize| (0..len).map(|i| ((i * 7 + salt * 13) % 11) as f32 - 5.0).collect::<Vec<f32>>();
+        // 0 inp(N,IC) 1 w(OC,IC) 2 b(OC) 3 out(N,OC) 4 dout(N,OC) 5 dinp(N,IC) 6 dw(OC,IC)
+        let mut m =
+            vec![fill(n * ic, 1), fill(oc * ic, 2), fill(oc, 3), vec![0.0; n * oc], fill(n * oc, 4), vec![9.0; n * ic], fill(oc * ic, 5)];
+        let f32_ = |i: u64| (i, DType::F32);
+        let (inp, w, b, dout, dw0) = (m[0].clone(), m[1].clone(), m[2].clone(), m[4].clone(), m[6].clone());
+        column_major(&linear_forward(n, ic, oc, f32_(3), f32_(0), f32_(1), Some(2), false), &mut m);
+        column_major(&linear_dinp(n, ic, oc, f32_(5), f32_(4), f32_(1), false), &mut m);
+        column_major(&linear_dw(n, ic, oc, f32_(6), f32_(4), f32_(0), false), &mut m);
+        for r in 0..n {
+            for o in 0..oc {
+                let want: f32 = (0..ic).map(|i| inp[r * ic + i] * w[o * ic + i]).sum::<f32>() + b[o];
+                assert_eq!(m[3][r * oc + o], want, "out[{r},{o}]");
+            }
+            for i in 0..ic {
+                let want: f32 = (0..oc).map(|o| dout[r * oc + o] * w[o * ic + i]).sum();
+                assert_eq!(m[5][r * ic + i], want, "dinp[{r},{i}]");
+            }
+        }
+        for o in 0..oc {
+            for i in 0..ic {
+                let want: f32 = dw0[o * ic + i] + (0..n).map(|r| dout[r * oc + o] * inp[r * ic + i]).sum::<f32>();
+                assert_eq!(m[6][o * ic + i], want, "dw[{o},{i}] accumulates");
+            }
+        }
+    }
 }
