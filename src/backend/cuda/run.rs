@@ -360,6 +360,28 @@ mod tests {
         }
     }
 
+    /// Every kernel name this file launches is defined by a source: the typed ones (named with
+    /// `sfx`) as `NAME_##S` in a `FOR_STORAGE` macro, the others verbatim.
+    #[test]
+    fn every_launched_kernel_exists_in_the_sources() {
+        let me = include_str!("run.rs");
+        let sources: String = super::super::compile::SOURCES.iter().map(|(_, s)| *s).collect();
+        let typed = regex::Regex::new(r#"format!\("([a-z_]+)_\{s?\}""#).unwrap();
+        let plain = regex::Regex::new(r#"launch\("([a-z_]+)""#).unwrap();
+        let mut n = 0;
+        for c in typed.captures_iter(me) {
+            let want = format!("void {}_##S(", &c[1]);
+            assert!(sources.contains(&want), "no kernel source defines {want}");
+            n += 1;
+        }
+        for c in plain.captures_iter(me) {
+            let want = format!("void {}(", &c[1]);
+            assert!(sources.contains(&want), "no kernel source defines {want}");
+            n += 1;
+        }
+        assert!(n >= 20, "found only {n} launches: has this test's pattern gone stale?");
+    }
+
     #[test]
     fn the_linear_layers_column_major_products_are_the_row_major_ones() {
         let (n, ic, oc) = (5, 3, 4);
