@@ -35,8 +35,8 @@ pub fn peak_rss() -> u64 {
 }
 
 /// Times `steps` training steps of `model` at micro-batch `b` after `warmup` untimed ones, on
-/// `backend`. (A step ends by reading its scalars, so on a GPU a step's time is the GPU's; the
-/// `profile`'s per-op times are the host's time to issue each op there, not the GPU's.)
+/// `backend`. (A step ends by reading its scalars, so on a GPU a step's time is the GPU's; with
+/// `profile`, every op is waited for, so its time is its own plus one synchronisation.)
 pub fn run<B: Backend>(model: &ModelConfig, b: usize, steps: usize, warmup: usize, profile: bool, backend: B) -> Result<BenchResult> {
     let t = model.block_size;
     let opt = OptimConfig {
@@ -223,7 +223,9 @@ impl<B: Backend> Backend for Timed<'_, B> {
     }
     fn run(&self, bufs: &mut Buffers<Self::Buf>, op: &Op) -> Result<()> {
         let t0 = Instant::now();
-        let r = self.inner.run(bufs, op);
+        // waits for the op where ops run asynchronously (a GPU; a no-op on the CPU), so the
+        // time is the op's own
+        let r = self.inner.run(bufs, op).and_then(|()| self.inner.synchronize());
         self.timer.add(op.name(), t0);
         r
     }

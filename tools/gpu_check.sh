@@ -103,7 +103,7 @@ for f in train-cuda.log train-cpu.log; do
     echo "== $f (iteration lines)"
     grep -E "^(iter|step|eval)|loss" "$LOGS/$f" | head -12
 done >"$LOGS/losses.txt"
-timed "bench 5 steps, device=cuda" bench-cuda.log 45 "$BIN/gptrain" bench --set device=cuda --steps 5 --warmup 2
+timed "bench 5 steps --profile, cuda" bench-cuda.log 45 "$BIN/gptrain" bench --set device=cuda --steps 5 --warmup 2 --profile
 rm -rf "$WORK"
 
 cat "$LOGS/losses.txt"

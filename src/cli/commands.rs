@@ -763,8 +763,12 @@ fn bench_gpu(a: &BenchArgs, cfg: &Config, model: &ModelConfig, gpu: crate::backe
     );
     let mfu = mfu.map_or("MFU n/a".to_string(), |m| format!("MFU {:.1}%", m * 100.0));
     say!("{} tokens/s, {:.1} GFLOP/s of model FLOPs, {mfu}", thousands(tps), flops_s / 1e9);
-    for (name, ms) in &r.profile {
-        say!("  {name:<28} {ms:>8.3} ms to issue");
+    if !r.profile.is_empty() {
+        say!("profile (each op waited for: its time plus one synchronisation):");
+        let total: f64 = r.profile.iter().map(|p| p.1).sum();
+        for (name, ms) in &r.profile {
+            say!("  {name:<28} {ms:>8.3} ms {:>6.1}%", ms / total * 100.0);
+        }
     }
     Ok(())
 }
