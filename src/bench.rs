@@ -2,7 +2,6 @@
 //! tokens, and optionally the share of each op (through [`Timed`], a backend wrapper that
 //! names each op by [`Op::name`]).
 
-use crate::backend::cpu::Cpu;
 use crate::backend::ops::{ATTENTION_BACKWARD, ATTENTION_FORWARD};
 use crate::backend::{Backend, Buffers, DType, DeviceInfo, Host, Op, Precision, Role, Tensor};
 use crate::model::{Gpt, ModelConfig};
@@ -35,15 +34,17 @@ pub fn peak_rss() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// Times `steps` training steps of `model` at micro-batch `b` after `warmup` untimed ones,
-/// computing in `precision`.
-pub fn run(
+/// Times `steps` training steps of `model` at micro-batch `b` after `warmup` untimed ones, on
+/// `backend`, computing in `precision`. (A step ends by reading its scalars, so on a GPU a
+/// step's time is the GPU's; with `profile`, every op is waited for, so its time is its own plus
+/// one synchronisation.)
+pub fn run<B: Backend>(
     model: &ModelConfig,
     b: usize,
     steps: usize,
     warmup: usize,
     profile: bool,
-    cpu: Cpu,
+    backend: B,
     precision: Precision,
 ) -> Result<BenchResult> {
     let t = model.block_size;
@@ -67,7 +68,7 @@ pub fn run(
     let timer = Timer::default();
     let mut times = Vec::new();
     if profile {
-        let mut g = Gpt::init_in(Timed { inner: cpu, timer: &timer }, model.clone(), 1, precision)?;
+        let mut g = Gpt::init_in(Timed { inner: backend, timer: &timer }, model.clone(), 1, precision)?;
         for i in 0..warmup + steps {
             if i == warmup {
                 timer.reset();
@@ -80,7 +81,7 @@ pub fn run(
             }
         }
     } else {
-        let mut g = Gpt::init_in(cpu, model.clone(), 1, precision)?;
+        let mut g = Gpt::init_in(backend, model.clone(), 1, precision)?;
         for i in 0..warmup + steps {
             let mb = batch(i as u64);
             let t0 = Instant::now();
@@ -231,7 +232,9 @@ impl<B: Backend> Backend for Timed<'_, B> {
     }
     fn run(&self, bufs: &mut Buffers<Self::Buf>, op: &Op) -> Result<()> {
         let t0 = Instant::now();
-        let r = self.inner.run(bufs, op);
+        // waits for the op where ops run asynchronously (a GPU; a no-op on the CPU), so the
+        // time is the op's own
+        let r = self.inner.run(bufs, op).and_then(|()| self.inner.synchronize());
         self.timer.add(op.name(), t0);
         r
     }

@@ -183,8 +183,8 @@ knobs! {
     seed: u64 = 1337; "seed of every random stream"
     threads: usize = 0; "worker threads (0: physical cores)"
     kernels: String = "fast".into(); "CPU kernels: `fast`, or `reference` (the readable ones the fast ones are tested against)"
-    device: String = "cpu".into(); "compute device (`cpu` in this build)"
-    dtype: String = "float32".into(); "compute precision: `float32`, or mixed precision `bfloat16` / `float16` (f32 master weights; float16 with dynamic loss scaling)"
+    device: String = "auto".into(); "compute device: `auto` (the first usable NVIDIA GPU, else the CPU), `cpu`, `cuda` or `cuda:N`"
+    dtype: String = "float32".into(); "compute precision: `float32`, or mixed precision `bfloat16` / `float16` (f32 master weights; float16 with dynamic loss scaling); `tfloat32`: TF32 matmuls on a GPU"
     ["sampling (nanoGPT's sample.py)"]
     start: String = "\n".into(); "prompt text, or FILE:path"
     num_samples: usize = 10; "samples to draw"
@@ -749,7 +749,7 @@ mod tests {
         assert_eq!((c.n_layer, c.n_head, c.n_embd, c.dropout, c.block_size, c.batch_size), (6, 6, 384, 0.2, 256, 64));
         assert_eq!(
             (c.beta2, c.warmup_iters, c.min_lr, c.dataset.as_str(), c.device.as_str()),
-            (0.99, 100, 1e-4, "shakespeare_char", "cpu")
+            (0.99, 100, 1e-4, "shakespeare_char", "auto")
         );
         std::fs::remove_dir_all(&dir).ok();
     }

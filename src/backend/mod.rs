@@ -9,6 +9,7 @@
 //! a copy) returns a `Result`.
 
 pub mod cpu;
+pub mod cuda;
 pub mod ops;
 pub mod tensor;
 

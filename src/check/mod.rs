@@ -270,6 +270,12 @@ pub trait Describe {
     fn describe(&self) -> Vec<(String, String)>;
 }
 
+impl Describe for crate::backend::cuda::Cuda {
+    fn describe(&self) -> Vec<(String, String)> {
+        self.setup()
+    }
+}
+
 impl Describe for Cpu {
     fn describe(&self) -> Vec<(String, String)> {
         let gib = |b: u64| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64);

@@ -43,8 +43,15 @@ pub fn check(a: &CheckArgs) -> Result<()> {
     let wanted = dtypes(a.dtype.as_deref())?;
     match Target::parse(&a.device)? {
         Target::Cpu => super::commands::pool(a.threads.unwrap_or(0))?.install(|| check_on(Cpu::FAST, wanted, a.json)),
-        // a CUDA backend adds its line here: `Target::Cuda(n) => check_on(Cuda::new(n)?, ..)`
-        Target::Cuda(_) => bail!("device `{}`: this build has no CUDA backend yet", a.device),
+        Target::Cuda(n) => {
+            use crate::backend::cuda::{select, Cuda};
+            let device = n.map_or("cuda".to_string(), |n| format!("cuda:{n}"));
+            let select::Selected::Cuda { ordinal, .. } = select::select(&device, Precision::F32)? else {
+                bail!("device `{device}`: no CUDA device")
+            };
+            // the reference runs on the CPU's pool
+            super::commands::pool(a.threads.unwrap_or(0))?.install(|| check_on(Cuda::new(ordinal, false)?, wanted, a.json))
+        }
     }
 }
 

@@ -225,13 +225,30 @@ fn sample_run(cfg: &Config, from: Option<&Path>, num_samples: usize, max_new_tok
     eprintln!("sampling from {}", src.what);
     let (start, prompt) = encode_prompt(cfg, &src)?;
     let (mc, params, tok) = (src.model, src.params, src.tok);
-    let mut sampler = Sampler::new(train::cpu_backend(cfg), mc, &params)?;
+    let (chosen, reason) = train::sample_backend(cfg)?;
+    if let Some(r) = reason {
+        eprintln!("{r}");
+    }
+    crate::on_backend!(chosen, b => sample_with(Sampler::new(b, mc, &params)?, cfg, &start, &prompt, &tok, num_samples, max_new_tokens))
+}
+
+/// Draws `num_samples` samples with `sampler` and prints them as they come.
+#[allow(clippy::too_many_arguments)]
+fn sample_with<B: crate::backend::Backend>(
+    mut sampler: Sampler<B>,
+    cfg: &Config,
+    start: &str,
+    prompt: &[u32],
+    tok: &crate::tokenizer::Tokenizer,
+    num_samples: usize,
+    max_new_tokens: usize,
+) -> Result<()> {
     let stdout = std::io::stdout();
     for k in 0..num_samples {
         let mut rng = rng::Rng::new(cfg.seed, rng::STREAM_SAMPLE + 1000 * k as u64);
         let _ = write!(stdout.lock(), "{start}");
         let mut pending = Vec::new();
-        sampler.generate(&prompt, max_new_tokens, cfg.temperature as f32, cfg.top_k, &mut rng, |t| {
+        sampler.generate(prompt, max_new_tokens, cfg.temperature as f32, cfg.top_k, &mut rng, |t| {
             // BPE tokens may split a UTF-8 character: print once the bytes decode cleanly
             pending.push(t);
             let text = tok.decode(&pending);
@@ -394,7 +411,19 @@ pub fn estimate(a: &EstimateArgs) -> Result<()> {
         return Ok(());
     }
     let cfg = resolve(&a.cfg)?;
-    let dev_name = a.device.clone().unwrap_or_else(|| if cfg.device == "cuda" { String::new() } else { cfg.device.clone() });
+    let dev_name = match (&a.device, cfg.device.as_str()) {
+        (Some(d), _) => d.clone(),
+        (None, "cpu") => "cpu".into(),
+        // this machine's GPU when it has one in the table, else its CPU
+        (None, "auto") => match crate::backend::cuda::select::select("auto", Precision::F32)? {
+            crate::backend::cuda::select::Selected::Cuda { ordinal, .. } => crate::backend::cuda::select::find_card(Some(ordinal))
+                .ok()
+                .and_then(|c| crate::backend::cuda::table_device(&c.name))
+                .map_or(String::new(), |d| d.name),
+            crate::backend::cuda::select::Selected::Cpu { .. } => "cpu".into(),
+        },
+        (None, _) => String::new(),
+    };
     if dev_name.is_empty() {
         bail!("this config runs on `cuda`: name the card with `--device` (e.g. rtx-4070, a100-80gb; `--list-devices` shows all)");
     }
@@ -623,6 +652,9 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     let threads = worker_threads(a.threads.unwrap_or(cfg.threads));
     pool(threads)?.install(|| -> Result<()> {
         let (model, _) = model_without_data(&cfg, &a.cfg)?;
+        if let (train::Chosen::Cuda(gpu), reason) = train::sample_backend(&cfg)? {
+            return bench_gpu(a, &cfg, &model, gpu, reason);
+        }
         let dev = device::cpu();
         if a.linears {
             let (ms, flops) = crate::bench::run_linears(&model, cfg.batch_size, a.steps, a.warmup);
@@ -704,6 +736,52 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// `bench` on a GPU: whole training steps in the config's dtype, timed to the step's read of its
+/// scalars.
+fn bench_gpu(a: &BenchArgs, cfg: &Config, model: &ModelConfig, gpu: crate::backend::cuda::Cuda, reason: Option<String>) -> Result<()> {
+    use crate::backend::Backend;
+    if a.linears {
+        bail!("--linears times the CPU's matmul library: use it with `--set device=cpu`");
+    }
+    if let Some(r) = reason {
+        eprintln!("{r}");
+    }
+    let precision = train::check_device(cfg)?;
+    let info = gpu.device(precision);
+    let r = crate::bench::run(model, cfg.batch_size, a.steps, a.warmup, a.profile, gpu, precision)?;
+    let tps = (cfg.batch_size * model.block_size) as f64 / (r.ms_per_step / 1e3);
+    let flops_s = r.flops_per_step / (r.ms_per_step / 1e3);
+    let mfu = info.peak_flops.map(|p| flops_s / p);
+    if a.json {
+        say!(
+            "{}",
+            serde_json::json!({ "ms_per_step": r.ms_per_step, "ms_p10": r.p10_ms, "ms_p90": r.p90_ms, "tokens_per_second": tps,
+                "gflops": flops_s / 1e9, "mfu": mfu, "peak_gflops": info.peak_flops.map(|p| p / 1e9), "device": info.description,
+                "params": r.params, "steps": a.steps, "profile": r.profile, "dtype": precision.name(), "dtype_note": info.precision_note })
+        );
+        return Ok(());
+    }
+    say!("device: {} ; {}", info.description, info.peak_source);
+    say!("dtype: {} ({})", precision.name(), info.precision_note);
+    say!(
+        "step (forward, backward, clip, AdamW): {:.2} ms median over {} steps (p10 {:.2}, p90 {:.2})",
+        r.ms_per_step,
+        a.steps,
+        r.p10_ms,
+        r.p90_ms
+    );
+    let mfu = mfu.map_or("MFU n/a".to_string(), |m| format!("MFU {:.1}%", m * 100.0));
+    say!("{} tokens/s, {:.1} GFLOP/s of model FLOPs, {mfu}", thousands(tps), flops_s / 1e9);
+    if !r.profile.is_empty() {
+        say!("profile (each op waited for: its time plus one synchronisation):");
+        let total: f64 = r.profile.iter().map(|p| p.1).sum();
+        for (name, ms) in &r.profile {
+            say!("  {name:<28} {ms:>8.3} ms {:>6.1}%", ms / total * 100.0);
+        }
+    }
+    Ok(())
 }
 
 pub fn plot(metrics: &Path, out: Option<PathBuf>) -> Result<()> {

@@ -19,6 +19,7 @@ mod session;
 pub use save::Interrupted;
 
 use crate::backend::cpu::Cpu;
+use crate::backend::cuda::{self, select::Selected, Cuda};
 use crate::backend::{Backend, Precision, Scalar};
 use crate::config::Config;
 use crate::data::{Dataset, Split};
@@ -119,17 +120,60 @@ pub struct Summary {
     pub last_checkpoint: Option<PathBuf>,
 }
 
-/// Checks the knobs this build cannot honour.
+/// Checks the knobs this build cannot honour: the config's dtype and device (see
+/// [`resolve_device`]); returns the precision.
 pub fn check_device(cfg: &Config) -> Result<Precision> {
-    if cfg.device != "cpu" {
-        bail!("device `{}` is not available: this build has only the CPU backend (a CUDA backend is planned); use `--set device=cpu` (and see `gptrain estimate --device ...` for GPU timings)", cfg.device);
-    }
+    Ok(resolve_device(cfg)?.0)
+}
+
+/// The run's precision and where it runs: `device = 'cpu'` as always (no tf32 there), `cuda` or
+/// `cuda:N` that GPU or an error saying why not, `auto` the first usable GPU, else the CPU
+/// with the reason (for the start banner).
+pub fn resolve_device(cfg: &Config) -> Result<(Precision, Selected)> {
     let dtype =
         Precision::parse(&cfg.dtype).with_context(|| format!("unknown dtype `{}` (float32, tfloat32, float16, bfloat16)", cfg.dtype))?;
-    if dtype == Precision::Tf32 {
+    let selected = cuda::select::select(&cfg.device, dtype)?;
+    if matches!(selected, Selected::Cpu { .. }) && dtype == Precision::Tf32 {
         bail!("dtype `{}` is a GPU matmul mode the CPU backend does not have; use `--set dtype=float32` (or bfloat16, float16)", cfg.dtype);
     }
-    Ok(dtype)
+    Ok((dtype, selected))
+}
+
+/// A backend the config names, opened.
+pub enum Chosen {
+    Cpu(Cpu),
+    Cuda(Cuda),
+}
+
+/// Opens the backend `cfg` names, with `auto`'s reason for choosing it (None when named).
+pub fn backend(cfg: &Config) -> Result<(Chosen, Option<String>)> {
+    let (p, selected) = resolve_device(cfg)?;
+    open(cfg, p, selected)
+}
+
+/// The backend sampling uses: the config's device, in float32 whatever the config's dtype
+/// (the sampler computes in f32).
+pub fn sample_backend(cfg: &Config) -> Result<(Chosen, Option<String>)> {
+    open(cfg, Precision::F32, cuda::select::select(&cfg.device, Precision::F32)?)
+}
+
+fn open(cfg: &Config, p: Precision, selected: Selected) -> Result<(Chosen, Option<String>)> {
+    Ok(match selected {
+        Selected::Cpu { reason } => (Chosen::Cpu(cpu_backend(cfg)), reason),
+        Selected::Cuda { ordinal, reason } => (Chosen::Cuda(Cuda::new(ordinal, p.tf32_matmuls())?), reason),
+    })
+}
+
+/// `on_backend!(chosen, b => expr)`: `expr` with `b` bound to the opened backend, whichever it
+/// is (one generic code path, instantiated per backend).
+#[macro_export]
+macro_rules! on_backend {
+    ($chosen:expr, $b:ident => $body:expr) => {
+        match $chosen {
+            $crate::train::Chosen::Cpu($b) => $body,
+            $crate::train::Chosen::Cuda($b) => $body,
+        }
+    };
 }
 
 /// The model shape a config asks for over a dataset.
@@ -199,8 +243,11 @@ pub fn cpu_backend(cfg: &Config) -> Cpu {
 
 /// Runs training with `cfg` on the backend it names, on the current rayon pool.
 pub fn run(cfg: &Config, obs: &mut dyn Observer) -> Result<Summary> {
-    check_device(cfg)?;
-    run_with(cpu_backend(cfg), cfg, obs)
+    let (chosen, reason) = backend(cfg)?;
+    if let Some(r) = reason {
+        obs.message(&r);
+    }
+    on_backend!(chosen, b => run_with(b, cfg, obs))
 }
 
 /// The loop itself, on any backend: it touches parameters and optimizer moments only through

@@ -62,10 +62,22 @@ pub const BF16: Tol = Tol { loss: 2e-3, tensor: 2e-2, logit: 3e-2, trained: 5e-2
 /// fp16 mixed precision against PyTorch's fp16 autocast: 11 significant bits (2^-11 = 4.9e-4).
 pub const FP16: Tol = Tol { loss: 3e-4, tensor: 3e-3, logit: 4e-3, trained: 1e-2 };
 
+/// The CUDA backend in f32: cuBLASLt's fp32 products and the kernels' sums run in another order
+/// than the CPU's, so a little looser than [`F32`]. (Untested on a GPU so far: a first GPU run
+/// may show these need adjusting.)
+pub const CUDA_F32: Tol = Tol { loss: 1e-4, tensor: 1e-3, logit: 1e-4, trained: 1e-3 };
+
+/// Says a test was skipped, on the terminal even while the test harness captures output (it
+/// captures `print!`/`eprint!`, not writes to the stderr handle), so a skip is never silent.
+pub fn skipped(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{test}: skipped: {why}");
+}
+
 /// `backend_tests!(a, b, ...)`: for each generic test `fn a<B: Backend + Clone>(backend: B, tol:
 /// Tol)` of the file, a module `a` with one `#[test]` per backend this build has: the CPU's fast
-/// kernels and its reference kernels. (A CUDA backend adds its line here, and skips with a
-/// message on a machine without a GPU.)
+/// kernels, its reference kernels, and the CUDA backend on the first usable GPU (which says
+/// "skipped: no CUDA device" on a machine without one).
 macro_rules! backend_tests {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
@@ -76,6 +88,13 @@ macro_rules! backend_tests {
             #[test]
             fn cpu_reference() {
                 super::$name(gptrain::backend::cpu::Cpu::REFERENCE, $crate::common::F32)
+            }
+            #[test]
+            fn cuda() {
+                match gptrain::backend::cuda::Cuda::first() {
+                    Ok(gpu) => super::$name(gpu, $crate::common::CUDA_F32),
+                    Err(why) => $crate::common::skipped(concat!(stringify!($name), "::cuda"), &format!("no CUDA device ({why})")),
+                }
             }
         }
     )*};

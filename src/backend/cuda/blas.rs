@@ -1,0 +1,178 @@
+//! Matmuls through cuBLASLt, f32 accumulation always: operands in their storage types (f32,
+//! bf16 or f16), the output in its own (f32 for parameter gradients), a bias added by the
+//! epilogue (so the output is rounded once). `float32` runs compute in true fp32
+//! (`CUBLAS_COMPUTE_32F`); `tfloat32` allows TF32 tensor cores (`..._FAST_TF32`).
+//!
+//! cuBLASLt is column-major; a row-major (R, C) matrix is a column-major (C, R) one, so every
+//! product of the model is computed transposed (llm.c's convention): see [`super::run`].
+
+use crate::backend::DType;
+use anyhow::{anyhow, Result};
+use cudarc::cublaslt::{result, sys};
+use std::ffi::c_void;
+
+/// Workspace cuBLASLt may use (32 MiB, llm.c's figure for Hopper).
+pub const WORKSPACE_BYTES: usize = 32 << 20;
+
+/// A cuBLASLt handle and its workspace.
+pub struct Blas {
+    handle: sys::cublasLtHandle_t,
+    workspace: u64,
+}
+
+// SAFETY: the handle is only used by calls made through `&Blas` on the backend's one stream;
+// cuBLASLt handles may be used from any thread, and gptrain issues one op at a time.
+unsafe impl Send for Blas {}
+// SAFETY: as above.
+unsafe impl Sync for Blas {}
+
+/// D(m, n) = alpha * op(A) op(B) + beta * D (+ bias(m) broadcast over columns), column-major.
+#[derive(Clone, Copy, Debug)]
+pub struct Gemm {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    /// A: (m, k) after `trans_a`; stored (k, m) when transposed. Device address and type.
+    pub a: (u64, DType),
+    pub trans_a: bool,
+    pub lda: usize,
+    pub b: (u64, DType),
+    pub trans_b: bool,
+    pub ldb: usize,
+    pub d: (u64, DType),
+    pub ldd: usize,
+    /// 0: overwrite D; 1: accumulate into it.
+    pub beta: f32,
+    /// A bias of m elements, in D's type, added before the one rounding.
+    pub bias: Option<u64>,
+    pub tf32: bool,
+}
+
+fn cuda_type(t: DType) -> Result<sys::cudaDataType> {
+    Ok(match t {
+        DType::F32 => sys::cudaDataType::CUDA_R_32F,
+        DType::Bf16 => sys::cudaDataType::CUDA_R_16BF,
+        DType::F16 => sys::cudaDataType::CUDA_R_16F,
+        t => return Err(anyhow!("cuBLASLt matmul of {t:?} data")),
+    })
+}
+
+/// The largest power of two (up to 256) that divides a device address.
+fn alignment(addr: u64) -> u32 {
+    1u32 << addr.trailing_zeros().min(8)
+}
+
+impl Blas {
+    /// A handle, with `workspace` (device address of [`WORKSPACE_BYTES`] bytes) for its use.
+    pub fn new(workspace: u64) -> Result<Blas> {
+        let handle = result::create_handle().map_err(|e| anyhow!("cuBLASLt would not start: {e:?}"))?;
+        Ok(Blas { handle, workspace })
+    }
+
+    /// Runs `g` on `stream`.
+    pub fn gemm(&self, g: &Gemm, stream: cudarc::driver::sys::CUstream) -> Result<()> {
+        let stream = stream as sys::cudaStream_t; // the same CUstream, in cuBLASLt's bindings
+        let err = |what: &str, e: result::CublasError| anyhow!("cuBLASLt {what} ({g:?}): {e:?}");
+        let compute =
+            if g.tf32 { sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32 } else { sys::cublasComputeType_t::CUBLAS_COMPUTE_32F };
+        let desc = result::create_matmul_desc(compute, sys::cudaDataType::CUDA_R_32F).map_err(|e| err("descriptor", e))?;
+        let op = |t: bool| t as i32; // cublasOperation_t: CUBLAS_OP_N = 0, CUBLAS_OP_T = 1
+        let (op_a, op_b) = (op(g.trans_a), op(g.trans_b));
+        let (rows_a, cols_a) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
+        let (rows_b, cols_b) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
+        let layout = |t: DType, r: usize, c: usize, ld: usize| -> Result<sys::cublasLtMatrixLayout_t> {
+            result::create_matrix_layout(cuda_type(t)?, r as u64, c as u64, ld as i64).map_err(|e| err("layout", e))
+        };
+        let la = layout(g.a.1, rows_a, cols_a, g.lda)?;
+        let lb = layout(g.b.1, rows_b, cols_b, g.ldb)?;
+        let ld = layout(g.d.1, g.m, g.n, g.ldd)?;
+        let pref = result::create_matmul_pref().map_err(|e| err("preference", e))?;
+        let alpha = 1.0f32;
+        // SAFETY: every descriptor was created above and is destroyed once below; each attribute
+        // buffer is a local of the attribute's documented type and size; the device addresses
+        // come from live allocations of the backend whose bounds the caller checked, and the
+        // workspace is WORKSPACE_BYTES long.
+        unsafe {
+            let set = |attr, p: *const c_void, n: usize| result::set_matmul_desc_attribute(desc, attr, p, n);
+            let sz = std::mem::size_of::<i32>();
+            let mut r = set(sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA, &op_a as *const _ as *const c_void, sz)
+                .and_then(|()| {
+                    set(sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB, &op_b as *const _ as *const c_void, sz)
+                });
+            if let Some(bias) = g.bias {
+                let epi = sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS;
+                r = r
+                    .and_then(|()| {
+                        set(
+                            sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE,
+                            &epi as *const _ as *const c_void,
+                            std::mem::size_of_val(&epi),
+                        )
+                    })
+                    .and_then(|()| {
+                        set(
+                            sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                            &bias as *const u64 as *const c_void,
+                            std::mem::size_of::<u64>(),
+                        )
+                    });
+            }
+            let ws = WORKSPACE_BYTES as u64;
+            r = r.and_then(|()| {
+                result::set_matmul_pref_attribute(
+                    pref,
+                    sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                    &ws as *const u64 as *const c_void,
+                    std::mem::size_of::<u64>(),
+                )
+            });
+            // the heuristic assumes 256-byte aligned operands unless told: tensors start anywhere
+            use sys::cublasLtMatmulPreferenceAttributes_t as P;
+            let aligns = [
+                (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, alignment(g.a.0)),
+                (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, alignment(g.b.0)),
+                (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, alignment(g.d.0)),
+                (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, alignment(g.d.0)),
+            ];
+            for (attr, bytes) in aligns {
+                r = r.and_then(|()| result::set_matmul_pref_attribute(pref, attr, &bytes as *const u32 as *const c_void, 4));
+            }
+            let run = r.map_err(|e| err("attributes", e)).and_then(|()| {
+                let h =
+                    result::get_matmul_algo_heuristic(self.handle, desc, la, lb, ld, ld, pref).map_err(|e| err("found no algorithm", e))?;
+                result::matmul(
+                    self.handle,
+                    desc,
+                    &alpha as *const f32 as *const c_void,
+                    &g.beta as *const f32 as *const c_void,
+                    g.a.0 as *const c_void,
+                    la,
+                    g.b.0 as *const c_void,
+                    lb,
+                    g.d.0 as *const c_void,
+                    ld,
+                    g.d.0 as *mut c_void,
+                    ld,
+                    &h.algo,
+                    self.workspace as *mut c_void,
+                    WORKSPACE_BYTES,
+                    stream,
+                )
+                .map_err(|e| err("matmul", e))
+            });
+            let _ = result::destroy_matmul_pref(pref);
+            for l in [la, lb, ld] {
+                let _ = result::destroy_matrix_layout(l);
+            }
+            let _ = result::destroy_matmul_desc(desc);
+            run
+        }
+    }
+}
+
+impl Drop for Blas {
+    fn drop(&mut self) {
+        // SAFETY: the handle was created in `new` and is destroyed once, here.
+        let _ = unsafe { result::destroy_handle(self.handle) };
+    }
+}

@@ -1,0 +1,91 @@
+// What every kernel file shares (prepended to each before NVRTC compiles it): the storage
+// types of ARCHITECTURE.md's mixed-precision table, their loads and rounding stores, block
+// and warp reductions in a fixed order, and the dropout hash of src/rng.rs.
+//
+// Storage types: f32 (`float`), bf16 and f16 (`bf16_t`/`f16_t`, 16 raw bits). Every kernel
+// loads its operands into f32, computes in f32 (f64 for the step accumulators) and rounds each
+// result once into its output's type (round to nearest even), as the CPU backend does. No
+// headers: conversions are bit arithmetic (bf16) and PTX `cvt` (f16), so NVRTC needs no
+// include path.
+
+// -infinity, the start of a running maximum (no math header defines INFINITY here)
+#define NEG_INF __int_as_float(0xff800000)
+
+typedef unsigned long long u64;
+typedef unsigned int u32;
+struct bf16_t { unsigned short bits; };
+struct f16_t { unsigned short bits; };
+
+__device__ __forceinline__ float load(float x) { return x; }
+__device__ __forceinline__ float load(bf16_t x) { return __uint_as_float(((u32)x.bits) << 16); }
+__device__ __forceinline__ float load(f16_t x) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x.bits));
+    return f;
+}
+
+template <typename T> __device__ __forceinline__ T store(float x);
+template <> __device__ __forceinline__ float store<float>(float x) { return x; }
+template <> __device__ __forceinline__ bf16_t store<bf16_t>(float x) {
+    u32 b = __float_as_uint(x);
+    bf16_t r;
+    if ((b & 0x7fffffffu) > 0x7f800000u) {
+        r.bits = (unsigned short)((b >> 16) | 0x40u); // NaN stays a (quiet) NaN
+    } else {
+        r.bits = (unsigned short)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16); // nearest, ties to even
+    }
+    return r;
+}
+template <> __device__ __forceinline__ f16_t store<f16_t>(float x) {
+    f16_t r;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r.bits) : "f"(x));
+    return r;
+}
+
+// src/rng.rs: splitmix, mix, uniform_f32; and Dropout::scale of src/backend/ops.rs, bit for bit.
+__device__ __forceinline__ u64 splitmix(u64 z) {
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+__device__ __forceinline__ u64 mix(u64 key, u64 x) { return splitmix(key ^ splitmix(x + 0x632BE59BD9B4E019ull)); }
+__device__ __forceinline__ float uniform_f32(u64 bits) { return (float)(bits >> 40) * (1.0f / 16777216.0f); }
+// The multiplier of element `idx`: 0 when dropped, 1/(1-p) when kept (p = 0: always 1).
+__device__ __forceinline__ float drop_scale(float p, u64 key, u64 idx) {
+    if (p <= 0.0f) return 1.0f;
+    return uniform_f32(mix(key, idx)) < p ? 0.0f : 1.0f / (1.0f - p);
+}
+
+// Warp reductions: a butterfly of shuffles, the same order every time.
+__device__ __forceinline__ float warp_sum(float x) {
+    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+}
+__device__ __forceinline__ float warp_max(float x) {
+    for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+    return x;
+}
+// Block reductions over blockDim.x threads (a multiple of 32, at most 1024); every thread gets
+// the result. `shared` holds 32 floats.
+__device__ float block_sum(float x, float* shared) {
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    x = warp_sum(x);
+    __syncthreads();
+    if (lane == 0) shared[warp] = x;
+    __syncthreads();
+    x = lane < warps ? shared[lane] : 0.0f;
+    return warp_sum(x);
+}
+__device__ float block_max(float x, float* shared) {
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    x = warp_max(x);
+    __syncthreads();
+    if (lane == 0) shared[warp] = x;
+    __syncthreads();
+    x = lane < warps ? shared[lane] : NEG_INF;
+    return warp_max(x);
+}
+
+// Instantiates `NAME_f32`, `NAME_bf16`, `NAME_f16` from a macro `NAME##_KERNEL(T, S)`.
+#define FOR_STORAGE(K) K(float, f32) K(bf16_t, bf16) K(f16_t, f16)

@@ -1,0 +1,324 @@
+//! The CUDA backend: buffers in GPU memory, every op a kernel of `kernels/*.cu` (compiled by
+//! NVRTC for the card, see [`compile`]) or a cuBLASLt matmul ([`blas`]), all on one stream,
+//! with no host synchronisation except in `download` and `synchronize`.
+//!
+//! Storage types follow ARCHITECTURE.md's mixed-precision table: a buffer holds f32, bf16, f16,
+//! u32 or f64; `upload` of f32 host data into a bf16/f16 tensor rounds (to nearest even) and
+//! `download` widens, so host code sees f32 only. Every reduction has a fixed order (no
+//! atomics), so a run is bitwise reproducible on one card and library version.
+//!
+//! Everything here is loaded at run time (driver, cuBLASLt, NVRTC); [`select`] says whether
+//! this machine can run it, and why not, before anything is called.
+//!
+//! Status: compiled and its kernels NVRTC-checked on a machine without a GPU; it has not yet
+//! run on a GPU.
+
+pub mod blas;
+pub mod compile;
+pub mod libs;
+mod run;
+pub mod select;
+
+use super::{Backend, Buffers, DType, DeviceInfo, Host, Op, Precision, Tensor};
+use anyhow::{anyhow, bail, Context, Result};
+use cudarc::driver::{result as drv, sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// One GPU buffer: `len` elements of `dtype` at device address `ptr` (owned by `mem`).
+pub struct CudaBuf {
+    /// Owns the allocation (freed on drop).
+    _mem: CudaSlice<u8>,
+    ptr: u64,
+    len: usize,
+    dtype: DType,
+}
+
+/// The CUDA backend on one GPU (cheap to clone: the state is shared).
+#[derive(Clone)]
+pub struct Cuda {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    card: select::Card,
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    modules: Vec<Arc<CudaModule>>,
+    /// Kernels by name, looked up in `modules` on first use.
+    funcs: Mutex<HashMap<String, CudaFunction>>,
+    blas: blas::Blas,
+    /// cuBLASLt's workspace, held for `blas`.
+    _workspace: CudaSlice<u8>,
+    /// Small scratch the kernels need: the sum of squares' per-block partials (f64,
+    /// [`run::PARTIALS`]) and attention backward's per-row dot products (f32, B x NH x T).
+    partials: CudaSlice<f64>,
+    rowdot: Mutex<Option<CudaSlice<f32>>>,
+    tf32: bool,
+    sms: usize,
+}
+
+impl Cuda {
+    /// The backend on GPU `ordinal` (checked by [`select::select`] first), computing f32
+    /// matmuls with TF32 tensor cores when `tf32`. Compiles (or reads from the cache) every
+    /// kernel for the card.
+    pub fn new(ordinal: usize, tf32: bool) -> Result<Cuda> {
+        let card = select::find_card(Some(ordinal)).map_err(anyhow::Error::msg)?;
+        let ctx = CudaContext::new(ordinal).map_err(|e| anyhow!("cuda:{ordinal}: could not create a context ({e:?})"))?;
+        // SAFETY: gptrain issues all work on one stream, so cudarc's cross-stream events are not
+        // needed; kernels get raw addresses, which its tracking does not see anyway.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let cache = compile::cache_dir();
+        let mut modules = Vec::new();
+        for (name, src) in compile::SOURCES {
+            let bin = compile::cubin(name, src, card.cc, cache.as_deref())?;
+            compile::check_cubin(name, &bin)?;
+            let m = ctx
+                .load_module(cudarc::nvrtc::Ptx::from_binary(bin))
+                .map_err(|e| anyhow!("cuda:{ordinal}: loading kernels {name}.cu: {e:?}"))?;
+            modules.push(m);
+        }
+        let workspace =
+            stream.alloc_zeros::<u8>(blas::WORKSPACE_BYTES).map_err(|e| anyhow!("cuda:{ordinal}: cuBLASLt workspace: {e:?}"))?;
+        let blas = blas::Blas::new(address(&workspace, &stream))?;
+        let partials = stream.alloc_zeros::<f64>(run::PARTIALS).map_err(|e| anyhow!("cuda:{ordinal}: scratch: {e:?}"))?;
+        let sms = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).unwrap_or(1).max(1) as usize;
+        let inner = Inner {
+            card,
+            ctx,
+            stream,
+            modules,
+            funcs: Mutex::new(HashMap::new()),
+            blas,
+            _workspace: workspace,
+            partials,
+            rowdot: Mutex::new(None),
+            tf32,
+            sms,
+        };
+        Ok(Cuda { inner: Arc::new(inner) })
+    }
+
+    /// What `gptrain check` prints of this GPU: the card, its compute capability and memory, the
+    /// driver's CUDA version, and the NVRTC and cuBLASLt it loaded (version, path).
+    pub fn setup(&self) -> Vec<(String, String)> {
+        let c = &self.inner.card;
+        let gib = |b: usize| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64);
+        let memory = self.inner.ctx.mem_get_info().map_or("unknown".into(), |(free, total)| format!("{} ({} free)", gib(total), gib(free)));
+        let mut driver = 0;
+        // SAFETY: the driver is loaded (a context exists); the call writes one int we own.
+        let driver = match unsafe { sys::cuDriverGetVersion(&mut driver) } {
+            sys::CUresult::CUDA_SUCCESS => format!("CUDA {}.{}", driver / 1000, driver % 1000 / 10),
+            e => format!("unknown ({e:?})"),
+        };
+        let lib = |l: libs::Lib| libs::open(l).map_or_else(|e| e, |p| p.display().to_string());
+        let nvrtc = compile::nvrtc().map_or_else(|e| e, |(a, b)| format!("{a}.{b}"));
+        [
+            ("device", format!("cuda:{}: {}", c.ordinal, c.name)),
+            ("compute", format!("capability {}.{}, {} SMs", c.cc.0, c.cc.1, self.inner.sms)),
+            ("memory", memory),
+            ("driver", driver),
+            ("nvrtc", format!("{nvrtc} ({})", lib(libs::NVRTC))),
+            ("cublaslt", lib(libs::CUBLASLT)),
+            (
+                "kernels",
+                format!(
+                    "{} families compiled for sm_{}{} (cached in {})",
+                    compile::SOURCES.len(),
+                    c.cc.0,
+                    c.cc.1,
+                    compile::cache_dir().map_or("no cache".into(), |d| d.display().to_string())
+                ),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// The first usable GPU in f32, or why there is none (for tests: "skipped: ...").
+    pub fn first() -> Result<Cuda> {
+        match select::select("cuda", Precision::F32)? {
+            select::Selected::Cuda { ordinal, .. } => Cuda::new(ordinal, false),
+            select::Selected::Cpu { .. } => bail!("no CUDA device"),
+        }
+    }
+
+    /// The device address of tensor `t`, after checking its buffer, type and bounds (a bug in
+    /// a layout if not, never input).
+    fn ptr(&self, bufs: &Buffers<CudaBuf>, t: Tensor) -> u64 {
+        let b = bufs.get(t.buf);
+        assert!(b.dtype == t.dtype, "{t:?} in a {:?} buffer", b.dtype);
+        assert!(t.span.end() <= b.len, "{t:?} out of bounds ({} elements)", b.len);
+        b.ptr + (t.span.off * t.dtype.bytes()) as u64
+    }
+
+    fn cu_stream(&self) -> sys::CUstream {
+        self.inner.stream.cu_stream()
+    }
+
+    /// Makes this GPU's context current on the calling thread (ops may come from any worker
+    /// thread; the raw driver and cuBLASLt calls act on the current context).
+    fn bind(&self) -> Result<()> {
+        self.inner.ctx.bind_to_thread().map_err(|e| anyhow!("cuda:{}: binding the context ({e:?})", self.inner.card.ordinal))
+    }
+}
+
+/// The device address of `s`.
+fn address<T>(s: &CudaSlice<T>, stream: &Arc<CudaStream>) -> u64 {
+    let (p, _sync) = s.device_ptr(stream);
+    p
+}
+
+/// The device-table entry for the driver's name of a card (`NVIDIA H100 80GB HBM3` -> h100),
+/// trying the whole name, then without its last words.
+pub fn table_device(driver_name: &str) -> Option<crate::perf::device::Device> {
+    let words: Vec<&str> = driver_name.split_whitespace().collect();
+    (1..=words.len()).rev().find_map(|n| crate::perf::device::lookup(&words[..n].join(" ")).ok()).filter(|d| d.is_gpu())
+}
+
+/// f32 values in storage type `t`, as bytes (bf16/f16 rounded to nearest even).
+fn f32_bytes(v: &[f32], t: DType) -> Vec<u8> {
+    match t {
+        DType::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        DType::Bf16 => v.iter().flat_map(|&x| half::bf16::from_f32(x).to_le_bytes()).collect(),
+        DType::F16 => v.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect(),
+        t => panic!("f32 data into a {t:?} tensor"),
+    }
+}
+
+/// Bytes of storage type `t` widened to f32.
+fn bytes_f32(b: &[u8], t: DType) -> Vec<f32> {
+    match t {
+        DType::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        DType::Bf16 => b.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        DType::F16 => b.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        t => panic!("{t:?} data read as f32"),
+    }
+}
+
+impl Backend for Cuda {
+    type Buf = CudaBuf;
+
+    fn name(&self) -> String {
+        let c = &self.inner.card;
+        format!("cuda:{} ({}, {} SMs)", c.ordinal, c.name, self.inner.sms)
+    }
+
+    fn device(&self, p: Precision) -> DeviceInfo {
+        let c = &self.inner.card;
+        let dev = table_device(&c.name);
+        let memory = self.inner.ctx.mem_get_info().ok().map(|(free, total)| crate::perf::device::MemInfo {
+            total: total as u64,
+            available: free as u64,
+            swap_free: 0,
+        });
+        DeviceInfo {
+            description: format!("{} (cuda:{}, compute capability {}.{})", c.name, c.ordinal, c.cc.0, c.cc.1),
+            peak_flops: dev.as_ref().map(|d| d.peak_flops(p)).filter(|x| *x > 0.0),
+            peak_source: dev.as_ref().map_or_else(|| "not in the device table: MFU n/a".into(), |d| d.peak_source(p)),
+            memory_model: crate::perf::flops::Impl::Gpu,
+            memory,
+            workers: self.inner.sms,
+            precision_note: match p {
+                Precision::F32 => "true fp32 matmuls (no TF32)",
+                Precision::Tf32 => "TF32 matmuls, f32 storage",
+                Precision::Bf16 => "bf16 storage and matmuls, f32 accumulation and master weights",
+                Precision::F16 => "fp16 storage and matmuls, f32 accumulation and master weights, dynamic loss scaling",
+            }
+            .into(),
+        }
+    }
+
+    fn alloc(&self, n: usize, dtype: DType) -> Result<CudaBuf> {
+        let bytes = (n * dtype.bytes()).max(1);
+        let mem = self.inner.stream.alloc_zeros::<u8>(bytes).map_err(|e| {
+            let free =
+                self.inner.ctx.mem_get_info().map(|(f, t)| format!("; {:.2} GiB free of {:.2} GiB", gib(f), gib(t))).unwrap_or_default();
+            anyhow!(
+                "cuda:{}: could not allocate {n} {dtype:?} elements ({:.2} GiB) of a model buffer ({e:?}){free}",
+                self.inner.card.ordinal,
+                gib(bytes)
+            )
+        })?;
+        let ptr = address(&mem, &self.inner.stream);
+        Ok(CudaBuf { _mem: mem, ptr, len: n, dtype })
+    }
+
+    fn upload(&self, bufs: &mut Buffers<CudaBuf>, dst: Tensor, src: &Host) -> Result<()> {
+        assert!(src.len() == dst.len(), "upload of {} elements into {dst:?}", src.len());
+        let bytes = match (src, dst.dtype) {
+            (Host::F32(v), t @ (DType::F32 | DType::Bf16 | DType::F16)) => f32_bytes(v, t),
+            (Host::U32(v), DType::U32) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            (Host::F64(v), DType::F64) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            (s, t) => panic!("upload of {:?} data into a {t:?} tensor", s.dtype()),
+        };
+        let at = self.ptr(bufs, dst);
+        self.bind()?;
+        // SAFETY: `at` and the byte count lie inside the tensor's buffer (checked by `ptr`); a
+        // copy from pageable host memory returns once `bytes` has been staged, so it may be
+        // dropped after the call.
+        unsafe { drv::memcpy_htod_async(at, &bytes, self.cu_stream()) }.map_err(|e| anyhow!("upload into {dst:?}: {e:?}"))?;
+        Ok(())
+    }
+
+    fn download(&self, bufs: &Buffers<CudaBuf>, src: Tensor) -> Result<Host> {
+        let at = self.ptr(bufs, src);
+        let mut bytes = vec![0u8; src.len() * src.dtype.bytes()];
+        self.bind()?;
+        // SAFETY: the tensor lies inside its buffer (checked by `ptr`) and `bytes` has its size;
+        // the stream is synchronised before `bytes` is read.
+        unsafe { drv::memcpy_dtoh_async(&mut bytes, at, self.cu_stream()) }.map_err(|e| anyhow!("download of {src:?}: {e:?}"))?;
+        self.synchronize().with_context(|| format!("download of {src:?}"))?;
+        let words = |n: usize| bytes.chunks_exact(n);
+        Ok(match src.dtype {
+            DType::F32 | DType::Bf16 | DType::F16 => Host::F32(bytes_f32(&bytes, src.dtype)),
+            DType::U32 => Host::U32(words(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
+            DType::F64 => Host::F64(words(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()),
+        })
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.inner.stream.synchronize().map_err(|e| anyhow!("cuda:{}: a kernel or copy failed ({e:?})", self.inner.card.ordinal))
+    }
+
+    fn run(&self, bufs: &mut Buffers<CudaBuf>, op: &Op) -> Result<()> {
+        self.bind()?;
+        self.run_op(bufs, op).with_context(|| format!("cuda:{}: {}", self.inner.card.ordinal, op.name()))
+    }
+}
+
+fn gib(bytes: usize) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn driver_names_find_their_table_entry() {
+        for (driver, table) in [
+            ("NVIDIA H100 80GB HBM3", "h100-sxm"),
+            ("NVIDIA H100 PCIe", "h100-pcie"),
+            ("NVIDIA H200", "h200"),
+            ("NVIDIA GeForce RTX 4070", "rtx-4070"),
+            ("NVIDIA A100-SXM4-80GB", "a100-80gb"),
+            ("Tesla T4", "t4"),
+        ] {
+            assert_eq!(table_device(driver).map(|d| d.name), Some(table.to_string()), "{driver}");
+        }
+        assert!(table_device("NVIDIA Quadro GV100").is_none(), "an unlisted card: MFU n/a");
+    }
+
+    #[test]
+    fn uploads_round_to_the_storage_type_and_downloads_widen() {
+        let v = [1.0f32, 1.0 + 1.0 / 256.0 + 1e-6, -3.3, 65504.0];
+        let bf = bytes_f32(&f32_bytes(&v, DType::Bf16), DType::Bf16);
+        assert_eq!(bf, [1.0, 1.0 + 1.0 / 128.0, -(3.0 + 38.0 / 128.0), 65536.0]);
+        let h = bytes_f32(&f32_bytes(&v, DType::F16), DType::F16);
+        assert_eq!(h, [1.0, 1.0 + 1.0 / 256.0, -(3.0 + 308.0 / 1024.0), 65504.0]);
+        assert_eq!(bytes_f32(&f32_bytes(&v, DType::F32), DType::F32), v);
+    }
+}

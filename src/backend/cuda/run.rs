@@ -1,0 +1,414 @@
+//! How each [`Op`] runs on the GPU: which kernel of `kernels/*.cu` (or which cuBLASLt
+//! product), with what launch shape. Kernels are named `<kernel>_<storage>` (`f32`, `bf16`,
+//! `f16`) after the type of the op's activations; parameter gradients, moments, master
+//! weights and statistics are f32 whatever the run's precision.
+//!
+//! The linear layers, row-major as the model stores them, in cuBLASLt's column-major terms
+//! (a row-major (R, C) matrix is a column-major (C, R) one):
+//! - forward   out(N,OC) = inp(N,IC) @ w(OC,IC)^T  is  out^T = op_T(w) . inp^T, (OC x N)
+//! - backward  dinp(N,IC) = dout(N,OC) @ w         is  dinp^T = w^T . dout^T, (IC x N)
+//! - backward  dw(OC,IC) += dout^T @ inp           is  dw^T += inp^T . op_T(dout^T), (IC x OC)
+
+use super::blas::Gemm;
+use super::{Cuda, CudaBuf};
+use crate::backend::{Buffers, DType, Dropout, Op, Tensor};
+use anyhow::{anyhow, Result};
+use cudarc::driver::{result as drv, LaunchConfig, PushKernelArg};
+
+/// Blocks of the sum of squares' first pass: a fixed number, so the sum's order never changes.
+pub const PARTIALS: usize = 256;
+
+/// Threads per block of the elementwise kernels.
+const BLOCK: u32 = 256;
+
+/// Dynamic shared memory a block may use without opting in (48 KiB on every card).
+const SHARED: usize = 48 << 10;
+
+/// A kernel argument.
+#[derive(Clone, Copy)]
+enum Arg {
+    /// A device address (any pointer parameter; 0 for a null one).
+    P(u64),
+    U32(u32),
+    U64(u64),
+    F32(f32),
+    I32(i32),
+}
+
+/// The kernel-name suffix of a storage type.
+fn sfx(t: DType) -> &'static str {
+    match t {
+        DType::F32 => "f32",
+        DType::Bf16 => "bf16",
+        DType::F16 => "f16",
+        t => panic!("no kernel stores {t:?}"),
+    }
+}
+
+/// The dropout probability a kernel takes (0: none) and its key.
+fn drop_args(d: Dropout) -> [Arg; 2] {
+    [Arg::F32(if d.active() { d.p } else { 0.0 }), Arg::U64(d.key)]
+}
+
+fn blocks(n: usize, per: usize) -> u32 {
+    n.div_ceil(per).max(1) as u32
+}
+
+/// Warps per block (1 to 4) for kernels that keep `floats_per_warp` f32 in shared memory.
+fn warps_for(floats_per_warp: usize) -> usize {
+    (SHARED / (floats_per_warp * 4).max(1)).clamp(1, 4)
+}
+
+impl Cuda {
+    /// Launches kernel `name` with `grid` x `block` threads and `shared` bytes of dynamic
+    /// shared memory.
+    fn launch(&self, name: &str, grid: (u32, u32), block: (u32, u32), shared: usize, args: &[Arg]) -> Result<()> {
+        let f = self.func(name)?;
+        let mut b = self.inner.stream.launch_builder(&f);
+        for a in args {
+            match a {
+                Arg::P(x) | Arg::U64(x) => b.arg(x),
+                Arg::U32(x) => b.arg(x),
+                Arg::F32(x) => b.arg(x),
+                Arg::I32(x) => b.arg(x),
+            };
+        }
+        let cfg = LaunchConfig { grid_dim: (grid.0, grid.1, 1), block_dim: (block.0, block.1, 1), shared_mem_bytes: shared as u32 };
+        // SAFETY: every kernel of kernels/*.cu takes exactly the arguments its call site below
+        // passes, in order and type (pointers as 64-bit addresses of checked tensors); the
+        // launch shape is one the kernel is written for (block sizes multiples of 32, shared
+        // memory sized from the same T or pos the kernel indexes with).
+        unsafe { b.launch(cfg) }.map_err(|e| anyhow!("launch of {name}: {e:?}"))?;
+        Ok(())
+    }
+
+    /// An elementwise kernel over `n` elements (grid-stride).
+    fn launch_1d(&self, name: &str, n: usize, args: &[Arg]) -> Result<()> {
+        let grid = blocks(n, BLOCK as usize).min(self.inner.sms as u32 * 32);
+        self.launch(name, (grid, 1), (BLOCK, 1), 0, args)
+    }
+
+    fn func(&self, name: &str) -> Result<cudarc::driver::CudaFunction> {
+        let mut funcs = self.inner.funcs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = funcs.get(name) {
+            return Ok(f.clone());
+        }
+        let f = self.inner.modules.iter().find_map(|m| m.load_function(name).ok()).ok_or_else(|| anyhow!("no kernel named {name}"))?;
+        funcs.insert(name.to_string(), f.clone());
+        Ok(f)
+    }
+
+    /// Attention backward's row-dot scratch, at least `n` floats.
+    fn rowdot(&self, n: usize) -> Result<u64> {
+        let mut r = self.inner.rowdot.lock().unwrap_or_else(|e| e.into_inner());
+        if r.as_ref().is_none_or(|s| s.len() < n) {
+            *r = Some(self.inner.stream.alloc_zeros::<f32>(n).map_err(|e| anyhow!("attention scratch of {n} floats: {e:?}"))?);
+        }
+        Ok(super::address(r.as_ref().expect("allocated above"), &self.inner.stream))
+    }
+
+    /// A tensor as a matmul operand: its address and storage type.
+    fn operand(&self, bufs: &Buffers<CudaBuf>, t: Tensor) -> (u64, DType) {
+        (self.ptr(bufs, t), t.dtype)
+    }
+
+    pub(super) fn run_op(&self, bufs: &mut Buffers<CudaBuf>, op: &Op) -> Result<()> {
+        let p = |t: Tensor| Arg::P(self.ptr(bufs, t));
+        let opt = |t: Option<Tensor>| Arg::P(t.map_or(0, |t| self.ptr(bufs, t)));
+        let u32_ = |x: usize| Arg::U32(u32::try_from(x).expect("a size over 2^32 where a kernel takes 32 bits"));
+        match *op {
+            Op::Zero(x) => {
+                // SAFETY: the tensor lies inside its buffer (checked by `ptr`).
+                unsafe { drv::memset_d8_async(self.ptr(bufs, x), 0, x.len() * x.dtype.bytes(), self.cu_stream()) }
+                    .map_err(|e| anyhow!("{e:?}"))?;
+            }
+            Op::Copy { dst, src } => {
+                assert!(dst.dtype == src.dtype && dst.len() == src.len() && !dst.overlaps(&src), "copy {src:?} to {dst:?}");
+                // SAFETY: both tensors lie inside their buffers (checked by `ptr`) and do not overlap.
+                unsafe {
+                    drv::memcpy_dtod_async(self.ptr(bufs, dst), self.ptr(bufs, src), dst.len() * dst.dtype.bytes(), self.cu_stream())
+                }
+                .map_err(|e| anyhow!("{e:?}"))?;
+            }
+            Op::Dropout { x, drop } => {
+                if drop.active() {
+                    let [dp, key] = drop_args(drop);
+                    self.launch_1d(&format!("dropout_{}", sfx(x.dtype)), x.len(), &[p(x), Arg::U64(x.len() as u64), dp, key])?;
+                }
+            }
+            Op::Embed(e) => {
+                let (t, c) = (e.out.dims()[1], e.out.cols());
+                assert_eq!(e.tokens.len(), e.out.rows(), "{e:?}");
+                let s = sfx(e.out.dtype);
+                let args = [p(e.out), p(e.wte), p(e.wpe), p(e.tokens), Arg::U64(e.out.rows() as u64), u32_(t), u32_(c), u32_(e.pos0)];
+                self.launch_1d(&format!("encoder_forward_{s}"), e.out.len(), &args)?;
+                if e.drop.active() {
+                    let [dp, key] = drop_args(e.drop);
+                    self.launch_1d(&format!("dropout_{s}"), e.out.len(), &[p(e.out), Arg::U64(e.out.len() as u64), dp, key])?;
+                }
+            }
+            Op::EmbedBackward(e) => {
+                let (b, t, c) = (e.dout.dims()[0], e.dout.dims()[1], e.dout.cols());
+                let s = sfx(e.dout.dtype);
+                assert!(e.dwte.dtype == DType::F32 && e.dwpe.dtype == DType::F32, "parameter gradients are f32: {e:?}");
+                self.launch(
+                    &format!("encoder_backward_wpe_{s}"),
+                    (blocks(t * c, 256), 1),
+                    (256, 1),
+                    0,
+                    &[p(e.dwpe), p(e.dout), u32_(b), u32_(t), u32_(c)],
+                )?;
+                let args = [p(e.dwte), p(e.dout), p(e.tokens), Arg::U64((b * t) as u64), u32_(c)];
+                self.launch(&format!("encoder_backward_wte_{s}"), (blocks(c, 64), 1), (64, 1), 0, &args)?;
+            }
+            Op::LayerNorm(l) => {
+                let (n, c) = (l.inp.rows(), l.inp.cols());
+                let args = [p(l.out), p(l.mean), p(l.rstd), p(l.inp), p(l.w), opt(l.b), u32_(n), u32_(c)];
+                self.launch(&format!("layernorm_forward_{}", sfx(l.inp.dtype)), (blocks(n, 4), 1), (128, 1), 0, &args)?;
+            }
+            Op::LayerNormBackward(l) => {
+                let (n, c) = (l.inp.rows(), l.inp.cols());
+                let s = sfx(l.inp.dtype);
+                let args = [p(l.dinp), p(l.dout), p(l.inp), p(l.mean), p(l.rstd), p(l.w), u32_(n), u32_(c)];
+                self.launch(&format!("layernorm_backward_dinp_{s}"), (blocks(n, 4), 1), (128, 1), 0, &args)?;
+                let args = [p(l.dw), opt(l.db), p(l.dout), p(l.inp), p(l.mean), p(l.rstd), u32_(n), u32_(c)];
+                self.launch(&format!("layernorm_backward_dw_{s}"), (blocks(c, 32), 1), (32, 8), 0, &args)?;
+            }
+            Op::Matmul(m) => {
+                let (n, ic, oc) = (m.inp.rows(), m.inp.cols(), m.out.cols());
+                let (out, inp, w) = (self.operand(bufs, m.out), self.operand(bufs, m.inp), self.operand(bufs, m.w));
+                let g = linear_forward(n, ic, oc, out, inp, w, m.b.map(|b| self.ptr(bufs, b)), self.inner.tf32);
+                self.inner.blas.gemm(&g, self.cu_stream())?;
+            }
+            Op::MatmulBackward(m) => {
+                let (n, ic, oc) = (m.inp.rows(), m.inp.cols(), m.dout.cols());
+                let (dout, inp, w) = (self.operand(bufs, m.dout), self.operand(bufs, m.inp), self.operand(bufs, m.w));
+                if !m.dinp.is_empty() {
+                    let g = linear_dinp(n, ic, oc, self.operand(bufs, m.dinp), dout, w, self.inner.tf32);
+                    self.inner.blas.gemm(&g, self.cu_stream())?;
+                }
+                let g = linear_dw(n, ic, oc, self.operand(bufs, m.dw), dout, inp, self.inner.tf32);
+                self.inner.blas.gemm(&g, self.cu_stream())?;
+                if let Some(db) = m.db {
+                    assert_eq!(db.dtype, DType::F32, "parameter gradients are f32: {db:?}");
+                    let args = [p(db), p(m.dout), u32_(n), u32_(oc)];
+                    self.launch(&format!("bias_backward_{}", sfx(m.dout.dtype)), (blocks(oc, 32), 1), (32, 8), 0, &args)?;
+                }
+            }
+            Op::Attention(a) => {
+                let (b, t, c) = bt_c(a.qkv, a.n_head);
+                let w = warps_for(t);
+                let [dp, key] = drop_args(a.drop);
+                let args = [p(a.out), p(a.stats), p(a.qkv), u32_(b), u32_(t), u32_(c), u32_(a.n_head), dp, key];
+                let grid = (blocks(b * a.n_head * t, w), 1);
+                self.launch(&format!("attention_forward_{}", sfx(a.qkv.dtype)), grid, (32 * w as u32, 1), w * t * 4, &args)?;
+            }
+            Op::AttentionBackward(a) => {
+                let (b, t, c) = bt_c(a.qkv, a.n_head);
+                let rows = b * a.n_head * t;
+                let rowdot = Arg::P(self.rowdot(rows)?);
+                let s = sfx(a.qkv.dtype);
+                let [dp, key] = drop_args(a.drop);
+                let w = warps_for(2 * t);
+                let args = [p(a.dqkv), rowdot, p(a.dout), p(a.qkv), p(a.stats), u32_(b), u32_(t), u32_(c), u32_(a.n_head), dp, key];
+                self.launch(&format!("attention_backward_q_{s}"), (blocks(rows, w), 1), (32 * w as u32, 1), w * 2 * t * 4, &args)?;
+                self.launch(&format!("attention_backward_kv_{s}"), (blocks(rows, 4), 1), (128, 1), 0, &args)?;
+            }
+            Op::AttentionDecode(a) => {
+                let c = a.out.len();
+                let w = warps_for(a.pos + 1);
+                let args = [p(a.out), p(a.k), p(a.v), p(a.qkv), u32_(a.pos), u32_(c), u32_(a.n_head)];
+                let grid = (blocks(a.n_head, w), 1);
+                self.launch(&format!("attention_decode_{}", sfx(a.qkv.dtype)), grid, (32 * w as u32, 1), w * (a.pos + 1) * 4, &args)?;
+            }
+            Op::Gelu(g) => self.launch_1d(
+                &format!("gelu_forward_{}", sfx(g.inp.dtype)),
+                g.inp.len(),
+                &[p(g.out), p(g.inp), Arg::U64(g.inp.len() as u64)],
+            )?,
+            Op::GeluBackward(g) => {
+                let args = [p(g.dinp), p(g.dout), p(g.inp), Arg::U64(g.inp.len() as u64)];
+                self.launch_1d(&format!("gelu_backward_{}", sfx(g.inp.dtype)), g.inp.len(), &args)?
+            }
+            Op::Residual(r) => {
+                let args = [p(r.out), p(r.a), p(r.b), Arg::U64(r.out.len() as u64)];
+                self.launch_1d(&format!("residual_forward_{}", sfx(r.out.dtype)), r.out.len(), &args)?
+            }
+            Op::FusedClassifier(fc) => {
+                let (n, vp) = (fc.logits.rows(), fc.logits.cols());
+                let args = [
+                    p(fc.logits),
+                    p(fc.losses),
+                    p(fc.targets),
+                    u32_(fc.vocab),
+                    u32_(vp),
+                    Arg::I32(fc.grad_scale.is_some() as i32),
+                    Arg::F32(fc.grad_scale.unwrap_or(0.0)),
+                ];
+                self.launch(&format!("fused_classifier_{}", sfx(fc.logits.dtype)), (n as u32, 1), (512, 1), 0, &args)?;
+            }
+            Op::AddMeanLoss { losses, into } => {
+                assert_eq!(losses.dtype, DType::F32, "losses are f32 statistics");
+                self.launch("add_mean_loss", (1, 1), (1024, 1), 0, &[p(into.tensor()), p(losses), u32_(losses.len())])?;
+            }
+            Op::AddSquares { x, into } => {
+                let partials = Arg::P(super::address(&self.inner.partials, &self.inner.stream));
+                let args = [partials, p(x), Arg::U64(x.len() as u64)];
+                self.launch(&format!("sum_squares_partial_{}", sfx(x.dtype)), (PARTIALS as u32, 1), (1024, 1), 0, &args)?;
+                self.launch("add_partials", (1, 1), (32, 1), 0, &[p(into.tensor()), partials, u32_(PARTIALS)])?;
+            }
+            Op::AdamWStep(a) => {
+                assert!(a.grads.dtype == DType::F32 && a.m.dtype == DType::F32 && a.v.dtype == DType::F32, "AdamW state is f32: {a:?}");
+                assert!(a.master.is_some() || a.params.dtype == DType::F32, "low-precision parameters need f32 master weights: {a:?}");
+                let hp = a.hp;
+                let bc1 = 1.0 - hp.beta1.powi(a.step as i32);
+                let bc2 = 1.0 - hp.beta2.powi(a.step as i32);
+                let args = [
+                    p(a.params),
+                    opt(a.master),
+                    p(a.grads),
+                    p(a.m),
+                    p(a.v),
+                    Arg::U64(a.params.len() as u64),
+                    Arg::F32(hp.beta1),
+                    Arg::F32(hp.beta2),
+                    Arg::F32(hp.eps),
+                    Arg::F32(hp.lr / bc1),
+                    Arg::F32(bc2.sqrt()),
+                    Arg::F32(1.0 - hp.lr * a.weight_decay),
+                    Arg::F32(a.grad_scale),
+                ];
+                self.launch_1d(&format!("adamw_{}", sfx(a.params.dtype)), a.params.len(), &args)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// out(N,OC) = inp(N,IC) @ w(OC,IC)^T (+ b): column-major out^T (OC x N) = op_T(w) . inp^T.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_forward(
+    n: usize,
+    ic: usize,
+    oc: usize,
+    out: (u64, DType),
+    inp: (u64, DType),
+    w: (u64, DType),
+    bias: Option<u64>,
+    tf32: bool,
+) -> Gemm {
+    Gemm { m: oc, n, k: ic, a: w, trans_a: true, lda: ic, b: inp, trans_b: false, ldb: ic, d: out, ldd: oc, beta: 0.0, bias, tf32 }
+}
+
+/// dinp(N,IC) = dout(N,OC) @ w(OC,IC): column-major dinp^T (IC x N) = w^T . dout^T, w^T being
+/// w's row-major storage read column-major.
+pub fn linear_dinp(n: usize, ic: usize, oc: usize, dinp: (u64, DType), dout: (u64, DType), w: (u64, DType), tf32: bool) -> Gemm {
+    Gemm { m: ic, n, k: oc, a: w, trans_a: false, lda: ic, b: dout, trans_b: false, ldb: oc, d: dinp, ldd: ic, beta: 0.0, bias: None, tf32 }
+}
+
+/// dw(OC,IC) += dout(N,OC)^T @ inp(N,IC): column-major dw^T (IC x OC) += inp^T . op_T(dout^T).
+pub fn linear_dw(n: usize, ic: usize, oc: usize, dw: (u64, DType), dout: (u64, DType), inp: (u64, DType), tf32: bool) -> Gemm {
+    Gemm {
+        m: ic,
+        n: oc,
+        k: n,
+        a: inp,
+        trans_a: false,
+        lda: ic,
+        b: dout,
+        trans_b: true,
+        ldb: oc,
+        d: dw,
+        ldd: ic,
+        beta: 1.0,
+        bias: None,
+        tf32,
+    }
+}
+
+/// (B, T, C) of a qkv(B, T, 3C) tensor, and a check that a head fits the attention kernels
+/// (at most 256 channels: eight per lane of a warp).
+fn bt_c(qkv: Tensor, n_head: usize) -> (usize, usize, usize) {
+    let d = qkv.dims();
+    assert!(d.len() == 3 && d[2].is_multiple_of(3), "qkv must be (B, T, 3C): {qkv:?}");
+    let c = d[2] / 3;
+    assert!(c / n_head <= 256, "the CUDA attention kernels take heads of at most 256 channels, not {}", c / n_head);
+    (d[0], d[1], c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What cuBLASLt computes for `g` (column-major, as documented), with each operand's
+    /// "address" an index into `mats`.
+    fn column_major(g: &Gemm, mats: &mut [Vec<f32>]) {
+        let (a, b) = (mats[g.a.0 as usize].clone(), mats[g.b.0 as usize].clone());
+        let bias = g.bias.map(|i| mats[i as usize].clone());
+        let d = &mut mats[g.d.0 as usize];
+        for i in 0..g.m {
+            for j in 0..g.n {
+                let mut s = 0.0f32;
+                for p in 0..g.k {
+                    let x = if g.trans_a { a[p + i * g.lda] } else { a[i + p * g.lda] };
+                    let y = if g.trans_b { b[j + p * g.ldb] } else { b[p + j * g.ldb] };
+                    s += x * y;
+                }
+                let at = i + j * g.ldd;
+                d[at] = g.beta * d[at] + s + bias.as_ref().map_or(0.0, |b| b[i]);
+            }
+        }
+    }
+
+    /// Every kernel name this file launches is defined by a source: the typed ones (named with
+    /// `sfx`) as `NAME_##S` in a `FOR_STORAGE` macro, the others verbatim.
+    #[test]
+    fn every_launched_kernel_exists_in_the_sources() {
+        let me = include_str!("run.rs");
+        let sources: String = super::super::compile::SOURCES.iter().map(|(_, s)| *s).collect();
+        let typed = regex::Regex::new(r#"format!\("([a-z_]+)_\{s?\}""#).unwrap();
+        let plain = regex::Regex::new(r#"launch\("([a-z_]+)""#).unwrap();
+        let mut n = 0;
+        for c in typed.captures_iter(me) {
+            let want = format!("void {}_##S(", &c[1]);
+            assert!(sources.contains(&want), "no kernel source defines {want}");
+            n += 1;
+        }
+        for c in plain.captures_iter(me) {
+            let want = format!("void {}(", &c[1]);
+            assert!(sources.contains(&want), "no kernel source defines {want}");
+            n += 1;
+        }
+        assert!(n >= 20, "found only {n} launches: has this test's pattern gone stale?");
+    }
+
+    #[test]
+    fn the_linear_layers_column_major_products_are_the_row_major_ones() {
+        let (n, ic, oc) = (5, 3, 4);
+        let fill = |len: usize, salt: usize| (0..len).map(|i| ((i * 7 + salt * 13) % 11) as f32 - 5.0).collect::<Vec<f32>>();
+        // 0 inp(N,IC) 1 w(OC,IC) 2 b(OC) 3 out(N,OC) 4 dout(N,OC) 5 dinp(N,IC) 6 dw(OC,IC)
+        let mut m =
+            vec![fill(n * ic, 1), fill(oc * ic, 2), fill(oc, 3), vec![0.0; n * oc], fill(n * oc, 4), vec![9.0; n * ic], fill(oc * ic, 5)];
+        let f32_ = |i: u64| (i, DType::F32);
+        let (inp, w, b, dout, dw0) = (m[0].clone(), m[1].clone(), m[2].clone(), m[4].clone(), m[6].clone());
+        column_major(&linear_forward(n, ic, oc, f32_(3), f32_(0), f32_(1), Some(2), false), &mut m);
+        column_major(&linear_dinp(n, ic, oc, f32_(5), f32_(4), f32_(1), false), &mut m);
+        column_major(&linear_dw(n, ic, oc, f32_(6), f32_(4), f32_(0), false), &mut m);
+        for r in 0..n {
+            for o in 0..oc {
+                let want: f32 = (0..ic).map(|i| inp[r * ic + i] * w[o * ic + i]).sum::<f32>() + b[o];
+                assert_eq!(m[3][r * oc + o], want, "out[{r},{o}]");
+            }
+            for i in 0..ic {
+                let want: f32 = (0..oc).map(|o| dout[r * oc + o] * w[o * ic + i]).sum();
+                assert_eq!(m[5][r * ic + i], want, "dinp[{r},{i}]");
+            }
+        }
+        for o in 0..oc {
+            for i in 0..ic {
+                let want: f32 = dw0[o * ic + i] + (0..n).map(|r| dout[r * oc + o] * inp[r * ic + i]).sum::<f32>();
+                assert_eq!(m[6][o * ic + i], want, "dw[{o},{i}] accumulates");
+            }
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! Which device a run uses: the config's `device` (`auto`, `cpu`, `cuda`, `cuda:N`), checked
+//! against what this machine has, with a one-line reason for the start banner or a one-line
+//! error. Nothing here panics when the driver or a library is missing: every probe asks
+//! whether the library loads before cudarc touches it.
+
+use super::libs;
+use crate::backend::Precision;
+use anyhow::{bail, Result};
+use cudarc::driver::{result, sys};
+
+/// The lowest compute capability the kernels are compiled for (Volta).
+pub const MIN_CC: (i32, i32) = (7, 0);
+/// The lowest compute capability with bfloat16 arithmetic (Ampere).
+pub const BF16_CC: (i32, i32) = (8, 0);
+
+/// The config's `device`, parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Choice {
+    /// The first usable GPU, else the CPU.
+    Auto,
+    Cpu,
+    /// A GPU: `cuda` (the first usable one) or `cuda:N`.
+    Cuda(Option<usize>),
+}
+
+impl Choice {
+    pub fn parse(s: &str) -> Result<Choice> {
+        Ok(match s {
+            "auto" => Choice::Auto,
+            "cpu" => Choice::Cpu,
+            "cuda" => Choice::Cuda(None),
+            _ => match s.strip_prefix("cuda:").map(|n| n.parse::<usize>()) {
+                Some(Ok(n)) => Choice::Cuda(Some(n)),
+                _ => bail!("unknown device `{s}` (auto, cpu, cuda, cuda:N)"),
+            },
+        })
+    }
+}
+
+/// Where a run goes, with the reason when `auto` chose.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Selected {
+    Cpu { reason: Option<String> },
+    Cuda { ordinal: usize, reason: Option<String> },
+}
+
+/// A GPU as the driver describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Card {
+    pub ordinal: usize,
+    pub name: String,
+    pub cc: (i32, i32),
+}
+
+/// Resolves `device` for a run at precision `p`: `cpu` as is, `cuda`/`cuda:N` or an error
+/// saying why not, `auto` the first usable GPU or the CPU with the reason.
+pub fn select(device: &str, p: Precision) -> Result<Selected> {
+    match Choice::parse(device)? {
+        Choice::Cpu => Ok(Selected::Cpu { reason: None }),
+        Choice::Cuda(n) => {
+            let card = find_card(n).map_err(|why| {
+                anyhow::anyhow!(
+                    "{why}; hint: device `{device}` needs an NVIDIA GPU and its driver, or run on the CPU (device `cpu`, or `auto`)"
+                )
+            })?;
+            check_card(&card, p)?;
+            check_libraries().map_err(anyhow::Error::msg)?;
+            Ok(Selected::Cuda { ordinal: card.ordinal, reason: None })
+        }
+        Choice::Auto => match find_card(None).and_then(|c| check_libraries().map(|()| c)) {
+            Ok(card) => {
+                check_card(&card, p)?;
+                let reason = format!("auto: cuda:{} ({}, compute capability {}.{})", card.ordinal, card.name, card.cc.0, card.cc.1);
+                Ok(Selected::Cuda { ordinal: card.ordinal, reason: Some(reason) })
+            }
+            Err(why) => Ok(Selected::Cpu { reason: Some(format!("auto: {why}, using the CPU")) }),
+        },
+    }
+}
+
+/// Whether the NVIDIA driver library can be loaded (nothing is called through it).
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to open libcuda with the system loader; nothing is called through it.
+    unsafe { sys::is_culib_present() }
+}
+
+/// GPU `n`, or the first with compute capability at least [`MIN_CC`]; or why there is none.
+pub fn find_card(n: Option<usize>) -> Result<Card, String> {
+    // SAFETY: only tries to open libcuda with the system loader; nothing is called through it.
+    if !unsafe { sys::is_culib_present() } {
+        return Err("no NVIDIA driver found (libcuda.so.1 not loadable)".into());
+    }
+    result::init().map_err(|e| format!("the NVIDIA driver did not initialise ({e:?})"))?;
+    let count = result::device::get_count().map_err(|e| format!("the NVIDIA driver cannot count GPUs ({e:?})"))? as usize;
+    let card = |i: usize| -> Result<Card, String> {
+        let dev = result::device::get(i as i32).map_err(|e| format!("cuda:{i}: {e:?}"))?;
+        let name = result::device::get_name(dev).unwrap_or_else(|_| "unnamed GPU".into());
+        let attr = |a| {
+            // SAFETY: `dev` is a device handle the driver just returned; the attribute is a
+            // plain integer query.
+            unsafe { result::device::get_attribute(dev, a) }.map_err(|e| format!("cuda:{i}: {e:?}"))
+        };
+        let major = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
+        let minor = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
+        Ok(Card { ordinal: i, name, cc: (major, minor) })
+    };
+    match n {
+        Some(i) if i >= count => Err(out_of_range(i, count)),
+        Some(i) => card(i),
+        None if count == 0 => Err("no CUDA GPU found (the NVIDIA driver sees none)".into()),
+        None => {
+            let cards = (0..count).map(card).collect::<Result<Vec<_>, _>>()?;
+            cards.iter().find(|c| c.cc >= MIN_CC).cloned().ok_or_else(|| too_old(&cards[0]))
+        }
+    }
+}
+
+fn out_of_range(i: usize, count: usize) -> String {
+    match count {
+        0 => format!("device cuda:{i} does not exist: the NVIDIA driver sees no GPU"),
+        n => format!("device cuda:{i} does not exist: the NVIDIA driver sees {n} GPU(s), cuda:0 to cuda:{}", n - 1),
+    }
+}
+
+fn too_old(c: &Card) -> String {
+    format!(
+        "cuda:{} ({}) has compute capability {}.{}; gptrain's CUDA kernels need {}.{} or newer",
+        c.ordinal, c.name, c.cc.0, c.cc.1, MIN_CC.0, MIN_CC.1
+    )
+}
+
+/// Whether `card` can run at precision `p`.
+pub fn check_card(card: &Card, p: Precision) -> Result<()> {
+    if card.cc < MIN_CC {
+        bail!("{}", too_old(card));
+    }
+    if p == Precision::Bf16 && card.cc < BF16_CC {
+        bail!(
+            "dtype bfloat16 needs compute capability {}.{} or newer, and cuda:{} ({}) has {}.{}; use `--set dtype=float16`",
+            BF16_CC.0,
+            BF16_CC.1,
+            card.ordinal,
+            card.name,
+            card.cc.0,
+            card.cc.1
+        );
+    }
+    if p == Precision::Tf32 && card.cc < BF16_CC {
+        bail!(
+            "dtype tfloat32 needs compute capability 8.0 or newer, and cuda:{} ({}) has {}.{}; use `--set dtype=float32`",
+            card.ordinal,
+            card.name,
+            card.cc.0,
+            card.cc.1
+        );
+    }
+    Ok(())
+}
+
+/// Opens cuBLASLt and NVRTC (found by [`libs`], else by the system loader), or names the one
+/// missing and where it was looked for.
+pub fn check_libraries() -> Result<(), String> {
+    for (lib, present) in [(libs::CUBLASLT, cublaslt_present as fn() -> bool), (libs::NVRTC, nvrtc_present)] {
+        if let Err(e) = libs::open(lib) {
+            if !present() {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn cublaslt_present() -> bool {
+    // SAFETY: only tries to open the library; nothing is called through it.
+    unsafe { cudarc::cublaslt::sys::is_culib_present() }
+}
+
+pub(super) fn nvrtc_present() -> bool {
+    // SAFETY: only tries to open the library; nothing is called through it.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_names_parse() {
+        assert_eq!(Choice::parse("auto").unwrap(), Choice::Auto);
+        assert_eq!(Choice::parse("cpu").unwrap(), Choice::Cpu);
+        assert_eq!(Choice::parse("cuda").unwrap(), Choice::Cuda(None));
+        assert_eq!(Choice::parse("cuda:3").unwrap(), Choice::Cuda(Some(3)));
+        for bad in ["gpu", "cuda:", "cuda:x", "cuda:-1", "CUDA", "mps"] {
+            let e = Choice::parse(bad).unwrap_err().to_string();
+            assert_eq!(e, format!("unknown device `{bad}` (auto, cpu, cuda, cuda:N)"));
+        }
+    }
+
+    #[test]
+    fn card_errors_name_the_card_and_the_way_out() {
+        let card = |cc| Card { ordinal: 1, name: "Tesla T4".into(), cc };
+        let e = check_card(&card((6, 1)), Precision::F32).unwrap_err().to_string();
+        assert_eq!(e, "cuda:1 (Tesla T4) has compute capability 6.1; gptrain's CUDA kernels need 7.0 or newer");
+        let e = check_card(&card((7, 5)), Precision::Bf16).unwrap_err().to_string();
+        assert_eq!(e, "dtype bfloat16 needs compute capability 8.0 or newer, and cuda:1 (Tesla T4) has 7.5; use `--set dtype=float16`");
+        check_card(&card((7, 5)), Precision::F16).unwrap();
+        check_card(&card((8, 9)), Precision::Bf16).unwrap();
+        assert_eq!(out_of_range(4, 2), "device cuda:4 does not exist: the NVIDIA driver sees 2 GPU(s), cuda:0 to cuda:1");
+        assert_eq!(out_of_range(0, 0), "device cuda:0 does not exist: the NVIDIA driver sees no GPU");
+    }
+
+    #[test]
+    fn without_a_driver_auto_is_the_cpu_and_cuda_an_error() {
+        // SAFETY: only tries to open libcuda.
+        if unsafe { sys::is_culib_present() } {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "without_a_driver_auto_is_the_cpu_and_cuda_an_error: skipped: this machine has an NVIDIA driver"
+            );
+            return;
+        }
+        let reason = "auto: no NVIDIA driver found (libcuda.so.1 not loadable), using the CPU".to_string();
+        assert_eq!(select("auto", Precision::F32).unwrap(), Selected::Cpu { reason: Some(reason) });
+        assert_eq!(select("cpu", Precision::Bf16).unwrap(), Selected::Cpu { reason: None });
+        for d in ["cuda", "cuda:1"] {
+            assert!(select(d, Precision::F32)
+                .unwrap_err()
+                .to_string()
+                .starts_with("no NVIDIA driver found (libcuda.so.1 not loadable); hint:"));
+        }
+    }
+}

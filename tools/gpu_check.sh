@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# The CUDA backend's checks, in two halves.
+#
+#   tools/gpu_check.sh --build   on a machine with Rust (no GPU needed): builds the release binary
+#                                and the test binaries, and copies the ones with CUDA tests,
+#                                without their debug info, into target/gpu-check/ with a manifest.
+#   tools/gpu_check.sh           on a GPU machine without Rust: from target/gpu-check/, runs the
+#                                CUDA tests (every test whose name has `cuda`), `gptrain check
+#                                --device cuda` when the binary has that command, and a short
+#                                training run on the GPU beside the same run on the CPU. Under 8
+#                                minutes; a summary table last; full logs under $OUT when set
+#                                (else target/gpu-check/logs).
+#
+# The GPU machine needs the NVIDIA driver, cuBLASLt and NVRTC (a CUDA toolkit, or NVIDIA's pip
+# wheels, e.g. the ones torch installs); see README.md, "GPU".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PACK=target/gpu-check
+
+if [[ "${1:-}" == "--build" ]]; then
+    set -e
+    cargo build --release
+    # every test executable, from cargo's own report
+    cargo test --release --no-run --message-format=json 2>/dev/null |
+        python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        lib = "lib" in m["target"]["kind"]  # the library unit tests, not the gptrain binary
+        print(m["target"]["name"] + ("-lib" if lib else ""), m["executable"])' >"$PACK.all" || { mkdir -p "$PACK"; false; }
+    rm -rf "$PACK" && mkdir -p "$PACK/bin"
+    mv "$PACK.all" "$PACK/all-tests.txt"
+    : >"$PACK/manifest.txt"
+    while read -r name exe; do
+        # only the binaries that hold CUDA tests (the library's and backend_tests! users)
+        if "$exe" --list 2>/dev/null | grep cuda >/dev/null; then  # (not grep -q: an early exit is a SIGPIPE failure under pipefail)
+            cp "$exe" "$PACK/bin/$name" && strip --strip-debug "$PACK/bin/$name" 2>/dev/null || true
+            echo "$name" >>"$PACK/manifest.txt"
+        fi
+    done <"$PACK/all-tests.txt"
+    cp target/release/gptrain "$PACK/bin/gptrain" && strip --strip-debug "$PACK/bin/gptrain" 2>/dev/null || true
+    echo "$ROOT" >"$PACK/build-root.txt"
+    echo "built into $PACK ($(du -sh "$PACK" | cut -f1)): $(tr '\n' ' ' <"$PACK/manifest.txt")gptrain"
+    exit 0
+fi
+
+[[ -f "$PACK/manifest.txt" ]] || { echo "error: no $PACK/manifest.txt: run tools/gpu_check.sh --build first (on a machine with Rust)"; exit 1; }
+LOGS=${OUT:-$PACK/logs}
+mkdir -p "$LOGS"
+BIN=$PACK/bin
+declare -a ROWS
+row() { ROWS+=("$(printf '%-34s %-8s %7s  %s' "$1" "$2" "$3" "$4")"); }
+# every step gets its own limit, cut to what is left of 7.5 minutes in all
+DEADLINE=$((SECONDS + 450))
+timed() { # name, log, timeout seconds, command...
+    local name=$1 log=$2 limit=$3; shift 3
+    local left=$((DEADLINE - SECONDS))
+    ((left < limit)) && limit=$left
+    if ((limit <= 5)); then
+        row "$name" "not run" "-" "out of time"
+        return
+    fi
+    local t0=$SECONDS
+    timeout "$limit" "$@" >"$LOGS/$log" 2>&1
+    local rc=$? dt=$((SECONDS - t0))
+    local status=ok; [[ $rc -ne 0 ]] && status="FAIL($rc)"; [[ $rc -eq 124 ]] && status=TIMEOUT
+    LAST_STATUS=$status
+    row "$name" "$status" "${dt}s" "$log"
+}
+
+# Tests find fixtures and the gptrain binary by the paths of the machine that built them.
+BUILD_ROOT=$(cat "$PACK/build-root.txt")
+if [[ "$BUILD_ROOT" != "$ROOT" && ! -e "$BUILD_ROOT" ]]; then
+    mkdir -p "$(dirname "$BUILD_ROOT")" 2>/dev/null && ln -s "$ROOT" "$BUILD_ROOT" 2>/dev/null ||
+        echo "note: could not link $BUILD_ROOT to $ROOT; tests that read fixtures may fail" | tee "$LOGS/note.txt"
+fi
+mkdir -p "$BUILD_ROOT/target/release" 2>/dev/null && [[ -e "$BUILD_ROOT/target/release/gptrain" ]] || cp "$BIN/gptrain" "$BUILD_ROOT/target/release/gptrain" 2>/dev/null
+
+{ nvidia-smi 2>&1 || echo "nvidia-smi: not found"; } >"$LOGS/nvidia-smi.txt"
+
+# 1. the CUDA tests, one binary at a time, one test at a time (one GPU)
+while read -r name; do
+    timed "tests: $name (cuda)" "test-$name.log" 120 "$BIN/$name" cuda --test-threads=1
+    grep -h "skipped" "$LOGS/test-$name.log" | head -3 | sed 's/^/    /'
+done <"$PACK/manifest.txt"
+
+# 2. gptrain check, where the binary has it
+if "$BIN/gptrain" help check >/dev/null 2>&1; then
+    timed "gptrain check --device cuda" check.log 60 "$BIN/gptrain" check --device cuda
+else
+    row "gptrain check --device cuda" "missing" "-" "this build has no check command"
+fi
+
+# 3. a short training run on the GPU, and the same run on the CPU (losses side by side)
+WORK=$(mktemp -d)
+"$BIN/gptrain" prepare --out "$WORK/data" >"$LOGS/prepare.log" 2>&1
+SHORT=(--preset shakespeare-char-cpu --set "dataset=$WORK/data" --set max_iters=60 --set eval_interval=30 --set eval_iters=5
+    --set log_interval=10 --set n_layer=2 --set n_embd=128 --set n_head=4 --set block_size=64 --set batch_size=16)
+timed "train 60 iters, device=cuda" train-cuda.log 90 "$BIN/gptrain" train "${SHORT[@]}" --set device=cuda --set "out_dir=$WORK/gpu"
+timed "train 60 iters, device=cpu" train-cpu.log 90 "$BIN/gptrain" train "${SHORT[@]}" --set device=cpu --set "out_dir=$WORK/cpu"
+for f in train-cuda.log train-cpu.log; do
+    echo "== $f (iteration lines)"
+    grep -E "^(iter|step|eval)|loss" "$LOGS/$f" | head -12
+done >"$LOGS/losses.txt"
+timed "bench 5 steps --profile, cuda" bench-cuda.log 45 "$BIN/gptrain" bench --set device=cuda --steps 5 --warmup 2 --profile
+rm -rf "$WORK"
+
+cat "$LOGS/losses.txt"
+echo
+echo "logs: $LOGS"
+printf '%-34s %-8s %7s  %s\n' "check" "status" "time" "log"
+printf '%s\n' "${ROWS[@]}"
