@@ -184,7 +184,7 @@ knobs! {
     threads: usize = 0; "worker threads (0: physical cores)"
     kernels: String = "fast".into(); "CPU kernels: `fast`, or `reference` (the readable ones the fast ones are tested against)"
     device: String = "auto".into(); "compute device: `auto` (the first usable NVIDIA GPU, else the CPU), `cpu`, `cuda` or `cuda:N`"
-    dtype: String = "float32".into(); "compute precision: `float32`, or mixed precision `bfloat16` / `float16` (f32 master weights; float16 with dynamic loss scaling); `tfloat32`: TF32 matmuls on a GPU"
+    dtype: String = "auto".into(); "compute precision: `auto` (nanoGPT's: bfloat16 on a GPU that has it, else float16; float32 on the CPU), `float32`, or mixed precision `bfloat16` / `float16` (f32 master weights; float16 with dynamic loss scaling); `tfloat32`: TF32 matmuls on a GPU"
     ["sampling (nanoGPT's sample.py)"]
     start: String = "\n".into(); "prompt text, or FILE:path"
     num_samples: usize = 10; "samples to draw"

@@ -448,7 +448,7 @@ pub fn estimate(a: &EstimateArgs) -> Result<()> {
         };
         let (_, dtype_named) = named_in_flags(&a.cfg)?;
         let flag = a.dtype.as_deref().map(parse_dtype).transpose()?;
-        let named = if dtype_named { Some(parse_dtype(&cfg.dtype)?) } else { None };
+        let named = if dtype_named && !cfg.dtype.eq_ignore_ascii_case("auto") { Some(parse_dtype(&cfg.dtype)?) } else { None };
         let (precision, mut notes) = estimate::DtypeChoice::choose(flag, named, &dev);
         let (model, vocab) = model_without_data(&cfg, &a.cfg)?;
         let run = Run {

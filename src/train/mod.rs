@@ -129,10 +129,28 @@ pub fn check_device(cfg: &Config) -> Result<Precision> {
 /// The run's precision and where it runs: `device = 'cpu'` as always (no tf32 there), `cuda` or
 /// `cuda:N` that GPU or an error saying why not, `auto` the first usable GPU, else the CPU
 /// with the reason (for the start banner).
+/// `dtype = 'auto'` (the default) is nanoGPT's choice: on a GPU bfloat16 where the card has it
+/// (compute capability 8.0 and up), else float16; on the CPU float32.
 pub fn resolve_device(cfg: &Config) -> Result<(Precision, Selected)> {
-    let dtype =
-        Precision::parse(&cfg.dtype).with_context(|| format!("unknown dtype `{}` (float32, tfloat32, float16, bfloat16)", cfg.dtype))?;
+    let auto = cfg.dtype.eq_ignore_ascii_case("auto");
+    let dtype = if auto {
+        Precision::F32
+    } else {
+        Precision::parse(&cfg.dtype)
+            .with_context(|| format!("unknown dtype `{}` (auto, float32, tfloat32, float16, bfloat16)", cfg.dtype))?
+    };
     let selected = cuda::select::select(&cfg.device, dtype)?;
+    let dtype = match &selected {
+        Selected::Cuda { ordinal, .. } if auto => {
+            let card = cuda::select::find_card(Some(*ordinal)).map_err(anyhow::Error::msg)?;
+            if card.cc >= cuda::select::BF16_CC {
+                Precision::Bf16
+            } else {
+                Precision::F16
+            }
+        }
+        _ => dtype,
+    };
     if matches!(selected, Selected::Cpu { .. }) && dtype == Precision::Tf32 {
         bail!("dtype `{}` is a GPU matmul mode the CPU backend does not have; use `--set dtype=float32` (or bfloat16, float16)", cfg.dtype);
     }
