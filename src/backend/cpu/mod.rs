@@ -10,6 +10,7 @@ pub mod encoder;
 pub mod layernorm;
 pub mod mathf;
 pub mod matmul;
+pub mod matmul_bf16;
 pub mod optimizer;
 pub mod pointwise;
 pub mod pool;
