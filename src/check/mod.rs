@@ -287,6 +287,7 @@ impl Describe for Cpu {
             ("device", format!("cpu: {}", crate::perf::device::cpu_model())),
             ("vectors", format!("{}{capped}", Isa::get().name())),
             ("matmuls", GemmLib::get().describe().to_string()),
+            ("bf16", format!("matmuls on {}", crate::backend::cpu::simd::Bf16Isa::describe())),
             ("threads", rayon::current_num_threads().to_string()),
             ("memory", memory),
             ("kernels", format!("{:?} (checked against the Reference kernels)", self.kernels)),

@@ -11,6 +11,7 @@ pub mod layernorm;
 pub mod mathf;
 pub mod matmul;
 pub mod matmul_bf16;
+mod matmul_mixed;
 pub mod optimizer;
 pub mod pointwise;
 pub mod pool;
@@ -167,7 +168,10 @@ impl Backend for Cpu {
             workers: rayon::current_num_threads(),
             precision_note: match p {
                 Precision::F32 | Precision::Tf32 => String::new(),
-                Precision::Bf16 => "bf16 storage, f32 arithmetic (portable kernels)".into(),
+                Precision::Bf16 if self.fast() => {
+                    format!("bf16 storage; matmuls on {}, f32 accumulation; other ops in f32", simd::Bf16Isa::describe())
+                }
+                Precision::Bf16 => "bf16 storage, f32 arithmetic (reference kernels)".into(),
                 Precision::F16 => "f16 storage, f32 arithmetic (portable kernels), dynamic loss scaling".into(),
             },
         }
@@ -234,7 +238,7 @@ impl Backend for Cpu {
             }
         }
         if widen::needed(op) {
-            if widen_chunked::run(bufs, op) || (fast && widen::run_by_rows(self, bufs, op)?) {
+            if (fast && matmul_mixed::run(bufs, op)) || widen_chunked::run(bufs, op) || (fast && widen::run_by_rows(self, bufs, op)?) {
                 return Ok(());
             }
             return widen::run(self, bufs, op);
