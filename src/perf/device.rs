@@ -46,6 +46,8 @@ impl Device {
         1e12 * match dtype {
             Precision::F32 => self.fp32_tflops,
             Precision::Tf32 => self.tf32_tflops,
+            // the CPU computes fp16 in f32 (no fp16 products): its peak is the f32 one
+            Precision::F16 if self.class == Class::Cpu => self.fp32_tflops,
             Precision::F16 | Precision::Bf16 => self.half_tflops,
         }
     }
@@ -55,7 +57,8 @@ impl Device {
     pub fn peak_source(&self, dtype: Precision) -> String {
         use Class::*;
         let line = match (self.class, dtype) {
-            (Cpu, _) => return format!("{} (the CPU backend computes every dtype as f32)", self.source),
+            (Cpu, Precision::Bf16) => return self.source.clone(),
+            (Cpu, _) => return format!("{} (fp32, tf32 and fp16 products run as f32 on the CPU: the f32 peak)", self.source),
             (GeForce, Precision::F32) => "Peak FP32 TFLOPS (non-Tensor)",
             (GeForce, Precision::Tf32) => "Peak TF32 Tensor TFLOPS (the FP32 rate on GeForce)",
             (GeForce, Precision::F16) => "Peak FP16 Tensor TFLOPS with FP32 Accumulate",
@@ -342,23 +345,30 @@ impl MemInfo {
 pub fn cpu() -> Device {
     let threads = rayon::current_num_threads();
     let peak = peak_with_cache(cache_path(threads).as_deref(), probe_cpu_peak);
+    // bf16/fp16: the bf16 instructions the products use (fp16, and CPUs without them, compute
+    // in f32: the f32 peak)
+    let bf16 = crate::backend::cpu::matmul_bf16::peak::instructions().map(|name| {
+        let probe = || crate::backend::cpu::matmul_bf16::peak::probe_peak().unwrap_or(0.0);
+        (peak_with_cache(bf16_cache_path(threads, name).as_deref(), probe), name)
+    });
     let mem = MemInfo::read().map_or(0, |m| m.total);
     Device {
         name: "cpu".into(),
         description: format!("{} ({threads} threads)", cpu_model()),
         fp32_tflops: peak / 1e12,
         tf32_tflops: peak / 1e12,
-        half_tflops: peak / 1e12,
+        half_tflops: bf16.map_or(peak, |b| b.0) / 1e12,
         memory_bytes: mem,
         bandwidth_gbs: 0.0,
         class: Class::Cpu,
         link_gbs: 0.0,
         link_source: "one CPU: no interconnect".into(),
         source: format!(
-            "measured: {:.1} GFLOP/s f32 FMA peak on {threads} threads with {}{} (gptrain's probe, best seen)",
+            "measured: {:.1} GFLOP/s f32 FMA peak on {threads} threads with {}{}{} (gptrain's probe, best seen)",
             peak / 1e9,
             Isa::get().name(),
-            if Isa::is_capped() { ", held there by GPTRAIN_ISA" } else { "" }
+            if Isa::is_capped() { ", held there by GPTRAIN_ISA" } else { "" },
+            bf16.map_or(String::new(), |(f, name)| format!("; bf16 {:.1} GFLOP/s with {name}", f / 1e9))
         ),
     }
 }
@@ -368,6 +378,14 @@ pub fn cpu_model() -> String {
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string()))
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+/// Where the best bf16 peak seen with instructions `name` on this CPU and thread count is kept.
+fn bf16_cache_path(threads: usize, name: &str) -> Option<std::path::PathBuf> {
+    let f32_path = cache_path(threads)?;
+    let tier: String = name.chars().filter(|c| c.is_ascii_alphanumeric()).collect::<String>().to_ascii_lowercase();
+    let file = f32_path.file_name()?.to_str()?.replace("cpu-peak-v3-", &format!("cpu-peak-bf16-{tier}-v1-"));
+    Some(f32_path.with_file_name(file))
 }
 
 fn cache_path(threads: usize) -> Option<std::path::PathBuf> {

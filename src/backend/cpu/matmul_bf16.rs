@@ -39,6 +39,7 @@ mod avx512;
 #[cfg(test)]
 mod bench;
 mod pack;
+pub mod peak;
 #[cfg(test)]
 mod tests;
 

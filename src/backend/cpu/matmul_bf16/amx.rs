@@ -113,6 +113,34 @@ impl Tiles {
     }
 }
 
+impl Tiles {
+    /// The peak probe's loop: `iters` rounds of four independent `tdpbf16ps` on tiles that
+    /// never leave the registers (16 x 16 x 32 multiply-adds each). Returns the FLOPs done.
+    pub fn peak_loop(&self, iters: u64) -> f64 {
+        if iters == 0 {
+            return 0.0;
+        }
+        // SAFETY: the configuration is loaded on this thread (self exists, and is not Send); the
+        // loop touches only tile registers (no memory).
+        unsafe {
+            asm!(
+                "tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3",
+                "tilezero tmm4", "tilezero tmm5", "tilezero tmm6", "tilezero tmm7",
+                "2:",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                "dec {n}",
+                "jnz 2b",
+                n = inout(reg) iters => _,
+                options(nostack, nomem),
+            )
+        };
+        (iters * 4 * 16 * 16 * 32 * 2) as f64
+    }
+}
+
 impl Drop for Tiles {
     fn drop(&mut self) {
         // SAFETY: the configuration was loaded on this thread (Tiles::load); tilerelease returns
