@@ -10,8 +10,9 @@
 //!   AVX-512 BF16 tier runs and [`Bf16Isa::describe`] says why.
 //! - **AVX-512 BF16** (`avx512.rs`): `vdpbf16ps` (16 lanes, each the sum of a pair of
 //!   products) on the same packed blocks, 8 rows x 32 columns of accumulators in registers.
-//!   For CPUs without AMX: on Sapphire Rapids `vdpbf16ps` issues once a cycle, half the rate
-//!   of f32 FMAs, so there it is slower than the f32 products (`bench.rs` has the numbers).
+//!   For CPUs without AMX: on Sapphire Rapids `vdpbf16ps` peaks at half the FLOP rate of f32
+//!   FMAs (measured 118 against 236 GFLOP/s a core), so there this tier (about 115 a core,
+//!   `bench.rs`) is slower than the f32 products.
 //! - **Portable**: both operands converted to f32 and multiplied by `gemm_raw` (correct, not
 //!   fast), for CPUs without AVX-512 BF16 or under `GPTRAIN_ISA=avx512`/`avx2`.
 //!
