@@ -10,12 +10,15 @@
 //!   AVX-512 BF16 tier runs and [`Bf16Isa::describe`] says why.
 //! - **AVX-512 BF16** (`avx512.rs`): `vdpbf16ps` (16 lanes, each the sum of a pair of
 //!   products) on the same packed blocks, 8 rows x 32 columns of accumulators in registers.
-//!   For CPUs without AMX: on Sapphire Rapids `vdpbf16ps` issues once a cycle, half the rate
-//!   of f32 FMAs, so there it is slower than the f32 products (`bench.rs` has the numbers).
+//!   For CPUs without AMX: on Sapphire Rapids `vdpbf16ps` peaks at half the FLOP rate of f32
+//!   FMAs (measured 118 against 236 GFLOP/s a core), so there this tier (about 115 a core,
+//!   `bench.rs`) is slower than the f32 products.
 //! - **Portable**: both operands converted to f32 and multiplied by `gemm_raw` (correct, not
 //!   fast), for CPUs without AVX-512 BF16 or under `GPTRAIN_ISA=avx512`/`avx2`.
 //!
-//! Packing (the first two tiers, `pack.rs`), into buffers on cache-line boundaries: k is padded
+//! Packing (the first two tiers, `pack.rs`), into buffers on cache-line boundaries that each
+//! thread keeps between products (`buffers.rs`; tile rows astride two lines ran at about half
+//! speed): k is padded
 //! with zeros to a multiple of 32, m and n to multiples of 32. lhs is packed per 32-row block as
 //! `[k/32][32 rows][32 k]` (an AMX A tile is 16 of those rows, 64 bytes each); rhs per 32-column
 //! panel as `[k/32][2 halves][16 k pairs][16 columns][2]`, the "VNNI" layout AMX's B tiles want
@@ -24,8 +27,8 @@
 //! by all threads, then each thread runs the kernel on its blocks of the chunk. Products deeper
 //! than [`KC_MAX`] are cut into k blocks, packed in turn, each f32 block carried between them.
 //!
-//! Each block is stored through an f32 scratch block: scaled by alpha, plus the bias (bf16
-//! dst) or the old value (f32 dst, accumulating), and only then rounded to bf16, once.
+//! Each block is stored through an f32 scratch block (`store.rs`): scaled by alpha, plus the
+//! bias (bf16 dst) or the old value (f32 dst, accumulating), and only then rounded to bf16, once.
 //!
 //! Determinism: every element of dst is one sum over all of k in a fixed order (a kernel call,
 //! or calls that go on from where the previous k block left off: the same bits), whichever
@@ -38,13 +41,16 @@ mod amx;
 mod avx512;
 #[cfg(test)]
 mod bench;
+mod buffers;
 mod pack;
 pub mod peak;
+mod store;
 #[cfg(test)]
 mod tests;
 
 use super::matmul::{gemm_raw, Dst, Par, Src};
 use super::simd::Bf16Isa;
+use buffers::{F32Block, Spare, Use};
 use half::bf16;
 use rayon::prelude::*;
 
@@ -307,10 +313,10 @@ unsafe fn blocked(tier: Bf16Isa, m: usize, n: usize, k: usize, out: Out, lhs: Sr
     // equal chunks of at most RHS_CHUNK_BYTES (or one panel)
     let chunks = col_blocks.div_ceil((RHS_CHUNK_BYTES / (2 * panel)).max(1));
     let per_chunk = col_blocks.div_ceil(chunks);
-    let mut rhs_packed = lines(per_chunk * panel);
-    let rhs_packed = as_u16(&mut rhs_packed);
-    let mut lhs_packed = lines(if chunks > 1 { row_blocks * panel } else { 0 });
-    let lhs_packed = as_u16(&mut lhs_packed);
+    let mut rhs_packed = Spare::take(Use::Rhs, per_chunk * panel);
+    let rhs_packed = rhs_packed.as_mut();
+    let mut lhs_packed = Spare::take(Use::Lhs, if chunks > 1 { row_blocks * panel } else { 0 });
+    let lhs_packed = lhs_packed.as_mut();
     // the f32 blocks carried between k blocks: [row block][column block]
     let mut carried = vec![F32Block([0.0; BLOCK * BLOCK]); if kblocks > 1 { row_blocks * col_blocks } else { 0 }];
     let carry = Carry { ptr: carried.as_mut_ptr(), col_blocks };
@@ -442,8 +448,8 @@ unsafe impl Sync for Carry {}
 unsafe fn blocks(task: Task, m: usize, n: usize, out: Out, lhs: Lhs, rhs_packed: &[u16], carry: Carry, alpha: f32) {
     let Task { tier, rows, cols, c0, panel, part } = task;
     let len = part.ksteps * KSTEP * BLOCK;
-    let mut own = lines(if matches!(lhs, Lhs::Pack(_)) { len } else { 0 });
-    let own = as_u16(&mut own); // [ksteps][32 rows][32 k]
+    let mut own = Spare::take(Use::OwnLhs, if matches!(lhs, Lhs::Pack(_)) { len } else { 0 });
+    let own = own.as_mut(); // [ksteps][32 rows][32 k]
     let mut scratch = F32Block([0.0; BLOCK * BLOCK]); // (32, 32)
                                                       // SAFETY: the tier can run (the caller's contract): for Amx, the OS has granted tiles.
     let tiles = (tier == Bf16Isa::Amx).then(|| unsafe { amx::Tiles::load() });
@@ -473,78 +479,15 @@ unsafe fn blocks(task: Task, m: usize, n: usize, out: Out, lhs: Lhs, rhs_packed:
             if part.last {
                 let (i0, j0) = (ib * BLOCK, (c0 + jb) * BLOCK);
                 // SAFETY: the block's rows and columns of dst (clipped to m, n) are the caller's
-                // and this task's alone; the tier implies AVX-512 F/BW/VL/DQ.
-                unsafe { store_block(c, out, i0, j0, BLOCK.min(m - i0), BLOCK.min(n - j0), alpha) };
-            }
-        }
-    }
-}
-
-/// A 32 x 32 f32 block of dst, on a cache line boundary, so that the tile rows the AMX kernel
-/// stores and loads never straddle two lines.
-#[repr(C, align(64))]
-#[derive(Clone, Copy)]
-struct F32Block([f32; BLOCK * BLOCK]);
-
-/// A cache line of packed bf16 bits. Packed operands are vectors of these, so that every
-/// 64-byte tile row starts on a line: the AMX kernel ran at about half the speed on operands
-/// 16 or 32 bytes off the line (as a plain `Vec<u16>` from malloc is).
-#[repr(C, align(64))]
-#[derive(Clone, Copy)]
-struct Line([u16; 32]);
-
-/// `len` zeroed u16 (a multiple of 32) on whole cache lines.
-fn lines(len: usize) -> Vec<Line> {
-    vec![Line([0; 32]); len / 32]
-}
-
-/// The u16 of some lines.
-fn as_u16(lines: &mut [Line]) -> &mut [u16] {
-    // SAFETY: a Line is 32 u16 and nothing else (repr(C), 64 bytes, no padding), so the lines
-    // are lines.len() * 32 initialised u16, borrowed exclusively for the same lifetime.
-    unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast::<u16>(), lines.len() * 32) }
-}
-
-/// dst's rows i0..i0+rows, columns j0..j0+cols <- the f32 block `c` (rows 32 apart), as
-/// [`Out`] says: scaled by alpha, plus the bias or the old value, rounded once for bf16.
-///
-/// # Safety
-/// Those elements of dst (and of the bias) must be valid for writes (reads); the CPU must have
-/// AVX-512 F, BW, VL and DQ.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
-unsafe fn store_block(c: &[f32; BLOCK * BLOCK], out: Out, i0: usize, j0: usize, rows: usize, cols: usize, alpha: f32) {
-    for (r, c) in c.chunks_exact(BLOCK).take(rows).enumerate() {
-        let c = &c[..cols];
-        match out {
-            Out::F32 { dst, accumulate } => {
-                // SAFETY: row i0 + r of dst from column j0 holds `cols` writable elements.
-                let d = unsafe { std::slice::from_raw_parts_mut(dst.ptr.add((i0 + r) * dst.rs + j0), cols) };
-                if accumulate {
-                    d.iter_mut().zip(c).for_each(|(d, &v)| *d += alpha * v);
-                } else {
-                    d.iter_mut().zip(c).for_each(|(d, &v)| *d = alpha * v);
-                }
-            }
-            Out::Bf16 { dst, bias } => {
-                // SAFETY: as above; bf16 is a u16 with the same layout (repr(transparent)).
-                let d = unsafe { std::slice::from_raw_parts_mut(dst.ptr.add((i0 + r) * dst.rs + j0).cast::<u16>(), cols) };
-                match bias {
-                    Some(b) => {
-                        // SAFETY: the bias holds n readable elements, j0 + cols <= n.
-                        let b = unsafe { std::slice::from_raw_parts(b.add(j0).cast::<u16>(), cols) };
-                        for ((d, &v), &b) in d.iter_mut().zip(c).zip(b) {
-                            *d = round_bf16(alpha * v + f32::from_bits(u32::from(b) << 16));
-                        }
-                    }
-                    None => d.iter_mut().zip(c).for_each(|(d, &v)| *d = round_bf16(alpha * v)),
-                }
+                // and this task's alone; the tier implies AVX-512 BF16, F, BW, VL and DQ.
+                unsafe { store::store_block(c, out, i0, j0, BLOCK.min(m - i0), BLOCK.min(n - j0), alpha) };
             }
         }
     }
 }
 
 /// `bf16::from_f32(x).to_bits()` (round to nearest even; NaN stays a quiet NaN), without
-/// branches, so that the loops above vectorize.
+/// branches, so that the loops that use it vectorize.
 #[inline(always)]
 fn round_bf16(x: f32) -> u16 {
     let b = x.to_bits();

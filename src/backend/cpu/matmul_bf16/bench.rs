@@ -3,9 +3,10 @@
 //!
 //! `GPTRAIN_BF16_BENCH=2 cargo test --release --lib bf16_gemm_bench -- --nocapture`
 //!
-//! (the value is the thread count). Each cell is the median GFLOP/s (2 m n k per product) of
-//! 11 calls after one warm-up call; f32 is the faster of `gemm`'s own threading and
-//! [`Par::Split`] on f32 copies of the same operands.
+//! (the value is the thread count). Each cell is the median and the best GFLOP/s (2 m n k per
+//! product) of 11 calls after a warm-up call, the implementations taking turns call by call;
+//! f32 is the faster of `gemm`'s own threading and [`Par::Split`] on f32 copies of the same
+//! operands (f32 dst for every layout). `bf16_kernel_bench` times the kernels alone.
 
 use super::tests::fill;
 use super::*;
@@ -47,19 +48,26 @@ fn cpu_gflops(m: usize, n: usize, k: usize, mut f: impl FnMut()) -> f64 {
     2.0 * (m * n * k) as f64 / secs[secs.len() / 2] / 1e9
 }
 
-/// GFLOP/s of `f`, an (m, n, k) product, over 11 calls after a warm-up call: (median, best).
-fn gflops(m: usize, n: usize, k: usize, mut f: impl FnMut()) -> (f64, f64) {
-    f();
-    let mut secs: Vec<f64> = (0..11)
-        .map(|_| {
+/// GFLOP/s of each of `runs`, (m, n, k) products: (median, best) over 11 rounds after a
+/// warm-up round, each round timing every run once in turn, so that all see the same machine
+/// (other processes come and go).
+fn gflops(m: usize, n: usize, k: usize, runs: &mut [&mut (dyn FnMut() + Send)]) -> Vec<(f64, f64)> {
+    runs.iter_mut().for_each(|f| f());
+    let mut secs = vec![Vec::new(); runs.len()];
+    for _ in 0..11 {
+        for (f, secs) in runs.iter_mut().zip(&mut secs) {
             let t = Instant::now();
             f();
-            t.elapsed().as_secs_f64()
-        })
-        .collect();
-    secs.sort_by(f64::total_cmp);
+            secs.push(t.elapsed().as_secs_f64());
+        }
+    }
     let rate = |s: f64| 2.0 * (m * n * k) as f64 / s / 1e9;
-    (rate(secs[secs.len() / 2]), rate(secs[0]))
+    secs.into_iter()
+        .map(|mut s| {
+            s.sort_by(f64::total_cmp);
+            (rate(s[s.len() / 2]), rate(s[0]))
+        })
+        .collect()
 }
 
 #[test]
@@ -73,7 +81,7 @@ fn bf16_gemm_bench() {
         .into_iter()
         .filter(|t| t.can_run().map_err(|why| println!("{t:?} not measured: {why}")).is_ok())
         .collect();
-    println!("GFLOP/s on {threads} threads, median/best of 11 calls; this process picks: {}", Bf16Isa::describe());
+    println!("GFLOP/s on {threads} threads, median/best of 11 rounds; this process picks: {}", Bf16Isa::describe());
     println!(
         "{:<6} {:<8} {:<5} {:>14} {:>11} {:>11} {:>11} {:>11} {:>7}",
         "config", "layer", "", "m x n x k", "f32", "portable", "avx512bf16", "amx", "amx/f32"
@@ -99,17 +107,21 @@ fn bf16_gemm_bench() {
             } else {
                 Out::F32 { dst, accumulate: true }
             };
-            let f32_par = |par: Par| {
-                // SAFETY: every operand covers the elements its strides address.
-                pool.install(|| gflops(m, n, k, || unsafe { gemm_raw(m, n, k, dst, !to_bf16, lhs32, rhs32, 1.0, par) }))
-            };
-            // the faster (by median) of gemm's threading and one block per thread
-            let f32_rate = [f32_par(Par::Gemm(threads)), f32_par(Par::Split(threads))].into_iter().max_by(|a, b| a.0.total_cmp(&b.0));
-            let mut cells = [f32_rate.unwrap(), (f64::NAN, f64::NAN), (f64::NAN, f64::NAN), (f64::NAN, f64::NAN)];
-            for &tier in &tiers {
-                // SAFETY: as above; the tier can run (filtered).
-                let run = || unsafe { gemm_bf16_on(tier, m, n, k, out, lhs, rhs, 1.0, Par::Split(threads)) };
-                cells[1 + tier as usize] = pool.install(|| gflops(m, n, k, run));
+            // f32 with gemm's own threading and with one block per thread, then each tier
+            // SAFETY (every run): each operand covers the elements its strides address; the
+            // tiers can run (filtered).
+            let f32_run = |par: Par| move || unsafe { gemm_raw(m, n, k, dst, !to_bf16, lhs32, rhs32, 1.0, par) };
+            let tier_run = |tier: Bf16Isa| move || unsafe { gemm_bf16_on(tier, m, n, k, out, lhs, rhs, 1.0, Par::Split(threads)) };
+            let (mut gemm, mut split) = (f32_run(Par::Gemm(threads)), f32_run(Par::Split(threads)));
+            let mut tier_runs: Vec<_> = tiers.iter().map(|&t| tier_run(t)).collect();
+            let mut runs: Vec<&mut (dyn FnMut() + Send)> = vec![&mut gemm, &mut split];
+            runs.extend(tier_runs.iter_mut().map(|r| r as &mut (dyn FnMut() + Send)));
+            let rates = pool.install(|| gflops(m, n, k, &mut runs));
+            // f32: the faster (by median) of its two threadings
+            let f32_rate = if rates[0].0 >= rates[1].0 { rates[0] } else { rates[1] };
+            let mut cells = [f32_rate, (f64::NAN, f64::NAN), (f64::NAN, f64::NAN), (f64::NAN, f64::NAN)];
+            for (&tier, &rate) in tiers.iter().zip(&rates[2..]) {
+                cells[1 + tier as usize] = rate;
             }
             let ratio = cells[3].0 / cells[0].0;
             let [f32, portable, avx512bf16, amx] = cells.map(|(median, best)| format!("{median:.0}/{best:.0}"));
@@ -130,10 +142,12 @@ fn bf16_kernel_bench() {
     }
     for k in [128, 384, 2048] {
         let steps = k / KSTEP;
-        let (mut a, mut b) = (lines(steps * KSTEP * BLOCK), lines(steps * KSTEP * BLOCK));
-        let (a, b) = (as_u16(&mut a), as_u16(&mut b));
-        a.fill(0x3f80); // 1.0
-        b.fill(0x3f80);
+        let (mut a, mut b) = (Spare::take(Use::Lhs, steps * KSTEP * BLOCK), Spare::take(Use::Rhs, steps * KSTEP * BLOCK));
+        let (a, b) = (a.as_mut(), b.as_mut());
+        // values in [-1, 1] (the AMX unit runs faster on zeros, or on all ones)
+        let len = a.len();
+        a.iter_mut().zip(fill(len, 1)).for_each(|(a, v)| *a = v.to_bits());
+        b.iter_mut().zip(fill(len, 2)).for_each(|(b, v)| *b = v.to_bits());
         let mut c = F32Block([0.0; BLOCK * BLOCK]);
         let c = &mut c.0;
         let calls = 2000;

@@ -280,3 +280,38 @@ fn a_kernel_call_that_adds_goes_on_where_a_longer_sum_left_off() {
         assert!(whole.iter().zip(&parts).all(|(x, y)| x.to_bits() == y.to_bits()), "{tier:?}");
     }
 }
+
+#[test]
+fn a_stored_block_is_rounded_as_half_rounds_and_clipped_to_dst() {
+    if let Err(why) = Bf16Isa::Avx512Bf16.can_run() {
+        println!("a_stored_block_is_rounded_as_half_rounds_and_clipped_to_dst: skipped: {why}");
+        return;
+    }
+    // values with every low half: ties to even both ways, just past them, -0.0, large, NaN
+    let mut c = [0.0f32; BLOCK * BLOCK];
+    for (e, c) in c.iter_mut().enumerate() {
+        let bits = 0x3f80_0000u32 | (e as u32).wrapping_mul(2654435761) & 0x007f_ffff;
+        *c = f32::from_bits(if e % 2 == 0 { bits } else { bits | 0x8000_0000 });
+    }
+    (c[0], c[1], c[2], c[3], c[4]) = (-0.0, f32::from_bits(0x3f80_8000), f32::from_bits(0x3f81_8000), f32::NAN, 3e38);
+    let bias = fill(40, 7);
+    // a 5 x 19 corner of the block into a 7 x 40 dst from (1, 3); the rest must stay
+    for (with_bias, alpha) in [(false, 1.0f32), (true, 1.0), (false, -0.5)] {
+        let (rows, cols, i0, j0) = (5, 19, 1, 3);
+        let mut dst = vec![bf16::from_f32(42.0); 7 * 40];
+        let out = Out::Bf16 { dst: DstBf16::rows(dst.as_mut_ptr(), 40), bias: with_bias.then_some(bias.as_ptr()) };
+        // SAFETY: the corner lies inside dst and the bias; the CPU has AVX-512 BF16 (checked).
+        unsafe { store::store_block(&c, out, i0, j0, rows, cols, alpha) };
+        for (e, &got) in dst.iter().enumerate() {
+            let (i, j) = (e / 40, e % 40);
+            let want = if (i0..i0 + rows).contains(&i) && (j0..j0 + cols).contains(&j) {
+                let b = if with_bias { bias[j].to_f32() } else { 0.0 };
+                let v = alpha * c[(i - i0) * BLOCK + j - j0];
+                bf16::from_bits(round_bf16(if with_bias { v + b } else { v }))
+            } else {
+                bf16::from_f32(42.0)
+            };
+            assert_eq!(got.to_bits(), want.to_bits(), "bias {with_bias} alpha {alpha} at ({i}, {j})");
+        }
+    }
+}
