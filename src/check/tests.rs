@@ -138,5 +138,5 @@ fn devices_are_cpu_cuda_or_cuda_n() {
     assert_eq!(Target::parse("cuda:1").unwrap(), Target::Cuda(Some(1)));
     assert!(Target::parse("cuda:x").is_err() && Target::parse("tpu").is_err());
     let labels: Vec<String> = Cpu::FAST.describe().into_iter().map(|r| r.0).collect();
-    assert_eq!(labels, ["device", "vectors", "matmuls", "threads", "memory", "kernels"]);
+    assert_eq!(labels, ["device", "vectors", "matmuls", "bf16", "threads", "memory", "kernels"]);
 }
