@@ -21,7 +21,7 @@ pub fn layernorm_forward(out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], in
 
 dispatch! {
     /// One row: returns (mean, rstd); `b` is empty when there is no bias.
-    fn layernorm_row(o: &mut [f32], x: &[f32], w: &[f32], b: &[f32]) -> (f32, f32) {
+    pub(super) fn layernorm_row(o: &mut [f32], x: &[f32], w: &[f32], b: &[f32]) -> (f32, f32) {
         let c = w.len();
         // equal-length slices, so the loops below have no bounds checks and vectorise
         let (o, x) = (&mut o[..c], &x[..c]);
@@ -86,7 +86,7 @@ pub fn layernorm_backward(
 
 dispatch! {
     /// One row of the backward: dinp += ..., part[..C] += dout * norm, part[C..] += dout.
-    fn layernorm_row_backward(di: &mut [f32], part: &mut [f32], d: &[f32], x: &[f32], w: &[f32], mu: f32, s: f32) {
+    pub(super) fn layernorm_row_backward(di: &mut [f32], part: &mut [f32], d: &[f32], x: &[f32], w: &[f32], mu: f32, s: f32) {
         let c = w.len();
         // equal-length slices, so the loop below has no bounds checks and vectorises
         let (di, d, x) = (&mut di[..c], &d[..c], &x[..c]);

@@ -8,6 +8,7 @@ pub mod attention;
 pub mod classifier;
 pub mod encoder;
 pub mod layernorm;
+mod layernorm_mixed;
 pub mod mathf;
 pub mod matmul;
 pub mod matmul_bf16;
@@ -16,6 +17,7 @@ pub mod optimizer;
 pub mod pointwise;
 pub mod pool;
 pub mod simd;
+mod typed;
 pub mod widen;
 mod widen_chunked;
 
@@ -238,7 +240,8 @@ impl Backend for Cpu {
             }
         }
         if widen::needed(op) {
-            if (fast && matmul_mixed::run(bufs, op)) || widen_chunked::run(bufs, op) || (fast && widen::run_by_rows(self, bufs, op)?) {
+            let native = fast && (matmul_mixed::run(bufs, op) || layernorm_mixed::run(bufs, op));
+            if native || widen_chunked::run(bufs, op) {
                 return Ok(());
             }
             return widen::run(self, bufs, op);

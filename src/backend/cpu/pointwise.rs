@@ -18,7 +18,7 @@ pub fn gelu_forward(out: &mut [f32], inp: &[f32]) {
 }
 
 dispatch! {
-    fn gelu_forward_chunk(o: &mut [f32], x: &[f32]) {
+    pub(super) fn gelu_forward_chunk(o: &mut [f32], x: &[f32]) {
         for (o, &x) in o.iter_mut().zip(x) {
             let cube = 0.044715 * x * x * x;
             *o = 0.5 * x * (1.0 + mathf::tanh(GELU_SCALE * (x + cube)));
@@ -35,7 +35,7 @@ pub fn gelu_backward(dinp: &mut [f32], dout: &[f32], inp: &[f32]) {
 }
 
 dispatch! {
-    fn gelu_backward_chunk(di: &mut [f32], d: &[f32], x: &[f32]) {
+    pub(super) fn gelu_backward_chunk(di: &mut [f32], d: &[f32], x: &[f32]) {
         for ((di, &d), &x) in di.iter_mut().zip(d).zip(x) {
             let cube = 0.044715 * x * x * x;
             let tanh_arg = GELU_SCALE * (x + cube);

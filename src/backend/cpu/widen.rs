@@ -10,7 +10,6 @@
 //! buffers' places, and the written spans are rounded back into the real buffers.
 
 use super::{Bufs, Cpu, CpuBuf};
-use crate::backend::ops::{LayerNorm, LayerNormBackward};
 use crate::backend::{Backend, BufId, DType, Op, Span, Tensor};
 use anyhow::Result;
 use rayon::prelude::*;
@@ -100,50 +99,6 @@ impl Scratch {
     }
 }
 
-/// Rows per block of [`run_by_rows`]: a multiple of the LayerNorm backward's partial-sum blocks,
-/// so that blocks add the weight gradients' partials in the order one call does.
-const BLOCK_ROWS: usize = 8 * super::layernorm::ROWS_PER_PARTIAL;
-
-/// LayerNorm (forward and backward) over low-precision operands, one block of rows at a time
-/// through [`run`]: the widened scratch is a block, not the tensor. Each row is independent and
-/// the weight-gradient partials are added in the same order as by one call over all rows, so
-/// the bits are [`run`]'s. False (nothing done) for other ops.
-pub fn run_by_rows(cpu: &Cpu, bufs: &mut Bufs, op: &Op) -> Result<bool> {
-    let n = match op {
-        Op::LayerNorm(l) => l.mean.len(),
-        Op::LayerNormBackward(l) => l.mean.len(),
-        _ => return Ok(false),
-    };
-    // rows of an (N, ...) tensor; the (C)-shaped weights and their gradients stay whole
-    let block = |t: Tensor, r: &std::ops::Range<usize>| -> Tensor {
-        let per_row = t.len() / n;
-        Tensor::new(t.buf, Span::new(t.span.off + r.start * per_row, r.len() * per_row), &[r.len(), per_row], t.dtype)
-    };
-    for start in (0..n).step_by(BLOCK_ROWS) {
-        let r = start..(start + BLOCK_ROWS).min(n);
-        let sub = match *op {
-            Op::LayerNorm(l) => Op::LayerNorm(LayerNorm {
-                out: block(l.out, &r),
-                mean: block(l.mean, &r),
-                rstd: block(l.rstd, &r),
-                inp: block(l.inp, &r),
-                ..l
-            }),
-            Op::LayerNormBackward(l) => Op::LayerNormBackward(LayerNormBackward {
-                dinp: block(l.dinp, &r),
-                dout: block(l.dout, &r),
-                inp: block(l.inp, &r),
-                mean: block(l.mean, &r),
-                rstd: block(l.rstd, &r),
-                ..l
-            }),
-            _ => unreachable!(),
-        };
-        run(cpu, bufs, &sub)?;
-    }
-    Ok(true)
-}
-
 /// Runs `op` on f32 copies of its low-precision operands (see the module doc).
 pub fn run(cpu: &Cpu, bufs: &mut Bufs, op: &Op) -> Result<()> {
     let operands = op.operands();
@@ -193,49 +148,6 @@ mod tests {
         let t = Tensor::new(BufId::Acts, Span::new(12, 6), &[2, 3], DType::Bf16);
         let m = s.moved(t);
         assert_eq!((m.span, m.dtype, m.dims()), (Span::new(4, 6), DType::F32, &[2, 3][..]));
-    }
-
-    #[test]
-    fn layernorm_by_blocks_of_rows_gives_the_whole_tensor_bits() {
-        use crate::backend::ops::LayerNormBackward;
-        use crate::backend::Host;
-        let cpu = Cpu::FAST;
-        let (n, c) = (2 * BLOCK_ROWS + 37, 24);
-        let act = |i: usize| Tensor::new(BufId::Acts, Span::new(i * n * c, n * c), &[n, c], DType::Bf16);
-        let stat = |i: usize| Tensor::new(BufId::Stats, Span::new(i * n, n), &[n], DType::F32);
-        let w = Tensor::new(BufId::Params, Span::new(0, c), &[c], DType::Bf16);
-        let dw = Tensor::new(BufId::Grads, Span::new(0, c), &[c], DType::F32);
-        let db = Tensor::new(BufId::Grads, Span::new(c, c), &[c], DType::F32);
-        let op = Op::LayerNormBackward(LayerNormBackward {
-            dinp: act(0),
-            dw,
-            db: Some(db),
-            dout: act(1),
-            inp: act(2),
-            mean: stat(0),
-            rstd: stat(1),
-            w,
-        });
-        let fill = |k: usize, len: usize| -> Vec<f32> { (0..len).map(|i| (((i + k) * 7919) % 1001) as f32 / 400.0 - 1.2).collect() };
-        let mut got = Vec::new();
-        for by_rows in [true, false] {
-            let mut bufs = Bufs::default();
-            bufs.set(BufId::Acts, cpu.alloc(3 * n * c, DType::Bf16).unwrap());
-            bufs.set(BufId::Stats, cpu.alloc(2 * n, DType::F32).unwrap());
-            bufs.set(BufId::Params, cpu.alloc(c, DType::Bf16).unwrap());
-            bufs.set(BufId::Grads, cpu.alloc(2 * c, DType::F32).unwrap());
-            for (t, k) in [(act(0), 1), (act(1), 2), (act(2), 3), (stat(0), 4), (w, 5), (dw, 6), (db, 7)] {
-                cpu.upload(&mut bufs, t, &Host::F32(fill(k, t.len()))).unwrap();
-            }
-            cpu.upload(&mut bufs, stat(1), &Host::F32(vec![0.7; n])).unwrap();
-            if by_rows {
-                assert!(run_by_rows(&cpu, &mut bufs, &op).unwrap());
-            } else {
-                run(&cpu, &mut bufs, &op).unwrap();
-            }
-            got.push([act(0), dw, db].map(|t| cpu.download(&bufs, t).unwrap().into_f32()));
-        }
-        assert_eq!(got[0], got[1]);
     }
 
     #[test]

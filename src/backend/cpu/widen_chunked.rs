@@ -20,10 +20,11 @@ type Kernel = fn(&mut [f32], &[f32], &[f32]);
 /// low-precision type and length; false (nothing done) otherwise.
 pub fn run(bufs: &mut Bufs, op: &Op) -> bool {
     let (out, ins, kernel): (Tensor, Vec<Tensor>, Kernel) = match *op {
-        Op::Gelu(g) => (g.out, vec![g.inp], |o, x, _| pointwise::gelu_forward(o, x)),
-        Op::GeluBackward(g) => (g.dinp, vec![g.dout, g.inp], |o, d, x| pointwise::gelu_backward(o, d, x)),
-        Op::Residual(r) => (r.out, vec![r.a, r.b], |o, a, b| pointwise::residual_forward(o, a, b)),
-        Op::Copy { dst, src } => (dst, vec![src], |o, s, _| pointwise::copy(o, s)),
+        // one chunk's kernel, on this thread (the chunks are the parallel tasks)
+        Op::Gelu(g) => (g.out, vec![g.inp], |o, x, _| pointwise::gelu_forward_chunk(o, x)),
+        Op::GeluBackward(g) => (g.dinp, vec![g.dout, g.inp], |o, d, x| pointwise::gelu_backward_chunk(o, d, x)),
+        Op::Residual(r) => (r.out, vec![r.a, r.b], |o, a, b| o.iter_mut().zip(a).zip(b).for_each(|((o, a), b)| *o = a + b)),
+        Op::Copy { dst, src } => (dst, vec![src], |o, s, _| o.copy_from_slice(s)),
         _ => return false,
     };
     if !ins.iter().all(|t| t.dtype == out.dtype && t.len() == out.len()) {
@@ -98,10 +99,11 @@ where
         assert!(!t.overlaps(&out), "{t:?} and {out:?} overlap");
     }
     let n = out.len();
-    (0..n.div_ceil(CHUNK)).into_par_iter().for_each(|c| {
+    let scratch = || [vec![0.0f32; CHUNK], vec![0.0f32; CHUNK], vec![0.0f32; CHUNK]];
+    (0..n.div_ceil(CHUNK)).into_par_iter().for_each_init(scratch, |wide, c| {
         let r = c * CHUNK..((c + 1) * CHUNK).min(n);
-        let mut wide = [vec![0.0f32; r.len()], vec![0.0f32; r.len()], vec![0.0f32; r.len()]];
-        let [w_out, w_a, w_b] = &mut wide;
+        let [w_out, w_a, w_b] = wide;
+        let (w_out, w_a, w_b) = (&mut w_out[..r.len()], &mut w_a[..r.len()], &mut w_b[..r.len()]);
         for (i, (t, b)) in ins.iter().zip(&bases).enumerate() {
             // SAFETY: in bounds (checked above); inputs are only read, and no task writes them
             // (the output overlaps no input)
