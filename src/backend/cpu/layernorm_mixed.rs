@@ -4,11 +4,11 @@
 //! sums as [`super::widen`]'s whole-tensor path, so the same bits, without tensor-sized
 //! scratch.
 
+use super::convert::Low;
 use super::layernorm::{layernorm_row, layernorm_row_backward, ROWS_PER_PARTIAL};
 use super::typed::{Elem, Ptrs};
 use super::Bufs;
 use crate::backend::{DType, Op, Tensor};
-use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
@@ -41,19 +41,13 @@ fn low(ts: &[Tensor], b: Option<Tensor>) -> Option<DType> {
 }
 
 /// `x` widened.
-fn wide<T: Copy>(x: &[T]) -> Vec<f32>
-where
-    [T]: HalfFloatSliceExt,
-{
+fn wide<T: Low>(x: &[T]) -> Vec<f32> {
     let mut v = vec![0.0; x.len()];
-    x.convert_to_f32_slice(&mut v);
+    T::widen(&mut v, x);
     v
 }
 
-fn forward<T: Elem + Copy + Send + Sync>(bufs: &mut Bufs, op: &Op)
-where
-    [T]: HalfFloatSliceExt,
-{
+fn forward<T: Elem + Low>(bufs: &mut Bufs, op: &Op) {
     let Op::LayerNorm(l) = *op else { unreachable!() };
     let b = l.b.unwrap_or(Tensor::empty(l.w.buf, l.w.span.off, l.w.dtype));
     let p = Ptrs::new(bufs, &[l.out, l.mean, l.rstd], &[l.inp, l.w, b]);
@@ -74,17 +68,14 @@ where
     out.par_chunks_mut(c).zip(inp.par_chunks(c)).zip(mean.par_iter_mut().zip(rstd.par_iter_mut())).for_each_init(
         || (vec![0.0f32; c], vec![0.0f32; c]),
         |(x32, o32), ((o, x), (m, r))| {
-            x.convert_to_f32_slice(x32);
+            T::widen(x32, x);
             (*m, *r) = layernorm_row(o32, x32, &w, &b);
-            o.convert_from_f32_slice(o32);
+            T::narrow(o, o32);
         },
     );
 }
 
-fn backward<T: Elem + Copy + Send + Sync>(bufs: &mut Bufs, op: &Op)
-where
-    [T]: HalfFloatSliceExt,
-{
+fn backward<T: Elem + Low>(bufs: &mut Bufs, op: &Op) {
     let Op::LayerNormBackward(l) = *op else { unreachable!() };
     let db_t = l.db.unwrap_or(Tensor::empty(l.dw.buf, l.dw.span.off, DType::F32));
     let p = Ptrs::new(bufs, &[l.dinp, l.dw, db_t], &[l.dout, l.inp, l.mean, l.rstd, l.w]);
@@ -115,11 +106,11 @@ where
             let (mut di32, mut d32, mut x32) = (vec![0.0f32; c], vec![0.0f32; c], vec![0.0f32; c]);
             for (r, ((di, d), x)) in di.chunks_mut(c).zip(d.chunks(c)).zip(x.chunks(c)).enumerate() {
                 let row = blk * ROWS_PER_PARTIAL + r;
-                di.convert_to_f32_slice(&mut di32);
-                d.convert_to_f32_slice(&mut d32);
-                x.convert_to_f32_slice(&mut x32);
+                T::widen(&mut di32, di);
+                T::widen(&mut d32, d);
+                T::widen(&mut x32, x);
                 layernorm_row_backward(&mut di32, &mut part, &d32, &x32, &w, mean[row], rstd[row]);
-                di.convert_from_f32_slice(&di32);
+                T::narrow(di, &di32);
             }
             part
         })

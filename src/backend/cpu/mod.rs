@@ -6,6 +6,7 @@
 
 pub mod attention;
 pub mod classifier;
+pub mod convert;
 pub mod encoder;
 pub mod layernorm;
 mod layernorm_mixed;

@@ -9,6 +9,7 @@
 //! once), the op's tensors are re-pointed into it, the op runs on the scratch buffers in the
 //! buffers' places, and the written spans are rounded back into the real buffers.
 
+use super::convert::Low;
 use super::{Bufs, Cpu, CpuBuf};
 use crate::backend::{Backend, BufId, DType, Op, Span, Tensor};
 use anyhow::Result;
@@ -36,11 +37,10 @@ const CHUNK: usize = 1 << 14;
 
 /// `dst` = elements `off..` of a low-precision buffer, widened (exact).
 fn widen_into(dst: &mut [f32], b: &CpuBuf, off: usize) {
-    use half::slice::HalfFloatSliceExt;
     let r = off..off + dst.len();
     match b {
-        CpuBuf::Bf16(v) => dst.par_chunks_mut(CHUNK).zip(v[r].par_chunks(CHUNK)).for_each(|(d, s)| s.convert_to_f32_slice(d)),
-        CpuBuf::F16(v) => dst.par_chunks_mut(CHUNK).zip(v[r].par_chunks(CHUNK)).for_each(|(d, s)| s.convert_to_f32_slice(d)),
+        CpuBuf::Bf16(v) => dst.par_chunks_mut(CHUNK).zip(v[r].par_chunks(CHUNK)).for_each(|(d, s)| Low::widen(d, s)),
+        CpuBuf::F16(v) => dst.par_chunks_mut(CHUNK).zip(v[r].par_chunks(CHUNK)).for_each(|(d, s)| Low::widen(d, s)),
         _ => unreachable!("widen of a {:?} buffer", b.dtype()),
     }
 }
@@ -48,11 +48,10 @@ fn widen_into(dst: &mut [f32], b: &CpuBuf, off: usize) {
 /// Elements `off..off + src.len()` of a low-precision buffer = `src`, each rounded to nearest
 /// even.
 pub fn narrow(b: &mut CpuBuf, off: usize, src: &[f32]) {
-    use half::slice::HalfFloatSliceExt;
     let r = off..off + src.len();
     match b {
-        CpuBuf::Bf16(v) => v[r].par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| d.convert_from_f32_slice(s)),
-        CpuBuf::F16(v) => v[r].par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| d.convert_from_f32_slice(s)),
+        CpuBuf::Bf16(v) => v[r].par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| Low::narrow(d, s)),
+        CpuBuf::F16(v) => v[r].par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| Low::narrow(d, s)),
         _ => unreachable!("narrow into a {:?} buffer", b.dtype()),
     }
 }
@@ -109,14 +108,16 @@ pub fn run(cpu: &Cpu, bufs: &mut Bufs, op: &Op) -> Result<()> {
             scratches.push(Scratch::new(t.buf, spans));
         }
     }
-    // swap each low-precision buffer for its widened scratch
+    // swap each low-precision buffer for its widened scratch: every operand the op reads is
+    // widened into place (an output it only overwrites is not: whatever the reused scratch held
+    // there is overwritten)
     let mut real = Vec::with_capacity(scratches.len());
     for s in &scratches {
         let b = bufs.take(s.id).unwrap_or_else(|| panic!("buffer {:?} is not allocated", s.id));
-        // (zeroed memory comes from the allocator as untouched pages: no pass over it)
-        let mut wide = vec![0.0f32; s.len];
-        for (span, at) in &s.pieces {
-            widen_into(&mut wide[*at..*at + span.len], &b, span.off);
+        let mut wide = reuse(s.len);
+        for (t, _) in operands.iter().filter(|(t, _)| t.buf == s.id && !overwritten(op, t)) {
+            let m = s.moved(*t);
+            widen_into(&mut wide[m.span.off..m.span.end()], &b, t.span.off);
         }
         bufs.set(s.id, CpuBuf::F32(wide));
         real.push(b);
@@ -131,8 +132,47 @@ pub fn run(cpu: &Cpu, bufs: &mut Bufs, op: &Op) -> Result<()> {
             narrow(&mut b, t.span.off, &wide[m.span.off..m.span.end()]);
         }
         bufs.set(s.id, b);
+        give_back(wide);
     }
     result
+}
+
+/// Scratch buffers kept between ops: a fresh tensor-sized allocation would cost a page fault
+/// per 4 KiB on every op.
+static SCRATCH: std::sync::Mutex<Vec<Vec<f32>>> = std::sync::Mutex::new(Vec::new());
+
+/// A scratch buffer of at least `len` elements (its old values: every element an op reads is
+/// written first).
+fn reuse(len: usize) -> Vec<f32> {
+    let mut v = SCRATCH.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default();
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+    v
+}
+
+fn give_back(v: Vec<f32>) {
+    SCRATCH.lock().unwrap_or_else(|e| e.into_inner()).push(v);
+}
+
+/// Whether `t` is an output `op` overwrites without reading it first (so its scratch needs no
+/// widened copy). Outputs that accumulate (LayerNorm's `dinp`), change in place (dropout, the
+/// classifier's logits, AdamW, the KV cache) or are only partly written are read.
+fn overwritten(op: &Op, t: &Tensor) -> bool {
+    let pure: &[Tensor] = match op {
+        Op::Embed(e) => &[e.out],
+        Op::LayerNorm(l) => &[l.out],
+        Op::Matmul(m) => &[m.out],
+        Op::MatmulBackward(m) => &[m.dinp],
+        Op::Attention(a) => &[a.out],
+        Op::AttentionBackward(a) => &[a.dqkv],
+        Op::Gelu(g) => &[g.out],
+        Op::GeluBackward(g) => &[g.dinp],
+        Op::Residual(r) => &[r.out],
+        Op::Copy { dst, .. } => &[*dst],
+        _ => &[],
+    };
+    pure.contains(t)
 }
 
 #[cfg(test)]

@@ -4,9 +4,9 @@
 //! result rounded into the output), in parallel over chunks. Elementwise, so the bits are the
 //! ones [`super::widen`]'s whole-tensor path gives.
 
+use super::convert::Low;
 use super::{pointwise, Bufs, CpuBuf};
 use crate::backend::{BufId, DType, Op, Tensor};
-use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
@@ -39,10 +39,7 @@ pub fn run(bufs: &mut Bufs, op: &Op) -> bool {
 }
 
 /// Element storage this path converts: bf16 or f16.
-trait Half: Copy + Send + Sync + 'static
-where
-    [Self]: HalfFloatSliceExt,
-{
+trait Half: Low {
     /// The buffer's elements (a bug, not input, if it holds another type).
     fn of(b: &mut CpuBuf) -> &mut [Self];
 }
@@ -82,10 +79,7 @@ impl<T> Base<T> {
     }
 }
 
-fn chunked<T: Half>(bufs: &mut Bufs, out: Tensor, ins: &[Tensor], kernel: Kernel)
-where
-    [T]: HalfFloatSliceExt,
-{
+fn chunked<T: Half>(bufs: &mut Bufs, out: Tensor, ins: &[Tensor], kernel: Kernel) {
     let mut base = |id: BufId| {
         let v = T::of(bufs.get_mut(id));
         Base(v.as_mut_ptr(), v.len())
@@ -108,13 +102,13 @@ where
             // SAFETY: in bounds (checked above); inputs are only read, and no task writes them
             // (the output overlaps no input)
             let src = unsafe { std::slice::from_raw_parts(b.at(t.span.off + r.start) as *const T, r.len()) };
-            src.convert_to_f32_slice(if i == 0 { w_a } else { w_b });
+            T::widen(if i == 0 { &mut *w_a } else { &mut *w_b }, src);
         }
         kernel(w_out, w_a, w_b);
         // SAFETY: in bounds; each task writes its own range `r` of the output, which no other
         // task reads or writes
         let dst = unsafe { std::slice::from_raw_parts_mut(o.at(out.span.off + r.start), r.len()) };
-        dst.convert_from_f32_slice(w_out);
+        T::narrow(dst, w_out);
     });
 }
 
