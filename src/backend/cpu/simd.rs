@@ -157,9 +157,11 @@ impl Bf16Isa {
             match cap.min(detected) {
                 Bf16Isa::Amx => match amx_permission() {
                     Ok(()) => (Bf16Isa::Amx, "AMX bf16 tiles".into()),
-                    Err(e) => (Bf16Isa::Avx512Bf16, format!("AVX-512 BF16 (AMX permission refused by the OS: {e})")),
+                    Err(e) => faster_of_avx512bf16_and_f32(&format!("AMX permission refused by the OS: {e}")),
                 },
-                Bf16Isa::Avx512Bf16 => (Bf16Isa::Avx512Bf16, format!("AVX-512 BF16{why}")),
+                // asked for by GPTRAIN_ISA: kept, to be measured
+                Bf16Isa::Avx512Bf16 if !why.is_empty() => (Bf16Isa::Avx512Bf16, format!("AVX-512 BF16{why}")),
+                Bf16Isa::Avx512Bf16 => faster_of_avx512bf16_and_f32("no AMX on this CPU"),
                 Bf16Isa::Portable if why.is_empty() => {
                     (Bf16Isa::Portable, "portable f32 products of converted copies (no AVX-512 BF16 on this CPU)".into())
                 }
@@ -167,6 +169,26 @@ impl Bf16Isa {
             }
         })
     }
+}
+
+/// AVX-512 BF16's products, unless its dot product (`vdpbf16ps`) is measured slower than the f32
+/// FMA here (on some CPUs it runs at half the FMA rate): then the portable path, whose products
+/// are f32. `why`: why AMX is not used.
+fn faster_of_avx512bf16_and_f32(why: &str) -> (Bf16Isa, String) {
+    let bf16 = super::matmul_bf16::peak::probe_tier(Bf16Isa::Avx512Bf16).unwrap_or(0.0);
+    let f32 = crate::perf::device::probe_cpu_peak();
+    if prefers_f32(bf16, f32) {
+        let what = format!("portable f32 products of converted copies ({why}; AVX-512 BF16's vdpbf16ps measured at {:.0} GFLOP/s, below the f32 FMA's {:.0})", bf16 / 1e9, f32 / 1e9);
+        (Bf16Isa::Portable, what)
+    } else {
+        (Bf16Isa::Avx512Bf16, format!("AVX-512 BF16 ({why})"))
+    }
+}
+
+/// Whether bf16 products should run as f32 ones: the bf16 dot product's measured peak (two
+/// products per lane) is below the f32 FMA's.
+fn prefers_f32(bf16_flops: f64, f32_flops: f64) -> bool {
+    bf16_flops < f32_flops
 }
 
 /// Asks Linux, once, for this process's permission to use the AMX tile data (`arch_prctl`

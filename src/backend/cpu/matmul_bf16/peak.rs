@@ -20,7 +20,12 @@ pub fn instructions() -> Option<&'static str> {
 /// FLOP/s of the bf16 instructions the products use ([`instructions`]); None on the portable
 /// tier.
 pub fn probe_peak() -> Option<f64> {
-    let tier = Bf16Isa::get();
+    probe_tier(Bf16Isa::get())
+}
+
+/// FLOP/s of `tier`'s bf16 instructions (which must be runnable here: [`Bf16Isa::can_run`]);
+/// None for the portable tier.
+pub fn probe_tier(tier: Bf16Isa) -> Option<f64> {
     let per_thread: fn(u64) -> f64 = match tier {
         Bf16Isa::Amx => amx,
         Bf16Isa::Avx512Bf16 => avx512bf16,
