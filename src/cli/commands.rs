@@ -710,13 +710,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             Isa::get().name(),
             GemmLib::get().describe()
         );
-        say!(
-            "step (forward, backward, clip, AdamW): {:.2} ms median over {} steps (p10 {:.2}, p90 {:.2})",
-            r.ms_per_step,
-            a.steps,
-            r.p10_ms,
-            r.p90_ms
-        );
+        say_step(&r, a.steps);
         say!(
             "{} tokens/s, {:.1} GFLOP/s of model FLOPs, MFU {:.1}% of {:.1} GFLOP/s ({})",
             thousands(tps),
@@ -736,6 +730,16 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// `bench`'s line of step times.
+fn say_step(r: &crate::bench::BenchResult, steps: usize) {
+    say!(
+        "step (forward, backward, clip, AdamW): {:.2} ms median over {steps} steps (p10 {:.2}, p90 {:.2})",
+        r.ms_per_step,
+        r.p10_ms,
+        r.p90_ms
+    );
 }
 
 /// `bench` on a GPU: whole training steps in the config's dtype, timed to the step's read of its
@@ -765,13 +769,7 @@ fn bench_gpu(a: &BenchArgs, cfg: &Config, model: &ModelConfig, gpu: crate::backe
     }
     say!("device: {} ; {}", info.description, info.peak_source);
     say!("dtype: {} ({})", precision.name(), info.precision_note);
-    say!(
-        "step (forward, backward, clip, AdamW): {:.2} ms median over {} steps (p10 {:.2}, p90 {:.2})",
-        r.ms_per_step,
-        a.steps,
-        r.p10_ms,
-        r.p90_ms
-    );
+    say_step(&r, a.steps);
     let mfu = mfu.map_or("MFU n/a".to_string(), |m| format!("MFU {:.1}%", m * 100.0));
     say!("{} tokens/s, {:.1} GFLOP/s of model FLOPs, {mfu}", thousands(tps), flops_s / 1e9);
     if !r.profile.is_empty() {

@@ -423,10 +423,15 @@ fn peak_with_cache(path: Option<&std::path::Path>, probe: impl FnOnce() -> f64) 
 /// untimed round (wakes the pool's threads and the cores' wide-vector clocks), then the best
 /// of 5 rounds of ~20 ms (long enough that a brief turbo burst does not set the peak).
 pub fn probe_cpu_peak() -> f64 {
+    best_rate(|i| fma_chains(10_000_000, i as f32))
+}
+
+/// A probe's FLOP/s: `per_thread(i)` (returning the FLOPs it did) on every pool thread at once,
+/// one untimed round, then the best of 5 timed ones.
+pub fn best_rate(per_thread: impl Fn(usize) -> f64 + Sync) -> f64 {
     use rayon::prelude::*;
     let threads = rayon::current_num_threads();
-    let iters = 10_000_000u64;
-    let round = || (0..threads).into_par_iter().map(|i| fma_chains(iters, i as f32)).sum::<f64>();
+    let round = || (0..threads).into_par_iter().map(&per_thread).sum::<f64>();
     round();
     let mut best = 0.0f64;
     for _ in 0..5 {

@@ -54,25 +54,52 @@ pub fn layernorm_backward(
     w: &[f32],
 ) {
     let c = w.len();
+    let partials = backward_blocks(
+        dinp,
+        dout,
+        inp,
+        c,
+        || (),
+        |_, row, di, d, x, part| {
+            layernorm_row_backward(di, part, d, x, w, mean[row], rstd[row]);
+        },
+    );
+    add_partials(dw, db, &partials);
+}
+
+/// The backward's rows of (N, C) `dinp`, `dout`, `inp` in fixed blocks of [`ROWS_PER_PARTIAL`]
+/// rows, one task each: `row(scratch, index, dinp, dout, inp, part)` on each row of a block, with
+/// the block's partial weight/bias gradient `part` ([dw (C), db (C)]) and a task's `scratch`;
+/// returns the partials in block order (to add with [`add_partials`]), so the reduction's order
+/// never depends on scheduling.
+pub(super) fn backward_blocks<T: Send + Sync, S>(
+    dinp: &mut [T],
+    dout: &[T],
+    inp: &[T],
+    c: usize,
+    scratch: impl Fn() -> S + Sync + Send,
+    row: impl Fn(&mut S, usize, &mut [T], &[T], &[T], &mut [f32]) + Sync + Send,
+) -> Vec<Vec<f32>> {
     let rows = ROWS_PER_PARTIAL * c;
-    // Each task handles a fixed block of rows: it writes its rows of dinp and returns its partial
-    // weight/bias gradients, which are then added in block order.
-    let partials: Vec<Vec<f32>> = dinp
-        .par_chunks_mut(rows)
+    dinp.par_chunks_mut(rows)
         .zip(dout.par_chunks(rows))
         .zip(inp.par_chunks(rows))
         .enumerate()
         .map(|(blk, ((di, d), x))| {
-            let mut part = vec![0.0f32; 2 * c]; // [dw (C), db (C)]
+            let (mut part, mut s) = (vec![0.0f32; 2 * c], scratch());
             for (r, ((di, d), x)) in di.chunks_mut(c).zip(d.chunks(c)).zip(x.chunks(c)).enumerate() {
-                let row = blk * ROWS_PER_PARTIAL + r;
-                layernorm_row_backward(di, &mut part, d, x, w, mean[row], rstd[row]);
+                row(&mut s, blk * ROWS_PER_PARTIAL + r, di, d, x, &mut part);
             }
             part
         })
-        .collect();
-    let mut db = db;
-    for part in &partials {
+        .collect()
+}
+
+/// dw += each block's partial weight gradient, db += its partial bias gradient (`[dw (C), db
+/// (C)]` per block), in block order.
+pub(super) fn add_partials(dw: &mut [f32], mut db: Option<&mut [f32]>, partials: &[Vec<f32>]) {
+    let c = dw.len();
+    for part in partials {
         for i in 0..c {
             dw[i] += part[i];
         }

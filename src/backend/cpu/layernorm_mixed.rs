@@ -5,7 +5,7 @@
 //! scratch.
 
 use super::convert::Low;
-use super::layernorm::{layernorm_row, layernorm_row_backward, ROWS_PER_PARTIAL};
+use super::layernorm::{add_partials, backward_blocks, layernorm_row, layernorm_row_backward};
 use super::typed::{Elem, Ptrs};
 use super::Bufs;
 use crate::backend::{DType, Op, Tensor};
@@ -94,37 +94,16 @@ fn backward<T: Elem + Low>(bufs: &mut Bufs, op: &Op) {
     };
     let w = wide(w);
     let c = w.len();
-    let rows = ROWS_PER_PARTIAL * c;
-    // as `layernorm_backward`: a fixed block of rows per task, partials added in block order
-    let partials: Vec<Vec<f32>> = dinp
-        .par_chunks_mut(rows)
-        .zip(dout.par_chunks(rows))
-        .zip(inp.par_chunks(rows))
-        .enumerate()
-        .map(|(blk, ((di, d), x))| {
-            let mut part = vec![0.0f32; 2 * c];
-            let (mut di32, mut d32, mut x32) = (vec![0.0f32; c], vec![0.0f32; c], vec![0.0f32; c]);
-            for (r, ((di, d), x)) in di.chunks_mut(c).zip(d.chunks(c)).zip(x.chunks(c)).enumerate() {
-                let row = blk * ROWS_PER_PARTIAL + r;
-                T::widen(&mut di32, di);
-                T::widen(&mut d32, d);
-                T::widen(&mut x32, x);
-                layernorm_row_backward(&mut di32, &mut part, &d32, &x32, &w, mean[row], rstd[row]);
-                T::narrow(di, &di32);
-            }
-            part
-        })
-        .collect();
-    for part in &partials {
-        for i in 0..c {
-            dw[i] += part[i];
-        }
-        if l.db.is_some() {
-            for i in 0..c {
-                db[i] += part[c + i];
-            }
-        }
-    }
+    // as `layernorm_backward`: the same blocks of rows, each row widened into the task's scratch
+    let scratch = || (vec![0.0f32; c], vec![0.0f32; c], vec![0.0f32; c]);
+    let partials = backward_blocks(dinp, dout, inp, c, scratch, |(di32, d32, x32), row, di, d, x, part| {
+        T::widen(di32, di);
+        T::widen(d32, d);
+        T::widen(x32, x);
+        layernorm_row_backward(di32, part, d32, x32, &w, mean[row], rstd[row]);
+        T::narrow(di, di32);
+    });
+    add_partials(&mut dw[..c], l.db.map(|_| db), &partials);
 }
 
 #[cfg(test)]
@@ -138,7 +117,7 @@ mod tests {
         use crate::backend::ops::{LayerNorm, LayerNormBackward};
         use crate::backend::Host;
         let cpu = Cpu::FAST;
-        let (n, c) = (5 * ROWS_PER_PARTIAL + 37, 24);
+        let (n, c) = (5 * super::super::layernorm::ROWS_PER_PARTIAL + 37, 24);
         let act = |i: usize| Tensor::new(BufId::Acts, Span::new(i * n * c, n * c), &[n, c], DType::Bf16);
         let stat = |i: usize| Tensor::new(BufId::Stats, Span::new(i * n, n), &[n], DType::F32);
         let w = Tensor::new(BufId::Params, Span::new(0, c), &[c], DType::Bf16);

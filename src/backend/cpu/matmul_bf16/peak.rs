@@ -6,7 +6,6 @@
 
 use super::amx::Tiles;
 use crate::backend::cpu::simd::Bf16Isa;
-use rayon::prelude::*;
 
 /// The bf16 instructions the products use, by name; None on the portable tier.
 pub fn instructions() -> Option<&'static str> {
@@ -34,16 +33,7 @@ pub fn probe_tier(tier: Bf16Isa) -> Option<f64> {
     // iterations for ~20 ms a round: one tdpbf16ps retires every 16 cycles per core, a
     // vdpbf16ps chain step in about one
     let iters = if tier == Bf16Isa::Amx { 300_000 } else { 10_000_000 };
-    let threads = rayon::current_num_threads();
-    let round = || (0..threads).into_par_iter().map(|_| per_thread(iters)).sum::<f64>();
-    round();
-    let mut best = 0.0f64;
-    for _ in 0..5 {
-        let t0 = std::time::Instant::now();
-        let flops = round();
-        best = best.max(flops / t0.elapsed().as_secs_f64());
-    }
-    Some(best)
+    Some(crate::perf::device::best_rate(|_| per_thread(iters)))
 }
 
 fn amx(iters: u64) -> f64 {
