@@ -139,13 +139,12 @@ impl Cuda {
             Op::Embed(e) => {
                 let (t, c) = (e.out.dims()[1], e.out.cols());
                 assert_eq!(e.tokens.len(), e.out.rows(), "{e:?}");
-                let s = sfx(e.out.dtype);
-                let args = [p(e.out), p(e.wte), p(e.wpe), p(e.tokens), Arg::U64(e.out.rows() as u64), u32_(t), u32_(c), u32_(e.pos0)];
-                self.launch_1d(&format!("encoder_forward_{s}"), e.out.len(), &args)?;
-                if e.drop.active() {
-                    let [dp, key] = drop_args(e.drop);
-                    self.launch_1d(&format!("dropout_{s}"), e.out.len(), &[p(e.out), Arg::U64(e.out.len() as u64), dp, key])?;
-                }
+                assert!((e.pos0 + t) * c <= e.wpe.len(), "positions {}..{} past wpe: {e:?}", e.pos0, e.pos0 + t);
+                // dropout fused in: the sum is rounded to a bf16/f16 output once, as on the CPU
+                let [dp, key] = drop_args(e.drop);
+                let args =
+                    [p(e.out), p(e.wte), p(e.wpe), p(e.tokens), Arg::U64(e.out.rows() as u64), u32_(t), u32_(c), u32_(e.pos0), dp, key];
+                self.launch_1d(&format!("encoder_forward_{}", sfx(e.out.dtype)), e.out.len(), &args)?;
             }
             Op::EmbedBackward(e) => {
                 let (b, t, c) = (e.dout.dims()[0], e.dout.dims()[1], e.dout.cols());
@@ -216,6 +215,8 @@ impl Cuda {
             }
             Op::AttentionDecode(a) => {
                 let c = a.out.len();
+                // the kernel writes cache row `pos`: checked here, as the CPU's slices do
+                assert!(a.qkv.len() == 3 * c && (a.pos + 1) * c <= a.k.len().min(a.v.len()), "decode at {}: {a:?}", a.pos);
                 let w = warps_for(a.pos + 1);
                 let args = [p(a.out), p(a.k), p(a.v), p(a.qkv), u32_(a.pos), u32_(c), u32_(a.n_head)];
                 let grid = (blocks(a.n_head, w), 1);
