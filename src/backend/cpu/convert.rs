@@ -5,10 +5,6 @@
 
 use super::simd::dispatch;
 use half::bf16;
-use rayon::prelude::*;
-
-/// Elements per parallel task.
-const CHUNK: usize = 1 << 14;
 
 dispatch! {
     /// dst = src widened (a signalling NaN comes back quiet, as `half` does), on this thread.
@@ -55,16 +51,6 @@ impl Low for half::f16 {
     fn narrow(dst: &mut [half::f16], src: &[f32]) {
         half::slice::HalfFloatSliceExt::convert_from_f32_slice(dst, src)
     }
-}
-
-/// [`widen_bf16`] over the pool.
-pub fn widen_bf16_par(dst: &mut [f32], src: &[bf16]) {
-    dst.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| widen_bf16(d, s));
-}
-
-/// [`narrow_bf16`] over the pool.
-pub fn narrow_bf16_par(dst: &mut [bf16], src: &[f32]) {
-    dst.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| narrow_bf16(d, s));
 }
 
 #[cfg(test)]

@@ -23,8 +23,7 @@ pub mod widen;
 mod widen_chunked;
 
 use super::ops::AdamWStep;
-use super::tensor::N_BUFS;
-use super::{Backend, BufId, Buffers, DType, DeviceInfo, Host, Op, Precision, Scalar, Tensor};
+use super::{Backend, Buffers, DType, DeviceInfo, Host, Op, Precision, Scalar, Tensor};
 use anyhow::Result;
 
 /// Which implementation of each kernel the CPU backend runs.
@@ -104,33 +103,14 @@ type Bufs = Buffers<CpuBuf>;
 /// Panics if an operand is not f32, lies outside its buffer, or an output overlaps another
 /// operand (a bug in a layout, never input).
 fn io<const M: usize, const N: usize>(bufs: &mut Bufs, outs: [Tensor; M], ins: [Tensor; N]) -> ([&mut [f32]; M], [&[f32]; N]) {
-    let mut base = [(std::ptr::null_mut::<f32>(), 0usize); N_BUFS];
-    for id in BufId::ALL {
-        if bufs.has(id) {
-            if let CpuBuf::F32(v) = bufs.get_mut(id) {
-                base[id.index()] = (v.as_mut_ptr(), v.len());
-            }
-        }
-    }
-    for t in outs.iter().chain(&ins) {
-        let (ptr, len) = base[t.buf.index()];
-        assert!(t.dtype == DType::F32 && !ptr.is_null(), "{t:?}: not an f32 tensor of an allocated f32 buffer");
-        assert!(t.span.end() <= len, "{t:?} out of bounds ({len} elements)");
-    }
-    for (i, a) in outs.iter().enumerate() {
-        for b in outs[i + 1..].iter().chain(&ins) {
-            assert!(!a.overlaps(b), "{a:?} and {b:?} overlap");
-        }
-    }
-    // SAFETY (for the three blocks below): every tensor lies inside its f32 buffer (checked
-    // above) and no output shares an element with any other operand, so the mutable slices
-    // alias nothing else handed out (inputs may overlap each other: both are shared); all of
-    // them live no longer than the exclusive borrow of `bufs` the pointers come from.
-    let at = |t: &Tensor| unsafe { base[t.buf.index()].0.add(t.span.off) };
+    let p = typed::Ptrs::new(bufs, &outs, &ins);
+    // SAFETY: `Ptrs::new` checked that every tensor lies inside an allocated buffer of its type
+    // (`slice` asserts f32) and that no output shares an element with any other operand, so the
+    // mutable slices alias nothing else handed out (inputs may overlap each other: both are
+    // shared); all of them live no longer than the exclusive borrow of `bufs`.
+    let o = outs.map(|t| unsafe { p.slice_mut::<f32>(t) });
     // SAFETY: see above.
-    let o = outs.map(|t| unsafe { std::slice::from_raw_parts_mut(at(&t), t.len()) });
-    // SAFETY: see above.
-    let i = ins.map(|t| unsafe { std::slice::from_raw_parts(at(&t) as *const f32, t.len()) });
+    let i = ins.map(|t| unsafe { p.slice::<f32>(t) });
     (o, i)
 }
 

@@ -18,7 +18,11 @@ use rayon::prelude::*;
 /// Whether `op` has a bf16/f16 operand and so takes this path (zeroing never does: it needs
 /// no arithmetic).
 pub fn needed(op: &Op) -> bool {
-    !matches!(op, Op::Zero(_)) && op.operands().iter().any(|(t, _)| is_low(t.dtype))
+    // asked of every op of every run: a visit, no list of operands
+    let mut low = false;
+    let mut op = *op;
+    op.visit(&mut |t, _| low |= is_low(t.dtype));
+    low && !matches!(op, Op::Zero(_))
 }
 
 fn is_low(d: DType) -> bool {

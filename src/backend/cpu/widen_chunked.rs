@@ -5,8 +5,9 @@
 //! ones [`super::widen`]'s whole-tensor path gives.
 
 use super::convert::Low;
-use super::{pointwise, Bufs, CpuBuf};
-use crate::backend::{BufId, DType, Op, Tensor};
+use super::typed::{Elem, Ptrs};
+use super::{pointwise, Bufs};
+use crate::backend::{DType, Op, Tensor};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
@@ -38,76 +39,20 @@ pub fn run(bufs: &mut Bufs, op: &Op) -> bool {
     true
 }
 
-/// Element storage this path converts: bf16 or f16.
-trait Half: Low {
-    /// The buffer's elements (a bug, not input, if it holds another type).
-    fn of(b: &mut CpuBuf) -> &mut [Self];
-}
-
-impl Half for bf16 {
-    fn of(b: &mut CpuBuf) -> &mut [bf16] {
-        match b {
-            CpuBuf::Bf16(v) => v,
-            b => panic!("a bf16 tensor in a {:?} buffer", b.dtype()),
-        }
-    }
-}
-
-impl Half for f16 {
-    fn of(b: &mut CpuBuf) -> &mut [f16] {
-        match b {
-            CpuBuf::F16(v) => v,
-            b => panic!("an f16 tensor in a {:?} buffer", b.dtype()),
-        }
-    }
-}
-
-/// A buffer's elements as an address (for operands that share a buffer).
-#[derive(Clone, Copy)]
-struct Base<T>(*mut T, usize);
-// SAFETY: an address and a length; which elements a task touches through it is decided in
-// `chunked`, where the output range of each task is disjoint from every other task's and
-// from every input.
-unsafe impl<T> Send for Base<T> {}
-// SAFETY: as above.
-unsafe impl<T> Sync for Base<T> {}
-
-impl<T> Base<T> {
-    /// The address of element `i` (a method, so that closures capture the whole `Base`).
-    fn at(&self, i: usize) -> *mut T {
-        self.0.wrapping_add(i)
-    }
-}
-
-fn chunked<T: Half>(bufs: &mut Bufs, out: Tensor, ins: &[Tensor], kernel: Kernel) {
-    let mut base = |id: BufId| {
-        let v = T::of(bufs.get_mut(id));
-        Base(v.as_mut_ptr(), v.len())
-    };
-    let o = base(out.buf);
-    let bases: Vec<Base<T>> = ins.iter().map(|t| base(t.buf)).collect();
-    for (t, b) in ins.iter().zip(&bases).chain([(&out, &o)]) {
-        assert!(t.span.end() <= b.1, "{t:?} out of bounds ({} elements)", b.1);
-    }
-    for t in ins {
-        assert!(!t.overlaps(&out), "{t:?} and {out:?} overlap");
-    }
-    let n = out.len();
+fn chunked<T: Elem + Low>(bufs: &mut Bufs, out: Tensor, ins: &[Tensor], kernel: Kernel) {
+    let p = Ptrs::new(bufs, &[out], ins);
+    // SAFETY: checked by `Ptrs::new` (types, bounds, the output overlapping no input); `bufs`
+    // is borrowed for this whole function.
+    let (o, srcs) = unsafe { (p.slice_mut::<T>(out), ins.iter().map(|t| p.slice::<T>(*t)).collect::<Vec<&[T]>>()) };
     let scratch = || [vec![0.0f32; CHUNK], vec![0.0f32; CHUNK], vec![0.0f32; CHUNK]];
-    (0..n.div_ceil(CHUNK)).into_par_iter().for_each_init(scratch, |wide, c| {
-        let r = c * CHUNK..((c + 1) * CHUNK).min(n);
+    o.par_chunks_mut(CHUNK).enumerate().for_each_init(scratch, |wide, (c, dst)| {
+        let r = c * CHUNK..c * CHUNK + dst.len();
         let [w_out, w_a, w_b] = wide;
         let (w_out, w_a, w_b) = (&mut w_out[..r.len()], &mut w_a[..r.len()], &mut w_b[..r.len()]);
-        for (i, (t, b)) in ins.iter().zip(&bases).enumerate() {
-            // SAFETY: in bounds (checked above); inputs are only read, and no task writes them
-            // (the output overlaps no input)
-            let src = unsafe { std::slice::from_raw_parts(b.at(t.span.off + r.start) as *const T, r.len()) };
-            T::widen(if i == 0 { &mut *w_a } else { &mut *w_b }, src);
+        for (i, src) in srcs.iter().enumerate() {
+            T::widen(if i == 0 { &mut *w_a } else { &mut *w_b }, &src[r.clone()]);
         }
         kernel(w_out, w_a, w_b);
-        // SAFETY: in bounds; each task writes its own range `r` of the output, which no other
-        // task reads or writes
-        let dst = unsafe { std::slice::from_raw_parts_mut(o.at(out.span.off + r.start), r.len()) };
         T::narrow(dst, w_out);
     });
 }
@@ -117,7 +62,7 @@ mod tests {
     use super::*;
     use crate::backend::cpu::{widen, Cpu};
     use crate::backend::ops::GeluBackward;
-    use crate::backend::{Backend, Host, Span};
+    use crate::backend::{Backend, BufId, Host, Span};
 
     #[test]
     fn chunks_give_the_whole_tensor_paths_bits() {
