@@ -655,8 +655,8 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         if let (train::Chosen::Cuda(gpu), reason) = train::sample_backend(&cfg)? {
             return bench_gpu(a, &cfg, &model, gpu, reason);
         }
-        let dev = device::cpu();
         if a.linears {
+            let dev = device::cpu();
             let (ms, flops) = crate::bench::run_linears(&model, cfg.batch_size, a.steps, a.warmup);
             let gflops = flops / (ms / 1e3) / 1e9;
             let peak = dev.peak_flops(Precision::F32);
@@ -676,8 +676,9 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         }
         let cpu = train::cpu_backend(&cfg);
         let r = crate::bench::run(&model, cfg.batch_size, a.steps, a.warmup, a.profile, cpu, precision)?;
-        let peak = dev.peak_flops(precision);
+        // the CPU's peaks are probed once, here
         let info = crate::backend::Backend::device(&cpu, precision);
+        let peak = info.peak_flops.unwrap_or(0.0);
         let tps = (cfg.batch_size * model.block_size) as f64 / (r.ms_per_step / 1e3);
         let gflops = r.flops_per_step / (r.ms_per_step / 1e3) / 1e9;
         // GFLOP/s of the profiled kernels that do matmul work
@@ -717,7 +718,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             gflops,
             gflops * 1e9 / peak * 100.0,
             peak / 1e9,
-            dev.source
+            info.peak_source
         );
         say!("peak memory (RSS): {}", gib(r.peak_rss_bytes));
         if !r.profile.is_empty() {
