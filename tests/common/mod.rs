@@ -74,10 +74,26 @@ pub fn skipped(test: &str, why: &str) {
     let _ = writeln!(std::io::stderr(), "{test}: skipped: {why}");
 }
 
+/// The variable naming a folder built by `tools/cuda-emu/build.sh`: the `cuda` tests then run
+/// on that emulator (the CPU standing in for the driver, cuBLASLt and NVRTC) instead of a GPU.
+pub const CUDA_EMU: &str = "GPTRAIN_CUDA_EMU";
+
+/// The backend the `cuda` tests run on: the emulator when [`CUDA_EMU`] names one, else the
+/// first usable GPU, else why not (for "skipped: ..."). A broken emulator fails the test.
+pub fn cuda() -> Result<gptrain::backend::cuda::Cuda, String> {
+    if let Some(dir) = std::env::var_os(CUDA_EMU).filter(|d| !d.is_empty()) {
+        // asked for, so a failure fails the test (never a skip)
+        gptrain::backend::cuda::libs::prefer(Path::new(&dir)).unwrap_or_else(|e| panic!("{CUDA_EMU}: {e}"));
+        return Ok(gptrain::backend::cuda::Cuda::first().unwrap_or_else(|e| panic!("{CUDA_EMU} is set but its emulated GPU failed: {e:#}")));
+    }
+    gptrain::backend::cuda::Cuda::first()
+        .map_err(|why| format!("no CUDA device ({why}); {CUDA_EMU}=<folder of tools/cuda-emu/build.sh> runs them on the CPU emulator"))
+}
+
 /// `backend_tests!(a, b, ...)`: for each generic test `fn a<B: Backend + Clone>(backend: B, tol:
 /// Tol)` of the file, a module `a` with one `#[test]` per backend this build has: the CPU's fast
-/// kernels, its reference kernels, and the CUDA backend on the first usable GPU (which says
-/// "skipped: no CUDA device" on a machine without one).
+/// kernels, its reference kernels, and the CUDA backend ([`cuda`]: the emulator if asked for,
+/// else the first usable GPU; "skipped: no CUDA device" on a machine without either).
 macro_rules! backend_tests {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
@@ -91,9 +107,9 @@ macro_rules! backend_tests {
             }
             #[test]
             fn cuda() {
-                match gptrain::backend::cuda::Cuda::first() {
+                match $crate::common::cuda() {
                     Ok(gpu) => super::$name(gpu, $crate::common::CUDA_F32),
-                    Err(why) => $crate::common::skipped(concat!(stringify!($name), "::cuda"), &format!("no CUDA device ({why})")),
+                    Err(why) => $crate::common::skipped(concat!(stringify!($name), "::cuda"), &why),
                 }
             }
         }

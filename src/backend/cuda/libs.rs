@@ -8,7 +8,8 @@
 //! its full path first and keeps it open: the loader then answers cudarc's request by file
 //! name with the library already loaded (it matches the library's `soname`).
 //!
-//! Search order: `$GPTRAIN_CUDA_LIB_DIR`, `$LD_LIBRARY_PATH`, `$CUDA_HOME/lib64`,
+//! Search order: a folder given to [`prefer`] (the CUDA emulator's, in tests),
+//! `$GPTRAIN_CUDA_LIB_DIR`, `$LD_LIBRARY_PATH`, `$CUDA_HOME/lib64`,
 //! `$CUDA_PATH/lib64`, `/usr/local/cuda/lib64`, then `nvidia/*/lib` (the `cu13/lib` of the
 //! CUDA 13 wheels included) under the site-packages of `$VIRTUAL_ENV` and of `python3`.
 
@@ -30,9 +31,33 @@ pub struct Lib {
 pub const NVRTC: Lib = Lib { what: "NVRTC", files: &["libnvrtc.so.13", "libnvrtc.so.12"], wheel: "nvidia-cuda-nvrtc-cu12" };
 pub const CUBLASLT: Lib = Lib { what: "cuBLASLt", files: &["libcublasLt.so.13", "libcublasLt.so.12"], wheel: "nvidia-cublas-cu12" };
 
+/// The folder [`prefer`] put first.
+static PREFERRED: OnceLock<PathBuf> = OnceLock::new();
+
+/// Makes this process take its CUDA libraries from `dir` before any other folder, the driver
+/// (`libcuda.so.1`) included, which is opened here: cudarc's later request for the driver by
+/// file name is then answered with it. For `tools/cuda-emu`, whose stand-ins for the driver,
+/// cuBLASLt and NVRTC run the CUDA backend on the CPU; call it before anything touches CUDA.
+/// An error if `dir` has no driver or another folder was preferred first.
+pub fn prefer(dir: &Path) -> Result<(), String> {
+    let driver = dir.join("libcuda.so.1");
+    if PREFERRED.get().is_some_and(|d| d != dir) {
+        return Err(format!(
+            "CUDA libraries were already taken from {}",
+            PREFERRED.get().map_or(String::new(), |d| d.display().to_string())
+        ));
+    }
+    // SAFETY: as in `open`: the library's initialisers have no preconditions and the handle is
+    // kept for the life of the process.
+    let lib = unsafe { libloading::Library::new(&driver) }.map_err(|e| format!("{} could not be loaded: {e}", driver.display()))?;
+    OPENED.lock().unwrap_or_else(|e| e.into_inner()).push((driver, lib));
+    let _ = PREFERRED.set(dir.to_path_buf());
+    Ok(())
+}
+
 /// The folders searched, in order (existing ones only, each once).
 pub fn search_dirs() -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = Vec::new();
+    let mut dirs: Vec<PathBuf> = PREFERRED.get().into_iter().cloned().collect();
     let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
     if let Some(d) = var(LIB_DIR_VAR) {
         dirs.push(d.into());

@@ -15,7 +15,8 @@ use crate::backend::{Buffers, DType, Dropout, Op, Tensor};
 use anyhow::{anyhow, Result};
 use cudarc::driver::{result as drv, LaunchConfig, PushKernelArg};
 
-/// Blocks of the sum of squares' first pass: a fixed number, so the sum's order never changes.
+/// Most blocks of the sum of squares' first pass (one per 1024 elements up to this): a number
+/// that depends on the tensor's length only, so the sum's order never changes.
 pub const PARTIALS: usize = 256;
 
 /// Threads per block of the elementwise kernels.
@@ -254,9 +255,11 @@ impl Cuda {
             }
             Op::AddSquares { x, into } => {
                 let partials = Arg::P(super::address(&self.inner.partials, &self.inner.stream));
+                // the grid depends on the length only, so a tensor's sum has one order, every run
+                let grid = blocks(x.len(), 1024).min(PARTIALS as u32);
                 let args = [partials, p(x), Arg::U64(x.len() as u64)];
-                self.launch(&format!("sum_squares_partial_{}", sfx(x.dtype)), (PARTIALS as u32, 1), (1024, 1), 0, &args)?;
-                self.launch("add_partials", (1, 1), (32, 1), 0, &[p(into.tensor()), partials, u32_(PARTIALS)])?;
+                self.launch(&format!("sum_squares_partial_{}", sfx(x.dtype)), (grid, 1), (1024, 1), 0, &args)?;
+                self.launch("add_partials", (1, 1), (32, 1), 0, &[p(into.tensor()), partials, Arg::U32(grid)])?;
             }
             Op::AdamWStep(a) => {
                 assert!(a.grads.dtype == DType::F32 && a.m.dtype == DType::F32 && a.v.dtype == DType::F32, "AdamW state is f32: {a:?}");

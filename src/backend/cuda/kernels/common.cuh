@@ -19,9 +19,13 @@ struct f16_t { unsigned short bits; };
 __device__ __forceinline__ float load(float x) { return x; }
 __device__ __forceinline__ float load(bf16_t x) { return __uint_as_float(((u32)x.bits) << 16); }
 __device__ __forceinline__ float load(f16_t x) {
+#ifdef GPTRAIN_EMU // tools/cuda-emu: the same conversion in C, for the host compiler
+    return emu::f16_to_f32(x.bits);
+#else
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x.bits));
     return f;
+#endif
 }
 
 template <typename T> __device__ __forceinline__ T store(float x);
@@ -38,7 +42,11 @@ template <> __device__ __forceinline__ bf16_t store<bf16_t>(float x) {
 }
 template <> __device__ __forceinline__ f16_t store<f16_t>(float x) {
     f16_t r;
+#ifdef GPTRAIN_EMU
+    r.bits = emu::f32_to_f16(x);
+#else
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r.bits) : "f"(x));
+#endif
     return r;
 }
 

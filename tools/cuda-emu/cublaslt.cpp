@@ -1,0 +1,159 @@
+// gptrain's CUDA emulator: a cuBLASLt that computes matmuls on the CPU, written from NVIDIA's
+// documentation of cublasLtMatmul (column-major; D = alpha op(A) op(B) + beta C, then the
+// epilogue), not from gptrain's code, so that it checks how gptrain describes its products.
+// It refuses what it does not implement (an epilogue, a type, a layout that does not match
+// the operation) with CUBLAS_STATUS_NOT_SUPPORTED or INVALID_VALUE, never computes it wrongly.
+//
+// Sums are in double and rounded once into D's type; the real library sums in f32.
+#include "half.h"
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+extern "C" {
+typedef int cublasStatus_t;
+enum { OK = 0, NOT_INITIALIZED = 1, INVALID_VALUE = 7, NOT_SUPPORTED = 15 };
+enum { R_32F = 0, R_16F = 2, R_16BF = 14 };
+enum { COMPUTE_32F = 68, COMPUTE_32F_FAST_TF32 = 77 };
+enum { DESC_COMPUTE_TYPE = 0, DESC_SCALE_TYPE = 1, DESC_POINTER_MODE = 2, DESC_TRANSA = 3, DESC_TRANSB = 4, DESC_EPILOGUE = 7,
+       DESC_BIAS_POINTER = 8, DESC_BIAS_DATA_TYPE = 26 };
+enum { EPILOGUE_DEFAULT = 1, EPILOGUE_BIAS = 4 };
+
+struct Desc { int compute, scale, transa = 0, transb = 0, epilogue = EPILOGUE_DEFAULT, bias_type = -1; const void* bias = nullptr; };
+struct Layout { int type; uint64_t rows, cols; int64_t ld; };
+struct Pref { uint64_t workspace = 0; };
+struct Algo { uint64_t data[8]; };
+struct Heuristic { Algo algo; size_t workspaceSize; cublasStatus_t state; float wavesCount; int reserved[4]; };
+
+static int handles;
+
+cublasStatus_t cublasLtCreate(void** h) { *h = &handles; return OK; }
+cublasStatus_t cublasLtDestroy(void*) { return OK; }
+size_t cublasLtGetVersion() { return 120800; }
+
+cublasStatus_t cublasLtMatmulDescCreate(Desc** d, int compute, int scale) {
+    if (compute != COMPUTE_32F && compute != COMPUTE_32F_FAST_TF32) return NOT_SUPPORTED;
+    if (scale != R_32F) return NOT_SUPPORTED;
+    *d = new Desc{compute, scale};
+    return OK;
+}
+cublasStatus_t cublasLtMatmulDescDestroy(Desc* d) { delete d; return OK; }
+cublasStatus_t cublasLtMatmulDescSetAttribute(Desc* d, int attr, const void* buf, size_t n) {
+    auto i32 = [&](int* into) { if (n != 4) return INVALID_VALUE; std::memcpy(into, buf, 4); return OK; };
+    switch (attr) {
+    case DESC_TRANSA: return i32(&d->transa);
+    case DESC_TRANSB: return i32(&d->transb);
+    case DESC_EPILOGUE: return i32(&d->epilogue);
+    case DESC_BIAS_DATA_TYPE: return i32(&d->bias_type);
+    case DESC_BIAS_POINTER:
+        if (n != sizeof(void*)) return INVALID_VALUE;
+        std::memcpy(&d->bias, buf, n);
+        return OK;
+    case DESC_COMPUTE_TYPE: return i32(&d->compute);
+    case DESC_SCALE_TYPE: return i32(&d->scale);
+    default:
+        std::fprintf(stderr, "cuda-emu cuBLASLt: matmul attribute %d is not emulated\n", attr);
+        return NOT_SUPPORTED;
+    }
+}
+
+cublasStatus_t cublasLtMatrixLayoutCreate(Layout** l, int type, uint64_t rows, uint64_t cols, int64_t ld) {
+    if (type != R_32F && type != R_16F && type != R_16BF) return NOT_SUPPORTED;
+    if ((int64_t)rows > ld && cols > 1) return INVALID_VALUE; // column-major: ld >= rows
+    *l = new Layout{type, rows, cols, ld};
+    return OK;
+}
+cublasStatus_t cublasLtMatrixLayoutDestroy(Layout* l) { delete l; return OK; }
+cublasStatus_t cublasLtMatrixLayoutSetAttribute(Layout*, int attr, const void*, size_t) {
+    std::fprintf(stderr, "cuda-emu cuBLASLt: layout attribute %d is not emulated\n", attr);
+    return NOT_SUPPORTED;
+}
+
+cublasStatus_t cublasLtMatmulPreferenceCreate(Pref** p) { *p = new Pref; return OK; }
+cublasStatus_t cublasLtMatmulPreferenceDestroy(Pref* p) { delete p; return OK; }
+cublasStatus_t cublasLtMatmulPreferenceSetAttribute(Pref* p, int attr, const void* buf, size_t n) {
+    if (attr == 1) { // MAX_WORKSPACE_BYTES
+        if (n != 8) return INVALID_VALUE;
+        std::memcpy(&p->workspace, buf, 8);
+        return OK;
+    }
+    if (attr >= 5 && attr <= 8) return n == 4 ? OK : INVALID_VALUE; // MIN_ALIGNMENT_{A,B,C,D}_BYTES
+    std::fprintf(stderr, "cuda-emu cuBLASLt: preference attribute %d is not emulated\n", attr);
+    return NOT_SUPPORTED;
+}
+
+static float read(const void* p, int type, uint64_t i) {
+    switch (type) {
+    case R_32F: return static_cast<const float*>(p)[i];
+    case R_16BF: return halfemu::bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
+    default: return halfemu::f16_to_f32(static_cast<const uint16_t*>(p)[i]);
+    }
+}
+static void write(void* p, int type, uint64_t i, float v) {
+    switch (type) {
+    case R_32F: static_cast<float*>(p)[i] = v; break;
+    case R_16BF: static_cast<uint16_t*>(p)[i] = halfemu::f32_to_bf16(v); break;
+    default: static_cast<uint16_t*>(p)[i] = halfemu::f32_to_f16(v); break;
+    }
+}
+
+// The shapes: op(A) is m x k, op(B) k x n, C and D m x n; 0 when they do not agree.
+static bool shapes(const Desc* d, const Layout* a, const Layout* b, const Layout* c, const Layout* dl, uint64_t* m, uint64_t* n, uint64_t* k) {
+    *m = d->transa ? a->cols : a->rows;
+    *k = d->transa ? a->rows : a->cols;
+    uint64_t kb = d->transb ? b->cols : b->rows;
+    *n = d->transb ? b->rows : b->cols;
+    if (kb != *k || c->rows != *m || c->cols != *n || dl->rows != *m || dl->cols != *n) {
+        std::fprintf(stderr, "cuda-emu cuBLASLt: shapes do not agree: op(A) %llux%llu, op(B) %llux%llu, C %llux%llu, D %llux%llu\n",
+                     (unsigned long long)*m, (unsigned long long)*k, (unsigned long long)kb, (unsigned long long)*n,
+                     (unsigned long long)c->rows, (unsigned long long)c->cols, (unsigned long long)dl->rows, (unsigned long long)dl->cols);
+        return false;
+    }
+    return true;
+}
+
+cublasStatus_t cublasLtMatmulAlgoGetHeuristic(void*, Desc* d, Layout* a, Layout* b, Layout* c, Layout* dl, Pref*, int requested,
+                                              Heuristic* out, int* returned) {
+    uint64_t m, n, k;
+    if (!shapes(d, a, b, c, dl, &m, &n, &k) || requested < 1) return INVALID_VALUE;
+    if (d->epilogue != EPILOGUE_DEFAULT && d->epilogue != EPILOGUE_BIAS) {
+        std::fprintf(stderr, "cuda-emu cuBLASLt: epilogue %d is not emulated\n", d->epilogue);
+        return NOT_SUPPORTED;
+    }
+    std::memset(out, 0, sizeof *out);
+    out->state = OK;
+    out->wavesCount = 1.0f;
+    *returned = 1;
+    return OK;
+}
+
+cublasStatus_t cublasLtMatmul(void*, Desc* d, const void* alpha, const void* A, Layout* la, const void* B, Layout* lb, const void* beta,
+                              const void* C, Layout* lc, void* D, Layout* ld, const Algo*, void*, size_t, void*) {
+    uint64_t m, n, k;
+    if (!shapes(d, la, lb, lc, ld, &m, &n, &k)) return INVALID_VALUE;
+    if (d->epilogue == EPILOGUE_BIAS && !d->bias) return INVALID_VALUE;
+    if (d->epilogue != EPILOGUE_DEFAULT && d->epilogue != EPILOGUE_BIAS) return NOT_SUPPORTED;
+    int bias_type = d->bias_type < 0 ? ld->type : d->bias_type;
+    float al, be;
+    std::memcpy(&al, alpha, 4);
+    std::memcpy(&be, beta, 4);
+    std::vector<float> out(m * n);
+    for (uint64_t j = 0; j < n; j++)
+        for (uint64_t i = 0; i < m; i++) {
+            double s = 0.0;
+            for (uint64_t p = 0; p < k; p++) {
+                float x = d->transa ? read(A, la->type, p + i * la->ld) : read(A, la->type, i + p * la->ld);
+                float y = d->transb ? read(B, lb->type, j + p * lb->ld) : read(B, lb->type, p + j * lb->ld);
+                s += (double)x * (double)y;
+            }
+            double v = (double)al * s;
+            if (be != 0.0f) v += (double)be * read(C, lc->type, i + j * lc->ld);
+            if (d->epilogue == EPILOGUE_BIAS) v += read(d->bias, bias_type, i);
+            out[i + j * m] = (float)v;
+        }
+    for (uint64_t j = 0; j < n; j++)
+        for (uint64_t i = 0; i < m; i++) write(D, ld->type, i + j * ld->ld, out[i + j * m]);
+    return OK;
+}
+}

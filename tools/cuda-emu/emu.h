@@ -1,0 +1,260 @@
+// gptrain's CUDA emulator, kernel side: what a kernel source of src/backend/cuda/kernels needs
+// to compile with the host's C++ compiler and run on the CPU, one block at a time, each CUDA
+// thread a fiber. The fake NVRTC (nvrtc.cpp) puts this header in front of every source it
+// "compiles"; the fake driver (driver.cpp) calls each kernel's `emu_launch_<name>`.
+//
+// What it checks as it runs, beyond computing the same results:
+// - `__syncthreads()` reached by only part of a block, or a warp shuffle/`__syncwarp()` that
+//   some lanes of a warp never reach: a deadlock, reported with the kernel and block;
+// - dynamic shared memory read before it is written: it starts as NaN bytes (0xff) in every block;
+// - a launch shape no GPU takes (over 1024 threads, zero dimensions, over 227 KiB of shared).
+//
+// What it cannot check: races between blocks (blocks run one after another), the memory
+// model, timing. Exited threads count as arrived at a barrier, as on Volta and later.
+#pragma once
+#include "half.h"
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <type_traits>
+#include <utility>
+
+struct uint3 { unsigned x, y, z; };
+
+namespace emu {
+
+// One CUDA thread: its saved stack pointer, its index, and where it waits.
+enum State : int { RUN, AT_BLOCK, AT_WARP, DONE };
+struct Thread {
+    void* sp;
+    uint3 tid;
+    unsigned linear;
+    State state;
+};
+
+// What the fake driver passes to `emu_launch_<name>` (its layout is repeated in driver.cpp).
+struct Launch {
+    unsigned grid[3], block[3];
+    unsigned shared;      // dynamic shared memory, bytes
+    void** params;        // cuLaunchKernel's kernelParams
+    char error[256];      // empty on success
+};
+
+constexpr unsigned MAX_THREADS = 1024;
+// Each fiber's stack. Kernels keep little on it; the tops are skewed by a cache line per
+// thread so that switching between fibers does not hit the same cache sets every time.
+constexpr size_t STACK = 16 << 10;
+
+struct Block {
+    uint3 bid, bdim, gdim;
+    Thread threads[MAX_THREADS];
+    unsigned n;
+    unsigned char* dyn;
+    unsigned dyn_bytes;
+    void* sched_sp;
+    uint64_t slot[MAX_THREADS]; // shuffle values, one per thread
+    Thread* cur;
+    void (*body)();
+    unsigned char* stacks;
+};
+
+inline Block& blk() {
+    static Block* b = [] {
+        Block* p = new Block();
+        p->stacks = static_cast<unsigned char*>(std::malloc(STACK * MAX_THREADS));
+        return p;
+    }();
+    return *b;
+}
+
+// Switches stacks: saves the callee-saved registers on the current stack, stores its pointer
+// in *from, loads `to` and restores the registers saved there (System V x86-64).
+extern "C" void emu_switch(void** from, void* to);
+asm(R"(
+.text
+.p2align 4
+.type emu_switch,@function
+emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+.size emu_switch, .-emu_switch
+)");
+
+[[noreturn]] inline void trampoline() {
+    Block& b = blk();
+    b.body();
+    b.cur->state = DONE;
+    emu_switch(&b.cur->sp, b.sched_sp);
+    std::abort(); // a finished thread is never resumed
+}
+
+// A fresh stack for thread i that "returns" into the trampoline with six zero registers.
+inline void* fresh_stack(unsigned i) {
+    Block& b = blk();
+    uintptr_t top = reinterpret_cast<uintptr_t>(b.stacks + STACK * (i + 1)) - (i % 48) * 64;
+    top &= ~uintptr_t(15);
+    void** sp = reinterpret_cast<void**>(top);
+    *--sp = nullptr;                                    // the trampoline's "return address" slot: keeps rsp % 16 == 8 at its entry
+    *--sp = reinterpret_cast<void*>(&trampoline);       // popped by `ret`
+    for (int r = 0; r < 6; r++) *--sp = nullptr;        // rbp rbx r12..r15
+    return sp;
+}
+
+inline void wait(State s) {
+    Block& b = blk();
+    b.cur->state = s;
+    emu_switch(&b.cur->sp, b.sched_sp);
+}
+
+inline void warp_barrier() { wait(AT_WARP); }
+inline void block_barrier() { wait(AT_BLOCK); }
+
+// Runs every thread of the current block to its end; false (with `why`) on a deadlock.
+inline bool run_block(char* why, size_t why_len) {
+    Block& b = blk();
+    for (;;) {
+        bool ran = false;
+        for (unsigned i = 0; i < b.n; i++) {
+            Thread& t = b.threads[i];
+            if (t.state != RUN) continue;
+            b.cur = &t;
+            emu_switch(&b.sched_sp, t.sp);
+            ran = true;
+        }
+        if (ran) continue;
+        // nobody can run: release a barrier every live thread (or warp lane) has reached
+        unsigned done = 0, at_block = 0;
+        for (unsigned i = 0; i < b.n; i++) {
+            done += b.threads[i].state == DONE;
+            at_block += b.threads[i].state == AT_BLOCK;
+        }
+        if (done == b.n) return true;
+        if (at_block + done == b.n) {
+            for (unsigned i = 0; i < b.n; i++) if (b.threads[i].state == AT_BLOCK) b.threads[i].state = RUN;
+            continue;
+        }
+        bool released = false;
+        for (unsigned w = 0; w * 32 < b.n; w++) {
+            unsigned end = (w + 1) * 32 < b.n ? (w + 1) * 32 : b.n, waiting = 0, live = 0;
+            for (unsigned i = w * 32; i < end; i++) {
+                live += b.threads[i].state != DONE;
+                waiting += b.threads[i].state == AT_WARP;
+            }
+            if (waiting > 0 && waiting == live) {
+                for (unsigned i = w * 32; i < end; i++) if (b.threads[i].state == AT_WARP) b.threads[i].state = RUN;
+                released = true;
+            }
+        }
+        if (released) continue;
+        std::snprintf(why, why_len, "deadlock in block (%u,%u,%u): %u of %u threads wait at __syncthreads, the others at a warp barrier or exited",
+                      b.bid.x, b.bid.y, b.bid.z, at_block, b.n);
+        return false;
+    }
+}
+
+// The kernel's arguments, read from cuLaunchKernel's array of pointers to them.
+template <class... A, size_t... I>
+inline void call(void (*k)(A...), void** p, std::index_sequence<I...>) {
+    k(*static_cast<std::remove_cv_t<std::remove_reference_t<A>>*>(p[I])...);
+}
+
+template <class... A>
+inline void launch(void (*k)(A...), Launch* L, const char* name) {
+    Block& b = blk();
+    L->error[0] = 0;
+    unsigned n = L->block[0] * L->block[1] * L->block[2];
+    if (n == 0 || n > MAX_THREADS || L->grid[0] * L->grid[1] * L->grid[2] == 0) {
+        std::snprintf(L->error, sizeof L->error, "%s: launch of %ux%ux%u blocks of %ux%ux%u threads", name, L->grid[0], L->grid[1],
+                      L->grid[2], L->block[0], L->block[1], L->block[2]);
+        return;
+    }
+    if (L->shared > (227u << 10)) {
+        std::snprintf(L->error, sizeof L->error, "%s: %u bytes of dynamic shared memory (a GPU has at most 227 KiB)", name, L->shared);
+        return;
+    }
+    static void** params;
+    static void (*kernel)(A...);
+    params = L->params;
+    kernel = k;
+    b.body = [] { call(kernel, params, std::index_sequence_for<A...>{}); };
+    b.n = n;
+    b.bdim = {L->block[0], L->block[1], L->block[2]};
+    b.gdim = {L->grid[0], L->grid[1], L->grid[2]};
+    b.dyn_bytes = L->shared;
+    b.dyn = static_cast<unsigned char*>(std::malloc(L->shared ? L->shared : 1));
+    for (unsigned z = 0; z < L->grid[2]; z++)
+        for (unsigned y = 0; y < L->grid[1]; y++)
+            for (unsigned x = 0; x < L->grid[0]; x++) {
+                b.bid = {x, y, z};
+                std::memset(b.dyn, 0xff, L->shared); // NaN until written
+                for (unsigned i = 0; i < n; i++) {
+                    Thread& t = b.threads[i];
+                    t.linear = i;
+                    t.tid = {i % b.bdim.x, i / b.bdim.x % b.bdim.y, i / (b.bdim.x * b.bdim.y)};
+                    t.state = RUN;
+                    t.sp = fresh_stack(i);
+                }
+                char why[200];
+                if (!run_block(why, sizeof why)) {
+                    std::snprintf(L->error, sizeof L->error, "%s: %s", name, why);
+                    std::free(b.dyn);
+                    return;
+                }
+            }
+    std::free(b.dyn);
+}
+
+template <class T> inline T shfl_xor(T v, int mask) {
+    static_assert(sizeof(T) <= 8, "a shuffle of at most 8 bytes");
+    Block& b = blk();
+    unsigned me = b.cur->linear, lane = me % 32;
+    std::memcpy(&b.slot[me], &v, sizeof(T));
+    warp_barrier();
+    T r;
+    std::memcpy(&r, &b.slot[me - lane + ((lane ^ (unsigned)mask) & 31)], sizeof(T));
+    warp_barrier(); // nobody overwrites a slot before every lane has read
+    return r;
+}
+
+using halfemu::bits_float;
+using halfemu::float_bits;
+using halfemu::f16_to_f32;
+using halfemu::f32_to_f16;
+
+} // namespace emu
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __restrict__
+// one copy per block: blocks run one after another, their threads as fibers of one OS thread
+#define __shared__ static
+#define threadIdx (emu::blk().cur->tid)
+#define blockIdx (emu::blk().bid)
+#define blockDim (emu::blk().bdim)
+#define gridDim (emu::blk().gdim)
+#define emu_dyn_smem() ((void*)emu::blk().dyn)
+
+inline void __syncthreads() { emu::block_barrier(); }
+inline void __syncwarp(unsigned = 0xffffffffu) { emu::warp_barrier(); }
+template <class T> inline T __shfl_xor_sync(unsigned, T v, int mask, int = 32) { return emu::shfl_xor(v, mask); }
+inline float __int_as_float(int i) { return emu::bits_float((uint32_t)i); }
+inline float __uint_as_float(unsigned u) { return emu::bits_float(u); }
+inline unsigned __float_as_uint(float f) { return emu::float_bits(f); }
+inline int __float_as_int(float f) { return (int)emu::float_bits(f); }

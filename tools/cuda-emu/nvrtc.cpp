@@ -1,0 +1,113 @@
+// gptrain's CUDA emulator: an NVRTC whose "CUBIN" is a host shared library. It compiles a kernel
+// source with the host's C++ compiler ($CXX, else c++), emu.h in front, and adds for every
+// `extern "C" __global__` kernel an `emu_launch_<name>` entry that the fake driver calls. The
+// library is an ELF file, so gptrain's CUBIN checks and kernel cache take it as they are.
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <dlfcn.h>
+#include <fstream>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <string>
+#include <unistd.h>
+
+extern "C" {
+typedef int nvrtcResult;
+enum { SUCCESS = 0, OUT_OF_MEMORY = 1, INVALID_INPUT = 3, INVALID_PROGRAM = 4, INVALID_OPTION = 5, COMPILATION = 6 };
+
+struct Program {
+    std::string src, name, log, bin;
+};
+
+static std::string here() {
+    Dl_info info;
+    dladdr(reinterpret_cast<void*>(&here), &info);
+    std::string p = info.dli_fname ? info.dli_fname : "";
+    return p.substr(0, p.rfind('/'));
+}
+
+static std::string slurp(const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    std::stringstream s;
+    s << f.rdbuf();
+    return s.str();
+}
+
+nvrtcResult nvrtcVersion(int* major, int* minor) {
+    *major = 12;
+    *minor = 8;
+    return SUCCESS;
+}
+
+const char* nvrtcGetErrorString(nvrtcResult r) {
+    switch (r) {
+    case SUCCESS: return "NVRTC_SUCCESS";
+    case COMPILATION: return "NVRTC_ERROR_COMPILATION";
+    case INVALID_OPTION: return "NVRTC_ERROR_INVALID_OPTION";
+    default: return "NVRTC_ERROR (cuda-emu)";
+    }
+}
+
+nvrtcResult nvrtcCreateProgram(Program** prog, const char* src, const char* name, int headers, const char* const*, const char* const*) {
+    if (!src || headers != 0) return INVALID_INPUT;
+    *prog = new Program{src, name ? name : "kernel.cu", "", ""};
+    return SUCCESS;
+}
+
+nvrtcResult nvrtcDestroyProgram(Program** prog) {
+    delete *prog;
+    *prog = nullptr;
+    return SUCCESS;
+}
+
+nvrtcResult nvrtcCompileProgram(Program* p, int n, const char* const* options) {
+    for (int i = 0; i < n; i++) {
+        std::string o = options[i];
+        if (o.rfind("--gpu-architecture=", 0) != 0 && o != "--fmad=false" && o.rfind("--std=", 0) != 0) {
+            p->log = "cuda-emu NVRTC: option " + o + " is not emulated";
+            return INVALID_OPTION;
+        }
+    }
+    char tmpl[] = "/tmp/gptrain-cuda-emu-XXXXXX";
+    if (!mkdtemp(tmpl)) return OUT_OF_MEMORY;
+    std::string dir = tmpl, cxx = std::getenv("CXX") ? std::getenv("CXX") : "c++";
+    // the kernels' names, from the source with its macros expanded
+    { std::ofstream(dir + "/src.cu") << p->src; }
+    std::string pre = cxx + " -E -P -x c++ -DGPTRAIN_EMU " + dir + "/src.cu -o " + dir + "/src.i 2>" + dir + "/log";
+    std::set<std::string> kernels;
+    if (std::system(pre.c_str()) == 0) {
+        std::string expanded = slurp(dir + "/src.i");
+        std::regex k(R"(extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\()");
+        for (auto it = std::sregex_iterator(expanded.begin(), expanded.end(), k); it != std::sregex_iterator(); ++it)
+            kernels.insert((*it)[1]);
+    }
+    // dynamic shared memory: the block's buffer
+    std::string body = std::regex_replace(p->src, std::regex(R"(extern\s+__shared__\s+(\w+)\s+(\w+)\s*\[\s*\]\s*;)"),
+                                          "$1* $2 = ($1*)emu_dyn_smem();");
+    std::ostringstream out;
+    out << "#include \"" << here() << "/emu.h\"\n#line 1 \"" << p->name << "\"\n" << body << "\n";
+    for (const auto& k : kernels)
+        out << "extern \"C\" void emu_launch_" << k << "(emu::Launch* l) { emu::launch(" << k << ", l, \"" << k << "\"); }\n";
+    { std::ofstream(dir + "/kernel.cpp") << out.str(); }
+    std::string cmd = cxx + " -std=c++17 -O2 -fPIC -shared -ffp-contract=off -fno-fast-math -DGPTRAIN_EMU -o " + dir + "/kernel.so " + dir +
+                      "/kernel.cpp >" + dir + "/log 2>&1";
+    int rc = std::system(cmd.c_str());
+    p->log = slurp(dir + "/log");
+    if (rc == 0) p->bin = slurp(dir + "/kernel.so");
+    std::system(("rm -rf " + dir).c_str());
+    if (rc != 0 || kernels.empty()) {
+        if (kernels.empty()) p->log += "cuda-emu NVRTC: no extern \"C\" __global__ kernel found\n";
+        return COMPILATION;
+    }
+    return SUCCESS;
+}
+
+nvrtcResult nvrtcGetProgramLogSize(Program* p, size_t* n) { *n = p->log.size() + 1; return SUCCESS; }
+nvrtcResult nvrtcGetProgramLog(Program* p, char* out) { std::memcpy(out, p->log.c_str(), p->log.size() + 1); return SUCCESS; }
+nvrtcResult nvrtcGetCUBINSize(Program* p, size_t* n) { *n = p->bin.size(); return p->bin.empty() ? INVALID_PROGRAM : SUCCESS; }
+nvrtcResult nvrtcGetCUBIN(Program* p, char* out) { std::memcpy(out, p->bin.data(), p->bin.size()); return SUCCESS; }
+nvrtcResult nvrtcGetPTXSize(Program*, size_t*) { return INVALID_PROGRAM; }
+nvrtcResult nvrtcGetPTX(Program*, char*) { return INVALID_PROGRAM; }
+}
