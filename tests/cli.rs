@@ -365,6 +365,22 @@ fn bench_prints_one_json_object_and_a_profile_by_kernel() {
     assert!((v["tokens_per_second"].as_f64().unwrap() / tps - 1.0).abs() < 1e-9);
     // L (12 C^2 + 2 C) + wte V C + wpe T C + ln_f C, no biases
     assert_eq!(v["params"], 2 * (12 * 32 * 32 + 2 * 32) + 65 * 32 + 16 * 32 + 32);
+    // every step's time, warm-up first, and when the first timed one ended
+    assert_eq!((v["warmup_ms"].as_array().unwrap().len(), v["steps_ms"].as_array().unwrap().len()), (1, 2), "{v}");
+    let first = v["warmup_ms"][0].as_f64().unwrap() + v["steps_ms"][0].as_f64().unwrap();
+    assert!(v["first_steady_ms"].as_f64().is_some_and(|x| x >= first), "{v}");
+    assert_eq!(v["grad_accum"], 1);
+    // with gradient accumulation a step is grad_accum micro-batches: tokens and FLOPs scale with it
+    let mut args = vec!["bench", "--steps", "2", "--warmup", "1", "--threads", "1", "--json", "--grad-accum", "3"];
+    args.extend(shape);
+    let (code, out, err) = gptrain(&args, &d);
+    assert_eq!(code, 0, "{err}");
+    let w: serde_json::Value = serde_json::from_str(out.trim()).expect("stdout holds only the JSON object");
+    let ms = w["ms_per_step"].as_f64().unwrap();
+    assert!((w["tokens_per_second"].as_f64().unwrap() / (3.0 * 2.0 * 16.0 / (ms / 1e3)) - 1.0).abs() < 1e-9, "{w}");
+    let per_micro = |x: &serde_json::Value| x["gflops"].as_f64().unwrap() * x["ms_per_step"].as_f64().unwrap();
+    assert!((per_micro(&w) / per_micro(&v) - 3.0).abs() < 1e-9, "{v} {w}");
+    assert_eq!(w["grad_accum"], 3);
     let mut args = vec!["bench", "--steps", "1", "--warmup", "0", "--threads", "1", "--profile"];
     args.extend(shape);
     let (code, out, err) = gptrain(&args, &d);
