@@ -184,7 +184,7 @@ def card_name(gptrain, sets, named):
         name = " ".join(words[:n])
         r = subprocess.run([gptrain, "estimate", "--device", name, "--json"] + sets, capture_output=True, text=True)
         if r.returncode == 0:
-            return name
+            return json.loads(r.stdout)["device"]
     raise Fail(f"the GPU `{driver}` is not in gptrain's device table, so there is no peak for MFU (hint: --card NAME, one of `gptrain estimate --list-devices`)")
 
 
