@@ -74,6 +74,22 @@ class Fail(Exception):
     """A one-line error for the user."""
 
 
+def smi_index(device):
+    """nvidia-smi's name for the card torch and gptrain call `device` (cuda, cuda:N): the N-th
+    entry of CUDA_VISIBLE_DEVICES where that is set."""
+    n = int(device.split(":")[1]) if ":" in device else 0
+    visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    return visible[n].strip() if n < len(visible) else str(n)
+
+
+def git_rev(folder):
+    try:
+        r = subprocess.run(["git", "-C", folder, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return r.stdout.strip() if r.returncode == 0 else ""
+
+
 def gib(b):
     return "n/a" if b is None else f"{b / 2**30:.2f}GiB"
 
@@ -97,6 +113,8 @@ def child_reference(spec):
     s = json.loads(spec)
     dev = s["device"]
     cuda = dev.startswith("cuda")
+    if dev.startswith("cuda:"):
+        torch.cuda.set_device(dev)  # synchronize() and the memory peaks are of the current device
     torch.manual_seed(1337)
     torch.backends.cuda.matmul.allow_tf32 = True  # as nanoGPT's train.py
     torch.backends.cudnn.allow_tf32 = True
@@ -132,8 +150,13 @@ def child_nanogpt(train_py, args):
     path, for `from model import ...`), then prints the peak memory, whatever happened."""
     import runpy
 
+    import torch
+
     sys.argv = [train_py] + args
     sys.path[0] = os.path.dirname(os.path.abspath(train_py))
+    device = [x.split("=", 1)[1] for x in args if x.startswith("--device=")]
+    if device and device[-1].startswith("cuda:"):
+        torch.cuda.set_device(device[-1])  # the memory peaks are of the current device
     try:
         runpy.run_path(train_py, run_name="__main__")
     finally:
@@ -166,14 +189,13 @@ def gptrain_json(gptrain, args, what):
     return json.loads(r.stdout)
 
 
-def card_name(gptrain, sets, named):
+def card_name(gptrain, sets, named, device):
     """gptrain's device-table name of the card: --card, else the driver's name looked up as
     gptrain's CUDA backend does (the longest leading words that name a known GPU)."""
     if named:
         return named
     try:
-        idx = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0] or "0"
-        q = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "-i", idx], capture_output=True, text=True, timeout=30)
+        q = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "-i", smi_index(device)], capture_output=True, text=True, timeout=30)
         driver = q.stdout.strip().splitlines()[0] if q.returncode == 0 and q.stdout.strip() else ""
     except (OSError, subprocess.TimeoutExpired):
         driver = ""
@@ -233,9 +255,9 @@ class MemorySampler:
     value while a process runs, less the value before it started: every side measured alike
     (CUDA context and allocator caches included). None where nvidia-smi is missing."""
 
-    def __init__(self, enabled):
-        self.enabled = enabled and shutil.which("nvidia-smi") is not None
-        self.idx = (os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0] or "0")
+    def __init__(self, device):
+        self.enabled = device != "cpu" and shutil.which("nvidia-smi") is not None
+        self.idx = smi_index(device) if self.enabled else ""
 
     def used_mib(self):
         r = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", self.idx], capture_output=True, text=True, timeout=30)
@@ -570,12 +592,12 @@ def main(argv):
         raise Fail(f"--out {a.out} holds '=', which nanoGPT's configurator cannot take in --out_dir= (hint: another --out)")
     os.makedirs(a.out, exist_ok=True)
     sets = sum((["--set", kv] for kv in a.set), [])
-    card = "cpu" if a.device == "cpu" else card_name(a.gptrain, sets, a.card)
-    a.sampler = MemorySampler(a.device != "cpu")
+    card = "cpu" if a.device == "cpu" else card_name(a.gptrain, sets, a.card, a.device)
+    a.sampler = MemorySampler(a.device)
     ver = subprocess.run([a.python, "-c", "import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device')"], capture_output=True, text=True)
     torch_line = ver.stdout.strip() if ver.returncode == 0 else f"PyTorch not importable by {a.python}"
-    rev = subprocess.run(["git", "-C", a.nanogpt, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() if a.nanogpt else ""
-    grev = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    rev = git_rev(a.nanogpt) if a.nanogpt else ""
+    grev = git_rev(ROOT)
     print(f"# bench_gpu: device {a.device} ({card}); gptrain {a.gptrain} (repository at {grev or '?'}); torch {torch_line}; nanoGPT {a.nanogpt or '-'}{f' at {rev}' if rev else ''}; logs under {a.out}", flush=True)
     a.deadline = t_start + a.budget
     done = [prepare_preset(a, preset, card) for preset in a.presets]  # a bad preset or --set stops here, before any run
