@@ -512,7 +512,7 @@ def report_preset(a, preset, e, results, failed):
 
 
 def report_all(a, done, card):
-    print(f"\n# summary (median tokens/s over the rounds run; ratios: median of the paired per-round ratios, > 1: gptrain is faster)")
+    print("\n# summary (median tokens/s over the rounds run; ratios: median of the paired per-round ratios, > 1: gptrain is faster)")
     w = max([14] + [len(p["preset"]) for p in done])
     others = [s for s in ("nanogpt", "reference") if s in a.sides and "gptrain" in a.sides]
     print(f"{'preset':<{w}} {'accum':>5} {'dtype':>5} " + " ".join(f"{LABEL[s] + ' tok/s':>17}" for s in a.sides) + "".join(f" {'vs ' + LABEL[s]:>12}" for s in others))
