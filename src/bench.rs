@@ -18,7 +18,12 @@ pub struct BenchResult {
     pub ms_per_step: f64,
     pub p10_ms: f64,
     pub p90_ms: f64,
-    /// Model FLOPs of one step (one micro-batch), from `perf::flops`.
+    /// Every step's time in the order run, warm-up steps first (ms).
+    pub times_ms: Vec<f64>,
+    /// When each step ended, in ms since `run` began (the first ones include building the
+    /// model on the device).
+    pub ends_ms: Vec<f64>,
+    /// Model FLOPs of one step (`accum` micro-batches), from `perf::flops`.
     pub flops_per_step: f64,
     pub peak_rss_bytes: u64,
     pub params: usize,
@@ -35,19 +40,24 @@ pub fn peak_rss() -> u64 {
 }
 
 /// Times `steps` training steps of `model` at micro-batch `b` after `warmup` untimed ones, on
-/// `backend`, computing in `precision`. (A step ends by reading its scalars, so on a GPU a
+/// `backend`, computing in `precision`; a step is `accum` micro-batches (gradient
+/// accumulation), then clipping and AdamW. (A step ends by reading its scalars, so on a GPU a
 /// step's time is the GPU's; with `profile`, every op is waited for, so its time is its own plus
 /// one synchronisation.)
+#[allow(clippy::too_many_arguments)]
 pub fn run<B: Backend>(
     model: &ModelConfig,
     b: usize,
+    accum: usize,
     steps: usize,
     warmup: usize,
     profile: bool,
     backend: B,
     precision: Precision,
 ) -> Result<BenchResult> {
+    let began = Instant::now();
     let t = model.block_size;
+    let accum = accum.max(1);
     let opt = OptimConfig {
         learning_rate: 1e-4,
         min_lr: 1e-5,
@@ -61,12 +71,17 @@ pub fn run<B: Backend>(
     };
     let key = rng::key(0, rng::STREAM_TRAIN_BATCH, &[]);
     let batch = |i: u64| -> Vec<(Vec<u32>, Vec<u32>)> {
-        let toks: Vec<u32> =
-            (0..b * t + 1).map(|j| rng::below(rng::mix(key, i * 1_000_003 + j as u64), model.vocab_size as u64) as u32).collect();
-        vec![(toks[..b * t].to_vec(), toks[1..].to_vec())]
+        (0..accum as u64)
+            .map(|m| {
+                let at = (i * accum as u64 + m) * 1_000_003;
+                let toks: Vec<u32> =
+                    (0..b * t + 1).map(|j| rng::below(rng::mix(key, at + j as u64), model.vocab_size as u64) as u32).collect();
+                (toks[..b * t].to_vec(), toks[1..].to_vec())
+            })
+            .collect()
     };
     let timer = Timer::default();
-    let mut times = Vec::new();
+    let (mut times, mut ends) = (Vec::new(), Vec::new());
     if profile {
         let mut g = Gpt::init_in(Timed { inner: backend, timer: &timer }, model.clone(), 1, precision)?;
         for i in 0..warmup + steps {
@@ -76,9 +91,8 @@ pub fn run<B: Backend>(
             let mb = batch(i as u64);
             let t0 = Instant::now();
             train_step(&mut g, &mb, b, t, i as u64, &opt, None)?;
-            if i >= warmup {
-                times.push(t0.elapsed().as_secs_f64() * 1e3);
-            }
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+            ends.push(began.elapsed().as_secs_f64() * 1e3);
         }
     } else {
         let mut g = Gpt::init_in(backend, model.clone(), 1, precision)?;
@@ -86,20 +100,22 @@ pub fn run<B: Backend>(
             let mb = batch(i as u64);
             let t0 = Instant::now();
             train_step(&mut g, &mb, b, t, i as u64, &opt, None)?;
-            if i >= warmup {
-                times.push(t0.elapsed().as_secs_f64() * 1e3);
-            }
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+            ends.push(began.elapsed().as_secs_f64() * 1e3);
         }
     }
-    times.sort_by(|a, b| a.total_cmp(b));
-    let q = |p: f64| quantile(&times, p);
+    let mut timed = times[warmup..].to_vec();
+    timed.sort_by(|a, b| a.total_cmp(b));
+    let q = |p: f64| quantile(&timed, p);
     let mut prof: Vec<(String, f64)> = timer.0.lock().unwrap().iter().map(|(k, v)| (k.clone(), v / steps.max(1) as f64)).collect();
     prof.sort_by(|a, b| b.1.total_cmp(&a.1));
     Ok(BenchResult {
         ms_per_step: q(0.5),
         p10_ms: q(0.1),
         p90_ms: q(0.9),
-        flops_per_step: flops::flops_per_iter(model, b, t, 1),
+        times_ms: times,
+        ends_ms: ends,
+        flops_per_step: flops::flops_per_iter(model, b, t, accum),
         peak_rss_bytes: peak_rss(),
         params: flops::params(model).total,
         profile: prof,

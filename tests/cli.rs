@@ -365,6 +365,22 @@ fn bench_prints_one_json_object_and_a_profile_by_kernel() {
     assert!((v["tokens_per_second"].as_f64().unwrap() / tps - 1.0).abs() < 1e-9);
     // L (12 C^2 + 2 C) + wte V C + wpe T C + ln_f C, no biases
     assert_eq!(v["params"], 2 * (12 * 32 * 32 + 2 * 32) + 65 * 32 + 16 * 32 + 32);
+    // every step's time, warm-up first, and when the first timed one ended
+    assert_eq!((v["warmup_ms"].as_array().unwrap().len(), v["steps_ms"].as_array().unwrap().len()), (1, 2), "{v}");
+    let first = v["warmup_ms"][0].as_f64().unwrap() + v["steps_ms"][0].as_f64().unwrap();
+    assert!(v["first_steady_ms"].as_f64().is_some_and(|x| x >= first), "{v}");
+    assert_eq!(v["grad_accum"], 1);
+    // with gradient accumulation a step is grad_accum micro-batches: tokens and FLOPs scale with it
+    let mut args = vec!["bench", "--steps", "2", "--warmup", "1", "--threads", "1", "--json", "--grad-accum", "3"];
+    args.extend(shape);
+    let (code, out, err) = gptrain(&args, &d);
+    assert_eq!(code, 0, "{err}");
+    let w: serde_json::Value = serde_json::from_str(out.trim()).expect("stdout holds only the JSON object");
+    let ms = w["ms_per_step"].as_f64().unwrap();
+    assert!((w["tokens_per_second"].as_f64().unwrap() / (3.0 * 2.0 * 16.0 / (ms / 1e3)) - 1.0).abs() < 1e-9, "{w}");
+    let per_micro = |x: &serde_json::Value| x["gflops"].as_f64().unwrap() * x["ms_per_step"].as_f64().unwrap();
+    assert!((per_micro(&w) / per_micro(&v) - 3.0).abs() < 1e-9, "{v} {w}");
+    assert_eq!(w["grad_accum"], 3);
     let mut args = vec!["bench", "--steps", "1", "--warmup", "0", "--threads", "1", "--profile"];
     args.extend(shape);
     let (code, out, err) = gptrain(&args, &d);
@@ -702,5 +718,55 @@ fn check_passes_every_op_and_training_here_and_names_a_missing_gpu() {
         let (_, _, err) = gptrain(&["check", "--device", "cuda"], &d);
         assert_eq!(err.lines().count(), 1, "one line: {err}");
     }
+    std::fs::remove_dir_all(d).ok();
+}
+
+/// tools/bench_gpu.py's gptrain side on the CPU (no PyTorch needed): the harness finds the shape
+/// in `estimate`, passes its gradient accumulation to `bench --grad-accum`, and reads every
+/// number it prints from the bench JSON. Skipped where there is no python3.
+#[test]
+fn bench_gpu_harness_reads_gptrains_bench_on_the_cpu() {
+    if Command::new("python3").arg("--version").output().map_or(true, |o| !o.status.success()) {
+        eprintln!("SKIPPED: no python3");
+        return;
+    }
+    let d = tmp("bench-gpu");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools").join("bench_gpu.py");
+    let run = |extra: &[&str]| {
+        let mut c = Command::new("python3");
+        c.arg(&script)
+            .args(["--device", "cpu", "--sides", "gptrain", "--gptrain", env!("CARGO_BIN_EXE_gptrain"), "--out"])
+            .arg(d.join("out"));
+        c.args(["--rounds", "2", "--warmup", "1", "--iters", "2", "--grad-accum", "2", "--threads", "1"]);
+        for kv in ["n_layer=2", "n_head=2", "n_embd=32", "block_size=16", "batch_size=2"] {
+            c.args(["--set", kv]);
+        }
+        c.args(extra);
+        let out = c.output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("grad accum 2 (the preset's is 1"), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("out").join("results.json")).unwrap()).unwrap();
+    let rounds = v["presets"][0]["results"]["gptrain"].as_array().unwrap();
+    assert_eq!(rounds.len(), 2, "{v}");
+    for r in rounds {
+        // gptrain's own time to its first steady step, not the wall-clock bound for older binaries
+        assert!(r["first_steady_s"].as_f64().is_some_and(|s| s > 0.0) && r["first_steady_bound"].is_null(), "{r}");
+        // tokens per iteration are micro-batch x block x accumulation
+        let tps = 2.0 * 16.0 * 2.0 / (r["ms"].as_f64().unwrap() / 1e3);
+        assert!((r["tokens_per_second"].as_f64().unwrap() / tps - 1.0).abs() < 1e-9, "{r}");
+    }
+    let log = std::fs::read_to_string(d.join("out").join("shakespeare-char-cpu").join("round1-gptrain.log")).unwrap();
+    assert!(log.contains("--grad-accum 2") && log.contains("\"grad_accum\":2"), "{log}");
+    // a shape gptrain refuses stops the harness before any run, with one error line
+    let (code, _, err) = run(&["--set", "n_head=3"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.trim().lines().last().unwrap().starts_with("error: gptrain estimate --preset shakespeare-char-cpu failed"), "{err}");
     std::fs::remove_dir_all(d).ok();
 }

@@ -313,6 +313,11 @@ pub struct BenchArgs {
     /// Untimed steps first.
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
+    /// Micro-batches per step (gradient accumulation before each clip and AdamW update). The
+    /// config's gradient_accumulation_steps is not used: a step is one micro-batch unless this
+    /// says more.
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
     #[arg(long)]
     pub threads: Option<usize>,
     /// Share of the step per kernel.
@@ -470,7 +475,7 @@ pub fn estimate(a: &EstimateArgs) -> Result<()> {
             if precision.dtype == Precision::Tf32 {
                 bail!("--calibrate times real iterations on the CPU, which has no tf32; use --dtype fp32, bf16 or fp16");
             }
-            let b = crate::bench::run(&model, cfg.batch_size, steps, warmup, false, train::cpu_backend(&cfg), precision.dtype)?;
+            let b = crate::bench::run(&model, cfg.batch_size, 1, steps, warmup, false, train::cpu_backend(&cfg), precision.dtype)?;
             // one micro-step's FLOPs over its time: the accumulation factor cancels
             let measured = b.flops_per_step / (b.ms_per_step / 1e3) / dev.peak_flops(precision.dtype);
             notes.push(format!("calibrated: {steps} timed training steps of this model here (after {warmup} warm-up steps) took {:.1} ms each (median) = {:.1}% MFU", b.ms_per_step, measured * 100.0));
@@ -645,15 +650,19 @@ fn print_estimate(e: &estimate::Estimate, m: &ModelConfig, run: &Run, dev: &devi
 }
 
 pub fn bench(a: &BenchArgs) -> Result<()> {
+    let began = std::time::Instant::now();
     if a.steps == 0 {
         bail!("--steps must be at least 1 (the timed steps whose median is reported)");
+    }
+    if a.grad_accum == 0 {
+        bail!("--grad-accum must be at least 1 (micro-batches per step)");
     }
     let cfg = resolve(&a.cfg)?;
     let threads = worker_threads(a.threads.unwrap_or(cfg.threads));
     pool(threads)?.install(|| -> Result<()> {
         let (model, _) = model_without_data(&cfg, &a.cfg)?;
         if let (train::Chosen::Cuda(gpu), reason) = train::sample_backend(&cfg)? {
-            return bench_gpu(a, &cfg, &model, gpu, reason);
+            return bench_gpu(a, &cfg, &model, gpu, reason, began);
         }
         if a.linears {
             let dev = device::cpu();
@@ -675,14 +684,15 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             eprintln!("{warning}");
         }
         let cpu = train::cpu_backend(&cfg);
-        let r = crate::bench::run(&model, cfg.batch_size, a.steps, a.warmup, a.profile, cpu, precision)?;
+        let to_run = began.elapsed().as_secs_f64() * 1e3;
+        let r = crate::bench::run(&model, cfg.batch_size, a.grad_accum, a.steps, a.warmup, a.profile, cpu, precision)?;
         // the CPU's peaks are probed once, here
         let info = crate::backend::Backend::device(&cpu, precision);
         let peak = info.peak_flops.unwrap_or(0.0);
-        let tps = (cfg.batch_size * model.block_size) as f64 / (r.ms_per_step / 1e3);
+        let tps = (cfg.batch_size * model.block_size * a.grad_accum) as f64 / (r.ms_per_step / 1e3);
         let gflops = r.flops_per_step / (r.ms_per_step / 1e3) / 1e9;
-        // GFLOP/s of the profiled kernels that do matmul work
-        let kernel_flops = crate::bench::profile_flops(&model, cfg.batch_size);
+        // GFLOP/s of the profiled kernels that do matmul work (a step's: all its micro-batches)
+        let kernel_flops = crate::bench::profile_flops(&model, cfg.batch_size * a.grad_accum);
         let rate = |name: &str, ms: f64| kernel_flops.iter().find(|k| k.0 == name).map(|k| k.1 / (ms / 1e3) / 1e9);
         if a.json {
             let rates: serde_json::Map<String, serde_json::Value> =
@@ -693,6 +703,8 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
                 "params": r.params, "steps": a.steps, "profile": r.profile, "profile_gflops": rates,
                 "matmul_library": GemmLib::get().describe(), "isa": Isa::get().name(),
                 "dtype": precision.name(), "dtype_note": info.precision_note,
+                "grad_accum": a.grad_accum, "warmup_ms": r.times_ms[..a.warmup], "steps_ms": r.times_ms[a.warmup..],
+                "first_steady_ms": to_run + r.ends_ms[a.warmup],
             });
             say!("{v}");
             return Ok(());
@@ -711,7 +723,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             Isa::get().name(),
             GemmLib::get().describe()
         );
-        say_step(&r, a.steps);
+        say_step(&r, a.steps, a.grad_accum);
         say!(
             "{} tokens/s, {:.1} GFLOP/s of model FLOPs, MFU {:.1}% of {:.1} GFLOP/s ({})",
             thousands(tps),
@@ -734,18 +746,21 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
 }
 
 /// `bench`'s line of step times.
-fn say_step(r: &crate::bench::BenchResult, steps: usize) {
-    say!(
-        "step (forward, backward, clip, AdamW): {:.2} ms median over {steps} steps (p10 {:.2}, p90 {:.2})",
-        r.ms_per_step,
-        r.p10_ms,
-        r.p90_ms
-    );
+fn say_step(r: &crate::bench::BenchResult, steps: usize, accum: usize) {
+    let what = if accum > 1 { format!("{accum} x (forward, backward), clip, AdamW") } else { "forward, backward, clip, AdamW".into() };
+    say!("step ({what}): {:.2} ms median over {steps} steps (p10 {:.2}, p90 {:.2})", r.ms_per_step, r.p10_ms, r.p90_ms);
 }
 
 /// `bench` on a GPU: whole training steps in the config's dtype, timed to the step's read of its
 /// scalars.
-fn bench_gpu(a: &BenchArgs, cfg: &Config, model: &ModelConfig, gpu: crate::backend::cuda::Cuda, reason: Option<String>) -> Result<()> {
+fn bench_gpu(
+    a: &BenchArgs,
+    cfg: &Config,
+    model: &ModelConfig,
+    gpu: crate::backend::cuda::Cuda,
+    reason: Option<String>,
+    began: std::time::Instant,
+) -> Result<()> {
     use crate::backend::Backend;
     if a.linears {
         bail!("--linears times the CPU's matmul library: use it with `--set device=cpu`");
@@ -755,8 +770,9 @@ fn bench_gpu(a: &BenchArgs, cfg: &Config, model: &ModelConfig, gpu: crate::backe
     }
     let precision = train::check_device(cfg)?;
     let info = gpu.device(precision);
-    let r = crate::bench::run(model, cfg.batch_size, a.steps, a.warmup, a.profile, gpu, precision)?;
-    let tps = (cfg.batch_size * model.block_size) as f64 / (r.ms_per_step / 1e3);
+    let to_run = began.elapsed().as_secs_f64() * 1e3;
+    let r = crate::bench::run(model, cfg.batch_size, a.grad_accum, a.steps, a.warmup, a.profile, gpu, precision)?;
+    let tps = (cfg.batch_size * model.block_size * a.grad_accum) as f64 / (r.ms_per_step / 1e3);
     let flops_s = r.flops_per_step / (r.ms_per_step / 1e3);
     let mfu = info.peak_flops.map(|p| flops_s / p);
     if a.json {
@@ -764,13 +780,15 @@ fn bench_gpu(a: &BenchArgs, cfg: &Config, model: &ModelConfig, gpu: crate::backe
             "{}",
             serde_json::json!({ "ms_per_step": r.ms_per_step, "ms_p10": r.p10_ms, "ms_p90": r.p90_ms, "tokens_per_second": tps,
                 "gflops": flops_s / 1e9, "mfu": mfu, "peak_gflops": info.peak_flops.map(|p| p / 1e9), "device": info.description,
-                "params": r.params, "steps": a.steps, "profile": r.profile, "dtype": precision.name(), "dtype_note": info.precision_note })
+                "params": r.params, "steps": a.steps, "profile": r.profile, "dtype": precision.name(), "dtype_note": info.precision_note,
+                "grad_accum": a.grad_accum, "warmup_ms": r.times_ms[..a.warmup], "steps_ms": r.times_ms[a.warmup..],
+                "first_steady_ms": to_run + r.ends_ms[a.warmup] })
         );
         return Ok(());
     }
     say!("device: {} ; {}", info.description, info.peak_source);
     say!("dtype: {} ({})", precision.name(), info.precision_note);
-    say_step(&r, a.steps);
+    say_step(&r, a.steps, a.grad_accum);
     let mfu = mfu.map_or("MFU n/a".to_string(), |m| format!("MFU {:.1}%", m * 100.0));
     say!("{} tokens/s, {:.1} GFLOP/s of model FLOPs, {mfu}", thousands(tps), flops_s / 1e9);
     if !r.profile.is_empty() {
