@@ -1,0 +1,212 @@
+//! The CUDA backend run through the binary as a user would, on `tools/cuda-emu`: the CPU
+//! standing in for the NVIDIA driver, cuBLASLt and NVRTC, so that the backend's host code and
+//! every kernel run on a machine without a GPU (CI's). What it proves is that the code does
+//! what the CPU backend does, step by step; not that a GPU runs it fast, nor that a real
+//! cuBLASLt or NVRTC agrees (`tools/gpu_check.sh` on a GPU machine does that).
+//!
+//! The emulator is the folder `GPTRAIN_CUDA_EMU` names (`.ci/run` builds it), else one built
+//! here by `tools/cuda-emu/build.sh`; without a C++ compiler each test says it was skipped.
+
+mod common;
+
+use common::{gptrain_env, skipped, tmp, CUDA_EMU};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// The emulator's folder, or why there is none.
+fn emulator() -> Result<PathBuf, String> {
+    static EMU: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    EMU.get_or_init(|| {
+        if let Some(d) = std::env::var_os(CUDA_EMU).filter(|d| !d.is_empty()) {
+            return Ok(PathBuf::from(d));
+        }
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cuda-emu");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/cuda-emu/build.sh");
+        let out = std::process::Command::new("bash").arg(&script).arg(&dir).output().map_err(|e| format!("bash: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "tools/cuda-emu/build.sh failed (a C++17 compiler is needed): {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(dir)
+    })
+    .clone()
+}
+
+/// Runs `gptrain ARGS` in `dir` with the emulator as its CUDA (kernels cached beside it).
+fn on_emu(emu: &Path, args: &[&str], dir: &Path) -> (i32, String, String) {
+    let e = emu.to_str().expect("a UTF-8 path");
+    let cache = emu.join("cache");
+    gptrain_env(args, dir, &[("LD_LIBRARY_PATH", Some(e)), ("GPTRAIN_CUDA_LIB_DIR", Some(e)), ("XDG_CACHE_HOME", cache.to_str())])
+}
+
+/// The emulator, or None after saying the test was skipped.
+fn emu_or_skip(test: &str) -> Option<PathBuf> {
+    match emulator() {
+        Ok(d) => Some(d),
+        Err(why) if std::env::var_os(CUDA_EMU).is_some() => panic!("{CUDA_EMU} is set: {why}"),
+        Err(why) => {
+            skipped(test, &why);
+            None
+        }
+    }
+}
+
+/// A small model on the built-in Shakespeare, logged every iteration, dropout on.
+const SMALL: [&str; 21] = [
+    "train",
+    "--set",
+    "n_layer=2",
+    "--set",
+    "n_embd=32",
+    "--set",
+    "n_head=4",
+    "--set",
+    "block_size=16",
+    "--set",
+    "batch_size=4",
+    "--set",
+    "dropout=0.1",
+    "--set",
+    "eval_interval=5",
+    "--set",
+    "eval_iters=2",
+    "--set",
+    "log_interval=1",
+    "--set",
+    "max_new_tokens=0",
+];
+
+/// The `iter` records of a run's metrics.jsonl: (loss, grad norm) per iteration.
+fn losses(metrics: &Path) -> Vec<(f64, f64)> {
+    std::fs::read_to_string(metrics)
+        .unwrap_or_else(|e| panic!("{}: {e}", metrics.display()))
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["type"] == "iter")
+        .map(|v| (v["loss"].as_f64().unwrap(), v["grad_norm"].as_f64().unwrap()))
+        .collect()
+}
+
+fn train(emu: &Path, dir: &Path, extra: &[&str]) -> String {
+    let mut args = SMALL.to_vec();
+    for s in extra {
+        args.extend(["--set", s]);
+    }
+    let (code, out, err) = on_emu(emu, &args, dir);
+    assert_eq!(code, 0, "gptrain {}:\n{out}\n{err}", args.join(" "));
+    out
+}
+
+#[test]
+fn check_passes_on_the_emulated_gpu() {
+    let Some(emu) = emu_or_skip("check_passes_on_the_emulated_gpu") else { return };
+    let d = tmp("emu-check");
+    let (code, out, err) = on_emu(&emu, &["check", "--device", "cuda", "--dtype", "all"], &d);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("cuda:0: cuda-emu"), "{out}");
+    assert!(out.contains("summary: 87 passed, 0 failed, 0 skipped (fp32, bf16, fp16)"), "{out}");
+    std::fs::remove_dir_all(d).ok();
+}
+
+/// fp32 on the (emulated) GPU follows the CPU iteration by iteration, gives bitwise the same
+/// losses run after run, and its checkpoint resumes and samples on the CPU.
+#[test]
+fn fp32_training_on_the_gpu_follows_the_cpu_and_repeats_bitwise() {
+    let Some(emu) = emu_or_skip("fp32_training_on_the_gpu_follows_the_cpu_and_repeats_bitwise") else { return };
+    let d = tmp("emu-fp32");
+    let run = |name: &str, device: &str| {
+        let out = train(&emu, &d, &["max_iters=12", &format!("device={device}"), "dtype=float32", &format!("out_dir={name}")]);
+        (out, losses(&d.join(name).join("metrics.jsonl")))
+    };
+    let (out, gpu) = run("gpu", "cuda");
+    assert!(out.contains("device: cuda:0") || out.contains("cuda-emu"), "{out}");
+    let (_, cpu) = run("cpu", "cpu");
+    let (_, again) = run("gpu2", "cuda");
+    assert_eq!(gpu.len(), 12);
+    assert_eq!(gpu, again, "two GPU runs of one seed differ");
+    for (i, (g, c)) in gpu.iter().zip(&cpu).enumerate() {
+        let tol = common::CUDA_F32;
+        assert!(((g.0 - c.0) / c.0).abs() <= tol.loss, "iteration {i}: loss {} on the GPU, {} on the CPU", g.0, c.0);
+        assert!(((g.1 - c.1) / c.1).abs() <= tol.tensor, "iteration {i}: grad norm {} on the GPU, {} on the CPU", g.1, c.1);
+    }
+    assert!(gpu[11].0 < gpu[0].0, "the loss did not fall: {gpu:?}");
+    // the GPU's checkpoint goes on training on the CPU, and samples there
+    let (_, resumed) = run_resumed(&emu, &d, "gpu", "cpu");
+    assert_eq!(resumed.len(), 12 + 4);
+    let (code, out, err) = on_emu(
+        &emu,
+        &["sample", "--set", "out_dir=gpu", "--set", "device=cpu", "--set", "num_samples=1", "--set", "max_new_tokens=20"],
+        &d,
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    std::fs::remove_dir_all(d).ok();
+}
+
+/// Resumes the run in `out_dir` for 4 more iterations on `device`.
+fn run_resumed(emu: &Path, dir: &Path, out_dir: &str, device: &str) -> (String, Vec<(f64, f64)>) {
+    let out =
+        train(emu, dir, &["max_iters=16", "init_from=resume", &format!("device={device}"), "dtype=float32", &format!("out_dir={out_dir}")]);
+    (out, losses(&dir.join(out_dir).join("metrics.jsonl")))
+}
+
+/// bf16 and fp16 (with loss scaling) train on the GPU as on the CPU: the same losses within
+/// the precision's rounding, the same loss-scale bookkeeping.
+#[test]
+fn bf16_and_fp16_train_on_the_gpu_as_on_the_cpu() {
+    let Some(emu) = emu_or_skip("bf16_and_fp16_train_on_the_gpu_as_on_the_cpu") else { return };
+    let d = tmp("emu-mixed");
+    for (dtype, tol) in [("bfloat16", 2e-2), ("float16", 3e-3)] {
+        let run = |device: &str| {
+            let name = format!("{dtype}-{device}");
+            let out =
+                train(&emu, &d, &["max_iters=12", &format!("device={device}"), &format!("dtype={dtype}"), &format!("out_dir={name}")]);
+            (out, losses(&d.join(&name).join("metrics.jsonl")))
+        };
+        let (out, gpu) = run("cuda");
+        assert!(out.contains(&format!("dtype: {}", if dtype == "bfloat16" { "bf16" } else { "fp16" })), "{out}");
+        let (_, cpu) = run("cpu");
+        for (i, (g, c)) in gpu.iter().zip(&cpu).enumerate() {
+            assert!(((g.0 - c.0) / c.0).abs() <= tol, "{dtype} iteration {i}: loss {} on the GPU, {} on the CPU", g.0, c.0);
+        }
+        assert!(gpu[11].0 < gpu[0].0, "{dtype}: the loss did not fall: {gpu:?}");
+    }
+    std::fs::remove_dir_all(d).ok();
+}
+
+/// Ctrl-C on the GPU finishes the iteration, saves, and says how to resume, as on the CPU.
+#[test]
+fn sigint_on_the_gpu_saves_and_stops() {
+    use std::io::BufRead;
+    let Some(emu) = emu_or_skip("sigint_on_the_gpu_saves_and_stops") else { return };
+    let d = tmp("emu-sigint");
+    let mut args = SMALL.to_vec();
+    args.extend(["--set", "max_iters=100000", "--set", "eval_interval=100000", "--set", "device=cuda", "--set", "out_dir=out"]);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gptrain"))
+        .args(&args)
+        .current_dir(&d)
+        .env("XDG_CACHE_HOME", emu.join("cache"))
+        .env("LD_LIBRARY_PATH", &emu)
+        .env("GPTRAIN_CUDA_LIB_DIR", &emu)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        if line.unwrap().starts_with("iter 3:") {
+            break;
+        }
+    }
+    let drain = std::thread::spawn(move || lines.map_while(Result::ok).count());
+    assert!(std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    drain.join().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("init_from=resume") && !err.contains("panicked"), "{err}");
+    let it: u64 = err.split("interrupted after iteration ").nth(1).and_then(|s| s.split(';').next()).and_then(|s| s.parse().ok()).unwrap();
+    assert!(d.join(format!("out/ckpt-{:06}/MANIFEST.json", it + 1)).exists(), "{err}");
+    std::fs::remove_dir_all(d).ok();
+}
