@@ -210,3 +210,31 @@ fn sigint_on_the_gpu_saves_and_stops() {
     assert!(d.join(format!("out/ckpt-{:06}/MANIFEST.json", it + 1)).exists(), "{err}");
     std::fs::remove_dir_all(d).ok();
 }
+
+/// The emulator itself: shuffles and barriers compute what a GPU does, a barrier not every
+/// thread reaches is reported, a copy out of range is refused and a write past a buffer's end
+/// stops the process (`tools/cuda-emu/selftest.cpp`).
+#[test]
+fn the_emulator_catches_deadlocks_and_out_of_bounds_accesses() {
+    let Some(emu) = emu_or_skip("the_emulator_catches_deadlocks_and_out_of_bounds_accesses") else { return };
+    let exe = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cuda-emu-selftest-{}", std::process::id()));
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/cuda-emu/selftest.cpp");
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+    let built = std::process::Command::new(&cxx)
+        .args(["-std=c++17", "-O1", "-I"])
+        .arg(&emu)
+        .arg(&src)
+        .arg("-o")
+        .arg(&exe)
+        .arg("-ldl")
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let out = std::process::Command::new(&exe).arg(&emu).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(text.lines().filter(|l| l.starts_with("ok ")).count(), 7, "{text}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("out-of-bounds access past the end of a device buffer"), "{err}");
+    std::fs::remove_file(exe).ok();
+}

@@ -1,0 +1,107 @@
+// The CUDA emulator checks itself: that its warp shuffles and block barriers compute what a GPU
+// does, that a barrier not every thread reaches is reported, and that the fake driver stops a
+// write past a buffer's end and a copy out of range. Run by tests/cuda_emu.rs:
+//     c++ -std=c++17 -O1 -I DIR tools/cuda-emu/selftest.cpp -o selftest -ldl && ./selftest DIR
+// (DIR: a folder built by build.sh). Prints one line per check; exits 1 if any fails.
+#include "emu.h"
+#include <dlfcn.h>
+#include <string>
+#include <sys/wait.h>
+#include <unistd.h>
+
+// out[block] = the sum of in's 32 values of that block, by a butterfly of shuffles
+extern "C" __global__ void warp_sums(float* out, const float* in) {
+    float x = in[blockIdx.x * 32 + threadIdx.x];
+    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+    if (threadIdx.x == 0) out[blockIdx.x] = x;
+}
+
+// out[block] = the sum of 128 values, a tree in shared memory with a barrier per level
+extern "C" __global__ void tree_sums(float* out, const float* in) {
+    __shared__ float s[128];
+    s[threadIdx.x] = in[blockIdx.x * 128 + threadIdx.x];
+    __syncthreads();
+    for (unsigned h = 64; h > 0; h >>= 1) {
+        if (threadIdx.x < h) s[threadIdx.x] += s[threadIdx.x + h];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[blockIdx.x] = s[0];
+}
+
+// half of warp 0 waits for the block, the other half for its warp: a deadlock on a GPU
+extern "C" __global__ void divergent(float* out) {
+    if (threadIdx.x < 16) __syncthreads();
+    else __syncwarp();
+    out[threadIdx.x] = 1.0f;
+}
+
+static int failures = 0;
+static void check(bool ok, const std::string& what) {
+    std::printf("%s %s\n", ok ? "ok  " : "FAIL", what.c_str());
+    failures += !ok;
+}
+
+template <class... A> static std::string run(void (*k)(A...), unsigned grid, unsigned block, void** params, const char* name) {
+    emu::Launch l{{grid, 1, 1}, {block, 1, 1}, 0, params, {0}};
+    emu::launch(k, &l, name);
+    return l.error;
+}
+
+int main(int argc, char** argv) {
+    if (argc != 2) {
+        std::fprintf(stderr, "usage: selftest DIR (the folder build.sh made)\n");
+        return 2;
+    }
+    float in[4 * 128], out[4];
+    for (int i = 0; i < 4 * 128; i++) in[i] = (float)(i % 7) - 3.0f;
+    float* pin = in;
+    float* pout = out;
+    void* params[] = {&pout, &pin};
+
+    std::string e = run(warp_sums, 4, 32, params, "warp_sums");
+    bool ok = e.empty();
+    for (int b = 0; b < 4; b++) {
+        float want = 0.0f;
+        for (int i = 0; i < 32; i++) want += in[b * 32 + i];
+        ok &= out[b] == want;
+    }
+    check(ok, "warp shuffles sum each warp's 32 values " + e);
+
+    e = run(tree_sums, 4, 128, params, "tree_sums");
+    ok = e.empty();
+    for (int b = 0; b < 4; b++) {
+        float want = 0.0f;
+        for (int i = 0; i < 128; i++) want += in[b * 128 + i];
+        ok &= out[b] == want;
+    }
+    check(ok, "__syncthreads orders a shared-memory tree " + e);
+
+    void* one[] = {&pout};
+    e = run(divergent, 1, 64, one, "divergent");
+    check(e.find("deadlock") != std::string::npos, "a barrier half a warp never reaches is reported: " + e);
+
+    // the fake driver: a copy out of range is refused, a write past a buffer's end stops the process
+    std::string lib = std::string(argv[1]) + "/libcuda.so.1";
+    void* h = dlopen(lib.c_str(), RTLD_NOW);
+    if (!h) {
+        check(false, "open " + lib + ": " + dlerror());
+        return 1;
+    }
+    auto init = (int (*)(unsigned))dlsym(h, "cuInit");
+    auto alloc = (int (*)(uintptr_t*, size_t))dlsym(h, "cuMemAlloc_v2");
+    auto htod = (int (*)(uintptr_t, const void*, size_t))dlsym(h, "cuMemcpyHtoD_v2");
+    uintptr_t p = 0;
+    check(init(0) == 0 && alloc(&p, 1000) == 0 && p % 256 == 0, "a device buffer is 256-byte aligned");
+    check(htod(p + 900, in, 100) == 0, "a copy inside a buffer is done");
+    check(htod(p + 901, in, 100) != 0, "a copy one byte past a buffer's end is refused");
+    pid_t child = fork();
+    if (child == 0) {
+        volatile char* c = reinterpret_cast<volatile char*>(p);
+        c[1024] = 1; // the guard page right after the buffer's 256-byte rounding
+        _exit(0);
+    }
+    int status = 0;
+    waitpid(child, &status, 0);
+    check(WIFEXITED(status) && WEXITSTATUS(status) == 139, "a write past a buffer's end stops the process with exit 139");
+    return failures ? 1 : 0;
+}
