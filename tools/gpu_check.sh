@@ -6,8 +6,10 @@
 #                                without their debug info, into target/gpu-check/ with a manifest.
 #   tools/gpu_check.sh           on a GPU machine without Rust: from target/gpu-check/, runs the
 #                                CUDA tests (every test whose name has `cuda`), `gptrain check
-#                                --device cuda` when the binary has that command, and a short
-#                                training run on the GPU beside the same run on the CPU. Under 8
+#                                --device cuda` when the binary has that command, a short
+#                                training run on the GPU beside the same run on the CPU, its
+#                                checkpoint sampled on the CPU, 50 fp16 iterations of the
+#                                rtx4070-40m shape on GPT-2 BPE tokens, and a bench. Under 8
 #                                minutes; a summary table last; full logs under $OUT when set
 #                                (else target/gpu-check/logs).
 #
@@ -103,9 +105,18 @@ timed "train 60 iters, cuda fp32" train-cuda.log 90 "$BIN/gptrain" train "${SHOR
 timed "train 60 iters, cpu fp32" train-cpu.log 90 "$BIN/gptrain" train "${SHORT[@]}" --set device=cpu --set dtype=float32 --set "out_dir=$WORK/cpu"
 timed "train 60 iters, cuda bf16" train-cuda-bf16.log 90 "$BIN/gptrain" train "${SHORT[@]}" --set device=cuda --set dtype=bfloat16 --set "out_dir=$WORK/gpu-bf16"
 timed "train 60 iters, cuda fp16" train-cuda-fp16.log 90 "$BIN/gptrain" train "${SHORT[@]}" --set device=cuda --set dtype=float16 --set "out_dir=$WORK/gpu-fp16"
-for f in train-cuda.log train-cpu.log train-cuda-bf16.log train-cuda-fp16.log; do
-    echo "== $f (iteration lines)"
-    grep -E "^(iter|step|eval)|loss" "$LOGS/$f" | head -12
+# the GPU's checkpoint read on the CPU
+timed "sample on cpu from the cuda checkpoint" sample-cpu.log 30 "$BIN/gptrain" sample --set "out_dir=$WORK/gpu" --set device=cpu \
+    --set num_samples=1 --set max_new_tokens=40
+# the founding case's shape in fp16 with loss scaling, on GPT-2 BPE tokens (4 micro-steps, not 32)
+"$BIN/gptrain" prepare --tokenizer gpt2 --out "$WORK/bpe" >"$LOGS/prepare-bpe.log" 2>&1
+timed "train 50 iters, rtx4070-40m fp16" train-rtx4070-fp16.log 120 "$BIN/gptrain" train --preset rtx4070-40m --set "dataset=$WORK/bpe" \
+    --set device=cuda --set dtype=float16 --set max_iters=50 --set eval_interval=25 --set eval_iters=2 --set log_interval=5 \
+    --set gradient_accumulation_steps=4 --set "out_dir=$WORK/rtx4070"
+for f in train-cuda.log train-cpu.log train-cuda-bf16.log train-cuda-fp16.log train-rtx4070-fp16.log; do
+    echo "== $f (start banner, iteration lines)"
+    grep -E "^(device|dtype|memory)" "$LOGS/$f"
+    grep -E "^(iter|step|eval|final|skipped)|loss scale" "$LOGS/$f" | head -14
 done >"$LOGS/losses.txt"
 timed "bench 5 steps --profile, cuda" bench-cuda.log 45 "$BIN/gptrain" bench --set device=cuda --steps 5 --warmup 2 --profile
 rm -rf "$WORK"

@@ -263,25 +263,16 @@ pub(super) fn all() -> Vec<Case> {
         }));
     }
 
-    let att = format!("{btc} NH={NH}");
-    for (op, drop) in [("attention forward", Dropout::NONE), ("attention forward + dropout", DROP)] {
-        v.push(case(op, att.clone(), move |l| {
-            let (out, qkv) = (l.t(Acts, &[B, T, C], Normal(1.0)), l.t(Acts, &[B, T, 3 * C], Normal(1.0)));
-            let stats = l.t(Stats, &[B, NH, T, 2], Normal(1.0));
-            let op = Attention { out, stats, qkv, n_head: NH, drop };
-            Spec::new(vec![op.into()], vec![("out", out, Write), ("stats", stats, Write)])
-        }));
-    }
-    for (op, drop) in [("attention backward", Dropout::NONE), ("attention backward + dropout", DROP)] {
-        v.push(case(op, att.clone(), move |l| {
-            let (dqkv, dout) = (l.t(DActs, &[B, T, 3 * C], Normal(1.0)), l.t(DActs, &[B, T, C], Normal(1.0)));
-            let (qkv, fwd_out) = (l.t(Acts, &[B, T, 3 * C], Normal(1.0)), l.t(Acts, &[B, T, C], Normal(1.0)));
-            let stats = l.t(Stats, &[B, NH, T, 2], Normal(1.0));
-            let forward = Attention { out: fwd_out, stats, qkv, n_head: NH, drop };
-            let op = AttentionBackward { dqkv, dout, qkv, stats, n_head: NH, drop };
-            Spec::new(vec![op.into()], vec![("dqkv", dqkv, Write)]).after(forward.into())
-        }));
-    }
+    let names = ["attention forward", "attention forward + dropout", "attention backward", "attention backward + dropout"];
+    attention_cases(&mut v, (B, T, C, NH), names);
+    // the GPU's tiled kernels at GPT-2's head size, over several blocks of query rows and tiles of
+    // keys; and a head size they are not compiled for (the one-warp-per-row kernels)
+    let names =
+        ["attention fwd, 64-wide heads", "attention fwd + drop, 64-wide", "attention bwd, 64-wide heads", "attention bwd + drop, 64-wide"];
+    attention_cases(&mut v, (1, 70, 128, 2), names);
+    let names =
+        ["attention fwd, 24-wide heads", "attention fwd + drop, 24-wide", "attention bwd, 24-wide heads", "attention bwd + drop, 24-wide"];
+    attention_cases(&mut v, (B, 9, 48, 2), names);
 
     let bt4c = format!("B={B} T={T} 4C={}", 4 * C);
     v.push(case("gelu forward", bt4c.clone(), |l| {
@@ -389,3 +380,30 @@ pub(super) fn variant(op: &Op) -> usize {
 #[cfg(test)]
 /// How many variants [`Op`] has.
 pub(super) const N_VARIANTS: usize = 19;
+
+/// The attention forward and backward cases, without and with dropout (`names` in that order),
+/// on a (B, T, C, NH) shape.
+fn attention_cases(v: &mut Vec<Case>, (b, t, c, nh): (usize, usize, usize, usize), names: [&'static str; 4]) {
+    use BufId::*;
+    use Fill::*;
+    use Kind::*;
+    let att = format!("B={b} T={t} C={c} NH={nh}");
+    for (op, drop) in [(names[0], Dropout::NONE), (names[1], DROP)] {
+        v.push(case(op, att.clone(), move |l| {
+            let (out, qkv) = (l.t(Acts, &[b, t, c], Normal(1.0)), l.t(Acts, &[b, t, 3 * c], Normal(1.0)));
+            let stats = l.t(Stats, &[b, nh, t, 2], Normal(1.0));
+            let op = Attention { out, stats, qkv, n_head: nh, drop };
+            Spec::new(vec![op.into()], vec![("out", out, Write), ("stats", stats, Write)])
+        }));
+    }
+    for (op, drop) in [(names[2], Dropout::NONE), (names[3], DROP)] {
+        v.push(case(op, att.clone(), move |l| {
+            let (dqkv, dout) = (l.t(DActs, &[b, t, 3 * c], Normal(1.0)), l.t(DActs, &[b, t, c], Normal(1.0)));
+            let (qkv, fwd_out) = (l.t(Acts, &[b, t, 3 * c], Normal(1.0)), l.t(Acts, &[b, t, c], Normal(1.0)));
+            let stats = l.t(Stats, &[b, nh, t, 2], Normal(1.0));
+            let forward = Attention { out: fwd_out, stats, qkv, n_head: nh, drop };
+            let op = AttentionBackward { dqkv, dout, qkv, stats, n_head: nh, drop };
+            Spec::new(vec![op.into()], vec![("dqkv", dqkv, Write)]).after(forward.into())
+        }));
+    }
+}

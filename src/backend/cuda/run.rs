@@ -197,6 +197,12 @@ impl Cuda {
             }
             Op::Attention(a) => {
                 let (b, t, c) = bt_c(a.qkv, a.n_head);
+                if let Some(hs) = tiled(b, c, a.n_head) {
+                    let [dp, key] = drop_args(a.drop);
+                    let args = [p(a.out), p(a.stats), p(a.qkv), u32_(b), u32_(t), u32_(c), u32_(a.n_head), dp, key];
+                    let name = format!("attention_forward_tiled{hs}_{}", sfx(a.qkv.dtype));
+                    return self.launch(&name, (blocks(t, 64), (b * a.n_head) as u32), (64, 1), 0, &args);
+                }
                 let w = warps_for(t);
                 let [dp, key] = drop_args(a.drop);
                 let args = [p(a.out), p(a.stats), p(a.qkv), u32_(b), u32_(t), u32_(c), u32_(a.n_head), dp, key];
@@ -209,8 +215,13 @@ impl Cuda {
                 let rowdot = Arg::P(self.rowdot(rows)?);
                 let s = sfx(a.qkv.dtype);
                 let [dp, key] = drop_args(a.drop);
-                let w = warps_for(2 * t);
                 let args = [p(a.dqkv), rowdot, p(a.dout), p(a.qkv), p(a.stats), u32_(b), u32_(t), u32_(c), u32_(a.n_head), dp, key];
+                if let Some(hs) = tiled(b, c, a.n_head) {
+                    let bh = (b * a.n_head) as u32;
+                    self.launch(&format!("attention_backward_q_tiled{hs}_{s}"), (blocks(t, 32), bh), (64, 1), 0, &args)?;
+                    return self.launch(&format!("attention_backward_kv_tiled{hs}_{s}"), (blocks(t, 32), bh), (64, 1), 0, &args);
+                }
+                let w = warps_for(2 * t);
                 self.launch(&format!("attention_backward_q_{s}"), (blocks(rows, w), 1), (32 * w as u32, 1), w * 2 * t * 4, &args)?;
                 self.launch(&format!("attention_backward_kv_{s}"), (blocks(rows, 4), 1), (128, 1), 0, &args)?;
             }
@@ -330,6 +341,17 @@ pub fn linear_dw(n: usize, ic: usize, oc: usize, dw: (u64, DType), dout: (u64, D
     }
 }
 
+/// The head sizes the tiled attention kernels are compiled for (`TILED_FOR_STORAGE` in
+/// kernels/attention.cu).
+const TILED_HS: [usize; 4] = [8, 16, 32, 64];
+
+/// The head size, when the tiled attention kernels take this shape: a head size they are
+/// compiled for, and B x NH within a grid's y dimension.
+fn tiled(b: usize, c: usize, n_head: usize) -> Option<usize> {
+    let hs = c / n_head;
+    (TILED_HS.contains(&hs) && b * n_head <= 65535).then_some(hs)
+}
+
 /// (B, T, C) of a qkv(B, T, 3C) tensor, and a check that a head fits the attention kernels
 /// (at most 256 channels: eight per lane of a warp).
 fn bt_c(qkv: Tensor, n_head: usize) -> (usize, usize, usize) {
@@ -384,6 +406,13 @@ mod tests {
             n += 1;
         }
         assert!(n >= 20, "found only {n} launches: has this test's pattern gone stale?");
+        // the tiled attention kernels, named with their head size
+        for hs in TILED_HS {
+            assert!(sources.contains(&format!("TILED_FOR_STORAGE({hs})")), "no tiled attention kernels for heads of {hs}");
+        }
+        for k in ["attention_forward_tiled", "attention_backward_q_tiled", "attention_backward_kv_tiled"] {
+            assert!(me.contains(&format!("\"{k}{{hs}}_")) && sources.contains(&format!("void {k}##HS##_##S(")), "{k}");
+        }
     }
 
     #[test]

@@ -151,3 +151,225 @@ extern "C" __global__ void attention_decode_##S(T* out, T* kc, T* vc, const T* q
     } \
 }
 FOR_STORAGE(ATTENTION_KERNELS)
+
+// ---------------------------------------------------------------------------------------------
+// Tiled attention for heads of HS = 8, 16, 32 or 64 channels (every GPT-2 size has 64): the
+// same results as the kernels above, each key and value read from global memory once per
+// block of query rows instead of once per row, and no shuffle per score. FlashAttention's
+// online softmax without tensor cores, so it runs on every card (7.x too) and in the emulator.
+// Heads of other sizes use the one-warp-per-row kernels above.
+//
+// forward:     block (BR = 64 threads) = 64 query rows of one (b, h), one row per thread, its q
+//              and output accumulator in registers; key/value tiles of BC = 32 rows in shared
+//              memory. Per tile: the 32 scores, the running max and sum rescaled once.
+// backward q:  block = 32 query rows, two threads per row (HS/2 channels each, the two halves of
+//              a dot product added in one fixed order by a shuffle); two passes over the key
+//              tiles: rowdot = sum_j a_j dA_j, then dq = scale * sum_j a_j (dA_j - rowdot) k_j
+//              (the forward's probabilities recomputed from its max and 1/sum).
+// backward kv: block = 32 key rows, two threads per row as above, query tiles of 32 rows (q, dy,
+//              the row's max, 1/sum and rowdot) in shared memory.
+
+#define BR 64
+#define BC 32
+
+__device__ __forceinline__ u32 umin(u32 a, u32 b) { return a < b ? a : b; }
+
+template <typename T, int HS>
+__device__ void attn_forward_tiled(T* out, float* stats, const T* qkv, u32 b, u32 t, u32 c, u32 nh, float p, u64 key) {
+    __shared__ float ks[BC][HS];
+    __shared__ float vs[BC][HS];
+    u32 bh = blockIdx.y, h = bh % nh, bi = bh / nh;
+    u32 r0 = blockIdx.x * BR, t1 = r0 + threadIdx.x;
+    bool live = t1 < t;
+    float scale = 1.0f / sqrtf((float)HS);
+    const T* base = qkv + (u64)bi * t * 3 * c;
+    float q[HS], o[HS];
+    for (int i = 0; i < HS; i++) {
+        q[i] = live ? load(base[(u64)t1 * 3 * c + h * HS + i]) : 0.0f;
+        o[i] = 0.0f;
+    }
+    float m = NEG_INF, l = 0.0f;
+    u32 last = umin(r0 + BR, t) - 1; // the block's keys: 0..=last
+    u64 mrow = ((u64)bh * t + t1) * t;
+    for (u32 j0 = 0; j0 <= last; j0 += BC) {
+        __syncthreads(); // nobody reads the previous tile any more
+        for (u32 e = threadIdx.x; e < BC * HS; e += blockDim.x) {
+            u32 jj = e / HS, i = e % HS, t2 = j0 + jj;
+            ks[jj][i] = t2 < t ? load(base[(u64)t2 * 3 * c + c + h * HS + i]) : 0.0f;
+            vs[jj][i] = t2 < t ? load(base[(u64)t2 * 3 * c + 2 * c + h * HS + i]) : 0.0f;
+        }
+        __syncthreads();
+        if (!live || j0 > t1) continue;
+        u32 n = umin(BC, t1 - j0 + 1); // keys of this tile the row sees
+        float s[BC]; // in registers: every loop over it is unrolled
+        float tmax = NEG_INF;
+#pragma unroll
+        for (int jj = 0; jj < BC; jj++) {
+            float d = 0.0f;
+            for (int i = 0; i < HS; i++) d += q[i] * ks[jj][i];
+            s[jj] = (u32)jj < n ? d * scale : NEG_INF;
+            tmax = fmaxf(tmax, s[jj]);
+        }
+        float mnew = fmaxf(m, tmax);
+        float corr = expf(m - mnew); // 0 on the first tile (m = -inf)
+        l *= corr;
+        for (int i = 0; i < HS; i++) o[i] *= corr;
+#pragma unroll
+        for (int jj = 0; jj < BC; jj++) {
+            float e = expf(s[jj] - mnew); // 0 for the keys past the row (s = -inf)
+            l += e;
+            float w = e * drop_scale(p, key, mrow + j0 + jj);
+            for (int i = 0; i < HS; i++) o[i] += w * vs[jj][i];
+        }
+        m = mnew;
+    }
+    if (!live) return;
+    float inv = 1.0f / l;
+    T* y = out + ((u64)bi * t + t1) * c + h * HS;
+    for (int i = 0; i < HS; i++) y[i] = store<T>(o[i] * inv);
+    u64 task = (u64)bh * t + t1;
+    stats[task * 2] = m;
+    stats[task * 2 + 1] = inv;
+}
+
+template <typename T, int HS>
+__device__ void attn_backward_q_tiled(T* dqkv, float* rowdot, const T* dout, const T* qkv, const float* stats, u32 b, u32 t, u32 c,
+                                      u32 nh, float p, u64 key) {
+    const int HALF = HS / 2;
+    __shared__ float ks[BC][HS];
+    __shared__ float vs[BC][HS];
+    u32 bh = blockIdx.y, h = bh % nh, bi = bh / nh;
+    u32 r0 = blockIdx.x * (BR / 2), t1 = r0 + threadIdx.x / 2, off = (threadIdx.x % 2) * HALF; // 32 rows, two threads each
+    bool lower = threadIdx.x % 2 == 0, live = t1 < t;
+    float scale = 1.0f / sqrtf((float)HS);
+    const T* base = qkv + (u64)bi * t * 3 * c;
+    u64 task = (u64)bh * t + t1;
+    float q[HALF], dy[HALF], acc[HALF];
+    for (int i = 0; i < HALF; i++) {
+        q[i] = live ? load(base[(u64)t1 * 3 * c + h * HS + off + i]) : 0.0f;
+        dy[i] = live ? load(dout[((u64)bi * t + t1) * c + h * HS + off + i]) : 0.0f;
+        acc[i] = 0.0f;
+    }
+    float m = live ? stats[task * 2] : 0.0f, inv = live ? stats[task * 2 + 1] : 0.0f;
+    u32 last = umin(r0 + BR / 2, t) - 1;
+    u64 mrow = task * t;
+    float dot = 0.0f;
+    for (int pass = 0; pass < 2; pass++) {
+        for (u32 j0 = 0; j0 <= last; j0 += BC) {
+            __syncthreads();
+            for (u32 e = threadIdx.x; e < BC * HS; e += blockDim.x) {
+                u32 jj = e / HS, i = e % HS, t2 = j0 + jj;
+                ks[jj][i] = t2 < t ? load(base[(u64)t2 * 3 * c + c + h * HS + i]) : 0.0f;
+                vs[jj][i] = t2 < t ? load(base[(u64)t2 * 3 * c + 2 * c + h * HS + i]) : 0.0f;
+            }
+            __syncthreads();
+            for (int jj = 0; jj < BC; jj++) {
+                float sp = 0.0f, vp = 0.0f;
+                for (int i = 0; i < HALF; i++) {
+                    sp += q[i] * ks[jj][off + i];
+                    vp += vs[jj][off + i] * dy[i];
+                }
+                // every lane shuffles (the warp's rows see different keys); one order for both halves
+                float so = __shfl_xor_sync(0xffffffffu, sp, 1), vo = __shfl_xor_sync(0xffffffffu, vp, 1);
+                float s = lower ? sp + so : so + sp, vd = lower ? vp + vo : vo + vp;
+                u32 t2 = j0 + jj;
+                if (!live || t2 > t1) continue;
+                float a = expf(s * scale - m) * inv;
+                float d = drop_scale(p, key, mrow + t2) * vd;
+                if (pass == 0) {
+                    dot += a * d;
+                } else {
+                    float g = (a * d - a * dot) * scale;
+                    for (int i = 0; i < HALF; i++) acc[i] += g * ks[jj][off + i];
+                }
+            }
+        }
+    }
+    if (!live) return;
+    if (lower) rowdot[task] = dot;
+    T* dq = dqkv + ((u64)bi * t + t1) * 3 * c + h * HS + off;
+    for (int i = 0; i < HALF; i++) dq[i] = store<T>(acc[i]);
+}
+
+template <typename T, int HS>
+__device__ void attn_backward_kv_tiled(T* dqkv, const float* rowdot, const T* dout, const T* qkv, const float* stats, u32 b, u32 t,
+                                       u32 c, u32 nh, float p, u64 key) {
+    const int HALF = HS / 2;
+    __shared__ float qs[BC][HS];
+    __shared__ float dys[BC][HS];
+    __shared__ float ms[BC], invs[BC], rds[BC];
+    u32 bh = blockIdx.y, h = bh % nh, bi = bh / nh;
+    u32 first = blockIdx.x * (BR / 2); // 32 key rows per block of 64 threads
+    u32 t2 = first + threadIdx.x / 2, off = (threadIdx.x % 2) * HALF;
+    bool lower = threadIdx.x % 2 == 0, live = t2 < t;
+    float scale = 1.0f / sqrtf((float)HS);
+    const T* base = qkv + (u64)bi * t * 3 * c;
+    float k[HALF], v[HALF], dk[HALF], dv[HALF];
+    for (int i = 0; i < HALF; i++) {
+        k[i] = live ? load(base[(u64)t2 * 3 * c + c + h * HS + off + i]) : 0.0f;
+        v[i] = live ? load(base[(u64)t2 * 3 * c + 2 * c + h * HS + off + i]) : 0.0f;
+        dk[i] = 0.0f;
+        dv[i] = 0.0f;
+    }
+    for (u32 j0 = first; j0 < t; j0 += BC) {
+        __syncthreads();
+        for (u32 e = threadIdx.x; e < BC * HS; e += blockDim.x) {
+            u32 ii = e / HS, i = e % HS, t1 = j0 + ii;
+            qs[ii][i] = t1 < t ? load(base[(u64)t1 * 3 * c + h * HS + i]) : 0.0f;
+            dys[ii][i] = t1 < t ? load(dout[((u64)bi * t + t1) * c + h * HS + i]) : 0.0f;
+        }
+        for (u32 ii = threadIdx.x; ii < BC; ii += blockDim.x) {
+            u64 row = (u64)bh * t + j0 + ii;
+            bool in = j0 + ii < t;
+            ms[ii] = in ? stats[row * 2] : 0.0f;
+            invs[ii] = in ? stats[row * 2 + 1] : 0.0f;
+            rds[ii] = in ? rowdot[row] : 0.0f;
+        }
+        __syncthreads();
+        for (int ii = 0; ii < BC; ii++) {
+            float sp = 0.0f, vp = 0.0f;
+            for (int i = 0; i < HALF; i++) {
+                sp += qs[ii][off + i] * k[i];
+                vp += v[i] * dys[ii][off + i];
+            }
+            // every lane shuffles (the warp's rows differ in which queries they see)
+            float so = __shfl_xor_sync(0xffffffffu, sp, 1), vo = __shfl_xor_sync(0xffffffffu, vp, 1);
+            float s = lower ? sp + so : so + sp, vd = lower ? vp + vo : vo + vp; // one order for both halves
+            u32 t1 = j0 + ii;
+            if (!live || t1 >= t || t1 < t2) continue;
+            u64 row = (u64)bh * t + t1;
+            float a = expf(s * scale - ms[ii]) * invs[ii];
+            float mk = drop_scale(p, key, row * t + t2);
+            float dpre = a * (mk * vd - rds[ii]) * scale;
+            for (int i = 0; i < HALF; i++) {
+                dk[i] += dpre * qs[ii][off + i];
+                dv[i] += a * mk * dys[ii][off + i];
+            }
+        }
+    }
+    if (!live) return;
+    T* dkr = dqkv + ((u64)bi * t + t2) * 3 * c + c + h * HS + off;
+    for (int i = 0; i < HALF; i++) {
+        dkr[i] = store<T>(dk[i]);
+        dkr[c + i] = store<T>(dv[i]);
+    }
+}
+
+#define TILED_KERNELS(T, S, HS) \
+extern "C" __global__ void attention_forward_tiled##HS##_##S(T* out, float* stats, const T* qkv, u32 b, u32 t, u32 c, u32 nh, \
+                                                             float p, u64 key) { \
+    attn_forward_tiled<T, HS>(out, stats, qkv, b, t, c, nh, p, key); \
+} \
+extern "C" __global__ void attention_backward_q_tiled##HS##_##S(T* dqkv, float* rowdot, const T* dout, const T* qkv, \
+                                                                const float* stats, u32 b, u32 t, u32 c, u32 nh, float p, u64 key) { \
+    attn_backward_q_tiled<T, HS>(dqkv, rowdot, dout, qkv, stats, b, t, c, nh, p, key); \
+} \
+extern "C" __global__ void attention_backward_kv_tiled##HS##_##S(T* dqkv, const float* rowdot, const T* dout, const T* qkv, \
+                                                                 const float* stats, u32 b, u32 t, u32 c, u32 nh, float p, u64 key) { \
+    attn_backward_kv_tiled<T, HS>(dqkv, rowdot, dout, qkv, stats, b, t, c, nh, p, key); \
+}
+#define TILED_FOR_STORAGE(HS) TILED_KERNELS(float, f32, HS) TILED_KERNELS(bf16_t, bf16, HS) TILED_KERNELS(f16_t, f16, HS)
+TILED_FOR_STORAGE(8)
+TILED_FOR_STORAGE(16)
+TILED_FOR_STORAGE(32)
+TILED_FOR_STORAGE(64)
