@@ -26,6 +26,8 @@ pub struct BenchResult {
     /// Model FLOPs of one step (`accum` micro-batches), from `perf::flops`.
     pub flops_per_step: f64,
     pub peak_rss_bytes: u64,
+    /// The most device memory the backend's allocations held at once (None on the CPU).
+    pub peak_device_bytes: Option<u64>,
     pub params: usize,
     /// (kernel, ms per step), largest first.
     pub profile: Vec<(String, f64)>,
@@ -82,7 +84,8 @@ pub fn run<B: Backend>(
     };
     let timer = Timer::default();
     let (mut times, mut ends) = (Vec::new(), Vec::new());
-    if profile {
+    // the device memory the backend's allocations peaked at (None on the CPU)
+    let peak_device_bytes = if profile {
         let mut g = Gpt::init_in(Timed { inner: backend, timer: &timer }, model.clone(), 1, precision)?;
         for i in 0..warmup + steps {
             if i == warmup {
@@ -94,6 +97,7 @@ pub fn run<B: Backend>(
             times.push(t0.elapsed().as_secs_f64() * 1e3);
             ends.push(began.elapsed().as_secs_f64() * 1e3);
         }
+        g.backend.memory_use().map(|m| m.peak)
     } else {
         let mut g = Gpt::init_in(backend, model.clone(), 1, precision)?;
         for i in 0..warmup + steps {
@@ -103,7 +107,8 @@ pub fn run<B: Backend>(
             times.push(t0.elapsed().as_secs_f64() * 1e3);
             ends.push(began.elapsed().as_secs_f64() * 1e3);
         }
-    }
+        g.backend.memory_use().map(|m| m.peak)
+    };
     let mut timed = times[warmup..].to_vec();
     timed.sort_by(|a, b| a.total_cmp(b));
     let q = |p: f64| quantile(&timed, p);
@@ -117,6 +122,7 @@ pub fn run<B: Backend>(
         ends_ms: ends,
         flops_per_step: flops::flops_per_iter(model, b, t, accum),
         peak_rss_bytes: peak_rss(),
+        peak_device_bytes,
         params: flops::params(model).total,
         profile: prof,
     })
@@ -245,6 +251,9 @@ impl<B: Backend> Backend for Timed<'_, B> {
     }
     fn synchronize(&self) -> Result<()> {
         self.inner.synchronize()
+    }
+    fn memory_use(&self) -> Option<crate::backend::MemoryUse> {
+        self.inner.memory_use()
     }
     fn run(&self, bufs: &mut Buffers<Self::Buf>, op: &Op) -> Result<()> {
         let t0 = Instant::now();

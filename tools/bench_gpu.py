@@ -531,7 +531,7 @@ def report_all(a, done, card):
     if a.device == "cpu":
         print("memory: peak RSS of each process (torch sides include the PyTorch libraries)")
     else:
-        print("memory: `peak alloc` is the allocator's peak (torch.cuda.max_memory_allocated; gptrain: its bench JSON's `peak_device_bytes`, n/a until it reports one), `reserved` torch.cuda.max_memory_reserved, `driver` the card's memory in use by nvidia-smi (every 100 ms, less the idle level; CUDA context and caches included, the one measure common to all sides)")
+        print("memory: `peak alloc` is the allocator's peak (torch.cuda.max_memory_allocated; gptrain: its bench JSON's `peak_device_bytes`, the bytes its CUDA backend allocated, counted exactly), `reserved` torch.cuda.max_memory_reserved, `driver` the card's memory in use by nvidia-smi (every 100 ms, less the idle level; CUDA context and caches included, the one measure common to all sides)")
     caches = "the user's" if a.keep_caches else "empty"
     print(f"first steady: from launch to the end of iteration {a.warmup} (the first after the {a.warmup} warm-up iterations); nanoGPT and reference: when its `iter {a.warmup}:` line reached the harness; gptrain: its bench JSON's `first_steady_ms`, timed by gptrain from the command's start (process start-up before it not counted, milliseconds); cold: round 1 with {caches} kernel caches, warm: median of later rounds")
     print("ms/iter: median of the timed iterations of each round, then median over rounds; nanoGPT: its own `time` column (iteration to iteration), the others synchronised per iteration")

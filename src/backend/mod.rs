@@ -125,6 +125,19 @@ pub struct DeviceInfo {
     pub precision_note: String,
 }
 
+/// Device memory a backend's own allocations hold, counted exactly at each allocation and
+/// free (bytes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MemoryUse {
+    /// Held now.
+    pub current: u64,
+    /// The most held at once since the backend opened.
+    pub peak: u64,
+    /// The driver's view: the device's free memory when the backend opened less its free memory
+    /// now (allocator rounding and pools included, and other processes' use; None where unknown).
+    pub driver: Option<u64>,
+}
+
 /// A place that runs the model's ops over its buffers.
 pub trait Backend: Send + Sync {
     /// One allocation of elements of one [`DType`] on this backend.
@@ -155,4 +168,10 @@ pub trait Backend: Send + Sync {
     fn synchronize(&self) -> Result<()>;
     /// Runs one op.
     fn run(&self, bufs: &mut Buffers<Self::Buf>, op: &Op) -> Result<()>;
+
+    /// The device memory this backend has allocated (None where it keeps no such count: the
+    /// CPU, whose buffers are the process's heap).
+    fn memory_use(&self) -> Option<MemoryUse> {
+        None
+    }
 }

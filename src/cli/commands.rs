@@ -599,7 +599,7 @@ fn print_estimate(e: &estimate::Estimate, m: &ModelConfig, run: &Run, dev: &devi
         if dev.name == "cpu" {
             "gptrain's CPU buffers, fp32"
         } else {
-            "gptrain's GPU path: flash attention, fused classifier, fp32 master weights and moments"
+            "gptrain's CUDA backend: flash attention, fused classifier, fp32 master weights, gradients and moments; the CUDA context estimated"
         }
     );
     for (name, b) in e.memory.parts() {
@@ -770,6 +770,10 @@ fn bench_gpu(
     }
     let precision = train::check_device(cfg)?;
     let info = gpu.device(precision);
+    let d = precision.bytes() as u64;
+    let held = gpu.memory_use().map_or(0, |m| m.current);
+    train::check_gpu_memory(model, cfg.batch_size, a.grad_accum, d, info.memory, held, &info.description)?;
+    let memory_model = flops::memory(model, cfg.batch_size, model.block_size, d, false, flops::Impl::Gpu).allocated();
     let to_run = began.elapsed().as_secs_f64() * 1e3;
     let r = crate::bench::run(model, cfg.batch_size, a.grad_accum, a.steps, a.warmup, a.profile, gpu, precision)?;
     let tps = (cfg.batch_size * model.block_size * a.grad_accum) as f64 / (r.ms_per_step / 1e3);
@@ -782,7 +786,8 @@ fn bench_gpu(
                 "gflops": flops_s / 1e9, "mfu": mfu, "peak_gflops": info.peak_flops.map(|p| p / 1e9), "device": info.description,
                 "params": r.params, "steps": a.steps, "profile": r.profile, "dtype": precision.name(), "dtype_note": info.precision_note,
                 "grad_accum": a.grad_accum, "warmup_ms": r.times_ms[..a.warmup], "steps_ms": r.times_ms[a.warmup..],
-                "first_steady_ms": to_run + r.ends_ms[a.warmup] })
+                "first_steady_ms": to_run + r.ends_ms[a.warmup], "peak_device_bytes": r.peak_device_bytes,
+                "memory_model_bytes": memory_model })
         );
         return Ok(());
     }
@@ -791,6 +796,10 @@ fn bench_gpu(
     say_step(&r, a.steps, a.grad_accum);
     let mfu = mfu.map_or("MFU n/a".to_string(), |m| format!("MFU {:.1}%", m * 100.0));
     say!("{} tokens/s, {:.1} GFLOP/s of model FLOPs, {mfu}", thousands(tps), flops_s / 1e9);
+    if let Some(peak) = r.peak_device_bytes {
+        let used = crate::backend::MemoryUse { current: 0, peak, driver: None };
+        say!("{}", train::memory_line(used, memory_model));
+    }
     if !r.profile.is_empty() {
         say!("profile (each op waited for: its time plus one synchronisation):");
         let total: f64 = r.profile.iter().map(|p| p.1).sum();

@@ -6,7 +6,7 @@ mod commands;
 mod keys;
 mod logs;
 mod printer;
-mod units;
+pub(crate) mod units;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;

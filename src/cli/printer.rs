@@ -1,7 +1,7 @@
 //! How training reads on a terminal (a progress bar with lines above it) and in a log file
 //! (plain lines, nanoGPT's shapes).
 
-use super::units::count;
+use super::units::{count, human_bytes};
 use crate::perf::meter::{finish_time, human_duration};
 use crate::train::{IterLog, Observer, StartInfo, Summary};
 use std::io::IsTerminal;
@@ -95,7 +95,19 @@ impl Observer for Printer {
         } else {
             say!("dtype: {} ({})", s.precision.name(), s.precision_note);
         }
-        say!("memory: about {} for weights, optimizer and activations", gib(s.memory_bytes));
+        // perf::flops's figure for the run, and the device's memory
+        let b = human_bytes;
+        let free = |then: &str| s.device_memory.map_or(String::new(), |m| format!("; {} free of {}{then}", b(m.available), b(m.total)));
+        match s.memory_bytes - s.memory_allocated_bytes {
+            0 => say!("memory: about {} for weights, optimizer and activations{}", b(s.memory_bytes), free("")),
+            // the CUDA context exists by now: the device's free memory is what the buffers get
+            _ => say!(
+                "memory: about {} for gptrain's buffers, {} with the CUDA context (estimated){}",
+                b(s.memory_allocated_bytes),
+                b(s.memory_bytes),
+                free(" with the context in place")
+            ),
+        }
         if s.eval_only {
             say!("eval_only: one evaluation at iteration {}, no training", s.start_iter);
             self.eval_only = true;

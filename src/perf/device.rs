@@ -318,8 +318,8 @@ pub fn names() -> Vec<&'static str> {
 // ---------------------------------------------------------------------------------------------
 // This CPU
 
-/// This machine's memory, bytes, from /proc/meminfo.
-#[derive(Clone, Copy, Debug)]
+/// This machine's memory, bytes, from /proc/meminfo (or a GPU's, from its driver, with no swap).
+#[derive(Clone, Copy, Debug, serde::Serialize)]
 pub struct MemInfo {
     pub total: u64,
     pub available: u64,

@@ -99,13 +99,16 @@ pub enum Impl {
     /// worth (`ActLayout::one_layer`, reused by every layer). The attention kernels' per-thread
     /// scratch (three 64 x T blocks) is left out.
     Cpu,
-    /// gptrain's GPU path (llm.c's design): flash attention (no T x T), a fused classifier that
-    /// keeps logits in the compute dtype and overwrites them with their gradient, fp32 master
-    /// weights and AdamW moments under mixed precision.
+    /// gptrain's CUDA backend, buffer by buffer (llm.c's design: flash attention, no T x T; a
+    /// fused classifier that keeps logits in the compute dtype and overwrites them with their
+    /// gradient; fp32 master weights, gradients and AdamW moments under mixed precision): the
+    /// buffers of `ActLayout` as the CPU's, its scratch, and the CUDA context as `overhead`.
+    /// The backend counts what it allocates (`Backend::memory_use`), which `allocated` models
+    /// exactly (test: `tests/gpu_memory.rs` on the emulator).
     Gpu,
     /// PyTorch on a GPU as nanoGPT's train.py runs it (torch.compile, autocast, flash
-    /// attention), to say whether *that* fits: the GPU path's activations, plus what PyTorch
-    /// keeps and the GPU path does not: fp32 parameters and gradients beside autocast's
+    /// attention), to say whether *that* fits: llm.c's activations (see [`llmc`]), plus what
+    /// PyTorch keeps and llm.c does not: fp32 parameters and gradients beside autocast's
     /// compute-dtype weight copies, and the cross-entropy's fp32 copy of the logits beside the
     /// compute-dtype ones. Within 5% of the peaks measured on an H200 (PERFORMANCE.md, "Estimates
     /// against a real GPU"); eager PyTorch kept 1.35-1.7x more there.
@@ -125,7 +128,10 @@ pub struct Memory {
     pub logits: u64,
     /// Gradient buffers of activations live during backward.
     pub backward_scratch: u64,
-    /// Runtime overhead (CUDA context, workspace); 0 on CPU.
+    /// Scratch the runtime allocates besides the model (the GPU's cuBLASLt workspace); 0 on CPU.
+    pub workspace: u64,
+    /// Runtime overhead outside the process's own allocations (the CUDA context and its
+    /// kernels, allocator slack); 0 on CPU.
     pub overhead: u64,
 }
 
@@ -138,7 +144,13 @@ impl Memory {
             + self.activations
             + self.logits
             + self.backward_scratch
+            + self.workspace
             + self.overhead
+    }
+    /// The bytes the process allocates itself: all but `overhead`. On the GPU, what the CUDA
+    /// backend counts (`Backend::memory_use`), so the two can be compared.
+    pub fn allocated(&self) -> u64 {
+        self.total() - self.overhead
     }
     /// (name, bytes) of each part, for tables.
     pub fn parts(&self) -> Vec<(&'static str, u64)> {
@@ -150,12 +162,15 @@ impl Memory {
             ("activations", self.activations),
             ("logits", self.logits),
             ("backward scratch", self.backward_scratch),
+            ("workspace and scratch", self.workspace),
             ("runtime overhead", self.overhead),
         ]
     }
 }
 
-/// CUDA context, cuBLAS workspace and allocator slack, as seen with llm.c and PyTorch.
+/// What a process holds on the card besides its own allocations (the CUDA context with its
+/// loaded kernels, allocator slack), as seen with llm.c and PyTorch. Not measured with gptrain
+/// yet: its counter sees only its own buffers.
 pub const GPU_OVERHEAD_BYTES: u64 = 600 << 20;
 
 /// Memory of training `cfg` with micro-batch `b` at length `t`, compute dtype bytes `d`
@@ -180,33 +195,67 @@ pub fn memory(cfg: &ModelConfig, b: usize, t: usize, d: u64, recompute: bool, im
                 activations: acts,
                 logits,
                 backward_scratch: 0,
+                workspace: 0,
                 overhead: 0,
             }
         }
         Impl::Gpu => {
-            // per layer, in units of B*T*C: ln1 1, qkv 3, atty 1, residual2 1, ln2 1, fch 4,
-            // fch_gelu 4, residual3 1 (llm.c's ActivationTensors); recomputation drops
-            // fch_gelu and both LayerNorm outputs (llm.c's recompute=2)
-            let units = if recompute { 10 } else { 16 };
-            let per_layer = units * bt * c * d + 4 * bt * 4 + bt * nh * 4; // + LN stats, attention LSE in fp32
-            let mixed = d < 4;
+            // what `Gpt` allocates on the CUDA backend: ARCHITECTURE.md's mixed-precision table
+            // as on the CPU (parameters in `d` bytes beside f32 master weights when `d` < 4; f32
+            // gradients and moments; activations, logits and one layer of activation gradients
+            // in `d` bytes, their statistics in f32)
+            let (a, g) = (crate::model::ActLayout::new(cfg, b, t), crate::model::ActLayout::one_layer(cfg, b, t));
+            let logits = a.logits.len() as u64;
+            // recomputing GELU and both LayerNorms in backward (llm.c's recompute=2, which
+            // gptrain does not do: `estimate` says what it would save) drops ln1, ln2, fch_gelu
+            let recomputed = if recompute { l * 6 * bt * c } else { 0 };
+            let tokens = 2 * bt * 4; // inputs and targets, u32 (2, B, T)
+            let rowdot = bt * nh * 4; // attention backward's row dot products, f32 (B, NH, T)
+            let scalars = crate::backend::N_SCALARS as u64 * 8;
             Memory {
                 weights: n * d,
-                master_weights: if mixed { 4 * n } else { 0 },
-                gradients: n * d,
+                master_weights: if d < 4 { 4 * n } else { 0 },
+                gradients: 4 * n,
                 optimizer: 8 * n,
-                activations: l * per_layer + bt * c * d, // + the embedding output
-                logits: bt * vp * d,
-                // llm.c reuses a few B*T*4C-sized buffers for activation gradients
-                backward_scratch: 2 * bt * 4 * c * d + bt * c * d,
+                activations: (a.total as u64 - logits - recomputed) * d + a.stats_total as u64 * 4 + tokens,
+                logits: logits * d,
+                backward_scratch: g.total as u64 * d + rowdot,
+                workspace: crate::backend::cuda::SCRATCH_BYTES as u64 + scalars,
                 overhead: GPU_OVERHEAD_BYTES,
             }
         }
         Impl::Torch => {
-            let g = memory(cfg, b, t, d, false, Impl::Gpu);
+            let g = llmc(cfg, b, t, d, false);
             let casts = if d < 4 { n * d } else { 0 };
             Memory { weights: 4 * n + casts, master_weights: 0, gradients: 4 * n, logits: g.logits + bt * vp * 4, ..g }
         }
+    }
+}
+
+/// llm.c's buffers (`train_gpt2.cu`), the base of [`Impl::Torch`]: compute-dtype parameters
+/// and gradients beside fp32 master weights and moments, a few activations fewer than
+/// gptrain's (no stored attention or MLP projection outputs: llm.c fuses them into the
+/// residual) and a few scratch buffers for the activation gradients.
+fn llmc(cfg: &ModelConfig, b: usize, t: usize, d: u64, recompute: bool) -> Memory {
+    let n = params(cfg).total as u64;
+    let (l, c, vp, nh) = (cfg.n_layer as u64, cfg.n_embd as u64, cfg.padded_vocab_size as u64, cfg.n_head as u64);
+    let bt = (b * t) as u64;
+    // per layer, in units of B*T*C: ln1 1, qkv 3, atty 1, residual2 1, ln2 1, fch 4,
+    // fch_gelu 4, residual3 1 (llm.c's ActivationTensors); recomputation drops fch_gelu and
+    // both LayerNorm outputs (llm.c's recompute=2)
+    let units = if recompute { 10 } else { 16 };
+    let per_layer = units * bt * c * d + 4 * bt * 4 + bt * nh * 4; // + LN stats, attention LSE in fp32
+    Memory {
+        weights: n * d,
+        master_weights: if d < 4 { 4 * n } else { 0 },
+        gradients: n * d,
+        optimizer: 8 * n,
+        activations: l * per_layer + bt * c * d, // + the embedding output
+        logits: bt * vp * d,
+        // llm.c reuses a few B*T*4C-sized buffers for activation gradients
+        backward_scratch: 2 * bt * 4 * c * d + bt * c * d,
+        workspace: 0,
+        overhead: GPU_OVERHEAD_BYTES,
     }
 }
 
@@ -253,6 +302,62 @@ mod tests {
             assert_eq!(ActLayout::one_layer(&c, b, t).stats_total, 0, "statistics have no gradient");
             assert_eq!(ActLayout::one_layer(&deeper, b, t).total, grads);
             assert!(ActLayout::new(&deeper, b, t).total > a.total && grads < values);
+        }
+    }
+
+    /// A backend that adds up the bytes the model asks it to allocate (nothing is freed during
+    /// training).
+    struct Counting<'a> {
+        inner: crate::backend::cpu::Cpu,
+        bytes: &'a std::sync::atomic::AtomicU64,
+    }
+
+    impl crate::backend::Backend for Counting<'_> {
+        type Buf = <crate::backend::cpu::Cpu as crate::backend::Backend>::Buf;
+        fn name(&self) -> String {
+            self.inner.name()
+        }
+        fn device(&self, p: crate::backend::Precision) -> crate::backend::DeviceInfo {
+            self.inner.device(p)
+        }
+        fn alloc(&self, n: usize, dtype: crate::backend::DType) -> anyhow::Result<Self::Buf> {
+            self.bytes.fetch_add((n * dtype.bytes()) as u64, std::sync::atomic::Ordering::Relaxed);
+            self.inner.alloc(n, dtype)
+        }
+        fn upload(
+            &self,
+            bufs: &mut crate::backend::Buffers<Self::Buf>,
+            dst: crate::backend::Tensor,
+            src: &crate::backend::Host,
+        ) -> anyhow::Result<()> {
+            self.inner.upload(bufs, dst, src)
+        }
+        fn download(&self, bufs: &crate::backend::Buffers<Self::Buf>, src: crate::backend::Tensor) -> anyhow::Result<crate::backend::Host> {
+            self.inner.download(bufs, src)
+        }
+        fn synchronize(&self) -> anyhow::Result<()> {
+            self.inner.synchronize()
+        }
+        fn run(&self, bufs: &mut crate::backend::Buffers<Self::Buf>, op: &crate::backend::Op) -> anyhow::Result<()> {
+            self.inner.run(bufs, op)
+        }
+    }
+
+    /// What the model asks of a backend in one training step, in each precision, is the GPU
+    /// model's figure less the CUDA backend's own scratch (its workspace, partials and attention
+    /// row dots; `tests/gpu_memory.rs` counts those too, on the emulator or a GPU).
+    #[test]
+    fn the_gpu_memory_model_counts_every_buffer_the_model_allocates() {
+        use crate::backend::Precision;
+        for (c, b) in [(cfg(2, 4, 32, 16, 65, false), 3), (cfg(1, 2, 16, 8, 11, true), 2)] {
+            for p in [Precision::F32, Precision::Bf16, Precision::F16] {
+                let bytes = std::sync::atomic::AtomicU64::new(0);
+                let backend = Counting { inner: crate::backend::cpu::Cpu::REFERENCE, bytes: &bytes };
+                crate::bench::run(&c, b, 1, 1, 0, false, backend, p).unwrap();
+                let m = memory(&c, b, c.block_size, p.bytes() as u64, false, Impl::Gpu);
+                let backend_scratch = crate::backend::cuda::SCRATCH_BYTES as u64 + (b * c.block_size * c.n_head * 4) as u64;
+                assert_eq!(bytes.into_inner(), m.allocated() - backend_scratch, "{} {c:?}", p.name());
+            }
         }
     }
 

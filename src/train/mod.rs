@@ -68,7 +68,13 @@ pub struct StartInfo {
     pub max_iters: u64,
     /// `eval_only`: one evaluation, no training.
     pub eval_only: bool,
+    /// What the run needs by `perf::flops`'s model of its backend, and of that the process's own
+    /// allocations (the rest is the CUDA context on a GPU).
     pub memory_bytes: u64,
+    pub memory_allocated_bytes: u64,
+    /// The device's memory, total and free for this run (on a GPU, what the backend holds
+    /// already counts as free; None when unknown).
+    pub device_memory: Option<device::MemInfo>,
     /// The resolved config.
     pub config: Config,
 }
@@ -118,6 +124,10 @@ pub struct Summary {
     pub out_dir: String,
     /// The checkpoint this run wrote last (None when it wrote none).
     pub last_checkpoint: Option<PathBuf>,
+    /// The most device memory the backend's allocations held at once, and what
+    /// `perf::flops` models for them (None on the CPU, which keeps no such count).
+    pub peak_memory_bytes: Option<u64>,
+    pub memory_model_bytes: Option<u64>,
 }
 
 /// Checks the knobs this build cannot honour: the config's dtype and device (see
@@ -287,6 +297,7 @@ pub fn run_with<B: Backend>(backend: B, cfg: &Config, obs: &mut dyn Observer) ->
         let step = run.step()?;
         let stopping = STOP.load(Ordering::SeqCst);
         run.log(&step, stopping);
+        run.report_memory();
         if stopping {
             let path = run.save_last(None)?;
             bail!(Interrupted { last_logged: run.it - 1, path });
@@ -317,6 +328,57 @@ pub fn check_memory(need: u64, mem: Option<device::MemInfo>) -> Result<Option<St
             gib(m.available)
         )
     }))
+}
+
+/// A GPU run of micro-batch `b` (and `accum` micro-batches a step) against its card: an error,
+/// before the model allocates anything, when `perf::flops`'s GPU model of gptrain's buffers
+/// (less `held`, what the backend holds already: its workspace and scratch) is more than the
+/// card has free (the CUDA context exists by now, so `overhead` is not asked for), naming the
+/// largest micro-batch that fits. Ok when it fits or the card's memory is unknown.
+pub fn check_gpu_memory(
+    mc: &ModelConfig,
+    b: usize,
+    accum: usize,
+    d: u64,
+    mem: Option<device::MemInfo>,
+    held: u64,
+    card: &str,
+) -> Result<()> {
+    use crate::cli::units::human_bytes;
+    use crate::perf::flops::{self, Impl};
+    let Some(m) = mem else { return Ok(()) };
+    let t = mc.block_size;
+    let need = flops::memory(mc, b, t, d, false, Impl::Gpu).allocated();
+    if need <= m.available + held {
+        return Ok(());
+    }
+    let capacity = m.available + held + flops::GPU_OVERHEAD_BYTES;
+    let fits = flops::max_micro_batch(mc, t, d, false, Impl::Gpu, capacity);
+    let sequences = b * accum;
+    let advice = match (1..=fits).rev().find(|x| sequences.is_multiple_of(*x)) {
+        None => "even micro-batch 1 does not fit: use a smaller block_size or model".to_string(),
+        Some(x) => format!(
+            "the largest micro-batch that fits is {fits}: --set batch_size={x} --set gradient_accumulation_steps={} keeps {sequences} sequences per iteration",
+            sequences / x
+        ),
+    };
+    bail!(
+        "this run needs about {} of GPU memory at micro-batch {b} (perf::flops's model of gptrain's buffers), more than the {} free on {card} ({} total); {advice}",
+        human_bytes(need),
+        human_bytes(m.available + held),
+        human_bytes(m.total)
+    )
+}
+
+/// The line a run prints after its first steady iteration on a device backend: the measured
+/// peak of the backend's allocations beside `perf::flops`'s model of them, and the driver's
+/// view when known.
+pub fn memory_line(used: crate::backend::MemoryUse, model: u64) -> String {
+    use crate::cli::units::human_bytes;
+    let off = (used.peak as f64 / model as f64 - 1.0) * 100.0;
+    let driver =
+        used.driver.map_or(String::new(), |d| format!("; the driver: {} more in use than when the backend opened", human_bytes(d)));
+    format!("memory: {} measured peak (gptrain's allocations), model {} ({off:+.1}%){driver}", human_bytes(used.peak), human_bytes(model))
 }
 
 #[cfg(test)]
@@ -353,6 +415,32 @@ mod tests {
         let e = format!("{:#}", check_memory(27 * GIB, m).unwrap_err());
         assert!(e.contains("27.0 GiB") && e.contains("24.0 GiB") && e.contains("2.0 GiB of free swap") && e.contains("estimate"), "{e}");
         assert_eq!(check_memory(u64::MAX / 2, None).unwrap(), None, "unknown machine: no verdict");
+    }
+
+    #[test]
+    fn a_gpu_run_that_cannot_fit_names_the_largest_micro_batch_that_does() {
+        use crate::perf::flops::{self, Impl};
+        let mc =
+            ModelConfig { n_layer: 4, n_head: 8, n_embd: 512, block_size: 1024, vocab_size: 50304, padded_vocab_size: 50304, bias: false };
+        let held = crate::backend::cuda::SCRATCH_BYTES as u64;
+        // a 12 GiB card with the context taken: 16 fits, 64 does not
+        let card = |free: u64| Some(device::MemInfo { total: 12 * GIB, available: free, swap_free: 0 });
+        assert!(check_gpu_memory(&mc, 16, 32, 2, card(11 * GIB), held, "RTX 4070").is_ok());
+        let e = format!("{:#}", check_gpu_memory(&mc, 64, 8, 2, card(11 * GIB), held, "RTX 4070").unwrap_err());
+        let fits = flops::max_micro_batch(&mc, 1024, 2, false, Impl::Gpu, 11 * GIB + held + flops::GPU_OVERHEAD_BYTES);
+        assert!((16..64).contains(&fits), "{fits}");
+        assert!(e.contains(&format!("the largest micro-batch that fits is {fits}")) && e.contains("RTX 4070") && !e.contains('\n'), "{e}");
+        assert!(e.contains("keeps 512 sequences per iteration"), "{e}");
+        assert!(format!("{:#}", check_gpu_memory(&mc, 1, 1, 2, card(GIB / 4), held, "x").unwrap_err()).contains("even micro-batch 1"));
+        assert!(check_gpu_memory(&mc, 1 << 20, 1, 2, None, 0, "x").is_ok(), "unknown memory: no verdict");
+    }
+
+    #[test]
+    fn the_memory_line_puts_the_measured_peak_beside_the_model() {
+        let used = crate::backend::MemoryUse { current: GIB, peak: GIB + GIB / 40, driver: None };
+        assert_eq!(memory_line(used, GIB), "memory: 1.0 GiB measured peak (gptrain's allocations), model 1.0 GiB (+2.5%)");
+        let used = crate::backend::MemoryUse { driver: Some(3 << 20), ..used };
+        assert!(memory_line(used, GIB).ends_with("(+2.5%); the driver: 3.0 MiB more in use than when the backend opened"));
     }
 
     #[test]

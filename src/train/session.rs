@@ -5,14 +5,16 @@
 use super::init::{initialise, Init};
 use super::record::{Metrics, Recorders};
 use super::save::{retry_last_save, RETRY_EVERY};
-use super::{check_memory, estimate_loss, optim_config, train_batches, IterLog, Observer, StartInfo, Summary, STOP};
+use super::{
+    check_gpu_memory, check_memory, estimate_loss, memory_line, optim_config, train_batches, IterLog, Observer, StartInfo, Summary, STOP,
+};
 use crate::backend::Backend;
 use crate::checkpoint::{self, TrainState};
 use crate::config::Config;
 use crate::data::Dataset;
 use crate::model::{Gpt, ModelConfig};
 use crate::optim::{train_step_guarded, OptimConfig, OutlierDetector, StepStats};
-use crate::perf::{flops, meter::Meter};
+use crate::perf::{device, flops, meter::Meter};
 use crate::tensorboard::{self, TensorBoard};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -49,6 +51,10 @@ pub(super) struct Session<'a, B: Backend> {
     last_eval: Option<(f32, f32)>,
     last_saved: Option<u64>,
     last_checkpoint: Option<PathBuf>,
+    /// `perf::flops`'s figure for the backend's own allocations, and whether the measured peak
+    /// has been reported beside it.
+    memory_model: u64,
+    memory_reported: bool,
     t_run: Instant,
 }
 
@@ -79,9 +85,19 @@ impl<'a, B: Backend> Session<'a, B> {
         let peak_source = if cfg.peak_tflops > 0.0 { "--set peak_tflops".to_string() } else { dev.peak_source.clone() };
         let flops_per_iter = flops::flops_per_iter(&mc, b, t, accum);
         let tokens_per_iter = b * t * accum;
-        let mem = flops::memory(&mc, b, t, precision.bytes() as u64, false, dev.memory_model).total();
-        if let Some(warning) = check_memory(mem, dev.memory)? {
-            user.message(&warning);
+        let d = precision.bytes() as u64;
+        let mem = flops::memory(&mc, b, t, d, false, dev.memory_model);
+        // what the backend holds already (its workspace and scratch) is free for this run
+        let held = backend.memory_use().map_or(0, |m| m.current);
+        let device_memory = dev.memory.map(|m| device::MemInfo { available: m.available + held, ..m });
+        match backend.memory_use() {
+            // a device: what is still to allocate against what it has free
+            Some(_) if dev.memory_model == flops::Impl::Gpu => check_gpu_memory(&mc, b, accum, d, dev.memory, held, &dev.description)?,
+            _ => {
+                if let Some(warning) = check_memory(mem.total(), dev.memory)? {
+                    user.message(&warning);
+                }
+            }
         }
 
         let mut model = Gpt::zeros_in(backend, mc.clone(), precision)?;
@@ -125,7 +141,9 @@ impl<'a, B: Backend> Session<'a, B> {
             start_iter,
             max_iters: cfg.max_iters,
             eval_only: cfg.eval_only,
-            memory_bytes: mem,
+            memory_bytes: mem.total(),
+            memory_allocated_bytes: mem.allocated(),
+            device_memory,
             config: cfg.clone(),
         });
         Ok(Some(Session {
@@ -147,6 +165,8 @@ impl<'a, B: Backend> Session<'a, B> {
             last_eval: None,
             last_saved: None,
             last_checkpoint: None,
+            memory_model: mem.allocated(),
+            memory_reported: false,
             t_run,
         }))
     }
@@ -252,6 +272,18 @@ impl<'a, B: Backend> Session<'a, B> {
         self.obs.iter(&log);
     }
 
+    /// Once, after the first steady iteration: the measured peak of the backend's allocations
+    /// beside `perf::flops`'s figure (a device backend only: the CPU keeps no such count).
+    pub(super) fn report_memory(&mut self) {
+        if self.memory_reported || !self.meter.is_warm() {
+            return;
+        }
+        self.memory_reported = true;
+        if let Some(used) = self.model.backend.memory_use() {
+            self.obs.message(&memory_line(used, self.memory_model));
+        }
+    }
+
     /// The checkpoint of the current iteration (`val`: the val loss of an eval just made there).
     pub(super) fn save(&mut self, val: Option<f32>) -> Result<PathBuf> {
         let st = self.state(val);
@@ -288,6 +320,7 @@ impl<'a, B: Backend> Session<'a, B> {
     pub(super) fn finish(mut self) -> Summary {
         let r = self.meter.reading(0, 0, 0, 0.0, 1.0);
         let m = &self.meter;
+        let used = self.model.backend.memory_use();
         let summary = Summary {
             iters: self.it - self.first_iter,
             warmup_iters: m.warmup_iters(),
@@ -306,6 +339,8 @@ impl<'a, B: Backend> Session<'a, B> {
             loss_scale: self.model.scaler.dynamic.then_some(self.model.scaler.scale),
             out_dir: self.out_dir.display().to_string(),
             last_checkpoint: self.last_checkpoint.clone(),
+            peak_memory_bytes: used.map(|m| m.peak),
+            memory_model_bytes: used.map(|_| self.memory_model),
         };
         self.obs.finish(&summary);
         summary

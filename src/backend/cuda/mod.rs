@@ -19,19 +19,58 @@ pub mod libs;
 mod run;
 pub mod select;
 
-use super::{Backend, Buffers, DType, DeviceInfo, Host, Op, Precision, Tensor};
+use super::{Backend, Buffers, DType, DeviceInfo, Host, MemoryUse, Op, Precision, Tensor};
 use anyhow::{anyhow, bail, Context, Result};
-use cudarc::driver::{result as drv, sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr};
+use cudarc::driver::{
+    result as drv, sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr, DriverError, ValidAsZeroBits,
+};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+/// Bytes the backend allocates when it opens, before any model buffer: cuBLASLt's workspace
+/// and the sum of squares' per-block partials (f64).
+pub const SCRATCH_BYTES: usize = blas::WORKSPACE_BYTES + run::PARTIALS * 8;
 
 /// One GPU buffer: `len` elements of `dtype` at device address `ptr` (owned by `mem`).
 pub struct CudaBuf {
-    /// Owns the allocation (freed on drop).
-    _mem: CudaSlice<u8>,
+    /// Owns the allocation (freed, and uncounted, on drop).
+    _mem: Counted<u8>,
     ptr: u64,
     len: usize,
     dtype: DType,
+}
+
+/// The bytes of device memory the backend has allocated: every model buffer, cuBLASLt's
+/// workspace and the kernels' scratch, counted at each allocation and free.
+#[derive(Default)]
+struct Counter {
+    current: AtomicU64,
+    peak: AtomicU64,
+}
+
+/// A device allocation of `len` elements of `T`, counted in a [`Counter`] while it lives.
+struct Counted<T> {
+    slice: CudaSlice<T>,
+    bytes: u64,
+    counter: Arc<Counter>,
+}
+
+impl<T> Drop for Counted<T> {
+    fn drop(&mut self) {
+        self.counter.current.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+impl Counter {
+    /// `len` zeroed elements of `T` on `stream`, counted here until dropped.
+    fn alloc<T: DeviceRepr + ValidAsZeroBits>(self: &Arc<Self>, stream: &Arc<CudaStream>, len: usize) -> Result<Counted<T>, DriverError> {
+        let slice = stream.alloc_zeros::<T>(len)?;
+        let bytes = (len * std::mem::size_of::<T>()) as u64;
+        let now = self.current.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+        Ok(Counted { slice, bytes, counter: self.clone() })
+    }
 }
 
 /// The CUDA backend on one GPU (cheap to clone: the state is shared).
@@ -49,11 +88,15 @@ struct Inner {
     funcs: Mutex<HashMap<String, CudaFunction>>,
     blas: blas::Blas,
     /// cuBLASLt's workspace, held for `blas`.
-    _workspace: CudaSlice<u8>,
+    _workspace: Counted<u8>,
     /// Small scratch the kernels need: the sum of squares' per-block partials (f64,
     /// [`run::PARTIALS`]) and attention backward's per-row dot products (f32, B x NH x T).
-    partials: CudaSlice<f64>,
-    rowdot: Mutex<Option<CudaSlice<f32>>>,
+    partials: Counted<f64>,
+    rowdot: Mutex<Option<Counted<f32>>>,
+    /// What all of the above and every `CudaBuf` hold (bytes).
+    memory: Arc<Counter>,
+    /// The device's free memory when the backend opened, after its context (bytes).
+    free_at_open: Option<usize>,
     tf32: bool,
     sms: usize,
 }
@@ -79,10 +122,12 @@ impl Cuda {
                 .map_err(|e| anyhow!("cuda:{ordinal}: loading kernels {name}.cu: {e:?}"))?;
             modules.push(m);
         }
+        let free_at_open = ctx.mem_get_info().ok().map(|(free, _)| free);
+        let memory = Arc::new(Counter::default());
         let workspace =
-            stream.alloc_zeros::<u8>(blas::WORKSPACE_BYTES).map_err(|e| anyhow!("cuda:{ordinal}: cuBLASLt workspace: {e:?}"))?;
-        let blas = blas::Blas::new(address(&workspace, &stream))?;
-        let partials = stream.alloc_zeros::<f64>(run::PARTIALS).map_err(|e| anyhow!("cuda:{ordinal}: scratch: {e:?}"))?;
+            memory.alloc::<u8>(&stream, blas::WORKSPACE_BYTES).map_err(|e| anyhow!("cuda:{ordinal}: cuBLASLt workspace: {e:?}"))?;
+        let blas = blas::Blas::new(address(&workspace.slice, &stream))?;
+        let partials = memory.alloc::<f64>(&stream, run::PARTIALS).map_err(|e| anyhow!("cuda:{ordinal}: scratch: {e:?}"))?;
         let sms = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).unwrap_or(1).max(1) as usize;
         let inner = Inner {
             card,
@@ -94,6 +139,8 @@ impl Cuda {
             _workspace: workspace,
             partials,
             rowdot: Mutex::new(None),
+            memory,
+            free_at_open,
             tf32,
             sms,
         };
@@ -233,7 +280,7 @@ impl Backend for Cuda {
 
     fn alloc(&self, n: usize, dtype: DType) -> Result<CudaBuf> {
         let bytes = (n * dtype.bytes()).max(1);
-        let mem = self.inner.stream.alloc_zeros::<u8>(bytes).map_err(|e| {
+        let mem = self.inner.memory.alloc::<u8>(&self.inner.stream, bytes).map_err(|e| {
             let free =
                 self.inner.ctx.mem_get_info().map(|(f, t)| format!("; {:.2} GiB free of {:.2} GiB", gib(f), gib(t))).unwrap_or_default();
             anyhow!(
@@ -242,7 +289,7 @@ impl Backend for Cuda {
                 gib(bytes)
             )
         })?;
-        let ptr = address(&mem, &self.inner.stream);
+        let ptr = address(&mem.slice, &self.inner.stream);
         Ok(CudaBuf { _mem: mem, ptr, len: n, dtype })
     }
 
@@ -286,6 +333,16 @@ impl Backend for Cuda {
     fn run(&self, bufs: &mut Buffers<CudaBuf>, op: &Op) -> Result<()> {
         self.bind()?;
         self.run_op(bufs, op).with_context(|| format!("cuda:{}: {}", self.inner.card.ordinal, op.name()))
+    }
+
+    fn memory_use(&self) -> Option<MemoryUse> {
+        let m = &self.inner.memory;
+        let free_now = self.inner.ctx.mem_get_info().ok().map(|(free, _)| free);
+        Some(MemoryUse {
+            current: m.current.load(Ordering::Relaxed),
+            peak: m.peak.load(Ordering::Relaxed),
+            driver: self.inner.free_at_open.zip(free_now).map(|(open, now)| open.saturating_sub(now) as u64),
+        })
     }
 }
 

@@ -102,10 +102,11 @@ impl Cuda {
     /// Attention backward's row-dot scratch, at least `n` floats.
     fn rowdot(&self, n: usize) -> Result<u64> {
         let mut r = self.inner.rowdot.lock().unwrap_or_else(|e| e.into_inner());
-        if r.as_ref().is_none_or(|s| s.len() < n) {
-            *r = Some(self.inner.stream.alloc_zeros::<f32>(n).map_err(|e| anyhow!("attention scratch of {n} floats: {e:?}"))?);
+        if r.as_ref().is_none_or(|s| s.slice.len() < n) {
+            let scratch = self.inner.memory.alloc::<f32>(&self.inner.stream, n);
+            *r = Some(scratch.map_err(|e| anyhow!("attention scratch of {n} floats: {e:?}"))?);
         }
-        Ok(super::address(r.as_ref().expect("allocated above"), &self.inner.stream))
+        Ok(super::address(&r.as_ref().expect("allocated above").slice, &self.inner.stream))
     }
 
     /// A tensor as a matmul operand: its address and storage type.
@@ -265,7 +266,7 @@ impl Cuda {
                 self.launch("add_mean_loss", (1, 1), (1024, 1), 0, &[p(into.tensor()), p(losses), u32_(losses.len())])?;
             }
             Op::AddSquares { x, into } => {
-                let partials = Arg::P(super::address(&self.inner.partials, &self.inner.stream));
+                let partials = Arg::P(super::address(&self.inner.partials.slice, &self.inner.stream));
                 // the grid depends on the length only, so a tensor's sum has one order, every run
                 let grid = blocks(x.len(), 1024).min(PARTIALS as u32);
                 let args = [partials, p(x), Arg::U64(x.len() as u64)];

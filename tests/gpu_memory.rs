@@ -1,0 +1,106 @@
+//! The CUDA backend's memory against `perf::flops`'s GPU model: the bytes it allocates, counted
+//! exactly, within 10% of the model in every precision; and a run the card cannot hold is one
+//! error line naming the largest micro-batch that fits, before the model allocates anything.
+//! On the emulator (`GPTRAIN_CUDA_EMU`, see `common::cuda`) or a GPU; skipped, saying so,
+//! without either.
+
+mod common;
+
+use common::{gptrain_env, skipped, CUDA_EMU};
+use gptrain::backend::Precision;
+use gptrain::model::ModelConfig;
+use gptrain::perf::flops::{self, Impl};
+
+fn model(n_layer: usize, n_embd: usize, block_size: usize) -> ModelConfig {
+    ModelConfig { n_layer, n_head: 4, n_embd, block_size, vocab_size: 65, padded_vocab_size: 128, bias: true }
+}
+
+/// One training step (forward, backward, clipping, AdamW: every buffer a step allocates) of
+/// each shape in each precision: the backend's peak against the model's bytes for it.
+#[test]
+fn measured_peak_is_within_10_percent_of_the_model_in_every_precision() {
+    if let Err(why) = common::cuda() {
+        return skipped("measured_peak_is_within_10_percent_of_the_model_in_every_precision", &why);
+    }
+    for p in [Precision::F32, Precision::Bf16, Precision::F16] {
+        for (mc, b) in [(model(1, 32, 16), 2), (model(2, 64, 32), 4)] {
+            // a fresh backend each time: its count starts at what it holds when it opens
+            let gpu = common::cuda().unwrap();
+            let r = gptrain::bench::run(&mc, b, 1, 1, 0, false, gpu, p).unwrap();
+            let peak = r.peak_device_bytes.expect("the CUDA backend counts its allocations");
+            let model = flops::memory(&mc, b, mc.block_size, p.bytes() as u64, false, Impl::Gpu).allocated();
+            let off = peak as f64 / model as f64 - 1.0;
+            eprintln!(
+                "{} {}x{} block {} batch {b}: measured {peak} bytes, model {model} ({:+.2}%)",
+                p.name(),
+                mc.n_layer,
+                mc.n_embd,
+                mc.block_size,
+                off * 100.0
+            );
+            assert!(off.abs() <= 0.10, "{}: measured peak {peak} bytes, model {model} ({:+.1}%)", p.name(), off * 100.0);
+        }
+    }
+}
+
+/// `gptrain train` on an emulated card of 0.05 GiB: a model whose micro-batch 64 does not fit is
+/// refused with the largest micro-batch that does; one that fits prints its measured peak beside
+/// the model after the first steady iteration, and keeps it in the summary; `bench --json`
+/// reports it too.
+#[test]
+fn the_binary_refuses_a_run_the_card_cannot_hold_and_reports_the_peak_of_one_it_can() {
+    let Some(emu) = std::env::var_os(CUDA_EMU).filter(|d| !d.is_empty()) else {
+        return skipped(
+            "the_binary_refuses_a_run_the_card_cannot_hold_and_reports_the_peak_of_one_it_can",
+            &format!("{CUDA_EMU} is not set (tools/cuda-emu/build.sh DIR, then {CUDA_EMU}=DIR)"),
+        );
+    };
+    let emu = emu.to_str().expect("a UTF-8 path").to_string();
+    let d = common::tmp("gpu-memory");
+    let env =
+        [("LD_LIBRARY_PATH", Some(emu.as_str())), ("GPTRAIN_CUDA_LIB_DIR", Some(emu.as_str())), ("GPTRAIN_EMU_MEMORY_GIB", Some("0.05"))];
+    let shape = ["--set", "device=cuda", "--set", "dtype=float32", "--set", "n_layer=2", "--set", "n_head=4", "--set", "n_embd=128"];
+    let run = |extra: &[&str]| {
+        let mut args = vec!["train"];
+        args.extend(shape);
+        args.extend(["--set", "out_dir=out", "--set", "eval_iters=1", "--set", "eval_interval=1000"]);
+        args.extend(extra);
+        gptrain_env(&args, &d, &env)
+    };
+    let (code, out, err) = run(&["--set", "block_size=128", "--set", "batch_size=64", "--set", "gradient_accumulation_steps=2"]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    let last = err.lines().last().unwrap_or("");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(last.starts_with("error: this run needs about") && last.contains("keeps 128 sequences per iteration"), "{err}");
+    assert!(!out.contains("model:") && !d.join("out").exists(), "refused before the model was built: {out}");
+    // the micro-batch it names fits
+    let fits: usize =
+        last.split("the largest micro-batch that fits is ").nth(1).and_then(|s| s.split(':').next()).unwrap().parse().unwrap();
+    // the built-in corpus's characters, unpadded; no biases: the defaults
+    let v = gptrain::data::prepare::char_encode_all(gptrain::data::BUILTIN_CORPUS).0.vocab_size;
+    let mc = ModelConfig { n_layer: 2, n_head: 4, n_embd: 128, block_size: 128, vocab_size: v, padded_vocab_size: v, bias: false };
+    let model = |b: usize| flops::memory(&mc, b, 128, 4, false, Impl::Gpu).allocated();
+    let card = (0.05 * (1u64 << 30) as f64) as u64;
+    assert!(fits > 0 && model(fits) <= card && model(fits + 1) > card, "{last}");
+
+    // a small run fits, and reports its peak once warm (by iteration 10 at the latest)
+    let (code, out, err) = run(&["--set", "block_size=32", "--set", "batch_size=4", "--set", "max_iters=11"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let line = out.lines().find(|l| l.contains("measured peak")).unwrap_or_else(|| panic!("no memory line: {out}"));
+    let pct: f64 = line.split('(').nth(2).and_then(|s| s.split('%').next()).unwrap().parse().unwrap();
+    assert!(pct.abs() <= 10.0, "{line}");
+    let metrics = std::fs::read_to_string(d.join("out/metrics.jsonl")).unwrap();
+    let summary: serde_json::Value =
+        metrics.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).find(|r| r["type"] == "summary").unwrap();
+    assert!(summary["summary"]["peak_memory_bytes"].as_u64().unwrap() > 0, "{summary}");
+
+    // bench's JSON has the peak (tools/bench_gpu.py reads `peak_device_bytes`) beside the model
+    let args =
+        ["bench", "--set", "device=cuda", "--set", "n_layer=1", "--set", "n_embd=32", "--set", "block_size=16", "--set", "batch_size=2"];
+    let (code, out, err) = gptrain_env(&[&args[..], &["--steps", "1", "--warmup", "0", "--json"]].concat(), &d, &env);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let (peak, model) = (v["peak_device_bytes"].as_u64().unwrap(), v["memory_model_bytes"].as_u64().unwrap());
+    assert!((peak as f64 / model as f64 - 1.0).abs() <= 0.10, "{v}");
+    std::fs::remove_dir_all(d).ok();
+}
