@@ -18,9 +18,9 @@ fn model(n_layer: usize, n_embd: usize, block_size: usize) -> ModelConfig {
 /// One training step (forward, backward, clipping, AdamW: every buffer a step allocates) of
 /// each shape in each precision: the backend's peak against the model's bytes for it.
 #[test]
-fn measured_peak_is_within_10_percent_of_the_model_in_every_precision() {
+fn cuda_peak_is_within_10_percent_of_the_model_in_every_precision() {
     if let Err(why) = common::cuda() {
-        return skipped("measured_peak_is_within_10_percent_of_the_model_in_every_precision", &why);
+        return skipped("cuda_peak_is_within_10_percent_of_the_model_in_every_precision", &why);
     }
     for p in [Precision::F32, Precision::Bf16, Precision::F16] {
         for (mc, b) in [(model(1, 32, 16), 2), (model(2, 64, 32), 4)] {

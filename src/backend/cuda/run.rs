@@ -259,7 +259,10 @@ impl Cuda {
                     Arg::I32(fc.grad_scale.is_some() as i32),
                     Arg::F32(fc.grad_scale.unwrap_or(0.0)),
                 ];
-                self.launch(&format!("fused_classifier_{}", sfx(fc.logits.dtype)), (n as u32, 1), (512, 1), 0, &args)?;
+                // one block per row; a thread per column, in whole warps, at most 512 (so a small
+                // vocabulary leaves no thread idle)
+                let threads = vp.next_multiple_of(32).clamp(32, 512) as u32;
+                self.launch(&format!("fused_classifier_{}", sfx(fc.logits.dtype)), (n as u32, 1), (threads, 1), 0, &args)?;
             }
             Op::AddMeanLoss { losses, into } => {
                 assert_eq!(losses.dtype, DType::F32, "losses are f32 statistics");
