@@ -64,7 +64,7 @@ timed() { # name, log, timeout seconds, command...
         return
     fi
     local t0=$SECONDS
-    timeout "$limit" "$@" >"$LOGS/$log" 2>&1
+    timeout -k 15 "$limit" "$@" >"$LOGS/$log" 2>&1 # -k: a run that ignores the TERM (finishing an iteration) is killed
     local rc=$? dt=$((SECONDS - t0))
     local status=ok; [[ $rc -ne 0 ]] && status="FAIL($rc)"; [[ $rc -eq 124 ]] && status=TIMEOUT
     # tests that found no GPU pass by skipping: say so, never "ok"

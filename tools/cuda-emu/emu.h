@@ -231,6 +231,20 @@ template <class T> inline T shfl_xor(T v, int mask) {
     return r;
 }
 
+// The warp's predicates as a mask: bit i is lane i's (lanes that exited count as false).
+inline unsigned ballot(bool pred) {
+    Block& b = blk();
+    unsigned me = b.cur->linear, first = me - me % 32;
+    b.slot[me] = pred;
+    for (unsigned i = first; i < first + 32 && i < b.n; i++)
+        if (b.threads[i].state == DONE) b.slot[i] = 0;
+    warp_barrier();
+    unsigned mask = 0;
+    for (unsigned i = first; i < first + 32 && i < b.n; i++) mask |= (b.slot[i] ? 1u : 0u) << (i - first);
+    warp_barrier();
+    return mask;
+}
+
 using halfemu::bits_float;
 using halfemu::float_bits;
 using halfemu::f16_to_f32;
@@ -254,6 +268,8 @@ using halfemu::f32_to_f16;
 inline void __syncthreads() { emu::block_barrier(); }
 inline void __syncwarp(unsigned = 0xffffffffu) { emu::warp_barrier(); }
 template <class T> inline T __shfl_xor_sync(unsigned, T v, int mask, int = 32) { return emu::shfl_xor(v, mask); }
+inline unsigned __ballot_sync(unsigned, bool pred) { return emu::ballot(pred); }
+inline int __ffs(unsigned x) { return __builtin_ffs((int)x); }
 inline float __int_as_float(int i) { return emu::bits_float((uint32_t)i); }
 inline float __uint_as_float(unsigned u) { return emu::bits_float(u); }
 inline unsigned __float_as_uint(float f) { return emu::float_bits(f); }

@@ -159,8 +159,10 @@ impl Cuda {
                     0,
                     &[p(e.dwpe), p(e.dout), u32_(b), u32_(t), u32_(c)],
                 )?;
-                let args = [p(e.dwte), p(e.dout), p(e.tokens), Arg::U64((b * t) as u64), u32_(c)];
-                self.launch(&format!("encoder_backward_wte_{s}"), (blocks(c, 64), 1), (64, 1), 0, &args)?;
+                // a warp per (token, 256 channels), four warps a block
+                let vp = e.dwte.rows();
+                let args = [p(e.dwte), p(e.dout), p(e.tokens), Arg::U64((b * t) as u64), u32_(c), u32_(vp)];
+                self.launch(&format!("encoder_backward_wte_{s}"), (blocks(vp, 4), blocks(c, 256)), (128, 1), 0, &args)?;
             }
             Op::LayerNorm(l) => {
                 let (n, c) = (l.inp.rows(), l.inp.cols());
@@ -173,7 +175,7 @@ impl Cuda {
                 let args = [p(l.dinp), p(l.dout), p(l.inp), p(l.mean), p(l.rstd), p(l.w), u32_(n), u32_(c)];
                 self.launch(&format!("layernorm_backward_dinp_{s}"), (blocks(n, 4), 1), (128, 1), 0, &args)?;
                 let args = [p(l.dw), opt(l.db), p(l.dout), p(l.inp), p(l.mean), p(l.rstd), u32_(n), u32_(c)];
-                self.launch(&format!("layernorm_backward_dw_{s}"), (blocks(c, 32), 1), (32, 8), 0, &args)?;
+                self.launch(&format!("layernorm_backward_dw_{s}"), (blocks(c, 32), 1), (32, 32), 0, &args)?;
             }
             Op::Matmul(m) => {
                 let (n, ic, oc) = (m.inp.rows(), m.inp.cols(), m.out.cols());
@@ -193,7 +195,7 @@ impl Cuda {
                 if let Some(db) = m.db {
                     assert_eq!(db.dtype, DType::F32, "parameter gradients are f32: {db:?}");
                     let args = [p(db), p(m.dout), u32_(n), u32_(oc)];
-                    self.launch(&format!("bias_backward_{}", sfx(m.dout.dtype)), (blocks(oc, 32), 1), (32, 8), 0, &args)?;
+                    self.launch(&format!("bias_backward_{}", sfx(m.dout.dtype)), (blocks(oc, 32), 1), (32, 32), 0, &args)?;
                 }
             }
             Op::Attention(a) => {

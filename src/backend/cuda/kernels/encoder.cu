@@ -1,8 +1,8 @@
 // The embeddings: out(B,T,C) = wte[tokens] + wpe[pos0 + t] with embedding dropout applied
 // before the one rounding to the output's type (element index i, as the CPU's), and their
 // backward. The backward is deterministic without atomics: dwpe's (t, c) thread sums the
-// batch in order; dwte's c thread walks every row in order and adds into its token's row, so
-// repeated tokens accumulate in row order, as on the CPU.
+// batch in order; dwte's warp for a token finds that token's rows in row order and sums them
+// before adding once into its row, so repeated tokens accumulate in row order.
 
 #define ENCODER_KERNELS(T, S) \
 extern "C" __global__ void encoder_forward_##S(T* out, const T* wte, const T* wpe, const u32* tokens, \
@@ -21,13 +21,29 @@ extern "C" __global__ void encoder_backward_wpe_##S(float* dwpe, const T* dout, 
     for (u32 bi = 0; bi < b; bi++) acc += load(dout[(u64)bi * t * c + i]); \
     dwpe[i] = acc; \
 } \
-/* dwte(Vp,C)[tokens[row]] += dout[row]: one thread per channel, rows in order */ \
-extern "C" __global__ void encoder_backward_wte_##S(float* dwte, const T* dout, const u32* tokens, u64 bt, u32 c) { \
-    u32 ch = blockIdx.x * blockDim.x + threadIdx.x; \
-    if (ch >= c) return; \
-    for (u64 row = 0; row < bt; row++) { \
-        u64 at = (u64)tokens[row] * c + ch; \
-        dwte[at] += load(dout[row * c + ch]); \
+/* dwte(Vp,C)[v] += the sum of dout's rows whose token is v, in row order: a warp per (token v, */ \
+/* 256 channels); it scans the tokens 32 at a time and adds each match's row as it meets it. */ \
+extern "C" __global__ void encoder_backward_wte_##S(float* dwte, const T* dout, const u32* tokens, u64 bt, u32 c, u32 vp) { \
+    u32 v = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32; \
+    if (v >= vp) return; \
+    u32 ch0 = blockIdx.y * 256 + lane; /* this lane's channels: ch0 + 32 k, k < 8 */ \
+    float acc[8]; \
+    for (int k = 0; k < 8; k++) acc[k] = 0.0f; \
+    for (u64 base = 0; base < bt; base += 32) { \
+        bool hit = base + lane < bt && tokens[base + lane] == v; \
+        u32 mask = __ballot_sync(0xffffffffu, hit); \
+        while (mask) { \
+            u64 row = base + (__ffs(mask) - 1); \
+            mask &= mask - 1; \
+            for (int k = 0; k < 8; k++) { \
+                u32 ch = ch0 + 32 * k; \
+                if (ch < c) acc[k] += load(dout[row * c + ch]); \
+            } \
+        } \
+    } \
+    for (int k = 0; k < 8; k++) { \
+        u32 ch = ch0 + 32 * k; \
+        if (ch < c) dwte[(u64)v * c + ch] += acc[k]; \
     } \
 }
 FOR_STORAGE(ENCODER_KERNELS)

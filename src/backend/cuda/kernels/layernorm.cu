@@ -49,14 +49,14 @@ extern "C" __global__ void layernorm_backward_dinp_##S(T* dinp, const T* dout, c
     } \
 } \
 /* dw(C) += sum over rows of norm * dout; db(C) += sum over rows of dout (db may be null). */ \
-/* Block (32, 8): x picks the column, y a stride of rows; the 8 partial sums add in order. */ \
+/* Block (32, up to 32): x picks the column, y a stride of rows; the partial sums add in order. */ \
 extern "C" __global__ void layernorm_backward_dw_##S(float* dw, float* db, const T* dout, const T* inp, \
                                                      const float* mean, const float* rstd, u32 n, u32 c) { \
-    __shared__ float pw[8][32], pb[8][32]; \
+    __shared__ float pw[32][32], pb[32][32]; \
     u32 col = blockIdx.x * 32 + threadIdx.x; \
     float sw = 0.0f, sb = 0.0f; \
     if (col < c) { \
-        for (u32 row = threadIdx.y; row < n; row += 8) { \
+        for (u32 row = threadIdx.y; row < n; row += blockDim.y) { \
             float d = load(dout[(u64)row * c + col]); \
             sw += (load(inp[(u64)row * c + col]) - mean[row]) * rstd[row] * d; \
             sb += d; \
@@ -66,7 +66,7 @@ extern "C" __global__ void layernorm_backward_dw_##S(float* dw, float* db, const
     pb[threadIdx.y][threadIdx.x] = sb; \
     __syncthreads(); \
     if (threadIdx.y == 0 && col < c) { \
-        for (int k = 1; k < 8; k++) { sw += pw[k][threadIdx.x]; sb += pb[k][threadIdx.x]; } \
+        for (u32 k = 1; k < blockDim.y; k++) { sw += pw[k][threadIdx.x]; sb += pb[k][threadIdx.x]; } \
         dw[col] += sw; \
         if (db) db[col] += sb; \
     } \

@@ -4,16 +4,17 @@
 // partial each, then one block adds the partials in order; no atomics, the same bits every run.
 
 #define REDUCE_KERNELS(T, S) \
-/* db(OC) += sum over rows of dout(N,OC). Block (32, 8): x the column, y a stride of rows. */ \
+/* db(OC) += sum over rows of dout(N,OC). Block (32, up to 32): x the column, y a stride of */ \
+/* rows; the y partial sums add in order. */ \
 extern "C" __global__ void bias_backward_##S(float* db, const T* dout, u32 n, u32 oc) { \
-    __shared__ float part[8][32]; \
+    __shared__ float part[32][32]; \
     u32 col = blockIdx.x * 32 + threadIdx.x; \
     float s = 0.0f; \
-    if (col < oc) for (u32 row = threadIdx.y; row < n; row += 8) s += load(dout[(u64)row * oc + col]); \
+    if (col < oc) for (u32 row = threadIdx.y; row < n; row += blockDim.y) s += load(dout[(u64)row * oc + col]); \
     part[threadIdx.y][threadIdx.x] = s; \
     __syncthreads(); \
     if (threadIdx.y == 0 && col < oc) { \
-        for (int k = 1; k < 8; k++) s += part[k][threadIdx.x]; \
+        for (u32 k = 1; k < blockDim.y; k++) s += part[k][threadIdx.x]; \
         db[col] += s; \
     } \
 } \
