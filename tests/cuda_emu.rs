@@ -238,3 +238,65 @@ fn the_emulator_catches_deadlocks_and_out_of_bounds_accesses() {
     assert!(err.contains("out-of-bounds access past the end of a device buffer"), "{err}");
     std::fs::remove_file(exe).ok();
 }
+
+/// A training step talks to the GPU as little as the issue asks: one token upload per
+/// micro-batch (inputs and targets together) and one read-back per step (loss and gradient
+/// norm), no round trip per kernel (counted by the emulator's trace of every copy).
+#[test]
+fn a_step_uploads_tokens_once_per_micro_batch_and_reads_back_once() {
+    let Some(emu) = emu_or_skip("a_step_uploads_tokens_once_per_micro_batch_and_reads_back_once") else { return };
+    let d = tmp("emu-copies");
+    let e = emu.to_str().unwrap();
+    let cache = emu.join("cache");
+    let args = [
+        "train",
+        "--set",
+        "n_layer=1",
+        "--set",
+        "n_embd=32",
+        "--set",
+        "n_head=2",
+        "--set",
+        "block_size=16",
+        "--set",
+        "batch_size=4",
+        "--set",
+        "max_iters=6",
+        "--set",
+        "gradient_accumulation_steps=3",
+        "--set",
+        "eval_interval=1000",
+        "--set",
+        "eval_iters=1",
+        "--set",
+        "device=cuda",
+        "--set",
+        "max_new_tokens=0",
+        "--set",
+        "out_dir=out",
+    ];
+    let env = [
+        ("LD_LIBRARY_PATH", Some(e)),
+        ("GPTRAIN_CUDA_LIB_DIR", Some(e)),
+        ("XDG_CACHE_HOME", cache.to_str()),
+        ("GPTRAIN_EMU_TRACE", Some("1")),
+    ];
+    let (code, out, err) = gptrain_env(&args, &d, &env);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let copies = |what: &str, bytes: usize| err.lines().filter(|l| *l == format!("cuda-emu: {what} of {bytes} bytes")).count();
+    // B x T tokens of inputs and of targets, u32: 4 x 16 x 2 x 4 bytes
+    let (tokens, stats) = (4 * 16 * 2 * 4, 2 * 8);
+    // the first evaluation (one batch of each split) and 6 steps of 3 micro-batches
+    assert_eq!(copies("host-to-device copy", tokens), 2 + 6 * 3, "{err}");
+    assert_eq!(copies("device-to-host copy", stats), 2 + 6, "{err}");
+    // until the checkpoint is read back (the first large download), nothing else small crosses
+    let sizes: Vec<(bool, usize)> = err
+        .lines()
+        .filter_map(|l| l.strip_prefix("cuda-emu: ")?.split_once(" copy of "))
+        .map(|(what, n)| (what == "device-to-host", n.trim_end_matches(" bytes").parse().unwrap()))
+        .collect();
+    let training = sizes.iter().take_while(|&&(down, n)| !(down && n > stats));
+    let other: Vec<_> = training.filter(|&&(_, n)| n <= tokens && n != tokens && n != stats).collect();
+    assert!(other.is_empty(), "small copies while training: {other:?}\n{err}");
+    std::fs::remove_dir_all(d).ok();
+}

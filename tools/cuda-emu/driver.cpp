@@ -5,7 +5,7 @@
 // is the calling thread.
 //
 // Settings: GPTRAIN_EMU_CC (compute capability, default 9.0), GPTRAIN_EMU_MEMORY_GIB (default 16),
-// GPTRAIN_EMU_TRACE (set: every launch, its shape and host time, on stderr).
+// GPTRAIN_EMU_TRACE (set: every launch, its shape and host time, and every copy, on stderr).
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -106,6 +106,8 @@ CUresult release(uintptr_t p) {
 }
 
 CUresult copy(uintptr_t dst, bool dst_dev, uintptr_t src, bool src_dev, size_t n, const char* what) {
+    static bool trace = std::getenv("GPTRAIN_EMU_TRACE") != nullptr;
+    if (trace) std::fprintf(stderr, "cuda-emu: %s of %zu bytes\n", what, n);
     std::lock_guard<std::mutex> g(mu);
     if (dst_dev && !holding(dst, n)) return bad_range(what, dst, n);
     if (src_dev && !holding(src, n)) return bad_range(what, src, n);
