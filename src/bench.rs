@@ -29,8 +29,18 @@ pub struct BenchResult {
     /// The most device memory the backend's allocations held at once (None on the CPU).
     pub peak_device_bytes: Option<u64>,
     pub params: usize,
-    /// (kernel, ms per step), largest first.
-    pub profile: Vec<(String, f64)>,
+    /// Time and traffic per op name and step, largest time first (empty without `profile`).
+    pub profile: Vec<ProfileRow>,
+}
+
+/// One row of a profile: every op of one name ([`Op::name`]), per step.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ProfileRow {
+    pub name: String,
+    /// The device's time on these ops (ms; see [`Backend::run_timed`]).
+    pub ms: f64,
+    /// The bytes their operands hold ([`op_bytes`]).
+    pub bytes: f64,
 }
 
 /// Peak resident memory of this process (VmHWM), bytes.
@@ -44,8 +54,8 @@ pub fn peak_rss() -> u64 {
 /// Times `steps` training steps of `model` at micro-batch `b` after `warmup` untimed ones, on
 /// `backend`, computing in `precision`; a step is `accum` micro-batches (gradient
 /// accumulation), then clipping and AdamW. (A step ends by reading its scalars, so on a GPU a
-/// step's time is the GPU's; with `profile`, every op is waited for, so its time is its own plus
-/// one synchronisation.)
+/// step's time is the GPU's; with `profile`, every op is timed by [`Backend::run_timed`] and
+/// waited for, so the step's time includes one synchronisation per op, the ops' times do not.)
 #[allow(clippy::too_many_arguments)]
 pub fn run<B: Backend>(
     model: &ModelConfig,
@@ -112,8 +122,15 @@ pub fn run<B: Backend>(
     let mut timed = times[warmup..].to_vec();
     timed.sort_by(|a, b| a.total_cmp(b));
     let q = |p: f64| quantile(&timed, p);
-    let mut prof: Vec<(String, f64)> = timer.0.lock().unwrap().iter().map(|(k, v)| (k.clone(), v / steps.max(1) as f64)).collect();
-    prof.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let per_step = |x: f64| x / steps.max(1) as f64;
+    let mut prof: Vec<ProfileRow> = timer
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(name, &(ms, bytes))| ProfileRow { name: name.clone(), ms: per_step(ms), bytes: per_step(bytes) })
+        .collect();
+    prof.sort_by(|a, b| b.ms.total_cmp(&a.ms));
     Ok(BenchResult {
         ms_per_step: q(0.5),
         p10_ms: q(0.1),
@@ -205,25 +222,80 @@ pub fn profile_flops(model: &ModelConfig, b: usize) -> Vec<(&'static str, f64)> 
     ]
 }
 
+/// A profile row's speed against the device's ceilings.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Rate {
+    pub name: String,
+    /// Per step (ms).
+    pub ms: f64,
+    /// Of the profiled ops' total time (percent).
+    pub share: f64,
+    /// Model FLOP/s / 1e12, for ops that do matmul work ([`profile_flops`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tflops: Option<f64>,
+    /// Bytes moved / s / 1e9, for the others that move any ([`op_bytes`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gbs: Option<f64>,
+    /// Those bytes, per step.
+    pub bytes: f64,
+    /// That rate as a percent of the device's peak FLOP/s or memory bandwidth (None when the
+    /// device's ceiling is unknown).
+    pub pct_of_peak: Option<f64>,
+}
+
+/// The rates of a profile's rows: TFLOP/s against `peak_flops` (FLOP/s) for the names in
+/// `flops` (model FLOPs per step, from [`profile_flops`]), GB/s against `bandwidth` (bytes/s)
+/// for the rest (none for a row that moves no bytes: dropout when off).
+pub fn profile_rates(rows: &[ProfileRow], flops: &[(&str, f64)], peak_flops: Option<f64>, bandwidth: Option<f64>) -> Vec<Rate> {
+    let total: f64 = rows.iter().map(|r| r.ms).sum();
+    rows.iter()
+        .map(|r| {
+            let s = r.ms / 1e3;
+            let (tflops, gbs, pct) = match flops.iter().find(|f| f.0 == r.name) {
+                Some(f) => (Some(f.1 / s / 1e12), None, peak_flops.map(|p| f.1 / s / p * 100.0)),
+                None if r.bytes > 0.0 => (None, Some(r.bytes / s / 1e9), bandwidth.map(|b| r.bytes / s / b * 100.0)),
+                None => (None, None, None),
+            };
+            Rate { name: r.name.clone(), ms: r.ms, share: r.ms / total * 100.0, tflops, gbs, bytes: r.bytes, pct_of_peak: pct }
+        })
+        .collect()
+}
+
+/// The bytes an op's operands hold: each tensor counted once, read or written (an output it
+/// accumulates into is read too, and a kernel may read an operand more than once, so this is a
+/// lower bound on its memory traffic). A dropout with nothing to drop moves nothing.
+pub fn op_bytes(op: &Op) -> u64 {
+    if let Op::Dropout { drop, .. } = op {
+        if !drop.active() {
+            return 0;
+        }
+    }
+    op.operands().iter().map(|(t, _)| (t.len() * t.dtype.bytes()) as u64).sum()
+}
+
 /// The `p` quantile of sorted, non-empty `times` (nearest rank).
 fn quantile(times: &[f64], p: f64) -> f64 {
     times[((times.len() - 1) as f64 * p).round() as usize]
 }
 
-/// Accumulated milliseconds per kernel name.
+/// Accumulated (milliseconds, bytes of operands) per op name.
 #[derive(Default)]
-pub struct Timer(Mutex<BTreeMap<String, f64>>);
+pub struct Timer(Mutex<BTreeMap<String, (f64, f64)>>);
 
 impl Timer {
-    fn add(&self, name: &str, t0: Instant) {
-        *self.0.lock().unwrap().entry(name.to_string()).or_default() += t0.elapsed().as_secs_f64() * 1e3;
+    fn add(&self, name: &str, seconds: f64, bytes: u64) {
+        let mut m = self.0.lock().unwrap();
+        let e = m.entry(name.to_string()).or_default();
+        e.0 += seconds * 1e3;
+        e.1 += bytes as f64;
     }
     fn reset(&self) {
         self.0.lock().unwrap().clear();
     }
 }
 
-/// A backend that times every op of the backend it wraps, by the op's own name.
+/// A backend that times every op of the backend it wraps (its device time, [`Backend::run_timed`])
+/// and counts its operands' bytes, by the op's own name.
 pub struct Timed<'a, B: Backend> {
     pub inner: B,
     pub timer: &'a Timer,
@@ -256,18 +328,65 @@ impl<B: Backend> Backend for Timed<'_, B> {
         self.inner.memory_use()
     }
     fn run(&self, bufs: &mut Buffers<Self::Buf>, op: &Op) -> Result<()> {
-        let t0 = Instant::now();
-        // waits for the op where ops run asynchronously (a GPU; a no-op on the CPU), so the
-        // time is the op's own
-        let r = self.inner.run(bufs, op).and_then(|()| self.inner.synchronize());
-        self.timer.add(op.name(), t0);
-        r
+        let seconds = self.inner.run_timed(bufs, op)?;
+        self.timer.add(op.name(), seconds, op_bytes(op));
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::{BufId, Span};
+
+    #[test]
+    fn an_ops_bytes_are_its_operands_each_counted_once() {
+        let t = |buf, n: usize, dims: &[usize], dtype| Tensor::new(buf, Span::new(0, n), dims, dtype);
+        // (N, IC) = (6, 4) @ (OC, IC) = (8, 4)^T + b(8) in bf16: out 48, inp 24, w 32, b 8 elements
+        let mm = Op::Matmul(crate::backend::ops::Matmul {
+            out: t(BufId::Acts, 48, &[6, 8], DType::Bf16),
+            inp: t(BufId::Acts, 24, &[6, 4], DType::Bf16),
+            w: t(BufId::Params, 32, &[8, 4], DType::Bf16),
+            b: Some(t(BufId::Params, 8, &[8], DType::Bf16)),
+            role: Role::Qkv,
+        });
+        assert_eq!(op_bytes(&mm), (48 + 24 + 32 + 8) * 2);
+        // the f32 statistics count at 4 bytes, the bf16 rows at 2; no bias
+        let ln = Op::LayerNorm(crate::backend::ops::LayerNorm {
+            out: t(BufId::Acts, 24, &[6, 4], DType::Bf16),
+            mean: t(BufId::Stats, 6, &[6], DType::F32),
+            rstd: t(BufId::Stats, 6, &[6], DType::F32),
+            inp: t(BufId::Acts, 24, &[6, 4], DType::Bf16),
+            w: t(BufId::Params, 4, &[4], DType::Bf16),
+            b: None,
+        });
+        assert_eq!(op_bytes(&ln), (24 + 24 + 4) * 2 + (6 + 6) * 4);
+        // dropout reads and writes its tensor in place, once on; off, it does nothing
+        let x = t(BufId::Acts, 24, &[6, 4], DType::F32);
+        assert_eq!(op_bytes(&Op::Dropout { x, drop: crate::backend::Dropout { p: 0.1, key: 7 } }), 24 * 4);
+        assert_eq!(op_bytes(&Op::Dropout { x, drop: crate::backend::Dropout::NONE }), 0);
+    }
+
+    #[test]
+    fn profile_rates_are_tflops_for_matmul_work_and_gbs_for_the_rest() {
+        let row = |name: &str, ms: f64, bytes: f64| ProfileRow { name: name.into(), ms, bytes };
+        let rows = [row("matmul qkv", 3.0, 1e6), row("layernorm", 1.0, 2e9)];
+        let flops = [("matmul qkv", 1.5e12)];
+        let r = profile_rates(&rows, &flops, Some(1e15), Some(4e12));
+        // 1.5e12 FLOPs in 3 ms: 500 TFLOP/s, half of a 1000 TFLOP/s peak; 3 of 4 ms
+        let near = |x: Option<f64>, y: f64| x.is_some_and(|x| (x - y).abs() < 1e-9 * y);
+        assert!(near(r[0].tflops, 500.0) && r[0].gbs.is_none());
+        assert!(near(r[0].pct_of_peak, 50.0) && near(Some(r[0].share), 75.0));
+        // 2e9 bytes in 1 ms: 2000 GB/s, half of 4 TB/s
+        assert!(near(r[1].gbs, 2000.0) && r[1].tflops.is_none());
+        assert!(near(r[1].pct_of_peak, 50.0) && near(Some(r[1].share), 25.0));
+        // an unknown card: rates without percentages
+        let r = profile_rates(&rows, &flops, None, None);
+        assert!(r.iter().all(|x| x.pct_of_peak.is_none() && x.tflops.or(x.gbs).is_some()));
+        // an op that moves nothing has no rate
+        let r = profile_rates(&[row("dropout", 0.001, 0.0)], &flops, Some(1e15), Some(4e12));
+        assert!(r[0].tflops.is_none() && r[0].gbs.is_none() && r[0].pct_of_peak.is_none());
+    }
 
     #[test]
     fn profile_flops_follow_the_profiles_names_and_add_up_when_shapes_collide() {

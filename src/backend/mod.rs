@@ -112,6 +112,8 @@ pub struct DeviceInfo {
     pub description: String,
     /// Peak FLOP/s at the run's precision (None when unknown: MFU n/a).
     pub peak_flops: Option<f64>,
+    /// Peak memory bandwidth, bytes/s, from the device table (None when unknown, and on the CPU).
+    pub bandwidth: Option<f64>,
     /// Where that peak comes from.
     pub peak_source: String,
     /// Which memory model of `perf::flops` describes this backend's buffers.
@@ -168,6 +170,17 @@ pub trait Backend: Send + Sync {
     fn synchronize(&self) -> Result<()>;
     /// Runs one op.
     fn run(&self, bufs: &mut Buffers<Self::Buf>, op: &Op) -> Result<()>;
+
+    /// Runs one op and returns the time the device spent on it (seconds), for profiles. The
+    /// default is the host's wall time of `run` and a `synchronize` (on the CPU, the op's own
+    /// time; where ops run asynchronously it also holds a launch and a wait); a GPU backend
+    /// measures between events on its stream instead.
+    fn run_timed(&self, bufs: &mut Buffers<Self::Buf>, op: &Op) -> Result<f64> {
+        let t0 = std::time::Instant::now();
+        self.run(bufs, op)?;
+        self.synchronize()?;
+        Ok(t0.elapsed().as_secs_f64())
+    }
 
     /// The device memory this backend has allocated (None where it keeps no such count: the
     /// CPU, whose buffers are the process's heap).

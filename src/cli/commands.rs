@@ -696,11 +696,11 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         let rate = |name: &str, ms: f64| kernel_flops.iter().find(|k| k.0 == name).map(|k| k.1 / (ms / 1e3) / 1e9);
         if a.json {
             let rates: serde_json::Map<String, serde_json::Value> =
-                r.profile.iter().filter_map(|(name, ms)| Some((name.clone(), rate(name, *ms)?.into()))).collect();
+                r.profile.iter().filter_map(|p| Some((p.name.clone(), rate(&p.name, p.ms)?.into()))).collect();
             let v = serde_json::json!({
                 "ms_per_step": r.ms_per_step, "ms_p10": r.p10_ms, "ms_p90": r.p90_ms, "tokens_per_second": tps, "gflops": gflops,
                 "mfu": gflops * 1e9 / peak, "peak_gflops": peak / 1e9, "peak_rss_bytes": r.peak_rss_bytes, "threads": threads,
-                "params": r.params, "steps": a.steps, "profile": r.profile, "profile_gflops": rates,
+                "params": r.params, "steps": a.steps, "profile": profile_pairs(&r), "profile_gflops": rates,
                 "matmul_library": GemmLib::get().describe(), "isa": Isa::get().name(),
                 "dtype": precision.name(), "dtype_note": info.precision_note,
                 "grad_accum": a.grad_accum, "warmup_ms": r.times_ms[..a.warmup], "steps_ms": r.times_ms[a.warmup..],
@@ -735,14 +735,19 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         say!("peak memory (RSS): {}", gib(r.peak_rss_bytes));
         if !r.profile.is_empty() {
             say!("profile (share of the step; GFLOP/s and % of the peak where the kernel does matmul work):");
-            let total: f64 = r.profile.iter().map(|p| p.1).sum();
-            for (name, ms) in &r.profile {
-                let speed = rate(name, *ms).map_or(String::new(), |g| format!(" {g:>8.1} GFLOP/s {:>5.1}%", g * 1e9 / peak * 100.0));
-                say!("  {name:<28} {:>8.2} ms {:>6.1}%{speed}", ms, ms / total * 100.0);
+            let total: f64 = r.profile.iter().map(|p| p.ms).sum();
+            for p in &r.profile {
+                let speed = rate(&p.name, p.ms).map_or(String::new(), |g| format!(" {g:>8.1} GFLOP/s {:>5.1}%", g * 1e9 / peak * 100.0));
+                say!("  {:<28} {:>8.2} ms {:>6.1}%{speed}", p.name, p.ms, p.ms / total * 100.0);
             }
         }
         Ok(())
     })
+}
+
+/// A profile as `bench --json` has always given it: [name, ms per step] pairs, largest first.
+fn profile_pairs(r: &crate::bench::BenchResult) -> Vec<(&str, f64)> {
+    r.profile.iter().map(|p| (p.name.as_str(), p.ms)).collect()
 }
 
 /// `bench`'s line of step times.
@@ -779,12 +784,19 @@ fn bench_gpu(
     let tps = (cfg.batch_size * model.block_size * a.grad_accum) as f64 / (r.ms_per_step / 1e3);
     let flops_s = r.flops_per_step / (r.ms_per_step / 1e3);
     let mfu = info.peak_flops.map(|p| flops_s / p);
+    // each profiled op's TFLOP/s (ops that do matmul work: a step's FLOPs, all its
+    // micro-batches) or GB/s (the rest), against the card's ceilings
+    let kernel_flops = crate::bench::profile_flops(model, cfg.batch_size * a.grad_accum);
+    let rates = crate::bench::profile_rates(&r.profile, &kernel_flops, info.peak_flops, info.bandwidth);
     if a.json {
+        let profile_rates: serde_json::Map<String, serde_json::Value> =
+            rates.iter().map(|x| (x.name.clone(), serde_json::to_value(x).expect("plain numbers"))).collect();
         say!(
             "{}",
             serde_json::json!({ "ms_per_step": r.ms_per_step, "ms_p10": r.p10_ms, "ms_p90": r.p90_ms, "tokens_per_second": tps,
                 "gflops": flops_s / 1e9, "mfu": mfu, "peak_gflops": info.peak_flops.map(|p| p / 1e9), "device": info.description,
-                "params": r.params, "steps": a.steps, "profile": r.profile, "dtype": precision.name(), "dtype_note": info.precision_note,
+                "params": r.params, "steps": a.steps, "profile": profile_pairs(&r), "profile_rates": profile_rates,
+                "dtype": precision.name(), "dtype_note": info.precision_note,
                 "grad_accum": a.grad_accum, "warmup_ms": r.times_ms[..a.warmup], "steps_ms": r.times_ms[a.warmup..],
                 "first_steady_ms": to_run + r.ends_ms[a.warmup], "peak_device_bytes": r.peak_device_bytes,
                 "memory_model_bytes": memory_model })
@@ -800,11 +812,21 @@ fn bench_gpu(
         let used = crate::backend::MemoryUse { current: 0, peak, driver: None };
         say!("{}", train::memory_line(used, memory_model));
     }
-    if !r.profile.is_empty() {
-        say!("profile (each op waited for: its time plus one synchronisation):");
-        let total: f64 = r.profile.iter().map(|p| p.1).sum();
-        for (name, ms) in &r.profile {
-            say!("  {name:<28} {ms:>8.3} ms {:>6.1}%", ms / total * 100.0);
+    if !rates.is_empty() {
+        let ceilings = match (info.peak_flops, info.bandwidth) {
+            (Some(f), Some(b)) => format!("% of {:.1} TFLOP/s ({}) or {:.0} GB/s", f / 1e12, precision.name(), b / 1e9),
+            _ => "the card is not in the device table: no %".into(),
+        };
+        say!("profile: device time per op (CUDA events) per step, its share; TFLOP/s for matmul work, GB/s for the rest; {ceilings}");
+        for x in &rates {
+            let speed = match (x.tflops, x.gbs) {
+                (Some(t), _) => format!("{t:>8.2} TFLOP/s"),
+                (_, Some(g)) => format!("{g:>8.1} GB/s"),
+                _ => String::new(),
+            };
+            let pct = x.pct_of_peak.map_or(String::new(), |p| format!("{p:>5.1}%"));
+            let row = format!("  {:<28} {:>8.3} ms {:>6.1}% {speed:<16} {pct}", x.name, x.ms, x.share);
+            say!("{}", row.trim_end());
         }
     }
     Ok(())

@@ -144,6 +144,7 @@ impl Backend for Cpu {
         let dev = crate::perf::device::cpu();
         DeviceInfo {
             peak_flops: Some(dev.peak_flops(p)).filter(|x| *x > 0.0),
+            bandwidth: None,
             peak_source: dev.source.clone(),
             description: dev.description,
             memory_model: crate::perf::flops::Impl::Cpu,

@@ -22,7 +22,8 @@ pub mod select;
 use super::{Backend, Buffers, DType, DeviceInfo, Host, MemoryUse, Op, Precision, Tensor};
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::driver::{
-    result as drv, sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr, DriverError, ValidAsZeroBits,
+    result as drv, sys, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr, DriverError,
+    ValidAsZeroBits,
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -93,6 +94,8 @@ struct Inner {
     /// [`run::PARTIALS`]) and attention backward's per-row dot products (f32, B x NH x T).
     partials: Counted<f64>,
     rowdot: Mutex<Option<Counted<f32>>>,
+    /// The two timing events `run_timed` records around an op (start, end), made on first use.
+    timing: Mutex<Option<(CudaEvent, CudaEvent)>>,
     /// What all of the above and every `CudaBuf` hold (bytes).
     memory: Arc<Counter>,
     /// The device's free memory when the backend opened, after its context (bytes).
@@ -139,6 +142,7 @@ impl Cuda {
             _workspace: workspace,
             partials,
             rowdot: Mutex::new(None),
+            timing: Mutex::new(None),
             memory,
             free_at_open,
             tf32,
@@ -264,6 +268,7 @@ impl Backend for Cuda {
         DeviceInfo {
             description: format!("{} (cuda:{}, compute capability {}.{})", c.name, c.ordinal, c.cc.0, c.cc.1),
             peak_flops: dev.as_ref().map(|d| d.peak_flops(p)).filter(|x| *x > 0.0),
+            bandwidth: dev.as_ref().map(|d| d.bandwidth_gbs * 1e9).filter(|x| *x > 0.0),
             peak_source: dev.as_ref().map_or_else(|| "not in the device table: MFU n/a".into(), |d| d.peak_source(p)),
             memory_model: crate::perf::flops::Impl::Gpu,
             memory,
@@ -333,6 +338,27 @@ impl Backend for Cuda {
     fn run(&self, bufs: &mut Buffers<CudaBuf>, op: &Op) -> Result<()> {
         self.bind()?;
         self.run_op(bufs, op).with_context(|| format!("cuda:{}: {}", self.inner.card.ordinal, op.name()))
+    }
+
+    /// The op's time on the GPU: between an event recorded on the stream before its kernels and
+    /// one after them, so neither the launch nor the host's wait is counted. Waits for the op.
+    fn run_timed(&self, bufs: &mut Buffers<CudaBuf>, op: &Op) -> Result<f64> {
+        let ordinal = self.inner.card.ordinal;
+        let mut timing = self.inner.timing.lock().unwrap();
+        if timing.is_none() {
+            // CU_EVENT_DEFAULT: events that record time (cudarc's default disables timing)
+            let event = || self.inner.ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT));
+            let pair = event().and_then(|start| Ok((start, event()?)));
+            *timing = Some(pair.map_err(|e| anyhow!("cuda:{ordinal}: creating timing events ({e:?})"))?);
+        }
+        let (start, end) = timing.as_ref().expect("made above");
+        let stream = &self.inner.stream;
+        start.record(stream).map_err(|e| anyhow!("cuda:{ordinal}: recording an event ({e:?})"))?;
+        self.run(bufs, op)?;
+        end.record(stream).map_err(|e| anyhow!("cuda:{ordinal}: recording an event ({e:?})"))?;
+        // waits for both events, so for the op
+        let ms = start.elapsed_ms(end).map_err(|e| anyhow!("cuda:{ordinal}: {} failed or could not be timed ({e:?})", op.name()))?;
+        Ok(ms as f64 / 1e3)
     }
 
     fn memory_use(&self) -> Option<MemoryUse> {
