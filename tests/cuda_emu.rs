@@ -300,3 +300,51 @@ fn a_step_uploads_tokens_once_per_micro_batch_and_reads_back_once() {
     assert!(other.is_empty(), "small copies while training: {other:?}\n{err}");
     std::fs::remove_dir_all(d).ok();
 }
+
+/// A card that runs out of memory in the middle of a step (the emulator fails the allocation
+/// the first backward makes) ends the run with one line that says so and how to get out, and
+/// the checkpoint already written still resumes.
+#[test]
+fn running_out_of_gpu_memory_mid_run_is_one_line_and_keeps_the_checkpoints() {
+    let Some(emu) = emu_or_skip("running_out_of_gpu_memory_mid_run_is_one_line_and_keeps_the_checkpoints") else { return };
+    let d = tmp("emu-oom");
+    let e = emu.to_str().unwrap();
+    let cache = emu.join("cache");
+    let run = |extra: &[&str], fail: Option<&str>| {
+        let mut args = vec!["train"];
+        for s in ["n_layer=1", "n_embd=32", "n_head=2", "block_size=16", "batch_size=4", "eval_interval=5", "eval_iters=1", "device=cuda"]
+            .iter()
+            .chain(["max_new_tokens=0", "out_dir=out", "always_save_checkpoint=true"].iter())
+            .chain(extra)
+        {
+            args.extend(["--set", s]);
+        }
+        let env = [
+            ("LD_LIBRARY_PATH", Some(e)),
+            ("GPTRAIN_CUDA_LIB_DIR", Some(e)),
+            ("XDG_CACHE_HOME", cache.to_str()),
+            ("GPTRAIN_EMU_TRACE", Some("1")),
+            ("GPTRAIN_EMU_FAIL_ALLOC", fail),
+        ];
+        gptrain_env(&args, &d, &env)
+    };
+    let (code, out, err) = run(&["max_iters=5"], None);
+    assert_eq!(code, 0, "{out}\n{err}");
+    // the training backend's allocations: those before sampling opens a second one (its
+    // cuBLASLt workspace comes first, as the training backend's did); the last of them is
+    // the attention scratch the first backward allocates
+    let allocs: Vec<&str> = err.lines().filter(|l| l.starts_with("cuda-emu: allocation of ")).collect();
+    let training = 1 + allocs[1..].iter().position(|l| *l == allocs[0]).unwrap_or(allocs.len() - 1);
+    let last = training.to_string();
+    let (code, out, err) = run(&["max_iters=10", "init_from=resume"], Some(&last));
+    let errors: Vec<&str> = err.lines().filter(|l| !l.starts_with("cuda-emu: ")).collect();
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(errors[0].starts_with("error: ") && errors[0].contains("out of GPU memory") && errors[0].contains("lower batch_size"), "{err}");
+    assert!(out.contains("iterations 5 -> 10"), "it failed before the run started: {out}");
+    // the checkpoint is whole: the same resume, with memory, trains on
+    let (code, out, err) = run(&["max_iters=10", "init_from=resume"], None);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("resuming from out/ckpt-000005"), "{out}");
+    std::fs::remove_dir_all(d).ok();
+}

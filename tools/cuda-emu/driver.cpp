@@ -5,7 +5,8 @@
 // is the calling thread.
 //
 // Settings: GPTRAIN_EMU_CC (compute capability, default 9.0), GPTRAIN_EMU_MEMORY_GIB (default 16),
-// GPTRAIN_EMU_TRACE (set: every launch, its shape and host time, and every copy, on stderr).
+// GPTRAIN_EMU_TRACE (set: every launch, its shape and host time, and every copy, on stderr),
+// GPTRAIN_EMU_FAIL_ALLOC (N: the N-th device allocation fails with out-of-memory).
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -80,8 +81,14 @@ void on_segv(int, siginfo_t* si, void*) {
 }
 
 CUresult alloc(uintptr_t* out, size_t n) {
+    static bool trace = std::getenv("GPTRAIN_EMU_TRACE") != nullptr;
+    if (trace) std::fprintf(stderr, "cuda-emu: allocation of %zu bytes\n", n);
     std::lock_guard<std::mutex> g(mu);
     if (allocated + n > memory()) return OUT_OF_MEMORY;
+    // GPTRAIN_EMU_FAIL_ALLOC=N: the N-th allocation (from 1) fails, as a full card would mid-run
+    static long fail_at = std::getenv("GPTRAIN_EMU_FAIL_ALLOC") ? std::atol(std::getenv("GPTRAIN_EMU_FAIL_ALLOC")) : 0;
+    static long count = 0;
+    if (++count == fail_at) return OUT_OF_MEMORY;
     size_t body = (n + 255) / 256 * 256, len = (body + PAGE - 1) / PAGE * PAGE + PAGE;
     void* m = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED) return OUT_OF_MEMORY;

@@ -209,6 +209,20 @@ impl Cuda {
         self.inner.stream.cu_stream()
     }
 
+    /// The one-line error for a failed allocation of `what`: out of memory says so, with the
+    /// card's free memory and the way out (the run's checkpoints are left as they were).
+    fn alloc_error(&self, what: &str, e: cudarc::driver::DriverError) -> anyhow::Error {
+        let card = format!("cuda:{}", self.inner.card.ordinal);
+        if e.0 != sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+            return anyhow!("{card}: could not allocate {what} ({e:?})");
+        }
+        let free =
+            self.inner.ctx.mem_get_info().map(|(f, t)| format!(" ({:.2} GiB free of {:.2} GiB)", gib(f), gib(t))).unwrap_or_default();
+        anyhow!(
+            "{card}: out of GPU memory allocating {what}{free}; lower batch_size (and raise gradient_accumulation_steps) or block_size, or free the card; checkpoints already written are intact"
+        )
+    }
+
     /// Makes this GPU's context current on the calling thread (ops may come from any worker
     /// thread; the raw driver and cuBLASLt calls act on the current context).
     fn bind(&self) -> Result<()> {
@@ -285,15 +299,8 @@ impl Backend for Cuda {
 
     fn alloc(&self, n: usize, dtype: DType) -> Result<CudaBuf> {
         let bytes = (n * dtype.bytes()).max(1);
-        let mem = self.inner.memory.alloc::<u8>(&self.inner.stream, bytes).map_err(|e| {
-            let free =
-                self.inner.ctx.mem_get_info().map(|(f, t)| format!("; {:.2} GiB free of {:.2} GiB", gib(f), gib(t))).unwrap_or_default();
-            anyhow!(
-                "cuda:{}: could not allocate {n} {dtype:?} elements ({:.2} GiB) of a model buffer ({e:?}){free}",
-                self.inner.card.ordinal,
-                gib(bytes)
-            )
-        })?;
+        let what = format!("{n} {dtype:?} elements ({:.2} GiB) of a model buffer", gib(bytes));
+        let mem = self.inner.memory.alloc::<u8>(&self.inner.stream, bytes).map_err(|e| self.alloc_error(&what, e))?;
         let ptr = address(&mem.slice, &self.inner.stream);
         Ok(CudaBuf { _mem: mem, ptr, len: n, dtype })
     }

@@ -104,7 +104,7 @@ impl Cuda {
         let mut r = self.inner.rowdot.lock().unwrap_or_else(|e| e.into_inner());
         if r.as_ref().is_none_or(|s| s.slice.len() < n) {
             let scratch = self.inner.memory.alloc::<f32>(&self.inner.stream, n);
-            *r = Some(scratch.map_err(|e| anyhow!("attention scratch of {n} floats: {e:?}"))?);
+            *r = Some(scratch.map_err(|e| self.alloc_error(&format!("attention backward's scratch of {n} floats"), e))?);
         }
         Ok(super::address(&r.as_ref().expect("allocated above").slice, &self.inner.stream))
     }
