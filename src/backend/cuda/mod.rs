@@ -211,15 +211,15 @@ impl Cuda {
 
     /// The one-line error for a failed allocation of `what`: out of memory says so, with the
     /// card's free memory and the way out (the run's checkpoints are left as they were).
+    /// (Without the card's name: `run` and `alloc` put it in front.)
     fn alloc_error(&self, what: &str, e: cudarc::driver::DriverError) -> anyhow::Error {
-        let card = format!("cuda:{}", self.inner.card.ordinal);
         if e.0 != sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
-            return anyhow!("{card}: could not allocate {what} ({e:?})");
+            return anyhow!("could not allocate {what} ({e:?})");
         }
-        let free =
-            self.inner.ctx.mem_get_info().map(|(f, t)| format!(" ({:.2} GiB free of {:.2} GiB)", gib(f), gib(t))).unwrap_or_default();
+        let free = self.inner.ctx.mem_get_info().map(|(f, t)| format!(" ({:.2} GiB free of {:.2} GiB)", gib(f), gib(t)));
         anyhow!(
-            "{card}: out of GPU memory allocating {what}{free}; lower batch_size (and raise gradient_accumulation_steps) or block_size, or free the card; checkpoints already written are intact"
+            "out of GPU memory allocating {what}{}; lower batch_size (and raise gradient_accumulation_steps) or block_size, or free the card; checkpoints already written are intact",
+            free.unwrap_or_default()
         )
     }
 
@@ -300,7 +300,12 @@ impl Backend for Cuda {
     fn alloc(&self, n: usize, dtype: DType) -> Result<CudaBuf> {
         let bytes = (n * dtype.bytes()).max(1);
         let what = format!("{n} {dtype:?} elements ({:.2} GiB) of a model buffer", gib(bytes));
-        let mem = self.inner.memory.alloc::<u8>(&self.inner.stream, bytes).map_err(|e| self.alloc_error(&what, e))?;
+        let card = self.inner.card.ordinal;
+        let mem = self
+            .inner
+            .memory
+            .alloc::<u8>(&self.inner.stream, bytes)
+            .map_err(|e| self.alloc_error(&what, e).context(format!("cuda:{card}")))?;
         let ptr = address(&mem.slice, &self.inner.stream);
         Ok(CudaBuf { _mem: mem, ptr, len: n, dtype })
     }
