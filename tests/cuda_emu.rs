@@ -135,12 +135,13 @@ fn fp32_training_on_the_gpu_follows_the_cpu_and_repeats_bitwise() {
     // the GPU's checkpoint goes on training on the CPU, and samples there
     let (_, resumed) = run_resumed(&emu, &d, "gpu", "cpu");
     assert_eq!(resumed.len(), 12 + 4);
-    let (code, out, err) = on_emu(
-        &emu,
-        &["sample", "--set", "out_dir=gpu", "--set", "device=cpu", "--set", "num_samples=1", "--set", "max_new_tokens=20"],
-        &d,
-    );
-    assert_eq!(code, 0, "{out}\n{err}");
+    // and samples on either (the GPU's with its KV cache on the device)
+    for device in ["device=cpu", "device=cuda"] {
+        let args = ["sample", "--set", "out_dir=gpu", "--set", device, "--set", "num_samples=1", "--set", "max_new_tokens=20"];
+        let (code, out, err) = on_emu(&emu, &args, &d);
+        assert_eq!(code, 0, "{device}: {out}\n{err}");
+        assert!(out.contains("---------------"), "{device}: {out}");
+    }
     std::fs::remove_dir_all(d).ok();
 }
 
