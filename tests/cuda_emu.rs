@@ -107,6 +107,14 @@ fn check_passes_on_the_emulated_gpu() {
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("cuda:0: cuda-emu"), "{out}");
     assert!(out.contains("summary: 120 passed, 0 failed, 0 skipped (fp32, bf16, fp16)"), "{out}");
+    // `estimate` without --device takes this machine's GPU: one not in the table is named,
+    // with the way out; given a peak, it estimates for it
+    let (code, _, err) = on_emu(&emu, &["estimate", "--preset", "shakespeare-char"], &d);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("this machine's GPU, cuda-emu") && err.contains("--peak-tflops") && err.lines().count() == 1, "{err}");
+    let (code, out, err) = on_emu(&emu, &["estimate", "--preset", "shakespeare-char", "--peak-tflops", "100"], &d);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("device: cuda-emu") && out.contains("bf16 peak 100.0 TFLOP/s"), "{out}");
     std::fs::remove_dir_all(d).ok();
 }
 

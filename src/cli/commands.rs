@@ -421,10 +421,17 @@ pub fn estimate(a: &EstimateArgs) -> Result<()> {
         (None, "cpu") => "cpu".into(),
         // this machine's GPU when it has one in the table, else its CPU
         (None, "auto") => match crate::backend::cuda::select::select("auto", Precision::F32)? {
-            crate::backend::cuda::select::Selected::Cuda { ordinal, .. } => crate::backend::cuda::select::find_card(Some(ordinal))
-                .ok()
-                .and_then(|c| crate::backend::cuda::table_device(&c.name))
-                .map_or(String::new(), |d| d.name),
+            crate::backend::cuda::select::Selected::Cuda { ordinal, .. } => {
+                let card = crate::backend::cuda::select::find_card(Some(ordinal)).map_err(anyhow::Error::msg)?;
+                match crate::backend::cuda::table_device(&card.name) {
+                    Some(d) => d.name,
+                    None if a.peak_tflops.is_some() => card.name,
+                    None => bail!(
+                        "this machine's GPU, {} (cuda:{ordinal}), is not in gptrain's device table: name a card like it with `--device` (`--list-devices` shows all) or give its peak with `--peak-tflops`",
+                        card.name
+                    ),
+                }
+            }
             crate::backend::cuda::select::Selected::Cpu { .. } => "cpu".into(),
         },
         (None, _) => String::new(),
