@@ -1,5 +1,6 @@
 //! The kernels' CUDA C sources and their compilation: NVRTC turns each family's source (with
-//! `common.cuh` in front) into a CUBIN for the device's exact compute capability, cached on
+//! `common.cuh` in front), for one storage type at a time, into a CUBIN for the device's exact
+//! compute capability when a run first launches one of its kernels, cached on
 //! disk under `$XDG_CACHE_HOME/gptrain/kernels` (or `~/.cache/gptrain/kernels`) by a hash of
 //! the source, the architecture and the NVRTC version. A cache entry carries its length and
 //! CRC-32; one that does not check out is compiled again and rewritten, never loaded.
@@ -24,6 +25,51 @@ pub const SOURCES: [(&str, &str); 7] = [
     ("reduce", include_str!("kernels/reduce.cu")),
 ];
 
+/// The family (a name of [`SOURCES`]) that defines kernel `kernel`, by its name's prefix.
+pub fn family(kernel: &str) -> Option<&'static str> {
+    const BY_PREFIX: [(&str, &str); 11] = [
+        ("encoder_", "encoder"),
+        ("layernorm_", "layernorm"),
+        ("attention_", "attention"),
+        ("gelu_", "pointwise"),
+        ("residual_", "pointwise"),
+        ("dropout_", "pointwise"),
+        ("fused_classifier_", "classifier"),
+        ("adamw_", "adamw"),
+        ("bias_backward_", "reduce"),
+        ("sum_squares_partial_", "reduce"),
+        ("add_", "reduce"), // add_partials, add_mean_loss
+    ];
+    BY_PREFIX.iter().find(|(p, _)| kernel.starts_with(p)).map(|&(_, f)| f)
+}
+
+/// The storage type a kernel is typed for, by its name's suffix (None: an untyped kernel, in
+/// every variant of its family).
+pub fn storage(kernel: &str) -> Option<&'static str> {
+    ["f32", "bf16", "f16"].into_iter().find(|t| kernel.strip_suffix(t).is_some_and(|k| k.ends_with('_')))
+}
+
+/// The part of a family a run compiles at once: one storage type's kernels, and of the tiled
+/// attention kernels those for one head size (0: none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Variant {
+    pub storage: &'static str,
+    pub tiled: u32,
+}
+
+impl Variant {
+    /// The variant that holds kernel `kernel` (an untyped kernel is in every one: f32's).
+    pub fn of(kernel: &str) -> Variant {
+        let tiled = kernel.split('_').find_map(|w| w.strip_prefix("tiled")?.parse().ok()).unwrap_or(0);
+        Variant { storage: storage(kernel).unwrap_or("f32"), tiled }
+    }
+
+    /// The defines that select it.
+    fn defines(&self) -> String {
+        format!("#define ONLY_{}\n#define TILED_ONLY {}\n", self.storage.to_uppercase(), self.tiled)
+    }
+}
+
 /// Compile options besides the architecture: no fused multiply-adds the source does not
 /// write (the CPU reference never contracts either), C++17.
 const OPTIONS: [&str; 2] = ["--fmad=false", "--std=c++17"];
@@ -41,31 +87,35 @@ pub fn nvrtc() -> Result<(i32, i32), String> {
     Ok((major, minor))
 }
 
-/// The CUBIN of kernel family `name` (source `src`) for compute capability `cc`, from the
-/// cache in `cache` when it holds a sound one, else compiled (and stored there).
-pub fn cubin(name: &str, src: &str, cc: (i32, i32), cache: Option<&Path>) -> Result<Vec<u8>> {
+/// The CUBIN of kernel family `name` (source `src`) for compute capability `cc`, variant `only`
+/// of it (None: every kernel), from the cache in `cache` when it holds a sound one, else
+/// compiled (and stored there).
+pub fn cubin(name: &str, src: &str, cc: (i32, i32), only: Option<Variant>, cache: Option<&Path>) -> Result<Vec<u8>> {
     let version = nvrtc().map_err(anyhow::Error::msg)?;
     let key = {
         let mut h = crc32fast::Hasher::new();
         h.update(COMMON.as_bytes());
         h.update(src.as_bytes());
-        let a = crc32fast::hash(format!("sm_{}{} nvrtc {}.{} {:?}", cc.0, cc.1, version.0, version.1, OPTIONS).as_bytes());
+        let a = crc32fast::hash(format!("sm_{}{} nvrtc {}.{} {:?} {only:?}", cc.0, cc.1, version.0, version.1, OPTIONS).as_bytes());
         ((h.finalize() as u64) << 32) | a as u64
     };
-    let path = cache.map(|d| d.join(format!("{name}-sm_{}{}-{key:016x}.cubin", cc.0, cc.1)));
+    let part = only.map_or("all".to_string(), |v| if v.tiled > 0 { format!("{}-hs{}", v.storage, v.tiled) } else { v.storage.to_string() });
+    let path = cache.map(|d| d.join(format!("{name}-{part}-sm_{}{}-{key:016x}.cubin", cc.0, cc.1)));
     if let Some(bin) = path.as_deref().and_then(read_entry) {
         return Ok(bin);
     }
-    let bin = compile(name, src, cc)?;
+    let bin = compile(name, src, cc, only)?;
     if let Some(p) = &path {
         let _ = write_entry(p, &bin); // a cache that cannot be written only costs time
     }
     Ok(bin)
 }
 
-/// Compiles `COMMON + src` to a CUBIN for `sm_XY`; a compile error carries NVRTC's log.
-pub fn compile(name: &str, src: &str, cc: (i32, i32)) -> Result<Vec<u8>> {
-    let code = CString::new(format!("{COMMON}\n{src}")).context("a kernel source holds a NUL byte")?;
+/// Compiles `COMMON + src` to a CUBIN for `sm_XY` (variant `only` of it, or all); a compile
+/// error carries NVRTC's log.
+pub fn compile(name: &str, src: &str, cc: (i32, i32), only: Option<Variant>) -> Result<Vec<u8>> {
+    let define = only.map_or(String::new(), |v| v.defines());
+    let code = CString::new(format!("{define}{COMMON}\n{src}")).context("a kernel source holds a NUL byte")?;
     let cname = CString::new(format!("{name}.cu")).expect("no NUL in a kernel name");
     let prog = result::create_program(&code, Some(&cname)).map_err(|e| anyhow::anyhow!("NVRTC: {e:?}"))?;
     let mut opts = vec![format!("--gpu-architecture=sm_{}{}", cc.0, cc.1)];
@@ -166,7 +216,7 @@ mod tests {
         let oldest = if version.0 < 13 { (7, 0) } else { (7, 5) };
         for cc in [oldest, (8, 0), (8, 9), (9, 0)] {
             for (name, src) in SOURCES {
-                let bin = compile(name, src, cc).unwrap_or_else(|e| panic!("{e}"));
+                let bin = compile(name, src, cc, None).unwrap_or_else(|e| panic!("{e}"));
                 check_cubin(name, &bin).unwrap();
             }
         }

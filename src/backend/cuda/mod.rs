@@ -84,7 +84,9 @@ struct Inner {
     card: select::Card,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    modules: Vec<Arc<CudaModule>>,
+    /// Compiled kernel families by (family, variant: storage type and tiled head size), each
+    /// compiled (or read from the cache) when a run first launches one of its kernels.
+    modules: Mutex<HashMap<(&'static str, compile::Variant), Arc<CudaModule>>>,
     /// Kernels by name, looked up in `modules` on first use.
     funcs: Mutex<HashMap<String, CudaFunction>>,
     blas: blas::Blas,
@@ -106,8 +108,8 @@ struct Inner {
 
 impl Cuda {
     /// The backend on GPU `ordinal` (checked by [`select::select`] first), computing f32
-    /// matmuls with TF32 tensor cores when `tf32`. Compiles (or reads from the cache) every
-    /// kernel for the card.
+    /// matmuls with TF32 tensor cores when `tf32`. Kernels are compiled for the card (or read
+    /// from the cache) a family and storage type at a time, when first launched.
     pub fn new(ordinal: usize, tf32: bool) -> Result<Cuda> {
         let card = select::find_card(Some(ordinal)).map_err(anyhow::Error::msg)?;
         let ctx = CudaContext::new(ordinal).map_err(|e| anyhow!("cuda:{ordinal}: could not create a context ({e:?})"))?;
@@ -115,16 +117,7 @@ impl Cuda {
         // needed; kernels get raw addresses, which its tracking does not see anyway.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
-        let cache = compile::cache_dir();
-        let mut modules = Vec::new();
-        for (name, src) in compile::SOURCES {
-            let bin = compile::cubin(name, src, card.cc, cache.as_deref())?;
-            compile::check_cubin(name, &bin)?;
-            let m = ctx
-                .load_module(cudarc::nvrtc::Ptx::from_binary(bin))
-                .map_err(|e| anyhow!("cuda:{ordinal}: loading kernels {name}.cu: {e:?}"))?;
-            modules.push(m);
-        }
+        compile::nvrtc().map_err(anyhow::Error::msg)?; // kernels compile on first use: NVRTC must load
         let free_at_open = ctx.mem_get_info().ok().map(|(free, _)| free);
         let memory = Arc::new(Counter::default());
         let workspace =
@@ -136,7 +129,7 @@ impl Cuda {
             card,
             ctx,
             stream,
-            modules,
+            modules: Mutex::new(HashMap::new()),
             funcs: Mutex::new(HashMap::new()),
             blas,
             _workspace: workspace,
@@ -175,7 +168,7 @@ impl Cuda {
             (
                 "kernels",
                 format!(
-                    "{} families compiled for sm_{}{} (cached in {})",
+                    "{} families, compiled for sm_{}{} per storage type on first use (cached in {})",
                     compile::SOURCES.len(),
                     c.cc.0,
                     c.cc.1,

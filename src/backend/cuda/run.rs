@@ -10,6 +10,7 @@
 //! - backward  dw(OC,IC) += dout^T @ inp           is  dw^T += inp^T . op_T(dout^T), (IC x OC)
 
 use super::blas::Gemm;
+use super::compile;
 use super::{Cuda, CudaBuf};
 use crate::backend::{Buffers, DType, Dropout, Op, Tensor};
 use anyhow::{anyhow, Result};
@@ -94,9 +95,30 @@ impl Cuda {
         if let Some(f) = funcs.get(name) {
             return Ok(f.clone());
         }
-        let f = self.inner.modules.iter().find_map(|m| m.load_function(name).ok()).ok_or_else(|| anyhow!("no kernel named {name}"))?;
+        let family = compile::family(name).ok_or_else(|| anyhow!("no kernel family defines {name}"))?;
+        let m = self.module(family, compile::Variant::of(name))?;
+        let f = m.load_function(name).map_err(|e| anyhow!("no kernel named {name} in {family}.cu ({e:?})"))?;
         funcs.insert(name.to_string(), f.clone());
         Ok(f)
+    }
+
+    /// Variant `only` of kernel family `family`, compiled for the card (or read from the cache)
+    /// and loaded on first use.
+    fn module(&self, family: &'static str, only: compile::Variant) -> Result<std::sync::Arc<cudarc::driver::CudaModule>> {
+        let mut modules = self.inner.modules.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = modules.get(&(family, only)) {
+            return Ok(m.clone());
+        }
+        let src = compile::SOURCES.iter().find(|(n, _)| *n == family).map(|&(_, s)| s).expect("a family of SOURCES");
+        let bin = compile::cubin(family, src, self.inner.card.cc, Some(only), compile::cache_dir().as_deref())?;
+        compile::check_cubin(family, &bin)?;
+        let m = self
+            .inner
+            .ctx
+            .load_module(cudarc::nvrtc::Ptx::from_binary(bin))
+            .map_err(|e| anyhow!("loading kernels {family}.cu ({only:?}): {e:?}"))?;
+        modules.insert((family, only), m.clone());
+        Ok(m)
     }
 
     /// Attention backward's row-dot scratch, at least `n` floats.
@@ -347,7 +369,7 @@ pub fn linear_dw(n: usize, ic: usize, oc: usize, dw: (u64, DType), dout: (u64, D
     }
 }
 
-/// The head sizes the tiled attention kernels are compiled for (`TILED_FOR_STORAGE` in
+/// The head sizes the tiled attention kernels are compiled for (`FOR_STORAGE(TILED_<HS>)` in
 /// kernels/attention.cu).
 const TILED_HS: [usize; 4] = [8, 16, 32, 64];
 
@@ -401,20 +423,31 @@ mod tests {
         let typed = regex::Regex::new(r#"format!\("([a-z_]+)_\{s?\}""#).unwrap();
         let plain = regex::Regex::new(r#"launch\("([a-z_]+)""#).unwrap();
         let mut n = 0;
+        // and the family `compile::family` compiles it from is the one that defines it
+        let family_source = |kernel: &str| {
+            let f = compile::family(kernel).unwrap_or_else(|| panic!("no family for {kernel}"));
+            compile::SOURCES.iter().find(|(n, _)| *n == f).unwrap().1
+        };
         for c in typed.captures_iter(me) {
             let want = format!("void {}_##S(", &c[1]);
-            assert!(sources.contains(&want), "no kernel source defines {want}");
+            assert!(family_source(&format!("{}_bf16", &c[1])).contains(&want), "its family's source does not define {want}");
             n += 1;
         }
         for c in plain.captures_iter(me) {
             let want = format!("void {}(", &c[1]);
-            assert!(sources.contains(&want), "no kernel source defines {want}");
+            assert!(family_source(&c[1]).contains(&want), "its family's source does not define {want}");
             n += 1;
         }
+        assert_eq!(compile::storage("attention_forward_tiled64_bf16"), Some("bf16"));
+        assert_eq!(compile::storage("adamw_f16"), Some("f16"));
+        assert_eq!(compile::storage("add_partials"), None);
+        assert_eq!(compile::Variant::of("attention_backward_kv_tiled64_f16"), compile::Variant { storage: "f16", tiled: 64 });
+        assert_eq!(compile::Variant::of("attention_decode_bf16"), compile::Variant { storage: "bf16", tiled: 0 });
+        assert_eq!(compile::Variant::of("add_mean_loss"), compile::Variant { storage: "f32", tiled: 0 });
         assert!(n >= 20, "found only {n} launches: has this test's pattern gone stale?");
         // the tiled attention kernels, named with their head size
         for hs in TILED_HS {
-            assert!(sources.contains(&format!("TILED_FOR_STORAGE({hs})")), "no tiled attention kernels for heads of {hs}");
+            assert!(sources.contains(&format!("FOR_STORAGE(TILED_{hs})")), "no tiled attention kernels for heads of {hs}");
         }
         for k in ["attention_forward_tiled", "attention_backward_q_tiled", "attention_backward_kv_tiled"] {
             assert!(me.contains(&format!("\"{k}{{hs}}_")) && sources.contains(&format!("void {k}##HS##_##S(")), "{k}");

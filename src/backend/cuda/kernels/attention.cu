@@ -368,8 +368,20 @@ extern "C" __global__ void attention_backward_kv_tiled##HS##_##S(T* dqkv, const 
                                                                  const float* stats, u32 b, u32 t, u32 c, u32 nh, float p, u64 key) { \
     attn_backward_kv_tiled<T, HS>(dqkv, rowdot, dout, qkv, stats, b, t, c, nh, p, key); \
 }
-#define TILED_FOR_STORAGE(HS) TILED_KERNELS(float, f32, HS) TILED_KERNELS(bf16_t, bf16, HS) TILED_KERNELS(f16_t, f16, HS)
-TILED_FOR_STORAGE(8)
-TILED_FOR_STORAGE(16)
-TILED_FOR_STORAGE(32)
-TILED_FOR_STORAGE(64)
+#define TILED_8(T, S) TILED_KERNELS(T, S, 8)
+#define TILED_16(T, S) TILED_KERNELS(T, S, 16)
+#define TILED_32(T, S) TILED_KERNELS(T, S, 32)
+#define TILED_64(T, S) TILED_KERNELS(T, S, 64)
+// (compile.rs compiles the head size a run uses alone: TILED_ONLY = 8, 16, 32, 64, or 0 for none)
+#if !defined(TILED_ONLY) || TILED_ONLY == 8
+FOR_STORAGE(TILED_8)
+#endif
+#if !defined(TILED_ONLY) || TILED_ONLY == 16
+FOR_STORAGE(TILED_16)
+#endif
+#if !defined(TILED_ONLY) || TILED_ONLY == 32
+FOR_STORAGE(TILED_32)
+#endif
+#if !defined(TILED_ONLY) || TILED_ONLY == 64
+FOR_STORAGE(TILED_64)
+#endif

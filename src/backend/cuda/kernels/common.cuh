@@ -95,5 +95,15 @@ __device__ float block_max(float x, float* shared) {
     return warp_max(x);
 }
 
-// Instantiates `NAME_f32`, `NAME_bf16`, `NAME_f16` from a macro `NAME##_KERNEL(T, S)`.
+// Instantiates `NAME_f32`, `NAME_bf16`, `NAME_f16` from a macro `NAME##_KERNEL(T, S)`. A source
+// compiled with ONLY_F32, ONLY_BF16 or ONLY_F16 defined instantiates that storage type's alone
+// (compile.rs: a run compiles the kernels of the types it uses, when it first uses them).
+#if defined(ONLY_F32)
+#define FOR_STORAGE(K) K(float, f32)
+#elif defined(ONLY_BF16)
+#define FOR_STORAGE(K) K(bf16_t, bf16)
+#elif defined(ONLY_F16)
+#define FOR_STORAGE(K) K(f16_t, f16)
+#else
 #define FOR_STORAGE(K) K(float, f32) K(bf16_t, bf16) K(f16_t, f16)
+#endif
