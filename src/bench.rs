@@ -327,6 +327,12 @@ impl<B: Backend> Backend for Timed<'_, B> {
     fn memory_use(&self) -> Option<crate::backend::MemoryUse> {
         self.inner.memory_use()
     }
+    fn auto_precision(&self) -> Precision {
+        self.inner.auto_precision()
+    }
+    fn has_tf32(&self) -> bool {
+        self.inner.has_tf32()
+    }
     fn run(&self, bufs: &mut Buffers<Self::Buf>, op: &Op) -> Result<()> {
         let seconds = self.inner.run_timed(bufs, op)?;
         self.timer.add(op.name(), seconds, op_bytes(op));

@@ -250,9 +250,10 @@ pub const PRESETS: &[Preset] = &[
     ),
     (
         "shakespeare-char-cpu",
-        "nanoGPT README's CPU run: shakespeare-char at 4x128, block 64, batch 12, 2000 iters",
+        "nanoGPT README's CPU run: shakespeare-char at 4x128, block 64, batch 12, 2000 iters, on the CPU",
         Some("shakespeare-char"),
         &[
+            ("device", "\"cpu\""),
             ("eval_iters", "20"),
             ("log_interval", "1"),
             ("block_size", "64"),
@@ -658,6 +659,8 @@ mod tests {
         assert_eq!((c.n_layer, c.n_head, c.n_embd, c.block_size, c.batch_size), (4, 4, 128, 64, 12));
         assert_eq!((c.gradient_accumulation_steps, c.warmup_iters, c.eval_interval, c.max_iters), (1, 100, 250, 2000));
         assert_eq!((c.learning_rate, c.beta2, c.min_lr, c.dropout, c.eval_iters), (1e-3, 0.99, 1e-4, 0.0, 20));
+        // nanoGPT's README runs it with --device=cpu
+        assert_eq!(c.device, "cpu");
     }
 
     #[test]

@@ -187,4 +187,15 @@ pub trait Backend: Send + Sync {
     fn memory_use(&self) -> Option<MemoryUse> {
         None
     }
+
+    /// What `dtype = 'auto'` means here, nanoGPT's choice: float32 (the CPU); a GPU says
+    /// bfloat16 where the card has it, else float16.
+    fn auto_precision(&self) -> Precision {
+        Precision::F32
+    }
+
+    /// Whether `dtype = 'tfloat32'` (TF32 tensor-core matmuls) exists here.
+    fn has_tf32(&self) -> bool {
+        false
+    }
 }

@@ -142,13 +142,9 @@ pub fn check_device(cfg: &Config) -> Result<Precision> {
 /// `dtype = 'auto'` (the default) is nanoGPT's choice: on a GPU bfloat16 where the card has it
 /// (compute capability 8.0 and up), else float16; on the CPU float32.
 pub fn resolve_device(cfg: &Config) -> Result<(Precision, Selected)> {
-    let auto = cfg.dtype.eq_ignore_ascii_case("auto");
-    let dtype = if auto {
-        Precision::F32
-    } else {
-        Precision::parse(&cfg.dtype)
-            .with_context(|| format!("unknown dtype `{}` (auto, float32, tfloat32, float16, bfloat16)", cfg.dtype))?
-    };
+    let named = dtype(cfg)?;
+    let auto = named.is_none();
+    let dtype = named.unwrap_or(Precision::F32);
     let selected = cuda::select::select(&cfg.device, dtype)?;
     let dtype = match &selected {
         Selected::Cuda { ordinal, .. } if auto => {
@@ -162,9 +158,34 @@ pub fn resolve_device(cfg: &Config) -> Result<(Precision, Selected)> {
         _ => dtype,
     };
     if matches!(selected, Selected::Cpu { .. }) && dtype == Precision::Tf32 {
-        bail!("dtype `{}` is a GPU matmul mode the CPU backend does not have; use `--set dtype=float32` (or bfloat16, float16)", cfg.dtype);
+        bail!(no_tf32(cfg));
     }
     Ok((dtype, selected))
+}
+
+/// The config's dtype, None for `auto`.
+fn dtype(cfg: &Config) -> Result<Option<Precision>> {
+    if cfg.dtype.eq_ignore_ascii_case("auto") {
+        return Ok(None);
+    }
+    let p = Precision::parse(&cfg.dtype)
+        .with_context(|| format!("unknown dtype `{}` (auto, float32, tfloat32, float16, bfloat16)", cfg.dtype))?;
+    Ok(Some(p))
+}
+
+fn no_tf32(cfg: &Config) -> String {
+    format!("dtype `{}` is a GPU matmul mode the CPU backend does not have; use `--set dtype=float32` (or bfloat16, float16)", cfg.dtype)
+}
+
+/// The run's precision on the backend it has been given: the config's dtype, `auto` as that
+/// backend resolves it (not as `device` would resolve on this machine: a caller may hand the
+/// loop a CPU backend on a machine with a GPU).
+pub fn precision_on<B: Backend>(cfg: &Config, backend: &B) -> Result<Precision> {
+    match dtype(cfg)? {
+        None => Ok(backend.auto_precision()),
+        Some(Precision::Tf32) if !backend.has_tf32() => bail!(no_tf32(cfg)),
+        Some(p) => Ok(p),
+    }
 }
 
 /// A backend the config names, opened.
@@ -503,5 +524,18 @@ mod tests {
             }
         });
         assert!(r.is_ok() && tries == 2);
+    }
+
+    /// A run's precision follows the backend it is handed, not what `device` would pick on this
+    /// machine: an `auto` run on the CPU backend is float32 even where a GPU (or the CUDA
+    /// emulator, loaded by another test of the same process) makes `auto` mean bf16.
+    #[test]
+    fn the_precision_is_the_given_backends() {
+        let with = |dtype: &str| Config { dtype: dtype.into(), device: "auto".into(), ..Config::default() };
+        assert_eq!(precision_on(&with("auto"), &Cpu::FAST).unwrap(), Precision::F32);
+        assert_eq!(precision_on(&with("bfloat16"), &Cpu::FAST).unwrap(), Precision::Bf16);
+        let e = precision_on(&with("tfloat32"), &Cpu::FAST).unwrap_err().to_string();
+        assert!(e.contains("GPU matmul mode"), "{e}");
+        assert!(precision_on(&with("float8"), &Cpu::FAST).is_err());
     }
 }

@@ -79,7 +79,7 @@ impl<'a, B: Backend> Session<'a, B> {
 
         // telemetry: one FLOPs model, the real peak of the device the backend runs on, at the
         // run's precision
-        let precision = super::check_device(cfg)?;
+        let precision = super::precision_on(cfg, &backend)?;
         let dev = backend.device(precision);
         let peak = if cfg.peak_tflops > 0.0 { Some(cfg.peak_tflops * 1e12) } else { dev.peak_flops };
         let peak_source = if cfg.peak_tflops > 0.0 { "--set peak_tflops".to_string() } else { dev.peak_source.clone() };

@@ -336,6 +336,18 @@ impl Backend for Cuda {
         })
     }
 
+    fn auto_precision(&self) -> Precision {
+        if self.inner.card.cc >= select::BF16_CC {
+            Precision::Bf16
+        } else {
+            Precision::F16
+        }
+    }
+
+    fn has_tf32(&self) -> bool {
+        true
+    }
+
     fn synchronize(&self) -> Result<()> {
         self.inner.stream.synchronize().map_err(|e| anyhow!("cuda:{}: a kernel or copy failed ({e:?})", self.inner.card.ordinal))
     }
