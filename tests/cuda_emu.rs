@@ -9,49 +9,8 @@
 
 mod common;
 
-use common::{gptrain_env, skipped, tmp, CUDA_EMU};
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-
-/// The emulator's folder, or why there is none.
-fn emulator() -> Result<PathBuf, String> {
-    static EMU: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    EMU.get_or_init(|| {
-        if let Some(d) = std::env::var_os(CUDA_EMU).filter(|d| !d.is_empty()) {
-            return Ok(PathBuf::from(d));
-        }
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cuda-emu");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/cuda-emu/build.sh");
-        let out = std::process::Command::new("bash").arg(&script).arg(&dir).output().map_err(|e| format!("bash: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "tools/cuda-emu/build.sh failed (a C++17 compiler is needed): {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(dir)
-    })
-    .clone()
-}
-
-/// Runs `gptrain ARGS` in `dir` with the emulator as its CUDA (kernels cached beside it).
-fn on_emu(emu: &Path, args: &[&str], dir: &Path) -> (i32, String, String) {
-    let e = emu.to_str().expect("a UTF-8 path");
-    let cache = emu.join("cache");
-    gptrain_env(args, dir, &[("LD_LIBRARY_PATH", Some(e)), ("GPTRAIN_CUDA_LIB_DIR", Some(e)), ("XDG_CACHE_HOME", cache.to_str())])
-}
-
-/// The emulator, or None after saying the test was skipped.
-fn emu_or_skip(test: &str) -> Option<PathBuf> {
-    match emulator() {
-        Ok(d) => Some(d),
-        Err(why) if std::env::var_os(CUDA_EMU).is_some() => panic!("{CUDA_EMU} is set: {why}"),
-        Err(why) => {
-            skipped(test, &why);
-            None
-        }
-    }
-}
+use common::{emu_or_skip, on_emu, tmp};
+use std::path::Path;
 
 /// A small model on the built-in Shakespeare, logged every iteration, dropout on.
 const SMALL: [&str; 21] = [
@@ -94,7 +53,7 @@ fn train(emu: &Path, dir: &Path, extra: &[&str]) -> String {
     for s in extra {
         args.extend(["--set", s]);
     }
-    let (code, out, err) = on_emu(emu, &args, dir);
+    let (code, out, err) = on_emu(emu, &args, dir, &[]);
     assert_eq!(code, 0, "gptrain {}:\n{out}\n{err}", args.join(" "));
     out
 }
@@ -103,16 +62,16 @@ fn train(emu: &Path, dir: &Path, extra: &[&str]) -> String {
 fn check_passes_on_the_emulated_gpu() {
     let Some(emu) = emu_or_skip("check_passes_on_the_emulated_gpu") else { return };
     let d = tmp("emu-check");
-    let (code, out, err) = on_emu(&emu, &["check", "--device", "cuda", "--dtype", "all"], &d);
+    let (code, out, err) = on_emu(&emu, &["check", "--device", "cuda", "--dtype", "all"], &d, &[]);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("cuda:0: cuda-emu"), "{out}");
     assert!(out.contains("summary: 120 passed, 0 failed, 0 skipped (fp32, bf16, fp16)"), "{out}");
     // `estimate` without --device takes this machine's GPU: one not in the table is named,
     // with the way out; given a peak, it estimates for it
-    let (code, _, err) = on_emu(&emu, &["estimate", "--preset", "shakespeare-char"], &d);
+    let (code, _, err) = on_emu(&emu, &["estimate", "--preset", "shakespeare-char"], &d, &[]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("this machine's GPU, cuda-emu") && err.contains("--peak-tflops") && err.lines().count() == 1, "{err}");
-    let (code, out, err) = on_emu(&emu, &["estimate", "--preset", "shakespeare-char", "--peak-tflops", "100"], &d);
+    let (code, out, err) = on_emu(&emu, &["estimate", "--preset", "shakespeare-char", "--peak-tflops", "100"], &d, &[]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("device: cuda-emu") && out.contains("bf16 peak 100.0 TFLOP/s"), "{out}");
     std::fs::remove_dir_all(d).ok();
@@ -146,7 +105,7 @@ fn fp32_training_on_the_gpu_follows_the_cpu_and_repeats_bitwise() {
     // and samples on either (the GPU's with its KV cache on the device)
     for device in ["device=cpu", "device=cuda"] {
         let args = ["sample", "--set", "out_dir=gpu", "--set", device, "--set", "num_samples=1", "--set", "max_new_tokens=20"];
-        let (code, out, err) = on_emu(&emu, &args, &d);
+        let (code, out, err) = on_emu(&emu, &args, &d, &[]);
         assert_eq!(code, 0, "{device}: {out}\n{err}");
         assert!(out.contains("---------------"), "{device}: {out}");
     }
@@ -255,8 +214,6 @@ fn the_emulator_catches_deadlocks_and_out_of_bounds_accesses() {
 fn a_step_uploads_tokens_once_per_micro_batch_and_reads_back_once() {
     let Some(emu) = emu_or_skip("a_step_uploads_tokens_once_per_micro_batch_and_reads_back_once") else { return };
     let d = tmp("emu-copies");
-    let e = emu.to_str().unwrap();
-    let cache = emu.join("cache");
     let args = [
         "train",
         "--set",
@@ -284,13 +241,7 @@ fn a_step_uploads_tokens_once_per_micro_batch_and_reads_back_once() {
         "--set",
         "out_dir=out",
     ];
-    let env = [
-        ("LD_LIBRARY_PATH", Some(e)),
-        ("GPTRAIN_CUDA_LIB_DIR", Some(e)),
-        ("XDG_CACHE_HOME", cache.to_str()),
-        ("GPTRAIN_EMU_TRACE", Some("1")),
-    ];
-    let (code, out, err) = gptrain_env(&args, &d, &env);
+    let (code, out, err) = on_emu(&emu, &args, &d, &[("GPTRAIN_EMU_TRACE", Some("1"))]);
     assert_eq!(code, 0, "{out}\n{err}");
     let copies = |what: &str, bytes: usize| err.lines().filter(|l| *l == format!("cuda-emu: {what} of {bytes} bytes")).count();
     // B x T tokens of inputs and of targets, u32: 4 x 16 x 2 x 4 bytes
@@ -317,8 +268,6 @@ fn a_step_uploads_tokens_once_per_micro_batch_and_reads_back_once() {
 fn running_out_of_gpu_memory_mid_run_is_one_line_and_keeps_the_checkpoints() {
     let Some(emu) = emu_or_skip("running_out_of_gpu_memory_mid_run_is_one_line_and_keeps_the_checkpoints") else { return };
     let d = tmp("emu-oom");
-    let e = emu.to_str().unwrap();
-    let cache = emu.join("cache");
     let run = |extra: &[&str], fail: Option<&str>| {
         let mut args = vec!["train"];
         for s in ["n_layer=1", "n_embd=32", "n_head=2", "block_size=16", "batch_size=4", "eval_interval=5", "eval_iters=1", "device=cuda"]
@@ -328,14 +277,7 @@ fn running_out_of_gpu_memory_mid_run_is_one_line_and_keeps_the_checkpoints() {
         {
             args.extend(["--set", s]);
         }
-        let env = [
-            ("LD_LIBRARY_PATH", Some(e)),
-            ("GPTRAIN_CUDA_LIB_DIR", Some(e)),
-            ("XDG_CACHE_HOME", cache.to_str()),
-            ("GPTRAIN_EMU_TRACE", Some("1")),
-            ("GPTRAIN_EMU_FAIL_ALLOC", fail),
-        ];
-        gptrain_env(&args, &d, &env)
+        on_emu(&emu, &args, &d, &[("GPTRAIN_EMU_TRACE", Some("1")), ("GPTRAIN_EMU_FAIL_ALLOC", fail)])
     };
     let (code, out, err) = run(&["max_iters=5"], None);
     assert_eq!(code, 0, "{out}\n{err}");

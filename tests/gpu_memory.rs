@@ -1,12 +1,13 @@
 //! The CUDA backend's memory against `perf::flops`'s GPU model: the bytes it allocates, counted
 //! exactly, within 10% of the model in every precision; and a run the card cannot hold is one
 //! error line naming the largest micro-batch that fits, before the model allocates anything.
-//! On the emulator (`GPTRAIN_CUDA_EMU`, see `common::cuda`) or a GPU; skipped, saying so,
-//! without either.
+//! In process on the emulator (`GPTRAIN_CUDA_EMU`, see `common::cuda`) or a GPU; through the
+//! binary on the emulator (`common::emulator`: built here when that variable names none);
+//! skipped, saying so, without either.
 
 mod common;
 
-use common::{gptrain_env, skipped, CUDA_EMU};
+use common::skipped;
 use gptrain::backend::Precision;
 use gptrain::model::ModelConfig;
 use gptrain::perf::flops::{self, Impl};
@@ -49,23 +50,18 @@ fn cuda_peak_is_within_10_percent_of_the_model_in_every_precision() {
 /// reports it too.
 #[test]
 fn the_binary_refuses_a_run_the_card_cannot_hold_and_reports_the_peak_of_one_it_can() {
-    let Some(emu) = std::env::var_os(CUDA_EMU).filter(|d| !d.is_empty()) else {
-        return skipped(
-            "the_binary_refuses_a_run_the_card_cannot_hold_and_reports_the_peak_of_one_it_can",
-            &format!("{CUDA_EMU} is not set (tools/cuda-emu/build.sh DIR, then {CUDA_EMU}=DIR)"),
-        );
+    let Some(emu) = common::emu_or_skip("the_binary_refuses_a_run_the_card_cannot_hold_and_reports_the_peak_of_one_it_can") else {
+        return;
     };
-    let emu = emu.to_str().expect("a UTF-8 path").to_string();
     let d = common::tmp("gpu-memory");
-    let env =
-        [("LD_LIBRARY_PATH", Some(emu.as_str())), ("GPTRAIN_CUDA_LIB_DIR", Some(emu.as_str())), ("GPTRAIN_EMU_MEMORY_GIB", Some("0.05"))];
+    let env = [("GPTRAIN_EMU_MEMORY_GIB", Some("0.05"))];
     let shape = ["--set", "device=cuda", "--set", "dtype=float32", "--set", "n_layer=2", "--set", "n_head=4", "--set", "n_embd=128"];
     let run = |extra: &[&str]| {
         let mut args = vec!["train"];
         args.extend(shape);
         args.extend(["--set", "out_dir=out", "--set", "eval_iters=1", "--set", "eval_interval=1000"]);
         args.extend(extra);
-        gptrain_env(&args, &d, &env)
+        common::on_emu(&emu, &args, &d, &env)
     };
     let (code, out, err) = run(&["--set", "block_size=128", "--set", "batch_size=64", "--set", "gradient_accumulation_steps=2"]);
     assert_eq!(code, 1, "{out}\n{err}");
@@ -97,7 +93,7 @@ fn the_binary_refuses_a_run_the_card_cannot_hold_and_reports_the_peak_of_one_it_
     // bench's JSON has the peak (tools/bench_gpu.py reads `peak_device_bytes`) beside the model
     let args =
         ["bench", "--set", "device=cuda", "--set", "n_layer=1", "--set", "n_embd=32", "--set", "block_size=16", "--set", "batch_size=2"];
-    let (code, out, err) = gptrain_env(&[&args[..], &["--steps", "1", "--warmup", "0", "--json"]].concat(), &d, &env);
+    let (code, out, err) = common::on_emu(&emu, &[&args[..], &["--steps", "1", "--warmup", "0", "--json"]].concat(), &d, &env);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     let (peak, model) = (v["peak_device_bytes"].as_u64().unwrap(), v["memory_model_bytes"].as_u64().unwrap());

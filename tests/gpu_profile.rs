@@ -1,10 +1,11 @@
 //! `bench --profile` on the CUDA backend: every op timed between CUDA events, and rated in
-//! TFLOP/s (matmul work) or GB/s (the rest). On the emulator (`GPTRAIN_CUDA_EMU`, see
-//! `common::cuda`) or a GPU; skipped, saying so, without either.
+//! TFLOP/s (matmul work) or GB/s (the rest). In process on the emulator (`GPTRAIN_CUDA_EMU`, see
+//! `common::cuda`) or a GPU; through the binary on the emulator (`common::emulator`: built here
+//! when that variable names none); skipped, saying so, without either.
 
 mod common;
 
-use common::{gptrain_env, skipped, CUDA_EMU};
+use common::skipped;
 use gptrain::backend::{Backend, Precision};
 use gptrain::model::ModelConfig;
 
@@ -67,30 +68,17 @@ fn cuda_profile_times_every_op_by_events_and_rates_it() {
 /// `--json` keeps `profile` as [name, ms] pairs beside `profile_rates`.
 #[test]
 fn the_binary_profiles_an_emulated_gpu_in_text_and_json() {
-    let Some(emu) = std::env::var_os(CUDA_EMU).filter(|d| !d.is_empty()) else {
-        return skipped(
-            "the_binary_profiles_an_emulated_gpu_in_text_and_json",
-            &format!("{CUDA_EMU} is not set (tools/cuda-emu/build.sh DIR, then {CUDA_EMU}=DIR)"),
-        );
-    };
-    let emu = emu.to_str().expect("a UTF-8 path").to_string();
+    let Some(emu) = common::emu_or_skip("the_binary_profiles_an_emulated_gpu_in_text_and_json") else { return };
     let d = common::tmp("gpu-profile");
-    // the caller's kernel cache, if it names one (else each run compiles in `d`)
-    let cache = std::env::var("XDG_CACHE_HOME").ok();
-    let env = [
-        ("LD_LIBRARY_PATH", Some(emu.as_str())),
-        ("GPTRAIN_CUDA_LIB_DIR", Some(emu.as_str())),
-        ("XDG_CACHE_HOME", Some(cache.as_deref().unwrap_or(d.to_str().unwrap()))),
-    ];
     let mut args = vec!["bench", "--set", "device=cuda", "--steps", "1", "--warmup", "1", "--profile"];
     args.extend(["--set", "n_layer=1", "--set", "n_head=2", "--set", "n_embd=32", "--set", "block_size=16", "--set", "batch_size=2"]);
-    let (code, out, err) = gptrain_env(&args, &d, &env);
+    let (code, out, err) = common::on_emu(&emu, &args, &d, &[]);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("device time per op (CUDA events)"), "{out}");
     let row = |k: &str| out.lines().find(|l| l.trim_start().starts_with(k)).unwrap_or_else(|| panic!("no row {k}: {out}")).to_string();
     assert!(row("matmul qkv").contains("TFLOP/s") && row("layernorm").contains("GB/s"), "{out}");
     args.push("--json");
-    let (code, out, err) = gptrain_env(&args, &d, &env);
+    let (code, out, err) = common::on_emu(&emu, &args, &d, &[]);
     assert_eq!(code, 0, "{out}\n{err}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).expect("stdout holds only the JSON object");
     let pairs = v["profile"].as_array().expect("profile: [name, ms] pairs");

@@ -78,6 +78,50 @@ pub fn skipped(test: &str, why: &str) {
 /// on that emulator (the CPU standing in for the driver, cuBLASLt and NVRTC) instead of a GPU.
 pub const CUDA_EMU: &str = "GPTRAIN_CUDA_EMU";
 
+/// The emulator's folder: the one [`CUDA_EMU`] names (`.ci/run` builds it), else one built here
+/// by `tools/cuda-emu/build.sh` (once per test process); or why there is none.
+pub fn emulator() -> Result<PathBuf, String> {
+    static EMU: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    EMU.get_or_init(|| {
+        if let Some(d) = std::env::var_os(CUDA_EMU).filter(|d| !d.is_empty()) {
+            return Ok(PathBuf::from(d));
+        }
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cuda-emu");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/cuda-emu/build.sh");
+        let out = Command::new("bash").arg(&script).arg(&dir).output().map_err(|e| format!("bash: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "tools/cuda-emu/build.sh failed (a C++17 compiler is needed): {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(dir)
+    })
+    .clone()
+}
+
+/// The emulator, or None after saying `test` was skipped (a failure when [`CUDA_EMU`] names one).
+pub fn emu_or_skip(test: &str) -> Option<PathBuf> {
+    match emulator() {
+        Ok(d) => Some(d),
+        Err(why) if std::env::var_os(CUDA_EMU).is_some() => panic!("{CUDA_EMU} is set: {why}"),
+        Err(why) => {
+            skipped(test, &why);
+            None
+        }
+    }
+}
+
+/// Runs `gptrain ARGS` in `dir` with the emulator `emu` as its CUDA (kernels cached beside it),
+/// and `env`'s variables set or removed as [`gptrain_env`] does.
+pub fn on_emu(emu: &Path, args: &[&str], dir: &Path, env: &[(&str, Option<&str>)]) -> (i32, String, String) {
+    let e = emu.to_str().expect("a UTF-8 path");
+    let cache = emu.join("cache");
+    let mut all = vec![("LD_LIBRARY_PATH", Some(e)), ("GPTRAIN_CUDA_LIB_DIR", Some(e)), ("XDG_CACHE_HOME", cache.to_str())];
+    all.extend_from_slice(env);
+    gptrain_env(args, dir, &all)
+}
+
 /// The backend the `cuda` tests run on: the emulator when [`CUDA_EMU`] names one, else the
 /// first usable GPU, else why not (for "skipped: ..."). A broken emulator fails the test.
 pub fn cuda() -> Result<gptrain::backend::cuda::Cuda, String> {
