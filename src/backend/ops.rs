@@ -152,13 +152,16 @@ pub struct Attention {
     pub drop: Dropout,
 }
 
-/// dqkv(B,T,3C) from dout(B,T,C), the forward's qkv and its stats.
+/// dqkv(B,T,3C) from dout(B,T,C), the forward's qkv, its stats and its output out(B,T,C).
+/// Each row's sum_j a_j dA_j is dout . out; the CUDA tensor-core kernels take it so (as
+/// FlashAttention-2 does), the other kernels sum it over the row's keys and do not read `out`.
 #[derive(Clone, Copy, Debug)]
 pub struct AttentionBackward {
     pub dqkv: Tensor,
     pub dout: Tensor,
     pub qkv: Tensor,
     pub stats: Tensor,
+    pub out: Tensor,
     pub n_head: usize,
     pub drop: Dropout,
 }
@@ -316,7 +319,7 @@ operands!(LayerNormBackward { out: [dinp, dw], out_opt: [db], ins: [dout, inp, m
 operands!(Matmul { out: [out], out_opt: [], ins: [inp, w], in_opt: [b] });
 operands!(MatmulBackward { out: [dinp, dw], out_opt: [db], ins: [dout, inp, w], in_opt: [] });
 operands!(Attention { out: [out, stats], out_opt: [], ins: [qkv], in_opt: [] });
-operands!(AttentionBackward { out: [dqkv], out_opt: [], ins: [dout, qkv, stats], in_opt: [] });
+operands!(AttentionBackward { out: [dqkv], out_opt: [], ins: [dout, qkv, stats, out], in_opt: [] });
 operands!(AttentionDecode { out: [out, k, v], out_opt: [], ins: [qkv], in_opt: [] });
 operands!(Gelu { out: [out], out_opt: [], ins: [inp], in_opt: [] });
 operands!(GeluBackward { out: [dinp], out_opt: [], ins: [dout, inp], in_opt: [] });

@@ -425,7 +425,7 @@ fn attention_cases(v: &mut Vec<Case>, (b, t, c, nh): (usize, usize, usize, usize
             let (qkv, fwd_out) = (l.t(Acts, &[b, t, 3 * c], Normal(1.0)), l.t(Acts, &[b, t, c], Normal(1.0)));
             let stats = l.t(Stats, &[b, nh, t, 2], Normal(1.0));
             let forward = Attention { out: fwd_out, stats, qkv, n_head: nh, drop };
-            let op = AttentionBackward { dqkv, dout, qkv, stats, n_head: nh, drop };
+            let op = AttentionBackward { dqkv, dout, qkv, stats, out: fwd_out, n_head: nh, drop };
             Spec::new(vec![op.into()], vec![("dqkv", dqkv, Write)]).after(forward.into())
         }));
     }

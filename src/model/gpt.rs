@@ -292,7 +292,7 @@ impl<B: Backend> Gpt<B> {
             let datty = g.atty.index(0);
             self.run(MatmulBackward { dinp: datty, dw: grad(w), db: ograd(b), dout: dattproj, inp: atty, w, role: Role::AttnProj })?;
             let (dqkv, stats, drop) = (g.qkv.index(0), a.att_stats.index(l), DropoutCtx::at(dropout, l, 1));
-            self.run(AttentionBackward { dqkv, dout: datty, qkv, stats, n_head: nh, drop })?;
+            self.run(AttentionBackward { dqkv, dout: datty, qkv, stats, out: atty, n_head: nh, drop })?;
             let (w, b) = (p.qkvw.index(l), p.qkvb.map(|x| x.index(l)));
             let dln1 = g.ln1.index(0);
             self.run(MatmulBackward { dinp: dln1, dw: grad(w), db: ograd(b), dout: dqkv, inp: ln1, w, role: Role::Qkv })?;

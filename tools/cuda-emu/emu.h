@@ -55,6 +55,7 @@ struct Block {
     unsigned dyn_bytes;
     void* sched_sp;
     uint64_t slot[MAX_THREADS]; // shuffle values, one per thread
+    uint32_t frag[MAX_THREADS][6]; // an mma's operands, one set per thread: A (4 words), B (2)
     Thread* cur;
     void (*body)();
     unsigned char* stacks;
@@ -243,6 +244,49 @@ inline unsigned ballot(bool pred) {
     for (unsigned i = first; i < first + 32 && i < b.n; i++) mask |= (b.slot[i] ? 1u : 0u) << (i - first);
     warp_barrier();
     return mask;
+}
+
+// `mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.f32` with D = C (in `d`): the warp's
+// D(16x8) += A(16x16) B(16x8), from the fragment layout of PTX ISA's "Matrix Fragments for
+// mma.m16n8k16 with floating point type". Lane 4g + t holds, each word two 16-bit values with
+// the lower column (A) or row (B) in its low half:
+//   a[0] = A[g][2t..2t+1], a[1] = A[g+8][2t..2t+1], a[2] = A[g][2t+8..2t+9], a[3] = A[g+8][2t+8..2t+9]
+//   b[0] = B[2t..2t+1][g], b[1] = B[2t+8..2t+9][g]
+//   d[0], d[1] = D[g][2t], D[g][2t+1];  d[2], d[3] = D[g+8][2t], D[g+8][2t+1]
+// The products are exact in double, summed over k in order and added to C, rounded once: the
+// hardware's order and rounding are unspecified, so a kernel may not depend on them. Every lane
+// of the warp must take part (a GPU requires it): an exited lane aborts the run.
+inline void mma16816(float* d, const uint32_t* a, const uint32_t* b, bool bf16) {
+    Block& bl = blk();
+    unsigned me = bl.cur->linear, lane = me % 32, first = me - lane;
+    for (unsigned i = first; i < first + 32; i++) {
+        if (i >= bl.n || bl.threads[i].state == DONE) {
+            std::fprintf(stderr, "cuda-emu: mma.sync in block (%u,%u,%u) without all 32 lanes of warp %u\n", bl.bid.x, bl.bid.y,
+                         bl.bid.z, me / 32);
+            std::abort();
+        }
+    }
+    for (int i = 0; i < 4; i++) bl.frag[me][i] = a[i];
+    bl.frag[me][4] = b[0];
+    bl.frag[me][5] = b[1];
+    warp_barrier();
+    auto value = [&](unsigned l, unsigned reg, unsigned hi) {
+        uint32_t w = bl.frag[first + l][reg];
+        uint16_t v = (uint16_t)(hi ? w >> 16 : w & 0xffffu);
+        return (double)(bf16 ? halfemu::bf16_to_f32(v) : halfemu::f16_to_f32(v));
+    };
+    auto A = [&](unsigned r, unsigned k) { return value((r % 8) * 4 + (k % 8) / 2, r / 8 + 2 * (k / 8), k % 2); };
+    auto B = [&](unsigned k, unsigned n) { return value(n * 4 + (k % 8) / 2, 4 + k / 8, k % 2); };
+    unsigned g = lane / 4, t = lane % 4;
+    float r[4];
+    for (unsigned i = 0; i < 4; i++) {
+        unsigned row = g + 8 * (i / 2), col = 2 * t + i % 2;
+        double acc = 0.0;
+        for (unsigned k = 0; k < 16; k++) acc += A(row, k) * B(k, col);
+        r[i] = (float)((double)d[i] + acc);
+    }
+    warp_barrier(); // nobody overwrites its operands before every lane has read them
+    for (int i = 0; i < 4; i++) d[i] = r[i];
 }
 
 using halfemu::bits_float;

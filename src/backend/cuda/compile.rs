@@ -15,10 +15,11 @@ use std::path::{Path, PathBuf};
 pub const COMMON: &str = include_str!("kernels/common.cuh");
 
 /// One source per kernel family: (name, CUDA C).
-pub const SOURCES: [(&str, &str); 7] = [
+pub const SOURCES: [(&str, &str); 8] = [
     ("encoder", include_str!("kernels/encoder.cu")),
     ("layernorm", include_str!("kernels/layernorm.cu")),
     ("attention", include_str!("kernels/attention.cu")),
+    ("attention_tc", include_str!("kernels/attention_tc.cu")),
     ("pointwise", include_str!("kernels/pointwise.cu")),
     ("classifier", include_str!("kernels/classifier.cu")),
     ("adamw", include_str!("kernels/adamw.cu")),
@@ -27,9 +28,10 @@ pub const SOURCES: [(&str, &str); 7] = [
 
 /// The family (a name of [`SOURCES`]) that defines kernel `kernel`, by its name's prefix.
 pub fn family(kernel: &str) -> Option<&'static str> {
-    const BY_PREFIX: [(&str, &str); 11] = [
+    const BY_PREFIX: [(&str, &str); 12] = [
         ("encoder_", "encoder"),
         ("layernorm_", "layernorm"),
+        ("attention_tc_", "attention_tc"), // before "attention_": the first prefix that matches wins
         ("attention_", "attention"),
         ("gelu_", "pointwise"),
         ("residual_", "pointwise"),
@@ -49,24 +51,26 @@ pub fn storage(kernel: &str) -> Option<&'static str> {
     ["f32", "bf16", "f16"].into_iter().find(|t| kernel.strip_suffix(t).is_some_and(|k| k.ends_with('_')))
 }
 
-/// The part of a family a run compiles at once: one storage type's kernels, and of the tiled
-/// attention kernels those for one head size (0: none).
+/// The part of a family a run compiles at once: one storage type's kernels, and of the
+/// attention kernels written for fixed head sizes (attention.cu's tiled ones, attention_tc.cu)
+/// those for one head size (0: none).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Variant {
     pub storage: &'static str,
-    pub tiled: u32,
+    pub head: u32,
 }
 
 impl Variant {
-    /// The variant that holds kernel `kernel` (an untyped kernel is in every one: f32's).
+    /// The variant that holds kernel `kernel` (an untyped kernel is in every one: f32's). The
+    /// head size is the number of a name's word `tiled<HS>` or `hs<HS>`.
     pub fn of(kernel: &str) -> Variant {
-        let tiled = kernel.split('_').find_map(|w| w.strip_prefix("tiled")?.parse().ok()).unwrap_or(0);
-        Variant { storage: storage(kernel).unwrap_or("f32"), tiled }
+        let head = kernel.split('_').find_map(|w| w.strip_prefix("tiled").or_else(|| w.strip_prefix("hs"))?.parse().ok()).unwrap_or(0);
+        Variant { storage: storage(kernel).unwrap_or("f32"), head }
     }
 
     /// The defines that select it.
     fn defines(&self) -> String {
-        format!("#define ONLY_{}\n#define TILED_ONLY {}\n", self.storage.to_uppercase(), self.tiled)
+        format!("#define ONLY_{}\n#define HEAD_ONLY {}\n", self.storage.to_uppercase(), self.head)
     }
 }
 
@@ -99,7 +103,7 @@ pub fn cubin(name: &str, src: &str, cc: (i32, i32), only: Option<Variant>, cache
         let a = crc32fast::hash(format!("sm_{}{} nvrtc {}.{} {:?} {only:?}", cc.0, cc.1, version.0, version.1, OPTIONS).as_bytes());
         ((h.finalize() as u64) << 32) | a as u64
     };
-    let part = only.map_or("all".to_string(), |v| if v.tiled > 0 { format!("{}-hs{}", v.storage, v.tiled) } else { v.storage.to_string() });
+    let part = only.map_or("all".to_string(), |v| if v.head > 0 { format!("{}-hs{}", v.storage, v.head) } else { v.storage.to_string() });
     let path = cache.map(|d| d.join(format!("{name}-{part}-sm_{}{}-{key:016x}.cubin", cc.0, cc.1)));
     if let Some(bin) = path.as_deref().and_then(read_entry) {
         return Ok(bin);

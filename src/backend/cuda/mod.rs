@@ -103,7 +103,20 @@ struct Inner {
     /// The device's free memory when the backend opened, after its context (bytes).
     free_at_open: Option<usize>,
     tf32: bool,
+    /// Whether bf16/f16 attention may run on the tensor-core kernels (`run.rs`); false when
+    /// `GPTRAIN_CUDA_ATTENTION=tiled` asks for the CUDA-core ones.
+    tensor_cores: bool,
     sms: usize,
+}
+
+/// `GPTRAIN_CUDA_ATTENTION`: `tensor` (or unset) lets bf16/f16 attention run on tensor cores,
+/// `tiled` keeps it on the CUDA-core kernels (to compare the two on one card).
+fn tensor_core_attention() -> Result<bool> {
+    match std::env::var("GPTRAIN_CUDA_ATTENTION").as_deref() {
+        Err(_) | Ok("") | Ok("tensor") => Ok(true),
+        Ok("tiled") => Ok(false),
+        Ok(other) => bail!("GPTRAIN_CUDA_ATTENTION={other:?}: use `tensor` (the default) or `tiled`"),
+    }
 }
 
 impl Cuda {
@@ -139,6 +152,7 @@ impl Cuda {
             memory,
             free_at_open,
             tf32,
+            tensor_cores: tensor_core_attention()?,
             sms,
         };
         Ok(Cuda { inner: Arc::new(inner) })

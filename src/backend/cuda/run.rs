@@ -222,6 +222,12 @@ impl Cuda {
             }
             Op::Attention(a) => {
                 let (b, t, c) = bt_c(a.qkv, a.n_head);
+                if let Some(hs) = self.tensor_core_attention(b, c, a.n_head, a.qkv.dtype) {
+                    let [dp, key] = drop_args(a.drop);
+                    let args = [p(a.out), p(a.stats), p(a.qkv), u32_(t), u32_(c), u32_(a.n_head), dp, key];
+                    let name = format!("attention_tc_forward_hs{hs}_{}", sfx(a.qkv.dtype));
+                    return self.launch(&name, (blocks(t, 64), (b * a.n_head) as u32), (128, 1), 0, &args);
+                }
                 if let Some(hs) = tiled(b, c, a.n_head) {
                     let [dp, key] = drop_args(a.drop);
                     let args = [p(a.out), p(a.stats), p(a.qkv), u32_(b), u32_(t), u32_(c), u32_(a.n_head), dp, key];
@@ -240,6 +246,13 @@ impl Cuda {
                 let rowdot = Arg::P(self.rowdot(rows)?);
                 let s = sfx(a.qkv.dtype);
                 let [dp, key] = drop_args(a.drop);
+                if let Some(hs) = self.tensor_core_attention(b, c, a.n_head, a.qkv.dtype) {
+                    let (grid, (nh, tt, cc)) = ((blocks(t, 64), (b * a.n_head) as u32), (u32_(a.n_head), u32_(t), u32_(c)));
+                    let args = [p(a.dqkv), rowdot, p(a.dout), p(a.out), p(a.qkv), p(a.stats), tt, cc, nh, dp, key];
+                    self.launch(&format!("attention_tc_backward_q_hs{hs}_{s}"), grid, (128, 1), 0, &args)?;
+                    let args = [p(a.dqkv), rowdot, p(a.dout), p(a.qkv), p(a.stats), tt, cc, nh, dp, key];
+                    return self.launch(&format!("attention_tc_backward_kv_hs{hs}_{s}"), grid, (128, 1), 0, &args);
+                }
                 let args = [p(a.dqkv), rowdot, p(a.dout), p(a.qkv), p(a.stats), u32_(b), u32_(t), u32_(c), u32_(a.n_head), dp, key];
                 if let Some(hs) = tiled(b, c, a.n_head) {
                     let bh = (b * a.n_head) as u32;
@@ -380,6 +393,31 @@ fn tiled(b: usize, c: usize, n_head: usize) -> Option<usize> {
     (TILED_HS.contains(&hs) && b * n_head <= 65535).then_some(hs)
 }
 
+/// The head sizes the tensor-core attention kernels are compiled for (`TC_KERNELS(.., HS)` in
+/// kernels/attention_tc.cu).
+const TENSOR_CORE_HS: [usize; 3] = [16, 32, 64];
+
+/// The lowest compute capability of the tensor-core attention kernels' products in f16
+/// (`mma.m16n8k8`, Turing); bf16 needs `mma.m16n8k16.bf16` (Ampere, [`select::BF16_CC`]).
+const TENSOR_CORE_F16_CC: (i32, i32) = (7, 5);
+
+impl Cuda {
+    /// The head size, when attention of this shape and storage type runs on the tensor-core
+    /// kernels: bf16 or f16 (f32 stays true f32), a head size they are compiled for, a card
+    /// with the products they use, B x NH within a grid's y dimension, and not turned off by
+    /// `GPTRAIN_CUDA_ATTENTION=tiled` (to measure one against the other).
+    fn tensor_core_attention(&self, b: usize, c: usize, n_head: usize, dtype: DType) -> Option<usize> {
+        let hs = c / n_head;
+        let cc = self.inner.card.cc;
+        let card = match dtype {
+            DType::Bf16 => cc >= super::select::BF16_CC,
+            DType::F16 => cc >= TENSOR_CORE_F16_CC,
+            _ => false,
+        };
+        (card && self.inner.tensor_cores && TENSOR_CORE_HS.contains(&hs) && b * n_head <= 65535).then_some(hs)
+    }
+}
+
 /// (B, T, C) of a qkv(B, T, 3C) tensor, and a check that a head fits the attention kernels
 /// (at most 256 channels: eight per lane of a warp).
 fn bt_c(qkv: Tensor, n_head: usize) -> (usize, usize, usize) {
@@ -441,9 +479,9 @@ mod tests {
         assert_eq!(compile::storage("attention_forward_tiled64_bf16"), Some("bf16"));
         assert_eq!(compile::storage("adamw_f16"), Some("f16"));
         assert_eq!(compile::storage("add_partials"), None);
-        assert_eq!(compile::Variant::of("attention_backward_kv_tiled64_f16"), compile::Variant { storage: "f16", tiled: 64 });
-        assert_eq!(compile::Variant::of("attention_decode_bf16"), compile::Variant { storage: "bf16", tiled: 0 });
-        assert_eq!(compile::Variant::of("add_mean_loss"), compile::Variant { storage: "f32", tiled: 0 });
+        assert_eq!(compile::Variant::of("attention_backward_kv_tiled64_f16"), compile::Variant { storage: "f16", head: 64 });
+        assert_eq!(compile::Variant::of("attention_decode_bf16"), compile::Variant { storage: "bf16", head: 0 });
+        assert_eq!(compile::Variant::of("add_mean_loss"), compile::Variant { storage: "f32", head: 0 });
         assert!(n >= 20, "found only {n} launches: has this test's pattern gone stale?");
         // the tiled attention kernels, named with their head size
         for hs in TILED_HS {
@@ -452,6 +490,15 @@ mod tests {
         for k in ["attention_forward_tiled", "attention_backward_q_tiled", "attention_backward_kv_tiled"] {
             assert!(me.contains(&format!("\"{k}{{hs}}_")) && sources.contains(&format!("void {k}##HS##_##S(")), "{k}");
         }
+        // the tensor-core ones, in their own family, for 16-bit storage and their head sizes
+        for hs in TENSOR_CORE_HS {
+            assert!(sources.contains(&format!("TC_FOR(TC_{hs})")), "no tensor-core attention kernels for heads of {hs}");
+        }
+        for k in ["attention_tc_forward_hs", "attention_tc_backward_q_hs", "attention_tc_backward_kv_hs"] {
+            assert!(me.contains(&format!("\"{k}{{hs}}_")) && sources.contains(&format!("void {k}##HS##_##S(")), "{k}");
+            assert_eq!(compile::family(&format!("{k}64_bf16")), Some("attention_tc"));
+        }
+        assert_eq!(compile::Variant::of("attention_tc_forward_hs32_bf16"), compile::Variant { storage: "bf16", head: 32 });
     }
 
     #[test]

@@ -172,8 +172,6 @@ FOR_STORAGE(ATTENTION_KERNELS)
 #define BR 64
 #define BC 32
 
-__device__ __forceinline__ u32 umin(u32 a, u32 b) { return a < b ? a : b; }
-
 template <typename T, int HS>
 __device__ void attn_forward_tiled(T* out, float* stats, const T* qkv, u32 b, u32 t, u32 c, u32 nh, float p, u64 key) {
     __shared__ float ks[BC][HS];
@@ -372,16 +370,16 @@ extern "C" __global__ void attention_backward_kv_tiled##HS##_##S(T* dqkv, const 
 #define TILED_16(T, S) TILED_KERNELS(T, S, 16)
 #define TILED_32(T, S) TILED_KERNELS(T, S, 32)
 #define TILED_64(T, S) TILED_KERNELS(T, S, 64)
-// (compile.rs compiles the head size a run uses alone: TILED_ONLY = 8, 16, 32, 64, or 0 for none)
-#if !defined(TILED_ONLY) || TILED_ONLY == 8
+// (compile.rs compiles the head size a run uses alone: HEAD_ONLY = 8, 16, 32, 64, or 0 for none)
+#if !defined(HEAD_ONLY) || HEAD_ONLY == 8
 FOR_STORAGE(TILED_8)
 #endif
-#if !defined(TILED_ONLY) || TILED_ONLY == 16
+#if !defined(HEAD_ONLY) || HEAD_ONLY == 16
 FOR_STORAGE(TILED_16)
 #endif
-#if !defined(TILED_ONLY) || TILED_ONLY == 32
+#if !defined(HEAD_ONLY) || HEAD_ONLY == 32
 FOR_STORAGE(TILED_32)
 #endif
-#if !defined(TILED_ONLY) || TILED_ONLY == 64
+#if !defined(HEAD_ONLY) || HEAD_ONLY == 64
 FOR_STORAGE(TILED_64)
 #endif

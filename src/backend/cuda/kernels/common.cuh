@@ -28,6 +28,8 @@ __device__ __forceinline__ float load(f16_t x) {
 #endif
 }
 
+__device__ __forceinline__ u32 umin(u32 a, u32 b) { return a < b ? a : b; }
+
 template <typename T> __device__ __forceinline__ T store(float x);
 template <> __device__ __forceinline__ float store<float>(float x) { return x; }
 template <> __device__ __forceinline__ bf16_t store<bf16_t>(float x) {

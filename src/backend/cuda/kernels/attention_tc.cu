@@ -1,0 +1,453 @@
+// Causal self-attention on tensor cores, for bf16/f16 storage and heads of 16, 32 or 64
+// channels (every GPT-2 size has 64): the same results as attention.cu's kernels, within the rounding of the 16-bit
+// operands below. FlashAttention-2's scheme: the forward keeps each block's query rows, their
+// running max and sum and their output in registers, and streams key/value tiles through shared
+// memory; no T x T matrix, no atomics, so a run is bitwise repeatable.
+//
+// Products are `mma.sync.aligned.m16n8k16` (sm_80 and newer, bf16 and f16; two m16n8k8 on
+// sm_75, f16 only): a warp multiplies A(16x16) by B(16x8) into an f32 accumulator. Fragment
+// layout (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point type"), for lane
+// 4g + t, each u32 two 16-bit values with the lower column (A) or row (B) in its low half:
+//   A: a[0] = A[g][2t..2t+1], a[1] = A[g+8][2t..], a[2] = A[g][2t+8..], a[3] = A[g+8][2t+8..]
+//   B: b[0] = B[2t..2t+1][g], b[1] = B[2t+8..2t+9][g]
+//   C: c[0], c[1] = C[g][2t], C[g][2t+1];  c[2], c[3] = C[g+8][2t], C[g+8][2t+1]
+// Two C tiles side by side (keys 0-7 and 8-15) are, rounded to 16 bits, exactly the A fragment
+// of the next product: probabilities go from the score product into the value product without
+// leaving registers.
+//
+// What is rounded to 16 bits beyond the CPU backend's bf16/f16 path: the probabilities before
+// p.v, and in the backward a_j (dA_j - rowdot) before it multiplies k and q. Everything else
+// (scores, max, sums, softmax, accumulators) is f32, as on the CPU.
+//
+// Blocks: 4 warps, 16 query rows (or keys) each. Shared tiles: 64 rows of HS channels, rows
+// padded by 8 values so that a fragment's 32 reads fall in 32 different banks; a tile a
+// product reads along its rows is also kept transposed.
+
+#define TC_WARP_ROWS 16
+#define TC_ROWS 64 // query rows (forward, backward q) or keys (backward kv) per block
+#define TC_TILE 64 // keys (or queries) per shared tile
+#define TC_PAD 8
+
+// Two 16-bit values at p (4-byte aligned) as one word.
+template <typename T> __device__ __forceinline__ u32 ld32(const T* p) { return *reinterpret_cast<const u32*>(p); }
+template <typename T> __device__ __forceinline__ void st32(T* p, u32 v) { *reinterpret_cast<u32*>(p) = v; }
+// lo and hi rounded into one word (lo in the low half).
+template <typename T> __device__ __forceinline__ u32 pack(float lo, float hi) {
+    return (u32)store<T>(lo).bits | ((u32)store<T>(hi).bits << 16);
+}
+template <typename T> __device__ __forceinline__ T half_of(u32 w, int hi) {
+    T r;
+    r.bits = (unsigned short)(hi ? w >> 16 : w & 0xffffu);
+    return r;
+}
+
+// d(16x8) += a(16x16) b(16x8), fragments as above.
+template <typename T> __device__ __forceinline__ void mma(float* d, const u32* a, const u32* b);
+template <> __device__ __forceinline__ void mma<bf16_t>(float* d, const u32* a, const u32* b) {
+#if defined(GPTRAIN_EMU)
+    emu::mma16816(d, a, b, true);
+#elif __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+    asm volatile("trap;"); // bf16 needs sm_80: the backend never launches this kernel on an older card
+#endif
+}
+template <> __device__ __forceinline__ void mma<f16_t>(float* d, const u32* a, const u32* b) {
+#if defined(GPTRAIN_EMU)
+    emu::mma16816(d, a, b, false);
+#elif __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else // sm_75: the k = 0..7 half, then k = 8..15 (m16n8k8 takes a[0..1] and b[0] of the same layout)
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(b[0]));
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[2]), "r"(a[3]), "r"(b[1]));
+#endif
+}
+
+// B fragment of columns n0..n0+7, k = k0..k0+15, from a shared tile s[n][k] (row stride ld):
+// B[k][n] = s[n][k], so each word is two neighbours of one row.
+template <typename T> __device__ __forceinline__ void frag_b(u32* b, const T* s, u32 ld, u32 n0, u32 k0, u32 g, u32 tq) {
+    const T* r = s + (n0 + g) * ld + k0 + 2 * tq;
+    b[0] = ld32(r);
+    b[1] = ld32(r + 8);
+}
+
+// A fragments of 16 rows r0.. (HS channels) of a row-major matrix at x (row stride ld), rows
+// at or past t zero.
+template <typename T, int HS>
+__device__ __forceinline__ void frag_a_rows(u32 (*a)[4], const T* x, u64 ld, u32 r0, u32 t, u32 g, u32 tq) {
+#pragma unroll
+    for (int kc = 0; kc < HS / 16; kc++) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            u32 row = r0 + g + 8 * (i & 1), col = kc * 16 + 2 * tq + 8 * (i >> 1);
+            a[kc][i] = row < t ? ld32(x + (u64)row * ld + col) : 0u;
+        }
+    }
+}
+
+// Loads rows j0..j0+63 (those before t; zeros past it) of HS channels from x (row stride ld)
+// into s[row][channel], and when st is given also transposed into st[channel][row].
+template <typename T, int HS>
+__device__ __forceinline__ void load_tile(T (*s)[HS + TC_PAD], T (*st)[TC_TILE + TC_PAD], const T* x, u64 ld, u32 j0, u32 t) {
+    for (u32 e = threadIdx.x; e < TC_TILE * HS / 2; e += blockDim.x) {
+        u32 jj = e / (HS / 2), i = (e % (HS / 2)) * 2, row = j0 + jj;
+        u32 w = row < t ? ld32(x + (u64)row * ld + i) : 0u;
+        st32(&s[jj][i], w);
+        if (st) {
+            st[i][jj] = half_of<T>(w, 0);
+            st[i + 1][jj] = half_of<T>(w, 1);
+        }
+    }
+}
+
+// Adds x over the 4 lanes of a quad (lanes 4g..4g+3), the same order for every lane.
+__device__ __forceinline__ float quad_sum(float x) {
+    x += __shfl_xor_sync(0xffffffffu, x, 1);
+    return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+__device__ __forceinline__ float quad_max(float x) {
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+    return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+
+// out(B,T,C), stats(B,NH,T,2) (max, 1/sum) from qkv(B,T,3C). Grid (T/64, B*NH), 128 threads.
+template <typename T, int HS>
+__device__ void attn_tc_forward(T* out, float* stats, const T* qkv, u32 t, u32 c, u32 nh, float p, u64 key) {
+    __shared__ T ks[TC_TILE][HS + TC_PAD]; // keys: B of q.k (k = channel)
+    __shared__ T vt[HS][TC_TILE + TC_PAD]; // values transposed: B of p.v (k = key)
+    const u32 bh = blockIdx.y, h = bh % nh, bi = bh / nh;
+    const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
+    const u32 r0 = blockIdx.x * TC_ROWS, w0 = r0 + warp * TC_WARP_ROWS; // the warp's rows w0..w0+15
+    const u32 rows[2] = {w0 + g, w0 + g + 8};                           // this lane's two rows
+    const u64 ld = 3 * (u64)c;
+    const T* base = qkv + (u64)bi * t * ld + h * HS;
+    const float scale = 1.0f / sqrtf((float)HS);
+    u32 qa[HS / 16][4];
+    frag_a_rows<T, HS>(qa, base, ld, w0, t, g, tq);
+    float o[HS / 8][4];
+#pragma unroll
+    for (int n = 0; n < HS / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.0f, 0.0f};
+    const u32 last = umin(r0 + TC_ROWS, t) - 1; // the block's keys: 0..=last
+    for (u32 j0 = 0; j0 <= last; j0 += TC_TILE) {
+        __syncthreads(); // nobody reads the previous tiles any more
+        load_tile<T, HS>(ks, nullptr, base + c, ld, j0, t);
+        for (u32 e = threadIdx.x; e < TC_TILE * HS / 2; e += blockDim.x) {
+            u32 jj = e / (HS / 2), i = (e % (HS / 2)) * 2, row = j0 + jj;
+            u32 w = row < t ? ld32(base + 2 * c + (u64)row * ld + i) : 0u;
+            vt[i][jj] = half_of<T>(w, 0);
+            vt[i + 1][jj] = half_of<T>(w, 1);
+        }
+        __syncthreads();
+        if (j0 > w0 + TC_WARP_ROWS - 1 || w0 >= t) continue; // the warp's rows see none of these keys
+        float s[TC_TILE / 8][4];                              // scores: 16 rows x 64 keys
+#pragma unroll
+        for (int n = 0; n < TC_TILE / 8; n++) {
+            s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+#pragma unroll
+            for (int kc = 0; kc < HS / 16; kc++) {
+                u32 b[2];
+                frag_b(b, &ks[0][0], HS + TC_PAD, n * 8, kc * 16, g, tq);
+                mma<T>(s[n], qa[kc], b);
+            }
+        }
+        float mx[2] = {m[0], m[1]};
+#pragma unroll
+        for (int n = 0; n < TC_TILE / 8; n++) {
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                u32 col = j0 + n * 8 + 2 * tq + (i & 1);
+                s[n][i] = col <= rows[i >> 1] ? s[n][i] * scale : NEG_INF;
+                mx[i >> 1] = fmaxf(mx[i >> 1], s[n][i]);
+            }
+        }
+        float corr[2];
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            mx[r] = quad_max(mx[r]); // finite: key j0 <= every row the warp computes here
+            corr[r] = expf(m[r] - mx[r]); // 0 on the first tile (m = -inf)
+            m[r] = mx[r];
+            l[r] *= corr[r];
+        }
+#pragma unroll
+        for (int n = 0; n < HS / 8; n++) {
+            o[n][0] *= corr[0];
+            o[n][1] *= corr[0];
+            o[n][2] *= corr[1];
+            o[n][3] *= corr[1];
+        }
+        u32 pa[TC_TILE / 16][4]; // probabilities (dropout applied) as A fragments of p.v
+#pragma unroll
+        for (int n = 0; n < TC_TILE / 8; n++) {
+            float e[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                u32 row = rows[i >> 1], col = j0 + n * 8 + 2 * tq + (i & 1);
+                e[i] = expf(s[n][i] - m[i >> 1]); // 0 past the row's last key
+                l[i >> 1] += e[i];
+                e[i] *= drop_scale(p, key, ((u64)bh * t + row) * t + col);
+            }
+            pa[n / 2][(n % 2) * 2] = pack<T>(e[0], e[1]);
+            pa[n / 2][(n % 2) * 2 + 1] = pack<T>(e[2], e[3]);
+        }
+#pragma unroll
+        for (int n = 0; n < HS / 8; n++) {
+#pragma unroll
+            for (int kc = 0; kc < TC_TILE / 16; kc++) {
+                u32 b[2];
+                frag_b(b, &vt[0][0], TC_TILE + TC_PAD, n * 8, kc * 16, g, tq);
+                mma<T>(o[n], pa[kc], b);
+            }
+        }
+    }
+    float inv[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) inv[r] = 1.0f / quad_sum(l[r]);
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        u32 row = rows[r];
+        if (row >= t) continue;
+        T* y = out + ((u64)bi * t + row) * c + h * HS + 2 * tq;
+#pragma unroll
+        for (int n = 0; n < HS / 8; n++) st32(y + n * 8, pack<T>(o[n][2 * r] * inv[r], o[n][2 * r + 1] * inv[r]));
+        if (tq == 0) {
+            stats[((u64)bh * t + row) * 2] = m[r];
+            stats[((u64)bh * t + row) * 2 + 1] = inv[r];
+        }
+    }
+}
+
+// dq part of dqkv(B,T,3C), and rowdot(B,NH,T) = dout . out per row (= sum_j a_j dA_j, which
+// the kv kernel needs), from dout(B,T,C), the forward's out(B,T,C), qkv and stats. Per key
+// tile: s = q.k and dA = dout.v on tensor cores, then dq += scale a (mask dA - rowdot) k.
+// Grid (T/64, B*NH), 128 threads.
+template <typename T, int HS>
+__device__ void attn_tc_backward_q(T* dqkv, float* rowdot, const T* dout, const T* out, const T* qkv, const float* stats, u32 t,
+                                   u32 c, u32 nh, float p, u64 key) {
+    __shared__ T ks[TC_TILE][HS + TC_PAD]; // keys: B of q.k (k = channel)
+    __shared__ T kt[HS][TC_TILE + TC_PAD]; // keys transposed: B of ds.k (k = key)
+    __shared__ T vs[TC_TILE][HS + TC_PAD]; // values: B of dout.v (k = channel)
+    const u32 bh = blockIdx.y, h = bh % nh, bi = bh / nh;
+    const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
+    const u32 r0 = blockIdx.x * TC_ROWS, w0 = r0 + warp * TC_WARP_ROWS;
+    const u32 rows[2] = {w0 + g, w0 + g + 8};
+    const u64 ld = 3 * (u64)c;
+    const T* base = qkv + (u64)bi * t * ld + h * HS;
+    const T* dy = dout + (u64)bi * t * c + h * HS;
+    const float scale = 1.0f / sqrtf((float)HS);
+    u32 qa[HS / 16][4], da[HS / 16][4];
+    frag_a_rows<T, HS>(qa, base, ld, w0, t, g, tq);
+    frag_a_rows<T, HS>(da, dy, c, w0, t, g, tq);
+    float rd[2], mm[2], iv[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        u32 row = rows[r];
+        float acc = 0.0f;
+        if (row < t) {
+            const T* y = out + ((u64)bi * t + row) * c + h * HS;
+            for (u32 i = tq; i < HS; i += 4) acc += load(dy[(u64)row * c + i]) * load(y[i]);
+        }
+        rd[r] = quad_sum(acc);
+        mm[r] = row < t ? stats[((u64)bh * t + row) * 2] : 0.0f;
+        iv[r] = row < t ? stats[((u64)bh * t + row) * 2 + 1] : 0.0f;
+        if (tq == 0 && row < t) rowdot[(u64)bh * t + row] = rd[r];
+    }
+    float dq[HS / 8][4];
+#pragma unroll
+    for (int n = 0; n < HS / 8; n++) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
+    const u32 last = umin(r0 + TC_ROWS, t) - 1;
+    for (u32 j0 = 0; j0 <= last; j0 += TC_TILE) {
+        __syncthreads();
+        load_tile<T, HS>(ks, kt, base + c, ld, j0, t);
+        load_tile<T, HS>(vs, nullptr, base + 2 * c, ld, j0, t);
+        __syncthreads();
+        if (j0 > w0 + TC_WARP_ROWS - 1 || w0 >= t) continue;
+        float s[TC_TILE / 8][4], da_[TC_TILE / 8][4]; // q.k and dout.v: 16 rows x 64 keys
+#pragma unroll
+        for (int n = 0; n < TC_TILE / 8; n++) {
+            s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+            da_[n][0] = da_[n][1] = da_[n][2] = da_[n][3] = 0.0f;
+#pragma unroll
+            for (int kc = 0; kc < HS / 16; kc++) {
+                u32 b[2];
+                frag_b(b, &ks[0][0], HS + TC_PAD, n * 8, kc * 16, g, tq);
+                mma<T>(s[n], qa[kc], b);
+                frag_b(b, &vs[0][0], HS + TC_PAD, n * 8, kc * 16, g, tq);
+                mma<T>(da_[n], da[kc], b);
+            }
+        }
+        u32 dsa[TC_TILE / 16][4]; // scale a (mask dA - rowdot) as A fragments of ds.k
+#pragma unroll
+        for (int n = 0; n < TC_TILE / 8; n++) {
+            float e[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                int r = i >> 1;
+                u32 row = rows[r], col = j0 + n * 8 + 2 * tq + (i & 1);
+                float a = col <= row ? expf(s[n][i] * scale - mm[r]) * iv[r] : 0.0f;
+                float d = drop_scale(p, key, ((u64)bh * t + row) * t + col) * da_[n][i];
+                e[i] = a * (d - rd[r]) * scale;
+            }
+            dsa[n / 2][(n % 2) * 2] = pack<T>(e[0], e[1]);
+            dsa[n / 2][(n % 2) * 2 + 1] = pack<T>(e[2], e[3]);
+        }
+#pragma unroll
+        for (int n = 0; n < HS / 8; n++) {
+#pragma unroll
+            for (int kc = 0; kc < TC_TILE / 16; kc++) {
+                u32 b[2];
+                frag_b(b, &kt[0][0], TC_TILE + TC_PAD, n * 8, kc * 16, g, tq);
+                mma<T>(dq[n], dsa[kc], b);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        if (rows[r] >= t) continue;
+        T* d = dqkv + ((u64)bi * t + rows[r]) * ld + h * HS + 2 * tq;
+#pragma unroll
+        for (int n = 0; n < HS / 8; n++) st32(d + n * 8, pack<T>(dq[n][2 * r], dq[n][2 * r + 1]));
+    }
+}
+
+// dk, dv parts of dqkv(B,T,3C): per block 64 keys (16 per warp), over the query tiles from
+// its first key on: s' = k.q and dA' = v.dout (keys x queries) on tensor cores, then
+// dv += a mask dout and dk += scale a (mask dA - rowdot) q. Grid (T/64, B*NH), 128 threads.
+template <typename T, int HS>
+__device__ void attn_tc_backward_kv(T* dqkv, const float* rowdot, const T* dout, const T* qkv, const float* stats, u32 t, u32 c,
+                                    u32 nh, float p, u64 key) {
+    __shared__ T qs[TC_TILE][HS + TC_PAD]; // queries: B of k.q (k = channel)
+    __shared__ T qt[HS][TC_TILE + TC_PAD]; // transposed: B of ds'.q (k = query)
+    __shared__ T ys[TC_TILE][HS + TC_PAD]; // dout: B of v.dout (k = channel)
+    __shared__ T yt[HS][TC_TILE + TC_PAD]; // transposed: B of a'.dout (k = query)
+    __shared__ float ms[TC_TILE], is[TC_TILE], rs[TC_TILE];
+    const u32 bh = blockIdx.y, h = bh % nh, bi = bh / nh;
+    const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
+    const u32 first = blockIdx.x * TC_ROWS, k0 = first + warp * TC_WARP_ROWS; // the warp's keys k0..k0+15
+    const u32 keys[2] = {k0 + g, k0 + g + 8};
+    const u64 ld = 3 * (u64)c;
+    const T* base = qkv + (u64)bi * t * ld + h * HS;
+    const T* dy = dout + (u64)bi * t * c + h * HS;
+    const float scale = 1.0f / sqrtf((float)HS);
+    u32 ka[HS / 16][4], va[HS / 16][4];
+    frag_a_rows<T, HS>(ka, base + c, ld, k0, t, g, tq);
+    frag_a_rows<T, HS>(va, base + 2 * c, ld, k0, t, g, tq);
+    float dk[HS / 8][4], dv[HS / 8][4];
+#pragma unroll
+    for (int n = 0; n < HS / 8; n++) {
+        dk[n][0] = dk[n][1] = dk[n][2] = dk[n][3] = 0.0f;
+        dv[n][0] = dv[n][1] = dv[n][2] = dv[n][3] = 0.0f;
+    }
+    for (u32 j0 = first; j0 < t; j0 += TC_TILE) {
+        __syncthreads();
+        load_tile<T, HS>(qs, qt, base, ld, j0, t);
+        load_tile<T, HS>(ys, yt, dy, c, j0, t);
+        for (u32 i = threadIdx.x; i < TC_TILE; i += blockDim.x) {
+            u64 row = (u64)bh * t + j0 + i;
+            bool in = j0 + i < t;
+            ms[i] = in ? stats[row * 2] : 0.0f;
+            is[i] = in ? stats[row * 2 + 1] : 0.0f;
+            rs[i] = in ? rowdot[row] : 0.0f;
+        }
+        __syncthreads();
+        if (k0 >= t) continue; // every query of the tile is at or past j0 >= first: none is skipped by causality alone
+        float s[TC_TILE / 8][4], da_[TC_TILE / 8][4]; // k.q and v.dout: 16 keys x 64 queries
+#pragma unroll
+        for (int n = 0; n < TC_TILE / 8; n++) {
+            s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+            da_[n][0] = da_[n][1] = da_[n][2] = da_[n][3] = 0.0f;
+#pragma unroll
+            for (int kc = 0; kc < HS / 16; kc++) {
+                u32 b[2];
+                frag_b(b, &qs[0][0], HS + TC_PAD, n * 8, kc * 16, g, tq);
+                mma<T>(s[n], ka[kc], b);
+                frag_b(b, &ys[0][0], HS + TC_PAD, n * 8, kc * 16, g, tq);
+                mma<T>(da_[n], va[kc], b);
+            }
+        }
+        u32 pa[TC_TILE / 16][4], dsa[TC_TILE / 16][4]; // a mask, and scale a (mask dA - rowdot)
+#pragma unroll
+        for (int n = 0; n < TC_TILE / 8; n++) {
+            float e[4], f[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                u32 kr = keys[i >> 1], qi = n * 8 + 2 * tq + (i & 1), qc = j0 + qi;
+                bool seen = qc >= kr && qc < t;
+                float a = seen ? expf(s[n][i] * scale - ms[qi]) * is[qi] : 0.0f;
+                float mk = drop_scale(p, key, ((u64)bh * t + qc) * t + kr);
+                e[i] = a * mk;
+                f[i] = a * (mk * da_[n][i] - rs[qi]) * scale;
+            }
+            pa[n / 2][(n % 2) * 2] = pack<T>(e[0], e[1]);
+            pa[n / 2][(n % 2) * 2 + 1] = pack<T>(e[2], e[3]);
+            dsa[n / 2][(n % 2) * 2] = pack<T>(f[0], f[1]);
+            dsa[n / 2][(n % 2) * 2 + 1] = pack<T>(f[2], f[3]);
+        }
+#pragma unroll
+        for (int n = 0; n < HS / 8; n++) {
+#pragma unroll
+            for (int kc = 0; kc < TC_TILE / 16; kc++) {
+                u32 b[2];
+                frag_b(b, &yt[0][0], TC_TILE + TC_PAD, n * 8, kc * 16, g, tq);
+                mma<T>(dv[n], pa[kc], b);
+                frag_b(b, &qt[0][0], TC_TILE + TC_PAD, n * 8, kc * 16, g, tq);
+                mma<T>(dk[n], dsa[kc], b);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        if (keys[r] >= t) continue;
+        T* d = dqkv + ((u64)bi * t + keys[r]) * ld + c + h * HS + 2 * tq;
+#pragma unroll
+        for (int n = 0; n < HS / 8; n++) {
+            st32(d + n * 8, pack<T>(dk[n][2 * r], dk[n][2 * r + 1]));
+            st32(d + c + n * 8, pack<T>(dv[n][2 * r], dv[n][2 * r + 1]));
+        }
+    }
+}
+
+#define TC_KERNELS(T, S, HS) \
+extern "C" __global__ void attention_tc_forward_hs##HS##_##S(T* out, float* stats, const T* qkv, u32 t, u32 c, u32 nh, float p, \
+                                                          u64 key) { \
+    attn_tc_forward<T, HS>(out, stats, qkv, t, c, nh, p, key); \
+} \
+extern "C" __global__ void attention_tc_backward_q_hs##HS##_##S(T* dqkv, float* rowdot, const T* dout, const T* out, const T* qkv, \
+                                                             const float* stats, u32 t, u32 c, u32 nh, float p, u64 key) { \
+    attn_tc_backward_q<T, HS>(dqkv, rowdot, dout, out, qkv, stats, t, c, nh, p, key); \
+} \
+extern "C" __global__ void attention_tc_backward_kv_hs##HS##_##S(T* dqkv, const float* rowdot, const T* dout, const T* qkv, \
+                                                              const float* stats, u32 t, u32 c, u32 nh, float p, u64 key) { \
+    attn_tc_backward_kv<T, HS>(dqkv, rowdot, dout, qkv, stats, t, c, nh, p, key); \
+}
+// 16-bit storage only (f32 attention stays true f32, in attention.cu); heads of 16, 32, 64
+// channels, one at a time when compile.rs sets HEAD_ONLY
+#if defined(ONLY_F32)
+#define TC_FOR(K)
+#elif defined(ONLY_BF16)
+#define TC_FOR(K) K(bf16_t, bf16)
+#elif defined(ONLY_F16)
+#define TC_FOR(K) K(f16_t, f16)
+#else
+#define TC_FOR(K) K(bf16_t, bf16) K(f16_t, f16)
+#endif
+#define TC_16(T, S) TC_KERNELS(T, S, 16)
+#define TC_32(T, S) TC_KERNELS(T, S, 32)
+#define TC_64(T, S) TC_KERNELS(T, S, 64)
+#if !defined(HEAD_ONLY) || HEAD_ONLY == 16
+TC_FOR(TC_16)
+#endif
+#if !defined(HEAD_ONLY) || HEAD_ONLY == 32
+TC_FOR(TC_32)
+#endif
+#if !defined(HEAD_ONLY) || HEAD_ONLY == 64
+TC_FOR(TC_64)
+#endif
