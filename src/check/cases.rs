@@ -215,9 +215,10 @@ pub(super) fn all() -> Vec<Case> {
         Spec::new(vec![op.into()], vec![("dwte", dwte, Add), ("dwpe", dwpe, Add)])
     }));
     // more rows than a warp scans at once and more channels than one warp's 256 (the GPU's
-    // per-token warps), and LayerNorm's and the bias's column sums over more rows than a block
-    // has threads down
+    // per-token warps); and LayerNorm's and the bias's column sums over more rows than a block
+    // has threads down, in three chunks of 200 rows (the GPU's two-pass column sums)
     let (b2, t2, c2) = (2, 40, 300);
+    let (b3, t3) = (2, 300);
     v.push(case("encoder backward, 80 rows", format!("B={b2} T={t2} C={c2} Vp={VP}"), move |l| {
         let (dwte, dwpe) = (l.t(Grads, &[VP, c2], Normal(1.0)), l.t(Grads, &[t2, c2], Normal(1.0)));
         let dout = l.t(DActs, &[b2, t2, c2], Normal(1.0));
@@ -225,11 +226,11 @@ pub(super) fn all() -> Vec<Case> {
         let op = EmbedBackward { dwte, dwpe, dout, tokens };
         Spec::new(vec![op.into()], vec![("dwte", dwte, Add), ("dwpe", dwpe, Add)])
     }));
-    v.push(case("layernorm backward, 80 rows", format!("B={b2} T={t2} C={C}"), move |l| {
-        let (dinp, dout) = (l.t(DActs, &[b2, t2, C], Normal(1.0)), l.t(DActs, &[b2, t2, C], Normal(1.0)));
+    v.push(case("layernorm backward, 600 rows", format!("B={b3} T={t3} C={C}"), move |l| {
+        let (dinp, dout) = (l.t(DActs, &[b3, t3, C], Normal(1.0)), l.t(DActs, &[b3, t3, C], Normal(1.0)));
         let (dw, db) = (l.t(Grads, &[C], Normal(1.0)), l.t(Grads, &[C], Normal(1.0)));
-        let (inp, fwd_out) = (l.t(Acts, &[b2, t2, C], Normal(2.0)), l.t(Acts, &[b2, t2, C], Normal(1.0)));
-        let (mean, rstd) = (l.t(Stats, &[b2, t2], Normal(1.0)), l.t(Stats, &[b2, t2], Normal(1.0)));
+        let (inp, fwd_out) = (l.t(Acts, &[b3, t3, C], Normal(2.0)), l.t(Acts, &[b3, t3, C], Normal(1.0)));
+        let (mean, rstd) = (l.t(Stats, &[b3, t3], Normal(1.0)), l.t(Stats, &[b3, t3], Normal(1.0)));
         let w = l.t(Params, &[C], Normal(1.0));
         let forward = LayerNorm { out: fwd_out, mean, rstd, inp, w, b: None };
         let op = LayerNormBackward { dinp, dw, db: Some(db), dout, inp, mean, rstd, w };
@@ -271,9 +272,11 @@ pub(super) fn all() -> Vec<Case> {
             Spec::new(vec![op.into()], vec![("out", out, Write)])
         }));
     }
-    for (op, n, oc, bias) in
-        [("matmul backward", n, 3 * C, true), ("matmul backward, no bias", n, VP, false), ("matmul backward, 80 rows", 80, 3 * C, true)]
-    {
+    for (op, n, oc, bias) in [
+        ("matmul backward", n, 3 * C, true),
+        ("matmul backward, no bias", n, VP, false),
+        ("matmul backward, 600 rows", b3 * t3, 3 * C, true),
+    ] {
         v.push(case(op, format!("N={n} IC={C} OC={oc}"), move |l| {
             let (dinp, dout) = (l.t(DActs, &[n, C], Normal(1.0)), l.t(DActs, &[n, oc], Normal(1.0)));
             let (dw, db) = (l.t(Grads, &[oc, C], Normal(1.0)), l.t(Grads, &[oc], Normal(1.0)));

@@ -28,7 +28,7 @@ pub const SOURCES: [(&str, &str); 8] = [
 
 /// The family (a name of [`SOURCES`]) that defines kernel `kernel`, by its name's prefix.
 pub fn family(kernel: &str) -> Option<&'static str> {
-    const BY_PREFIX: [(&str, &str); 12] = [
+    const BY_PREFIX: [(&str, &str); 13] = [
         ("encoder_", "encoder"),
         ("layernorm_", "layernorm"),
         ("attention_tc_", "attention_tc"), // before "attention_": the first prefix that matches wins
@@ -40,6 +40,7 @@ pub fn family(kernel: &str) -> Option<&'static str> {
         ("adamw_", "adamw"),
         ("bias_backward_", "reduce"),
         ("sum_squares_partial_", "reduce"),
+        ("column_partials_", "reduce"),
         ("add_", "reduce"), // add_partials, add_mean_loss
     ];
     BY_PREFIX.iter().find(|(p, _)| kernel.starts_with(p)).map(|&(_, f)| f)

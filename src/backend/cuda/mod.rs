@@ -29,9 +29,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Bytes the backend allocates when it opens, before any model buffer: cuBLASLt's workspace
-/// and the sum of squares' per-block partials (f64).
-pub const SCRATCH_BYTES: usize = blas::WORKSPACE_BYTES + run::PARTIALS * 8;
+/// Bytes the backend allocates when it opens, before any model buffer: cuBLASLt's workspace,
+/// the sum of squares' per-block partials (f64) and the column sums' per-chunk partials (f32).
+pub const SCRATCH_BYTES: usize = blas::WORKSPACE_BYTES + run::PARTIALS * 8 + run::COLUMN_PARTIALS * 4;
 
 /// One GPU buffer: `len` elements of `dtype` at device address `ptr` (owned by `mem`).
 pub struct CudaBuf {
@@ -95,6 +95,9 @@ struct Inner {
     /// Small scratch the kernels need: the sum of squares' per-block partials (f64,
     /// [`run::PARTIALS`]) and attention backward's per-row dot products (f32, B x NH x T).
     partials: Counted<f64>,
+    /// The column sums' (bias and LayerNorm gradients) partials, per chunk of rows (f32,
+    /// [`run::COLUMN_PARTIALS`]).
+    columns: Counted<f32>,
     rowdot: Mutex<Option<Counted<f32>>>,
     /// The two timing events `run_timed` records around an op (start, end), made on first use.
     timing: Mutex<Option<(CudaEvent, CudaEvent)>>,
@@ -137,6 +140,7 @@ impl Cuda {
             memory.alloc::<u8>(&stream, blas::WORKSPACE_BYTES).map_err(|e| anyhow!("cuda:{ordinal}: cuBLASLt workspace: {e:?}"))?;
         let blas = blas::Blas::new(address(&workspace.slice, &stream))?;
         let partials = memory.alloc::<f64>(&stream, run::PARTIALS).map_err(|e| anyhow!("cuda:{ordinal}: scratch: {e:?}"))?;
+        let columns = memory.alloc::<f32>(&stream, run::COLUMN_PARTIALS).map_err(|e| anyhow!("cuda:{ordinal}: scratch: {e:?}"))?;
         let sms = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).unwrap_or(1).max(1) as usize;
         let inner = Inner {
             card,
@@ -147,6 +151,7 @@ impl Cuda {
             blas,
             _workspace: workspace,
             partials,
+            columns,
             rowdot: Mutex::new(None),
             timing: Mutex::new(None),
             memory,

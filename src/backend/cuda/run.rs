@@ -20,6 +20,24 @@ use cudarc::driver::{result as drv, LaunchConfig, PushKernelArg};
 /// that depends on the tensor's length only, so the sum's order never changes.
 pub const PARTIALS: usize = 256;
 
+/// f32 partials the column sums (bias and LayerNorm gradients) may use: chunks of rows x
+/// columns x sums (4 MiB).
+pub const COLUMN_PARTIALS: usize = 1 << 20;
+
+/// Rows per chunk the column sums aim at: enough chunks that a few hundred columns (24 blocks
+/// of 32) still fill a card, few enough that adding the chunks is cheap.
+const CHUNK_ROWS: usize = 256;
+
+/// How the column sums of `sums` (n, c) matrices split their rows: (chunks R, rows per chunk),
+/// at most 64 chunks and within [`COLUMN_PARTIALS`]. It depends on the shape only, so a column's
+/// sum has one order, every run.
+fn column_chunks(n: usize, c: usize, sums: usize) -> (u32, u32) {
+    assert!(c * sums <= COLUMN_PARTIALS, "column sums of {c} x {sums} columns exceed the scratch of {COLUMN_PARTIALS}");
+    let r = n.div_ceil(CHUNK_ROWS).clamp(1, 64).min((COLUMN_PARTIALS / (c * sums).max(1)).max(1));
+    let per = n.div_ceil(r).max(1);
+    (n.div_ceil(per).max(1) as u32, per as u32)
+}
+
 /// Threads per block of the elementwise kernels.
 const BLOCK: u32 = 256;
 
@@ -62,6 +80,13 @@ fn warps_for(floats_per_warp: usize) -> usize {
 }
 
 impl Cuda {
+    /// out(c) (f32) += the sums over r chunks of the column partials at `part` (r x c, f32).
+    fn add_columns(&self, bufs: &Buffers<CudaBuf>, out: Tensor, part: u64, r: u32, c: usize) -> Result<()> {
+        assert!(out.dtype == DType::F32 && out.len() == c, "column sums go into f32 gradients of {c}: {out:?}");
+        let args = [Arg::P(self.ptr(bufs, out)), Arg::P(part), Arg::U32(r), Arg::U32(c as u32)];
+        self.launch("column_partials_add", (blocks(c, 256), 1), (256, 1), 0, &args)
+    }
+
     /// Launches kernel `name` with `grid` x `block` threads and `shared` bytes of dynamic
     /// shared memory.
     fn launch(&self, name: &str, grid: (u32, u32), block: (u32, u32), shared: usize, args: &[Arg]) -> Result<()> {
@@ -196,8 +221,14 @@ impl Cuda {
                 let s = sfx(l.inp.dtype);
                 let args = [p(l.dinp), p(l.dout), p(l.inp), p(l.mean), p(l.rstd), p(l.w), u32_(n), u32_(c)];
                 self.launch(&format!("layernorm_backward_dinp_{s}"), (blocks(n, 4), 1), (128, 1), 0, &args)?;
-                let args = [p(l.dw), opt(l.db), p(l.dout), p(l.inp), p(l.mean), p(l.rstd), u32_(n), u32_(c)];
-                self.launch(&format!("layernorm_backward_dw_{s}"), (blocks(c, 32), 1), (32, 32), 0, &args)?;
+                let (r, per) = column_chunks(n, c, 2);
+                let part = super::address(&self.inner.columns.slice, &self.inner.stream);
+                let args = [Arg::P(part), p(l.dout), p(l.inp), p(l.mean), p(l.rstd), u32_(n), u32_(c), Arg::U32(per)];
+                self.launch(&format!("layernorm_backward_dw_{s}"), (blocks(c, 32), r), (32, 32), 0, &args)?;
+                self.add_columns(bufs, l.dw, part, r, c)?;
+                if let Some(db) = l.db {
+                    self.add_columns(bufs, db, part + (r as usize * c * 4) as u64, r, c)?;
+                }
             }
             Op::Matmul(m) => {
                 let (n, ic, oc) = (m.inp.rows(), m.inp.cols(), m.out.cols());
@@ -216,8 +247,11 @@ impl Cuda {
                 self.inner.blas.gemm(&g, self.cu_stream())?;
                 if let Some(db) = m.db {
                     assert_eq!(db.dtype, DType::F32, "parameter gradients are f32: {db:?}");
-                    let args = [p(db), p(m.dout), u32_(n), u32_(oc)];
-                    self.launch(&format!("bias_backward_{}", sfx(m.dout.dtype)), (blocks(oc, 32), 1), (32, 32), 0, &args)?;
+                    let (r, per) = column_chunks(n, oc, 1);
+                    let part = super::address(&self.inner.columns.slice, &self.inner.stream);
+                    let args = [Arg::P(part), p(m.dout), u32_(n), u32_(oc), Arg::U32(per)];
+                    self.launch(&format!("bias_backward_{}", sfx(m.dout.dtype)), (blocks(oc, 32), r), (32, 32), 0, &args)?;
+                    self.add_columns(bufs, db, part, r, oc)?;
                 }
             }
             Op::Attention(a) => {
@@ -499,6 +533,19 @@ mod tests {
             assert_eq!(compile::family(&format!("{k}64_bf16")), Some("attention_tc"));
         }
         assert_eq!(compile::Variant::of("attention_tc_forward_hs32_bf16"), compile::Variant { storage: "bf16", head: 32 });
+    }
+
+    /// Every row lies in exactly one chunk, no chunk is empty, and the partials fit the scratch.
+    #[test]
+    fn column_sums_split_rows_into_chunks_that_fit() {
+        for (n, c, sums) in [(1, 1, 1), (14, 72, 1), (600, 24, 2), (12288, 768, 2), (12288, 3072, 1), (16384, 6400, 1), (5, 1 << 19, 2)] {
+            let (r, per) = column_chunks(n, c, sums);
+            let (r, per) = (r as usize, per as usize);
+            assert!((1..=64).contains(&r) && r * per >= n && (r - 1) * per < n, "n={n} c={c}: {r} chunks of {per}");
+            assert!(r * c * sums <= COLUMN_PARTIALS, "n={n} c={c}: {r} chunks overflow");
+        }
+        assert_eq!(column_chunks(12288, 768, 2), (48, 256));
+        assert_eq!(column_chunks(600, 24, 2), (3, 200));
     }
 
     #[test]

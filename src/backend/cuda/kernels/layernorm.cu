@@ -1,7 +1,8 @@
 // LayerNorm over rows of C channels: one warp per row for the forward and for the backward's
 // input gradient; the weight and bias gradients are a second kernel that sums columns over
-// rows in a fixed order (no atomics). mean and rstd are f32 statistics; dinp accumulates into
-// the residual stream's gradient (+=), dw and db (f32) accumulate too.
+// rows in a fixed order (no atomics: per chunk of rows, then the chunks in order). mean and
+// rstd are f32 statistics; dinp accumulates into the residual stream's gradient (+=), dw and
+// db (f32) accumulate too.
 
 #define LN_EPS 1e-5f
 
@@ -48,15 +49,17 @@ extern "C" __global__ void layernorm_backward_dinp_##S(T* dinp, const T* dout, c
         di[i] = store<T>(load(di[i]) + g); \
     } \
 } \
-/* dw(C) += sum over rows of norm * dout; db(C) += sum over rows of dout (db may be null). */ \
-/* Block (32, up to 32): x picks the column, y a stride of rows; the partial sums add in order. */ \
-extern "C" __global__ void layernorm_backward_dw_##S(float* dw, float* db, const T* dout, const T* inp, \
-                                                     const float* mean, const float* rstd, u32 n, u32 c) { \
+/* part(2, R, C): the sums over row chunk r = blockIdx.y (rows r*per .. (r+1)*per) of */ \
+/* norm * dout (for dw, part[0][r]) and dout (for db, part[1][r]); reduce.cu's */ \
+/* column_partials_add adds the chunks in order. Block (32, up to 32): x the column, y a */ \
+/* stride of the chunk's rows; the y partial sums add in order. */ \
+extern "C" __global__ void layernorm_backward_dw_##S(float* part, const T* dout, const T* inp, \
+                                                     const float* mean, const float* rstd, u32 n, u32 c, u32 per) { \
     __shared__ float pw[32][32], pb[32][32]; \
-    u32 col = blockIdx.x * 32 + threadIdx.x; \
+    u32 col = blockIdx.x * 32 + threadIdx.x, end = umin(n, (blockIdx.y + 1) * per); \
     float sw = 0.0f, sb = 0.0f; \
     if (col < c) { \
-        for (u32 row = threadIdx.y; row < n; row += blockDim.y) { \
+        for (u32 row = blockIdx.y * per + threadIdx.y; row < end; row += blockDim.y) { \
             float d = load(dout[(u64)row * c + col]); \
             sw += (load(inp[(u64)row * c + col]) - mean[row]) * rstd[row] * d; \
             sb += d; \
@@ -67,8 +70,8 @@ extern "C" __global__ void layernorm_backward_dw_##S(float* dw, float* db, const
     __syncthreads(); \
     if (threadIdx.y == 0 && col < c) { \
         for (u32 k = 1; k < blockDim.y; k++) { sw += pw[k][threadIdx.x]; sb += pb[k][threadIdx.x]; } \
-        dw[col] += sw; \
-        if (db) db[col] += sb; \
+        part[(u64)blockIdx.y * c + col] = sw; \
+        part[((u64)gridDim.y + blockIdx.y) * c + col] = sb; \
     } \
 }
 FOR_STORAGE(LAYERNORM_KERNELS)

@@ -1,21 +1,24 @@
 // Reductions in a fixed order: the bias gradient (column sums over rows, for the linear
 // layers), and the step accumulators (f64): the mean of the per-position losses and the sum of
-// squares of a gradient. Two passes for the sum of squares: a fixed grid of blocks writes one
-// partial each, then one block adds the partials in order; no atomics, the same bits every run.
+// squares of a gradient. Two passes for each: blocks over a grid fixed by the shape write one
+// partial each (for column sums, one per column and chunk of rows, so that a few hundred
+// columns still fill the card), then the partials are added in order; no atomics, the same
+// bits every run.
 
 #define REDUCE_KERNELS(T, S) \
-/* db(OC) += sum over rows of dout(N,OC). Block (32, up to 32): x the column, y a stride of */ \
-/* rows; the y partial sums add in order. */ \
-extern "C" __global__ void bias_backward_##S(float* db, const T* dout, u32 n, u32 oc) { \
-    __shared__ float part[32][32]; \
-    u32 col = blockIdx.x * 32 + threadIdx.x; \
+/* part(R, OC): part[r][col] = sum of dout(N,OC)[row][col] over row chunk r = blockIdx.y (rows */ \
+/* r*per .. (r+1)*per). Block (32, up to 32): x the column, y a stride of the chunk's rows; the */ \
+/* y partial sums add in order. column_partials_add then adds the R chunks in order into db. */ \
+extern "C" __global__ void bias_backward_##S(float* part, const T* dout, u32 n, u32 oc, u32 per) { \
+    __shared__ float sh[32][32]; \
+    u32 col = blockIdx.x * 32 + threadIdx.x, end = umin(n, (blockIdx.y + 1) * per); \
     float s = 0.0f; \
-    if (col < oc) for (u32 row = threadIdx.y; row < n; row += blockDim.y) s += load(dout[(u64)row * oc + col]); \
-    part[threadIdx.y][threadIdx.x] = s; \
+    if (col < oc) for (u32 row = blockIdx.y * per + threadIdx.y; row < end; row += blockDim.y) s += load(dout[(u64)row * oc + col]); \
+    sh[threadIdx.y][threadIdx.x] = s; \
     __syncthreads(); \
     if (threadIdx.y == 0 && col < oc) { \
-        for (u32 k = 1; k < blockDim.y; k++) s += part[k][threadIdx.x]; \
-        db[col] += s; \
+        for (u32 k = 1; k < blockDim.y; k++) s += sh[k][threadIdx.x]; \
+        part[(u64)blockIdx.y * oc + col] = s; \
     } \
 } \
 /* partial[blockIdx.x] = sum of squares of this block's grid-stride share of x(n), in f64 */ \
@@ -35,6 +38,15 @@ extern "C" __global__ void sum_squares_partial_##S(double* partial, const T* x, 
     if (threadIdx.x == 0) partial[blockIdx.x] = sh[0]; \
 }
 FOR_STORAGE(REDUCE_KERNELS)
+
+// out(C) += the column sums of part(R, C), each over r = 0..R in order (a thread per column).
+extern "C" __global__ void column_partials_add(float* out, const float* part, u32 r, u32 c) {
+    u32 col = blockIdx.x * blockDim.x + threadIdx.x;
+    if (col >= c) return;
+    float s = part[col];
+    for (u32 k = 1; k < r; k++) s += part[(u64)k * c + col];
+    out[col] += s;
+}
 
 // *into += the sum of partial(n), in order (one thread: n is the fixed grid size).
 extern "C" __global__ void add_partials(double* into, const double* partial, u32 n) {
