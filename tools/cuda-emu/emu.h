@@ -289,6 +289,16 @@ inline void mma16816(float* d, const uint32_t* a, const uint32_t* b, bool bf16) 
     for (int i = 0; i < 4; i++) d[i] = r[i];
 }
 
+// A GPU faults on an access not aligned to its size; x86 does not, so kernels that read wider
+// than their element type say so through this check (common.cuh's ld32/st32).
+inline void aligned(const void* p, unsigned bytes) {
+    if (reinterpret_cast<uintptr_t>(p) % bytes == 0) return;
+    Block& b = blk();
+    std::fprintf(stderr, "cuda-emu: misaligned %u-byte access at %p by thread %u of block (%u,%u,%u)\n", bytes, p, b.cur->linear,
+                 b.bid.x, b.bid.y, b.bid.z);
+    std::abort();
+}
+
 using halfemu::bits_float;
 using halfemu::float_bits;
 using halfemu::f16_to_f32;
@@ -301,6 +311,7 @@ using halfemu::f32_to_f16;
 #define __host__
 #define __forceinline__ inline
 #define __restrict__
+#define __align__(n) __attribute__((aligned(n)))
 // one copy per block: blocks run one after another, their threads as fibers of one OS thread
 #define __shared__ static
 #define threadIdx (emu::blk().cur->tid)

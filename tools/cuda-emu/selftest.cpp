@@ -1,11 +1,12 @@
-// The CUDA emulator checks itself: that its warp shuffles and block barriers compute what a GPU
-// does, that a barrier not every thread reaches is reported, and that the fake driver stops a
-// write past a buffer's end and a copy out of range. Run by tests/cuda_emu.rs:
+// The CUDA emulator checks itself: that its warp shuffles, block barriers and mma compute what a
+// GPU does, that a barrier not every thread reaches and a misaligned access are reported, and
+// that the fake driver stops a write past a buffer's end and a copy out of range. Run by tests/cuda_emu.rs:
 //     c++ -std=c++17 -O1 -I DIR tools/cuda-emu/selftest.cpp -o selftest -ldl && ./selftest DIR
 // (DIR: a folder built by build.sh). Prints one line per check; exits 1 if any fails.
 #include "emu.h"
 #include <dlfcn.h>
 #include <string>
+#include <csignal>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -34,6 +35,29 @@ extern "C" __global__ void divergent(float* out) {
     else __syncwarp();
     out[threadIdx.x] = 1.0f;
 }
+
+// d(16x8) = a(16x16) b(16x8) (row-major floats) by one warp's mma.m16n8k16 in bf16, each
+// fragment packed from PTX ISA's per-element tables: a_i at row g + 8((i/2)%2), column
+// 2t + i%2 + 8(i/4); b_i at row 2t + i%2 + 8(i/2), column g; c_i at row g + 8(i/2), column
+// 2t + i%2 (lane 4g + t; element i in word i/2, half i%2)
+extern "C" __global__ void mma_product(float* d, const float* a, const float* b) {
+    unsigned g = threadIdx.x / 4, t = threadIdx.x % 4;
+    uint32_t af[4] = {0, 0, 0, 0}, bf[2] = {0, 0};
+    for (unsigned i = 0; i < 8; i++) {
+        unsigned row = g + 8 * ((i / 2) % 2), col = 2 * t + i % 2 + 8 * (i / 4);
+        af[i / 2] |= (uint32_t)halfemu::f32_to_bf16(a[row * 16 + col]) << (16 * (i % 2));
+    }
+    for (unsigned i = 0; i < 4; i++) {
+        unsigned row = 2 * t + i % 2 + 8 * (i / 2);
+        bf[i / 2] |= (uint32_t)halfemu::f32_to_bf16(b[row * 8 + g]) << (16 * (i % 2));
+    }
+    float c[4] = {0, 0, 0, 0};
+    emu::mma16816(c, af, bf, true);
+    for (unsigned i = 0; i < 4; i++) d[(g + 8 * (i / 2)) * 8 + 2 * t + i % 2] = c[i];
+}
+
+// a 4-byte read one byte off its alignment, as common.cuh's ld32 checks it
+extern "C" __global__ void misaligned(float* out) { emu::aligned(reinterpret_cast<char*>(out) + 1, 4); }
 
 static int failures = 0;
 static void check(bool ok, const std::string& what) {
@@ -79,6 +103,30 @@ int main(int argc, char** argv) {
     void* one[] = {&pout};
     e = run(divergent, 1, 64, one, "divergent");
     check(e.find("deadlock") != std::string::npos, "a barrier half a warp never reaches is reported: " + e);
+
+    float ma[16 * 16], mb[16 * 8], md[16 * 8];
+    for (int i = 0; i < 16 * 16; i++) ma[i] = (float)(i % 5) - 2.0f;
+    for (int i = 0; i < 16 * 8; i++) mb[i] = (float)(i % 3) - 1.0f;
+    float *pd = md, *pa = ma, *pb = mb;
+    void* mp[] = {&pd, &pa, &pb};
+    e = run(mma_product, 1, 32, mp, "mma_product");
+    ok = e.empty();
+    for (int r = 0; r < 16; r++)
+        for (int c = 0; c < 8; c++) {
+            float want = 0.0f;
+            for (int k = 0; k < 16; k++) want += ma[r * 16 + k] * mb[k * 8 + c];
+            ok &= md[r * 8 + c] == want;
+        }
+    check(ok, "mma.m16n8k16 multiplies fragments laid out as PTX documents " + e);
+
+    pid_t kid = fork();
+    if (kid == 0) {
+        run(misaligned, 1, 32, one, "misaligned");
+        _exit(0);
+    }
+    int st = 0;
+    waitpid(kid, &st, 0);
+    check(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT, "a misaligned 4-byte access stops the process");
 
     // the fake driver: a copy out of range is refused, a write past a buffer's end stops the process
     std::string lib = std::string(argv[1]) + "/libcuda.so.1";

@@ -236,6 +236,24 @@ mod tests {
         );
     }
 
+    /// A shared array of a storage type (`T`, bf16_t, f16_t: 2-byte structs) is declared
+    /// `__align__`: kernels read such arrays two values at a time (`ld32`), and without it the
+    /// compiler may place them on a 2-byte boundary (PTX `.align 2`), where a GPU faults.
+    #[test]
+    fn shared_arrays_of_16_bit_values_are_aligned() {
+        let mut n = 0;
+        for (name, src) in SOURCES {
+            for line in src.lines().filter(|l| l.contains("__shared__")) {
+                let sixteen = ["__shared__ T ", "bf16_t ", "f16_t "].iter().any(|t| line.replace("__align__(16) ", "").contains(t));
+                if sixteen {
+                    assert!(line.contains("__align__("), "{name}.cu: a 16-bit shared array without __align__: {}", line.trim());
+                    n += 1;
+                }
+            }
+        }
+        assert!(n >= 9, "found only {n} 16-bit shared arrays: has this test's pattern gone stale?");
+    }
+
     #[test]
     fn a_corrupt_cache_entry_is_never_trusted() {
         let dir = std::env::temp_dir().join(format!("gptrain-cubin-cache-{}", std::process::id()));

@@ -21,16 +21,15 @@
 //
 // Blocks: 4 warps, 16 query rows (or keys) each. Shared tiles: 64 rows of HS channels, rows
 // padded by 8 values so that a fragment's 32 reads fall in 32 different banks; a tile a
-// product reads along its rows is also kept transposed.
+// product reads along its rows is also kept transposed. They are read two values at a time
+// (ld32), so they are declared __align__(16): an array of 16-bit structs is otherwise only
+// 2-byte aligned, and a GPU faults on a misaligned 32-bit access.
 
 #define TC_WARP_ROWS 16
 #define TC_ROWS 64 // query rows (forward, backward q) or keys (backward kv) per block
 #define TC_TILE 64 // keys (or queries) per shared tile
 #define TC_PAD 8
 
-// Two 16-bit values at p (4-byte aligned) as one word.
-template <typename T> __device__ __forceinline__ u32 ld32(const T* p) { return *reinterpret_cast<const u32*>(p); }
-template <typename T> __device__ __forceinline__ void st32(T* p, u32 v) { *reinterpret_cast<u32*>(p) = v; }
 // lo and hi rounded into one word (lo in the low half).
 template <typename T> __device__ __forceinline__ u32 pack(float lo, float hi) {
     return (u32)store<T>(lo).bits | ((u32)store<T>(hi).bits << 16);
@@ -121,8 +120,8 @@ __device__ __forceinline__ float quad_max(float x) {
 // out(B,T,C), stats(B,NH,T,2) (max, 1/sum) from qkv(B,T,3C). Grid (T/64, B*NH), 128 threads.
 template <typename T, int HS>
 __device__ void attn_tc_forward(T* out, float* stats, const T* qkv, u32 t, u32 c, u32 nh, float p, u64 key) {
-    __shared__ T ks[TC_TILE][HS + TC_PAD]; // keys: B of q.k (k = channel)
-    __shared__ T vt[HS][TC_TILE + TC_PAD]; // values transposed: B of p.v (k = key)
+    __shared__ __align__(16) T ks[TC_TILE][HS + TC_PAD]; // keys: B of q.k (k = channel)
+    __shared__ __align__(16) T vt[HS][TC_TILE + TC_PAD]; // values transposed: B of p.v (k = key)
     const u32 bh = blockIdx.y, h = bh % nh, bi = bh / nh;
     const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
     const u32 r0 = blockIdx.x * TC_ROWS, w0 = r0 + warp * TC_WARP_ROWS; // the warp's rows w0..w0+15
@@ -232,9 +231,9 @@ __device__ void attn_tc_forward(T* out, float* stats, const T* qkv, u32 t, u32 c
 template <typename T, int HS>
 __device__ void attn_tc_backward_q(T* dqkv, float* rowdot, const T* dout, const T* out, const T* qkv, const float* stats, u32 t,
                                    u32 c, u32 nh, float p, u64 key) {
-    __shared__ T ks[TC_TILE][HS + TC_PAD]; // keys: B of q.k (k = channel)
-    __shared__ T kt[HS][TC_TILE + TC_PAD]; // keys transposed: B of ds.k (k = key)
-    __shared__ T vs[TC_TILE][HS + TC_PAD]; // values: B of dout.v (k = channel)
+    __shared__ __align__(16) T ks[TC_TILE][HS + TC_PAD]; // keys: B of q.k (k = channel)
+    __shared__ __align__(16) T kt[HS][TC_TILE + TC_PAD]; // keys transposed: B of ds.k (k = key)
+    __shared__ __align__(16) T vs[TC_TILE][HS + TC_PAD]; // values: B of dout.v (k = channel)
     const u32 bh = blockIdx.y, h = bh % nh, bi = bh / nh;
     const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
     const u32 r0 = blockIdx.x * TC_ROWS, w0 = r0 + warp * TC_WARP_ROWS;
@@ -324,10 +323,10 @@ __device__ void attn_tc_backward_q(T* dqkv, float* rowdot, const T* dout, const 
 template <typename T, int HS>
 __device__ void attn_tc_backward_kv(T* dqkv, const float* rowdot, const T* dout, const T* qkv, const float* stats, u32 t, u32 c,
                                     u32 nh, float p, u64 key) {
-    __shared__ T qs[TC_TILE][HS + TC_PAD]; // queries: B of k.q (k = channel)
-    __shared__ T qt[HS][TC_TILE + TC_PAD]; // transposed: B of ds'.q (k = query)
-    __shared__ T ys[TC_TILE][HS + TC_PAD]; // dout: B of v.dout (k = channel)
-    __shared__ T yt[HS][TC_TILE + TC_PAD]; // transposed: B of a'.dout (k = query)
+    __shared__ __align__(16) T qs[TC_TILE][HS + TC_PAD]; // queries: B of k.q (k = channel)
+    __shared__ __align__(16) T qt[HS][TC_TILE + TC_PAD]; // transposed: B of ds'.q (k = query)
+    __shared__ __align__(16) T ys[TC_TILE][HS + TC_PAD]; // dout: B of v.dout (k = channel)
+    __shared__ __align__(16) T yt[HS][TC_TILE + TC_PAD]; // transposed: B of a'.dout (k = query)
     __shared__ float ms[TC_TILE], is[TC_TILE], rs[TC_TILE];
     const u32 bh = blockIdx.y, h = bh % nh, bi = bh / nh;
     const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;

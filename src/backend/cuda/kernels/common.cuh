@@ -52,6 +52,22 @@ template <> __device__ __forceinline__ f16_t store<f16_t>(float x) {
     return r;
 }
 
+// Two 16-bit values at p as one 32-bit word, the lower address in the low half. p must be
+// 4-byte aligned, as a GPU requires (the emulator checks; x86 would not fault): a shared array
+// of bf16_t/f16_t read this way is declared __align__(16).
+template <typename T> __device__ __forceinline__ u32 ld32(const T* p) {
+#ifdef GPTRAIN_EMU
+    emu::aligned(p, 4);
+#endif
+    return *reinterpret_cast<const u32*>(p);
+}
+template <typename T> __device__ __forceinline__ void st32(T* p, u32 v) {
+#ifdef GPTRAIN_EMU
+    emu::aligned(p, 4);
+#endif
+    *reinterpret_cast<u32*>(p) = v;
+}
+
 // src/rng.rs: splitmix, mix, uniform_f32; and Dropout::scale of src/backend/ops.rs, bit for bit.
 __device__ __forceinline__ u64 splitmix(u64 z) {
     z += 0x9E3779B97F4A7C15ull;
