@@ -84,34 +84,27 @@ __device__ __forceinline__ float drop_scale(float p, u64 key, u64 idx) {
 }
 
 // Warp reductions: a butterfly of shuffles, the same order every time.
-__device__ __forceinline__ float warp_sum(float x) {
-    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+template <typename F> __device__ __forceinline__ float warp_reduce(float x, F f) {
+    for (int o = 16; o > 0; o >>= 1) x = f(x, __shfl_xor_sync(0xffffffffu, x, o));
     return x;
 }
-__device__ __forceinline__ float warp_max(float x) {
-    for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
-    return x;
-}
+__device__ __forceinline__ float add_f(float a, float b) { return a + b; }
+__device__ __forceinline__ float max_f(float a, float b) { return fmaxf(a, b); }
+__device__ __forceinline__ float warp_sum(float x) { return warp_reduce(x, add_f); }
+__device__ __forceinline__ float warp_max(float x) { return warp_reduce(x, max_f); }
 // Block reductions over blockDim.x threads (a multiple of 32, at most 1024); every thread gets
-// the result. `shared` holds 32 floats.
-__device__ float block_sum(float x, float* shared) {
+// the result. `shared` holds 32 floats; `identity` fills the lanes past the block's warps.
+template <typename F> __device__ float block_reduce(float x, float* shared, float identity, F f) {
     int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
-    x = warp_sum(x);
+    x = warp_reduce(x, f);
     __syncthreads();
     if (lane == 0) shared[warp] = x;
     __syncthreads();
-    x = lane < warps ? shared[lane] : 0.0f;
-    return warp_sum(x);
+    x = lane < warps ? shared[lane] : identity;
+    return warp_reduce(x, f);
 }
-__device__ float block_max(float x, float* shared) {
-    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
-    x = warp_max(x);
-    __syncthreads();
-    if (lane == 0) shared[warp] = x;
-    __syncthreads();
-    x = lane < warps ? shared[lane] : NEG_INF;
-    return warp_max(x);
-}
+__device__ float block_sum(float x, float* shared) { return block_reduce(x, shared, 0.0f, add_f); }
+__device__ float block_max(float x, float* shared) { return block_reduce(x, shared, NEG_INF, max_f); }
 
 // Instantiates `NAME_f32`, `NAME_bf16`, `NAME_f16` from a macro `NAME##_KERNEL(T, S)`. A source
 // compiled with ONLY_F32, ONLY_BF16 or ONLY_F16 defined instantiates that storage type's alone
