@@ -103,45 +103,24 @@ def secs(s):
 
 
 def child_reference(spec):
-    """Times full iterations of tools/reference.py's GPT, as gpu_calibrate.py does, printing one
-    `iter N: loss L, time Tms` line per iteration and the peak memory at exit."""
-    import contextlib
-
+    """Times full iterations of tools/reference.py's GPT (`reference.nanogpt_iterations`, as
+    gpu_calibrate.py does), printing one `iter N: loss L, time Tms` line per iteration and the
+    peak memory at exit."""
     import torch
-    from reference import GPT, Config
+    from reference import Config, nanogpt_iterations
 
     s = json.loads(spec)
     dev = s["device"]
-    cuda = dev.startswith("cuda")
     if dev.startswith("cuda:"):
         torch.cuda.set_device(dev)  # synchronize() and the memory peaks are of the current device
     torch.manual_seed(1337)
     torch.backends.cuda.matmul.allow_tf32 = True  # as nanoGPT's train.py
     torch.backends.cudnn.allow_tf32 = True
     cfg = Config(n_layer=s["n_layer"], n_head=s["n_head"], n_embd=s["n_embd"], block_size=s["block_size"], vocab_size=s["vocab_size"], padded_vocab_size=s["padded_vocab_size"], bias=s["bias"], sdpa=True)
-    model = GPT(cfg).to(dev)
-    opt = torch.optim.AdamW(model.param_groups(0.1), lr=6e-4, betas=(0.9, 0.95), fused=cuda)
-    fwd = torch.compile(model) if s["compile"] else model
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(s["dtype"]) if cuda else None
-    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
-    B, T, V, accum = s["batch_size"], s["block_size"], s["vocab_size"], s["grad_accum"]
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    steps = nanogpt_iterations(cfg, dev, s["dtype"], s["batch_size"], s["grad_accum"], compile=s["compile"])
     for it in range(s["warmup"] + s["iters"]):
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(accum):
-            x = torch.randint(0, V, (B, T), device=dev)
-            y = torch.randint(0, V, (B, T), device=dev)
-            with torch.autocast("cuda", dtype=amp) if amp is not None else contextlib.nullcontext():
-                _, loss = fwd(x, y)
-            scaler.scale(loss / accum).backward()
-        scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
-        sync()
-        print(f"iter {it}: loss {loss.item():.4f}, time {(time.perf_counter() - t0) * 1e3:.2f}ms", flush=True)
+        loss, ms = next(steps)
+        print(f"iter {it}: loss {loss:.4f}, time {ms:.2f}ms", flush=True)
     print_memory()
 
 

@@ -22,12 +22,11 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from reference import GPT, Config  # noqa: E402
+from reference import Config, nanogpt_iterations  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GPTRAIN = os.environ.get("GPTRAIN", os.path.join(ROOT, "target", "release", "gptrain"))
@@ -46,32 +45,10 @@ def time_iterations(e, mode, dtype, iters, warmup):
     torch.manual_seed(0)
     m = e["model"]
     cfg = Config(n_layer=m["n_layer"], n_head=m["n_head"], n_embd=m["n_embd"], block_size=m["block_size"], vocab_size=m["vocab_size"], padded_vocab_size=m["padded_vocab_size"], bias=m["bias"], sdpa=True)
-    model = GPT(cfg).cuda()
-    opt = torch.optim.AdamW(model.param_groups(0.1), lr=6e-4, betas=(0.9, 0.95), fused=True)
-    fwd = torch.compile(model) if mode == "compile" else model
-    ptdtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == "fp16")
-    B, T, V, accum = e["batch_size"], m["block_size"], m["vocab_size"], e["grad_accum"]
-    times, losses = [], []
     torch.cuda.reset_peak_memory_stats()
-    for _ in range(warmup + iters):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(accum):
-            x = torch.randint(0, V, (B, T), device="cuda")
-            y = torch.randint(0, V, (B, T), device="cuda")
-            with torch.autocast("cuda", dtype=ptdtype):
-                _, loss = fwd(x, y)
-            scaler.scale(loss / accum).backward()
-        scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
-        times.append((time.perf_counter() - t0) * 1e3)
-        losses.append(loss.item())
-    return dict(warmup_ms=times[:warmup], ms=times[warmup:], loss=losses[-1], peak_alloc_bytes=torch.cuda.max_memory_allocated(), peak_reserved_bytes=torch.cuda.max_memory_reserved())
+    steps = nanogpt_iterations(cfg, "cuda", dtype, e["batch_size"], e["grad_accum"], compile=mode == "compile")
+    losses, times = zip(*(next(steps) for _ in range(warmup + iters)))
+    return dict(warmup_ms=list(times[:warmup]), ms=list(times[warmup:]), loss=losses[-1], peak_alloc_bytes=torch.cuda.max_memory_allocated(), peak_reserved_bytes=torch.cuda.max_memory_reserved())
 
 
 def main():

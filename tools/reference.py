@@ -195,6 +195,45 @@ def from_stacked(model, tensors):
 
 
 # ---------------------------------------------------------------------------------------------
+# nanoGPT's training iteration, timed (tools/gpu_calibrate.py, tools/bench_gpu.py)
+
+
+def nanogpt_iterations(cfg, device, dtype, batch_size, grad_accum, compile=False):
+    """Trains a fresh `GPT(cfg)` on random tokens the way nanoGPT's train.py iterates, without
+    end: `grad_accum` micro-steps of (batch_size, block_size) forward under autocast to `dtype`
+    ("bf16", "fp16"; anything else, or a CPU `device`: none) and backward, clipping at 1.0,
+    AdamW (lr 6e-4, betas 0.9/0.95, decay 0.1 on 2-D tensors; fused on CUDA), GradScaler for
+    fp16, zero_grad. Yields (loss of the last micro-step, milliseconds) per iteration, the device
+    synchronized before and after. The model is made at the first `next()`: seed before it."""
+    import contextlib
+    import time
+
+    cuda = device.startswith("cuda")
+    model = GPT(cfg).to(device)
+    opt = torch.optim.AdamW(model.param_groups(0.1), lr=6e-4, betas=(0.9, 0.95), fused=cuda)
+    fwd = torch.compile(model) if compile else model
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype) if cuda else None
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    B, T, V = batch_size, cfg.block_size, cfg.vocab_size
+    while True:
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(grad_accum):
+            x = torch.randint(0, V, (B, T), device=device)
+            y = torch.randint(0, V, (B, T), device=device)
+            with torch.autocast("cuda", dtype=amp) if amp is not None else contextlib.nullcontext():
+                _, loss = fwd(x, y)
+            scaler.scale(loss / grad_accum).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        sync()
+        yield loss.item(), (time.perf_counter() - t0) * 1e3
+
+
 # Hugging Face GPT-2 files
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
