@@ -116,19 +116,23 @@ pub struct LayerNormBackward {
     pub w: Tensor,
 }
 
-/// out(N,OC) = inp(N,IC) @ w(OC,IC)^T + b(OC).
+/// out(N,OC) = inp(N,IC) @ w(OC,IC)^T + b(OC); or, with `pre`, pre(N,OC) = that product and
+/// out = gelu_tanh(pre) (the MLP's first layer and its GELU as one op, which a backend may
+/// fuse: the CUDA backend in cuBLASLt's epilogue; the CPU runs the two ops).
 #[derive(Clone, Copy, Debug)]
 pub struct Matmul {
     pub out: Tensor,
     pub inp: Tensor,
     pub w: Tensor,
     pub b: Option<Tensor>,
+    pub pre: Option<Tensor>,
     pub role: Role,
 }
 
 /// dinp(N,IC) = dout(N,OC) @ w; dw(OC,IC) += dout^T @ inp; db(OC) += sum over rows of dout.
 /// `dout` may be anywhere: the classifier's is in the activations, where [`FusedClassifier`]
-/// left it in place of the logits.
+/// left it in place of the logits. With `gelu` (this layer's input was gelu(pre)), dinp is the
+/// gradient of `pre` instead: (dout @ w) * gelu'(pre), GELU's backward fused in (see [`GeluGrad`]).
 #[derive(Clone, Copy, Debug)]
 pub struct MatmulBackward {
     pub dinp: Tensor,
@@ -137,7 +141,17 @@ pub struct MatmulBackward {
     pub dout: Tensor,
     pub inp: Tensor,
     pub w: Tensor,
+    pub gelu: Option<GeluGrad>,
     pub role: Role,
+}
+
+/// The GELU in front of a linear layer, for [`MatmulBackward`]: its input `pre`(N,IC) from the
+/// forward, and `scratch`(N,IC) (dinp's type), where a backend that does not fuse the two puts
+/// dout @ w before GELU's backward (the CPU: exactly the two ops the model ran before).
+#[derive(Clone, Copy, Debug)]
+pub struct GeluGrad {
+    pub pre: Tensor,
+    pub scratch: Tensor,
 }
 
 /// Causal self-attention: out(B,T,C) from qkv(B,T,3C), and stats(B,NH,T,2), each attention
@@ -316,8 +330,24 @@ operands!(Embed { out: [out], out_opt: [], ins: [wte, wpe, tokens], in_opt: [] }
 operands!(EmbedBackward { out: [dwte, dwpe], out_opt: [], ins: [dout, tokens], in_opt: [] });
 operands!(LayerNorm { out: [out, mean, rstd], out_opt: [], ins: [inp, w], in_opt: [b] });
 operands!(LayerNormBackward { out: [dinp, dw], out_opt: [db], ins: [dout, inp, mean, rstd, w], in_opt: [] });
-operands!(Matmul { out: [out], out_opt: [], ins: [inp, w], in_opt: [b] });
-operands!(MatmulBackward { out: [dinp, dw], out_opt: [db], ins: [dout, inp, w], in_opt: [] });
+operands!(Matmul { out: [out], out_opt: [pre], ins: [inp, w], in_opt: [b] });
+
+impl MatmulBackward {
+    fn visit(&mut self, f: &mut dyn FnMut(&mut Tensor, bool)) {
+        f(&mut self.dinp, true);
+        f(&mut self.dw, true);
+        if let Some(t) = self.db.as_mut() {
+            f(t, true);
+        }
+        if let Some(g) = self.gelu.as_mut() {
+            f(&mut g.scratch, true);
+            f(&mut g.pre, false);
+        }
+        f(&mut self.dout, false);
+        f(&mut self.inp, false);
+        f(&mut self.w, false);
+    }
+}
 operands!(Attention { out: [out, stats], out_opt: [], ins: [qkv], in_opt: [] });
 operands!(AttentionBackward { out: [dqkv], out_opt: [], ins: [dout, qkv, stats, out], in_opt: [] });
 operands!(AttentionDecode { out: [out, k, v], out_opt: [], ins: [qkv], in_opt: [] });

@@ -9,8 +9,8 @@
 //! Shapes: B = 2, T = 7, C = 24, NH = 3 (head size 8), V = 13 padded to Vp = 16, maxT = 8.
 
 use crate::backend::ops::{
-    AdamWStep, Attention, AttentionBackward, AttentionDecode, Embed, EmbedBackward, FusedClassifier, Gelu, GeluBackward, LayerNorm,
-    LayerNormBackward, Matmul, MatmulBackward, Residual,
+    AdamWStep, Attention, AttentionBackward, AttentionDecode, Embed, EmbedBackward, FusedClassifier, Gelu, GeluBackward, GeluGrad,
+    LayerNorm, LayerNormBackward, Matmul, MatmulBackward, Residual,
 };
 use crate::backend::tensor::N_BUFS;
 use crate::backend::{AdamW, BufId, DType, Dropout, Host, Op, Precision, Role, Scalar, Span, Tensor, N_SCALARS};
@@ -268,7 +268,7 @@ pub(super) fn all() -> Vec<Case> {
         v.push(case(op, format!("N={n} IC={C} OC={oc}"), move |l| {
             let (out, inp) = (l.t(Acts, &[n, oc], Normal(1.0)), l.t(Acts, &[n, C], Normal(1.0)));
             let (w, b) = (l.t(Params, &[oc, C], Normal(0.3)), l.t(Params, &[oc], Normal(0.3)));
-            let op = Matmul { out, inp, w, b: bias.then_some(b), role: if bias { Role::Qkv } else { Role::LmHead } };
+            let op = Matmul { out, inp, w, b: bias.then_some(b), pre: None, role: if bias { Role::Qkv } else { Role::LmHead } };
             Spec::new(vec![op.into()], vec![("out", out, Write)])
         }));
     }
@@ -282,12 +282,31 @@ pub(super) fn all() -> Vec<Case> {
             let (dw, db) = (l.t(Grads, &[oc, C], Normal(1.0)), l.t(Grads, &[oc], Normal(1.0)));
             let (inp, w) = (l.t(Acts, &[n, C], Normal(1.0)), l.t(Params, &[oc, C], Normal(0.3)));
             let db = bias.then_some(db);
-            let op = MatmulBackward { dinp, dw, db, dout, inp, w, role: if bias { Role::Qkv } else { Role::LmHead } };
+            let op = MatmulBackward { dinp, dw, db, dout, inp, w, gelu: None, role: if bias { Role::Qkv } else { Role::LmHead } };
             let mut outputs = vec![("dinp", dinp, Write), ("dw", dw, Add)];
             outputs.extend(db.map(|db| ("db", db, Add)));
             Spec::new(vec![op.into()], outputs)
         }));
     }
+
+    // the MLP's two layers with their GELU between, as one op each (the CUDA backend fuses the
+    // GELU into cuBLASLt's epilogue where it can; the CPU runs the ops they stand for)
+    let c4 = 4 * C;
+    v.push(case("matmul + gelu forward", format!("N={n} IC={C} OC={c4}"), move |l| {
+        let (out, pre, inp) = (l.t(Acts, &[n, c4], Normal(1.0)), l.t(Acts, &[n, c4], Normal(1.0)), l.t(Acts, &[n, C], Normal(1.0)));
+        let (w, b) = (l.t(Params, &[c4, C], Normal(0.3)), l.t(Params, &[c4], Normal(0.3)));
+        let op = Matmul { out, inp, w, b: Some(b), pre: Some(pre), role: Role::MlpFc };
+        Spec::new(vec![op.into()], vec![("out", out, Write), ("pre", pre, Write)])
+    }));
+    v.push(case("matmul backward + gelu", format!("N={n} IC={c4} OC={C}"), move |l| {
+        let (dinp, scratch) = (l.t(DActs, &[n, c4], Normal(1.0)), l.t(DActs, &[n, c4], Normal(1.0)));
+        let dout = l.t(DActs, &[n, C], Normal(1.0));
+        let (dw, db) = (l.t(Grads, &[C, c4], Normal(1.0)), l.t(Grads, &[C], Normal(1.0)));
+        let (inp, pre, w) = (l.t(Acts, &[n, c4], Normal(1.0)), l.t(Acts, &[n, c4], Normal(1.5)), l.t(Params, &[C, c4], Normal(0.3)));
+        let gelu = Some(GeluGrad { pre, scratch });
+        let op = MatmulBackward { dinp, dw, db: Some(db), dout, inp, w, gelu, role: Role::MlpProj };
+        Spec::new(vec![op.into()], vec![("dinp", dinp, Write), ("dw", dw, Add), ("db", db, Add)])
+    }));
 
     let names = ["attention forward", "attention forward + dropout", "attention backward", "attention backward + dropout"];
     attention_cases(&mut v, (B, T, C, NH), names);

@@ -205,7 +205,7 @@ impl<B: Backend> Gpt<B> {
             };
             let (mean, rstd) = (a.ln1_mean.index(l), a.ln1_rstd.index(l));
             self.run(LayerNorm { out: ln1, mean, rstd, inp: residual, w: p.ln1w.index(l), b: p.ln1b.map(|x| x.index(l)) })?;
-            self.run(Matmul { out: qkv, inp: ln1, w: p.qkvw.index(l), b: p.qkvb.map(|x| x.index(l)), role: Role::Qkv })?;
+            self.run(Matmul { out: qkv, inp: ln1, w: p.qkvw.index(l), b: p.qkvb.map(|x| x.index(l)), pre: None, role: Role::Qkv })?;
             match attend {
                 Attend::Causal(d) => {
                     let drop = DropoutCtx::at(d, l, 1);
@@ -217,15 +217,15 @@ impl<B: Backend> Gpt<B> {
                 }
             }
             let (w, b) = (p.attprojw.index(l), p.attprojb.map(|x| x.index(l)));
-            self.run(Matmul { out: attproj, inp: atty, w, b, role: Role::AttnProj })?;
+            self.run(Matmul { out: attproj, inp: atty, w, b, pre: None, role: Role::AttnProj })?;
             self.run(Op::Dropout { x: attproj, drop: DropoutCtx::at(dropout, l, 2) })?;
             self.run(Residual { out: residual2, a: residual, b: attproj })?;
             let (mean, rstd) = (a.ln2_mean.index(l), a.ln2_rstd.index(l));
             self.run(LayerNorm { out: ln2, mean, rstd, inp: residual2, w: p.ln2w.index(l), b: p.ln2b.map(|x| x.index(l)) })?;
-            self.run(Matmul { out: fch, inp: ln2, w: p.fcw.index(l), b: p.fcb.map(|x| x.index(l)), role: Role::MlpFc })?;
+            self.run(Matmul { out: fch, inp: ln2, w: p.fcw.index(l), b: p.fcb.map(|x| x.index(l)), pre: None, role: Role::MlpFc })?;
             self.run(Gelu { out: fch_gelu, inp: fch })?;
             let (w, b) = (p.fcprojw.index(l), p.fcprojb.map(|x| x.index(l)));
-            self.run(Matmul { out: fcproj, inp: fch_gelu, w, b, role: Role::MlpProj })?;
+            self.run(Matmul { out: fcproj, inp: fch_gelu, w, b, pre: None, role: Role::MlpProj })?;
             self.run(Op::Dropout { x: fcproj, drop: DropoutCtx::at(dropout, l, 3) })?;
             self.run(Residual { out: a.residual3.index(l), a: residual2, b: fcproj })?;
         }
@@ -237,7 +237,7 @@ impl<B: Backend> Gpt<B> {
         let p = &self.layout;
         let last = a.residual3.index(self.cfg.n_layer - 1);
         let ln = LayerNorm { out: a.lnf, mean: a.lnf_mean, rstd: a.lnf_rstd, inp: last, w: p.lnfw, b: p.lnfb };
-        let lm = Matmul { out: a.logits, inp: a.lnf, w: p.wte, b: None, role: Role::LmHead };
+        let lm = Matmul { out: a.logits, inp: a.lnf, w: p.wte, b: None, pre: None, role: Role::LmHead };
         self.run(ln)?;
         self.run(lm)
     }
@@ -265,7 +265,16 @@ impl<B: Backend> Gpt<B> {
         self.run(Op::Zero(dres))?;
         // the classifier's output gradient is where the fused classifier left it: the logits
         let wte = p.wte;
-        self.run(MatmulBackward { dinp: g.lnf, dw: grad(wte), db: None, dout: a.logits, inp: a.lnf, w: wte, role: Role::LmHead })?;
+        self.run(MatmulBackward {
+            dinp: g.lnf,
+            dw: grad(wte),
+            db: None,
+            dout: a.logits,
+            inp: a.lnf,
+            w: wte,
+            gelu: None,
+            role: Role::LmHead,
+        })?;
         let last = a.residual3.index(self.cfg.n_layer - 1);
         let (dw, db) = (grad(p.lnfw), ograd(p.lnfb));
         self.run(LayerNormBackward { dinp: dres, dw, db, dout: g.lnf, inp: last, mean: a.lnf_mean, rstd: a.lnf_rstd, w: p.lnfw })?;
@@ -278,11 +287,20 @@ impl<B: Backend> Gpt<B> {
             let dfcproj = self.branch(dres, g.fcproj.index(0), DropoutCtx::at(dropout, l, 3))?;
             let (w, b) = (p.fcprojw.index(l), p.fcprojb.map(|x| x.index(l)));
             let dfch_gelu = g.fch_gelu.index(0);
-            self.run(MatmulBackward { dinp: dfch_gelu, dw: grad(w), db: ograd(b), dout: dfcproj, inp: fch_gelu, w, role: Role::MlpProj })?;
+            self.run(MatmulBackward {
+                dinp: dfch_gelu,
+                dw: grad(w),
+                db: ograd(b),
+                dout: dfcproj,
+                inp: fch_gelu,
+                w,
+                gelu: None,
+                role: Role::MlpProj,
+            })?;
             self.run(GeluBackward { dinp: g.fch.index(0), dout: dfch_gelu, inp: fch })?;
             let (w, b) = (p.fcw.index(l), p.fcb.map(|x| x.index(l)));
             let (dln2, dfch) = (g.ln2.index(0), g.fch.index(0));
-            self.run(MatmulBackward { dinp: dln2, dw: grad(w), db: ograd(b), dout: dfch, inp: ln2, w, role: Role::MlpFc })?;
+            self.run(MatmulBackward { dinp: dln2, dw: grad(w), db: ograd(b), dout: dfch, inp: ln2, w, gelu: None, role: Role::MlpFc })?;
             let (w, b) = (p.ln2w.index(l), p.ln2b.map(|x| x.index(l)));
             let (mean, rstd) = (a.ln2_mean.index(l), a.ln2_rstd.index(l));
             self.run(LayerNormBackward { dinp: dres, dw: grad(w), db: ograd(b), dout: dln2, inp: residual2, mean, rstd, w })?;
@@ -290,12 +308,21 @@ impl<B: Backend> Gpt<B> {
             let dattproj = self.branch(dres, g.attproj.index(0), DropoutCtx::at(dropout, l, 2))?;
             let (w, b) = (p.attprojw.index(l), p.attprojb.map(|x| x.index(l)));
             let datty = g.atty.index(0);
-            self.run(MatmulBackward { dinp: datty, dw: grad(w), db: ograd(b), dout: dattproj, inp: atty, w, role: Role::AttnProj })?;
+            self.run(MatmulBackward {
+                dinp: datty,
+                dw: grad(w),
+                db: ograd(b),
+                dout: dattproj,
+                inp: atty,
+                w,
+                gelu: None,
+                role: Role::AttnProj,
+            })?;
             let (dqkv, stats, drop) = (g.qkv.index(0), a.att_stats.index(l), DropoutCtx::at(dropout, l, 1));
             self.run(AttentionBackward { dqkv, dout: datty, qkv, stats, out: atty, n_head: nh, drop })?;
             let (w, b) = (p.qkvw.index(l), p.qkvb.map(|x| x.index(l)));
             let dln1 = g.ln1.index(0);
-            self.run(MatmulBackward { dinp: dln1, dw: grad(w), db: ograd(b), dout: dqkv, inp: ln1, w, role: Role::Qkv })?;
+            self.run(MatmulBackward { dinp: dln1, dw: grad(w), db: ograd(b), dout: dqkv, inp: ln1, w, gelu: None, role: Role::Qkv })?;
             let (w, b) = (p.ln1w.index(l), p.ln1b.map(|x| x.index(l)));
             let (mean, rstd) = (a.ln1_mean.index(l), a.ln1_rstd.index(l));
             self.run(LayerNormBackward { dinp: dres, dw: grad(w), db: ograd(b), dout: dln1, inp: residual, mean, rstd, w })?;

@@ -6,8 +6,10 @@
 //
 // Sums are in double and rounded once into D's type; the real library sums in f32.
 #include "half.h"
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -17,10 +19,17 @@ enum { OK = 0, NOT_INITIALIZED = 1, INVALID_VALUE = 7, NOT_SUPPORTED = 15 };
 enum { R_32F = 0, R_16F = 2, R_16BF = 14 };
 enum { COMPUTE_32F = 68, COMPUTE_32F_FAST_TF32 = 77 };
 enum { DESC_COMPUTE_TYPE = 0, DESC_SCALE_TYPE = 1, DESC_POINTER_MODE = 2, DESC_TRANSA = 3, DESC_TRANSB = 4, DESC_EPILOGUE = 7,
-       DESC_BIAS_POINTER = 8, DESC_BIAS_DATA_TYPE = 26 };
-enum { EPILOGUE_DEFAULT = 1, EPILOGUE_BIAS = 4 };
+       DESC_BIAS_POINTER = 8, DESC_AUX_POINTER = 11, DESC_AUX_LD = 12, DESC_AUX_DATA_TYPE = 22, DESC_BIAS_DATA_TYPE = 26 };
+// GELU_AUX: D = gelu(x) and aux = x, x the product (plus bias with GELU_AUX_BIAS); DGELU: D = the
+// product times gelu'(aux). GELU is the tanh form, as NVIDIA's samples show it.
+enum { EPILOGUE_DEFAULT = 1, EPILOGUE_BIAS = 4, EPILOGUE_GELU_AUX = 160, EPILOGUE_GELU_AUX_BIAS = 164, EPILOGUE_DGELU = 192 };
 
-struct Desc { int compute, scale, transa = 0, transb = 0, epilogue = EPILOGUE_DEFAULT, bias_type = -1; const void* bias = nullptr; };
+struct Desc {
+    int compute, scale, transa = 0, transb = 0, epilogue = EPILOGUE_DEFAULT, bias_type = -1, aux_type = -1;
+    const void* bias = nullptr;
+    void* aux = nullptr;
+    int64_t aux_ld = 0;
+};
 struct Layout { int type; uint64_t rows, cols; int64_t ld; };
 struct Pref { uint64_t workspace = 0; };
 struct Algo { uint64_t data[8]; };
@@ -50,6 +59,15 @@ cublasStatus_t cublasLtMatmulDescSetAttribute(Desc* d, int attr, const void* buf
         if (n != sizeof(void*)) return INVALID_VALUE;
         std::memcpy(&d->bias, buf, n);
         return OK;
+    case DESC_AUX_POINTER:
+        if (n != sizeof(void*)) return INVALID_VALUE;
+        std::memcpy(&d->aux, buf, n);
+        return OK;
+    case DESC_AUX_LD:
+        if (n != 8) return INVALID_VALUE;
+        std::memcpy(&d->aux_ld, buf, 8);
+        return OK;
+    case DESC_AUX_DATA_TYPE: return i32(&d->aux_type);
     case DESC_COMPUTE_TYPE: return i32(&d->compute);
     case DESC_SCALE_TYPE: return i32(&d->scale);
     default:
@@ -113,14 +131,35 @@ static bool shapes(const Desc* d, const Layout* a, const Layout* b, const Layout
     return true;
 }
 
+static bool gelu_epilogue(int e) { return e == EPILOGUE_GELU_AUX || e == EPILOGUE_GELU_AUX_BIAS || e == EPILOGUE_DGELU; }
+static bool known_epilogue(int e) { return e == EPILOGUE_DEFAULT || e == EPILOGUE_BIAS || gelu_epilogue(e); }
+
+// An auxiliary matrix as the documentation asks: given, m x n with ld >= m, ld a multiple of 8.
+static bool aux_ok(const Desc* d, uint64_t m) {
+    if (!gelu_epilogue(d->epilogue)) return true;
+    bool ok = d->aux && d->aux_ld >= (int64_t)m && d->aux_ld % 8 == 0;
+    if (!ok) std::fprintf(stderr, "cuda-emu cuBLASLt: GELU epilogue without a valid auxiliary matrix (ld %lld)\n", (long long)d->aux_ld);
+    return ok;
+}
+
+static double gelu(double x) { return 0.5 * x * (1.0 + std::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))); }
+static double gelu_grad(double x) {
+    double th = std::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x));
+    return 0.5 * (1.0 + th) + x * 0.5 * (1.0 - th * th) * 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * x * x);
+}
+
 cublasStatus_t cublasLtMatmulAlgoGetHeuristic(void*, Desc* d, Layout* a, Layout* b, Layout* c, Layout* dl, Pref*, int requested,
                                               Heuristic* out, int* returned) {
     uint64_t m, n, k;
     if (!shapes(d, a, b, c, dl, &m, &n, &k) || requested < 1) return INVALID_VALUE;
-    if (d->epilogue != EPILOGUE_DEFAULT && d->epilogue != EPILOGUE_BIAS) {
+    if (!known_epilogue(d->epilogue)) {
         std::fprintf(stderr, "cuda-emu cuBLASLt: epilogue %d is not emulated\n", d->epilogue);
         return NOT_SUPPORTED;
     }
+    // GPTRAIN_EMU_NO_EPILOGUE=1: a library or card without the GELU epilogues (the caller's fallback)
+    const char* no = std::getenv("GPTRAIN_EMU_NO_EPILOGUE");
+    if (gelu_epilogue(d->epilogue) && no && no[0] == '1') return NOT_SUPPORTED;
+    if (!aux_ok(d, m)) return INVALID_VALUE;
     std::memset(out, 0, sizeof *out);
     out->state = OK;
     out->wavesCount = 1.0f;
@@ -132,9 +171,12 @@ cublasStatus_t cublasLtMatmul(void*, Desc* d, const void* alpha, const void* A, 
                               const void* C, Layout* lc, void* D, Layout* ld, const Algo*, void*, size_t, void*) {
     uint64_t m, n, k;
     if (!shapes(d, la, lb, lc, ld, &m, &n, &k)) return INVALID_VALUE;
-    if (d->epilogue == EPILOGUE_BIAS && !d->bias) return INVALID_VALUE;
-    if (d->epilogue != EPILOGUE_DEFAULT && d->epilogue != EPILOGUE_BIAS) return NOT_SUPPORTED;
+    bool biased = d->epilogue == EPILOGUE_BIAS || d->epilogue == EPILOGUE_GELU_AUX_BIAS;
+    if (biased && !d->bias) return INVALID_VALUE;
+    if (!known_epilogue(d->epilogue)) return NOT_SUPPORTED;
+    if (!aux_ok(d, m)) return INVALID_VALUE;
     int bias_type = d->bias_type < 0 ? ld->type : d->bias_type;
+    int aux_type = d->aux_type < 0 ? ld->type : d->aux_type;
     float al, be;
     std::memcpy(&al, alpha, 4);
     std::memcpy(&be, beta, 4);
@@ -149,7 +191,13 @@ cublasStatus_t cublasLtMatmul(void*, Desc* d, const void* alpha, const void* A, 
             }
             double v = (double)al * s;
             if (be != 0.0f) v += (double)be * read(C, lc->type, i + j * lc->ld);
-            if (d->epilogue == EPILOGUE_BIAS) v += read(d->bias, bias_type, i);
+            if (biased) v += read(d->bias, bias_type, i);
+            if (d->epilogue == EPILOGUE_GELU_AUX || d->epilogue == EPILOGUE_GELU_AUX_BIAS) {
+                write(d->aux, aux_type, i + j * d->aux_ld, (float)v);
+                v = gelu(v);
+            } else if (d->epilogue == EPILOGUE_DGELU) {
+                v *= gelu_grad(read(d->aux, aux_type, i + j * d->aux_ld));
+            }
             out[i + j * m] = (float)v;
         }
     for (uint64_t j = 0; j < n; j++)

@@ -45,7 +45,21 @@ pub struct Gemm {
     pub beta: f32,
     /// A bias of m elements, in D's type, added before the one rounding.
     pub bias: Option<u64>,
+    /// GELU in the epilogue (tanh form, as gptrain's): see [`Gelu`].
+    pub gelu: Option<Gelu>,
     pub tf32: bool,
+}
+
+/// A GELU epilogue on an auxiliary (m, n) matrix `aux` (column-major, leading dimension `ld`,
+/// of type `dtype`). Forward (`CUBLASLT_EPILOGUE_GELU_AUX[_BIAS]`): aux = the product (plus
+/// bias), D = gelu(aux). Backward (`CUBLASLT_EPILOGUE_DGELU`): aux holds the forward's GELU
+/// input, D = the product * gelu'(aux).
+#[derive(Clone, Copy, Debug)]
+pub struct Gelu {
+    pub aux: u64,
+    pub ld: usize,
+    pub dtype: DType,
+    pub backward: bool,
 }
 
 fn cuda_type(t: DType) -> Result<sys::cudaDataType> {
@@ -71,6 +85,16 @@ impl Blas {
 
     /// Runs `g` on `stream`.
     pub fn gemm(&self, g: &Gemm, stream: cudarc::driver::sys::CUstream) -> Result<()> {
+        match self.gemm_if_supported(g, stream)? {
+            true => Ok(()),
+            false => Err(anyhow!("cuBLASLt found no algorithm for {g:?}")),
+        }
+    }
+
+    /// Runs `g` on `stream` if cuBLASLt has an algorithm for it (false, nothing run, when its
+    /// heuristic answers NOT_SUPPORTED: an epilogue the library or the card does not offer for
+    /// these types; any other refusal is an error).
+    pub fn gemm_if_supported(&self, g: &Gemm, stream: cudarc::driver::sys::CUstream) -> Result<bool> {
         let stream = stream as sys::cudaStream_t; // the same CUstream, in cuBLASLt's bindings
         let err = |what: &str, e: result::CublasError| anyhow!("cuBLASLt {what} ({g:?}): {e:?}");
         let compute =
@@ -99,23 +123,28 @@ impl Blas {
                 .and_then(|()| {
                     set(sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB, &op_b as *const _ as *const c_void, sz)
                 });
+            use sys::cublasLtEpilogue_t as E;
+            use sys::cublasLtMatmulDescAttributes_t as A;
+            let epi = match (g.bias, g.gelu) {
+                (None, None) => E::CUBLASLT_EPILOGUE_DEFAULT,
+                (Some(_), None) => E::CUBLASLT_EPILOGUE_BIAS,
+                (None, Some(Gelu { backward: false, .. })) => E::CUBLASLT_EPILOGUE_GELU_AUX,
+                (Some(_), Some(Gelu { backward: false, .. })) => E::CUBLASLT_EPILOGUE_GELU_AUX_BIAS,
+                (None, Some(Gelu { backward: true, .. })) => E::CUBLASLT_EPILOGUE_DGELU,
+                (Some(_), Some(Gelu { backward: true, .. })) => return Err(anyhow!("a bias with GELU's backward epilogue: {g:?}")),
+            };
+            if epi != E::CUBLASLT_EPILOGUE_DEFAULT {
+                r = r.and_then(|()| set(A::CUBLASLT_MATMUL_DESC_EPILOGUE, &epi as *const _ as *const c_void, std::mem::size_of_val(&epi)));
+            }
             if let Some(bias) = g.bias {
-                let epi = sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS;
+                r = r.and_then(|()| set(A::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias as *const u64 as *const c_void, 8));
+            }
+            if let Some(gelu) = g.gelu {
+                let (ld, ty) = (gelu.ld as i64, cuda_type(gelu.dtype)?);
                 r = r
-                    .and_then(|()| {
-                        set(
-                            sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE,
-                            &epi as *const _ as *const c_void,
-                            std::mem::size_of_val(&epi),
-                        )
-                    })
-                    .and_then(|()| {
-                        set(
-                            sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                            &bias as *const u64 as *const c_void,
-                            std::mem::size_of::<u64>(),
-                        )
-                    });
+                    .and_then(|()| set(A::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &gelu.aux as *const u64 as *const c_void, 8))
+                    .and_then(|()| set(A::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld as *const i64 as *const c_void, 8))
+                    .and_then(|()| set(A::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_DATA_TYPE, &ty as *const _ as *const c_void, 4));
             }
             let ws = WORKSPACE_BYTES as u64;
             r = r.and_then(|()| {
@@ -138,8 +167,13 @@ impl Blas {
                 r = r.and_then(|()| result::set_matmul_pref_attribute(pref, attr, &bytes as *const u32 as *const c_void, 4));
             }
             let run = r.map_err(|e| err("attributes", e)).and_then(|()| {
-                let h =
-                    result::get_matmul_algo_heuristic(self.handle, desc, la, lb, ld, ld, pref).map_err(|e| err("found no algorithm", e))?;
+                let h = match result::get_matmul_algo_heuristic(self.handle, desc, la, lb, ld, ld, pref) {
+                    Ok(h) => h,
+                    // no algorithm for this combination: the caller's other way; any other
+                    // status is a product described wrongly, an error
+                    Err(result::CublasError(sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED)) => return Ok(false),
+                    Err(e) => return Err(err("found no algorithm", e)),
+                };
                 result::matmul(
                     self.handle,
                     desc,
@@ -158,6 +192,7 @@ impl Blas {
                     WORKSPACE_BYTES,
                     stream,
                 )
+                .map(|()| true)
                 .map_err(|e| err("matmul", e))
             });
             let _ = result::destroy_matmul_pref(pref);

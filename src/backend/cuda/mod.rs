@@ -109,6 +109,9 @@ struct Inner {
     /// Whether bf16/f16 attention may run on the tensor-core kernels (`run.rs`); false when
     /// `GPTRAIN_CUDA_ATTENTION=tiled` asks for the CUDA-core ones.
     tensor_cores: bool,
+    /// Whether the MLP's GELU may run in cuBLASLt's epilogue (`run.rs`); false when
+    /// `GPTRAIN_CUDA_GELU_FUSION=0`.
+    gelu_fusion: bool,
     sms: usize,
 }
 
@@ -119,6 +122,16 @@ fn tensor_core_attention() -> Result<bool> {
         Err(_) | Ok("") | Ok("tensor") => Ok(true),
         Ok("tiled") => Ok(false),
         Ok(other) => bail!("GPTRAIN_CUDA_ATTENTION={other:?}: use `tensor` (the default) or `tiled`"),
+    }
+}
+
+/// `GPTRAIN_CUDA_GELU_FUSION`: `1` (or unset) lets bf16/f16 runs compute the MLP's GELU in
+/// cuBLASLt's epilogue, `0` keeps gptrain's GELU kernels (to compare the two on one card).
+fn gelu_fusion() -> Result<bool> {
+    match std::env::var("GPTRAIN_CUDA_GELU_FUSION").as_deref() {
+        Err(_) | Ok("") | Ok("1") => Ok(true),
+        Ok("0") => Ok(false),
+        Ok(other) => bail!("GPTRAIN_CUDA_GELU_FUSION={other:?}: use 1 (the default) or 0"),
     }
 }
 
@@ -158,6 +171,7 @@ impl Cuda {
             free_at_open,
             tf32,
             tensor_cores: tensor_core_attention()?,
+            gelu_fusion: gelu_fusion()?,
             sms,
         };
         Ok(Cuda { inner: Arc::new(inner) })

@@ -233,15 +233,43 @@ impl Cuda {
             Op::Matmul(m) => {
                 let (n, ic, oc) = (m.inp.rows(), m.inp.cols(), m.out.cols());
                 let (out, inp, w) = (self.operand(bufs, m.out), self.operand(bufs, m.inp), self.operand(bufs, m.w));
-                let g = linear_forward(n, ic, oc, out, inp, w, m.b.map(|b| self.ptr(bufs, b)), self.inner.tf32);
-                self.inner.blas.gemm(&g, self.cu_stream())?;
+                let bias = m.b.map(|b| self.ptr(bufs, b));
+                let Some(pre) = m.pre else {
+                    return self.inner.blas.gemm(&linear_forward(n, ic, oc, out, inp, w, bias, self.inner.tf32), self.cu_stream());
+                };
+                // with its GELU: pre = the product, out = gelu(pre), in the epilogue when it can be
+                let pre_ = self.operand(bufs, pre);
+                let mut g = linear_forward(n, ic, oc, out, inp, w, bias, self.inner.tf32);
+                g.gelu = Some(super::blas::Gelu { aux: pre_.0, ld: oc, dtype: pre_.1, backward: false });
+                if !self.gelu_fusion(&g) || !self.inner.blas.gemm_if_supported(&g, self.cu_stream())? {
+                    let g = linear_forward(n, ic, oc, pre_, inp, w, bias, self.inner.tf32);
+                    self.inner.blas.gemm(&g, self.cu_stream())?;
+                    let args = [p(m.out), p(pre), Arg::U64(pre.len() as u64)];
+                    self.launch_1d(&format!("gelu_forward_{}", sfx(pre.dtype)), pre.len(), &args)?;
+                }
             }
             Op::MatmulBackward(m) => {
                 let (n, ic, oc) = (m.inp.rows(), m.inp.cols(), m.dout.cols());
                 let (dout, inp, w) = (self.operand(bufs, m.dout), self.operand(bufs, m.inp), self.operand(bufs, m.w));
                 if !m.dinp.is_empty() {
-                    let g = linear_dinp(n, ic, oc, self.operand(bufs, m.dinp), dout, w, self.inner.tf32);
-                    self.inner.blas.gemm(&g, self.cu_stream())?;
+                    let dinp = self.operand(bufs, m.dinp);
+                    let mut g = linear_dinp(n, ic, oc, dinp, dout, w, self.inner.tf32);
+                    match m.gelu {
+                        None => self.inner.blas.gemm(&g, self.cu_stream())?,
+                        Some(gelu) => {
+                            // dinp = (dout @ w) * gelu'(pre): in the epilogue when it can be, else the
+                            // product into dinp and GELU's backward in place (the kernel reads each
+                            // element before it writes it; `scratch` is not needed)
+                            let pre = self.operand(bufs, gelu.pre);
+                            g.gelu = Some(super::blas::Gelu { aux: pre.0, ld: ic, dtype: pre.1, backward: true });
+                            if !self.gelu_fusion(&g) || !self.inner.blas.gemm_if_supported(&g, self.cu_stream())? {
+                                g.gelu = None;
+                                self.inner.blas.gemm(&g, self.cu_stream())?;
+                                let args = [p(m.dinp), p(m.dinp), p(gelu.pre), Arg::U64(m.dinp.len() as u64)];
+                                self.launch_1d(&format!("gelu_backward_{}", sfx(m.dinp.dtype)), m.dinp.len(), &args)?;
+                            }
+                        }
+                    }
                 }
                 let g = linear_dw(n, ic, oc, self.operand(bufs, m.dw), dout, inp, self.inner.tf32);
                 self.inner.blas.gemm(&g, self.cu_stream())?;
@@ -256,6 +284,9 @@ impl Cuda {
             }
             Op::Attention(a) => {
                 let (b, t, c) = bt_c(a.qkv, a.n_head);
+                if b * t == 0 {
+                    return Ok(()); // no rows (the kernels' key loops assume one)
+                }
                 if let Some(hs) = self.tensor_core_attention(b, c, a.n_head, a.qkv.dtype) {
                     let [dp, key] = drop_args(a.drop);
                     let args = [p(a.out), p(a.stats), p(a.qkv), u32_(t), u32_(c), u32_(a.n_head), dp, key];
@@ -276,6 +307,9 @@ impl Cuda {
             }
             Op::AttentionBackward(a) => {
                 let (b, t, c) = bt_c(a.qkv, a.n_head);
+                if b * t == 0 {
+                    return Ok(());
+                }
                 let rows = b * a.n_head * t;
                 let rowdot = Arg::P(self.rowdot(rows)?);
                 let s = sfx(a.qkv.dtype);
@@ -387,13 +421,45 @@ pub fn linear_forward(
     bias: Option<u64>,
     tf32: bool,
 ) -> Gemm {
-    Gemm { m: oc, n, k: ic, a: w, trans_a: true, lda: ic, b: inp, trans_b: false, ldb: ic, d: out, ldd: oc, beta: 0.0, bias, tf32 }
+    Gemm {
+        m: oc,
+        n,
+        k: ic,
+        a: w,
+        trans_a: true,
+        lda: ic,
+        b: inp,
+        trans_b: false,
+        ldb: ic,
+        d: out,
+        ldd: oc,
+        beta: 0.0,
+        bias,
+        gelu: None,
+        tf32,
+    }
 }
 
 /// dinp(N,IC) = dout(N,OC) @ w(OC,IC): column-major dinp^T (IC x N) = w^T . dout^T, w^T being
 /// w's row-major storage read column-major.
 pub fn linear_dinp(n: usize, ic: usize, oc: usize, dinp: (u64, DType), dout: (u64, DType), w: (u64, DType), tf32: bool) -> Gemm {
-    Gemm { m: ic, n, k: oc, a: w, trans_a: false, lda: ic, b: dout, trans_b: false, ldb: oc, d: dinp, ldd: ic, beta: 0.0, bias: None, tf32 }
+    Gemm {
+        m: ic,
+        n,
+        k: oc,
+        a: w,
+        trans_a: false,
+        lda: ic,
+        b: dout,
+        trans_b: false,
+        ldb: oc,
+        d: dinp,
+        ldd: ic,
+        beta: 0.0,
+        bias: None,
+        gelu: None,
+        tf32,
+    }
 }
 
 /// dw(OC,IC) += dout(N,OC)^T @ inp(N,IC): column-major dw^T (IC x OC) += inp^T . op_T(dout^T).
@@ -412,6 +478,7 @@ pub fn linear_dw(n: usize, ic: usize, oc: usize, dw: (u64, DType), dout: (u64, D
         ldd: ic,
         beta: 1.0,
         bias: None,
+        gelu: None,
         tf32,
     }
 }
@@ -425,6 +492,18 @@ const TILED_HS: [usize; 4] = [8, 16, 32, 64];
 fn tiled(b: usize, c: usize, n_head: usize) -> Option<usize> {
     let hs = c / n_head;
     (TILED_HS.contains(&hs) && b * n_head <= 65535).then_some(hs)
+}
+
+impl Cuda {
+    /// Whether a product may carry its GELU in cuBLASLt's epilogue: 16-bit storage (f32 runs
+    /// keep gptrain's own GELU, to compare with the CPU), an auxiliary matrix as cuBLASLt wants
+    /// it (16-byte aligned, leading dimension a multiple of 8), and not turned off by
+    /// `GPTRAIN_CUDA_GELU_FUSION=0`. cuBLASLt may still have no algorithm for it: then the
+    /// caller runs the product and gptrain's GELU kernel.
+    fn gelu_fusion(&self, g: &Gemm) -> bool {
+        let Some(gelu) = g.gelu else { return false };
+        self.inner.gelu_fusion && g.d.1 != DType::F32 && gelu.aux % 16 == 0 && gelu.ld % 8 == 0
+    }
 }
 
 /// The head sizes the tensor-core attention kernels are compiled for (`TC_KERNELS(.., HS)` in
@@ -441,6 +520,7 @@ impl Cuda {
     /// with the products they use, B x NH within a grid's y dimension, and not turned off by
     /// `GPTRAIN_CUDA_ATTENTION=tiled` (to measure one against the other).
     fn tensor_core_attention(&self, b: usize, c: usize, n_head: usize, dtype: DType) -> Option<usize> {
+        assert!(n_head > 0 && c.is_multiple_of(n_head), "{c} channels do not split into {n_head} heads");
         let hs = c / n_head;
         let cc = self.inner.card.cc;
         let card = match dtype {

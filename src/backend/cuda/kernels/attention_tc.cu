@@ -60,13 +60,15 @@ template <> __device__ __forceinline__ void mma<f16_t>(float* d, const u32* a, c
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-#else // sm_75: the k = 0..7 half, then k = 8..15 (m16n8k8 takes a[0..1] and b[0] of the same layout)
+#elif __CUDA_ARCH__ >= 750 // the k = 0..7 half, then k = 8..15 (m16n8k8 takes a[0..1] and b[0] of the same layout)
     asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};"
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(b[0]));
     asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};"
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                  : "r"(a[2]), "r"(a[3]), "r"(b[1]));
+#else
+    asm volatile("trap;"); // Volta has no m16n8k8: the backend never launches this kernel there
 #endif
 }
 
