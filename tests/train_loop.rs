@@ -111,25 +111,33 @@ fn resuming_gives_exactly_the_uninterrupted_losses<B: Backend + Clone>(backend: 
 
 /// `recompute` 1 and 2 (GELU, then LayerNorm too, recomputed in the backward) train bitwise as
 /// level 0 does, dropout on and two micro-batches a step: the same losses, evals, weights and
-/// AdamW moments; and a run resumes at another level with the uninterrupted run's losses.
+/// AdamW moments, in float32 and in bfloat16; and a run resumes at another level with the
+/// uninterrupted run's losses.
 fn recomputing_gives_bitwise_the_same_training<B: Backend + Clone>(backend: B, _tol: common::Tol) {
     let name = backend.name().replace(|c: char| !c.is_ascii_alphanumeric(), "");
     let files = |c: &Collect| {
         let dir = c.summary.as_ref().unwrap().last_checkpoint.clone().unwrap();
         ["model.safetensors", "optim.safetensors"].map(|f| std::fs::read(dir.join(f)).unwrap())
     };
-    let at = |level: usize| {
-        let d = tmp(&format!("recompute{level}{name}"));
-        let c = run_on(backend.clone(), &tiny(&d, &["max_iters=12", &format!("recompute={level}")])).unwrap();
+    let at = |level: usize, dtype: &str| {
+        let d = tmp(&format!("recompute{level}{dtype}{name}"));
+        let c = run_on(backend.clone(), &tiny(&d, &["max_iters=12", &format!("recompute={level}"), &format!("dtype={dtype}")])).unwrap();
         (d, c)
     };
-    let (d0, kept) = at(0);
+    let (d0, kept) = at(0, "float32");
     assert_eq!((kept.losses.len(), kept.evals.len()), (12, 2));
     for level in [1, 2] {
-        let (d, c) = at(level);
+        let (d, c) = at(level, "float32");
         assert_eq!(c.losses, kept.losses, "recompute={level}: losses differ (bitwise)");
         assert_eq!(c.evals, kept.evals, "recompute={level}: evals differ");
         assert!(files(&c) == files(&kept), "recompute={level}: the final weights or moments differ");
+        std::fs::remove_dir_all(d).ok();
+    }
+    let ((d, bf16_kept), (d2, bf16_recomputed)) = (at(0, "bfloat16"), at(2, "bfloat16"));
+    assert_eq!(bf16_recomputed.losses, bf16_kept.losses, "bfloat16: losses differ (bitwise)");
+    assert!(files(&bf16_recomputed) == files(&bf16_kept), "bfloat16: the final weights or moments differ");
+    assert_ne!(bf16_kept.losses, kept.losses, "bfloat16 is not float32");
+    for d in [d, d2] {
         std::fs::remove_dir_all(d).ok();
     }
     // a checkpoint of a recomputing run resumes without it, and the reverse

@@ -139,7 +139,7 @@ pub enum Recompute {
 }
 
 impl Recompute {
-    /// The level's meaning, for `gptrain config` and errors.
+    /// The levels' meanings, for the error on a bad one.
     pub const LEVELS: &'static str = "0 keeps every activation, 1 recomputes GELU in the backward, 2 GELU and both LayerNorms";
 
     /// The config's level (0, 1, 2); None for any other.
