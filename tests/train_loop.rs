@@ -142,9 +142,9 @@ fn recomputing_gives_bitwise_the_same_training<B: Backend + Clone>(backend: B, _
     }
     // a checkpoint of a recomputing run resumes without it, and the reverse
     let split = tmp(&format!("recompute-split{name}"));
-    let first = run_on(backend.clone(), &tiny(&split, &["max_iters=6", "recompute=2"])).unwrap();
-    let second = run_on(backend.clone(), &tiny(&split, &["max_iters=9", "init_from=resume"])).unwrap();
-    let third = run_on(backend, &tiny(&split, &["max_iters=12", "init_from=resume", "recompute=1"])).unwrap();
+    let first = run_on(backend.clone(), &tiny(&split, &["max_iters=6", "recompute=2", "dtype=float32"])).unwrap();
+    let second = run_on(backend.clone(), &tiny(&split, &["max_iters=9", "init_from=resume", "dtype=float32"])).unwrap();
+    let third = run_on(backend, &tiny(&split, &["max_iters=12", "init_from=resume", "recompute=1", "dtype=float32"])).unwrap();
     let losses: Vec<(u64, f32)> = first.losses.iter().chain(&second.losses).chain(&third.losses).copied().collect();
     assert_eq!(losses, kept.losses, "resumed at other levels, the losses differ (bitwise)");
     assert!(files(&third) == files(&kept), "resumed at other levels, the final weights differ");
