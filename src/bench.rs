@@ -4,7 +4,7 @@
 
 use crate::backend::ops::{ATTENTION_BACKWARD, ATTENTION_FORWARD};
 use crate::backend::{Backend, Buffers, DType, DeviceInfo, Host, Op, Precision, Role, Tensor};
-use crate::model::{Gpt, ModelConfig};
+use crate::model::{Gpt, ModelConfig, Recompute};
 use crate::optim::{train_step, OptimConfig};
 use crate::perf::flops;
 use crate::rng;
@@ -52,7 +52,7 @@ pub fn peak_rss() -> u64 {
 }
 
 /// Times `steps` training steps of `model` at micro-batch `b` after `warmup` untimed ones, on
-/// `backend`, computing in `precision`; a step is `accum` micro-batches (gradient
+/// `backend`, computing in `precision` and recomputing what `recompute` names; a step is `accum` micro-batches (gradient
 /// accumulation), then clipping and AdamW. (A step ends by reading its scalars, so on a GPU a
 /// step's time is the GPU's; with `profile`, every op is timed by [`Backend::run_timed`] and
 /// waited for, so the step's time includes one synchronisation per op, the ops' times do not.)
@@ -66,6 +66,7 @@ pub fn run<B: Backend>(
     profile: bool,
     backend: B,
     precision: Precision,
+    recompute: Recompute,
 ) -> Result<BenchResult> {
     let began = Instant::now();
     let t = model.block_size;
@@ -97,6 +98,7 @@ pub fn run<B: Backend>(
     // the device memory the backend's allocations peaked at (None on the CPU)
     let peak_device_bytes = if profile {
         let mut g = Gpt::init_in(Timed { inner: backend, timer: &timer }, model.clone(), 1, precision)?;
+        g.set_recompute(recompute);
         for i in 0..warmup + steps {
             if i == warmup {
                 timer.reset();
@@ -110,6 +112,7 @@ pub fn run<B: Backend>(
         g.backend.memory_use().map(|m| m.peak)
     } else {
         let mut g = Gpt::init_in(backend, model.clone(), 1, precision)?;
+        g.set_recompute(recompute);
         for i in 0..warmup + steps {
             let mb = batch(i as u64);
             let t0 = Instant::now();

@@ -185,6 +185,7 @@ knobs! {
     kernels: String = "fast".into(); "CPU kernels: `fast`, or `reference` (the readable ones the fast ones are tested against)"
     device: String = "auto".into(); "compute device: `auto` (the first usable NVIDIA GPU, else the CPU), `cpu`, `cuda` or `cuda:N`"
     dtype: String = "auto".into(); "compute precision: `auto` (nanoGPT's: bfloat16 on a GPU that has it, else float16; float32 on the CPU), `float32`, or mixed precision `bfloat16` / `float16` (f32 master weights; float16 with dynamic loss scaling); `tfloat32`: TF32 matmuls on a GPU"
+    recompute: usize = 0; "activations the backward recomputes instead of keeping every layer's (llm.c's -r): 0 none, 1 GELU's output (4 B T C fewer elements a layer), 2 also both LayerNorms' outputs (6 B T C a layer); the results are bitwise the same, a step takes a little longer"
     ["sampling (nanoGPT's sample.py)"]
     start: String = "\n".into(); "prompt text, or FILE:path"
     num_samples: usize = 10; "samples to draw"
@@ -481,6 +482,9 @@ impl Config {
         if !(self.init_loss_scale.is_finite() && self.init_loss_scale >= 1.0 && self.init_loss_scale <= f32::MAX as f64) {
             bail!("`init_loss_scale` must be a finite number of at least 1 (got {})", self.init_loss_scale);
         }
+        if crate::model::Recompute::from_level(self.recompute).is_none() {
+            bail!("`recompute` must be 0, 1 or 2 (got {}); hint: {}", self.recompute, crate::model::Recompute::LEVELS);
+        }
         if self.on_nonfinite != "abort" && self.on_nonfinite != "skip" {
             bail!("`on_nonfinite` must be \"abort\" or \"skip\" (got {:?})", self.on_nonfinite);
         }
@@ -496,6 +500,11 @@ impl Config {
             bail!("model or batch shape is out of range (n_layer <= 1024, n_embd <= 65536, block_size <= 2^20, batch_size <= 2^20)");
         }
         Ok(())
+    }
+
+    /// The `recompute` level (validated; level 0 otherwise).
+    pub fn recompute_level(&self) -> crate::model::Recompute {
+        crate::model::Recompute::from_level(self.recompute).unwrap_or_default()
     }
 
     /// The resolved config as a two-column table.
@@ -796,6 +805,20 @@ mod tests {
     fn every_knob_is_in_one_group() {
         let grouped: Vec<&str> = GROUPS.iter().flat_map(|g| g.1.iter().copied()).collect();
         assert_eq!(grouped, KNOBS.iter().map(|k| k.0).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn recompute_takes_a_level_and_a_bad_one_is_a_one_line_error_with_a_hint() {
+        for level in 0..3 {
+            let (c, _) = resolve(None, None, &[format!("recompute={level}")]).unwrap();
+            assert_eq!(c.recompute_level().level(), level);
+        }
+        assert_eq!(Config::default().recompute_level(), crate::model::Recompute::Off);
+        let err = format!("{:#}", resolve(None, None, &["recompute=3".into()]).unwrap_err());
+        assert!(err.starts_with("`recompute` must be 0, 1 or 2 (got 3); hint: 0 keeps every activation"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+        let err = resolve(None, None, &["recompute=-1".into()]).unwrap_err().to_string();
+        assert!(err.contains("`recompute` must be a non-negative integer"), "{err}");
     }
 
     #[test]

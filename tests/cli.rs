@@ -34,6 +34,9 @@ fn bad_inputs_get_one_clear_line() {
     fails_with(&["train", "--set", "device=cuda:99"], &d, "NVIDIA driver");
     fails_with(&["train", "--set", "device=gpu"], &d, "unknown device `gpu` (auto, cpu, cuda, cuda:N)");
     fails_with(&["train", "--set", "device=cpu", "--set", "dtype=tfloat32"], &d, "GPU matmul mode");
+    fails_with(&["bench", "--set", "recompute=3"], &d, "`recompute` must be 0, 1 or 2 (got 3); hint: 0 keeps every activation");
+    let (_, _, err) = gptrain(&["train", "--set", "recompute=3"], &d);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
     fails_with(&["sample"], &d, "no checkpoint");
     // nanoGPT's init_from names: say how to get the weights (gptrain does not download)
     fails_with(&["train", "--set", "init_from=gpt2"], &d, "huggingface-cli download openai-community/gpt2 model.safetensors");
@@ -405,6 +408,18 @@ fn bench_prints_one_json_object_and_a_profile_by_kernel() {
         assert!(v["profile_gflops"][kernel].as_f64().is_some_and(|g| g > 0.0), "{kernel}: {}", v["profile_gflops"]);
     }
     assert!(v["profile_gflops"]["gelu"].is_null());
+    // `--set recompute=N` is honoured and said
+    let mut args = vec!["bench", "--steps", "1", "--warmup", "0", "--threads", "1", "--json", "--set", "recompute=2"];
+    args.extend(shape);
+    let (code, out, err) = gptrain(&args, &d);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("stdout holds only the JSON object");
+    assert_eq!(v["recompute"], 2, "{v}");
+    let mut args = vec!["bench", "--steps", "1", "--warmup", "0", "--threads", "1", "--set", "recompute=1"];
+    args.extend(shape);
+    let (code, out, err) = gptrain(&args, &d);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("; GELU recomputed in the backward (recompute=1)"), "{out}");
 }
 
 #[test]
@@ -684,7 +699,7 @@ fn check_passes_every_op_and_training_here_and_names_a_missing_gpu() {
     let d = tmp("check");
     let (code, out, err) = gptrain(&["check", "--threads", "2"], &d);
     assert_eq!(code, 0, "{out}{err}");
-    for line in ["setup:", "  vectors ", "  matmuls ", "  threads   2", "summary: 126 passed, 0 failed, 0 skipped (fp32, bf16, fp16)"] {
+    for line in ["setup:", "  vectors ", "  matmuls ", "  threads   2", "summary: 123 passed, 0 failed, 0 skipped (fp32, bf16, fp16)"] {
         assert!(out.contains(line), "no `{line}` in: {out}");
     }
     let row = |op: &str| out.lines().find(|l| l.trim_start().starts_with(op)).unwrap_or_else(|| panic!("no row {op}: {out}")).to_string();

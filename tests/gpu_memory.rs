@@ -1,5 +1,6 @@
 //! The CUDA backend's memory against `perf::flops`'s GPU model: the bytes it allocates, counted
-//! exactly, within 10% of the model in every precision; and a run the card cannot hold is one
+//! exactly, within 10% of the model in every precision, and lower by exactly the model's amount
+//! at each `recompute` level; and a run the card cannot hold is one
 //! error line naming the largest micro-batch that fits, before the model allocates anything.
 //! In process on the emulator (`GPTRAIN_CUDA_EMU`, see `common::cuda`) or a GPU; through the
 //! binary on the emulator (`common::emulator`: built here when that variable names none);
@@ -9,7 +10,7 @@ mod common;
 
 use common::skipped;
 use gptrain::backend::Precision;
-use gptrain::model::ModelConfig;
+use gptrain::model::{ModelConfig, Recompute};
 use gptrain::perf::flops::{self, Impl};
 
 fn model(n_layer: usize, n_embd: usize, block_size: usize) -> ModelConfig {
@@ -17,29 +18,41 @@ fn model(n_layer: usize, n_embd: usize, block_size: usize) -> ModelConfig {
 }
 
 /// One training step (forward, backward, clipping, AdamW: every buffer a step allocates) of
-/// each shape in each precision: the backend's peak against the model's bytes for it.
+/// each shape in each precision: the backend's peak against the model's bytes for it; at each
+/// `recompute` level of the deeper shape, the peak is lower than at level 0 by exactly what the
+/// model says.
 #[test]
 fn cuda_peak_is_within_10_percent_of_the_model_in_every_precision() {
     if let Err(why) = common::cuda() {
         return skipped("cuda_peak_is_within_10_percent_of_the_model_in_every_precision", &why);
     }
     for p in [Precision::F32, Precision::Bf16, Precision::F16] {
-        for (mc, b) in [(model(1, 32, 16), 2), (model(2, 64, 32), 4)] {
-            // a fresh backend each time: its count starts at what it holds when it opens
-            let gpu = common::cuda().unwrap();
-            let r = gptrain::bench::run(&mc, b, 1, 1, 0, false, gpu, p).unwrap();
-            let peak = r.peak_device_bytes.expect("the CUDA backend counts its allocations");
-            let model = flops::memory(&mc, b, mc.block_size, p.bytes() as u64, false, Impl::Gpu).allocated();
-            let off = peak as f64 / model as f64 - 1.0;
-            eprintln!(
-                "{} {}x{} block {} batch {b}: measured {peak} bytes, model {model} ({:+.2}%)",
-                p.name(),
-                mc.n_layer,
-                mc.n_embd,
-                mc.block_size,
-                off * 100.0
-            );
-            assert!(off.abs() <= 0.10, "{}: measured peak {peak} bytes, model {model} ({:+.1}%)", p.name(), off * 100.0);
+        for (mc, b, levels) in [(model(1, 32, 16), 2, 1), (model(2, 64, 32), 4, 3)] {
+            let mut at_level_0 = (0, 0);
+            for r in [Recompute::Off, Recompute::Gelu, Recompute::GeluAndLayerNorm].into_iter().take(levels) {
+                // a fresh backend each time: its count starts at what it holds when it opens
+                let gpu = common::cuda().unwrap();
+                let run = gptrain::bench::run(&mc, b, 1, 1, 0, false, gpu, p, r).unwrap();
+                let peak = run.peak_device_bytes.expect("the CUDA backend counts its allocations");
+                let model = flops::memory(&mc, b, mc.block_size, p.bytes() as u64, r, Impl::Gpu).allocated();
+                let off = peak as f64 / model as f64 - 1.0;
+                eprintln!(
+                    "{} {}x{} block {} batch {b} recompute {}: measured {peak} bytes, model {model} ({:+.2}%)",
+                    p.name(),
+                    mc.n_layer,
+                    mc.n_embd,
+                    mc.block_size,
+                    r.level(),
+                    off * 100.0
+                );
+                assert!(off.abs() <= 0.10, "{}: measured peak {peak} bytes, model {model} ({:+.1}%)", p.name(), off * 100.0);
+                if r == Recompute::Off {
+                    at_level_0 = (peak, model);
+                } else {
+                    assert!(model < at_level_0.1, "{r:?} saves something");
+                    assert_eq!(at_level_0.0 - peak, at_level_0.1 - model, "{} {r:?}: measured saving against the model's", p.name());
+                }
+            }
         }
     }
 }
@@ -75,7 +88,7 @@ fn the_binary_refuses_a_run_the_card_cannot_hold_and_reports_the_peak_of_one_it_
     // the built-in corpus's characters, unpadded; no biases: the defaults
     let v = gptrain::data::prepare::char_encode_all(gptrain::data::BUILTIN_CORPUS).0.vocab_size;
     let mc = ModelConfig { n_layer: 2, n_head: 4, n_embd: 128, block_size: 128, vocab_size: v, padded_vocab_size: v, bias: false };
-    let model = |b: usize| flops::memory(&mc, b, 128, 4, false, Impl::Gpu).allocated();
+    let model = |b: usize| flops::memory(&mc, b, 128, 4, Recompute::Off, Impl::Gpu).allocated();
     let card = (0.05 * (1u64 << 30) as f64) as u64;
     assert!(fits > 0 && model(fits) <= card && model(fits + 1) > card, "{last}");
 
@@ -93,10 +106,18 @@ fn the_binary_refuses_a_run_the_card_cannot_hold_and_reports_the_peak_of_one_it_
     // bench's JSON has the peak (tools/bench_gpu.py reads `peak_device_bytes`) beside the model
     let args =
         ["bench", "--set", "device=cuda", "--set", "n_layer=1", "--set", "n_embd=32", "--set", "block_size=16", "--set", "batch_size=2"];
-    let (code, out, err) = common::on_emu(&emu, &[&args[..], &["--steps", "1", "--warmup", "0", "--json"]].concat(), &d, &env);
-    assert_eq!(code, 0, "{err}");
-    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    let (peak, model) = (v["peak_device_bytes"].as_u64().unwrap(), v["memory_model_bytes"].as_u64().unwrap());
-    assert!((peak as f64 / model as f64 - 1.0).abs() <= 0.10, "{v}");
+    let bench = |extra: &[&str]| {
+        let (code, out, err) = common::on_emu(&emu, &[&args[..], &["--steps", "1", "--warmup", "0", "--json"], extra].concat(), &d, &env);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        let (peak, model) = (v["peak_device_bytes"].as_u64().unwrap(), v["memory_model_bytes"].as_u64().unwrap());
+        assert!((peak as f64 / model as f64 - 1.0).abs() <= 0.10, "{v}");
+        (peak, model, v["recompute"].as_u64().unwrap())
+    };
+    let (peak, model, level) = bench(&["--set", "n_layer=2"]);
+    assert_eq!(level, 0);
+    // `--set recompute=2` is honoured: less memory (one layer of the two), by the model's amount
+    let (peak2, model2, level2) = bench(&["--set", "n_layer=2", "--set", "recompute=2"]);
+    assert!(level2 == 2 && model2 < model && peak - peak2 == model - model2, "{peak} {model} -> {peak2} {model2}");
     std::fs::remove_dir_all(d).ok();
 }

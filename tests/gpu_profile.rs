@@ -43,7 +43,7 @@ fn cuda_profile_times_every_op_by_events_and_rates_it() {
     let mc = ModelConfig { n_layer: 2, n_head: 2, n_embd: 32, block_size: 16, vocab_size: 65, padded_vocab_size: 128, bias: true };
     let (b, p) = (2, Precision::Bf16);
     let info = gpu.device(p);
-    let r = gptrain::bench::run(&mc, b, 1, 2, 1, true, gpu, p).unwrap();
+    let r = gptrain::bench::run(&mc, b, 1, 2, 1, true, gpu, p, gptrain::model::Recompute::Off).unwrap();
     let rates = gptrain::bench::profile_rates(&r.profile, &gptrain::bench::profile_flops(&mc, b), info.peak_flops, info.bandwidth);
     for op in OPS {
         assert!(rates.iter().any(|x| x.name == op), "no row for {op}: {rates:?}");

@@ -1,5 +1,6 @@
 //! The training loop end to end on the built-in corpus with a tiny model: resume is exact,
-//! checkpoints are complete and loadable, GPT-2-layout files load, eval does not shift training.
+//! checkpoints are complete and loadable, GPT-2-layout files load, eval does not shift training,
+//! recomputing activations in the backward changes no bit.
 
 mod common;
 
@@ -104,6 +105,50 @@ fn resuming_gives_exactly_the_uninterrupted_losses<B: Backend + Clone>(backend: 
     assert_eq!(tail(&second), tail(&full));
     assert!(full.losses.last().unwrap().1 < full.losses[0].1, "loss did not fall");
     for d in [a, b] {
+        std::fs::remove_dir_all(d).ok();
+    }
+}
+
+/// `recompute` 1 and 2 (GELU, then LayerNorm too, recomputed in the backward) train bitwise as
+/// level 0 does, dropout on and two micro-batches a step: the same losses, evals, weights and
+/// AdamW moments, in float32 and in bfloat16; and a run resumes at another level with the
+/// uninterrupted run's losses.
+fn recomputing_gives_bitwise_the_same_training<B: Backend + Clone>(backend: B, _tol: common::Tol) {
+    let name = backend.name().replace(|c: char| !c.is_ascii_alphanumeric(), "");
+    let files = |c: &Collect| {
+        let dir = c.summary.as_ref().unwrap().last_checkpoint.clone().unwrap();
+        ["model.safetensors", "optim.safetensors"].map(|f| std::fs::read(dir.join(f)).unwrap())
+    };
+    let at = |level: usize, dtype: &str| {
+        let d = tmp(&format!("recompute{level}{dtype}{name}"));
+        let c = run_on(backend.clone(), &tiny(&d, &["max_iters=12", &format!("recompute={level}"), &format!("dtype={dtype}")])).unwrap();
+        (d, c)
+    };
+    let (d0, kept) = at(0, "float32");
+    assert_eq!((kept.losses.len(), kept.evals.len()), (12, 2));
+    for level in [1, 2] {
+        let (d, c) = at(level, "float32");
+        assert_eq!(c.losses, kept.losses, "recompute={level}: losses differ (bitwise)");
+        assert_eq!(c.evals, kept.evals, "recompute={level}: evals differ");
+        assert!(files(&c) == files(&kept), "recompute={level}: the final weights or moments differ");
+        std::fs::remove_dir_all(d).ok();
+    }
+    let ((d, bf16_kept), (d2, bf16_recomputed)) = (at(0, "bfloat16"), at(2, "bfloat16"));
+    assert_eq!(bf16_recomputed.losses, bf16_kept.losses, "bfloat16: losses differ (bitwise)");
+    assert!(files(&bf16_recomputed) == files(&bf16_kept), "bfloat16: the final weights or moments differ");
+    assert_ne!(bf16_kept.losses, kept.losses, "bfloat16 is not float32");
+    for d in [d, d2] {
+        std::fs::remove_dir_all(d).ok();
+    }
+    // a checkpoint of a recomputing run resumes without it, and the reverse
+    let split = tmp(&format!("recompute-split{name}"));
+    let first = run_on(backend.clone(), &tiny(&split, &["max_iters=6", "recompute=2", "dtype=float32"])).unwrap();
+    let second = run_on(backend.clone(), &tiny(&split, &["max_iters=9", "init_from=resume", "dtype=float32"])).unwrap();
+    let third = run_on(backend, &tiny(&split, &["max_iters=12", "init_from=resume", "recompute=1", "dtype=float32"])).unwrap();
+    let losses: Vec<(u64, f32)> = first.losses.iter().chain(&second.losses).chain(&third.losses).copied().collect();
+    assert_eq!(losses, kept.losses, "resumed at other levels, the losses differ (bitwise)");
+    assert!(files(&third) == files(&kept), "resumed at other levels, the final weights differ");
+    for d in [d0, split] {
         std::fs::remove_dir_all(d).ok();
     }
 }
@@ -451,4 +496,4 @@ fn a_tensorboard_directory_that_cannot_be_written_is_one_warning() {
     std::fs::remove_dir_all(off).ok();
 }
 
-common::backend_tests!(resuming_gives_exactly_the_uninterrupted_losses);
+common::backend_tests!(resuming_gives_exactly_the_uninterrupted_losses, recomputing_gives_bitwise_the_same_training);

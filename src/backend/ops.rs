@@ -116,16 +116,13 @@ pub struct LayerNormBackward {
     pub w: Tensor,
 }
 
-/// out(N,OC) = inp(N,IC) @ w(OC,IC)^T + b(OC); or, with `pre`, pre(N,OC) = that product and
-/// out = gelu_tanh(pre) (the MLP's first layer and its GELU as one op, which a backend may
-/// fuse: the CUDA backend in cuBLASLt's epilogue; the CPU runs the two ops).
+/// out(N,OC) = inp(N,IC) @ w(OC,IC)^T + b(OC).
 #[derive(Clone, Copy, Debug)]
 pub struct Matmul {
     pub out: Tensor,
     pub inp: Tensor,
     pub w: Tensor,
     pub b: Option<Tensor>,
-    pub pre: Option<Tensor>,
     pub role: Role,
 }
 
@@ -145,9 +142,12 @@ pub struct MatmulBackward {
     pub role: Role,
 }
 
-/// The GELU in front of a linear layer, for [`MatmulBackward`]: its input `pre`(N,IC) from the
-/// forward, and `scratch`(N,IC) (dinp's type), where a backend that does not fuse the two puts
-/// dout @ w before GELU's backward (the CPU: exactly the two ops the model ran before).
+/// The GELU in front of a linear layer (the MLP's projection), for [`MatmulBackward`]: its input
+/// `pre`(N,IC) from the forward, and `scratch`(N,IC) (dinp's type), where a backend that does
+/// not fuse the two puts dout @ w before GELU's backward (the CPU: exactly the two ops the
+/// model ran before). The CUDA backend fuses them in cuBLASLt's epilogue. (The forward's GELU
+/// stays an op of its own: `recompute` reruns it, and a fused forward would compute it with
+/// cuBLASLt's GELU the first time and gptrain's the second.)
 #[derive(Clone, Copy, Debug)]
 pub struct GeluGrad {
     pub pre: Tensor,
@@ -330,7 +330,7 @@ operands!(Embed { out: [out], out_opt: [], ins: [wte, wpe, tokens], in_opt: [] }
 operands!(EmbedBackward { out: [dwte, dwpe], out_opt: [], ins: [dout, tokens], in_opt: [] });
 operands!(LayerNorm { out: [out, mean, rstd], out_opt: [], ins: [inp, w], in_opt: [b] });
 operands!(LayerNormBackward { out: [dinp, dw], out_opt: [db], ins: [dout, inp, mean, rstd, w], in_opt: [] });
-operands!(Matmul { out: [out], out_opt: [pre], ins: [inp, w], in_opt: [b] });
+operands!(Matmul { out: [out], out_opt: [], ins: [inp, w], in_opt: [b] });
 
 impl MatmulBackward {
     fn visit(&mut self, f: &mut dyn FnMut(&mut Tensor, bool)) {

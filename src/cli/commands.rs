@@ -1,6 +1,6 @@
 //! One function per subcommand: resolve flags into a plan, run it, print.
 
-use super::printer::{gib, say, thousands, Printer};
+use super::printer::{gib, recompute_note, say, thousands, Printer};
 use super::units::{count, human_bytes};
 use super::ConfigArgs;
 use crate::backend::cpu::matmul::GemmLib;
@@ -9,7 +9,7 @@ use crate::backend::Precision;
 use crate::checkpoint;
 use crate::config::{self, Config};
 use crate::data::prepare::{self, TokenizerKind};
-use crate::model::ModelConfig;
+use crate::model::{ModelConfig, Recompute};
 use crate::perf::estimate::{self, MfuAssumption, Run};
 use crate::perf::{device, flops};
 use crate::rng;
@@ -472,6 +472,7 @@ pub fn estimate(a: &EstimateArgs) -> Result<()> {
             eval_interval: cfg.eval_interval,
             eval_iters: cfg.eval_iters,
             gpus: a.gpus,
+            recompute: cfg.recompute_level(),
         };
         run.check_gpus(&dev)?;
         let mfu = if a.calibrate {
@@ -482,7 +483,8 @@ pub fn estimate(a: &EstimateArgs) -> Result<()> {
             if precision.dtype == Precision::Tf32 {
                 bail!("--calibrate times real iterations on the CPU, which has no tf32; use --dtype fp32, bf16 or fp16");
             }
-            let b = crate::bench::run(&model, cfg.batch_size, 1, steps, warmup, false, train::cpu_backend(&cfg), precision.dtype)?;
+            let cpu = train::cpu_backend(&cfg);
+            let b = crate::bench::run(&model, cfg.batch_size, 1, steps, warmup, false, cpu, precision.dtype, run.recompute)?;
             // one micro-step's FLOPs over its time: the accumulation factor cancels
             let measured = b.flops_per_step / (b.ms_per_step / 1e3) / dev.peak_flops(precision.dtype);
             notes.push(format!("calibrated: {steps} timed training steps of this model here (after {warmup} warm-up steps) took {:.1} ms each (median) = {:.1}% MFU", b.ms_per_step, measured * 100.0));
@@ -601,13 +603,14 @@ fn print_estimate(e: &estimate::Estimate, m: &ModelConfig, run: &Run, dev: &devi
     );
     say!();
     say!(
-        "memory at micro-batch {} ({}):",
+        "memory at micro-batch {} ({}{}):",
         run.batch_size,
         if dev.name == "cpu" {
             "gptrain's CPU buffers, fp32"
         } else {
             "gptrain's CUDA backend: flash attention, fused classifier, fp32 master weights, gradients and moments; the CUDA context estimated"
-        }
+        },
+        recompute_note(run.recompute)
     );
     for (name, b) in e.memory.parts() {
         if b > 0 {
@@ -622,8 +625,8 @@ fn print_estimate(e: &estimate::Estimate, m: &ModelConfig, run: &Run, dev: &devi
         say!(
             "largest micro-batch that fits: {}{}",
             e.max_micro_batch,
-            if e.max_micro_batch_recompute > 0 {
-                format!(" ({} with GELU/LayerNorm recomputation)", e.max_micro_batch_recompute)
+            if e.max_micro_batch_recompute > e.max_micro_batch {
+                format!(" ({} with --set recompute=2: GELU and LayerNorm recomputed in the backward)", e.max_micro_batch_recompute)
             } else {
                 String::new()
             }
@@ -644,10 +647,11 @@ fn print_estimate(e: &estimate::Estimate, m: &ModelConfig, run: &Run, dev: &devi
                 tokens / b,
                 thousands(e.tokens_per_iter as f64)
             ),
-            None => say!(
-                "to fit: even micro-batch 1 does not fit; use a smaller block_size or model, or recomputation ({} at this batch)",
+            None if run.recompute < Recompute::GeluAndLayerNorm => say!(
+                "to fit: even micro-batch 1 does not fit; use a smaller block_size or model, or --set recompute=2 ({} at this batch)",
                 gib(e.memory_with_recompute)
             ),
+            None => say!("to fit: even micro-batch 1 does not fit; use a smaller block_size or model"),
         }
     }
     if let Some((_, why)) = verdict {
@@ -686,13 +690,14 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         }
         // the dtype the config names, refused as `train` refuses it
         let precision = train::check_device(&cfg)?;
-        let need = flops::memory(&model, cfg.batch_size, model.block_size, precision.bytes() as u64, false, flops::Impl::Cpu).total();
+        let recompute = cfg.recompute_level();
+        let need = flops::memory(&model, cfg.batch_size, model.block_size, precision.bytes() as u64, recompute, flops::Impl::Cpu).total();
         if let Some(warning) = train::check_memory(need, device::MemInfo::read())? {
             eprintln!("{warning}");
         }
         let cpu = train::cpu_backend(&cfg);
         let to_run = began.elapsed().as_secs_f64() * 1e3;
-        let r = crate::bench::run(&model, cfg.batch_size, a.grad_accum, a.steps, a.warmup, a.profile, cpu, precision)?;
+        let r = crate::bench::run(&model, cfg.batch_size, a.grad_accum, a.steps, a.warmup, a.profile, cpu, precision, recompute)?;
         // the CPU's peaks are probed once, here
         let info = crate::backend::Backend::device(&cpu, precision);
         let peak = info.peak_flops.unwrap_or(0.0);
@@ -709,7 +714,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
                 "mfu": gflops * 1e9 / peak, "peak_gflops": peak / 1e9, "peak_rss_bytes": r.peak_rss_bytes, "threads": threads,
                 "params": r.params, "steps": a.steps, "profile": profile_pairs(&r), "profile_gflops": rates,
                 "matmul_library": GemmLib::get().describe(), "isa": Isa::get().name(),
-                "dtype": precision.name(), "dtype_note": info.precision_note,
+                "dtype": precision.name(), "dtype_note": info.precision_note, "recompute": recompute.level(),
                 "grad_accum": a.grad_accum, "warmup_ms": r.times_ms[..a.warmup], "steps_ms": r.times_ms[a.warmup..],
                 "first_steady_ms": to_run + r.ends_ms[a.warmup],
             });
@@ -739,7 +744,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             peak / 1e9,
             info.peak_source
         );
-        say!("peak memory (RSS): {}", gib(r.peak_rss_bytes));
+        say!("peak memory (RSS): {}{}", gib(r.peak_rss_bytes), recompute_note(recompute));
         if !r.profile.is_empty() {
             say!("profile (share of the step; GFLOP/s and % of the peak where the kernel does matmul work):");
             let total: f64 = r.profile.iter().map(|p| p.ms).sum();
@@ -784,10 +789,11 @@ fn bench_gpu(
     let info = gpu.device(precision);
     let d = precision.bytes() as u64;
     let held = gpu.memory_use().map_or(0, |m| m.current);
-    train::check_gpu_memory(model, cfg.batch_size, a.grad_accum, d, info.memory, held, &info.description)?;
-    let memory_model = flops::memory(model, cfg.batch_size, model.block_size, d, false, flops::Impl::Gpu).allocated();
+    let recompute = cfg.recompute_level();
+    train::check_gpu_memory(model, cfg.batch_size, a.grad_accum, d, recompute, info.memory, held, &info.description)?;
+    let memory_model = flops::memory(model, cfg.batch_size, model.block_size, d, recompute, flops::Impl::Gpu).allocated();
     let to_run = began.elapsed().as_secs_f64() * 1e3;
-    let r = crate::bench::run(model, cfg.batch_size, a.grad_accum, a.steps, a.warmup, a.profile, gpu, precision)?;
+    let r = crate::bench::run(model, cfg.batch_size, a.grad_accum, a.steps, a.warmup, a.profile, gpu, precision, recompute)?;
     let tps = (cfg.batch_size * model.block_size * a.grad_accum) as f64 / (r.ms_per_step / 1e3);
     let flops_s = r.flops_per_step / (r.ms_per_step / 1e3);
     let mfu = info.peak_flops.map(|p| flops_s / p);
@@ -803,7 +809,7 @@ fn bench_gpu(
             serde_json::json!({ "ms_per_step": r.ms_per_step, "ms_p10": r.p10_ms, "ms_p90": r.p90_ms, "tokens_per_second": tps,
                 "gflops": flops_s / 1e9, "mfu": mfu, "peak_gflops": info.peak_flops.map(|p| p / 1e9), "device": info.description,
                 "params": r.params, "steps": a.steps, "profile": profile_pairs(&r), "profile_rates": profile_rates,
-                "dtype": precision.name(), "dtype_note": info.precision_note,
+                "dtype": precision.name(), "dtype_note": info.precision_note, "recompute": recompute.level(),
                 "grad_accum": a.grad_accum, "warmup_ms": r.times_ms[..a.warmup], "steps_ms": r.times_ms[a.warmup..],
                 "first_steady_ms": to_run + r.ends_ms[a.warmup], "peak_device_bytes": r.peak_device_bytes,
                 "memory_model_bytes": memory_model })
@@ -817,7 +823,7 @@ fn bench_gpu(
     say!("{} tokens/s, {:.1} GFLOP/s of model FLOPs, {mfu}", thousands(tps), flops_s / 1e9);
     if let Some(peak) = r.peak_device_bytes {
         let used = crate::backend::MemoryUse { current: 0, peak, driver: None };
-        say!("{}", train::memory_line(used, memory_model));
+        say!("{}{}", train::memory_line(used, memory_model), recompute_note(recompute));
     }
     if !rates.is_empty() {
         let ceilings = match (info.peak_flops, info.bandwidth) {

@@ -2,6 +2,7 @@
 //! (plain lines, nanoGPT's shapes).
 
 use super::units::{count, human_bytes};
+use crate::model::Recompute;
 use crate::perf::meter::{finish_time, human_duration};
 use crate::train::{IterLog, Observer, StartInfo, Summary};
 use std::io::IsTerminal;
@@ -58,6 +59,12 @@ pub fn si(x: f64) -> String {
     }
 }
 
+/// `; GELU recomputed in the backward (recompute=1)` for a nonzero level, else nothing: what the
+/// memory lines of `estimate`, `bench` and `train` add.
+pub fn recompute_note(r: Recompute) -> String {
+    r.describe().map_or(String::new(), |what| format!("; {what} recomputed in the backward (recompute={})", r.level()))
+}
+
 pub fn gib(b: u64) -> String {
     format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
 }
@@ -98,11 +105,12 @@ impl Observer for Printer {
         // perf::flops's figure for the run, and the device's memory
         let b = human_bytes;
         let free = |then: &str| s.device_memory.map_or(String::new(), |m| format!("; {} free of {}{then}", b(m.available), b(m.total)));
+        let recomputed = recompute_note(s.config.recompute_level());
         match s.memory_bytes - s.memory_allocated_bytes {
-            0 => say!("memory: about {} for weights, optimizer and activations{}", b(s.memory_bytes), free("")),
+            0 => say!("memory: about {} for weights, optimizer and activations{}{recomputed}", b(s.memory_bytes), free("")),
             // the CUDA context exists by now: the device's free memory is what the buffers get
             _ => say!(
-                "memory: about {} for gptrain's buffers, {} with the CUDA context (estimated){}",
+                "memory: about {} for gptrain's buffers, {} with the CUDA context (estimated){}{recomputed}",
                 b(s.memory_allocated_bytes),
                 b(s.memory_bytes),
                 free(" with the context in place")

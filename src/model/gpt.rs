@@ -1,8 +1,8 @@
 //! The GPT forward and backward passes: a flat list of kernel calls, and the same list reversed.
 
-use super::{ActLayout, ModelConfig, ParamLayout};
+use super::{ActLayout, ModelConfig, ParamLayout, Recompute};
 use crate::backend::ops::{
-    AdamWStep, Attention, AttentionBackward, AttentionDecode, Embed, EmbedBackward, FusedClassifier, Gelu, GeluBackward, LayerNorm,
+    AdamWStep, Attention, AttentionBackward, AttentionDecode, Embed, EmbedBackward, FusedClassifier, Gelu, GeluGrad, LayerNorm,
     LayerNormBackward, Matmul, MatmulBackward, Residual,
 };
 use crate::backend::{AdamW, Backend, BufId, Buffers, DType, Dropout, Host, Op, Precision, Role, Scalar, Span, Tensor, N_SCALARS};
@@ -66,6 +66,8 @@ pub struct Gpt<B: Backend> {
     /// The dynamic loss scale (float16 only; fixed at 1 otherwise): optimiser state, like the
     /// AdamW moments.
     pub scaler: crate::optim::LossScaler,
+    /// Which activations the backward recomputes instead of keeping ([`Gpt::set_recompute`]).
+    recompute: Recompute,
     acts: Option<Acts>,
 }
 
@@ -88,7 +90,7 @@ impl<B: Backend> Gpt<B> {
         bufs.set(BufId::Grads, backend.alloc(layout.total, DType::F32)?);
         bufs.set(BufId::Scalars, backend.alloc(N_SCALARS, DType::F64)?);
         let scaler = crate::optim::LossScaler::new(precision);
-        Ok(Gpt { cfg, layout, backend, bufs, precision, scaler, acts: None })
+        Ok(Gpt { cfg, layout, backend, bufs, precision, scaler, recompute: Recompute::Off, acts: None })
     }
 
     /// nanoGPT's initialisation: N(0, 0.02) for embeddings and linear weights, N(0,
@@ -125,9 +127,21 @@ impl<B: Backend> Gpt<B> {
         self.backend.run(&mut self.bufs, &op.into())
     }
 
-    /// Ensures activation buffers for micro-batch shape (b, t) exist.
+    /// Which activations the backward recomputes (the config's `recompute`); the activation
+    /// buffers are laid out again at the next batch. Results are bitwise the same at every level.
+    pub fn set_recompute(&mut self, recompute: Recompute) {
+        self.recompute = recompute;
+    }
+
+    pub fn recompute(&self) -> Recompute {
+        self.recompute
+    }
+
+    /// Ensures activation buffers for micro-batch shape (b, t) exist, laid out for the current
+    /// recompute level.
     fn ensure_acts(&mut self, b: usize, t: usize) -> Result<()> {
-        if self.acts.as_ref().is_some_and(|a| a.layout.b == b && a.layout.t == t) {
+        let r = self.recompute;
+        if self.acts.as_ref().is_some_and(|a| a.layout.b == b && a.layout.t == t && a.layout.recompute == r) {
             return Ok(());
         }
         self.acts = None; // free the old ones first
@@ -135,7 +149,7 @@ impl<B: Backend> Gpt<B> {
             self.bufs.take(id);
         }
         let low = self.low();
-        let layout = ActLayout::with_dtype(&self.cfg, b, t, low);
+        let layout = ActLayout::with_dtype(&self.cfg, b, t, low, r);
         let grad_layout = ActLayout::one_layer_in(&self.cfg, b, t, low);
         self.bufs.set(BufId::Acts, self.backend.alloc(layout.total, low)?);
         self.bufs.set(BufId::Stats, self.backend.alloc(layout.stats_total, DType::F32)?);
@@ -147,9 +161,9 @@ impl<B: Backend> Gpt<B> {
     }
 
     /// Activation elements for micro-batch shape (b, t) (values, their statistics and their
-    /// gradients).
-    pub fn activation_elements(cfg: &ModelConfig, b: usize, t: usize) -> usize {
-        let a = ActLayout::new(cfg, b, t);
+    /// gradients) at a recompute level.
+    pub fn activation_elements(cfg: &ModelConfig, b: usize, t: usize, recompute: Recompute) -> usize {
+        let a = ActLayout::new(cfg, b, t, recompute);
         a.total + a.stats_total + ActLayout::one_layer(cfg, b, t).total
     }
 
@@ -196,8 +210,10 @@ impl<B: Backend> Gpt<B> {
         let (p, nh) = (self.layout.clone(), self.cfg.n_head);
         for l in 0..self.cfg.n_layer {
             let residual = if l == 0 { a.encoded } else { a.residual3.index(l - 1) };
-            let (ln1, qkv, atty, attproj) = (a.ln1.index(l), a.qkv.index(l), a.atty.index(l), a.attproj.index(l));
-            let (residual2, ln2, fch, fch_gelu) = (a.residual2.index(l), a.ln2.index(l), a.fch.index(l), a.fch_gelu.index(l));
+            // ln1, ln2 and fch_gelu may be one slot shared by every layer (recomputed in the
+            // backward): each is read only by the matmul right after the op that writes it
+            let (ln1, qkv, atty, attproj) = (a.ln1_at(l), a.qkv.index(l), a.atty.index(l), a.attproj.index(l));
+            let (residual2, ln2, fch, fch_gelu) = (a.residual2.index(l), a.ln2_at(l), a.fch.index(l), a.fch_gelu_at(l));
             let fcproj = a.fcproj.index(l);
             let dropout = match attend {
                 Attend::Causal(d) => d,
@@ -205,7 +221,7 @@ impl<B: Backend> Gpt<B> {
             };
             let (mean, rstd) = (a.ln1_mean.index(l), a.ln1_rstd.index(l));
             self.run(LayerNorm { out: ln1, mean, rstd, inp: residual, w: p.ln1w.index(l), b: p.ln1b.map(|x| x.index(l)) })?;
-            self.run(Matmul { out: qkv, inp: ln1, w: p.qkvw.index(l), b: p.qkvb.map(|x| x.index(l)), pre: None, role: Role::Qkv })?;
+            self.run(Matmul { out: qkv, inp: ln1, w: p.qkvw.index(l), b: p.qkvb.map(|x| x.index(l)), role: Role::Qkv })?;
             match attend {
                 Attend::Causal(d) => {
                     let drop = DropoutCtx::at(d, l, 1);
@@ -217,15 +233,15 @@ impl<B: Backend> Gpt<B> {
                 }
             }
             let (w, b) = (p.attprojw.index(l), p.attprojb.map(|x| x.index(l)));
-            self.run(Matmul { out: attproj, inp: atty, w, b, pre: None, role: Role::AttnProj })?;
+            self.run(Matmul { out: attproj, inp: atty, w, b, role: Role::AttnProj })?;
             self.run(Op::Dropout { x: attproj, drop: DropoutCtx::at(dropout, l, 2) })?;
             self.run(Residual { out: residual2, a: residual, b: attproj })?;
             let (mean, rstd) = (a.ln2_mean.index(l), a.ln2_rstd.index(l));
             self.run(LayerNorm { out: ln2, mean, rstd, inp: residual2, w: p.ln2w.index(l), b: p.ln2b.map(|x| x.index(l)) })?;
-            self.run(Matmul { out: fch, inp: ln2, w: p.fcw.index(l), b: p.fcb.map(|x| x.index(l)), pre: None, role: Role::MlpFc })?;
+            self.run(Matmul { out: fch, inp: ln2, w: p.fcw.index(l), b: p.fcb.map(|x| x.index(l)), role: Role::MlpFc })?;
             self.run(Gelu { out: fch_gelu, inp: fch })?;
             let (w, b) = (p.fcprojw.index(l), p.fcprojb.map(|x| x.index(l)));
-            self.run(Matmul { out: fcproj, inp: fch_gelu, w, b, pre: None, role: Role::MlpProj })?;
+            self.run(Matmul { out: fcproj, inp: fch_gelu, w, b, role: Role::MlpProj })?;
             self.run(Op::Dropout { x: fcproj, drop: DropoutCtx::at(dropout, l, 3) })?;
             self.run(Residual { out: a.residual3.index(l), a: residual2, b: fcproj })?;
         }
@@ -237,7 +253,7 @@ impl<B: Backend> Gpt<B> {
         let p = &self.layout;
         let last = a.residual3.index(self.cfg.n_layer - 1);
         let ln = LayerNorm { out: a.lnf, mean: a.lnf_mean, rstd: a.lnf_rstd, inp: last, w: p.lnfw, b: p.lnfb };
-        let lm = Matmul { out: a.logits, inp: a.lnf, w: p.wte, b: None, pre: None, role: Role::LmHead };
+        let lm = Matmul { out: a.logits, inp: a.lnf, w: p.wte, b: None, role: Role::LmHead };
         self.run(ln)?;
         self.run(lm)
     }
@@ -280,26 +296,30 @@ impl<B: Backend> Gpt<B> {
         self.run(LayerNormBackward { dinp: dres, dw, db, dout: g.lnf, inp: last, mean: a.lnf_mean, rstd: a.lnf_rstd, w: p.lnfw })?;
         for l in (0..self.cfg.n_layer).rev() {
             let residual = if l == 0 { a.encoded } else { a.residual3.index(l - 1) };
-            let (residual2, fch, fch_gelu, ln2) = (a.residual2.index(l), a.fch.index(l), a.fch_gelu.index(l), a.ln2.index(l));
-            let (atty, qkv, ln1) = (a.atty.index(l), a.qkv.index(l), a.ln1.index(l));
+            let (residual2, fch, fch_gelu, ln2) = (a.residual2.index(l), a.fch.index(l), a.fch_gelu_at(l), a.ln2_at(l));
+            let (atty, qkv, ln1) = (a.atty.index(l), a.qkv.index(l), a.ln1_at(l));
+            // a recomputed activation is written again into its slot, by the forward's op on
+            // the forward's (kept) inputs, just before the matmul backward that reads it
+            let r = a.recompute;
 
             // residual3 = residual2 + dropout(fcproj)
             let dfcproj = self.branch(dres, g.fcproj.index(0), DropoutCtx::at(dropout, l, 3))?;
             let (w, b) = (p.fcprojw.index(l), p.fcprojb.map(|x| x.index(l)));
             let dfch_gelu = g.fch_gelu.index(0);
-            self.run(MatmulBackward {
-                dinp: dfch_gelu,
-                dw: grad(w),
-                db: ograd(b),
-                dout: dfcproj,
-                inp: fch_gelu,
-                w,
-                gelu: None,
-                role: Role::MlpProj,
-            })?;
-            self.run(GeluBackward { dinp: g.fch.index(0), dout: dfch_gelu, inp: fch })?;
+            if r.gelu() {
+                self.run(Gelu { out: fch_gelu, inp: fch })?;
+            }
+            // dfch = (dfcproj @ w) * gelu'(fch): the projection's backward and GELU's in one op
+            // (one cuBLASLt product on a GPU; the CPU puts the product in dfch_gelu first)
+            let gelu = Some(GeluGrad { pre: fch, scratch: dfch_gelu });
+            let dfch = g.fch.index(0);
+            self.run(MatmulBackward { dinp: dfch, dw: grad(w), db: ograd(b), dout: dfcproj, inp: fch_gelu, w, gelu, role: Role::MlpProj })?;
             let (w, b) = (p.fcw.index(l), p.fcb.map(|x| x.index(l)));
-            let (dln2, dfch) = (g.ln2.index(0), g.fch.index(0));
+            let dln2 = g.ln2.index(0);
+            if r.layer_norm() {
+                let (mean, rstd) = (a.ln2_mean.index(l), a.ln2_rstd.index(l));
+                self.run(LayerNorm { out: ln2, mean, rstd, inp: residual2, w: p.ln2w.index(l), b: p.ln2b.map(|x| x.index(l)) })?;
+            }
             self.run(MatmulBackward { dinp: dln2, dw: grad(w), db: ograd(b), dout: dfch, inp: ln2, w, gelu: None, role: Role::MlpFc })?;
             let (w, b) = (p.ln2w.index(l), p.ln2b.map(|x| x.index(l)));
             let (mean, rstd) = (a.ln2_mean.index(l), a.ln2_rstd.index(l));
@@ -322,6 +342,10 @@ impl<B: Backend> Gpt<B> {
             self.run(AttentionBackward { dqkv, dout: datty, qkv, stats, out: atty, n_head: nh, drop })?;
             let (w, b) = (p.qkvw.index(l), p.qkvb.map(|x| x.index(l)));
             let dln1 = g.ln1.index(0);
+            if r.layer_norm() {
+                let (mean, rstd) = (a.ln1_mean.index(l), a.ln1_rstd.index(l));
+                self.run(LayerNorm { out: ln1, mean, rstd, inp: residual, w: p.ln1w.index(l), b: p.ln1b.map(|x| x.index(l)) })?;
+            }
             self.run(MatmulBackward { dinp: dln1, dw: grad(w), db: ograd(b), dout: dqkv, inp: ln1, w, gelu: None, role: Role::Qkv })?;
             let (w, b) = (p.ln1w.index(l), p.ln1b.map(|x| x.index(l)));
             let (mean, rstd) = (a.ln1_mean.index(l), a.ln1_rstd.index(l));

@@ -120,17 +120,71 @@ impl ParamLayout {
     }
 }
 
+/// Which activations the backward recomputes instead of keeping them for every layer (llm.c's
+/// `-r`; the config's `recompute` level). A recomputed tensor is stored for one layer only (a
+/// leading axis of 1 instead of `L`): the forward writes each layer's into that one slot, where
+/// the next matmul reads it at once, and the backward writes it again from the same kept inputs
+/// just before its matmul's backward reads it. The same op on the same inputs: the results are
+/// bitwise those of keeping it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Recompute {
+    /// Level 0: every layer's activations are kept.
+    #[default]
+    Off,
+    /// Level 1: GELU's output `fch_gelu` (`4 B T C` per layer), recomputed from `fch`.
+    Gelu,
+    /// Level 2: GELU's output and both LayerNorms' `ln1` and `ln2` (`6 B T C` per layer); their
+    /// means and rstds stay kept (and are written again with the same values).
+    GeluAndLayerNorm,
+}
+
+impl Recompute {
+    /// The levels' meanings, for the error on a bad one.
+    pub const LEVELS: &'static str = "0 keeps every activation, 1 recomputes GELU in the backward, 2 GELU and both LayerNorms";
+
+    /// The config's level (0, 1, 2); None for any other.
+    pub fn from_level(level: usize) -> Option<Self> {
+        [Self::Off, Self::Gelu, Self::GeluAndLayerNorm].get(level).copied()
+    }
+
+    pub fn level(self) -> usize {
+        self as usize
+    }
+
+    /// GELU's output is recomputed (levels 1 and 2).
+    pub fn gelu(self) -> bool {
+        self >= Self::Gelu
+    }
+
+    /// Both LayerNorm outputs are recomputed (level 2).
+    pub fn layer_norm(self) -> bool {
+        self == Self::GeluAndLayerNorm
+    }
+
+    /// What is recomputed, in words (None at level 0).
+    pub fn describe(self) -> Option<&'static str> {
+        match self {
+            Self::Off => None,
+            Self::Gelu => Some("GELU"),
+            Self::GeluAndLayerNorm => Some("GELU and LayerNorm"),
+        }
+    }
+}
+
 /// The activation buffers for micro-batch `B` and sequence length `T`: the activations in
 /// [`BufId::Acts`] (in the compute dtype) and their statistics in [`BufId::Stats`] (always f32:
 /// LayerNorm means and rstds, attention row statistics, losses), so each buffer holds one
 /// element type. The activation-gradient buffer ([`BufId::DActs`]) has the layout of
-/// [`ActLayout::one_layer`]. Per-layer tensors have a leading `L` axis ([`Tensor::index`]).
+/// [`ActLayout::one_layer`]. Per-layer tensors have a leading `L` axis ([`Tensor::index`]),
+/// or 1 for those the backward recomputes ([`Recompute`]; reach them through
+/// [`ActLayout::ln1_at`], [`ActLayout::ln2_at`] and [`ActLayout::fch_gelu_at`]).
 #[derive(Clone, Copy, Debug)]
 pub struct ActLayout {
     pub b: usize,
     pub t: usize,
+    pub recompute: Recompute,
     pub encoded: Tensor,   // (B, T, C)
-    pub ln1: Tensor,       // (L, B, T, C)
+    pub ln1: Tensor,       // (L, B, T, C); (1, B, T, C) when recomputed
     pub ln1_mean: Tensor,  // (L, B, T)
     pub ln1_rstd: Tensor,  // (L, B, T)
     pub qkv: Tensor,       // (L, B, T, 3C)
@@ -138,11 +192,11 @@ pub struct ActLayout {
     pub att_stats: Tensor, // (L, B, NH, T, 2): each attention row's softmax max and 1/sum
     pub attproj: Tensor,   // (L, B, T, C)
     pub residual2: Tensor, // (L, B, T, C)
-    pub ln2: Tensor,       // (L, B, T, C)
+    pub ln2: Tensor,       // (L, B, T, C); (1, B, T, C) when recomputed
     pub ln2_mean: Tensor,  // (L, B, T)
     pub ln2_rstd: Tensor,  // (L, B, T)
     pub fch: Tensor,       // (L, B, T, 4C)
-    pub fch_gelu: Tensor,  // (L, B, T, 4C)
+    pub fch_gelu: Tensor,  // (L, B, T, 4C); (1, B, T, 4C) when recomputed
     pub fcproj: Tensor,    // (L, B, T, C)
     pub residual3: Tensor, // (L, B, T, C)
     pub lnf: Tensor,       // (B, T, C)
@@ -159,20 +213,36 @@ pub struct ActLayout {
 
 impl ActLayout {
     /// The f32 layout.
-    pub fn new(cfg: &ModelConfig, b: usize, t: usize) -> Self {
-        Self::with_dtype(cfg, b, t, DType::F32)
+    pub fn new(cfg: &ModelConfig, b: usize, t: usize, recompute: Recompute) -> Self {
+        Self::with_dtype(cfg, b, t, DType::F32, recompute)
     }
 
     /// The layout with the activations that feed matmuls (and the residual stream and logits)
     /// stored as `dtype`; LayerNorm statistics, attention statistics and losses stay f32
-    /// whatever it is (llm.c's mixed precision).
-    pub fn with_dtype(cfg: &ModelConfig, b: usize, t: usize, dtype: DType) -> Self {
-        Self::with_layers(cfg, cfg.n_layer, false, b, t, dtype)
+    /// whatever it is (llm.c's mixed precision). What `recompute` names is kept for one layer.
+    pub fn with_dtype(cfg: &ModelConfig, b: usize, t: usize, dtype: DType, recompute: Recompute) -> Self {
+        Self::with_layers(cfg, cfg.n_layer, false, b, t, dtype, recompute)
     }
 
-    /// `L` layers' worth of each per-layer tensor; for the gradients (`grads`), `encoded`,
-    /// `residual2` and `logits` are empty (see [`ActLayout::one_layer`]).
-    fn with_layers(cfg: &ModelConfig, l: usize, grads: bool, b: usize, t: usize, x: DType) -> Self {
+    /// Layer `l`'s first LayerNorm output (B, T, C): the shared slot when recomputed.
+    pub fn ln1_at(&self, l: usize) -> Tensor {
+        self.ln1.index(if self.recompute.layer_norm() { 0 } else { l })
+    }
+
+    /// Layer `l`'s second LayerNorm output (B, T, C): the shared slot when recomputed.
+    pub fn ln2_at(&self, l: usize) -> Tensor {
+        self.ln2.index(if self.recompute.layer_norm() { 0 } else { l })
+    }
+
+    /// Layer `l`'s GELU output (B, T, 4C): the shared slot when recomputed.
+    pub fn fch_gelu_at(&self, l: usize) -> Tensor {
+        self.fch_gelu.index(if self.recompute.gelu() { 0 } else { l })
+    }
+
+    /// `L` layers' worth of each per-layer tensor (one of those `recompute` names); for the
+    /// gradients (`grads`), `encoded`, `residual2` and `logits` are empty (see
+    /// [`ActLayout::one_layer`]).
+    fn with_layers(cfg: &ModelConfig, l: usize, grads: bool, b: usize, t: usize, x: DType, recompute: Recompute) -> Self {
         let (c, nh, vp) = (cfg.n_embd, cfg.n_head, cfg.padded_vocab_size);
         let buf = if grads { BufId::DActs } else { BufId::Acts };
         let (mut off, mut stats_off) = (0, 0);
@@ -191,8 +261,11 @@ impl ActLayout {
             tensor
         };
         let (none, keep) = (&[0][..], !grads);
+        // layers of the recomputed tensors: one slot that every layer reuses
+        let l_ln = if recompute.layer_norm() { 1 } else { l };
+        let l_gelu = if recompute.gelu() { 1 } else { l };
         let encoded = if keep { at(&[b, t, c], x) } else { at(none, x) };
-        let ln1 = at(&[l, b, t, c], x);
+        let ln1 = at(&[l_ln, b, t, c], x);
         let ln1_mean = at(&[l, b, t], f);
         let ln1_rstd = at(&[l, b, t], f);
         let qkv = at(&[l, b, t, 3 * c], x);
@@ -200,11 +273,11 @@ impl ActLayout {
         let att_stats = at(&[l, b, nh, t, 2], f);
         let attproj = at(&[l, b, t, c], x);
         let residual2 = if keep { at(&[l, b, t, c], x) } else { at(none, x) };
-        let ln2 = at(&[l, b, t, c], x);
+        let ln2 = at(&[l_ln, b, t, c], x);
         let ln2_mean = at(&[l, b, t], f);
         let ln2_rstd = at(&[l, b, t], f);
         let fch = at(&[l, b, t, 4 * c], x);
-        let fch_gelu = at(&[l, b, t, 4 * c], x);
+        let fch_gelu = at(&[l_gelu, b, t, 4 * c], x);
         let fcproj = at(&[l, b, t, c], x);
         let residual3 = at(&[l, b, t, c], x);
         let lnf = at(&[b, t, c], x);
@@ -215,6 +288,7 @@ impl ActLayout {
         ActLayout {
             b,
             t,
+            recompute,
             encoded,
             ln1,
             ln1_mean,
@@ -255,7 +329,7 @@ impl ActLayout {
 
     /// [`ActLayout::one_layer`] with the gradients stored as `dtype` (the activations' type).
     pub fn one_layer_in(cfg: &ModelConfig, b: usize, t: usize, dtype: DType) -> Self {
-        Self::with_layers(cfg, 1, true, b, t, dtype)
+        Self::with_layers(cfg, 1, true, b, t, dtype, Recompute::Off)
     }
 }
 
@@ -271,7 +345,7 @@ mod tests {
     fn each_tensor_has_its_storage_type_and_each_buffer_one_type() {
         // under bf16 the activations and parameters are bf16; statistics and losses stay f32
         // in their own buffer, so every buffer holds one element type
-        let a = ActLayout::with_dtype(&cfg(), 2, 4, DType::Bf16);
+        let a = ActLayout::with_dtype(&cfg(), 2, 4, DType::Bf16, Recompute::Off);
         for t in [a.encoded, a.ln1, a.qkv, a.atty, a.attproj, a.residual2, a.ln2, a.fch, a.fch_gelu, a.fcproj, a.residual3, a.lnf, a.logits]
         {
             assert_eq!((t.buf, t.dtype), (BufId::Acts, DType::Bf16), "{t:?}");
@@ -279,9 +353,30 @@ mod tests {
         for t in [a.ln1_mean, a.ln1_rstd, a.att_stats, a.ln2_mean, a.ln2_rstd, a.lnf_mean, a.lnf_rstd, a.losses] {
             assert_eq!((t.buf, t.dtype), (BufId::Stats, DType::F32), "{t:?}");
         }
-        let f32_layout = ActLayout::new(&cfg(), 2, 4);
+        let f32_layout = ActLayout::new(&cfg(), 2, 4, Recompute::Off);
         assert_eq!((a.total, a.stats_total), (f32_layout.total, f32_layout.stats_total), "offsets are in elements");
         let p = ParamLayout::with_dtype(&cfg(), DType::Bf16);
         assert_eq!((p.qkvw.dtype, p.all().dtype, p.total), (DType::Bf16, DType::Bf16, ParamLayout::new(&cfg()).total));
+    }
+
+    #[test]
+    fn recomputed_tensors_keep_one_layer_and_every_layer_maps_to_it() {
+        let (c, bt) = (cfg(), 2 * 4);
+        let full = ActLayout::new(&c, 2, 4, Recompute::Off);
+        for (r, dropped) in [(Recompute::Gelu, 4 * bt * 8), (Recompute::GeluAndLayerNorm, 6 * bt * 8)] {
+            let a = ActLayout::new(&c, 2, 4, r);
+            // (L - 1) layers' worth fewer elements; statistics are all kept
+            assert_eq!(full.total - a.total, (c.n_layer - 1) * dropped, "{r:?}");
+            assert_eq!((a.stats_total, a.ln1_mean.dims()[0], a.ln2_rstd.dims()[0]), (full.stats_total, 2, 2));
+            assert_eq!(a.fch_gelu.dims(), [1, 2, 4, 32]);
+            assert_eq!(a.fch_gelu_at(1), a.fch_gelu_at(0));
+            assert_eq!(a.ln1_at(1) == a.ln1_at(0), r.layer_norm(), "{r:?}");
+            assert_eq!(a.ln2.dims()[0], if r.layer_norm() { 1 } else { 2 });
+        }
+        assert_ne!(full.fch_gelu_at(1), full.fch_gelu_at(0));
+        assert_eq!(full.ln2_at(1), full.ln2.index(1));
+        let levels: Vec<_> = (0..4).map(Recompute::from_level).collect();
+        assert_eq!(levels, [Some(Recompute::Off), Some(Recompute::Gelu), Some(Recompute::GeluAndLayerNorm), None]);
+        assert!(levels.iter().flatten().enumerate().all(|(i, r)| r.level() == i));
     }
 }

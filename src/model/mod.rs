@@ -5,7 +5,7 @@ pub mod gpt;
 pub mod layout;
 
 pub use gpt::{DropoutCtx, Gpt};
-pub use layout::{ActLayout, ParamLayout, ParamTensor};
+pub use layout::{ActLayout, ParamLayout, ParamTensor, Recompute};
 
 use anyhow::{bail, Result};
 

@@ -4,7 +4,7 @@
 use super::device::{Class, Device};
 use super::flops::{self, Impl, Memory};
 use crate::backend::Precision;
-use crate::model::ModelConfig;
+use crate::model::{ModelConfig, Recompute};
 use anyhow::{bail, Result};
 
 /// The assumed MFU range and where it comes from.
@@ -235,6 +235,11 @@ pub struct Estimate {
     /// None when the device's memory is unknown.
     pub fits: Option<bool>,
     pub max_micro_batch: usize,
+    /// The run's `recompute` level (`memory` and `max_micro_batch` are at it).
+    pub recompute: usize,
+    /// The largest micro-batch that fits at `recompute=2` (GELU and both LayerNorms recomputed
+    /// in the backward), and the memory at `batch_size` there; 0 and `memory_bytes` when the
+    /// run is at level 2 already or the device's memory is unknown.
     pub max_micro_batch_recompute: usize,
     pub memory_with_recompute: u64,
     /// What nanoGPT's train.py (PyTorch, torch.compile) would need at this micro-batch, on a GPU
@@ -257,6 +262,8 @@ pub struct Run {
     /// Cards training in data parallel, as nanoGPT's DDP: each runs `grad_accum / gpus`
     /// micro-steps of `batch_size`, then the gradients are all-reduced.
     pub gpus: usize,
+    /// What the backward recomputes (the config's `recompute`).
+    pub recompute: Recompute,
 }
 
 impl Run {
@@ -324,10 +331,12 @@ pub fn estimate(run: &Run, device: &Device, precision: &DtypeChoice, peak_overri
     let total = |u: f64| run.max_iters as f64 * s_at(u) + evals as f64 * eval_s(u);
     let imp = if device.is_gpu() { Impl::Gpu } else { Impl::Cpu };
     let d = dtype.bytes() as u64;
-    let mem = flops::memory(m, run.batch_size, t, d, false, imp);
+    let mem = flops::memory(m, run.batch_size, t, d, run.recompute, imp);
+    let most = Recompute::GeluAndLayerNorm;
     let cap = device.memory_bytes;
+    let more_by_recomputing = run.recompute < most && cap > 0;
     let fits = |bytes: u64| (cap > 0).then_some(bytes <= cap); // None: the device's memory is unknown
-    let torch = (imp == Impl::Gpu).then(|| flops::memory(m, run.batch_size, t, d, false, Impl::Torch).total());
+    let torch = (imp == Impl::Gpu).then(|| flops::memory(m, run.batch_size, t, d, Recompute::Off, Impl::Torch).total());
     let source_of = |d: Precision| if peak_override.is_some() { "--peak-tflops".to_string() } else { device.peak_source(d) };
     let peaks = [Precision::F32, Precision::Tf32, Precision::F16, Precision::Bf16]
         .into_iter()
@@ -367,9 +376,10 @@ pub fn estimate(run: &Run, device: &Device, precision: &DtypeChoice, peak_overri
         fits: fits(mem.total()),
         memory: mem,
         device_memory_bytes: cap,
-        max_micro_batch: flops::max_micro_batch(m, t, d, false, imp, cap),
-        max_micro_batch_recompute: if imp == Impl::Gpu { flops::max_micro_batch(m, t, d, true, imp, cap) } else { 0 },
-        memory_with_recompute: flops::memory(m, run.batch_size, t, d, true, imp).total(),
+        max_micro_batch: flops::max_micro_batch(m, t, d, run.recompute, imp, cap),
+        recompute: run.recompute.level(),
+        max_micro_batch_recompute: if more_by_recomputing { flops::max_micro_batch(m, t, d, most, imp, cap) } else { 0 },
+        memory_with_recompute: flops::memory(m, run.batch_size, t, d, most, imp).total(),
         memory_pytorch_bytes: torch,
         fits_pytorch: torch.and_then(fits),
         mfu,
@@ -442,6 +452,7 @@ mod tests {
             eval_interval: 2000,
             eval_iters: 200,
             gpus: 1,
+            recompute: Recompute::Off,
         }
     }
 
@@ -458,6 +469,7 @@ mod tests {
             eval_interval: cfg.eval_interval,
             eval_iters: cfg.eval_iters,
             gpus,
+            recompute: cfg.recompute_level(),
         }
     }
 

@@ -4,12 +4,13 @@
 //! Conventions:
 //! * A multiply-add is 2 FLOPs. Only matmuls count (LayerNorm, softmax, GELU, AdamW are
 //!   bandwidth work, excluded as in the PaLM paper's MFU, appendix B,
-//!   <https://arxiv.org/abs/2204.02311>).
+//!   <https://arxiv.org/abs/2204.02311>), so recomputing GELU and LayerNorm in the backward
+//!   (`recompute`) adds none.
 //! * Training does 3x the forward matmul FLOPs (forward, then dinp and dweight in backward).
 //! * Attention is counted dense over the full T x T (not only the causal half), as PaLM and
 //!   nanoGPT do; the causal-exact count is given beside it.
 
-use crate::model::ModelConfig;
+use crate::model::{ActLayout, ModelConfig, Recompute};
 
 /// FLOPs per token of one forward pass, by part (whole model, all layers).
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -174,17 +175,19 @@ impl Memory {
 pub const GPU_OVERHEAD_BYTES: u64 = 600 << 20;
 
 /// Memory of training `cfg` with micro-batch `b` at length `t`, compute dtype bytes `d`
-/// (4 for fp32/tf32, 2 for fp16/bf16), optionally recomputing GELU and LayerNorm in backward.
-pub fn memory(cfg: &ModelConfig, b: usize, t: usize, d: u64, recompute: bool, imp: Impl) -> Memory {
+/// (4 for fp32/tf32, 2 for fp16/bf16), with the activations `recompute` names kept for one
+/// layer only (gptrain's [`ActLayout`]; for [`Impl::Torch`], nanoGPT keeps everything and
+/// `recompute` is ignored).
+pub fn memory(cfg: &ModelConfig, b: usize, t: usize, d: u64, recompute: Recompute, imp: Impl) -> Memory {
     let n = params(cfg).total as u64;
-    let (l, c, vp, nh) = (cfg.n_layer as u64, cfg.n_embd as u64, cfg.padded_vocab_size as u64, cfg.n_head as u64);
+    let (vp, nh) = (cfg.padded_vocab_size as u64, cfg.n_head as u64);
     let bt = (b * t) as u64;
     match imp {
         Impl::Cpu => {
             // ARCHITECTURE.md's mixed-precision table: activations, their gradients and the
             // parameters in `d` bytes, statistics, gradients and moments in f32, f32 master
             // weights when `d` < 4
-            let (a, g) = (crate::model::ActLayout::new(cfg, b, t), crate::model::ActLayout::one_layer(cfg, b, t));
+            let (a, g) = (ActLayout::new(cfg, b, t, recompute), ActLayout::one_layer(cfg, b, t));
             let logits = (a.logits.len() + g.logits.len()) as u64 * d;
             let acts = (a.total - a.logits.len() + g.total - g.logits.len()) as u64 * d + a.stats_total as u64 * 4;
             Memory {
@@ -204,11 +207,8 @@ pub fn memory(cfg: &ModelConfig, b: usize, t: usize, d: u64, recompute: bool, im
             // as on the CPU (parameters in `d` bytes beside f32 master weights when `d` < 4; f32
             // gradients and moments; activations, logits and one layer of activation gradients
             // in `d` bytes, their statistics in f32)
-            let (a, g) = (crate::model::ActLayout::new(cfg, b, t), crate::model::ActLayout::one_layer(cfg, b, t));
+            let (a, g) = (ActLayout::new(cfg, b, t, recompute), ActLayout::one_layer(cfg, b, t));
             let logits = a.logits.len() as u64;
-            // recomputing GELU and both LayerNorms in backward (llm.c's recompute=2, which
-            // gptrain does not do: `estimate` says what it would save) drops ln1, ln2, fch_gelu
-            let recomputed = if recompute { l * 6 * bt * c } else { 0 };
             let tokens = 2 * bt * 4; // inputs and targets, u32 (2, B, T)
             let rowdot = bt * nh * 4; // attention backward's row dot products, f32 (B, NH, T)
             let scalars = crate::backend::N_SCALARS as u64 * 8;
@@ -217,7 +217,7 @@ pub fn memory(cfg: &ModelConfig, b: usize, t: usize, d: u64, recompute: bool, im
                 master_weights: if d < 4 { 4 * n } else { 0 },
                 gradients: 4 * n,
                 optimizer: 8 * n,
-                activations: (a.total as u64 - logits - recomputed) * d + a.stats_total as u64 * 4 + tokens,
+                activations: (a.total as u64 - logits) * d + a.stats_total as u64 * 4 + tokens,
                 logits: logits * d,
                 backward_scratch: g.total as u64 * d + rowdot,
                 workspace: crate::backend::cuda::SCRATCH_BYTES as u64 + scalars,
@@ -225,7 +225,7 @@ pub fn memory(cfg: &ModelConfig, b: usize, t: usize, d: u64, recompute: bool, im
             }
         }
         Impl::Torch => {
-            let g = llmc(cfg, b, t, d, false);
+            let g = llmc(cfg, b, t, d);
             let casts = if d < 4 { n * d } else { 0 };
             Memory { weights: 4 * n + casts, master_weights: 0, gradients: 4 * n, logits: g.logits + bt * vp * 4, ..g }
         }
@@ -236,14 +236,13 @@ pub fn memory(cfg: &ModelConfig, b: usize, t: usize, d: u64, recompute: bool, im
 /// and gradients beside fp32 master weights and moments, a few activations fewer than
 /// gptrain's (no stored attention or MLP projection outputs: llm.c fuses them into the
 /// residual) and a few scratch buffers for the activation gradients.
-fn llmc(cfg: &ModelConfig, b: usize, t: usize, d: u64, recompute: bool) -> Memory {
+fn llmc(cfg: &ModelConfig, b: usize, t: usize, d: u64) -> Memory {
     let n = params(cfg).total as u64;
     let (l, c, vp, nh) = (cfg.n_layer as u64, cfg.n_embd as u64, cfg.padded_vocab_size as u64, cfg.n_head as u64);
     let bt = (b * t) as u64;
     // per layer, in units of B*T*C: ln1 1, qkv 3, atty 1, residual2 1, ln2 1, fch 4,
-    // fch_gelu 4, residual3 1 (llm.c's ActivationTensors); recomputation drops fch_gelu and
-    // both LayerNorm outputs (llm.c's recompute=2)
-    let units = if recompute { 10 } else { 16 };
+    // fch_gelu 4, residual3 1 (llm.c's ActivationTensors, kept whole as PyTorch keeps them)
+    let units = 16;
     let per_layer = units * bt * c * d + 4 * bt * 4 + bt * nh * 4; // + LN stats, attention LSE in fp32
     Memory {
         weights: n * d,
@@ -260,7 +259,7 @@ fn llmc(cfg: &ModelConfig, b: usize, t: usize, d: u64, recompute: bool) -> Memor
 }
 
 /// The largest micro-batch whose memory fits in `capacity` bytes (0 if even 1 does not).
-pub fn max_micro_batch(cfg: &ModelConfig, t: usize, d: u64, recompute: bool, imp: Impl, capacity: u64) -> usize {
+pub fn max_micro_batch(cfg: &ModelConfig, t: usize, d: u64, recompute: Recompute, imp: Impl, capacity: u64) -> usize {
     let (mut lo, mut hi) = (0usize, 1usize);
     while memory(cfg, hi, t, d, recompute, imp).total() <= capacity && hi < 1 << 20 {
         lo = hi;
@@ -288,20 +287,32 @@ mod tests {
     #[test]
     fn the_cpu_memory_model_counts_the_buffers_gpt_allocates() {
         use crate::backend::cpu::Cpu;
-        use crate::model::{ActLayout, Gpt};
+        use crate::model::Gpt;
+        let off = Recompute::Off;
         for (c, b, t) in [(cfg(3, 2, 16, 8, 11, true), 2, 8), (cfg(2, 4, 32, 16, 65, false), 3, 5)] {
-            let m = memory(&c, b, t, 4, false, Impl::Cpu);
-            assert_eq!(m.activations + m.logits, 4 * Gpt::<Cpu>::activation_elements(&c, b, t) as u64);
+            let m = memory(&c, b, t, 4, off, Impl::Cpu);
+            assert_eq!(m.activations + m.logits, 4 * Gpt::<Cpu>::activation_elements(&c, b, t, off) as u64);
             assert_eq!(m.weights, 4 * params(&c).total as u64);
             // the activations' gradients are one layer's worth: a deeper model needs more
             // memory for the values only
             let deeper = ModelConfig { n_layer: c.n_layer + 1, ..c.clone() };
-            let a = ActLayout::new(&c, b, t);
+            let a = ActLayout::new(&c, b, t, off);
             let (values, grads) = (a.total + a.stats_total, ActLayout::one_layer(&c, b, t).total);
-            assert_eq!(Gpt::<Cpu>::activation_elements(&c, b, t), values + grads);
+            assert_eq!(Gpt::<Cpu>::activation_elements(&c, b, t, off), values + grads);
             assert_eq!(ActLayout::one_layer(&c, b, t).stats_total, 0, "statistics have no gradient");
             assert_eq!(ActLayout::one_layer(&deeper, b, t).total, grads);
-            assert!(ActLayout::new(&deeper, b, t).total > a.total && grads < values);
+            assert!(ActLayout::new(&deeper, b, t, off).total > a.total && grads < values);
+            // recomputation keeps one layer of GELU outputs (4 B T C elements a layer), and at
+            // level 2 of both LayerNorm outputs (C each) too: (L - 1) layers' worth fewer
+            for (r, per_layer) in [(Recompute::Gelu, 4), (Recompute::GeluAndLayerNorm, 6)] {
+                let fewer = ((c.n_layer - 1) * per_layer * b * t * c.n_embd) as u64;
+                let mr = memory(&c, b, t, 4, r, Impl::Cpu);
+                assert_eq!(m.activations - mr.activations, 4 * fewer, "{r:?}");
+                assert_eq!(mr.activations + mr.logits, 4 * Gpt::<Cpu>::activation_elements(&c, b, t, r) as u64);
+                assert_eq!(m.total() - mr.total(), 4 * fewer);
+                let g = memory(&c, b, t, 2, r, Impl::Gpu);
+                assert_eq!(memory(&c, b, t, 2, off, Impl::Gpu).total() - g.total(), 2 * fewer, "{r:?}");
+            }
         }
     }
 
@@ -343,20 +354,23 @@ mod tests {
         }
     }
 
-    /// What the model asks of a backend in one training step, in each precision, is the GPU
-    /// model's figure less the CUDA backend's own scratch (its workspace, partials and attention
-    /// row dots; `tests/gpu_memory.rs` counts those too, on the emulator or a GPU).
+    /// What the model asks of a backend in one training step, in each precision and at each
+    /// recompute level, is the GPU model's figure less the CUDA backend's own scratch (its
+    /// workspace, partials and attention row dots; `tests/gpu_memory.rs` counts those too, on
+    /// the emulator or a GPU).
     #[test]
     fn the_gpu_memory_model_counts_every_buffer_the_model_allocates() {
         use crate::backend::Precision;
         for (c, b) in [(cfg(2, 4, 32, 16, 65, false), 3), (cfg(1, 2, 16, 8, 11, true), 2)] {
             for p in [Precision::F32, Precision::Bf16, Precision::F16] {
-                let bytes = std::sync::atomic::AtomicU64::new(0);
-                let backend = Counting { inner: crate::backend::cpu::Cpu::REFERENCE, bytes: &bytes };
-                crate::bench::run(&c, b, 1, 1, 0, false, backend, p).unwrap();
-                let m = memory(&c, b, c.block_size, p.bytes() as u64, false, Impl::Gpu);
-                let backend_scratch = crate::backend::cuda::SCRATCH_BYTES as u64 + (b * c.block_size * c.n_head * 4) as u64;
-                assert_eq!(bytes.into_inner(), m.allocated() - backend_scratch, "{} {c:?}", p.name());
+                for r in [Recompute::Off, Recompute::Gelu, Recompute::GeluAndLayerNorm] {
+                    let bytes = std::sync::atomic::AtomicU64::new(0);
+                    let backend = Counting { inner: crate::backend::cpu::Cpu::REFERENCE, bytes: &bytes };
+                    crate::bench::run(&c, b, 1, 1, 0, false, backend, p, r).unwrap();
+                    let m = memory(&c, b, c.block_size, p.bytes() as u64, r, Impl::Gpu);
+                    let backend_scratch = crate::backend::cuda::SCRATCH_BYTES as u64 + (b * c.block_size * c.n_head * 4) as u64;
+                    assert_eq!(bytes.into_inner(), m.allocated() - backend_scratch, "{} {r:?} {c:?}", p.name());
+                }
             }
         }
     }
@@ -396,7 +410,7 @@ mod tests {
         // torch.cuda.max_memory_allocated of compiled bf16 training, which leaves out the CUDA
         // context that `overhead` stands for
         for (c, b, measured_gib) in [(cfg(4, 8, 512, 1024, 50304, false), 16, 6.55), (cfg(12, 12, 768, 1024, 50304, true), 12, 9.56)] {
-            let m = memory(&c, b, 1024, 2, false, Impl::Torch);
+            let m = memory(&c, b, 1024, 2, Recompute::Off, Impl::Torch);
             let model_gib = (m.total() - m.overhead) as f64 / (1u64 << 30) as f64;
             assert!((model_gib / measured_gib - 1.0).abs() < 0.06, "{model_gib:.2} GiB modelled, {measured_gib} measured");
         }
@@ -406,9 +420,9 @@ mod tests {
     fn more_batch_needs_more_memory_and_max_fits() {
         let c = cfg(4, 8, 512, 1024, 50304, false);
         let cap = 12u64 << 30;
-        let m = max_micro_batch(&c, 1024, 2, false, Impl::Gpu, cap);
+        let m = max_micro_batch(&c, 1024, 2, Recompute::Off, Impl::Gpu, cap);
         assert!(m >= 16, "{m}");
-        assert!(memory(&c, m, 1024, 2, false, Impl::Gpu).total() <= cap);
-        assert!(memory(&c, m + 1, 1024, 2, false, Impl::Gpu).total() > cap);
+        assert!(memory(&c, m, 1024, 2, Recompute::Off, Impl::Gpu).total() <= cap);
+        assert!(memory(&c, m + 1, 1024, 2, Recompute::Off, Impl::Gpu).total() > cap);
     }
 }

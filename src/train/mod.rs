@@ -23,7 +23,7 @@ use crate::backend::cuda::{self, select::Selected, Cuda};
 use crate::backend::{Backend, Precision, Scalar};
 use crate::config::Config;
 use crate::data::{Dataset, Split};
-use crate::model::{pad_vocab, Gpt, ModelConfig};
+use crate::model::{pad_vocab, Gpt, ModelConfig, Recompute};
 use crate::optim::OptimConfig;
 use crate::perf::{device, meter::Reading};
 use crate::rng;
@@ -355,12 +355,15 @@ pub fn check_memory(need: u64, mem: Option<device::MemInfo>) -> Result<Option<St
 /// before the model allocates anything, when `perf::flops`'s GPU model of gptrain's buffers
 /// (less `held`, what the backend holds already: its workspace and scratch) is more than the
 /// card has free (the CUDA context exists by now, so `overhead` is not asked for), naming the
-/// largest micro-batch that fits. Ok when it fits or the card's memory is unknown.
+/// largest micro-batch that fits (at the run's `recompute` level, and at level 2 when that fits
+/// more). Ok when it fits or the card's memory is unknown.
+#[allow(clippy::too_many_arguments)]
 pub fn check_gpu_memory(
     mc: &ModelConfig,
     b: usize,
     accum: usize,
     d: u64,
+    recompute: Recompute,
     mem: Option<device::MemInfo>,
     held: u64,
     card: &str,
@@ -369,17 +372,23 @@ pub fn check_gpu_memory(
     use crate::perf::flops::{self, Impl};
     let Some(m) = mem else { return Ok(()) };
     let t = mc.block_size;
-    let need = flops::memory(mc, b, t, d, false, Impl::Gpu).allocated();
+    let need = flops::memory(mc, b, t, d, recompute, Impl::Gpu).allocated();
     if need <= m.available + held {
         return Ok(());
     }
     let capacity = m.available + held + flops::GPU_OVERHEAD_BYTES;
-    let fits = flops::max_micro_batch(mc, t, d, false, Impl::Gpu, capacity);
+    let fits = flops::max_micro_batch(mc, t, d, recompute, Impl::Gpu, capacity);
+    let fits_recomputing = flops::max_micro_batch(mc, t, d, Recompute::GeluAndLayerNorm, Impl::Gpu, capacity);
+    let or_recompute = if fits_recomputing > fits {
+        format!("; with --set recompute=2 (GELU and LayerNorm recomputed in the backward) micro-batch {fits_recomputing} fits")
+    } else {
+        String::new()
+    };
     let sequences = b * accum;
     let advice = match (1..=fits).rev().find(|x| sequences.is_multiple_of(*x)) {
-        None => "even micro-batch 1 does not fit: use a smaller block_size or model".to_string(),
+        None => format!("even micro-batch 1 does not fit: use a smaller block_size or model{or_recompute}"),
         Some(x) => format!(
-            "the largest micro-batch that fits is {fits}: --set batch_size={x} --set gradient_accumulation_steps={} keeps {sequences} sequences per iteration",
+            "the largest micro-batch that fits is {fits}: --set batch_size={x} --set gradient_accumulation_steps={} keeps {sequences} sequences per iteration{or_recompute}",
             sequences / x
         ),
     };
@@ -446,14 +455,24 @@ mod tests {
         let held = crate::backend::cuda::SCRATCH_BYTES as u64;
         // a 12 GiB card with the context taken: 16 fits, 64 does not
         let card = |free: u64| Some(device::MemInfo { total: 12 * GIB, available: free, swap_free: 0 });
-        assert!(check_gpu_memory(&mc, 16, 32, 2, card(11 * GIB), held, "RTX 4070").is_ok());
-        let e = format!("{:#}", check_gpu_memory(&mc, 64, 8, 2, card(11 * GIB), held, "RTX 4070").unwrap_err());
-        let fits = flops::max_micro_batch(&mc, 1024, 2, false, Impl::Gpu, 11 * GIB + held + flops::GPU_OVERHEAD_BYTES);
+        let off = Recompute::Off;
+        assert!(check_gpu_memory(&mc, 16, 32, 2, off, card(11 * GIB), held, "RTX 4070").is_ok());
+        let e = format!("{:#}", check_gpu_memory(&mc, 64, 8, 2, off, card(11 * GIB), held, "RTX 4070").unwrap_err());
+        let capacity = 11 * GIB + held + flops::GPU_OVERHEAD_BYTES;
+        let fits = flops::max_micro_batch(&mc, 1024, 2, off, Impl::Gpu, capacity);
         assert!((16..64).contains(&fits), "{fits}");
-        assert!(e.contains(&format!("the largest micro-batch that fits is {fits}")) && e.contains("RTX 4070") && !e.contains('\n'), "{e}");
-        assert!(e.contains("keeps 512 sequences per iteration"), "{e}");
-        assert!(format!("{:#}", check_gpu_memory(&mc, 1, 1, 2, card(GIB / 4), held, "x").unwrap_err()).contains("even micro-batch 1"));
-        assert!(check_gpu_memory(&mc, 1 << 20, 1, 2, None, 0, "x").is_ok(), "unknown memory: no verdict");
+        assert!(
+            e.contains(&format!("the largest micro-batch that fits is {fits}: ")) && e.contains("RTX 4070") && !e.contains('\n'),
+            "{e}"
+        );
+        assert!(e.contains("keeps 512 sequences per iteration; with --set recompute=2"), "{e}");
+        // recomputing, more fits, and the error says so at the run's own level
+        let recomputing = flops::max_micro_batch(&mc, 1024, 2, Recompute::GeluAndLayerNorm, Impl::Gpu, capacity);
+        assert!(recomputing > fits, "{recomputing} vs {fits}");
+        let e = format!("{:#}", check_gpu_memory(&mc, 64, 8, 2, Recompute::GeluAndLayerNorm, card(11 * GIB), held, "x").unwrap_err());
+        assert!(e.contains(&format!("the largest micro-batch that fits is {recomputing}: ")) && !e.contains("with --set"), "{e}");
+        assert!(format!("{:#}", check_gpu_memory(&mc, 1, 1, 2, off, card(GIB / 4), held, "x").unwrap_err()).contains("even micro-batch 1"));
+        assert!(check_gpu_memory(&mc, 1 << 20, 1, 2, off, None, 0, "x").is_ok(), "unknown memory: no verdict");
     }
 
     #[test]

@@ -86,13 +86,16 @@ impl<'a, B: Backend> Session<'a, B> {
         let flops_per_iter = flops::flops_per_iter(&mc, b, t, accum);
         let tokens_per_iter = b * t * accum;
         let d = precision.bytes() as u64;
-        let mem = flops::memory(&mc, b, t, d, false, dev.memory_model);
+        let recompute = cfg.recompute_level();
+        let mem = flops::memory(&mc, b, t, d, recompute, dev.memory_model);
         // what the backend holds already (its workspace and scratch) is free for this run
         let held = backend.memory_use().map_or(0, |m| m.current);
         let device_memory = dev.memory.map(|m| device::MemInfo { available: m.available + held, ..m });
         match backend.memory_use() {
             // a device: what is still to allocate against what it has free
-            Some(_) if dev.memory_model == flops::Impl::Gpu => check_gpu_memory(&mc, b, accum, d, dev.memory, held, &dev.description)?,
+            Some(_) if dev.memory_model == flops::Impl::Gpu => {
+                check_gpu_memory(&mc, b, accum, d, recompute, dev.memory, held, &dev.description)?
+            }
             _ => {
                 if let Some(warning) = check_memory(mem.total(), dev.memory)? {
                     user.message(&warning);
@@ -101,6 +104,7 @@ impl<'a, B: Backend> Session<'a, B> {
         }
 
         let mut model = Gpt::zeros_in(backend, mc.clone(), precision)?;
+        model.set_recompute(recompute);
         model.set_params(&init.params)?;
         if let (Some(m), Some(v)) = (&init.m, &init.v) {
             model.set_optimizer_state(m, v)?;

@@ -20,9 +20,9 @@ enum { R_32F = 0, R_16F = 2, R_16BF = 14 };
 enum { COMPUTE_32F = 68, COMPUTE_32F_FAST_TF32 = 77 };
 enum { DESC_COMPUTE_TYPE = 0, DESC_SCALE_TYPE = 1, DESC_POINTER_MODE = 2, DESC_TRANSA = 3, DESC_TRANSB = 4, DESC_EPILOGUE = 7,
        DESC_BIAS_POINTER = 8, DESC_AUX_POINTER = 11, DESC_AUX_LD = 12, DESC_AUX_DATA_TYPE = 22, DESC_BIAS_DATA_TYPE = 26 };
-// GELU_AUX: D = gelu(x) and aux = x, x the product (plus bias with GELU_AUX_BIAS); DGELU: D = the
-// product times gelu'(aux). GELU is the tanh form, as NVIDIA's samples show it.
-enum { EPILOGUE_DEFAULT = 1, EPILOGUE_BIAS = 4, EPILOGUE_GELU_AUX = 160, EPILOGUE_GELU_AUX_BIAS = 164, EPILOGUE_DGELU = 192 };
+// DGELU: D = the product times gelu'(aux), aux the forward's GELU input; GELU is the tanh form,
+// as NVIDIA's samples show it.
+enum { EPILOGUE_DEFAULT = 1, EPILOGUE_BIAS = 4, EPILOGUE_DGELU = 192 };
 
 struct Desc {
     int compute, scale, transa = 0, transb = 0, epilogue = EPILOGUE_DEFAULT, bias_type = -1, aux_type = -1;
@@ -131,7 +131,7 @@ static bool shapes(const Desc* d, const Layout* a, const Layout* b, const Layout
     return true;
 }
 
-static bool gelu_epilogue(int e) { return e == EPILOGUE_GELU_AUX || e == EPILOGUE_GELU_AUX_BIAS || e == EPILOGUE_DGELU; }
+static bool gelu_epilogue(int e) { return e == EPILOGUE_DGELU; }
 static bool known_epilogue(int e) { return e == EPILOGUE_DEFAULT || e == EPILOGUE_BIAS || gelu_epilogue(e); }
 
 // An auxiliary matrix as the documentation asks: given, m x n with ld >= m, ld a multiple of 8.
@@ -142,7 +142,6 @@ static bool aux_ok(const Desc* d, uint64_t m) {
     return ok;
 }
 
-static double gelu(double x) { return 0.5 * x * (1.0 + std::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))); }
 static double gelu_grad(double x) {
     double th = std::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x));
     return 0.5 * (1.0 + th) + x * 0.5 * (1.0 - th * th) * 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * x * x);
@@ -156,7 +155,7 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(void*, Desc* d, Layout* a, Layout*
         std::fprintf(stderr, "cuda-emu cuBLASLt: epilogue %d is not emulated\n", d->epilogue);
         return NOT_SUPPORTED;
     }
-    // GPTRAIN_EMU_NO_EPILOGUE=1: a library or card without the GELU epilogues (the caller's fallback)
+    // GPTRAIN_EMU_NO_EPILOGUE=1: a library or card without the GELU epilogue (the caller's fallback)
     const char* no = std::getenv("GPTRAIN_EMU_NO_EPILOGUE");
     if (gelu_epilogue(d->epilogue) && no && no[0] == '1') return NOT_SUPPORTED;
     if (!aux_ok(d, m)) return INVALID_VALUE;
@@ -171,7 +170,7 @@ cublasStatus_t cublasLtMatmul(void*, Desc* d, const void* alpha, const void* A, 
                               const void* C, Layout* lc, void* D, Layout* ld, const Algo*, void*, size_t, void*) {
     uint64_t m, n, k;
     if (!shapes(d, la, lb, lc, ld, &m, &n, &k)) return INVALID_VALUE;
-    bool biased = d->epilogue == EPILOGUE_BIAS || d->epilogue == EPILOGUE_GELU_AUX_BIAS;
+    bool biased = d->epilogue == EPILOGUE_BIAS;
     if (biased && !d->bias) return INVALID_VALUE;
     if (!known_epilogue(d->epilogue)) return NOT_SUPPORTED;
     if (!aux_ok(d, m)) return INVALID_VALUE;
@@ -192,10 +191,7 @@ cublasStatus_t cublasLtMatmul(void*, Desc* d, const void* alpha, const void* A, 
             double v = (double)al * s;
             if (be != 0.0f) v += (double)be * read(C, lc->type, i + j * lc->ld);
             if (biased) v += read(d->bias, bias_type, i);
-            if (d->epilogue == EPILOGUE_GELU_AUX || d->epilogue == EPILOGUE_GELU_AUX_BIAS) {
-                write(d->aux, aux_type, i + j * d->aux_ld, (float)v);
-                v = gelu(v);
-            } else if (d->epilogue == EPILOGUE_DGELU) {
+            if (d->epilogue == EPILOGUE_DGELU) {
                 v *= gelu_grad(read(d->aux, aux_type, i + j * d->aux_ld));
             }
             out[i + j * m] = (float)v;

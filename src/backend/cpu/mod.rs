@@ -22,7 +22,7 @@ mod typed;
 pub mod widen;
 mod widen_chunked;
 
-use super::ops::{AdamWStep, Gelu, GeluBackward, GeluGrad, Matmul, MatmulBackward};
+use super::ops::{AdamWStep, GeluBackward, GeluGrad, MatmulBackward};
 use super::{Backend, Buffers, DType, DeviceInfo, Host, Op, Precision, Scalar, Tensor};
 use anyhow::Result;
 
@@ -205,12 +205,8 @@ impl Backend for Cpu {
     fn run(&self, bufs: &mut Bufs, op: &Op) -> Result<()> {
         use rayon::prelude::*;
         let fast = self.fast();
-        // a linear layer with its GELU: the two ops it stands for, as the model ran them before
-        // the CUDA backend fused them (the same arithmetic and roundings)
-        if let Op::Matmul(m @ Matmul { pre: Some(pre), .. }) = *op {
-            self.run(bufs, &Matmul { out: pre, pre: None, ..m }.into())?;
-            return self.run(bufs, &Gelu { out: m.out, inp: pre }.into());
-        }
+        // a linear layer's backward with its input's GELU: the two ops it stands for, as the
+        // model ran them before the CUDA backend fused them (the same arithmetic and roundings)
         if let Op::MatmulBackward(m @ MatmulBackward { gelu: Some(GeluGrad { pre, scratch }), .. }) = *op {
             self.run(bufs, &MatmulBackward { dinp: scratch, gelu: None, ..m }.into())?;
             return self.run(bufs, &GeluBackward { dinp: m.dinp, dout: scratch, inp: pre }.into());

@@ -45,21 +45,19 @@ pub struct Gemm {
     pub beta: f32,
     /// A bias of m elements, in D's type, added before the one rounding.
     pub bias: Option<u64>,
-    /// GELU in the epilogue (tanh form, as gptrain's): see [`Gelu`].
+    /// GELU's backward in the epilogue (tanh form, as gptrain's): see [`Gelu`].
     pub gelu: Option<Gelu>,
     pub tf32: bool,
 }
 
-/// A GELU epilogue on an auxiliary (m, n) matrix `aux` (column-major, leading dimension `ld`,
-/// of type `dtype`). Forward (`CUBLASLT_EPILOGUE_GELU_AUX[_BIAS]`): aux = the product (plus
-/// bias), D = gelu(aux). Backward (`CUBLASLT_EPILOGUE_DGELU`): aux holds the forward's GELU
-/// input, D = the product * gelu'(aux).
+/// GELU's backward in the epilogue (`CUBLASLT_EPILOGUE_DGELU`): D = the product * gelu'(aux),
+/// `aux` the forward's GELU input, an (m, n) matrix (column-major, leading dimension `ld`, of
+/// type `dtype`).
 #[derive(Clone, Copy, Debug)]
 pub struct Gelu {
     pub aux: u64,
     pub ld: usize,
     pub dtype: DType,
-    pub backward: bool,
 }
 
 fn cuda_type(t: DType) -> Result<sys::cudaDataType> {
@@ -128,10 +126,8 @@ impl Blas {
             let epi = match (g.bias, g.gelu) {
                 (None, None) => E::CUBLASLT_EPILOGUE_DEFAULT,
                 (Some(_), None) => E::CUBLASLT_EPILOGUE_BIAS,
-                (None, Some(Gelu { backward: false, .. })) => E::CUBLASLT_EPILOGUE_GELU_AUX,
-                (Some(_), Some(Gelu { backward: false, .. })) => E::CUBLASLT_EPILOGUE_GELU_AUX_BIAS,
-                (None, Some(Gelu { backward: true, .. })) => E::CUBLASLT_EPILOGUE_DGELU,
-                (Some(_), Some(Gelu { backward: true, .. })) => return Err(anyhow!("a bias with GELU's backward epilogue: {g:?}")),
+                (None, Some(_)) => E::CUBLASLT_EPILOGUE_DGELU,
+                (Some(_), Some(_)) => return Err(anyhow!("a bias with GELU's backward epilogue: {g:?}")),
             };
             if epi != E::CUBLASLT_EPILOGUE_DEFAULT {
                 r = r.and_then(|()| set(A::CUBLASLT_MATMUL_DESC_EPILOGUE, &epi as *const _ as *const c_void, std::mem::size_of_val(&epi)));

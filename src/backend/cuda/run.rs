@@ -233,20 +233,8 @@ impl Cuda {
             Op::Matmul(m) => {
                 let (n, ic, oc) = (m.inp.rows(), m.inp.cols(), m.out.cols());
                 let (out, inp, w) = (self.operand(bufs, m.out), self.operand(bufs, m.inp), self.operand(bufs, m.w));
-                let bias = m.b.map(|b| self.ptr(bufs, b));
-                let Some(pre) = m.pre else {
-                    return self.inner.blas.gemm(&linear_forward(n, ic, oc, out, inp, w, bias, self.inner.tf32), self.cu_stream());
-                };
-                // with its GELU: pre = the product, out = gelu(pre), in the epilogue when it can be
-                let pre_ = self.operand(bufs, pre);
-                let mut g = linear_forward(n, ic, oc, out, inp, w, bias, self.inner.tf32);
-                g.gelu = Some(super::blas::Gelu { aux: pre_.0, ld: oc, dtype: pre_.1, backward: false });
-                if !self.gelu_fusion(&g) || !self.inner.blas.gemm_if_supported(&g, self.cu_stream())? {
-                    let g = linear_forward(n, ic, oc, pre_, inp, w, bias, self.inner.tf32);
-                    self.inner.blas.gemm(&g, self.cu_stream())?;
-                    let args = [p(m.out), p(pre), Arg::U64(pre.len() as u64)];
-                    self.launch_1d(&format!("gelu_forward_{}", sfx(pre.dtype)), pre.len(), &args)?;
-                }
+                let g = linear_forward(n, ic, oc, out, inp, w, m.b.map(|b| self.ptr(bufs, b)), self.inner.tf32);
+                self.inner.blas.gemm(&g, self.cu_stream())?;
             }
             Op::MatmulBackward(m) => {
                 let (n, ic, oc) = (m.inp.rows(), m.inp.cols(), m.dout.cols());
@@ -261,7 +249,7 @@ impl Cuda {
                             // product into dinp and GELU's backward in place (the kernel reads each
                             // element before it writes it; `scratch` is not needed)
                             let pre = self.operand(bufs, gelu.pre);
-                            g.gelu = Some(super::blas::Gelu { aux: pre.0, ld: ic, dtype: pre.1, backward: true });
+                            g.gelu = Some(super::blas::Gelu { aux: pre.0, ld: ic, dtype: pre.1 });
                             if !self.gelu_fusion(&g) || !self.inner.blas.gemm_if_supported(&g, self.cu_stream())? {
                                 g.gelu = None;
                                 self.inner.blas.gemm(&g, self.cu_stream())?;
