@@ -10,7 +10,8 @@
 #                                training run on the GPU beside the same run on the CPU, its
 #                                checkpoint sampled on the CPU, 50 fp16 iterations of the
 #                                rtx4070-40m shape on GPT-2 BPE tokens, and benches (gpt2-124m
-#                                in bf16 with tensor-core and with CUDA-core attention). Under 8
+#                                in bf16: as it is, with CUDA-core attention, with GELU's backward
+#                                unfused). Under 8
 #                                minutes; a summary table last; full logs under $OUT when set
 #                                (else target/gpu-check/logs).
 #   tools/gpu_check.sh --converge  on the GPU machine: the shakespeare-char convergence run,
@@ -141,11 +142,13 @@ for f in train-cuda.log train-cpu.log train-cuda-bf16.log train-cuda-fp16.log tr
     grep -E "^(iter|step|eval|final|skipped)|loss scale" "$LOGS/$f" | head -14
 done >"$LOGS/losses.txt"
 timed "bench 5 steps --profile, cuda" bench-cuda.log 45 "$BIN/gptrain" bench --set device=cuda --steps 5 --warmup 2 --profile
-# gpt2-124m in bf16, attention on tensor cores (the default) and on the CUDA-core kernels
-for att in tensor tiled; do
-    timed "bench gpt2-124m bf16, attention $att" "bench-gpt2-$att.log" 60 env GPTRAIN_CUDA_ATTENTION=$att "$BIN/gptrain" bench \
+# gpt2-124m in bf16: the defaults (tensor-core attention, GELU's backward in cuBLASLt's
+# epilogue), attention on the CUDA-core kernels, and GELU's backward as a kernel of its own
+for v in "default:" "tiled:GPTRAIN_CUDA_ATTENTION=tiled" "gelu-kernel:GPTRAIN_CUDA_GELU_FUSION=0"; do
+    name=${v%%:*} var=${v#*:}
+    timed "bench gpt2-124m bf16, $name" "bench-gpt2-$name.log" 60 env $var "$BIN/gptrain" bench \
         --preset gpt2-124m --set device=cuda --set dtype=bfloat16 --steps 4 --warmup 2 --profile
-    grep -E "ms/step|attention" "$LOGS/bench-gpt2-$att.log" | head -4 | sed "s/^/    [$att] /"
+    grep -E "ms/step|attention|mlp" "$LOGS/bench-gpt2-$name.log" | head -5 | sed "s/^/    [$name] /"
 done
 rm -rf "$WORK"
 
