@@ -80,6 +80,33 @@ template <typename T> __device__ __forceinline__ void frag_b(u32* b, const T* s,
     b[1] = ld32(r + 8);
 }
 
+// acc[n] (+)= a . B over NT 8-column C fragments and KC 16-deep chunks, B[k][n] = s[n][k] with
+// row stride ld: from zero when FRESH, else accumulating.
+template <typename T, int NT, int KC, bool FRESH>
+__device__ __forceinline__ void mma_cols(float (*acc)[4], u32 (*a)[4], const T* s, u32 ld, u32 g, u32 tq) {
+#pragma unroll
+    for (int n = 0; n < NT; n++) {
+        if (FRESH) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+#pragma unroll
+        for (int kc = 0; kc < KC; kc++) {
+            u32 b[2];
+            frag_b(b, s, ld, n * 8, kc * 16, g, tq);
+            mma<T>(acc[n], a[kc], b);
+        }
+    }
+}
+// acc(16 x 64) = a(16 x HS) . s^T, s a row-major tile of 64 rows: the scores q.k^T and the like.
+template <typename T, int HS>
+__device__ __forceinline__ void product_rows(float (*acc)[4], u32 (*a)[4], const T* s, u32 g, u32 tq) {
+    mma_cols<T, TC_TILE / 8, HS / 16, true>(acc, a, s, HS + TC_PAD, g, tq);
+}
+// acc(16 x HS) += a(16 x 64) . st^T, st a transposed tile (st[channel][row]): p.v and the
+// gradients' products over a tile's 64 rows.
+template <typename T, int HS>
+__device__ __forceinline__ void accumulate_cols(float (*acc)[4], u32 (*a)[4], const T* st, u32 g, u32 tq) {
+    mma_cols<T, HS / 8, TC_TILE / 16, false>(acc, a, st, TC_TILE + TC_PAD, g, tq);
+}
+
 // A fragments of 16 rows r0.. (HS channels) of a row-major matrix at x (row stride ld), rows
 // at or past t zero.
 template <typename T, int HS>
@@ -150,16 +177,7 @@ __device__ void attn_tc_forward(T* out, float* stats, const T* qkv, u32 t, u32 c
         __syncthreads();
         if (j0 > w0 + TC_WARP_ROWS - 1 || w0 >= t) continue; // the warp's rows see none of these keys
         float s[TC_TILE / 8][4];                              // scores: 16 rows x 64 keys
-#pragma unroll
-        for (int n = 0; n < TC_TILE / 8; n++) {
-            s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-#pragma unroll
-            for (int kc = 0; kc < HS / 16; kc++) {
-                u32 b[2];
-                frag_b(b, &ks[0][0], HS + TC_PAD, n * 8, kc * 16, g, tq);
-                mma<T>(s[n], qa[kc], b);
-            }
-        }
+        product_rows<T, HS>(s, qa, &ks[0][0], g, tq);
         float mx[2] = {m[0], m[1]};
 #pragma unroll
         for (int n = 0; n < TC_TILE / 8; n++) {
@@ -199,15 +217,7 @@ __device__ void attn_tc_forward(T* out, float* stats, const T* qkv, u32 t, u32 c
             pa[n / 2][(n % 2) * 2] = pack<T>(e[0], e[1]);
             pa[n / 2][(n % 2) * 2 + 1] = pack<T>(e[2], e[3]);
         }
-#pragma unroll
-        for (int n = 0; n < HS / 8; n++) {
-#pragma unroll
-            for (int kc = 0; kc < TC_TILE / 16; kc++) {
-                u32 b[2];
-                frag_b(b, &vt[0][0], TC_TILE + TC_PAD, n * 8, kc * 16, g, tq);
-                mma<T>(o[n], pa[kc], b);
-            }
-        }
+        accumulate_cols<T, HS>(o, pa, &vt[0][0], g, tq);
     }
     float inv[2];
 #pragma unroll
@@ -272,19 +282,8 @@ __device__ void attn_tc_backward_q(T* dqkv, float* rowdot, const T* dout, const 
         __syncthreads();
         if (j0 > w0 + TC_WARP_ROWS - 1 || w0 >= t) continue;
         float s[TC_TILE / 8][4], da_[TC_TILE / 8][4]; // q.k and dout.v: 16 rows x 64 keys
-#pragma unroll
-        for (int n = 0; n < TC_TILE / 8; n++) {
-            s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-            da_[n][0] = da_[n][1] = da_[n][2] = da_[n][3] = 0.0f;
-#pragma unroll
-            for (int kc = 0; kc < HS / 16; kc++) {
-                u32 b[2];
-                frag_b(b, &ks[0][0], HS + TC_PAD, n * 8, kc * 16, g, tq);
-                mma<T>(s[n], qa[kc], b);
-                frag_b(b, &vs[0][0], HS + TC_PAD, n * 8, kc * 16, g, tq);
-                mma<T>(da_[n], da[kc], b);
-            }
-        }
+        product_rows<T, HS>(s, qa, &ks[0][0], g, tq);
+        product_rows<T, HS>(da_, da, &vs[0][0], g, tq);
         u32 dsa[TC_TILE / 16][4]; // scale a (mask dA - rowdot) as A fragments of ds.k
 #pragma unroll
         for (int n = 0; n < TC_TILE / 8; n++) {
@@ -300,15 +299,7 @@ __device__ void attn_tc_backward_q(T* dqkv, float* rowdot, const T* dout, const 
             dsa[n / 2][(n % 2) * 2] = pack<T>(e[0], e[1]);
             dsa[n / 2][(n % 2) * 2 + 1] = pack<T>(e[2], e[3]);
         }
-#pragma unroll
-        for (int n = 0; n < HS / 8; n++) {
-#pragma unroll
-            for (int kc = 0; kc < TC_TILE / 16; kc++) {
-                u32 b[2];
-                frag_b(b, &kt[0][0], TC_TILE + TC_PAD, n * 8, kc * 16, g, tq);
-                mma<T>(dq[n], dsa[kc], b);
-            }
-        }
+        accumulate_cols<T, HS>(dq, dsa, &kt[0][0], g, tq);
     }
 #pragma unroll
     for (int r = 0; r < 2; r++) {
@@ -361,19 +352,8 @@ __device__ void attn_tc_backward_kv(T* dqkv, const float* rowdot, const T* dout,
         __syncthreads();
         if (k0 >= t) continue; // every query of the tile is at or past j0 >= first: none is skipped by causality alone
         float s[TC_TILE / 8][4], da_[TC_TILE / 8][4]; // k.q and v.dout: 16 keys x 64 queries
-#pragma unroll
-        for (int n = 0; n < TC_TILE / 8; n++) {
-            s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-            da_[n][0] = da_[n][1] = da_[n][2] = da_[n][3] = 0.0f;
-#pragma unroll
-            for (int kc = 0; kc < HS / 16; kc++) {
-                u32 b[2];
-                frag_b(b, &qs[0][0], HS + TC_PAD, n * 8, kc * 16, g, tq);
-                mma<T>(s[n], ka[kc], b);
-                frag_b(b, &ys[0][0], HS + TC_PAD, n * 8, kc * 16, g, tq);
-                mma<T>(da_[n], va[kc], b);
-            }
-        }
+        product_rows<T, HS>(s, ka, &qs[0][0], g, tq);
+        product_rows<T, HS>(da_, va, &ys[0][0], g, tq);
         u32 pa[TC_TILE / 16][4], dsa[TC_TILE / 16][4]; // a mask, and scale a (mask dA - rowdot)
 #pragma unroll
         for (int n = 0; n < TC_TILE / 8; n++) {
@@ -392,17 +372,8 @@ __device__ void attn_tc_backward_kv(T* dqkv, const float* rowdot, const T* dout,
             dsa[n / 2][(n % 2) * 2] = pack<T>(f[0], f[1]);
             dsa[n / 2][(n % 2) * 2 + 1] = pack<T>(f[2], f[3]);
         }
-#pragma unroll
-        for (int n = 0; n < HS / 8; n++) {
-#pragma unroll
-            for (int kc = 0; kc < TC_TILE / 16; kc++) {
-                u32 b[2];
-                frag_b(b, &yt[0][0], TC_TILE + TC_PAD, n * 8, kc * 16, g, tq);
-                mma<T>(dv[n], pa[kc], b);
-                frag_b(b, &qt[0][0], TC_TILE + TC_PAD, n * 8, kc * 16, g, tq);
-                mma<T>(dk[n], dsa[kc], b);
-            }
-        }
+        accumulate_cols<T, HS>(dv, pa, &yt[0][0], g, tq);
+        accumulate_cols<T, HS>(dk, dsa, &qt[0][0], g, tq);
     }
 #pragma unroll
     for (int r = 0; r < 2; r++) {
