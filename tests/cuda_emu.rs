@@ -208,6 +208,38 @@ fn the_emulator_catches_deadlocks_and_out_of_bounds_accesses() {
     std::fs::remove_file(exe).ok();
 }
 
+/// The GPU's faster paths switch off, and fall back, and `check` passes every way: with
+/// `GPTRAIN_CUDA_ATTENTION=tiled` no tensor-core attention kernel launches; with GELU's epilogue
+/// refused by cuBLASLt (the emulator's `GPTRAIN_EMU_NO_EPILOGUE=1`) or turned off
+/// (`GPTRAIN_CUDA_GELU_FUSION=0`) the fused backward runs gptrain's GELU kernel instead (by
+/// default only the standalone GELU case launches it). A bad value is one line, exit 1.
+#[test]
+fn the_fast_paths_switch_off_and_fall_back_and_check_still_passes() {
+    let Some(emu) = emu_or_skip("the_fast_paths_switch_off_and_fall_back_and_check_still_passes") else { return };
+    let d = tmp("emu-switches");
+    let check = ["check", "--device", "cuda", "--dtype", "bf16"];
+    let launches = |env: &[(&str, Option<&str>)], kernel: &str| {
+        let mut all = vec![("GPTRAIN_EMU_TRACE", Some("1"))];
+        all.extend_from_slice(env);
+        let (code, out, err) = on_emu(&emu, &check, &d, &all);
+        assert_eq!(code, 0, "{env:?}:\n{out}\n{err}");
+        assert!(out.contains("0 failed, 0 skipped (bf16)"), "{env:?}:\n{out}");
+        err.lines().filter(|l| l.starts_with("cuda-emu: ") && l.contains(kernel)).count()
+    };
+    assert!(launches(&[], "attention_tc_") >= 3, "the tensor-core attention never ran");
+    assert_eq!(launches(&[("GPTRAIN_CUDA_ATTENTION", Some("tiled"))], "attention_tc_"), 0);
+    assert_eq!(launches(&[], "gelu_backward_bf16"), 1, "GELU's backward ran outside the epilogue");
+    let refused = launches(&[("GPTRAIN_EMU_NO_EPILOGUE", Some("1"))], "gelu_backward_bf16");
+    assert!(refused > 1, "no fallback when cuBLASLt refuses the epilogue ({refused})");
+    assert_eq!(launches(&[("GPTRAIN_CUDA_GELU_FUSION", Some("0"))], "gelu_backward_bf16"), refused);
+    for (var, bad) in [("GPTRAIN_CUDA_ATTENTION", "fast"), ("GPTRAIN_CUDA_GELU_FUSION", "yes")] {
+        let (code, _, err) = on_emu(&emu, &check, &d, &[(var, Some(bad))]);
+        assert_eq!(code, 1, "{var}={bad}: {err}");
+        assert!(err.contains(var) && err.trim().lines().count() == 1, "{var}={bad}: {err}");
+    }
+    std::fs::remove_dir_all(d).ok();
+}
+
 /// A training step talks to the GPU as little as the issue asks: one token upload per
 /// micro-batch (inputs and targets together) and one read-back per step (loss and gradient
 /// norm), no round trip per kernel (counted by the emulator's trace of every copy).

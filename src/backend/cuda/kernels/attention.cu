@@ -316,13 +316,7 @@ __device__ void attn_backward_kv_tiled(T* dqkv, const float* rowdot, const T* do
             qs[ii][i] = t1 < t ? load(base[(u64)t1 * 3 * c + h * HS + i]) : 0.0f;
             dys[ii][i] = t1 < t ? load(dout[((u64)bi * t + t1) * c + h * HS + i]) : 0.0f;
         }
-        for (u32 ii = threadIdx.x; ii < BC; ii += blockDim.x) {
-            u64 row = (u64)bh * t + j0 + ii;
-            bool in = j0 + ii < t;
-            ms[ii] = in ? stats[row * 2] : 0.0f;
-            invs[ii] = in ? stats[row * 2 + 1] : 0.0f;
-            rds[ii] = in ? rowdot[row] : 0.0f;
-        }
+        load_row_stats(ms, invs, rds, stats, rowdot, bh, t, j0, BC);
         __syncthreads();
         for (int ii = 0; ii < BC; ii++) {
             float sp = 0.0f, vp = 0.0f;

@@ -342,13 +342,7 @@ __device__ void attn_tc_backward_kv(T* dqkv, const float* rowdot, const T* dout,
         __syncthreads();
         load_tile<T, HS>(qs, qt, base, ld, j0, t);
         load_tile<T, HS>(ys, yt, dy, c, j0, t);
-        for (u32 i = threadIdx.x; i < TC_TILE; i += blockDim.x) {
-            u64 row = (u64)bh * t + j0 + i;
-            bool in = j0 + i < t;
-            ms[i] = in ? stats[row * 2] : 0.0f;
-            is[i] = in ? stats[row * 2 + 1] : 0.0f;
-            rs[i] = in ? rowdot[row] : 0.0f;
-        }
+        load_row_stats(ms, is, rs, stats, rowdot, bh, t, j0, TC_TILE);
         __syncthreads();
         if (k0 >= t) continue; // every query of the tile is at or past j0 >= first: none is skipped by causality alone
         float s[TC_TILE / 8][4], da_[TC_TILE / 8][4]; // k.q and v.dout: 16 keys x 64 queries
