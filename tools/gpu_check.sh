@@ -4,9 +4,10 @@
 #   tools/gpu_check.sh --build   on a machine with Rust (no GPU needed): builds the release binary
 #                                and the test binaries, and copies the ones with CUDA tests,
 #                                without their debug info, into target/gpu-check/ with a manifest.
-#   tools/gpu_check.sh           on a GPU machine without Rust: from target/gpu-check/, runs the
-#                                CUDA tests (every test whose name has `cuda`), `gptrain check
-#                                --device cuda` when the binary has that command, a short
+#   tools/gpu_check.sh           on a GPU machine without Rust: from target/gpu-check/, runs
+#                                `gptrain check --device cuda` when the binary has that command
+#                                (again with the fast paths off if it fails), the CUDA tests
+#                                (every test whose name has `cuda`), a short
 #                                training run on the GPU beside the same run on the CPU, its
 #                                checkpoint sampled on the CPU, 50 fp16 iterations of the
 #                                rtx4070-40m shape on GPT-2 BPE tokens, and benches (gpt2-124m
@@ -106,18 +107,25 @@ mkdir -p "$BUILD_ROOT/target/release" 2>/dev/null && [[ -e "$BUILD_ROOT/target/r
 
 { nvidia-smi 2>&1 || echo "nvidia-smi: not found"; } >"$LOGS/nvidia-smi.txt"
 
-# 1. the CUDA tests, one binary at a time, one test at a time (one GPU)
+# 1. gptrain check first: the quickest verdict on every kernel. If it fails, again with the
+# tensor-core attention off, then with GELU's epilogue off too, to name the culprit.
+if "$BIN/gptrain" help check >/dev/null 2>&1; then
+    timed "gptrain check --device cuda" check.log 60 "$BIN/gptrain" check --device cuda
+    grep -E "FAIL" "$LOGS/check.log" | head -12 | sed 's/^/    /'
+    if [[ "$LAST_STATUS" != ok ]]; then
+        timed "check, attention tiled" check-tiled.log 60 env GPTRAIN_CUDA_ATTENTION=tiled "$BIN/gptrain" check --device cuda
+        timed "check, tiled and no GELU epilogue" check-plain.log 60 env GPTRAIN_CUDA_ATTENTION=tiled GPTRAIN_CUDA_GELU_FUSION=0 \
+            "$BIN/gptrain" check --device cuda
+    fi
+else
+    row "gptrain check --device cuda" "missing" "-" "this build has no check command"
+fi
+
+# 2. the CUDA tests, one binary at a time, one test at a time (one GPU)
 while read -r name; do
     timed "tests: $name (cuda)" "test-$name.log" 120 "$BIN/$name" cuda --test-threads=1
     grep -h "skipped" "$LOGS/test-$name.log" | head -3 | sed 's/^/    /'
 done <"$PACK/manifest.txt"
-
-# 2. gptrain check, where the binary has it
-if "$BIN/gptrain" help check >/dev/null 2>&1; then
-    timed "gptrain check --device cuda" check.log 60 "$BIN/gptrain" check --device cuda
-else
-    row "gptrain check --device cuda" "missing" "-" "this build has no check command"
-fi
 
 # 3. a short training run on the GPU, and the same run on the CPU (losses side by side)
 WORK=$(mktemp -d)
