@@ -1,8 +1,9 @@
 // Causal self-attention on tensor cores, for bf16/f16 storage and heads of 16, 32 or 64
-// channels (every GPT-2 size has 64): the same results as attention.cu's kernels, within the rounding of the 16-bit
-// operands below. FlashAttention-2's scheme: the forward keeps each block's query rows, their
-// running max and sum and their output in registers, and streams key/value tiles through shared
-// memory; no T x T matrix, no atomics, so a run is bitwise repeatable.
+// channels (every GPT-2 size has 64): the same results as attention.cu's kernels, within the
+// rounding of the 16-bit operands below. FlashAttention-2's scheme: the forward keeps each
+// block's query rows, their running max and sum and their output in registers, and streams
+// key/value tiles through shared memory; no T x T matrix, no atomics, so a run is bitwise
+// repeatable.
 //
 // Products are `mma.sync.aligned.m16n8k16` (sm_80 and newer, bf16 and f16; two m16n8k8 on
 // sm_75, f16 only): a warp multiplies A(16x16) by B(16x8) into an f32 accumulator. Fragment
