@@ -299,8 +299,10 @@ impl<B: Backend> Gpt<B> {
             let (residual2, fch, fch_gelu, ln2) = (a.residual2.index(l), a.fch.index(l), a.fch_gelu_at(l), a.ln2_at(l));
             let (atty, qkv, ln1) = (a.atty.index(l), a.qkv.index(l), a.ln1_at(l));
             // a recomputed activation is written again into its slot, by the forward's op on
-            // the forward's (kept) inputs, just before the matmul backward that reads it
-            let r = a.recompute;
+            // the forward's (kept) inputs, just before the matmul backward that reads it; the
+            // top layer's are still there (the forward wrote them last, and a backward always
+            // follows its own forward: `logits_hold_grad`)
+            let r = if l + 1 == self.cfg.n_layer { Recompute::Off } else { a.recompute };
 
             // residual3 = residual2 + dropout(fcproj)
             let dfcproj = self.branch(dres, g.fcproj.index(0), DropoutCtx::at(dropout, l, 3))?;
