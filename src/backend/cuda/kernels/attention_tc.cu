@@ -123,13 +123,13 @@ __device__ __forceinline__ void frag_a_rows(u32 (*a)[4], const T* x, u64 ld, u32
 }
 
 // Loads rows j0..j0+63 (those before t; zeros past it) of HS channels from x (row stride ld)
-// into s[row][channel], and when st is given also transposed into st[channel][row].
+// into s[row][channel] and/or, transposed, st[channel][row] (either may be null).
 template <typename T, int HS>
 __device__ __forceinline__ void load_tile(T (*s)[HS + TC_PAD], T (*st)[TC_TILE + TC_PAD], const T* x, u64 ld, u32 j0, u32 t) {
     for (u32 e = threadIdx.x; e < TC_TILE * HS / 2; e += blockDim.x) {
         u32 jj = e / (HS / 2), i = (e % (HS / 2)) * 2, row = j0 + jj;
         u32 w = row < t ? ld32(x + (u64)row * ld + i) : 0u;
-        st32(&s[jj][i], w);
+        if (s) st32(&s[jj][i], w);
         if (st) {
             st[i][jj] = half_of<T>(w, 0);
             st[i + 1][jj] = half_of<T>(w, 1);
@@ -169,12 +169,7 @@ __device__ void attn_tc_forward(T* out, float* stats, const T* qkv, u32 t, u32 c
     for (u32 j0 = 0; j0 <= last; j0 += TC_TILE) {
         __syncthreads(); // nobody reads the previous tiles any more
         load_tile<T, HS>(ks, nullptr, base + c, ld, j0, t);
-        for (u32 e = threadIdx.x; e < TC_TILE * HS / 2; e += blockDim.x) {
-            u32 jj = e / (HS / 2), i = (e % (HS / 2)) * 2, row = j0 + jj;
-            u32 w = row < t ? ld32(base + 2 * c + (u64)row * ld + i) : 0u;
-            vt[i][jj] = half_of<T>(w, 0);
-            vt[i + 1][jj] = half_of<T>(w, 1);
-        }
+        load_tile<T, HS>(nullptr, vt, base + 2 * c, ld, j0, t);
         __syncthreads();
         if (j0 > w0 + TC_WARP_ROWS - 1 || w0 >= t) continue; // the warp's rows see none of these keys
         float s[TC_TILE / 8][4];                              // scores: 16 rows x 64 keys
