@@ -35,7 +35,7 @@ impl Span {
 
 /// The element type a buffer stores. Compute precision (fp32, TF32 matmuls, bf16/fp16 autocast)
 /// is a separate notion: [`crate::backend::Precision`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum DType {
     F32,
     Bf16,

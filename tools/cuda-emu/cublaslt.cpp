@@ -131,6 +131,15 @@ static bool shapes(const Desc* d, const Layout* a, const Layout* b, const Layout
     return true;
 }
 
+// GPTRAIN_EMU_TRACE: each heuristic query and each product, with what describes it, on stderr.
+static void trace(const char* what, const Desc* d, const Layout* a, const Layout* b, const Layout* dl, uint64_t m, uint64_t n, uint64_t k) {
+    static bool on = std::getenv("GPTRAIN_EMU_TRACE") != nullptr;
+    if (!on) return;
+    std::fprintf(stderr, "cuda-emu: cuBLASLt %s %llux%llux%llu ops %d%d types %d/%d/%d lds %lld/%lld/%lld epilogue %d\n", what,
+                 (unsigned long long)m, (unsigned long long)n, (unsigned long long)k, d->transa, d->transb, a->type, b->type, dl->type,
+                 (long long)a->ld, (long long)b->ld, (long long)dl->ld, d->epilogue);
+}
+
 static bool gelu_epilogue(int e) { return e == EPILOGUE_DGELU; }
 static bool known_epilogue(int e) { return e == EPILOGUE_DEFAULT || e == EPILOGUE_BIAS || gelu_epilogue(e); }
 
@@ -151,6 +160,7 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(void*, Desc* d, Layout* a, Layout*
                                               Heuristic* out, int* returned) {
     uint64_t m, n, k;
     if (!shapes(d, a, b, c, dl, &m, &n, &k) || requested < 1) return INVALID_VALUE;
+    trace("heuristic", d, a, b, dl, m, n, k);
     if (!known_epilogue(d->epilogue)) {
         std::fprintf(stderr, "cuda-emu cuBLASLt: epilogue %d is not emulated\n", d->epilogue);
         return NOT_SUPPORTED;
@@ -170,6 +180,7 @@ cublasStatus_t cublasLtMatmul(void*, Desc* d, const void* alpha, const void* A, 
                               const void* C, Layout* lc, void* D, Layout* ld, const Algo*, void*, size_t, void*) {
     uint64_t m, n, k;
     if (!shapes(d, la, lb, lc, ld, &m, &n, &k)) return INVALID_VALUE;
+    trace("matmul", d, la, lb, ld, m, n, k);
     bool biased = d->epilogue == EPILOGUE_BIAS;
     if (biased && !d->bias) return INVALID_VALUE;
     if (!known_epilogue(d->epilogue)) return NOT_SUPPORTED;

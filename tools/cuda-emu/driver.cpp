@@ -5,7 +5,8 @@
 // is the calling thread.
 //
 // Settings: GPTRAIN_EMU_CC (compute capability, default 9.0), GPTRAIN_EMU_MEMORY_GIB (default 16),
-// GPTRAIN_EMU_TRACE (set: every launch, its shape and host time, and every copy, on stderr),
+// GPTRAIN_EMU_TRACE (set: every launch, its shape and host time, every copy, and cuBLASLt's
+// heuristic queries and products, on stderr),
 // GPTRAIN_EMU_FAIL_ALLOC (N: the N-th device allocation fails with out-of-memory).
 #include <atomic>
 #include <chrono>
