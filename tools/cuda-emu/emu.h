@@ -289,6 +289,33 @@ inline void mma16816(float* d, const uint32_t* a, const uint32_t* b, bool bf16) 
     for (int i = 0; i < 4; i++) d[i] = r[i];
 }
 
+// `ldmatrix.sync.aligned.m8n8.x{1,2,4}{.trans}.shared.b16`, from PTX ISA's description: lane
+// 8m + r gives the address of row r (eight 16-bit values, 16-byte aligned) of matrix m (m <
+// num); lane 4i + j receives in out[m] the matrix's [i][2j] (low half) and [i][2j+1], or with
+// trans its [2j][i] and [2j+1][i] (the matrix read as column-major). Every lane must take part.
+inline void aligned(const void* p, unsigned bytes);
+inline void ldmatrix(uint32_t* out, const void* p, unsigned num, bool trans) {
+    Block& bl = blk();
+    unsigned me = bl.cur->linear, lane = me % 32, first = me - lane;
+    for (unsigned i = first; i < first + 32; i++) {
+        if (i >= bl.n || bl.threads[i].state == DONE) {
+            std::fprintf(stderr, "cuda-emu: ldmatrix in block (%u,%u,%u) without all 32 lanes of warp %u\n", bl.bid.x, bl.bid.y,
+                         bl.bid.z, me / 32);
+            std::abort();
+        }
+    }
+    if (lane < 8 * num) aligned(p, 16);
+    bl.slot[me] = reinterpret_cast<uint64_t>(p);
+    warp_barrier();
+    unsigned i = lane / 4, j = lane % 4;
+    for (unsigned m = 0; m < num; m++) {
+        auto at = [&](unsigned r, unsigned c) { return reinterpret_cast<const uint16_t*>(bl.slot[first + 8 * m + r])[c]; };
+        uint16_t lo = trans ? at(2 * j, i) : at(i, 2 * j), hi = trans ? at(2 * j + 1, i) : at(i, 2 * j + 1);
+        out[m] = (uint32_t)lo | ((uint32_t)hi << 16);
+    }
+    warp_barrier(); // nobody posts a new address before every lane has read
+}
+
 // A GPU faults on an access not aligned to its size; x86 does not, so kernels that read wider
 // than their element type say so through this check (common.cuh's ld32/st32).
 inline void aligned(const void* p, unsigned bytes) {

@@ -56,6 +56,36 @@ extern "C" __global__ void mma_product(float* d, const float* a, const float* b)
     for (unsigned i = 0; i < 4; i++) d[(g + 8 * (i / 2)) * 8 + 2 * t + i % 2] = c[i];
 }
 
+// out[m][lane] = the words ldmatrix.x4 (trans or not) gives each lane from four 8x8 matrices
+// of 16-bit values in shared memory, matrix m's row r at tile[8m + r][0..8] (rows padded to 16
+// values, 16-byte aligned as ldmatrix requires)
+extern "C" __global__ void ldmatrix_words(uint32_t* out, const uint16_t* in, int trans) {
+    __shared__ __align__(16) uint16_t tile[32][16];
+    for (unsigned e = threadIdx.x; e < 32 * 8; e += 32) tile[e / 8][e % 8] = in[e];
+    __syncwarp();
+    uint32_t r[4];
+    emu::ldmatrix(r, &tile[threadIdx.x][0], 4, trans != 0);
+    for (unsigned m = 0; m < 4; m++) out[m * 32 + threadIdx.x] = r[m];
+}
+
+// d(16x8) = a(16x16) b(16x8) as the attention kernels compute it: b stored row-major (k, n), its
+// fragment loaded by ldmatrix.x2.trans (lane l: row l % 16), a's packed as in mma_product
+extern "C" __global__ void mma_from_ldmatrix(float* d, const float* a, const float* b) {
+    __shared__ __align__(16) uint16_t bs[16][8];
+    for (unsigned e = threadIdx.x; e < 16 * 8; e += 32) bs[e / 8][e % 8] = halfemu::f32_to_bf16(b[e]);
+    __syncwarp();
+    unsigned g = threadIdx.x / 4, t = threadIdx.x % 4;
+    uint32_t af[4] = {0, 0, 0, 0}, bf[2];
+    for (unsigned i = 0; i < 8; i++) {
+        unsigned row = g + 8 * ((i / 2) % 2), col = 2 * t + i % 2 + 8 * (i / 4);
+        af[i / 2] |= (uint32_t)halfemu::f32_to_bf16(a[row * 16 + col]) << (16 * (i % 2));
+    }
+    emu::ldmatrix(bf, &bs[threadIdx.x % 16][0], 2, true);
+    float c[4] = {0, 0, 0, 0};
+    emu::mma16816(c, af, bf, true);
+    for (unsigned i = 0; i < 4; i++) d[(g + 8 * (i / 2)) * 8 + 2 * t + i % 2] = c[i];
+}
+
 // a 4-byte read one byte off its alignment, as common.cuh's ld32 checks it
 extern "C" __global__ void misaligned(float* out) { emu::aligned(reinterpret_cast<char*>(out) + 1, 4); }
 
@@ -118,6 +148,33 @@ int main(int argc, char** argv) {
             ok &= md[r * 8 + c] == want;
         }
     check(ok, "mma.m16n8k16 multiplies fragments laid out as PTX documents " + e);
+
+    uint16_t lin[32 * 8];
+    uint32_t lout[4 * 32];
+    for (int i = 0; i < 32 * 8; i++) lin[i] = (uint16_t)(1000 + i);
+    uint16_t* plin = lin;
+    uint32_t* plout = lout;
+    for (int trans = 0; trans < 2; trans++) {
+        void* lp[] = {&plout, &plin, &trans};
+        e = run(ldmatrix_words, 1, 32, lp, "ldmatrix_words");
+        ok = e.empty();
+        for (unsigned m = 0; m < 4; m++)
+            for (unsigned l = 0; l < 32; l++) {
+                unsigned i = l / 4, j = l % 4; // lane 4i + j: row i, columns 2j, 2j+1 (trans: rows 2j, 2j+1, column i)
+                unsigned lo = trans ? (2 * j) * 8 + i : i * 8 + 2 * j, hi = trans ? (2 * j + 1) * 8 + i : i * 8 + 2 * j + 1;
+                ok &= lout[m * 32 + l] == ((uint32_t)lin[m * 64 + lo] | (uint32_t)lin[m * 64 + hi] << 16);
+            }
+        check(ok, std::string("ldmatrix.x4") + (trans ? ".trans" : "") + " hands out words as PTX documents " + e);
+    }
+    e = run(mma_from_ldmatrix, 1, 32, mp, "mma_from_ldmatrix");
+    ok = e.empty();
+    for (int r = 0; r < 16; r++)
+        for (int c = 0; c < 8; c++) {
+            float want = 0.0f;
+            for (int k = 0; k < 16; k++) want += ma[r * 16 + k] * mb[k * 8 + c];
+            ok &= md[r * 8 + c] == want;
+        }
+    check(ok, "mma.m16n8k16 with B from ldmatrix.x2.trans of a row-major (k, n) tile " + e);
 
     pid_t kid = fork();
     if (kid == 0) {

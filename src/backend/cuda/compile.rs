@@ -237,8 +237,9 @@ mod tests {
     }
 
     /// A shared array of a storage type (`T`, bf16_t, f16_t: 2-byte structs) is declared
-    /// `__align__`: kernels read such arrays two values at a time (`ld32`), and without it the
-    /// compiler may place them on a 2-byte boundary (PTX `.align 2`), where a GPU faults.
+    /// `__align__(16)`: kernels write such arrays two values at a time (`st32`) and read rows of
+    /// 16 bytes (`ldmatrix`), and without it the compiler may place them on a 2-byte boundary
+    /// (PTX `.align 2`), where a GPU faults.
     #[test]
     fn shared_arrays_of_16_bit_values_are_aligned() {
         let mut n = 0;
@@ -246,12 +247,12 @@ mod tests {
             for line in src.lines().filter(|l| l.contains("__shared__")) {
                 let sixteen = ["__shared__ T ", "bf16_t ", "f16_t "].iter().any(|t| line.replace("__align__(16) ", "").contains(t));
                 if sixteen {
-                    assert!(line.contains("__align__("), "{name}.cu: a 16-bit shared array without __align__: {}", line.trim());
+                    assert!(line.contains("__align__(16)"), "{name}.cu: a 16-bit shared array without __align__(16): {}", line.trim());
                     n += 1;
                 }
             }
         }
-        assert!(n >= 9, "found only {n} 16-bit shared arrays: has this test's pattern gone stale?");
+        assert!(n >= 6, "found only {n} 16-bit shared arrays: has this test's pattern gone stale?");
     }
 
     #[test]

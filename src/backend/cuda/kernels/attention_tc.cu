@@ -20,11 +20,13 @@
 // p.v, and in the backward a_j (dA_j - rowdot) before it multiplies k and q. Everything else
 // (scores, max, sums, softmax, accumulators) is f32, as on the CPU.
 //
-// Blocks: 4 warps, 16 query rows (or keys) each. Shared tiles: 64 rows of HS channels, rows
-// padded by 8 values so that a fragment's 32 reads fall in 32 different banks; a tile a
-// product reads along its rows is also kept transposed. They are read two values at a time
-// (ld32), so they are declared __align__(16): an array of 16-bit structs is otherwise only
-// 2-byte aligned, and a GPU faults on a misaligned 32-bit access.
+// Blocks: 4 warps, 16 query rows (or keys) each. Shared tiles: 64 rows of HS channels,
+// row-major, rows padded by 8 values so that the 8 rows an ldmatrix phase reads fall in 32
+// different banks. B fragments come from them by ldmatrix, transposed where a product runs
+// along the tile's rows (p.v, ds.k, ...), so no tile is kept twice. They are written two values
+// at a time (st32) and read 16 bytes a row (ldmatrix), so they are declared __align__(16): an
+// array of 16-bit structs is otherwise only 2-byte aligned, and a GPU faults on a misaligned
+// access.
 
 #define TC_WARP_ROWS 16
 #define TC_ROWS 64 // query rows (forward, backward q) or keys (backward kv) per block
@@ -73,39 +75,64 @@ template <> __device__ __forceinline__ void mma<f16_t>(float* d, const u32* a, c
 #endif
 }
 
-// B fragment of columns n0..n0+7, k = k0..k0+15, from a shared tile s[n][k] (row stride ld):
-// B[k][n] = s[n][k], so each word is two neighbours of one row.
-template <typename T> __device__ __forceinline__ void frag_b(u32* b, const T* s, u32 ld, u32 n0, u32 k0, u32 g, u32 tq) {
-    const T* r = s + (n0 + g) * ld + k0 + 2 * tq;
-    b[0] = ld32(r);
-    b[1] = ld32(r + 8);
+// Four 8x8 matrices of 16-bit values from shared memory, `ldmatrix.sync.aligned.m8n8.x4`
+// (sm_75 and newer): lane l gives the address p of row l % 8 of matrix l / 8 (eight values,
+// 16-byte aligned); lane 4g + t receives in r[m] matrix m's [g][2t..2t+1], or with TRANS its
+// [2t][g] and [2t+1][g] (PTX ISA, "Warp-level matrix load instruction: ldmatrix"). So a
+// row-major tile gives B fragments either way round: untransposed where B[k][n] = s[n][k], and
+// transposed where B[k][n] = s[k][n], with no transposed copy of the tile.
+template <bool TRANS, typename T> __device__ __forceinline__ void ldmatrix_x4(u32* r, const T* p) {
+#if defined(GPTRAIN_EMU)
+    emu::ldmatrix(r, p, 4, TRANS);
+#elif __CUDA_ARCH__ >= 750
+    u32 at = (u32)__cvta_generic_to_shared(p);
+    if (TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(at));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(at));
+#else
+    asm volatile("trap;"); // Volta has no ldmatrix: the backend never launches these kernels there
+#endif
 }
 
-// acc[n] (+)= a . B over NT 8-column C fragments and KC 16-deep chunks, B[k][n] = s[n][k] with
-// row stride ld: from zero when FRESH, else accumulating.
-template <typename T, int NT, int KC, bool FRESH>
-__device__ __forceinline__ void mma_cols(float (*acc)[4], u32 (*a)[4], const T* s, u32 ld, u32 g, u32 tq) {
+// acc[n] (+)= a . B over NT 8-column C fragments (NT even) and KC 16-deep chunks, from a
+// row-major shared tile s (row stride ld): B[k][n] = s[n][k] (the scores' q.k^T and the like),
+// or with TRANS B[k][n] = s[k][n] (p.v and the gradients' products over a tile's rows). From
+// zero when FRESH, else accumulating. One ldmatrix.x4 gives the B fragments of columns n and
+// n + 1 at one chunk: matrices 0 and 1 are column block n at k 0..7 and 8..15, 2 and 3 block n + 1.
+template <typename T, int NT, int KC, bool FRESH, bool TRANS>
+__device__ __forceinline__ void mma_cols(float (*acc)[4], u32 (*a)[4], const T* s, u32 ld, u32 lane) {
+    const u32 row = lane % 8, khalf = (lane / 8) % 2, nnext = lane / 16;
 #pragma unroll
-    for (int n = 0; n < NT; n++) {
-        if (FRESH) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    for (int n = 0; n < NT; n += 2) {
+        if (FRESH) {
+#pragma unroll
+            for (int i = 0; i < 4; i++) acc[n][i] = acc[n + 1][i] = 0.0f;
+        }
 #pragma unroll
         for (int kc = 0; kc < KC; kc++) {
-            u32 b[2];
-            frag_b(b, s, ld, n * 8, kc * 16, g, tq);
+            u32 k = kc * 16 + khalf * 8, c = (n + nnext) * 8;
+            u32 b[4];
+            ldmatrix_x4<TRANS>(b, TRANS ? s + (k + row) * ld + c : s + (c + row) * ld + k);
             mma<T>(acc[n], a[kc], b);
+            mma<T>(acc[n + 1], a[kc], b + 2);
         }
     }
 }
 // acc(16 x 64) = a(16 x HS) . s^T, s a row-major tile of 64 rows: the scores q.k^T and the like.
 template <typename T, int HS>
-__device__ __forceinline__ void product_rows(float (*acc)[4], u32 (*a)[4], const T* s, u32 g, u32 tq) {
-    mma_cols<T, TC_TILE / 8, HS / 16, true>(acc, a, s, HS + TC_PAD, g, tq);
+__device__ __forceinline__ void product_rows(float (*acc)[4], u32 (*a)[4], const T* s, u32 lane) {
+    mma_cols<T, TC_TILE / 8, HS / 16, true, false>(acc, a, s, HS + TC_PAD, lane);
 }
-// acc(16 x HS) += a(16 x 64) . st^T, st a transposed tile (st[channel][row]): p.v and the
-// gradients' products over a tile's 64 rows.
+// acc(16 x HS) += a(16 x 64) . s, s a row-major tile of 64 rows: p.v and the gradients'
+// products over a tile's 64 rows.
 template <typename T, int HS>
-__device__ __forceinline__ void accumulate_cols(float (*acc)[4], u32 (*a)[4], const T* st, u32 g, u32 tq) {
-    mma_cols<T, HS / 8, TC_TILE / 16, false>(acc, a, st, TC_TILE + TC_PAD, g, tq);
+__device__ __forceinline__ void accumulate_cols(float (*acc)[4], u32 (*a)[4], const T* s, u32 lane) {
+    mma_cols<T, HS / 8, TC_TILE / 16, false, true>(acc, a, s, HS + TC_PAD, lane);
 }
 
 // A fragments of 16 rows r0.. (HS channels) of a row-major matrix at x (row stride ld), rows
@@ -123,17 +150,12 @@ __device__ __forceinline__ void frag_a_rows(u32 (*a)[4], const T* x, u64 ld, u32
 }
 
 // Loads rows j0..j0+63 (those before t; zeros past it) of HS channels from x (row stride ld)
-// into s[row][channel] and/or, transposed, st[channel][row] (either may be null).
+// into s[row][channel]: a warp stores 32 consecutive words of a row (no bank conflicts).
 template <typename T, int HS>
-__device__ __forceinline__ void load_tile(T (*s)[HS + TC_PAD], T (*st)[TC_TILE + TC_PAD], const T* x, u64 ld, u32 j0, u32 t) {
+__device__ __forceinline__ void load_tile(T (*s)[HS + TC_PAD], const T* x, u64 ld, u32 j0, u32 t) {
     for (u32 e = threadIdx.x; e < TC_TILE * HS / 2; e += blockDim.x) {
         u32 jj = e / (HS / 2), i = (e % (HS / 2)) * 2, row = j0 + jj;
-        u32 w = row < t ? ld32(x + (u64)row * ld + i) : 0u;
-        if (s) st32(&s[jj][i], w);
-        if (st) {
-            st[i][jj] = half_of<T>(w, 0);
-            st[i + 1][jj] = half_of<T>(w, 1);
-        }
+        st32(&s[jj][i], row < t ? ld32(x + (u64)row * ld + i) : 0u);
     }
 }
 
@@ -151,7 +173,7 @@ __device__ __forceinline__ float quad_max(float x) {
 template <typename T, int HS>
 __device__ void attn_tc_forward(T* out, float* stats, const T* qkv, u32 t, u32 c, u32 nh, float p, u64 key) {
     __shared__ __align__(16) T ks[TC_TILE][HS + TC_PAD]; // keys: B of q.k (k = channel)
-    __shared__ __align__(16) T vt[HS][TC_TILE + TC_PAD]; // values transposed: B of p.v (k = key)
+    __shared__ __align__(16) T vs[TC_TILE][HS + TC_PAD]; // values: B of p.v (k = key), read transposed
     const u32 bh = blockIdx.y, h = bh % nh, bi = bh / nh;
     const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
     const u32 r0 = blockIdx.x * TC_ROWS, w0 = r0 + warp * TC_WARP_ROWS; // the warp's rows w0..w0+15
@@ -168,12 +190,12 @@ __device__ void attn_tc_forward(T* out, float* stats, const T* qkv, u32 t, u32 c
     const u32 last = umin(r0 + TC_ROWS, t) - 1; // the block's keys: 0..=last
     for (u32 j0 = 0; j0 <= last; j0 += TC_TILE) {
         __syncthreads(); // nobody reads the previous tiles any more
-        load_tile<T, HS>(ks, nullptr, base + c, ld, j0, t);
-        load_tile<T, HS>(nullptr, vt, base + 2 * c, ld, j0, t);
+        load_tile<T, HS>(ks, base + c, ld, j0, t);
+        load_tile<T, HS>(vs, base + 2 * c, ld, j0, t);
         __syncthreads();
         if (j0 > w0 + TC_WARP_ROWS - 1 || w0 >= t) continue; // the warp's rows see none of these keys
         float s[TC_TILE / 8][4];                              // scores: 16 rows x 64 keys
-        product_rows<T, HS>(s, qa, &ks[0][0], g, tq);
+        product_rows<T, HS>(s, qa, &ks[0][0], lane);
         float mx[2] = {m[0], m[1]};
 #pragma unroll
         for (int n = 0; n < TC_TILE / 8; n++) {
@@ -213,7 +235,7 @@ __device__ void attn_tc_forward(T* out, float* stats, const T* qkv, u32 t, u32 c
             pa[n / 2][(n % 2) * 2] = pack<T>(e[0], e[1]);
             pa[n / 2][(n % 2) * 2 + 1] = pack<T>(e[2], e[3]);
         }
-        accumulate_cols<T, HS>(o, pa, &vt[0][0], g, tq);
+        accumulate_cols<T, HS>(o, pa, &vs[0][0], lane);
     }
     float inv[2];
 #pragma unroll
@@ -239,8 +261,7 @@ __device__ void attn_tc_forward(T* out, float* stats, const T* qkv, u32 t, u32 c
 template <typename T, int HS>
 __device__ void attn_tc_backward_q(T* dqkv, float* rowdot, const T* dout, const T* out, const T* qkv, const float* stats, u32 t,
                                    u32 c, u32 nh, float p, u64 key) {
-    __shared__ __align__(16) T ks[TC_TILE][HS + TC_PAD]; // keys: B of q.k (k = channel)
-    __shared__ __align__(16) T kt[HS][TC_TILE + TC_PAD]; // keys transposed: B of ds.k (k = key)
+    __shared__ __align__(16) T ks[TC_TILE][HS + TC_PAD]; // keys: B of q.k (k = channel), and read transposed of ds.k (k = key)
     __shared__ __align__(16) T vs[TC_TILE][HS + TC_PAD]; // values: B of dout.v (k = channel)
     const u32 bh = blockIdx.y, h = bh % nh, bi = bh / nh;
     const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
@@ -273,13 +294,13 @@ __device__ void attn_tc_backward_q(T* dqkv, float* rowdot, const T* dout, const 
     const u32 last = umin(r0 + TC_ROWS, t) - 1;
     for (u32 j0 = 0; j0 <= last; j0 += TC_TILE) {
         __syncthreads();
-        load_tile<T, HS>(ks, kt, base + c, ld, j0, t);
-        load_tile<T, HS>(vs, nullptr, base + 2 * c, ld, j0, t);
+        load_tile<T, HS>(ks, base + c, ld, j0, t);
+        load_tile<T, HS>(vs, base + 2 * c, ld, j0, t);
         __syncthreads();
         if (j0 > w0 + TC_WARP_ROWS - 1 || w0 >= t) continue;
         float s[TC_TILE / 8][4], da_[TC_TILE / 8][4]; // q.k and dout.v: 16 rows x 64 keys
-        product_rows<T, HS>(s, qa, &ks[0][0], g, tq);
-        product_rows<T, HS>(da_, da, &vs[0][0], g, tq);
+        product_rows<T, HS>(s, qa, &ks[0][0], lane);
+        product_rows<T, HS>(da_, da, &vs[0][0], lane);
         u32 dsa[TC_TILE / 16][4]; // scale a (mask dA - rowdot) as A fragments of ds.k
 #pragma unroll
         for (int n = 0; n < TC_TILE / 8; n++) {
@@ -295,7 +316,7 @@ __device__ void attn_tc_backward_q(T* dqkv, float* rowdot, const T* dout, const 
             dsa[n / 2][(n % 2) * 2] = pack<T>(e[0], e[1]);
             dsa[n / 2][(n % 2) * 2 + 1] = pack<T>(e[2], e[3]);
         }
-        accumulate_cols<T, HS>(dq, dsa, &kt[0][0], g, tq);
+        accumulate_cols<T, HS>(dq, dsa, &ks[0][0], lane);
     }
 #pragma unroll
     for (int r = 0; r < 2; r++) {
@@ -312,10 +333,8 @@ __device__ void attn_tc_backward_q(T* dqkv, float* rowdot, const T* dout, const 
 template <typename T, int HS>
 __device__ void attn_tc_backward_kv(T* dqkv, const float* rowdot, const T* dout, const T* qkv, const float* stats, u32 t, u32 c,
                                     u32 nh, float p, u64 key) {
-    __shared__ __align__(16) T qs[TC_TILE][HS + TC_PAD]; // queries: B of k.q (k = channel)
-    __shared__ __align__(16) T qt[HS][TC_TILE + TC_PAD]; // transposed: B of ds'.q (k = query)
-    __shared__ __align__(16) T ys[TC_TILE][HS + TC_PAD]; // dout: B of v.dout (k = channel)
-    __shared__ __align__(16) T yt[HS][TC_TILE + TC_PAD]; // transposed: B of a'.dout (k = query)
+    __shared__ __align__(16) T qs[TC_TILE][HS + TC_PAD]; // queries: B of k.q (k = channel); transposed, of ds'.q (k = query)
+    __shared__ __align__(16) T ys[TC_TILE][HS + TC_PAD]; // dout: B of v.dout (k = channel); transposed, of a'.dout (k = query)
     __shared__ float ms[TC_TILE], is[TC_TILE], rs[TC_TILE];
     const u32 bh = blockIdx.y, h = bh % nh, bi = bh / nh;
     const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
@@ -336,14 +355,14 @@ __device__ void attn_tc_backward_kv(T* dqkv, const float* rowdot, const T* dout,
     }
     for (u32 j0 = first; j0 < t; j0 += TC_TILE) {
         __syncthreads();
-        load_tile<T, HS>(qs, qt, base, ld, j0, t);
-        load_tile<T, HS>(ys, yt, dy, c, j0, t);
+        load_tile<T, HS>(qs, base, ld, j0, t);
+        load_tile<T, HS>(ys, dy, c, j0, t);
         load_row_stats(ms, is, rs, stats, rowdot, bh, t, j0, TC_TILE);
         __syncthreads();
         if (k0 >= t) continue; // every query of the tile is at or past j0 >= first: none is skipped by causality alone
         float s[TC_TILE / 8][4], da_[TC_TILE / 8][4]; // k.q and v.dout: 16 keys x 64 queries
-        product_rows<T, HS>(s, ka, &qs[0][0], g, tq);
-        product_rows<T, HS>(da_, va, &ys[0][0], g, tq);
+        product_rows<T, HS>(s, ka, &qs[0][0], lane);
+        product_rows<T, HS>(da_, va, &ys[0][0], lane);
         u32 pa[TC_TILE / 16][4], dsa[TC_TILE / 16][4]; // a mask, and scale a (mask dA - rowdot)
 #pragma unroll
         for (int n = 0; n < TC_TILE / 8; n++) {
@@ -362,8 +381,8 @@ __device__ void attn_tc_backward_kv(T* dqkv, const float* rowdot, const T* dout,
             dsa[n / 2][(n % 2) * 2] = pack<T>(f[0], f[1]);
             dsa[n / 2][(n % 2) * 2 + 1] = pack<T>(f[2], f[3]);
         }
-        accumulate_cols<T, HS>(dv, pa, &yt[0][0], g, tq);
-        accumulate_cols<T, HS>(dk, dsa, &qt[0][0], g, tq);
+        accumulate_cols<T, HS>(dv, pa, &ys[0][0], lane);
+        accumulate_cols<T, HS>(dk, dsa, &qs[0][0], lane);
     }
 #pragma unroll
     for (int r = 0; r < 2; r++) {
