@@ -104,17 +104,23 @@ template <bool TRANS, typename T> __device__ __forceinline__ void ldmatrix_x4(u3
 // or with TRANS B[k][n] = s[k][n] (p.v and the gradients' products over a tile's rows). From
 // zero when FRESH, else accumulating. One ldmatrix.x4 gives the B fragments of columns n and
 // n + 1 at one chunk: matrices 0 and 1 are column block n at k 0..7 and 8..15, 2 and 3 block n + 1.
+// Only 16-wide column pairs (FRESH) or chunks (accumulating) in [from, to) are computed: the
+// others of a causal tile are all masked (their scores are left 0 for the mask to overwrite;
+// their probabilities are 0, so leaving them out adds exactly nothing). from and to are the
+// same for the whole warp.
 template <typename T, int NT, int KC, bool FRESH, bool TRANS>
-__device__ __forceinline__ void mma_cols(float (*acc)[4], u32 (*a)[4], const T* s, u32 ld, u32 lane) {
+__device__ __forceinline__ void mma_cols(float (*acc)[4], u32 (*a)[4], const T* s, u32 ld, u32 lane, u32 from, u32 to) {
     const u32 row = lane % 8, khalf = (lane / 8) % 2, nnext = lane / 16;
 #pragma unroll
     for (int n = 0; n < NT; n += 2) {
         if (FRESH) {
 #pragma unroll
             for (int i = 0; i < 4; i++) acc[n][i] = acc[n + 1][i] = 0.0f;
+            if (n / 2 < (int)from || n / 2 >= (int)to) continue;
         }
 #pragma unroll
         for (int kc = 0; kc < KC; kc++) {
+            if (!FRESH && (kc < (int)from || kc >= (int)to)) continue;
             u32 k = kc * 16 + khalf * 8, c = (n + nnext) * 8;
             u32 b[4];
             ldmatrix_x4<TRANS>(b, TRANS ? s + (k + row) * ld + c : s + (c + row) * ld + k);
@@ -123,16 +129,17 @@ __device__ __forceinline__ void mma_cols(float (*acc)[4], u32 (*a)[4], const T* 
         }
     }
 }
-// acc(16 x 64) = a(16 x HS) . s^T, s a row-major tile of 64 rows: the scores q.k^T and the like.
+// acc(16 x 64) = a(16 x HS) . s^T, s a row-major tile of 64 rows: the scores q.k^T and the
+// like, for the tile's rows 16 from .. 16 to - 1 (the other scores 0).
 template <typename T, int HS>
-__device__ __forceinline__ void product_rows(float (*acc)[4], u32 (*a)[4], const T* s, u32 lane) {
-    mma_cols<T, TC_TILE / 8, HS / 16, true, false>(acc, a, s, HS + TC_PAD, lane);
+__device__ __forceinline__ void product_rows(float (*acc)[4], u32 (*a)[4], const T* s, u32 lane, u32 from, u32 to) {
+    mma_cols<T, TC_TILE / 8, HS / 16, true, false>(acc, a, s, HS + TC_PAD, lane, from, to);
 }
 // acc(16 x HS) += a(16 x 64) . s, s a row-major tile of 64 rows: p.v and the gradients'
-// products over a tile's 64 rows.
+// products over the tile's rows 16 from .. 16 to - 1 (a's other columns must be 0).
 template <typename T, int HS>
-__device__ __forceinline__ void accumulate_cols(float (*acc)[4], u32 (*a)[4], const T* s, u32 lane) {
-    mma_cols<T, HS / 8, TC_TILE / 16, false, true>(acc, a, s, HS + TC_PAD, lane);
+__device__ __forceinline__ void accumulate_cols(float (*acc)[4], u32 (*a)[4], const T* s, u32 lane, u32 from, u32 to) {
+    mma_cols<T, HS / 8, TC_TILE / 16, false, true>(acc, a, s, HS + TC_PAD, lane, from, to);
 }
 
 // A fragments of 16 rows r0.. (HS channels) of a row-major matrix at x (row stride ld), rows
@@ -194,8 +201,9 @@ __device__ void attn_tc_forward(T* out, float* stats, const T* qkv, u32 t, u32 c
         load_tile<T, HS>(vs, base + 2 * c, ld, j0, t);
         __syncthreads();
         if (j0 > w0 + TC_WARP_ROWS - 1 || w0 >= t) continue; // the warp's rows see none of these keys
-        float s[TC_TILE / 8][4];                              // scores: 16 rows x 64 keys
-        product_rows<T, HS>(s, qa, &ks[0][0], lane);
+        const u32 to = umin(TC_TILE / 16, (w0 + TC_WARP_ROWS - j0) / 16); // keys past the warp's last row: masked
+        float s[TC_TILE / 8][4];                                           // scores: 16 rows x 64 keys
+        product_rows<T, HS>(s, qa, &ks[0][0], lane, 0, to);
         float mx[2] = {m[0], m[1]};
 #pragma unroll
         for (int n = 0; n < TC_TILE / 8; n++) {
@@ -235,7 +243,7 @@ __device__ void attn_tc_forward(T* out, float* stats, const T* qkv, u32 t, u32 c
             pa[n / 2][(n % 2) * 2] = pack<T>(e[0], e[1]);
             pa[n / 2][(n % 2) * 2 + 1] = pack<T>(e[2], e[3]);
         }
-        accumulate_cols<T, HS>(o, pa, &vs[0][0], lane);
+        accumulate_cols<T, HS>(o, pa, &vs[0][0], lane, 0, to);
     }
     float inv[2];
 #pragma unroll
@@ -298,9 +306,10 @@ __device__ void attn_tc_backward_q(T* dqkv, float* rowdot, const T* dout, const 
         load_tile<T, HS>(vs, base + 2 * c, ld, j0, t);
         __syncthreads();
         if (j0 > w0 + TC_WARP_ROWS - 1 || w0 >= t) continue;
-        float s[TC_TILE / 8][4], da_[TC_TILE / 8][4]; // q.k and dout.v: 16 rows x 64 keys
-        product_rows<T, HS>(s, qa, &ks[0][0], lane);
-        product_rows<T, HS>(da_, da, &vs[0][0], lane);
+        const u32 to = umin(TC_TILE / 16, (w0 + TC_WARP_ROWS - j0) / 16); // as in the forward
+        float s[TC_TILE / 8][4], da_[TC_TILE / 8][4];                      // q.k and dout.v: 16 rows x 64 keys
+        product_rows<T, HS>(s, qa, &ks[0][0], lane, 0, to);
+        product_rows<T, HS>(da_, da, &vs[0][0], lane, 0, to);
         u32 dsa[TC_TILE / 16][4]; // scale a (mask dA - rowdot) as A fragments of ds.k
 #pragma unroll
         for (int n = 0; n < TC_TILE / 8; n++) {
@@ -316,7 +325,7 @@ __device__ void attn_tc_backward_q(T* dqkv, float* rowdot, const T* dout, const 
             dsa[n / 2][(n % 2) * 2] = pack<T>(e[0], e[1]);
             dsa[n / 2][(n % 2) * 2 + 1] = pack<T>(e[2], e[3]);
         }
-        accumulate_cols<T, HS>(dq, dsa, &ks[0][0], lane);
+        accumulate_cols<T, HS>(dq, dsa, &ks[0][0], lane, 0, to);
     }
 #pragma unroll
     for (int r = 0; r < 2; r++) {
@@ -360,9 +369,10 @@ __device__ void attn_tc_backward_kv(T* dqkv, const float* rowdot, const T* dout,
         load_row_stats(ms, is, rs, stats, rowdot, bh, t, j0, TC_TILE);
         __syncthreads();
         if (k0 >= t) continue; // every query of the tile is at or past j0 >= first: none is skipped by causality alone
-        float s[TC_TILE / 8][4], da_[TC_TILE / 8][4]; // k.q and v.dout: 16 keys x 64 queries
-        product_rows<T, HS>(s, ka, &qs[0][0], lane);
-        product_rows<T, HS>(da_, va, &ys[0][0], lane);
+        const u32 from = k0 > j0 ? (k0 - j0) / 16 : 0; // queries before the warp's first key: masked
+        float s[TC_TILE / 8][4], da_[TC_TILE / 8][4];  // k.q and v.dout: 16 keys x 64 queries
+        product_rows<T, HS>(s, ka, &qs[0][0], lane, from, TC_TILE / 16);
+        product_rows<T, HS>(da_, va, &ys[0][0], lane, from, TC_TILE / 16);
         u32 pa[TC_TILE / 16][4], dsa[TC_TILE / 16][4]; // a mask, and scale a (mask dA - rowdot)
 #pragma unroll
         for (int n = 0; n < TC_TILE / 8; n++) {
@@ -381,8 +391,8 @@ __device__ void attn_tc_backward_kv(T* dqkv, const float* rowdot, const T* dout,
             dsa[n / 2][(n % 2) * 2] = pack<T>(f[0], f[1]);
             dsa[n / 2][(n % 2) * 2 + 1] = pack<T>(f[2], f[3]);
         }
-        accumulate_cols<T, HS>(dv, pa, &ys[0][0], lane);
-        accumulate_cols<T, HS>(dk, dsa, &qs[0][0], lane);
+        accumulate_cols<T, HS>(dv, pa, &ys[0][0], lane, from, TC_TILE / 16);
+        accumulate_cols<T, HS>(dk, dsa, &qs[0][0], lane, from, TC_TILE / 16);
     }
 #pragma unroll
     for (int r = 0; r < 2; r++) {
