@@ -297,15 +297,17 @@ pub(super) fn all() -> Vec<Case> {
     }));
 
     let names = ["attention forward", "attention forward + dropout", "attention backward", "attention backward + dropout"];
-    attention_cases(&mut v, (B, T, C, NH), names);
+    attention_cases(&mut v, (B, T, C, NH), names, false);
     // the GPU's tiled kernels at GPT-2's head size, over several blocks of query rows and tiles of
-    // keys; and a head size they are not compiled for (the one-warp-per-row kernels)
+    // keys (the dropout cases with their tensors 4 bytes off a 16-byte boundary, so the tensor-core
+    // kernels' 4-byte tile copies run as well as their 16-byte ones); and a head size they are
+    // not compiled for (the one-warp-per-row kernels)
     let names =
         ["attention fwd, 64-wide heads", "attention fwd + drop, 64-wide", "attention bwd, 64-wide heads", "attention bwd + drop, 64-wide"];
-    attention_cases(&mut v, (1, 70, 128, 2), names);
+    attention_cases(&mut v, (1, 70, 128, 2), names, true);
     let names =
         ["attention fwd, 24-wide heads", "attention fwd + drop, 24-wide", "attention bwd, 24-wide heads", "attention bwd + drop, 24-wide"];
-    attention_cases(&mut v, (B, 9, 48, 2), names);
+    attention_cases(&mut v, (B, 9, 48, 2), names, false);
 
     let bt4c = format!("B={B} T={T} 4C={}", 4 * C);
     v.push(case("gelu forward", bt4c.clone(), |l| {
@@ -416,13 +418,22 @@ pub(super) const N_VARIANTS: usize = 19;
 
 /// The attention forward and backward cases, without and with dropout (`names` in that order),
 /// on a (B, T, C, NH) shape.
-fn attention_cases(v: &mut Vec<Case>, (b, t, c, nh): (usize, usize, usize, usize), names: [&'static str; 4]) {
+/// Attention's forward and backward, without and with dropout; `misalign`: the dropout cases'
+/// tensors start 2 elements into their buffers (a pad tensor first).
+fn attention_cases(v: &mut Vec<Case>, (b, t, c, nh): (usize, usize, usize, usize), names: [&'static str; 4], misalign: bool) {
     use BufId::*;
     use Fill::*;
     use Kind::*;
     let att = format!("B={b} T={t} C={c} NH={nh}");
+    let pad = move |l: &mut Layout, drop: Dropout| {
+        if misalign && drop.p > 0.0 {
+            l.t(Acts, &[2], Normal(1.0));
+            l.t(DActs, &[2], Normal(1.0));
+        }
+    };
     for (op, drop) in [(names[0], Dropout::NONE), (names[1], DROP)] {
         v.push(case(op, att.clone(), move |l| {
+            pad(l, drop);
             let (out, qkv) = (l.t(Acts, &[b, t, c], Normal(1.0)), l.t(Acts, &[b, t, 3 * c], Normal(1.0)));
             let stats = l.t(Stats, &[b, nh, t, 2], Normal(1.0));
             let op = Attention { out, stats, qkv, n_head: nh, drop };
@@ -431,6 +442,7 @@ fn attention_cases(v: &mut Vec<Case>, (b, t, c, nh): (usize, usize, usize, usize
     }
     for (op, drop) in [(names[2], Dropout::NONE), (names[3], DROP)] {
         v.push(case(op, att.clone(), move |l| {
+            pad(l, drop);
             let (dqkv, dout) = (l.t(DActs, &[b, t, 3 * c], Normal(1.0)), l.t(DActs, &[b, t, c], Normal(1.0)));
             let (qkv, fwd_out) = (l.t(Acts, &[b, t, 3 * c], Normal(1.0)), l.t(Acts, &[b, t, c], Normal(1.0)));
             let stats = l.t(Stats, &[b, nh, t, 2], Normal(1.0));

@@ -15,3 +15,6 @@ ln -sf libcuda.so.1 "$out/libcuda.so"
 "$cxx" "${flags[@]}" -Wl,-soname,libcublasLt.so.13 -o "$out/libcublasLt.so.13" "$here/cublaslt.cpp"
 "$cxx" "${flags[@]}" -Wl,-soname,libnvrtc.so.13 -o "$out/libnvrtc.so.13" "$here/nvrtc.cpp" -ldl
 cp "$here/emu.h" "$here/half.h" "$out/"
+# kernels cached under DIR/cache (the tests' XDG_CACHE_HOME) were built against the previous
+# emu.h, whose structures the new driver may lay out differently: never reuse them
+rm -rf "$out/cache"

@@ -7,7 +7,9 @@
 // - `__syncthreads()` reached by only part of a block, or a warp shuffle/`__syncwarp()` that
 //   some lanes of a warp never reach: a deadlock, reported with the kernel and block;
 // - dynamic shared memory read before it is written: it starts as NaN bytes (0xff) in every block;
-// - a launch shape no GPU takes (over 1024 threads, zero dimensions, over 227 KiB of shared).
+// - a launch shape no GPU takes (over 1024 threads, zero dimensions, over 227 KiB of shared);
+// - shared memory read before the `cp.async` that fills it is waited for: the copy lands only
+//   at the thread's `cp.async.wait_group` that covers it, and until then its bytes are NaN.
 //
 // What it cannot check: races between blocks (blocks run one after another), the memory
 // model, timing. Exited threads count as arrived at a barrier, as on Volta and later.
@@ -20,6 +22,7 @@
 #include <cstring>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 struct uint3 { unsigned x, y, z; };
 
@@ -47,6 +50,14 @@ constexpr unsigned MAX_THREADS = 1024;
 // thread so that switching between fibers does not hit the same cache sets every time.
 constexpr size_t STACK = 16 << 10;
 
+// A `cp.async` not yet landed: `bytes` at dst, the first `from_src` of them from src, the rest
+// zeros; `group` is the thread's commit group it belongs to (the one still open when issued).
+struct AsyncCopy {
+    void* dst;
+    const void* src;
+    unsigned bytes, from_src, group;
+};
+
 struct Block {
     uint3 bid, bdim, gdim;
     Thread threads[MAX_THREADS];
@@ -56,6 +67,8 @@ struct Block {
     void* sched_sp;
     uint64_t slot[MAX_THREADS]; // shuffle values, one per thread
     uint32_t frag[MAX_THREADS][6]; // an mma's operands, one set per thread: A (4 words), B (2)
+    std::vector<AsyncCopy> copies[MAX_THREADS]; // each thread's cp.async in flight, oldest first
+    unsigned groups[MAX_THREADS];               // each thread's committed groups so far
     Thread* cur;
     void (*body)();
     unsigned char* stacks;
@@ -209,6 +222,8 @@ inline void launch(void (*k)(A...), Launch* L, const char* name) {
                     t.tid = {i % b.bdim.x, i / b.bdim.x % b.bdim.y, i / (b.bdim.x * b.bdim.y)};
                     t.state = RUN;
                     t.sp = fresh_stack(i);
+                    b.copies[i].clear();
+                    b.groups[i] = 0;
                 }
                 char why[200];
                 if (!run_block(why, sizeof why)) {
@@ -314,6 +329,42 @@ inline void ldmatrix(uint32_t* out, const void* p, unsigned num, bool trans) {
         out[m] = (uint32_t)lo | ((uint32_t)hi << 16);
     }
     warp_barrier(); // nobody posts a new address before every lane has read
+}
+
+// `cp.async.ca.shared.global [dst], [src], bytes, from_src` (4, 8 or 16 bytes, both addresses
+// aligned to it; past `from_src` bytes, zeros): recorded, not done; it lands at the thread's
+// `cp.async.wait_group` that covers its group (PTX: the copy's completion is only guaranteed
+// then). Until then dst holds NaN bytes (0xff), so a kernel that reads before waiting reads
+// NaN, not last block's tile that may happen to be the same.
+inline void cp_async(void* dst, const void* src, unsigned bytes, unsigned from_src) {
+    aligned(dst, bytes);
+    if (from_src) aligned(src, bytes);
+    std::memset(dst, 0xff, bytes);
+    Block& b = blk();
+    unsigned me = b.cur->linear;
+    b.copies[me].push_back({dst, src, bytes, from_src, b.groups[me]});
+}
+// `cp.async.commit_group`: the copies issued since the last one form a group.
+inline void cp_commit() {
+    Block& b = blk();
+    b.groups[b.cur->linear]++;
+}
+// `cp.async.wait_group n`: every committed group but the newest n lands, in issue order.
+inline void cp_wait(unsigned n) {
+    Block& b = blk();
+    unsigned me = b.cur->linear, below = b.groups[me] > n ? b.groups[me] - n : 0;
+    std::vector<AsyncCopy>& q = b.copies[me];
+    size_t kept = 0;
+    for (size_t i = 0; i < q.size(); i++) {
+        AsyncCopy c = q[i];
+        if (c.group < below) {
+            if (c.from_src) std::memcpy(c.dst, c.src, c.from_src);
+            std::memset(static_cast<char*>(c.dst) + c.from_src, 0, c.bytes - c.from_src);
+        } else {
+            q[kept++] = c;
+        }
+    }
+    q.resize(kept);
 }
 
 // A GPU faults on an access not aligned to its size; x86 does not, so kernels that read wider

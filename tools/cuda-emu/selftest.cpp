@@ -86,6 +86,21 @@ extern "C" __global__ void mma_from_ldmatrix(float* d, const float* a, const flo
     for (unsigned i = 0; i < 4; i++) d[(g + 8 * (i / 2)) * 8 + 2 * t + i % 2] = c[i];
 }
 
+// out: what one thread reads of two 16-byte cp.async groups (4 floats each, the second with
+// only 8 bytes from src): before any wait, after wait_group 1, after wait_group 0
+extern "C" __global__ void async_copies(float* out, const float* in) {
+    __shared__ __align__(16) float s[8];
+    emu::cp_async(&s[0], in, 16, 16);
+    emu::cp_commit();
+    emu::cp_async(&s[4], in + 4, 16, 8);
+    emu::cp_commit();
+    for (int i = 0; i < 8; i++) out[i] = s[i];
+    emu::cp_wait(1);
+    for (int i = 0; i < 8; i++) out[8 + i] = s[i];
+    emu::cp_wait(0);
+    for (int i = 0; i < 8; i++) out[16 + i] = s[i];
+}
+
 // a 4-byte read one byte off its alignment, as common.cuh's ld32 checks it
 extern "C" __global__ void misaligned(float* out) { emu::aligned(reinterpret_cast<char*>(out) + 1, 4); }
 
@@ -175,6 +190,18 @@ int main(int argc, char** argv) {
             ok &= md[r * 8 + c] == want;
         }
     check(ok, "mma.m16n8k16 with B from ldmatrix.x2.trans of a row-major (k, n) tile " + e);
+
+    float cin[8] = {1, 2, 3, 4, 5, 6, 7, 8}, cout[24];
+    float *pcin = cin, *pcout = cout;
+    void* cp[] = {&pcout, &pcin};
+    e = run(async_copies, 1, 1, cp, "async_copies");
+    ok = e.empty();
+    for (int i = 0; i < 8; i++) {
+        ok &= std::isnan(cout[i]);                                       // nothing landed yet
+        ok &= i < 4 ? cout[8 + i] == cin[i] : std::isnan(cout[8 + i]);   // the first group only
+        ok &= cout[16 + i] == (i < 6 ? cin[i] : 0.0f);                   // both, zeros past 8 bytes
+    }
+    check(ok, "a cp.async lands at the wait_group that covers it, zero-filled past its source bytes " + e);
 
     pid_t kid = fork();
     if (kid == 0) {

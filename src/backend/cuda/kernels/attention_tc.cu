@@ -156,13 +156,55 @@ __device__ __forceinline__ void frag_a_rows(u32 (*a)[4], const T* x, u64 ld, u32
     }
 }
 
-// Loads rows j0..j0+63 (those before t; zeros past it) of HS channels from x (row stride ld)
-// into s[row][channel]: a warp stores 32 consecutive words of a row (no bank conflicts).
+// Copies BYTES (4 or 16; both addresses aligned to it) from global src to shared dst, or zeros
+// when !valid (src is then not read). On sm_80 and newer without the registers and
+// asynchronously (`cp.async`: it has landed only after a copy_wait that covers its group); on
+// older cards at once, so the same code is correct there (the waits are then no-ops).
+template <int BYTES> __device__ __forceinline__ void copy_async(void* dst, const void* src, bool valid) {
+#if defined(GPTRAIN_EMU)
+    emu::cp_async(dst, src, BYTES, valid ? BYTES : 0);
+#elif __CUDA_ARCH__ >= 800
+    u32 at = (u32)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;" ::"r"(at), "l"(src), "n"(BYTES), "r"(valid ? BYTES : 0) : "memory");
+#else
+    if (BYTES == 16) *reinterpret_cast<uint4*>(dst) = valid ? *reinterpret_cast<const uint4*>(src) : make_uint4(0, 0, 0, 0);
+    else *reinterpret_cast<u32*>(dst) = valid ? *reinterpret_cast<const u32*>(src) : 0u;
+#endif
+}
+// Closes the group of copies issued since the last commit.
+__device__ __forceinline__ void copy_commit() {
+#if defined(GPTRAIN_EMU)
+    emu::cp_commit();
+#elif __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+// Waits until every committed group of this thread but the newest N has landed (other
+// threads' copies: a __syncthreads after it).
+template <int N> __device__ __forceinline__ void copy_wait() {
+#if defined(GPTRAIN_EMU)
+    emu::cp_wait(N);
+#elif __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+#endif
+}
+
+// Starts copying rows j0..j0+63 (those before t; zeros past it) of HS channels from x (row
+// stride ld) into s[row][channel]: 16 bytes a copy where x and its rows are 16-byte aligned
+// (every GPT-2 shape: the check is the same for the whole block), else 4. A warp writes whole
+// rows, consecutive bytes (no bank conflicts).
 template <typename T, int HS>
 __device__ __forceinline__ void load_tile(T (*s)[HS + TC_PAD], const T* x, u64 ld, u32 j0, u32 t) {
-    for (u32 e = threadIdx.x; e < TC_TILE * HS / 2; e += blockDim.x) {
-        u32 jj = e / (HS / 2), i = (e % (HS / 2)) * 2, row = j0 + jj;
-        st32(&s[jj][i], row < t ? ld32(x + (u64)row * ld + i) : 0u);
+    if (((u64)x | ld * sizeof(T)) % 16 == 0) {
+        for (u32 e = threadIdx.x; e < TC_TILE * HS / 8; e += blockDim.x) {
+            u32 jj = e / (HS / 8), i = (e % (HS / 8)) * 8, row = j0 + jj;
+            copy_async<16>(&s[jj][i], row < t ? x + (u64)row * ld + i : x, row < t);
+        }
+    } else {
+        for (u32 e = threadIdx.x; e < TC_TILE * HS / 2; e += blockDim.x) {
+            u32 jj = e / (HS / 2), i = (e % (HS / 2)) * 2, row = j0 + jj;
+            copy_async<4>(&s[jj][i], row < t ? x + (u64)row * ld + i : x, row < t);
+        }
     }
 }
 
@@ -179,8 +221,8 @@ __device__ __forceinline__ float quad_max(float x) {
 // out(B,T,C), stats(B,NH,T,2) (max, 1/sum) from qkv(B,T,3C). Grid (T/64, B*NH), 128 threads.
 template <typename T, int HS>
 __device__ void attn_tc_forward(T* out, float* stats, const T* qkv, u32 t, u32 c, u32 nh, float p, u64 key) {
-    __shared__ __align__(16) T ks[TC_TILE][HS + TC_PAD]; // keys: B of q.k (k = channel)
-    __shared__ __align__(16) T vs[TC_TILE][HS + TC_PAD]; // values: B of p.v (k = key), read transposed
+    __shared__ __align__(16) T ks[2][TC_TILE][HS + TC_PAD]; // keys: B of q.k (k = channel); two tiles, see below
+    __shared__ __align__(16) T vs[2][TC_TILE][HS + TC_PAD]; // values: B of p.v (k = key), read transposed
     const u32 bh = blockIdx.y, h = bh % nh, bi = bh / nh;
     const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
     const u32 r0 = blockIdx.x * TC_ROWS, w0 = r0 + warp * TC_WARP_ROWS; // the warp's rows w0..w0+15
@@ -195,15 +237,25 @@ __device__ void attn_tc_forward(T* out, float* stats, const T* qkv, u32 t, u32 c
     for (int n = 0; n < HS / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
     float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.0f, 0.0f};
     const u32 last = umin(r0 + TC_ROWS, t) - 1; // the block's keys: 0..=last
-    for (u32 j0 = 0; j0 <= last; j0 += TC_TILE) {
-        __syncthreads(); // nobody reads the previous tiles any more
-        load_tile<T, HS>(ks, base + c, ld, j0, t);
-        load_tile<T, HS>(vs, base + 2 * c, ld, j0, t);
-        __syncthreads();
+    // the tiles are double-buffered: the next one is copied (cp.async) while this one is used
+    load_tile<T, HS>(ks[0], base + c, ld, 0, t);
+    load_tile<T, HS>(vs[0], base + 2 * c, ld, 0, t);
+    copy_commit();
+    for (u32 j0 = 0, cur = 0; j0 <= last; j0 += TC_TILE, cur ^= 1) {
+        __syncthreads(); // nobody reads the other buffers (the previous tiles) any more
+        if (j0 + TC_TILE <= last) {
+            load_tile<T, HS>(ks[cur ^ 1], base + c, ld, j0 + TC_TILE, t);
+            load_tile<T, HS>(vs[cur ^ 1], base + 2 * c, ld, j0 + TC_TILE, t);
+            copy_commit();
+            copy_wait<1>(); // this tile's group has landed, the next one's may not have
+        } else {
+            copy_wait<0>();
+        }
+        __syncthreads(); // every thread's copies of this tile have landed
         if (j0 > w0 + TC_WARP_ROWS - 1 || w0 >= t) continue; // the warp's rows see none of these keys
         const u32 to = umin(TC_TILE / 16, (w0 + TC_WARP_ROWS - j0) / 16); // keys past the warp's last row: masked
         float s[TC_TILE / 8][4];                                           // scores: 16 rows x 64 keys
-        product_rows<T, HS>(s, qa, &ks[0][0], lane, 0, to);
+        product_rows<T, HS>(s, qa, &ks[cur][0][0], lane, 0, to);
         float mx[2] = {m[0], m[1]};
 #pragma unroll
         for (int n = 0; n < TC_TILE / 8; n++) {
@@ -243,7 +295,7 @@ __device__ void attn_tc_forward(T* out, float* stats, const T* qkv, u32 t, u32 c
             pa[n / 2][(n % 2) * 2] = pack<T>(e[0], e[1]);
             pa[n / 2][(n % 2) * 2 + 1] = pack<T>(e[2], e[3]);
         }
-        accumulate_cols<T, HS>(o, pa, &vs[0][0], lane, 0, to);
+        accumulate_cols<T, HS>(o, pa, &vs[cur][0][0], lane, 0, to);
     }
     float inv[2];
 #pragma unroll
@@ -269,8 +321,8 @@ __device__ void attn_tc_forward(T* out, float* stats, const T* qkv, u32 t, u32 c
 template <typename T, int HS>
 __device__ void attn_tc_backward_q(T* dqkv, float* rowdot, const T* dout, const T* out, const T* qkv, const float* stats, u32 t,
                                    u32 c, u32 nh, float p, u64 key) {
-    __shared__ __align__(16) T ks[TC_TILE][HS + TC_PAD]; // keys: B of q.k (k = channel), and read transposed of ds.k (k = key)
-    __shared__ __align__(16) T vs[TC_TILE][HS + TC_PAD]; // values: B of dout.v (k = channel)
+    __shared__ __align__(16) T ks[2][TC_TILE][HS + TC_PAD]; // keys: B of q.k (k = channel), read transposed of ds.k (k = key)
+    __shared__ __align__(16) T vs[2][TC_TILE][HS + TC_PAD]; // values: B of dout.v (k = channel); both double-buffered
     const u32 bh = blockIdx.y, h = bh % nh, bi = bh / nh;
     const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
     const u32 r0 = blockIdx.x * TC_ROWS, w0 = r0 + warp * TC_WARP_ROWS;
@@ -300,16 +352,25 @@ __device__ void attn_tc_backward_q(T* dqkv, float* rowdot, const T* dout, const 
 #pragma unroll
     for (int n = 0; n < HS / 8; n++) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
     const u32 last = umin(r0 + TC_ROWS, t) - 1;
-    for (u32 j0 = 0; j0 <= last; j0 += TC_TILE) {
+    load_tile<T, HS>(ks[0], base + c, ld, 0, t);
+    load_tile<T, HS>(vs[0], base + 2 * c, ld, 0, t);
+    copy_commit();
+    for (u32 j0 = 0, cur = 0; j0 <= last; j0 += TC_TILE, cur ^= 1) { // as in the forward
         __syncthreads();
-        load_tile<T, HS>(ks, base + c, ld, j0, t);
-        load_tile<T, HS>(vs, base + 2 * c, ld, j0, t);
+        if (j0 + TC_TILE <= last) {
+            load_tile<T, HS>(ks[cur ^ 1], base + c, ld, j0 + TC_TILE, t);
+            load_tile<T, HS>(vs[cur ^ 1], base + 2 * c, ld, j0 + TC_TILE, t);
+            copy_commit();
+            copy_wait<1>();
+        } else {
+            copy_wait<0>();
+        }
         __syncthreads();
         if (j0 > w0 + TC_WARP_ROWS - 1 || w0 >= t) continue;
         const u32 to = umin(TC_TILE / 16, (w0 + TC_WARP_ROWS - j0) / 16); // as in the forward
         float s[TC_TILE / 8][4], da_[TC_TILE / 8][4];                      // q.k and dout.v: 16 rows x 64 keys
-        product_rows<T, HS>(s, qa, &ks[0][0], lane, 0, to);
-        product_rows<T, HS>(da_, da, &vs[0][0], lane, 0, to);
+        product_rows<T, HS>(s, qa, &ks[cur][0][0], lane, 0, to);
+        product_rows<T, HS>(da_, da, &vs[cur][0][0], lane, 0, to);
         u32 dsa[TC_TILE / 16][4]; // scale a (mask dA - rowdot) as A fragments of ds.k
 #pragma unroll
         for (int n = 0; n < TC_TILE / 8; n++) {
@@ -325,7 +386,7 @@ __device__ void attn_tc_backward_q(T* dqkv, float* rowdot, const T* dout, const 
             dsa[n / 2][(n % 2) * 2] = pack<T>(e[0], e[1]);
             dsa[n / 2][(n % 2) * 2 + 1] = pack<T>(e[2], e[3]);
         }
-        accumulate_cols<T, HS>(dq, dsa, &ks[0][0], lane, 0, to);
+        accumulate_cols<T, HS>(dq, dsa, &ks[cur][0][0], lane, 0, to);
     }
 #pragma unroll
     for (int r = 0; r < 2; r++) {
@@ -342,8 +403,8 @@ __device__ void attn_tc_backward_q(T* dqkv, float* rowdot, const T* dout, const 
 template <typename T, int HS>
 __device__ void attn_tc_backward_kv(T* dqkv, const float* rowdot, const T* dout, const T* qkv, const float* stats, u32 t, u32 c,
                                     u32 nh, float p, u64 key) {
-    __shared__ __align__(16) T qs[TC_TILE][HS + TC_PAD]; // queries: B of k.q (k = channel); transposed, of ds'.q (k = query)
-    __shared__ __align__(16) T ys[TC_TILE][HS + TC_PAD]; // dout: B of v.dout (k = channel); transposed, of a'.dout (k = query)
+    __shared__ __align__(16) T qs[2][TC_TILE][HS + TC_PAD]; // queries: B of k.q (k = channel); transposed, of ds'.q (k = query)
+    __shared__ __align__(16) T ys[2][TC_TILE][HS + TC_PAD]; // dout: B of v.dout (k = channel); transposed, of a'.dout (k = query)
     __shared__ float ms[TC_TILE], is[TC_TILE], rs[TC_TILE];
     const u32 bh = blockIdx.y, h = bh % nh, bi = bh / nh;
     const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
@@ -362,17 +423,26 @@ __device__ void attn_tc_backward_kv(T* dqkv, const float* rowdot, const T* dout,
         dk[n][0] = dk[n][1] = dk[n][2] = dk[n][3] = 0.0f;
         dv[n][0] = dv[n][1] = dv[n][2] = dv[n][3] = 0.0f;
     }
-    for (u32 j0 = first; j0 < t; j0 += TC_TILE) {
+    load_tile<T, HS>(qs[0], base, ld, first, t);
+    load_tile<T, HS>(ys[0], dy, c, first, t);
+    copy_commit();
+    for (u32 j0 = first, cur = 0; j0 < t; j0 += TC_TILE, cur ^= 1) { // double-buffered, as in the forward
         __syncthreads();
-        load_tile<T, HS>(qs, base, ld, j0, t);
-        load_tile<T, HS>(ys, dy, c, j0, t);
+        if (j0 + TC_TILE < t) {
+            load_tile<T, HS>(qs[cur ^ 1], base, ld, j0 + TC_TILE, t);
+            load_tile<T, HS>(ys[cur ^ 1], dy, c, j0 + TC_TILE, t);
+            copy_commit();
+            copy_wait<1>();
+        } else {
+            copy_wait<0>();
+        }
         load_row_stats(ms, is, rs, stats, rowdot, bh, t, j0, TC_TILE);
         __syncthreads();
         if (k0 >= t) continue; // every query of the tile is at or past j0 >= first: none is skipped by causality alone
         const u32 from = k0 > j0 ? (k0 - j0) / 16 : 0; // queries before the warp's first key: masked
         float s[TC_TILE / 8][4], da_[TC_TILE / 8][4];  // k.q and v.dout: 16 keys x 64 queries
-        product_rows<T, HS>(s, ka, &qs[0][0], lane, from, TC_TILE / 16);
-        product_rows<T, HS>(da_, va, &ys[0][0], lane, from, TC_TILE / 16);
+        product_rows<T, HS>(s, ka, &qs[cur][0][0], lane, from, TC_TILE / 16);
+        product_rows<T, HS>(da_, va, &ys[cur][0][0], lane, from, TC_TILE / 16);
         u32 pa[TC_TILE / 16][4], dsa[TC_TILE / 16][4]; // a mask, and scale a (mask dA - rowdot)
 #pragma unroll
         for (int n = 0; n < TC_TILE / 8; n++) {
@@ -391,8 +461,8 @@ __device__ void attn_tc_backward_kv(T* dqkv, const float* rowdot, const T* dout,
             dsa[n / 2][(n % 2) * 2] = pack<T>(f[0], f[1]);
             dsa[n / 2][(n % 2) * 2 + 1] = pack<T>(f[2], f[3]);
         }
-        accumulate_cols<T, HS>(dv, pa, &ys[0][0], lane, from, TC_TILE / 16);
-        accumulate_cols<T, HS>(dk, dsa, &qs[0][0], lane, from, TC_TILE / 16);
+        accumulate_cols<T, HS>(dv, pa, &ys[cur][0][0], lane, from, TC_TILE / 16);
+        accumulate_cols<T, HS>(dk, dsa, &qs[cur][0][0], lane, from, TC_TILE / 16);
     }
 #pragma unroll
     for (int r = 0; r < 2; r++) {
