@@ -331,6 +331,18 @@ pub(super) fn all() -> Vec<Case> {
         let x = l.t(DActs, &[B, T, C], Normal(1.0));
         Spec::new(vec![Op::Dropout { x, drop: DROP }], vec![("x", x, Write)])
     }));
+    // the elementwise kernels' two loops on the GPU: 16-byte packs then a tail one at a time (x
+    // starts aligned, its length is no multiple of 8), and one at a time throughout (b and out
+    // start 6 bytes off a 16-byte boundary in bf16/fp16)
+    let odd = B * T * C + 3;
+    v.push(case("dropout, packs and a tail", format!("N={odd} p={}", DROP.p), move |l| {
+        let x = l.t(DActs, &[odd], Normal(1.0));
+        Spec::new(vec![Op::Dropout { x, drop: DROP }], vec![("x", x, Write)])
+    }));
+    v.push(case("residual, unaligned", format!("N={odd}"), move |l| {
+        let (a, b, out) = (l.t(Acts, &[odd], Normal(1.0)), l.t(Acts, &[odd], Normal(1.0)), l.t(Acts, &[odd], Normal(1.0)));
+        Spec::new(vec![Residual { out, a, b }.into()], vec![("out", out, Write)])
+    }));
 
     let btv = format!("B={B} T={T} V={V} Vp={VP}");
     for (op, grad) in [("classifier (loss)", None), ("classifier (loss + dlogits)", Some(1.0 / (B * T) as f32))] {

@@ -68,6 +68,36 @@ template <typename T> __device__ __forceinline__ void st32(T* p, u32 v) {
     *reinterpret_cast<u32*>(p) = v;
 }
 
+// 16 bytes of storage values (8 bf16/f16 or 4 f32), read or written by one 128-bit access:
+// the widest a thread makes, so that memory-bound kernels move a warp's 512 bytes per
+// instruction. p must be 16-byte aligned (the emulator checks).
+template <typename T> struct __align__(16) Pack {
+    static constexpr u32 N = 16 / sizeof(T);
+    T v[N];
+};
+template <typename T> __device__ __forceinline__ Pack<T> ld128(const T* p) {
+    Pack<T> r;
+#ifdef GPTRAIN_EMU
+    emu::aligned(p, 16);
+    std::memcpy(&r, p, 16);
+#else
+    *reinterpret_cast<uint4*>(&r) = *reinterpret_cast<const uint4*>(p);
+#endif
+    return r;
+}
+template <typename T> __device__ __forceinline__ void st128(T* p, const Pack<T>& x) {
+#ifdef GPTRAIN_EMU
+    emu::aligned(p, 16);
+    std::memcpy(p, &x, 16);
+#else
+    *reinterpret_cast<uint4*>(p) = *reinterpret_cast<const uint4*>(&x);
+#endif
+}
+// Whether every pointer given is 16-byte aligned (null ones count as aligned).
+__device__ __forceinline__ bool aligned16(const void* a, const void* b = nullptr, const void* c = nullptr) {
+    return (((u64)a | (u64)b | (u64)c) & 15) == 0;
+}
+
 // src/rng.rs: splitmix, mix, uniform_f32; and Dropout::scale of src/backend/ops.rs, bit for bit.
 __device__ __forceinline__ u64 splitmix(u64 z) {
     z += 0x9E3779B97F4A7C15ull;
