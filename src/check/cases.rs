@@ -353,6 +353,15 @@ pub(super) fn all() -> Vec<Case> {
             Spec::new(vec![op.into()], vec![("losses", losses, Write), ("logits", logits, Write)])
         }));
     }
+    // a long row, several 16-byte packs per thread on the GPU, and a second row that starts off
+    // a 16-byte boundary (one column at a time)
+    let (vl, vpl) = (9001, 9011);
+    v.push(case("classifier, long rows", format!("N=2 V={vl} Vp={vpl}"), move |l| {
+        let (logits, losses) = (l.t(Acts, &[2, vpl], Normal(2.0)), l.t(Stats, &[2], Normal(1.0)));
+        let targets = l.t(Tokens, &[2], Ids(vl as u32));
+        let op = FusedClassifier { logits, losses, targets, vocab: vl, grad_scale: Some(0.5) };
+        Spec::new(vec![op.into()], vec![("losses", losses, Write), ("logits", logits, Write)])
+    }));
     v.push(case("add mean loss", format!("B={B} T={T}"), |l| {
         let losses = l.t(Stats, &[B, T], Uniform(1.0, 4.0));
         l.scalars();
