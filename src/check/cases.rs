@@ -227,26 +227,45 @@ pub(super) fn all() -> Vec<Case> {
         Spec::new(vec![op.into()], vec![("dwte", dwte, Add), ("dwpe", dwpe, Add)])
     }));
 
-    for (op, bias) in [("layernorm forward", true), ("layernorm forward, no bias", false)] {
-        v.push(case(op, btc.clone(), move |l| {
-            let (out, inp) = (l.t(Acts, &[B, T, C], Normal(1.0)), l.t(Acts, &[B, T, C], Normal(2.0)));
+    // the GPU's LayerNorm reads a row in 16-byte packs when C allows (30 channels do not) and
+    // every row is 16-byte aligned (not when the tensors start 2 elements in: "unaligned")
+    let ln_shapes = [(C, false), (30, false), (C, true)];
+    let pad = |l: &mut Layout, on: bool, bufs: &[BufId]| {
+        if on {
+            for &b in bufs {
+                l.t(b, &[2], Normal(1.0));
+            }
+        }
+    };
+    for (op, bias, (c, misalign)) in [
+        ("layernorm forward", true, ln_shapes[0]),
+        ("layernorm forward, no bias", false, ln_shapes[0]),
+        ("layernorm forward, 30 channels", true, ln_shapes[1]),
+        ("layernorm forward, unaligned", true, ln_shapes[2]),
+    ] {
+        v.push(case(op, format!("B={B} T={T} C={c}"), move |l| {
+            pad(l, misalign, &[Acts, Params]);
+            let (out, inp) = (l.t(Acts, &[B, T, c], Normal(1.0)), l.t(Acts, &[B, T, c], Normal(2.0)));
             let (mean, rstd) = (l.t(Stats, &[B, T], Normal(1.0)), l.t(Stats, &[B, T], Normal(1.0)));
-            let (w, b) = (l.t(Params, &[C], Normal(1.0)), l.t(Params, &[C], Normal(0.5)));
+            let (w, b) = (l.t(Params, &[c], Normal(1.0)), l.t(Params, &[c], Normal(0.5)));
             let op = LayerNorm { out, mean, rstd, inp, w, b: bias.then_some(b) };
             Spec::new(vec![op.into()], vec![("out", out, Write), ("mean", mean, Write), ("rstd", rstd, Write)])
         }));
     }
-    for (op, (b, t), bias) in [
-        ("layernorm backward", (B, T), true),
-        ("layernorm backward, no bias", (B, T), false),
-        ("layernorm backward, 600 rows", (b3, t3), true),
+    for (op, (b, t), bias, (c, misalign)) in [
+        ("layernorm backward", (B, T), true, ln_shapes[0]),
+        ("layernorm backward, no bias", (B, T), false, ln_shapes[0]),
+        ("layernorm backward, 600 rows", (b3, t3), true, ln_shapes[0]),
+        ("layernorm backward, 30 channels", (B, T), true, ln_shapes[1]),
+        ("layernorm backward, unaligned", (B, T), true, ln_shapes[2]),
     ] {
-        v.push(case(op, format!("B={b} T={t} C={C}"), move |l| {
-            let (dinp, dout) = (l.t(DActs, &[b, t, C], Normal(1.0)), l.t(DActs, &[b, t, C], Normal(1.0)));
-            let (dw, db) = (l.t(Grads, &[C], Normal(1.0)), l.t(Grads, &[C], Normal(1.0)));
-            let (inp, fwd_out) = (l.t(Acts, &[b, t, C], Normal(2.0)), l.t(Acts, &[b, t, C], Normal(1.0)));
+        v.push(case(op, format!("B={b} T={t} C={c}"), move |l| {
+            pad(l, misalign, &[DActs, Acts, Params]);
+            let (dinp, dout) = (l.t(DActs, &[b, t, c], Normal(1.0)), l.t(DActs, &[b, t, c], Normal(1.0)));
+            let (dw, db) = (l.t(Grads, &[c], Normal(1.0)), l.t(Grads, &[c], Normal(1.0)));
+            let (inp, fwd_out) = (l.t(Acts, &[b, t, c], Normal(2.0)), l.t(Acts, &[b, t, c], Normal(1.0)));
             let (mean, rstd) = (l.t(Stats, &[b, t], Normal(1.0)), l.t(Stats, &[b, t], Normal(1.0)));
-            let w = l.t(Params, &[C], Normal(1.0));
+            let w = l.t(Params, &[c], Normal(1.0));
             let forward = LayerNorm { out: fwd_out, mean, rstd, inp, w, b: None };
             let db = bias.then_some(db);
             let op = LayerNormBackward { dinp, dw, db, dout, inp, mean, rstd, w };
