@@ -241,7 +241,7 @@ fn the_fast_paths_switch_off_and_fall_back_and_check_still_passes() {
 }
 
 /// A training step talks to the GPU as little as the issue asks: one token upload per
-/// micro-batch (inputs and targets together) and one read-back per step (loss and gradient
+/// micro-batch (inputs, targets and the inputs' order together) and one read-back per step (loss and gradient
 /// norm), no round trip per kernel (counted by the emulator's trace of every copy); and
 /// cuBLASLt's heuristic is asked once per kind of product, not at every product.
 #[test]
@@ -278,8 +278,8 @@ fn a_step_uploads_tokens_once_per_micro_batch_and_reads_back_once() {
     let (code, out, err) = on_emu(&emu, &args, &d, &[("GPTRAIN_EMU_TRACE", Some("1"))]);
     assert_eq!(code, 0, "{out}\n{err}");
     let copies = |what: &str, bytes: usize| err.lines().filter(|l| *l == format!("cuda-emu: {what} of {bytes} bytes")).count();
-    // B x T tokens of inputs and of targets, u32: 4 x 16 x 2 x 4 bytes
-    let (tokens, stats) = (4 * 16 * 2 * 4, 2 * 8);
+    // B x T tokens of inputs, targets and the inputs' order by token, u32: 4 x 16 x 3 x 4 bytes
+    let (tokens, stats) = (4 * 16 * 3 * 4, 2 * 8);
     // the first evaluation (one batch of each split) and 6 steps of 3 micro-batches
     assert_eq!(copies("host-to-device copy", tokens), 2 + 6 * 3, "{err}");
     assert_eq!(copies("device-to-host copy", stats), 2 + 6, "{err}");

@@ -89,6 +89,19 @@ pub struct EmbedBackward {
     pub dwpe: Tensor,   // (maxT, C)
     pub dout: Tensor,   // (B, T, C)
     pub tokens: Tensor, // (B, T) u32
+    /// (B, T) u32: the positions 0..B*T sorted by token, equal tokens in position order
+    /// ([`token_order`]): each token's rows are one run of it (the GPU's grouping; the CPU
+    /// does not need it).
+    pub order: Tensor,
+}
+
+/// The positions of `tokens` sorted by token, equal tokens in position order (a stable sort),
+/// for [`EmbedBackward::order`]: uploaded with the batch, so that the GPU's embedding backward
+/// finds each token's rows without scanning the batch once per vocabulary row.
+pub fn token_order(tokens: &[u32]) -> Vec<u32> {
+    let mut keys: Vec<u64> = tokens.iter().enumerate().map(|(i, &t)| (t as u64) << 32 | i as u64).collect();
+    keys.sort_unstable(); // unique keys: the same order as a stable sort by token
+    keys.into_iter().map(|k| k as u32).collect()
 }
 
 /// out(N,C), mean(N), rstd(N) = layernorm(inp(N,C)) with weight w(C) and optional bias b(C).
@@ -327,7 +340,7 @@ macro_rules! operands {
     };
 }
 operands!(Embed { out: [out], out_opt: [], ins: [wte, wpe, tokens], in_opt: [] });
-operands!(EmbedBackward { out: [dwte, dwpe], out_opt: [], ins: [dout, tokens], in_opt: [] });
+operands!(EmbedBackward { out: [dwte, dwpe], out_opt: [], ins: [dout, tokens, order], in_opt: [] });
 operands!(LayerNorm { out: [out, mean, rstd], out_opt: [], ins: [inp, w], in_opt: [b] });
 operands!(LayerNormBackward { out: [dinp, dw], out_opt: [db], ins: [dout, inp, mean, rstd, w], in_opt: [] });
 operands!(Matmul { out: [out], out_opt: [], ins: [inp, w], in_opt: [b] });
@@ -426,3 +439,30 @@ into_op!(
     FusedClassifier,
     AdamWStep
 );
+
+#[cfg(test)]
+mod tests {
+    use super::token_order;
+
+    /// The GPU's embedding backward lets one warp add a token's whole run: two runs of one token
+    /// would race on its row, and a run out of row order would change the sum's bits. So the
+    /// order is a permutation, sorted by token, and in row order within a token.
+    #[test]
+    fn token_order_is_a_stable_sort_of_the_positions_by_token() {
+        let tokens = [5u32, 1, 5, 0, 1, 5, 7, 0, 0, 5];
+        let order = token_order(&tokens);
+        assert_eq!(order, [3, 7, 8, 1, 4, 0, 2, 5, 9, 6]);
+        let many: Vec<u32> = (0..5000u32).map(|i| i.wrapping_mul(2_654_435_761) % 97).collect();
+        let order = token_order(&many);
+        let mut seen = vec![false; many.len()];
+        for w in order.windows(2) {
+            let (a, b) = (w[0] as usize, w[1] as usize);
+            assert!((many[a], a) < (many[b], b), "{a} before {b}");
+        }
+        for &i in &order {
+            assert!(!std::mem::replace(&mut seen[i as usize], true), "{i} twice");
+        }
+        assert!(seen.iter().all(|&s| s));
+        assert!(token_order(&[]).is_empty());
+    }
+}

@@ -78,7 +78,8 @@ pub enum BufId {
     Stats,
     /// Their gradients: one layer's worth, reused by every layer.
     DActs,
-    /// The micro-batch's token ids and targets, (2, B, T) u32, uploaded once per micro-batch.
+    /// The micro-batch's token ids, targets and the ids' order by token, (3, B, T) u32, uploaded
+    /// once per micro-batch.
     Tokens,
     /// Step accumulators, f64: see [`Scalar`].
     Scalars,

@@ -36,6 +36,9 @@ pub(super) enum Fill {
     Uniform(f32, f32),
     /// Token ids in [0, n).
     Ids(u32),
+    /// The positions of the ids `Ids(n)` draws from random stream `salt`, sorted by id
+    /// (`token_order`: what `set_batch` uploads for the embedding backward).
+    OrderOf(u32, u64),
 }
 
 /// How an output is compared with the reference's (see `super::rel_err`).
@@ -58,6 +61,12 @@ pub(super) struct Operand {
     salt: u64,
 }
 
+/// n ids in [0, m) from random stream `salt`.
+fn ids(salt: u64, n: usize, m: u32) -> Vec<u32> {
+    let key = rng::key(0xc4ec, salt, &[]);
+    (0..n).map(|i| rng::below(rng::mix(key, i as u64), m as u64) as u32).collect()
+}
+
 impl Operand {
     /// Its starting values, as the host data an upload of its element type takes: f32 for
     /// every float type (a low-precision buffer rounds them), u32 ids, f64 scalars.
@@ -67,12 +76,13 @@ impl Operand {
         let x = |i: usize| match self.fill {
             Fill::Normal(s) => s * rng::normal(key, i as u64),
             Fill::Uniform(lo, hi) => lo + (hi - lo) * rng::uniform_f32(rng::mix(key, i as u64)),
-            Fill::Ids(_) => unreachable!("ids are u32"),
+            Fill::Ids(_) | Fill::OrderOf(..) => unreachable!("ids are u32"),
         };
         match (self.tensor.dtype, self.fill) {
-            (DType::U32, Fill::Ids(m)) => Host::U32((0..n).map(|i| rng::below(rng::mix(key, i as u64), m as u64) as u32).collect()),
+            (DType::U32, Fill::Ids(m)) => Host::U32(ids(self.salt, n, m)),
+            (DType::U32, Fill::OrderOf(m, salt)) => Host::U32(crate::backend::ops::token_order(&ids(salt, n, m))),
             (DType::F64, _) => Host::F64((0..n).map(|i| x(i) as f64).collect()),
-            (DType::U32, _) | (_, Fill::Ids(_)) => panic!("{self:?}: ids and u32 tensors go together"),
+            (DType::U32, _) | (_, Fill::Ids(_) | Fill::OrderOf(..)) => panic!("{self:?}: ids and u32 tensors go together"),
             _ => Host::F32((0..n).map(x).collect()),
         }
     }
@@ -125,6 +135,14 @@ impl Layout {
     fn t(&mut self, buf: BufId, dims: &[usize], fill: Fill) -> Tensor {
         let salt = self.operands.len() as u64;
         self.push(buf, dims, fill, salt)
+    }
+
+    /// The positions of token ids `tokens` (a tensor of this layout filled by `Ids`) sorted by
+    /// id, as `set_batch` uploads them beside the batch.
+    fn order_of(&mut self, tokens: Tensor) -> Tensor {
+        let o = *self.operands.iter().find(|o| o.tensor == tokens).expect("ids of this layout");
+        let Fill::Ids(m) = o.fill else { panic!("the order of {o:?}, not ids") };
+        self.t(BufId::Tokens, tokens.dims(), Fill::OrderOf(m, o.salt))
     }
 
     /// The f32 master copy of parameters `params` (starting from the same values): `Some` under
@@ -211,7 +229,8 @@ pub(super) fn all() -> Vec<Case> {
         let (dwte, dwpe) = (l.t(Grads, &[VP, C], Normal(1.0)), l.t(Grads, &[MAXT, C], Normal(1.0)));
         let dout = l.t(DActs, &[B, T, C], Normal(1.0));
         let tokens = l.t(Tokens, &[B, T], Ids(5)); // 14 ids of 5: rows that several positions add into
-        let op = EmbedBackward { dwte, dwpe, dout, tokens };
+        let order = l.order_of(tokens);
+        let op = EmbedBackward { dwte, dwpe, dout, tokens, order };
         Spec::new(vec![op.into()], vec![("dwte", dwte, Add), ("dwpe", dwpe, Add)])
     }));
     // more rows than a warp scans at once and more channels than one warp's 256 (the GPU's
@@ -223,7 +242,8 @@ pub(super) fn all() -> Vec<Case> {
         let (dwte, dwpe) = (l.t(Grads, &[VP, c2], Normal(1.0)), l.t(Grads, &[t2, c2], Normal(1.0)));
         let dout = l.t(DActs, &[b2, t2, c2], Normal(1.0));
         let tokens = l.t(Tokens, &[b2, t2], Ids(V as u32));
-        let op = EmbedBackward { dwte, dwpe, dout, tokens };
+        let order = l.order_of(tokens);
+        let op = EmbedBackward { dwte, dwpe, dout, tokens, order };
         Spec::new(vec![op.into()], vec![("dwte", dwte, Add), ("dwpe", dwpe, Add)])
     }));
 

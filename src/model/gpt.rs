@@ -2,8 +2,8 @@
 
 use super::{ActLayout, ModelConfig, ParamLayout, Recompute};
 use crate::backend::ops::{
-    AdamWStep, Attention, AttentionBackward, AttentionDecode, Embed, EmbedBackward, FusedClassifier, Gelu, GeluGrad, LayerNorm,
-    LayerNormBackward, Matmul, MatmulBackward, Residual,
+    token_order, AdamWStep, Attention, AttentionBackward, AttentionDecode, Embed, EmbedBackward, FusedClassifier, Gelu, GeluGrad,
+    LayerNorm, LayerNormBackward, Matmul, MatmulBackward, Residual,
 };
 use crate::backend::{AdamW, Backend, BufId, Buffers, DType, Dropout, Host, Op, Precision, Role, Scalar, Span, Tensor, N_SCALARS};
 use crate::rng;
@@ -36,7 +36,8 @@ struct Acts {
     layout: ActLayout,
     /// The layout of `DActs`: one layer's worth, reused by every layer ([`ActLayout::one_layer`]).
     grad_layout: ActLayout,
-    /// (2, B, T) u32 in [`BufId::Tokens`]: the inputs, then the targets.
+    /// (3, B, T) u32 in [`BufId::Tokens`]: the inputs, the targets, and the inputs' positions
+    /// sorted by token ([`token_order`], for the embedding backward).
     tokens: Tensor,
     /// Whether the last forward overwrote the logits with their gradient.
     logits_hold_grad: bool,
@@ -154,8 +155,8 @@ impl<B: Backend> Gpt<B> {
         self.bufs.set(BufId::Acts, self.backend.alloc(layout.total, low)?);
         self.bufs.set(BufId::Stats, self.backend.alloc(layout.stats_total, DType::F32)?);
         self.bufs.set(BufId::DActs, self.backend.alloc(grad_layout.total, low)?);
-        self.bufs.set(BufId::Tokens, self.backend.alloc(2 * b * t, DType::U32)?);
-        let tokens = Tensor::new(BufId::Tokens, Span::new(0, 2 * b * t), &[2, b, t], DType::U32);
+        self.bufs.set(BufId::Tokens, self.backend.alloc(3 * b * t, DType::U32)?);
+        let tokens = Tensor::new(BufId::Tokens, Span::new(0, 3 * b * t), &[3, b, t], DType::U32);
         self.acts = Some(Acts { layout, grad_layout, tokens, logits_hold_grad: false });
         Ok(())
     }
@@ -167,14 +168,14 @@ impl<B: Backend> Gpt<B> {
         a.total + a.stats_total + ActLayout::one_layer(cfg, b, t).total
     }
 
-    /// Uploads a micro-batch: `tokens(B,T)` and their `targets(B,T)`, once, for the forward
-    /// and backward passes that follow.
+    /// Uploads a micro-batch: `tokens(B,T)`, their `targets(B,T)` and the tokens' order (see
+    /// [`token_order`]), in one copy, for the forward and backward passes that follow.
     pub fn set_batch(&mut self, tokens: &[u32], targets: &[u32], b: usize, t: usize) -> Result<()> {
         assert!(t <= self.cfg.block_size && tokens.len() == b * t && targets.len() == b * t);
         self.ensure_acts(b, t)?;
         let dst = self.acts.as_ref().unwrap().tokens;
-        let both = Host::U32([tokens, targets].concat());
-        self.backend.upload(&mut self.bufs, dst, &both)
+        let all = Host::U32([tokens, targets, &token_order(tokens)].concat());
+        self.backend.upload(&mut self.bufs, dst, &all)
     }
 
     /// Forward pass over the batch of [`Gpt::set_batch`]; adds its mean loss to
@@ -263,7 +264,7 @@ impl<B: Backend> Gpt<B> {
     pub fn backward(&mut self, dropout: Option<DropoutCtx>) -> Result<()> {
         let ac = self.acts.as_ref().expect("backward before forward");
         assert!(ac.logits_hold_grad, "backward needs a forward with a grad_scale");
-        let (a, g, tokens) = (ac.layout, ac.grad_layout, ac.tokens.index(0));
+        let (a, g, tokens, order) = (ac.layout, ac.grad_layout, ac.tokens.index(0), ac.tokens.index(2));
         let (p, nh) = (self.layout.clone(), self.cfg.n_head);
         let grad = |t: Tensor| t.of(BufId::Grads, DType::F32);
         let ograd = |t: Option<Tensor>| t.map(grad);
@@ -354,7 +355,7 @@ impl<B: Backend> Gpt<B> {
             self.run(LayerNormBackward { dinp: dres, dw: grad(w), db: ograd(b), dout: dln1, inp: residual, mean, rstd, w })?;
         }
         self.run(Op::Dropout { x: dres, drop: DropoutCtx::at(dropout, 0, 0) })?;
-        self.run(EmbedBackward { dwte: grad(p.wte), dwpe: grad(p.wpe), dout: dres, tokens })
+        self.run(EmbedBackward { dwte: grad(p.wte), dwpe: grad(p.wpe), dout: dres, tokens, order })
     }
 
     /// The output gradient of a residual branch: `dres` itself, or a copy of it in `copy` under

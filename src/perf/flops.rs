@@ -209,7 +209,7 @@ pub fn memory(cfg: &ModelConfig, b: usize, t: usize, d: u64, recompute: Recomput
             // in `d` bytes, their statistics in f32)
             let (a, g) = (ActLayout::new(cfg, b, t, recompute), ActLayout::one_layer(cfg, b, t));
             let logits = a.logits.len() as u64;
-            let tokens = 2 * bt * 4; // inputs and targets, u32 (2, B, T)
+            let tokens = 3 * bt * 4; // inputs, targets and the inputs' order by token, u32 (3, B, T)
             let rowdot = bt * nh * 4; // attention backward's row dot products, f32 (B, NH, T)
             let scalars = crate::backend::N_SCALARS as u64 * 8;
             Memory {

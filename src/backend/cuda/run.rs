@@ -206,10 +206,11 @@ impl Cuda {
                     0,
                     &[p(e.dwpe), p(e.dout), u32_(b), u32_(t), u32_(c)],
                 )?;
-                // a warp per (token, 256 channels), four warps a block
-                let vp = e.dwte.rows();
-                let args = [p(e.dwte), p(e.dout), p(e.tokens), Arg::U64((b * t) as u64), u32_(c), u32_(vp)];
-                self.launch(&format!("encoder_backward_wte_{s}"), (blocks(vp, 4), blocks(c, 256)), (128, 1), 0, &args)?;
+                // a warp per (position in token order, 256 channels), four warps a block: those
+                // that start a token's run add it up
+                assert_eq!(e.order.len(), b * t, "{e:?}");
+                let args = [p(e.dwte), p(e.dout), p(e.tokens), p(e.order), Arg::U64((b * t) as u64), u32_(c)];
+                self.launch(&format!("encoder_backward_wte_{s}"), (blocks(b * t, 4), blocks(c, 256)), (128, 1), 0, &args)?;
             }
             Op::LayerNorm(l) => {
                 let (n, c) = (l.inp.rows(), l.inp.cols());
