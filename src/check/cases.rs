@@ -238,14 +238,17 @@ pub(super) fn all() -> Vec<Case> {
     // has threads down, in three chunks of 200 rows (the GPU's two-pass column sums)
     let (b2, t2, c2) = (2, 40, 300);
     let (b3, t3) = (2, 300);
-    v.push(case("encoder backward, 80 rows", format!("B={b2} T={t2} C={c2} Vp={VP}"), move |l| {
-        let (dwte, dwpe) = (l.t(Grads, &[VP, c2], Normal(1.0)), l.t(Grads, &[t2, c2], Normal(1.0)));
-        let dout = l.t(DActs, &[b2, t2, c2], Normal(1.0));
-        let tokens = l.t(Tokens, &[b2, t2], Ids(V as u32));
-        let order = l.order_of(tokens);
-        let op = EmbedBackward { dwte, dwpe, dout, tokens, order };
-        Spec::new(vec![op.into()], vec![("dwte", dwte, Add), ("dwpe", dwpe, Add)])
-    }));
+    // ... and, with two ids, runs of ~40 positions: longer than the 32 a GPU warp reads at once
+    for (op, ids) in [("encoder backward, 80 rows", V as u32), ("encoder backward, long runs", 2)] {
+        v.push(case(op, format!("B={b2} T={t2} C={c2} Vp={VP} ids<{ids}"), move |l| {
+            let (dwte, dwpe) = (l.t(Grads, &[VP, c2], Normal(1.0)), l.t(Grads, &[t2, c2], Normal(1.0)));
+            let dout = l.t(DActs, &[b2, t2, c2], Normal(1.0));
+            let tokens = l.t(Tokens, &[b2, t2], Ids(ids));
+            let order = l.order_of(tokens);
+            let op = EmbedBackward { dwte, dwpe, dout, tokens, order };
+            Spec::new(vec![op.into()], vec![("dwte", dwte, Add), ("dwpe", dwpe, Add)])
+        }));
+    }
 
     // the GPU's LayerNorm reads a row in 16-byte packs when C allows (30 channels do not) and
     // every row is 16-byte aligned (not when the tensors start 2 elements in: "unaligned")

@@ -6,6 +6,7 @@
 //
 // Sums are in double and rounded once into D's type; the real library sums in f32.
 #include "half.h"
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -135,9 +136,14 @@ static bool shapes(const Desc* d, const Layout* a, const Layout* b, const Layout
 static void trace(const char* what, const Desc* d, const Layout* a, const Layout* b, const Layout* dl, uint64_t m, uint64_t n, uint64_t k) {
     static bool on = std::getenv("GPTRAIN_EMU_TRACE") != nullptr;
     if (!on) return;
-    std::fprintf(stderr, "cuda-emu: cuBLASLt %s %llux%llux%llu ops %d%d types %d/%d/%d lds %lld/%lld/%lld epilogue %d\n", what,
+    // the epilogue pointers' alignments (up to 256 bytes), which the heuristic may choose for
+    auto align = [](const void* p) {
+        uintptr_t x = reinterpret_cast<uintptr_t>(p);
+        return x ? (unsigned)std::min<uintptr_t>(x & (~x + 1), 256) : 0u;
+    };
+    std::fprintf(stderr, "cuda-emu: cuBLASLt %s %llux%llux%llu ops %d%d types %d/%d/%d lds %lld/%lld/%lld epilogue %d aligns %u/%u\n", what,
                  (unsigned long long)m, (unsigned long long)n, (unsigned long long)k, d->transa, d->transb, a->type, b->type, dl->type,
-                 (long long)a->ld, (long long)b->ld, (long long)dl->ld, d->epilogue);
+                 (long long)a->ld, (long long)b->ld, (long long)dl->ld, d->epilogue, align(d->bias), align(d->aux));
 }
 
 static bool gelu_epilogue(int e) { return e == EPILOGUE_DGELU; }

@@ -84,7 +84,8 @@ fn alignment(addr: u64) -> u32 {
 }
 
 /// What a product's plan depends on: all of a [`Gemm`] but its addresses and `beta`, with the
-/// addresses' alignments (the algorithm is chosen for them).
+/// addresses' alignments, the epilogue's bias and auxiliary pointers' too (the heuristic
+/// chooses the algorithm for them: cublasLt.h, of both pointer attributes).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct Key {
     /// m, n, k, lda, ldb, ldd
@@ -96,8 +97,8 @@ struct Key {
     /// the auxiliary matrix's leading dimension and type
     gelu: Option<(usize, DType)>,
     tf32: bool,
-    /// A's, B's and D's (= C's) alignments in bytes
-    align: [u32; 3],
+    /// A's, B's, D's (= C's), the bias's and the auxiliary matrix's alignments in bytes (0: none)
+    align: [u32; 5],
 }
 
 impl Key {
@@ -109,7 +110,13 @@ impl Key {
             bias: g.bias.is_some(),
             gelu: g.gelu.map(|x| (x.ld, x.dtype)),
             tf32: g.tf32,
-            align: [alignment(g.a.0), alignment(g.b.0), alignment(g.d.0)],
+            align: [
+                alignment(g.a.0),
+                alignment(g.b.0),
+                alignment(g.d.0),
+                g.bias.map_or(0, alignment),
+                g.gelu.map_or(0, |x| alignment(x.aux)),
+            ],
         }
     }
 }

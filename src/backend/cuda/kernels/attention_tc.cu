@@ -89,11 +89,13 @@ template <bool TRANS, typename T> __device__ __forceinline__ void ldmatrix_x4(u3
     if (TRANS)
         asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
                      : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                     : "r"(at));
+                     : "r"(at)
+                     : "memory");
     else
         asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
                      : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                     : "r"(at));
+                     : "r"(at)
+                     : "memory");
 #else
     asm volatile("trap;"); // Volta has no ldmatrix: the backend never launches these kernels there
 #endif
@@ -164,8 +166,14 @@ template <int BYTES> __device__ __forceinline__ void copy_async(void* dst, const
 #if defined(GPTRAIN_EMU)
     emu::cp_async(dst, src, BYTES, valid ? BYTES : 0);
 #elif __CUDA_ARCH__ >= 800
+    // 16 bytes bypass L1 (.cg: the tile is read once from shared memory; .ca is the only form
+    // for 4); the source as a global address
     u32 at = (u32)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;" ::"r"(at), "l"(src), "n"(BYTES), "r"(valid ? BYTES : 0) : "memory");
+    size_t from = __cvta_generic_to_global(src);
+    if (BYTES == 16)
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(at), "l"(from), "r"(valid ? 16 : 0) : "memory");
+    else
+        asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;" ::"r"(at), "l"(from), "n"(BYTES), "r"(valid ? BYTES : 0) : "memory");
 #else
     if (BYTES == 16) *reinterpret_cast<uint4*>(dst) = valid ? *reinterpret_cast<const uint4*>(src) : make_uint4(0, 0, 0, 0);
     else *reinterpret_cast<u32*>(dst) = valid ? *reinterpret_cast<const u32*>(src) : 0u;

@@ -8,8 +8,10 @@
 // gradient. Both read 16-byte packs where the row is 16-byte aligned (the rest one at a time),
 // each thread the same elements every time, so a run is bitwise repeatable.
 
-// Folds x into a running (max m, sum s of exp(v - m)).
+// Folds x into a running (max m, sum s of exp(v - m)). A -inf logit adds exp(-inf) = 0, as in a
+// three-pass softmax (exp(-inf - -inf) would be NaN while m is still -inf).
 __device__ __forceinline__ void online_add(float& m, float& s, float x) {
+    if (x == NEG_INF) return;
     if (x > m) {
         s = s * expf(m - x) + 1.0f; // m = -inf at first: exp(-inf) = 0
         m = x;

@@ -28,6 +28,9 @@ extern "C" __global__ void encoder_backward_wpe_##S(float* dwpe, const T* dout, 
 /* of the batch. order(BT): the positions sorted by token, equal tokens in row order, so each */ \
 /* token's rows are a run of it. A warp per (k, 256 channels): the warp whose k starts a run */ \
 /* (its token differs from order[k - 1]'s) adds the run's rows in order; the others return. */ \
+/* It reads the run 32 positions at a time (one coalesced load of order and one gather of */ \
+/* tokens, a ballot for how many are still the run's), so a long run (a frequent token) costs */ \
+/* its dout rows, not a chain of dependent loads per row. */ \
 extern "C" __global__ void encoder_backward_wte_##S(float* dwte, const T* dout, const u32* tokens, const u32* order, u64 bt, \
                                                     u32 c) { \
     u64 k0 = blockIdx.x * (u64)(blockDim.x / 32) + threadIdx.x / 32; \
@@ -38,13 +41,19 @@ extern "C" __global__ void encoder_backward_wte_##S(float* dwte, const T* dout, 
     u32 ch0 = blockIdx.y * 256 + lane; /* this lane's channels: ch0 + 32 k, k < 8 */ \
     float acc[8]; \
     for (int k = 0; k < 8; k++) acc[k] = 0.0f; \
-    for (u64 j = k0; j < bt; j++) { \
-        u64 row = order[j]; \
-        if (tokens[row] != v) break; \
-        for (int k = 0; k < 8; k++) { \
-            u32 ch = ch0 + 32 * k; \
-            if (ch < c) acc[k] += load(dout[row * c + ch]); \
+    for (u64 base = k0; base < bt; base += 32) { \
+        /* the run's positions among base..base+31 are a prefix: the order is sorted by token */ \
+        bool in = base + lane < bt && tokens[order[base + lane]] == v; \
+        u32 mask = __ballot_sync(0xffffffffu, in); \
+        u32 n = mask == 0xffffffffu ? 32 : __ffs(~mask) - 1; \
+        for (u32 i = 0; i < n; i++) { \
+            u64 row = order[base + i]; \
+            for (int k = 0; k < 8; k++) { \
+                u32 ch = ch0 + 32 * k; \
+                if (ch < c) acc[k] += load(dout[row * c + ch]); \
+            } \
         } \
+        if (n < 32) break; \
     } \
     for (int k = 0; k < 8; k++) { \
         u32 ch = ch0 + 32 * k; \
