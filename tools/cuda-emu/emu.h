@@ -261,6 +261,20 @@ inline unsigned ballot(bool pred) {
     return mask;
 }
 
+// A warp-collective instruction (`what`) needs every lane of the warp (a GPU requires it): a
+// lane that exited, or a warp cut short by the block's size, aborts the run.
+inline void whole_warp(const char* what) {
+    Block& bl = blk();
+    unsigned me = bl.cur->linear, first = me - me % 32;
+    for (unsigned i = first; i < first + 32; i++) {
+        if (i >= bl.n || bl.threads[i].state == DONE) {
+            std::fprintf(stderr, "cuda-emu: %s in block (%u,%u,%u) without all 32 lanes of warp %u\n", what, bl.bid.x, bl.bid.y, bl.bid.z,
+                         me / 32);
+            std::abort();
+        }
+    }
+}
+
 // `mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.f32` with D = C (in `d`): the warp's
 // D(16x8) += A(16x16) B(16x8), from the fragment layout of PTX ISA's "Matrix Fragments for
 // mma.m16n8k16 with floating point type". Lane 4g + t holds, each word two 16-bit values with
@@ -272,15 +286,9 @@ inline unsigned ballot(bool pred) {
 // hardware's order and rounding are unspecified, so a kernel may not depend on them. Every lane
 // of the warp must take part (a GPU requires it): an exited lane aborts the run.
 inline void mma16816(float* d, const uint32_t* a, const uint32_t* b, bool bf16) {
+    whole_warp("mma.sync");
     Block& bl = blk();
     unsigned me = bl.cur->linear, lane = me % 32, first = me - lane;
-    for (unsigned i = first; i < first + 32; i++) {
-        if (i >= bl.n || bl.threads[i].state == DONE) {
-            std::fprintf(stderr, "cuda-emu: mma.sync in block (%u,%u,%u) without all 32 lanes of warp %u\n", bl.bid.x, bl.bid.y,
-                         bl.bid.z, me / 32);
-            std::abort();
-        }
-    }
     for (int i = 0; i < 4; i++) bl.frag[me][i] = a[i];
     bl.frag[me][4] = b[0];
     bl.frag[me][5] = b[1];
@@ -310,15 +318,9 @@ inline void mma16816(float* d, const uint32_t* a, const uint32_t* b, bool bf16) 
 // trans its [2j][i] and [2j+1][i] (the matrix read as column-major). Every lane must take part.
 inline void aligned(const void* p, unsigned bytes);
 inline void ldmatrix(uint32_t* out, const void* p, unsigned num, bool trans) {
+    whole_warp("ldmatrix");
     Block& bl = blk();
     unsigned me = bl.cur->linear, lane = me % 32, first = me - lane;
-    for (unsigned i = first; i < first + 32; i++) {
-        if (i >= bl.n || bl.threads[i].state == DONE) {
-            std::fprintf(stderr, "cuda-emu: ldmatrix in block (%u,%u,%u) without all 32 lanes of warp %u\n", bl.bid.x, bl.bid.y,
-                         bl.bid.z, me / 32);
-            std::abort();
-        }
-    }
     if (lane < 8 * num) aligned(p, 16);
     bl.slot[me] = reinterpret_cast<uint64_t>(p);
     warp_barrier();

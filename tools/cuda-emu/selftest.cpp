@@ -154,15 +154,18 @@ int main(int argc, char** argv) {
     for (int i = 0; i < 16 * 8; i++) mb[i] = (float)(i % 3) - 1.0f;
     float *pd = md, *pa = ma, *pb = mb;
     void* mp[] = {&pd, &pa, &pb};
+    auto product_ok = [&] { // md = ma mb, exactly (small integers)
+        bool same = true;
+        for (int r = 0; r < 16; r++)
+            for (int c = 0; c < 8; c++) {
+                float want = 0.0f;
+                for (int k = 0; k < 16; k++) want += ma[r * 16 + k] * mb[k * 8 + c];
+                same &= md[r * 8 + c] == want;
+            }
+        return same;
+    };
     e = run(mma_product, 1, 32, mp, "mma_product");
-    ok = e.empty();
-    for (int r = 0; r < 16; r++)
-        for (int c = 0; c < 8; c++) {
-            float want = 0.0f;
-            for (int k = 0; k < 16; k++) want += ma[r * 16 + k] * mb[k * 8 + c];
-            ok &= md[r * 8 + c] == want;
-        }
-    check(ok, "mma.m16n8k16 multiplies fragments laid out as PTX documents " + e);
+    check(e.empty() && product_ok(), "mma.m16n8k16 multiplies fragments laid out as PTX documents " + e);
 
     uint16_t lin[32 * 8];
     uint32_t lout[4 * 32];
@@ -181,15 +184,9 @@ int main(int argc, char** argv) {
             }
         check(ok, std::string("ldmatrix.x4") + (trans ? ".trans" : "") + " hands out words as PTX documents " + e);
     }
+    std::memset(md, 0, sizeof md);
     e = run(mma_from_ldmatrix, 1, 32, mp, "mma_from_ldmatrix");
-    ok = e.empty();
-    for (int r = 0; r < 16; r++)
-        for (int c = 0; c < 8; c++) {
-            float want = 0.0f;
-            for (int k = 0; k < 16; k++) want += ma[r * 16 + k] * mb[k * 8 + c];
-            ok &= md[r * 8 + c] == want;
-        }
-    check(ok, "mma.m16n8k16 with B from ldmatrix.x2.trans of a row-major (k, n) tile " + e);
+    check(e.empty() && product_ok(), "mma.m16n8k16 with B from ldmatrix.x2.trans of a row-major (k, n) tile " + e);
 
     float cin[8] = {1, 2, 3, 4, 5, 6, 7, 8}, cout[24];
     float *pcin = cin, *pcout = cout;
