@@ -233,7 +233,8 @@ __device__ void attn_tc_forward(T* out, float* stats, const T* qkv, u32 t, u32 c
     __shared__ __align__(16) T vs[2][TC_TILE][HS + TC_PAD]; // values: B of p.v (k = key), read transposed
     const u32 bh = blockIdx.y, h = bh % nh, bi = bh / nh;
     const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
-    const u32 r0 = blockIdx.x * TC_ROWS, w0 = r0 + warp * TC_WARP_ROWS; // the warp's rows w0..w0+15
+    // the last rows first: they see the most keys, so the grid's tail is light blocks
+    const u32 r0 = (gridDim.x - 1 - blockIdx.x) * TC_ROWS, w0 = r0 + warp * TC_WARP_ROWS; // the warp's rows w0..w0+15
     const u32 rows[2] = {w0 + g, w0 + g + 8};                           // this lane's two rows
     const u64 ld = 3 * (u64)c;
     const T* base = qkv + (u64)bi * t * ld + h * HS;
@@ -333,7 +334,7 @@ __device__ void attn_tc_backward_q(T* dqkv, float* rowdot, const T* dout, const 
     __shared__ __align__(16) T vs[2][TC_TILE][HS + TC_PAD]; // values: B of dout.v (k = channel); both double-buffered
     const u32 bh = blockIdx.y, h = bh % nh, bi = bh / nh;
     const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
-    const u32 r0 = blockIdx.x * TC_ROWS, w0 = r0 + warp * TC_WARP_ROWS;
+    const u32 r0 = (gridDim.x - 1 - blockIdx.x) * TC_ROWS, w0 = r0 + warp * TC_WARP_ROWS; // heaviest first, as the forward
     const u32 rows[2] = {w0 + g, w0 + g + 8};
     const u64 ld = 3 * (u64)c;
     const T* base = qkv + (u64)bi * t * ld + h * HS;
@@ -416,6 +417,7 @@ __device__ void attn_tc_backward_kv(T* dqkv, const float* rowdot, const T* dout,
     __shared__ float ms[TC_TILE], is[TC_TILE], rs[TC_TILE];
     const u32 bh = blockIdx.y, h = bh % nh, bi = bh / nh;
     const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
+    // the first keys first: they are seen by the most queries (heaviest first, as the forward)
     const u32 first = blockIdx.x * TC_ROWS, k0 = first + warp * TC_WARP_ROWS; // the warp's keys k0..k0+15
     const u32 keys[2] = {k0 + g, k0 + g + 8};
     const u64 ld = 3 * (u64)c;
