@@ -216,6 +216,20 @@ __device__ __forceinline__ void load_tile(T (*s)[HS + TC_PAD], const T* x, u64 l
     }
 }
 
+// Starts copying the softmax max and 1/sum (stats(B,NH,T,2)) and the row dot products (rowdot
+// (B,NH,T)) of rows j0..j0+63 of task bh into ms, is, rs (zeros past t), with load_tile's copies
+// (4 bytes each: stats' rows are 8 bytes apart).
+__device__ __forceinline__ void load_stats(float* ms, float* is, float* rs, const float* stats, const float* rowdot, u64 bh, u32 t,
+                                           u32 j0) {
+    for (u32 i = threadIdx.x; i < TC_TILE; i += blockDim.x) {
+        u64 row = bh * t + j0 + i;
+        bool in = j0 + i < t;
+        copy_async<4>(&ms[i], in ? stats + row * 2 : stats, in);
+        copy_async<4>(&is[i], in ? stats + row * 2 + 1 : stats, in);
+        copy_async<4>(&rs[i], in ? rowdot + row : rowdot, in);
+    }
+}
+
 // Adds x over the 4 lanes of a quad (lanes 4g..4g+3), the same order for every lane.
 __device__ __forceinline__ float quad_sum(float x) {
     x += __shfl_xor_sync(0xffffffffu, x, 1);
@@ -414,7 +428,7 @@ __device__ void attn_tc_backward_kv(T* dqkv, const float* rowdot, const T* dout,
                                     u32 nh, float p, u64 key) {
     __shared__ __align__(16) T qs[2][TC_TILE][HS + TC_PAD]; // queries: B of k.q (k = channel); transposed, of ds'.q (k = query)
     __shared__ __align__(16) T ys[2][TC_TILE][HS + TC_PAD]; // dout: B of v.dout (k = channel); transposed, of a'.dout (k = query)
-    __shared__ float ms[TC_TILE], is[TC_TILE], rs[TC_TILE];
+    __shared__ float ms[2][TC_TILE], is[2][TC_TILE], rs[2][TC_TILE]; // the queries' stats, double-buffered too
     const u32 bh = blockIdx.y, h = bh % nh, bi = bh / nh;
     const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
     // the first keys first: they are seen by the most queries (heaviest first, as the forward)
@@ -435,18 +449,19 @@ __device__ void attn_tc_backward_kv(T* dqkv, const float* rowdot, const T* dout,
     }
     load_tile<T, HS>(qs[0], base, ld, first, t);
     load_tile<T, HS>(ys[0], dy, c, first, t);
+    load_stats(ms[0], is[0], rs[0], stats, rowdot, bh, t, first);
     copy_commit();
     for (u32 j0 = first, cur = 0; j0 < t; j0 += TC_TILE, cur ^= 1) { // double-buffered, as in the forward
         __syncthreads();
         if (j0 + TC_TILE < t) {
             load_tile<T, HS>(qs[cur ^ 1], base, ld, j0 + TC_TILE, t);
             load_tile<T, HS>(ys[cur ^ 1], dy, c, j0 + TC_TILE, t);
+            load_stats(ms[cur ^ 1], is[cur ^ 1], rs[cur ^ 1], stats, rowdot, bh, t, j0 + TC_TILE);
             copy_commit();
             copy_wait<1>();
         } else {
             copy_wait<0>();
         }
-        load_row_stats(ms, is, rs, stats, rowdot, bh, t, j0, TC_TILE);
         __syncthreads();
         if (k0 >= t) continue; // every query of the tile is at or past j0 >= first: none is skipped by causality alone
         const u32 from = k0 > j0 ? (k0 - j0) / 16 : 0; // queries before the warp's first key: masked
@@ -461,10 +476,10 @@ __device__ void attn_tc_backward_kv(T* dqkv, const float* rowdot, const T* dout,
             for (int i = 0; i < 4; i++) {
                 u32 kr = keys[i >> 1], qi = n * 8 + 2 * tq + (i & 1), qc = j0 + qi;
                 bool seen = qc >= kr && qc < t;
-                float a = seen ? expf(s[n][i] * scale - ms[qi]) * is[qi] : 0.0f;
+                float a = seen ? expf(s[n][i] * scale - ms[cur][qi]) * is[cur][qi] : 0.0f;
                 float mk = drop_scale(p, key, ((u64)bh * t + qc) * t + kr);
                 e[i] = a * mk;
-                f[i] = a * (mk * da_[n][i] - rs[qi]) * scale;
+                f[i] = a * (mk * da_[n][i] - rs[cur][qi]) * scale;
             }
             pa[n / 2][(n % 2) * 2] = pack<T>(e[0], e[1]);
             pa[n / 2][(n % 2) * 2 + 1] = pack<T>(e[2], e[3]);
