@@ -18,13 +18,15 @@
 //
 // What is rounded to 16 bits beyond the CPU backend's bf16/f16 path: the probabilities before
 // p.v, and in the backward a_j (dA_j - rowdot) before it multiplies k and q. Everything else
-// (scores, max, sums, softmax, accumulators) is f32, as on the CPU.
+// (scores, max, sums, softmax, accumulators) is f32, as on the CPU, with e^x by one
+// `ex2.approx` (exp_fast).
 //
 // Blocks: 4 warps, 16 query rows (or keys) each. Shared tiles: 64 rows of HS channels,
 // row-major, rows padded by 8 values so that the 8 rows an ldmatrix phase reads fall in 32
 // different banks. B fragments come from them by ldmatrix, transposed where a product runs
-// along the tile's rows (p.v, ds.k, ...), so no tile is kept twice. They are written two values
-// at a time (st32) and read 16 bytes a row (ldmatrix), so they are declared __align__(16): an
+// along the tile's rows (p.v, ds.k, ...), so no tile is kept twice. They are double-buffered:
+// the next tile is copied by cp.async (16 or 4 bytes a copy) while this one is used. Copies and
+// ldmatrix's 16-byte rows need aligned addresses, so the tiles are declared __align__(16): an
 // array of 16-bit structs is otherwise only 2-byte aligned, and a GPU faults on a misaligned
 // access.
 
@@ -36,11 +38,6 @@
 // lo and hi rounded into one word (lo in the low half).
 template <typename T> __device__ __forceinline__ u32 pack(float lo, float hi) {
     return (u32)store<T>(lo).bits | ((u32)store<T>(hi).bits << 16);
-}
-template <typename T> __device__ __forceinline__ T half_of(u32 w, int hi) {
-    T r;
-    r.bits = (unsigned short)(hi ? w >> 16 : w & 0xffffu);
-    return r;
 }
 
 // d(16x8) += a(16x16) b(16x8), fragments as above.
