@@ -137,6 +137,14 @@ impl Layout {
         self.push(buf, dims, fill, salt)
     }
 
+    /// Two elements in each of `bufs` before their next tensors, so that those start 4 bytes
+    /// (bf16/f16) or 8 (f32) off a 16-byte boundary: the GPU kernels' unaligned paths.
+    fn pad(&mut self, bufs: &[BufId]) {
+        for &b in bufs {
+            self.t(b, &[2], Fill::Normal(1.0));
+        }
+    }
+
     /// The positions of token ids `tokens` (a tensor of this layout filled by `Ids`) sorted by
     /// id, as `set_batch` uploads them beside the batch.
     fn order_of(&mut self, tokens: Tensor) -> Tensor {
@@ -253,13 +261,6 @@ pub(super) fn all() -> Vec<Case> {
     // the GPU's LayerNorm reads a row in 16-byte packs when C allows (30 channels do not) and
     // every row is 16-byte aligned (not when the tensors start 2 elements in: "unaligned")
     let ln_shapes = [(C, false), (30, false), (C, true)];
-    let pad = |l: &mut Layout, on: bool, bufs: &[BufId]| {
-        if on {
-            for &b in bufs {
-                l.t(b, &[2], Normal(1.0));
-            }
-        }
-    };
     for (op, bias, (c, misalign)) in [
         ("layernorm forward", true, ln_shapes[0]),
         ("layernorm forward, no bias", false, ln_shapes[0]),
@@ -267,7 +268,9 @@ pub(super) fn all() -> Vec<Case> {
         ("layernorm forward, unaligned", true, ln_shapes[2]),
     ] {
         v.push(case(op, format!("B={B} T={T} C={c}"), move |l| {
-            pad(l, misalign, &[Acts, Params]);
+            if misalign {
+                l.pad(&[Acts, Params]);
+            }
             let (out, inp) = (l.t(Acts, &[B, T, c], Normal(1.0)), l.t(Acts, &[B, T, c], Normal(2.0)));
             let (mean, rstd) = (l.t(Stats, &[B, T], Normal(1.0)), l.t(Stats, &[B, T], Normal(1.0)));
             let (w, b) = (l.t(Params, &[c], Normal(1.0)), l.t(Params, &[c], Normal(0.5)));
@@ -283,7 +286,9 @@ pub(super) fn all() -> Vec<Case> {
         ("layernorm backward, unaligned", (B, T), true, ln_shapes[2]),
     ] {
         v.push(case(op, format!("B={b} T={t} C={c}"), move |l| {
-            pad(l, misalign, &[DActs, Acts, Params]);
+            if misalign {
+                l.pad(&[DActs, Acts, Params]);
+            }
             let (dinp, dout) = (l.t(DActs, &[b, t, c], Normal(1.0)), l.t(DActs, &[b, t, c], Normal(1.0)));
             let (dw, db) = (l.t(Grads, &[c], Normal(1.0)), l.t(Grads, &[c], Normal(1.0)));
             let (inp, fwd_out) = (l.t(Acts, &[b, t, c], Normal(2.0)), l.t(Acts, &[b, t, c], Normal(1.0)));
@@ -480,9 +485,8 @@ pub(super) fn variant(op: &Op) -> usize {
 pub(super) const N_VARIANTS: usize = 19;
 
 /// The attention forward and backward cases, without and with dropout (`names` in that order),
-/// on a (B, T, C, NH) shape.
-/// Attention's forward and backward, without and with dropout; `misalign`: the dropout cases'
-/// tensors start 2 elements into their buffers (a pad tensor first).
+/// on a (B, T, C, NH) shape; with `misalign`, the dropout cases' tensors start 2 elements into
+/// their buffers (`Layout::pad`).
 fn attention_cases(v: &mut Vec<Case>, (b, t, c, nh): (usize, usize, usize, usize), names: [&'static str; 4], misalign: bool) {
     use BufId::*;
     use Fill::*;
@@ -490,8 +494,7 @@ fn attention_cases(v: &mut Vec<Case>, (b, t, c, nh): (usize, usize, usize, usize
     let att = format!("B={b} T={t} C={c} NH={nh}");
     let pad = move |l: &mut Layout, drop: Dropout| {
         if misalign && drop.p > 0.0 {
-            l.t(Acts, &[2], Normal(1.0));
-            l.t(DActs, &[2], Normal(1.0));
+            l.pad(&[Acts, DActs]);
         }
     };
     for (op, drop) in [(names[0], Dropout::NONE), (names[1], DROP)] {
