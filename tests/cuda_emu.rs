@@ -241,9 +241,9 @@ fn the_fast_paths_switch_off_and_fall_back_and_check_still_passes() {
 }
 
 /// A training step talks to the GPU as little as the issue asks: one token upload per
-/// micro-batch (inputs, targets and the inputs' order together) and one read-back per step (loss and gradient
-/// norm), no round trip per kernel (counted by the emulator's trace of every copy); and
-/// cuBLASLt's heuristic is asked once per kind of product, not at every product.
+/// micro-batch (inputs, targets and the inputs' order together) and one read-back per step
+/// (loss and gradient norm), no round trip per kernel (counted by the emulator's trace of every
+/// copy); and cuBLASLt's heuristic is asked once per kind of product, not at every product.
 #[test]
 fn a_step_uploads_tokens_once_per_micro_batch_and_reads_back_once() {
     let Some(emu) = emu_or_skip("a_step_uploads_tokens_once_per_micro_batch_and_reads_back_once") else { return };

@@ -132,7 +132,7 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(handle: sys::cublasLtHandle_t, g: &Gemm) -> Result<Plan> {
+    fn new(handle: sys::cublasLtHandle_t, g: &Gemm, key: &Key) -> Result<Plan> {
         let err = |what: &str, e: result::CublasError| anyhow!("cuBLASLt {what} ({g:?}): {e:?}");
         let compute =
             if g.tf32 { sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32 } else { sys::cublasComputeType_t::CUBLAS_COMPUTE_32F };
@@ -175,22 +175,24 @@ impl Plan {
             // the heuristic checks the epilogue's pointers are set: this call's, replaced at each
             plan.point(g).map_err(|e| err("attributes", e))?;
         }
-        plan.algo = plan.choose(handle, g)?;
+        plan.algo = plan.choose(handle, g, key)?;
         Ok(plan)
     }
 
-    /// Asks cuBLASLt's heuristic for the best algorithm within the workspace, for `g`'s alignments.
-    fn choose(&self, handle: sys::cublasLtHandle_t, g: &Gemm) -> Result<Option<sys::cublasLtMatmulAlgo_t>> {
+    /// Asks cuBLASLt's heuristic for the best algorithm within the workspace, for the key's
+    /// alignments of `g`'s operands.
+    fn choose(&self, handle: sys::cublasLtHandle_t, g: &Gemm, key: &Key) -> Result<Option<sys::cublasLtMatmulAlgo_t>> {
         let err = |what: &str, e: result::CublasError| anyhow!("cuBLASLt {what} ({g:?}): {e:?}");
         let pref = result::create_matmul_pref().map_err(|e| err("preference", e))?;
         let ws = WORKSPACE_BYTES as u64;
         // the heuristic assumes 256-byte aligned operands unless told: tensors start anywhere
         use sys::cublasLtMatmulPreferenceAttributes_t as P;
+        let [a, b, d, ..] = key.align;
         let aligns = [
-            (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, alignment(g.a.0)),
-            (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, alignment(g.b.0)),
-            (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, alignment(g.d.0)),
-            (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, alignment(g.d.0)),
+            (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, a),
+            (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, b),
+            (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, d),
+            (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, d),
         ];
         let [la, lb, ld] = self.layouts;
         // SAFETY: `pref` was created above and is destroyed once below; each attribute buffer is a
@@ -287,7 +289,7 @@ impl Blas {
             if plans.len() >= MAX_PLANS {
                 plans.clear();
             }
-            plans.insert(key, Plan::new(self.handle, g)?);
+            plans.insert(key, Plan::new(self.handle, g, &key)?);
         }
         let plan = &plans[&key];
         let Some(algo) = plan.algo else { return Ok(false) };

@@ -237,9 +237,9 @@ mod tests {
     }
 
     /// A shared array of a storage type (`T`, bf16_t, f16_t: 2-byte structs) is declared
-    /// `__align__(16)`: kernels write such arrays two values at a time (`st32`) and read rows of
-    /// 16 bytes (`ldmatrix`), and without it the compiler may place them on a 2-byte boundary
-    /// (PTX `.align 2`), where a GPU faults.
+    /// `__align__(16)`: kernels fill such arrays by `cp.async` copies of up to 16 bytes and read
+    /// rows of 16 bytes (`ldmatrix`), and without it the compiler may place them on a 2-byte
+    /// boundary (PTX `.align 2`), where a GPU faults.
     #[test]
     fn shared_arrays_of_16_bit_values_are_aligned() {
         let mut n = 0;

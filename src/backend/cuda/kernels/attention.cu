@@ -289,6 +289,19 @@ __device__ void attn_backward_q_tiled(T* dqkv, float* rowdot, const T* dout, con
     for (int i = 0; i < HALF; i++) dq[i] = store<T>(acc[i]);
 }
 
+// Attention backward over query tiles: the softmax max, 1/sum (stats(B,NH,T,2)) and rowdot
+// (B,NH,T) of rows j0..j0+n of task bh into shared ms, is, rs (n floats each; zeros past t).
+__device__ __forceinline__ void load_row_stats(float* ms, float* is, float* rs, const float* stats, const float* rowdot, u64 bh, u32 t,
+                                               u32 j0, u32 n) {
+    for (u32 i = threadIdx.x; i < n; i += blockDim.x) {
+        u64 row = bh * t + j0 + i;
+        bool in = j0 + i < t;
+        ms[i] = in ? stats[row * 2] : 0.0f;
+        is[i] = in ? stats[row * 2 + 1] : 0.0f;
+        rs[i] = in ? rowdot[row] : 0.0f;
+    }
+}
+
 template <typename T, int HS>
 __device__ void attn_backward_kv_tiled(T* dqkv, const float* rowdot, const T* dout, const T* qkv, const float* stats, u32 b, u32 t,
                                        u32 c, u32 nh, float p, u64 key) {

@@ -200,7 +200,7 @@ template <int N> __device__ __forceinline__ void copy_wait() {
 // rows, consecutive bytes (no bank conflicts).
 template <typename T, int HS>
 __device__ __forceinline__ void load_tile(T (*s)[HS + TC_PAD], const T* x, u64 ld, u32 j0, u32 t) {
-    if (((u64)x | ld * sizeof(T)) % 16 == 0) {
+    if (aligned16(x) && ld * sizeof(T) % 16 == 0) {
         for (u32 e = threadIdx.x; e < TC_TILE * HS / 8; e += blockDim.x) {
             u32 jj = e / (HS / 8), i = (e % (HS / 8)) * 8, row = j0 + jj;
             copy_async<16>(&s[jj][i], row < t ? x + (u64)row * ld + i : x, row < t);
@@ -211,6 +211,27 @@ __device__ __forceinline__ void load_tile(T (*s)[HS + TC_PAD], const T* x, u64 l
             copy_async<4>(&s[jj][i], row < t ? x + (u64)row * ld + i : x, row < t);
         }
     }
+}
+
+// The double buffer: `issue(b, j)` starts the copies of the tiles at j into buffer b. Before the
+// loop, the first tiles go into buffer 0 (tile_start); at the top of each iteration (tile_step,
+// every thread of the block), the next tiles (`more`) start into the other buffer, which nobody
+// reads any more, while the current ones are waited for; then every thread's copies of the
+// current tiles have landed.
+template <typename F> __device__ __forceinline__ void tile_start(u32 j, F issue) {
+    issue(0, j);
+    copy_commit();
+}
+template <typename F> __device__ __forceinline__ void tile_step(u32 cur, bool more, u32 next, F issue) {
+    __syncthreads(); // nobody reads the other buffer (the previous tiles) any more
+    if (more) {
+        issue(cur ^ 1, next);
+        copy_commit();
+        copy_wait<1>(); // the current tiles' group has landed, the next one's may not have
+    } else {
+        copy_wait<0>();
+    }
+    __syncthreads(); // every thread's copies of the current tiles have landed
 }
 
 // Starts copying the softmax max and 1/sum (stats(B,NH,T,2)) and the row dot products (rowdot
@@ -272,21 +293,13 @@ __device__ void attn_tc_forward(T* out, float* stats, const T* qkv, u32 t, u32 c
     for (int n = 0; n < HS / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
     float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.0f, 0.0f};
     const u32 last = umin(r0 + TC_ROWS, t) - 1; // the block's keys: 0..=last
-    // the tiles are double-buffered: the next one is copied (cp.async) while this one is used
-    load_tile<T, HS>(ks[0], base + c, ld, 0, t);
-    load_tile<T, HS>(vs[0], base + 2 * c, ld, 0, t);
-    copy_commit();
+    auto issue = [&](u32 b, u32 j) {
+        load_tile<T, HS>(ks[b], base + c, ld, j, t);
+        load_tile<T, HS>(vs[b], base + 2 * c, ld, j, t);
+    };
+    tile_start(0, issue);
     for (u32 j0 = 0, cur = 0; j0 <= last; j0 += TC_TILE, cur ^= 1) {
-        __syncthreads(); // nobody reads the other buffers (the previous tiles) any more
-        if (j0 + TC_TILE <= last) {
-            load_tile<T, HS>(ks[cur ^ 1], base + c, ld, j0 + TC_TILE, t);
-            load_tile<T, HS>(vs[cur ^ 1], base + 2 * c, ld, j0 + TC_TILE, t);
-            copy_commit();
-            copy_wait<1>(); // this tile's group has landed, the next one's may not have
-        } else {
-            copy_wait<0>();
-        }
-        __syncthreads(); // every thread's copies of this tile have landed
+        tile_step(cur, j0 + TC_TILE <= last, j0 + TC_TILE, issue);
         if (j0 > w0 + TC_WARP_ROWS - 1 || w0 >= t) continue; // the warp's rows see none of these keys
         const u32 to = umin(TC_TILE / 16, (w0 + TC_WARP_ROWS - j0) / 16); // keys past the warp's last row: masked
         float s[TC_TILE / 8][4];                                           // scores: 16 rows x 64 keys
@@ -387,20 +400,13 @@ __device__ void attn_tc_backward_q(T* dqkv, float* rowdot, const T* dout, const 
 #pragma unroll
     for (int n = 0; n < HS / 8; n++) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
     const u32 last = umin(r0 + TC_ROWS, t) - 1;
-    load_tile<T, HS>(ks[0], base + c, ld, 0, t);
-    load_tile<T, HS>(vs[0], base + 2 * c, ld, 0, t);
-    copy_commit();
-    for (u32 j0 = 0, cur = 0; j0 <= last; j0 += TC_TILE, cur ^= 1) { // as in the forward
-        __syncthreads();
-        if (j0 + TC_TILE <= last) {
-            load_tile<T, HS>(ks[cur ^ 1], base + c, ld, j0 + TC_TILE, t);
-            load_tile<T, HS>(vs[cur ^ 1], base + 2 * c, ld, j0 + TC_TILE, t);
-            copy_commit();
-            copy_wait<1>();
-        } else {
-            copy_wait<0>();
-        }
-        __syncthreads();
+    auto issue = [&](u32 b, u32 j) {
+        load_tile<T, HS>(ks[b], base + c, ld, j, t);
+        load_tile<T, HS>(vs[b], base + 2 * c, ld, j, t);
+    };
+    tile_start(0, issue);
+    for (u32 j0 = 0, cur = 0; j0 <= last; j0 += TC_TILE, cur ^= 1) {
+        tile_step(cur, j0 + TC_TILE <= last, j0 + TC_TILE, issue);
         if (j0 > w0 + TC_WARP_ROWS - 1 || w0 >= t) continue;
         const u32 to = umin(TC_TILE / 16, (w0 + TC_WARP_ROWS - j0) / 16); // as in the forward
         float s[TC_TILE / 8][4], da_[TC_TILE / 8][4];                      // q.k and dout.v: 16 rows x 64 keys
@@ -459,22 +465,14 @@ __device__ void attn_tc_backward_kv(T* dqkv, const float* rowdot, const T* dout,
         dk[n][0] = dk[n][1] = dk[n][2] = dk[n][3] = 0.0f;
         dv[n][0] = dv[n][1] = dv[n][2] = dv[n][3] = 0.0f;
     }
-    load_tile<T, HS>(qs[0], base, ld, first, t);
-    load_tile<T, HS>(ys[0], dy, c, first, t);
-    load_stats(ms[0], is[0], rs[0], stats, rowdot, bh, t, first);
-    copy_commit();
-    for (u32 j0 = first, cur = 0; j0 < t; j0 += TC_TILE, cur ^= 1) { // double-buffered, as in the forward
-        __syncthreads();
-        if (j0 + TC_TILE < t) {
-            load_tile<T, HS>(qs[cur ^ 1], base, ld, j0 + TC_TILE, t);
-            load_tile<T, HS>(ys[cur ^ 1], dy, c, j0 + TC_TILE, t);
-            load_stats(ms[cur ^ 1], is[cur ^ 1], rs[cur ^ 1], stats, rowdot, bh, t, j0 + TC_TILE);
-            copy_commit();
-            copy_wait<1>();
-        } else {
-            copy_wait<0>();
-        }
-        __syncthreads();
+    auto issue = [&](u32 b, u32 j) {
+        load_tile<T, HS>(qs[b], base, ld, j, t);
+        load_tile<T, HS>(ys[b], dy, c, j, t);
+        load_stats(ms[b], is[b], rs[b], stats, rowdot, bh, t, j);
+    };
+    tile_start(first, issue);
+    for (u32 j0 = first, cur = 0; j0 < t; j0 += TC_TILE, cur ^= 1) {
+        tile_step(cur, j0 + TC_TILE < t, j0 + TC_TILE, issue);
         if (k0 >= t) continue; // every query of the tile is at or past j0 >= first: none is skipped by causality alone
         const u32 from = k0 > j0 ? (k0 - j0) / 16 : 0; // queries before the warp's first key: masked
         float s[TC_TILE / 8][4], da_[TC_TILE / 8][4];  // k.q and v.dout: 16 keys x 64 queries

@@ -136,19 +136,6 @@ template <typename F> __device__ float block_reduce(float x, float* shared, floa
 __device__ float block_sum(float x, float* shared) { return block_reduce(x, shared, 0.0f, add_f); }
 __device__ float block_max(float x, float* shared) { return block_reduce(x, shared, NEG_INF, max_f); }
 
-// Attention backward over query tiles: the softmax max, 1/sum (stats(B,NH,T,2)) and rowdot
-// (B,NH,T) of rows j0..j0+n of task bh into shared ms, is, rs (n floats each; zeros past t).
-__device__ __forceinline__ void load_row_stats(float* ms, float* is, float* rs, const float* stats, const float* rowdot, u64 bh, u32 t,
-                                               u32 j0, u32 n) {
-    for (u32 i = threadIdx.x; i < n; i += blockDim.x) {
-        u64 row = bh * t + j0 + i;
-        bool in = j0 + i < t;
-        ms[i] = in ? stats[row * 2] : 0.0f;
-        is[i] = in ? stats[row * 2 + 1] : 0.0f;
-        rs[i] = in ? rowdot[row] : 0.0f;
-    }
-}
-
 // Instantiates `NAME_f32`, `NAME_bf16`, `NAME_f16` from a macro `NAME##_KERNEL(T, S)`. A source
 // compiled with ONLY_F32, ONLY_BF16 or ONLY_F16 defined instantiates that storage type's alone
 // (compile.rs: a run compiles the kernels of the types it uses, when it first uses them).

@@ -1,7 +1,7 @@
 // Elementwise kernels: GELU (tanh form) and its backward, the residual add and dropout (copy
 // and zero are the driver's memcpy and memset). Grid-stride loops over 16-byte packs of
-// elements (see FOR_PACKS); each output is written (=), rounded once to its type. Dropout's element index is the position in
-// the tensor, as the CPU's.
+// elements (see FOR_PACKS); each output is written (=), rounded once to its type. Dropout's
+// element index is the position in the tensor, as the CPU's.
 
 #define GELU_SCALE 0.7978845608f
 
