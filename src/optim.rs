@@ -2,6 +2,7 @@
 //! clipping and AdamW, as nanoGPT's train.py does them.
 
 use crate::backend::{AdamW, Backend, Precision, Scalar};
+use crate::dist::group::Group;
 use crate::model::{DropoutCtx, Gpt};
 use anyhow::Result;
 
@@ -118,7 +119,16 @@ pub fn train_step<Bk: Backend>(
     opt: &OptimConfig,
     dropout: Option<(f32, u64)>,
 ) -> Result<StepStats> {
-    train_step_guarded(model, micro_batches, b, t, it, opt, dropout, &mut |_, _| true)
+    train_step_guarded(model, micro_batches, b, t, it, opt, dropout, None, &mut |_, _| true)
+}
+
+/// A data-parallel rank's part of a step: its micro-batches are `first..` of the iteration's
+/// `accum`, and its gradients and loss are summed with the other ranks' through `group` before
+/// clipping and AdamW (so every rank takes the same update).
+pub struct Shard<'g> {
+    pub group: &'g mut Group,
+    pub first: usize,
+    pub accum: usize,
 }
 
 /// [`train_step`], asking `accept(loss, grad_norm)` (finite values only) before updating: the
@@ -132,21 +142,31 @@ pub fn train_step_guarded<Bk: Backend>(
     it: u64,
     opt: &OptimConfig,
     dropout: Option<(f32, u64)>,
+    mut shard: Option<Shard>,
     accept: &mut dyn FnMut(f32, f32) -> bool,
 ) -> Result<StepStats> {
     // one scope for the whole step: the CPU backend keeps its workers awake through it
     Bk::step_scope(|| {
-        let accum = micro_batches.len();
+        // micro-batch `m` of this process is the iteration's `first + m` (its dropout masks too)
+        let (first, accum) = shard.as_ref().map_or((0, micro_batches.len()), |s| (s.first, s.accum));
         model.zero_grad()?;
         model.reset_scalars()?;
         for (micro, (x, y)) in micro_batches.iter().enumerate() {
-            let ctx = dropout.map(|(p, seed)| DropoutCtx { p, seed, iter: it, micro: micro as u64 });
+            let ctx = dropout.map(|(p, seed)| DropoutCtx { p, seed, iter: it, micro: (first + micro) as u64 });
             model.set_batch(x, y, b, t)?;
             model.forward(ctx, Some(1.0 / accum as f32))?;
             model.backward(ctx)?;
         }
+        if let Some(s) = shard.as_mut() {
+            let mut g = model.grads_host()?;
+            s.group.sum_f32(&mut g)?;
+            model.set_grads(&g)?;
+        }
         model.accumulate_grad_squares()?;
-        let sums = model.read_scalars()?;
+        let mut sums = model.read_scalars()?;
+        if let Some(s) = shard.as_mut() {
+            s.group.sum_f64(&mut sums[Scalar::LossSum as usize..=Scalar::LossSum as usize])?;
+        }
         let loss = (sums[Scalar::LossSum as usize] / accum as f64) as f32;
         // the gradients carry the loss scale (1 unless float16): the norm is of the true ones
         let loss_scale = model.scaler.scale;

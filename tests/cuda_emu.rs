@@ -210,7 +210,7 @@ fn the_emulator_catches_deadlocks_and_out_of_bounds_accesses() {
 
 /// The GPU's faster paths switch off, and fall back, and `check` passes every way: with
 /// `GPTRAIN_CUDA_ATTENTION=tiled` no tensor-core attention kernel launches; with GELU's epilogue
-/// refused by cuBLASLt (the emulator's `GPTRAIN_EMU_NO_EPILOGUE=1`) or turned off
+/// refused by cuBLASLt (the emulator's `GPTRAIN_EMU_NO_EPILOGUE=1|2|3`) or turned off
 /// (`GPTRAIN_CUDA_GELU_FUSION=0`) the fused backward runs gptrain's GELU kernel instead (by
 /// default only the standalone GELU case launches it). A bad value is one line, exit 1.
 #[test]
@@ -232,7 +232,13 @@ fn the_fast_paths_switch_off_and_fall_back_and_check_still_passes() {
     let refused = launches(&[("GPTRAIN_EMU_NO_EPILOGUE", Some("1"))], "gelu_backward_bf16");
     assert!(refused > 1, "no fallback when cuBLASLt refuses the epilogue ({refused})");
     assert_eq!(launches(&[("GPTRAIN_CUDA_GELU_FUSION", Some("0"))], "gelu_backward_bf16"), refused);
-    for (var, bad) in [("GPTRAIN_CUDA_ATTENTION", "fast"), ("GPTRAIN_CUDA_GELU_FUSION", "yes")] {
+    // refused as an invalid value by the heuristic, or only by the product itself: the same fallback
+    for how in ["2", "3"] {
+        assert_eq!(launches(&[("GPTRAIN_EMU_NO_EPILOGUE", Some(how))], "gelu_backward_bf16"), refused, "refused by {how}");
+    }
+    // waiting for each op changes nothing but the time
+    assert_eq!(launches(&[("GPTRAIN_CUDA_SYNC", Some("1"))], "gelu_backward_bf16"), 1);
+    for (var, bad) in [("GPTRAIN_CUDA_ATTENTION", "fast"), ("GPTRAIN_CUDA_GELU_FUSION", "yes"), ("GPTRAIN_CUDA_SYNC", "on")] {
         let (code, _, err) = on_emu(&emu, &check, &d, &[(var, Some(bad))]);
         assert_eq!(code, 1, "{var}={bad}: {err}");
         assert!(err.contains(var) && err.trim().lines().count() == 1, "{var}={bad}: {err}");

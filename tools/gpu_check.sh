@@ -107,12 +107,16 @@ mkdir -p "$BUILD_ROOT/target/release" 2>/dev/null && [[ -e "$BUILD_ROOT/target/r
 
 { nvidia-smi 2>&1 || echo "nvidia-smi: not found"; } >"$LOGS/nvidia-smi.txt"
 
-# 1. gptrain check first: the quickest verdict on every kernel. If it fails, again with the
-# tensor-core attention off, then with GELU's epilogue off too, to name the culprit.
+# 1. gptrain check first: the quickest verdict on every kernel. If it fails, again waiting for
+# each op (a fault is named with its op), with the tensor-core attention off, then with GELU's
+# epilogue off too, to name the culprit.
 if "$BIN/gptrain" help check >/dev/null 2>&1; then
     timed "gptrain check --device cuda" check.log 60 "$BIN/gptrain" check --device cuda
     grep -E "FAIL" "$LOGS/check.log" | head -12 | sed 's/^/    /'
     if [[ "$LAST_STATUS" != ok ]]; then
+        # each op waited for: a faulting kernel is named with its op
+        timed "check, GPTRAIN_CUDA_SYNC=1" check-sync.log 90 env GPTRAIN_CUDA_SYNC=1 "$BIN/gptrain" check --device cuda
+        grep -E "FAIL|error" "$LOGS/check-sync.log" | head -6 | sed 's/^/    /'
         timed "check, attention tiled" check-tiled.log 60 env GPTRAIN_CUDA_ATTENTION=tiled "$BIN/gptrain" check --device cuda
         timed "check, tiled and no GELU epilogue" check-plain.log 60 env GPTRAIN_CUDA_ATTENTION=tiled GPTRAIN_CUDA_GELU_FUSION=0 \
             "$BIN/gptrain" check --device cuda

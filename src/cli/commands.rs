@@ -9,6 +9,7 @@ use crate::backend::Precision;
 use crate::checkpoint;
 use crate::config::{self, Config};
 use crate::data::prepare::{self, TokenizerKind};
+use crate::dist::World;
 use crate::model::{ModelConfig, Recompute};
 use crate::perf::estimate::{self, MfuAssumption, Run};
 use crate::perf::{device, flops};
@@ -109,20 +110,43 @@ pub fn prepare(input: Option<PathBuf>, tokenizer: &str, out: &Path, threads: Opt
 }
 
 pub fn train(a: &ConfigArgs) -> Result<()> {
-    let cfg = resolve(a)?;
-    train::check_device(&cfg)?;
-    say!("config:\n{}", cfg.table());
+    let mut cfg = resolve(a)?;
+    // a data-parallel launch (torchrun --no-python, mpirun, srun): rank 0 speaks for the run
+    let world = World::from_env()?;
+    if world.local_size > 1 && cfg.threads == 0 {
+        cfg.threads = (config::physical_cores() / world.local_size).max(1); // the cores shared out
+    }
+    let rank = world.rank;
+    let ranked = |e: anyhow::Error| if world.size > 1 && rank > 0 { e.context(format!("rank {rank}")) } else { e };
+    train::check_device(&cfg).map_err(ranked)?;
+    if world.is_root() {
+        say!("config:\n{}", cfg.table());
+    }
     install_signal_handler();
-    let mut printer = Printer::new();
     pool(cfg.threads)?.install(|| -> Result<()> {
-        let summary = train::run(&cfg, &mut printer)?;
+        let (mut printer, mut silent) = (Printer::new(), Silent);
+        let obs: &mut dyn train::Observer = if world.is_root() { &mut printer } else { &mut silent };
+        let summary = train::run_ranked(&cfg, obs, &world).map_err(ranked)?;
         // a sample of what this run trained: its own last checkpoint
-        if let (true, Some(ckpt)) = (summary.iters > 0, &summary.last_checkpoint) {
+        if let (true, true, Some(ckpt)) = (world.is_root(), summary.iters > 0, &summary.last_checkpoint) {
             say!("sample:");
             sample_run(&cfg, Some(ckpt), 1, cfg.max_new_tokens.min(300))?;
         }
         Ok(())
     })
+}
+
+/// What a data-parallel rank other than 0 reports: nothing (rank 0 reports for the run; an
+/// error still reaches the rank's standard error).
+struct Silent;
+
+impl train::Observer for Silent {
+    fn message(&mut self, _: &str) {}
+    fn start(&mut self, _: &train::StartInfo) {}
+    fn iter(&mut self, _: &train::IterLog) {}
+    fn eval(&mut self, _: u64, _: f32, _: f32, _: f64) {}
+    fn checkpoint(&mut self, _: u64, _: &Path, _: f64) {}
+    fn finish(&mut self, _: &train::Summary) {}
 }
 
 fn install_signal_handler() {

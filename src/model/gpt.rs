@@ -447,6 +447,12 @@ impl<B: Backend> Gpt<B> {
     pub fn grads_host(&self) -> Result<Vec<f32>> {
         self.download_all(BufId::Grads)
     }
+    /// Sets the gradients (f32; a data-parallel step puts the ranks' sum back).
+    pub fn set_grads(&mut self, host: &[f32]) -> Result<()> {
+        assert_eq!(host.len(), self.layout.total);
+        let grads = self.layout.all().of(BufId::Grads, DType::F32);
+        self.backend.upload(&mut self.bufs, grads, &Host::F32(host.to_vec()))
+    }
     /// Sets the weights (f32): the master weights and their rounded copy under mixed precision.
     pub fn set_params(&mut self, host: &[f32]) -> Result<()> {
         assert_eq!(host.len(), self.layout.total);

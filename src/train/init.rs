@@ -83,10 +83,11 @@ fn check_same_vocabulary(ck: &crate::data::Meta, ds: &crate::data::Meta, dir: &P
     Ok(())
 }
 
-pub(super) fn initialise(cfg: &Config, ds: &Dataset, obs: &mut dyn Observer) -> Result<Init> {
+pub(super) fn initialise(cfg: &Config, ds: &Dataset, obs: &mut dyn Observer, writes: bool) -> Result<Init> {
     let out_dir = Path::new(&cfg.out_dir);
     // finish or undo what an interrupted write left, before anything reads the checkpoints
-    let n = checkpoint::clean_leftovers(out_dir);
+    // (by the process that writes checkpoints: rank 0 of a data-parallel run)
+    let n = if writes { checkpoint::clean_leftovers(out_dir) } else { 0 };
     if n > 0 {
         obs.message(&format!("removed {n} unfinished checkpoint write(s) in {}", out_dir.display()));
     }
@@ -94,7 +95,7 @@ pub(super) fn initialise(cfg: &Config, ds: &Dataset, obs: &mut dyn Observer) -> 
         check_fresh_out_dir(cfg, out_dir)?;
     }
     let init = initialise_from(cfg, ds, obs)?;
-    if cfg.init_from != "resume" && cfg.replace_checkpoints && !cfg.eval_only {
+    if cfg.init_from != "resume" && cfg.replace_checkpoints && !cfg.eval_only && writes {
         let n = checkpoint::remove_all(out_dir)?;
         if n > 0 {
             let _ = std::fs::remove_file(out_dir.join("metrics.jsonl"));

@@ -23,6 +23,7 @@ use crate::backend::cuda::{self, select::Selected, Cuda};
 use crate::backend::{Backend, Precision, Scalar};
 use crate::config::Config;
 use crate::data::{Dataset, Split};
+use crate::dist::{group, group::Group, World};
 use crate::model::{pad_vocab, Gpt, ModelConfig, Recompute};
 use crate::optim::OptimConfig;
 use crate::perf::{device, meter::Reading};
@@ -259,14 +260,22 @@ pub(super) fn optim_config(cfg: &Config) -> OptimConfig {
 }
 
 /// Mean loss over `eval_iters` batches of each split; batches are a function of (seed,
-/// iteration), so evaluation never shifts the training stream.
-pub(super) fn estimate_loss<B: Backend>(model: &mut Gpt<B>, ds: &Dataset, cfg: &Config, it: u64) -> Result<(f32, f32)> {
+/// iteration), so evaluation never shifts the training stream. In a data-parallel run each
+/// rank evaluates its share of the batches and the ranks' sums are added through `group`.
+pub(super) fn estimate_loss<B: Backend>(
+    model: &mut Gpt<B>,
+    ds: &Dataset,
+    cfg: &Config,
+    it: u64,
+    mut group: Option<&mut Group>,
+) -> Result<(f32, f32)> {
     let (b, t) = (cfg.batch_size, model.cfg.block_size);
+    let (first, end) = group.as_ref().map_or((0, cfg.eval_iters), |g| g.world().share(cfg.eval_iters));
     let mut out = [0.0f32; 2];
     for (si, split) in [Split::Train, Split::Val].into_iter().enumerate() {
         // the batches' mean losses add up on the backend, read once per split
         model.reset_scalars()?;
-        for k in 0..cfg.eval_iters {
+        for k in first..end {
             let key = rng::key(cfg.seed, rng::STREAM_EVAL_BATCH, &[it, si as u64, k as u64]);
             let (x, y) = ds.batch(split, key, b, t);
             B::step_scope(|| -> Result<()> {
@@ -274,15 +283,23 @@ pub(super) fn estimate_loss<B: Backend>(model: &mut Gpt<B>, ds: &Dataset, cfg: &
                 model.forward(None, None)
             })?;
         }
-        let sum = model.read_scalars()?[Scalar::LossSum as usize];
-        out[si] = (sum / cfg.eval_iters as f64) as f32;
+        let mut sum = [model.read_scalars()?[Scalar::LossSum as usize]];
+        if let Some(g) = group.as_mut() {
+            g.sum_f64(&mut sum)?;
+        }
+        out[si] = (sum[0] / cfg.eval_iters as f64) as f32;
     }
     Ok((out[0], out[1]))
 }
 
 /// The micro-batches of training iteration `it`.
 pub fn train_batches(ds: &Dataset, seed: u64, it: u64, accum: usize, b: usize, t: usize) -> Vec<(Vec<u32>, Vec<u32>)> {
-    (0..accum).map(|m| ds.batch(Split::Train, rng::key(seed, rng::STREAM_TRAIN_BATCH, &[it, m as u64]), b, t)).collect()
+    train_batches_in(ds, seed, it, 0..accum, b, t)
+}
+
+/// Micro-batches `range` of training iteration `it` (a data-parallel rank's share).
+pub fn train_batches_in(ds: &Dataset, seed: u64, it: u64, range: std::ops::Range<usize>, b: usize, t: usize) -> Vec<(Vec<u32>, Vec<u32>)> {
+    range.map(|m| ds.batch(Split::Train, rng::key(seed, rng::STREAM_TRAIN_BATCH, &[it, m as u64]), b, t)).collect()
 }
 
 /// The CPU backend with the kernels `cfg` names (validated by `Config`; `fast` otherwise).
@@ -292,18 +309,66 @@ pub fn cpu_backend(cfg: &Config) -> Cpu {
 
 /// Runs training with `cfg` on the backend it names, on the current rayon pool.
 pub fn run(cfg: &Config, obs: &mut dyn Observer) -> Result<Summary> {
+    run_ranked(cfg, obs, &World::ALONE)
+}
+
+/// [`run`] as rank `world.rank` of a data-parallel run of `world.size` processes (see
+/// [`crate::dist`]): connects to the other ranks first; rank 0 alone writes checkpoints.
+pub fn run_ranked(cfg: &Config, obs: &mut dyn Observer, world: &World) -> Result<Summary> {
     let (chosen, reason) = backend(cfg)?;
+    let group = if world.size > 1 { Some(connect(cfg, world, &chosen)?) } else { None };
+    if let Some(g) = &group {
+        let w = g.world();
+        let accum = cfg.gradient_accumulation_steps;
+        obs.message(&format!(
+            "data parallel: {} ranks ({}), {} micro-batches each of the {accum} per iteration; gradients and losses summed through rank 0",
+            w.size,
+            w.source,
+            accum / w.size
+        ));
+    }
     if let Some(r) = reason {
         obs.message(&r);
     }
-    on_backend!(chosen, b => run_with(b, cfg, obs))
+    on_backend!(chosen, b => run_in(b, cfg, obs, group))
+}
+
+/// The connection to the other ranks, after checking the run can be shared out.
+fn connect(cfg: &Config, world: &World, chosen: &Chosen) -> Result<Group> {
+    if let Chosen::Cuda(_) = chosen {
+        bail!(
+            "{} processes were launched ({}), but data parallelism over GPUs (NCCL) is not built yet: run one process, or `--set device=cpu` for CPU ranks",
+            world.size,
+            world.source
+        );
+    }
+    let accum = cfg.gradient_accumulation_steps;
+    if !accum.is_multiple_of(world.size) {
+        bail!(
+            "gradient_accumulation_steps = {accum} does not split over {} ranks: make it a multiple of {} (each rank runs gradient_accumulation_steps / ranks micro-batches, as nanoGPT)",
+            world.size,
+            world.size
+        );
+    }
+    let addr = group::rendezvous_addr(&|k| std::env::var(k).ok())?;
+    Group::connect(world, &addr, config_check(cfg), group::timeout_from_env()?)
+}
+
+/// A hash of every setting, which the ranks compare when they connect (FNV-1a).
+fn config_check(cfg: &Config) -> u64 {
+    cfg.table().bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// The loop itself, on any backend: it touches parameters and optimizer moments only through
 /// the model (which reaches them through the backend's ops and copies), so a device backend
 /// slots in here.
 pub fn run_with<B: Backend>(backend: B, cfg: &Config, obs: &mut dyn Observer) -> Result<Summary> {
-    let Some(mut run) = session::Session::open(backend, cfg, obs)? else {
+    run_in(backend, cfg, obs, None)
+}
+
+/// [`run_with`], as one rank of `group` when given.
+fn run_in<B: Backend>(backend: B, cfg: &Config, obs: &mut dyn Observer, group: Option<Group>) -> Result<Summary> {
+    let Some(mut run) = session::Session::open(backend, cfg, obs, group)? else {
         return Ok(Summary { out_dir: cfg.out_dir.clone(), ..Default::default() });
     };
     loop {
@@ -316,14 +381,19 @@ pub fn run_with<B: Backend>(backend: B, cfg: &Config, obs: &mut dyn Observer) ->
             break;
         }
         let step = run.step()?;
-        let stopping = STOP.load(Ordering::SeqCst);
+        let stopping = run.agree_to_stop(STOP.load(Ordering::SeqCst))?;
         run.log(&step, stopping);
         run.report_memory();
         if stopping {
             let path = run.save_last(None)?;
+            run.barrier()?;
+            if !run.is_root() {
+                return Ok(run.finish()); // rank 0 says where its checkpoint is
+            }
             bail!(Interrupted { last_logged: run.it - 1, path });
         }
     }
+    run.barrier()?;
     Ok(run.finish())
 }
 

@@ -6,14 +6,15 @@ use super::init::{initialise, Init};
 use super::record::{Metrics, Recorders};
 use super::save::{retry_last_save, RETRY_EVERY};
 use super::{
-    check_gpu_memory, check_memory, estimate_loss, memory_line, optim_config, train_batches, IterLog, Observer, StartInfo, Summary, STOP,
+    check_gpu_memory, check_memory, estimate_loss, memory_line, optim_config, train_batches_in, IterLog, Observer, StartInfo, Summary, STOP,
 };
 use crate::backend::Backend;
 use crate::checkpoint::{self, TrainState};
 use crate::config::Config;
 use crate::data::Dataset;
+use crate::dist::{group::Group, World};
 use crate::model::{Gpt, ModelConfig};
-use crate::optim::{train_step_guarded, OptimConfig, OutlierDetector, StepStats};
+use crate::optim::{train_step_guarded, OptimConfig, OutlierDetector, Shard, StepStats};
 use crate::perf::{device, flops, meter::Meter};
 use crate::tensorboard::{self, TensorBoard};
 use anyhow::{bail, Context, Result};
@@ -56,15 +57,18 @@ pub(super) struct Session<'a, B: Backend> {
     memory_model: u64,
     memory_reported: bool,
     t_run: Instant,
+    /// The other ranks of a data-parallel run (None: this process trains alone).
+    group: Option<Group>,
 }
 
 impl<'a, B: Backend> Session<'a, B> {
     /// Opens the data, finds the start weights, builds the model on `backend` and announces the
     /// run; None when a resumed run is already at `max_iters` (said through `user`).
-    pub(super) fn open(backend: B, cfg: &'a Config, user: &'a mut dyn Observer) -> Result<Option<Self>> {
+    pub(super) fn open(backend: B, cfg: &'a Config, user: &'a mut dyn Observer, group: Option<Group>) -> Result<Option<Self>> {
         let t_run = Instant::now();
         let ds = Dataset::open(&cfg.dataset)?;
-        let init = initialise(cfg, &ds, user)?;
+        let mut group = group;
+        let init = initialise_ranks(cfg, &ds, user, group.as_mut())?;
         if init.resumed && init.start_iter >= cfg.max_iters && !cfg.eval_only {
             user.message(&format!(
                 "nothing to do: the checkpoint is at iteration {} and max_iters is {}; raise max_iters (`--set max_iters=N`, an absolute count) to train further",
@@ -82,6 +86,8 @@ impl<'a, B: Backend> Session<'a, B> {
         let precision = super::precision_on(cfg, &backend)?;
         let dev = backend.device(precision);
         let peak = if cfg.peak_tflops > 0.0 { Some(cfg.peak_tflops * 1e12) } else { dev.peak_flops };
+        // MFU per device: a data-parallel run's FLOPs are shared by its ranks' devices
+        let ranks = group.as_ref().map_or(1, |g| g.world().size) as f64;
         let peak_source = if cfg.peak_tflops > 0.0 { "--set peak_tflops".to_string() } else { dev.peak_source.clone() };
         let flops_per_iter = flops::flops_per_iter(&mc, b, t, accum);
         let tokens_per_iter = b * t * accum;
@@ -156,7 +162,7 @@ impl<'a, B: Backend> Session<'a, B> {
             model,
             mc,
             obs,
-            meter: Meter::new(tokens_per_iter as f64, flops_per_iter, peak),
+            meter: Meter::new(tokens_per_iter as f64, flops_per_iter, peak.map(|p| p * ranks)),
             opt: optim_config(cfg),
             dropout: (cfg.dropout > 0.0).then_some((cfg.dropout as f32, cfg.seed)),
             out_dir,
@@ -172,6 +178,7 @@ impl<'a, B: Backend> Session<'a, B> {
             memory_model: mem.allocated(),
             memory_reported: false,
             t_run,
+            group,
         }))
     }
 
@@ -186,7 +193,7 @@ impl<'a, B: Backend> Session<'a, B> {
     pub(super) fn evaluate(&mut self) -> Result<f32> {
         let (cfg, it) = (self.cfg, self.it);
         let t0 = Instant::now();
-        let (tl, vl) = estimate_loss(&mut self.model, &self.ds, cfg, it)?;
+        let (tl, vl) = estimate_loss(&mut self.model, &self.ds, cfg, it, self.group.as_mut())?;
         let secs = t0.elapsed().as_secs_f64();
         self.meter.record_eval(secs);
         self.obs.eval(it, tl, vl, secs);
@@ -195,7 +202,7 @@ impl<'a, B: Backend> Session<'a, B> {
         if improved {
             self.best_val = Some(vl);
         }
-        if !cfg.eval_only && (improved || cfg.always_save_checkpoint) && it > 0 && it < cfg.max_iters {
+        if !cfg.eval_only && (improved || cfg.always_save_checkpoint) && it > 0 && it < cfg.max_iters && self.is_root() {
             // the previous checkpoint is intact when this one cannot be written
             match self.save(Some(vl)) {
                 Ok(p) => (self.last_saved, self.last_checkpoint) = (Some(it), Some(p)),
@@ -210,7 +217,11 @@ impl<'a, B: Backend> Session<'a, B> {
     pub(super) fn step(&mut self) -> Result<Step> {
         let (cfg, it) = (self.cfg, self.it);
         let (b, t, accum) = (cfg.batch_size, self.mc.block_size, cfg.gradient_accumulation_steps);
-        let batches = train_batches(&self.ds, cfg.seed, it, accum, b, t);
+        // a data-parallel rank takes its share of the iteration's micro-batches
+        let world = self.group.as_ref().map_or(World::ALONE, |g| g.world().clone());
+        let (first, end) = world.share(accum);
+        let batches = train_batches_in(&self.ds, cfg.seed, it, first..end, b, t);
+        let shard = self.group.as_mut().map(|group| Shard { group, first, accum });
         let t0 = Instant::now();
         // the outlier guard (llm.c's): z-scores against the last 128 iterations; both windows
         // see every finite value, skipped or not
@@ -223,7 +234,7 @@ impl<'a, B: Backend> Session<'a, B> {
             outlier = over(lz, cfg.skip_update_lossz) || over(gz, cfg.skip_update_gradz);
             !outlier
         };
-        let s = train_step_guarded(&mut self.model, &batches, b, t, it, &self.opt, self.dropout, &mut accept)?;
+        let s = train_step_guarded(&mut self.model, &batches, b, t, it, &self.opt, self.dropout, shard, &mut accept)?;
         let secs = t0.elapsed().as_secs_f64();
         // a float16 overflow is the loss scaler's (counted there), not a non-finite loss
         let finite = s.loss.is_finite() && s.grad_norm.is_finite();
@@ -298,6 +309,9 @@ impl<'a, B: Backend> Session<'a, B> {
     /// `RETRY_EVERY` for `checkpoint_retry_s` rather than lost (a failed write is reported
     /// with what to do about it).
     pub(super) fn save_last(&mut self, val: Option<f32>) -> Result<PathBuf> {
+        if !self.is_root() {
+            return Ok(self.out_dir.clone()); // rank 0 writes the checkpoints
+        }
         let st = self.state(val);
         let unsaved = format!(
             "the training since the last checkpoint exists only in memory: free space in {} (or fix its permissions)",
@@ -318,6 +332,29 @@ impl<'a, B: Backend> Session<'a, B> {
             self.save_last(evaluated)?;
         }
         Ok(())
+    }
+
+    /// Whether this process writes the checkpoints: the only one, or rank 0 of a data-parallel run.
+    pub(super) fn is_root(&self) -> bool {
+        self.group.as_ref().is_none_or(|g| g.world().is_root())
+    }
+
+    /// Whether every rank stops now: any rank that was told to (Ctrl-C, SIGTERM) stops them all
+    /// at the same iteration.
+    pub(super) fn agree_to_stop(&mut self, stop: bool) -> Result<bool> {
+        let Some(g) = self.group.as_mut() else { return Ok(stop) };
+        let mut x = [f64::from(u8::from(stop))];
+        g.sum_f64(&mut x)?;
+        Ok(x[0] > 0.0)
+    }
+
+    /// Waits until every rank is here (after rank 0's last checkpoint: the launcher may stop
+    /// the others as soon as one exits).
+    pub(super) fn barrier(&mut self) -> Result<()> {
+        match self.group.as_mut() {
+            Some(g) => g.sum_f64(&mut [0.0]),
+            None => Ok(()),
+        }
     }
 
     /// The closing summary, reported and returned.
@@ -366,6 +403,28 @@ impl<'a, B: Backend> Session<'a, B> {
             loss_scaler: self.model.scaler.dynamic.then(|| self.model.scaler.clone()),
         }
     }
+}
+
+/// [`initialise`] on every rank of `group` (or alone): rank 0 first, as it alone tidies
+/// `out_dir` (an interrupted write's leftovers, `replace_checkpoints`), then the others; and a
+/// check that every rank starts from the same iteration.
+fn initialise_ranks(cfg: &Config, ds: &Dataset, user: &mut dyn Observer, group: Option<&mut Group>) -> Result<Init> {
+    let Some(g) = group else { return initialise(cfg, ds, user, true) };
+    let barrier = |g: &mut Group| g.sum_f64(&mut [0.0]);
+    let root = g.world().is_root();
+    if !root {
+        barrier(g)?;
+    }
+    let init = initialise(cfg, ds, user, root)?;
+    if root {
+        barrier(g)?;
+    }
+    let mut start = [init.start_iter as f64];
+    g.sum_f64(&mut start)?;
+    if start[0] != init.start_iter as f64 * g.world().size as f64 {
+        bail!("the ranks start from different iterations (this one from {}): every rank must read the same out_dir", init.start_iter);
+    }
+    Ok(init)
 }
 
 /// Whether a run evaluates at iteration `it`: every `eval_interval`, except at a resumed run's

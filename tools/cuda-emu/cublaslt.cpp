@@ -162,6 +162,12 @@ static double gelu_grad(double x) {
     return 0.5 * (1.0 + th) + x * 0.5 * (1.0 - th * th) * 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * x * x);
 }
 
+/// GPTRAIN_EMU_NO_EPILOGUE's value (0 when unset): how the GELU epilogue is refused.
+static int no_epilogue() {
+    const char* v = std::getenv("GPTRAIN_EMU_NO_EPILOGUE");
+    return v && v[0] >= '1' && v[0] <= '3' ? v[0] - '0' : 0;
+}
+
 cublasStatus_t cublasLtMatmulAlgoGetHeuristic(void*, Desc* d, Layout* a, Layout* b, Layout* c, Layout* dl, Pref*, int requested,
                                               Heuristic* out, int* returned) {
     uint64_t m, n, k;
@@ -171,9 +177,11 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(void*, Desc* d, Layout* a, Layout*
         std::fprintf(stderr, "cuda-emu cuBLASLt: epilogue %d is not emulated\n", d->epilogue);
         return NOT_SUPPORTED;
     }
-    // GPTRAIN_EMU_NO_EPILOGUE=1: a library or card without the GELU epilogue (the caller's fallback)
-    const char* no = std::getenv("GPTRAIN_EMU_NO_EPILOGUE");
-    if (gelu_epilogue(d->epilogue) && no && no[0] == '1') return NOT_SUPPORTED;
+    // GPTRAIN_EMU_NO_EPILOGUE: a library or card without the GELU epilogue (the caller's
+    // fallback), refused here as NOT_SUPPORTED (1) or INVALID_VALUE (2), or at the product (3)
+    int no = no_epilogue();
+    if (gelu_epilogue(d->epilogue) && no == 1) return NOT_SUPPORTED;
+    if (gelu_epilogue(d->epilogue) && no == 2) return INVALID_VALUE;
     if (!aux_ok(d, m)) return INVALID_VALUE;
     std::memset(out, 0, sizeof *out);
     out->state = OK;
@@ -191,6 +199,7 @@ cublasStatus_t cublasLtMatmul(void*, Desc* d, const void* alpha, const void* A, 
     if (biased && !d->bias) return INVALID_VALUE;
     if (!known_epilogue(d->epilogue)) return NOT_SUPPORTED;
     if (!aux_ok(d, m)) return INVALID_VALUE;
+    if (gelu_epilogue(d->epilogue) && no_epilogue() == 3) return INVALID_VALUE;
     int bias_type = d->bias_type < 0 ? ld->type : d->bias_type;
     int aux_type = d->aux_type < 0 ? ld->type : d->aux_type;
     float al, be;

@@ -162,18 +162,22 @@ impl Plan {
             let sz = std::mem::size_of::<i32>();
             set(A::CUBLASLT_MATMUL_DESC_TRANSA, &op_a as *const _ as *const c_void, sz).map_err(|e| err("attributes", e))?;
             set(A::CUBLASLT_MATMUL_DESC_TRANSB, &op_b as *const _ as *const c_void, sz).map_err(|e| err("attributes", e))?;
+            let mut epilogue = Ok(());
             if epi != E::CUBLASLT_EPILOGUE_DEFAULT {
-                set(A::CUBLASLT_MATMUL_DESC_EPILOGUE, &epi as *const _ as *const c_void, std::mem::size_of_val(&epi))
-                    .map_err(|e| err("attributes", e))?;
+                epilogue = set(A::CUBLASLT_MATMUL_DESC_EPILOGUE, &epi as *const _ as *const c_void, std::mem::size_of_val(&epi));
             }
             if let Some(gelu) = g.gelu {
-                let (ld, ty) = (gelu.ld as i64, cuda_type(gelu.dtype)?);
-                set(A::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld as *const i64 as *const c_void, 8)
-                    .and_then(|()| set(A::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_DATA_TYPE, &ty as *const _ as *const c_void, 4))
-                    .map_err(|e| err("attributes", e))?;
+                // the auxiliary matrix (GELU's input) has D's type, cuBLASLt's default for it
+                // (its AUX_DATA_TYPE attribute is documented for FP8 products): not set
+                let ld = gelu.ld as i64;
+                epilogue = epilogue.and_then(|()| set(A::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld as *const i64 as *const c_void, 8));
             }
             // the heuristic checks the epilogue's pointers are set: this call's, replaced at each
-            plan.point(g).map_err(|e| err("attributes", e))?;
+            epilogue = epilogue.and_then(|()| plan.point(g));
+            if epilogue.is_err() && g.gelu.is_some() {
+                return Ok(plan); // a library that refuses GELU's epilogue: the caller's kernel (algo None)
+            }
+            epilogue.map_err(|e| err("attributes", e))?;
         }
         plan.algo = plan.choose(handle, g, key)?;
         Ok(plan)
@@ -213,6 +217,8 @@ impl Plan {
                     // no algorithm for this combination: the caller's other way; any other
                     // status is a product described wrongly, an error
                     Err(result::CublasError(sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED)) => Ok(None),
+                    // GELU's epilogue is an option with a fallback: any refusal of it is a no
+                    Err(_) if g.gelu.is_some() => Ok(None),
                     Err(e) => Err(err("found no algorithm", e)),
                 }
             });
@@ -291,7 +297,7 @@ impl Blas {
             }
             plans.insert(key, Plan::new(self.handle, g, &key)?);
         }
-        let plan = &plans[&key];
+        let plan = plans.get_mut(&key).expect("inserted above");
         let Some(algo) = plan.algo else { return Ok(false) };
         let [la, lb, ld] = plan.layouts;
         let alpha = 1.0f32;
@@ -301,7 +307,7 @@ impl Blas {
         // WORKSPACE_BYTES long.
         unsafe {
             plan.point(g).map_err(|e| anyhow!("cuBLASLt attributes ({g:?}): {e:?}"))?;
-            result::matmul(
+            let done = result::matmul(
                 self.handle,
                 plan.desc,
                 &alpha as *const f32 as *const c_void,
@@ -318,8 +324,17 @@ impl Blas {
                 self.workspace as *mut c_void,
                 WORKSPACE_BYTES,
                 stream,
-            )
-            .map_err(|e| anyhow!("cuBLASLt matmul ({g:?}): {e:?}"))?;
+            );
+            match done {
+                Ok(()) => {}
+                // refused before launching anything: GELU's epilogue is not for this library
+                // or product after all; the caller's kernel from now on
+                Err(_) if g.gelu.is_some() => {
+                    plan.algo = None;
+                    return Ok(false);
+                }
+                Err(e) => return Err(anyhow!("cuBLASLt matmul ({g:?}): {e:?}")),
+            }
         }
         Ok(true)
     }

@@ -112,7 +112,20 @@ struct Inner {
     /// Whether the MLP's GELU may run in cuBLASLt's epilogue (`run.rs`); false when
     /// `GPTRAIN_CUDA_GELU_FUSION=0`.
     gelu_fusion: bool,
+    /// `GPTRAIN_CUDA_SYNC=1`: wait for each op's kernels, so a fault names its op.
+    sync_each_op: bool,
     sms: usize,
+}
+
+/// `GPTRAIN_CUDA_SYNC=1` waits for every op before the next is launched, so a kernel that
+/// faults (an illegal address, a misaligned access) is reported with the op that launched it
+/// rather than at the step's next copy; slow, for finding a fault. `0` or unset: ops queue.
+fn sync_each_op() -> Result<bool> {
+    match std::env::var("GPTRAIN_CUDA_SYNC").as_deref() {
+        Err(_) | Ok("") | Ok("0") => Ok(false),
+        Ok("1") => Ok(true),
+        Ok(other) => bail!("GPTRAIN_CUDA_SYNC={other:?}: use 1 (wait for each op) or 0 (the default)"),
+    }
 }
 
 /// `GPTRAIN_CUDA_ATTENTION`: `tensor` (or unset) lets bf16/f16 attention run on tensor cores,
@@ -172,6 +185,7 @@ impl Cuda {
             tf32,
             tensor_cores: tensor_core_attention()?,
             gelu_fusion: gelu_fusion()?,
+            sync_each_op: sync_each_op()?,
             sms,
         };
         Ok(Cuda { inner: Arc::new(inner) })
@@ -387,7 +401,12 @@ impl Backend for Cuda {
 
     fn run(&self, bufs: &mut Buffers<CudaBuf>, op: &Op) -> Result<()> {
         self.bind()?;
-        self.run_op(bufs, op).with_context(|| format!("cuda:{}: {}", self.inner.card.ordinal, op.name()))
+        let name = || format!("cuda:{}: {}", self.inner.card.ordinal, op.name());
+        self.run_op(bufs, op).with_context(name)?;
+        if self.inner.sync_each_op {
+            self.synchronize().with_context(|| format!("{} ({op:?})", name()))?;
+        }
+        Ok(())
     }
 
     /// The op's time on the GPU: between an event recorded on the stream before its kernels and

@@ -491,7 +491,7 @@ impl Cuda {
     /// caller runs the product and gptrain's GELU kernel.
     fn gelu_fusion(&self, g: &Gemm) -> bool {
         let Some(gelu) = g.gelu else { return false };
-        self.inner.gelu_fusion && g.d.1 != DType::F32 && gelu.aux % 16 == 0 && gelu.ld % 8 == 0
+        self.inner.gelu_fusion && g.d.1 != DType::F32 && gelu.dtype == g.d.1 && gelu.aux % 16 == 0 && gelu.ld % 8 == 0
     }
 }
 

@@ -1,0 +1,337 @@
+//! Sums across the ranks of a [`World`] over TCP: rank 0 listens, every other rank connects to
+//! it once at the start. A sum is a gather to rank 0, which adds the ranks' values in rank order
+//! (x0 + x1, then + x2, ...), and a scatter of the result: every rank gets the same bits, and
+//! the same bits run after run, whatever order the messages arrive in.
+//!
+//! Every message is a little-endian u64 element count, then the elements. A rank that stops
+//! (error, Ctrl-C, kill) closes its connection, and the others' next sum ends with an error that
+//! names it, instead of waiting for it.
+
+use super::World;
+use anyhow::{bail, Context, Result};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+/// What a rank sends first: "gptr", then its rank, the world size and the run's check value.
+const MAGIC: u32 = 0x6770_7472;
+
+/// The variable that names rank 0's address (`host:port`) for gptrain's own connections.
+pub const ADDR_VAR: &str = "GPTRAIN_DIST_ADDR";
+/// The variable that bounds, in seconds, the wait for the other ranks (at the start and at each sum).
+pub const TIMEOUT_VAR: &str = "GPTRAIN_DIST_TIMEOUT_S";
+
+/// The ranks' connections, as seen from one rank.
+pub struct Group {
+    world: World,
+    /// Rank 0: to ranks 1.. in order; another rank: to rank 0.
+    links: Vec<TcpStream>,
+}
+
+/// Where rank 0 listens: `$GPTRAIN_DIST_ADDR`, else `$MASTER_ADDR` (default 127.0.0.1) and
+/// `$MASTER_PORT` (default 29500), plus one when torchrun's agent listens on that port itself
+/// (`TORCHELASTIC_USE_AGENT_STORE=True`, torch 2.5 on).
+pub fn rendezvous_addr(env: &dyn Fn(&str) -> Option<String>) -> Result<String> {
+    if let Some(a) = env(ADDR_VAR) {
+        return Ok(a);
+    }
+    let host = env("MASTER_ADDR").unwrap_or_else(|| "127.0.0.1".into());
+    let port = match env("MASTER_PORT") {
+        Some(p) => p.trim().parse::<u16>().map_err(|_| anyhow::anyhow!("MASTER_PORT={p:?} is not a port number"))?,
+        None => 29500,
+    };
+    let agent = env("TORCHELASTIC_USE_AGENT_STORE").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    Ok(format!(
+        "{host}:{}",
+        port.checked_add(u16::from(agent)).context("MASTER_PORT 65535 is taken by torchrun's agent; set GPTRAIN_DIST_ADDR")?
+    ))
+}
+
+/// How long to wait for the other ranks: `$GPTRAIN_DIST_TIMEOUT_S`, default 30 minutes (a
+/// checkpoint written by rank 0 holds the others at their next sum).
+pub fn timeout_from_env() -> Result<Duration> {
+    match std::env::var(TIMEOUT_VAR) {
+        Ok(v) => match v.trim().parse::<f64>() {
+            Ok(s) if s > 0.0 && s.is_finite() => Ok(Duration::from_secs_f64(s)),
+            _ => bail!("{TIMEOUT_VAR}={v:?} must be a positive number of seconds"),
+        },
+        Err(_) => Ok(Duration::from_secs(1800)),
+    }
+}
+
+impl Group {
+    /// Connects the ranks of `world` through rank 0 at `addr` (`host:port`). `check` must be
+    /// the same on every rank (a hash of the run's configuration): a rank with another one is
+    /// refused with an error naming it. Waits at most `timeout` for the others.
+    pub fn connect(world: &World, addr: &str, check: u64, timeout: Duration) -> Result<Group> {
+        let links = if world.size == 1 {
+            Vec::new()
+        } else if world.is_root() {
+            accept_all(world, addr, check, timeout)?
+        } else {
+            vec![join(world, addr, check, timeout)?]
+        };
+        for l in &links {
+            l.set_nodelay(true).ok();
+            l.set_read_timeout(Some(timeout)).ok();
+            l.set_write_timeout(Some(timeout)).ok();
+        }
+        Ok(Group { world: world.clone(), links })
+    }
+
+    pub fn world(&self) -> &World {
+        &self.world
+    }
+
+    /// Every rank's `x` summed, in rank order, into every rank's `x` (same length everywhere).
+    pub fn sum_f32(&mut self, x: &mut [f32]) -> Result<()> {
+        self.sum(x, f32::to_le_bytes, f32::from_le_bytes)
+    }
+
+    /// [`Group::sum_f32`] for f64 values.
+    pub fn sum_f64(&mut self, x: &mut [f64]) -> Result<()> {
+        self.sum(x, f64::to_le_bytes, f64::from_le_bytes)
+    }
+
+    fn sum<T, const N: usize>(&mut self, x: &mut [T], to: fn(T) -> [u8; N], from: fn([u8; N]) -> T) -> Result<()>
+    where
+        T: Copy + std::ops::AddAssign,
+    {
+        if self.world.size == 1 {
+            return Ok(());
+        }
+        if self.world.is_root() {
+            let mut buf = Vec::new();
+            for (i, link) in self.links.iter_mut().enumerate() {
+                recv(link, i + 1, x.len(), N, &mut buf)?;
+                for (a, b) in x.iter_mut().zip(buf.chunks_exact(N)) {
+                    *a += from(b.try_into().unwrap());
+                }
+            }
+            let out = encode(x, to);
+            for (i, link) in self.links.iter_mut().enumerate() {
+                send(link, i + 1, &out)?;
+            }
+        } else {
+            let link = &mut self.links[0];
+            send(link, 0, &encode(x, to))?;
+            let mut buf = Vec::new();
+            recv(link, 0, x.len(), N, &mut buf)?;
+            for (a, b) in x.iter_mut().zip(buf.chunks_exact(N)) {
+                *a = from(b.try_into().unwrap());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The message for `x`: its length, then its elements.
+fn encode<T: Copy, const N: usize>(x: &[T], to: fn(T) -> [u8; N]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + x.len() * N);
+    out.extend_from_slice(&(x.len() as u64).to_le_bytes());
+    for &v in x {
+        out.extend_from_slice(&to(v));
+    }
+    out
+}
+
+fn send(link: &mut TcpStream, peer: usize, msg: &[u8]) -> Result<()> {
+    link.write_all(msg).map_err(|e| lost(peer, e))
+}
+
+/// Reads `peer`'s message of `n` elements of `size` bytes into `buf`.
+fn recv(link: &mut TcpStream, peer: usize, n: usize, size: usize, buf: &mut Vec<u8>) -> Result<()> {
+    let mut len = [0u8; 8];
+    link.read_exact(&mut len).map_err(|e| lost(peer, e))?;
+    let got = u64::from_le_bytes(len) as usize;
+    if got != n {
+        bail!("rank {peer} sent {got} values where this rank has {n}: the ranks are not running the same model and configuration");
+    }
+    buf.resize(n * size, 0);
+    link.read_exact(buf).map_err(|e| lost(peer, e))
+}
+
+/// The error for a connection to `peer` that failed.
+fn lost(peer: usize, e: std::io::Error) -> anyhow::Error {
+    match e.kind() {
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => {
+            anyhow::anyhow!("no word from rank {peer} within {TIMEOUT_VAR} (is it stuck? see its output)")
+        }
+        ErrorKind::UnexpectedEof => anyhow::anyhow!("rank {peer} is gone (its connection closed): it stopped or failed; see its output"),
+        _ => anyhow::anyhow!("rank {peer} is gone ({e}): it stopped or failed; see its output"),
+    }
+}
+
+/// What a rank says when it connects.
+fn hello(world: &World, check: u64) -> [u8; 20] {
+    let mut h = [0u8; 20];
+    h[..4].copy_from_slice(&MAGIC.to_le_bytes());
+    h[4..8].copy_from_slice(&(world.rank as u32).to_le_bytes());
+    h[8..12].copy_from_slice(&(world.size as u32).to_le_bytes());
+    h[12..].copy_from_slice(&check.to_le_bytes());
+    h
+}
+
+/// Rank 0: listens at `addr`'s port (on every interface) until each other rank has connected.
+fn accept_all(world: &World, addr: &str, check: u64, timeout: Duration) -> Result<Vec<TcpStream>> {
+    let port = addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).with_context(|| format!("{addr:?} is not host:port"))?;
+    let listener = TcpListener::bind(("0.0.0.0", port))
+        .with_context(|| format!("rank 0 cannot listen on port {port} for the other ranks; set {ADDR_VAR}=host:port to a free port"))?;
+    listener.set_nonblocking(true)?;
+    let deadline = Instant::now() + timeout;
+    let mut links: Vec<Option<TcpStream>> = (1..world.size).map(|_| None).collect();
+    while links.iter().any(Option::is_none) {
+        let (mut s, from) = match listener.accept() {
+            Ok(c) => c,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                if Instant::now() > deadline {
+                    let missing: Vec<String> = (1..world.size).filter(|r| links[r - 1].is_none()).map(|r| r.to_string()).collect();
+                    bail!(
+                        "rank(s) {} did not connect to rank 0 at {addr} within {}s ({TIMEOUT_VAR})",
+                        missing.join(", "),
+                        timeout.as_secs()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            Err(e) => return Err(e).context("rank 0 could not accept a connection"),
+        };
+        s.set_nonblocking(false)?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        let mut h = [0u8; 20];
+        if s.read_exact(&mut h).is_err() || h[..4] != MAGIC.to_le_bytes() {
+            continue; // not a gptrain rank (a port scan, another program): ignore it
+        }
+        let field = |a: usize| u32::from_le_bytes(h[a..a + 4].try_into().unwrap()) as usize;
+        let (rank, size, their) = (field(4), field(8), u64::from_le_bytes(h[12..].try_into().unwrap()));
+        if size != world.size || rank == 0 || rank >= world.size {
+            bail!("a process from {from} says it is rank {rank} of {size}, in a run of {} ranks", world.size);
+        }
+        if their != check {
+            bail!("rank {rank} runs another configuration than rank 0 (model, data, batch or seed differ): every rank must be given the same settings");
+        }
+        if links[rank - 1].is_some() {
+            bail!("two processes say they are rank {rank}");
+        }
+        s.write_all(&hello(world, check)).context("rank 0 could not answer a rank")?;
+        links[rank - 1] = Some(s);
+    }
+    Ok(links.into_iter().flatten().collect())
+}
+
+/// Another rank: connects to rank 0 at `addr` (trying again until it listens) and is accepted.
+fn join(world: &World, addr: &str, check: u64, timeout: Duration) -> Result<TcpStream> {
+    let deadline = Instant::now() + timeout;
+    let mut s = loop {
+        let last = match addr.to_socket_addrs() {
+            Ok(mut addrs) => match addrs.next() {
+                Some(a) => match TcpStream::connect_timeout(&a, Duration::from_secs(5)) {
+                    Ok(s) => break s,
+                    Err(e) => e.to_string(),
+                },
+                None => format!("{addr} resolves to no address"),
+            },
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() > deadline {
+            bail!(
+                "rank {} could not reach rank 0 at {addr} within {}s ({last}); set MASTER_ADDR/MASTER_PORT or {ADDR_VAR}",
+                world.rank,
+                timeout.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    s.set_read_timeout(Some(timeout)).ok();
+    s.write_all(&hello(world, check)).context("could not greet rank 0")?;
+    let mut h = [0u8; 20];
+    s.read_exact(&mut h).map_err(|_| anyhow::anyhow!("rank 0 refused rank {} (see rank 0's output for why)", world.rank))?;
+    if h[..4] != MAGIC.to_le_bytes() {
+        bail!("{addr} is not a gptrain rank 0");
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn free_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+
+    fn world(rank: usize, size: usize) -> World {
+        World { rank, size, local_rank: rank, local_size: size, source: "test" }
+    }
+
+    /// Runs `f` on `size` ranks (threads), each with its group; their results in rank order.
+    fn ranks<R: Send + 'static>(size: usize, check: impl Fn(usize) -> u64, f: fn(&mut Group) -> Result<R>) -> Vec<Result<R>> {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let handles: Vec<_> = (0..size)
+            .map(|r| {
+                let (addr, check) = (addr.clone(), check(r));
+                std::thread::spawn(move || {
+                    Group::connect(&world(r, size), &addr, check, Duration::from_secs(20)).and_then(|mut g| f(&mut g))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    }
+
+    #[test]
+    fn sums_are_in_rank_order_and_the_same_on_every_rank() {
+        let out = ranks(
+            3,
+            |_| 7,
+            |g| {
+                let r = g.world().rank;
+                // 1e8 + 1 - 1e8 in f32 is 0 in rank order (1e8 + 1 rounds to 1e8), 1 in another
+                let mut x = vec![[1e8f32, 1.0, -1e8][r], r as f32];
+                g.sum_f32(&mut x)?;
+                let mut y = [0.5 * r as f64];
+                g.sum_f64(&mut y)?;
+                Ok((x, y[0]))
+            },
+        );
+        for o in out {
+            let (x, y) = o.unwrap();
+            assert_eq!(x, vec![0.0, 3.0]);
+            assert_eq!(y, 1.5);
+        }
+    }
+
+    #[test]
+    fn a_rank_with_another_configuration_is_refused() {
+        let out = ranks(2, |r| r as u64, |_| Ok(()));
+        assert!(format!("{:#}", out[0].as_ref().unwrap_err()).contains("rank 1 runs another configuration than rank 0"));
+        assert!(out[1].is_err());
+    }
+
+    #[test]
+    fn a_rank_that_stops_is_named_by_the_others() {
+        let out = ranks(
+            2,
+            |_| 1,
+            |g| {
+                if g.world().rank == 1 {
+                    return Ok(()); // leaves: its connection closes
+                }
+                g.sum_f32(&mut [1.0])
+            },
+        );
+        let e = format!("{:#}", out[0].as_ref().unwrap_err());
+        assert!(e.contains("rank 1 is gone"), "{e}");
+    }
+
+    #[test]
+    fn the_address_follows_the_launchers_variables() {
+        use crate::dist::env;
+        assert_eq!(rendezvous_addr(&env(&[])).unwrap(), "127.0.0.1:29500");
+        assert_eq!(rendezvous_addr(&env(&[("MASTER_ADDR", "node1"), ("MASTER_PORT", "1234")])).unwrap(), "node1:1234");
+        let agent = [("MASTER_ADDR", "h"), ("MASTER_PORT", "29400"), ("TORCHELASTIC_USE_AGENT_STORE", "True")];
+        assert_eq!(rendezvous_addr(&env(&agent)).unwrap(), "h:29401");
+        assert_eq!(rendezvous_addr(&env(&[(ADDR_VAR, "x:1"), ("MASTER_PORT", "5")])).unwrap(), "x:1");
+        assert!(rendezvous_addr(&env(&[("MASTER_PORT", "p")])).is_err());
+    }
+}

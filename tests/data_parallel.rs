@@ -1,0 +1,140 @@
+//! Data parallelism over processes, as torchrun launches them (RANK, WORLD_SIZE, MASTER_PORT):
+//! two CPU ranks train what one process trains, rank 0 alone speaks and checkpoints, and a
+//! rank that stops or fails stops the run cleanly.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A small character-level run with dropout: 4 micro-batches per iteration.
+const RUN: &[&str] = &[
+    "train",
+    "--set",
+    "max_iters=12",
+    "--set",
+    "eval_interval=6",
+    "--set",
+    "eval_iters=3",
+    "--set",
+    "log_interval=1",
+    "--set",
+    "dropout=0.1",
+    "--set",
+    "gradient_accumulation_steps=4",
+    "--set",
+    "batch_size=4",
+    "--set",
+    "n_layer=2",
+    "--set",
+    "n_embd=32",
+    "--set",
+    "block_size=32",
+    "--set",
+    "device=cpu",
+];
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts rank `rank` of `size` in `dir` (out_dir `out`), with `extra` settings and variables.
+fn rank(rank: usize, size: usize, port: u16, dir: &Path, out: &str, extra: &[&str], env: &[(&str, &str)]) -> Child {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_gptrain"));
+    c.args(RUN).args(["--set", "n_head=2", "--set", "threads=1", "--set", &format!("out_dir={out}")]).args(extra);
+    c.current_dir(dir).env("XDG_CACHE_HOME", dir).env("MASTER_ADDR", "127.0.0.1").env("MASTER_PORT", port.to_string());
+    c.env("RANK", rank.to_string()).env("WORLD_SIZE", size.to_string()).env("LOCAL_RANK", rank.to_string());
+    c.env("LOCAL_WORLD_SIZE", size.to_string()).envs(env.iter().copied());
+    c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+}
+
+/// (exit code, stdout, stderr) of a finished child.
+fn finish(c: Child) -> (i32, String, String) {
+    let o = c.wait_with_output().unwrap();
+    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+/// The iteration, eval and final lines, without their times.
+fn losses(out: &str) -> Vec<String> {
+    out.lines()
+        .filter(|l| l.starts_with("iter ") && !l.starts_with("iterations") || l.starts_with("step ") || l.starts_with("final:"))
+        .map(|l| l.split(", time").next().unwrap().to_string())
+        .collect()
+}
+
+fn tmp(name: &str) -> PathBuf {
+    common::tmp(&format!("dp-{name}"))
+}
+
+#[test]
+fn two_ranks_train_what_one_process_trains() {
+    let d = tmp("equal");
+    let (code, alone, err) = finish(rank(0, 1, free_port(), &d, "alone", &[], &[]));
+    assert_eq!(code, 0, "{err}");
+    let port = free_port();
+    let r1 = rank(1, 2, port, &d, "pair", &[], &[]);
+    let (code0, out0, err0) = finish(rank(0, 2, port, &d, "pair", &[], &[]));
+    let (code1, out1, err1) = finish(r1);
+    assert_eq!((code0, code1), (0, 0), "rank 0: {err0}\nrank 1: {err1}");
+    assert!(out0.contains("data parallel: 2 ranks (torchrun), 2 micro-batches each of the 4 per iteration"), "{out0}");
+    // the same global batches and dropout masks: the same losses, to the 4 digits printed
+    // (the gradients are summed in another order, so the bits may differ)
+    let (a, b) = (losses(&alone), losses(&out0));
+    assert_eq!(a.len(), 16, "{alone}");
+    assert_eq!(a, b);
+    // rank 0 speaks and checkpoints for the run
+    assert!(out1.is_empty() && err1.is_empty(), "rank 1 said: {out1}{err1}");
+    assert!(d.join("pair/ckpt-000012/model.safetensors").is_file());
+}
+
+#[test]
+fn a_stop_signal_to_any_rank_stops_every_rank_at_the_same_iteration() {
+    let d = tmp("stop");
+    let port = free_port();
+    let long = ["--set", "max_iters=100000", "--set", "eval_interval=100000", "--set", "log_interval=1"];
+    let mut r1 = rank(1, 2, port, &d, "out", &long, &[]);
+    let r0 = rank(0, 2, port, &d, "out", &long, &[]);
+    // once rank 0 has logged an iteration, both ranks have their signal handlers
+    let metrics = d.join("out/metrics.jsonl");
+    for _ in 0..600 {
+        if std::fs::read_to_string(&metrics).is_ok_and(|m| m.contains("\"iter\"")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ok = Command::new("kill").args(["-TERM", &r1.id().to_string()]).status().unwrap().success();
+    assert!(ok);
+    let (code0, out0, err0) = finish(r0);
+    let status1 = r1.wait().unwrap();
+    assert_eq!(code0, 130, "{out0}{err0}");
+    assert_eq!(status1.code(), Some(0));
+    let last = err0.lines().last().unwrap();
+    assert!(last.starts_with("error: interrupted after iteration") && last.contains("checkpoint written to"), "{err0}");
+    let ckpt = last.split("checkpoint written to ").nth(1).unwrap().split(' ').next().unwrap();
+    assert!(d.join(ckpt).join("model.safetensors").is_file(), "{ckpt}");
+}
+
+#[test]
+fn a_rank_that_fails_or_never_comes_ends_the_run_with_one_line() {
+    let d = tmp("fail");
+    // rank 1 never starts: rank 0 gives up at the timeout
+    let (code, _, err) = finish(rank(0, 2, free_port(), &d, "out", &[], &[("GPTRAIN_DIST_TIMEOUT_S", "1")]));
+    assert_eq!(code, 1);
+    assert!(err.trim_end().ends_with("(GPTRAIN_DIST_TIMEOUT_S)") && err.contains("rank(s) 1 did not connect"), "{err}");
+    // rank 1 with other settings is refused, and says so
+    let port = free_port();
+    let r1 = rank(1, 2, port, &d, "out", &["--set", "seed=7"], &[]);
+    let (code0, _, err0) = finish(rank(0, 2, port, &d, "out", &[], &[]));
+    let (code1, _, err1) = finish(r1);
+    assert_eq!((code0, code1), (1, 1));
+    assert!(err0.contains("error: rank 1 runs another configuration than rank 0"), "{err0}");
+    assert!(err1.contains("error: rank 1: rank 0 refused rank 1"), "{err1}");
+    // a world the accumulation does not split over
+    let (code, _, err) = finish(rank(0, 3, free_port(), &d, "out", &[], &[]));
+    assert_eq!(code, 1);
+    assert!(err.contains("gradient_accumulation_steps = 4 does not split over 3 ranks"), "{err}");
+    for e in [err0, err1, err] {
+        assert!(!e.contains("panicked"), "{e}");
+    }
+}
