@@ -165,7 +165,12 @@ pub fn train_step_guarded<Bk: Backend>(
         model.accumulate_grad_squares()?;
         let mut sums = model.read_scalars()?;
         if let Some(s) = shard.as_mut() {
-            s.group.sum_f64(&mut sums[Scalar::LossSum as usize..=Scalar::LossSum as usize])?;
+            // the losses add up; the squared norm is rank 0's (the others add 0), so that every
+            // rank clips alike whatever its thread count (the norm's sum order follows it)
+            let (l, q) = (Scalar::LossSum as usize, Scalar::GradSquares as usize);
+            let mut x = [sums[l], if s.group.world().is_root() { sums[q] } else { 0.0 }];
+            s.group.sum_f64(&mut x)?;
+            (sums[l], sums[q]) = (x[0], x[1]);
         }
         let loss = (sums[Scalar::LossSum as usize] / accum as f64) as f32;
         // the gradients carry the loss scale (1 unless float16): the norm is of the true ones

@@ -73,7 +73,8 @@ fn two_ranks_train_what_one_process_trains() {
     let (code, alone, err) = finish(rank(0, 1, free_port(), &d, "alone", &[], &[]));
     assert_eq!(code, 0, "{err}");
     let port = free_port();
-    let r1 = rank(1, 2, port, &d, "pair", &[], &[]);
+    // a rank may have another thread count (a machine's cores shared out): same settings otherwise
+    let r1 = rank(1, 2, port, &d, "pair", &["--set", "threads=2"], &[]);
     let (code0, out0, err0) = finish(rank(0, 2, port, &d, "pair", &[], &[]));
     let (code1, out1, err1) = finish(r1);
     assert_eq!((code0, code1), (0, 0), "rank 0: {err0}\nrank 1: {err1}");
@@ -86,6 +87,8 @@ fn two_ranks_train_what_one_process_trains() {
     // rank 0 speaks and checkpoints for the run
     assert!(out1.is_empty() && err1.is_empty(), "rank 1 said: {out1}{err1}");
     assert!(d.join("pair/ckpt-000012/model.safetensors").is_file());
+    let records = |run: &str| std::fs::read_to_string(d.join(run).join("metrics.jsonl")).unwrap().lines().count();
+    assert_eq!(records("pair"), records("alone"), "one record of the run, rank 0's");
 }
 
 #[test]

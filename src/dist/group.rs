@@ -28,14 +28,23 @@ pub struct Group {
     links: Vec<TcpStream>,
 }
 
-/// Where rank 0 listens: `$GPTRAIN_DIST_ADDR`, else `$MASTER_ADDR` (default 127.0.0.1) and
-/// `$MASTER_PORT` (default 29500), plus one when torchrun's agent listens on that port itself
-/// (`TORCHELASTIC_USE_AGENT_STORE=True`, torch 2.5 on).
-pub fn rendezvous_addr(env: &dyn Fn(&str) -> Option<String>) -> Result<String> {
+/// Where the ranks reach rank 0: `$GPTRAIN_DIST_ADDR`, else `$MASTER_ADDR` (default 127.0.0.1
+/// when every rank is on one machine) and `$MASTER_PORT` (default 29500), plus one when
+/// torchrun's agent listens on that port itself (`TORCHELASTIC_USE_AGENT_STORE=True`, torch
+/// 2.5 on). Rank 0 listens on that port on every interface.
+pub fn rendezvous_addr(world: &World, env: &dyn Fn(&str) -> Option<String>) -> Result<String> {
     if let Some(a) = env(ADDR_VAR) {
         return Ok(a);
     }
-    let host = env("MASTER_ADDR").unwrap_or_else(|| "127.0.0.1".into());
+    let host = match env("MASTER_ADDR") {
+        Some(h) => h,
+        None if world.local_size < world.size => bail!(
+            "the {} ranks span several machines ({} here) and nothing says where rank 0 is: set MASTER_ADDR (and MASTER_PORT) to rank 0's host, or {ADDR_VAR}=host:port",
+            world.size,
+            world.local_size
+        ),
+        None => "127.0.0.1".into(),
+    };
     let port = match env("MASTER_PORT") {
         Some(p) => p.trim().parse::<u16>().map_err(|_| anyhow::anyhow!("MASTER_PORT={p:?} is not a port number"))?,
         None => 29500,
@@ -327,11 +336,16 @@ mod tests {
     #[test]
     fn the_address_follows_the_launchers_variables() {
         use crate::dist::env;
-        assert_eq!(rendezvous_addr(&env(&[])).unwrap(), "127.0.0.1:29500");
-        assert_eq!(rendezvous_addr(&env(&[("MASTER_ADDR", "node1"), ("MASTER_PORT", "1234")])).unwrap(), "node1:1234");
+        let w = world(0, 2);
+        assert_eq!(rendezvous_addr(&w, &env(&[])).unwrap(), "127.0.0.1:29500");
+        assert_eq!(rendezvous_addr(&w, &env(&[("MASTER_ADDR", "node1"), ("MASTER_PORT", "1234")])).unwrap(), "node1:1234");
         let agent = [("MASTER_ADDR", "h"), ("MASTER_PORT", "29400"), ("TORCHELASTIC_USE_AGENT_STORE", "True")];
-        assert_eq!(rendezvous_addr(&env(&agent)).unwrap(), "h:29401");
-        assert_eq!(rendezvous_addr(&env(&[(ADDR_VAR, "x:1"), ("MASTER_PORT", "5")])).unwrap(), "x:1");
-        assert!(rendezvous_addr(&env(&[("MASTER_PORT", "p")])).is_err());
+        assert_eq!(rendezvous_addr(&w, &env(&agent)).unwrap(), "h:29401");
+        assert_eq!(rendezvous_addr(&w, &env(&[(ADDR_VAR, "x:1"), ("MASTER_PORT", "5")])).unwrap(), "x:1");
+        assert!(rendezvous_addr(&w, &env(&[("MASTER_PORT", "p")])).is_err());
+        // ranks on two machines: where rank 0 is must be said
+        let two_machines = World { local_size: 1, ..w };
+        let e = rendezvous_addr(&two_machines, &env(&[])).unwrap_err().to_string();
+        assert!(e.contains("span several machines") && e.contains("MASTER_ADDR"), "{e}");
     }
 }

@@ -350,13 +350,16 @@ fn connect(cfg: &Config, world: &World, chosen: &Chosen) -> Result<Group> {
             world.size
         );
     }
-    let addr = group::rendezvous_addr(&|k| std::env::var(k).ok())?;
+    let addr = group::rendezvous_addr(world, &|k| std::env::var(k).ok())?;
     Group::connect(world, &addr, config_check(cfg), group::timeout_from_env()?)
 }
 
-/// A hash of every setting, which the ranks compare when they connect (FNV-1a).
+/// A hash of every setting but `threads` (a machine's cores shared out among its ranks), which
+/// the ranks compare when they connect (FNV-1a).
 fn config_check(cfg: &Config) -> u64 {
-    cfg.table().bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    let table = cfg.table();
+    let kept = table.lines().filter(|l| l.split_whitespace().next() != Some("threads"));
+    kept.flat_map(|l| l.bytes().chain([b'\n'])).fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// The loop itself, on any backend: it touches parameters and optimizer moments only through

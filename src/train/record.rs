@@ -16,6 +16,11 @@ impl Metrics {
         Metrics(std::fs::OpenOptions::new().create(true).append(true).open(out_dir.join("metrics.jsonl")).ok())
     }
 
+    /// Writes nothing (a data-parallel rank other than 0: rank 0 keeps the run's record).
+    pub fn off() -> Metrics {
+        Metrics(None)
+    }
+
     fn write(&mut self, v: serde_json::Value) {
         if let Some(f) = &mut self.0 {
             if writeln!(f, "{v}").is_err() {

@@ -126,14 +126,17 @@ impl<'a, B: Backend> Session<'a, B> {
         let Init { start_iter, resumed, best_val, skipped, outliers, .. } = init;
         let evaluates_first = evaluates_at(cfg, resumed, start_iter, start_iter);
         let mut tensorboard = TensorBoard::off();
-        if cfg.tensorboard {
+        // rank 0 of a data-parallel run keeps the run's record, as it keeps its checkpoints
+        let root = group.as_ref().is_none_or(|g| g.world().is_root());
+        if cfg.tensorboard && root {
             let warning;
             (tensorboard, warning) = TensorBoard::open(&out_dir, start_iter, evaluates_first, &tensorboard::markdown_table(&cfg.entries()));
             if let Some(w) = warning {
                 user.message(&w);
             }
         }
-        let mut obs = Recorders { user, metrics: Metrics::open(&out_dir), tensorboard };
+        let metrics = if root { Metrics::open(&out_dir) } else { Metrics::off() };
+        let mut obs = Recorders { user, metrics, tensorboard };
         let p = flops::params(&mc);
         obs.start(&StartInfo {
             model: mc.clone(),
@@ -419,10 +422,15 @@ fn initialise_ranks(cfg: &Config, ds: &Dataset, user: &mut dyn Observer, group: 
     if root {
         barrier(g)?;
     }
-    let mut start = [init.start_iter as f64];
+    // rank 0's start iteration, to every rank (the others add 0)
+    let mut start = [if root { init.start_iter as f64 } else { 0.0 }];
     g.sum_f64(&mut start)?;
-    if start[0] != init.start_iter as f64 * g.world().size as f64 {
-        bail!("the ranks start from different iterations (this one from {}): every rank must read the same out_dir", init.start_iter);
+    if start[0] != init.start_iter as f64 {
+        bail!(
+            "this rank would start from iteration {} and rank 0 from {}: every rank must read the same out_dir",
+            init.start_iter,
+            start[0]
+        );
     }
     Ok(init)
 }
