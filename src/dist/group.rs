@@ -92,6 +92,16 @@ impl Group {
         &self.world
     }
 
+    /// The world of `group`, or one process alone when there is none.
+    pub fn world_of(group: Option<&Group>) -> &World {
+        group.map_or(&World::ALONE, Group::world)
+    }
+
+    /// Returns when every rank has called it.
+    pub fn barrier(&mut self) -> Result<()> {
+        self.sum_f64(&mut [0.0])
+    }
+
     /// Every rank's `x` summed, in rank order, into every rank's `x` (same length everywhere).
     pub fn sum_f32(&mut self, x: &mut [f32]) -> Result<()> {
         self.sum(x, f32::to_le_bytes, f32::from_le_bytes)

@@ -270,7 +270,7 @@ pub(super) fn estimate_loss<B: Backend>(
     mut group: Option<&mut Group>,
 ) -> Result<(f32, f32)> {
     let (b, t) = (cfg.batch_size, model.cfg.block_size);
-    let (first, end) = group.as_ref().map_or((0, cfg.eval_iters), |g| g.world().share(cfg.eval_iters));
+    let (first, end) = Group::world_of(group.as_deref()).share(cfg.eval_iters);
     let mut out = [0.0f32; 2];
     for (si, split) in [Split::Train, Split::Val].into_iter().enumerate() {
         // the batches' mean losses add up on the backend, read once per split

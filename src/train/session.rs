@@ -12,7 +12,7 @@ use crate::backend::Backend;
 use crate::checkpoint::{self, TrainState};
 use crate::config::Config;
 use crate::data::Dataset;
-use crate::dist::{group::Group, World};
+use crate::dist::group::Group;
 use crate::model::{Gpt, ModelConfig};
 use crate::optim::{train_step_guarded, OptimConfig, OutlierDetector, Shard, StepStats};
 use crate::perf::{device, flops, meter::Meter};
@@ -64,10 +64,9 @@ pub(super) struct Session<'a, B: Backend> {
 impl<'a, B: Backend> Session<'a, B> {
     /// Opens the data, finds the start weights, builds the model on `backend` and announces the
     /// run; None when a resumed run is already at `max_iters` (said through `user`).
-    pub(super) fn open(backend: B, cfg: &'a Config, user: &'a mut dyn Observer, group: Option<Group>) -> Result<Option<Self>> {
+    pub(super) fn open(backend: B, cfg: &'a Config, user: &'a mut dyn Observer, mut group: Option<Group>) -> Result<Option<Self>> {
         let t_run = Instant::now();
         let ds = Dataset::open(&cfg.dataset)?;
-        let mut group = group;
         let init = initialise_ranks(cfg, &ds, user, group.as_mut())?;
         if init.resumed && init.start_iter >= cfg.max_iters && !cfg.eval_only {
             user.message(&format!(
@@ -87,7 +86,7 @@ impl<'a, B: Backend> Session<'a, B> {
         let dev = backend.device(precision);
         let peak = if cfg.peak_tflops > 0.0 { Some(cfg.peak_tflops * 1e12) } else { dev.peak_flops };
         // MFU per device: a data-parallel run's FLOPs are shared by its ranks' devices
-        let ranks = group.as_ref().map_or(1, |g| g.world().size) as f64;
+        let ranks = Group::world_of(group.as_ref()).size as f64;
         let peak_source = if cfg.peak_tflops > 0.0 { "--set peak_tflops".to_string() } else { dev.peak_source.clone() };
         let flops_per_iter = flops::flops_per_iter(&mc, b, t, accum);
         let tokens_per_iter = b * t * accum;
@@ -127,7 +126,7 @@ impl<'a, B: Backend> Session<'a, B> {
         let evaluates_first = evaluates_at(cfg, resumed, start_iter, start_iter);
         let mut tensorboard = TensorBoard::off();
         // rank 0 of a data-parallel run keeps the run's record, as it keeps its checkpoints
-        let root = group.as_ref().is_none_or(|g| g.world().is_root());
+        let root = Group::world_of(group.as_ref()).is_root();
         if cfg.tensorboard && root {
             let warning;
             (tensorboard, warning) = TensorBoard::open(&out_dir, start_iter, evaluates_first, &tensorboard::markdown_table(&cfg.entries()));
@@ -221,8 +220,7 @@ impl<'a, B: Backend> Session<'a, B> {
         let (cfg, it) = (self.cfg, self.it);
         let (b, t, accum) = (cfg.batch_size, self.mc.block_size, cfg.gradient_accumulation_steps);
         // a data-parallel rank takes its share of the iteration's micro-batches
-        let world = self.group.as_ref().map_or(World::ALONE, |g| g.world().clone());
-        let (first, end) = world.share(accum);
+        let (first, end) = Group::world_of(self.group.as_ref()).share(accum);
         let batches = train_batches_in(&self.ds, cfg.seed, it, first..end, b, t);
         let shard = self.group.as_mut().map(|group| Shard { group, first, accum });
         let t0 = Instant::now();
@@ -339,7 +337,7 @@ impl<'a, B: Backend> Session<'a, B> {
 
     /// Whether this process writes the checkpoints: the only one, or rank 0 of a data-parallel run.
     pub(super) fn is_root(&self) -> bool {
-        self.group.as_ref().is_none_or(|g| g.world().is_root())
+        Group::world_of(self.group.as_ref()).is_root()
     }
 
     /// Whether every rank stops now: any rank that was told to (Ctrl-C, SIGTERM) stops them all
@@ -354,10 +352,7 @@ impl<'a, B: Backend> Session<'a, B> {
     /// Waits until every rank is here (after rank 0's last checkpoint: the launcher may stop
     /// the others as soon as one exits).
     pub(super) fn barrier(&mut self) -> Result<()> {
-        match self.group.as_mut() {
-            Some(g) => g.sum_f64(&mut [0.0]),
-            None => Ok(()),
-        }
+        self.group.as_mut().map_or(Ok(()), Group::barrier)
     }
 
     /// The closing summary, reported and returned.
@@ -413,14 +408,13 @@ impl<'a, B: Backend> Session<'a, B> {
 /// check that every rank starts from the same iteration.
 fn initialise_ranks(cfg: &Config, ds: &Dataset, user: &mut dyn Observer, group: Option<&mut Group>) -> Result<Init> {
     let Some(g) = group else { return initialise(cfg, ds, user, true) };
-    let barrier = |g: &mut Group| g.sum_f64(&mut [0.0]);
     let root = g.world().is_root();
     if !root {
-        barrier(g)?;
+        g.barrier()?;
     }
     let init = initialise(cfg, ds, user, root)?;
     if root {
-        barrier(g)?;
+        g.barrier()?;
     }
     // rank 0's start iteration, to every rank (the others add 0)
     let mut start = [if root { init.start_iter as f64 } else { 0.0 }];
