@@ -158,9 +158,15 @@ pub fn train_step_guarded<Bk: Backend>(
             model.backward(ctx)?;
         }
         if let Some(s) = shard.as_mut() {
-            let mut g = model.grads_host()?;
-            s.group.sum_f32(&mut g)?;
-            model.set_grads(&g)?;
+            // on GPUs joined by NCCL, on the devices, once every rank has checked in over TCP
+            // (so a rank that has gone is named there rather than hanging the device sum);
+            // otherwise through host memory and rank 0
+            s.group.barrier()?;
+            if !model.sum_grads_over_ranks()? {
+                let mut g = model.grads_host()?;
+                s.group.sum_f32(&mut g)?;
+                model.set_grads(&g)?;
+            }
         }
         model.accumulate_grad_squares()?;
         let mut sums = model.read_scalars()?;

@@ -66,7 +66,7 @@ fn check_passes_on_the_emulated_gpu() {
     let (code, out, err) = on_emu(&emu, &["check", "--device", "cuda", "--dtype", "all"], &d, &[]);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("cuda:0: cuda-emu"), "{out}");
-    assert!(out.contains("summary: 147 passed, 0 failed, 0 skipped (fp32, bf16, fp16)"), "{out}");
+    assert!(out.contains("summary: 150 passed, 0 failed, 0 skipped (fp32, bf16, fp16)"), "{out}");
     // `estimate` without --device takes this machine's GPU: one not in the table is named,
     // with the way out; given a peak, it estimates for it
     let (code, _, err) = on_emu(&emu, &["estimate", "--preset", "shakespeare-char"], &d, &[]);
@@ -343,5 +343,43 @@ fn running_out_of_gpu_memory_mid_run_is_one_line_and_keeps_the_checkpoints() {
     let (code, out, err) = run(&["max_iters=10", "init_from=resume"], None);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("resuming from out/ckpt-000005"), "{out}");
+    std::fs::remove_dir_all(d).ok();
+}
+
+/// A CUDA 12.4 driver (the emulator's `cuda12/`: no `cuEventElapsedTime_v2`, which came in
+/// 12.8) runs with CUDA 12 libraries, `bench --profile`'s event timing included; CUDA 13
+/// libraries (which need a CUDA 13 driver) are refused in one line, whether gptrain's search
+/// would pick them or the system loader hands them to cudarc by name.
+#[test]
+fn a_cuda_12_driver_runs_with_cuda_12_libraries_and_refuses_cuda_13_ones() {
+    let Some(emu) = emu_or_skip("a_cuda_12_driver_runs_with_cuda_12_libraries_and_refuses_cuda_13_ones") else { return };
+    let old = emu.join("cuda12");
+    assert!(old.join("libcuda.so.1").is_file(), "{}: no cuda12/ (rebuild it with tools/cuda-emu/build.sh)", emu.display());
+    let d = tmp("cuda12");
+    let (e13, e12) = (emu.to_str().unwrap(), old.to_str().unwrap());
+    let on_12 = [("LD_LIBRARY_PATH", Some(e12)), ("GPTRAIN_CUDA_LIB_DIR", Some(e12))];
+    let (code, out, err) = on_emu(&emu, &["check", "--device", "cuda", "--dtype", "f32"], &d, &on_12);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("driver    CUDA 12.4") && out.contains("nvrtc     12.99") && out.contains("cublaslt  12.0.99"), "{out}");
+    let bench = ["bench", "--set", "device=cuda", "--set", "n_layer=1", "--set", "n_embd=32", "--set", "n_head=2"];
+    let bench = [&bench[..], &["--set", "block_size=16", "--set", "batch_size=2", "--steps", "1", "--warmup", "0", "--profile"]].concat();
+    let (code, out, err) = on_emu(&emu, &bench, &d, &on_12);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("matmul lm_head") && out.contains("TFLOP/s"), "no profile: {out}");
+    // the driver alone on the loader's path, CUDA 13 libraries where gptrain looks
+    let driver_only = d.join("driver");
+    std::fs::create_dir_all(&driver_only).unwrap();
+    std::os::unix::fs::symlink(old.join("libcuda.so.1"), driver_only.join("libcuda.so.1")).unwrap();
+    let env = [("LD_LIBRARY_PATH", driver_only.to_str()), ("GPTRAIN_CUDA_LIB_DIR", Some(e13))];
+    let (code, out, err) = on_emu(&emu, &["check", "--device", "cuda"], &d, &env);
+    assert_eq!((code, err.lines().count()), (1, 1), "{out}\n{err}");
+    let want = format!("error: cuBLASLt {e13}/libcublasLt.so.13 is for CUDA 13 and this NVIDIA driver supports CUDA 12.4 at most: update the driver, or `pip install nvidia-cublas-cu12`");
+    assert!(err.starts_with(&want), "{err}");
+    // gptrain picks CUDA 12's, but the loader's path has CUDA 13's, which cudarc asks for first
+    let env = [("LD_LIBRARY_PATH", Some(format!("{e12}:{e13}"))), ("GPTRAIN_CUDA_LIB_DIR", Some(e12.to_string()))];
+    let env: Vec<(&str, Option<&str>)> = env.iter().map(|(k, v)| (*k, v.as_deref())).collect();
+    let (code, out, err) = on_emu(&emu, &["train", "--set", "device=cuda", "--set", "max_iters=1"], &d, &env);
+    assert_eq!((code, err.lines().count()), (1, 1), "{out}\n{err}");
+    assert!(err.starts_with("error: cuBLASLt 13.0.99 (CUDA 13) was loaded by name") && err.contains("supports CUDA 12.4 at most"), "{err}");
     std::fs::remove_dir_all(d).ok();
 }

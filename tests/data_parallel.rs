@@ -141,3 +141,51 @@ fn a_rank_that_fails_or_never_comes_ends_the_run_with_one_line() {
         assert!(!e.contains("panicked"), "{e}");
     }
 }
+
+/// GPU ranks on `tools/cuda-emu`: two ranks that share its one GPU train what one process trains
+/// there, their gradients summed through host memory (NCCL refuses ranks on one GPU); two that
+/// emulate two GPUs (other PCI addresses) sum by the emulator's NCCL, to the same bits; ranks
+/// that ask for `cuda` take the GPU of their local rank, and a local rank with no GPU is one line.
+#[test]
+fn gpu_ranks_train_what_one_gpu_process_trains() {
+    let Some(emu) = common::emu_or_skip("gpu_ranks_train_what_one_gpu_process_trains") else { return };
+    let d = tmp("gpu");
+    let e = emu.to_str().unwrap();
+    let cache = emu.join("cache");
+    let env = [("LD_LIBRARY_PATH", e), ("GPTRAIN_CUDA_LIB_DIR", e), ("XDG_CACHE_HOME", cache.to_str().unwrap())];
+    let gpu = ["--set", "device=cuda:0", "--set", "dtype=float32", "--set", "max_iters=4", "--set", "eval_interval=2"];
+    let (code, alone, err) = finish(rank(0, 1, free_port(), &d, "alone", &gpu, &env));
+    assert_eq!(code, 0, "{err}");
+    assert!(alone.contains("device: cuda-emu"), "{alone}");
+    let port = free_port();
+    let r1 = rank(1, 2, port, &d, "pair", &gpu, &env);
+    let (code0, out0, err0) = finish(rank(0, 2, port, &d, "pair", &gpu, &env));
+    let (code1, out1, err1) = finish(r1);
+    assert_eq!((code0, code1), (0, 0), "rank 0: {err0}\nrank 1: {err1}");
+    let staged = "the gradients from the GPUs through host memory (ranks 0 and 1 share one GPU, which NCCL does not allow)";
+    assert!(out0.contains(staged), "{out0}");
+    let (a, b) = (losses(&alone), losses(&out0));
+    assert_eq!(a.len(), 8, "{alone}");
+    assert_eq!(a, b);
+    assert!(out1.is_empty() && err1.is_empty(), "rank 1 said: {out1}{err1}");
+    // two emulated GPUs: NCCL
+    let port = free_port();
+    let bus = |b| [&env[..], &[("GPTRAIN_EMU_PCI_BUS", b)]].concat();
+    let r1 = rank(1, 2, port, &d, "nccl", &gpu, &bus("1"));
+    let (code0, out0, err0) = finish(rank(0, 2, port, &d, "nccl", &gpu, &bus("0")));
+    let (code1, out1, err1) = finish(r1);
+    assert_eq!((code0, code1), (0, 0), "rank 0: {err0}\nrank 1: {err1}");
+    assert!(out0.contains("gradients summed by NCCL 2.99.0 on the GPUs, losses through rank 0"), "{out0}");
+    assert_eq!(losses(&out0), a);
+    assert!(out1.is_empty() && err1.is_empty(), "rank 1 said: {out1}{err1}");
+    let model = |run: &str| std::fs::read(d.join(run).join("ckpt-000004/model.safetensors")).unwrap();
+    assert!(model("nccl") == model("pair"), "NCCL's sums (in rank order on the emulator) differ from the host's");
+    // `device=cuda`: rank 1 takes cuda:1, which the emulator does not have
+    let (code, _, err) = finish(rank(1, 2, free_port(), &d, "out", &[&gpu[..], &["--set", "device=cuda"]].concat(), &env));
+    assert_eq!((code, err.lines().count()), (1, 1), "{err}");
+    assert!(
+        err.starts_with("error: rank 1: device cuda:1 does not exist")
+            && err.contains("each rank takes the GPU of its local rank (1 here)"),
+        "{err}"
+    );
+}

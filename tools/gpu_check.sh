@@ -10,7 +10,8 @@
 #                                (every test whose name has `cuda`), a short
 #                                training run on the GPU beside the same run on the CPU, its
 #                                checkpoint sampled on the CPU, 50 fp16 iterations of the
-#                                rtx4070-40m shape on GPT-2 BPE tokens, and benches (gpt2-124m
+#                                rtx4070-40m shape on GPT-2 BPE tokens, two data-parallel ranks
+#                                sharing the GPU against one process, and benches (gpt2-124m
 #                                in bf16: as it is, with CUDA-core attention, with GELU's backward
 #                                unfused). Under 8
 #                                minutes; a summary table last; full logs under $OUT when set
@@ -148,6 +149,28 @@ timed "sample on cpu from the cuda checkpoint" sample-cpu.log 30 "$BIN/gptrain" 
 timed "train 50 iters, rtx4070-40m fp16" train-rtx4070-fp16.log 120 "$BIN/gptrain" train --preset rtx4070-40m --set "dataset=$WORK/bpe" \
     --set device=cuda --set dtype=float16 --set max_iters=50 --set eval_interval=25 --set eval_iters=2 --set log_interval=5 \
     --set gradient_accumulation_steps=4 --set "out_dir=$WORK/rtx4070"
+# two data-parallel ranks sharing the one GPU (sums staged through host memory) against one
+# process: the same loss lines
+PAIR=("${SHORT[@]}" --set max_iters=20 --set eval_interval=10 --set log_interval=1 --set gradient_accumulation_steps=2
+    --set device=cuda:0 --set dtype=float32)
+timed "train 20 iters, one process, cuda" train-dp-alone.log 60 "$BIN/gptrain" train "${PAIR[@]}" --set "out_dir=$WORK/dp-alone"
+# rank 1 in the background, rank 0 in front (its log is the step's)
+PAIR_RUN='bin=$1 logs=$2 out=$3; shift 3; port=$((29500 + RANDOM % 2000))
+RANK=1 WORLD_SIZE=2 LOCAL_RANK=1 LOCAL_WORLD_SIZE=2 MASTER_PORT=$port "$bin" train "$@" --set "out_dir=$out" >"$logs/train-dp-rank1.log" 2>&1 &
+r1=$!
+RANK=0 WORLD_SIZE=2 LOCAL_RANK=0 LOCAL_WORLD_SIZE=2 MASTER_PORT=$port "$bin" train "$@" --set "out_dir=$out"
+rc=$?
+wait $r1 || rc=1
+exit $rc'
+timed "train 20 iters, 2 ranks on cuda:0" train-dp-rank0.log 90 bash -c "$PAIR_RUN" _ "$BIN/gptrain" "$LOGS" "$WORK/dp-pair" "${PAIR[@]}"
+LOSS_LINES='^(iter|step|final)'
+if diff <(grep -E "$LOSS_LINES" "$LOGS/train-dp-alone.log" | sed 's/, time.*//') \
+    <(grep -E "$LOSS_LINES" "$LOGS/train-dp-rank0.log" | sed 's/, time.*//') >"$LOGS/train-dp-diff.txt" &&
+    grep -qE '^iter' "$LOGS/train-dp-alone.log"; then
+    row "2 ranks' losses = one process's" ok "-" train-dp-diff.txt
+else
+    row "2 ranks' losses = one process's" FAIL "-" train-dp-diff.txt
+fi
 for f in train-cuda.log train-cpu.log train-cuda-bf16.log train-cuda-fp16.log train-rtx4070-fp16.log; do
     echo "== $f (start banner, iteration lines)"
     grep -E "^(device|dtype|memory)" "$LOGS/$f"

@@ -198,4 +198,11 @@ pub trait Backend: Send + Sync {
     fn has_tf32(&self) -> bool {
         false
     }
+
+    /// Sums f32 tensor `t` over the ranks of a data-parallel run, in place on the device, and
+    /// says true, where this backend has joined the ranks with a device collective (the CUDA
+    /// backend's NCCL); false where it has not, and the caller sums through host memory.
+    fn sum_over_ranks(&self, _bufs: &mut Buffers<Self::Buf>, _t: Tensor) -> Result<bool> {
+        Ok(false)
+    }
 }

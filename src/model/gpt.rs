@@ -447,6 +447,12 @@ impl<B: Backend> Gpt<B> {
     pub fn grads_host(&self) -> Result<Vec<f32>> {
         self.download_all(BufId::Grads)
     }
+    /// Sums the gradients over a data-parallel run's ranks on the device (NCCL), if the backend
+    /// has joined them; false otherwise (the caller sums through host memory).
+    pub fn sum_grads_over_ranks(&mut self) -> Result<bool> {
+        let grads = self.layout.all().of(BufId::Grads, DType::F32);
+        self.backend.sum_over_ranks(&mut self.bufs, grads)
+    }
     /// Sets the gradients (f32; a data-parallel step puts the ranks' sum back).
     pub fn set_grads(&mut self, host: &[f32]) -> Result<()> {
         assert_eq!(host.len(), self.layout.total);

@@ -12,6 +12,7 @@
 //! TensorBoard, `save` retries a run's last checkpoint.
 
 mod init;
+mod ranks;
 mod record;
 mod save;
 mod session;
@@ -23,7 +24,7 @@ use crate::backend::cuda::{self, select::Selected, Cuda};
 use crate::backend::{Backend, Precision, Scalar};
 use crate::config::Config;
 use crate::data::{Dataset, Split};
-use crate::dist::{group, group::Group, World};
+use crate::dist::{group::Group, World};
 use crate::model::{pad_vocab, Gpt, ModelConfig, Recompute};
 use crate::optim::OptimConfig;
 use crate::perf::{device, meter::Reading};
@@ -315,13 +316,30 @@ pub fn run(cfg: &Config, obs: &mut dyn Observer) -> Result<Summary> {
 /// [`run`] as rank `world.rank` of a data-parallel run of `world.size` processes (see
 /// [`crate::dist`]): connects to the other ranks first; rank 0 alone writes checkpoints.
 pub fn run_ranked(cfg: &Config, obs: &mut dyn Observer, world: &World) -> Result<Summary> {
-    let (chosen, reason) = backend(cfg)?;
-    let group = if world.size > 1 { Some(connect(cfg, world, &chosen)?) } else { None };
-    if let Some(g) = &group {
-        let w = g.world();
-        let accum = cfg.gradient_accumulation_steps;
+    let device =
+        ranks::rank_device(&cfg.device, world, || matches!(cuda::select::select("auto", Precision::F32), Ok(Selected::Cuda { .. })));
+    let (chosen, reason) = if device == cfg.device {
+        backend(cfg)?
+    } else {
+        if let Err(why) = cuda::select::find_card(Some(world.local_rank)) {
+            bail!(
+                "{why}: each rank takes the GPU of its local rank ({} here); launch at most one process per GPU, or name the GPU every rank uses with `--set device=cuda:N`",
+                world.local_rank
+            );
+        }
+        let (chosen, reason) = backend(&Config { device: device.clone(), ..cfg.clone() })?;
+        let why = format!("{device}: the GPU of rank {}'s local rank", world.rank);
+        (chosen, Some(reason.map_or(why.clone(), |r| format!("{r}; {why}"))))
+    };
+    let mut group = if world.size > 1 { Some(ranks::connect(cfg, world)?) } else { None };
+    if let Some(g) = group.as_mut() {
+        let sums = match &chosen {
+            Chosen::Cuda(c) => ranks::join_gpus(c, g)?,
+            Chosen::Cpu(_) => "gradients and losses summed through rank 0".into(),
+        };
+        let (w, accum) = (g.world(), cfg.gradient_accumulation_steps);
         obs.message(&format!(
-            "data parallel: {} ranks ({}), {} micro-batches each of the {accum} per iteration; gradients and losses summed through rank 0",
+            "data parallel: {} ranks ({}), {} micro-batches each of the {accum} per iteration; {sums}",
             w.size,
             w.source,
             accum / w.size
@@ -331,35 +349,6 @@ pub fn run_ranked(cfg: &Config, obs: &mut dyn Observer, world: &World) -> Result
         obs.message(&r);
     }
     on_backend!(chosen, b => run_in(b, cfg, obs, group))
-}
-
-/// The connection to the other ranks, after checking the run can be shared out.
-fn connect(cfg: &Config, world: &World, chosen: &Chosen) -> Result<Group> {
-    if let Chosen::Cuda(_) = chosen {
-        bail!(
-            "{} processes were launched ({}), but data parallelism over GPUs (NCCL) is not built yet: run one process, or `--set device=cpu` for CPU ranks",
-            world.size,
-            world.source
-        );
-    }
-    let accum = cfg.gradient_accumulation_steps;
-    if !accum.is_multiple_of(world.size) {
-        bail!(
-            "gradient_accumulation_steps = {accum} does not split over {} ranks: make it a multiple of {} (each rank runs gradient_accumulation_steps / ranks micro-batches, as nanoGPT)",
-            world.size,
-            world.size
-        );
-    }
-    let addr = group::rendezvous_addr(world, &|k| std::env::var(k).ok())?;
-    Group::connect(world, &addr, config_check(cfg), group::timeout_from_env()?)
-}
-
-/// A hash of every setting but `threads` (a machine's cores shared out among its ranks), which
-/// the ranks compare when they connect (FNV-1a).
-fn config_check(cfg: &Config) -> u64 {
-    let table = cfg.table();
-    let kept = table.lines().filter(|l| l.split_whitespace().next() != Some("threads"));
-    kept.flat_map(|l| l.bytes().chain([b'\n'])).fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// The loop itself, on any backend: it touches parameters and optimizer moments only through

@@ -40,7 +40,8 @@ static int handles;
 
 cublasStatus_t cublasLtCreate(void** h) { *h = &handles; return OK; }
 cublasStatus_t cublasLtDestroy(void*) { return OK; }
-size_t cublasLtGetVersion() { return 120800; }
+// major.0.99 of the CUDA it stands in for (EMU_CUDA, as the driver's)
+size_t cublasLtGetVersion() { return EMU_CUDA / 1000 * 10000 + 99; }
 
 cublasStatus_t cublasLtMatmulDescCreate(Desc** d, int compute, int scale) {
     if (compute != COMPUTE_32F && compute != COMPUTE_32F_FAST_TF32) return NOT_SUPPORTED;

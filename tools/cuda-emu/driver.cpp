@@ -8,6 +8,7 @@
 // GPTRAIN_EMU_TRACE (set: every launch, its shape and host time, every copy, and cuBLASLt's
 // heuristic queries and products, on stderr),
 // GPTRAIN_EMU_FAIL_ALLOC (N: the N-th device allocation fails with out-of-memory).
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -35,7 +36,11 @@ struct Launch { // emu.h's emu::Launch
     char error[256];
 };
 struct Module { void* lib; std::string path; };
-struct Function { void (*entry)(Launch*); std::string name; };
+struct Function {
+    void (*entry)(Launch*);
+    std::string name;
+    unsigned max_dynamic = 48u << 10; // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES: 48 KiB until opted in
+};
 struct Event { double ms; };
 struct Buffer { uintptr_t map; size_t map_len, size; };
 
@@ -139,7 +144,9 @@ CUresult cuInit(unsigned) {
     }
     return SUCCESS;
 }
-CUresult cuDriverGetVersion(int* v) { *v = 12080; return SUCCESS; }
+// The CUDA version this driver stands in for (build.sh: 13000 beside the .so.13 libraries, 12040
+// in cuda12/ beside .so.12 ones, where cuEventElapsedTime_v2, new in 12.8, does not exist)
+CUresult cuDriverGetVersion(int* v) { *v = EMU_CUDA; return SUCCESS; }
 CUresult cuDeviceGetCount(int* n) { *n = 1; return SUCCESS; }
 CUresult cuDeviceGet(int* d, int ordinal) { if (ordinal != 0) return INVALID_DEVICE; *d = 0; return SUCCESS; }
 CUresult cuDeviceGetName(char* name, int len, int) {
@@ -159,6 +166,9 @@ CUresult cuDeviceGetAttribute(int* v, int attr, int) {
     case 97: *v = 227 << 10; break;         // MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
     case 10: *v = 32; break;                // WARP_SIZE
     case 115: *v = 0; break;                // MEMORY_POOLS_SUPPORTED: plain allocations
+    case 33:                                // PCI_BUS_ID: GPTRAIN_EMU_PCI_BUS, else 0 (processes
+        *v = std::getenv("GPTRAIN_EMU_PCI_BUS") ? std::atoi(std::getenv("GPTRAIN_EMU_PCI_BUS")) : 0;
+        break;                              // given different ones emulate different GPUs)
     default: *v = 0; break;
     }
     return SUCCESS;
@@ -193,7 +203,9 @@ CUresult cuEventRecordWithFlags(void* e, void*, unsigned) { static_cast<Event*>(
 CUresult cuEventSynchronize(void*) { return SUCCESS; }
 CUresult cuEventQuery(void*) { return SUCCESS; }
 CUresult cuEventElapsedTime(float* ms, void* a, void* b) { *ms = (float)(static_cast<Event*>(b)->ms - static_cast<Event*>(a)->ms); return SUCCESS; }
+#if EMU_CUDA >= 12080
 CUresult cuEventElapsedTime_v2(float* ms, void* a, void* b) { return cuEventElapsedTime(ms, a, b); }
+#endif
 
 CUresult cuMemAlloc_v2(uintptr_t* p, size_t n) { return alloc(p, n); }
 CUresult cuMemAllocAsync(uintptr_t* p, size_t n, void*) { return alloc(p, n); }
@@ -255,16 +267,25 @@ CUresult cuModuleGetFunction(void** f, void* m, const char* name) {
     return SUCCESS;
 }
 CUresult cuFuncGetAttribute(int* v, int, void*) { *v = 0; return SUCCESS; }
-CUresult cuFuncSetAttribute(void*, int, int) { return SUCCESS; }
+// CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES (8) opts a kernel in to more dynamic shared
+// memory per block, up to the device's MAX_SHARED_MEMORY_PER_BLOCK_OPTIN (227 KiB here)
+CUresult cuFuncSetAttribute(void* f, int attr, int v) {
+    if (!f) return INVALID_VALUE;
+    if (attr == 8) {
+        if (v < 0 || v > (227 << 10)) return INVALID_VALUE;
+        static_cast<Function*>(f)->max_dynamic = (unsigned)v;
+    }
+    return SUCCESS;
+}
 CUresult cuFuncSetCacheConfig(void*, int) { return SUCCESS; }
 
 CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned shared, void*,
                         void** params, void** extra) {
     if (!f || extra) return INVALID_VALUE;
     Function* fn = static_cast<Function*>(f);
-    if (shared > (48u << 10)) {
-        std::fprintf(stderr, "cuda-emu: %s asks for %u bytes of dynamic shared memory, over the 48 KiB a launch gets without opting in\n",
-                     fn->name.c_str(), shared);
+    if (shared > std::max(48u << 10, fn->max_dynamic)) {
+        std::fprintf(stderr, "cuda-emu: %s asks for %u bytes of dynamic shared memory, over the %u it may use (48 KiB unless opted in)\n",
+                     fn->name.c_str(), shared, std::max(48u << 10, fn->max_dynamic));
         return INVALID_VALUE;
     }
     Launch l{{gx, gy, gz}, {bx, by, bz}, shared, params, {0}};

@@ -138,6 +138,17 @@ inline void wait(State s) {
 inline void warp_barrier() { wait(AT_WARP); }
 inline void block_barrier() { wait(AT_BLOCK); }
 
+// The order warps run in: by default each warp runs on as soon as all its lanes reach a warp
+// operation (a shuffle, an mma, an ldmatrix, a cp.async wait), so one warp races ahead of the
+// others to its next __syncthreads: the order most likely to expose a missing barrier between
+// warps (a read of shared memory another warp has not yet filled, or a write over data another
+// warp still reads; cp.async destinations are NaN until waited for). GPTRAIN_EMU_SCHEDULE=lockstep
+// instead lets every warp advance to its next warp operation before any goes further.
+inline bool eager_warps() {
+    static const bool eager = !(std::getenv("GPTRAIN_EMU_SCHEDULE") && std::strcmp(std::getenv("GPTRAIN_EMU_SCHEDULE"), "lockstep") == 0);
+    return eager;
+}
+
 // Runs every thread of the current block to its end; false (with `why`) on a deadlock.
 inline bool run_block(char* why, size_t why_len) {
     Block& b = blk();
@@ -149,6 +160,16 @@ inline bool run_block(char* why, size_t why_len) {
             b.cur = &t;
             emu_switch(&b.sched_sp, t.sp);
             ran = true;
+            if (!eager_warps()) continue;
+            unsigned w = i / 32, end = (w + 1) * 32 < b.n ? (w + 1) * 32 : b.n, waiting = 0, live = 0;
+            for (unsigned k = w * 32; k < end; k++) {
+                live += b.threads[k].state != DONE;
+                waiting += b.threads[k].state == AT_WARP;
+            }
+            if (waiting > 0 && waiting == live) {
+                for (unsigned k = w * 32; k < end; k++) if (b.threads[k].state == AT_WARP) b.threads[k].state = RUN;
+                i = w * 32 - 1; // this warp again, from its first lane (for w = 0 the ++i wraps to 0)
+            }
         }
         if (ran) continue;
         // nobody can run: release a barrier every live thread (or warp lane) has reached

@@ -35,10 +35,11 @@ static std::string slurp(const std::string& path) {
     return s.str();
 }
 
-// 12.99: a version no real NVRTC has, so gptrain's kernel cache (keyed by it) never hands a
-// real GPU an emulator's "CUBIN", nor the emulator a real one
+// 12.99 or 13.99 (the CUDA it stands in for, EMU_CUDA): a version no real NVRTC has, so
+// gptrain's kernel cache (keyed by it) never hands a real GPU an emulator's "CUBIN", nor the
+// emulator a real one
 nvrtcResult nvrtcVersion(int* major, int* minor) {
-    *major = 12;
+    *major = EMU_CUDA / 1000;
     *minor = 99;
     return SUCCESS;
 }

@@ -97,6 +97,9 @@ pub fn nvrtc() -> Result<(i32, i32), String> {
 /// compiled (and stored there).
 pub fn cubin(name: &str, src: &str, cc: (i32, i32), only: Option<Variant>, cache: Option<&Path>) -> Result<Vec<u8>> {
     let version = nvrtc().map_err(anyhow::Error::msg)?;
+    if let Some(e) = unsupported_arch(version, cc) {
+        bail!("{e}");
+    }
     let key = {
         let mut h = crc32fast::Hasher::new();
         h.update(COMMON.as_bytes());
@@ -114,6 +117,22 @@ pub fn cubin(name: &str, src: &str, cc: (i32, i32), only: Option<Variant>, cache
         let _ = write_entry(p, &bin); // a cache that cannot be written only costs time
     }
     Ok(bin)
+}
+
+/// Why NVRTC `version` cannot compile for compute capability `cc`, if it cannot: CUDA 13
+/// dropped Volta (7.0, 7.2), which CUDA 12's NVRTC still compiles for.
+pub fn unsupported_arch(version: (i32, i32), cc: (i32, i32)) -> Option<String> {
+    (version.0 >= 13 && cc < (7, 5)).then(|| {
+        format!(
+            "NVRTC {}.{} cannot compile for compute capability {}.{} (CUDA 13 dropped it); use CUDA 12's: `pip install {}` and set {} to its lib folder",
+            version.0,
+            version.1,
+            cc.0,
+            cc.1,
+            libs::NVRTC.wheel,
+            libs::LIB_DIR_VAR
+        )
+    })
 }
 
 /// Compiles `COMMON + src` to a CUBIN for `sm_XY` (variant `only` of it, or all); a compile
@@ -203,6 +222,19 @@ pub fn check_cubin(name: &str, bin: &[u8]) -> Result<()> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_cuda_13_nvrtc_is_refused_for_volta_with_the_way_out() {
+        let e = unsupported_arch((13, 0), (7, 0)).unwrap();
+        assert_eq!(
+            e,
+            "NVRTC 13.0 cannot compile for compute capability 7.0 (CUDA 13 dropped it); use CUDA 12's: `pip install nvidia-cuda-nvrtc-cu12` and set GPTRAIN_CUDA_LIB_DIR to its lib folder"
+        );
+        assert!(unsupported_arch((13, 0), (7, 2)).is_some());
+        for (v, cc) in [((13, 0), (7, 5)), ((12, 8), (7, 0)), ((13, 1), (9, 0))] {
+            assert_eq!(unsupported_arch(v, cc), None, "{v:?} {cc:?}");
+        }
+    }
+
     /// Every kernel family compiles for Volta (Turing with a CUDA 13 NVRTC, which has no
     /// Volta), Ampere, Ada and Hopper, when NVRTC is here (no GPU needed); otherwise the test
     /// says it was skipped and where it looked.
@@ -218,7 +250,7 @@ mod tests {
             }
         };
         // CUDA 13 dropped Volta: its NVRTC compiles for sm_75 and newer only
-        let oldest = if version.0 < 13 { (7, 0) } else { (7, 5) };
+        let oldest = if unsupported_arch(version, (7, 0)).is_none() { (7, 0) } else { (7, 5) };
         for cc in [oldest, (8, 0), (8, 9), (9, 0)] {
             for (name, src) in SOURCES {
                 let bin = compile(name, src, cc, None).unwrap_or_else(|e| panic!("{e}"));

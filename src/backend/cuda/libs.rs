@@ -8,6 +8,11 @@
 //! its full path first and keeps it open: the loader then answers cudarc's request by file
 //! name with the library already loaded (it matches the library's `soname`).
 //!
+//! A library is only taken if the driver can run it: a `.so.13` needs a driver for CUDA 13
+//! (R580 or newer), so on a CUDA 12.x driver only the `.so.12` files are candidates. And since
+//! cudarc asks the system loader by name (`.so.13` before `.so.12`), which may find another
+//! file than the one opened here, [`verify`] checks the library cudarc actually uses.
+//!
 //! Search order: a folder given to [`prefer`] (the CUDA emulator's, in tests),
 //! `$GPTRAIN_CUDA_LIB_DIR`, `$LD_LIBRARY_PATH`, `$CUDA_HOME/lib64`,
 //! `$CUDA_PATH/lib64`, `/usr/local/cuda/lib64`, then `nvidia/*/lib` (the `cu13/lib` of the
@@ -110,13 +115,48 @@ fn site_packages() -> Vec<PathBuf> {
 /// The libraries opened so far (kept open for the life of the process), by full path.
 static OPENED: Mutex<Vec<(PathBuf, libloading::Library)>> = Mutex::new(Vec::new());
 
-/// Opens `lib` from the first search folder that has one of its files, or says where it looked.
+/// The CUDA version of the NVIDIA driver (12040 for 12.4), or None when there is no driver.
+/// (`cuDriverGetVersion` needs no `cuInit`.)
+pub fn driver_version() -> Option<i32> {
+    // SAFETY: only tries to open libcuda with the system loader; nothing is called through it.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return None;
+    }
+    let mut v = 0;
+    // SAFETY: the driver library loads (checked above); the call writes one int we own.
+    let r = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) };
+    (r == cudarc::driver::sys::CUresult::CUDA_SUCCESS).then_some(v)
+}
+
+/// `12040` as "12.4".
+pub fn cuda_version(v: i32) -> String {
+    format!("{}.{}", v / 1000, v % 1000 / 10)
+}
+
+/// The CUDA major version a library file is for: 13 for `libnvrtc.so.13`.
+fn file_major(file: &str) -> i32 {
+    file.rsplit('.').next().and_then(|m| m.parse().ok()).unwrap_or(0)
+}
+
+/// Opens `lib` from the first search folder that has one of its files the driver can run, or
+/// says where it looked (and which files it passed over as too new for the driver).
 pub fn open(lib: Lib) -> Result<PathBuf, String> {
-    let dirs = search_dirs();
+    open_in(lib, &search_dirs(), driver_version())
+}
+
+/// [`open`] over `dirs` for a driver of CUDA version `driver` (None: any file will do).
+fn open_in(lib: Lib, dirs: &[PathBuf], driver: Option<i32>) -> Result<PathBuf, String> {
     let mut opened = OPENED.lock().unwrap_or_else(|e| e.into_inner());
-    for d in &dirs {
+    let mut too_new = None;
+    for d in dirs {
         for f in lib.files {
             let path = d.join(f);
+            if driver.is_some_and(|v| file_major(f) * 1000 > v) {
+                if too_new.is_none() && path.is_file() {
+                    too_new = Some(path);
+                }
+                continue;
+            }
             if let Some((p, _)) = opened.iter().find(|(p, _)| *p == path) {
                 return Ok(p.clone());
             }
@@ -135,7 +175,40 @@ pub fn open(lib: Lib) -> Result<PathBuf, String> {
             }
         }
     }
-    Err(not_found(lib, &dirs))
+    Err(match (too_new, driver) {
+        (Some(p), Some(v)) => too_new_for_driver(lib, &p, v),
+        _ => not_found(lib, dirs),
+    })
+}
+
+/// The one-line error for a library found only in versions the driver cannot run.
+fn too_new_for_driver(lib: Lib, path: &Path, driver: i32) -> String {
+    let needs = path.file_name().map_or(0, |f| file_major(&f.to_string_lossy()));
+    let usable: Vec<&str> = lib.files.iter().copied().filter(|f| file_major(f) * 1000 <= driver).collect();
+    let instead = match usable.is_empty() {
+        true => String::new(),
+        false => format!(", or `pip install {}` ({}) and set {LIB_DIR_VAR} to its folder", lib.wheel, usable.join(", ")),
+    };
+    format!(
+        "{} {} is for CUDA {needs} and this NVIDIA driver supports CUDA {} at most: update the driver{instead}",
+        lib.what,
+        path.display(),
+        cuda_version(driver)
+    )
+}
+
+/// Checks the library cudarc uses for `lib`, which the system loader gave it by name and so
+/// need not be the file [`open`] chose: its CUDA major version (`major`, shown as `shown`)
+/// must be one the driver (CUDA version `driver`) can run.
+pub fn verify(lib: Lib, major: i32, shown: &str, driver: Option<i32>) -> Result<(), String> {
+    match driver {
+        Some(v) if major * 1000 > v => Err(format!(
+            "{} {shown} (CUDA {major}) was loaded by name from the system loader's path (LD_LIBRARY_PATH, ldconfig), but this NVIDIA driver supports CUDA {} at most: remove that folder from LD_LIBRARY_PATH, or update the driver",
+            lib.what,
+            cuda_version(v)
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The one-line error for a library found nowhere.
@@ -163,6 +236,49 @@ mod tests {
         assert!(e.starts_with("NVRTC library not found (libnvrtc.so.13 or libnvrtc.so.12); looked in: /opt/x/lib;"), "{e}");
         assert!(e.contains("pip install nvidia-cuda-nvrtc-cu12") && e.contains(LIB_DIR_VAR), "{e}");
         assert!(!e.contains('\n'));
+    }
+
+    /// A folder of empty files named like the libraries (never loaded: a file too new for the
+    /// driver is passed over before it is opened; one that fits fails to load, by its path).
+    fn fake_libs(name: &str, files: &[&str]) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("gptrain-libs-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        for f in files {
+            std::fs::write(d.join(f), b"").unwrap();
+        }
+        d
+    }
+
+    #[test]
+    fn a_library_too_new_for_the_driver_is_passed_over_and_named() {
+        let d13 = fake_libs("13", &["libnvrtc.so.13"]);
+        let e = open_in(NVRTC, std::slice::from_ref(&d13), Some(12040)).unwrap_err();
+        assert_eq!(
+            e,
+            format!(
+                "NVRTC {} is for CUDA 13 and this NVIDIA driver supports CUDA 12.4 at most: update the driver, or `pip install nvidia-cuda-nvrtc-cu12` (libnvrtc.so.12) and set {LIB_DIR_VAR} to its folder",
+                d13.join("libnvrtc.so.13").display()
+            )
+        );
+        // with a CUDA 12 file in a later folder, that one is taken (here: tried, and it is empty)
+        let d12 = fake_libs("12", &["libnvrtc.so.12"]);
+        let e = open_in(NVRTC, &[d13.clone(), d12.clone()], Some(12040)).unwrap_err();
+        assert!(e.starts_with(&format!("{} could not be loaded", d12.join("libnvrtc.so.12").display())), "{e}");
+        // a CUDA 13 driver, or none (compiling only), takes the newest
+        for driver in [Some(13000), None] {
+            let e = open_in(NVRTC, &[d13.clone(), d12.clone()], driver).unwrap_err();
+            assert!(e.starts_with(&format!("{} could not be loaded", d13.join("libnvrtc.so.13").display())), "{e}");
+        }
+        // a CUDA 11 driver can run neither: no wheel to suggest
+        let e = open_in(NVRTC, std::slice::from_ref(&d12), Some(11080)).unwrap_err();
+        assert!(e.ends_with("supports CUDA 11.8 at most: update the driver"), "{e}");
+        assert_eq!(verify(CUBLASLT, 13, "13.0.2", Some(13000)), Ok(()));
+        assert_eq!(verify(CUBLASLT, 12, "12.8.4", None), Ok(()));
+        let e = verify(CUBLASLT, 13, "13.0.2", Some(12080)).unwrap_err();
+        assert!(e.starts_with("cuBLASLt 13.0.2 (CUDA 13) was loaded by name") && e.contains("supports CUDA 12.8 at most"), "{e}");
+        for d in [d12, d13] {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@
 pub mod blas;
 pub mod compile;
 pub mod libs;
+pub mod nccl;
 mod run;
 pub mod select;
 
@@ -27,7 +28,7 @@ use cudarc::driver::{
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Bytes the backend allocates when it opens, before any model buffer: cuBLASLt's workspace,
 /// the sum of squares' per-block partials (f64) and the column sums' per-chunk partials (f32).
@@ -81,6 +82,9 @@ pub struct Cuda {
 }
 
 struct Inner {
+    /// The data-parallel run's NCCL communicator, once this rank has joined one
+    /// ([`Cuda::join_ranks`]); freed before the context.
+    ranks: Mutex<Option<nccl::Comm>>,
     card: select::Card,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
@@ -115,6 +119,9 @@ struct Inner {
     /// `GPTRAIN_CUDA_SYNC=1`: wait for each op's kernels, so a fault names its op.
     sync_each_op: bool,
     sms: usize,
+    /// The most dynamic shared memory a block may use once its kernel opts in (bytes; 48 KiB
+    /// without opting in).
+    shared_optin: usize,
 }
 
 /// `GPTRAIN_CUDA_SYNC=1` waits for every op before the next is launched, so a kernel that
@@ -168,7 +175,10 @@ impl Cuda {
         let partials = memory.alloc::<f64>(&stream, run::PARTIALS).map_err(|e| anyhow!("cuda:{ordinal}: scratch: {e:?}"))?;
         let columns = memory.alloc::<f32>(&stream, run::COLUMN_PARTIALS).map_err(|e| anyhow!("cuda:{ordinal}: scratch: {e:?}"))?;
         let sms = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).unwrap_or(1).max(1) as usize;
+        let optin = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN);
+        let shared_optin = optin.map_or(0, |b| b.max(0) as usize).max(run::SHARED);
         let inner = Inner {
+            ranks: Mutex::new(None),
             card,
             ctx,
             stream,
@@ -187,6 +197,7 @@ impl Cuda {
             gelu_fusion: gelu_fusion()?,
             sync_each_op: sync_each_op()?,
             sms,
+            shared_optin,
         };
         Ok(Cuda { inner: Arc::new(inner) })
     }
@@ -197,21 +208,17 @@ impl Cuda {
         let c = &self.inner.card;
         let gib = |b: usize| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64);
         let memory = self.inner.ctx.mem_get_info().map_or("unknown".into(), |(free, total)| format!("{} ({} free)", gib(total), gib(free)));
-        let mut driver = 0;
-        // SAFETY: the driver is loaded (a context exists); the call writes one int we own.
-        let driver = match unsafe { sys::cuDriverGetVersion(&mut driver) } {
-            sys::CUresult::CUDA_SUCCESS => format!("CUDA {}.{}", driver / 1000, driver % 1000 / 10),
-            e => format!("unknown ({e:?})"),
-        };
+        let driver = libs::driver_version().map_or("unknown".into(), |v| format!("CUDA {}", libs::cuda_version(v)));
         let lib = |l: libs::Lib| libs::open(l).map_or_else(|e| e, |p| p.display().to_string());
         let nvrtc = compile::nvrtc().map_or_else(|e| e, |(a, b)| format!("{a}.{b}"));
+        let cublaslt = select::cublaslt_version().map_or_else(|e| e, |(_, v)| v);
         [
             ("device", format!("cuda:{}: {}", c.ordinal, c.name)),
             ("compute", format!("capability {}.{}, {} SMs", c.cc.0, c.cc.1, self.inner.sms)),
             ("memory", memory),
             ("driver", driver),
             ("nvrtc", format!("{nvrtc} ({})", lib(libs::NVRTC))),
-            ("cublaslt", lib(libs::CUBLASLT)),
+            ("cublaslt", format!("{cublaslt} ({})", lib(libs::CUBLASLT))),
             (
                 "kernels",
                 format!(
@@ -268,6 +275,56 @@ impl Cuda {
     fn bind(&self) -> Result<()> {
         self.inner.ctx.bind_to_thread().map_err(|e| anyhow!("cuda:{}: binding the context ({e:?})", self.inner.card.ordinal))
     }
+
+    /// Where this GPU sits: (PCI domain, bus, device), the same for two ranks that share one
+    /// card whatever their `CUDA_VISIBLE_DEVICES` numbering (NCCL refuses such ranks).
+    pub fn pci_id(&self) -> [i32; 3] {
+        use sys::CUdevice_attribute::*;
+        let a = |x| self.inner.ctx.attribute(x).unwrap_or(-1);
+        [a(CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID), a(CU_DEVICE_ATTRIBUTE_PCI_BUS_ID), a(CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID)]
+    }
+
+    /// Joins the NCCL communicator `id` names as rank `rank` of `size` (every rank must call it:
+    /// it waits for all); from then on [`Backend::sum_over_ranks`] sums on the GPUs.
+    pub fn join_ranks(&self, rank: usize, size: usize, id: nccl::UniqueId) -> Result<()> {
+        self.bind()?;
+        let comm = nccl::Comm::init(rank, size, id).with_context(|| format!("cuda:{}", self.inner.card.ordinal))?;
+        *self.inner.ranks.lock().unwrap_or_else(|e| e.into_inner()) = Some(comm);
+        Ok(())
+    }
+
+    /// Frees this rank's NCCL communicator, if any: sums go through host memory again.
+    pub fn leave_ranks(&self) {
+        let _ = self.bind();
+        self.inner.ranks.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
+/// `end - start` in milliseconds, for two events recorded with timing on the same stream;
+/// waits for both. cudarc's `CudaEvent::elapsed_ms` calls `cuEventElapsedTime_v2`, which
+/// drivers before CUDA 12.8 do not have (cudarc would panic looking it up). Both names take
+/// the same arguments, and every driver has the first (CUDA 13's keep it for older programs),
+/// so this calls `_v2` where the driver has it, else the first.
+fn elapsed_ms(start: &CudaEvent, end: &CudaEvent) -> Result<f32, DriverError> {
+    type ElapsedTime = unsafe extern "C" fn(*mut f32, sys::CUevent, sys::CUevent) -> sys::CUresult;
+    static FUNC: OnceLock<Option<ElapsedTime>> = OnceLock::new();
+    let func = FUNC.get_or_init(|| {
+        // SAFETY: the driver is loaded (the events exist), so this opens the same library
+        // again (by its soname) and keeps it open for the life of the process.
+        let lib = unsafe { libloading::Library::new("libcuda.so.1") }.ok()?;
+        let lib: &'static libloading::Library = Box::leak(Box::new(lib));
+        // SAFETY: both symbols have the type above (cuda.h).
+        let get = |name: &[u8]| unsafe { lib.get::<ElapsedTime>(name) }.ok().map(|f| *f);
+        get(b"cuEventElapsedTime_v2").or_else(|| get(b"cuEventElapsedTime"))
+    });
+    let func = func.ok_or(DriverError(sys::CUresult::CUDA_ERROR_NOT_FOUND))?;
+    start.synchronize()?;
+    end.synchronize()?;
+    let mut ms = 0f32;
+    // SAFETY: both events were created with timing by this context and recorded, and the
+    // waits above returned; the call writes one float we own.
+    unsafe { func(&mut ms, start.cu_event(), end.cu_event()) }.result()?;
+    Ok(ms)
 }
 
 /// The device address of `s`.
@@ -305,6 +362,19 @@ fn bytes_f32(b: &[u8], t: DType) -> Vec<f32> {
 
 impl Backend for Cuda {
     type Buf = CudaBuf;
+
+    fn sum_over_ranks(&self, bufs: &mut Buffers<CudaBuf>, t: Tensor) -> Result<bool> {
+        let ranks = self.inner.ranks.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(comm) = ranks.as_ref() else { return Ok(false) };
+        assert!(t.dtype == DType::F32, "ranks sum f32 tensors: {t:?}");
+        self.bind()?;
+        let stream = self.cu_stream() as *mut std::ffi::c_void;
+        // SAFETY: `ptr` checked `t` (f32, in bounds) in a buffer of this GPU, whose context made
+        // the communicator; the stream is the backend's, so the sum follows the step's kernels.
+        let summed = unsafe { comm.sum_f32(self.ptr(bufs, t), t.len(), stream) };
+        summed.with_context(|| format!("cuda:{}: summing over ranks", self.inner.card.ordinal))?;
+        Ok(true)
+    }
 
     fn name(&self) -> String {
         let c = &self.inner.card;
@@ -426,7 +496,7 @@ impl Backend for Cuda {
         self.run(bufs, op)?;
         end.record(stream).map_err(|e| anyhow!("cuda:{ordinal}: recording an event ({e:?})"))?;
         // waits for both events, so for the op
-        let ms = start.elapsed_ms(end).map_err(|e| anyhow!("cuda:{ordinal}: {} failed or could not be timed ({e:?})", op.name()))?;
+        let ms = elapsed_ms(start, end).map_err(|e| anyhow!("cuda:{ordinal}: {} failed or could not be timed ({e:?})", op.name()))?;
         Ok(ms as f64 / 1e3)
     }
 

@@ -13,8 +13,8 @@ use super::blas::Gemm;
 use super::compile;
 use super::{Cuda, CudaBuf};
 use crate::backend::{Buffers, DType, Dropout, Op, Tensor};
-use anyhow::{anyhow, Result};
-use cudarc::driver::{result as drv, LaunchConfig, PushKernelArg};
+use anyhow::{anyhow, bail, Result};
+use cudarc::driver::{result as drv, sys, LaunchConfig, PushKernelArg};
 
 /// Most blocks of the sum of squares' first pass (one per 1024 elements up to this): a number
 /// that depends on the tensor's length only, so the sum's order never changes.
@@ -42,7 +42,7 @@ fn column_chunks(n: usize, c: usize, sums: usize) -> (u32, u32) {
 const BLOCK: u32 = 256;
 
 /// Dynamic shared memory a block may use without opting in (48 KiB on every card).
-const SHARED: usize = 48 << 10;
+pub(super) const SHARED: usize = 48 << 10;
 
 /// A kernel argument.
 #[derive(Clone, Copy)]
@@ -88,9 +88,23 @@ impl Cuda {
     }
 
     /// Launches kernel `name` with `grid` x `block` threads and `shared` bytes of dynamic
-    /// shared memory.
+    /// shared memory (over 48 KiB, the kernel opts in to it first: the generic attention
+    /// kernels keep a row of T scores per warp).
     fn launch(&self, name: &str, grid: (u32, u32), block: (u32, u32), shared: usize, args: &[Arg]) -> Result<()> {
         let f = self.func(name)?;
+        if shared > SHARED {
+            let most = self.inner.shared_optin;
+            if shared > most {
+                bail!(
+                    "{name} needs {} KiB of shared memory per block and this GPU allows {} KiB: block_size is too long for attention with this head size (n_embd / n_head of 8, 16, 32 or 64 use kernels without the limit)",
+                    shared.div_ceil(1024),
+                    most / 1024
+                );
+            }
+            let max_dynamic = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+            f.set_attribute(max_dynamic, shared as i32)
+                .map_err(|e| anyhow!("{name}: asking for {shared} bytes of shared memory per block: {e:?}"))?;
+        }
         let mut b = self.inner.stream.launch_builder(&f);
         for a in args {
             match a {

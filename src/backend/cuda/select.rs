@@ -90,7 +90,12 @@ pub fn find_card(n: Option<usize>) -> Result<Card, String> {
     if !unsafe { sys::is_culib_present() } {
         return Err("no NVIDIA driver found (libcuda.so.1 not loadable)".into());
     }
-    result::init().map_err(|e| format!("the NVIDIA driver did not initialise ({e:?})"))?;
+    result::init().map_err(|e| match e.0 {
+        sys::CUresult::CUDA_ERROR_STUB_LIBRARY => {
+            "the libcuda.so loaded is the CUDA toolkit's stub (its lib64/stubs folder), not the NVIDIA driver's: remove that folder from LD_LIBRARY_PATH".to_string()
+        }
+        _ => format!("the NVIDIA driver did not initialise ({e:?})"),
+    })?;
     let count = result::device::get_count().map_err(|e| format!("the NVIDIA driver cannot count GPUs ({e:?})"))? as usize;
     let card = |i: usize| -> Result<Card, String> {
         let dev = result::device::get(i as i32).map_err(|e| format!("cuda:{i}: {e:?}"))?;
@@ -157,17 +162,50 @@ pub fn check_card(card: &Card, p: Precision) -> Result<()> {
     Ok(())
 }
 
+/// The oldest driver gptrain runs on: CUDA 12.0 (its libraries are CUDA 12's or 13's).
+pub const MIN_DRIVER: i32 = 12000;
+
 /// Opens cuBLASLt and NVRTC (found by [`libs`], else by the system loader), or names the one
-/// missing and where it was looked for.
+/// missing and where it was looked for; then checks that the ones cudarc uses are for a CUDA
+/// this driver runs (a `.so.13` needs a CUDA 13 driver), and that the driver is CUDA 12 or newer.
 pub fn check_libraries() -> Result<(), String> {
-    for (lib, present) in [(libs::CUBLASLT, cublaslt_present as fn() -> bool), (libs::NVRTC, nvrtc_present)] {
-        if let Err(e) = libs::open(lib) {
+    let driver = libs::driver_version();
+    if let Some(v) = driver.filter(|&v| v < MIN_DRIVER) {
+        return Err(format!(
+            "this NVIDIA driver supports CUDA {} at most, and gptrain needs CUDA {} or newer: update the driver (R525 or newer)",
+            libs::cuda_version(v),
+            libs::cuda_version(MIN_DRIVER)
+        ));
+    }
+    let loaded = [
+        (libs::CUBLASLT, cublaslt_present as fn() -> bool, cublaslt_version as fn() -> Result<(i32, String), String>),
+        (libs::NVRTC, nvrtc_present, nvrtc_version),
+    ];
+    for (lib, present, version) in loaded {
+        let chosen = libs::open(lib);
+        if let Err(e) = &chosen {
             if !present() {
-                return Err(e);
+                return Err(e.clone());
             }
         }
+        let (major, shown) = version()?;
+        // where gptrain's own search failed, its message (a file too new, say) says more
+        libs::verify(lib, major, &shown, driver).map_err(|e| chosen.err().unwrap_or(e))?;
     }
     Ok(())
+}
+
+/// The version of the cuBLASLt cudarc uses (loading it): (CUDA major, "major.minor.patch").
+pub fn cublaslt_version() -> Result<(i32, String), String> {
+    // SAFETY: the caller found the library present; the call takes no arguments and only
+    // returns a number (CUBLASLT_VERSION: major * 10000 + minor * 100 + patch).
+    let v = unsafe { cudarc::cublaslt::sys::cublasLtGetVersion() } as i32;
+    Ok((v / 10000, format!("{}.{}.{}", v / 10000, v / 100 % 100, v % 100)))
+}
+
+/// The version of the NVRTC cudarc uses (loading it): (CUDA major, "major.minor").
+fn nvrtc_version() -> Result<(i32, String), String> {
+    super::compile::nvrtc().map(|(a, b)| (a, format!("{a}.{b}")))
 }
 
 fn cublaslt_present() -> bool {

@@ -1,0 +1,143 @@
+//! NCCL, loaded at run time, for the gradient sums of a data-parallel run's GPU ranks: one
+//! communicator per rank, made from a unique id that rank 0 draws and the others receive over
+//! the run's TCP group (`dist::Group`), and an in-place sum of the gradients on the device.
+//!
+//! gptrain calls NCCL itself (six functions, by `libloading`) rather than through cudarc's
+//! `nccl` feature, whose loader asks for `libnccl.so` and never for `libnccl.so.2`, the only
+//! name NVIDIA's pip wheel (`nvidia-nccl-cu12`, which PyTorch installs) and the distributions'
+//! runtime packages ship. The library is searched for as cuBLASLt and NVRTC are ([`libs`]),
+//! then by the system loader.
+
+use super::libs;
+use anyhow::{bail, Result};
+use std::ffi::{c_char, c_void, CStr};
+use std::sync::OnceLock;
+
+pub const NCCL: libs::Lib = libs::Lib { what: "NCCL", files: &["libnccl.so.2"], wheel: "nvidia-nccl-cu12" };
+
+/// `ncclUniqueId`: 128 bytes rank 0 draws and every rank passes to [`Comm::init`].
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct UniqueId {
+    pub internal: [c_char; 128],
+}
+
+/// `ncclFloat32` and `ncclSum` (nccl.h).
+const FLOAT32: i32 = 7;
+const SUM: i32 = 0;
+
+/// The NCCL functions gptrain calls (nccl.h's signatures; `ncclComm_t` and `cudaStream_t` are
+/// pointers).
+struct Api {
+    version: String,
+    get_unique_id: unsafe extern "C" fn(*mut UniqueId) -> i32,
+    comm_init_rank: unsafe extern "C" fn(*mut *mut c_void, i32, UniqueId, i32) -> i32,
+    all_reduce: unsafe extern "C" fn(*const c_void, *mut c_void, usize, i32, i32, *mut c_void, *mut c_void) -> i32,
+    comm_abort: unsafe extern "C" fn(*mut c_void) -> i32,
+    error_string: unsafe extern "C" fn(i32) -> *const c_char,
+}
+
+/// NCCL, loaded once per process, or why it cannot be.
+fn api() -> Result<&'static Api, String> {
+    static API: OnceLock<Result<Api, String>> = OnceLock::new();
+    API.get_or_init(load).as_ref().map_err(|e| e.clone())
+}
+
+fn load() -> Result<Api, String> {
+    // gptrain's search first (pip wheels, CUDA homes), then the system loader by name
+    let found = libs::open(NCCL);
+    let name = found.as_ref().map_or_else(|_| "libnccl.so.2".into(), |p| p.clone().into_os_string());
+    // SAFETY: loading NCCL runs its initialisers, which have no preconditions on this process;
+    // the handle is leaked, so every function taken from it lives as long as the process.
+    let lib = match unsafe { libloading::Library::new(&name) } {
+        Ok(l) => Box::leak(Box::new(l)),
+        Err(_) => return Err(found.err().unwrap_or_else(|| format!("{} could not be loaded", name.to_string_lossy()))),
+    };
+    macro_rules! get {
+        ($name:literal) => {
+            // SAFETY: the symbol's type is nccl.h's declaration of it, written out in `Api`.
+            *unsafe { lib.get($name) }.map_err(|e| format!("NCCL has no {}: {e}", String::from_utf8_lossy($name)))?
+        };
+    }
+    let get_version: unsafe extern "C" fn(*mut i32) -> i32 = get!(b"ncclGetVersion");
+    let mut v = 0;
+    // SAFETY: writes one int we own.
+    unsafe { get_version(&mut v) };
+    // NCCL_VERSION_CODE: major * 10000 + minor * 100 + patch since 2.9
+    let version = format!("{}.{}.{}", v / 10000, v / 100 % 100, v % 100);
+    Ok(Api {
+        version,
+        get_unique_id: get!(b"ncclGetUniqueId"),
+        comm_init_rank: get!(b"ncclCommInitRank"),
+        all_reduce: get!(b"ncclAllReduce"),
+        comm_abort: get!(b"ncclCommAbort"),
+        error_string: get!(b"ncclGetErrorString"),
+    })
+}
+
+/// NCCL's version ("2.21.5"), or why it cannot be loaded (one line, with where it looked).
+pub fn version() -> Result<String, String> {
+    api().map(|a| a.version.clone())
+}
+
+/// A failed NCCL call as one line.
+fn check(a: &Api, what: &str, r: i32) -> Result<()> {
+    if r == 0 {
+        return Ok(());
+    }
+    // SAFETY: NCCL returns a static string for every result code.
+    let s = unsafe { CStr::from_ptr((a.error_string)(r)) }.to_string_lossy().into_owned();
+    bail!("NCCL {what} failed: {s} ({r})")
+}
+
+/// A fresh unique id (rank 0's, for the others to join).
+pub fn unique_id() -> Result<UniqueId> {
+    let a = api().map_err(anyhow::Error::msg)?;
+    let mut id = UniqueId { internal: [0; 128] };
+    // SAFETY: writes the 128-byte struct we own.
+    check(a, "ncclGetUniqueId", unsafe { (a.get_unique_id)(&mut id) })?;
+    Ok(id)
+}
+
+/// This rank's communicator, on the GPU current on this thread when it was made.
+pub struct Comm {
+    raw: *mut c_void,
+}
+
+// SAFETY: an NCCL communicator may be used from any thread, one call at a time; the backend
+// keeps it behind a Mutex.
+unsafe impl Send for Comm {}
+
+impl Comm {
+    /// Joins the communicator of `size` ranks that `id` names, as rank `rank`; the current
+    /// CUDA context is the GPU's. Waits until every rank has joined.
+    pub fn init(rank: usize, size: usize, id: UniqueId) -> Result<Comm> {
+        let a = api().map_err(anyhow::Error::msg)?;
+        let mut raw = std::ptr::null_mut();
+        // SAFETY: writes one pointer we own; `id` is passed by value as nccl.h declares it.
+        check(a, "ncclCommInitRank", unsafe { (a.comm_init_rank)(&mut raw, size as i32, id, rank as i32) })?;
+        Ok(Comm { raw })
+    }
+
+    /// Sums the `count` f32 at device address `ptr` over the ranks, in place, on `stream`.
+    ///
+    /// # Safety
+    /// `ptr` holds `count` f32 on this communicator's GPU, and `stream` is a stream of it.
+    pub unsafe fn sum_f32(&self, ptr: u64, count: usize, stream: *mut c_void) -> Result<()> {
+        let a = api().map_err(anyhow::Error::msg)?;
+        let p = ptr as *mut c_void;
+        // SAFETY: the caller's promise; in place is allowed (send == recv).
+        check(a, "ncclAllReduce", unsafe { (a.all_reduce)(p, p, count, FLOAT32, SUM, self.raw, stream) })
+    }
+}
+
+impl Drop for Comm {
+    /// `ncclCommAbort`, which frees the communicator without waiting for the other ranks (the
+    /// caller has waited for its own sums; a rank that has gone must not hang this one).
+    fn drop(&mut self) {
+        if let Ok(a) = api() {
+            // SAFETY: `raw` came from ncclCommInitRank and is freed once, here.
+            unsafe { (a.comm_abort)(self.raw) };
+        }
+    }
+}

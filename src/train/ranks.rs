@@ -1,0 +1,166 @@
+//! A data-parallel rank's part in the run's setup: the GPU it takes, its connection to the
+//! other ranks (`dist::Group`, over TCP), and, on GPUs, whether the gradients are summed by
+//! NCCL on the devices or through host memory.
+
+use super::Config;
+use crate::backend::cuda::{nccl, Cuda};
+use crate::dist::{group, group::Group, World};
+use anyhow::{bail, Result};
+
+/// The device rank `world.rank` opens: ranks that ask for `cuda`, or for `auto` where
+/// `has_gpu()`, take one GPU each, `cuda:LOCAL_RANK`, as torchrun users set it; a named
+/// `cuda:N` (ranks that each see one GPU through `CUDA_VISIBLE_DEVICES`, or share one) and
+/// `cpu` stay as they are, and so does everything for one process.
+pub(super) fn rank_device(device: &str, world: &World, has_gpu: impl FnOnce() -> bool) -> String {
+    match device {
+        "cuda" if world.size > 1 => format!("cuda:{}", world.local_rank),
+        "auto" if world.size > 1 && has_gpu() => format!("cuda:{}", world.local_rank),
+        d => d.to_string(),
+    }
+}
+
+/// The connection to the other ranks, after checking the run can be shared out.
+pub(super) fn connect(cfg: &Config, world: &World) -> Result<Group> {
+    let accum = cfg.gradient_accumulation_steps;
+    if !accum.is_multiple_of(world.size) {
+        bail!(
+            "gradient_accumulation_steps = {accum} does not split over {} ranks: make it a multiple of {} (each rank runs gradient_accumulation_steps / ranks micro-batches, as nanoGPT)",
+            world.size,
+            world.size
+        );
+    }
+    let addr = group::rendezvous_addr(world, &|k| std::env::var(k).ok())?;
+    Group::connect(world, &addr, config_check(cfg), group::timeout_from_env()?)
+}
+
+/// A hash of every setting but `threads` (a machine's cores shared out among its ranks), which
+/// the ranks compare when they connect (FNV-1a).
+fn config_check(cfg: &Config) -> u64 {
+    let table = cfg.table();
+    let kept = table.lines().filter(|l| l.split_whitespace().next() != Some("threads"));
+    kept.flat_map(|l| l.bytes().chain([b'\n'])).fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// How a rank's GPU sums its gradients with the others': NCCL where every rank can (each has
+/// NCCL, and no two share a GPU, which NCCL refuses), else through host memory and rank 0 (the
+/// reason given). All ranks reach the same answer: each rank's facts are summed over `group`
+/// first, and a failed NCCL start on any rank puts every rank on the host path. Returns how the
+/// sums go, for the start banner.
+pub(super) fn join_gpus(cuda: &Cuda, group: &mut Group) -> Result<String> {
+    let world = group.world().clone();
+    let off = std::env::var("GPTRAIN_DIST_NCCL").is_ok_and(|v| v == "0");
+    let nccl = if off { Err("GPTRAIN_DIST_NCCL=0".to_string()) } else { nccl::version() };
+    // each rank's slot: NCCL loads here (1 or 0), and where its GPU is (host and PCI address)
+    let mut facts = vec![0.0f64; 3 * world.size];
+    let gpu = gpu_key(cuda.pci_id());
+    facts[3 * world.rank..3 * world.rank + 3].copy_from_slice(&[
+        f64::from(u8::from(nccl.is_ok())),
+        (gpu >> 32) as f64,
+        (gpu & 0xffff_ffff) as f64,
+    ]);
+    group.sum_f64(&mut facts)?;
+    let slots: Vec<(bool, u64)> = facts.chunks(3).map(|f| (f[0] == 1.0, ((f[1] as u64) << 32) | f[2] as u64)).collect();
+    if let Some(why) = host_reason(&slots, world.rank, nccl.as_ref().err()) {
+        return Ok(staged(&why));
+    }
+    // rank 0's unique id, to every rank (a sum where the others add zeros; bytes are exact in f64)
+    let mut id = [0.0f64; 129];
+    if world.is_root() {
+        match nccl::unique_id() {
+            Ok(u) => {
+                id[0] = 1.0;
+                for (x, b) in id[1..].iter_mut().zip(u.internal) {
+                    *x = f64::from(b as u8);
+                }
+            }
+            Err(e) => eprintln!("rank 0: {e:#}"),
+        }
+    }
+    group.sum_f64(&mut id)?;
+    if id[0] != 1.0 {
+        return Ok(staged("rank 0 could not draw an NCCL id"));
+    }
+    let mut u = nccl::UniqueId { internal: [0; 128] };
+    for (b, x) in u.internal.iter_mut().zip(&id[1..]) {
+        *b = *x as u8 as std::ffi::c_char;
+    }
+    let joined = cuda.join_ranks(world.rank, world.size, u);
+    let mut failed = vec![0.0f64; world.size];
+    if let Err(e) = &joined {
+        failed[world.rank] = 1.0;
+        eprintln!("rank {}: {e:#}", world.rank);
+    }
+    group.sum_f64(&mut failed)?;
+    if let Some(r) = failed.iter().position(|&f| f != 0.0) {
+        cuda.leave_ranks();
+        return Ok(staged(&format!("NCCL could not start on rank {r}: its message above")));
+    }
+    Ok(format!("gradients summed by NCCL {} on the GPUs, losses through rank 0", nccl.unwrap_or_default()))
+}
+
+/// The banner's words for sums through host memory, and why.
+fn staged(why: &str) -> String {
+    format!("gradients and losses summed through rank 0, the gradients from the GPUs through host memory ({why})")
+}
+
+/// Why the ranks cannot sum by NCCL, from every rank's (NCCL loads, GPU key) and the reason
+/// NCCL does not load on this rank (`me`), if it does not; None when they can.
+fn host_reason(slots: &[(bool, u64)], me: usize, here: Option<&String>) -> Option<String> {
+    if let Some(why) = here {
+        return Some(format!("NCCL is not usable on rank {me}: {why}"));
+    }
+    if let Some(r) = slots.iter().position(|s| !s.0) {
+        return Some(format!("NCCL is not usable on rank {r}"));
+    }
+    for (i, a) in slots.iter().enumerate() {
+        if let Some(j) = slots[i + 1..].iter().position(|b| b.1 == a.1) {
+            return Some(format!("ranks {i} and {} share one GPU, which NCCL does not allow", i + 1 + j));
+        }
+    }
+    None
+}
+
+/// This machine and a GPU's PCI address as one number (FNV-1a), equal for two ranks on one card.
+fn gpu_key(pci: [i32; 3]) -> u64 {
+    let mut host = [0u8; 256];
+    // SAFETY: gethostname writes at most the buffer's length into the buffer we own.
+    let n = unsafe { libc::gethostname(host.as_mut_ptr().cast(), host.len()) };
+    let host = if n == 0 { host.split(|&b| b == 0).next().unwrap_or(&[]).to_vec() } else { Vec::new() };
+    let bytes = host.into_iter().chain(pci.iter().flat_map(|p| p.to_le_bytes()));
+    // 53 bits, so that the key survives the trip through f64 sums
+    bytes.fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)) & ((1 << 53) - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranks_asking_for_a_gpu_take_their_local_ranks() {
+        let w = |rank, size, local_rank| World { rank, size, local_rank, local_size: size, source: "torchrun" };
+        let never = || -> bool { panic!("asked whether there is a GPU") };
+        assert_eq!(rank_device("cuda", &w(3, 4, 1), never), "cuda:1");
+        assert_eq!(rank_device("auto", &w(3, 4, 1), || true), "cuda:1");
+        assert_eq!(rank_device("auto", &w(3, 4, 1), || false), "auto");
+        for d in ["cuda:0", "cuda:2", "cpu"] {
+            assert_eq!(rank_device(d, &w(3, 4, 1), never), d);
+        }
+        for d in ["cuda", "auto", "cuda:1", "cpu"] {
+            assert_eq!(rank_device(d, &World::ALONE, never), d);
+        }
+    }
+
+    #[test]
+    fn ranks_sum_by_nccl_only_when_every_rank_can_and_no_two_share_a_gpu() {
+        assert_eq!(host_reason(&[(true, 1), (true, 2), (true, 3)], 0, None), None);
+        let no = "NCCL library not found".to_string();
+        assert_eq!(host_reason(&[(true, 1), (false, 2)], 1, Some(&no)).unwrap(), "NCCL is not usable on rank 1: NCCL library not found");
+        assert_eq!(host_reason(&[(true, 1), (false, 2)], 0, None).unwrap(), "NCCL is not usable on rank 1");
+        let e = host_reason(&[(true, 1), (true, 2), (true, 1)], 1, None).unwrap();
+        assert_eq!(e, "ranks 0 and 2 share one GPU, which NCCL does not allow");
+        let (a, b) = (gpu_key([0, 1, 0]), gpu_key([0, 2, 0]));
+        assert_ne!(a, b);
+        assert_eq!(a, gpu_key([0, 1, 0]));
+        assert!(a < 1 << 53 && ((a >> 32) as f64 as u64) << 32 | (a & 0xffff_ffff) as f64 as u64 == a);
+    }
+}

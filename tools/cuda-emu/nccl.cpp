@@ -1,0 +1,155 @@
+// libnccl.so.2 of gptrain's CUDA emulator: the few NCCL calls gptrain makes (a unique id, a
+// communicator per rank, an in-place sum of f32 across ranks), for ranks that are separate
+// processes on this machine, each with its own emulated GPU (its "device memory" is its own
+// host memory). A communicator is a POSIX shared-memory segment named by the unique id; an
+// all-reduce copies every rank's buffer into its slot of a segment of that call, waits for all
+// ranks, and adds the slots in rank order (so every rank gets the same bits, as with NCCL).
+// Streams are synchronous in the emulator, so the call completes before it returns.
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fcntl.h>
+#include <random>
+#include <string>
+#include <sys/mman.h>
+#include <thread>
+#include <unistd.h>
+
+extern "C" {
+
+typedef struct { char internal[128]; } ncclUniqueId;
+typedef enum { ncclSuccess = 0, ncclSystemError = 2, ncclInternalError = 3, ncclInvalidArgument = 4, ncclInvalidUsage = 5 } ncclResult_t;
+
+}
+
+namespace {
+
+// The segment every rank of a communicator maps: a barrier counter and the ranks' arrivals.
+struct Header {
+    std::atomic<uint64_t> arrived; // barrier arrivals so far, over the communicator's life
+};
+
+struct Comm {
+    std::string name; // of the header segment; each all-reduce's data segment adds "-<seq>"
+    int nranks, rank;
+    Header* header;
+    uint64_t barriers = 0; // barriers this rank has passed
+    uint64_t seq = 0;      // all-reduces this rank has made
+};
+
+// Waits until all ranks have arrived at this rank's next barrier (at most 30 s).
+ncclResult_t barrier(Comm* c) {
+    c->barriers++;
+    uint64_t want = c->barriers * (uint64_t)c->nranks;
+    c->header->arrived.fetch_add(1);
+    auto start = std::chrono::steady_clock::now();
+    while (c->header->arrived.load() < want) {
+        if (std::chrono::steady_clock::now() - start > std::chrono::seconds(30)) {
+            std::fprintf(stderr, "cuda-emu nccl: rank %d waited 30 s for the other ranks\n", c->rank);
+            return ncclSystemError;
+        }
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+    return ncclSuccess;
+}
+
+// Maps segment `name` of `bytes` (created by whichever rank comes first), or null.
+void* map(const std::string& name, size_t bytes) {
+    int fd = shm_open(name.c_str(), O_RDWR | O_CREAT, 0600);
+    if (fd < 0) return nullptr;
+    if (ftruncate(fd, (off_t)bytes) != 0) {
+        close(fd);
+        return nullptr;
+    }
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    return p == MAP_FAILED ? nullptr : p;
+}
+
+} // namespace
+
+extern "C" {
+
+// 2.99.0: a version no real NCCL has
+ncclResult_t ncclGetVersion(int* v) {
+    *v = 29900;
+    return ncclSuccess;
+}
+
+const char* ncclGetErrorString(ncclResult_t r) {
+    switch (r) {
+    case ncclSuccess: return "no error";
+    case ncclSystemError: return "unhandled system error (cuda-emu: shared memory, or a rank that never came)";
+    case ncclInvalidArgument: return "invalid argument";
+    case ncclInvalidUsage: return "invalid usage";
+    default: return "internal error";
+    }
+}
+
+ncclResult_t ncclGetUniqueId(ncclUniqueId* id) {
+    std::memset(id->internal, 0, sizeof id->internal);
+    std::random_device rd;
+    std::snprintf(id->internal, sizeof id->internal, "/gptrain-emu-nccl-%d-%08x%08x", (int)getpid(), rd(), rd());
+    return ncclSuccess;
+}
+
+ncclResult_t ncclCommInitRank(void** comm, int nranks, ncclUniqueId id, int rank) {
+    if (nranks < 1 || rank < 0 || rank >= nranks || id.internal[0] != '/') return ncclInvalidArgument;
+    Comm* c = new Comm{std::string(id.internal, strnlen(id.internal, sizeof id.internal)), nranks, rank, nullptr};
+    c->header = static_cast<Header*>(map(c->name, sizeof(Header))); // zero-filled when created
+    if (!c->header) {
+        delete c;
+        return ncclSystemError;
+    }
+    if (barrier(c) != ncclSuccess) return ncclSystemError; // every rank is in
+    *comm = c;
+    return ncclSuccess;
+}
+
+// ncclFloat32 (7) and ncclSum (0) only: what gptrain sums
+ncclResult_t ncclAllReduce(const void* send, void* recv, size_t count, int datatype, int op, void* comm, void* /*stream*/) {
+    Comm* c = static_cast<Comm*>(comm);
+    if (!c || datatype != 7 || op != 0) return ncclInvalidArgument;
+    std::string name = c->name + "-" + std::to_string(c->seq++);
+    size_t bytes = count * sizeof(float);
+    float* slots = static_cast<float*>(map(name, bytes * (size_t)c->nranks + 1));
+    if (!slots) return ncclSystemError;
+    std::memcpy(slots + count * (size_t)c->rank, send, bytes);
+    ncclResult_t r = barrier(c); // every rank's buffer is in its slot
+    if (r == ncclSuccess) {
+        float* out = static_cast<float*>(recv);
+        for (size_t i = 0; i < count; i++) {
+            float s = slots[i];
+            for (int k = 1; k < c->nranks; k++) s += slots[count * (size_t)k + i];
+            out[i] = s;
+        }
+        r = barrier(c); // every rank has read the slots
+    }
+    munmap(slots, bytes * (size_t)c->nranks + 1);
+    if (c->rank == 0) shm_unlink(name.c_str());
+    return r;
+}
+
+ncclResult_t ncclCommDestroy(void* comm) {
+    Comm* c = static_cast<Comm*>(comm);
+    if (!c) return ncclInvalidArgument;
+    barrier(c); // nobody still uses the header
+    munmap(c->header, sizeof(Header));
+    if (c->rank == 0) shm_unlink(c->name.c_str());
+    delete c;
+    return ncclSuccess;
+}
+
+ncclResult_t ncclCommAbort(void* comm) {
+    Comm* c = static_cast<Comm*>(comm);
+    if (!c) return ncclInvalidArgument;
+    munmap(c->header, sizeof(Header));
+    if (c->rank == 0) shm_unlink(c->name.c_str());
+    delete c;
+    return ncclSuccess;
+}
+
+} // extern "C"
