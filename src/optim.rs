@@ -161,8 +161,10 @@ pub fn train_step_guarded<Bk: Backend>(
             // on GPUs joined by NCCL, on the devices, once every rank has checked in over TCP
             // (so a rank that has gone is named there rather than hanging the device sum);
             // otherwise through host memory and rank 0
-            s.group.barrier()?;
-            if !model.sum_grads_over_ranks()? {
+            if model.sums_on_device() {
+                s.group.barrier()?;
+                model.sum_grads_over_ranks()?;
+            } else {
                 let mut g = model.grads_host()?;
                 s.group.sum_f32(&mut g)?;
                 model.set_grads(&g)?;

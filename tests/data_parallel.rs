@@ -144,7 +144,7 @@ fn a_rank_that_fails_or_never_comes_ends_the_run_with_one_line() {
 
 /// GPU ranks on `tools/cuda-emu`: two ranks that share its one GPU train what one process trains
 /// there, their gradients summed through host memory (NCCL refuses ranks on one GPU); two that
-/// emulate two GPUs (other PCI addresses) sum by the emulator's NCCL, to the same bits; ranks
+/// emulate two GPUs (`GPTRAIN_EMU_GPU`: other UUIDs) sum by the emulator's NCCL, to the same bits; ranks
 /// that ask for `cuda` take the GPU of their local rank, and a local rank with no GPU is one line.
 #[test]
 fn gpu_ranks_train_what_one_gpu_process_trains() {
@@ -170,7 +170,7 @@ fn gpu_ranks_train_what_one_gpu_process_trains() {
     assert!(out1.is_empty() && err1.is_empty(), "rank 1 said: {out1}{err1}");
     // two emulated GPUs: NCCL
     let port = free_port();
-    let bus = |b| [&env[..], &[("GPTRAIN_EMU_PCI_BUS", b)]].concat();
+    let bus = |b| [&env[..], &[("GPTRAIN_EMU_GPU", b)]].concat();
     let r1 = rank(1, 2, port, &d, "nccl", &gpu, &bus("1"));
     let (code0, out0, err0) = finish(rank(0, 2, port, &d, "nccl", &gpu, &bus("0")));
     let (code1, out1, err1) = finish(r1);
@@ -180,6 +180,14 @@ fn gpu_ranks_train_what_one_gpu_process_trains() {
     assert!(out1.is_empty() && err1.is_empty(), "rank 1 said: {out1}{err1}");
     let model = |run: &str| std::fs::read(d.join(run).join("ckpt-000004/model.safetensors")).unwrap();
     assert!(model("nccl") == model("pair"), "NCCL's sums (in rank order on the emulator) differ from the host's");
+    // `auto` where one rank has a GPU and the other not: refused
+    let port = free_port();
+    let auto = [&gpu[..], &["--set", "device=auto"]].concat();
+    let r1 = rank(1, 2, port, &d, "mixed", &auto, &[("LD_LIBRARY_PATH", "")]);
+    let (code0, _, err0) = finish(rank(0, 2, port, &d, "mixed", &auto, &env));
+    let (code1, _, err1) = finish(r1);
+    assert_eq!((code0, code1), (1, 1), "rank 0: {err0}\nrank 1: {err1}");
+    assert!(err0.starts_with("error: rank 1 trains on the CPU and rank 0 on a GPU: every rank must use the same kind of device"), "{err0}");
     // `device=cuda`: rank 1 takes cuda:1, which the emulator does not have
     let (code, _, err) = finish(rank(1, 2, free_port(), &d, "out", &[&gpu[..], &["--set", "device=cuda"]].concat(), &env));
     assert_eq!((code, err.lines().count()), (1, 1), "{err}");
@@ -188,4 +196,27 @@ fn gpu_ranks_train_what_one_gpu_process_trains() {
             && err.contains("each rank takes the GPU of its local rank (1 here)"),
         "{err}"
     );
+}
+
+/// Ranks that start from different weights (here: each resumed from its own out_dir, at the same
+/// iteration) are stopped at the start with one line naming the rank: the ranks never send
+/// weights, so they would train apart.
+#[test]
+fn ranks_that_hold_different_weights_are_stopped_at_the_start() {
+    let d = tmp("weights");
+    let (a, b) = (d.join("a"), d.join("b"));
+    for (dir, lr) in [(&a, "learning_rate=1e-3"), (&b, "learning_rate=2e-3")] {
+        std::fs::create_dir_all(dir).unwrap();
+        let (code, _, err) = finish(rank(0, 1, free_port(), dir, "out", &["--set", "max_iters=4", "--set", lr], &[]));
+        assert_eq!(code, 0, "{err}");
+    }
+    let port = free_port();
+    let resume = ["--set", "max_iters=6", "--set", "init_from=resume"];
+    let r1 = rank(1, 2, port, &b, "out", &resume, &[]);
+    let (code0, _, err0) = finish(rank(0, 2, port, &a, "out", &resume, &[]));
+    let (code1, _, err1) = finish(r1);
+    assert_eq!((code0, code1), (1, 1), "rank 0: {err0}\nrank 1: {err1}");
+    let want = "rank 1's weights differ from rank 0's at iteration 4: did every rank read the same out_dir";
+    assert!(err0.starts_with(&format!("error: {want}")) && err0.lines().count() == 1, "{err0}");
+    assert!(err1.starts_with(&format!("error: rank 1: {want}")), "{err1}");
 }

@@ -199,10 +199,15 @@ pub trait Backend: Send + Sync {
         false
     }
 
-    /// Sums f32 tensor `t` over the ranks of a data-parallel run, in place on the device, and
-    /// says true, where this backend has joined the ranks with a device collective (the CUDA
-    /// backend's NCCL); false where it has not, and the caller sums through host memory.
-    fn sum_over_ranks(&self, _bufs: &mut Buffers<Self::Buf>, _t: Tensor) -> Result<bool> {
-        Ok(false)
+    /// Whether this backend has joined a data-parallel run's ranks with a device collective
+    /// (the CUDA backend's NCCL), so that [`Backend::sum_over_ranks`] sums on the device; where
+    /// not, the caller sums through host memory.
+    fn joined_ranks(&self) -> bool {
+        false
+    }
+
+    /// Sums f32 tensor `t` over the joined ranks, in place on the device, and waits for it.
+    fn sum_over_ranks(&self, _bufs: &mut Buffers<Self::Buf>, _t: Tensor) -> Result<()> {
+        anyhow::bail!("{} has joined no ranks", self.name())
     }
 }

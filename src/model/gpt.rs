@@ -447,9 +447,12 @@ impl<B: Backend> Gpt<B> {
     pub fn grads_host(&self) -> Result<Vec<f32>> {
         self.download_all(BufId::Grads)
     }
-    /// Sums the gradients over a data-parallel run's ranks on the device (NCCL), if the backend
-    /// has joined them; false otherwise (the caller sums through host memory).
-    pub fn sum_grads_over_ranks(&mut self) -> Result<bool> {
+    /// Whether the backend sums over a data-parallel run's ranks on the device (NCCL).
+    pub fn sums_on_device(&self) -> bool {
+        self.backend.joined_ranks()
+    }
+    /// Sums the gradients over the ranks on the device ([`Gpt::sums_on_device`]).
+    pub fn sum_grads_over_ranks(&mut self) -> Result<()> {
         let grads = self.layout.all().of(BufId::Grads, DType::F32);
         self.backend.sum_over_ranks(&mut self.bufs, grads)
     }

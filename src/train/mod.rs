@@ -333,6 +333,7 @@ pub fn run_ranked(cfg: &Config, obs: &mut dyn Observer, world: &World) -> Result
     };
     let mut group = if world.size > 1 { Some(ranks::connect(cfg, world)?) } else { None };
     if let Some(g) = group.as_mut() {
+        ranks::same_kind_of_device(g, matches!(chosen, Chosen::Cuda(_)))?;
         let sums = match &chosen {
             Chosen::Cuda(c) => ranks::join_gpus(c, g)?,
             Chosen::Cpu(_) => "gradients and losses summed through rank 0".into(),

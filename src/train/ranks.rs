@@ -41,18 +41,37 @@ fn config_check(cfg: &Config) -> u64 {
     kept.flat_map(|l| l.bytes().chain([b'\n'])).fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
+/// Checks that every rank of `group` trains on the same kind of device (`on_gpu`): ranks on
+/// the CPU and on GPUs sum differently (`device=auto` on machines with and without a GPU).
+pub(super) fn same_kind_of_device(group: &mut Group, on_gpu: bool) -> Result<()> {
+    let w = group.world().clone();
+    let mut gpus = vec![0.0f64; w.size];
+    gpus[w.rank] = f64::from(u8::from(on_gpu));
+    group.sum_f64(&mut gpus)?;
+    if let Some(r) = gpus.iter().position(|&g| g != gpus[0]) {
+        let on = |g: f64| if g == 1.0 { "a GPU" } else { "the CPU" };
+        bail!(
+            "rank {r} trains on {} and rank 0 on {}: every rank must use the same kind of device (set `device` to `cuda` or `cpu`, not `auto`, on machines that differ)",
+            on(gpus[r]),
+            on(gpus[0])
+        );
+    }
+    Ok(())
+}
+
 /// How a rank's GPU sums its gradients with the others': NCCL where every rank can (each has
 /// NCCL, and no two share a GPU, which NCCL refuses), else through host memory and rank 0 (the
-/// reason given). All ranks reach the same answer: each rank's facts are summed over `group`
-/// first, and a failed NCCL start on any rank puts every rank on the host path. Returns how the
-/// sums go, for the start banner.
+/// reason given). All ranks reach the same answer, from every rank's facts summed over
+/// `group`. NCCL that then fails to start ends the run (the other ranks wait inside NCCL's
+/// start, so only the launcher stopping them, as torchrun and mpirun do, frees them). Returns
+/// how the sums go, for the start banner.
 pub(super) fn join_gpus(cuda: &Cuda, group: &mut Group) -> Result<String> {
     let world = group.world().clone();
     let off = std::env::var("GPTRAIN_DIST_NCCL").is_ok_and(|v| v == "0");
     let nccl = if off { Err("GPTRAIN_DIST_NCCL=0".to_string()) } else { nccl::version() };
-    // each rank's slot: NCCL loads here (1 or 0), and where its GPU is (host and PCI address)
+    // each rank's slot: NCCL loads here (1 or 0), and which GPU it is (its UUID, hashed)
     let mut facts = vec![0.0f64; 3 * world.size];
-    let gpu = gpu_key(cuda.pci_id());
+    let gpu = gpu_key(cuda.uuid()?);
     facts[3 * world.rank..3 * world.rank + 3].copy_from_slice(&[
         f64::from(u8::from(nccl.is_ok())),
         (gpu >> 32) as f64,
@@ -84,17 +103,9 @@ pub(super) fn join_gpus(cuda: &Cuda, group: &mut Group) -> Result<String> {
     for (b, x) in u.internal.iter_mut().zip(&id[1..]) {
         *b = *x as u8 as std::ffi::c_char;
     }
-    let joined = cuda.join_ranks(world.rank, world.size, u);
-    let mut failed = vec![0.0f64; world.size];
-    if let Err(e) = &joined {
-        failed[world.rank] = 1.0;
-        eprintln!("rank {}: {e:#}", world.rank);
-    }
-    group.sum_f64(&mut failed)?;
-    if let Some(r) = failed.iter().position(|&f| f != 0.0) {
-        cuda.leave_ranks();
-        return Ok(staged(&format!("NCCL could not start on rank {r}: its message above")));
-    }
+    let timeout = group::timeout_from_env()?;
+    cuda.join_ranks(world.rank, world.size, u, timeout)
+        .map_err(|e| anyhow::anyhow!("{e:#}; `GPTRAIN_DIST_NCCL=0` sums through host memory instead"))?;
     Ok(format!("gradients summed by NCCL {} on the GPUs, losses through rank 0", nccl.unwrap_or_default()))
 }
 
@@ -120,15 +131,10 @@ fn host_reason(slots: &[(bool, u64)], me: usize, here: Option<&String>) -> Optio
     None
 }
 
-/// This machine and a GPU's PCI address as one number (FNV-1a), equal for two ranks on one card.
-fn gpu_key(pci: [i32; 3]) -> u64 {
-    let mut host = [0u8; 256];
-    // SAFETY: gethostname writes at most the buffer's length into the buffer we own.
-    let n = unsafe { libc::gethostname(host.as_mut_ptr().cast(), host.len()) };
-    let host = if n == 0 { host.split(|&b| b == 0).next().unwrap_or(&[]).to_vec() } else { Vec::new() };
-    let bytes = host.into_iter().chain(pci.iter().flat_map(|p| p.to_le_bytes()));
-    // 53 bits, so that the key survives the trip through f64 sums
-    bytes.fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)) & ((1 << 53) - 1)
+/// A GPU's UUID as one number (FNV-1a, 53 bits, so that it survives the trip through f64
+/// sums): equal for two ranks on one card.
+fn gpu_key(uuid: [u8; 16]) -> u64 {
+    uuid.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)) & ((1 << 53) - 1)
 }
 
 #[cfg(test)]
@@ -158,9 +164,9 @@ mod tests {
         assert_eq!(host_reason(&[(true, 1), (false, 2)], 0, None).unwrap(), "NCCL is not usable on rank 1");
         let e = host_reason(&[(true, 1), (true, 2), (true, 1)], 1, None).unwrap();
         assert_eq!(e, "ranks 0 and 2 share one GPU, which NCCL does not allow");
-        let (a, b) = (gpu_key([0, 1, 0]), gpu_key([0, 2, 0]));
+        let (a, b) = (gpu_key([1; 16]), gpu_key([2; 16]));
         assert_ne!(a, b);
-        assert_eq!(a, gpu_key([0, 1, 0]));
+        assert_eq!(a, gpu_key([1; 16]));
         assert!(a < 1 << 53 && ((a >> 32) as f64 as u64) << 32 | (a & 0xffff_ffff) as f64 as u64 == a);
     }
 }

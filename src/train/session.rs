@@ -121,6 +121,9 @@ impl<'a, B: Backend> Session<'a, B> {
         if let Some(s) = init.loss_scaler.clone().filter(|s| s.dynamic == model.scaler.dynamic) {
             model.scaler = s;
         }
+        if let Some(g) = group.as_mut() {
+            same_weights(&model, g, init.start_iter, "did every rank read the same out_dir, with no rank writing it?")?;
+        }
         std::fs::create_dir_all(&out_dir).with_context(|| format!("cannot create out_dir {}", out_dir.display()))?;
         let Init { start_iter, resumed, best_val, skipped, outliers, .. } = init;
         let evaluates_first = evaluates_at(cfg, resumed, start_iter, start_iter);
@@ -200,6 +203,9 @@ impl<'a, B: Backend> Session<'a, B> {
         self.meter.record_eval(secs);
         self.obs.eval(it, tl, vl, secs);
         self.last_eval = Some((tl, vl));
+        if let Some(g) = self.group.as_mut() {
+            same_weights(&self.model, g, it, "their sums disagreed, which is a bug in gptrain: please report it with this run's log")?;
+        }
         let improved = self.best_val.is_none_or(|b| vl < b);
         if improved {
             self.best_val = Some(vl);
@@ -401,6 +407,26 @@ impl<'a, B: Backend> Session<'a, B> {
             loss_scaler: self.model.scaler.dynamic.then(|| self.model.scaler.clone()),
         }
     }
+}
+
+/// Checks that every rank of `group` holds the weights rank 0 holds (a CRC-32 of the f32
+/// weights, compared through the group) at iteration `it`: the ranks never send weights, so
+/// they stay equal only while every rank starts from the same ones and takes the same
+/// updates. An error naming the first rank that differs, with `hint`.
+fn same_weights<B: Backend>(model: &Gpt<B>, g: &mut Group, it: u64, hint: &str) -> Result<()> {
+    let mut h = crc32fast::Hasher::new();
+    for chunk in model.params_host()?.chunks(1 << 14) {
+        h.update(&chunk.iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>());
+    }
+    let crc = h.finalize();
+    let w = g.world().clone();
+    let mut all = vec![0.0f64; w.size];
+    all[w.rank] = f64::from(crc);
+    g.sum_f64(&mut all)?;
+    if let Some(r) = all.iter().position(|&c| c != all[0]) {
+        bail!("rank {r}'s weights differ from rank 0's at iteration {it}: {hint}");
+    }
+    Ok(())
 }
 
 /// [`initialise`] on every rank of `group` (or alone): rank 0 first, as it alone tidies

@@ -154,6 +154,16 @@ CUresult cuDeviceGetName(char* name, int len, int) {
     return SUCCESS;
 }
 CUresult cuDeviceTotalMem_v2(size_t* b, int) { *b = memory(); return SUCCESS; }
+// "cuda-emu" and GPTRAIN_EMU_GPU (else 0): processes given different numbers emulate different GPUs
+CUresult cuDeviceGetUuid_v2(unsigned char* uuid, int) {
+    std::memset(uuid, 0, 16);
+    std::memcpy(uuid, "cuda-emu", 8);
+    const char* g = std::getenv("GPTRAIN_EMU_GPU");
+    uint32_t n = g ? (uint32_t)std::atoi(g) : 0;
+    std::memcpy(uuid + 8, &n, sizeof n);
+    return SUCCESS;
+}
+CUresult cuDeviceGetUuid(unsigned char* uuid, int d) { return cuDeviceGetUuid_v2(uuid, d); }
 CUresult cuDeviceGetAttribute(int* v, int attr, int) {
     int major, minor;
     cc(&major, &minor);
@@ -166,9 +176,6 @@ CUresult cuDeviceGetAttribute(int* v, int attr, int) {
     case 97: *v = 227 << 10; break;         // MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
     case 10: *v = 32; break;                // WARP_SIZE
     case 115: *v = 0; break;                // MEMORY_POOLS_SUPPORTED: plain allocations
-    case 33:                                // PCI_BUS_ID: GPTRAIN_EMU_PCI_BUS, else 0 (processes
-        *v = std::getenv("GPTRAIN_EMU_PCI_BUS") ? std::atoi(std::getenv("GPTRAIN_EMU_PCI_BUS")) : 0;
-        break;                              // given different ones emulate different GPUs)
     default: *v = 0; break;
     }
     return SUCCESS;

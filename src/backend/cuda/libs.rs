@@ -203,7 +203,7 @@ fn too_new_for_driver(lib: Lib, path: &Path, driver: i32) -> String {
 pub fn verify(lib: Lib, major: i32, shown: &str, driver: Option<i32>) -> Result<(), String> {
     match driver {
         Some(v) if major * 1000 > v => Err(format!(
-            "{} {shown} (CUDA {major}) was loaded by name from the system loader's path (LD_LIBRARY_PATH, ldconfig), but this NVIDIA driver supports CUDA {} at most: remove that folder from LD_LIBRARY_PATH, or update the driver",
+            "{} {shown} (CUDA {major}) was loaded by name from the system loader's path (LD_LIBRARY_PATH, or the ldconfig cache; an unversioned `.so` link is asked for first), but this NVIDIA driver supports CUDA {} at most: take CUDA {major}'s folder off LD_LIBRARY_PATH (or uninstall its package), or update the driver",
             lib.what,
             cuda_version(v)
         )),

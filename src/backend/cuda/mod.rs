@@ -83,8 +83,8 @@ pub struct Cuda {
 
 struct Inner {
     /// The data-parallel run's NCCL communicator, once this rank has joined one
-    /// ([`Cuda::join_ranks`]); freed before the context.
-    ranks: Mutex<Option<nccl::Comm>>,
+    /// ([`Cuda::join_ranks`]), and how long a sum may take; freed before the context.
+    ranks: Mutex<Option<(nccl::Comm, std::time::Duration)>>,
     card: select::Card,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
@@ -276,27 +276,57 @@ impl Cuda {
         self.inner.ctx.bind_to_thread().map_err(|e| anyhow!("cuda:{}: binding the context ({e:?})", self.inner.card.ordinal))
     }
 
-    /// Where this GPU sits: (PCI domain, bus, device), the same for two ranks that share one
-    /// card whatever their `CUDA_VISIBLE_DEVICES` numbering (NCCL refuses such ranks).
-    pub fn pci_id(&self) -> [i32; 3] {
-        use sys::CUdevice_attribute::*;
-        let a = |x| self.inner.ctx.attribute(x).unwrap_or(-1);
-        [a(CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID), a(CU_DEVICE_ATTRIBUTE_PCI_BUS_ID), a(CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID)]
+    /// The GPU's UUID (the driver's), the same for two ranks that share one card whatever
+    /// their `CUDA_VISIBLE_DEVICES` numbering (NCCL refuses such ranks), and different for any
+    /// two cards, on one machine or two.
+    pub fn uuid(&self) -> Result<[u8; 16]> {
+        let u = self.inner.ctx.uuid().map_err(|e| anyhow!("cuda:{}: the GPU's UUID ({e:?})", self.inner.card.ordinal))?;
+        Ok(u.bytes.map(|b| b as u8))
     }
 
     /// Joins the NCCL communicator `id` names as rank `rank` of `size` (every rank must call it:
-    /// it waits for all); from then on [`Backend::sum_over_ranks`] sums on the GPUs.
-    pub fn join_ranks(&self, rank: usize, size: usize, id: nccl::UniqueId) -> Result<()> {
+    /// it waits for all); from then on [`Backend::sum_over_ranks`] sums on the GPUs, each sum
+    /// given at most `timeout` to finish.
+    pub fn join_ranks(&self, rank: usize, size: usize, id: nccl::UniqueId, timeout: std::time::Duration) -> Result<()> {
         self.bind()?;
         let comm = nccl::Comm::init(rank, size, id).with_context(|| format!("cuda:{}", self.inner.card.ordinal))?;
-        *self.inner.ranks.lock().unwrap_or_else(|e| e.into_inner()) = Some(comm);
+        *self.inner.ranks.lock().unwrap_or_else(|e| e.into_inner()) = Some((comm, timeout));
         Ok(())
     }
 
-    /// Frees this rank's NCCL communicator, if any: sums go through host memory again.
-    pub fn leave_ranks(&self) {
-        let _ = self.bind();
-        self.inner.ranks.lock().unwrap_or_else(|e| e.into_inner()).take();
+    /// Waits for `stream`'s work (an NCCL sum among it) while watching `comm`: an error NCCL
+    /// reports, or no end within `timeout` (a rank gone mid-sum would hang the GPUs), aborts
+    /// the communicator and ends the run with one line.
+    fn wait_for_sum(&self, comm: &nccl::Comm, timeout: std::time::Duration) -> Result<()> {
+        let start = std::time::Instant::now();
+        loop {
+            // SAFETY: the backend's stream, alive as long as the backend; a query has no effects.
+            match unsafe { sys::cuStreamQuery(self.cu_stream()) } {
+                sys::CUresult::CUDA_SUCCESS => return Ok(()),
+                sys::CUresult::CUDA_ERROR_NOT_READY => {}
+                e => bail!("waiting for the sum over ranks ({e:?})"),
+            }
+            comm.async_error()?;
+            if start.elapsed() > timeout {
+                bail!(
+                    "NCCL's sum over the ranks did not finish within {} s (GPTRAIN_DIST_TIMEOUT_S): a rank has gone or the network failed",
+                    timeout.as_secs()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        }
+    }
+}
+
+impl Drop for Inner {
+    /// Frees the NCCL communicator with this GPU's context current (NCCL would otherwise make
+    /// GPU 0's current on a thread that has none, creating a context there).
+    fn drop(&mut self) {
+        let ranks = self.ranks.get_mut().unwrap_or_else(|e| e.into_inner());
+        if ranks.is_some() {
+            let _ = self.ctx.bind_to_thread();
+            ranks.take();
+        }
     }
 }
 
@@ -363,17 +393,24 @@ fn bytes_f32(b: &[u8], t: DType) -> Vec<f32> {
 impl Backend for Cuda {
     type Buf = CudaBuf;
 
-    fn sum_over_ranks(&self, bufs: &mut Buffers<CudaBuf>, t: Tensor) -> Result<bool> {
-        let ranks = self.inner.ranks.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(comm) = ranks.as_ref() else { return Ok(false) };
+    fn joined_ranks(&self) -> bool {
+        self.inner.ranks.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
+    fn sum_over_ranks(&self, bufs: &mut Buffers<CudaBuf>, t: Tensor) -> Result<()> {
+        let mut ranks = self.inner.ranks.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((comm, timeout)) = ranks.as_ref() else { bail!("cuda:{}: no NCCL communicator", self.inner.card.ordinal) };
         assert!(t.dtype == DType::F32, "ranks sum f32 tensors: {t:?}");
         self.bind()?;
         let stream = self.cu_stream() as *mut std::ffi::c_void;
         // SAFETY: `ptr` checked `t` (f32, in bounds) in a buffer of this GPU, whose context made
         // the communicator; the stream is the backend's, so the sum follows the step's kernels.
-        let summed = unsafe { comm.sum_f32(self.ptr(bufs, t), t.len(), stream) };
-        summed.with_context(|| format!("cuda:{}: summing over ranks", self.inner.card.ordinal))?;
-        Ok(true)
+        let summed = unsafe { comm.sum_f32(self.ptr(bufs, t), t.len(), stream) }.and_then(|()| self.wait_for_sum(comm, *timeout));
+        if let Err(e) = summed {
+            ranks.take(); // ncclCommAbort: the other ranks' sums fail rather than wait on this one
+            return Err(e.context(format!("cuda:{}: summing over ranks", self.inner.card.ordinal)));
+        }
+        Ok(())
     }
 
     fn name(&self) -> String {

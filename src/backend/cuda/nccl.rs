@@ -34,6 +34,7 @@ struct Api {
     comm_init_rank: unsafe extern "C" fn(*mut *mut c_void, i32, UniqueId, i32) -> i32,
     all_reduce: unsafe extern "C" fn(*const c_void, *mut c_void, usize, i32, i32, *mut c_void, *mut c_void) -> i32,
     comm_abort: unsafe extern "C" fn(*mut c_void) -> i32,
+    get_async_error: unsafe extern "C" fn(*mut c_void, *mut i32) -> i32,
     error_string: unsafe extern "C" fn(i32) -> *const c_char,
 }
 
@@ -63,14 +64,19 @@ fn load() -> Result<Api, String> {
     let mut v = 0;
     // SAFETY: writes one int we own.
     unsafe { get_version(&mut v) };
-    // NCCL_VERSION_CODE: major * 10000 + minor * 100 + patch since 2.9
-    let version = format!("{}.{}.{}", v / 10000, v / 100 % 100, v % 100);
+    // NCCL_VERSION_CODE: major * 10000 + minor * 100 + patch since 2.9, major * 1000 +
+    // minor * 100 + patch before
+    let version = match v >= 20900 {
+        true => format!("{}.{}.{}", v / 10000, v / 100 % 100, v % 100),
+        false => format!("{}.{}.{}", v / 1000, v / 100 % 10, v % 100),
+    };
     Ok(Api {
         version,
         get_unique_id: get!(b"ncclGetUniqueId"),
         comm_init_rank: get!(b"ncclCommInitRank"),
         all_reduce: get!(b"ncclAllReduce"),
         comm_abort: get!(b"ncclCommAbort"),
+        get_async_error: get!(b"ncclCommGetAsyncError"),
         error_string: get!(b"ncclGetErrorString"),
     })
 }
@@ -115,8 +121,20 @@ impl Comm {
         let a = api().map_err(anyhow::Error::msg)?;
         let mut raw = std::ptr::null_mut();
         // SAFETY: writes one pointer we own; `id` is passed by value as nccl.h declares it.
-        check(a, "ncclCommInitRank", unsafe { (a.comm_init_rank)(&mut raw, size as i32, id, rank as i32) })?;
-        Ok(Comm { raw })
+        let r = unsafe { (a.comm_init_rank)(&mut raw, size as i32, id, rank as i32) };
+        // a late failure may leave a half-made communicator: freed by the Drop
+        let comm = Comm { raw };
+        check(a, "ncclCommInitRank", r)?;
+        Ok(comm)
+    }
+
+    /// An error NCCL met in the background (a peer gone, the network), if any.
+    pub fn async_error(&self) -> Result<()> {
+        let a = api().map_err(anyhow::Error::msg)?;
+        let mut e = 0;
+        // SAFETY: `raw` is a live communicator; the call writes one int we own.
+        check(a, "ncclCommGetAsyncError", unsafe { (a.get_async_error)(self.raw, &mut e) })?;
+        check(a, "a collective", e)
     }
 
     /// Sums the `count` f32 at device address `ptr` over the ranks, in place, on `stream`.
@@ -135,6 +153,9 @@ impl Drop for Comm {
     /// `ncclCommAbort`, which frees the communicator without waiting for the other ranks (the
     /// caller has waited for its own sums; a rank that has gone must not hang this one).
     fn drop(&mut self) {
+        if self.raw.is_null() {
+            return;
+        }
         if let Ok(a) = api() {
             // SAFETY: `raw` came from ncclCommInitRank and is freed once, here.
             unsafe { (a.comm_abort)(self.raw) };
