@@ -145,7 +145,8 @@ fn a_rank_that_fails_or_never_comes_ends_the_run_with_one_line() {
 /// GPU ranks on `tools/cuda-emu`: two ranks that share its one GPU train what one process trains
 /// there, their gradients summed through host memory (NCCL refuses ranks on one GPU); two that
 /// emulate two GPUs (`GPTRAIN_EMU_GPU`: other UUIDs) sum by the emulator's NCCL, to the same bits; ranks
-/// that ask for `cuda` take the GPU of their local rank, and a local rank with no GPU is one line.
+/// that ask for `cuda` take the GPU of their local rank, and a local rank with no GPU is one line;
+/// ranks on the CPU and on a GPU are refused.
 #[test]
 fn gpu_ranks_train_what_one_gpu_process_trains() {
     let Some(emu) = common::emu_or_skip("gpu_ranks_train_what_one_gpu_process_trains") else { return };
@@ -162,7 +163,7 @@ fn gpu_ranks_train_what_one_gpu_process_trains() {
     let (code0, out0, err0) = finish(rank(0, 2, port, &d, "pair", &gpu, &env));
     let (code1, out1, err1) = finish(r1);
     assert_eq!((code0, code1), (0, 0), "rank 0: {err0}\nrank 1: {err1}");
-    let staged = "the gradients from the GPUs through host memory (ranks 0 and 1 share one GPU, which NCCL does not allow)";
+    let staged = "the gradients from the GPUs through host memory (ranks 0 and 1 share one GPU, which NCCL allows only from 2.30";
     assert!(out0.contains(staged), "{out0}");
     let (a, b) = (losses(&alone), losses(&out0));
     assert_eq!(a.len(), 8, "{alone}");
@@ -180,6 +181,15 @@ fn gpu_ranks_train_what_one_gpu_process_trains() {
     assert!(out1.is_empty() && err1.is_empty(), "rank 1 said: {out1}{err1}");
     let model = |run: &str| std::fs::read(d.join(run).join("ckpt-000004/model.safetensors")).unwrap();
     assert!(model("nccl") == model("pair"), "NCCL's sums (in rank order on the emulator) differ from the host's");
+    // one GPU shared, by an NCCL that allows it (2.30+, asked to)
+    let port = free_port();
+    let shared = [&env[..], &[("NCCL_MULTI_RANK_GPU_ENABLE", "1")]].concat();
+    let r1 = rank(1, 2, port, &d, "shared", &gpu, &shared);
+    let (code0, out0, err0) = finish(rank(0, 2, port, &d, "shared", &gpu, &shared));
+    let (code1, _, err1) = finish(r1);
+    assert_eq!((code0, code1), (0, 0), "rank 0: {err0}\nrank 1: {err1}");
+    assert!(out0.contains("gradients summed by NCCL 2.99.0 on the GPUs"), "{out0}");
+    assert_eq!(losses(&out0), a);
     // `auto` where one rank has a GPU and the other not: refused
     let port = free_port();
     let auto = [&gpu[..], &["--set", "device=auto"]].concat();
@@ -189,11 +199,12 @@ fn gpu_ranks_train_what_one_gpu_process_trains() {
     assert_eq!((code0, code1), (1, 1), "rank 0: {err0}\nrank 1: {err1}");
     assert!(err0.starts_with("error: rank 1 trains on the CPU and rank 0 on a GPU: every rank must use the same kind of device"), "{err0}");
     // `device=cuda`: rank 1 takes cuda:1, which the emulator does not have
-    let (code, _, err) = finish(rank(1, 2, free_port(), &d, "out", &[&gpu[..], &["--set", "device=cuda"]].concat(), &env));
+    let two_gpus = [&env[..], &[("GPTRAIN_EMU_GPUS", "2")]].concat();
+    let (code, _, err) = finish(rank(2, 4, free_port(), &d, "out", &[&gpu[..], &["--set", "device=cuda"]].concat(), &two_gpus));
     assert_eq!((code, err.lines().count()), (1, 1), "{err}");
     assert!(
-        err.starts_with("error: rank 1: device cuda:1 does not exist")
-            && err.contains("each rank takes the GPU of its local rank (1 here)"),
+        err.starts_with("error: rank 2: device cuda:2 does not exist: the NVIDIA driver sees 2 GPU(s)")
+            && err.contains("each rank takes the GPU of its local rank (2 here)"),
         "{err}"
     );
 }

@@ -154,23 +154,30 @@ timed "train 50 iters, rtx4070-40m fp16" train-rtx4070-fp16.log 120 "$BIN/gptrai
 PAIR=("${SHORT[@]}" --set max_iters=20 --set eval_interval=10 --set log_interval=1 --set gradient_accumulation_steps=2
     --set device=cuda:0 --set dtype=float32)
 timed "train 20 iters, one process, cuda" train-dp-alone.log 60 "$BIN/gptrain" train "${PAIR[@]}" --set "out_dir=$WORK/dp-alone"
-# rank 1 in the background, rank 0 in front (its log is the step's)
-PAIR_RUN='bin=$1 logs=$2 out=$3; shift 3; port=$((29500 + RANDOM % 2000))
-RANK=1 WORLD_SIZE=2 LOCAL_RANK=1 LOCAL_WORLD_SIZE=2 MASTER_PORT=$port "$bin" train "$@" --set "out_dir=$out" >"$logs/train-dp-rank1.log" 2>&1 &
+# rank 1 in the background (its log NAME-rank1.log), rank 0 in front (its log is the step's)
+PAIR_RUN='bin=$1 logs=$2 out=$3 name=$4; shift 4; port=$((29500 + RANDOM % 2000))
+RANK=1 WORLD_SIZE=2 LOCAL_RANK=1 LOCAL_WORLD_SIZE=2 MASTER_PORT=$port "$bin" train "$@" --set "out_dir=$out" >"$logs/$name-rank1.log" 2>&1 &
 r1=$!
 RANK=0 WORLD_SIZE=2 LOCAL_RANK=0 LOCAL_WORLD_SIZE=2 MASTER_PORT=$port "$bin" train "$@" --set "out_dir=$out"
 rc=$?
 wait $r1 || rc=1
 exit $rc'
-timed "train 20 iters, 2 ranks on cuda:0" train-dp-rank0.log 90 bash -c "$PAIR_RUN" _ "$BIN/gptrain" "$LOGS" "$WORK/dp-pair" "${PAIR[@]}"
 LOSS_LINES='^(iter|step|final)'
-if diff <(grep -E "$LOSS_LINES" "$LOGS/train-dp-alone.log" | sed 's/, time.*//') \
-    <(grep -E "$LOSS_LINES" "$LOGS/train-dp-rank0.log" | sed 's/, time.*//') >"$LOGS/train-dp-diff.txt" &&
-    grep -qE '^iter' "$LOGS/train-dp-alone.log"; then
-    row "2 ranks' losses = one process's" ok "-" train-dp-diff.txt
-else
-    row "2 ranks' losses = one process's" FAIL "-" train-dp-diff.txt
-fi
+# through host memory (NCCL refuses ranks sharing a GPU), then by NCCL where it allows that
+# (2.30+ with NCCL_MULTI_RANK_GPU_ENABLE=1; older ones fall back to host memory, banner says)
+for v in "host:" "nccl:NCCL_MULTI_RANK_GPU_ENABLE=1"; do
+    name=train-dp-${v%%:*} var=${v#*:}
+    timed "train 20 iters, 2 ranks on cuda:0, ${v%%:*}" "$name-rank0.log" 90 env $var bash -c "$PAIR_RUN" _ "$BIN/gptrain" "$LOGS" \
+        "$WORK/$name" "$name" "${PAIR[@]}"
+    grep -h "data parallel" "$LOGS/$name-rank0.log" | sed 's/^/    /'
+    if diff <(grep -E "$LOSS_LINES" "$LOGS/train-dp-alone.log" | sed 's/, time.*//') \
+        <(grep -E "$LOSS_LINES" "$LOGS/$name-rank0.log" | sed 's/, time.*//') >"$LOGS/$name-diff.txt" &&
+        grep -qE '^iter' "$LOGS/train-dp-alone.log"; then
+        row "2 ranks (${v%%:*}) losses = one's" ok "-" "$name-diff.txt"
+    else
+        row "2 ranks (${v%%:*}) losses = one's" FAIL "-" "$name-diff.txt"
+    fi
+done
 for f in train-cuda.log train-cpu.log train-cuda-bf16.log train-cuda-fp16.log train-rtx4070-fp16.log; do
     echo "== $f (start banner, iteration lines)"
     grep -E "^(device|dtype|memory)" "$LOGS/$f"

@@ -316,12 +316,16 @@ pub fn run(cfg: &Config, obs: &mut dyn Observer) -> Result<Summary> {
 /// [`run`] as rank `world.rank` of a data-parallel run of `world.size` processes (see
 /// [`crate::dist`]): connects to the other ranks first; rank 0 alone writes checkpoints.
 pub fn run_ranked(cfg: &Config, obs: &mut dyn Observer, world: &World) -> Result<Summary> {
-    let device =
-        ranks::rank_device(&cfg.device, world, || matches!(cuda::select::select("auto", Precision::F32), Ok(Selected::Cuda { .. })));
+    let gpus = || match cuda::select::select("auto", Precision::F32) {
+        Ok(Selected::Cuda { .. }) => cuda::select::gpu_count().ok(),
+        _ => None,
+    };
+    let device = ranks::rank_device(&cfg.device, world, gpus);
     let (chosen, reason) = if device == cfg.device {
         backend(cfg)?
     } else {
-        if let Err(why) = cuda::select::find_card(Some(world.local_rank)) {
+        let ordinal = device.strip_prefix("cuda:").and_then(|n| n.parse().ok());
+        if let Err(why) = cuda::select::find_card(ordinal) {
             bail!(
                 "{why}: each rank takes the GPU of its local rank ({} here); launch at most one process per GPU, or name the GPU every rank uses with `--set device=cuda:N`",
                 world.local_rank
@@ -339,11 +343,12 @@ pub fn run_ranked(cfg: &Config, obs: &mut dyn Observer, world: &World) -> Result
             Chosen::Cpu(_) => "gradients and losses summed through rank 0".into(),
         };
         let (w, accum) = (g.world(), cfg.gradient_accumulation_steps);
+        let each = accum / w.size;
         obs.message(&format!(
-            "data parallel: {} ranks ({}), {} micro-batches each of the {accum} per iteration; {sums}",
+            "data parallel: {} ranks ({}), {each} micro-batch{} each of the {accum} per iteration; {sums}",
             w.size,
             w.source,
-            accum / w.size
+            if each == 1 { "" } else { "es" }
         ));
     }
     if let Some(r) = reason {

@@ -7,15 +7,20 @@ use crate::backend::cuda::{nccl, Cuda};
 use crate::dist::{group, group::Group, World};
 use anyhow::{bail, Result};
 
-/// The device rank `world.rank` opens: ranks that ask for `cuda`, or for `auto` where
-/// `has_gpu()`, take one GPU each, `cuda:LOCAL_RANK`, as torchrun users set it; a named
-/// `cuda:N` (ranks that each see one GPU through `CUDA_VISIBLE_DEVICES`, or share one) and
-/// `cpu` stay as they are, and so does everything for one process.
-pub(super) fn rank_device(device: &str, world: &World, has_gpu: impl FnOnce() -> bool) -> String {
-    match device {
-        "cuda" if world.size > 1 => format!("cuda:{}", world.local_rank),
-        "auto" if world.size > 1 && has_gpu() => format!("cuda:{}", world.local_rank),
-        d => d.to_string(),
+/// The device rank `world.rank` opens: ranks that ask for `cuda`, or for `auto` where there is
+/// a usable GPU, take one GPU each, `cuda:LOCAL_RANK`, as torchrun users set it, except where
+/// the process sees a single GPU (`CUDA_VISIBLE_DEVICES` giving each rank its own, as batch
+/// scripts do; or ranks sharing the only one): `cuda:0`. `gpus()`: the GPUs this process sees,
+/// None without a usable one. A named `cuda:N` and `cpu` stay as they are, and so does
+/// everything for one process.
+pub(super) fn rank_device(device: &str, world: &World, gpus: impl FnOnce() -> Option<usize>) -> String {
+    if world.size == 1 || !matches!(device, "cuda" | "auto") {
+        return device.to_string();
+    }
+    match (device, gpus()) {
+        (_, Some(1)) => "cuda:0".into(),
+        (_, Some(_)) | ("cuda", None) => format!("cuda:{}", world.local_rank),
+        (d, None) => d.to_string(),
     }
 }
 
@@ -69,16 +74,15 @@ pub(super) fn join_gpus(cuda: &Cuda, group: &mut Group) -> Result<String> {
     let world = group.world().clone();
     let off = std::env::var("GPTRAIN_DIST_NCCL").is_ok_and(|v| v == "0");
     let nccl = if off { Err("GPTRAIN_DIST_NCCL=0".to_string()) } else { nccl::version() };
-    // each rank's slot: NCCL loads here (1 or 0), and which GPU it is (its UUID, hashed)
-    let mut facts = vec![0.0f64; 3 * world.size];
-    let gpu = gpu_key(cuda.uuid()?);
-    facts[3 * world.rank..3 * world.rank + 3].copy_from_slice(&[
-        f64::from(u8::from(nccl.is_ok())),
-        (gpu >> 32) as f64,
-        (gpu & 0xffff_ffff) as f64,
-    ]);
+    // each rank's slot: NCCL loads here (1 or 0), which GPU it is (its UUID, hashed), and
+    // whether its NCCL lets ranks share a GPU (1 or 0)
+    let mut facts = vec![0.0f64; 4 * world.size];
+    let (gpu, share) = (gpu_key(cuda.uuid()?), nccl.is_ok() && nccl::ranks_may_share_a_gpu());
+    let mine = [f64::from(u8::from(nccl.is_ok())), (gpu >> 32) as f64, (gpu & 0xffff_ffff) as f64, f64::from(u8::from(share))];
+    facts[4 * world.rank..4 * world.rank + 4].copy_from_slice(&mine);
     group.sum_f64(&mut facts)?;
-    let slots: Vec<(bool, u64)> = facts.chunks(3).map(|f| (f[0] == 1.0, ((f[1] as u64) << 32) | f[2] as u64)).collect();
+    let slot = |f: &[f64]| Slot { nccl: f[0] == 1.0, gpu: ((f[1] as u64) << 32) | f[2] as u64, share: f[3] == 1.0 };
+    let slots: Vec<Slot> = facts.chunks(4).map(slot).collect();
     if let Some(why) = host_reason(&slots, world.rank, nccl.as_ref().err()) {
         return Ok(staged(&why));
     }
@@ -114,18 +118,34 @@ fn staged(why: &str) -> String {
     format!("gradients and losses summed through rank 0, the gradients from the GPUs through host memory ({why})")
 }
 
-/// Why the ranks cannot sum by NCCL, from every rank's (NCCL loads, GPU key) and the reason
-/// NCCL does not load on this rank (`me`), if it does not; None when they can.
-fn host_reason(slots: &[(bool, u64)], me: usize, here: Option<&String>) -> Option<String> {
+/// What a rank tells the others before they choose how to sum.
+struct Slot {
+    /// NCCL loads there.
+    nccl: bool,
+    /// Its GPU ([`gpu_key`]).
+    gpu: u64,
+    /// Its NCCL lets ranks share a GPU ([`nccl::ranks_may_share_a_gpu`]).
+    share: bool,
+}
+
+/// Why the ranks cannot sum by NCCL, from every rank's [`Slot`] and the reason NCCL does not
+/// load on this rank (`me`), if it does not; None when they can.
+fn host_reason(slots: &[Slot], me: usize, here: Option<&String>) -> Option<String> {
     if let Some(why) = here {
         return Some(format!("NCCL is not usable on rank {me}: {why}"));
     }
-    if let Some(r) = slots.iter().position(|s| !s.0) {
+    if let Some(r) = slots.iter().position(|s| !s.nccl) {
         return Some(format!("NCCL is not usable on rank {r}"));
     }
+    if slots.iter().all(|s| s.share) {
+        return None;
+    }
     for (i, a) in slots.iter().enumerate() {
-        if let Some(j) = slots[i + 1..].iter().position(|b| b.1 == a.1) {
-            return Some(format!("ranks {i} and {} share one GPU, which NCCL does not allow", i + 1 + j));
+        if let Some(j) = slots[i + 1..].iter().position(|b| b.gpu == a.gpu) {
+            return Some(format!(
+                "ranks {i} and {} share one GPU, which NCCL allows only from 2.30 with NCCL_MULTI_RANK_GPU_ENABLE=1",
+                i + 1 + j
+            ));
         }
     }
     None
@@ -144,10 +164,13 @@ mod tests {
     #[test]
     fn ranks_asking_for_a_gpu_take_their_local_ranks() {
         let w = |rank, size, local_rank| World { rank, size, local_rank, local_size: size, source: "torchrun" };
-        let never = || -> bool { panic!("asked whether there is a GPU") };
-        assert_eq!(rank_device("cuda", &w(3, 4, 1), never), "cuda:1");
-        assert_eq!(rank_device("auto", &w(3, 4, 1), || true), "cuda:1");
-        assert_eq!(rank_device("auto", &w(3, 4, 1), || false), "auto");
+        let never = || -> Option<usize> { panic!("asked for the GPUs") };
+        assert_eq!(rank_device("cuda", &w(3, 4, 1), || Some(2)), "cuda:1");
+        assert_eq!(rank_device("cuda", &w(3, 4, 1), || None), "cuda:1"); // then an error naming it
+        assert_eq!(rank_device("cuda", &w(3, 4, 1), || Some(1)), "cuda:0"); // one GPU per process, or shared
+        assert_eq!(rank_device("auto", &w(3, 4, 1), || Some(4)), "cuda:1");
+        assert_eq!(rank_device("auto", &w(3, 4, 1), || Some(1)), "cuda:0");
+        assert_eq!(rank_device("auto", &w(3, 4, 1), || None), "auto");
         for d in ["cuda:0", "cuda:2", "cpu"] {
             assert_eq!(rank_device(d, &w(3, 4, 1), never), d);
         }
@@ -158,12 +181,15 @@ mod tests {
 
     #[test]
     fn ranks_sum_by_nccl_only_when_every_rank_can_and_no_two_share_a_gpu() {
-        assert_eq!(host_reason(&[(true, 1), (true, 2), (true, 3)], 0, None), None);
+        let s = |nccl, gpu, share| Slot { nccl, gpu, share };
+        assert!(host_reason(&[s(true, 1, false), s(true, 2, false), s(true, 3, false)], 0, None).is_none());
         let no = "NCCL library not found".to_string();
-        assert_eq!(host_reason(&[(true, 1), (false, 2)], 1, Some(&no)).unwrap(), "NCCL is not usable on rank 1: NCCL library not found");
-        assert_eq!(host_reason(&[(true, 1), (false, 2)], 0, None).unwrap(), "NCCL is not usable on rank 1");
-        let e = host_reason(&[(true, 1), (true, 2), (true, 1)], 1, None).unwrap();
-        assert_eq!(e, "ranks 0 and 2 share one GPU, which NCCL does not allow");
+        let e = host_reason(&[s(true, 1, false), s(false, 2, false)], 1, Some(&no)).unwrap();
+        assert_eq!(e, "NCCL is not usable on rank 1: NCCL library not found");
+        assert_eq!(host_reason(&[s(true, 1, true), s(false, 2, true)], 0, None).unwrap(), "NCCL is not usable on rank 1");
+        let e = host_reason(&[s(true, 1, false), s(true, 2, true), s(true, 1, true)], 1, None).unwrap();
+        assert_eq!(e, "ranks 0 and 2 share one GPU, which NCCL allows only from 2.30 with NCCL_MULTI_RANK_GPU_ENABLE=1");
+        assert!(host_reason(&[s(true, 1, true), s(true, 1, true)], 1, None).is_none());
         let (a, b) = (gpu_key([1; 16]), gpu_key([2; 16]));
         assert_ne!(a, b);
         assert_eq!(a, gpu_key([1; 16]));

@@ -147,8 +147,10 @@ CUresult cuInit(unsigned) {
 // The CUDA version this driver stands in for (build.sh: 13000 beside the .so.13 libraries, 12040
 // in cuda12/ beside .so.12 ones, where cuEventElapsedTime_v2, new in 12.8, does not exist)
 CUresult cuDriverGetVersion(int* v) { *v = EMU_CUDA; return SUCCESS; }
-CUresult cuDeviceGetCount(int* n) { *n = 1; return SUCCESS; }
-CUresult cuDeviceGet(int* d, int ordinal) { if (ordinal != 0) return INVALID_DEVICE; *d = 0; return SUCCESS; }
+// GPTRAIN_EMU_GPUS=N (default 1) GPUs, all of them this one emulated GPU
+static int gpus() { return std::getenv("GPTRAIN_EMU_GPUS") ? std::max(1, std::atoi(std::getenv("GPTRAIN_EMU_GPUS"))) : 1; }
+CUresult cuDeviceGetCount(int* n) { *n = gpus(); return SUCCESS; }
+CUresult cuDeviceGet(int* d, int ordinal) { if (ordinal < 0 || ordinal >= gpus()) return INVALID_DEVICE; *d = ordinal; return SUCCESS; }
 CUresult cuDeviceGetName(char* name, int len, int) {
     std::snprintf(name, len, "cuda-emu (the CPU emulating a GPU)");
     return SUCCESS;

@@ -21,6 +21,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <type_traits>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -72,6 +73,7 @@ struct Block {
     Thread* cur;
     void (*body)();
     unsigned char* stacks;
+    uint64_t serial; // this block's run, counted over the module's launches (from 1)
 };
 
 inline Block& blk() {
@@ -236,6 +238,7 @@ inline void launch(void (*k)(A...), Launch* L, const char* name) {
         for (unsigned y = 0; y < L->grid[1]; y++)
             for (unsigned x = 0; x < L->grid[0]; x++) {
                 b.bid = {x, y, z};
+                b.serial++;
                 std::memset(b.dyn, 0xff, L->shared); // NaN until written
                 for (unsigned i = 0; i < n; i++) {
                     Thread& t = b.threads[i];
@@ -415,6 +418,22 @@ using halfemu::f32_to_f16;
 #define __align__(n) __attribute__((aligned(n)))
 // one copy per block: blocks run one after another, their threads as fibers of one OS thread
 #define __shared__ static
+
+namespace emu {
+// A static __shared__ array is NaN (0xff bytes) at the start of every block, as dynamic shared
+// memory is, so a read before any thread of the block wrote it shows (else it would read the
+// previous block's values). The fake NVRTC puts a call after each declaration; the first thread
+// of a block to pass it poisons the array, before any thread can write it (a writer passes the
+// declaration first).
+inline void poison_shared(void* p, size_t n) {
+    static std::unordered_map<void*, uint64_t> last; // array -> the block run it was poisoned for
+    uint64_t& at = last[p];
+    if (at != blk().serial) {
+        std::memset(p, 0xff, n);
+        at = blk().serial;
+    }
+}
+} // namespace emu
 #define threadIdx (emu::blk().cur->tid)
 #define blockIdx (emu::blk().bid)
 #define blockDim (emu::blk().bdim)

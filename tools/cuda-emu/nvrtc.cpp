@@ -35,6 +35,33 @@ static std::string slurp(const std::string& path) {
     return s.str();
 }
 
+// Every static `__shared__ TYPE a[..], b[..];` declaration followed, on the same line (it may
+// be inside a macro), by emu::poison_shared of each array it declares: NaN at each block's start.
+static std::string poison_static_shared(const std::string& src) {
+    std::regex decl(R"(__shared__\s+((?:__align__\(\d+\)\s+)?[\w:]+)\s+([^;{}()]+);)");
+    std::string out;
+    auto last = src.cbegin();
+    for (auto it = std::sregex_iterator(src.begin(), src.end(), decl); it != std::sregex_iterator(); ++it) {
+        const std::smatch& m = *it;
+        out.append(last, m[0].first);
+        out += m.str(0);
+        std::string names = m.str(2);
+        size_t at = 0;
+        while (at < names.size()) {
+            size_t comma = names.find(',', at);
+            std::string one = names.substr(at, comma == std::string::npos ? std::string::npos : comma - at);
+            std::smatch id;
+            if (std::regex_search(one, id, std::regex(R"(^\s*(\w+))")))
+                out += " emu::poison_shared(&" + id.str(1) + ", sizeof(" + id.str(1) + "));";
+            if (comma == std::string::npos) break;
+            at = comma + 1;
+        }
+        last = m[0].second;
+    }
+    out.append(last, src.cend());
+    return out;
+}
+
 // 12.99 or 13.99 (the CUDA it stands in for, EMU_CUDA): a version no real NVRTC has, so
 // gptrain's kernel cache (keyed by it) never hands a real GPU an emulator's "CUBIN", nor the
 // emulator a real one
@@ -89,6 +116,7 @@ nvrtcResult nvrtcCompileProgram(Program* p, int n, const char* const* options) {
     // dynamic shared memory: the block's buffer
     std::string body = std::regex_replace(p->src, std::regex(R"(extern\s+__shared__\s+(\w+)\s+(\w+)\s*\[\s*\]\s*;)"),
                                           "$1* $2 = ($1*)emu_dyn_smem();");
+    body = poison_static_shared(body);
     std::ostringstream out;
     out << "#include \"" << here() << "/emu.h\"\n#line 1 \"" << p->name << "\"\n" << body << "\n";
     for (const auto& k : kernels)

@@ -30,6 +30,8 @@ const SUM: i32 = 0;
 /// pointers).
 struct Api {
     version: String,
+    /// NCCL_VERSION_CODE as of 2.9 (major * 10000 + minor * 100 + patch).
+    code: i32,
     get_unique_id: unsafe extern "C" fn(*mut UniqueId) -> i32,
     comm_init_rank: unsafe extern "C" fn(*mut *mut c_void, i32, UniqueId, i32) -> i32,
     all_reduce: unsafe extern "C" fn(*const c_void, *mut c_void, usize, i32, i32, *mut c_void, *mut c_void) -> i32,
@@ -66,12 +68,13 @@ fn load() -> Result<Api, String> {
     unsafe { get_version(&mut v) };
     // NCCL_VERSION_CODE: major * 10000 + minor * 100 + patch since 2.9, major * 1000 +
     // minor * 100 + patch before
-    let version = match v >= 20900 {
-        true => format!("{}.{}.{}", v / 10000, v / 100 % 100, v % 100),
-        false => format!("{}.{}.{}", v / 1000, v / 100 % 10, v % 100),
+    let (version, code) = match v >= 20900 {
+        true => (format!("{}.{}.{}", v / 10000, v / 100 % 100, v % 100), v),
+        false => (format!("{}.{}.{}", v / 1000, v / 100 % 10, v % 100), v / 1000 * 10000 + v % 1000),
     };
     Ok(Api {
         version,
+        code,
         get_unique_id: get!(b"ncclGetUniqueId"),
         comm_init_rank: get!(b"ncclCommInitRank"),
         all_reduce: get!(b"ncclAllReduce"),
@@ -84,6 +87,12 @@ fn load() -> Result<Api, String> {
 /// NCCL's version ("2.21.5"), or why it cannot be loaded (one line, with where it looked).
 pub fn version() -> Result<String, String> {
     api().map(|a| a.version.clone())
+}
+
+/// Whether this NCCL lets several ranks share one GPU: 2.30 and newer do when
+/// `NCCL_MULTI_RANK_GPU_ENABLE=1` (older ones refuse such ranks).
+pub fn ranks_may_share_a_gpu() -> bool {
+    api().is_ok_and(|a| a.code >= 23000) && std::env::var("NCCL_MULTI_RANK_GPU_ENABLE").is_ok_and(|v| v == "1")
 }
 
 /// A failed NCCL call as one line.

@@ -84,6 +84,12 @@ pub fn driver_present() -> bool {
     unsafe { sys::is_culib_present() }
 }
 
+/// How many GPUs the driver shows this process (after `CUDA_VISIBLE_DEVICES`), or why none.
+pub fn gpu_count() -> Result<usize, String> {
+    find_card(None)?;
+    result::device::get_count().map(|n| n as usize).map_err(|e| format!("the NVIDIA driver cannot count GPUs ({e:?})"))
+}
+
 /// GPU `n`, or the first with compute capability at least [`MIN_CC`]; or why there is none.
 pub fn find_card(n: Option<usize>) -> Result<Card, String> {
     // SAFETY: only tries to open libcuda with the system loader; nothing is called through it.
