@@ -50,6 +50,8 @@ pub fn rendezvous_addr(world: &World, env: &dyn Fn(&str) -> Option<String>) -> R
         None => 29500,
     };
     let agent = env("TORCHELASTIC_USE_AGENT_STORE").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    // an IPv6 address goes in brackets before its port
+    let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host };
     Ok(format!(
         "{host}:{}",
         port.checked_add(u16::from(agent)).context("MASTER_PORT 65535 is taken by torchrun's agent; set GPTRAIN_DIST_ADDR")?
@@ -194,7 +196,9 @@ fn hello(world: &World, check: u64) -> [u8; 20] {
 /// Rank 0: listens at `addr`'s port (on every interface) until each other rank has connected.
 fn accept_all(world: &World, addr: &str, check: u64, timeout: Duration) -> Result<Vec<TcpStream>> {
     let port = addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).with_context(|| format!("{addr:?} is not host:port"))?;
-    let listener = TcpListener::bind(("0.0.0.0", port))
+    // every interface, IPv6 ones where the rendezvous host is an IPv6 address
+    let any = if addr.starts_with('[') { "::" } else { "0.0.0.0" };
+    let listener = TcpListener::bind((any, port))
         .with_context(|| format!("rank 0 cannot listen on port {port} for the other ranks; set {ADDR_VAR}=host:port to a free port"))?;
     listener.set_nonblocking(true)?;
     let deadline = Instant::now() + timeout;
@@ -321,6 +325,37 @@ mod tests {
     }
 
     #[test]
+    fn ranks_meet_at_an_ipv6_address() {
+        let Ok(probe) = TcpListener::bind("[::1]:0") else {
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "ranks_meet_at_an_ipv6_address: skipped: this machine has no IPv6 loopback");
+            return;
+        };
+        let port = probe.local_addr().unwrap().port();
+        drop(probe);
+        let addr = rendezvous_addr(&world(0, 2), &|k: &str| match k {
+            "MASTER_ADDR" => Some("::1".into()),
+            "MASTER_PORT" => Some(port.to_string()),
+            _ => None,
+        })
+        .unwrap();
+        let handles: Vec<_> = (0..2)
+            .map(|r| {
+                let addr = addr.clone();
+                std::thread::spawn(move || {
+                    let mut g = Group::connect(&world(r, 2), &addr, 1, Duration::from_secs(20))?;
+                    let mut x = [r as f64 + 1.0];
+                    g.sum_f64(&mut x)?;
+                    Ok::<f64, anyhow::Error>(x[0])
+                })
+            })
+            .collect();
+        for h in handles {
+            assert_eq!(h.join().unwrap().unwrap(), 3.0);
+        }
+    }
+
+    #[test]
     fn a_rank_with_another_configuration_is_refused() {
         let out = ranks(2, |r| r as u64, |_| Ok(()));
         assert!(format!("{:#}", out[0].as_ref().unwrap_err()).contains("rank 1 runs another configuration than rank 0"));
@@ -349,6 +384,8 @@ mod tests {
         let w = world(0, 2);
         assert_eq!(rendezvous_addr(&w, &env(&[])).unwrap(), "127.0.0.1:29500");
         assert_eq!(rendezvous_addr(&w, &env(&[("MASTER_ADDR", "node1"), ("MASTER_PORT", "1234")])).unwrap(), "node1:1234");
+        assert_eq!(rendezvous_addr(&w, &env(&[("MASTER_ADDR", "fd00::1"), ("MASTER_PORT", "1234")])).unwrap(), "[fd00::1]:1234");
+        assert_eq!(rendezvous_addr(&w, &env(&[("MASTER_ADDR", "[::1]")])).unwrap(), "[::1]:29500");
         let agent = [("MASTER_ADDR", "h"), ("MASTER_PORT", "29400"), ("TORCHELASTIC_USE_AGENT_STORE", "True")];
         assert_eq!(rendezvous_addr(&w, &env(&agent)).unwrap(), "h:29401");
         assert_eq!(rendezvous_addr(&w, &env(&[(ADDR_VAR, "x:1"), ("MASTER_PORT", "5")])).unwrap(), "x:1");
