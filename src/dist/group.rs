@@ -34,6 +34,9 @@ pub struct Group {
 /// 2.5 on). Rank 0 listens on that port on every interface.
 pub fn rendezvous_addr(world: &World, env: &dyn Fn(&str) -> Option<String>) -> Result<String> {
     if let Some(a) = env(ADDR_VAR) {
+        if a.matches(':').count() > 1 && !a.starts_with('[') {
+            bail!("{ADDR_VAR}={a:?}: an IPv6 address goes in brackets before its port, as [::1]:29500");
+        }
         return Ok(a);
     }
     let host = match env("MASTER_ADDR") {
@@ -196,8 +199,10 @@ fn hello(world: &World, check: u64) -> [u8; 20] {
 /// Rank 0: listens at `addr`'s port (on every interface) until each other rank has connected.
 fn accept_all(world: &World, addr: &str, check: u64, timeout: Duration) -> Result<Vec<TcpStream>> {
     let port = addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).with_context(|| format!("{addr:?} is not host:port"))?;
-    // every interface, IPv6 ones where the rendezvous host is an IPv6 address
-    let any = if addr.starts_with('[') { "::" } else { "0.0.0.0" };
+    // every interface: IPv6 ones where the rendezvous host has only IPv6 addresses (an IPv6
+    // literal, or a name that resolves so), else IPv4 ones (the others try every address)
+    let v6 = addr.to_socket_addrs().map(|a| a.collect::<Vec<_>>()).is_ok_and(|a| !a.is_empty() && a.iter().all(|a| a.is_ipv6()));
+    let any = if v6 || addr.starts_with('[') { "::" } else { "0.0.0.0" };
     let listener = TcpListener::bind((any, port))
         .with_context(|| format!("rank 0 cannot listen on port {port} for the other ranks; set {ADDR_VAR}=host:port to a free port"))?;
     listener.set_nonblocking(true)?;
@@ -246,15 +251,19 @@ fn accept_all(world: &World, addr: &str, check: u64, timeout: Duration) -> Resul
 /// Another rank: connects to rank 0 at `addr` (trying again until it listens) and is accepted.
 fn join(world: &World, addr: &str, check: u64, timeout: Duration) -> Result<TcpStream> {
     let deadline = Instant::now() + timeout;
-    let mut s = loop {
+    loop {
+        // every address the name resolves to (IPv6 and IPv4), in the resolver's order
         let last = match addr.to_socket_addrs() {
-            Ok(mut addrs) => match addrs.next() {
-                Some(a) => match TcpStream::connect_timeout(&a, Duration::from_secs(5)) {
-                    Ok(s) => break s,
-                    Err(e) => e.to_string(),
-                },
-                None => format!("{addr} resolves to no address"),
-            },
+            Ok(addrs) => {
+                let mut last = format!("{addr} resolves to no address");
+                for a in addrs {
+                    match TcpStream::connect_timeout(&a, Duration::from_secs(5)) {
+                        Ok(s) => return greet(s, world, addr, check, timeout),
+                        Err(e) => last = e.to_string(),
+                    }
+                }
+                last
+            }
             Err(e) => e.to_string(),
         };
         if Instant::now() > deadline {
@@ -265,7 +274,11 @@ fn join(world: &World, addr: &str, check: u64, timeout: Duration) -> Result<TcpS
             );
         }
         std::thread::sleep(Duration::from_millis(50));
-    };
+    }
+}
+
+/// Says hello to rank 0 over `s` and reads its answer.
+fn greet(mut s: TcpStream, world: &World, addr: &str, check: u64, timeout: Duration) -> Result<TcpStream> {
     s.set_read_timeout(Some(timeout)).ok();
     s.write_all(&hello(world, check)).context("could not greet rank 0")?;
     let mut h = [0u8; 20];
@@ -386,6 +399,9 @@ mod tests {
         assert_eq!(rendezvous_addr(&w, &env(&[("MASTER_ADDR", "node1"), ("MASTER_PORT", "1234")])).unwrap(), "node1:1234");
         assert_eq!(rendezvous_addr(&w, &env(&[("MASTER_ADDR", "fd00::1"), ("MASTER_PORT", "1234")])).unwrap(), "[fd00::1]:1234");
         assert_eq!(rendezvous_addr(&w, &env(&[("MASTER_ADDR", "[::1]")])).unwrap(), "[::1]:29500");
+        assert_eq!(rendezvous_addr(&w, &env(&[(ADDR_VAR, "[::1]:5")])).unwrap(), "[::1]:5");
+        let e = rendezvous_addr(&w, &env(&[(ADDR_VAR, "::1:5")])).unwrap_err().to_string();
+        assert!(e.contains("an IPv6 address goes in brackets before its port"), "{e}");
         let agent = [("MASTER_ADDR", "h"), ("MASTER_PORT", "29400"), ("TORCHELASTIC_USE_AGENT_STORE", "True")];
         assert_eq!(rendezvous_addr(&w, &env(&agent)).unwrap(), "h:29401");
         assert_eq!(rendezvous_addr(&w, &env(&[(ADDR_VAR, "x:1"), ("MASTER_PORT", "5")])).unwrap(), "x:1");

@@ -316,8 +316,9 @@ pub fn run(cfg: &Config, obs: &mut dyn Observer) -> Result<Summary> {
 /// [`run`] as rank `world.rank` of a data-parallel run of `world.size` processes (see
 /// [`crate::dist`]): connects to the other ranks first; rank 0 alone writes checkpoints.
 pub fn run_ranked(cfg: &Config, obs: &mut dyn Observer, world: &World) -> Result<Summary> {
-    let gpus = || match cuda::select::select("auto", Precision::F32) {
-        Ok(Selected::Cuda { .. }) => cuda::select::gpu_count().ok(),
+    // the GPUs this process sees; for `auto`, only where it could train on one
+    let gpus = || match (cfg.device.as_str(), cuda::select::select("auto", Precision::F32)) {
+        ("cuda", _) | (_, Ok(Selected::Cuda { .. })) => cuda::select::gpu_count().ok(),
         _ => None,
     };
     let device = ranks::rank_device(&cfg.device, world, gpus);

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <regex>
 #include <set>
+#include <vector>
 #include <sstream>
 #include <string>
 #include <unistd.h>
@@ -35,28 +36,43 @@ static std::string slurp(const std::string& path) {
     return s.str();
 }
 
-// Every static `__shared__ TYPE a[..], b[..];` declaration followed, on the same line (it may
-// be inside a macro), by emu::poison_shared of each array it declares: NaN at each block's start.
+// Every static `__shared__ ... a[..], b[..];` declaration followed, on its last line (it may be
+// inside a macro), by emu::poison_shared of each array it declares: NaN at each block's start.
+// A declarator's name is the last identifier before its first `[` (after any type words and
+// `__align__(n)`); `extern __shared__` (the dynamic buffer, rewritten before) is left alone.
 static std::string poison_static_shared(const std::string& src) {
-    std::regex decl(R"(__shared__\s+((?:__align__\(\d+\)\s+)?[\w:]+)\s+([^;{}()]+);)");
+    std::regex decl(R"(__shared__([^;{}]*);)");
+    std::regex name(R"((\w+)\s*$)");
     std::string out;
     auto last = src.cbegin();
     for (auto it = std::sregex_iterator(src.begin(), src.end(), decl); it != std::sregex_iterator(); ++it) {
         const std::smatch& m = *it;
         out.append(last, m[0].first);
         out += m.str(0);
-        std::string names = m.str(2);
-        size_t at = 0;
-        while (at < names.size()) {
-            size_t comma = names.find(',', at);
-            std::string one = names.substr(at, comma == std::string::npos ? std::string::npos : comma - at);
-            std::smatch id;
-            if (std::regex_search(one, id, std::regex(R"(^\s*(\w+))")))
-                out += " emu::poison_shared(&" + id.str(1) + ", sizeof(" + id.str(1) + "));";
-            if (comma == std::string::npos) break;
-            at = comma + 1;
-        }
         last = m[0].second;
+        size_t at = (size_t)(m[0].first - src.cbegin()), nl = at == 0 ? std::string::npos : src.rfind('\n', at - 1);
+        size_t line = nl == std::string::npos ? 0 : nl + 1;
+        if (src.substr(line, at - line).find("extern") != std::string::npos) continue;
+        // split the declarators at the commas outside brackets and parentheses
+        std::string decls = m.str(1), cur;
+        std::vector<std::string> parts;
+        int depth = 0;
+        for (char c : decls) {
+            if (c == '[' || c == '(') depth++;
+            if (c == ']' || c == ')') depth--;
+            if (c == ',' && depth == 0) {
+                parts.push_back(cur);
+                cur.clear();
+            } else {
+                cur += c;
+            }
+        }
+        parts.push_back(cur);
+        for (const std::string& d : parts) {
+            std::string head = d.substr(0, d.find('['));
+            std::smatch id;
+            if (std::regex_search(head, id, name)) out += " emu::poison_shared(&" + id.str(1) + ", sizeof(" + id.str(1) + "));";
+        }
     }
     out.append(last, src.cend());
     return out;
