@@ -117,6 +117,24 @@ impl Group {
         self.sum(x, f64::to_le_bytes, f64::from_le_bytes)
     }
 
+    /// Every rank's `mine` (the same length on every rank), in rank order, to every rank: a
+    /// sum in which each rank fills its own slot and adds zeros elsewhere, so exact.
+    pub fn gather_f64(&mut self, mine: &[f64]) -> Result<Vec<f64>> {
+        let (r, n) = (self.world.rank, mine.len());
+        let mut all = vec![0.0; n * self.world.size];
+        all[r * n..(r + 1) * n].copy_from_slice(mine);
+        self.sum_f64(&mut all)?;
+        Ok(all)
+    }
+
+    /// Rank 0's `x` into every rank's `x`: a sum in which the other ranks add zeros, so exact.
+    pub fn broadcast_f64(&mut self, x: &mut [f64]) -> Result<()> {
+        if !self.world.is_root() {
+            x.fill(0.0);
+        }
+        self.sum_f64(x)
+    }
+
     fn sum<T, const N: usize>(&mut self, x: &mut [T], to: fn(T) -> [u8; N], from: fn([u8; N]) -> T) -> Result<()>
     where
         T: Copy + std::ops::AddAssign,
@@ -327,13 +345,18 @@ mod tests {
                 g.sum_f32(&mut x)?;
                 let mut y = [0.5 * r as f64];
                 g.sum_f64(&mut y)?;
-                Ok((x, y[0]))
+                let all = g.gather_f64(&[r as f64, -0.25 * r as f64])?;
+                let mut root = [10.0 + r as f64, 7.5];
+                g.broadcast_f64(&mut root)?;
+                Ok((x, y[0], all, root))
             },
         );
         for o in out {
-            let (x, y) = o.unwrap();
+            let (x, y, all, root) = o.unwrap();
             assert_eq!(x, vec![0.0, 3.0]);
             assert_eq!(y, 1.5);
+            assert_eq!(all, vec![0.0, -0.0, 1.0, -0.25, 2.0, -0.5]);
+            assert_eq!(root, [10.0, 7.5]);
         }
     }
 

@@ -49,10 +49,7 @@ fn config_check(cfg: &Config) -> u64 {
 /// Checks that every rank of `group` trains on the same kind of device (`on_gpu`): ranks on
 /// the CPU and on GPUs sum differently (`device=auto` on machines with and without a GPU).
 pub(super) fn same_kind_of_device(group: &mut Group, on_gpu: bool) -> Result<()> {
-    let w = group.world().clone();
-    let mut gpus = vec![0.0f64; w.size];
-    gpus[w.rank] = f64::from(u8::from(on_gpu));
-    group.sum_f64(&mut gpus)?;
+    let gpus = group.gather_f64(&[f64::from(u8::from(on_gpu))])?;
     if let Some(r) = gpus.iter().position(|&g| g != gpus[0]) {
         let on = |g: f64| if g == 1.0 { "a GPU" } else { "the CPU" };
         bail!(
@@ -74,19 +71,17 @@ pub(super) fn join_gpus(cuda: &Cuda, group: &mut Group) -> Result<String> {
     let world = group.world().clone();
     let off = std::env::var("GPTRAIN_DIST_NCCL").is_ok_and(|v| v == "0");
     let nccl = if off { Err("GPTRAIN_DIST_NCCL=0".to_string()) } else { nccl::version() };
-    // each rank's slot: NCCL loads here (1 or 0), which GPU it is (its UUID, hashed), and
+    // each rank's facts: NCCL loads here (1 or 0), which GPU it is (its UUID, hashed), and
     // whether its NCCL lets ranks share a GPU (1 or 0)
-    let mut facts = vec![0.0f64; 4 * world.size];
     let (gpu, share) = (gpu_key(cuda.uuid()?), nccl.is_ok() && nccl::ranks_may_share_a_gpu());
     let mine = [f64::from(u8::from(nccl.is_ok())), (gpu >> 32) as f64, (gpu & 0xffff_ffff) as f64, f64::from(u8::from(share))];
-    facts[4 * world.rank..4 * world.rank + 4].copy_from_slice(&mine);
-    group.sum_f64(&mut facts)?;
+    let facts = group.gather_f64(&mine)?;
     let slot = |f: &[f64]| Slot { nccl: f[0] == 1.0, gpu: ((f[1] as u64) << 32) | f[2] as u64, share: f[3] == 1.0 };
     let slots: Vec<Slot> = facts.chunks(4).map(slot).collect();
     if let Some(why) = host_reason(&slots, world.rank, nccl.as_ref().err()) {
         return Ok(staged(&why));
     }
-    // rank 0's unique id, to every rank (a sum where the others add zeros; bytes are exact in f64)
+    // rank 0's unique id, to every rank (bytes are exact in f64)
     let mut id = [0.0f64; 129];
     if world.is_root() {
         match nccl::unique_id() {
@@ -99,7 +94,7 @@ pub(super) fn join_gpus(cuda: &Cuda, group: &mut Group) -> Result<String> {
             Err(e) => eprintln!("rank 0: {e:#}"),
         }
     }
-    group.sum_f64(&mut id)?;
+    group.broadcast_f64(&mut id)?;
     if id[0] != 1.0 {
         return Ok(staged("rank 0 could not draw an NCCL id"));
     }

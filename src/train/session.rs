@@ -418,11 +418,7 @@ fn same_weights<B: Backend>(model: &Gpt<B>, g: &mut Group, it: u64, hint: &str) 
     for chunk in model.params_host()?.chunks(1 << 14) {
         h.update(&chunk.iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>());
     }
-    let crc = h.finalize();
-    let w = g.world().clone();
-    let mut all = vec![0.0f64; w.size];
-    all[w.rank] = f64::from(crc);
-    g.sum_f64(&mut all)?;
+    let all = g.gather_f64(&[f64::from(h.finalize())])?;
     if let Some(r) = all.iter().position(|&c| c != all[0]) {
         bail!("rank {r}'s weights differ from rank 0's at iteration {it}: {hint}");
     }
@@ -442,9 +438,9 @@ fn initialise_ranks(cfg: &Config, ds: &Dataset, user: &mut dyn Observer, group: 
     if root {
         g.barrier()?;
     }
-    // rank 0's start iteration, to every rank (the others add 0)
-    let mut start = [if root { init.start_iter as f64 } else { 0.0 }];
-    g.sum_f64(&mut start)?;
+    // rank 0's start iteration, to every rank
+    let mut start = [init.start_iter as f64];
+    g.broadcast_f64(&mut start)?;
     if start[0] != init.start_iter as f64 {
         bail!(
             "this rank would start from iteration {} and rank 0 from {}: every rank must read the same out_dir",
