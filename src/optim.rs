@@ -1,7 +1,7 @@
 //! The optimisation schedule and one training step: learning rate, gradient accumulation,
 //! clipping and AdamW, as nanoGPT's train.py does them.
 
-use crate::backend::{AdamW, Backend, Precision, Scalar};
+use crate::backend::{AdamW, Backend, Precision, Scalar, N_SCALARS};
 use crate::dist::group::Group;
 use crate::model::{DropoutCtx, Gpt};
 use anyhow::Result;
@@ -124,7 +124,8 @@ pub fn train_step<Bk: Backend>(
 
 /// A data-parallel rank's part of a step: its micro-batches are `first..` of the iteration's
 /// `accum`, and its gradients and loss are summed with the other ranks' through `group` before
-/// clipping and AdamW (so every rank takes the same update).
+/// clipping and AdamW (so every rank takes the same update). Under ZeRO-1 (the model's
+/// [`Gpt::parts`]) each rank updates the tensors it owns and then sends them to the others.
 pub struct Shard<'g> {
     pub group: &'g mut Group,
     pub first: usize,
@@ -157,13 +158,17 @@ pub fn train_step_guarded<Bk: Backend>(
             model.forward(ctx, Some(1.0 / accum as f32))?;
             model.backward(ctx)?;
         }
+        let zero = !model.parts().is_empty();
         if let Some(s) = shard.as_mut() {
             // on GPUs joined by NCCL, on the devices, once every rank has checked in over TCP
-            // (so a rank that has gone is named there rather than hanging the device sum);
-            // otherwise through host memory and rank 0
+            // (so a rank that has gone is named there rather than hanging the device sum), each
+            // part's sum to its owner only under ZeRO-1; otherwise through host memory and rank 0
             if model.sums_on_device() {
                 s.group.barrier()?;
-                model.sum_grads_over_ranks()?;
+                match zero {
+                    true => model.reduce_grads_to_owners()?,
+                    false => model.sum_grads_over_ranks()?,
+                }
             } else {
                 let mut g = model.grads_host()?;
                 s.group.sum_f32(&mut g)?;
@@ -172,18 +177,26 @@ pub fn train_step_guarded<Bk: Backend>(
         }
         model.accumulate_grad_squares()?;
         let mut sums = model.read_scalars()?;
-        if let Some(s) = shard.as_mut() {
+        let (l, q) = (Scalar::LossSum as usize, Scalar::GradSquares as usize);
+        if let Some(s) = shard.as_mut().filter(|_| zero) {
+            // ZeRO-1: each tensor's sum of squares comes from its owner (the others add zeros,
+            // exactly), and they add up in layout order from zero, as one process adds them
+            let mut x = sums.clone();
+            x[q] = 0.0;
+            s.group.sum_f64(&mut x)?;
+            sums[l] = x[l];
+            sums[q] = squares_in_layout_order(&x[N_SCALARS..]);
+        } else if let Some(s) = shard.as_mut() {
             // the losses add up; the squared norm is rank 0's (the others add 0), so that every
             // rank clips alike whatever its thread count (the norm's sum order follows it)
-            let (l, q) = (Scalar::LossSum as usize, Scalar::GradSquares as usize);
             let mut x = [sums[l], if s.group.world().is_root() { sums[q] } else { 0.0 }];
             s.group.sum_f64(&mut x)?;
             (sums[l], sums[q]) = (x[0], x[1]);
         }
-        let loss = (sums[Scalar::LossSum as usize] / accum as f64) as f32;
+        let loss = (sums[l] / accum as f64) as f32;
         // the gradients carry the loss scale (1 unless float16): the norm is of the true ones
         let loss_scale = model.scaler.scale;
-        let squares = sums[Scalar::GradSquares as usize];
+        let squares = sums[q];
         let grad_norm = (squares.sqrt() / loss_scale as f64) as f32;
         let lr = opt.lr_at(it);
         let overflow = loss.is_finite() && model.scaler.record(squares.is_finite());
@@ -192,9 +205,25 @@ pub fn train_step_guarded<Bk: Backend>(
             let clip = if opt.grad_clip > 0.0 { clip_coef(grad_norm, opt.grad_clip) } else { 1.0 };
             let hp = AdamW { lr, beta1: opt.beta1, beta2: opt.beta2, eps: 1e-8 };
             model.update(hp, opt.weight_decay, it + 1, clip / loss_scale)?;
+            // ZeRO-1: every rank's newly updated part to every rank
+            if let Some(s) = shard.as_mut().filter(|_| zero) {
+                if model.sums_on_device() {
+                    model.gather_params_from_owners()?;
+                } else {
+                    let all = s.group.gather_f32(&model.owned_kernel_params()?, true)?.expect("every rank gets the parts");
+                    model.set_kernel_params(&all)?;
+                }
+            }
         }
         Ok(StepStats { loss, grad_norm, lr, updated, overflow })
     })
+}
+
+/// ZeRO-1's squared gradient norm from each tensor's sum of squares, in layout order: added
+/// from zero in that order, as one process's backend adds them into [`Scalar::GradSquares`]
+/// (each `+=` an f64 add), so that the norm, hence the clipping, has the same bits.
+pub fn squares_in_layout_order(per_tensor: &[f64]) -> f64 {
+    per_tensor.iter().fold(0.0, |acc, s| acc + s)
 }
 
 /// torch.nn.utils.clip_grad_norm_'s coefficient: gradients of global norm `norm` are scaled by

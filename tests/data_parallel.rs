@@ -49,6 +49,15 @@ fn rank(rank: usize, size: usize, port: u16, dir: &Path, out: &str, extra: &[&st
     c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
 }
 
+/// Runs `size` ranks in `dir` (out_dir `out`) to the end: (exit code, stdout, stderr) of each.
+fn ranks(size: usize, dir: &Path, out: &str, extra: &[&str]) -> Vec<(i32, String, String)> {
+    let port = free_port();
+    let children: Vec<Child> = (0..size).rev().map(|r| rank(r, size, port, dir, out, extra, &[])).collect();
+    let mut done: Vec<_> = children.into_iter().map(finish).collect();
+    done.reverse();
+    done
+}
+
 /// (exit code, stdout, stderr) of a finished child.
 fn finish(c: Child) -> (i32, String, String) {
     let o = c.wait_with_output().unwrap();
@@ -181,6 +190,19 @@ fn gpu_ranks_train_what_one_gpu_process_trains() {
     assert!(out1.is_empty() && err1.is_empty(), "rank 1 said: {out1}{err1}");
     let model = |run: &str| std::fs::read(d.join(run).join("ckpt-000004/model.safetensors")).unwrap();
     assert!(model("nccl") == model("pair"), "NCCL's sums (in rank order on the emulator) differ from the host's");
+    // ZeRO-1 by NCCL: sums to each part's owner (grouped ncclReduce), updated parts from their
+    // owners (grouped ncclBroadcast); bitwise the all-reduce's steps
+    let port = free_port();
+    let zero = [&gpu[..], &["--set", "zero_stage=1"]].concat();
+    let r1 = rank(1, 2, port, &d, "zero", &zero, &bus("1"));
+    let (code0, out0, err0) = finish(rank(0, 2, port, &d, "zero", &zero, &bus("0")));
+    let (code1, out1, err1) = finish(r1);
+    assert_eq!((code0, code1), (0, 0), "rank 0: {err0}\nrank 1: {err1}");
+    assert!(out0.contains("gradients summed by NCCL") && out0.contains("ZeRO-1: the optimiser state split"), "{out0}");
+    assert_eq!(losses(&out0), a);
+    assert!(out1.is_empty() && err1.is_empty(), "rank 1 said: {out1}{err1}");
+    let optim = |run: &str| std::fs::read(d.join(run).join("ckpt-000004/optim.safetensors")).unwrap();
+    assert!(model("zero") == model("nccl") && optim("zero") == optim("nccl"), "ZeRO-1's checkpoint differs from the all-reduce's");
     // one GPU shared, by an NCCL that allows it (2.30+, asked to)
     let port = free_port();
     let shared = [&env[..], &[("NCCL_MULTI_RANK_GPU_ENABLE", "1")]].concat();
@@ -230,4 +252,58 @@ fn ranks_that_hold_different_weights_are_stopped_at_the_start() {
     let want = "rank 1's weights differ from rank 0's at iteration 4: did every rank read the same out_dir";
     assert!(err0.starts_with(&format!("error: {want}")) && err0.lines().count() == 1, "{err0}");
     assert!(err1.starts_with(&format!("error: rank 1: {want}")), "{err1}");
+}
+
+/// ZeRO-1 (`zero_stage=1`): each rank keeps the AdamW moments, and under mixed precision the
+/// f32 master weights, of its own tensors only, and sends the others what it updated. The steps
+/// are bitwise those of ranks that each keep everything: the same loss lines and byte-equal
+/// checkpoints (written whole, in today's format), at two ranks and at three (parts of three
+/// sizes), in float32 and bfloat16, resumed or not.
+#[test]
+fn zero_1_splits_the_optimiser_state_and_changes_no_bit() {
+    let d = tmp("zero");
+    let file = |run: &str, it: u32, f: &str| std::fs::read(d.join(run).join(format!("ckpt-{it:06}/{f}.safetensors"))).unwrap();
+    let same_checkpoints = |a: &str, b: &str, it: u32| {
+        for f in ["model", "optim"] {
+            assert!(file(a, it, f) == file(b, it, f), "{f}.safetensors of {a} and {b} differ");
+        }
+    };
+    let ok = |runs: Vec<(i32, String, String)>| -> String {
+        for (r, (code, out, err)) in runs.iter().enumerate() {
+            assert_eq!(*code, 0, "rank {r}: {err}");
+            assert!(r == 0 || out.is_empty() && err.is_empty(), "rank {r} said: {out}{err}");
+        }
+        runs.into_iter().next().unwrap().1
+    };
+    // clipped at every step, so that the gradient norm, which ZeRO-1 puts together from its
+    // parts, moves the weights
+    let bf16 = ["--set", "dtype=bfloat16", "--set", "grad_clip=0.1"];
+    let zero = [&bf16[..], &["--set", "zero_stage=1"]].concat();
+    let whole = ok(ranks(2, &d, "whole", &bf16));
+    let split = ok(ranks(2, &d, "split", &zero));
+    assert!(split.contains("ZeRO-1: the optimiser state split over the 2 ranks by whole tensors; rank 0 keeps"), "{split}");
+    assert!(!whole.contains("ZeRO"), "{whole}");
+    assert_eq!(losses(&split), losses(&whole));
+    same_checkpoints("whole", "split", 6);
+    same_checkpoints("whole", "split", 12);
+    // resumed halfway: the moments and master weights come back to their owners
+    ok(ranks(2, &d, "resumed", &[&zero[..], &["--set", "max_iters=6"]].concat()));
+    ok(ranks(2, &d, "resumed", &[&zero[..], &["--set", "init_from=resume"]].concat()));
+    same_checkpoints("split", "resumed", 12);
+    // three ranks in float32: three parts of different sizes
+    let three = ["--set", "gradient_accumulation_steps=6", "--set", "grad_clip=0.1"];
+    let whole3 = ok(ranks(3, &d, "whole3", &three));
+    let split3 = ok(ranks(3, &d, "split3", &[&three[..], &["--set", "zero_stage=1"]].concat()));
+    assert_eq!(losses(&split3), losses(&whole3));
+    same_checkpoints("whole3", "split3", 12);
+    // one process: nothing to split, said once
+    let (code, out, err) = finish(rank(0, 1, free_port(), &d, "alone", &["--set", "zero_stage=1", "--set", "max_iters=2"], &[]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("note: zero_stage = 1 splits the optimiser state over a data-parallel run's ranks; one process keeps it whole"),
+        "{out}"
+    );
+    let (code, _, err) = finish(rank(0, 1, free_port(), &d, "bad", &["--set", "zero_stage=2"], &[]));
+    assert_eq!(code, 1);
+    assert!(err.starts_with("error: `zero_stage` must be 0 or 1 (got 2)") && err.lines().count() == 1, "{err}");
 }

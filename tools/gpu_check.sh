@@ -164,12 +164,16 @@ wait $r1 || rc=1
 exit $rc'
 LOSS_LINES='^(iter|step|final)'
 # through host memory (NCCL refuses ranks sharing a GPU), then by NCCL where it allows that
-# (2.30+ with NCCL_MULTI_RANK_GPU_ENABLE=1; older ones fall back to host memory, banner says)
-for v in "host:" "nccl:NCCL_MULTI_RANK_GPU_ENABLE=1"; do
-    name=train-dp-${v%%:*} var=${v#*:}
+# (2.30+ with NCCL_MULTI_RANK_GPU_ENABLE=1; older ones fall back to host memory, banner says),
+# then the same with the optimiser state split over the ranks (ZeRO-1: ncclReduce/ncclBroadcast)
+for v in "host::" "nccl:NCCL_MULTI_RANK_GPU_ENABLE=1:" "zero:NCCL_MULTI_RANK_GPU_ENABLE=1:zero_stage=1"; do
+    rest=${v#*:}
+    name=train-dp-${v%%:*} var=${rest%%:*} set=${rest#*:}
+    extra=()
+    [ -n "$set" ] && extra=(--set "$set")
     timed "train 20 iters, 2 ranks on cuda:0, ${v%%:*}" "$name-rank0.log" 90 env $var bash -c "$PAIR_RUN" _ "$BIN/gptrain" "$LOGS" \
-        "$WORK/$name" "$name" "${PAIR[@]}"
-    grep -h "data parallel" "$LOGS/$name-rank0.log" | sed 's/^/    /'
+        "$WORK/$name" "$name" "${PAIR[@]}" "${extra[@]}"
+    grep -h "data parallel\|ZeRO" "$LOGS/$name-rank0.log" | sed 's/^/    /'
     if diff <(grep -E "$LOSS_LINES" "$LOGS/train-dp-alone.log" | sed 's/, time.*//') \
         <(grep -E "$LOSS_LINES" "$LOGS/$name-rank0.log" | sed 's/, time.*//') >"$LOGS/$name-diff.txt" &&
         grep -qE '^iter' "$LOGS/train-dp-alone.log"; then

@@ -210,4 +210,17 @@ pub trait Backend: Send + Sync {
     fn sum_over_ranks(&self, _bufs: &mut Buffers<Self::Buf>, _t: Tensor) -> Result<()> {
         anyhow::bail!("{} has joined no ranks", self.name())
     }
+
+    /// ZeRO-1's gradient sum over the joined ranks: part `parts[r]` (element spans of f32 tensor
+    /// `t`, one per rank) of rank r's `t` becomes the sum of every rank's, in place; the rest of
+    /// its `t` is left as it was. Waits for it.
+    fn reduce_to_owners(&self, _bufs: &mut Buffers<Self::Buf>, _t: Tensor, _parts: &[Span]) -> Result<()> {
+        anyhow::bail!("{} has joined no ranks", self.name())
+    }
+
+    /// ZeRO-1's parameter exchange over the joined ranks: part `parts[r]` of every rank's `t`
+    /// (any dtype) becomes rank r's, copied. Waits for it.
+    fn gather_from_owners(&self, _bufs: &mut Buffers<Self::Buf>, _t: Tensor, _parts: &[Span]) -> Result<()> {
+        anyhow::bail!("{} has joined no ranks", self.name())
+    }
 }

@@ -294,10 +294,11 @@ pub enum Op {
         losses: Tensor,
         into: Scalar,
     },
-    /// Scalar `into` += the sum of squares of x, in a fixed order.
+    /// `into` (one f64 of [`BufId::Scalars`]: [`Scalar::GradSquares`], or a tensor's own slot
+    /// under ZeRO-1) += the sum of squares of x, in a fixed order.
     AddSquares {
         x: Tensor,
-        into: Scalar,
+        into: Tensor,
     },
     AdamWStep(AdamWStep),
 }

@@ -418,7 +418,7 @@ pub(super) fn all() -> Vec<Case> {
     v.push(case("add squares", format!("{}x{C}", 3 * C), |l| {
         let x = l.t(Grads, &[3 * C, C], Normal(0.1));
         l.scalars();
-        Spec::new(vec![Op::AddSquares { x, into: Scalar::GradSquares }], vec![("grad squares", Scalar::GradSquares.tensor(), Add)])
+        Spec::new(vec![Op::AddSquares { x, into: Scalar::GradSquares.tensor() }], vec![("grad squares", Scalar::GradSquares.tensor(), Add)])
     }));
     v.push(case("adamw step", format!("{}x{C}, decay 0.1, grad scale 0.7", 3 * C), |l| {
         let params = l.t(Params, &[3 * C, C], Normal(0.5));

@@ -497,6 +497,7 @@ pub fn estimate(a: &EstimateArgs) -> Result<()> {
             eval_iters: cfg.eval_iters,
             gpus: a.gpus,
             recompute: cfg.recompute_level(),
+            zero_stage: cfg.zero_stage,
         };
         run.check_gpus(&dev)?;
         let mfu = if a.calibrate {
@@ -590,9 +591,17 @@ fn print_estimate(e: &estimate::Estimate, m: &ModelConfig, run: &Run, dev: &devi
     say!("device: {cards} ({}), {} peak {:.1} TFLOP/s per GPU [{}]", dev.description, e.dtype, e.peak_flops / 1e12, e.peak_source);
     say!("dtype: {} ({})", e.dtype, e.dtype_source);
     if let Some(a) = &e.allreduce {
+        let what = match a.zero_weight_bytes {
+            Some(w) => format!(
+                "ZeRO-1's exchange: {} of fp32 gradients reduced to their owners and {} of {} weights broadcast from them",
+                gib(a.gradient_bytes),
+                gib(w),
+                e.dtype
+            ),
+            None => format!("gradient all-reduce: {} of fp32 gradients", gib(a.gradient_bytes)),
+        };
         say!(
-            "gradient all-reduce: {} of fp32 gradients, ring: {} through each GPU's link at {:.1} GB/s [{}] = {} per iteration, {}",
-            gib(a.gradient_bytes),
+            "{what}, ring: {} through each GPU's link at {:.1} GB/s [{}] = {} per iteration, {}",
             gib(a.bytes_per_gpu as u64),
             a.link_gbs,
             a.link_source,
@@ -634,7 +643,11 @@ fn print_estimate(e: &estimate::Estimate, m: &ModelConfig, run: &Run, dev: &devi
         } else {
             "gptrain's CUDA backend: flash attention, fused classifier, fp32 master weights, gradients and moments; the CUDA context estimated"
         },
-        recompute_note(run.recompute)
+        if e.zero_stage == 1 {
+            format!("{}; per GPU, with ZeRO-1's largest share of the optimiser state", recompute_note(run.recompute))
+        } else {
+            recompute_note(run.recompute).to_string()
+        }
     );
     for (name, b) in e.memory.parts() {
         if b > 0 {
@@ -814,7 +827,7 @@ fn bench_gpu(
     let d = precision.bytes() as u64;
     let held = gpu.memory_use().map_or(0, |m| m.current);
     let recompute = cfg.recompute_level();
-    train::check_gpu_memory(model, cfg.batch_size, a.grad_accum, d, recompute, info.memory, held, &info.description)?;
+    train::check_gpu_memory(model, cfg.batch_size, a.grad_accum, d, recompute, info.memory, held, 0, &info.description)?;
     let memory_model = flops::memory(model, cfg.batch_size, model.block_size, d, recompute, flops::Impl::Gpu).allocated();
     let to_run = began.elapsed().as_secs_f64() * 1e3;
     let r = crate::bench::run(model, cfg.batch_size, a.grad_accum, a.steps, a.warmup, a.profile, gpu, precision, recompute)?;

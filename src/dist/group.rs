@@ -135,6 +135,38 @@ impl Group {
         self.sum_f64(x)
     }
 
+    /// Every rank's `mine` (lengths may differ), concatenated in rank order: to every rank when
+    /// `to_all`, else to rank 0 only (None on the others). Copied, not added: exact, signs of
+    /// zero and NaNs included. ZeRO-1's exchange of the ranks' parts.
+    pub fn gather_f32(&mut self, mine: &[f32], to_all: bool) -> Result<Option<Vec<f32>>> {
+        if self.world.size == 1 {
+            return Ok(Some(mine.to_vec()));
+        }
+        let mut buf = Vec::new();
+        if self.world.is_root() {
+            let mut all = mine.to_vec();
+            for (i, link) in self.links.iter_mut().enumerate() {
+                recv_any(link, i + 1, 4, &mut buf)?;
+                all.extend(buf.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())));
+            }
+            if to_all {
+                let out = encode(&all, f32::to_le_bytes);
+                for (i, link) in self.links.iter_mut().enumerate() {
+                    send(link, i + 1, &out)?;
+                }
+            }
+            Ok(Some(all))
+        } else {
+            let link = &mut self.links[0];
+            send(link, 0, &encode(mine, f32::to_le_bytes))?;
+            if !to_all {
+                return Ok(None);
+            }
+            recv_any(link, 0, 4, &mut buf)?;
+            Ok(Some(buf.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()))
+        }
+    }
+
     fn sum<T, const N: usize>(&mut self, x: &mut [T], to: fn(T) -> [u8; N], from: fn([u8; N]) -> T) -> Result<()>
     where
         T: Copy + std::ops::AddAssign,
@@ -188,6 +220,19 @@ fn recv(link: &mut TcpStream, peer: usize, n: usize, size: usize, buf: &mut Vec<
     let got = u64::from_le_bytes(len) as usize;
     if got != n {
         bail!("rank {peer} sent {got} values where this rank has {n}: the ranks are not running the same model and configuration");
+    }
+    buf.resize(n * size, 0);
+    link.read_exact(buf).map_err(|e| lost(peer, e))
+}
+
+/// Reads `peer`'s message of any number of elements of `size` bytes into `buf`.
+fn recv_any(link: &mut TcpStream, peer: usize, size: usize, buf: &mut Vec<u8>) -> Result<()> {
+    let mut len = [0u8; 8];
+    link.read_exact(&mut len).map_err(|e| lost(peer, e))?;
+    let n = u64::from_le_bytes(len) as usize;
+    // a garbled length must not allocate without bound: no rank sends more than 2^36 bytes
+    if n.checked_mul(size).is_none_or(|b| b > 1 << 36) {
+        bail!("rank {peer} sent a message of {n} values: the ranks are not running the same gptrain");
     }
     buf.resize(n * size, 0);
     link.read_exact(buf).map_err(|e| lost(peer, e))
@@ -357,6 +402,28 @@ mod tests {
             assert_eq!(y, 1.5);
             assert_eq!(all, vec![0.0, -0.0, 1.0, -0.25, 2.0, -0.5]);
             assert_eq!(root, [10.0, 7.5]);
+        }
+    }
+
+    #[test]
+    fn gathers_copy_each_ranks_part_in_rank_order() {
+        let out = ranks(
+            3,
+            |_| 7,
+            |g| {
+                let r = g.world().rank;
+                // parts of different lengths (rank 2's empty), a negative zero and a NaN: copied
+                let mine: Vec<f32> = [vec![-0.0, 1.5], vec![f32::NAN], vec![]][r].clone();
+                let all = g.gather_f32(&mine, true)?.unwrap();
+                let root = g.gather_f32(&[r as f32; 2], false)?;
+                Ok((all, root))
+            },
+        );
+        for (r, o) in out.into_iter().enumerate() {
+            let (all, root) = o.unwrap();
+            let bits: Vec<u32> = all.iter().map(|x| x.to_bits()).collect();
+            assert_eq!(bits, vec![(-0.0f32).to_bits(), 1.5f32.to_bits(), f32::NAN.to_bits()]);
+            assert_eq!(root, (r == 0).then(|| vec![0.0, 0.0, 1.0, 1.0, 2.0, 2.0]));
         }
     }
 

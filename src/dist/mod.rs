@@ -10,6 +10,7 @@
 //! one a GPU rank will use).
 
 pub mod group;
+pub mod zero;
 
 use anyhow::{bail, Result};
 

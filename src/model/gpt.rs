@@ -70,6 +70,11 @@ pub struct Gpt<B: Backend> {
     /// Which activations the backward recomputes instead of keeping ([`Gpt::set_recompute`]).
     recompute: Recompute,
     acts: Option<Acts>,
+    /// ZeRO-1 ([`Gpt::shard_optimizer`]): every rank's part of the parameter buffer, whole
+    /// tensors each, and this rank's index into it. Empty: one process, or ranks that each keep
+    /// the whole optimiser state.
+    parts: Vec<Span>,
+    rank: usize,
 }
 
 impl<B: Backend> Gpt<B> {
@@ -89,9 +94,10 @@ impl<B: Backend> Gpt<B> {
             bufs.set(BufId::Master, backend.alloc(layout.total, DType::F32)?);
         }
         bufs.set(BufId::Grads, backend.alloc(layout.total, DType::F32)?);
-        bufs.set(BufId::Scalars, backend.alloc(N_SCALARS, DType::F64)?);
+        // the step sums, then one slot per tensor for its sum of squares under ZeRO-1
+        bufs.set(BufId::Scalars, backend.alloc(N_SCALARS + layout.tensors.len(), DType::F64)?);
         let scaler = crate::optim::LossScaler::new(precision);
-        Ok(Gpt { cfg, layout, backend, bufs, precision, scaler, recompute: Recompute::Off, acts: None })
+        Ok(Gpt { cfg, layout, backend, bufs, precision, scaler, recompute: Recompute::Off, acts: None, parts: Vec::new(), rank: 0 })
     }
 
     /// nanoGPT's initialisation: N(0, 0.02) for embeddings and linear weights, N(0,
@@ -121,6 +127,56 @@ impl<B: Backend> Gpt<B> {
 
     pub fn num_params(&self) -> usize {
         self.layout.total
+    }
+
+    /// ZeRO-1: this model is rank `rank` of ranks whose optimisers own `parts` of the parameter
+    /// buffer ([`crate::dist::zero::parts`]: whole tensors, back to back). From here on it keeps
+    /// AdamW moments (and f32 master weights under mixed precision) for its own part only,
+    /// updates only that part, and its [`Gpt::optimizer_state`] and [`Gpt::owned_weights`] are
+    /// of that part. Call before the weights are set.
+    pub fn shard_optimizer(&mut self, parts: Vec<Span>, rank: usize) -> Result<()> {
+        assert!(!self.bufs.has(BufId::AdamM), "shard the optimiser before it has state");
+        assert_eq!(parts.iter().map(|p| p.len).sum::<usize>(), self.layout.total, "the parts cover the parameters");
+        let own = parts[rank];
+        assert!(
+            self.layout.tensors.iter().all(|t| !t.span.overlaps(&own) || (t.span.off >= own.off && t.span.end() <= own.end())),
+            "a part is whole tensors: {own:?}"
+        );
+        (self.parts, self.rank) = (parts, rank);
+        if self.has_master() {
+            let buf = self.backend.alloc(own.len.max(1), DType::F32)?;
+            self.bufs.set(BufId::Master, buf);
+        }
+        Ok(())
+    }
+
+    /// The part of the parameter buffer whose optimiser state this model keeps: all of it, or
+    /// its rank's part under ZeRO-1.
+    pub fn owned(&self) -> Span {
+        self.parts.get(self.rank).copied().unwrap_or(Span::new(0, self.layout.total))
+    }
+
+    /// Every rank's part under ZeRO-1 ([`Gpt::shard_optimizer`]); empty otherwise.
+    pub fn parts(&self) -> &[Span] {
+        &self.parts
+    }
+
+    /// The parameter tensors this model's optimiser owns, in layout order.
+    fn owned_tensors(&self) -> Vec<super::layout::ParamTensor> {
+        let own = self.owned();
+        self.layout.tensors.iter().filter(|t| t.span.len > 0 && t.span.overlaps(&own)).cloned().collect()
+    }
+
+    /// Tensor `t` in optimiser-state buffer `buf` (moments, master weights), which holds the
+    /// owned part only.
+    fn state_of(&self, t: &super::layout::ParamTensor, buf: BufId) -> Tensor {
+        Tensor::new(buf, Span::new(t.span.off - self.owned().off, t.span.len), &t.shape, DType::F32)
+    }
+
+    /// The whole owned part of optimiser-state buffer `buf`.
+    fn state_all(&self, buf: BufId) -> Tensor {
+        let n = self.owned().len;
+        Tensor::new(buf, Span::new(0, n), &[n], DType::F32)
     }
 
     /// Runs one op on this model's buffers.
@@ -376,24 +432,32 @@ impl<B: Backend> Gpt<B> {
 
     /// Zeroes the step accumulators ([`Scalar`]).
     pub fn reset_scalars(&mut self) -> Result<()> {
-        let all = Tensor::new(BufId::Scalars, Span::new(0, N_SCALARS), &[N_SCALARS], DType::F64);
+        let n = N_SCALARS + self.layout.tensors.len();
+        let all = Tensor::new(BufId::Scalars, Span::new(0, n), &[n], DType::F64);
         self.run(Op::Zero(all))
     }
 
     /// Adds the sum of squares of every gradient to [`Scalar::GradSquares`], tensor by tensor
-    /// in layout order.
+    /// in layout order. Under ZeRO-1, each owned tensor's sum goes to its own slot instead
+    /// ([`Gpt::read_scalars`]), for [`crate::optim`] to add in layout order once every rank's
+    /// are in.
     pub fn accumulate_grad_squares(&mut self) -> Result<()> {
-        for t in self.layout.tensors.clone() {
-            self.run(Op::AddSquares { x: t.of(BufId::Grads, DType::F32), into: Scalar::GradSquares })?;
+        let sharded = !self.parts.is_empty();
+        for t in self.owned_tensors() {
+            let i = self.layout.tensors.iter().position(|u| u.span.off == t.span.off && u.name == t.name).expect("a layout tensor");
+            let slot = if sharded { N_SCALARS + i } else { Scalar::GradSquares as usize };
+            let into = Tensor::new(BufId::Scalars, Span::new(slot, 1), &[1], DType::F64);
+            self.run(Op::AddSquares { x: t.of(BufId::Grads, DType::F32), into })?;
         }
         Ok(())
     }
 
-    /// The step accumulators, read once (a synchronisation on a device), indexed by [`Scalar`].
-    pub fn read_scalars(&self) -> Result<[f64; N_SCALARS]> {
-        let all = Tensor::new(BufId::Scalars, Span::new(0, N_SCALARS), &[N_SCALARS], DType::F64);
-        let v = self.backend.download(&self.bufs, all)?.into_f64();
-        Ok([v[0], v[1]])
+    /// The step accumulators, read once (a synchronisation on a device): indexed by [`Scalar`],
+    /// then (ZeRO-1) each tensor's sum of squares, in layout order (0 for tensors not owned).
+    pub fn read_scalars(&self) -> Result<Vec<f64>> {
+        let n = N_SCALARS + if self.parts.is_empty() { 0 } else { self.layout.tensors.len() };
+        let all = Tensor::new(BufId::Scalars, Span::new(0, n), &[n], DType::F64);
+        Ok(self.backend.download(&self.bufs, all)?.into_f64())
     }
 
     /// The mean loss of `tokens(B,T)` against `targets(B,T)` (a forward without gradient).
@@ -409,15 +473,17 @@ impl<B: Backend> Gpt<B> {
     pub fn update(&mut self, hp: AdamW, weight_decay: f32, step: u64, grad_scale: f32) -> Result<()> {
         for id in [BufId::AdamM, BufId::AdamV] {
             if !self.bufs.has(id) {
-                let buf = self.backend.alloc(self.layout.total, DType::F32)?;
+                let buf = self.backend.alloc(self.owned().len.max(1), DType::F32)?;
                 self.bufs.set(id, buf);
             }
         }
-        for t in self.layout.tensors.clone() {
+        // under ZeRO-1 the owned tensors only; their moments and master weights are at their
+        // offsets within the owned part
+        for t in self.owned_tensors() {
             let wd = if t.decay { weight_decay } else { 0.0 };
             let params = t.of(BufId::Params, self.low());
-            let master = self.has_master().then(|| t.of(BufId::Master, DType::F32));
-            let (grads, m, v) = (t.of(BufId::Grads, DType::F32), t.of(BufId::AdamM, DType::F32), t.of(BufId::AdamV, DType::F32));
+            let master = self.has_master().then(|| self.state_of(&t, BufId::Master));
+            let (grads, m, v) = (t.of(BufId::Grads, DType::F32), self.state_of(&t, BufId::AdamM), self.state_of(&t, BufId::AdamV));
             self.run(AdamWStep { params, master, grads, m, v, hp, step, weight_decay: wd, grad_scale })?;
         }
         Ok(())
@@ -440,9 +506,56 @@ impl<B: Backend> Gpt<B> {
     fn download_all(&self, buf: BufId) -> Result<Vec<f32>> {
         Ok(self.backend.download(&self.bufs, self.layout.all().of(buf, DType::F32))?.into_f32())
     }
-    /// The weights, f32: the master weights under mixed precision.
+    /// The weights, f32: the master weights under mixed precision. Not under ZeRO-1 (no rank
+    /// holds all the master weights): [`Gpt::owned_weights`] there.
     pub fn params_host(&self) -> Result<Vec<f32>> {
+        assert!(self.parts.is_empty(), "a ZeRO-1 rank holds its own part of the weights only");
         self.download_all(if self.has_master() { BufId::Master } else { BufId::Params })
+    }
+
+    /// The f32 weights of the owned part ([`Gpt::owned`]): the master weights under mixed
+    /// precision. Rank by rank, in rank order, they make the whole of [`Gpt::params_host`].
+    pub fn owned_weights(&self) -> Result<Vec<f32>> {
+        let own = self.owned();
+        let t = match self.has_master() {
+            true => self.state_all(BufId::Master),
+            false => Tensor::new(BufId::Params, own, &[own.len], DType::F32),
+        };
+        Ok(if own.len == 0 { Vec::new() } else { self.backend.download(&self.bufs, t)?.into_f32() })
+    }
+
+    /// The parameters as the kernels hold them (the low-precision copy under mixed precision),
+    /// widened to f32 exactly: the same on every rank.
+    pub fn kernel_params_host(&self) -> Result<Vec<f32>> {
+        Ok(self.backend.download(&self.bufs, self.layout.all())?.into_f32())
+    }
+
+    /// ZeRO-1, after an update: every rank's owned part of the kernels' parameters, from the
+    /// ranks' [`Gpt::owned_kernel_params`] put together (exactly: the values are copied).
+    pub fn set_kernel_params(&mut self, host: &[f32]) -> Result<()> {
+        assert_eq!(host.len(), self.layout.total);
+        let all = self.layout.all();
+        self.backend.upload(&mut self.bufs, all, &Host::F32(host.to_vec()))
+    }
+
+    /// The owned part of the kernels' parameters, widened to f32 exactly.
+    pub fn owned_kernel_params(&self) -> Result<Vec<f32>> {
+        let own = self.owned();
+        let t = Tensor::new(BufId::Params, own, &[own.len], self.low());
+        Ok(if own.len == 0 { Vec::new() } else { self.backend.download(&self.bufs, t)?.into_f32() })
+    }
+
+    /// ZeRO-1 on a device collective: the ranks' gradients summed into each owner's part.
+    pub fn reduce_grads_to_owners(&mut self) -> Result<()> {
+        let grads = self.layout.all().of(BufId::Grads, DType::F32);
+        self.backend.reduce_to_owners(&mut self.bufs, grads, &self.parts)
+    }
+
+    /// ZeRO-1 on a device collective, after an update: each owner's part of the kernels'
+    /// parameters to every rank.
+    pub fn gather_params_from_owners(&mut self) -> Result<()> {
+        let all = self.layout.all();
+        self.backend.gather_from_owners(&mut self.bufs, all, &self.parts)
     }
     pub fn grads_host(&self) -> Result<Vec<f32>> {
         self.download_all(BufId::Grads)
@@ -462,32 +575,44 @@ impl<B: Backend> Gpt<B> {
         let grads = self.layout.all().of(BufId::Grads, DType::F32);
         self.backend.upload(&mut self.bufs, grads, &Host::F32(host.to_vec()))
     }
-    /// Sets the weights (f32): the master weights and their rounded copy under mixed precision.
+    /// Sets the weights (f32): the master weights (of the owned part, under ZeRO-1) and their
+    /// rounded copy under mixed precision.
     pub fn set_params(&mut self, host: &[f32]) -> Result<()> {
         assert_eq!(host.len(), self.layout.total);
-        let (all, host) = (self.layout.all(), Host::F32(host.to_vec()));
-        if self.has_master() {
-            self.backend.upload(&mut self.bufs, all.of(BufId::Master, DType::F32), &host)?;
+        let own = self.owned();
+        if self.has_master() && own.len > 0 {
+            let mine = Host::F32(host[own.off..own.end()].to_vec());
+            let dst = self.state_all(BufId::Master);
+            self.backend.upload(&mut self.bufs, dst, &mine)?;
         }
-        self.backend.upload(&mut self.bufs, all, &host)
+        self.backend.upload(&mut self.bufs, self.layout.all(), &Host::F32(host.to_vec()))
     }
 
-    /// The AdamW moments (m, v) on the host, when an update has made them.
+    /// The AdamW moments (m, v) of the owned part ([`Gpt::owned`]: all of them but under
+    /// ZeRO-1) on the host, when an update has made them.
     pub fn optimizer_state(&self) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
         if !self.bufs.has(BufId::AdamM) {
             return Ok(None);
         }
-        Ok(Some((self.download_all(BufId::AdamM)?, self.download_all(BufId::AdamV)?)))
+        if self.owned().len == 0 {
+            return Ok(Some((Vec::new(), Vec::new())));
+        }
+        let m = self.backend.download(&self.bufs, self.state_all(BufId::AdamM))?.into_f32();
+        Ok(Some((m, self.backend.download(&self.bufs, self.state_all(BufId::AdamV))?.into_f32())))
     }
 
-    /// Restores AdamW moments saved by [`Gpt::optimizer_state`].
+    /// Restores AdamW moments saved by [`Gpt::optimizer_state`]: all of them, of which the owned
+    /// part is kept.
     pub fn set_optimizer_state(&mut self, m: &[f32], v: &[f32]) -> Result<()> {
+        let own = self.owned();
         for (id, x) in [(BufId::AdamM, m), (BufId::AdamV, v)] {
             assert_eq!(x.len(), self.layout.total);
-            let buf = self.backend.alloc(self.layout.total, DType::F32)?;
+            let buf = self.backend.alloc(own.len.max(1), DType::F32)?;
             self.bufs.set(id, buf);
-            let dst = self.layout.all().of(id, DType::F32);
-            self.backend.upload(&mut self.bufs, dst, &Host::F32(x.to_vec()))?;
+            if own.len > 0 {
+                let dst = self.state_all(id);
+                self.backend.upload(&mut self.bufs, dst, &Host::F32(x[own.off..own.end()].to_vec()))?;
+            }
         }
         Ok(())
     }
@@ -580,6 +705,52 @@ mod tests {
         g.set_batch(&x, &x, 2, 4).unwrap();
         g.forward(None, Some(1.0)).unwrap();
         let _ = g.logits();
+    }
+
+    /// ZeRO-1's pieces, three ranks in one process: each rank's step sums hold its own tensors'
+    /// sums of squares (zero elsewhere), which add up to the whole model's norm bit for bit; and
+    /// each rank's update of its part gives the whole model's weights and moments there.
+    #[test]
+    fn zero_1_parts_give_the_whole_models_norm_and_update() {
+        for precision in [Precision::F32, Precision::Bf16] {
+            let cfg = ModelConfig { n_layer: 2, n_head: 2, n_embd: 8, block_size: 4, vocab_size: 7, padded_vocab_size: 8, bias: true };
+            let x = vec![1, 2, 3, 4, 5, 6, 0, 1];
+            let step = |g: &mut Gpt<Cpu>| -> Vec<f64> {
+                g.zero_grad().unwrap();
+                g.reset_scalars().unwrap();
+                g.set_batch(&x, &x[1..].iter().chain(&[2]).copied().collect::<Vec<_>>(), 2, 4).unwrap();
+                g.forward(None, Some(1.0)).unwrap();
+                g.backward(None).unwrap();
+                g.accumulate_grad_squares().unwrap();
+                g.read_scalars().unwrap()
+            };
+            let hp = AdamW { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8 };
+            let mut whole = Gpt::init_in(Cpu::FAST, cfg.clone(), 1, precision).unwrap();
+            let start = whole.params_host().unwrap();
+            let norm = step(&mut whole)[Scalar::GradSquares as usize];
+            whole.update(hp, 0.1, 1, 1.0).unwrap();
+            let (w, (m, _)) = (whole.params_host().unwrap(), whole.optimizer_state().unwrap().unwrap());
+            let spans: Vec<Span> = whole.layout.tensors.iter().map(|t| t.span).collect();
+            let parts = crate::dist::zero::parts(&spans, 3);
+            let mut per_tensor = vec![0.0; spans.len()];
+            for (r, own) in parts.iter().enumerate() {
+                let mut g = Gpt::zeros_in(Cpu::FAST, cfg.clone(), precision).unwrap();
+                g.shard_optimizer(parts.clone(), r).unwrap();
+                g.set_params(&start).unwrap();
+                let sums = step(&mut g);
+                assert_eq!(sums[Scalar::GradSquares as usize], 0.0);
+                for (i, t) in spans.iter().enumerate() {
+                    let mine = t.off >= own.off && t.end() <= own.end();
+                    assert_eq!(sums[N_SCALARS + i] != 0.0, mine, "{precision:?}: rank {r}, tensor {i}");
+                    per_tensor[i] += sums[N_SCALARS + i];
+                }
+                g.update(hp, 0.1, 1, 1.0).unwrap();
+                let range = own.off..own.end();
+                assert_eq!(g.owned_weights().unwrap(), w[range.clone()], "{precision:?}: rank {r}'s weights");
+                assert_eq!(g.optimizer_state().unwrap().unwrap().0, m[range], "{precision:?}: rank {r}'s moments");
+            }
+            assert_eq!(crate::optim::squares_in_layout_order(&per_tensor).to_bits(), norm.to_bits(), "{precision:?}");
+        }
     }
 
     #[test]

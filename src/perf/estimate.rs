@@ -165,7 +165,11 @@ impl DtypeChoice {
 pub struct AllReduce {
     /// fp32 gradients of every parameter: what DDP reduces under autocast.
     pub gradient_bytes: u64,
-    /// A ring all-reduce sends (and receives) 2 (N-1)/N of the gradient per GPU.
+    /// ZeRO-1: the weights, in the compute dtype, that each owner sends the others after its
+    /// update (the gradients then go to their owners only: reduce, not all-reduce).
+    pub zero_weight_bytes: Option<u64>,
+    /// A ring all-reduce sends (and receives) 2 (N-1)/N of the gradient per GPU; ZeRO-1's
+    /// reduce and broadcast (N-1)/N of the gradient and of the weights.
     pub bytes_per_gpu: f64,
     pub link_gbs: f64,
     pub link_source: String,
@@ -242,6 +246,8 @@ pub struct Estimate {
     /// run is at level 2 already or the device's memory is unknown.
     pub max_micro_batch_recompute: usize,
     pub memory_with_recompute: u64,
+    /// 1 when the memory is a ZeRO-1 rank's (the optimiser state split over the GPUs).
+    pub zero_stage: usize,
     /// What nanoGPT's train.py (PyTorch, torch.compile) would need at this micro-batch, on a GPU
     /// (`flops::Impl::Torch`); None on the CPU.
     pub memory_pytorch_bytes: Option<u64>,
@@ -264,6 +270,8 @@ pub struct Run {
     pub gpus: usize,
     /// What the backward recomputes (the config's `recompute`).
     pub recompute: Recompute,
+    /// The config's `zero_stage`: 1 splits the optimiser state over the GPUs (gptrain's ZeRO-1).
+    pub zero_stage: usize,
 }
 
 impl Run {
@@ -308,11 +316,18 @@ pub fn estimate(run: &Run, device: &Device, precision: &DtypeChoice, peak_overri
     let per_gpu = run.grad_accum / gpus;
     let micro = micro_step_flops(m, run.batch_size);
     let peak = peak_override.unwrap_or_else(|| device.peak_flops(dtype));
+    let zero = run.zero_stage == 1 && gpus > 1;
     let allreduce = (gpus > 1).then(|| {
         let bytes = 4 * p.total as u64;
-        let per = 2.0 * (gpus - 1) as f64 / gpus as f64 * bytes as f64;
+        let weights = zero.then(|| dtype.bytes() as u64 * p.total as u64);
+        let share = (gpus - 1) as f64 / gpus as f64;
+        let per = match weights {
+            Some(w) => share * (bytes + w) as f64,
+            None => 2.0 * share * bytes as f64,
+        };
         AllReduce {
             gradient_bytes: bytes,
+            zero_weight_bytes: weights,
             bytes_per_gpu: per,
             link_gbs: device.link_gbs,
             link_source: device.link_source.clone(),
@@ -331,9 +346,19 @@ pub fn estimate(run: &Run, device: &Device, precision: &DtypeChoice, peak_overri
     let total = |u: f64| run.max_iters as f64 * s_at(u) + evals as f64 * eval_s(u);
     let imp = if device.is_gpu() { Impl::Gpu } else { Impl::Cpu };
     let d = dtype.bytes() as u64;
-    let mem = flops::memory(m, run.batch_size, t, d, run.recompute, imp);
+    // ZeRO-1: each GPU keeps the optimiser state of its share only; the largest share sets the
+    // need, and what it saves is the same at every micro-batch
+    let own = zero.then(|| crate::dist::zero::largest_part(&crate::model::ParamLayout::new(m), gpus) as u64);
+    let shard = |mem: flops::Memory| match own {
+        Some(n) => mem.sharded(n),
+        None => mem,
+    };
+    let full = flops::memory(m, run.batch_size, t, d, run.recompute, imp);
+    let mem = shard(full.clone());
     let most = Recompute::GeluAndLayerNorm;
     let cap = device.memory_bytes;
+    // (no verdict where the memory is unknown)
+    let room = if cap > 0 { cap + (full.total() - mem.total()) } else { 0 };
     let more_by_recomputing = run.recompute < most && cap > 0;
     let fits = |bytes: u64| (cap > 0).then_some(bytes <= cap); // None: the device's memory is unknown
     let torch = (imp == Impl::Gpu).then(|| flops::memory(m, run.batch_size, t, d, Recompute::Off, Impl::Torch).total());
@@ -376,10 +401,11 @@ pub fn estimate(run: &Run, device: &Device, precision: &DtypeChoice, peak_overri
         fits: fits(mem.total()),
         memory: mem,
         device_memory_bytes: cap,
-        max_micro_batch: flops::max_micro_batch(m, t, d, run.recompute, imp, cap),
+        max_micro_batch: flops::max_micro_batch(m, t, d, run.recompute, imp, room),
         recompute: run.recompute.level(),
-        max_micro_batch_recompute: if more_by_recomputing { flops::max_micro_batch(m, t, d, most, imp, cap) } else { 0 },
-        memory_with_recompute: flops::memory(m, run.batch_size, t, d, most, imp).total(),
+        max_micro_batch_recompute: if more_by_recomputing { flops::max_micro_batch(m, t, d, most, imp, room) } else { 0 },
+        memory_with_recompute: shard(flops::memory(m, run.batch_size, t, d, most, imp)).total(),
+        zero_stage: if zero { 1 } else { 0 },
         memory_pytorch_bytes: torch,
         fits_pytorch: torch.and_then(fits),
         mfu,
@@ -453,6 +479,7 @@ mod tests {
             eval_iters: 200,
             gpus: 1,
             recompute: Recompute::Off,
+            zero_stage: 0,
         }
     }
 
@@ -470,6 +497,7 @@ mod tests {
             eval_iters: cfg.eval_iters,
             gpus,
             recompute: cfg.recompute_level(),
+            zero_stage: 0,
         }
     }
 
@@ -551,6 +579,27 @@ mod tests {
         assert!(MfuAssumption::default_for(&d, &tiny).note.is_some());
         assert!(MfuAssumption::default_for(&d, &gpt2).note.is_none());
         assert!(MfuAssumption::default_for(&d, &gpt2).source.contains("PERFORMANCE.md"));
+    }
+
+    #[test]
+    fn zero_1_keeps_the_largest_share_of_the_optimiser_state_per_gpu_and_sends_less() {
+        let whole = est(&preset_run("gpt2-124m", 50304, 8), "h100", Precision::Bf16);
+        let split = est(&Run { zero_stage: 1, ..preset_run("gpt2-124m", 50304, 8) }, "h100", Precision::Bf16);
+        let wte = 50304 * 768;
+        // the token embedding is the largest share (a third of the model)
+        assert_eq!(split.memory.optimizer, 8 * wte as u64);
+        assert_eq!(split.memory.master_weights, 4 * wte as u64);
+        assert_eq!((whole.memory.optimizer, whole.memory.master_weights), (8 * whole.params as u64, 4 * whole.params as u64));
+        assert_eq!(split.memory.activations, whole.memory.activations);
+        assert!(split.memory_bytes < whole.memory_bytes && split.max_micro_batch >= whole.max_micro_batch);
+        // a reduce of the fp32 gradients and a broadcast of the bf16 weights: (N-1)/N of each
+        let a = split.allreduce.as_ref().unwrap();
+        assert_eq!(a.zero_weight_bytes, Some(2 * split.params as u64));
+        assert!((a.bytes_per_gpu - 0.875 * 6.0 * split.params as f64).abs() < 1.0);
+        assert_eq!(split.zero_stage, 1);
+        // one GPU: nothing to split
+        let one = est(&Run { zero_stage: 1, ..preset_run("gpt2-124m", 50304, 1) }, "h100", Precision::Bf16);
+        assert_eq!((one.zero_stage, one.memory.optimizer), (0, 8 * one.params as u64));
     }
 
     #[test]

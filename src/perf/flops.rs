@@ -10,7 +10,7 @@
 //! * Attention is counted dense over the full T x T (not only the causal half), as PaLM and
 //!   nanoGPT do; the causal-exact count is given beside it.
 
-use crate::model::{ActLayout, ModelConfig, Recompute};
+use crate::model::{ActLayout, ModelConfig, ParamLayout, Recompute};
 
 /// FLOPs per token of one forward pass, by part (whole model, all layers).
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -153,6 +153,12 @@ impl Memory {
     pub fn allocated(&self) -> u64 {
         self.total() - self.overhead
     }
+    /// ZeRO-1 ([`crate::dist::zero`]): a rank that keeps the optimiser state (AdamW moments, f32
+    /// master weights) of `own` of the parameters only (at least one element is allocated).
+    pub fn sharded(self, own: u64) -> Memory {
+        let own = own.max(1);
+        Memory { master_weights: if self.master_weights > 0 { 4 * own } else { 0 }, optimizer: 8 * own, ..self }
+    }
     /// (name, bytes) of each part, for tables.
     pub fn parts(&self) -> Vec<(&'static str, u64)> {
         vec![
@@ -211,7 +217,8 @@ pub fn memory(cfg: &ModelConfig, b: usize, t: usize, d: u64, recompute: Recomput
             let logits = a.logits.len() as u64;
             let tokens = 3 * bt * 4; // inputs, targets and the inputs' order by token, u32 (3, B, T)
             let rowdot = bt * nh * 4; // attention backward's row dot products, f32 (B, NH, T)
-            let scalars = crate::backend::N_SCALARS as u64 * 8;
+                                      // the step sums, then a slot per tensor for ZeRO-1's per-tensor sums of squares
+            let scalars = (crate::backend::N_SCALARS + ParamLayout::new(cfg).tensors.len()) as u64 * 8;
             Memory {
                 weights: n * d,
                 master_weights: if d < 4 { 4 * n } else { 0 },

@@ -435,17 +435,19 @@ pub fn check_gpu_memory(
     recompute: Recompute,
     mem: Option<device::MemInfo>,
     held: u64,
+    zero_saves: u64,
     card: &str,
 ) -> Result<()> {
     use crate::cli::units::human_bytes;
     use crate::perf::flops::{self, Impl};
     let Some(m) = mem else { return Ok(()) };
     let t = mc.block_size;
-    let need = flops::memory(mc, b, t, d, recompute, Impl::Gpu).allocated();
+    // ZeRO-1's share of the optimiser state leaves `zero_saves` bytes unallocated whatever the batch
+    let need = flops::memory(mc, b, t, d, recompute, Impl::Gpu).allocated() - zero_saves;
     if need <= m.available + held {
         return Ok(());
     }
-    let capacity = m.available + held + flops::GPU_OVERHEAD_BYTES;
+    let capacity = m.available + held + zero_saves + flops::GPU_OVERHEAD_BYTES;
     let fits = flops::max_micro_batch(mc, t, d, recompute, Impl::Gpu, capacity);
     let fits_recomputing = flops::max_micro_batch(mc, t, d, Recompute::GeluAndLayerNorm, Impl::Gpu, capacity);
     let or_recompute = if fits_recomputing > fits {
@@ -525,8 +527,8 @@ mod tests {
         // a 12 GiB card with the context taken: 16 fits, 64 does not
         let card = |free: u64| Some(device::MemInfo { total: 12 * GIB, available: free, swap_free: 0 });
         let off = Recompute::Off;
-        assert!(check_gpu_memory(&mc, 16, 32, 2, off, card(11 * GIB), held, "RTX 4070").is_ok());
-        let e = format!("{:#}", check_gpu_memory(&mc, 64, 8, 2, off, card(11 * GIB), held, "RTX 4070").unwrap_err());
+        assert!(check_gpu_memory(&mc, 16, 32, 2, off, card(11 * GIB), held, 0, "RTX 4070").is_ok());
+        let e = format!("{:#}", check_gpu_memory(&mc, 64, 8, 2, off, card(11 * GIB), held, 0, "RTX 4070").unwrap_err());
         let capacity = 11 * GIB + held + flops::GPU_OVERHEAD_BYTES;
         let fits = flops::max_micro_batch(&mc, 1024, 2, off, Impl::Gpu, capacity);
         assert!((16..64).contains(&fits), "{fits}");
@@ -538,10 +540,12 @@ mod tests {
         // recomputing, more fits, and the error says so at the run's own level
         let recomputing = flops::max_micro_batch(&mc, 1024, 2, Recompute::GeluAndLayerNorm, Impl::Gpu, capacity);
         assert!(recomputing > fits, "{recomputing} vs {fits}");
-        let e = format!("{:#}", check_gpu_memory(&mc, 64, 8, 2, Recompute::GeluAndLayerNorm, card(11 * GIB), held, "x").unwrap_err());
+        let e = format!("{:#}", check_gpu_memory(&mc, 64, 8, 2, Recompute::GeluAndLayerNorm, card(11 * GIB), held, 0, "x").unwrap_err());
         assert!(e.contains(&format!("the largest micro-batch that fits is {recomputing}: ")) && !e.contains("with --set"), "{e}");
-        assert!(format!("{:#}", check_gpu_memory(&mc, 1, 1, 2, off, card(GIB / 4), held, "x").unwrap_err()).contains("even micro-batch 1"));
-        assert!(check_gpu_memory(&mc, 1 << 20, 1, 2, off, None, 0, "x").is_ok(), "unknown memory: no verdict");
+        assert!(
+            format!("{:#}", check_gpu_memory(&mc, 1, 1, 2, off, card(GIB / 4), held, 0, "x").unwrap_err()).contains("even micro-batch 1")
+        );
+        assert!(check_gpu_memory(&mc, 1 << 20, 1, 2, off, None, 0, 0, "x").is_ok(), "unknown memory: no verdict");
     }
 
     #[test]

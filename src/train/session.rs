@@ -12,7 +12,7 @@ use crate::backend::Backend;
 use crate::checkpoint::{self, TrainState};
 use crate::config::Config;
 use crate::data::Dataset;
-use crate::dist::group::Group;
+use crate::dist::{group::Group, zero};
 use crate::model::{Gpt, ModelConfig};
 use crate::optim::{train_step_guarded, OptimConfig, OutlierDetector, Shard, StepStats};
 use crate::perf::{device, flops, meter::Meter};
@@ -92,14 +92,24 @@ impl<'a, B: Backend> Session<'a, B> {
         let tokens_per_iter = b * t * accum;
         let d = precision.bytes() as u64;
         let recompute = cfg.recompute_level();
-        let mem = flops::memory(&mc, b, t, d, recompute, dev.memory_model);
+        // ZeRO-1: this rank's optimiser keeps its share of the tensors only
+        let world = Group::world_of(group.as_ref()).clone();
+        let parts = (cfg.zero_stage == 1 && world.size > 1).then(|| {
+            let spans: Vec<_> = crate::model::ParamLayout::new(&mc).tensors.iter().map(|t| t.span).collect();
+            zero::parts(&spans, world.size)
+        });
+        let full = flops::memory(&mc, b, t, d, recompute, dev.memory_model);
+        let mem = match &parts {
+            Some(p) => full.clone().sharded(p[world.rank].len as u64),
+            None => full.clone(),
+        };
         // what the backend holds already (its workspace and scratch) is free for this run
         let held = backend.memory_use().map_or(0, |m| m.current);
         let device_memory = dev.memory.map(|m| device::MemInfo { available: m.available + held, ..m });
         match backend.memory_use() {
             // a device: what is still to allocate against what it has free
             Some(_) if dev.memory_model == flops::Impl::Gpu => {
-                check_gpu_memory(&mc, b, accum, d, recompute, dev.memory, held, &dev.description)?
+                check_gpu_memory(&mc, b, accum, d, recompute, dev.memory, held, full.allocated() - mem.allocated(), &dev.description)?
             }
             _ => {
                 if let Some(warning) = check_memory(mem.total(), dev.memory)? {
@@ -110,6 +120,21 @@ impl<'a, B: Backend> Session<'a, B> {
 
         let mut model = Gpt::zeros_in(backend, mc.clone(), precision)?;
         model.set_recompute(recompute);
+        if let Some(p) = parts {
+            let (own, largest, n) = (p[world.rank].len, p.iter().map(|s| s.len).max().unwrap_or(0), model.num_params().max(1));
+            user.message(&format!(
+                "ZeRO-1: the optimiser state split over the {} ranks by whole tensors; rank {} keeps {} of the {} parameters' ({:.0}%; the largest share {:.0}%)",
+                world.size,
+                world.rank,
+                own,
+                n,
+                100.0 * own as f64 / n as f64,
+                100.0 * largest as f64 / n as f64
+            ));
+            model.shard_optimizer(p, world.rank)?;
+        } else if cfg.zero_stage == 1 {
+            user.message("note: zero_stage = 1 splits the optimiser state over a data-parallel run's ranks; one process keeps it whole");
+        }
         model.set_params(&init.params)?;
         if let (Some(m), Some(v)) = (&init.m, &init.v) {
             model.set_optimizer_state(m, v)?;
@@ -210,9 +235,12 @@ impl<'a, B: Backend> Session<'a, B> {
         if improved {
             self.best_val = Some(vl);
         }
-        if !cfg.eval_only && (improved || cfg.always_save_checkpoint) && it > 0 && it < cfg.max_iters && self.is_root() {
+        if !cfg.eval_only && (improved || cfg.always_save_checkpoint) && it > 0 && it < cfg.max_iters {
+            // every rank has its part to give under ZeRO-1; rank 0 writes
+            let t0 = Instant::now();
+            let Some(host) = self.host_state()? else { return Ok(vl) };
             // the previous checkpoint is intact when this one cannot be written
-            match self.save(Some(vl)) {
+            match self.save(Some(vl), &host, t0) {
                 Ok(p) => (self.last_saved, self.last_checkpoint) = (Some(it), Some(p)),
                 Err(e) => self.obs.message(&format!("warning: {e:#}; training continues and will try again at the next checkpoint")),
             }
@@ -306,28 +334,50 @@ impl<'a, B: Backend> Session<'a, B> {
         }
     }
 
-    /// The checkpoint of the current iteration (`val`: the val loss of an eval just made there).
-    pub(super) fn save(&mut self, val: Option<f32>) -> Result<PathBuf> {
+    /// The checkpoint of the current iteration (`val`: the val loss of an eval just made there),
+    /// from `host` ([`Session::host_state`]).
+    fn save(&mut self, val: Option<f32>, host: &HostState, t0: Instant) -> Result<PathBuf> {
         let st = self.state(val);
-        save_with(&self.model, &st, self.cfg, &self.out_dir, &mut self.meter, &mut self.obs)
+        save_with(&self.model.layout, host, t0, &st, self.cfg, &self.out_dir, &mut self.meter, &mut self.obs)
+    }
+
+    /// The weights and AdamW moments on the host, for a checkpoint: on rank 0 (None on the
+    /// others). Under ZeRO-1 every rank must call it: each sends rank 0 its part.
+    fn host_state(&mut self) -> Result<Option<HostState>> {
+        let root = self.is_root();
+        let Some(g) = self.group.as_mut().filter(|_| !self.model.parts().is_empty()) else {
+            return Ok(match root {
+                true => Some((self.model.params_host()?, self.model.optimizer_state()?)),
+                false => None,
+            });
+        };
+        // the parts are back to back in rank order: put together, they are the whole
+        let weights = g.gather_f32(&self.model.owned_weights()?, false)?;
+        let moments = match self.model.optimizer_state()? {
+            Some((m, v)) => Some((g.gather_f32(&m, false)?, g.gather_f32(&v, false)?)),
+            None => None,
+        };
+        Ok(weights.map(|w| (w, moments.map(|(m, v)| (m.unwrap_or_default(), v.unwrap_or_default())))))
     }
 
     /// The run's last checkpoint (at `max_iters`, or on Ctrl-C): tried again every
     /// `RETRY_EVERY` for `checkpoint_retry_s` rather than lost (a failed write is reported
     /// with what to do about it).
     pub(super) fn save_last(&mut self, val: Option<f32>) -> Result<PathBuf> {
-        if !self.is_root() {
+        let t0 = Instant::now();
+        let Some(host) = self.host_state()? else {
             return Ok(self.out_dir.clone()); // rank 0 writes the checkpoints
-        }
+        };
         let st = self.state(val);
         let unsaved = format!(
             "the training since the last checkpoint exists only in memory: free space in {} (or fix its permissions)",
             self.out_dir.display()
         );
         let limit = Duration::from_secs(self.cfg.checkpoint_retry_s);
-        let (model, cfg, out_dir, meter) = (&self.model, self.cfg, &self.out_dir, &mut self.meter);
-        let path =
-            retry_last_save(&mut self.obs, limit, RETRY_EVERY, &STOP, &unsaved, |obs| save_with(model, &st, cfg, out_dir, meter, obs))?;
+        let (layout, cfg, out_dir, meter) = (&self.model.layout, self.cfg, &self.out_dir, &mut self.meter);
+        let path = retry_last_save(&mut self.obs, limit, RETRY_EVERY, &STOP, &unsaved, |obs| {
+            save_with(layout, &host, t0, &st, cfg, out_dir, meter, obs)
+        })?;
         (self.last_saved, self.last_checkpoint) = (Some(self.it), Some(path.clone()));
         Ok(path)
     }
@@ -415,7 +465,9 @@ impl<'a, B: Backend> Session<'a, B> {
 /// updates. An error naming the first rank that differs, with `hint`.
 fn same_weights<B: Backend>(model: &Gpt<B>, g: &mut Group, it: u64, hint: &str) -> Result<()> {
     let mut h = crc32fast::Hasher::new();
-    for chunk in model.params_host()?.chunks(1 << 14) {
+    // under ZeRO-1 no rank holds all the f32 weights: the kernels' copy, which every rank has
+    let weights = if model.parts().is_empty() { model.params_host()? } else { model.kernel_params_host()? };
+    for chunk in weights.chunks(1 << 14) {
         h.update(&chunk.iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>());
     }
     let all = g.gather_f64(&[f64::from(h.finalize())])?;
@@ -457,21 +509,25 @@ fn evaluates_at(cfg: &Config, resumed: bool, first_iter: u64, it: u64) -> bool {
     it.is_multiple_of(cfg.eval_interval) && !(resumed && it == first_iter) || cfg.eval_only
 }
 
-/// Writes the checkpoint `st` of `model` into `out_dir`, prunes, and reports it.
-fn save_with<B: Backend>(
-    model: &Gpt<B>,
+/// The f32 weights, and the AdamW moments (m, v) once an update has made them.
+type HostState = (Vec<f32>, Option<(Vec<f32>, Vec<f32>)>);
+
+/// Writes the checkpoint `st` of `host` (weights and moments laid out as `layout`, copied to the
+/// host from `t0` on) into `out_dir`, prunes, and reports it.
+#[allow(clippy::too_many_arguments)]
+fn save_with(
+    layout: &crate::model::ParamLayout,
+    host: &HostState,
+    t0: Instant,
     st: &TrainState,
     cfg: &Config,
     out_dir: &Path,
     meter: &mut Meter,
     obs: &mut dyn Observer,
 ) -> Result<PathBuf> {
-    let t0 = Instant::now();
-    // host copies of the parameters and AdamW moments (a device backend copies them back)
-    let params = model.params_host()?;
-    let mv = model.optimizer_state()?;
+    let (params, mv) = host;
     let (m, v) = (mv.as_ref().map(|x| x.0.as_slice()), mv.as_ref().map(|x| x.1.as_slice()));
-    let files = checkpoint::serialize(&model.layout, st, &params, m, v)?;
+    let files = checkpoint::serialize(layout, st, params, m, v)?;
     let path = checkpoint::save(out_dir, &files, st.iter, None)?;
     checkpoint::prune(out_dir, cfg.keep_checkpoints, st.iter);
     let secs = t0.elapsed().as_secs_f64();

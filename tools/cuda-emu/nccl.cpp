@@ -1,10 +1,13 @@
 // libnccl.so.2 of gptrain's CUDA emulator: the few NCCL calls gptrain makes (a unique id, a
-// communicator per rank, an in-place sum of f32 across ranks), for ranks that are separate
+// communicator per rank, an in-place sum of f32 across ranks, and ZeRO-1's sums to one root and
+// copies from one root, in groups), for ranks that are separate
 // processes on this machine, each with its own emulated GPU (its "device memory" is its own
 // host memory). A communicator is a POSIX shared-memory segment named by the unique id; an
 // all-reduce copies every rank's buffer into its slot of a segment of that call, waits for all
 // ranks, and adds the slots in rank order (so every rank gets the same bits, as with NCCL).
-// Streams are synchronous in the emulator, so the call completes before it returns.
+// Streams are synchronous in the emulator, so the call completes before it returns; a group
+// (ncclGroupStart/End) is then the same calls one after another, in the same order on every
+// rank, which is what NCCL's grouping asks of its callers anyway.
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -132,6 +135,56 @@ ncclResult_t ncclAllReduce(const void* send, void* recv, size_t count, int datat
     if (c->rank == 0) shm_unlink(name.c_str());
     return r;
 }
+
+// the sum of every rank's `send`, in rank order, into the root's `recv` (ncclFloat32, ncclSum)
+ncclResult_t ncclReduce(const void* send, void* recv, size_t count, int datatype, int op, int root, void* comm, void* /*stream*/) {
+    Comm* c = static_cast<Comm*>(comm);
+    if (!c || datatype != 7 || op != 0 || root < 0 || root >= c->nranks) return ncclInvalidArgument;
+    std::string name = c->name + "-" + std::to_string(c->seq++);
+    size_t bytes = count * sizeof(float);
+    float* slots = static_cast<float*>(map(name, bytes * (size_t)c->nranks + 1));
+    if (!slots) return ncclSystemError;
+    std::memcpy(slots + count * (size_t)c->rank, send, bytes);
+    ncclResult_t r = barrier(c);
+    if (r == ncclSuccess) {
+        if (c->rank == root) {
+            float* out = static_cast<float*>(recv);
+            for (size_t i = 0; i < count; i++) {
+                float s = slots[i];
+                for (int k = 1; k < c->nranks; k++) s += slots[count * (size_t)k + i];
+                out[i] = s;
+            }
+        }
+        r = barrier(c);
+    }
+    munmap(slots, bytes * (size_t)c->nranks + 1);
+    if (c->rank == 0) shm_unlink(name.c_str());
+    return r;
+}
+
+// the root's `send` into every rank's `recv`, any datatype (its size from nccl.h's numbering)
+ncclResult_t ncclBroadcast(const void* send, void* recv, size_t count, int datatype, int root, void* comm, void* /*stream*/) {
+    Comm* c = static_cast<Comm*>(comm);
+    static const size_t sizes[] = {1, 1, 4, 4, 8, 8, 2, 4, 8, 2}; // ncclInt8 .. ncclBfloat16
+    if (!c || datatype < 0 || datatype > 9 || root < 0 || root >= c->nranks) return ncclInvalidArgument;
+    std::string name = c->name + "-" + std::to_string(c->seq++);
+    size_t bytes = count * sizes[datatype];
+    char* slot = static_cast<char*>(map(name, bytes + 1));
+    if (!slot) return ncclSystemError;
+    if (c->rank == root) std::memcpy(slot, send, bytes);
+    ncclResult_t r = barrier(c);
+    if (r == ncclSuccess) {
+        std::memmove(recv, slot, bytes);
+        r = barrier(c);
+    }
+    munmap(slot, bytes + 1);
+    if (c->rank == 0) shm_unlink(name.c_str());
+    return r;
+}
+
+// calls are synchronous here: a group is its calls in order
+ncclResult_t ncclGroupStart() { return ncclSuccess; }
+ncclResult_t ncclGroupEnd() { return ncclSuccess; }
 
 ncclResult_t ncclCommDestroy(void* comm) {
     Comm* c = static_cast<Comm*>(comm);

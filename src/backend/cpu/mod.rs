@@ -125,7 +125,12 @@ fn take_ids(bufs: &mut Bufs, t: Tensor) -> (CpuBuf, std::ops::Range<usize>) {
 
 /// Adds `x` to f64 scalar slot `into`.
 fn add_scalar(bufs: &mut Bufs, into: Scalar, x: f64) {
-    let t = into.tensor();
+    add_to(bufs, into.tensor(), x)
+}
+
+/// One f64 slot `t` += x.
+fn add_to(bufs: &mut Bufs, t: Tensor, x: f64) {
+    assert!(t.dtype == DType::F64 && t.len() == 1, "a step sum is one f64: {t:?}");
     bufs.get_mut(t.buf).f64_mut()[t.span.off] += x;
 }
 
@@ -346,7 +351,7 @@ impl Backend for Cpu {
             Op::AddSquares { x, into } => {
                 let ([], [x]) = io(bufs, [], [x]);
                 let ss = optimizer::sum_squares(x);
-                add_scalar(bufs, into, ss);
+                add_to(bufs, into, ss);
             }
             Op::AdamWStep(a) => {
                 let ([p, m, v], [g]) = io(bufs, [a.params, a.m, a.v], [a.grads]);

@@ -20,7 +20,7 @@ pub mod nccl;
 mod run;
 pub mod select;
 
-use super::{Backend, Buffers, DType, DeviceInfo, Host, MemoryUse, Op, Precision, Tensor};
+use super::{Backend, Buffers, DType, DeviceInfo, Host, MemoryUse, Op, Precision, Span, Tensor};
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::driver::{
     result as drv, sys, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr, DriverError,
@@ -294,6 +294,22 @@ impl Cuda {
         Ok(())
     }
 
+    /// Issues `call` (NCCL collectives on the backend's stream) with this rank's communicator,
+    /// then waits for it ([`Cuda::wait_for_sum`]); on a failure, aborts the communicator (the
+    /// other ranks' collectives fail rather than wait on this one) and says `what` failed.
+    fn over_ranks(&self, what: &str, call: impl FnOnce(&nccl::Comm, *mut std::ffi::c_void) -> Result<()>) -> Result<()> {
+        let mut ranks = self.inner.ranks.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((comm, timeout)) = ranks.as_ref() else { bail!("cuda:{}: no NCCL communicator", self.inner.card.ordinal) };
+        self.bind()?;
+        let stream = self.cu_stream() as *mut std::ffi::c_void;
+        let done = call(comm, stream).and_then(|()| self.wait_for_sum(comm, *timeout));
+        if let Err(e) = done {
+            ranks.take(); // ncclCommAbort
+            return Err(e.context(format!("cuda:{}: {what}", self.inner.card.ordinal)));
+        }
+        Ok(())
+    }
+
     /// Waits for `stream`'s work (an NCCL sum among it) while watching `comm`: an error NCCL
     /// reports, or no end within `timeout` (a rank gone mid-sum would hang the GPUs), aborts
     /// the communicator and ends the run with one line.
@@ -398,19 +414,28 @@ impl Backend for Cuda {
     }
 
     fn sum_over_ranks(&self, bufs: &mut Buffers<CudaBuf>, t: Tensor) -> Result<()> {
-        let mut ranks = self.inner.ranks.lock().unwrap_or_else(|e| e.into_inner());
-        let Some((comm, timeout)) = ranks.as_ref() else { bail!("cuda:{}: no NCCL communicator", self.inner.card.ordinal) };
         assert!(t.dtype == DType::F32, "ranks sum f32 tensors: {t:?}");
-        self.bind()?;
-        let stream = self.cu_stream() as *mut std::ffi::c_void;
         // SAFETY: `ptr` checked `t` (f32, in bounds) in a buffer of this GPU, whose context made
         // the communicator; the stream is the backend's, so the sum follows the step's kernels.
-        let summed = unsafe { comm.sum_f32(self.ptr(bufs, t), t.len(), stream) }.and_then(|()| self.wait_for_sum(comm, *timeout));
-        if let Err(e) = summed {
-            ranks.take(); // ncclCommAbort: the other ranks' sums fail rather than wait on this one
-            return Err(e.context(format!("cuda:{}: summing over ranks", self.inner.card.ordinal)));
-        }
-        Ok(())
+        self.over_ranks("summing over ranks", |comm, stream| unsafe { comm.sum_f32(self.ptr(bufs, t), t.len(), stream) })
+    }
+
+    fn reduce_to_owners(&self, bufs: &mut Buffers<CudaBuf>, t: Tensor, parts: &[Span]) -> Result<()> {
+        assert!(t.dtype == DType::F32, "ranks sum f32 tensors: {t:?}");
+        assert!(parts.iter().all(|p| p.end() <= t.len()), "parts {parts:?} of {t:?}");
+        let parts: Vec<(usize, usize)> = parts.iter().map(|p| (p.off, p.len)).collect();
+        // SAFETY: `ptr` checked `t` (f32, in bounds) and every part lies in it (asserted), in a
+        // buffer of this GPU, whose context made the communicator; the backend's stream.
+        self.over_ranks("summing to the owners", |comm, stream| unsafe { comm.sum_to_owners(self.ptr(bufs, t), &parts, stream) })
+    }
+
+    fn gather_from_owners(&self, bufs: &mut Buffers<CudaBuf>, t: Tensor, parts: &[Span]) -> Result<()> {
+        assert!(parts.iter().all(|p| p.end() <= t.len()), "parts {parts:?} of {t:?}");
+        let e = t.dtype.bytes();
+        let parts: Vec<(usize, usize)> = parts.iter().map(|p| (p.off * e, p.len * e)).collect();
+        // SAFETY: `ptr` checked `t` (in bounds) and every part lies in it (asserted; bytes here),
+        // in a buffer of this GPU, whose context made the communicator; the backend's stream.
+        self.over_ranks("copying from the owners", |comm, stream| unsafe { comm.copy_from_owners(self.ptr(bufs, t), &parts, stream) })
     }
 
     fn name(&self) -> String {

@@ -1,8 +1,9 @@
 //! NCCL, loaded at run time, for the gradient sums of a data-parallel run's GPU ranks: one
 //! communicator per rank, made from a unique id that rank 0 draws and the others receive over
-//! the run's TCP group (`dist::Group`), and an in-place sum of the gradients on the device.
+//! the run's TCP group (`dist::Group`), and an in-place sum of the gradients on the device;
+//! under ZeRO-1, sums to each part's owner and copies from it instead.
 //!
-//! gptrain calls NCCL itself (six functions, by `libloading`) rather than through cudarc's
+//! gptrain calls NCCL itself (ten functions, by `libloading`) rather than through cudarc's
 //! `nccl` feature, whose loader asks for `libnccl.so` and never for `libnccl.so.2`, the only
 //! name NVIDIA's pip wheel (`nvidia-nccl-cu12`, which PyTorch installs) and the distributions'
 //! runtime packages ship. The library is searched for as cuBLASLt and NVRTC are ([`libs`]),
@@ -22,7 +23,8 @@ pub struct UniqueId {
     pub internal: [c_char; 128],
 }
 
-/// `ncclFloat32` and `ncclSum` (nccl.h).
+/// `ncclUint8`, `ncclFloat32` and `ncclSum` (nccl.h).
+const UINT8: i32 = 1;
 const FLOAT32: i32 = 7;
 const SUM: i32 = 0;
 
@@ -35,6 +37,12 @@ struct Api {
     get_unique_id: unsafe extern "C" fn(*mut UniqueId) -> i32,
     comm_init_rank: unsafe extern "C" fn(*mut *mut c_void, i32, UniqueId, i32) -> i32,
     all_reduce: unsafe extern "C" fn(*const c_void, *mut c_void, usize, i32, i32, *mut c_void, *mut c_void) -> i32,
+    /// (send, recv, count, datatype, op, root, comm, stream)
+    reduce: unsafe extern "C" fn(*const c_void, *mut c_void, usize, i32, i32, i32, *mut c_void, *mut c_void) -> i32,
+    /// (send, recv, count, datatype, root, comm, stream)
+    broadcast: unsafe extern "C" fn(*const c_void, *mut c_void, usize, i32, i32, *mut c_void, *mut c_void) -> i32,
+    group_start: unsafe extern "C" fn() -> i32,
+    group_end: unsafe extern "C" fn() -> i32,
     comm_abort: unsafe extern "C" fn(*mut c_void) -> i32,
     get_async_error: unsafe extern "C" fn(*mut c_void, *mut i32) -> i32,
     error_string: unsafe extern "C" fn(i32) -> *const c_char,
@@ -78,6 +86,10 @@ fn load() -> Result<Api, String> {
         get_unique_id: get!(b"ncclGetUniqueId"),
         comm_init_rank: get!(b"ncclCommInitRank"),
         all_reduce: get!(b"ncclAllReduce"),
+        reduce: get!(b"ncclReduce"),
+        broadcast: get!(b"ncclBroadcast"),
+        group_start: get!(b"ncclGroupStart"),
+        group_end: get!(b"ncclGroupEnd"),
         comm_abort: get!(b"ncclCommAbort"),
         get_async_error: get!(b"ncclCommGetAsyncError"),
         error_string: get!(b"ncclGetErrorString"),
@@ -155,6 +167,47 @@ impl Comm {
         let p = ptr as *mut c_void;
         // SAFETY: the caller's promise; in place is allowed (send == recv).
         check(a, "ncclAllReduce", unsafe { (a.all_reduce)(p, p, count, FLOAT32, SUM, self.raw, stream) })
+    }
+
+    /// ZeRO-1's gradient sum: for each rank r, the f32 at `ptr` + `parts[r]` (element offset,
+    /// count) summed over the ranks into rank r's, in place, on `stream` (one NCCL group of
+    /// reduces, one per root: a reduce-scatter whose parts may differ in size).
+    ///
+    /// # Safety
+    /// `ptr` holds every part's f32 on this communicator's GPU, and `stream` is a stream of it.
+    pub unsafe fn sum_to_owners(&self, ptr: u64, parts: &[(usize, usize)], stream: *mut c_void) -> Result<()> {
+        let a = api().map_err(anyhow::Error::msg)?;
+        self.grouped(a, parts, |root, (off, count)| {
+            let p = (ptr + 4 * off as u64) as *mut c_void;
+            // SAFETY: the caller's promise; in place is allowed (send == recv).
+            check(a, "ncclReduce", unsafe { (a.reduce)(p, p, count, FLOAT32, SUM, root, self.raw, stream) })
+        })
+    }
+
+    /// ZeRO-1's parameter exchange: for each rank r, the bytes at `ptr` + `parts[r]` (byte
+    /// offset, count) copied from rank r to every rank, in place, on `stream` (one NCCL group of
+    /// broadcasts, one per root: an all-gather whose parts may differ in size).
+    ///
+    /// # Safety
+    /// `ptr` holds every part's bytes on this communicator's GPU, and `stream` is a stream of it.
+    pub unsafe fn copy_from_owners(&self, ptr: u64, parts: &[(usize, usize)], stream: *mut c_void) -> Result<()> {
+        let a = api().map_err(anyhow::Error::msg)?;
+        self.grouped(a, parts, |root, (off, count)| {
+            let p = (ptr + off as u64) as *mut c_void;
+            // SAFETY: the caller's promise; in place is allowed (send == recv).
+            check(a, "ncclBroadcast", unsafe { (a.broadcast)(p, p, count, UINT8, root, self.raw, stream) })
+        })
+    }
+
+    /// `call(root, part)` for each non-empty part, between ncclGroupStart and ncclGroupEnd (so
+    /// NCCL runs them together rather than one root after another).
+    fn grouped(&self, a: &Api, parts: &[(usize, usize)], mut call: impl FnMut(i32, (usize, usize)) -> Result<()>) -> Result<()> {
+        // SAFETY: no arguments; every group start is ended below, also on an error
+        check(a, "ncclGroupStart", unsafe { (a.group_start)() })?;
+        let each = parts.iter().enumerate().filter(|(_, p)| p.1 > 0).try_for_each(|(r, &p)| call(r as i32, p));
+        // SAFETY: ends the group started above
+        let end = check(a, "ncclGroupEnd", unsafe { (a.group_end)() });
+        each.and(end)
     }
 }
 

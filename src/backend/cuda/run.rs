@@ -382,7 +382,8 @@ impl Cuda {
                 let grid = blocks(x.len(), 1024).min(PARTIALS as u32);
                 let args = [partials, p(x), Arg::U64(x.len() as u64)];
                 self.launch(&format!("sum_squares_partial_{}", sfx(x.dtype)), (grid, 1), (1024, 1), 0, &args)?;
-                self.launch("add_partials", (1, 1), (32, 1), 0, &[p(into.tensor()), partials, Arg::U32(grid)])?;
+                assert!(into.dtype == DType::F64 && into.len() == 1, "a step sum is one f64: {into:?}");
+                self.launch("add_partials", (1, 1), (32, 1), 0, &[p(into), partials, Arg::U32(grid)])?;
             }
             Op::AdamWStep(a) => {
                 assert!(a.grads.dtype == DType::F32 && a.m.dtype == DType::F32 && a.v.dtype == DType::F32, "AdamW state is f32: {a:?}");
