@@ -186,7 +186,7 @@ knobs! {
     device: String = "auto".into(); "compute device: `auto` (the first usable NVIDIA GPU, else the CPU), `cpu`, `cuda` or `cuda:N`"
     dtype: String = "auto".into(); "compute precision: `auto` (nanoGPT's: bfloat16 on a GPU that has it, else float16; float32 on the CPU), `float32`, or mixed precision `bfloat16` / `float16` (f32 master weights; float16 with dynamic loss scaling); `tfloat32`: TF32 matmuls on a GPU"
     recompute: usize = 0; "activations the backward recomputes instead of keeping every layer's (llm.c's -r): 0 none, 1 GELU's output (4 B T C fewer elements a layer), 2 also both LayerNorms' outputs (6 B T C a layer); the results are bitwise the same, a step takes a little longer"
-    zero_stage: usize = 0; "data parallel: 1 splits the optimiser state over the ranks (ZeRO-1, llm.c's -z 1): each rank keeps the AdamW moments, and under mixed precision the f32 master weights, of its own share of the tensors only, with bitwise the same results; 0 keeps a whole copy on every rank"
+    zero_stage: usize = 0; "data parallel: 1 splits the optimiser state over the ranks (ZeRO-1, llm.c's -z 1): each rank keeps the AdamW moments, and under mixed precision the f32 master weights, of its own share of the parameters only (about 1/N), with the same steps; 0 keeps a whole copy on every rank"
     ["sampling (nanoGPT's sample.py)"]
     start: String = "\n".into(); "prompt text, or FILE:path"
     num_samples: usize = 10; "samples to draw"

@@ -171,7 +171,10 @@ pub fn train_step_guarded<Bk: Backend>(
                 }
             } else {
                 let mut g = model.grads_host()?;
-                s.group.sum_f32(&mut g)?;
+                match zero {
+                    true => s.group.sum_f32_to_owners(&mut g, model.parts())?,
+                    false => s.group.sum_f32(&mut g)?,
+                }
                 model.set_grads(&g)?;
             }
         }
@@ -208,6 +211,8 @@ pub fn train_step_guarded<Bk: Backend>(
             // ZeRO-1: every rank's newly updated part to every rank
             if let Some(s) = shard.as_mut().filter(|_| zero) {
                 if model.sums_on_device() {
+                    // a check-in first, as before the sums: a rank that has gone is named here
+                    s.group.barrier()?;
                     model.gather_params_from_owners()?;
                 } else {
                     let all = s.group.gather_f32(&model.owned_kernel_params()?, true)?.expect("every rank gets the parts");

@@ -255,10 +255,11 @@ fn ranks_that_hold_different_weights_are_stopped_at_the_start() {
 }
 
 /// ZeRO-1 (`zero_stage=1`): each rank keeps the AdamW moments, and under mixed precision the
-/// f32 master weights, of its own tensors only, and sends the others what it updated. The steps
+/// f32 master weights, of its own pieces only, and sends the others what it updated. The steps
 /// are bitwise those of ranks that each keep everything: the same loss lines and byte-equal
-/// checkpoints (written whole, in today's format), at two ranks and at three (parts of three
-/// sizes), in float32 and bfloat16, resumed or not.
+/// checkpoints (written whole, in today's format), at two ranks, four (stacked tensors cut
+/// between ranks) and twelve (three owning nothing), in float32 and bfloat16, resumed or not;
+/// and a ZeRO-1 checkpoint resumes on other numbers of ranks.
 #[test]
 fn zero_1_splits_the_optimiser_state_and_changes_no_bit() {
     let d = tmp("zero");
@@ -281,7 +282,7 @@ fn zero_1_splits_the_optimiser_state_and_changes_no_bit() {
     let zero = [&bf16[..], &["--set", "zero_stage=1"]].concat();
     let whole = ok(ranks(2, &d, "whole", &bf16));
     let split = ok(ranks(2, &d, "split", &zero));
-    assert!(split.contains("ZeRO-1: the optimiser state split over the 2 ranks by whole tensors; rank 0 keeps"), "{split}");
+    assert!(split.contains("ZeRO-1: the optimiser state split over the 2 ranks; rank 0 keeps"), "{split}");
     assert!(!whole.contains("ZeRO"), "{whole}");
     assert_eq!(losses(&split), losses(&whole));
     same_checkpoints("whole", "split", 6);
@@ -290,12 +291,40 @@ fn zero_1_splits_the_optimiser_state_and_changes_no_bit() {
     ok(ranks(2, &d, "resumed", &[&zero[..], &["--set", "max_iters=6"]].concat()));
     ok(ranks(2, &d, "resumed", &[&zero[..], &["--set", "init_from=resume"]].concat()));
     same_checkpoints("split", "resumed", 12);
-    // three ranks in float32: three parts of different sizes
-    let three = ["--set", "gradient_accumulation_steps=6", "--set", "grad_clip=0.1"];
-    let whole3 = ok(ranks(3, &d, "whole3", &three));
-    let split3 = ok(ranks(3, &d, "split3", &[&three[..], &["--set", "zero_stage=1"]].concat()));
-    assert_eq!(losses(&split3), losses(&whole3));
-    same_checkpoints("whole3", "split3", 12);
+    // four ranks in float32, 512 wide: stacked tensors in a piece per layer, cut between ranks
+    let wide = ["--set", "n_embd=512", "--set", "max_iters=4", "--set", "eval_interval=2", "--set", "grad_clip=0.1"];
+    let whole4 = ok(ranks(4, &d, "whole4", &wide));
+    let split4 = ok(ranks(4, &d, "split4", &[&wide[..], &["--set", "zero_stage=1"]].concat()));
+    assert_eq!(losses(&split4), losses(&whole4));
+    same_checkpoints("whole4", "split4", 4);
+    // its checkpoint is whole: it resumes on two ranks without ZeRO-1, and on one process
+    let more = ["--set", "max_iters=6", "--set", "init_from=resume"];
+    let two = ok(ranks(2, &d, "split4", &[&wide[..], &more[..]].concat()));
+    assert!(two.contains("resuming from") && two.contains("iter 5: loss"), "{two}");
+    let (code, one, err) =
+        finish(rank(0, 1, free_port(), &d, "split4", &[&wide[..], &["--set", "max_iters=8", "--set", "init_from=resume"]].concat(), &[]));
+    assert_eq!(code, 0, "{err}");
+    assert!(one.contains("iter 7: loss"), "{one}");
+    // twelve ranks of a model of nine pieces: three ranks own nothing
+    let nine = [
+        "--set",
+        "bias=false",
+        "--set",
+        "n_layer=1",
+        "--set",
+        "gradient_accumulation_steps=12",
+        "--set",
+        "batch_size=1",
+        "--set",
+        "max_iters=2",
+        "--set",
+        "eval_interval=2",
+    ];
+    let whole12 = ok(ranks(12, &d, "whole12", &nine));
+    let split12 = ok(ranks(12, &d, "split12", &[&nine[..], &["--set", "zero_stage=1"]].concat()));
+    assert!(split12.contains("rank 0 keeps"), "{split12}");
+    assert_eq!(losses(&split12), losses(&whole12));
+    same_checkpoints("whole12", "split12", 2);
     // one process: nothing to split, said once
     let (code, out, err) = finish(rank(0, 1, free_port(), &d, "alone", &["--set", "zero_stage=1", "--set", "max_iters=2"], &[]));
     assert_eq!(code, 0, "{err}");

@@ -121,3 +121,48 @@ fn the_binary_refuses_a_run_the_card_cannot_hold_and_reports_the_peak_of_one_it_
     assert!(level2 == 2 && model2 < model && peak - peak2 == model - model2, "{peak} {model} -> {peak2} {model2}");
     std::fs::remove_dir_all(d).ok();
 }
+
+/// A ZeRO-1 rank's step on the CUDA backend (here rank 1 of 3 of a model whose token embedding
+/// is two pieces): its peak against the model with that rank's share of the optimiser
+/// state (`Memory::sharded`), and its saving against a whole rank's, exactly the model's.
+#[test]
+fn a_zero_1_ranks_peak_is_the_model_with_its_share_of_the_optimiser_state() {
+    use gptrain::backend::{AdamW, Backend};
+    use gptrain::model::{Gpt, ParamLayout};
+    if let Err(why) = common::cuda() {
+        return skipped("a_zero_1_ranks_peak_is_the_model_with_its_share_of_the_optimiser_state", &why);
+    }
+    // a vocabulary of 16384 x 128: the token embedding in two pieces, cut between ranks
+    let mc = ModelConfig { vocab_size: 16000, padded_vocab_size: 16384, ..model(2, 128, 16) };
+    let b = 2;
+    let parts = gptrain::dist::zero::parts(&ParamLayout::new(&mc).pieces(), 3);
+    let own = parts[1].len as u64;
+    assert!(own > 0 && own < ParamLayout::new(&mc).total as u64 / 2, "{parts:?}");
+    for p in [Precision::F32, Precision::Bf16] {
+        let peak = |zero: Option<(Vec<gptrain::backend::Span>, usize)>| -> u64 {
+            let mut g = Gpt::zeros_sharded(common::cuda().unwrap(), mc.clone(), p, zero).unwrap();
+            g.set_params(&vec![0.01; g.num_params()]).unwrap();
+            let x: Vec<u32> = (0..(b * mc.block_size) as u32).map(|i| i * 997 % 16000).collect();
+            g.zero_grad().unwrap();
+            g.reset_scalars().unwrap();
+            g.set_batch(&x, &x, b, mc.block_size).unwrap();
+            g.forward(None, Some(1.0)).unwrap();
+            g.backward(None).unwrap();
+            g.accumulate_grad_squares().unwrap();
+            g.read_scalars().unwrap();
+            g.update(AdamW { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8 }, 0.1, 1, 1.0).unwrap();
+            g.backend.memory_use().unwrap().peak
+        };
+        let (whole, split) = (peak(None), peak(Some((parts.clone(), 1))));
+        let full = flops::memory(&mc, b, mc.block_size, p.bytes() as u64, Recompute::Off, Impl::Gpu);
+        let share = full.clone().sharded(own);
+        eprintln!(
+            "{} rank 1 of 3: measured {split} bytes, model {} (whole rank: {whole}, model {})",
+            p.name(),
+            share.allocated(),
+            full.allocated()
+        );
+        assert!((split as f64 / share.allocated() as f64 - 1.0).abs() <= 0.10, "{}: {split} against {}", p.name(), share.allocated());
+        assert_eq!(whole - split, full.allocated() - share.allocated(), "{}: the saving, measured and modelled", p.name());
+    }
+}

@@ -11,7 +11,8 @@
 #                                training run on the GPU beside the same run on the CPU, its
 #                                checkpoint sampled on the CPU, 50 fp16 iterations of the
 #                                rtx4070-40m shape on GPT-2 BPE tokens, two data-parallel ranks
-#                                sharing the GPU against one process, and benches (gpt2-124m
+#                                sharing the GPU against one process (through host memory, by
+#                                NCCL, by NCCL with ZeRO-1), and benches (gpt2-124m
 #                                in bf16: as it is, with CUDA-core attention, with GELU's backward
 #                                unfused). Under 8
 #                                minutes; a summary table last; full logs under $OUT when set

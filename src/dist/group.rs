@@ -112,6 +112,38 @@ impl Group {
         self.sum(x, f32::to_le_bytes, f32::from_le_bytes)
     }
 
+    /// ZeRO-1's sum: every rank's `x` summed in rank order, as [`Group::sum_f32`], but rank r
+    /// gets back only its part `parts[r]` of the sum (the rest of its `x` keeps its own values;
+    /// rank 0 keeps the whole sum).
+    pub fn sum_f32_to_owners(&mut self, x: &mut [f32], parts: &[crate::backend::Span]) -> Result<()> {
+        assert!(parts.len() == self.world.size && parts.iter().all(|p| p.end() <= x.len()), "a part per rank, in x");
+        if self.world.size == 1 {
+            return Ok(());
+        }
+        let mut buf = Vec::new();
+        if self.world.is_root() {
+            for (i, link) in self.links.iter_mut().enumerate() {
+                recv(link, i + 1, x.len(), 4, &mut buf)?;
+                for (a, b) in x.iter_mut().zip(buf.chunks_exact(4)) {
+                    *a += f32::from_le_bytes(b.try_into().unwrap());
+                }
+            }
+            for (i, link) in self.links.iter_mut().enumerate() {
+                let p = parts[i + 1];
+                send(link, i + 1, &encode(&x[p.off..p.end()], f32::to_le_bytes))?;
+            }
+        } else {
+            let p = parts[self.world.rank];
+            let link = &mut self.links[0];
+            send(link, 0, &encode(x, f32::to_le_bytes))?;
+            recv(link, 0, p.len, 4, &mut buf)?;
+            for (a, b) in x[p.off..p.end()].iter_mut().zip(buf.chunks_exact(4)) {
+                *a = f32::from_le_bytes(b.try_into().unwrap());
+            }
+        }
+        Ok(())
+    }
+
     /// [`Group::sum_f32`] for f64 values.
     pub fn sum_f64(&mut self, x: &mut [f64]) -> Result<()> {
         self.sum(x, f64::to_le_bytes, f64::from_le_bytes)
@@ -230,9 +262,10 @@ fn recv_any(link: &mut TcpStream, peer: usize, size: usize, buf: &mut Vec<u8>) -
     let mut len = [0u8; 8];
     link.read_exact(&mut len).map_err(|e| lost(peer, e))?;
     let n = u64::from_le_bytes(len) as usize;
-    // a garbled length must not allocate without bound: no rank sends more than 2^36 bytes
-    if n.checked_mul(size).is_none_or(|b| b > 1 << 36) {
-        bail!("rank {peer} sent a message of {n} values: the ranks are not running the same gptrain");
+    // a garbled length must not allocate without bound: at most 2^38 bytes (a model of 2^36
+    // f32 weights, far past what host memory sums are for)
+    if n.checked_mul(size).is_none_or(|b| b > 1 << 38) {
+        bail!("rank {peer} sent a message of {n} values, more than gptrain sends between ranks: is every rank the same gptrain?");
     }
     buf.resize(n * size, 0);
     link.read_exact(buf).map_err(|e| lost(peer, e))
@@ -355,6 +388,7 @@ fn greet(mut s: TcpStream, world: &World, addr: &str, check: u64, timeout: Durat
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::Span;
 
     fn free_port() -> u16 {
         TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -416,11 +450,26 @@ mod tests {
                 let mine: Vec<f32> = [vec![-0.0, 1.5], vec![f32::NAN], vec![]][r].clone();
                 let all = g.gather_f32(&mine, true)?.unwrap();
                 let root = g.gather_f32(&[r as f32; 2], false)?;
-                Ok((all, root))
+                // the sum's parts to their owners: rank 1 owns 1..3, rank 2 nothing
+                let parts = [Span::new(0, 1), Span::new(1, 2), Span::new(3, 0)];
+                let mut x = [1f32, 10.0, 100.0].map(|v| v * (r + 1) as f32).to_vec();
+                x[r] += 0.5;
+                g.sum_f32_to_owners(&mut x, &parts)?;
+                Ok((all, root, x))
             },
         );
         for (r, o) in out.into_iter().enumerate() {
-            let (all, root) = o.unwrap();
+            let (all, root, x) = o.unwrap();
+            // rank 0 has the whole sum, the others their part of it and their own values elsewhere
+            let sum = [6.5f32, 60.5, 600.5];
+            let mut want = [1f32, 10.0, 100.0].map(|v| v * (r + 1) as f32).to_vec();
+            want[r] += 0.5;
+            match r {
+                0 => want = sum.to_vec(),
+                1 => want[1..3].copy_from_slice(&sum[1..3]),
+                _ => {}
+            }
+            assert_eq!(x, want, "rank {r}");
             let bits: Vec<u32> = all.iter().map(|x| x.to_bits()).collect();
             assert_eq!(bits, vec![(-0.0f32).to_bits(), 1.5f32.to_bits(), f32::NAN.to_bits()]);
             assert_eq!(root, (r == 0).then(|| vec![0.0, 0.0, 1.0, 1.0, 2.0, 2.0]));

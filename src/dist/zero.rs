@@ -1,21 +1,23 @@
 //! ZeRO-1 (DeepSpeed's stage 1, llm.c's `-z 1`; `zero_stage = 1`): the optimiser state is
 //! split over the ranks instead of copied on each. Rank r owns a contiguous run of the
-//! parameter layout's tensors: it alone keeps their AdamW moments (and, under mixed precision,
-//! their f32 master weights), it alone needs their summed gradients, and it alone updates them,
-//! then gives every rank the new values. Per parameter a rank holds 8 (or 12) bytes of state for
-//! the tensors it owns only, so the state shrinks by the world size (as far as whole tensors
-//! divide; the token embedding is a third of GPT-2 124M).
+//! parameter buffer's pieces ([`crate::model::ParamLayout::pieces`]: a layer of a stacked
+//! tensor, or about a million elements of rows): it alone keeps their AdamW moments (and, under
+//! mixed precision, their f32 master weights), it alone needs their summed gradients, and it
+//! alone updates them, then gives every rank the new values. Per parameter a rank holds 8 (or
+//! 12) bytes of state for its pieces only, so the state shrinks by the world size, to within a
+//! piece.
 //!
-//! Whole tensors, not equal slices of the flat buffer: the global gradient norm is a sum of
-//! per-tensor sums of squares in layout order, and with whole tensors each one is computed by its
-//! owner exactly as one process computes it, so a sharded run takes bitwise the same steps and
-//! writes the same checkpoints as an unsharded one.
+//! Whole pieces, not equal slices of the flat buffer: the global gradient norm is a sum of
+//! per-piece sums of squares in layout order, in every run, and with whole pieces each one is
+//! computed by its owner exactly as one process computes it, so a sharded run takes the same
+//! steps and writes the same checkpoints as an unsharded one (bitwise where the gradients are
+//! summed in the same order).
 
 use crate::backend::Span;
 use std::ops::Range;
 
-/// The tensors `0..lens.len()` (element counts, in layout order) split into `ranks` contiguous
-/// runs, the largest run as small as whole tensors allow; trailing runs may be empty (more ranks
+/// The pieces `0..lens.len()` (element counts, in layout order) split into `ranks` contiguous
+/// runs, the largest run as small as whole pieces allow; trailing runs may be empty (more ranks
 /// than the split can use).
 pub fn split(lens: &[usize], ranks: usize) -> Vec<Range<usize>> {
     assert!(ranks > 0);
@@ -63,11 +65,10 @@ pub fn parts(spans: &[Span], ranks: usize) -> Vec<Span> {
         .collect()
 }
 
-/// The largest of [`parts`] of `layout`'s tensors over `ranks` (elements): the rank that holds
+/// The largest of [`parts`] of `layout`'s pieces over `ranks` (elements): the rank that holds
 /// the most optimiser state, which sets what a ZeRO-1 run needs per device.
 pub fn largest_part(layout: &crate::model::ParamLayout, ranks: usize) -> usize {
-    let spans: Vec<Span> = layout.tensors.iter().map(|t| t.span).collect();
-    parts(&spans, ranks).iter().map(|p| p.len).max().unwrap_or(0)
+    parts(&layout.pieces(), ranks).iter().map(|p| p.len).max().unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -70,8 +70,10 @@ pub struct Gpt<B: Backend> {
     /// Which activations the backward recomputes instead of keeping ([`Gpt::set_recompute`]).
     recompute: Recompute,
     acts: Option<Acts>,
+    /// [`ParamLayout::pieces`]: the gradient norm's summands, and ZeRO-1's units.
+    pieces: Vec<Span>,
     /// ZeRO-1 ([`Gpt::shard_optimizer`]): every rank's part of the parameter buffer, whole
-    /// tensors each, and this rank's index into it. Empty: one process, or ranks that each keep
+    /// pieces each, and this rank's index into it. Empty: one process, or ranks that each keep
     /// the whole optimiser state.
     parts: Vec<Span>,
     rank: usize,
@@ -86,18 +88,30 @@ impl<B: Backend> Gpt<B> {
     /// A model with all parameters zero, computing in `precision` (F32, Bf16 or F16; TF32 is a
     /// matmul mode some backends have on f32 storage).
     pub fn zeros_in(backend: B, cfg: ModelConfig, precision: Precision) -> Result<Self> {
+        Self::zeros_sharded(backend, cfg, precision, None)
+    }
+
+    /// [`Gpt::zeros_in`], as rank `zero.1` of a ZeRO-1 run whose ranks own parts `zero.0`
+    /// ([`Gpt::shard_optimizer`]): the master weights are allocated at the part's size at once.
+    pub fn zeros_sharded(backend: B, cfg: ModelConfig, precision: Precision, zero: Option<(Vec<Span>, usize)>) -> Result<Self> {
         let low = precision.storage();
         let layout = ParamLayout::with_dtype(&cfg, low);
         let mut bufs = Buffers::default();
         bufs.set(BufId::Params, backend.alloc(layout.total, low)?);
-        if low != DType::F32 {
+        if low != DType::F32 && zero.is_none() {
             bufs.set(BufId::Master, backend.alloc(layout.total, DType::F32)?);
         }
         bufs.set(BufId::Grads, backend.alloc(layout.total, DType::F32)?);
-        // the step sums, then one slot per tensor for its sum of squares under ZeRO-1
-        bufs.set(BufId::Scalars, backend.alloc(N_SCALARS + layout.tensors.len(), DType::F64)?);
+        // the step sums, then one slot per piece for its sum of squares under ZeRO-1
+        let pieces = layout.pieces();
+        bufs.set(BufId::Scalars, backend.alloc(N_SCALARS + pieces.len(), DType::F64)?);
         let scaler = crate::optim::LossScaler::new(precision);
-        Ok(Gpt { cfg, layout, backend, bufs, precision, scaler, recompute: Recompute::Off, acts: None, parts: Vec::new(), rank: 0 })
+        let recompute = Recompute::Off;
+        let mut g = Gpt { cfg, layout, backend, bufs, precision, scaler, recompute, acts: None, pieces, parts: Vec::new(), rank: 0 };
+        if let Some((parts, rank)) = zero {
+            g.shard_optimizer(parts, rank)?;
+        }
+        Ok(g)
     }
 
     /// nanoGPT's initialisation: N(0, 0.02) for embeddings and linear weights, N(0,
@@ -130,20 +144,20 @@ impl<B: Backend> Gpt<B> {
     }
 
     /// ZeRO-1: this model is rank `rank` of ranks whose optimisers own `parts` of the parameter
-    /// buffer ([`crate::dist::zero::parts`]: whole tensors, back to back). From here on it keeps
-    /// AdamW moments (and f32 master weights under mixed precision) for its own part only,
-    /// updates only that part, and its [`Gpt::optimizer_state`] and [`Gpt::owned_weights`] are
-    /// of that part. Call before the weights are set.
+    /// buffer ([`crate::dist::zero::parts`] of [`ParamLayout::pieces`]: whole pieces, back to
+    /// back). From here on it keeps AdamW moments (and f32 master weights under mixed precision)
+    /// for its own part only, updates only that part, and its [`Gpt::optimizer_state`] and
+    /// [`Gpt::owned_weights`] are of that part. Call before the weights are set.
     pub fn shard_optimizer(&mut self, parts: Vec<Span>, rank: usize) -> Result<()> {
         assert!(!self.bufs.has(BufId::AdamM), "shard the optimiser before it has state");
         assert_eq!(parts.iter().map(|p| p.len).sum::<usize>(), self.layout.total, "the parts cover the parameters");
         let own = parts[rank];
-        assert!(
-            self.layout.tensors.iter().all(|t| !t.span.overlaps(&own) || (t.span.off >= own.off && t.span.end() <= own.end())),
-            "a part is whole tensors: {own:?}"
-        );
+        let bounds = |x: usize| x == self.layout.total || self.pieces.iter().any(|p| p.off == x);
+        assert!(own.len == 0 || bounds(own.off) && bounds(own.end()), "a part is whole pieces: {own:?}");
         (self.parts, self.rank) = (parts, rank);
         if self.has_master() {
+            // a whole copy goes before the part is allocated: never both at once
+            drop(self.bufs.take(BufId::Master));
             let buf = self.backend.alloc(own.len.max(1), DType::F32)?;
             self.bufs.set(BufId::Master, buf);
         }
@@ -161,16 +175,18 @@ impl<B: Backend> Gpt<B> {
         &self.parts
     }
 
-    /// The parameter tensors this model's optimiser owns, in layout order.
-    fn owned_tensors(&self) -> Vec<super::layout::ParamTensor> {
+    /// What this model's optimiser owns of each parameter tensor, in layout order: (weight decay
+    /// applies, the span), all of each but under ZeRO-1.
+    fn owned_segments(&self) -> Vec<(bool, Span)> {
         let own = self.owned();
-        self.layout.tensors.iter().filter(|t| t.span.len > 0 && t.span.overlaps(&own)).cloned().collect()
+        let cut = |t: &Span| Span::new(t.off.max(own.off), t.end().min(own.end()).saturating_sub(t.off.max(own.off)));
+        self.layout.tensors.iter().map(|t| (t.decay, cut(&t.span))).filter(|(_, s)| s.len > 0).collect()
     }
 
-    /// Tensor `t` in optimiser-state buffer `buf` (moments, master weights), which holds the
-    /// owned part only.
-    fn state_of(&self, t: &super::layout::ParamTensor, buf: BufId) -> Tensor {
-        Tensor::new(buf, Span::new(t.span.off - self.owned().off, t.span.len), &t.shape, DType::F32)
+    /// Span `s` of the parameter buffer in optimiser-state buffer `buf` (moments, master
+    /// weights), which holds the owned part only; flat f32.
+    fn state_of(&self, s: Span, buf: BufId) -> Tensor {
+        Tensor::new(buf, Span::new(s.off - self.owned().off, s.len), &[s.len], DType::F32)
     }
 
     /// The whole owned part of optimiser-state buffer `buf`.
@@ -432,30 +448,32 @@ impl<B: Backend> Gpt<B> {
 
     /// Zeroes the step accumulators ([`Scalar`]).
     pub fn reset_scalars(&mut self) -> Result<()> {
-        let n = N_SCALARS + self.layout.tensors.len();
+        let n = N_SCALARS + self.pieces.len();
         let all = Tensor::new(BufId::Scalars, Span::new(0, n), &[n], DType::F64);
         self.run(Op::Zero(all))
     }
 
-    /// Adds the sum of squares of every gradient to [`Scalar::GradSquares`], tensor by tensor
-    /// in layout order. Under ZeRO-1, each owned tensor's sum goes to its own slot instead
-    /// ([`Gpt::read_scalars`]), for [`crate::optim`] to add in layout order once every rank's
-    /// are in.
+    /// Adds the sum of squares of every gradient to [`Scalar::GradSquares`], piece by piece
+    /// ([`ParamLayout::pieces`]) in layout order. Under ZeRO-1, each owned piece's sum goes to
+    /// its own slot instead ([`Gpt::read_scalars`]), for [`crate::optim`] to add in layout order
+    /// once every rank's are in: the same additions.
     pub fn accumulate_grad_squares(&mut self) -> Result<()> {
-        let sharded = !self.parts.is_empty();
-        for t in self.owned_tensors() {
-            let i = self.layout.tensors.iter().position(|u| u.span.off == t.span.off && u.name == t.name).expect("a layout tensor");
+        let (sharded, own) = (!self.parts.is_empty(), self.owned());
+        for (i, p) in self.pieces.clone().into_iter().enumerate() {
+            if p.off < own.off || p.end() > own.end() {
+                continue;
+            }
             let slot = if sharded { N_SCALARS + i } else { Scalar::GradSquares as usize };
             let into = Tensor::new(BufId::Scalars, Span::new(slot, 1), &[1], DType::F64);
-            self.run(Op::AddSquares { x: t.of(BufId::Grads, DType::F32), into })?;
+            self.run(Op::AddSquares { x: Tensor::new(BufId::Grads, p, &[p.len], DType::F32), into })?;
         }
         Ok(())
     }
 
     /// The step accumulators, read once (a synchronisation on a device): indexed by [`Scalar`],
-    /// then (ZeRO-1) each tensor's sum of squares, in layout order (0 for tensors not owned).
+    /// then (ZeRO-1) each piece's sum of squares, in layout order (0 for pieces not owned).
     pub fn read_scalars(&self) -> Result<Vec<f64>> {
-        let n = N_SCALARS + if self.parts.is_empty() { 0 } else { self.layout.tensors.len() };
+        let n = N_SCALARS + if self.parts.is_empty() { 0 } else { self.pieces.len() };
         let all = Tensor::new(BufId::Scalars, Span::new(0, n), &[n], DType::F64);
         Ok(self.backend.download(&self.bufs, all)?.into_f64())
     }
@@ -477,13 +495,14 @@ impl<B: Backend> Gpt<B> {
                 self.bufs.set(id, buf);
             }
         }
-        // under ZeRO-1 the owned tensors only; their moments and master weights are at their
-        // offsets within the owned part
-        for t in self.owned_tensors() {
-            let wd = if t.decay { weight_decay } else { 0.0 };
-            let params = t.of(BufId::Params, self.low());
-            let master = self.has_master().then(|| self.state_of(&t, BufId::Master));
-            let (grads, m, v) = (t.of(BufId::Grads, DType::F32), self.state_of(&t, BufId::AdamM), self.state_of(&t, BufId::AdamV));
+        // under ZeRO-1 the owned part of each tensor only (AdamW is elementwise: the same bits);
+        // its moments and master weights are at their offsets within the owned part
+        for (decay, s) in self.owned_segments() {
+            let wd = if decay { weight_decay } else { 0.0 };
+            let params = Tensor::new(BufId::Params, s, &[s.len], self.low());
+            let master = self.has_master().then(|| self.state_of(s, BufId::Master));
+            let grads = Tensor::new(BufId::Grads, s, &[s.len], DType::F32);
+            let (m, v) = (self.state_of(s, BufId::AdamM), self.state_of(s, BufId::AdamV));
             self.run(AdamWStep { params, master, grads, m, v, hp, step, weight_decay: wd, grad_scale })?;
         }
         Ok(())
@@ -707,7 +726,7 @@ mod tests {
         let _ = g.logits();
     }
 
-    /// ZeRO-1's pieces, three ranks in one process: each rank's step sums hold its own tensors'
+    /// ZeRO-1's pieces, three ranks in one process: each rank's step sums hold its own pieces'
     /// sums of squares (zero elsewhere), which add up to the whole model's norm bit for bit; and
     /// each rank's update of its part gives the whole model's weights and moments there.
     #[test]
@@ -730,9 +749,9 @@ mod tests {
             let norm = step(&mut whole)[Scalar::GradSquares as usize];
             whole.update(hp, 0.1, 1, 1.0).unwrap();
             let (w, (m, _)) = (whole.params_host().unwrap(), whole.optimizer_state().unwrap().unwrap());
-            let spans: Vec<Span> = whole.layout.tensors.iter().map(|t| t.span).collect();
+            let spans = whole.layout.pieces();
             let parts = crate::dist::zero::parts(&spans, 3);
-            let mut per_tensor = vec![0.0; spans.len()];
+            let mut per_piece = vec![0.0; spans.len()];
             for (r, own) in parts.iter().enumerate() {
                 let mut g = Gpt::zeros_in(Cpu::FAST, cfg.clone(), precision).unwrap();
                 g.shard_optimizer(parts.clone(), r).unwrap();
@@ -741,15 +760,15 @@ mod tests {
                 assert_eq!(sums[Scalar::GradSquares as usize], 0.0);
                 for (i, t) in spans.iter().enumerate() {
                     let mine = t.off >= own.off && t.end() <= own.end();
-                    assert_eq!(sums[N_SCALARS + i] != 0.0, mine, "{precision:?}: rank {r}, tensor {i}");
-                    per_tensor[i] += sums[N_SCALARS + i];
+                    assert_eq!(sums[N_SCALARS + i] != 0.0, mine, "{precision:?}: rank {r}, piece {i}");
+                    per_piece[i] += sums[N_SCALARS + i];
                 }
                 g.update(hp, 0.1, 1, 1.0).unwrap();
                 let range = own.off..own.end();
                 assert_eq!(g.owned_weights().unwrap(), w[range.clone()], "{precision:?}: rank {r}'s weights");
                 assert_eq!(g.optimizer_state().unwrap().unwrap().0, m[range], "{precision:?}: rank {r}'s moments");
             }
-            assert_eq!(crate::optim::squares_in_layout_order(&per_tensor).to_bits(), norm.to_bits(), "{precision:?}");
+            assert_eq!(crate::optim::squares_in_layout_order(&per_piece).to_bits(), norm.to_bits(), "{precision:?}");
         }
     }
 

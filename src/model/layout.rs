@@ -118,7 +118,28 @@ impl ParamLayout {
     pub fn all(&self) -> Tensor {
         Tensor::new(BufId::Params, Span::new(0, self.total), &[self.total], self.wte.dtype)
     }
+
+    /// The buffer in pieces, in layout order: each tensor cut along its leading axis into runs of
+    /// rows of at most [`PIECE`] elements (at least one row), so a stacked tensor's layer, or
+    /// about a million elements of the token embedding. The gradient norm is summed piece by
+    /// piece, and ZeRO-1 gives each rank a run of whole pieces: they depend on the model only,
+    /// so that norm has the same bits however many ranks share the pieces.
+    pub fn pieces(&self) -> Vec<Span> {
+        let mut out = Vec::new();
+        for t in &self.tensors {
+            let rows = t.shape.first().copied().unwrap_or(1).max(1);
+            let row = t.span.len / rows;
+            let per = (PIECE / row.max(1)).clamp(1, rows);
+            for r in (0..rows).step_by(per) {
+                out.push(Span::new(t.span.off + r * row, row * per.min(rows - r)));
+            }
+        }
+        out
+    }
 }
+
+/// The most elements in one of [`ParamLayout::pieces`], but where a single row is more.
+pub const PIECE: usize = 1 << 20;
 
 /// Which activations the backward recomputes instead of keeping them for every layer (llm.c's
 /// `-r`; the config's `recompute` level). A recomputed tensor is stored for one layer only (a
@@ -336,6 +357,37 @@ impl ActLayout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pieces_cover_the_buffer_in_order_a_layer_or_a_million_elements_each() {
+        let gpt2 =
+            ModelConfig { n_layer: 12, n_head: 12, n_embd: 768, block_size: 1024, vocab_size: 50257, padded_vocab_size: 50304, bias: true };
+        for cfg in [gpt2.clone(), cfg()] {
+            let l = ParamLayout::new(&cfg);
+            let pieces = l.pieces();
+            let mut next = 0;
+            for p in &pieces {
+                assert_eq!(p.off, next);
+                assert!(p.len > 0);
+                next = p.end();
+                // never across tensors
+                let t = l.tensors.iter().find(|t| t.span.off <= p.off && p.off < t.span.end()).unwrap();
+                assert!(p.end() <= t.span.end(), "{p:?} crosses {}", t.name);
+            }
+            assert_eq!(next, l.total);
+        }
+        let l = ParamLayout::new(&gpt2);
+        let of = |name: &str| {
+            let t = l.tensor(name).unwrap().span;
+            l.pieces().into_iter().filter(|p| p.off >= t.off && p.end() <= t.end()).map(|p| p.len).collect::<Vec<_>>()
+        };
+        // a stacked tensor: a piece per layer (a layer's rows are over a million elements)
+        assert_eq!(of("fcw"), vec![4 * 768 * 768; 12]);
+        // a small stacked one is a piece; the embedding is 1365 rows a piece, the rest last
+        assert_eq!(of("ln1w"), vec![12 * 768]);
+        let wte = of("wte");
+        assert_eq!((wte.len(), wte[0], *wte.last().unwrap()), (37, 1365 * 768, (50304 - 36 * 1365) * 768));
+    }
 
     fn cfg() -> ModelConfig {
         ModelConfig { n_layer: 2, n_head: 2, n_embd: 8, block_size: 4, vocab_size: 7, padded_vocab_size: 8, bias: true }

@@ -217,8 +217,8 @@ pub fn memory(cfg: &ModelConfig, b: usize, t: usize, d: u64, recompute: Recomput
             let logits = a.logits.len() as u64;
             let tokens = 3 * bt * 4; // inputs, targets and the inputs' order by token, u32 (3, B, T)
             let rowdot = bt * nh * 4; // attention backward's row dot products, f32 (B, NH, T)
-                                      // the step sums, then a slot per tensor for ZeRO-1's per-tensor sums of squares
-            let scalars = (crate::backend::N_SCALARS + ParamLayout::new(cfg).tensors.len()) as u64 * 8;
+                                      // the step sums, then a slot per piece for ZeRO-1's per-piece sums of squares
+            let scalars = (crate::backend::N_SCALARS + ParamLayout::new(cfg).pieces().len()) as u64 * 8;
             Memory {
                 weights: n * d,
                 master_weights: if d < 4 { 4 * n } else { 0 },

@@ -94,10 +94,7 @@ impl<'a, B: Backend> Session<'a, B> {
         let recompute = cfg.recompute_level();
         // ZeRO-1: this rank's optimiser keeps its share of the tensors only
         let world = Group::world_of(group.as_ref()).clone();
-        let parts = (cfg.zero_stage == 1 && world.size > 1).then(|| {
-            let spans: Vec<_> = crate::model::ParamLayout::new(&mc).tensors.iter().map(|t| t.span).collect();
-            zero::parts(&spans, world.size)
-        });
+        let parts = (cfg.zero_stage == 1 && world.size > 1).then(|| zero::parts(&crate::model::ParamLayout::new(&mc).pieces(), world.size));
         let full = flops::memory(&mc, b, t, d, recompute, dev.memory_model);
         let mem = match &parts {
             Some(p) => full.clone().sharded(p[world.rank].len as u64),
@@ -118,12 +115,11 @@ impl<'a, B: Backend> Session<'a, B> {
             }
         }
 
-        let mut model = Gpt::zeros_in(backend, mc.clone(), precision)?;
-        model.set_recompute(recompute);
-        if let Some(p) = parts {
-            let (own, largest, n) = (p[world.rank].len, p.iter().map(|s| s.len).max().unwrap_or(0), model.num_params().max(1));
+        if let Some(p) = &parts {
+            let (own, largest, n) =
+                (p[world.rank].len, p.iter().map(|s| s.len).max().unwrap_or(0), p.iter().map(|s| s.len).sum::<usize>().max(1));
             user.message(&format!(
-                "ZeRO-1: the optimiser state split over the {} ranks by whole tensors; rank {} keeps {} of the {} parameters' ({:.0}%; the largest share {:.0}%)",
+                "ZeRO-1: the optimiser state split over the {} ranks; rank {} keeps {} of the {} parameters' ({:.0}%; the largest share {:.0}%)",
                 world.size,
                 world.rank,
                 own,
@@ -131,10 +127,11 @@ impl<'a, B: Backend> Session<'a, B> {
                 100.0 * own as f64 / n as f64,
                 100.0 * largest as f64 / n as f64
             ));
-            model.shard_optimizer(p, world.rank)?;
         } else if cfg.zero_stage == 1 {
             user.message("note: zero_stage = 1 splits the optimiser state over a data-parallel run's ranks; one process keeps it whole");
         }
+        let mut model = Gpt::zeros_sharded(backend, mc.clone(), precision, parts.map(|p| (p, world.rank)))?;
+        model.set_recompute(recompute);
         model.set_params(&init.params)?;
         if let (Some(m), Some(v)) = (&init.m, &init.v) {
             model.set_optimizer_state(m, v)?;

@@ -325,7 +325,7 @@ impl Cuda {
             comm.async_error()?;
             if start.elapsed() > timeout {
                 bail!(
-                    "NCCL's sum over the ranks did not finish within {} s (GPTRAIN_DIST_TIMEOUT_S): a rank has gone or the network failed",
+                    "NCCL's collective over the ranks did not finish within {} s (GPTRAIN_DIST_TIMEOUT_S): a rank has gone or the network failed",
                     timeout.as_secs()
                 );
             }
