@@ -104,7 +104,8 @@ fn two_ranks_train_what_one_process_trains() {
 fn a_stop_signal_to_any_rank_stops_every_rank_at_the_same_iteration() {
     let d = tmp("stop");
     let port = free_port();
-    let long = ["--set", "max_iters=100000", "--set", "eval_interval=100000", "--set", "log_interval=1"];
+    // with the optimiser state split (ZeRO-1): the stop's checkpoint gathers every rank's share
+    let long = ["--set", "max_iters=100000", "--set", "eval_interval=100000", "--set", "log_interval=1", "--set", "zero_stage=1"];
     let mut r1 = rank(1, 2, port, &d, "out", &long, &[]);
     let r0 = rank(0, 2, port, &d, "out", &long, &[]);
     // once rank 0 has logged an iteration, both ranks have their signal handlers
@@ -125,6 +126,13 @@ fn a_stop_signal_to_any_rank_stops_every_rank_at_the_same_iteration() {
     assert!(last.starts_with("error: interrupted after iteration") && last.contains("checkpoint written to"), "{err0}");
     let ckpt = last.split("checkpoint written to ").nth(1).unwrap().split(' ').next().unwrap();
     assert!(d.join(ckpt).join("model.safetensors").is_file(), "{ckpt}");
+    // whole: one process resumes from it for an iteration more
+    let it: u64 = ckpt.rsplit("ckpt-").next().unwrap().trim_end_matches('/').parse().unwrap();
+    let more = [format!("max_iters={}", it + 1), "init_from=resume".into(), "eval_interval=100000".into()];
+    let more: Vec<&str> = more.iter().flat_map(|m| ["--set", m.as_str()]).collect();
+    let (code, out, err) = finish(rank(0, 1, free_port(), &d, "out", &more, &[]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("iter {it}: loss")), "{out}");
 }
 
 #[test]
