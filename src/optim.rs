@@ -182,7 +182,7 @@ pub fn train_step_guarded<Bk: Backend>(
         let mut sums = model.read_scalars()?;
         let (l, q) = (Scalar::LossSum as usize, Scalar::GradSquares as usize);
         if let Some(s) = shard.as_mut().filter(|_| zero) {
-            // ZeRO-1: each tensor's sum of squares comes from its owner (the others add zeros,
+            // ZeRO-1: each piece's sum of squares comes from its owner (the others add zeros,
             // exactly), and they add up in layout order from zero, as one process adds them
             let mut x = sums.clone();
             x[q] = 0.0;
@@ -224,11 +224,12 @@ pub fn train_step_guarded<Bk: Backend>(
     })
 }
 
-/// ZeRO-1's squared gradient norm from each tensor's sum of squares, in layout order: added
-/// from zero in that order, as one process's backend adds them into [`Scalar::GradSquares`]
-/// (each `+=` an f64 add), so that the norm, hence the clipping, has the same bits.
-pub fn squares_in_layout_order(per_tensor: &[f64]) -> f64 {
-    per_tensor.iter().fold(0.0, |acc, s| acc + s)
+/// ZeRO-1's squared gradient norm from each piece's sum of squares
+/// ([`crate::model::ParamLayout::pieces`]), in layout order: added from zero in that order, as
+/// one process's backend adds them into [`Scalar::GradSquares`] (each `+=` an f64 add), so
+/// that the norm, hence the clipping, has the same bits.
+pub fn squares_in_layout_order(per_piece: &[f64]) -> f64 {
+    per_piece.iter().fold(0.0, |acc, s| acc + s)
 }
 
 /// torch.nn.utils.clip_grad_norm_'s coefficient: gradients of global norm `norm` are scaled by

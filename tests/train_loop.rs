@@ -496,4 +496,42 @@ fn a_tensorboard_directory_that_cannot_be_written_is_one_warning() {
     std::fs::remove_dir_all(off).ok();
 }
 
-common::backend_tests!(resuming_gives_exactly_the_uninterrupted_losses, recomputing_gives_bitwise_the_same_training);
+/// The gradient norm's summands (`ParamLayout::pieces`): one `AddSquares` over a run of pieces
+/// (`per` elements each, the last fewer) gives each piece's sum bit for bit as that piece alone
+/// gives it, into a slot each or into one slot that takes them in order, however many pieces a
+/// launch holds (71: more than the CUDA backend's 64 a launch). So a ZeRO-1 rank, which sums
+/// only its own pieces, computes what one process computes.
+fn squares_in_pieces_are_each_pieces_own_sum<B: Backend + Clone>(backend: B, _tol: common::Tol) {
+    use gptrain::backend::{BufId, Buffers, DType, Host, Op, Span, Tensor};
+    let f64s = |off: usize, n: usize| Tensor::new(BufId::Scalars, Span::new(off, n), &[n], DType::F64);
+    for (n, per) in [(10_000usize, 3000usize), (71 * 100 - 37, 100), (5000, 5000)] {
+        let pieces = n.div_ceil(per);
+        let mut bufs = Buffers::default();
+        bufs.set(BufId::Grads, backend.alloc(n, DType::F32).unwrap());
+        bufs.set(BufId::Scalars, backend.alloc(2 * pieces + 1, DType::F64).unwrap());
+        let all = Tensor::new(BufId::Grads, Span::new(0, n), &[n], DType::F32);
+        let x: Vec<f32> = (0..n).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3).collect();
+        backend.upload(&mut bufs, all, &Host::F32(x)).unwrap();
+        backend.run(&mut bufs, &Op::Zero(f64s(0, 2 * pieces + 1))).unwrap();
+        backend.run(&mut bufs, &Op::AddSquares { x: all, per, into: f64s(0, pieces) }).unwrap();
+        for k in 0..pieces {
+            let len = per.min(n - k * per);
+            let piece = Tensor::new(BufId::Grads, Span::new(k * per, len), &[len], DType::F32);
+            backend.run(&mut bufs, &Op::AddSquares { x: piece, per: len, into: f64s(pieces + k, 1) }).unwrap();
+        }
+        backend.run(&mut bufs, &Op::AddSquares { x: all, per, into: f64s(2 * pieces, 1) }).unwrap();
+        let v = backend.download(&bufs, f64s(0, 2 * pieces + 1)).unwrap().into_f64();
+        for k in 0..pieces {
+            assert_eq!(v[k].to_bits(), v[pieces + k].to_bits(), "{n}/{per}: piece {k}");
+        }
+        assert!(v[0] > 0.0);
+        let in_order = v[pieces..2 * pieces].iter().fold(0.0, |a, b| a + b);
+        assert_eq!(v[2 * pieces].to_bits(), in_order.to_bits(), "{n}/{per}: one slot");
+    }
+}
+
+common::backend_tests!(
+    resuming_gives_exactly_the_uninterrupted_losses,
+    recomputing_gives_bitwise_the_same_training,
+    squares_in_pieces_are_each_pieces_own_sum
+);

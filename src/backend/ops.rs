@@ -242,7 +242,8 @@ pub struct FusedClassifier {
     pub grad_scale: Option<f32>,
 }
 
-/// One AdamW step (torch.optim.AdamW semantics) on one parameter tensor, each gradient
+/// One AdamW step (torch.optim.AdamW semantics) on one parameter tensor (or, under ZeRO-1, the
+/// part of it a rank owns: the step is elementwise), each gradient
 /// multiplied by `grad_scale` as it is read (gradient clipping fused into the update, as llm.c
 /// does); writes the f32 `master` weights when there are any and the parameters the kernels
 /// read from them.
@@ -294,10 +295,13 @@ pub enum Op {
         losses: Tensor,
         into: Scalar,
     },
-    /// `into` (one f64 of [`BufId::Scalars`]: [`Scalar::GradSquares`], or a tensor's own slot
-    /// under ZeRO-1) += the sum of squares of x, in a fixed order.
+    /// The sums of squares of x's pieces (runs of `per` elements, the last the rest), each in a
+    /// fixed order that depends on the piece alone, added to `into` (f64 of [`BufId::Scalars`]):
+    /// one slot ([`Scalar::GradSquares`]) taking them one after another, or one slot per piece
+    /// (ZeRO-1).
     AddSquares {
         x: Tensor,
+        per: usize,
         into: Tensor,
     },
     AdamWStep(AdamWStep),

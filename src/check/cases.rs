@@ -418,7 +418,15 @@ pub(super) fn all() -> Vec<Case> {
     v.push(case("add squares", format!("{}x{C}", 3 * C), |l| {
         let x = l.t(Grads, &[3 * C, C], Normal(0.1));
         l.scalars();
-        Spec::new(vec![Op::AddSquares { x, into: Scalar::GradSquares.tensor() }], vec![("grad squares", Scalar::GradSquares.tensor(), Add)])
+        let into = Scalar::GradSquares.tensor();
+        Spec::new(vec![Op::AddSquares { x, per: x.len(), into }], vec![("grad squares", into, Add)])
+    }));
+    v.push(case("add squares, in pieces", format!("{}x{C} in pieces of {}, a slot each", 3 * C, 2 * C * C), |l| {
+        let x = l.t(Grads, &[3 * C, C], Normal(0.1));
+        l.scalars();
+        // two pieces (2 C x C, then C x C), into the two step sums' slots
+        let into = Tensor::new(BufId::Scalars, Span::new(0, 2), &[2], DType::F64);
+        Spec::new(vec![Op::AddSquares { x, per: 2 * C * C, into }], vec![("pieces' squares", into, Add)])
     }));
     v.push(case("adamw step", format!("{}x{C}, decay 0.1, grad scale 0.7", 3 * C), |l| {
         let params = l.t(Params, &[3 * C, C], Normal(0.5));

@@ -1,7 +1,7 @@
 //! ZeRO-1 (DeepSpeed's stage 1, llm.c's `-z 1`; `zero_stage = 1`): the optimiser state is
 //! split over the ranks instead of copied on each. Rank r owns a contiguous run of the
-//! parameter buffer's pieces ([`crate::model::ParamLayout::pieces`]: a layer of a stacked
-//! tensor, or about a million elements of rows): it alone keeps their AdamW moments (and, under
+//! parameter buffer's pieces ([`crate::model::ParamLayout::pieces`]: runs of rows of at most
+//! about a million elements, such as a layer of a large stacked tensor): it alone keeps their AdamW moments (and, under
 //! mixed precision, their f32 master weights), it alone needs their summed gradients, and it
 //! alone updates them, then gives every rank the new values. Per parameter a rank holds 8 (or
 //! 12) bytes of state for its pieces only, so the state shrinks by the world size, to within a

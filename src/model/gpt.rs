@@ -151,6 +151,7 @@ impl<B: Backend> Gpt<B> {
     pub fn shard_optimizer(&mut self, parts: Vec<Span>, rank: usize) -> Result<()> {
         assert!(!self.bufs.has(BufId::AdamM), "shard the optimiser before it has state");
         assert_eq!(parts.iter().map(|p| p.len).sum::<usize>(), self.layout.total, "the parts cover the parameters");
+        assert!(parts.windows(2).all(|w| w[0].end() == w[1].off), "the parts are back to back: {parts:?}");
         let own = parts[rank];
         let bounds = |x: usize| x == self.layout.total || self.pieces.iter().any(|p| p.off == x);
         assert!(own.len == 0 || bounds(own.off) && bounds(own.end()), "a part is whole pieces: {own:?}");
@@ -459,13 +460,21 @@ impl<B: Backend> Gpt<B> {
     /// once every rank's are in: the same additions.
     pub fn accumulate_grad_squares(&mut self) -> Result<()> {
         let (sharded, own) = (!self.parts.is_empty(), self.owned());
-        for (i, p) in self.pieces.clone().into_iter().enumerate() {
-            if p.off < own.off || p.end() > own.end() {
+        // one op per tensor (the owned part of it, whole pieces), over its pieces
+        for t in self.layout.tensors.clone() {
+            let s = Span::new(t.span.off.max(own.off), t.span.end().min(own.end()).saturating_sub(t.span.off.max(own.off)));
+            if s.len == 0 {
                 continue;
             }
-            let slot = if sharded { N_SCALARS + i } else { Scalar::GradSquares as usize };
-            let into = Tensor::new(BufId::Scalars, Span::new(slot, 1), &[1], DType::F64);
-            self.run(Op::AddSquares { x: Tensor::new(BufId::Grads, p, &[p.len], DType::F32), into })?;
+            let per = ParamLayout::piece_len(&t);
+            let into = match sharded {
+                true => {
+                    let first = self.pieces.iter().position(|p| p.off == s.off).expect("parts are whole pieces");
+                    Tensor::new(BufId::Scalars, Span::new(N_SCALARS + first, s.len.div_ceil(per)), &[s.len.div_ceil(per)], DType::F64)
+                }
+                false => Scalar::GradSquares.tensor(),
+            };
+            self.run(Op::AddSquares { x: Tensor::new(BufId::Grads, s, &[s.len], DType::F32), per, into })?;
         }
         Ok(())
     }

@@ -127,14 +127,20 @@ impl ParamLayout {
     pub fn pieces(&self) -> Vec<Span> {
         let mut out = Vec::new();
         for t in &self.tensors {
-            let rows = t.shape.first().copied().unwrap_or(1).max(1);
-            let row = t.span.len / rows;
-            let per = (PIECE / row.max(1)).clamp(1, rows);
-            for r in (0..rows).step_by(per) {
-                out.push(Span::new(t.span.off + r * row, row * per.min(rows - r)));
+            let per = Self::piece_len(t);
+            for off in (0..t.span.len).step_by(per.max(1)) {
+                out.push(Span::new(t.span.off + off, per.min(t.span.len - off)));
             }
         }
         out
+    }
+
+    /// The length of `t`'s pieces ([`ParamLayout::pieces`]; its last piece may be shorter): the
+    /// most whole rows of its leading axis within [`PIECE`] elements, at least one row.
+    pub fn piece_len(t: &ParamTensor) -> usize {
+        let rows = t.shape.first().copied().unwrap_or(1).max(1);
+        let row = t.span.len / rows;
+        row * (PIECE / row.max(1)).clamp(1, rows)
     }
 }
 

@@ -92,7 +92,7 @@ impl<'a, B: Backend> Session<'a, B> {
         let tokens_per_iter = b * t * accum;
         let d = precision.bytes() as u64;
         let recompute = cfg.recompute_level();
-        // ZeRO-1: this rank's optimiser keeps its share of the tensors only
+        // ZeRO-1: this rank's optimiser keeps its share of the parameters' pieces only
         let world = Group::world_of(group.as_ref()).clone();
         let parts = (cfg.zero_stage == 1 && world.size > 1).then(|| zero::parts(&crate::model::ParamLayout::new(&mc).pieces(), world.size));
         let full = flops::memory(&mc, b, t, d, recompute, dev.memory_model);

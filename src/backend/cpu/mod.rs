@@ -23,7 +23,7 @@ pub mod widen;
 mod widen_chunked;
 
 use super::ops::{AdamWStep, GeluBackward, GeluGrad, MatmulBackward};
-use super::{Backend, Buffers, DType, DeviceInfo, Host, Op, Precision, Scalar, Tensor};
+use super::{Backend, Buffers, DType, DeviceInfo, Host, Op, Precision, Scalar, Span, Tensor};
 use anyhow::Result;
 
 /// Which implementation of each kernel the CPU backend runs.
@@ -348,10 +348,15 @@ impl Backend for Cpu {
                 let mean = (l.iter().map(|&x| x as f64).sum::<f64>() / l.len() as f64) as f32;
                 add_scalar(bufs, into, mean as f64);
             }
-            Op::AddSquares { x, into } => {
+            Op::AddSquares { x, per, into } => {
+                assert!(into.len() == 1 || into.len() == x.len().div_ceil(per), "a slot, or one per piece: {into:?}");
                 let ([], [x]) = io(bufs, [], [x]);
-                let ss = optimizer::sum_squares(x);
-                add_to(bufs, into, ss);
+                let sums: Vec<f64> = x.chunks(per).map(optimizer::sum_squares).collect();
+                for (k, ss) in sums.into_iter().enumerate() {
+                    let slot =
+                        if into.len() == 1 { into } else { Tensor::new(into.buf, Span::new(into.span.off + k, 1), &[1], DType::F64) };
+                    add_to(bufs, slot, ss);
+                }
             }
             Op::AdamWStep(a) => {
                 let ([p, m, v], [g]) = io(bufs, [a.params, a.m, a.v], [a.grads]);

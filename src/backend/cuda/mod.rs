@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 /// Bytes the backend allocates when it opens, before any model buffer: cuBLASLt's workspace,
 /// the sum of squares' per-block partials (f64) and the column sums' per-chunk partials (f32).
-pub const SCRATCH_BYTES: usize = blas::WORKSPACE_BYTES + run::PARTIALS * 8 + run::COLUMN_PARTIALS * 4;
+pub const SCRATCH_BYTES: usize = blas::WORKSPACE_BYTES + run::PARTIALS * run::PIECES_PER_LAUNCH * 8 + run::COLUMN_PARTIALS * 4;
 
 /// One GPU buffer: `len` elements of `dtype` at device address `ptr` (owned by `mem`).
 pub struct CudaBuf {
@@ -97,7 +97,7 @@ struct Inner {
     /// cuBLASLt's workspace, held for `blas`.
     _workspace: Counted<u8>,
     /// Small scratch the kernels need: the sum of squares' per-block partials (f64,
-    /// [`run::PARTIALS`]) and attention backward's per-row dot products (f32, B x NH x T).
+    /// [`run::PARTIALS`] for each of [`run::PIECES_PER_LAUNCH`] pieces) and attention backward's per-row dot products (f32, B x NH x T).
     partials: Counted<f64>,
     /// The column sums' (bias and LayerNorm gradients) partials, per chunk of rows (f32,
     /// [`run::COLUMN_PARTIALS`]).
@@ -172,7 +172,8 @@ impl Cuda {
         let workspace =
             memory.alloc::<u8>(&stream, blas::WORKSPACE_BYTES).map_err(|e| anyhow!("cuda:{ordinal}: cuBLASLt workspace: {e:?}"))?;
         let blas = blas::Blas::new(address(&workspace.slice, &stream))?;
-        let partials = memory.alloc::<f64>(&stream, run::PARTIALS).map_err(|e| anyhow!("cuda:{ordinal}: scratch: {e:?}"))?;
+        let partials =
+            memory.alloc::<f64>(&stream, run::PARTIALS * run::PIECES_PER_LAUNCH).map_err(|e| anyhow!("cuda:{ordinal}: scratch: {e:?}"))?;
         let columns = memory.alloc::<f32>(&stream, run::COLUMN_PARTIALS).map_err(|e| anyhow!("cuda:{ordinal}: scratch: {e:?}"))?;
         let sms = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).unwrap_or(1).max(1) as usize;
         let optin = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN);

@@ -12,13 +12,16 @@
 use super::blas::Gemm;
 use super::compile;
 use super::{Cuda, CudaBuf};
-use crate::backend::{Buffers, DType, Dropout, Op, Tensor};
+use crate::backend::{Buffers, DType, Dropout, Op, Span, Tensor};
 use anyhow::{anyhow, bail, Result};
 use cudarc::driver::{result as drv, sys, LaunchConfig, PushKernelArg};
 
 /// Most blocks of the sum of squares' first pass (one per 1024 elements up to this): a number
 /// that depends on the tensor's length only, so the sum's order never changes.
 pub const PARTIALS: usize = 256;
+
+/// Pieces of a sum of squares one launch takes (`PARTIALS` f64 of scratch each).
+pub const PIECES_PER_LAUNCH: usize = 64;
 
 /// f32 partials the column sums (bias and LayerNorm gradients) may use: chunks of rows x
 /// columns x sums (4 MiB).
@@ -376,14 +379,25 @@ impl Cuda {
                 assert_eq!(losses.dtype, DType::F32, "losses are f32 statistics");
                 self.launch("add_mean_loss", (1, 1), (1024, 1), 0, &[p(into.tensor()), p(losses), u32_(losses.len())])?;
             }
-            Op::AddSquares { x, into } => {
+            Op::AddSquares { x, per, into } => {
+                let pieces = x.len().div_ceil(per);
+                assert!(into.dtype == DType::F64 && (into.len() == 1 || into.len() == pieces), "a slot, or one per piece: {into:?}");
                 let partials = Arg::P(super::address(&self.inner.partials.slice, &self.inner.stream));
-                // the grid depends on the length only, so a tensor's sum has one order, every run
-                let grid = blocks(x.len(), 1024).min(PARTIALS as u32);
-                let args = [partials, p(x), Arg::U64(x.len() as u64)];
-                self.launch(&format!("sum_squares_partial_{}", sfx(x.dtype)), (grid, 1), (1024, 1), 0, &args)?;
-                assert!(into.dtype == DType::F64 && into.len() == 1, "a step sum is one f64: {into:?}");
-                self.launch("add_partials", (1, 1), (32, 1), 0, &[p(into), partials, Arg::U32(grid)])?;
+                let step = u32::from(into.len() > 1);
+                // as many pieces a launch as the scratch holds; each piece's grid depends on its
+                // length only, so its sum has one order, every run, however it is batched
+                for first in (0..pieces).step_by(PIECES_PER_LAUNCH) {
+                    let count = (pieces - first).min(PIECES_PER_LAUNCH);
+                    let span = Span::new(x.span.off + first * per, (count * per).min(x.len() - first * per));
+                    let xs = Tensor::new(x.buf, span, &[span.len], x.dtype);
+                    let slot = Tensor::new(into.buf, Span::new(into.span.off + first * step as usize, 1), &[1], DType::F64);
+                    let (n, per64, maxg) = (Arg::U64(span.len as u64), Arg::U64(per as u64), Arg::U32(PARTIALS as u32));
+                    let grid = blocks(per.min(span.len), 1024).min(PARTIALS as u32);
+                    let args = [partials, p(xs), n, per64, maxg];
+                    self.launch(&format!("sum_squares_partial_{}", sfx(x.dtype)), (grid, count as u32), (1024, 1), 0, &args)?;
+                    let args = [p(slot), partials, n, per64, Arg::U32(count as u32), maxg, Arg::U32(1024), Arg::U32(step)];
+                    self.launch("add_partials", (1, 1), (32, 1), 0, &args)?;
+                }
             }
             Op::AdamWStep(a) => {
                 assert!(a.grads.dtype == DType::F32 && a.m.dtype == DType::F32 && a.v.dtype == DType::F32, "AdamW state is f32: {a:?}");

@@ -29,6 +29,7 @@ __device__ __forceinline__ float load(f16_t x) {
 }
 
 __device__ __forceinline__ u32 umin(u32 a, u32 b) { return a < b ? a : b; }
+__device__ __forceinline__ u64 u64min(u64 a, u64 b) { return a < b ? a : b; }
 
 template <typename T> __device__ __forceinline__ T store(float x);
 template <> __device__ __forceinline__ float store<float>(float x) { return x; }

@@ -21,11 +21,18 @@ extern "C" __global__ void bias_backward_##S(float* part, const T* dout, u32 n, 
         part[(u64)blockIdx.y * oc + col] = s; \
     } \
 } \
-/* partial[blockIdx.x] = sum of squares of this block's grid-stride share of x(n), in f64 */ \
-extern "C" __global__ void sum_squares_partial_##S(double* partial, const T* x, u64 n) { \
+/* Piece y = blockIdx.y of x(n) (elements y*per .. (y+1)*per, the last fewer; never empty), */ \
+/* as if launched alone on grid = its blocks of blockDim.x elements, at most maxg: */ \
+/* partial[y*maxg + b] = the sum of squares of block b's grid-stride share of it, in f64; */ \
+/* blocks past that grid idle. */ \
+extern "C" __global__ void sum_squares_partial_##S(double* partial, const T* x, u64 n, u64 per, u32 maxg) { \
     __shared__ double sh[1024]; \
+    u64 start = (u64)blockIdx.y * per, len = u64min(per, n - start); \
+    u32 grid = (u32)u64min((len + blockDim.x - 1) / blockDim.x, maxg); \
+    if (blockIdx.x >= grid) return; /* a whole block: no barrier is left waiting */ \
+    x += start; \
     double s = 0.0; \
-    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) { \
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < len; i += (u64)grid * blockDim.x) { \
         double v = load(x[i]); \
         s += v * v; \
     } \
@@ -35,7 +42,7 @@ extern "C" __global__ void sum_squares_partial_##S(double* partial, const T* x, 
         if (threadIdx.x < h) sh[threadIdx.x] += sh[threadIdx.x + h]; \
         __syncthreads(); \
     } \
-    if (threadIdx.x == 0) partial[blockIdx.x] = sh[0]; \
+    if (threadIdx.x == 0) partial[(u64)blockIdx.y * maxg + blockIdx.x] = sh[0]; \
 }
 FOR_STORAGE(REDUCE_KERNELS)
 
@@ -48,12 +55,18 @@ extern "C" __global__ void column_partials_add(float* out, const float* part, u3
     out[col] += s;
 }
 
-// *into += the sum of partial(n), in order (one thread: n is the fixed grid size).
-extern "C" __global__ void add_partials(double* into, const double* partial, u32 n) {
+// For each of `pieces` pieces y of x(n) in order (as sum_squares_partial: `per` elements each,
+// grid of `block`-element blocks, at most maxg), into[y * step] += the sum of its partials, in
+// order (one thread). step 0 adds every piece's sum to one slot, one after another.
+extern "C" __global__ void add_partials(double* into, const double* partial, u64 n, u64 per, u32 pieces, u32 maxg, u32 block, u32 step) {
     if (threadIdx.x != 0 || blockIdx.x != 0) return;
-    double s = 0.0;
-    for (u32 i = 0; i < n; i++) s += partial[i];
-    *into += s;
+    for (u32 y = 0; y < pieces; y++) {
+        u64 len = u64min(per, n - (u64)y * per);
+        u32 grid = (u32)u64min((len + block - 1) / block, maxg);
+        double s = 0.0;
+        for (u32 i = 0; i < grid; i++) s += partial[(u64)y * maxg + i];
+        into[(u64)y * step] += s;
+    }
 }
 
 // *into += (float)(mean of losses(n)), summed in f64 by one block in a fixed order, as the CPU.
