@@ -31,6 +31,11 @@ impl Span {
     pub fn overlaps(&self, o: &Span) -> bool {
         self.len > 0 && o.len > 0 && self.off < o.end() && o.off < self.end()
     }
+    /// The elements the two spans share (empty, at the later start, when none).
+    pub fn intersect(&self, o: &Span) -> Span {
+        let off = self.off.max(o.off);
+        Span::new(off, self.end().min(o.end()).saturating_sub(off))
+    }
 }
 
 /// The element type a buffer stores. Compute precision (fp32, TF32 matmuls, bf16/fp16 autocast)

@@ -109,7 +109,7 @@ impl Group {
 
     /// Every rank's `x` summed, in rank order, into every rank's `x` (same length everywhere).
     pub fn sum_f32(&mut self, x: &mut [f32]) -> Result<()> {
-        self.sum(x, f32::to_le_bytes, f32::from_le_bytes)
+        self.sum(x, f32::to_le_bytes, f32::from_le_bytes, None)
     }
 
     /// ZeRO-1's sum: every rank's `x` summed in rank order, as [`Group::sum_f32`], but rank r
@@ -117,36 +117,12 @@ impl Group {
     /// rank 0 keeps the whole sum).
     pub fn sum_f32_to_owners(&mut self, x: &mut [f32], parts: &[crate::backend::Span]) -> Result<()> {
         assert!(parts.len() == self.world.size && parts.iter().all(|p| p.end() <= x.len()), "a part per rank, in x");
-        if self.world.size == 1 {
-            return Ok(());
-        }
-        let mut buf = Vec::new();
-        if self.world.is_root() {
-            for (i, link) in self.links.iter_mut().enumerate() {
-                recv(link, i + 1, x.len(), 4, &mut buf)?;
-                for (a, b) in x.iter_mut().zip(buf.chunks_exact(4)) {
-                    *a += f32::from_le_bytes(b.try_into().unwrap());
-                }
-            }
-            for (i, link) in self.links.iter_mut().enumerate() {
-                let p = parts[i + 1];
-                send(link, i + 1, &encode(&x[p.off..p.end()], f32::to_le_bytes))?;
-            }
-        } else {
-            let p = parts[self.world.rank];
-            let link = &mut self.links[0];
-            send(link, 0, &encode(x, f32::to_le_bytes))?;
-            recv(link, 0, p.len, 4, &mut buf)?;
-            for (a, b) in x[p.off..p.end()].iter_mut().zip(buf.chunks_exact(4)) {
-                *a = f32::from_le_bytes(b.try_into().unwrap());
-            }
-        }
-        Ok(())
+        self.sum(x, f32::to_le_bytes, f32::from_le_bytes, Some(parts))
     }
 
     /// [`Group::sum_f32`] for f64 values.
     pub fn sum_f64(&mut self, x: &mut [f64]) -> Result<()> {
-        self.sum(x, f64::to_le_bytes, f64::from_le_bytes)
+        self.sum(x, f64::to_le_bytes, f64::from_le_bytes, None)
     }
 
     /// Every rank's `mine` (the same length on every rank), in rank order, to every rank: a
@@ -199,31 +175,46 @@ impl Group {
         }
     }
 
-    fn sum<T, const N: usize>(&mut self, x: &mut [T], to: fn(T) -> [u8; N], from: fn([u8; N]) -> T) -> Result<()>
+    /// Every rank's `x` added in rank order by rank 0, which hands back to rank r the whole sum,
+    /// or only `parts[r]` of it (the rest of that rank's `x` left as it was).
+    fn sum<T, const N: usize>(
+        &mut self,
+        x: &mut [T],
+        to: fn(T) -> [u8; N],
+        from: fn([u8; N]) -> T,
+        parts: Option<&[crate::backend::Span]>,
+    ) -> Result<()>
     where
         T: Copy + std::ops::AddAssign,
     {
         if self.world.size == 1 {
             return Ok(());
         }
+        let n = x.len();
+        let back = |r: usize| parts.map_or(0..n, |p| p[r].off..p[r].end());
         if self.world.is_root() {
             let mut buf = Vec::new();
             for (i, link) in self.links.iter_mut().enumerate() {
-                recv(link, i + 1, x.len(), N, &mut buf)?;
+                recv(link, i + 1, n, N, &mut buf)?;
                 for (a, b) in x.iter_mut().zip(buf.chunks_exact(N)) {
                     *a += from(b.try_into().unwrap());
                 }
             }
-            let out = encode(x, to);
+            // the whole sum is encoded once for all ranks
+            let whole = parts.is_none().then(|| encode(x, to));
             for (i, link) in self.links.iter_mut().enumerate() {
-                send(link, i + 1, &out)?;
+                match &whole {
+                    Some(out) => send(link, i + 1, out)?,
+                    None => send(link, i + 1, &encode(&x[back(i + 1)], to))?,
+                }
             }
         } else {
             let link = &mut self.links[0];
             send(link, 0, &encode(x, to))?;
             let mut buf = Vec::new();
-            recv(link, 0, x.len(), N, &mut buf)?;
-            for (a, b) in x.iter_mut().zip(buf.chunks_exact(N)) {
+            let mine = back(self.world.rank);
+            recv(link, 0, mine.len(), N, &mut buf)?;
+            for (a, b) in x[mine].iter_mut().zip(buf.chunks_exact(N)) {
                 *a = from(b.try_into().unwrap());
             }
         }

@@ -180,20 +180,19 @@ impl<B: Backend> Gpt<B> {
     /// applies, the span), all of each but under ZeRO-1.
     fn owned_segments(&self) -> Vec<(bool, Span)> {
         let own = self.owned();
-        let cut = |t: &Span| Span::new(t.off.max(own.off), t.end().min(own.end()).saturating_sub(t.off.max(own.off)));
-        self.layout.tensors.iter().map(|t| (t.decay, cut(&t.span))).filter(|(_, s)| s.len > 0).collect()
+        self.layout.tensors.iter().map(|t| (t.decay, t.span.intersect(&own))).filter(|(_, s)| s.len > 0).collect()
     }
 
     /// Span `s` of the parameter buffer in optimiser-state buffer `buf` (moments, master
-    /// weights), which holds the owned part only; flat f32.
+    /// weights), which holds the owned part only; flat f32. `state_of(self.owned(), ..)` is the
+    /// whole buffer.
     fn state_of(&self, s: Span, buf: BufId) -> Tensor {
         Tensor::new(buf, Span::new(s.off - self.owned().off, s.len), &[s.len], DType::F32)
     }
 
-    /// The whole owned part of optimiser-state buffer `buf`.
-    fn state_all(&self, buf: BufId) -> Tensor {
-        let n = self.owned().len;
-        Tensor::new(buf, Span::new(0, n), &[n], DType::F32)
+    /// `t` on the host as f32, or nothing when it is empty (an owned part of none).
+    fn download_f32(&self, t: Tensor) -> Result<Vec<f32>> {
+        Ok(if t.is_empty() { Vec::new() } else { self.backend.download(&self.bufs, t)?.into_f32() })
     }
 
     /// Runs one op on this model's buffers.
@@ -462,7 +461,7 @@ impl<B: Backend> Gpt<B> {
         let (sharded, own) = (!self.parts.is_empty(), self.owned());
         // one op per tensor (the owned part of it, whole pieces), over its pieces
         for t in self.layout.tensors.clone() {
-            let s = Span::new(t.span.off.max(own.off), t.span.end().min(own.end()).saturating_sub(t.span.off.max(own.off)));
+            let s = t.span.intersect(&own);
             if s.len == 0 {
                 continue;
             }
@@ -544,12 +543,10 @@ impl<B: Backend> Gpt<B> {
     /// The f32 weights of the owned part ([`Gpt::owned`]): the master weights under mixed
     /// precision. Rank by rank, in rank order, they make the whole of [`Gpt::params_host`].
     pub fn owned_weights(&self) -> Result<Vec<f32>> {
-        let own = self.owned();
-        let t = match self.has_master() {
-            true => self.state_all(BufId::Master),
-            false => Tensor::new(BufId::Params, own, &[own.len], DType::F32),
-        };
-        Ok(if own.len == 0 { Vec::new() } else { self.backend.download(&self.bufs, t)?.into_f32() })
+        match self.has_master() {
+            true => self.download_f32(self.state_of(self.owned(), BufId::Master)),
+            false => self.owned_kernel_params(), // the f32 parameters themselves
+        }
     }
 
     /// The parameters as the kernels hold them (the low-precision copy under mixed precision),
@@ -558,8 +555,9 @@ impl<B: Backend> Gpt<B> {
         Ok(self.backend.download(&self.bufs, self.layout.all())?.into_f32())
     }
 
-    /// ZeRO-1, after an update: every rank's owned part of the kernels' parameters, from the
-    /// ranks' [`Gpt::owned_kernel_params`] put together (exactly: the values are copied).
+    /// Sets the kernels' parameters (rounded to their storage type) from f32: under ZeRO-1,
+    /// after an update, the ranks' [`Gpt::owned_kernel_params`] put together (exactly: those
+    /// values are representable). [`Gpt::set_params`] sets the master weights first.
     pub fn set_kernel_params(&mut self, host: &[f32]) -> Result<()> {
         assert_eq!(host.len(), self.layout.total);
         let all = self.layout.all();
@@ -569,8 +567,7 @@ impl<B: Backend> Gpt<B> {
     /// The owned part of the kernels' parameters, widened to f32 exactly.
     pub fn owned_kernel_params(&self) -> Result<Vec<f32>> {
         let own = self.owned();
-        let t = Tensor::new(BufId::Params, own, &[own.len], self.low());
-        Ok(if own.len == 0 { Vec::new() } else { self.backend.download(&self.bufs, t)?.into_f32() })
+        self.download_f32(Tensor::new(BufId::Params, own, &[own.len], self.low()))
     }
 
     /// ZeRO-1 on a device collective: the ranks' gradients summed into each owner's part.
@@ -610,10 +607,10 @@ impl<B: Backend> Gpt<B> {
         let own = self.owned();
         if self.has_master() && own.len > 0 {
             let mine = Host::F32(host[own.off..own.end()].to_vec());
-            let dst = self.state_all(BufId::Master);
+            let dst = self.state_of(own, BufId::Master);
             self.backend.upload(&mut self.bufs, dst, &mine)?;
         }
-        self.backend.upload(&mut self.bufs, self.layout.all(), &Host::F32(host.to_vec()))
+        self.set_kernel_params(host)
     }
 
     /// The AdamW moments (m, v) of the owned part ([`Gpt::owned`]: all of them but under
@@ -622,11 +619,8 @@ impl<B: Backend> Gpt<B> {
         if !self.bufs.has(BufId::AdamM) {
             return Ok(None);
         }
-        if self.owned().len == 0 {
-            return Ok(Some((Vec::new(), Vec::new())));
-        }
-        let m = self.backend.download(&self.bufs, self.state_all(BufId::AdamM))?.into_f32();
-        Ok(Some((m, self.backend.download(&self.bufs, self.state_all(BufId::AdamV))?.into_f32())))
+        let own = self.owned();
+        Ok(Some((self.download_f32(self.state_of(own, BufId::AdamM))?, self.download_f32(self.state_of(own, BufId::AdamV))?)))
     }
 
     /// Restores AdamW moments saved by [`Gpt::optimizer_state`]: all of them, of which the owned
@@ -638,7 +632,7 @@ impl<B: Backend> Gpt<B> {
             let buf = self.backend.alloc(own.len.max(1), DType::F32)?;
             self.bufs.set(id, buf);
             if own.len > 0 {
-                let dst = self.state_all(id);
+                let dst = self.state_of(own, id);
                 self.backend.upload(&mut self.bufs, dst, &Host::F32(x[own.off..own.end()].to_vec()))?;
             }
         }

@@ -72,6 +72,33 @@ void* map(const std::string& name, size_t bytes) {
     return p == MAP_FAILED ? nullptr : p;
 }
 
+// every rank's `send` summed in rank order into `recv` of rank `root`, or of every rank when
+// root is -1; ncclFloat32 (7) and ncclSum (0) only: what gptrain sums
+ncclResult_t sum_to(const void* send, void* recv, size_t count, int datatype, int op, int root, void* comm) {
+    Comm* c = static_cast<Comm*>(comm);
+    if (!c || datatype != 7 || op != 0 || root < -1 || root >= c->nranks) return ncclInvalidArgument;
+    std::string name = c->name + "-" + std::to_string(c->seq++);
+    size_t bytes = count * sizeof(float);
+    float* slots = static_cast<float*>(map(name, bytes * (size_t)c->nranks + 1));
+    if (!slots) return ncclSystemError;
+    std::memcpy(slots + count * (size_t)c->rank, send, bytes);
+    ncclResult_t r = barrier(c); // every rank's buffer is in its slot
+    if (r == ncclSuccess) {
+        if (root == -1 || c->rank == root) {
+            float* out = static_cast<float*>(recv);
+            for (size_t i = 0; i < count; i++) {
+                float s = slots[i];
+                for (int k = 1; k < c->nranks; k++) s += slots[count * (size_t)k + i];
+                out[i] = s;
+            }
+        }
+        r = barrier(c); // every rank has read the slots
+    }
+    munmap(slots, bytes * (size_t)c->nranks + 1);
+    if (c->rank == 0) shm_unlink(name.c_str());
+    return r;
+}
+
 } // namespace
 
 extern "C" {
@@ -112,54 +139,12 @@ ncclResult_t ncclCommInitRank(void** comm, int nranks, ncclUniqueId id, int rank
     return ncclSuccess;
 }
 
-// ncclFloat32 (7) and ncclSum (0) only: what gptrain sums
 ncclResult_t ncclAllReduce(const void* send, void* recv, size_t count, int datatype, int op, void* comm, void* /*stream*/) {
-    Comm* c = static_cast<Comm*>(comm);
-    if (!c || datatype != 7 || op != 0) return ncclInvalidArgument;
-    std::string name = c->name + "-" + std::to_string(c->seq++);
-    size_t bytes = count * sizeof(float);
-    float* slots = static_cast<float*>(map(name, bytes * (size_t)c->nranks + 1));
-    if (!slots) return ncclSystemError;
-    std::memcpy(slots + count * (size_t)c->rank, send, bytes);
-    ncclResult_t r = barrier(c); // every rank's buffer is in its slot
-    if (r == ncclSuccess) {
-        float* out = static_cast<float*>(recv);
-        for (size_t i = 0; i < count; i++) {
-            float s = slots[i];
-            for (int k = 1; k < c->nranks; k++) s += slots[count * (size_t)k + i];
-            out[i] = s;
-        }
-        r = barrier(c); // every rank has read the slots
-    }
-    munmap(slots, bytes * (size_t)c->nranks + 1);
-    if (c->rank == 0) shm_unlink(name.c_str());
-    return r;
+    return sum_to(send, recv, count, datatype, op, -1, comm);
 }
 
-// the sum of every rank's `send`, in rank order, into the root's `recv` (ncclFloat32, ncclSum)
 ncclResult_t ncclReduce(const void* send, void* recv, size_t count, int datatype, int op, int root, void* comm, void* /*stream*/) {
-    Comm* c = static_cast<Comm*>(comm);
-    if (!c || datatype != 7 || op != 0 || root < 0 || root >= c->nranks) return ncclInvalidArgument;
-    std::string name = c->name + "-" + std::to_string(c->seq++);
-    size_t bytes = count * sizeof(float);
-    float* slots = static_cast<float*>(map(name, bytes * (size_t)c->nranks + 1));
-    if (!slots) return ncclSystemError;
-    std::memcpy(slots + count * (size_t)c->rank, send, bytes);
-    ncclResult_t r = barrier(c);
-    if (r == ncclSuccess) {
-        if (c->rank == root) {
-            float* out = static_cast<float*>(recv);
-            for (size_t i = 0; i < count; i++) {
-                float s = slots[i];
-                for (int k = 1; k < c->nranks; k++) s += slots[count * (size_t)k + i];
-                out[i] = s;
-            }
-        }
-        r = barrier(c);
-    }
-    munmap(slots, bytes * (size_t)c->nranks + 1);
-    if (c->rank == 0) shm_unlink(name.c_str());
-    return r;
+    return root < 0 ? ncclInvalidArgument : sum_to(send, recv, count, datatype, op, root, comm);
 }
 
 // the root's `send` into every rank's `recv`, any datatype (its size from nccl.h's numbering)
