@@ -198,6 +198,18 @@ fn gpu_ranks_train_what_one_gpu_process_trains() {
     assert!(out1.is_empty() && err1.is_empty(), "rank 1 said: {out1}{err1}");
     let model = |run: &str| std::fs::read(d.join(run).join("ckpt-000004/model.safetensors")).unwrap();
     assert!(model("nccl") == model("pair"), "NCCL's sums (in rank order on the emulator) differ from the host's");
+    // NCCL failing to start on rank 1 only: rank 0, waiting inside NCCL's start (the
+    // emulator's gives up after 30 s, a real one never), sees rank 1 end and stops at once
+    let port = free_port();
+    let fail = [&bus("1")[..], &[("GPTRAIN_EMU_NCCL_INIT_FAIL", "1")]].concat();
+    let r1 = rank(1, 2, port, &d, "nccl-fails", &gpu, &fail);
+    let t0 = std::time::Instant::now();
+    let (code0, _, err0) = finish(rank(0, 2, port, &d, "nccl-fails", &gpu, &bus("0")));
+    let (code1, _, err1) = finish(r1);
+    assert_eq!((code0, code1), (1, 1), "rank 0: {err0}\nrank 1: {err1}");
+    assert!(err1.contains("NCCL ncclCommInitRank failed") && err1.lines().count() == 1, "{err1}");
+    assert!(err0.contains("rank 1 stopped during NCCL's start (see its output for why)") && err0.lines().count() == 1, "{err0}");
+    assert!(t0.elapsed() < Duration::from_secs(20), "rank 0 took {:?} to stop", t0.elapsed());
     // ZeRO-1 by NCCL: sums to each part's owner (grouped ncclReduce), updated parts from their
     // owners (grouped ncclBroadcast); bitwise the all-reduce's steps
     let port = free_port();

@@ -102,6 +102,20 @@ impl Group {
         group.map_or(&World::ALONE, Group::world)
     }
 
+    /// The first rank whose connection has closed (its process ended or failed), found without
+    /// reading anything: for waits outside the group's own messages, such as NCCL's start.
+    pub fn gone(&self) -> Option<usize> {
+        self.links.iter().enumerate().find_map(|(i, l)| {
+            l.set_nonblocking(true).ok()?;
+            let closed = match l.peek(&mut [0u8; 1]) {
+                Ok(n) => n == 0,
+                Err(e) => !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted),
+            };
+            l.set_nonblocking(false).ok();
+            closed.then_some(if self.world.is_root() { i + 1 } else { 0 })
+        })
+    }
+
     /// Returns when every rank has called it.
     pub fn barrier(&mut self) -> Result<()> {
         self.sum_f64(&mut [0.0])
@@ -295,42 +309,72 @@ fn accept_all(world: &World, addr: &str, check: u64, timeout: Duration) -> Resul
     listener.set_nonblocking(true)?;
     let deadline = Instant::now() + timeout;
     let mut links: Vec<Option<TcpStream>> = (1..world.size).map(|_| None).collect();
+    // connections whose 20-byte hello has not all come yet, each with what has: read without
+    // waiting, so one that never says it (a port scan, a health check) holds nobody up
+    let mut pending: Vec<(TcpStream, std::net::SocketAddr, Vec<u8>)> = Vec::new();
     while links.iter().any(Option::is_none) {
-        let (mut s, from) = match listener.accept() {
-            Ok(c) => c,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                if Instant::now() > deadline {
-                    let missing: Vec<String> = (1..world.size).filter(|r| links[r - 1].is_none()).map(|r| r.to_string()).collect();
-                    bail!(
-                        "rank(s) {} did not connect to rank 0 at {addr} within {}s ({TIMEOUT_VAR})",
-                        missing.join(", "),
-                        timeout.as_secs()
-                    );
+        let mut idle = true;
+        match listener.accept() {
+            Ok((s, from)) => {
+                s.set_nonblocking(true)?;
+                pending.push((s, from, Vec::with_capacity(20)));
+                idle = false;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e).context("rank 0 could not accept a connection"),
+        }
+        let mut i = 0;
+        while i < pending.len() {
+            let (s, _, got) = &mut pending[i];
+            let mut buf = [0u8; 20];
+            let want = 20 - got.len();
+            match s.read(&mut buf[..want]) {
+                Ok(0) => {
+                    pending.swap_remove(i); // closed before saying hello: not a gptrain rank
+                    continue;
                 }
-                std::thread::sleep(Duration::from_millis(20));
+                Ok(n) => {
+                    got.extend_from_slice(&buf[..n]);
+                    idle = false;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => {
+                    pending.swap_remove(i);
+                    continue;
+                }
+            }
+            if got.len() < 20 {
+                i += 1;
                 continue;
             }
-            Err(e) => return Err(e).context("rank 0 could not accept a connection"),
-        };
-        s.set_nonblocking(false)?;
-        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-        let mut h = [0u8; 20];
-        if s.read_exact(&mut h).is_err() || h[..4] != MAGIC.to_le_bytes() {
-            continue; // not a gptrain rank (a port scan, another program): ignore it
+            let (s, from, got) = pending.swap_remove(i);
+            let h: [u8; 20] = got.try_into().unwrap();
+            if h[..4] != MAGIC.to_le_bytes() {
+                continue; // not a gptrain rank (another program): ignore it
+            }
+            let field = |a: usize| u32::from_le_bytes(h[a..a + 4].try_into().unwrap()) as usize;
+            let (rank, size, their) = (field(4), field(8), u64::from_le_bytes(h[12..].try_into().unwrap()));
+            if size != world.size || rank == 0 || rank >= world.size {
+                bail!("a process from {from} says it is rank {rank} of {size}, in a run of {} ranks", world.size);
+            }
+            if their != check {
+                bail!("rank {rank} runs another configuration than rank 0 (model, data, batch or seed differ): every rank must be given the same settings");
+            }
+            if links[rank - 1].is_some() {
+                bail!("two processes say they are rank {rank}");
+            }
+            let mut s = s;
+            s.set_nonblocking(false)?;
+            s.write_all(&hello(world, check)).context("rank 0 could not answer a rank")?;
+            links[rank - 1] = Some(s);
         }
-        let field = |a: usize| u32::from_le_bytes(h[a..a + 4].try_into().unwrap()) as usize;
-        let (rank, size, their) = (field(4), field(8), u64::from_le_bytes(h[12..].try_into().unwrap()));
-        if size != world.size || rank == 0 || rank >= world.size {
-            bail!("a process from {from} says it is rank {rank} of {size}, in a run of {} ranks", world.size);
+        if links.iter().any(Option::is_none) && Instant::now() > deadline {
+            let missing: Vec<String> = (1..world.size).filter(|r| links[r - 1].is_none()).map(|r| r.to_string()).collect();
+            bail!("rank(s) {} did not connect to rank 0 at {addr} within {}s ({TIMEOUT_VAR})", missing.join(", "), timeout.as_secs());
         }
-        if their != check {
-            bail!("rank {rank} runs another configuration than rank 0 (model, data, batch or seed differ): every rank must be given the same settings");
+        if idle {
+            std::thread::sleep(Duration::from_millis(20));
         }
-        if links[rank - 1].is_some() {
-            bail!("two processes say they are rank {rank}");
-        }
-        s.write_all(&hello(world, check)).context("rank 0 could not answer a rank")?;
-        links[rank - 1] = Some(s);
     }
     Ok(links.into_iter().flatten().collect())
 }
@@ -499,6 +543,34 @@ mod tests {
     }
 
     #[test]
+    fn connections_that_are_not_ranks_hold_nobody_up() {
+        use std::io::Write;
+        let addr = format!("127.0.0.1:{}", free_port());
+        let a = addr.clone();
+        let root = std::thread::spawn(move || Group::connect(&world(0, 2), &a, 5, Duration::from_secs(20)).map(|_| ()));
+        // before rank 1: one that connects and says nothing, one that says 3 bytes and stays,
+        // one that says 20 bytes of something else, one that connects and leaves
+        let dial = || loop {
+            if let Ok(s) = TcpStream::connect(&addr) {
+                break s;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let silent = dial();
+        let mut partial = dial();
+        partial.write_all(b"gpt").unwrap();
+        dial().write_all(&[7u8; 20]).unwrap();
+        drop(dial());
+        let t0 = Instant::now();
+        let a = addr.clone();
+        let one = std::thread::spawn(move || Group::connect(&world(1, 2), &a, 5, Duration::from_secs(20)).map(|_| ()));
+        one.join().unwrap().unwrap();
+        root.join().unwrap().unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(3), "rank 1 waited {:?} behind the strays", t0.elapsed());
+        drop((silent, partial));
+    }
+
+    #[test]
     fn a_rank_with_another_configuration_is_refused() {
         let out = ranks(2, |r| r as u64, |_| Ok(()));
         assert!(format!("{:#}", out[0].as_ref().unwrap_err()).contains("rank 1 runs another configuration than rank 0"));
@@ -519,6 +591,32 @@ mod tests {
         );
         let e = format!("{:#}", out[0].as_ref().unwrap_err());
         assert!(e.contains("rank 1 is gone"), "{e}");
+    }
+
+    #[test]
+    fn a_closed_connection_is_seen_without_reading() {
+        let out = ranks(
+            2,
+            |_| 1,
+            |g| {
+                if g.world().rank == 1 {
+                    g.barrier()?;
+                    g.barrier()?; // then leaves: its connection closes
+                    return Ok((None, None));
+                }
+                g.barrier()?;
+                std::thread::sleep(Duration::from_millis(100)); // rank 1's next message waits unread
+                let alive = g.gone();
+                g.barrier()?; // and is still there to read
+                let t0 = Instant::now();
+                while g.gone().is_none() && t0.elapsed() < Duration::from_secs(10) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Ok((alive, g.gone()))
+            },
+        );
+        assert_eq!(out[0].as_ref().unwrap(), &(None, Some(1)));
+        assert!(out[1].is_ok());
     }
 
     #[test]

@@ -64,9 +64,9 @@ pub(super) fn same_kind_of_device(group: &mut Group, on_gpu: bool) -> Result<()>
 /// How a rank's GPU sums its gradients with the others': NCCL where every rank can (each has
 /// NCCL, and no two share a GPU, which NCCL refuses), else through host memory and rank 0 (the
 /// reason given). All ranks reach the same answer, from every rank's facts summed over
-/// `group`. NCCL that then fails to start ends the run (the other ranks wait inside NCCL's
-/// start, so only the launcher stopping them, as torchrun and mpirun do, frees them). Returns
-/// how the sums go, for the start banner.
+/// `group`. NCCL that then fails to start on one rank ends the run on every rank: the others,
+/// waiting inside NCCL's start, see its connection close ([`while_ranks_live`]). Returns how the
+/// sums go, for the start banner.
 pub(super) fn join_gpus(cuda: &Cuda, group: &mut Group) -> Result<String> {
     let world = group.world().clone();
     let off = std::env::var("GPTRAIN_DIST_NCCL").is_ok_and(|v| v == "0");
@@ -103,9 +103,37 @@ pub(super) fn join_gpus(cuda: &Cuda, group: &mut Group) -> Result<String> {
         *b = *x as u8 as std::ffi::c_char;
     }
     let timeout = group::timeout_from_env()?;
-    cuda.join_ranks(world.rank, world.size, u, timeout)
+    let joining = cuda.clone();
+    let (rank, size) = (world.rank, world.size);
+    while_ranks_live(group, "NCCL's start", timeout, move || joining.join_ranks(rank, size, u, timeout))
         .map_err(|e| anyhow::anyhow!("{e:#}; `GPTRAIN_DIST_NCCL=0` sums through host memory instead"))?;
     Ok(format!("gradients summed by NCCL {} on the GPUs, losses through rank 0", nccl.unwrap_or_default()))
+}
+
+/// Runs `work` (a call that waits for every rank, such as NCCL's start, which cannot be
+/// cancelled) on a thread of its own while watching `group`: a rank whose process ends
+/// meanwhile, or no end within `limit`, ends the wait with one line saying so (`what`: what
+/// was waited for), leaving `work` blocked on its thread until the process exits.
+pub(super) fn while_ranks_live<T: Send + 'static>(
+    group: &Group,
+    what: &str,
+    limit: std::time::Duration,
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let start = std::time::Instant::now();
+    let handle = std::thread::spawn(work);
+    loop {
+        if handle.is_finished() {
+            return handle.join().unwrap_or_else(|_| bail!("the thread of {what} panicked"));
+        }
+        if let Some(r) = group.gone() {
+            bail!("rank {r} stopped during {what} (see its output for why)");
+        }
+        if start.elapsed() > limit {
+            bail!("{what} did not end within {} s ({}): a rank is stuck or cannot reach the others", limit.as_secs(), group::TIMEOUT_VAR);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 /// The banner's words for sums through host memory, and why.

@@ -126,8 +126,11 @@ ncclResult_t ncclGetUniqueId(ncclUniqueId* id) {
     return ncclSuccess;
 }
 
+// GPTRAIN_EMU_NCCL_INIT_FAIL=1 makes it fail on this rank at once (as a real NCCL may on one
+// rank only), while the others wait for it
 ncclResult_t ncclCommInitRank(void** comm, int nranks, ncclUniqueId id, int rank) {
     if (nranks < 1 || rank < 0 || rank >= nranks || id.internal[0] != '/') return ncclInvalidArgument;
+    if (const char* f = std::getenv("GPTRAIN_EMU_NCCL_INIT_FAIL"); f && std::strcmp(f, "1") == 0) return ncclSystemError;
     Comm* c = new Comm{std::string(id.internal, strnlen(id.internal, sizeof id.internal)), nranks, rank, nullptr};
     c->header = static_cast<Header*>(map(c->name, sizeof(Header))); // zero-filled when created
     if (!c->header) {

@@ -91,8 +91,9 @@ struct Inner {
     /// Compiled kernel families by (family, variant: storage type and tiled head size), each
     /// compiled (or read from the cache) when a run first launches one of its kernels.
     modules: Mutex<HashMap<(&'static str, compile::Variant), Arc<CudaModule>>>,
-    /// Kernels by name, looked up in `modules` on first use.
-    funcs: Mutex<HashMap<String, CudaFunction>>,
+    /// Kernels by name, looked up in `modules` on first use, each with the dynamic shared
+    /// memory per block it has been allowed (bytes; over 48 KiB only once asked for).
+    funcs: Mutex<HashMap<String, (CudaFunction, usize)>>,
     blas: blas::Blas,
     /// cuBLASLt's workspace, held for `blas`.
     _workspace: Counted<u8>,

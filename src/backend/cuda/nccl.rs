@@ -32,6 +32,8 @@ const SUM: i32 = 0;
 /// pointers).
 struct Api {
     version: String,
+    /// The file it was loaded from (None: the system loader's, not found in /proc/self/maps).
+    path: Option<std::path::PathBuf>,
     /// NCCL_VERSION_CODE as of 2.9 (major * 10000 + minor * 100 + patch).
     code: i32,
     get_unique_id: unsafe extern "C" fn(*mut UniqueId) -> i32,
@@ -80,8 +82,10 @@ fn load() -> Result<Api, String> {
         true => (format!("{}.{}.{}", v / 10000, v / 100 % 100, v % 100), v),
         false => (format!("{}.{}.{}", v / 1000, v / 100 % 10, v % 100), v / 1000 * 10000 + v % 1000),
     };
+    let path = found.ok().or_else(|| loaded_path("libnccl.so"));
     Ok(Api {
         version,
+        path,
         code,
         get_unique_id: get!(b"ncclGetUniqueId"),
         comm_init_rank: get!(b"ncclCommInitRank"),
@@ -107,14 +111,84 @@ pub fn ranks_may_share_a_gpu() -> bool {
     api().is_ok_and(|a| a.code >= 23000) && std::env::var("NCCL_MULTI_RANK_GPU_ENABLE").is_ok_and(|v| v == "1")
 }
 
-/// A failed NCCL call as one line.
+/// A failed NCCL call as one line; with the likely cause when this NCCL is built for a newer
+/// CUDA than the driver's (the same `libnccl.so.2` name is shipped for CUDA 12 and 13).
 fn check(a: &Api, what: &str, r: i32) -> Result<()> {
     if r == 0 {
         return Ok(());
     }
     // SAFETY: NCCL returns a static string for every result code.
     let s = unsafe { CStr::from_ptr((a.error_string)(r)) }.to_string_lossy().into_owned();
-    bail!("NCCL {what} failed: {s} ({r})")
+    let why = a.path.as_deref().and_then(|p| too_new_for_driver(p, built_for(p)?, libs::driver_version()?));
+    match why {
+        Some(why) => bail!("NCCL {what} failed: {s} ({r}): {why}"),
+        None => bail!("NCCL {what} failed: {s} ({r})"),
+    }
+}
+
+/// The CUDA version (12040 for 12.4) that the NCCL at `path` was built for, from the version
+/// string every build embeds ("NCCL version 2.21.5+cuda12.4"); None when it has none.
+fn built_for(path: &std::path::Path) -> Option<i32> {
+    use std::io::Read;
+    const MARK: &[u8] = b"NCCL version ";
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut have = 0; // bytes of buf in use: the previous chunk's tail, then this chunk's
+    loop {
+        let n = f.read(&mut buf[have..]).ok()?;
+        let end = have + n;
+        for at in find_all(&buf[..end], MARK) {
+            let rest = &buf[at + MARK.len()..end.min(at + MARK.len() + 48)];
+            if let Some(v) = cuda_suffix(rest) {
+                return Some(v);
+            }
+        }
+        if n == 0 {
+            return None;
+        }
+        // keep the last 64 bytes: a string cut by the chunk's end is read whole next time
+        let keep = end.min(64);
+        buf.copy_within(end - keep..end, 0);
+        have = keep;
+    }
+}
+
+/// Where `pat` starts in `hay`.
+fn find_all<'a>(hay: &'a [u8], pat: &'a [u8]) -> impl Iterator<Item = usize> + 'a {
+    hay.windows(pat.len()).enumerate().filter(move |(_, w)| *w == pat).map(|(i, _)| i)
+}
+
+/// "2.21.5+cuda12.4..." -> 12040.
+fn cuda_suffix(s: &[u8]) -> Option<i32> {
+    let s = &s[..s.iter().position(|&b| b == 0).unwrap_or(s.len())];
+    let s = std::str::from_utf8(s).ok()?;
+    let v = &s[s.find("+cuda")? + 5..];
+    let (major, rest) = v.split_once('.')?;
+    let minor: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    Some(major.parse::<i32>().ok()? * 1000 + minor.parse::<i32>().ok()? * 10)
+}
+
+/// Why an NCCL built for CUDA `built` cannot run on a driver for CUDA `driver`, if it cannot.
+fn too_new_for_driver(path: &std::path::Path, built: i32, driver: i32) -> Option<String> {
+    (built / 1000 > driver / 1000).then(|| {
+        format!(
+            "{} is built for CUDA {} and this NVIDIA driver supports CUDA {} at most: update the driver, or `pip install {}` and set {} to its lib folder",
+            path.display(),
+            libs::cuda_version(built),
+            libs::cuda_version(driver),
+            NCCL.wheel,
+            libs::LIB_DIR_VAR
+        )
+    })
+}
+
+/// The path of a loaded library whose file name starts with `name`, from /proc/self/maps.
+fn loaded_path(name: &str) -> Option<std::path::PathBuf> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| std::path::Path::new(p).file_name().is_some_and(|f| f.to_string_lossy().starts_with(name)))
+        .map(std::path::PathBuf::from)
 }
 
 /// A fresh unique id (rank 0's, for the others to join).
@@ -222,5 +296,33 @@ impl Drop for Comm {
             // SAFETY: `raw` came from ncclCommInitRank and is freed once, here.
             unsafe { (a.comm_abort)(self.raw) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cuda_an_nccl_is_built_for_is_read_from_its_version_string() {
+        let dir = std::env::temp_dir().join(format!("gptrain-nccl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("libnccl.so.2");
+        // the string across the first read's 1 MiB boundary, after a false start
+        let mut bytes = vec![7u8; (1 << 20) - 20];
+        bytes.extend_from_slice(b"NCCL version \0\0");
+        bytes.extend_from_slice(b"NCCL version 2.28.3+cuda13.0\0tail");
+        std::fs::write(&file, &bytes).unwrap();
+        assert_eq!(built_for(&file), Some(13000));
+        std::fs::write(&file, b"xxNCCL version 2.21.5+cuda12.4\0").unwrap();
+        assert_eq!(built_for(&file), Some(12040));
+        std::fs::write(&file, b"no version here").unwrap();
+        assert_eq!(built_for(&file), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let e = too_new_for_driver(&file, 13000, 12040).unwrap();
+        assert!(e.contains("built for CUDA 13.0") && e.contains("supports CUDA 12.4") && e.contains("nvidia-nccl-cu12"), "{e}");
+        assert_eq!(too_new_for_driver(&file, 12090, 12040), None); // minor versions run on older 12.x drivers
+        assert_eq!(too_new_for_driver(&file, 12040, 13000), None);
     }
 }

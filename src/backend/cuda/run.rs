@@ -91,23 +91,9 @@ impl Cuda {
     }
 
     /// Launches kernel `name` with `grid` x `block` threads and `shared` bytes of dynamic
-    /// shared memory (over 48 KiB, the kernel opts in to it first: the generic attention
-    /// kernels keep a row of T scores per warp).
+    /// shared memory.
     fn launch(&self, name: &str, grid: (u32, u32), block: (u32, u32), shared: usize, args: &[Arg]) -> Result<()> {
-        let f = self.func(name)?;
-        if shared > SHARED {
-            let most = self.inner.shared_optin;
-            if shared > most {
-                bail!(
-                    "{name} needs {} KiB of shared memory per block and this GPU allows {} KiB: block_size is too long for attention with this head size (n_embd / n_head of 8, 16, 32 or 64 use kernels without the limit)",
-                    shared.div_ceil(1024),
-                    most / 1024
-                );
-            }
-            let max_dynamic = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
-            f.set_attribute(max_dynamic, shared as i32)
-                .map_err(|e| anyhow!("{name}: asking for {shared} bytes of shared memory per block: {e:?}"))?;
-        }
+        let f = self.func(name, shared)?;
         let mut b = self.inner.stream.launch_builder(&f);
         for a in args {
             match a {
@@ -132,16 +118,33 @@ impl Cuda {
         self.launch(name, (grid, 1), (BLOCK, 1), 0, args)
     }
 
-    fn func(&self, name: &str) -> Result<cudarc::driver::CudaFunction> {
+    /// Kernel `name`, allowed `shared` bytes of dynamic shared memory per block: over 48 KiB
+    /// it opts in to more, once per kernel and size (the generic attention kernels keep a row
+    /// of T scores per warp).
+    fn func(&self, name: &str, shared: usize) -> Result<cudarc::driver::CudaFunction> {
         let mut funcs = self.inner.funcs.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(f) = funcs.get(name) {
-            return Ok(f.clone());
+        if !funcs.contains_key(name) {
+            let family = compile::family(name).ok_or_else(|| anyhow!("no kernel family defines {name}"))?;
+            let m = self.module(family, compile::Variant::of(name))?;
+            let f = m.load_function(name).map_err(|e| anyhow!("no kernel named {name} in {family}.cu ({e:?})"))?;
+            funcs.insert(name.to_string(), (f, SHARED));
         }
-        let family = compile::family(name).ok_or_else(|| anyhow!("no kernel family defines {name}"))?;
-        let m = self.module(family, compile::Variant::of(name))?;
-        let f = m.load_function(name).map_err(|e| anyhow!("no kernel named {name} in {family}.cu ({e:?})"))?;
-        funcs.insert(name.to_string(), f.clone());
-        Ok(f)
+        let (f, allowed) = funcs.get_mut(name).expect("inserted above");
+        if shared > *allowed {
+            let most = self.inner.shared_optin;
+            if shared > most {
+                bail!(
+                    "{name} needs {} KiB of shared memory per block and this GPU allows {} KiB: block_size is too long for attention with this head size (n_embd / n_head of 8, 16, 32 or 64 use kernels without the limit)",
+                    shared.div_ceil(1024),
+                    most / 1024
+                );
+            }
+            let max_dynamic = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+            f.set_attribute(max_dynamic, shared as i32)
+                .map_err(|e| anyhow!("{name}: asking for {shared} bytes of shared memory per block: {e:?}"))?;
+            *allowed = shared;
+        }
+        Ok(f.clone())
     }
 
     /// Variant `only` of kernel family `family`, compiled for the card (or read from the cache)

@@ -86,12 +86,14 @@ pub fn driver_present() -> bool {
 
 /// How many GPUs the driver shows this process (after `CUDA_VISIBLE_DEVICES`), or why none.
 pub fn gpu_count() -> Result<usize, String> {
-    find_card(None)?;
-    result::device::get_count().map(|n| n as usize).map_err(|e| format!("the NVIDIA driver cannot count GPUs ({e:?})"))
+    match driver_count()? {
+        0 => Err("no CUDA GPU found (the NVIDIA driver sees none)".into()),
+        n => Ok(n),
+    }
 }
 
-/// GPU `n`, or the first with compute capability at least [`MIN_CC`]; or why there is none.
-pub fn find_card(n: Option<usize>) -> Result<Card, String> {
+/// Loads and initialises the driver and counts the GPUs it shows; or why it cannot.
+fn driver_count() -> Result<usize, String> {
     // SAFETY: only tries to open libcuda with the system loader; nothing is called through it.
     if !unsafe { sys::is_culib_present() } {
         return Err("no NVIDIA driver found (libcuda.so.1 not loadable)".into());
@@ -102,7 +104,12 @@ pub fn find_card(n: Option<usize>) -> Result<Card, String> {
         }
         _ => format!("the NVIDIA driver did not initialise ({e:?})"),
     })?;
-    let count = result::device::get_count().map_err(|e| format!("the NVIDIA driver cannot count GPUs ({e:?})"))? as usize;
+    result::device::get_count().map(|n| n as usize).map_err(|e| format!("the NVIDIA driver cannot count GPUs ({e:?})"))
+}
+
+/// GPU `n`, or the first with compute capability at least [`MIN_CC`]; or why there is none.
+pub fn find_card(n: Option<usize>) -> Result<Card, String> {
+    let count = driver_count()?;
     let card = |i: usize| -> Result<Card, String> {
         let dev = result::device::get(i as i32).map_err(|e| format!("cuda:{i}: {e:?}"))?;
         let name = result::device::get_name(dev).unwrap_or_else(|_| "unnamed GPU".into());
