@@ -204,8 +204,16 @@ fn gpu_ranks_train_what_one_gpu_process_trains() {
     let fail = [&bus("1")[..], &[("GPTRAIN_EMU_NCCL_INIT_FAIL", "1")]].concat();
     let r1 = rank(1, 2, port, &d, "nccl-fails", &gpu, &fail);
     let t0 = std::time::Instant::now();
-    let (code0, _, err0) = finish(rank(0, 2, port, &d, "nccl-fails", &gpu, &bus("0")));
+    let r0 = rank(0, 2, port, &d, "nccl-fails", &gpu, &bus("0"));
+    let pid0 = r0.id();
+    let (code0, _, err0) = finish(r0);
     let (code1, _, err1) = finish(r1);
+    // the emulated communicator rank 0 was waiting in (named by its pid), left by its exit
+    for f in std::fs::read_dir("/dev/shm").into_iter().flatten().flatten() {
+        if f.file_name().to_string_lossy().starts_with(&format!("gptrain-emu-nccl-{pid0}-")) {
+            let _ = std::fs::remove_file(f.path());
+        }
+    }
     assert_eq!((code0, code1), (1, 1), "rank 0: {err0}\nrank 1: {err1}");
     assert!(err1.contains("NCCL ncclCommInitRank failed") && err1.lines().count() == 1, "{err1}");
     assert!(err0.contains("rank 1 stopped during NCCL's start (see its output for why)") && err0.lines().count() == 1, "{err0}");

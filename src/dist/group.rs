@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 /// What a rank sends first: "gptr", then its rank, the world size and the run's check value.
 const MAGIC: u32 = 0x6770_7472;
+/// How long rank 0 keeps a connection that has not said all of that.
+const HELLO_WAIT: Duration = Duration::from_secs(10);
 
 /// The variable that names rank 0's address (`host:port`) for gptrain's own connections.
 pub const ADDR_VAR: &str = "GPTRAIN_DIST_ADDR";
@@ -103,15 +105,23 @@ impl Group {
     }
 
     /// The first rank whose connection has closed (its process ended or failed), found without
-    /// reading anything: for waits outside the group's own messages, such as NCCL's start.
+    /// reading anything: for waits outside the group's own messages, such as NCCL's start. A
+    /// close is seen only once nothing sent before it is left unread.
     pub fn gone(&self) -> Option<usize> {
+        use std::os::fd::AsRawFd;
         self.links.iter().enumerate().find_map(|(i, l)| {
-            l.set_nonblocking(true).ok()?;
-            let closed = match l.peek(&mut [0u8; 1]) {
-                Ok(n) => n == 0,
-                Err(e) => !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted),
+            let mut b = 0u8;
+            // SAFETY: peeks at most one byte into `b`, which we own, from a socket we hold open;
+            // MSG_DONTWAIT makes this call non-blocking without changing the socket's mode.
+            let n = unsafe { libc::recv(l.as_raw_fd(), (&raw mut b).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+            let closed = match n {
+                0 => true,
+                n if n > 0 => false,
+                _ => {
+                    let e = std::io::Error::last_os_error();
+                    !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted)
+                }
             };
-            l.set_nonblocking(false).ok();
             closed.then_some(if self.world.is_root() { i + 1 } else { 0 })
         })
     }
@@ -311,13 +321,14 @@ fn accept_all(world: &World, addr: &str, check: u64, timeout: Duration) -> Resul
     let mut links: Vec<Option<TcpStream>> = (1..world.size).map(|_| None).collect();
     // connections whose 20-byte hello has not all come yet, each with what has: read without
     // waiting, so one that never says it (a port scan, a health check) holds nobody up
-    let mut pending: Vec<(TcpStream, std::net::SocketAddr, Vec<u8>)> = Vec::new();
+    // (a connection that has said nothing for HELLO_WAIT is closed: a rank says it at once)
+    let mut pending: Vec<(TcpStream, std::net::SocketAddr, Vec<u8>, Instant)> = Vec::new();
     while links.iter().any(Option::is_none) {
         let mut idle = true;
         match listener.accept() {
             Ok((s, from)) => {
                 s.set_nonblocking(true)?;
-                pending.push((s, from, Vec::with_capacity(20)));
+                pending.push((s, from, Vec::with_capacity(20), Instant::now()));
                 idle = false;
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => {}
@@ -325,7 +336,11 @@ fn accept_all(world: &World, addr: &str, check: u64, timeout: Duration) -> Resul
         }
         let mut i = 0;
         while i < pending.len() {
-            let (s, _, got) = &mut pending[i];
+            let (s, _, got, since) = &mut pending[i];
+            if since.elapsed() > HELLO_WAIT {
+                pending.swap_remove(i);
+                continue;
+            }
             let mut buf = [0u8; 20];
             let want = 20 - got.len();
             match s.read(&mut buf[..want]) {
@@ -347,7 +362,7 @@ fn accept_all(world: &World, addr: &str, check: u64, timeout: Duration) -> Resul
                 i += 1;
                 continue;
             }
-            let (s, from, got) = pending.swap_remove(i);
+            let (s, from, got, _) = pending.swap_remove(i);
             let h: [u8; 20] = got.try_into().unwrap();
             if h[..4] != MAGIC.to_le_bytes() {
                 continue; // not a gptrain rank (another program): ignore it

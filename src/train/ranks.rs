@@ -121,19 +121,42 @@ pub(super) fn while_ranks_live<T: Send + 'static>(
     work: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
     let start = std::time::Instant::now();
-    let handle = std::thread::spawn(work);
+    // the main thread's stack size: NCCL's start ran there before, and keeps large structures
+    // on the stack in some versions
+    let handle = std::thread::Builder::new().name("ranks-wait".into()).stack_size(8 << 20).spawn(work)?;
+    let left = |e: anyhow::Error| {
+        LEFT_BEHIND.store(true, std::sync::atomic::Ordering::SeqCst);
+        Err(e)
+    };
     loop {
         if handle.is_finished() {
             return handle.join().unwrap_or_else(|_| bail!("the thread of {what} panicked"));
         }
         if let Some(r) = group.gone() {
-            bail!("rank {r} stopped during {what} (see its output for why)");
+            return left(anyhow::anyhow!("rank {r} stopped during {what} (see its output for why)"));
+        }
+        if super::STOP.load(std::sync::atomic::Ordering::SeqCst) {
+            return left(anyhow::anyhow!("stopped by a signal during {what}; nothing was trained yet"));
         }
         if start.elapsed() > limit {
-            bail!("{what} did not end within {} s ({}): a rank is stuck or cannot reach the others", limit.as_secs(), group::TIMEOUT_VAR);
+            let e = anyhow::anyhow!(
+                "{what} did not end within {} s ({}): a rank is stuck or cannot reach the others",
+                limit.as_secs(),
+                group::TIMEOUT_VAR
+            );
+            return left(e);
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+}
+
+/// Set when [`while_ranks_live`] returned with its work still running (inside NCCL).
+static LEFT_BEHIND: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether a thread was left inside a wait for the ranks (NCCL's start): the process must then
+/// exit without running the libraries' teardown.
+pub fn left_a_thread_in_nccl() -> bool {
+    LEFT_BEHIND.load(std::sync::atomic::Ordering::SeqCst)
 }
 
 /// The banner's words for sums through host memory, and why.

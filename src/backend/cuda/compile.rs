@@ -236,36 +236,54 @@ mod tests {
     }
 
     /// Every kernel family compiles for Volta (Turing with a CUDA 13 NVRTC, which has no
-    /// Volta), Ampere, Ada and Hopper, when NVRTC is here (no GPU needed); otherwise the test
-    /// says it was skipped and where it looked.
-    #[test]
-    fn every_kernel_compiles_for_sm_70_80_89_90() {
+    /// Volta), Ampere, Ada and Hopper, when NVRTC is here (no GPU needed); otherwise each test
+    /// says it was skipped and where it looked. One test per architecture, so the test harness
+    /// compiles them on parallel threads (NVRTC is thread-safe across programs).
+    fn every_kernel_compiles_for(cc: (i32, i32), test: &str) {
+        use std::io::Write;
         let version = match nvrtc() {
             Ok(v) => v,
             Err(why) => {
                 // to the stderr handle, which the test harness does not capture: never a silent pass
-                use std::io::Write;
-                let _ = writeln!(std::io::stderr(), "every_kernel_compiles_for_sm_70_80_89_90: skipped: libnvrtc not found ({why})");
+                let _ = writeln!(std::io::stderr(), "{test}: skipped: libnvrtc not found ({why})");
                 return;
             }
         };
         // CUDA 13 dropped Volta: its NVRTC compiles for sm_75 and newer only
-        let oldest = if unsupported_arch(version, (7, 0)).is_none() { (7, 0) } else { (7, 5) };
-        for cc in [oldest, (8, 0), (8, 9), (9, 0)] {
-            for (name, src) in SOURCES {
-                let bin = compile(name, src, cc, None).unwrap_or_else(|e| panic!("{e}"));
-                check_cubin(name, &bin).unwrap();
-            }
+        let cc = if unsupported_arch(version, cc).is_some() { (7, 5) } else { cc };
+        for (name, src) in SOURCES {
+            let bin = compile(name, src, cc, None).unwrap_or_else(|e| panic!("{e}"));
+            check_cubin(name, &bin).unwrap();
         }
-        let first = format!("sm_{}{}", oldest.0, oldest.1);
-        use std::io::Write;
         let _ = writeln!(
             std::io::stderr(),
-            "compiled {} kernel files for {first}, sm_80, sm_89, sm_90 with NVRTC {}.{}",
+            "compiled {} kernel files for sm_{}{} with NVRTC {}.{}",
             SOURCES.len(),
+            cc.0,
+            cc.1,
             version.0,
             version.1
         );
+    }
+
+    #[test]
+    fn every_kernel_compiles_for_sm_70() {
+        every_kernel_compiles_for((7, 0), "every_kernel_compiles_for_sm_70");
+    }
+
+    #[test]
+    fn every_kernel_compiles_for_sm_80() {
+        every_kernel_compiles_for((8, 0), "every_kernel_compiles_for_sm_80");
+    }
+
+    #[test]
+    fn every_kernel_compiles_for_sm_89() {
+        every_kernel_compiles_for((8, 9), "every_kernel_compiles_for_sm_89");
+    }
+
+    #[test]
+    fn every_kernel_compiles_for_sm_90() {
+        every_kernel_compiles_for((9, 0), "every_kernel_compiles_for_sm_90");
     }
 
     /// A shared array of a storage type (`T`, bf16_t, f16_t: 2-byte structs) is declared

@@ -12,7 +12,7 @@
 use super::libs;
 use anyhow::{bail, Result};
 use std::ffi::{c_char, c_void, CStr};
-use std::sync::OnceLock;
+use std::sync::{LazyLock, OnceLock};
 
 pub const NCCL: libs::Lib = libs::Lib { what: "NCCL", files: &["libnccl.so.2"], wheel: "nvidia-nccl-cu12" };
 
@@ -119,7 +119,10 @@ fn check(a: &Api, what: &str, r: i32) -> Result<()> {
     }
     // SAFETY: NCCL returns a static string for every result code.
     let s = unsafe { CStr::from_ptr((a.error_string)(r)) }.to_string_lossy().into_owned();
-    let why = a.path.as_deref().and_then(|p| too_new_for_driver(p, built_for(p)?, libs::driver_version()?));
+    let why = libs::driver_version().and_then(|driver| {
+        let p = a.path.as_deref()?;
+        too_new_for_driver(p, built_for(p)?, driver)
+    });
     match why {
         Some(why) => bail!("NCCL {what} failed: {s} ({r}): {why}"),
         None => bail!("NCCL {what} failed: {s} ({r})"),
@@ -127,45 +130,31 @@ fn check(a: &Api, what: &str, r: i32) -> Result<()> {
 }
 
 /// The CUDA version (12040 for 12.4) that the NCCL at `path` was built for, from the version
-/// string every build embeds ("NCCL version 2.21.5+cuda12.4"); None when it has none.
+/// string every build embeds ("NCCL version 2.21.5+cuda12.4"); None when it has none. Read in
+/// 1 MiB chunks, each overlapping the last by more than the string's length.
 fn built_for(path: &std::path::Path) -> Option<i32> {
     use std::io::Read;
-    const MARK: &[u8] = b"NCCL version ";
+    static VERSION: LazyLock<regex::bytes::Regex> =
+        LazyLock::new(|| regex::bytes::Regex::new(r"NCCL version [0-9]+\.[0-9]+\.[0-9]+[^\x00+]{0,16}\+cuda([0-9]+)\.([0-9]+)").unwrap());
+    const KEEP: usize = 64;
     let mut f = std::fs::File::open(path).ok()?;
     let mut buf = vec![0u8; 1 << 20];
     let mut have = 0; // bytes of buf in use: the previous chunk's tail, then this chunk's
     loop {
         let n = f.read(&mut buf[have..]).ok()?;
         let end = have + n;
-        for at in find_all(&buf[..end], MARK) {
-            let rest = &buf[at + MARK.len()..end.min(at + MARK.len() + 48)];
-            if let Some(v) = cuda_suffix(rest) {
-                return Some(v);
-            }
+        // a match that reaches the end of what has been read may be cut short: read on first
+        if let Some(c) = VERSION.captures(&buf[..end]).filter(|c| n == 0 || c.get(0).unwrap().end() + 8 < end) {
+            let int = |i: usize| std::str::from_utf8(&c[i]).ok()?.parse::<i32>().ok();
+            return Some(int(1)? * 1000 + int(2)? * 10);
         }
         if n == 0 {
             return None;
         }
-        // keep the last 64 bytes: a string cut by the chunk's end is read whole next time
-        let keep = end.min(64);
+        let keep = end.min(KEEP);
         buf.copy_within(end - keep..end, 0);
         have = keep;
     }
-}
-
-/// Where `pat` starts in `hay`.
-fn find_all<'a>(hay: &'a [u8], pat: &'a [u8]) -> impl Iterator<Item = usize> + 'a {
-    hay.windows(pat.len()).enumerate().filter(move |(_, w)| *w == pat).map(|(i, _)| i)
-}
-
-/// "2.21.5+cuda12.4..." -> 12040.
-fn cuda_suffix(s: &[u8]) -> Option<i32> {
-    let s = &s[..s.iter().position(|&b| b == 0).unwrap_or(s.len())];
-    let s = std::str::from_utf8(s).ok()?;
-    let v = &s[s.find("+cuda")? + 5..];
-    let (major, rest) = v.split_once('.')?;
-    let minor: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    Some(major.parse::<i32>().ok()? * 1000 + minor.parse::<i32>().ok()? * 10)
 }
 
 /// Why an NCCL built for CUDA `built` cannot run on a driver for CUDA `driver`, if it cannot.
@@ -185,8 +174,9 @@ fn too_new_for_driver(path: &std::path::Path, built: i32, driver: i32) -> Option
 /// The path of a loaded library whose file name starts with `name`, from /proc/self/maps.
 fn loaded_path(name: &str) -> Option<std::path::PathBuf> {
     let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    // a line's path is all from its first '/' (a path may hold spaces)
     maps.lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter_map(|l| l.find('/').map(|i| &l[i..]))
         .find(|p| std::path::Path::new(p).file_name().is_some_and(|f| f.to_string_lossy().starts_with(name)))
         .map(std::path::PathBuf::from)
 }
