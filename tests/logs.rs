@@ -185,6 +185,75 @@ fn generic_fallback_nanochat_and_maxtext_lines() {
     assert!(out.contains("generic fallback"), "{out}");
 }
 
+#[test]
+fn nanotron_lines_old_and_new() {
+    // one iteration's time a line: four warm-up, 673 (a data-stage switch) an outlier, median
+    // of 40.6 ... 41.4 = 41.0
+    let v = read(&fixture("nanotron-old.log"), &["--block-size", "256"]);
+    check(&v, "nanotron", "per-iteration", 41.0, 1e-9);
+    // 20 samples (the lines' global_batch_size) x 256 tokens
+    assert_eq!(v["tokens_per_iter"].as_f64(), Some(5120.0), "{v}");
+    assert!((v["tokens_per_second"].as_f64().unwrap() - 5120.0 / 0.041).abs() < 1e-6, "{v}");
+    assert_eq!(v["max_iters"].as_u64(), Some(20));
+    // since 2025: `time_per_iteration_ms`, ANSI colours, no year; an excerpt (no warm-up);
+    // `global_batch_size: 1.6M` is tokens, rounded: no batch size is taken from it
+    let v = read(&fixture("nanotron-new.log"), &[]);
+    check(&v, "nanotron", "per-iteration", 8770.0, 1e-9);
+    assert_eq!((v["warmup_dropped"].as_u64(), v["tokens_per_iter"].as_f64()), (Some(0), None), "{v}");
+    let facts = v["log_facts"].as_array().unwrap();
+    assert!(!facts.iter().any(|f| f.as_str().unwrap().starts_with("global batch size")), "{v}");
+    assert!((v["eta_seconds"].as_f64().unwrap() - (1_500_000.0 - 211_370.0) * 8.77).abs() < 1e-3, "{v}");
+}
+
+#[test]
+fn fairseq_and_metaseq_intervals() {
+    // wpb / wps per 100-update interval: three warm-up, median of the other nine = 1002 ms;
+    // the validation line is an eval; 8 GPUs and max_update 3000 from the start of the log
+    let v = read(&fixture("fairseq.log"), &[]);
+    check(&v, "fairseq", "interval-average", 1002.0, 1e-6);
+    assert_eq!((v["evals"].as_u64(), v["iters_counted"].as_u64()), (Some(1), Some(900)), "{v}");
+    assert_eq!((v["gpus"].as_f64(), v["max_iters"].as_u64()), (Some(8.0), Some(3000)), "{v}");
+    assert!((v["tokens_per_second"].as_f64().unwrap() - 130_810.0).abs() < 1.0, "{v}");
+    assert!((v["eta_seconds"].as_f64().unwrap() - 1800.0 * 1.002).abs() < 1e-3, "{v}");
+    // up to v0.9: the cumulative `wall` clock over num_updates
+    let v = read(&fixture("fairseq-0.9.log"), &[]);
+    check(&v, "fairseq", "cumulative-clock", 1800.0, 1e-9);
+    // metaseq's JSON behind `slurm_procid 0 : `: the first line (wps "0") has no time
+    let v = read(&fixture("metaseq.log"), &[]);
+    check(&v, "fairseq", "interval-average", 1420.0, 1e-5);
+    assert_eq!(v["iters_seen"].as_u64(), Some(10), "{v}");
+}
+
+#[test]
+fn torchtune_throughput_needs_the_tokens_per_step() {
+    let f = fixture("torchtune.log");
+    let (code, _, err) = gptrain(&["logs", f.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("needs the batch: give --batch-size/--block-size"), "{err}");
+    // 2 x 512 tokens per GPU per step / tokens_per_second_per_gpu: median 1024 / 409.0
+    let v = read(&f, &["--batch-size", "2", "--block-size", "512"]);
+    check(&v, "torchtune", "throughput", 1024.0 / 409.0 * 1e3, 1e-9);
+    assert_eq!(v["evals"].as_u64(), Some(1), "{v}");
+    // per GPU whatever the GPU count: --gpus 4 counts 4 x the tokens over 4 GPUs
+    let v = read(&f, &["--batch-size", "2", "--block-size", "512", "--gpus", "4"]);
+    check(&v, "torchtune", "throughput", 1024.0 / 409.0 * 1e3, 1e-9);
+    let (_, out, _) = gptrain(&["logs", f.to_str().unwrap(), "--batch-size", "2", "--block-size", "512"]);
+    assert!(out.contains("counts the labels' tokens only"), "{out}");
+}
+
+#[test]
+fn composer_and_olmo_blocks() {
+    // Composer's blocks: 256 samples a batch / samples_per_sec, batches 11-25, median 2432.856
+    let v = read(&fixture("composer.log"), &[]);
+    check(&v, "composer", "window-average", 256.0 / 105.2261 * 1e3, 1e-9);
+    assert_eq!((v["max_iters"].as_u64(), v["evals"].as_u64()), (Some(4800), Some(5)), "{v}");
+    assert!((v["log_mfu"].as_f64().unwrap() - 0.4123).abs() < 0.002, "{v}");
+    // OLMo's blocks behind a tab-separated prefix: 1000 / batches_per_second, median 2391.2
+    let v = read(&fixture("olmo.log"), &[]);
+    check(&v, "olmo", "window-average", 1000.0 / 0.4182, 1e-9);
+    assert_eq!((v["max_iters"].as_u64(), v["warmup_dropped"].as_u64(), v["evals"].as_u64()), (Some(20000), Some(3), Some(1)), "{v}");
+}
+
 // ---- noise, forced formats, errors
 
 #[test]

@@ -21,11 +21,12 @@ use std::time::Duration;
 pub struct LogsArgs {
     /// The log file: nanoGPT, llm.c, gptrain (text or metrics.jsonl), Hugging Face Trainer
     /// (console or trainer_state.json), Lightning, litgpt, torchtitan, Megatron-LM, DeepSpeed,
-    /// modded-nanogpt, or any line with an iteration counter and a time, a rate or a timestamp.
+    /// modded-nanogpt, nanotron, fairseq/metaseq, torchtune, Composer/llm-foundry, OLMo, or any
+    /// line with an iteration counter and a time, a rate or a timestamp.
     pub file: PathBuf,
     /// Read only this format's lines (nanogpt, llmccuda, llmccpu, gptrain, hf-trainer,
     /// hf-trainer-state, lightning, litgpt, torchtitan, megatron, deepspeed, modded-nanogpt,
-    /// generic).
+    /// nanotron, fairseq, torchtune, composer, olmo, generic).
     #[arg(long)]
     pub format: Option<String>,
     /// Device the log was made on, for the true MFU (per GPU).
@@ -356,6 +357,9 @@ fn print(a: &LogsArgs, r: &Report) {
         say!("note: the log starts at iteration {}, past its run's start: an excerpt, so no sample is treated as warm-up", p.first_iter);
     } else if !st.warmup_settled && p.meaning != logreader::Meaning::RunAverage {
         say!("note: iteration times never settled in this log (too short?): only the first sample is treated as warm-up");
+    }
+    if p.format == Format::Torchtune && p.meaning == logreader::Meaning::Throughput {
+        say!("note: torchtune's tokens_per_second_per_gpu counts the labels' tokens only (no padding, no masked prompt): with packed, unmasked data it is every token; otherwise the time here is too long");
     }
     say!(
         "steady: {:.2} ms/iter (median of {} samples covering {} iterations; p10 {:.2}, p90 {:.2})",

@@ -30,8 +30,9 @@ struct Fact {
     name: &'static str,
 }
 
-// `key ....... 1024` (Megatron's argument dump), `key: 1024`, `key = 1024`, `--key 1024`
-const SEP: &str = r"[\s.:=]*";
+// `key ....... 1024` (Megatron's argument dump), `key: 1024`, `key = 1024`, `--key 1024`,
+// `'key': 1024` (a Python dict, fairseq's config)
+const SEP: &str = r"['\s.:=]*";
 
 static FACTS: LazyLock<Vec<Fact>> = LazyLock::new(|| {
     let f = |pat: &str, set: fn(&mut Facts) -> &mut Option<u64>, name: &'static str| Fact {
@@ -51,10 +52,14 @@ static FACTS: LazyLock<Vec<Fact>> = LazyLock::new(|| {
             |x| &mut x.seq_len,
             "sequence length",
         ),
-        f(&format!(r"\b(?:world[_ -]size|num[_ -]gpus|ngpus){SEP}(\d+)"), |x| &mut x.world_size, "world size"),
+        f(
+            &format!(r"(?:\b(?:world[_ -]size|num[_ -]gpus|ngpus){SEP}|\btraining on )(\d+)(?: devices| GPUs|\b)"),
+            |x| &mut x.world_size,
+            "world size",
+        ),
         f(
             &format!(
-                r"(?:\btrain[_ -]iters|\bmax[_ -]iters|\bmax[_ -]steps|total optimization steps|\btotal steps|\btrain[_ -]steps){SEP}(\d+)"
+                r"(?:\btrain[_ -]iters|\bmax[_ -]iters|\bmax[_ -]steps|\bmax[_ -]update|total optimization steps|\btotal steps|\btrain[_ -]steps){SEP}(\d+)"
             ),
             |x| &mut x.total_iters,
             "total iterations",
@@ -76,7 +81,10 @@ impl Facts {
     pub fn scan(&mut self, line: &str) {
         // cheap filter: every fact's line has one of these
         let l = line.to_ascii_lowercase();
-        if !["batch", "seq", "world", "gpus", "iter", "step", "block", "layers", "hidden", "heads", "vocab"].iter().any(|k| l.contains(k)) {
+        if !["batch", "seq", "world", "gpus", "iter", "step", "block", "layers", "hidden", "heads", "vocab", "update", "training on"]
+            .iter()
+            .any(|k| l.contains(k))
+        {
             return;
         }
         for f in FACTS.iter() {
@@ -84,6 +92,12 @@ impl Facts {
                 continue;
             }
             if let Some(c) = f.re.captures(line) {
+                // `1.6M`, `2.5`: a rounded or scaled figure (nanotron's), not the fact
+                let after = &line.as_bytes()[c.get(1).unwrap().end()..];
+                let decimal = after.len() > 1 && after[0] == b'.' && after[1].is_ascii_digit();
+                if decimal || after.first().is_some_and(|b| b"KMGBTPE".contains(b)) {
+                    continue;
+                }
                 let Some(v) = c[1].replace(',', "").parse::<u64>().ok().filter(|v| *v > 0) else { continue };
                 *(f.set)(self) = Some(v);
                 let m = c.get(0).unwrap().as_str().trim();

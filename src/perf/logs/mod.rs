@@ -24,9 +24,11 @@
 //! an iteration). Steady ms/iter is the median of what remains, with its 10th and 90th
 //! percentiles.
 
+mod blocks;
 mod classic;
 pub use classic::{gptrain_start, GptrainStart};
 pub mod facts;
+mod fairseq;
 mod frameworks;
 mod generic;
 mod megatron;
@@ -59,11 +61,16 @@ pub enum Format {
     Megatron,
     DeepSpeed,
     ModdedNanogpt,
+    Nanotron,
+    Fairseq,
+    Torchtune,
+    Composer,
+    Olmo,
     Generic,
 }
 
 impl Format {
-    pub const ALL: [Format; 13] = [
+    pub const ALL: [Format; 18] = [
         Format::NanoGpt,
         Format::LlmcCuda,
         Format::LlmcCpu,
@@ -76,6 +83,11 @@ impl Format {
         Format::Megatron,
         Format::DeepSpeed,
         Format::ModdedNanogpt,
+        Format::Nanotron,
+        Format::Fairseq,
+        Format::Torchtune,
+        Format::Composer,
+        Format::Olmo,
         Format::Generic,
     ];
 
@@ -94,6 +106,11 @@ impl Format {
             Format::Megatron => "megatron",
             Format::DeepSpeed => "deepspeed",
             Format::ModdedNanogpt => "modded-nanogpt",
+            Format::Nanotron => "nanotron",
+            Format::Fairseq => "fairseq",
+            Format::Torchtune => "torchtune",
+            Format::Composer => "composer",
+            Format::Olmo => "olmo",
             Format::Generic => "generic",
         }
     }
@@ -113,6 +130,11 @@ impl Format {
             Format::Megatron => "Megatron-LM",
             Format::DeepSpeed => "DeepSpeed",
             Format::ModdedNanogpt => "modded-nanogpt",
+            Format::Nanotron => "nanotron",
+            Format::Fairseq => "fairseq / metaseq",
+            Format::Torchtune => "torchtune",
+            Format::Composer => "MosaicML Composer / llm-foundry",
+            Format::Olmo => "OLMo / OLMo-core",
             Format::Generic => "generic fallback (an iteration counter with a time, a rate or a timestamp)",
         }
     }
@@ -127,6 +149,9 @@ impl Format {
             "pytorchlightning" | "pl" => Some(Format::Lightning),
             "megatronlm" | "megatrondeepspeed" => Some(Format::Megatron),
             "modded" | "moddednanogpt" => Some(Format::ModdedNanogpt),
+            "metaseq" => Some(Format::Fairseq),
+            "llmfoundry" | "mosaic" | "mosaicml" => Some(Format::Composer),
+            "olmocore" => Some(Format::Olmo),
             "fallback" => Some(Format::Generic),
             _ => Format::ALL.into_iter().find(|f| f.name().replace('-', "") == k),
         };
@@ -150,6 +175,9 @@ pub enum Time {
     PerIter(f64),
     /// The mean ms per iteration since the previous line (Megatron's `elapsed time per iteration`).
     IntervalAvg(f64),
+    /// A rolling mean of the last window of iterations' times, ms (Composer's and OLMo's speed
+    /// monitors): a sample per line, as one iteration's.
+    Window(f64),
     /// A clock since the start, ms, read to `resolution_ms` (modded-nanogpt's `train_time`,
     /// a progress bar's elapsed time).
     Cumulative { ms: f64, resolution_ms: f64 },
@@ -235,6 +263,11 @@ type Reader = fn(&str) -> Option<(Format, Hit)>;
 /// The readers, in the order a line is offered to them (the generic fallback last).
 pub const READERS: &[(Format, Reader)] = &[
     (Format::Gptrain, classic::gptrain_jsonl),
+    (Format::Nanotron, frameworks::nanotron),
+    (Format::Fairseq, fairseq::fairseq),
+    (Format::Composer, blocks::composer),
+    (Format::Olmo, blocks::olmo),
+    (Format::Torchtune, frameworks::torchtune),
     (Format::NanoGpt, classic::nanogpt),
     (Format::ModdedNanogpt, frameworks::modded_nanogpt),
     (Format::LlmcCuda, classic::llmc_cuda),
@@ -256,6 +289,8 @@ pub enum Meaning {
     PerIteration,
     /// Each line is the mean over the iterations since the previous line.
     IntervalAverage,
+    /// Each line is a rolling mean over the last window of iterations.
+    WindowAverage,
     /// A cumulative clock, differenced between lines.
     CumulativeClock,
     /// Line timestamps, differenced between lines.
@@ -271,6 +306,7 @@ impl Meaning {
         match self {
             Meaning::PerIteration => "each line's time is one iteration's",
             Meaning::IntervalAverage => "each line's time is the average over the iterations since the previous line (one sample per line; iterations counted by the counter)",
+            Meaning::WindowAverage => "each line's time is the trainer's rolling average over its last window of iterations (one sample per line)",
             Meaning::CumulativeClock => "the log's clock is cumulative: differenced between lines and divided by the iteration gap",
             Meaning::Timestamps => "only timestamps: differenced between lines and divided by the iteration gap",
             Meaning::Throughput => "a throughput column, turned into time with the units per iteration",
@@ -340,8 +376,9 @@ pub fn parse(text: &str) -> Result<Parsed> {
 
 static ANSI: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\x1b\[[0-9;?]*[A-Za-z]").unwrap());
 static QUOTE_OR_COMMENT: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^(?:>+|#+|//+|\|)[ \t]*").unwrap());
-static RANK: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^(?:\[?(?:rank|default|local_rank)\s*\d+\]?\s*:|\[\d+\]\s*:|\d{1,4}:\s)\s*").unwrap());
+static RANK: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^(?:\[?(?:rank|default|local_rank)\s*\d+\]?\s*:|\[\d+\]\s*:|\d{1,4}:\s|slurm_procid\s*\d+\s*:)\s*").unwrap()
+});
 static DATE_TIME: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^\[?(\d{4})[-/](\d{2})[-/](\d{2})[ T_](\d{1,2}):(\d{2}):(\d{2})(?:[.,:](\d{1,9}))?(?:\s?Z|\s?[+-]\d{2}:?\d{2}|\s?UTC)?\]?[ \t|:,\-]*").unwrap()
 });
@@ -395,7 +432,8 @@ pub fn clean(line: &str) -> (String, Option<Stamp>) {
 /// `[Epoch 1/10]`, `[Batch 100/500]`, `[iter 20]`: a bracket that holds the counter stays.
 fn is_counter_tag(tag: &str) -> bool {
     let t = tag.trim_start_matches('[').trim_start().to_ascii_lowercase();
-    ["epoch", "iter", "step", "batch", "it "].iter().any(|k| t.starts_with(k)) && tag.bytes().any(|b| b.is_ascii_digit())
+    ["epoch", "iter", "step", "batch", "token=", "sample=", "it "].iter().any(|k| t.starts_with(k))
+        && tag.bytes().any(|b| b.is_ascii_digit())
 }
 
 fn stamp_of(y: i64, mo: i64, d: i64, h: i64, mi: i64, sec: i64, frac: Option<&str>) -> Stamp {
@@ -430,6 +468,7 @@ pub fn parse_with(text: &str, opt: &Options) -> Result<Parsed> {
     let mut records: Vec<(Format, Record)> = Vec::new();
     let mut facts = Facts::default();
     let (mut evals, mut skipped, mut lines, mut hf_dicts) = (0, 0, 0, 0);
+    let text = blocks::join(text);
     for raw in text.split(['\n', '\r']) {
         if raw.trim().is_empty() {
             continue;
@@ -463,7 +502,7 @@ pub fn parse_with(text: &str, opt: &Options) -> Result<Parsed> {
         match opt.format {
             Some(f) => bail!("no {} iteration line in {lines} lines (--format {})", f.describe(), f.name()),
             None => bail!(
-                "no training iteration line recognised in {lines} lines (read: nanoGPT, llm.c, gptrain, Hugging Face Trainer, Lightning, litgpt, torchtitan, Megatron-LM, DeepSpeed, modded-nanogpt, or any line with an iteration counter and a time, a rate or a timestamp)"
+                "no training iteration line recognised in {lines} lines (read: nanoGPT, llm.c, gptrain, Hugging Face Trainer, Lightning, litgpt, torchtitan, Megatron-LM, DeepSpeed, modded-nanogpt, nanotron, fairseq, torchtune, Composer, OLMo, or any line with an iteration counter and a time, a rate or a timestamp)"
             ),
         }
     };
@@ -513,7 +552,7 @@ fn from_start(records: &[Record]) -> bool {
 
 /// Times each line itself (not only a timestamp or a rate).
 fn explicit(t: &Time) -> bool {
-    matches!(t, Time::PerIter(_) | Time::IntervalAvg(_) | Time::Cumulative { .. })
+    matches!(t, Time::PerIter(_) | Time::IntervalAvg(_) | Time::Window(_) | Time::Cumulative { .. })
 }
 
 /// The format read: a real format before the fallback, lines that time themselves before
@@ -564,6 +603,10 @@ pub fn samples(records: &[Record], opt: &Options, facts: &Facts) -> (Meaning, Ve
         let s = records.iter().filter_map(|r| if let Time::PerIter(ms) = r.time { Some(sample(r, ms, 1)) } else { None }).collect();
         return (Meaning::PerIteration, s);
     }
+    if has(|t| matches!(t, Time::Window(_))) {
+        let s = records.iter().filter_map(|r| if let Time::Window(ms) = r.time { Some(sample(r, ms, 1)) } else { None }).collect();
+        return (Meaning::WindowAverage, s);
+    }
     if has(|t| matches!(t, Time::IntervalAvg(_))) {
         let mut out: Vec<Sample> = Vec::new();
         let mut prev: Option<u64> = None;
@@ -600,9 +643,8 @@ pub fn samples(records: &[Record], opt: &Options, facts: &Facts) -> (Meaning, Ve
     let per_iter = |u: Unit| match u {
         Unit::Samples => opt.samples_per_iter.or(facts.global_batch.map(|b| b as f64)),
         Unit::Tokens => opt.tokens_per_iter.or(facts.tokens_per_iter()),
-        Unit::TokensPerGpu => {
-            opt.tokens_per_iter.zip(opt.gpus.or(facts.world_size.map(|w| w as f64))).map(|(t, g)| t / g).or(facts.tokens_per_gpu_iter())
-        }
+        // the flags' tokens count `--gpus` GPUs (one when not given): per GPU, whatever the log's world size
+        Unit::TokensPerGpu => opt.tokens_per_iter.map(|t| t / opt.gpus.unwrap_or(1.0)).or(facts.tokens_per_gpu_iter()),
     };
     let s = records
         .iter()

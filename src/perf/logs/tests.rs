@@ -153,6 +153,57 @@ fn a_rate_needs_the_units_per_iteration() {
     assert_eq!((p.format, p.meaning), (Format::Torchtitan, Meaning::Throughput));
     // 8000 tokens per GPU per step at 5000 and 4000 tokens/s per GPU
     assert_eq!(p.samples.iter().map(|s| s.ms).collect::<Vec<_>>(), vec![1600.0, 2000.0]);
+    // tokens from flags without --gpus are one GPU's, whatever world size the log states
+    let stated = format!("world size: 8\n{log}");
+    let p = parse_with(&stated, &Options { tokens_per_iter: Some(8_000.0), ..Options::default() }).unwrap();
+    assert_eq!(p.samples.iter().map(|s| s.ms).collect::<Vec<_>>(), vec![1600.0, 2000.0]);
+}
+
+#[test]
+fn blocks_of_lines_are_read_as_one_line_each() {
+    // Composer: a header, tab-indented metrics; the old form repeats the header on each line
+    let text = "[batch=3/10]:\n\t Train time/batch: 2\n\t Train time/sample: 16\n\t Train throughput/samples_per_sec: 4.0000\nnot in it\n\
+                [epoch=0][batch=4/10]: Train time/batch: 3\n[epoch=0][batch=4/10]: Train throughput/batches_per_sec: 0.5000\n";
+    let joined = blocks::join(text);
+    let lines: Vec<&str> = joined.lines().collect();
+    assert_eq!(
+        lines,
+        vec![
+            "[batch=3/10]: | Train time/batch: 2 | Train time/sample: 16 | Train throughput/samples_per_sec: 4.0000",
+            "not in it",
+            "[epoch=0][batch=4/10]: Train time/batch: 3 | Train throughput/batches_per_sec: 0.5000",
+        ]
+    );
+    // 8 samples a batch at 4 samples/s; the old form by batches/s (its counter: time/batch + 1)
+    let hits: Vec<_> = lines.iter().filter_map(|l| blocks::composer(l)).collect();
+    let Hit::Iter(a) = &hits[0].1 else { panic!("{hits:?}") };
+    let Hit::Iter(b) = &hits[1].1 else { panic!("{hits:?}") };
+    assert_eq!((a.iter, a.time, a.total), (3, Time::Window(2000.0), Some(10)));
+    assert_eq!((b.iter, b.time, b.total), (4, Time::Window(2000.0), None));
+    // OLMo: the header keeps its prefix (and so its timestamp); 4-space `name=value` lines
+    let text = "2024-08-06 09:59:26.181\tn:0\tolmo.train:908\tINFO\t[step=2/100,epoch=0]\n    train/CrossEntropyLoss=7.5\n    throughput/device/batches_per_second=0.2500\n";
+    let joined = blocks::join(text);
+    assert!(
+        joined.trim_end().ends_with("[step=2/100,epoch=0] | train/CrossEntropyLoss=7.5 | throughput/device/batches_per_second=0.2500"),
+        "{joined}"
+    );
+    let (line, stamp) = clean(joined.trim_end());
+    assert!(stamp.is_some());
+    let Some((Format::Olmo, Hit::Iter(r))) = blocks::olmo(&line) else { panic!("{line}") };
+    assert_eq!((r.iter, r.time, r.loss), (2, Time::Window(4000.0), Some(7.5)));
+    // text without a block is passed through as it is
+    assert!(matches!(blocks::join(NANOGPT), std::borrow::Cow::Borrowed(_)));
+}
+
+#[test]
+fn a_rounded_or_scaled_figure_is_no_fact() {
+    let mut f = Facts::default();
+    f.scan("global_batch_size: 1.6M | sequence_length: 2.5K");
+    assert_eq!((f.global_batch, f.seq_len), (None, None));
+    f.scan("'max_update': 3000, 'update_freq': [4]");
+    f.scan("training on 8 devices (GPUs/TPUs)");
+    f.scan("global_batch_size: 512 | seq_len 1024.");
+    assert_eq!((f.total_iters, f.world_size, f.global_batch, f.seq_len), (Some(3000), Some(8), Some(512), Some(1024)));
 }
 
 #[test]
