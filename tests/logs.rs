@@ -239,6 +239,31 @@ fn torchtune_throughput_needs_the_tokens_per_step() {
     check(&v, "torchtune", "throughput", 1024.0 / 409.0 * 1e3, 1e-9);
     let (_, out, _) = gptrain(&["logs", f.to_str().unwrap(), "--batch-size", "2", "--block-size", "512"]);
     assert!(out.contains("counts the labels' tokens only"), "{out}");
+    // its tqdm bar (`epoch|global step|Loss: x`), as a file gets it: each refresh twice, the
+    // second with the new description; 1.8 s a step read to the second (windows of >= 10 s:
+    // 1667 to 2000 ms), the clock restarting at epoch 2, and the Step lines beside it
+    let d = tmp("torchtune-bar");
+    let mut text = String::new();
+    for (epoch, steps) in [(1u64, 40u64), (2, 20)] {
+        for n in 1..=steps {
+            let ms = 6000 + 1800 * n;
+            let step = (epoch - 1) * 40 + n;
+            for shown in [step - 1, step] {
+                text += &format!(
+                    "{epoch}|{shown}|Loss: 2.{n:02}:  {:2}%|#   | {n}/40 [{:02}:{:02}<01:00,  1.80s/it]\r",
+                    n * 100 / 40,
+                    ms / 60000,
+                    ms / 1000 % 60
+                );
+            }
+            text += &format!("\nStep {step} | loss:2.{n:02} lr:2e-05 tokens_per_second_per_gpu:569.0 \n");
+        }
+    }
+    std::fs::write(d.join("bar.log"), text).unwrap();
+    let v = read(&d.join("bar.log"), &[]);
+    check(&v, "torchtune", "cumulative-clock", 1800.0, 0.1);
+    assert!(v["iters_counted"].as_u64().unwrap() >= 40, "{v}");
+    std::fs::remove_dir_all(d).ok();
 }
 
 #[test]

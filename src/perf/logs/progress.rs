@@ -6,6 +6,8 @@
 //!   Each bar (label and total) is its own stream; the one with the most steps is training
 //!   (an eval bar is another). Lightning's step is `epoch x total + n`.
 //!   Lightning's rich bar (`Epoch 3/9 ━━━━ 450/1000 0:02:13 • 0:02:43 3.37it/s`) likewise;
+//!   torchtune's (`1|52|Loss: 2.37:   0%|▏   | 52/25880 [00:24<3:55:01,  1.83it/s]`: epoch,
+//!   global step, loss) too, its clock restarting each epoch;
 //!   NeMo's `train_step_timing in s=1.21` in the bar's postfix is one step's time.
 //! * The Trainer's `{'loss': ..., 'grad_norm': ..., 'learning_rate': ..., 'epoch': ...}` dicts
 //!   (untimed) and `{'eval_...': ...}` (evals).
@@ -24,6 +26,8 @@ static RICH: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^Epoch\s+(\d+)/\d+\
 /// NeMo's per-step time in Lightning's bar: `train_step_timing in s=1.21`.
 static NEMO_STEP: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"train_step_timing in s=([\d.]+)").unwrap());
 static EPOCH: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^Epoch\s+(\d+)").unwrap());
+/// torchtune's bar label: `EPOCH|GLOBAL_STEP|Loss: X` (the epoch from 1).
+static TORCHTUNE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^(\d+)\|\d+\|Loss: \S+$").unwrap());
 
 pub(super) fn bar(line: &str) -> Option<(Format, Hit)> {
     if let Some(c) = RICH.captures(line) {
@@ -44,6 +48,12 @@ pub(super) fn bar(line: &str) -> Option<(Format, Hit)> {
         (Format::HfTrainer, n, "")
     } else if let Some(e) = EPOCH.captures(label) {
         (Format::Lightning, e[1].parse::<u64>().ok()?.checked_mul(total)?.checked_add(n)?, "Epoch")
+    } else if let Some(e) = TORCHTUNE.captures(label) {
+        // its steps in the epoch (the label's global step lags the count by one on a file's
+        // second copy of each refresh); one stream with its `Step` lines
+        let before = e[1].parse::<u64>().ok()?.checked_sub(1)?.checked_mul(total)?;
+        let r = Record::new(before.checked_add(n)?, Time::Cumulative { ms, resolution_ms: 1000.0 });
+        return Some((Format::Torchtune, Hit::Iter(r)));
     } else if ["Training", "Train", "train", "Steps", "Iteration", "Iter", "Step"].contains(&label) {
         // Hugging Face's older example scripts (`Iteration:`), Accelerate and diffusers (`Steps:`)
         (Format::HfTrainer, n, label)
