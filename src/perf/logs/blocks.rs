@@ -84,11 +84,13 @@ pub(super) fn composer(line: &str) -> Option<(Format, Hit)> {
     let batches = metric(line, "time/batch");
     // per batch, from the run's totals so far: samples, tokens
     let per_batch = |what: &str| metric(line, what).zip(batches).filter(|(_, b)| *b > 0.0).map(|(x, b)| x / b);
-    let ms = match (per_batch("time/sample"), metric(line, "throughput/samples_per_sec")) {
-        (Some(spb), Some(sps)) if sps > 0.0 => spb / sps * 1e3,
+    // the first window's batches have no throughput yet: a step, untimed (so the log is seen
+    // to start at its run's start)
+    let time = match (per_batch("time/sample"), metric(line, "throughput/samples_per_sec")) {
+        (Some(spb), Some(sps)) if sps > 0.0 => Time::Window(spb / sps * 1e3),
         _ => match metric(line, "throughput/batches_per_sec") {
-            Some(bps) if bps > 0.0 => 1e3 / bps,
-            _ => return Some((Format::Composer, Hit::Info)), // the first window's batches: no throughput yet
+            Some(bps) if bps > 0.0 => Time::Window(1e3 / bps),
+            _ => Time::Timestamp,
         },
     };
     // the counter in batches: the header's, else the batches so far (logged before the count moves)
@@ -103,7 +105,7 @@ pub(super) fn composer(line: &str) -> Option<(Format, Hit)> {
             ((batches? as u64).saturating_add(1), of.zip(per).filter(|(_, p)| *p > 0.0).map(|(m, p)| (m as f64 / p).round() as u64))
         }
     };
-    let mut r = Record::new(iter, Time::Window(ms));
+    let mut r = Record::new(iter, time);
     r.total = total;
     r.loss = metric(line, "loss/train/total");
     r.log_tok_s = metric(line, "throughput/tokens_per_sec");
@@ -123,7 +125,7 @@ pub(super) fn olmo(line: &str) -> Option<(Format, Hit)> {
     } else if let Some(bps) = metric(line, "throughput/device/batches_per_second").filter(|b| *b > 0.0) {
         Time::Window(1e3 / bps)
     } else {
-        return Some((Format::Olmo, Hit::Info)); // the first step, a bare progress line
+        Time::Timestamp // the first step (no throughput yet), a bare progress line: timed by its stamp
     };
     let mut r = Record::new(c[1].parse().ok()?, time);
     r.total = c[2].parse().ok();
