@@ -281,6 +281,42 @@ fn composer_and_olmo_blocks() {
     assert_eq!((v["max_iters"].as_u64(), v["warmup_dropped"].as_u64(), v["evals"].as_u64()), (Some(20000), Some(3), Some(1)), "{v}");
 }
 
+#[test]
+fn new_readers_leave_look_alikes_alone_and_read_behind_labels() {
+    let d = tmp("lookalikes");
+    let w = |name: &str, text: &str| {
+        std::fs::write(d.join(name), text).unwrap();
+        d.join(name)
+    };
+    // another trainer's `Step N | name: value` and `[batch=N/M]: name=value` lines: the fallback's
+    let steps =
+        w("steps.log", "Step 1 | loss: 2.99 | time: 121.5ms\nStep 2 | loss: 2.91 | time: 120.5ms\nStep 3 | loss: 2.90 | time: 120.7ms\n");
+    check(&read(&steps, &[]), "generic", "per-iteration", 120.6, 1e-9);
+    let batches = w(
+        "batches.log",
+        "[batch=3/100]: loss=2.3, time=120.1ms\n[batch=4/100]: loss=2.3, time=121.1ms\n[batch=5/100]: loss=2.3, time=120.5ms\n",
+    );
+    check(&read(&batches, &[]), "generic", "per-iteration", 120.8, 1e-9);
+    // Composer and OLMo blocks behind a launcher's rank label and colours: the same figures
+    let composer = std::fs::read_to_string(fixture("composer.log")).unwrap();
+    let labelled: String = composer.lines().map(|l| format!("[rank0]: {l}\n")).collect();
+    check(&read(&w("composer.log", &labelled), &[]), "composer", "window-average", (256.0 / 105.2287 + 256.0 / 105.2261) / 2.0 * 1e3, 1e-9);
+    let olmo = std::fs::read_to_string(fixture("olmo.log")).unwrap();
+    let labelled: String = olmo.lines().map(|l| format!("0: \x1b[2m{l}\x1b[0m\n")).collect();
+    check(&read(&w("olmo.log", &labelled), &[]), "olmo", "window-average", 1000.0 / 0.4182, 1e-9);
+    // a rate of almost nothing is no time (never `NaN ms/iter`)
+    let text = std::fs::read_to_string(fixture("fairseq.log")).unwrap();
+    let fairseq = text.replace("wps=130549.8", "wps=1e-320");
+    assert_ne!(fairseq, text);
+    let v = read(&w("fairseq.log", &fairseq), &[]);
+    assert!(v["steady_ms_per_iter"].as_f64().is_some_and(f64::is_finite), "{v}");
+    assert_eq!(v["iters_seen"].as_u64(), Some(11), "{v}");
+    // litgpt's config dict (`'global_batch_size': 16`) is not taken as its iteration's batch
+    let v = read(&fixture("litgpt.log"), &[]);
+    assert!(v["tokens_per_iter"].is_null(), "{v}");
+    std::fs::remove_dir_all(d).ok();
+}
+
 // ---- noise, forced formats, errors
 
 #[test]

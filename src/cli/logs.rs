@@ -121,19 +121,20 @@ fn report(a: &LogsArgs, forced: Option<Format>, text: &str) -> Result<Report> {
         _ => (1.0, "assumed (give --gpus for a multi-GPU run)".to_string()),
     };
     // tokens per iteration: explicit flags, else the log (or gptrain's start record), else the config
+    // a per-GPU batch counts the GPUs above: `--gpus`, else the log's world size, else one
+    let g = gpus.0;
+    let g_src = if a.gpus.is_some() { format!("--gpus {g}") } else { format!("{g} GPUs") };
     let flag_batch = a.batch_size.map(|b| {
         let accum = a.grad_accum.or(cfg.as_ref().map(|c| c.gradient_accumulation_steps)).unwrap_or(1);
-        let g = a.gpus.unwrap_or(1);
-        ((b * accum * g) as f64, format!("--batch-size {b} x --grad-accum {accum} x --gpus {g}"))
+        ((b * accum) as f64 * g, format!("--batch-size {b} x --grad-accum {accum} x {g_src}"))
     });
     let log_batch = parsed
         .batch_from_lines
         .map(|b| (b as f64, format!("log: global batch size {b} on the iteration lines")))
         .or(facts.global_batch.map(|b| (b as f64, src_of("global batch size").unwrap_or_default())));
     let cfg_batch = cfg.as_ref().map(|c| {
-        let g = a.gpus.unwrap_or(1);
         (
-            (c.batch_size * c.gradient_accumulation_steps * g) as f64,
+            (c.batch_size * c.gradient_accumulation_steps) as f64 * g,
             format!("config: batch_size {} x gradient_accumulation_steps {} x {g} GPUs", c.batch_size, c.gradient_accumulation_steps),
         )
     });

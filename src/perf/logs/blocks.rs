@@ -24,8 +24,35 @@ static COMPOSER: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^\s*((?:\[epoch=\d+\])?\[(batch|token|sample|iteration)=(\d+)(?:/(\d+))?\]):(.*)$").unwrap());
 /// An OLMo header: `[step=N/M]`, `[step=N/M,epoch=E]`, `[step=N/M,epoch=E,eta=4h58m]`.
 static OLMO: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\[step=(\d+)/(\d+|\?\?\?)(?:,epoch=\d+)?(?:,eta=[^\]]*)?\]\s*$").unwrap());
-/// A metric line under a header: indented `name: value` or `name=value`.
-static METRIC: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[ \t]+\S[^:=]*(?::\s|=)\s*\S").unwrap());
+/// A metric line under a Composer header: indented `Train name: value` (or `Eval`).
+static COMPOSER_METRIC: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[ \t]+(?:Train|Eval) \S[^:]*: \S").unwrap());
+/// A metric line under an OLMo header: indented `name=value`.
+static OLMO_METRIC: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[ \t]+\S[^=]*=\S").unwrap());
+/// A launcher's rank label at a line's start (`[rank0]:`, `0:`, `slurm_procid 0 :`), without
+/// the space after it (the indentation of a metric line).
+static LABEL: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^(?:\[?(?:rank|default|local_rank)\s*\d+\]?\s*:|\[\d+\]\s*:|\d{1,4}:|slurm_procid\s*\d+\s*:)").unwrap());
+/// Composer's namespaced metrics (`loss/train/total: 9.1`): what tells its lines from look-alikes.
+static COMPOSER_NAME: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?:^|\| |\]: )(?:Train |Eval )?\w+/[\w/.-]+: ").unwrap());
+/// OLMo's namespaced metrics (`train/CrossEntropyLoss=7.5`).
+static OLMO_NAME: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\| \w+/[^=|]+=").unwrap());
+
+#[derive(PartialEq)]
+enum Open {
+    /// A Composer block, by its header (the old form repeats it on every metric's line).
+    Composer(String),
+    Olmo,
+}
+
+/// A line as the block readers match it: without colours and a launcher's rank label.
+fn probe(line: &str) -> Cow<'_, str> {
+    let line: Cow<str> =
+        if line.contains('\x1b') { Cow::Owned(super::ANSI.replace_all(line, "").into_owned()) } else { Cow::Borrowed(line) };
+    match LABEL.find(&line) {
+        Some(m) => Cow::Owned(line[m.end()..].to_string()),
+        None => line,
+    }
+}
 
 /// `text` with each block's metric lines appended to its header's line, joined by ` | `; the
 /// text itself when it has no block.
@@ -34,25 +61,32 @@ pub fn join(text: &str) -> Cow<'_, str> {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len());
-    // the header of the block being joined (Composer's old form: the same header each line)
-    let mut open: Option<String> = None;
+    let mut open: Option<Open> = None;
     for raw in text.split('\n') {
         let line = raw.strip_suffix('\r').unwrap_or(raw);
-        if open.is_some() && METRIC.is_match(line) && !line.contains('\r') {
+        let p = probe(line);
+        // a header first (behind a rank label, a header line is indented too)
+        let header = COMPOSER.is_match(&p) || OLMO.is_match(&p);
+        let metric = match open {
+            Some(Open::Composer(_)) => COMPOSER_METRIC.is_match(&p),
+            Some(Open::Olmo) => OLMO_METRIC.is_match(&p),
+            None => false,
+        };
+        if metric && !header && !line.contains('\r') {
             out.push_str(" | ");
-            out.push_str(line.trim());
+            out.push_str(p.trim());
             continue;
         }
-        if let Some(c) = COMPOSER.captures(line) {
+        if let Some(c) = COMPOSER.captures(&p) {
             let rest = c[5].trim();
-            if !rest.is_empty() && open.as_deref() == Some(&c[1]) {
+            if !rest.is_empty() && open == Some(Open::Composer(c[1].to_string())) {
                 out.push_str(" | ");
                 out.push_str(rest);
                 continue;
             }
-            open = Some(c[1].to_string());
-        } else if OLMO.is_match(line) {
-            open = Some(String::new());
+            open = Some(Open::Composer(c[1].to_string()));
+        } else if OLMO.is_match(&p) {
+            open = Some(Open::Olmo);
         } else {
             open = None;
         }
@@ -80,6 +114,9 @@ pub(super) fn composer(line: &str) -> Option<(Format, Hit)> {
         return Some((Format::Composer, Hit::Eval)); // `[Eval batch=k/N] Eval on eval data`, its tag gone
     }
     let c = COMPOSER.captures(line)?;
+    if !COMPOSER_NAME.is_match(line) {
+        return None; // another trainer's `[batch=3/100]: loss=2.3, ...`
+    }
     let (unit, n, of) = (&c[2], c[3].parse::<u64>().ok()?, c.get(4).and_then(|m| m.as_str().parse::<u64>().ok()));
     let batches = metric(line, "time/batch");
     // per batch, from the run's totals so far: samples, tokens
@@ -120,6 +157,9 @@ pub(super) fn olmo(line: &str) -> Option<(Format, Hit)> {
     }
     let head = line.split(" | ").next()?;
     let c = OLMO.captures(head)?;
+    if !(head.contains(",epoch=") || OLMO_NAME.is_match(line)) {
+        return None; // another trainer's `[step=5/100]`
+    }
     let time = if let Some(bps) = metric(line, "throughput/device/BPS").filter(|b| *b > 0.0) {
         Time::PerIter(1e3 / bps) // OLMo-core: the last step's
     } else if let Some(bps) = metric(line, "throughput/device/batches_per_second").filter(|b| *b > 0.0) {

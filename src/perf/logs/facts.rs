@@ -30,9 +30,10 @@ struct Fact {
     name: &'static str,
 }
 
-// `key ....... 1024` (Megatron's argument dump), `key: 1024`, `key = 1024`, `--key 1024`,
-// `'key': 1024` (a Python dict, fairseq's config)
-const SEP: &str = r"['\s.:=]*";
+// `key ....... 1024` (Megatron's argument dump), `key: 1024`, `key = 1024`, `--key 1024`
+const SEP: &str = r"[\s.:=]*";
+// a whole number, with thousands separators (`1,000`) or without
+const N: &str = r"(\d{1,3}(?:,\d{3})+|\d+)";
 
 static FACTS: LazyLock<Vec<Fact>> = LazyLock::new(|| {
     let f = |pat: &str, set: fn(&mut Facts) -> &mut Option<u64>, name: &'static str| Fact {
@@ -42,24 +43,26 @@ static FACTS: LazyLock<Vec<Fact>> = LazyLock::new(|| {
     };
     vec![
         f(
-            &format!(r"(?:\bglobal[_ -]batch[_ -]size|total train batch size \(w\. parallel, distributed & accumulation\)){SEP}(\d+)"),
+            &format!(r"(?:\bglobal[_ -]batch[_ -]size|total train batch size \(w\. parallel, distributed & accumulation\)){SEP}{N}"),
             |x| &mut x.global_batch,
             "global batch size",
         ),
-        f(&format!(r"\blocal[_ -]batch[_ -]size{SEP}(\d+)"), |x| &mut x.local_batch, "local batch size"),
+        f(&format!(r"\blocal[_ -]batch[_ -]size{SEP}{N}"), |x| &mut x.local_batch, "local batch size"),
         f(
-            &format!(r"\b(?:seq[_ -]length|seq[_ -]len|sequence[_ -]length|max[_ -]seq[_ -]length|block[_ -]size){SEP}(\d+)"),
+            &format!(r"\b(?:seq[_ -]length|seq[_ -]len|sequence[_ -]length|max[_ -]seq[_ -]length|block[_ -]size){SEP}{N}"),
             |x| &mut x.seq_len,
             "sequence length",
         ),
         f(
-            &format!(r"(?:\b(?:world[_ -]size|num[_ -]gpus|ngpus){SEP}|\btraining on )(\d+)(?: devices| GPUs|\b)"),
+            // fairseq: `training on 8 devices (GPUs/TPUs)`, earlier `training on 8 GPUs`
+            &format!(r"\b(?:world[_ -]size|num[_ -]gpus|ngpus){SEP}{N}|\btraining on (\d+) (?:devices|GPUs)\b"),
             |x| &mut x.world_size,
             "world size",
         ),
         f(
             &format!(
-                r"(?:\btrain[_ -]iters|\bmax[_ -]iters|\bmax[_ -]steps|\bmax[_ -]update|total optimization steps|\btotal steps|\btrain[_ -]steps){SEP}(\d+)"
+                // fairseq's config, a Python dict: `'max_update': 3000`
+                r"(?:\btrain[_ -]iters|\bmax[_ -]iters|\bmax[_ -]steps|\bmax[_ -]update'?|total optimization steps|\btotal steps|\btrain[_ -]steps){SEP}{N}"
             ),
             |x| &mut x.total_iters,
             "total iterations",
@@ -92,13 +95,15 @@ impl Facts {
                 continue;
             }
             if let Some(c) = f.re.captures(line) {
+                // the number: the first group that took part (a pattern may have alternatives)
+                let Some(num) = c.iter().skip(1).flatten().next() else { continue };
                 // `1.6M`, `2.5`: a rounded or scaled figure (nanotron's), not the fact
-                let after = &line.as_bytes()[c.get(1).unwrap().end()..];
+                let after = &line.as_bytes()[num.end()..];
                 let decimal = after.len() > 1 && after[0] == b'.' && after[1].is_ascii_digit();
                 if decimal || after.first().is_some_and(|b| b"KMGBTPE".contains(b)) {
                     continue;
                 }
-                let Some(v) = c[1].replace(',', "").parse::<u64>().ok().filter(|v| *v > 0) else { continue };
+                let Some(v) = num.as_str().replace(',', "").parse::<u64>().ok().filter(|v| *v > 0) else { continue };
                 *(f.set)(self) = Some(v);
                 let m = c.get(0).unwrap().as_str().trim();
                 let m: String = m.split_whitespace().filter(|w| !w.chars().all(|c| c == '.')).collect::<Vec<_>>().join(" ");
@@ -110,11 +115,11 @@ impl Facts {
 
     /// Tokens per iteration, whole job, as the log states them.
     pub fn tokens_per_iter(&self) -> Option<f64> {
-        self.stated_tokens_per_iter.map(|t| t as f64).or(self.global_batch.zip(self.seq_len).map(|(b, t)| (b * t) as f64))
+        self.stated_tokens_per_iter.map(|t| t as f64).or(self.global_batch.zip(self.seq_len).map(|(b, t)| b as f64 * t as f64))
     }
 
     /// Tokens per GPU per iteration (torchtitan: local batch x sequence length).
     pub fn tokens_per_gpu_iter(&self) -> Option<f64> {
-        self.local_batch.zip(self.seq_len).map(|(b, t)| (b * t) as f64)
+        self.local_batch.zip(self.seq_len).map(|(b, t)| b as f64 * t as f64)
     }
 }

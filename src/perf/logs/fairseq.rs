@@ -8,8 +8,9 @@
 //!   interval since the previous line: `wpb / wps` is its seconds per update, exact where `ups`
 //!   has two decimals. The first line of a run says `wps=0` (its meter has just started).
 //! * Up to 2019 (v0.9): `| epoch 001:    450 / 1891 loss=..., wps=..., num_updates=445, ...,
-//!   wall=882, train_wall=756`, without a timestamp or `train_inner`; its rates are averages
-//!   since the epoch's start, so the cumulative `wall` clock (seconds) is differenced instead.
+//!   wall=882, train_wall=756` (or a bare JSON object), without a timestamp or `train_inner`;
+//!   its rates are averages since the epoch's start, so the cumulative `wall` clock (seconds) is
+//!   differenced instead.
 //!
 //! The counter is `num_updates`, the optimiser updates of the whole run (`epoch 001: i / n`
 //! counts within the epoch). The epoch's summary (`train | epoch 001 | ...`, or JSON keys with
@@ -21,7 +22,8 @@ use std::sync::LazyLock;
 
 static SIMPLE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\bepoch \d+:\s+\d+ / \d+\s+(.*)$").unwrap());
 static FIELD: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\b(\w+)=([^,\s]+)").unwrap());
-static VALID: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^(?:valid|valid_\w+) \| |\bvalid on '").unwrap());
+/// `valid | epoch 001 | valid on 'valid' subset | ...` (v0.10 on), `epoch 001 | valid on 'valid' subset | ...` (v0.9)
+static VALID: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^(?:valid(?:_\w+)? \| |epoch \d+ \| valid on ')").unwrap());
 
 /// The stats of a line: `k=v` pairs, or a JSON object's (values are strings or numbers).
 fn stats(line: &str) -> Option<Vec<(String, String)>> {
@@ -45,8 +47,9 @@ pub(super) fn fairseq(line: &str) -> Option<(Format, Hit)> {
     let s = stats(line)?;
     let get = |k: &str| s.iter().find(|(n, _)| n == k).and_then(|(_, v)| num(v));
     let iter = get("num_updates")? as u64;
-    // the interval's seconds per update; a line of the old form (no logger, no JSON): its clock
-    let modern = line.contains("train_inner") || line.contains("{\"");
+    // the interval's seconds per update; a line of the old form (no logger: v0.9's text or JSON,
+    // whose rates run from the epoch's start): its clock
+    let modern = line.contains("train_inner");
     let time = if modern {
         match (get("wpb"), get("wps")) {
             (Some(wpb), Some(wps)) if wps > 0.0 => Time::IntervalAvg(wpb / wps * 1e3),

@@ -102,13 +102,15 @@ pub(super) fn nanotron(line: &str) -> Option<(Format, Hit)> {
 // torchtune's metric logger: `Step N | loss:X lr:Y tokens_per_second_per_gpu:Z ...` (its
 // DiskLogger file, or stdout), one optimiser step's throughput per GPU, of the labels' tokens
 // (padding and masked prompt tokens are not counted); validation writes `Step N | val_loss:X`.
-static TORCHTUNE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\bStep (\d+) \| ").unwrap());
+static TORCHTUNE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\bStep (\d+) \| ((?:\w+:\S+ ?)+)$").unwrap());
 static TORCHTUNE_TPS: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\btokens_per_second_per_gpu:([-\d.eE+]+)").unwrap());
 static TORCHTUNE_LOSS: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\bloss:([-\d.eE+]+)").unwrap());
 
+/// Only torchtune's shape: `name:value` pairs, no space after the colon (other trainers'
+/// `Step N | loss: 2.9 | time: 121ms` lines are the fallback's).
 pub(super) fn torchtune(line: &str) -> Option<(Format, Hit)> {
     let c = TORCHTUNE.captures(line)?;
-    let rest = &line[c.get(0).unwrap().end()..];
+    let rest = &c[2];
     if rest.starts_with("val_") {
         return Some((Format::Torchtune, Hit::Eval));
     }

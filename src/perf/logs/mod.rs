@@ -374,7 +374,7 @@ pub fn parse(text: &str) -> Result<Parsed> {
     parse_with(text, &Options::default())
 }
 
-static ANSI: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\x1b\[[0-9;?]*[A-Za-z]").unwrap());
+pub(super) static ANSI: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\x1b\[[0-9;?]*[A-Za-z]").unwrap());
 static QUOTE_OR_COMMENT: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^(?:>+|#+|//+|\|)[ \t]*").unwrap());
 static RANK: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^(?:\[?(?:rank|default|local_rank)\s*\d+\]?\s*:|\[\d+\]\s*:|\d{1,4}:\s|slurm_procid\s*\d+\s*:)\s*").unwrap()
@@ -486,6 +486,7 @@ pub fn parse_with(text: &str, opt: &Options) -> Result<Parsed> {
         match hit {
             // the fallback's line with a counter but no time and no timestamp says nothing
             Some((Format::Generic, Hit::Iter(r))) if r.time == Time::Timestamp && stamp.is_none() => skipped += 1,
+            Some((_, Hit::Iter(r))) if !sound(&r.time) => skipped += 1,
             Some((f, Hit::Iter(mut r))) => {
                 r.stamp = r.stamp.or(stamp);
                 records.push((f, r));
@@ -547,7 +548,17 @@ fn from_start(records: &[Record]) -> bool {
     let mut iters = records.iter().map(|r| r.iter);
     let Some(first) = iters.next() else { return true };
     let gap = iters.find(|&i| i > first).map_or(0, |i| i - first);
-    first <= (super::meter::MAX_WARMUP as u64).max(2 * gap)
+    first <= (super::meter::MAX_WARMUP as u64).max(gap.saturating_mul(2))
+}
+
+/// A time a line can give: finite, and above zero (a clock from zero).
+fn sound(t: &Time) -> bool {
+    match *t {
+        Time::PerIter(ms) | Time::IntervalAvg(ms) | Time::Window(ms) => ms.is_finite() && ms > 0.0,
+        Time::Cumulative { ms, resolution_ms } => ms.is_finite() && ms >= 0.0 && resolution_ms > 0.0,
+        Time::Throughput { per_s, .. } => per_s.is_finite() && per_s > 0.0,
+        Time::Timestamp => true,
+    }
 }
 
 /// Times each line itself (not only a timestamp or a rate).
@@ -640,9 +651,11 @@ pub fn samples(records: &[Record], opt: &Options, facts: &Facts) -> (Meaning, Ve
         return (Meaning::Timestamps, difference(&stamped));
     }
     // a rate: time = units per iteration / rate
+    // the flags' batch is per GPU times `--gpus`; without it, times the log's world size (else one)
+    let more = if opt.gpus.is_none() { facts.world_size.map_or(1.0, |w| w as f64) } else { 1.0 };
     let per_iter = |u: Unit| match u {
-        Unit::Samples => opt.samples_per_iter.or(facts.global_batch.map(|b| b as f64)),
-        Unit::Tokens => opt.tokens_per_iter.or(facts.tokens_per_iter()),
+        Unit::Samples => opt.samples_per_iter.map(|s| s * more).or(facts.global_batch.map(|b| b as f64)),
+        Unit::Tokens => opt.tokens_per_iter.map(|t| t * more).or(facts.tokens_per_iter()),
         // the flags' tokens count `--gpus` GPUs (one when not given): per GPU, whatever the log's world size
         Unit::TokensPerGpu => opt.tokens_per_iter.map(|t| t / opt.gpus.unwrap_or(1.0)).or(facts.tokens_per_gpu_iter()),
     };

@@ -204,6 +204,12 @@ fn a_rounded_or_scaled_figure_is_no_fact() {
     f.scan("training on 8 devices (GPUs/TPUs)");
     f.scan("global_batch_size: 512 | seq_len 1024.");
     assert_eq!((f.total_iters, f.world_size, f.global_batch, f.seq_len), (Some(3000), Some(8), Some(512), Some(1024)));
+    // thousands separators; a Python dict's quote only after max_update; nodes are not GPUs
+    let mut f = Facts::default();
+    f.scan("  Total optimization steps = 1,000");
+    f.scan("{'global_batch_size': 16, 'max_seq_length': 512}");
+    f.scan("Training on 2 nodes with 8 GPUs each");
+    assert_eq!((f.total_iters, f.global_batch, f.seq_len, f.world_size), (Some(1000), None, None, None));
 }
 
 #[test]
