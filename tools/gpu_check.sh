@@ -3,7 +3,7 @@
 #
 #   tools/gpu_check.sh --build   on a machine with Rust (no GPU needed): builds the release binary
 #                                and the test binaries, and copies the ones with CUDA tests,
-#                                without their debug info, into target/gpu-check/ with a manifest.
+#                                stripped (under 60 MiB in all), into target/gpu-check/ with a manifest.
 #   tools/gpu_check.sh           on a GPU machine without Rust: from target/gpu-check/, runs
 #                                `gptrain check --device cuda` when the binary has that command
 #                                (again with the fast paths off if it fails), the CUDA tests
@@ -44,13 +44,16 @@ for l in sys.stdin:
     while read -r name exe; do
         # only the binaries that hold CUDA tests (the library's and backend_tests! users)
         if "$exe" --list 2>/dev/null | grep cuda >/dev/null; then  # (not grep -q: an early exit is a SIGPIPE failure under pipefail)
-            cp "$exe" "$PACK/bin/$name" && strip --strip-debug "$PACK/bin/$name" 2>/dev/null || true
+            cp "$exe" "$PACK/bin/$name" && strip --strip-all "$PACK/bin/$name" 2>/dev/null || true
             echo "$name" >>"$PACK/manifest.txt"
         fi
     done <"$PACK/all-tests.txt"
-    cp target/release/gptrain "$PACK/bin/gptrain" && strip --strip-debug "$PACK/bin/gptrain" 2>/dev/null || true
+    cp target/release/gptrain "$PACK/bin/gptrain" && strip --strip-all "$PACK/bin/gptrain" 2>/dev/null || true
     echo "$ROOT" >"$PACK/build-root.txt"
     echo "built into $PACK ($(du -sh "$PACK" | cut -f1)): $(tr '\n' ' ' <"$PACK/manifest.txt")gptrain"
+    # what a device call carries is at most 64 MiB in all
+    bytes=$(du -sb "$PACK" | cut -f1)
+    ((bytes < 60 * 1024 * 1024)) || { echo "error: $PACK is $((bytes / 1048576)) MiB; a device call carries at most 64 MiB"; exit 1; }
     exit 0
 fi
 
