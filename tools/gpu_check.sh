@@ -179,8 +179,10 @@ for v in "host::" "nccl:NCCL_MULTI_RANK_GPU_ENABLE=1:" "zero:NCCL_MULTI_RANK_GPU
     [ -n "$set" ] && extra=(--set "$set")
     timed "train 20 iters, 2 ranks on cuda:0, ${v%%:*}" "$name-rank0.log" 90 env $var bash -c "$PAIR_RUN" _ "$BIN/gptrain" "$LOGS" \
         "$WORK/$name" "$name" "${PAIR[@]}" "${extra[@]}"
-    grep -h "data parallel\|ZeRO" "$LOGS/$name-rank0.log" | sed 's/^/    /'
-    if diff <(grep -E "$LOSS_LINES" "$LOGS/train-dp-alone.log" | sed 's/, time.*//') \
+    grep -h "data parallel\|ZeRO" "$LOGS/$name-rank0.log" 2>/dev/null | sed 's/^/    /'
+    if [[ ! -s "$LOGS/train-dp-alone.log" || ! -s "$LOGS/$name-rank0.log" ]]; then
+        row "2 ranks (${v%%:*}) losses = one's" "not run" "-" "out of time"
+    elif diff <(grep -E "$LOSS_LINES" "$LOGS/train-dp-alone.log" | sed 's/, time.*//') \
         <(grep -E "$LOSS_LINES" "$LOGS/$name-rank0.log" | sed 's/, time.*//') >"$LOGS/$name-diff.txt" &&
         grep -qE '^iter' "$LOGS/train-dp-alone.log"; then
         row "2 ranks (${v%%:*}) losses = one's" ok "-" "$name-diff.txt"
