@@ -176,14 +176,17 @@ fn open_in(lib: Lib, dirs: &[PathBuf], driver: Option<i32>) -> Result<PathBuf, S
         }
     }
     Err(match (too_new, driver) {
-        (Some(p), Some(v)) => too_new_for_driver(lib, &p, v),
+        (Some(p), Some(v)) => {
+            let needs = p.file_name().map_or(0, |f| file_major(&f.to_string_lossy()));
+            too_new_for_driver(lib, &p, &needs.to_string(), v)
+        }
         _ => not_found(lib, dirs),
     })
 }
 
-/// The one-line error for a library found only in versions the driver cannot run.
-fn too_new_for_driver(lib: Lib, path: &Path, driver: i32) -> String {
-    let needs = path.file_name().map_or(0, |f| file_major(&f.to_string_lossy()));
+/// The one-line error for a library at `path` built for CUDA `needs` ("13", "13.0"), which the
+/// driver (CUDA version `driver`) cannot run.
+pub fn too_new_for_driver(lib: Lib, path: &Path, needs: &str, driver: i32) -> String {
     let usable: Vec<&str> = lib.files.iter().copied().filter(|f| file_major(f) * 1000 <= driver).collect();
     let instead = match usable.is_empty() {
         true => String::new(),

@@ -157,18 +157,10 @@ fn built_for(path: &std::path::Path) -> Option<i32> {
     }
 }
 
-/// Why an NCCL built for CUDA `built` cannot run on a driver for CUDA `driver`, if it cannot.
+/// Why an NCCL built for CUDA `built` cannot run on a driver for CUDA `driver`, if it cannot
+/// (a newer minor version runs on an older driver of the same major one).
 fn too_new_for_driver(path: &std::path::Path, built: i32, driver: i32) -> Option<String> {
-    (built / 1000 > driver / 1000).then(|| {
-        format!(
-            "{} is built for CUDA {} and this NVIDIA driver supports CUDA {} at most: update the driver, or `pip install {}` and set {} to its lib folder",
-            path.display(),
-            libs::cuda_version(built),
-            libs::cuda_version(driver),
-            NCCL.wheel,
-            libs::LIB_DIR_VAR
-        )
-    })
+    (built / 1000 > driver / 1000).then(|| libs::too_new_for_driver(NCCL, path, &libs::cuda_version(built), driver))
 }
 
 /// The path of a loaded library whose file name starts with `name`, from /proc/self/maps.
@@ -311,7 +303,7 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
 
         let e = too_new_for_driver(&file, 13000, 12040).unwrap();
-        assert!(e.contains("built for CUDA 13.0") && e.contains("supports CUDA 12.4") && e.contains("nvidia-nccl-cu12"), "{e}");
+        assert!(e.contains("is for CUDA 13.0") && e.contains("supports CUDA 12.4") && e.contains("nvidia-nccl-cu12"), "{e}");
         assert_eq!(too_new_for_driver(&file, 12090, 12040), None); // minor versions run on older 12.x drivers
         assert_eq!(too_new_for_driver(&file, 12040, 13000), None);
     }

@@ -28,10 +28,9 @@ static OLMO: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\[step=(\d+)/(\d+|\
 static COMPOSER_METRIC: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[ \t]+(?:Train|Eval) \S[^:]*: \S").unwrap());
 /// A metric line under an OLMo header: indented `name=value`.
 static OLMO_METRIC: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[ \t]+\S[^=]*=\S").unwrap());
-/// A launcher's rank label at a line's start (`[rank0]:`, `0:`, `slurm_procid 0 :`), without
-/// the space after it (the indentation of a metric line).
-static LABEL: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^(?:\[?(?:rank|default|local_rank)\s*\d+\]?\s*:|\[\d+\]\s*:|\d{1,4}:|slurm_procid\s*\d+\s*:)").unwrap());
+/// A launcher's rank label at a line's start ([`super::RANK_LABEL`], as `clean` strips it), without
+/// the spaces after it (the indentation of a metric line).
+static LABEL: LazyLock<Regex> = LazyLock::new(|| Regex::new(super::RANK_LABEL).unwrap());
 /// Composer's namespaced metrics (`loss/train/total: 9.1`): what tells its lines from look-alikes.
 static COMPOSER_NAME: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?:^|\| |\]: )(?:Train |Eval )?\w+/[\w/.-]+: ").unwrap());
 /// OLMo's namespaced metrics (`train/CrossEntropyLoss=7.5`).

@@ -376,9 +376,9 @@ pub fn parse(text: &str) -> Result<Parsed> {
 
 pub(super) static ANSI: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\x1b\[[0-9;?]*[A-Za-z]").unwrap());
 static QUOTE_OR_COMMENT: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^(?:>+|#+|//+|\|)[ \t]*").unwrap());
-static RANK: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^(?:\[?(?:rank|default|local_rank)\s*\d+\]?\s*:|\[\d+\]\s*:|\d{1,4}:\s|slurm_procid\s*\d+\s*:)\s*").unwrap()
-});
+/// A launcher's rank label at a line's start: `[rank0]:`, `[1]:`, `0: ` (srun), `slurm_procid 0 :`.
+pub(super) const RANK_LABEL: &str = r"^(?:\[?(?:rank|default|local_rank)\s*\d+\]?\s*:|\[\d+\]\s*:|\d{1,4}:\s|slurm_procid\s*\d+\s*:)";
+static RANK: LazyLock<Regex> = LazyLock::new(|| Regex::new(&format!(r"{RANK_LABEL}\s*")).unwrap());
 static DATE_TIME: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^\[?(\d{4})[-/](\d{2})[-/](\d{2})[ T_](\d{1,2}):(\d{2}):(\d{2})(?:[.,:](\d{1,9}))?(?:\s?Z|\s?[+-]\d{2}:?\d{2}|\s?UTC)?\]?[ \t|:,\-]*").unwrap()
 });
