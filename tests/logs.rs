@@ -453,3 +453,45 @@ fn follow_reprints_as_lines_arrive() {
     assert!(interrupted && report.is_some(), "no report after Ctrl-C");
     assert_eq!(status.and_then(|s| s.code()), Some(0), "not a clean exit on Ctrl-C");
 }
+
+#[test]
+fn json_lines_of_metrics() {
+    // a custom loop's metrics.jsonl: each line's dt_ms; four warm-up, median of 21 = 1050.3
+    let v = read(&fixture("jsonl-loop.jsonl"), &[]);
+    check(&v, "jsonl", "per-iteration", 1050.3, 1e-9);
+    assert_eq!((v["warmup_dropped"].as_u64(), v["evals"].as_u64(), v["iters_seen"].as_u64()), (Some(4), Some(1), Some(25)), "{v}");
+    assert_eq!((v["log_mfu"].as_f64(), v["log_tokens_per_second"].as_f64()), (Some(0.412), Some(499179.3)), "{v}");
+    // W&B history rows: `_runtime` differenced; the row holding the eval is an outlier; 812.5
+    let v = read(&fixture("jsonl-wandb.jsonl"), &[]);
+    check(&v, "jsonl", "cumulative-clock", 812.5, 1e-9);
+    assert_eq!((v["warmup_dropped"].as_u64(), v["outliers_dropped"].as_u64()), (Some(3), Some(1)), "{v}");
+    // the same rows without `_runtime`: timed by `_timestamp`, the same figure
+    let d = tmp("jsonl");
+    let text = std::fs::read_to_string(fixture("jsonl-wandb.jsonl")).unwrap();
+    let no_clock: String = text
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("_runtime");
+            format!("{v}\n")
+        })
+        .collect();
+    std::fs::write(d.join("stamps.jsonl"), &no_clock).unwrap();
+    check(&read(&d.join("stamps.jsonl"), &[]), "jsonl", "timestamps", 812.5, 1e-6);
+    // a rate only: tokens/s with the flags' tokens per step (16 x 1024 x 32 = 524,288)
+    let rate_only: String = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let o = v.as_object_mut().unwrap();
+            o.retain(|k, _| k == "_step" || k == "train/loss");
+            o.insert("tokens_per_second".into(), serde_json::json!(if i == 0 { 200000.0 } else { 524288.0 / 0.8125 }));
+            format!("{v}\n")
+        })
+        .collect();
+    std::fs::write(d.join("rate.jsonl"), &rate_only).unwrap();
+    let flags = ["--batch-size", "16", "--block-size", "1024", "--grad-accum", "32"];
+    check(&read(&d.join("rate.jsonl"), &flags), "jsonl", "throughput", 812.5, 1e-9);
+    let _ = std::fs::remove_dir_all(&d);
+}

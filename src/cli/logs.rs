@@ -21,12 +21,13 @@ use std::time::Duration;
 pub struct LogsArgs {
     /// The log file: nanoGPT, llm.c, gptrain (text or metrics.jsonl), Hugging Face Trainer
     /// (console or trainer_state.json), Lightning, litgpt, torchtitan, Megatron-LM, DeepSpeed,
-    /// modded-nanogpt, nanotron, fairseq/metaseq, torchtune, Composer/llm-foundry, OLMo, or any
-    /// line with an iteration counter and a time, a rate or a timestamp.
+    /// modded-nanogpt, nanotron, fairseq/metaseq, torchtune, Composer/llm-foundry, OLMo, JSON
+    /// lines of metrics (a loop's metrics.jsonl, W&B history rows), or any line with an
+    /// iteration counter and a time, a rate or a timestamp.
     pub file: PathBuf,
     /// Read only this format's lines (nanogpt, llmccuda, llmccpu, gptrain, hf-trainer,
     /// hf-trainer-state, lightning, litgpt, torchtitan, megatron, deepspeed, modded-nanogpt,
-    /// nanotron, fairseq, torchtune, composer, olmo, generic).
+    /// nanotron, fairseq, torchtune, composer, olmo, jsonl, generic).
     #[arg(long)]
     pub format: Option<String>,
     /// Device the log was made on, for the true MFU (per GPU).

@@ -31,6 +31,7 @@ pub mod facts;
 mod fairseq;
 mod frameworks;
 mod generic;
+mod jsonl;
 mod megatron;
 mod progress;
 
@@ -66,11 +67,12 @@ pub enum Format {
     Torchtune,
     Composer,
     Olmo,
+    Jsonl,
     Generic,
 }
 
 impl Format {
-    pub const ALL: [Format; 18] = [
+    pub const ALL: [Format; 19] = [
         Format::NanoGpt,
         Format::LlmcCuda,
         Format::LlmcCpu,
@@ -88,6 +90,7 @@ impl Format {
         Format::Torchtune,
         Format::Composer,
         Format::Olmo,
+        Format::Jsonl,
         Format::Generic,
     ];
 
@@ -111,6 +114,7 @@ impl Format {
             Format::Torchtune => "torchtune",
             Format::Composer => "composer",
             Format::Olmo => "olmo",
+            Format::Jsonl => "jsonl",
             Format::Generic => "generic",
         }
     }
@@ -135,6 +139,7 @@ impl Format {
             Format::Torchtune => "torchtune",
             Format::Composer => "MosaicML Composer / llm-foundry",
             Format::Olmo => "OLMo / OLMo-core",
+            Format::Jsonl => "JSON lines of metrics (metrics.jsonl, wandb-history.jsonl)",
             Format::Generic => "generic fallback (an iteration counter with a time, a rate or a timestamp)",
         }
     }
@@ -152,6 +157,7 @@ impl Format {
             "metaseq" => Some(Format::Fairseq),
             "llmfoundry" | "mosaic" | "mosaicml" => Some(Format::Composer),
             "olmocore" => Some(Format::Olmo),
+            "json" | "wandb" | "wandbhistory" => Some(Format::Jsonl),
             "fallback" => Some(Format::Generic),
             _ => Format::ALL.into_iter().find(|f| f.name().replace('-', "") == k),
         };
@@ -278,6 +284,7 @@ pub const READERS: &[(Format, Reader)] = &[
     (Format::Litgpt, frameworks::litgpt),
     (Format::HfTrainer, progress::bar),
     (Format::HfTrainer, progress::hf_dict),
+    (Format::Jsonl, jsonl::jsonl),
     (Format::Generic, generic::line),
 ];
 
@@ -503,7 +510,7 @@ pub fn parse_with(text: &str, opt: &Options) -> Result<Parsed> {
         match opt.format {
             Some(f) => bail!("no {} iteration line in {lines} lines (--format {})", f.describe(), f.name()),
             None => bail!(
-                "no training iteration line recognised in {lines} lines (read: nanoGPT, llm.c, gptrain, Hugging Face Trainer, Lightning, litgpt, torchtitan, Megatron-LM, DeepSpeed, modded-nanogpt, nanotron, fairseq, torchtune, Composer, OLMo, or any line with an iteration counter and a time, a rate or a timestamp)"
+                "no training iteration line recognised in {lines} lines (read: nanoGPT, llm.c, gptrain, Hugging Face Trainer, Lightning, litgpt, torchtitan, Megatron-LM, DeepSpeed, modded-nanogpt, nanotron, fairseq, torchtune, Composer, OLMo, JSON lines of metrics, or any line with an iteration counter and a time, a rate or a timestamp)"
             ),
         }
     };

@@ -291,3 +291,47 @@ fn an_eval_in_the_middle_of_a_clock_window_is_cut_out() {
     let p = parse(&log).unwrap();
     assert!(p.samples.iter().all(|s| (s.ms - 2000.0).abs() < 1e-9), "{:?}", p.samples);
 }
+
+#[test]
+fn json_lines_are_read_by_their_names() {
+    let iter = |line: &str| match jsonl::jsonl(line) {
+        Some((Format::Jsonl, Hit::Iter(r))) => r,
+        other => panic!("{line}: {other:?}"),
+    };
+    // a time's unit: its name's ending, else seconds below 50 and ms above
+    assert_eq!(iter(r#"{"step": 3, "dt": 0.41}"#).time, Time::PerIter(410.0));
+    assert_eq!(iter(r#"{"step": 3, "dt": 410}"#).time, Time::PerIter(410.0));
+    assert_eq!(iter(r#"{"iter": 3, "step_time_s": 60}"#).time, Time::PerIter(60000.0));
+    assert_eq!(iter(r#"{"iter": 3, "iter_time_ms": 7.5}"#).time, Time::PerIter(7.5));
+    // `time`: one iteration's under 1e9, else a Unix timestamp (s, or ms past 1e12)
+    assert_eq!(iter(r#"{"iter": 3, "time": 0.25}"#).time, Time::PerIter(250.0));
+    let r = iter(r#"{"iter": 3, "time": 1764982803.25}"#);
+    assert_eq!((r.time, r.stamp), (Time::Timestamp, Some(Stamp { secs: 1764982803.25, resolution_ms: 10.0 })));
+    let r = iter(r#"{"iter": 3, "timestamp": 1764982803250}"#);
+    assert_eq!(r.stamp, Some(Stamp { secs: 1764982803.25, resolution_ms: 1.0 }));
+    let r = iter(r#"{"iter": 3, "timestamp": "2025-12-06 10:00:01.5"}"#);
+    assert_eq!(r.stamp.map(|s| (s.secs % 86400.0, s.resolution_ms)), Some((36001.5, 100.0)));
+    // nested objects, names after `/`, the counter's most specific name, a rate and its columns
+    let r =
+        iter(r#"{"_step": 9, "trainer": {"global_step": 4}, "train/loss": 2.5, "perf/tokens_per_second_per_gpu": 4100.5, "mfu": 38.5}"#);
+    assert_eq!((r.iter, r.loss, r.log_mfu), (4, Some(2.5), Some(0.385)));
+    assert_eq!(r.time, Time::Throughput { per_s: 4100.5, unit: Unit::TokensPerGpu });
+    assert_eq!(iter(r#"{"step": 2, "steps_per_second": 4}"#).time, Time::PerIter(250.0));
+    // W&B's clock in whole seconds gives way to a finer timestamp
+    let r = iter(r#"{"_step": 2, "_runtime": 14, "_timestamp": 1764982803.125}"#);
+    assert_eq!(r.time, Time::Timestamp);
+    assert_eq!(iter(r#"{"_step": 2, "_runtime": 14.125}"#).time, Time::Cumulative { ms: 14125.0, resolution_ms: 1.0 });
+    // a validation loss without a training loss: an eval line; a validation time is no step's
+    assert_eq!(jsonl::jsonl(r#"{"step": 20, "val/loss": 3.1, "dt": 0.4}"#), Some((Format::Jsonl, Hit::Eval)));
+    assert_eq!(iter(r#"{"step": 20, "loss": 3.0, "val/loss": 3.1, "dt": 0.4}"#).loss, Some(3.0));
+    assert_eq!(jsonl::jsonl(r#"{"step": 20, "loss": 3.0, "val_step_time": 0.4}"#), None);
+    // no counter, a counter that is no whole number, no time, not an object: nothing
+    for line in
+        [r#"{"loss": 3.0, "dt": 0.4}"#, r#"{"step": 2.5, "dt": 0.4}"#, r#"{"step": 2, "loss": 3.0}"#, "[1, 2]", r#"{"step": 2, "dt": 0.4"#]
+    {
+        assert_eq!(jsonl::jsonl(line), None, "{line}");
+    }
+    // gptrain's own lines and fairseq's JSON go to their readers first
+    let text = "{\"type\":\"iter\",\"iter\":1,\"loss\":3.0,\"ms\":100.0}\n{\"type\":\"iter\",\"iter\":2,\"loss\":2.9,\"ms\":101.0}\n{\"type\":\"iter\",\"iter\":3,\"loss\":2.8,\"ms\":100.5}\n";
+    assert_eq!(parse(text).unwrap().format, Format::Gptrain);
+}

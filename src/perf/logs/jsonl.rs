@@ -1,0 +1,184 @@
+//! JSON lines of metrics: one object per line, as custom training loops, W&B's offline
+//! `wandb-history.jsonl` and many trainers' `metrics.jsonl` files write them
+//! (`{"step": 120, "loss": 3.21, "dt": 0.412, "tokens_per_sec": 39700}`). The keys are
+//! matched by name, whole or after the last `/` or `.` (`train/loss`, `trainer/global_step`);
+//! nested objects are read as `outer/inner`. gptrain's own `metrics.jsonl` and fairseq's JSON
+//! lines have readers of their own, offered the line first.
+//!
+//! A line is an iteration when it has a step counter and a time, taken in this order:
+//! * one iteration's time: `dt`, `step_time`, `iter_time`, `time_per_iteration`, ..., or
+//!   `time` when it is no timestamp (under 1e9), in the unit its name ends with (`_ms`, `_s`),
+//!   else seconds below 50 and milliseconds above (the generic reader's rule);
+//! * a rate: tokens (`tokens_per_second`, ...), tokens per GPU (`..._per_gpu`), samples
+//!   (`samples_per_second`) or steps (`steps_per_second`, `it/s`) per second;
+//! * a clock since the start: `_runtime` (W&B), `elapsed`, `runtime`, in seconds unless its
+//!   name ends with `_ms`: differenced (a timestamp written finer is used instead);
+//! * a timestamp: `_timestamp` (W&B), `timestamp`, `time`, `wall_time`, as Unix seconds
+//!   (milliseconds past 1e12, microseconds past 1e15) or a date-time string: differenced. A
+//!   line with a rate and a timestamp is timed by the timestamps (they need no batch size).
+//!
+//! A line with a validation loss (`val_loss`, `eval/loss`, ...) and no training loss is an
+//! eval line. A clock's resolution is the decimals it is written with.
+
+use super::{Format, Hit, Record, Stamp, Time, Unit};
+use serde_json::{Map, Value};
+
+/// The step counter's names, the most specific first (W&B's `_step` counts logged rows).
+const STEP: &[&str] = &["global_step", "step", "iter", "iteration", "num_updates", "update", "steps", "_step"];
+const PER_ITER: &[&str] = &[
+    "dt",
+    "dt_ms",
+    "step_time",
+    "step_time_ms",
+    "step_time_s",
+    "iter_time",
+    "iter_time_ms",
+    "iteration_time",
+    "time_per_step",
+    "time_per_iteration",
+    "time_per_iteration_ms",
+    "elapsed_time_per_iteration_ms",
+    "train_step_timing",
+    "train_step_time",
+    "step_duration",
+    "batch_time",
+];
+const TOKENS_PER_S: &[&str] =
+    &["tokens_per_second", "tokens_per_sec", "tok_per_sec", "tok_per_s", "tokens_per_s", "tok/s", "tok/sec", "tokens/s"];
+const TOKENS_PER_GPU_S: &[&str] = &["tokens_per_second_per_gpu", "tokens_per_sec_per_gpu", "tok_per_sec_per_gpu", "tps_per_gpu"];
+const SAMPLES_PER_S: &[&str] = &["samples_per_second", "samples_per_sec", "samples/s"];
+const STEPS_PER_S: &[&str] = &["steps_per_second", "steps_per_sec", "it/s", "iters_per_sec"];
+const CLOCK: &[&str] = &["_runtime", "runtime", "elapsed", "elapsed_s", "elapsed_ms", "elapsed_time"];
+const STAMP: &[&str] = &["_timestamp", "timestamp", "time", "wall_time", "ts"];
+const LOSS: &[&str] = &["loss", "train_loss", "lm_loss"];
+
+pub(super) fn jsonl(line: &str) -> Option<(Format, Hit)> {
+    if !line.starts_with('{') || !line.ends_with('}') {
+        return None;
+    }
+    let Value::Object(obj) = serde_json::from_str::<Value>(line).ok()? else { return None };
+    let mut flat = Vec::new();
+    flatten("", &obj, &mut flat);
+    let get = |names: &[&str]| find(&flat, names);
+    let train_loss = flat.iter().find(|(k, _)| is_train_loss(k)).and_then(|(_, v)| v.as_f64());
+    if train_loss.is_none() && flat.iter().any(|(k, _)| is_eval_loss(k)) {
+        return Some((Format::Jsonl, Hit::Eval));
+    }
+    let iter = get(STEP).and_then(|(_, v)| v.as_f64()).filter(|s| *s >= 0.0 && s.fract() == 0.0)? as u64;
+    let positive = |names: &[&str]| get(names).and_then(|(k, v)| Some((k, v.as_f64().filter(|x| x.is_finite() && *x > 0.0)?)));
+    // a timestamp times the line whatever else it has: the timestamps are differenced before
+    // a rate is used (as torchtitan's are)
+    let stamp = get(STAMP).and_then(|(_, v)| stamp_of(v));
+    // `time` under a billion is no timestamp: one iteration's time, as the generic reader's
+    let time_key = positive(&["time", "time_ms"]).filter(|(_, v)| *v < 1e9);
+    let time = if let Some((k, v)) = positive(PER_ITER).or(time_key) {
+        Time::PerIter(ms_of(k, v))
+    } else if let Some((_, v)) = positive(TOKENS_PER_GPU_S) {
+        Time::Throughput { per_s: v, unit: Unit::TokensPerGpu }
+    } else if let Some((_, v)) = positive(TOKENS_PER_S) {
+        Time::Throughput { per_s: v, unit: Unit::Tokens }
+    } else if let Some((_, v)) = positive(SAMPLES_PER_S) {
+        Time::Throughput { per_s: v, unit: Unit::Samples }
+    } else if let Some((_, v)) = positive(STEPS_PER_S) {
+        Time::PerIter(1e3 / v)
+    } else if let Some((ms, res)) = clock(get(CLOCK)).filter(|&(_, res)| stamp.is_none_or(|s| res <= s.resolution_ms)) {
+        // a clock from the start, unless the timestamp is the finer (W&B's `_runtime` in whole seconds)
+        Time::Cumulative { ms, resolution_ms: res }
+    } else {
+        stamp?;
+        Time::Timestamp
+    };
+    let mut r = Record::new(iter, time);
+    r.stamp = stamp;
+    r.loss = train_loss;
+    r.log_tok_s = positive(TOKENS_PER_S).map(|(_, v)| v);
+    r.log_tok_s_per_gpu = positive(TOKENS_PER_GPU_S).map(|(_, v)| v);
+    r.log_mfu = positive(&["mfu"]).map(|(_, m)| if m > 1.0 { m / 100.0 } else { m });
+    r.log_tflops = positive(&["tflops", "tflops_per_gpu"]).map(|(_, v)| v);
+    r.batch = get(&["global_batch_size"]).and_then(|(_, v)| v.as_u64());
+    Some((Format::Jsonl, Hit::Iter(r)))
+}
+
+/// A clock since the start (under 1e9): (ms, resolution ms), in seconds unless its name ends
+/// with `_ms`.
+fn clock(found: Option<(&str, &Value)>) -> Option<(f64, f64)> {
+    let (k, v) = found?;
+    let x = v.as_f64().filter(|x| x.is_finite() && *x >= 0.0 && *x < 1e9)?;
+    let scale = if k.ends_with("_ms") { 1.0 } else { 1e3 }; // ms per unit of the clock
+    Some((x * scale, (last_digit(v) * scale).max(1e-3)))
+}
+
+/// `obj`'s scalar members, nested objects' as `outer/inner`, names in lower case.
+fn flatten(prefix: &str, obj: &Map<String, Value>, out: &mut Vec<(String, Value)>) {
+    for (k, v) in obj {
+        let key = if prefix.is_empty() { k.to_ascii_lowercase() } else { format!("{prefix}/{}", k.to_ascii_lowercase()) };
+        match v {
+            Value::Object(inner) => flatten(&key, inner, out),
+            Value::Number(_) | Value::String(_) => out.push((key, v.clone())),
+            _ => {}
+        }
+    }
+}
+
+/// The last part of a key: after its last `/` or `.`.
+fn leaf(key: &str) -> &str {
+    key.rsplit(['/', '.']).next().unwrap_or(key)
+}
+
+/// The first of `names` (in their order) that a key is, whole or as its leaf. A key whose
+/// other parts say validation (`val/step_time`) does not count.
+fn find<'a>(flat: &'a [(String, Value)], names: &[&str]) -> Option<(&'a str, &'a Value)> {
+    names.iter().find_map(|n| flat.iter().find(|(k, _)| (k == n || leaf(k) == *n) && !is_eval_part(k)).map(|(k, v)| (k.as_str(), v)))
+}
+
+fn is_eval_part(key: &str) -> bool {
+    key.split(['/', '.', '_']).any(|p| matches!(p, "val" | "valid" | "validation" | "eval" | "test"))
+}
+
+fn is_train_loss(key: &str) -> bool {
+    LOSS.contains(&key) || LOSS.contains(&leaf(key)) && !is_eval_part(key)
+}
+
+fn is_eval_loss(key: &str) -> bool {
+    is_eval_part(key) && (key.contains("loss") || key.contains("ppl") || key.contains("perplexity") || key.contains("bpb"))
+}
+
+/// One iteration's time in ms, in the unit the key's name ends with, else by the generic rule.
+fn ms_of(key: &str, v: f64) -> f64 {
+    if key.ends_with("_ms") {
+        v
+    } else if key.ends_with("_s") || key.ends_with("_sec") || key.ends_with("_seconds") || key == "train_step_timing" || v < 50.0 {
+        v * 1e3
+    } else {
+        v
+    }
+}
+
+/// The value of a number's last written digit (1 for `12`, 0.01 for `12.25`).
+fn last_digit(v: &Value) -> f64 {
+    let s = v.to_string();
+    match s.split_once('.') {
+        Some((_, frac)) if !s.contains(['e', 'E']) => 10f64.powi(-(frac.len() as i32)),
+        _ => 1.0,
+    }
+}
+
+/// A timestamp: Unix seconds (milliseconds past 1e12, microseconds past 1e15), or a date-time string.
+fn stamp_of(v: &Value) -> Option<Stamp> {
+    match v {
+        Value::Number(_) => {
+            let x = v.as_f64()?;
+            if x > 1e15 {
+                Some(Stamp { secs: x / 1e6, resolution_ms: (last_digit(v) / 1e3).max(1e-3) })
+            } else if x > 1e12 {
+                Some(Stamp { secs: x / 1e3, resolution_ms: last_digit(v).max(1e-3) })
+            } else if x > 1e9 {
+                Some(Stamp { secs: x, resolution_ms: (last_digit(v) * 1e3).max(1e-3) })
+            } else {
+                None
+            }
+        }
+        Value::String(s) => super::clean(s).1,
+        _ => None,
+    }
+}
