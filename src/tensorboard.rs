@@ -248,9 +248,15 @@ fn summary_event(wall_time: f64, step: u64, value: Vec<Value>) -> Event {
 /// order, a session START at step S dropping what came before at steps >= S, a later value for
 /// the same (tag, step) replacing an earlier one. (tag, step) -> (wall time, value).
 pub fn read_scalars(dir: &Path) -> BTreeMap<(String, i64), (f64, f32)> {
+    read_scalars_of(&event_files(dir))
+}
+
+/// The scalars of these events files, read in this order as [`read_scalars`] reads a
+/// directory's.
+pub fn read_scalars_of(files: &[PathBuf]) -> BTreeMap<(String, i64), (f64, f32)> {
     let mut out = BTreeMap::new();
-    for path in event_files(dir) {
-        let Ok(bytes) = std::fs::read(&path) else { continue };
+    for path in files {
+        let Ok(bytes) = std::fs::read(path) else { continue };
         for rec in read_records(&bytes).0 {
             let Ok(ev) = <Event as prost::Message>::decode(rec) else { break };
             if ev.session_log.is_some_and(|s| s.status == SESSION_START) {
@@ -262,6 +268,37 @@ pub fn read_scalars(dir: &Path) -> BTreeMap<(String, i64), (f64, f32)> {
                 }
             }
         }
+    }
+    out
+}
+
+/// Whether `bytes` begin as an events file does: a whole record holding an `Event` that
+/// names the format (`brain.Event:2`), as every writer's first record does.
+pub fn is_events_file(bytes: &[u8]) -> bool {
+    let (records, _) = read_records(&bytes[..bytes.len().min(4096)]);
+    records
+        .first()
+        .and_then(|r| <Event as prost::Message>::decode(*r).ok())
+        .is_some_and(|e| e.file_version.is_some_and(|v| v.starts_with("brain.Event")))
+}
+
+/// Scalars as JSON lines for `gptrain logs` (one object per step, in step order: `step`,
+/// `_timestamp` and each tag's value), so that its JSON-lines reader reads them by name. A
+/// step's time is the earliest wall time logged at it: the training scalars, before an
+/// evaluation logged at the same step.
+pub fn json_lines(scalars: &BTreeMap<(String, i64), (f64, f32)>) -> String {
+    let mut steps: BTreeMap<i64, (f64, serde_json::Map<String, serde_json::Value>)> = BTreeMap::new();
+    for ((tag, step), (wall, v)) in scalars {
+        let row = steps.entry(*step).or_insert((f64::INFINITY, serde_json::Map::new()));
+        row.0 = row.0.min(*wall);
+        row.1.insert(tag.clone(), serde_json::json!(*v as f64));
+    }
+    let mut out = String::new();
+    for (step, (wall, mut values)) in steps {
+        values.insert("step".into(), serde_json::json!(step));
+        values.insert("_timestamp".into(), serde_json::json!(wall));
+        out.push_str(&serde_json::Value::Object(values).to_string());
+        out.push('\n');
     }
     out
 }

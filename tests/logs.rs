@@ -353,7 +353,7 @@ fn format_flag_and_errors() {
     let (code, _, err) = gptrain(&["logs", meg.to_str().unwrap(), "--format", "nanogpt"]);
     assert_eq!(code, 1);
     assert!(err.lines().last().unwrap().contains("no nanoGPT iteration line"), "{err}");
-    let (code, _, err) = gptrain(&["logs", meg.to_str().unwrap(), "--format", "tensorboard"]);
+    let (code, _, err) = gptrain(&["logs", meg.to_str().unwrap(), "--format", "keras"]);
     assert_eq!(code, 1);
     assert!(err.lines().last().unwrap().starts_with("error: unknown --format"), "{err}");
     let (code, _, err) = gptrain(&["logs", "/nonexistent/x.log"]);
@@ -493,5 +493,65 @@ fn json_lines_of_metrics() {
     std::fs::write(d.join("rate.jsonl"), &rate_only).unwrap();
     let flags = ["--batch-size", "16", "--block-size", "1024", "--grad-accum", "32"];
     check(&read(&d.join("rate.jsonl"), &flags), "jsonl", "throughput", 812.5, 1e-9);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn tensorboard_events_are_read_by_their_wall_times() {
+    use gptrain::tensorboard::{frame, Event, Summary, Value};
+    let event = |wall: f64, step: i64, tags: &[(&str, f32)]| {
+        let value = tags.iter().map(|(t, v)| Value { tag: t.to_string(), simple_value: Some(*v), ..Default::default() }).collect();
+        frame(&prost::Message::encode_to_vec(&Event { wall_time: wall, step, summary: Some(Summary { value }), ..Default::default() }))
+    };
+    // as the Hugging Face Trainer logs (logging_steps=1): train/loss and train/learning_rate per
+    // step; an evaluation at step 10, logged 3 s after that step's training scalars
+    let t0 = 1764982800.0;
+    let ms = [1500.0, 250.0, 251.0, 249.0, 250.0, 250.5, 249.5, 250.0, 251.0, 249.0, 250.0, 250.0, 249.5, 250.5, 250.0, 251.0];
+    let mut bytes =
+        frame(&prost::Message::encode_to_vec(&Event { wall_time: t0, file_version: Some("brain.Event:2".into()), ..Default::default() }));
+    let mut wall = t0;
+    for (i, dt) in ms.iter().enumerate() {
+        let step = i as i64 + 1;
+        wall += dt / 1e3;
+        bytes.extend(event(wall, step, &[("train/loss", 3.0 - step as f32 * 0.01), ("train/learning_rate", 5e-5)]));
+        if step == 10 {
+            wall += 3.0;
+            bytes.extend(event(wall, step, &[("eval/loss", 2.95), ("eval/runtime", 3.0), ("eval/steps_per_second", 4.2)]));
+        }
+    }
+    let d = tmp("tensorboard");
+    let file = d.join("events.out.tfevents.1764982800.host.1.0");
+    std::fs::write(&file, &bytes).unwrap();
+    // steps 2-16 apart by their times (step 1 has no earlier line), step 11 also by the
+    // evaluation: an outlier
+    let v = read(&file, &[]);
+    assert_eq!((v["format"].as_str(), v["time_meaning"].as_str()), (Some("tensorboard"), Some("timestamps")), "{v}");
+    let mut steady: Vec<f64> = ms[1..].iter().enumerate().filter(|&(i, _)| i + 2 != 11).map(|(_, &m)| m).collect();
+    steady.drain(..3); // warm-up: 250, 251, 249 agree: three dropped (the meter's rule)
+    steady.sort_by(f64::total_cmp);
+    let median = steady[steady.len() / 2];
+    let got = v["steady_ms_per_iter"].as_f64().unwrap();
+    assert!((got - median).abs() < 1e-3, "steady {got}, by hand {median}: {v}");
+    assert_eq!((v["outliers_dropped"].as_u64(), v["iters_seen"].as_u64()), (Some(1), Some(15)), "{v}");
+    // a folder holding the file, or an out_dir whose tensorboard/ holds it: the same
+    std::fs::create_dir_all(d.join("run/tensorboard")).unwrap();
+    std::fs::copy(&file, d.join("run/tensorboard/events.out.tfevents.1764982800.host.1.0")).unwrap();
+    for p in [d.clone(), d.join("run")] {
+        assert_eq!(read(&p, &[])["steady_ms_per_iter"].as_f64(), Some(got), "{p:?}");
+    }
+    // a cut-off last record (a run still writing) loses only that record
+    let mut cut = bytes.clone();
+    cut.extend(&event(wall + 0.25, 17, &[("train/loss", 2.8)])[..20]);
+    std::fs::write(d.join("cut.tfevents"), &cut).unwrap();
+    let v = read(&d.join("cut.tfevents"), &[]);
+    assert_eq!((v["last_iter"].as_u64(), v["steady_ms_per_iter"].as_f64()), (Some(16), Some(got)), "{v}");
+    // --format that is not this one, --format tensorboard on a text log, --follow: one line each
+    let (code, _, err) = gptrain(&["logs", file.to_str().unwrap(), "--format", "nanogpt"]);
+    assert!(code == 1 && err.contains("holds TensorBoard events: read it with --format tensorboard"), "{err}");
+    let text = fixture("jsonl-loop.jsonl");
+    let (code, _, err) = gptrain(&["logs", text.to_str().unwrap(), "--format", "tensorboard"]);
+    assert!(code == 1 && err.contains("is not a TensorBoard events file"), "{err}");
+    let (code, _, err) = gptrain(&["logs", file.to_str().unwrap(), "--follow"]);
+    assert!(code == 1 && err.contains("--follow reads a text log"), "{err}");
     let _ = std::fs::remove_dir_all(&d);
 }

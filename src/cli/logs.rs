@@ -11,7 +11,7 @@ use crate::model::ModelConfig;
 use crate::perf::logs::{self as logreader, Format, Options, Parsed, Steady};
 use crate::perf::meter::human_duration;
 use crate::perf::{device, flops};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,12 +22,13 @@ pub struct LogsArgs {
     /// The log file: nanoGPT, llm.c, gptrain (text or metrics.jsonl), Hugging Face Trainer
     /// (console or trainer_state.json), Lightning, litgpt, torchtitan, Megatron-LM, DeepSpeed,
     /// modded-nanogpt, nanotron, fairseq/metaseq, torchtune, Composer/llm-foundry, OLMo, JSON
-    /// lines of metrics (a loop's metrics.jsonl, W&B history rows), or any line with an
-    /// iteration counter and a time, a rate or a timestamp.
+    /// lines of metrics (a loop's metrics.jsonl, W&B history rows), TensorBoard events (a file,
+    /// or a folder of them), or any line with an iteration counter and a time, a rate or a
+    /// timestamp.
     pub file: PathBuf,
     /// Read only this format's lines (nanogpt, llmccuda, llmccpu, gptrain, hf-trainer,
     /// hf-trainer-state, lightning, litgpt, torchtitan, megatron, deepspeed, modded-nanogpt,
-    /// nanotron, fairseq, torchtune, composer, olmo, jsonl, generic).
+    /// nanotron, fairseq, torchtune, composer, olmo, jsonl, tensorboard, generic).
     #[arg(long)]
     pub format: Option<String>,
     /// Device the log was made on, for the true MFU (per GPU).
@@ -86,6 +87,12 @@ struct Report {
 
 pub fn logs(a: &LogsArgs) -> Result<()> {
     let forced = a.format.as_deref().map(Format::from_name).transpose()?;
+    if let Some(text) = events_as_json_lines(a, forced)? {
+        let mut r = report(a, Some(Format::Jsonl), &text)?;
+        r.parsed.format = Format::Tensorboard;
+        print(a, &r);
+        return Ok(());
+    }
     if a.follow {
         return follow(a, forced);
     }
@@ -93,6 +100,46 @@ pub fn logs(a: &LogsArgs) -> Result<()> {
     let r = report(a, forced, &String::from_utf8_lossy(&text))?;
     print(a, &r);
     Ok(())
+}
+
+/// TensorBoard events (a file, or a folder holding `events.out.tfevents.*` files, or its
+/// `tensorboard/` folder, as gptrain's `out_dir`), as the JSON lines of their scalars; None
+/// for any other file.
+fn events_as_json_lines(a: &LogsArgs, forced: Option<Format>) -> Result<Option<String>> {
+    use crate::tensorboard;
+    let files = if a.file.is_dir() {
+        let mut files = tensorboard::event_files(&a.file);
+        if files.is_empty() {
+            files = tensorboard::event_files(&a.file.join("tensorboard"));
+        }
+        if files.is_empty() {
+            bail!("{} is a folder without TensorBoard event files (events.out.tfevents.*): give a log file", a.file.display());
+        }
+        files
+    } else {
+        let mut head = Vec::new();
+        let f = std::fs::File::open(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
+        std::io::Read::read_to_end(&mut std::io::Read::take(f, 4096), &mut head)
+            .with_context(|| format!("cannot read {}", a.file.display()))?;
+        if !tensorboard::is_events_file(&head) {
+            if forced == Some(Format::Tensorboard) {
+                bail!("{} is not a TensorBoard events file (events.out.tfevents.*)", a.file.display());
+            }
+            return Ok(None);
+        }
+        vec![a.file.clone()]
+    };
+    if forced.is_some_and(|f| f != Format::Tensorboard) {
+        bail!("{} holds TensorBoard events: read it with --format tensorboard (or no --format)", a.file.display());
+    }
+    if a.follow {
+        bail!("--follow reads a text log as it grows; for TensorBoard events run `gptrain logs` again");
+    }
+    let scalars = tensorboard::read_scalars_of(&files);
+    if scalars.is_empty() {
+        bail!("{}: TensorBoard events without a scalar in them", a.file.display());
+    }
+    Ok(Some(tensorboard::json_lines(&scalars)))
 }
 
 /// Flags' tokens per iteration, before the log is read (a throughput column needs them).

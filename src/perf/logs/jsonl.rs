@@ -18,7 +18,8 @@
 //!   line with a rate and a timestamp is timed by the timestamps (they need no batch size).
 //!
 //! A line with a validation loss (`val_loss`, `eval/loss`, ...) and no training loss is an
-//! eval line. A clock's resolution is the decimals it is written with.
+//! eval line. A clock or timestamp written as a whole number is read to one unit (a second,
+//! W&B's whole-second `_runtime`), one written with a fraction to a thousandth.
 
 use super::{Format, Hit, Record, Stamp, Time, Unit};
 use serde_json::{Map, Value};
@@ -105,7 +106,7 @@ fn clock(found: Option<(&str, &Value)>) -> Option<(f64, f64)> {
     let (k, v) = found?;
     let x = v.as_f64().filter(|x| x.is_finite() && *x >= 0.0 && *x < 1e9)?;
     let scale = if k.ends_with("_ms") { 1.0 } else { 1e3 }; // ms per unit of the clock
-    Some((x * scale, (last_digit(v) * scale).max(1e-3)))
+    Some((x * scale, (resolution(v) * scale).max(1e-3)))
 }
 
 /// `obj`'s scalar members, nested objects' as `outer/inner`, names in lower case.
@@ -154,12 +155,14 @@ fn ms_of(key: &str, v: f64) -> f64 {
     }
 }
 
-/// The value of a number's last written digit (1 for `12`, 0.01 for `12.25`).
-fn last_digit(v: &Value) -> f64 {
-    let s = v.to_string();
-    match s.split_once('.') {
-        Some((_, frac)) if !s.contains(['e', 'E']) => 10f64.powi(-(frac.len() as i32)),
-        _ => 1.0,
+/// The resolution of a clock's number, in its own unit: 1 for a whole number (`12`), 0.001
+/// for one written with a fraction. Not its decimals: writers drop trailing zeros, so a
+/// float timestamp `1764982801.5` is as fine as its neighbour `1764982801.749512`.
+fn resolution(v: &Value) -> f64 {
+    if v.is_f64() {
+        1e-3
+    } else {
+        1.0
     }
 }
 
@@ -169,11 +172,11 @@ fn stamp_of(v: &Value) -> Option<Stamp> {
         Value::Number(_) => {
             let x = v.as_f64()?;
             if x > 1e15 {
-                Some(Stamp { secs: x / 1e6, resolution_ms: (last_digit(v) / 1e3).max(1e-3) })
+                Some(Stamp { secs: x / 1e6, resolution_ms: (resolution(v) / 1e3).max(1e-3) })
             } else if x > 1e12 {
-                Some(Stamp { secs: x / 1e3, resolution_ms: last_digit(v).max(1e-3) })
+                Some(Stamp { secs: x / 1e3, resolution_ms: resolution(v).max(1e-3) })
             } else if x > 1e9 {
-                Some(Stamp { secs: x, resolution_ms: (last_digit(v) * 1e3).max(1e-3) })
+                Some(Stamp { secs: x, resolution_ms: (resolution(v) * 1e3).max(1e-3) })
             } else {
                 None
             }

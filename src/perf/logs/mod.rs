@@ -68,11 +68,12 @@ pub enum Format {
     Composer,
     Olmo,
     Jsonl,
+    Tensorboard,
     Generic,
 }
 
 impl Format {
-    pub const ALL: [Format; 19] = [
+    pub const ALL: [Format; 20] = [
         Format::NanoGpt,
         Format::LlmcCuda,
         Format::LlmcCpu,
@@ -91,6 +92,7 @@ impl Format {
         Format::Composer,
         Format::Olmo,
         Format::Jsonl,
+        Format::Tensorboard,
         Format::Generic,
     ];
 
@@ -115,6 +117,7 @@ impl Format {
             Format::Composer => "composer",
             Format::Olmo => "olmo",
             Format::Jsonl => "jsonl",
+            Format::Tensorboard => "tensorboard",
             Format::Generic => "generic",
         }
     }
@@ -140,6 +143,7 @@ impl Format {
             Format::Composer => "MosaicML Composer / llm-foundry",
             Format::Olmo => "OLMo / OLMo-core",
             Format::Jsonl => "JSON lines of metrics (metrics.jsonl, wandb-history.jsonl)",
+            Format::Tensorboard => "TensorBoard events (each step's scalars and wall time)",
             Format::Generic => "generic fallback (an iteration counter with a time, a rate or a timestamp)",
         }
     }
@@ -158,6 +162,7 @@ impl Format {
             "llmfoundry" | "mosaic" | "mosaicml" => Some(Format::Composer),
             "olmocore" => Some(Format::Olmo),
             "json" | "wandb" | "wandbhistory" => Some(Format::Jsonl),
+            "tfevents" | "tb" => Some(Format::Tensorboard),
             "fallback" => Some(Format::Generic),
             _ => Format::ALL.into_iter().find(|f| f.name().replace('-', "") == k),
         };
@@ -510,7 +515,7 @@ pub fn parse_with(text: &str, opt: &Options) -> Result<Parsed> {
         match opt.format {
             Some(f) => bail!("no {} iteration line in {lines} lines (--format {})", f.describe(), f.name()),
             None => bail!(
-                "no training iteration line recognised in {lines} lines (read: nanoGPT, llm.c, gptrain, Hugging Face Trainer, Lightning, litgpt, torchtitan, Megatron-LM, DeepSpeed, modded-nanogpt, nanotron, fairseq, torchtune, Composer, OLMo, JSON lines of metrics, or any line with an iteration counter and a time, a rate or a timestamp)"
+                "no training iteration line recognised in {lines} lines (read: nanoGPT, llm.c, gptrain, Hugging Face Trainer, Lightning, litgpt, torchtitan, Megatron-LM, DeepSpeed, modded-nanogpt, nanotron, fairseq, torchtune, Composer, OLMo, JSON lines of metrics, TensorBoard events, or any line with an iteration counter and a time, a rate or a timestamp)"
             ),
         }
     };
