@@ -6,25 +6,32 @@
 //! lines have readers of their own, offered the line first.
 //!
 //! A line is an iteration when it has a step counter and a time, taken in this order:
-//! * one iteration's time: `dt`, `step_time`, `iter_time`, `time_per_iteration`, ..., or
-//!   `time` when it is no timestamp (under 1e9), in the unit its name ends with (`_ms`, `_s`),
-//!   else seconds below 50 and milliseconds above (the generic reader's rule);
-//! * a rate: tokens (`tokens_per_second`, ...), tokens per GPU (`..._per_gpu`), samples
-//!   (`samples_per_second`) or steps (`steps_per_second`, `it/s`) per second;
-//! * a clock since the start: `_runtime` (W&B), `elapsed`, `runtime`, in seconds unless its
-//!   name ends with `_ms`: differenced (a timestamp written finer is used instead);
+//! * one iteration's time: `dt`, `step_time`, `iter_time`, `time_per_iteration`, ..., in the
+//!   unit its name ends with (`_ms`, `_s`), else seconds below 50 and milliseconds above (the
+//!   generic reader's rule); or steps per second (`steps_per_second`, `it/s`);
+//! * W&B's clock since the start, `_runtime`, in seconds: differenced (a timestamp written
+//!   finer is used instead). Names such as `time` or `elapsed` are a clock in one loop and an
+//!   interval's time in another: not guessed at;
+//! * a rate: tokens (`tokens_per_second`, ...), tokens per GPU (`..._per_gpu`, or a rate under
+//!   `device/`) or samples (`samples_per_second`) per second; but a line with a timestamp is
+//!   timed by the timestamps (they need no batch size);
 //! * a timestamp: `_timestamp` (W&B), `timestamp`, `time`, `wall_time`, as Unix seconds
-//!   (milliseconds past 1e12, microseconds past 1e15) or a date-time string: differenced. A
-//!   line with a rate and a timestamp is timed by the timestamps (they need no batch size).
+//!   (milliseconds past 1e12, microseconds past 1e15, nanoseconds past 1e17) or a date-time
+//!   string: differenced.
 //!
-//! A line with a validation loss (`val_loss`, `eval/loss`, ...) and no training loss is an
-//! eval line. A clock or timestamp written as a whole number is read to one unit (a second,
-//! W&B's whole-second `_runtime`), one written with a fraction to a thousandth.
+//! The counter is the first of `global_step`, `step`, `iter`, ... (`iter` with litgpt's
+//! `iter_time`); W&B's `_step` counts `wandb.log` calls, so a row counted by it alone is a
+//! step only when it holds a training loss. A line with a validation loss (`val_loss`,
+//! `eval/loss`, `evaluation/loss`, ...) and no training loss is an eval line. A clock or
+//! timestamp written as a whole number is read to one unit (a second, W&B's whole-second
+//! `_runtime`), one written with a fraction to a thousandth. The format ranks with the generic
+//! fallback: a few JSON lines in a text log do not decide how it is read.
 
 use super::{Format, Hit, Record, Stamp, Time, Unit};
 use serde_json::{Map, Value};
 
-/// The step counter's names, the most specific first (W&B's `_step` counts logged rows).
+/// The step counter's names, the most specific first. W&B's `_step` counts `wandb.log` calls,
+/// so a row counted by it alone is a step only when it holds a training loss.
 const STEP: &[&str] = &["global_step", "step", "iter", "iteration", "num_updates", "update", "steps", "_step"];
 const PER_ITER: &[&str] = &[
     "dt",
@@ -35,6 +42,7 @@ const PER_ITER: &[&str] = &[
     "iter_time",
     "iter_time_ms",
     "iteration_time",
+    "iteration-time",
     "time_per_step",
     "time_per_iteration",
     "time_per_iteration_ms",
@@ -49,9 +57,12 @@ const TOKENS_PER_S: &[&str] =
 const TOKENS_PER_GPU_S: &[&str] = &["tokens_per_second_per_gpu", "tokens_per_sec_per_gpu", "tok_per_sec_per_gpu", "tps_per_gpu"];
 const SAMPLES_PER_S: &[&str] = &["samples_per_second", "samples_per_sec", "samples/s"];
 const STEPS_PER_S: &[&str] = &["steps_per_second", "steps_per_sec", "it/s", "iters_per_sec"];
-const CLOCK: &[&str] = &["_runtime", "runtime", "elapsed", "elapsed_s", "elapsed_ms", "elapsed_time"];
+/// Clocks from the start: W&B's own only. Names such as `time` or `elapsed` are a clock in
+/// one loop and the last interval's time in another, so they are not guessed at.
+const CLOCK: &[&str] = &["_runtime"];
 const STAMP: &[&str] = &["_timestamp", "timestamp", "time", "wall_time", "ts"];
-const LOSS: &[&str] = &["loss", "train_loss", "lm_loss"];
+/// One iteration's time is believed between a microsecond and a day.
+const MS_RANGE: std::ops::RangeInclusive<f64> = 1e-3..=86_400e3;
 
 pub(super) fn jsonl(line: &str) -> Option<(Format, Hit)> {
     if !line.starts_with('{') || !line.ends_with('}') {
@@ -60,42 +71,57 @@ pub(super) fn jsonl(line: &str) -> Option<(Format, Hit)> {
     let Value::Object(obj) = serde_json::from_str::<Value>(line).ok()? else { return None };
     let mut flat = Vec::new();
     flatten("", &obj, &mut flat);
-    let get = |names: &[&str]| find(&flat, names);
+    let get = |names: &[&str]| find(&flat, names, |_| true);
     let train_loss = flat.iter().find(|(k, _)| is_train_loss(k)).and_then(|(_, v)| v.as_f64());
     if train_loss.is_none() && flat.iter().any(|(k, _)| is_eval_loss(k)) {
         return Some((Format::Jsonl, Hit::Eval));
     }
-    let iter = get(STEP).and_then(|(_, v)| v.as_f64()).filter(|s| *s >= 0.0 && s.fract() == 0.0)? as u64;
-    let positive = |names: &[&str]| get(names).and_then(|(k, v)| Some((k, v.as_f64().filter(|x| x.is_finite() && *x > 0.0)?)));
-    // a timestamp times the line whatever else it has: the timestamps are differenced before
-    // a rate is used (as torchtitan's are)
+    let positive = |names: &[&str], whose: fn(&str) -> bool| {
+        find(&flat, names, whose).and_then(|(k, v)| Some((k, v.as_f64().filter(|x| x.is_finite() && *x > 0.0)?)))
+    };
+    let any = |_: &str| true;
+    // litgpt's `iter_time` is a micro-batch's, counted by `iter` (its `step` counts optimiser steps)
+    let per_iter = positive(PER_ITER, any);
+    let counter = if per_iter.is_some_and(|(k, _)| leaf(k).starts_with("iter_time")) { get(&["iter"]).or(get(STEP)) } else { get(STEP) }?;
+    let step = counter.1.as_f64().filter(|s| (0.0..=9.0e15).contains(s) && s.fract() == 0.0)?;
+    if leaf(counter.0) == "_step" && train_loss.is_none() {
+        return Some((Format::Jsonl, Hit::Info)); // a W&B row of other metrics (a learning-rate monitor's)
+    }
+    // a timestamp times the line whatever else it has: timestamps are differenced before a
+    // rate is used (as torchtitan's are)
     let stamp = get(STAMP).and_then(|(_, v)| stamp_of(v));
-    // `time` under a billion is no timestamp: one iteration's time, as the generic reader's
-    let time_key = positive(&["time", "time_ms"]).filter(|(_, v)| *v < 1e9);
-    let time = if let Some((k, v)) = positive(PER_ITER).or(time_key) {
+    // tokens per second of the whole job, else per GPU (a key under `device/` or `gpu/` is per GPU)
+    let tokens = positive(TOKENS_PER_S, |k| !per_device(k));
+    let tokens_per_gpu = positive(TOKENS_PER_GPU_S, any).or(positive(TOKENS_PER_S, per_device));
+    let time = if let Some((k, v)) = per_iter {
         Time::PerIter(ms_of(k, v))
-    } else if let Some((_, v)) = positive(TOKENS_PER_GPU_S) {
-        Time::Throughput { per_s: v, unit: Unit::TokensPerGpu }
-    } else if let Some((_, v)) = positive(TOKENS_PER_S) {
-        Time::Throughput { per_s: v, unit: Unit::Tokens }
-    } else if let Some((_, v)) = positive(SAMPLES_PER_S) {
-        Time::Throughput { per_s: v, unit: Unit::Samples }
-    } else if let Some((_, v)) = positive(STEPS_PER_S) {
+    } else if let Some((_, v)) = positive(STEPS_PER_S, any) {
         Time::PerIter(1e3 / v)
     } else if let Some((ms, res)) = clock(get(CLOCK)).filter(|&(_, res)| stamp.is_none_or(|s| res <= s.resolution_ms)) {
         // a clock from the start, unless the timestamp is the finer (W&B's `_runtime` in whole seconds)
         Time::Cumulative { ms, resolution_ms: res }
+    } else if let Some((_, v)) = tokens {
+        Time::Throughput { per_s: v, unit: Unit::Tokens }
+    } else if let Some((_, v)) = tokens_per_gpu {
+        Time::Throughput { per_s: v, unit: Unit::TokensPerGpu }
+    } else if let Some((_, v)) = positive(SAMPLES_PER_S, any) {
+        Time::Throughput { per_s: v, unit: Unit::Samples }
     } else {
         stamp?;
         Time::Timestamp
     };
-    let mut r = Record::new(iter, time);
+    if let Time::PerIter(ms) = time {
+        if !MS_RANGE.contains(&ms) {
+            return None;
+        }
+    }
+    let mut r = Record::new(step as u64, time);
     r.stamp = stamp;
     r.loss = train_loss;
-    r.log_tok_s = positive(TOKENS_PER_S).map(|(_, v)| v);
-    r.log_tok_s_per_gpu = positive(TOKENS_PER_GPU_S).map(|(_, v)| v);
-    r.log_mfu = positive(&["mfu"]).map(|(_, m)| if m > 1.0 { m / 100.0 } else { m });
-    r.log_tflops = positive(&["tflops", "tflops_per_gpu"]).map(|(_, v)| v);
+    r.log_tok_s = tokens.map(|(_, v)| v);
+    r.log_tok_s_per_gpu = tokens_per_gpu.map(|(_, v)| v);
+    r.log_mfu = positive(&["mfu"], any).map(|(_, m)| if m > 1.0 { m / 100.0 } else { m });
+    r.log_tflops = positive(&["tflops", "tflops_per_gpu"], any).map(|(_, v)| v);
     r.batch = get(&["global_batch_size"]).and_then(|(_, v)| v.as_u64());
     Some((Format::Jsonl, Hit::Iter(r)))
 }
@@ -126,18 +152,29 @@ fn leaf(key: &str) -> &str {
     key.rsplit(['/', '.']).next().unwrap_or(key)
 }
 
-/// The first of `names` (in their order) that a key is, whole or as its leaf. A key whose
-/// other parts say validation (`val/step_time`) does not count.
-fn find<'a>(flat: &'a [(String, Value)], names: &[&str]) -> Option<(&'a str, &'a Value)> {
-    names.iter().find_map(|n| flat.iter().find(|(k, _)| (k == n || leaf(k) == *n) && !is_eval_part(k)).map(|(k, v)| (k.as_str(), v)))
+/// The first of `names` (in their order) that a key is, whole or as its leaf, and that
+/// `whose` accepts. A key whose other parts say validation (`val/step_time`) does not count.
+fn find<'a>(flat: &'a [(String, Value)], names: &[&str], whose: impl Fn(&str) -> bool) -> Option<(&'a str, &'a Value)> {
+    names
+        .iter()
+        .find_map(|n| flat.iter().find(|(k, _)| (k == n || leaf(k) == *n) && !is_eval_part(k) && whose(k)).map(|(k, v)| (k.as_str(), v)))
 }
 
 fn is_eval_part(key: &str) -> bool {
-    key.split(['/', '.', '_']).any(|p| matches!(p, "val" | "valid" | "validation" | "eval" | "test"))
+    key.split(['/', '.', '_', '-'])
+        .any(|p| matches!(p, "val" | "valid" | "validation" | "eval" | "evaluation" | "test" | "dev" | "holdout"))
 }
 
+/// A rate under `device/`, `gpu/`, `per_device`... is one GPU's (OLMo's and Composer's
+/// `throughput/device/tokens_per_second`).
+fn per_device(key: &str) -> bool {
+    key.split(['/', '.']).rev().skip(1).any(|p| matches!(p, "device" | "gpu" | "per_device" | "per_gpu"))
+}
+
+/// A training loss: a name ending in `loss` (`loss`, `train/loss`, `lm_loss`,
+/// `train/CrossEntropyLoss`), not a validation's.
 fn is_train_loss(key: &str) -> bool {
-    LOSS.contains(&key) || LOSS.contains(&leaf(key)) && !is_eval_part(key)
+    leaf(key).ends_with("loss") && !is_eval_part(key)
 }
 
 fn is_eval_loss(key: &str) -> bool {
@@ -166,12 +203,15 @@ fn resolution(v: &Value) -> f64 {
     }
 }
 
-/// A timestamp: Unix seconds (milliseconds past 1e12, microseconds past 1e15), or a date-time string.
+/// A timestamp: Unix seconds (milliseconds past 1e12, microseconds past 1e15, nanoseconds
+/// past 1e17), or a date-time string.
 fn stamp_of(v: &Value) -> Option<Stamp> {
     match v {
         Value::Number(_) => {
             let x = v.as_f64()?;
-            if x > 1e15 {
+            if x > 1e17 {
+                Some(Stamp { secs: x / 1e9, resolution_ms: 1e-3 })
+            } else if x > 1e15 {
                 Some(Stamp { secs: x / 1e6, resolution_ms: (resolution(v) / 1e3).max(1e-3) })
             } else if x > 1e12 {
                 Some(Stamp { secs: x / 1e3, resolution_ms: resolution(v).max(1e-3) })

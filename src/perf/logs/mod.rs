@@ -533,8 +533,9 @@ pub fn parse_with(text: &str, opt: &Options) -> Result<Parsed> {
             mine.len(),
             format.describe(),
             match meaning {
-                Meaning::Throughput => "their throughput column needs the batch: give --batch-size/--block-size/--grad-accum/--gpus",
-                _ => "fewer than two timed lines",
+                Meaning::Throughput if mine.iter().any(|r| matches!(r.time, Time::Throughput { .. })) =>
+                    "their throughput column needs the batch: give --batch-size/--block-size/--grad-accum/--gpus",
+                _ => "fewer than two timed lines, or a clock that never advances",
             }
         );
     }
@@ -586,7 +587,8 @@ fn choose_format(records: &[(Format, Record)]) -> Option<Format> {
         .filter_map(|f| {
             let mine: Vec<&Record> = records.iter().filter(|(g, _)| *g == f).map(|(_, r)| r).collect();
             let timed = mine.iter().filter(|r| explicit(&r.time)).count();
-            (!mine.is_empty()).then_some((f != Format::Generic, timed > 0, mine.len(), f))
+            // JSON lines of metrics rank with the fallback: one JSON line in a text log is no format
+            (!mine.is_empty()).then_some((!matches!(f, Format::Generic | Format::Jsonl), timed > 0, mine.len(), f))
         })
         .max_by_key(|&(real, timed, n, _)| (real, timed, n))
         .map(|x| x.3)

@@ -303,12 +303,18 @@ fn json_lines_are_read_by_their_names() {
     assert_eq!(iter(r#"{"step": 3, "dt": 410}"#).time, Time::PerIter(410.0));
     assert_eq!(iter(r#"{"iter": 3, "step_time_s": 60}"#).time, Time::PerIter(60000.0));
     assert_eq!(iter(r#"{"iter": 3, "iter_time_ms": 7.5}"#).time, Time::PerIter(7.5));
-    // `time`: one iteration's under 1e9, else a Unix timestamp (s, or ms past 1e12)
-    assert_eq!(iter(r#"{"iter": 3, "time": 0.25}"#).time, Time::PerIter(250.0));
+    assert_eq!(iter(r#"{"step": 2, "steps_per_second": 4}"#).time, Time::PerIter(250.0));
+    // `time` or `elapsed` under 1e9 is a clock in one loop and an interval in another: no time;
+    // above, a Unix timestamp (s, ms past 1e12, us past 1e15, ns past 1e17) or a date
+    assert_eq!(jsonl::jsonl(r#"{"iter": 3, "loss": 2.0, "time": 0.25, "elapsed": 4.1}"#), None);
     let r = iter(r#"{"iter": 3, "time": 1764982803.25}"#);
     assert_eq!((r.time, r.stamp), (Time::Timestamp, Some(Stamp { secs: 1764982803.25, resolution_ms: 1.0 })));
     let r = iter(r#"{"iter": 3, "timestamp": 1764982803250}"#);
     assert_eq!(r.stamp, Some(Stamp { secs: 1764982803.25, resolution_ms: 1.0 }));
+    for t in ["1764982803250000", "1764982803250000000"] {
+        let secs = iter(&format!(r#"{{"iter": 3, "timestamp": {t}}}"#)).stamp.unwrap().secs;
+        assert!((secs - 1764982803.25).abs() < 1e-6, "{t}: {secs}");
+    }
     let r = iter(r#"{"iter": 3, "timestamp": "2025-12-06 10:00:01.5"}"#);
     assert_eq!(r.stamp.map(|s| (s.secs % 86400.0, s.resolution_ms)), Some((36001.5, 100.0)));
     // nested objects, names after `/`, the counter's most specific name, a rate and its columns
@@ -316,22 +322,54 @@ fn json_lines_are_read_by_their_names() {
         iter(r#"{"_step": 9, "trainer": {"global_step": 4}, "train/loss": 2.5, "perf/tokens_per_second_per_gpu": 4100.5, "mfu": 38.5}"#);
     assert_eq!((r.iter, r.loss, r.log_mfu), (4, Some(2.5), Some(0.385)));
     assert_eq!(r.time, Time::Throughput { per_s: 4100.5, unit: Unit::TokensPerGpu });
-    assert_eq!(iter(r#"{"step": 2, "steps_per_second": 4}"#).time, Time::PerIter(250.0));
-    // W&B's clock in whole seconds gives way to a finer timestamp
-    let r = iter(r#"{"_step": 2, "_runtime": 14, "_timestamp": 1764982803.125}"#);
-    assert_eq!(r.time, Time::Timestamp);
-    assert_eq!(iter(r#"{"_step": 2, "_runtime": 14.125}"#).time, Time::Cumulative { ms: 14125.0, resolution_ms: 1.0 });
+    // a rate under `device/` is one GPU's; the whole job's first (Composer logs both)
+    let r = iter(r#"{"step": 4, "train/CrossEntropyLoss": 3.0, "throughput/device/tokens_per_second": 5000.0}"#);
+    assert_eq!((r.loss, r.time), (Some(3.0), Time::Throughput { per_s: 5000.0, unit: Unit::TokensPerGpu }));
+    let r = iter(r#"{"step": 4, "throughput/device/tokens_per_sec": 5000.0, "throughput/tokens_per_sec": 40000.0}"#);
+    assert_eq!(
+        (r.time, r.log_tok_s, r.log_tok_s_per_gpu),
+        (Time::Throughput { per_s: 40000.0, unit: Unit::Tokens }, Some(40000.0), Some(5000.0))
+    );
+    // W&B: the clock before a rate; in whole seconds it gives way to a finer timestamp; a row
+    // counted by `_step` alone is a step only with a training loss
+    let r = iter(r#"{"_step": 4, "loss": 3.0, "tokens_per_second": 9.0, "_runtime": 8.5}"#);
+    assert_eq!(r.time, Time::Cumulative { ms: 8500.0, resolution_ms: 1.0 });
+    assert_eq!(iter(r#"{"_step": 2, "loss": 3.0, "_runtime": 14, "_timestamp": 1764982803.125}"#).time, Time::Timestamp);
+    assert_eq!(jsonl::jsonl(r#"{"_step": 5, "lr": 0.001, "_runtime": 8.6}"#), Some((Format::Jsonl, Hit::Info)));
+    // litgpt: `iter_time` is a micro-batch's, counted by `iter`
+    assert_eq!(iter(r#"{"iter": 80, "step": 10, "iter_time": 0.1}"#).iter, 80);
     // a validation loss without a training loss: an eval line; a validation time is no step's
     assert_eq!(jsonl::jsonl(r#"{"step": 20, "val/loss": 3.1, "dt": 0.4}"#), Some((Format::Jsonl, Hit::Eval)));
+    assert_eq!(jsonl::jsonl(r#"{"step": 29, "evaluation": {"loss": 2.9}, "dt": 30.0}"#), Some((Format::Jsonl, Hit::Eval)));
     assert_eq!(iter(r#"{"step": 20, "loss": 3.0, "val/loss": 3.1, "dt": 0.4}"#).loss, Some(3.0));
     assert_eq!(jsonl::jsonl(r#"{"step": 20, "loss": 3.0, "val_step_time": 0.4}"#), None);
-    // no counter, a counter that is no whole number, no time, not an object: nothing
-    for line in
-        [r#"{"loss": 3.0, "dt": 0.4}"#, r#"{"step": 2.5, "dt": 0.4}"#, r#"{"step": 2, "loss": 3.0}"#, "[1, 2]", r#"{"step": 2, "dt": 0.4"#]
-    {
+    // no counter, a counter that is no whole number or absurd, no time, an absurd time, not an object: nothing
+    for line in [
+        r#"{"loss": 3.0, "dt": 0.4}"#,
+        r#"{"step": 2.5, "dt": 0.4}"#,
+        r#"{"step": 1e300, "dt": 0.4}"#,
+        r#"{"step": 2, "loss": 3.0}"#,
+        r#"{"step": 2, "dt": 1e-300}"#,
+        r#"{"step": 2, "dt_ms": 1e308}"#,
+        "[1, 2]",
+        r#"{"step": 2, "dt": 0.4"#,
+    ] {
         assert_eq!(jsonl::jsonl(line), None, "{line}");
     }
-    // gptrain's own lines and fairseq's JSON go to their readers first
+    // gptrain's own lines go to its reader first; another loop's `"type"` to this one
     let text = "{\"type\":\"iter\",\"iter\":1,\"loss\":3.0,\"ms\":100.0}\n{\"type\":\"iter\",\"iter\":2,\"loss\":2.9,\"ms\":101.0}\n{\"type\":\"iter\",\"iter\":3,\"loss\":2.8,\"ms\":100.5}\n";
     assert_eq!(parse(text).unwrap().format, Format::Gptrain);
+    let typed: String = (1..=5).map(|i| format!("{{\"type\": \"train\", \"step\": {i}, \"loss\": 3.0, \"dt\": 0.41}}\n")).collect();
+    let p = parse(&typed).unwrap();
+    assert_eq!((p.format, steady(&p).steady_ms_per_iter), (Format::Jsonl, 410.0));
+    // JSON lines in a text log do not decide its format: the fallback's lines outnumber them
+    let mut mixed = String::from("{\"step\": 0, \"timestamp\": \"2025-12-06 10:00:00\", \"msg\": \"resumed\"}\n");
+    for i in 1..=20 {
+        mixed += &format!("step {i} | loss: 2.99 | dt: 412.5ms\n");
+        if i % 10 == 0 {
+            mixed += &format!("{{\"step\": {i}, \"_runtime\": {i}, \"event\": \"checkpoint\", \"loss\": 2.9}}\n");
+        }
+    }
+    let p = parse(&mixed).unwrap();
+    assert_eq!((p.format, steady(&p).steady_ms_per_iter), (Format::Generic, 412.5));
 }
