@@ -553,5 +553,12 @@ fn tensorboard_events_are_read_by_their_wall_times() {
     assert!(code == 1 && err.contains("is not a TensorBoard events file"), "{err}");
     let (code, _, err) = gptrain(&["logs", file.to_str().unwrap(), "--follow"]);
     assert!(code == 1 && err.contains("--follow reads a text log"), "{err}");
+    // events without a scalar (only the file's version, as a run killed at once leaves it)
+    let empty = d.join("empty.tfevents");
+    let version =
+        frame(&prost::Message::encode_to_vec(&Event { wall_time: t0, file_version: Some("brain.Event:2".into()), ..Default::default() }));
+    std::fs::write(&empty, &version).unwrap();
+    let (code, _, err) = gptrain(&["logs", empty.to_str().unwrap()]);
+    assert!(code == 1 && err.contains("TensorBoard events without a scalar"), "{err}");
     let _ = std::fs::remove_dir_all(&d);
 }

@@ -137,7 +137,10 @@ fn events_as_json_lines(a: &LogsArgs, forced: Option<Format>) -> Result<Option<S
     }
     let scalars = tensorboard::read_scalars_of(&files);
     if scalars.is_empty() {
-        bail!("{}: TensorBoard events without a scalar in them", a.file.display());
+        bail!(
+            "{}: TensorBoard events without a scalar (`simple_value`, as torch's SummaryWriter, the Hugging Face Trainer and Lightning write them; TF2/Keras scalars stored as tensors are not read)",
+            a.file.display()
+        );
     }
     Ok(Some(tensorboard::json_lines(&scalars)))
 }
