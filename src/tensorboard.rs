@@ -282,23 +282,51 @@ pub fn is_events_file(bytes: &[u8]) -> bool {
         .is_some_and(|e| e.file_version.is_some_and(|v| v.starts_with("brain.Event")))
 }
 
-/// Scalars as JSON lines for `gptrain logs` (one object per step, in step order: `step`,
-/// `_timestamp` and each tag's value), so that its JSON-lines reader reads them by name. A
-/// step's time is the earliest wall time logged at it: the training scalars, before an
-/// evaluation logged at the same step.
+/// The Hugging Face Trainer's end-of-training summary, logged at the last step: no step's.
+const RUN_SUMMARY_TAGS: [&str; 5] =
+    ["train/train_runtime", "train/train_samples_per_second", "train/train_steps_per_second", "train/total_flos", "train/train_loss"];
+
+/// Scalars as JSON lines for `gptrain logs`, in step order, so that its JSON-lines reader reads
+/// them by name. Per step: a row of the training scalars at the earliest wall time they were
+/// logged at; a row of the evaluation's (tags with a `val`/`eval`/`test` part), which the
+/// reader counts as an eval; and, when anything was logged at that step over 50 ms after the
+/// training scalars (an evaluation), a row of the step alone at the latest wall time, so the
+/// next interval starts after it (the reader restarts its window at a step seen again later).
+/// Tags that count something else than steps (Megatron's `... vs samples`), step counters and
+/// the end-of-run summary are left out.
 pub fn json_lines(scalars: &BTreeMap<(String, i64), (f64, f32)>) -> String {
-    let mut steps: BTreeMap<i64, (f64, serde_json::Map<String, serde_json::Value>)> = BTreeMap::new();
+    use crate::perf::logs::{is_counter, is_eval_part};
+    type Row = (f64, serde_json::Map<String, serde_json::Value>);
+    let mut steps: BTreeMap<i64, (Option<Row>, Option<Row>, f64)> = BTreeMap::new();
     for ((tag, step), (wall, v)) in scalars {
-        let row = steps.entry(*step).or_insert((f64::INFINITY, serde_json::Map::new()));
-        row.0 = row.0.min(*wall);
-        row.1.insert(tag.clone(), serde_json::json!(*v as f64));
+        if tag.contains(" vs ") || is_counter(tag) || RUN_SUMMARY_TAGS.contains(&tag.as_str()) {
+            continue;
+        }
+        let (train, eval, latest) = steps.entry(*step).or_insert((None, None, f64::NEG_INFINITY));
+        *latest = latest.max(*wall);
+        let row = if is_eval_part(&tag.to_ascii_lowercase()) { eval } else { train };
+        let (time, values) = row.get_or_insert((f64::INFINITY, serde_json::Map::new()));
+        *time = time.min(*wall);
+        values.insert(tag.clone(), serde_json::json!(*v as f64));
     }
     let mut out = String::new();
-    for (step, (wall, mut values)) in steps {
+    let mut line = |step: i64, wall: f64, mut values: serde_json::Map<String, serde_json::Value>| {
         values.insert("step".into(), serde_json::json!(step));
         values.insert("_timestamp".into(), serde_json::json!(wall));
         out.push_str(&serde_json::Value::Object(values).to_string());
         out.push('\n');
+    };
+    for (step, (train, eval, latest)) in steps {
+        let first = train.as_ref().map(|r| r.0);
+        if let Some((wall, values)) = train {
+            line(step, wall, values);
+        }
+        if let Some((wall, values)) = eval {
+            line(step, wall, values);
+        }
+        if first.is_some_and(|f| latest - f > 0.05) {
+            line(step, latest, serde_json::Map::new());
+        }
     }
     out
 }

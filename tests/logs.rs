@@ -522,23 +522,46 @@ fn tensorboard_events_are_read_by_their_wall_times() {
     let d = tmp("tensorboard");
     let file = d.join("events.out.tfevents.1764982800.host.1.0");
     std::fs::write(&file, &bytes).unwrap();
-    // steps 2-16 apart by their times (step 1 has no earlier line), step 11 also by the
-    // evaluation: an outlier
+    // steps 2-16 apart by their times (step 1 has no earlier line); step 11's interval starts
+    // after the evaluation logged at step 10 (not an outlier: not counted at all)
     let v = read(&file, &[]);
     assert_eq!((v["format"].as_str(), v["time_meaning"].as_str()), (Some("tensorboard"), Some("timestamps")), "{v}");
-    let mut steady: Vec<f64> = ms[1..].iter().enumerate().filter(|&(i, _)| i + 2 != 11).map(|(_, &m)| m).collect();
+    let mut steady: Vec<f64> = ms[1..].to_vec();
     steady.drain(..3); // warm-up: 250, 251, 249 agree: three dropped (the meter's rule)
     steady.sort_by(f64::total_cmp);
     let median = steady[steady.len() / 2];
     let got = v["steady_ms_per_iter"].as_f64().unwrap();
     assert!((got - median).abs() < 1e-3, "steady {got}, by hand {median}: {v}");
-    assert_eq!((v["outliers_dropped"].as_u64(), v["iters_seen"].as_u64()), (Some(1), Some(15)), "{v}");
-    // a folder holding the file, or an out_dir whose tensorboard/ holds it: the same
-    std::fs::create_dir_all(d.join("run/tensorboard")).unwrap();
-    std::fs::copy(&file, d.join("run/tensorboard/events.out.tfevents.1764982800.host.1.0")).unwrap();
-    for p in [d.clone(), d.join("run")] {
+    assert_eq!((v["outliers_dropped"].as_u64(), v["iters_seen"].as_u64(), v["evals"].as_u64()), (Some(0), Some(15), Some(1)), "{v}");
+    // the same through a folder: the events' own, Hugging Face's `output/runs/<run>/`, an
+    // out_dir's `tensorboard/`; a folder above two runs names them
+    let name = "events.out.tfevents.1764982800.host.1.0";
+    for sub in ["hf/output/runs/Dec06_10-00-00_host", "run/tensorboard"] {
+        std::fs::create_dir_all(d.join(sub)).unwrap();
+        std::fs::copy(&file, d.join(sub).join(name)).unwrap();
+    }
+    for p in [d.join("hf/output/runs/Dec06_10-00-00_host"), d.join("hf"), d.join("run")] {
         assert_eq!(read(&p, &[])["steady_ms_per_iter"].as_f64(), Some(got), "{p:?}");
     }
+    let (code, _, err) = gptrain(&["logs", d.to_str().unwrap()]);
+    assert!(code == 1 && err.contains("holds 2 runs' TensorBoard event files") && err.contains("give one of these folders"), "{err}");
+    // an out_dir with its metrics.jsonl: that is read (it states tokens per step)
+    let metrics = "{\"type\":\"iter\",\"iter\":1,\"loss\":3.0,\"ms\":100.0}\n{\"type\":\"iter\",\"iter\":2,\"loss\":2.9,\"ms\":101.0}\n{\"type\":\"iter\",\"iter\":3,\"loss\":2.8,\"ms\":100.5}\n";
+    std::fs::write(d.join("run/metrics.jsonl"), metrics).unwrap();
+    assert_eq!(read(&d.join("run"), &[])["format"].as_str(), Some("gptrain"));
+    assert_eq!(read(&d.join("run"), &["--format", "tensorboard"])["format"].as_str(), Some("tensorboard"));
+    // a log read from a pipe: read once
+    let text = std::fs::read(fixture("generic-maxtext.log")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gptrain"))
+        .args(["logs", "/dev/stdin", "--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&text).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let piped: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(piped["steady_ms_per_iter"], read(&fixture("generic-maxtext.log"), &[])["steady_ms_per_iter"]);
     // a cut-off last record (a run still writing) loses only that record
     let mut cut = bytes.clone();
     cut.extend(&event(wall + 0.25, 17, &[("train/loss", 2.8)])[..20]);

@@ -13,7 +13,7 @@ use crate::perf::meter::human_duration;
 use crate::perf::{device, flops};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -87,62 +87,101 @@ struct Report {
 
 pub fn logs(a: &LogsArgs) -> Result<()> {
     let forced = a.format.as_deref().map(Format::from_name).transpose()?;
-    if let Some(text) = events_as_json_lines(a, forced)? {
-        let mut r = report(a, Some(Format::Jsonl), &text)?;
-        r.parsed.format = Format::Tensorboard;
-        print(a, &r);
-        return Ok(());
-    }
     if a.follow {
+        if forced == Some(Format::Tensorboard) || a.file.is_dir() || events_name(&a.file) {
+            bail!("--follow reads a text log as it grows; for TensorBoard events run `gptrain logs` again");
+        }
         return follow(a, forced);
     }
-    let text = std::fs::read(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
-    let r = report(a, forced, &String::from_utf8_lossy(&text))?;
+    let (text, forced) = match input(a, forced)? {
+        Input::Text(bytes) => (String::from_utf8_lossy(&bytes).into_owned(), forced),
+        Input::Events(files) => {
+            if forced.is_some_and(|f| f != Format::Tensorboard) {
+                bail!("{} holds TensorBoard events: read it with --format tensorboard (or no --format)", a.file.display());
+            }
+            (events_as_json_lines(a, &files)?, Some(Format::Tensorboard))
+        }
+    };
+    let r = report(a, forced, &text)?;
     print(a, &r);
     Ok(())
 }
 
-/// TensorBoard events (a file, or a folder holding `events.out.tfevents.*` files, or its
-/// `tensorboard/` folder, as gptrain's `out_dir`), as the JSON lines of their scalars; None
-/// for any other file.
-fn events_as_json_lines(a: &LogsArgs, forced: Option<Format>) -> Result<Option<String>> {
+/// What `gptrain logs` reads: a log's bytes, or TensorBoard event files.
+enum Input {
+    Text(Vec<u8>),
+    Events(Vec<PathBuf>),
+}
+
+fn events_name(p: &Path) -> bool {
+    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("events.out.tfevents."))
+}
+
+/// The file, read once (a pipe can be read only once), and whether it holds TensorBoard
+/// events; or a folder: a gptrain `out_dir`'s `metrics.jsonl`, else the one folder below it
+/// (three levels at most: Hugging Face's `runs/<run>/`, Lightning's
+/// `lightning_logs/version_N/`, gptrain's `tensorboard/`) that holds event files.
+fn input(a: &LogsArgs, forced: Option<Format>) -> Result<Input> {
     use crate::tensorboard;
-    let files = if a.file.is_dir() {
-        let mut files = tensorboard::event_files(&a.file);
-        if files.is_empty() {
-            files = tensorboard::event_files(&a.file.join("tensorboard"));
+    let path = &a.file;
+    if !path.is_dir() {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        if tensorboard::is_events_file(&bytes) {
+            return Ok(Input::Events(vec![path.clone()]));
         }
-        if files.is_empty() {
-            bail!("{} is a folder without TensorBoard event files (events.out.tfevents.*): give a log file", a.file.display());
+        if forced == Some(Format::Tensorboard) {
+            bail!("{} is not a TensorBoard events file (events.out.tfevents.*)", path.display());
         }
-        files
-    } else {
-        let mut head = Vec::new();
-        let f = std::fs::File::open(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
-        std::io::Read::read_to_end(&mut std::io::Read::take(f, 4096), &mut head)
-            .with_context(|| format!("cannot read {}", a.file.display()))?;
-        if !tensorboard::is_events_file(&head) {
-            if forced == Some(Format::Tensorboard) {
-                bail!("{} is not a TensorBoard events file (events.out.tfevents.*)", a.file.display());
-            }
-            return Ok(None);
-        }
-        vec![a.file.clone()]
-    };
-    if forced.is_some_and(|f| f != Format::Tensorboard) {
-        bail!("{} holds TensorBoard events: read it with --format tensorboard (or no --format)", a.file.display());
+        return Ok(Input::Text(bytes));
     }
-    if a.follow {
-        bail!("--follow reads a text log as it grows; for TensorBoard events run `gptrain logs` again");
+    std::fs::read_dir(path).with_context(|| format!("cannot read the folder {}", path.display()))?;
+    let metrics = path.join("metrics.jsonl");
+    if metrics.is_file() && forced != Some(Format::Tensorboard) {
+        return Ok(Input::Text(std::fs::read(&metrics).with_context(|| format!("cannot read {}", metrics.display()))?));
     }
-    let scalars = tensorboard::read_scalars_of(&files);
+    let mut runs = Vec::new();
+    event_folders(path, 3, &mut runs);
+    match runs.len() {
+        0 => bail!(
+            "{} holds no metrics.jsonl and no TensorBoard event files (events.out.tfevents.*) in it or three folders down: give a log file",
+            path.display()
+        ),
+        1 => Ok(Input::Events(tensorboard::event_files(&runs[0]))),
+        n => bail!(
+            "{} holds {n} runs' TensorBoard event files ({}{}): give one of these folders",
+            path.display(),
+            runs.iter().take(4).map(|r| r.display().to_string()).collect::<Vec<_>>().join(", "),
+            if n > 4 { ", ..." } else { "" }
+        ),
+    }
+}
+
+/// The folders at most `depth` levels below `dir` (itself included) that hold event files.
+fn event_folders(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+    if !crate::tensorboard::event_files(dir).is_empty() {
+        out.push(dir.to_path_buf());
+    }
+    if depth == 0 {
+        return;
+    }
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let mut subs: Vec<PathBuf> = rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    subs.sort();
+    for s in subs {
+        event_folders(&s, depth - 1, out);
+    }
+}
+
+/// The scalars of TensorBoard event files as JSON lines (`tensorboard::json_lines`).
+fn events_as_json_lines(a: &LogsArgs, files: &[PathBuf]) -> Result<String> {
+    let scalars = crate::tensorboard::read_scalars_of(files);
     if scalars.is_empty() {
         bail!(
             "{}: TensorBoard events without a scalar (`simple_value`, as torch's SummaryWriter, the Hugging Face Trainer and Lightning write them; TF2/Keras scalars stored as tensors are not read)",
             a.file.display()
         );
     }
-    Ok(Some(tensorboard::json_lines(&scalars)))
+    Ok(crate::tensorboard::json_lines(&scalars))
 }
 
 /// Flags' tokens per iteration, before the log is read (a throughput column needs them).

@@ -160,7 +160,9 @@ fn find<'a>(flat: &'a [(String, Value)], names: &[&str], whose: impl Fn(&str) ->
         .find_map(|n| flat.iter().find(|(k, _)| (k == n || leaf(k) == *n) && !is_eval_part(k) && whose(k)).map(|(k, v)| (k.as_str(), v)))
 }
 
-fn is_eval_part(key: &str) -> bool {
+/// Whether a metric's name says validation (a part `val`, `eval`, `test`, ...): TensorBoard
+/// events' evaluation tags are set apart by it.
+pub fn is_eval_part(key: &str) -> bool {
     key.split(['/', '.', '_', '-'])
         .any(|p| matches!(p, "val" | "valid" | "validation" | "eval" | "evaluation" | "test" | "dev" | "holdout"))
 }
@@ -171,10 +173,17 @@ fn per_device(key: &str) -> bool {
     key.split(['/', '.']).rev().skip(1).any(|p| matches!(p, "device" | "gpu" | "per_device" | "per_gpu"))
 }
 
-/// A training loss: a name ending in `loss` (`loss`, `train/loss`, `lm_loss`,
-/// `train/CrossEntropyLoss`), not a validation's.
+/// A training loss: a name with a part ending in `loss` (`loss`, `train/loss`, `lm_loss`,
+/// `train/CrossEntropyLoss`, torch's `Loss/train`, Composer's `loss/train/total`), not a
+/// validation's.
 fn is_train_loss(key: &str) -> bool {
-    leaf(key).ends_with("loss") && !is_eval_part(key)
+    key.split(['/', '.']).any(|p| p.ends_with("loss")) && !is_eval_part(key)
+}
+
+/// Whether a metric's name is one a step counter goes by (`global_step`, `trainer/global_step`).
+pub fn is_counter(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    STEP.contains(&leaf(&k))
 }
 
 fn is_eval_loss(key: &str) -> bool {

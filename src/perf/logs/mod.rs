@@ -32,6 +32,7 @@ mod fairseq;
 mod frameworks;
 mod generic;
 mod jsonl;
+pub use jsonl::{is_counter, is_eval_part};
 mod megatron;
 mod progress;
 
@@ -488,13 +489,10 @@ pub fn parse_with(text: &str, opt: &Options) -> Result<Parsed> {
         lines += 1;
         let (line, stamp) = clean(raw);
         facts.scan(&line);
-        let hit = READERS
-            .iter()
-            .filter(|(f, _)| opt.format.is_none_or(|x| x == *f || (x == Format::Lightning && *f == Format::HfTrainer)))
-            .find_map(|(_, read)| {
-                let (f, h) = read(&line)?;
-                opt.format.is_none_or(|x| x == f).then_some((f, h))
-            });
+        let hit = READERS.iter().filter(|(f, _)| opt.format.is_none_or(|x| reads(x, *f))).find_map(|(_, read)| {
+            let (f, h) = read(&line)?;
+            opt.format.is_none_or(|x| reads(x, f)).then_some((f, h))
+        });
         match hit {
             // the fallback's line with a counter but no time and no timestamp says nothing
             Some((Format::Generic, Hit::Iter(r))) if r.time == Time::Timestamp && stamp.is_none() => skipped += 1,
@@ -521,6 +519,8 @@ pub fn parse_with(text: &str, opt: &Options) -> Result<Parsed> {
     };
     let all = records.len();
     let mut mine: Vec<Record> = records.into_iter().filter(|(f, _)| *f == format).map(|(_, r)| r).collect();
+    // TensorBoard events arrive as JSON lines of their scalars (`tensorboard::json_lines`)
+    let format = if opt.format == Some(Format::Tensorboard) { Format::Tensorboard } else { format };
     // progress bars: the one with the most distinct counters is the training bar
     if let Some(best) = best_stream(&mine) {
         mine.retain(|r| r.stream == best);
@@ -555,6 +555,14 @@ pub fn parse_with(text: &str, opt: &Options) -> Result<Parsed> {
         samples,
         facts,
     })
+}
+
+/// Whether `--format forced` reads the lines of `reader`: its own; Lightning's bar is the
+/// Hugging Face one's; TensorBoard events come as JSON lines.
+fn reads(forced: Format, reader: Format) -> bool {
+    forced == reader
+        || (forced == Format::Lightning && reader == Format::HfTrainer)
+        || (forced == Format::Tensorboard && reader == Format::Jsonl)
 }
 
 fn from_start(records: &[Record]) -> bool {

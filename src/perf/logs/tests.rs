@@ -373,3 +373,31 @@ fn json_lines_are_read_by_their_names() {
     let p = parse(&mixed).unwrap();
     assert_eq!((p.format, steady(&p).steady_ms_per_iter), (Format::Generic, 412.5));
 }
+
+#[test]
+fn tensorboard_scalars_become_rows_by_step() {
+    use std::collections::BTreeMap;
+    // torch's SummaryWriter example (`Loss/train`, `Loss/test` every step), Megatron's
+    // `... vs samples` axis, a `global_step` scalar, the Hugging Face summary at the end; an
+    // evaluation 5 s after step 4's training scalars
+    let mut sc: BTreeMap<(String, i64), (f64, f32)> = BTreeMap::new();
+    let t0 = 1764982800.0;
+    for step in 1..=8i64 {
+        let wall = t0 + step as f64 * 0.4 + if step > 4 { 5.0 } else { 0.0 };
+        sc.insert(("Loss/train".into(), step), (wall, 3.0));
+        sc.insert(("Loss/test".into(), step), (wall + 0.001, 3.1));
+        sc.insert(("global_step".into(), step), (wall, 99.0));
+        sc.insert(("lm loss vs samples".into(), step * 512), (wall, 3.0));
+    }
+    sc.insert(("eval/accuracy".into(), 4), (t0 + 1.6 + 5.0, 0.5));
+    sc.insert(("train/train_runtime".into(), 8), (t0 + 30.0, 30.0));
+    let text = crate::tensorboard::json_lines(&sc);
+    assert!(!text.contains("vs samples") && !text.contains("train_runtime") && !text.contains("global_step"), "{text}");
+    let p = parse_with(&text, &Options { format: Some(Format::Tensorboard), ..Options::default() }).unwrap();
+    // eight steps of 400 ms: the evaluation's 5 s (at step 4) in no interval
+    assert_eq!((p.format, p.last_iter, p.evals), (Format::Tensorboard, 8, 8)); // `Loss/test` at every step
+    assert!(p.samples.iter().all(|s| (s.ms - 400.0).abs() < 1e-3), "{:?}", p.samples);
+    // a forced TensorBoard read of lines that are no JSON names TensorBoard
+    let e = parse_with("step 1 | dt: 400ms\n", &Options { format: Some(Format::Tensorboard), ..Options::default() }).unwrap_err();
+    assert!(e.to_string().contains("no TensorBoard events (each step's scalars and wall time) iteration line"), "{e}");
+}
