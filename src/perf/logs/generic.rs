@@ -2,7 +2,8 @@
 //! `global_step=N`, `Batch [N/M]`) and
 //! one of: a per-iteration time (`dt: 989ms`, `iter time 0.41s`, `seconds: 2.167`,
 //! `time (ms): 350`), a rate (`3.1it/s`, `2.54s/it`, `1.2 s/step`, `tok/sec: 529,882`, `12.5 samples/s`), or
-//! only the line's timestamp. A time without a unit is seconds below 50, else milliseconds.
+//! only the line's timestamp. Times without a unit are seconds when their median over the log
+//! is below 50, else milliseconds.
 //! `total time` and `data time` are not an iteration's time.
 
 use super::{num, Format, Hit, Record, Time, Unit};
@@ -28,7 +29,8 @@ static LOSS: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?i)\b(?:train[_ ])
 static MFU: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?i)\bmfu\s*[:=]?\s*([\d.]+)\s*(%)?").unwrap());
 static TFLOPS: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?i)\bTFLOP/?s(?:/GPU)?\s*[:=]\s*([\d.]+)").unwrap());
 
-fn per_iter_ms(line: &str) -> Option<f64> {
+/// One iteration's time in ms, and the number when it came without a unit.
+fn per_iter_ms(line: &str) -> Option<(f64, Option<f64>)> {
     for c in TIME.captures_iter(line) {
         let start = c.get(0).unwrap().start();
         let before = line[..start].to_ascii_lowercase();
@@ -39,11 +41,11 @@ fn per_iter_ms(line: &str) -> Option<f64> {
         let v = num(&c[3])?;
         let unit = c.get(2).or(c.get(4)).map(|m| m.as_str().to_ascii_lowercase());
         let ms = match unit.as_deref() {
-            Some("ms") => v,
-            Some(_) => v * 1e3,
-            None if key.starts_with("sec") => v * 1e3,
-            None if v < 50.0 => v * 1e3,
-            None => v,
+            Some("ms") => (v, None),
+            Some(_) => (v * 1e3, None),
+            None if key.starts_with("sec") => (v * 1e3, None),
+            None if v < 50.0 => (v * 1e3, Some(v)),
+            None => (v, Some(v)),
         };
         return Some(ms);
     }
@@ -77,8 +79,10 @@ pub(super) fn line(line: &str) -> Option<(Format, Hit)> {
     }
     let c = COUNTER.captures(line)?;
     let iter = c[1].parse().ok()?;
-    let time = per_iter_ms(line).map(Time::PerIter).or_else(|| rate(line)).unwrap_or(Time::Timestamp);
+    let per_iter = per_iter_ms(line);
+    let time = per_iter.map(|(ms, _)| Time::PerIter(ms)).or_else(|| rate(line)).unwrap_or(Time::Timestamp);
     let mut r = Record::new(iter, time);
+    r.unitless = per_iter.and_then(|(_, raw)| raw);
     r.total = c.get(2).and_then(|m| m.as_str().parse().ok());
     r.loss = LOSS.captures(line).and_then(|c| num(&c[1]));
     r.log_mfu = MFU.captures(line).and_then(|c| num(&c[1]).map(|m| if c.get(2).is_some() || m > 1.0 { m / 100.0 } else { m }));

@@ -7,8 +7,9 @@
 //!
 //! A line is an iteration when it has a step counter and a time, taken in this order:
 //! * one iteration's time: `dt`, `step_time`, `iter_time`, `time_per_iteration`, ..., in the
-//!   unit its name ends with (`_ms`, `_s`), else seconds below 50 and milliseconds above (the
-//!   generic reader's rule); or steps per second (`steps_per_second`, `it/s`);
+//!   unit its name ends with (`_ms`, `_s`), else seconds when the log's median is below 50
+//!   and milliseconds above (the generic reader's rule); or steps per second
+//!   (`steps_per_second`, `it/s`);
 //! * W&B's clock since the start, `_runtime`, in seconds: differenced (a timestamp written
 //!   finer is used instead). Names such as `time` or `elapsed` are a clock in one loop and an
 //!   interval's time in another: not guessed at;
@@ -116,6 +117,7 @@ pub(super) fn jsonl(line: &str) -> Option<(Format, Hit)> {
         }
     }
     let mut r = Record::new(step as u64, time);
+    r.unitless = per_iter.filter(|(k, _)| unit_of(k).is_none()).map(|(_, v)| v);
     r.stamp = stamp;
     r.loss = train_loss;
     r.log_tok_s = tokens.map(|(_, v)| v);
@@ -190,15 +192,21 @@ fn is_eval_loss(key: &str) -> bool {
     is_eval_part(key) && (key.contains("loss") || key.contains("ppl") || key.contains("perplexity") || key.contains("bpb"))
 }
 
-/// One iteration's time in ms, in the unit the key's name ends with, else by the generic rule.
-fn ms_of(key: &str, v: f64) -> f64 {
+/// Milliseconds per unit of a time key, when its name says (`_ms`, `_s`, NeMo's seconds).
+fn unit_of(key: &str) -> Option<f64> {
     if key.ends_with("_ms") {
-        v
-    } else if key.ends_with("_s") || key.ends_with("_sec") || key.ends_with("_seconds") || key == "train_step_timing" || v < 50.0 {
-        v * 1e3
+        Some(1.0)
+    } else if key.ends_with("_s") || key.ends_with("_sec") || key.ends_with("_seconds") || leaf(key) == "train_step_timing" {
+        Some(1e3)
     } else {
-        v
+        None
     }
+}
+
+/// One iteration's time in ms, in the unit the key's name ends with, else by the generic rule
+/// (seconds below 50; the whole log's median decides in the end, `settle_units`).
+fn ms_of(key: &str, v: f64) -> f64 {
+    v * unit_of(key).unwrap_or(if v < 50.0 { 1e3 } else { 1.0 })
 }
 
 /// The resolution of a clock's number, in its own unit: 1 for a whole number (`12`), 0.001

@@ -233,6 +233,9 @@ pub struct Record {
     pub stream: u64,
     /// nanoGPT's `mfu -100.00%` placeholder.
     pub minus_100: bool,
+    /// The time's number when it came without a unit (`dt: 0.41`, `{"dt": 410}`): its unit is
+    /// settled for the whole log ([`settle_units`]), not line by line.
+    pub unitless: Option<f64>,
 }
 
 impl Record {
@@ -250,6 +253,7 @@ impl Record {
             batch: None,
             stream: 0,
             minus_100: false,
+            unitless: None,
         }
     }
 }
@@ -519,6 +523,7 @@ pub fn parse_with(text: &str, opt: &Options) -> Result<Parsed> {
     };
     let all = records.len();
     let mut mine: Vec<Record> = records.into_iter().filter(|(f, _)| *f == format).map(|(_, r)| r).collect();
+    settle_units(&mut mine);
     // TensorBoard events arrive as JSON lines of their scalars (`tensorboard::json_lines`)
     let format = if opt.format == Some(Format::Tensorboard) { Format::Tensorboard } else { format };
     // progress bars: the one with the most distinct counters is the training bar
@@ -563,6 +568,23 @@ fn reads(forced: Format, reader: Format) -> bool {
     forced == reader
         || (forced == Format::Lightning && reader == Format::HfTrainer)
         || (forced == Format::Tensorboard && reader == Format::Jsonl)
+}
+
+/// Times written without a unit are seconds when their median is under 50, else milliseconds:
+/// one unit for the whole log, so that a run of ~50 s steps is not read half in seconds and
+/// half in milliseconds.
+fn settle_units(records: &mut [Record]) {
+    let mut raw: Vec<f64> = records.iter().filter_map(|r| r.unitless).collect();
+    if raw.is_empty() {
+        return;
+    }
+    raw.sort_by(f64::total_cmp);
+    let ms_per_unit = if raw[raw.len() / 2] < 50.0 { 1e3 } else { 1.0 };
+    for r in records.iter_mut() {
+        if let (Some(v), Time::PerIter(_)) = (r.unitless, r.time) {
+            r.time = Time::PerIter(v * ms_per_unit);
+        }
+    }
 }
 
 fn from_start(records: &[Record]) -> bool {

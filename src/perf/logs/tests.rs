@@ -401,3 +401,21 @@ fn tensorboard_scalars_become_rows_by_step() {
     let e = parse_with("step 1 | dt: 400ms\n", &Options { format: Some(Format::Tensorboard), ..Options::default() }).unwrap_err();
     assert!(e.to_string().contains("no TensorBoard events (each step's scalars and wall time) iteration line"), "{e}");
 }
+
+#[test]
+fn times_without_a_unit_take_one_unit_for_the_whole_log() {
+    // steps of 45 and 55 alternating: by the line, 45 s and 55 ms; by the log's median (55), ms
+    let text: String = (1..=12).map(|i| format!("step {i} | loss: 2.9 | dt: {}\n", if i % 2 == 0 { 45 } else { 55 })).collect();
+    let p = parse(&text).unwrap();
+    assert!(p.samples.iter().all(|s| s.ms == 45.0 || s.ms == 55.0), "{:?}", p.samples);
+    let json: String = (1..=12).map(|i| format!("{{\"step\": {i}, \"dt\": {}}}\n", if i % 2 == 0 { 45.5 } else { 54.5 })).collect();
+    let p = parse(&json).unwrap();
+    assert!(p.samples.iter().all(|s| s.ms == 45.5 || s.ms == 54.5), "{:?}", p.samples);
+    // a median under 50: seconds, every line (a 60 s checkpoint step too)
+    let text: String = (1..=12).map(|i| format!("step {i} | loss: 2.9 | dt: {}\n", if i == 6 { 60.0 } else { 0.41 })).collect();
+    let p = parse(&text).unwrap();
+    assert!(p.samples.iter().all(|s| s.ms == 410.0 || s.ms == 60000.0), "{:?}", p.samples);
+    // a unit the line states is kept
+    let p = parse("step 1 | dt: 45ms\nstep 2 | dt: 55\nstep 3 | dt: 55\n").unwrap();
+    assert_eq!(p.samples.iter().map(|s| s.ms).collect::<Vec<_>>(), [45.0, 55.0, 55.0]);
+}
