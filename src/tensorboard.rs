@@ -299,12 +299,13 @@ pub fn json_lines(scalars: &BTreeMap<(String, i64), (f64, f32)>) -> String {
     type Row = (f64, serde_json::Map<String, serde_json::Value>);
     let mut steps: BTreeMap<i64, (Option<Row>, Option<Row>, f64)> = BTreeMap::new();
     for ((tag, step), (wall, v)) in scalars {
-        if tag.contains(" vs ") || is_counter(tag) || RUN_SUMMARY_TAGS.contains(&tag.as_str()) {
+        let lower = tag.to_ascii_lowercase();
+        if tag.contains(" vs ") || is_counter(&lower) || RUN_SUMMARY_TAGS.contains(&tag.as_str()) {
             continue;
         }
         let (train, eval, latest) = steps.entry(*step).or_insert((None, None, f64::NEG_INFINITY));
         *latest = latest.max(*wall);
-        let row = if is_eval_part(&tag.to_ascii_lowercase()) { eval } else { train };
+        let row = if is_eval_part(&lower) { eval } else { train };
         let (time, values) = row.get_or_insert((f64::INFINITY, serde_json::Map::new()));
         *time = time.min(*wall);
         values.insert(tag.clone(), serde_json::json!(*v as f64));

@@ -44,8 +44,7 @@ fn per_iter_ms(line: &str) -> Option<(f64, Option<f64>)> {
             Some("ms") => (v, None),
             Some(_) => (v * 1e3, None),
             None if key.starts_with("sec") => (v * 1e3, None),
-            None if v < 50.0 => (v * 1e3, Some(v)),
-            None => (v, Some(v)),
+            None => (super::unitless_ms(v, v), Some(v)),
         };
         return Some(ms);
     }

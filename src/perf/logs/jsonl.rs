@@ -98,7 +98,8 @@ pub(super) fn jsonl(line: &str) -> Option<(Format, Hit)> {
         Time::PerIter(ms_of(k, v))
     } else if let Some((_, v)) = positive(STEPS_PER_S, any) {
         Time::PerIter(1e3 / v)
-    } else if let Some((ms, res)) = clock(get(CLOCK)).filter(|&(_, res)| stamp.is_none_or(|s| res <= s.resolution_ms)) {
+    } else if let Some((ms, res)) = get(CLOCK).and_then(|(_, v)| clock(v)).filter(|&(_, res)| stamp.is_none_or(|s| res <= s.resolution_ms))
+    {
         // a clock from the start, unless the timestamp is the finer (W&B's `_runtime` in whole seconds)
         Time::Cumulative { ms, resolution_ms: res }
     } else if let Some((_, v)) = tokens {
@@ -128,13 +129,10 @@ pub(super) fn jsonl(line: &str) -> Option<(Format, Hit)> {
     Some((Format::Jsonl, Hit::Iter(r)))
 }
 
-/// A clock since the start (under 1e9): (ms, resolution ms), in seconds unless its name ends
-/// with `_ms`.
-fn clock(found: Option<(&str, &Value)>) -> Option<(f64, f64)> {
-    let (k, v) = found?;
+/// A clock since the start in seconds (under 1e9): (ms, resolution ms).
+fn clock(v: &Value) -> Option<(f64, f64)> {
     let x = v.as_f64().filter(|x| x.is_finite() && *x >= 0.0 && *x < 1e9)?;
-    let scale = if k.ends_with("_ms") { 1.0 } else { 1e3 }; // ms per unit of the clock
-    Some((x * scale, (resolution(v) * scale).max(1e-3)))
+    Some((x * 1e3, resolution_ms(v, 1e3)))
 }
 
 /// `obj`'s scalar members, nested objects' as `outer/inner`, names in lower case.
@@ -162,8 +160,8 @@ fn find<'a>(flat: &'a [(String, Value)], names: &[&str], whose: impl Fn(&str) ->
         .find_map(|n| flat.iter().find(|(k, _)| (k == n || leaf(k) == *n) && !is_eval_part(k) && whose(k)).map(|(k, v)| (k.as_str(), v)))
 }
 
-/// Whether a metric's name says validation (a part `val`, `eval`, `test`, ...): TensorBoard
-/// events' evaluation tags are set apart by it.
+/// Whether a metric's name (in lower case) says validation (a part `val`, `eval`, `test`,
+/// ...): TensorBoard events' evaluation tags are set apart by it.
 pub fn is_eval_part(key: &str) -> bool {
     key.split(['/', '.', '_', '-'])
         .any(|p| matches!(p, "val" | "valid" | "validation" | "eval" | "evaluation" | "test" | "dev" | "holdout"))
@@ -182,10 +180,10 @@ fn is_train_loss(key: &str) -> bool {
     key.split(['/', '.']).any(|p| p.ends_with("loss")) && !is_eval_part(key)
 }
 
-/// Whether a metric's name is one a step counter goes by (`global_step`, `trainer/global_step`).
+/// Whether a metric's name (in lower case) is one a step counter goes by (`global_step`,
+/// `trainer/global_step`).
 pub fn is_counter(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
-    STEP.contains(&leaf(&k))
+    STEP.contains(&leaf(key))
 }
 
 fn is_eval_loss(key: &str) -> bool {
@@ -204,20 +202,18 @@ fn unit_of(key: &str) -> Option<f64> {
 }
 
 /// One iteration's time in ms, in the unit the key's name ends with, else by the generic rule
-/// (seconds below 50; the whole log's median decides in the end, `settle_units`).
+/// (the whole log's median decides in the end, `settle_units`).
 fn ms_of(key: &str, v: f64) -> f64 {
-    v * unit_of(key).unwrap_or(if v < 50.0 { 1e3 } else { 1.0 })
+    unit_of(key).map_or_else(|| super::unitless_ms(v, v), |ms_per_unit| v * ms_per_unit)
 }
 
-/// The resolution of a clock's number, in its own unit: 1 for a whole number (`12`), 0.001
-/// for one written with a fraction. Not its decimals: writers drop trailing zeros, so a
-/// float timestamp `1764982801.5` is as fine as its neighbour `1764982801.749512`.
-fn resolution(v: &Value) -> f64 {
-    if v.is_f64() {
-        1e-3
-    } else {
-        1.0
-    }
+/// The resolution of a clock's number whose unit is `ms_per_unit` ms, in ms (1 us at finest):
+/// one unit for a whole number (`12`), a thousandth of one for a number written with a
+/// fraction. Not its decimals: writers drop trailing zeros, so a float timestamp
+/// `1764982801.5` is as fine as its neighbour `1764982801.749512`.
+fn resolution_ms(v: &Value, ms_per_unit: f64) -> f64 {
+    let units = if v.is_f64() { 1e-3 } else { 1.0 };
+    (units * ms_per_unit).max(1e-3)
 }
 
 /// A timestamp: Unix seconds (milliseconds past 1e12, microseconds past 1e15, nanoseconds
@@ -226,17 +222,9 @@ fn stamp_of(v: &Value) -> Option<Stamp> {
     match v {
         Value::Number(_) => {
             let x = v.as_f64()?;
-            if x > 1e17 {
-                Some(Stamp { secs: x / 1e9, resolution_ms: 1e-3 })
-            } else if x > 1e15 {
-                Some(Stamp { secs: x / 1e6, resolution_ms: (resolution(v) / 1e3).max(1e-3) })
-            } else if x > 1e12 {
-                Some(Stamp { secs: x / 1e3, resolution_ms: resolution(v).max(1e-3) })
-            } else if x > 1e9 {
-                Some(Stamp { secs: x, resolution_ms: (resolution(v) * 1e3).max(1e-3) })
-            } else {
-                None
-            }
+            // (above, units per second): ns, us, ms, s
+            let (_, per_s) = [(1e17, 1e9), (1e15, 1e6), (1e12, 1e3), (1e9, 1.0)].into_iter().find(|&(above, _)| x > above)?;
+            Some(Stamp { secs: x / per_s, resolution_ms: resolution_ms(v, 1e3 / per_s) })
         }
         Value::String(s) => super::clean(s).1,
         _ => None,

@@ -570,19 +570,29 @@ fn reads(forced: Format, reader: Format) -> bool {
         || (forced == Format::Tensorboard && reader == Format::Jsonl)
 }
 
-/// Times written without a unit are seconds when their median is under 50, else milliseconds:
-/// one unit for the whole log, so that a run of ~50 s steps is not read half in seconds and
-/// half in milliseconds.
+/// A time `v` written without a unit, in ms: seconds when `typical` (the line's own number,
+/// then the log's median, [`settle_units`]) is under 50, else milliseconds.
+pub(super) fn unitless_ms(v: f64, typical: f64) -> f64 {
+    if typical < 50.0 {
+        v * 1e3
+    } else {
+        v
+    }
+}
+
+/// Times written without a unit take one unit for the whole log, by their median
+/// ([`unitless_ms`]), so that a run of ~50 s steps is not read half in seconds and half in
+/// milliseconds.
 fn settle_units(records: &mut [Record]) {
     let mut raw: Vec<f64> = records.iter().filter_map(|r| r.unitless).collect();
     if raw.is_empty() {
         return;
     }
     raw.sort_by(f64::total_cmp);
-    let ms_per_unit = if raw[raw.len() / 2] < 50.0 { 1e3 } else { 1.0 };
+    let median = raw[raw.len() / 2];
     for r in records.iter_mut() {
         if let (Some(v), Time::PerIter(_)) = (r.unitless, r.time) {
-            r.time = Time::PerIter(v * ms_per_unit);
+            r.time = Time::PerIter(unitless_ms(v, median));
         }
     }
 }
