@@ -31,6 +31,8 @@ pub struct BenchResult {
     pub params: usize,
     /// Time and traffic per op name and step, largest time first (empty without `profile`).
     pub profile: Vec<ProfileRow>,
+    /// What getting ready cost ([`Backend::warm_up_note`]: a GPU's kernels).
+    pub warm_up_note: Option<String>,
 }
 
 /// One row of a profile: every op of one name ([`Op::name`]), per step.
@@ -93,8 +95,10 @@ pub fn run<B: Backend>(
             })
             .collect()
     };
+    backend.prepare(&model.plan(b, precision, true)); // a GPU's kernels compile while the weights are made
     let timer = Timer::default();
     let (mut times, mut ends) = (Vec::new(), Vec::new());
+    let note;
     // the device memory the backend's allocations peaked at (None on the CPU)
     let peak_device_bytes = if profile {
         let mut g = Gpt::init_in(Timed { inner: backend, timer: &timer }, model.clone(), 1, precision)?;
@@ -109,6 +113,7 @@ pub fn run<B: Backend>(
             times.push(t0.elapsed().as_secs_f64() * 1e3);
             ends.push(began.elapsed().as_secs_f64() * 1e3);
         }
+        note = g.backend.warm_up_note();
         g.backend.memory_use().map(|m| m.peak)
     } else {
         let mut g = Gpt::init_in(backend, model.clone(), 1, precision)?;
@@ -120,6 +125,7 @@ pub fn run<B: Backend>(
             times.push(t0.elapsed().as_secs_f64() * 1e3);
             ends.push(began.elapsed().as_secs_f64() * 1e3);
         }
+        note = g.backend.warm_up_note();
         g.backend.memory_use().map(|m| m.peak)
     };
     let mut timed = times[warmup..].to_vec();
@@ -145,6 +151,7 @@ pub fn run<B: Backend>(
         peak_device_bytes,
         params: flops::params(model).total,
         profile: prof,
+        warm_up_note: note,
     })
 }
 
@@ -335,6 +342,12 @@ impl<B: Backend> Backend for Timed<'_, B> {
     }
     fn has_tf32(&self) -> bool {
         self.inner.has_tf32()
+    }
+    fn prepare(&self, plan: &crate::backend::Plan) {
+        self.inner.prepare(plan)
+    }
+    fn warm_up_note(&self) -> Option<String> {
+        self.inner.warm_up_note()
     }
     fn run(&self, bufs: &mut Buffers<Self::Buf>, op: &Op) -> Result<()> {
         let seconds = self.inner.run_timed(bufs, op)?;

@@ -49,6 +49,14 @@ fn losses(metrics: &Path) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// The run's line on its kernels: `variants` loaded, every one planned ahead of its first
+/// launch and every planned one launched (`Backend::prepare` knows what a run launches).
+fn all_kernels_planned(out: &str, variants: usize) {
+    let line = out.lines().find(|l| l.starts_with("kernels: ")).unwrap_or_else(|| panic!("no line on the kernels:\n{out}"));
+    assert!(line.starts_with(&format!("kernels: {variants} variants for sm_90: ")), "{line}");
+    assert!(line.contains("; launches waited ") && !line.contains("not planned") && !line.contains("not launched"), "{line}");
+}
+
 fn train(emu: &Path, dir: &Path, extra: &[&str]) -> String {
     let mut args = SMALL.to_vec();
     for s in extra {
@@ -67,6 +75,7 @@ fn check_passes_on_the_emulated_gpu() {
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("cuda:0: cuda-emu"), "{out}");
     assert!(out.contains("summary: 153 passed, 0 failed, 0 skipped (fp32, bf16, fp16)"), "{out}");
+    all_kernels_planned(&out, 27);
     // `estimate` without --device takes this machine's GPU: one not in the table is named,
     // with the way out; given a peak, it estimates for it
     let (code, _, err) = on_emu(&emu, &["estimate", "--preset", "shakespeare-char"], &d, &[]);
@@ -90,6 +99,7 @@ fn fp32_training_on_the_gpu_follows_the_cpu_and_repeats_bitwise() {
     };
     let (out, gpu) = run("gpu", "cuda");
     assert!(out.contains("device: cuda:0") || out.contains("cuda-emu"), "{out}");
+    all_kernels_planned(&out, 7);
     let (_, cpu) = run("cpu", "cpu");
     let (_, again) = run("gpu2", "cuda");
     assert_eq!(gpu.len(), 12);
@@ -135,6 +145,7 @@ fn bf16_and_fp16_train_on_the_gpu_as_on_the_cpu() {
         };
         let (out, gpu) = run("cuda");
         assert!(out.contains(&format!("dtype: {}", if dtype == "bfloat16" { "bf16" } else { "fp16" })), "{out}");
+        all_kernels_planned(&out, 7);
         let (_, cpu) = run("cpu");
         for (i, (g, c)) in gpu.iter().zip(&cpu).enumerate() {
             assert!(((g.0 - c.0) / c.0).abs() <= tol, "{dtype} iteration {i}: loss {} on the GPU, {} on the CPU", g.0, c.0);

@@ -117,7 +117,7 @@ mkdir -p "$BUILD_ROOT/target/release" 2>/dev/null && [[ -e "$BUILD_ROOT/target/r
 # epilogue off too, to name the culprit.
 if "$BIN/gptrain" help check >/dev/null 2>&1; then
     timed "gptrain check --device cuda" check.log 60 "$BIN/gptrain" check --device cuda
-    grep -E "FAIL" "$LOGS/check.log" | head -12 | sed 's/^/    /'
+    grep -E "FAIL|^kernels" "$LOGS/check.log" | head -12 | sed 's/^/    /'
     if [[ "$LAST_STATUS" != ok ]]; then
         # each op waited for: a faulting kernel is named with its op
         timed "check, GPTRAIN_CUDA_SYNC=1" check-sync.log 90 env GPTRAIN_CUDA_SYNC=1 "$BIN/gptrain" check --device cuda
@@ -192,7 +192,7 @@ for v in "host::" "nccl:NCCL_MULTI_RANK_GPU_ENABLE=1:" "zero:NCCL_MULTI_RANK_GPU
 done
 for f in train-cuda.log train-cpu.log train-cuda-bf16.log train-cuda-fp16.log train-rtx4070-fp16.log; do
     echo "== $f (start banner, iteration lines)"
-    grep -E "^(device|dtype|memory)" "$LOGS/$f"
+    grep -E "^(device|dtype|memory|kernels)" "$LOGS/$f"
     grep -E "^(iter|step|eval|final|skipped)|loss scale" "$LOGS/$f" | head -14
 done >"$LOGS/losses.txt"
 timed "bench 5 steps --profile, cuda" bench-cuda.log 45 "$BIN/gptrain" bench --set device=cuda --steps 5 --warmup 2 --profile
@@ -202,7 +202,9 @@ for v in "default:" "tiled:GPTRAIN_CUDA_ATTENTION=tiled" "gelu-kernel:GPTRAIN_CU
     name=${v%%:*} var=${v#*:}
     timed "bench gpt2-124m bf16, $name" "bench-gpt2-$name.log" 60 env $var "$BIN/gptrain" bench \
         --preset gpt2-124m --set device=cuda --set dtype=bfloat16 --steps 4 --warmup 2 --profile
-    grep -E "ms/step|attention|mlp" "$LOGS/bench-gpt2-$name.log" | head -5 | sed "s/^/    [$name] /"
+    # the step time, tokens/s and MFU, the time to the first timed step, the kernels' compile, the top of the profile
+    { grep -E "^(step|warm-up|kernels)|tokens/s" "$LOGS/bench-gpt2-$name.log"; grep -A4 "^profile:" "$LOGS/bench-gpt2-$name.log" | tail -4; } |
+        sed "s/^/    [$name] /"
 done
 rm -rf "$WORK"
 

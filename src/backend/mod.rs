@@ -140,6 +140,22 @@ pub struct MemoryUse {
     pub driver: Option<u64>,
 }
 
+/// What a run will ask of a backend, said before it starts ([`Backend::prepare`]), so that the
+/// backend can get ready meanwhile (the CUDA backend compiles the kernels it will launch).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// The micro-batch (sequences).
+    pub batch: usize,
+    pub n_embd: usize,
+    pub n_head: usize,
+    /// Whether the linear layers have biases.
+    pub bias: bool,
+    /// The activations' storage type.
+    pub storage: DType,
+    /// Training (forward, backward, AdamW) or sampling (the KV-cache forward).
+    pub train: bool,
+}
+
 /// A place that runs the model's ops over its buffers.
 pub trait Backend: Send + Sync {
     /// One allocation of elements of one [`DType`] on this backend.
@@ -185,6 +201,18 @@ pub trait Backend: Send + Sync {
     /// The device memory this backend has allocated (None where it keeps no such count: the
     /// CPU, whose buffers are the process's heap).
     fn memory_use(&self) -> Option<MemoryUse> {
+        None
+    }
+
+    /// Starts getting ready for a run of `plan` (the CUDA backend: compiling the kernels it will
+    /// launch, on background threads), so its first step waits less; its first launches wait
+    /// for what is not ready. Nothing to do by default.
+    fn prepare(&self, _plan: &Plan) {}
+
+    /// What getting ready has cost so far, for the run's log (the CUDA backend: its kernels,
+    /// compiled or read from the cache, and how long the run waited for them); None where
+    /// there is nothing to say.
+    fn warm_up_note(&self) -> Option<String> {
         None
     }
 

@@ -13,7 +13,7 @@ use crate::backend::ops::{
     LayerNorm, LayerNormBackward, Matmul, MatmulBackward, Residual,
 };
 use crate::backend::tensor::N_BUFS;
-use crate::backend::{AdamW, BufId, DType, Dropout, Host, Op, Precision, Role, Scalar, Span, Tensor, N_SCALARS};
+use crate::backend::{AdamW, BufId, DType, Dropout, Host, Op, Plan, Precision, Role, Scalar, Span, Tensor, N_SCALARS};
 use crate::rng;
 
 const B: usize = 2;
@@ -23,6 +23,20 @@ const NH: usize = 3;
 const V: usize = 13;
 const VP: usize = 16;
 const MAXT: usize = 8;
+
+/// The (B, T, C, NH) of the attention cases: head size 8 (the tiled kernels); the GPU's tiled and
+/// tensor-core kernels at GPT-2's head size, over several blocks of query rows and tiles of
+/// keys; a head size they are not compiled for (the one-warp-per-row kernels).
+const ATTENTION: [(usize, usize, usize, usize); 3] = [(B, T, C, NH), (1, 200, 128, 2), (B, 9, 48, 2)];
+
+/// What the cases at precision `p` will ask of a backend ([`crate::backend::Backend::prepare`]):
+/// training at each attention shape, with biases, and sampling at the decode cases' shape.
+pub(super) fn plans(p: Precision) -> Vec<Plan> {
+    let storage = p.storage();
+    let train = ATTENTION.map(|(batch, _, n_embd, n_head)| Plan { batch, n_embd, n_head, bias: true, storage, train: true });
+    let decode = Plan { batch: 1, n_embd: C, n_head: NH, bias: true, storage, train: false };
+    train.into_iter().chain([decode]).collect()
+}
 
 /// The dropout of the cases that have one.
 const DROP: Dropout = Dropout { p: 0.1, key: 0x5eed_0d20 };
@@ -344,7 +358,7 @@ pub(super) fn all() -> Vec<Case> {
     }));
 
     let names = ["attention forward", "attention forward + dropout", "attention backward", "attention backward + dropout"];
-    attention_cases(&mut v, (B, T, C, NH), names, false);
+    attention_cases(&mut v, ATTENTION[0], names, false);
     // the GPU's tiled kernels at GPT-2's head size, over several blocks of query rows and tiles of
     // keys (four 64-row key tiles: the tensor-core kernels' double buffer is refilled while warps
     // may still read it, which a missing barrier turns into NaN on the emulator; the dropout cases with their tensors 4 bytes off a 16-byte boundary, so the tensor-core
@@ -352,10 +366,10 @@ pub(super) fn all() -> Vec<Case> {
     // not compiled for (the one-warp-per-row kernels)
     let names =
         ["attention fwd, 64-wide heads", "attention fwd + drop, 64-wide", "attention bwd, 64-wide heads", "attention bwd + drop, 64-wide"];
-    attention_cases(&mut v, (1, 200, 128, 2), names, true);
+    attention_cases(&mut v, ATTENTION[1], names, true);
     let names =
         ["attention fwd, 24-wide heads", "attention fwd + drop, 24-wide", "attention bwd, 24-wide heads", "attention bwd + drop, 24-wide"];
-    attention_cases(&mut v, (B, 9, 48, 2), names, false);
+    attention_cases(&mut v, ATTENTION[2], names, false);
 
     let bt4c = format!("B={B} T={T} 4C={}", 4 * C);
     v.push(case("gelu forward", bt4c.clone(), |l| {

@@ -27,6 +27,11 @@ mod training;
 
 pub use training::{check_training, TrainCheck};
 
+/// What the checks at a precision will ask of a backend (for [`Backend::prepare`]).
+pub fn plans(p: Precision) -> Vec<crate::backend::Plan> {
+    cases::plans(p)
+}
+
 use crate::backend::cpu::matmul::GemmLib;
 use crate::backend::cpu::simd::Isa;
 use crate::backend::cpu::Cpu;

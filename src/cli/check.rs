@@ -62,6 +62,10 @@ fn check_on<B: Backend + Describe + Clone>(backend: B, wanted: Option<Vec<Precis
         Some(w) => (w, Vec::new()),
         None => ALL.iter().partition(|&&p| p == Precision::F32 || check::unsupported(&backend, p).is_none()),
     };
+    // every precision's kernels compile at once, on parallel threads (a GPU's)
+    for &p in precisions.iter().filter(|&&p| check::unsupported(&backend, p).is_none()) {
+        check::plans(p).iter().for_each(|plan| backend.prepare(plan));
+    }
     let (mut ops, mut trains) = (Vec::new(), Vec::new());
     for &p in &precisions {
         ops.extend(check_ops(&backend, p)?);
@@ -82,12 +86,16 @@ fn check_on<B: Backend + Describe + Clone>(backend: B, wanted: Option<Vec<Precis
         let setup: serde_json::Map<String, serde_json::Value> = backend.describe().into_iter().map(|(k, v)| (k, v.into())).collect();
         let v = serde_json::json!({
             "setup": setup, "candidate": backend.name(), "reference": Cpu::REFERENCE.name(), "ops": ops, "training": trains,
+            "kernels": backend.warm_up_note(),
             "not_checked": why_not.iter().map(|(d, why)| serde_json::json!({ "dtype": d, "why": why })).collect::<Vec<_>>(),
             "passed": passed, "failed": failed.len(), "skipped": skipped,
         });
         say!("{v}");
     } else {
         print_report(&backend, &ops, &trains, &why_not);
+        if let Some(note) = backend.warm_up_note() {
+            say!("{note}");
+        }
         let names: Vec<&str> = precisions.iter().map(|p| p.name()).collect();
         say!("summary: {passed} passed, {} failed, {skipped} skipped ({})", failed.len(), names.join(", "));
     }

@@ -849,7 +849,7 @@ fn bench_gpu(
                 "dtype": precision.name(), "dtype_note": info.precision_note, "recompute": recompute.level(),
                 "grad_accum": a.grad_accum, "warmup_ms": r.times_ms[..a.warmup], "steps_ms": r.times_ms[a.warmup..],
                 "first_steady_ms": to_run + r.ends_ms[a.warmup], "peak_device_bytes": r.peak_device_bytes,
-                "memory_model_bytes": memory_model })
+                "memory_model_bytes": memory_model, "kernels": r.warm_up_note })
         );
         return Ok(());
     }
@@ -861,6 +861,11 @@ fn bench_gpu(
     if let Some(peak) = r.peak_device_bytes {
         let used = crate::backend::MemoryUse { current: 0, peak, driver: None };
         say!("{}{}", train::memory_line(used, memory_model), recompute_note(recompute));
+    }
+    let first = (to_run + r.ends_ms[a.warmup]) / 1e3;
+    say!("warm-up: {} step(s), not timed; the first timed step ended {first:.1} s after launch", a.warmup);
+    if let Some(note) = &r.warm_up_note {
+        say!("{note}");
     }
     if !rates.is_empty() {
         let ceilings = match (info.peak_flops, info.bandwidth) {

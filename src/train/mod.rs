@@ -383,6 +383,7 @@ fn run_in<B: Backend>(backend: B, cfg: &Config, obs: &mut dyn Observer, group: O
         let step = run.step()?;
         let stopping = run.agree_to_stop(STOP.load(Ordering::SeqCst))?;
         run.log(&step, stopping);
+        run.report_warm_up();
         run.report_memory();
         if stopping {
             let path = run.save_last(None)?;

@@ -56,6 +56,7 @@ pub(super) struct Session<'a, B: Backend> {
     /// has been reported beside it.
     memory_model: u64,
     memory_reported: bool,
+    warm_up_reported: bool,
     t_run: Instant,
     /// The other ranks of a data-parallel run (None: this process trains alone).
     group: Option<Group>,
@@ -67,6 +68,10 @@ impl<'a, B: Backend> Session<'a, B> {
     pub(super) fn open(backend: B, cfg: &'a Config, user: &'a mut dyn Observer, mut group: Option<Group>) -> Result<Option<Self>> {
         let t_run = Instant::now();
         let ds = Dataset::open(&cfg.dataset)?;
+        // the backend gets ready (a GPU's kernels compile) while the weights are made or read
+        if let (Ok(mc), Ok(p)) = (super::model_config(cfg, ds.meta.vocab_size), super::precision_on(cfg, &backend)) {
+            backend.prepare(&mc.plan(cfg.batch_size, p, true));
+        }
         let init = initialise_ranks(cfg, &ds, user, group.as_mut())?;
         if init.resumed && init.start_iter >= cfg.max_iters && !cfg.eval_only {
             user.message(&format!(
@@ -83,6 +88,7 @@ impl<'a, B: Backend> Session<'a, B> {
         // telemetry: one FLOPs model, the real peak of the device the backend runs on, at the
         // run's precision
         let precision = super::precision_on(cfg, &backend)?;
+        backend.prepare(&mc.plan(b, precision, true)); // the checkpoint's shape, if it differs
         let dev = backend.device(precision);
         let peak = if cfg.peak_tflops > 0.0 { Some(cfg.peak_tflops * 1e12) } else { dev.peak_flops };
         // MFU per device: a data-parallel run's FLOPs are shared by its ranks' devices
@@ -204,6 +210,7 @@ impl<'a, B: Backend> Session<'a, B> {
             last_checkpoint: None,
             memory_model: mem.allocated(),
             memory_reported: false,
+            warm_up_reported: false,
             t_run,
             group,
         }))
@@ -317,6 +324,17 @@ impl<'a, B: Backend> Session<'a, B> {
             reading,
         };
         self.obs.iter(&log);
+    }
+
+    /// Once, after the first iteration (which has launched every kernel a run uses): what
+    /// getting ready cost, where the backend has something to say (a GPU's kernels).
+    pub(super) fn report_warm_up(&mut self) {
+        if !self.warm_up_reported {
+            self.warm_up_reported = true;
+            if let Some(note) = self.model.backend.warm_up_note() {
+                self.obs.message(&note);
+            }
+        }
     }
 
     /// Once, after the first steady iteration: the measured peak of the backend's allocations

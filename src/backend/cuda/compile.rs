@@ -94,8 +94,8 @@ pub fn nvrtc() -> Result<(i32, i32), String> {
 
 /// The CUBIN of kernel family `name` (source `src`) for compute capability `cc`, variant `only`
 /// of it (None: every kernel), from the cache in `cache` when it holds a sound one, else
-/// compiled (and stored there).
-pub fn cubin(name: &str, src: &str, cc: (i32, i32), only: Option<Variant>, cache: Option<&Path>) -> Result<Vec<u8>> {
+/// compiled (and stored there); and whether it came from the cache.
+pub fn cubin(name: &str, src: &str, cc: (i32, i32), only: Option<Variant>, cache: Option<&Path>) -> Result<(Vec<u8>, bool)> {
     let version = nvrtc().map_err(anyhow::Error::msg)?;
     if let Some(e) = unsupported_arch(version, cc) {
         bail!("{e}");
@@ -110,13 +110,13 @@ pub fn cubin(name: &str, src: &str, cc: (i32, i32), only: Option<Variant>, cache
     let part = only.map_or("all".to_string(), |v| if v.head > 0 { format!("{}-hs{}", v.storage, v.head) } else { v.storage.to_string() });
     let path = cache.map(|d| d.join(format!("{name}-{part}-sm_{}{}-{key:016x}.cubin", cc.0, cc.1)));
     if let Some(bin) = path.as_deref().and_then(read_entry) {
-        return Ok(bin);
+        return Ok((bin, true));
     }
     let bin = compile(name, src, cc, only)?;
     if let Some(p) = &path {
         let _ = write_entry(p, &bin); // a cache that cannot be written only costs time
     }
-    Ok(bin)
+    Ok((bin, false))
 }
 
 /// Why NVRTC `version` cannot compile for compute capability `cc`, if it cannot: CUDA 13

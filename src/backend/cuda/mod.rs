@@ -13,6 +13,7 @@
 //! Status: its kernels NVRTC-checked, and all of it run in CI on `tools/cuda-emu` (the CPU
 //! standing in for the driver, cuBLASLt and NVRTC); it has not yet run on a GPU.
 
+mod ahead;
 pub mod blas;
 pub mod compile;
 pub mod libs;
@@ -89,8 +90,11 @@ struct Inner {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     /// Compiled kernel families by (family, variant: storage type and tiled head size), each
-    /// compiled (or read from the cache) when a run first launches one of its kernels.
+    /// loaded when a run first launches one of its kernels.
     modules: Mutex<HashMap<(&'static str, compile::Variant), Arc<CudaModule>>>,
+    /// The variants a run has said it will launch ([`Backend::prepare`]), compiled (or read
+    /// from the cache) on background threads meanwhile.
+    ahead: ahead::Ahead,
     /// Kernels by name, looked up in `modules` on first use, each with the dynamic shared
     /// memory per block it has been allowed (bytes; over 48 KiB only once asked for).
     funcs: Mutex<HashMap<String, (CudaFunction, usize)>>,
@@ -159,7 +163,8 @@ fn gelu_fusion() -> Result<bool> {
 impl Cuda {
     /// The backend on GPU `ordinal` (checked by [`select::select`] first), computing f32
     /// matmuls with TF32 tensor cores when `tf32`. Kernels are compiled for the card (or read
-    /// from the cache) a family and storage type at a time, when first launched.
+    /// from the cache) a family and storage type at a time: those a run plans
+    /// ([`Backend::prepare`]) on background threads, any other at its first launch.
     pub fn new(ordinal: usize, tf32: bool) -> Result<Cuda> {
         let card = select::find_card(Some(ordinal)).map_err(anyhow::Error::msg)?;
         let ctx = CudaContext::new(ordinal).map_err(|e| anyhow!("cuda:{ordinal}: could not create a context ({e:?})"))?;
@@ -167,7 +172,7 @@ impl Cuda {
         // needed; kernels get raw addresses, which its tracking does not see anyway.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
-        compile::nvrtc().map_err(anyhow::Error::msg)?; // kernels compile on first use: NVRTC must load
+        compile::nvrtc().map_err(anyhow::Error::msg)?; // kernels compile at run time: NVRTC must load
         let free_at_open = ctx.mem_get_info().ok().map(|(free, _)| free);
         let memory = Arc::new(Counter::default());
         let workspace =
@@ -179,12 +184,14 @@ impl Cuda {
         let sms = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).unwrap_or(1).max(1) as usize;
         let optin = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN);
         let shared_optin = optin.map_or(0, |b| b.max(0) as usize).max(run::SHARED);
+        let cc = card.cc;
         let inner = Inner {
             ranks: Mutex::new(None),
             card,
             ctx,
             stream,
             modules: Mutex::new(HashMap::new()),
+            ahead: ahead::Ahead::new(cc, compile::cache_dir()),
             funcs: Mutex::new(HashMap::new()),
             blas,
             _workspace: workspace,
@@ -224,7 +231,7 @@ impl Cuda {
             (
                 "kernels",
                 format!(
-                    "{} families, compiled for sm_{}{} per storage type on first use (cached in {})",
+                    "{} families, compiled for sm_{}{} per storage type on parallel threads ahead of their first launch (cached in {})",
                     compile::SOURCES.len(),
                     c.cc.0,
                     c.cc.1,
@@ -443,6 +450,17 @@ impl Backend for Cuda {
     fn name(&self) -> String {
         let c = &self.inner.card;
         format!("cuda:{} ({}, {} SMs)", c.ordinal, c.name, self.inner.sms)
+    }
+
+    fn prepare(&self, plan: &crate::backend::Plan) {
+        let modules = self.inner.modules.lock().unwrap_or_else(|e| e.into_inner());
+        let keys: Vec<_> = self.variants(plan).into_iter().filter(|k| !modules.contains_key(k)).collect();
+        drop(modules);
+        self.inner.ahead.start(&keys);
+    }
+
+    fn warm_up_note(&self) -> Option<String> {
+        self.inner.ahead.note()
     }
 
     fn device(&self, p: Precision) -> DeviceInfo {

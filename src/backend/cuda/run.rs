@@ -10,7 +10,7 @@
 //! - backward  dw(OC,IC) += dout^T @ inp           is  dw^T += inp^T . op_T(dout^T), (IC x OC)
 
 use super::blas::Gemm;
-use super::compile;
+use super::{ahead, compile};
 use super::{Cuda, CudaBuf};
 use crate::backend::{Buffers, DType, Dropout, Op, Span, Tensor};
 use anyhow::{anyhow, bail, Result};
@@ -148,14 +148,26 @@ impl Cuda {
     }
 
     /// Variant `only` of kernel family `family`, compiled for the card (or read from the cache)
-    /// and loaded on first use.
+    /// and loaded on first use: compiled ahead when the run planned it ([`Backend::prepare`]),
+    /// else here.
+    ///
+    /// [`Backend::prepare`]: crate::backend::Backend::prepare
     fn module(&self, family: &'static str, only: compile::Variant) -> Result<std::sync::Arc<cudarc::driver::CudaModule>> {
         let mut modules = self.inner.modules.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(m) = modules.get(&(family, only)) {
             return Ok(m.clone());
         }
-        let src = compile::SOURCES.iter().find(|(n, _)| *n == family).map(|&(_, s)| s).expect("a family of SOURCES");
-        let bin = compile::cubin(family, src, self.inner.card.cc, Some(only), compile::cache_dir().as_deref())?;
+        let ahead = &self.inner.ahead;
+        let (built, early, waited) = match ahead.take((family, only)) {
+            ahead::Taken::Ready(b, waited) => (b, true, waited),
+            ahead::Taken::Planned | ahead::Taken::Unplanned => {
+                let b = ahead.build_now((family, only));
+                let secs = b.secs;
+                (b, false, secs)
+            }
+        };
+        ahead.loaded((family, only), early, &built, waited);
+        let bin = built.bin?;
         compile::check_cubin(family, &bin)?;
         let m = self
             .inner
@@ -550,6 +562,36 @@ impl Cuda {
             _ => false,
         };
         (card && self.inner.tensor_cores && TENSOR_CORE_HS.contains(&hs) && b * n_head <= 65535).then_some(hs)
+    }
+}
+
+impl Cuda {
+    /// The kernel variants a run of `plan` launches, which [`Backend::prepare`] compiles ahead:
+    /// every family it uses in the activations' storage type (the reductions also in f32, for
+    /// the gradients and the loss), and the attention kernels its shape runs on, as the ops
+    /// above choose them. The emulator's tests check that a run launches exactly these.
+    ///
+    /// [`Backend::prepare`]: crate::backend::Backend::prepare
+    pub(super) fn variants(&self, plan: &crate::backend::Plan) -> Vec<ahead::Key> {
+        let s = sfx(plan.storage);
+        let v = |storage: &'static str, head: usize| compile::Variant { storage, head: head as u32 };
+        let (b, c, nh) = (plan.batch, plan.n_embd, plan.n_head);
+        if !plan.train {
+            // the KV-cache forward: one position at a time through the decode kernels
+            return vec![("encoder", v(s, 0)), ("layernorm", v(s, 0)), ("attention", v(s, 0)), ("pointwise", v(s, 0))];
+        }
+        let attention = match (self.tensor_core_attention(b, c, nh, plan.storage), tiled(b, c, nh)) {
+            (Some(hs), _) => ("attention_tc", v(s, hs)),
+            (None, Some(hs)) => ("attention", v(s, hs)),
+            (None, None) => ("attention", v(s, 0)),
+        };
+        let mut keys = vec![attention];
+        keys.extend(["encoder", "layernorm", "pointwise", "classifier", "adamw"].map(|f| (f, v(s, 0))));
+        keys.push(("reduce", v("f32", 0)));
+        if plan.bias && s != "f32" {
+            keys.push(("reduce", v(s, 0))); // the bias gradients' column sums of 16-bit outputs
+        }
+        keys
     }
 }
 
