@@ -3,7 +3,8 @@
 #
 #   tools/gpu_check.sh --build   on a machine with Rust (no GPU needed): builds the release binary
 #                                and the test binaries, and copies the ones with CUDA tests,
-#                                stripped (under 60 MiB in all), into target/gpu-check/ with a manifest.
+#                                stripped (the tests gzipped; under 60 MiB in all), into
+#                                target/gpu-check/ with a manifest.
 #   tools/gpu_check.sh           on a GPU machine without Rust: from target/gpu-check/, runs
 #                                `gptrain check --device cuda` when the binary has that command
 #                                (again with the fast paths off if it fails), the CUDA tests
@@ -42,6 +43,8 @@ for l in sys.stdin:
     mv "$PACK.all" "$PACK/all-tests.txt"
     : >"$PACK/manifest.txt"
     while read -r name exe; do
+        # tests/cuda_emu.rs runs on the CPU emulator only (CI runs it): minutes of device time for nothing
+        [[ "$name" == cuda_emu ]] && continue
         # only the binaries that hold CUDA tests (the library's and backend_tests! users)
         if "$exe" --list 2>/dev/null | grep cuda >/dev/null; then  # (not grep -q: an early exit is a SIGPIPE failure under pipefail)
             cp "$exe" "$PACK/bin/$name" && strip --strip-all "$PACK/bin/$name" 2>/dev/null || true
@@ -49,6 +52,8 @@ for l in sys.stdin:
         fi
     done <"$PACK/all-tests.txt"
     cp target/release/gptrain "$PACK/bin/gptrain" && strip --strip-all "$PACK/bin/gptrain" 2>/dev/null || true
+    # the test binaries travel gzipped (~57 MB -> ~20 in all), the gptrain binary as it is
+    (cd "$PACK/bin" && xargs tar -czf ../tests.tar.gz <../manifest.txt && xargs rm -f <../manifest.txt)
     echo "$ROOT" >"$PACK/build-root.txt"
     echo "built into $PACK ($(du -sh "$PACK" | cut -f1)): $(tr '\n' ' ' <"$PACK/manifest.txt")gptrain"
     # what a device call carries is at most 64 MiB in all
@@ -58,6 +63,9 @@ for l in sys.stdin:
 fi
 
 [[ -f "$PACK/manifest.txt" ]] || { echo "error: no $PACK/manifest.txt: run tools/gpu_check.sh --build first (on a machine with Rust)"; exit 1; }
+if [[ -f "$PACK/tests.tar.gz" ]]; then
+    tar -C "$PACK/bin" -xzf "$PACK/tests.tar.gz" || { echo "error: could not unpack $PACK/tests.tar.gz"; exit 1; }
+fi
 
 # --converge: issue 22's convergence run as a user types it (nanoGPT's shakespeare-char on the
 # GPU: 6x384, block 256, batch 64, 5000 iterations, bf16 where the card has it), cut at
