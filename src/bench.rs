@@ -95,7 +95,7 @@ pub fn run<B: Backend>(
             })
             .collect()
     };
-    backend.prepare(&model.plan(b, precision, true)); // a GPU's kernels compile while the weights are made
+    backend.prepare(&model.plan(b, precision, crate::backend::Work::Train)); // a GPU's kernels compile while the weights are made
     let timer = Timer::default();
     let (mut times, mut ends) = (Vec::new(), Vec::new());
     let note;

@@ -4,7 +4,7 @@
 //! it is rebuilt from the last `block_size / 2` tokens (positions restart at 0), so generation
 //! never pays a full window per token.
 
-use crate::backend::{Backend, Precision};
+use crate::backend::{Backend, Precision, Work};
 use crate::model::{Gpt, ModelConfig};
 use crate::rng::Rng;
 use anyhow::Result;
@@ -19,7 +19,7 @@ pub struct Sampler<B: Backend> {
 
 impl<B: Backend> Sampler<B> {
     pub fn new(backend: B, cfg: ModelConfig, params: &[f32]) -> Result<Self> {
-        backend.prepare(&cfg.plan(1, Precision::F32, false)); // a GPU's kernels, on parallel threads
+        backend.prepare(&cfg.plan(1, Precision::F32, Work::Sample)); // a GPU's kernels, on parallel threads
         let mut model = Gpt::zeros(backend, cfg)?;
         model.set_params(params)?;
         Ok(Sampler { model, pos: 0, context: Vec::new() })

@@ -110,6 +110,9 @@ fn fp32_training_on_the_gpu_follows_the_cpu_and_repeats_bitwise() {
         assert!(((g.1 - c.1) / c.1).abs() <= tol.tensor, "iteration {i}: grad norm {} on the GPU, {} on the CPU", g.1, c.1);
     }
     assert!(gpu[11].0 < gpu[0].0, "the loss did not fall: {gpu:?}");
+    // an evaluation alone plans (and launches) the forward's kernels only
+    let out = train(&emu, &d, &["max_iters=12", "init_from=resume", "eval_only=true", "device=cuda", "dtype=float32", "out_dir=gpu"]);
+    all_kernels_planned(&out, 6);
     // the GPU's checkpoint goes on training on the CPU, and samples there
     let (_, resumed) = run_resumed(&emu, &d, "gpu", "cpu");
     assert_eq!(resumed.len(), 12 + 4);
@@ -152,6 +155,11 @@ fn bf16_and_fp16_train_on_the_gpu_as_on_the_cpu() {
         }
         assert!(gpu[11].0 < gpu[0].0, "{dtype}: the loss did not fall: {gpu:?}");
     }
+    // a first step that overflows in fp16 runs no AdamW: the kernels are told after the first
+    // update, with AdamW's among them
+    let out = train(&emu, &d, &["max_iters=3", "device=cuda", "dtype=float16", "batch_size=1", "block_size=1", "out_dir=overflow"]);
+    assert!(out.lines().any(|l| l.starts_with("iter 0:") && l.contains("update skipped")), "{out}");
+    all_kernels_planned(&out, 7);
     std::fs::remove_dir_all(d).ok();
 }
 

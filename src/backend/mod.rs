@@ -152,8 +152,20 @@ pub struct Plan {
     pub bias: bool,
     /// The activations' storage type.
     pub storage: DType,
-    /// Training (forward, backward, AdamW) or sampling (the KV-cache forward).
-    pub train: bool,
+    pub work: Work,
+    /// The processes of a data-parallel run on this machine, which share its CPUs (1 alone).
+    pub local_ranks: usize,
+}
+
+/// What a run does with a model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Work {
+    /// Forward, backward and AdamW (and evaluation's forward).
+    Train,
+    /// Evaluation only: the forward and its loss.
+    Evaluate,
+    /// Sampling: the KV-cache forward, one position at a time.
+    Sample,
 }
 
 /// A place that runs the model's ops over its buffers.

@@ -13,7 +13,7 @@ use crate::backend::ops::{
     LayerNorm, LayerNormBackward, Matmul, MatmulBackward, Residual,
 };
 use crate::backend::tensor::N_BUFS;
-use crate::backend::{AdamW, BufId, DType, Dropout, Host, Op, Plan, Precision, Role, Scalar, Span, Tensor, N_SCALARS};
+use crate::backend::{AdamW, BufId, DType, Dropout, Host, Op, Plan, Precision, Role, Scalar, Span, Tensor, Work, N_SCALARS};
 use crate::rng;
 
 const B: usize = 2;
@@ -33,8 +33,9 @@ const ATTENTION: [(usize, usize, usize, usize); 3] = [(B, T, C, NH), (1, 200, 12
 /// training at each attention shape, with biases, and sampling at the decode cases' shape.
 pub(super) fn plans(p: Precision) -> Vec<Plan> {
     let storage = p.storage();
-    let train = ATTENTION.map(|(batch, _, n_embd, n_head)| Plan { batch, n_embd, n_head, bias: true, storage, train: true });
-    let decode = Plan { batch: 1, n_embd: C, n_head: NH, bias: true, storage, train: false };
+    let plan = |batch, n_embd, n_head, work| Plan { batch, n_embd, n_head, bias: true, storage, work, local_ranks: 1 };
+    let train = ATTENTION.map(|(b, _, c, nh)| plan(b, c, nh, Work::Train));
+    let decode = plan(1, C, NH, Work::Sample);
     train.into_iter().chain([decode]).collect()
 }
 

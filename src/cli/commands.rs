@@ -863,7 +863,10 @@ fn bench_gpu(
         say!("{}{}", train::memory_line(used, memory_model), recompute_note(recompute));
     }
     let first = (to_run + r.ends_ms[a.warmup]) / 1e3;
-    say!("warm-up: {} step(s), not timed; the first timed step ended {first:.1} s after launch", a.warmup);
+    match a.warmup {
+        0 => say!("warm-up: none asked for (--warmup 0): the first timed step, which ended {first:.1} s after launch, holds the setup"),
+        n => say!("warm-up: {n} step(s), not timed; the first timed step ended {first:.1} s after launch"),
+    }
     if let Some(note) = &r.warm_up_note {
         say!("{note}");
     }

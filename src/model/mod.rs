@@ -7,7 +7,7 @@ pub mod layout;
 pub use gpt::{DropoutCtx, Gpt};
 pub use layout::{ActLayout, ParamLayout, ParamTensor, Recompute};
 
-use crate::backend::{Plan, Precision};
+use crate::backend::{Plan, Precision, Work};
 use anyhow::{bail, Result};
 
 /// The shape of a model. `vocab_size` is the real vocabulary (softmax runs over it);
@@ -57,11 +57,11 @@ impl ModelConfig {
     }
 
     /// What a run of this model says to its backend before it starts ([`Backend::prepare`]):
-    /// training at micro-batch `batch` in `precision`, or (`train` false) sampling.
+    /// `work` at micro-batch `batch` in `precision`, one process on this machine.
     ///
     /// [`Backend::prepare`]: crate::backend::Backend::prepare
-    pub fn plan(&self, batch: usize, precision: Precision, train: bool) -> Plan {
-        Plan { batch, n_embd: self.n_embd, n_head: self.n_head, bias: self.bias, storage: precision.storage(), train }
+    pub fn plan(&self, batch: usize, precision: Precision, work: Work) -> Plan {
+        Plan { batch, n_embd: self.n_embd, n_head: self.n_head, bias: self.bias, storage: precision.storage(), work, local_ranks: 1 }
     }
 }
 

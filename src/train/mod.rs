@@ -374,16 +374,18 @@ fn run_in<B: Backend>(backend: B, cfg: &Config, obs: &mut dyn Observer, group: O
     loop {
         let evaluated = if run.evaluates_now() { Some(run.evaluate()?) } else { None };
         if cfg.eval_only {
+            run.report_warm_up(true);
             break;
         }
         if run.it >= cfg.max_iters {
+            run.report_warm_up(true);
             run.save_final(evaluated)?;
             break;
         }
         let step = run.step()?;
         let stopping = run.agree_to_stop(STOP.load(Ordering::SeqCst))?;
         run.log(&step, stopping);
-        run.report_warm_up();
+        run.report_warm_up(step.updated());
         run.report_memory();
         if stopping {
             let path = run.save_last(None)?;

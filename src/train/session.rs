@@ -8,7 +8,7 @@ use super::save::{retry_last_save, RETRY_EVERY};
 use super::{
     check_gpu_memory, check_memory, estimate_loss, memory_line, optim_config, train_batches_in, IterLog, Observer, StartInfo, Summary, STOP,
 };
-use crate::backend::Backend;
+use crate::backend::{Backend, Plan, Work};
 use crate::checkpoint::{self, TrainState};
 use crate::config::Config;
 use crate::data::Dataset;
@@ -28,6 +28,13 @@ pub(super) struct Step {
     secs: f64,
     /// The outlier guard skipped the update.
     outlier: bool,
+}
+
+impl Step {
+    /// Whether the step updated the weights (AdamW ran).
+    pub(super) fn updated(&self) -> bool {
+        self.stats.updated
+    }
 }
 
 /// A run in progress: the model, where it stands, and what it reports to.
@@ -69,8 +76,11 @@ impl<'a, B: Backend> Session<'a, B> {
         let t_run = Instant::now();
         let ds = Dataset::open(&cfg.dataset)?;
         // the backend gets ready (a GPU's kernels compile) while the weights are made or read
+        let work = if cfg.eval_only { Work::Evaluate } else { Work::Train };
+        let local_ranks = Group::world_of(group.as_ref()).local_size.max(1);
+        let plan = |mc: &ModelConfig, p| Plan { local_ranks, ..mc.plan(cfg.batch_size, p, work) };
         if let (Ok(mc), Ok(p)) = (super::model_config(cfg, ds.meta.vocab_size), super::precision_on(cfg, &backend)) {
-            backend.prepare(&mc.plan(cfg.batch_size, p, true));
+            backend.prepare(&plan(&mc, p));
         }
         let init = initialise_ranks(cfg, &ds, user, group.as_mut())?;
         if init.resumed && init.start_iter >= cfg.max_iters && !cfg.eval_only {
@@ -88,7 +98,7 @@ impl<'a, B: Backend> Session<'a, B> {
         // telemetry: one FLOPs model, the real peak of the device the backend runs on, at the
         // run's precision
         let precision = super::precision_on(cfg, &backend)?;
-        backend.prepare(&mc.plan(b, precision, true)); // the checkpoint's shape, if it differs
+        backend.prepare(&plan(&mc, precision)); // the checkpoint's shape, if it differs
         let dev = backend.device(precision);
         let peak = if cfg.peak_tflops > 0.0 { Some(cfg.peak_tflops * 1e12) } else { dev.peak_flops };
         // MFU per device: a data-parallel run's FLOPs are shared by its ranks' devices
@@ -326,10 +336,12 @@ impl<'a, B: Backend> Session<'a, B> {
         self.obs.iter(&log);
     }
 
-    /// Once, after the first iteration (which has launched every kernel a run uses): what
-    /// getting ready cost, where the backend has something to say (a GPU's kernels).
-    pub(super) fn report_warm_up(&mut self) {
-        if !self.warm_up_reported {
+    /// Once, what getting ready cost, where the backend has something to say (a GPU's
+    /// kernels): when `complete`, after the first iteration that updated the weights (it has
+    /// launched every kernel a run uses; an fp16 overflow or a skipped non-finite step has not
+    /// run AdamW), or when the run ends without one (an `eval_only` run, say).
+    pub(super) fn report_warm_up(&mut self, complete: bool) {
+        if complete && !self.warm_up_reported {
             self.warm_up_reported = true;
             if let Some(note) = self.model.backend.warm_up_note() {
                 self.obs.message(&note);

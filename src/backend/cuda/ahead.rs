@@ -17,10 +17,11 @@ use std::time::Instant;
 /// A kernel family (a name of [`compile::SOURCES`]) and the variant of it.
 pub type Key = (&'static str, Variant);
 
-/// One variant's CUBIN as compiled (or read from the cache), with what it cost.
+/// One variant's CUBIN as compiled (or read from the cache), with when.
 pub struct Built {
     pub bin: Result<Vec<u8>>,
-    /// NVRTC's time, or the cache read's (seconds).
+    /// When the compile (or the cache read) started, and how long it took (seconds).
+    pub started: Instant,
     pub secs: f64,
     pub cached: bool,
 }
@@ -43,6 +44,7 @@ struct Load {
     /// Compiled by a background thread before its first launch.
     ahead: bool,
     cached: bool,
+    started: Instant,
     secs: f64,
     /// How long the launching thread waited for it (all of `secs` when it compiled it itself).
     waited: f64,
@@ -95,13 +97,13 @@ fn longest_first(keys: &mut [Key]) {
 
 /// The compile of one variant, as the cache or NVRTC gives it.
 fn build(key: Key, cc: (i32, i32), cache: Option<&Path>) -> Built {
-    let t0 = Instant::now();
+    let started = Instant::now();
     let src = compile::SOURCES.iter().find(|(n, _)| *n == key.0).map(|&(_, s)| s).expect("a family of SOURCES");
     let out = compile::cubin(key.0, src, cc, Some(key.1), cache);
-    let secs = t0.elapsed().as_secs_f64();
+    let secs = started.elapsed().as_secs_f64();
     match out {
-        Ok((bin, cached)) => Built { bin: Ok(bin), secs, cached },
-        Err(e) => Built { bin: Err(e), secs, cached: false },
+        Ok((bin, cached)) => Built { bin: Ok(bin), started, secs, cached },
+        Err(e) => Built { bin: Err(e), started, secs, cached: false },
     }
 }
 
@@ -125,8 +127,9 @@ impl Ahead {
     }
 
     /// Plans `keys` (those not planned before; none loaded yet) and starts threads to compile
-    /// them, as many as there are CPUs, longest first.
-    pub fn start(&self, keys: &[Key]) {
+    /// them, longest first: up to one per CPU, or per CPU's share when `local_ranks` processes
+    /// of a data-parallel run share this machine (each compiles the same variants).
+    pub fn start(&self, keys: &[Key], local_ranks: usize) {
         let mut st = self.lock();
         let new: Vec<Key> = keys.iter().copied().filter(|k| st.planned.insert(*k)).collect();
         if new.is_empty() {
@@ -135,7 +138,7 @@ impl Ahead {
         st.queued.extend(new);
         longest_first(st.queued.make_contiguous());
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let spawn = st.queued.len().min(cpus.saturating_sub(st.workers));
+        let spawn = st.queued.len().min((cpus / local_ranks.max(1)).max(1).saturating_sub(st.workers));
         st.threads += spawn;
         st.workers += spawn;
         drop(st);
@@ -145,7 +148,9 @@ impl Ahead {
             let spawned =
                 std::thread::Builder::new().name("gptrain-nvrtc".into()).spawn(move || worker(&state, cc, cache.as_deref(), compiler));
             if spawned.is_err() {
-                self.lock().workers -= 1;
+                let mut st = self.lock();
+                st.workers -= 1;
+                st.threads -= 1;
             }
         }
     }
@@ -179,38 +184,35 @@ impl Ahead {
     pub fn loaded(&self, key: Key, ahead: bool, built: &Built, waited: f64) {
         let mut st = self.lock();
         let planned = st.planned.contains(&key);
-        st.loads.push(Load { key, planned, ahead, cached: built.cached, secs: built.secs, waited });
+        st.loads.push(Load { key, planned, ahead, cached: built.cached, started: built.started, secs: built.secs, waited });
     }
 
-    /// What the kernels cost the run so far, for its log: how many were loaded, compiled by
-    /// NVRTC (on how many threads, ahead) or read from the cache, how long the run waited for
-    /// them; those compiled at their first launch without having been planned, and those
-    /// planned and not (yet) launched. None before any was loaded.
+    /// What the kernels cost the run so far, for its log: how many were loaded; how many
+    /// compiled, over how long (from the first compile's start to the last one's end, wall
+    /// time), how many of them on background threads; how many read from the cache; how long
+    /// launches waited for them; those compiled at their first launch without having been
+    /// planned, and those planned and not (yet) launched. None before any was loaded.
     pub fn note(&self) -> Option<String> {
         let st = self.lock();
         if st.loads.is_empty() {
             return None;
         }
         let compiled: Vec<&Load> = st.loads.iter().filter(|l| !l.cached).collect();
-        let nvrtc: f64 = compiled.iter().map(|l| l.secs).sum();
         let waited: f64 = st.loads.iter().map(|l| l.waited).sum();
         let mut parts = Vec::new();
-        if !compiled.is_empty() {
+        if let Some(first) = compiled.iter().map(|l| l.started).min() {
+            let span = compiled.iter().map(|l| (l.started - first).as_secs_f64() + l.secs).fold(0.0, f64::max);
             let ahead = compiled.iter().filter(|l| l.ahead).count();
-            let threads = if ahead > 0 { format!(", {ahead} ahead on {} threads", st.threads) } else { String::new() };
-            parts.push(format!("{} compiled ({nvrtc:.1} s of NVRTC{threads})", compiled.len()));
+            let plural = if st.threads == 1 { "" } else { "s" };
+            let threads = if ahead > 0 { format!(", {ahead} on {} background thread{plural}", st.threads) } else { String::new() };
+            parts.push(format!("{} compiled over {span:.1} s{threads}", compiled.len()));
         }
         let cached = st.loads.len() - compiled.len();
         if cached > 0 {
             parts.push(format!("{cached} from the cache"));
         }
-        let mut s = format!(
-            "kernels: {} variants for sm_{}{}: {}; launches waited {waited:.1} s for them",
-            st.loads.len(),
-            self.cc.0,
-            self.cc.1,
-            parts.join(", ")
-        );
+        let (n, cc) = (st.loads.len(), self.cc);
+        let mut s = format!("kernels: {n} variants for sm_{}{}: {}; launches waited {waited:.1} s for them", cc.0, cc.1, parts.join(", "));
         let unplanned: Vec<String> = st.loads.iter().filter(|l| !l.planned).map(|l| describe(l.key)).collect();
         if !unplanned.is_empty() {
             s += &format!("; not planned ahead: {}", unplanned.join(", "));
@@ -247,9 +249,11 @@ fn worker(state: &(Mutex<State>, Condvar), cc: (i32, i32), cache: Option<&Path>,
             key
         };
         // a panic inside is an error of this variant, never a launch waiting forever
+        let started = Instant::now();
         let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| compiler(key, cc, cache))).unwrap_or_else(|_| Built {
             bin: Err(anyhow::anyhow!("compiling {} panicked", describe(key))),
-            secs: 0.0,
+            started,
+            secs: started.elapsed().as_secs_f64(),
             cached: false,
         });
         let mut st = state.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -263,12 +267,31 @@ fn worker(state: &(Mutex<State>, Condvar), cc: (i32, i32), cache: Option<&Path>,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// A stand-in for NVRTC: the family's name as the "CUBIN" after 20 ms; `boom` panics.
+    /// How many times [`fake`] compiled each variant (the tests' variants differ).
+    static COMPILES: Mutex<Vec<(Key, usize)>> = Mutex::new(Vec::new());
+    static PANICS: AtomicUsize = AtomicUsize::new(0);
+
+    /// A stand-in for NVRTC: the family's name as the "CUBIN" after 20 ms (`reduce*` "from the
+    /// cache"); `boom` panics.
     fn fake(key: Key, _cc: (i32, i32), _cache: Option<&Path>) -> Built {
-        assert_ne!(key.0, "boom", "a compiler that panics");
+        let started = Instant::now();
+        if key.0 == "boom" {
+            PANICS.fetch_add(1, Ordering::SeqCst);
+            panic!("a compiler that panics");
+        }
         std::thread::sleep(std::time::Duration::from_millis(20));
-        Built { bin: Ok(key.0.as_bytes().to_vec()), secs: 0.02, cached: key.0 == "reduce" }
+        let mut c = COMPILES.lock().unwrap();
+        match c.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, n)) => *n += 1,
+            None => c.push((key, 1)),
+        }
+        Built { bin: Ok(key.0.as_bytes().to_vec()), started, secs: 0.02, cached: key.0.starts_with("reduce") }
+    }
+
+    fn compiles(key: Key) -> usize {
+        COMPILES.lock().unwrap().iter().find(|(k, _)| *k == key).map_or(0, |&(_, n)| n)
     }
 
     fn key(family: &'static str) -> Key {
@@ -276,41 +299,58 @@ mod tests {
     }
 
     /// What a launch does with a variant: takes it from the threads or compiles it, and notes it.
-    fn launch(a: &Ahead, k: Key) -> Vec<u8> {
+    fn launch(a: &Ahead, k: Key) -> Result<Vec<u8>> {
         let (built, early, waited) = match a.take(k) {
             Taken::Ready(b, w) => (b, true, w),
             Taken::Planned | Taken::Unplanned => (a.build_now(k), false, 0.02),
         };
         a.loaded(k, early, &built, waited);
-        built.bin.unwrap()
+        built.bin
     }
 
     #[test]
     fn planned_variants_are_compiled_once_each_whoever_gets_there_first() {
         let a = Ahead::with((9, 0), None, fake);
         let planned = ["pointwise", "attention_tc", "reduce", "layernorm", "encoder"].map(key);
-        a.start(&planned);
-        a.start(&planned); // planned again (the checkpoint's shape, the same): nothing new
-                           // launched at once, so that the first ones are likely still queued or running
+        a.start(&planned, 1);
+        a.start(&planned, 1); // planned again (the checkpoint's shape, the same): nothing new
+                              // launched at once, so that some are still queued or running (taken or waited for)
         for k in planned {
-            assert_eq!(launch(&a, k), k.0.as_bytes());
+            assert_eq!(launch(&a, k).unwrap(), k.0.as_bytes());
+        }
+        for k in planned {
+            assert_eq!(compiles(k), 1, "{k:?} compiled {} times", compiles(k));
         }
         let note = a.note().unwrap();
-        assert!(note.starts_with("kernels: 5 variants for sm_90: 4 compiled ("), "{note}");
+        assert!(note.starts_with("kernels: 5 variants for sm_90: 4 compiled over "), "{note}");
         assert!(note.contains(", 1 from the cache; launches waited "), "{note}");
         assert!(!note.contains("not planned") && !note.contains("not launched"), "{note}");
         let st = a.lock();
-        assert!(st.threads <= std::thread::available_parallelism().map_or(1, |n| n.get()), "{} threads", st.threads);
         assert!(st.queued.is_empty() && st.running.is_empty() && st.done.is_empty());
+    }
+
+    #[test]
+    fn ranks_sharing_a_machine_share_its_cpus() {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let a = Ahead::with((9, 0), None, fake);
+        let keys = ["classifier", "adamw", "encoder", "pointwise", "layernorm", "reduce"].map(|f| (f, Variant { storage: "f16", head: 0 }));
+        a.start(&keys, 2 * cpus); // more ranks than CPUs: one thread each
+        assert_eq!(a.lock().threads, 1);
+        for k in keys {
+            launch(&a, k).unwrap();
+        }
+        let b = Ahead::with((9, 0), None, fake);
+        b.start(&keys.map(|(f, _)| (f, Variant { storage: "f32", head: 7 })), 1);
+        assert_eq!(b.lock().threads, cpus.min(keys.len()));
     }
 
     #[test]
     fn a_note_names_what_was_not_planned_and_what_was_not_launched() {
         let a = Ahead::with((8, 9), None, fake);
         assert!(a.note().is_none(), "nothing loaded yet");
-        a.start(&[key("classifier"), key("adamw")]);
-        launch(&a, key("classifier"));
-        launch(&a, key("attention"));
+        a.start(&[key("classifier"), key("adamw")], 1);
+        launch(&a, key("classifier")).unwrap();
+        launch(&a, key("attention")).unwrap();
         let note = a.note().unwrap();
         assert!(note.contains("; not planned ahead: attention bf16 hs64"), "{note}");
         assert!(note.ends_with("; planned and not launched: adamw bf16"), "{note}");
@@ -319,11 +359,16 @@ mod tests {
     #[test]
     fn a_compile_that_panics_is_an_error_of_its_variant_not_a_hang() {
         let a = Ahead::with((9, 0), None, fake);
-        a.start(&[key("boom")]);
-        std::thread::sleep(std::time::Duration::from_millis(100)); // a thread takes it up
+        a.start(&[key("boom")], 1);
+        // until the thread has taken it up (bounded: a thread that never runs fails the test)
+        let t0 = Instant::now();
+        while PANICS.load(Ordering::SeqCst) == 0 {
+            assert!(t0.elapsed().as_secs() < 20, "no thread took the variant up");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         match a.take(key("boom")) {
             Taken::Ready(b, _) => assert!(b.bin.unwrap_err().to_string().contains("compiling boom bf16 panicked")),
-            Taken::Planned => {} // no thread had started it: the launch compiles it (and panics there)
+            Taken::Planned => panic!("a thread had it"),
             Taken::Unplanned => panic!("it was planned"),
         }
     }

@@ -210,6 +210,20 @@ fn write_entry(path: &Path, bin: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Removes from cache folder `dir` the temporary files of writes that never finished (a
+/// process killed between [`write_entry`]'s write and its rename) once they are an hour old, so
+/// that no live write is touched. Errors only cost disk space, so they are ignored.
+pub fn tidy_cache(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for e in entries.flatten() {
+        let stale = e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < hour_ago);
+        if stale && e.file_name().to_string_lossy().starts_with(".tmp-") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// Checks a CUBIN's ELF header, so a CUBIN that is not one fails here with a clear message.
 pub fn check_cubin(name: &str, bin: &[u8]) -> Result<()> {
     if bin.len() < 4 || &bin[..4] != b"\x7fELF" {
@@ -303,6 +317,24 @@ mod tests {
             }
         }
         assert!(n >= 6, "found only {n} 16-bit shared arrays: has this test's pattern gone stale?");
+    }
+
+    #[test]
+    fn unfinished_writes_are_tidied_away_once_an_hour_old() {
+        let dir = std::env::temp_dir().join(format!("gptrain-cubin-tidy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        for name in [".tmp-1-old.cubin", ".tmp-2-new.cubin", "kept-old.cubin"] {
+            let f = std::fs::File::create(dir.join(name)).unwrap();
+            if name.contains("old") {
+                f.set_modified(old).unwrap();
+            }
+        }
+        tidy_cache(&dir);
+        let mut left: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+        left.sort();
+        assert_eq!(left, [".tmp-2-new.cubin", "kept-old.cubin"]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -185,6 +185,9 @@ impl Cuda {
         let optin = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN);
         let shared_optin = optin.map_or(0, |b| b.max(0) as usize).max(run::SHARED);
         let cc = card.cc;
+        if let Some(dir) = compile::cache_dir() {
+            compile::tidy_cache(&dir);
+        }
         let inner = Inner {
             ranks: Mutex::new(None),
             card,
@@ -456,7 +459,7 @@ impl Backend for Cuda {
         let modules = self.inner.modules.lock().unwrap_or_else(|e| e.into_inner());
         let keys: Vec<_> = self.variants(plan).into_iter().filter(|k| !modules.contains_key(k)).collect();
         drop(modules);
-        self.inner.ahead.start(&keys);
+        self.inner.ahead.start(&keys, plan.local_ranks);
     }
 
     fn warm_up_note(&self) -> Option<String> {

@@ -12,7 +12,7 @@
 use super::blas::Gemm;
 use super::{ahead, compile};
 use super::{Cuda, CudaBuf};
-use crate::backend::{Buffers, DType, Dropout, Op, Span, Tensor};
+use crate::backend::{Buffers, DType, Dropout, Op, Span, Tensor, Work};
 use anyhow::{anyhow, bail, Result};
 use cudarc::driver::{result as drv, sys, LaunchConfig, PushKernelArg};
 
@@ -576,7 +576,7 @@ impl Cuda {
         let s = sfx(plan.storage);
         let v = |storage: &'static str, head: usize| compile::Variant { storage, head: head as u32 };
         let (b, c, nh) = (plan.batch, plan.n_embd, plan.n_head);
-        if !plan.train {
+        if plan.work == Work::Sample {
             // the KV-cache forward: one position at a time through the decode kernels
             return vec![("encoder", v(s, 0)), ("layernorm", v(s, 0)), ("attention", v(s, 0)), ("pointwise", v(s, 0))];
         }
@@ -586,10 +586,13 @@ impl Cuda {
             (None, None) => ("attention", v(s, 0)),
         };
         let mut keys = vec![attention];
-        keys.extend(["encoder", "layernorm", "pointwise", "classifier", "adamw"].map(|f| (f, v(s, 0))));
-        keys.push(("reduce", v("f32", 0)));
-        if plan.bias && s != "f32" {
-            keys.push(("reduce", v(s, 0))); // the bias gradients' column sums of 16-bit outputs
+        keys.extend(["encoder", "layernorm", "pointwise", "classifier"].map(|f| (f, v(s, 0))));
+        keys.push(("reduce", v("f32", 0))); // the loss's sum (and the gradients' norm)
+        if plan.work == Work::Train {
+            keys.push(("adamw", v(s, 0)));
+            if plan.bias && s != "f32" {
+                keys.push(("reduce", v(s, 0))); // the bias gradients' column sums of 16-bit outputs
+            }
         }
         keys
     }
