@@ -391,11 +391,14 @@ impl Config {
     /// Applies a preset (and its parent first).
     pub fn apply_preset(&mut self, name: &str, notices: &mut Notices) -> Result<()> {
         let Some(&(_, _, parent, sets)) = PRESETS.iter().find(|p| p.0 == name) else {
-            bail!(
-                "unknown preset `{name}`; did you mean `{}`? (presets: {})",
-                closest(name, PRESETS.iter().map(|p| p.0)),
-                PRESETS.iter().map(|p| p.0).collect::<Vec<_>>().join(", ")
-            );
+            let all = PRESETS.iter().map(|p| p.0).collect::<Vec<_>>().join(", ");
+            let near = closest(name, PRESETS.iter().map(|p| p.0));
+            // a suggestion only when it is near (a third of the name's letters at most) or starts it
+            let lower = name.to_lowercase();
+            if levenshtein(&lower, near) <= name.chars().count().div_ceil(3) || near.starts_with(&lower) {
+                bail!("unknown preset `{name}`; did you mean `{near}`? (presets: {all})");
+            }
+            bail!("unknown preset `{name}` (presets: {all})");
         };
         if let Some(p) = parent {
             self.apply_preset(p, notices)?;
@@ -500,8 +503,16 @@ impl Config {
         if !(self.temperature > 0.0 && self.temperature.is_finite()) {
             bail!("`temperature` must be > 0 (got {})", self.temperature);
         }
-        if self.n_layer > 1024 || self.n_embd > 65536 || self.block_size > 1 << 20 || self.batch_size > 1 << 20 {
-            bail!("model or batch shape is out of range (n_layer <= 1024, n_embd <= 65536, block_size <= 2^20, batch_size <= 2^20)");
+        let limits = [("n_layer", self.n_layer, 1024, "1024"), ("n_embd", self.n_embd, 65536, "65536")];
+        let limits =
+            limits.into_iter().chain([("block_size", self.block_size, 1 << 20, "2^20"), ("batch_size", self.batch_size, 1 << 20, "2^20")]);
+        for (key, v, most, shown) in limits {
+            if v > most {
+                bail!("`{key}` = {v} is above the most gptrain takes, {shown} ({most})");
+            }
+        }
+        if Path::new(&self.out_dir).is_file() {
+            bail!("out_dir `{}` is a file, not a folder; hint: --set out_dir=DIR (a folder, made if missing)", self.out_dir);
         }
         Ok(())
     }

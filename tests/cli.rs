@@ -37,7 +37,16 @@ fn bad_inputs_get_one_clear_line() {
     fails_with(&["bench", "--set", "recompute=3"], &d, "`recompute` must be 0, 1 or 2 (got 3); hint: 0 keeps every activation");
     let (_, _, err) = gptrain(&["train", "--set", "recompute=3"], &d);
     assert_eq!(err.lines().count(), 1, "one line: {err}");
-    fails_with(&["sample"], &d, "no checkpoint");
+    fails_with(&["sample"], &d, "no checkpoint in out-shakespeare-char to sample from");
+    // an out_dir or a prepare --out that is a file; a shape past a limit names its key; a
+    // preset name far from every preset gets no guess
+    std::fs::write(d.join("a-file"), "x").unwrap();
+    fails_with(&["train", "--set", "out_dir=a-file"], &d, "out_dir `a-file` is a file, not a folder; hint: --set out_dir=DIR");
+    std::fs::write(d.join("in.txt"), "some text to prepare\n".repeat(50)).unwrap();
+    fails_with(&["prepare", "--input", "in.txt", "--out", "a-file"], &d, "--out a-file is a file, not a folder");
+    fails_with(&["train", "--set", "batch_size=100000000"], &d, "`batch_size` = 100000000 is above the most gptrain takes, 2^20 (1048576)");
+    let (_, _, err) = gptrain(&["train", "--preset", "nope"], &d);
+    assert!(err.contains("unknown preset `nope` (presets: ") && !err.contains("did you mean"), "{err}");
     // nanoGPT's init_from names: say how to get the weights (gptrain does not download)
     fails_with(&["train", "--set", "init_from=gpt2"], &d, "huggingface-cli download openai-community/gpt2 model.safetensors");
     fails_with(&["sample", "--set", "init_from=gpt2-xl"], &d, "--local-dir gpt2-xl");

@@ -152,7 +152,7 @@ impl train::Observer for Silent {
 fn install_signal_handler() {
     let _ = ctrlc::set_handler(|| {
         if train::STOP.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            eprintln!("\nstopping now (second interrupt); checkpoints already on disk are intact");
+            eprintln!("\nstopping now (second interrupt), without a checkpoint of this iteration; any checkpoint written before is intact");
             std::process::exit(130);
         }
         if train::WAITING_TO_SAVE.load(std::sync::atomic::Ordering::SeqCst) {
@@ -205,6 +205,12 @@ fn load_for_sampling(cfg: &Config, from: Option<&Path>) -> Result<SampleSource> 
             }
         }
         None => {
+            if checkpoint::list(Path::new(&cfg.out_dir)).is_empty() {
+                bail!(
+                    "no checkpoint in {} to sample from; hint: train first (`gptrain train`), or --set out_dir=DIR of a trained run",
+                    cfg.out_dir
+                );
+            }
             let ck = checkpoint::load_latest(Path::new(&cfg.out_dir), cfg.resume_fallback, &mut |w| eprintln!("{w}"))?;
             (ck.state.model.clone(), ck.params, ck.state, ck.dir)
         }

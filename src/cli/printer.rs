@@ -202,7 +202,12 @@ impl Observer for Printer {
             human_duration(s.checkpoint_s)
         );
         if let (Some(ms), Some(tps)) = (s.steady_ms, s.tokens_per_sec) {
-            say!("steady: {ms:.2} ms/iter, {} tok/s, MFU {}", thousands(tps), s.mfu.map_or("n/a".into(), |m| format!("{:.1}%", m * 100.0)));
+            say!(
+                "steady: {ms:.2} ms/iter (median of the run's {}), {} tok/s, MFU {}",
+                count(s.steady_iters, "steady iteration"),
+                thousands(tps),
+                s.mfu.map_or("n/a".into(), |m| format!("{:.1}%", m * 100.0))
+            );
         }
         if let (Some(t), Some(v)) = (s.final_train_loss, s.final_val_loss) {
             say!("final: train loss {t:.4}, val loss {v:.4}");

@@ -239,6 +239,9 @@ pub fn prepare(input: Option<&Path>, kind: TokenizerKind, out: &Path, progress: 
     if total == 0 {
         bail!("the input is empty");
     }
+    if out.is_file() {
+        bail!("--out {} is a file, not a folder; hint: --out DIR (a folder, made if missing)", out.display());
+    }
     let replaced = existing(out, kind)?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let many = srcs.len() > 1;

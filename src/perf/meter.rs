@@ -112,6 +112,17 @@ impl Meter {
         self.phase_s[3] += secs;
     }
 
+    /// Steady seconds per iteration over the whole run (median of every steady iteration), and
+    /// how many there were: the run's summary (the live lines use the recent window).
+    pub fn run_steady_s(&self) -> Option<(f64, usize)> {
+        (self.warm && !self.steady_times.is_empty()).then(|| (median(&self.steady_times), self.steady_times.len()))
+    }
+
+    /// Tokens per second and MFU at `s` seconds per iteration.
+    pub fn rates(&self, s: f64) -> (f64, Option<f64>) {
+        (self.tokens_per_iter / s, self.peak_flops.map(|p| self.flops_per_iter / s / p))
+    }
+
     /// Steady seconds per iteration (median of the recent window).
     pub fn steady_s(&self) -> Option<f64> {
         if !self.warm || self.steady_times.is_empty() {
@@ -191,6 +202,25 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_summary_is_the_whole_run_and_the_live_line_the_recent_window() {
+        let mut m = Meter::new(1000.0, 1e9, Some(1e10));
+        m.record_iter(1.0); // warm-up
+        for _ in 0..3 {
+            m.record_iter(0.05);
+        }
+        for _ in 0..(STEADY_WINDOW + 40) {
+            m.record_iter(0.05);
+        }
+        for _ in 0..STEADY_WINDOW {
+            m.record_iter(0.09); // the machine slows down for the last hundred
+        }
+        assert!((m.steady_s().unwrap() - 0.09).abs() < 1e-12, "live: the last {STEADY_WINDOW}");
+        let (s, n) = m.run_steady_s().unwrap();
+        assert!((s - 0.05).abs() < 1e-12 && n > 2 * STEADY_WINDOW, "the run: {s} over {n}");
+        assert_eq!(m.rates(0.05), (20_000.0, Some(2.0)));
+    }
 
     #[test]
     fn slow_first_iterations_are_warmup_and_excluded() {

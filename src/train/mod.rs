@@ -114,7 +114,10 @@ pub struct Summary {
     pub eval_s: f64,
     pub checkpoint_s: f64,
     pub total_s: f64,
+    /// The median of every steady iteration of the run, and how many there were; tokens/s and
+    /// MFU at that speed.
     pub steady_ms: Option<f64>,
+    pub steady_iters: usize,
     pub tokens_per_sec: Option<f64>,
     pub mfu: Option<f64>,
     pub final_train_loss: Option<f32>,

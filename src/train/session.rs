@@ -440,8 +440,12 @@ impl<'a, B: Backend> Session<'a, B> {
 
     /// The closing summary, reported and returned.
     pub(super) fn finish(mut self) -> Summary {
-        let r = self.meter.reading(0, 0, 0, 0.0, 1.0);
         let m = &self.meter;
+        let run = m.run_steady_s();
+        let (tokens_per_sec, mfu) = run.map_or((None, None), |(s, _)| {
+            let (tps, mfu) = m.rates(s);
+            (Some(tps), mfu)
+        });
         let used = self.model.backend.memory_use();
         let summary = Summary {
             iters: self.it - self.first_iter,
@@ -451,9 +455,10 @@ impl<'a, B: Backend> Session<'a, B> {
             eval_s: m.phase_s[2],
             checkpoint_s: m.phase_s[3],
             total_s: self.t_run.elapsed().as_secs_f64(),
-            steady_ms: r.steady_ms,
-            tokens_per_sec: r.tokens_per_sec,
-            mfu: r.mfu,
+            steady_ms: run.map(|(s, _)| s * 1e3),
+            steady_iters: run.map_or(0, |(_, n)| n),
+            tokens_per_sec,
+            mfu,
             final_train_loss: self.last_eval.map(|e| e.0),
             final_val_loss: self.last_eval.map(|e| e.1),
             skipped_updates: self.skipped,

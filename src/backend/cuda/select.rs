@@ -60,7 +60,7 @@ pub fn select(device: &str, p: Precision) -> Result<Selected> {
         Choice::Cuda(n) => {
             let card = find_card(n).map_err(|why| {
                 anyhow::anyhow!(
-                    "{why}; hint: device `{device}` needs an NVIDIA GPU and its driver, or run on the CPU (device `cpu`, or `auto`)"
+                    "{why}; hint: device `{device}` needs an NVIDIA GPU and its driver, or run on the CPU (`--set device=cpu`, or `--set device=auto`)"
                 )
             })?;
             check_card(&card, p)?;
