@@ -256,7 +256,8 @@ fn sample_run(cfg: &Config, from: Option<&Path>, num_samples: usize, max_new_tok
     let (start, prompt) = encode_prompt(cfg, &src)?;
     let (mc, params, tok) = (src.model, src.params, src.tok);
     let (chosen, reason) = train::sample_backend(cfg)?;
-    if let Some(r) = reason {
+    // (after a training run, which said it already)
+    if let Some(r) = reason.filter(|_| from.is_none()) {
         eprintln!("{r}");
     }
     crate::on_backend!(chosen, b => sample_with(Sampler::new(b, mc, &params)?, cfg, &start, &prompt, &tok, num_samples, max_new_tokens))
