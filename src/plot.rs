@@ -17,16 +17,24 @@ pub struct Series {
     pub steady_tok_s: Vec<(f64, f64)>,
     /// Iterations logged as warm-up.
     pub warmup: Vec<f64>,
+    /// The warm-up's stretches, first and last iteration: one per session (a resumed run's
+    /// metrics.jsonl holds a `start` record per process, each followed by its own warm-up).
+    pub warmup_bands: Vec<(f64, f64)>,
 }
 
 /// Reads gptrain's metrics.jsonl.
 pub fn read(text: &str) -> Result<Series> {
     let mut s = Series::default();
     let mut tokens_per_iter = None;
+    // whether the last iteration record was warm-up (a band is open); a start record closes it
+    let mut in_band = false;
     for line in text.lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
         match v["type"].as_str() {
-            Some("start") => tokens_per_iter = v["tokens_per_iter"].as_f64(),
+            Some("start") => {
+                tokens_per_iter = v["tokens_per_iter"].as_f64();
+                in_band = false;
+            }
             Some("iter") => {
                 let (Some(it), Some(loss)) = (v["iter"].as_f64(), v["loss"].as_f64()) else { continue };
                 s.train.push((it, loss));
@@ -36,9 +44,15 @@ pub fn read(text: &str) -> Result<Series> {
                 if let Some(t) = v["tokens_per_sec"].as_f64() {
                     s.steady_tok_s.push((it, t));
                 }
-                if v["warmup"].as_bool() == Some(true) {
+                let warm = v["warmup"].as_bool() == Some(true);
+                if warm {
                     s.warmup.push(it);
+                    match s.warmup_bands.last_mut() {
+                        Some(band) if in_band => band.1 = it,
+                        _ => s.warmup_bands.push((it, it)),
+                    }
                 }
+                in_band = warm;
             }
             Some("eval") => {
                 if let (Some(it), Some(t), Some(vl)) = (v["iter"].as_f64(), v["train_loss"].as_f64(), v["val_loss"].as_f64()) {
@@ -97,6 +111,22 @@ fn loss_label(v: f64, span: f64) -> String {
     format!("{v:.decimals$}")
 }
 
+/// The shaded stretches of the iteration axis `x0..x1`, one per warm-up band (first and last
+/// warm-up iteration): from halfway before its first iteration (the axis' start for the run's
+/// first) to halfway to the first steady one, never narrower than 0.6% of the axis, so that
+/// a short warm-up in a long run stays visible.
+pub fn shading(bands: &[(f64, f64)], x0: f64, x1: f64) -> Vec<(f64, f64)> {
+    let min_width = (x1 - x0) * 0.006;
+    bands
+        .iter()
+        .map(|&(first, last)| {
+            let a = if first <= x0 { x0 } else { (first - 0.5).max(x0) };
+            let b = (last + 0.5).max(a + min_width).min(x1);
+            (a, b)
+        })
+        .collect()
+}
+
 fn draw<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, s: &Series) -> Result<()>
 where
     DB::ErrorType: 'static,
@@ -104,10 +134,7 @@ where
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let (top, bottom) = root.split_vertically(root.dim_in_pixel().1 / 2);
     let (x0, x1) = range(s.train.iter().chain(&s.eval_val).map(|p| p.0));
-    // the shading covers the warm-up iterations up to halfway to the first steady one, and is
-    // never narrower than 0.6% of the axis, so that a short warm-up in a long run stays visible
-    let warm_end = s.warmup.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    let warm_end = (warm_end + 0.5).max(x0 + (x1 - x0) * 0.006).min(x1);
+    let bands = shading(&s.warmup_bands, x0, x1);
     let e = |e: plotters::drawing::DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("{e:?}");
     let x_fmt = |x: &f64| format!("{x:.0}");
 
@@ -127,12 +154,12 @@ where
         .y_label_formatter(&|v| loss_label(*v, l1 - l0))
         .draw()
         .map_err(e)?;
-    if !s.warmup.is_empty() {
-        c.draw_series([Rectangle::new([(x0, l0), (warm_end, l1)], WARM.filled())])
-            .map_err(e)?
-            .label("warm-up")
-            .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], WARM.filled()));
-        c.draw_series([PathElement::new([(warm_end, l0), (warm_end, l1)], WARM_EDGE.stroke_width(2))]).map_err(e)?;
+    for (i, &(a, b)) in bands.iter().enumerate() {
+        let band = c.draw_series([Rectangle::new([(a, l0), (b, l1)], WARM.filled())]).map_err(e)?;
+        if i == 0 {
+            band.label("warm-up").legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], WARM.filled()));
+        }
+        c.draw_series([PathElement::new([(b, l0), (b, l1)], WARM_EDGE.stroke_width(2))]).map_err(e)?;
     }
     c.draw_series(LineSeries::new(s.train.iter().cloned(), BLUE.mix(0.6)))
         .map_err(e)?
@@ -164,12 +191,12 @@ where
         .y_label_formatter(&|v| short(*v))
         .draw()
         .map_err(e)?;
-    if !s.warmup.is_empty() {
-        c.draw_series([Rectangle::new([(x0, 0.0), (warm_end, t1 * 1.05)], WARM.filled())])
-            .map_err(e)?
-            .label("warm-up (excluded)")
-            .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], WARM.filled()));
-        c.draw_series([PathElement::new([(warm_end, 0.0), (warm_end, t1 * 1.05)], WARM_EDGE.stroke_width(2))]).map_err(e)?;
+    for (i, &(a, b)) in bands.iter().enumerate() {
+        let band = c.draw_series([Rectangle::new([(a, 0.0), (b, t1 * 1.05)], WARM.filled())]).map_err(e)?;
+        if i == 0 {
+            band.label("warm-up (excluded)").legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], WARM.filled()));
+        }
+        c.draw_series([PathElement::new([(b, 0.0), (b, t1 * 1.05)], WARM_EDGE.stroke_width(2))]).map_err(e)?;
     }
     c.draw_series(LineSeries::new(s.tok_s.iter().cloned(), BLUE.mix(0.4)))
         .map_err(e)?
@@ -195,4 +222,55 @@ pub fn plot(metrics: &Path, out: &Path) -> Result<(std::path::PathBuf, std::path
     draw(BitMapBackend::new(&png, (1000, 800)).into_drawing_area(), &s).with_context(|| format!("cannot draw {}", png.display()))?;
     draw(SVGBackend::new(&svg, (1000, 800)).into_drawing_area(), &s).with_context(|| format!("cannot draw {}", svg.display()))?;
     Ok((png, svg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iter(i: u64, warm: bool) -> String {
+        format!("{{\"type\":\"iter\",\"iter\":{i},\"loss\":4.0,\"ms\":50.0,\"warmup\":{warm},\"tokens_per_sec\":null}}\n")
+    }
+
+    #[test]
+    fn a_resumed_run_has_one_warm_up_band_per_session() {
+        // the new user's run: stopped after iteration 1250, resumed at 1251, warm-up 0-4 and 1251-1253
+        let mut t = String::from("{\"type\":\"start\",\"iter\":0,\"tokens_per_iter\":768}\n");
+        for i in 0..1251 {
+            t += &iter(i, i < 5);
+        }
+        t += "{\"type\":\"start\",\"iter\":1251,\"tokens_per_iter\":768}\n";
+        for i in 1251..2000 {
+            t += &iter(i, i < 1254);
+        }
+        let s = read(&t).unwrap();
+        assert_eq!(s.warmup.len(), 8);
+        assert_eq!(s.warmup_bands, vec![(0.0, 4.0), (1251.0, 1253.0)]);
+        // shaded: from the axis' start to halfway past 4, and around 1251-1253 (each at least
+        // 0.6% of the axis wide), not 0-1253
+        let sh = shading(&s.warmup_bands, 0.0, 1999.0);
+        assert_eq!(sh.len(), 2);
+        assert_eq!(sh[0].0, 0.0);
+        assert!((sh[0].1 - 1999.0 * 0.006).abs() < 1e-9, "{sh:?}");
+        assert_eq!(sh[1].0, 1250.5);
+        assert!((sh[1].1 - (1250.5 + 1999.0 * 0.006)).abs() < 1e-9, "{sh:?}");
+    }
+
+    #[test]
+    fn a_start_record_splits_warm_up_that_runs_on() {
+        // a session stopped during its warm-up, resumed straight into another
+        let mut t = String::from("{\"type\":\"start\",\"iter\":0}\n");
+        t += &iter(0, true);
+        t += &iter(1, true);
+        t += "{\"type\":\"start\",\"iter\":2}\n";
+        t += &iter(2, true);
+        t += &iter(3, true);
+        t += &iter(4, false);
+        let s = read(&t).unwrap();
+        assert_eq!(s.warmup_bands, vec![(0.0, 1.0), (2.0, 3.0)]);
+        // one session: one band, drawn as before (axis start to halfway to the first steady one)
+        let s = read(&(String::from("{\"type\":\"start\",\"iter\":0}\n") + &iter(0, true) + &iter(1, true) + &iter(2, false))).unwrap();
+        assert_eq!(s.warmup_bands, vec![(0.0, 1.0)]);
+        assert_eq!(shading(&s.warmup_bands, 0.0, 2.0), vec![(0.0, 1.5)]);
+    }
 }
