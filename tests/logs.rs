@@ -585,3 +585,35 @@ fn tensorboard_events_are_read_by_their_wall_times() {
     assert!(code == 1 && err.contains("TensorBoard events without a scalar"), "{err}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn gptrain_resumed_metrics_jsonl_is_read_session_by_session() {
+    // see the fixture's note: two sessions (a start record each), ~80 and ~50 ms/iter
+    let v = read(&fixture("gptrain-resumed.jsonl"), &[]);
+    check(&v, "gptrain", "per-iteration", 50.3, 1e-9);
+    let n = |k: &str| v[k].as_u64().unwrap_or(u64::MAX);
+    // each session's warm-up (5 + 4), and no outlier: the slower first session is kept
+    assert_eq!((n("iters_seen"), n("warmup_dropped"), n("outliers_dropped"), n("iters_counted")), (40, 9, 0, 31), "{v}");
+    assert_eq!(v["warmup_settled"].as_bool(), Some(true), "{v}");
+    assert_eq!(v["p90_ms"].as_f64(), Some(80.5), "{v}");
+    // the last start record states the run: max_iters 40
+    assert_eq!((v["tokens_per_iter"].as_f64(), v["max_iters"].as_u64()), (Some(384.0), Some(40)), "{v}");
+}
+
+#[test]
+fn gptrain_text_log_states_its_flops_per_iteration() {
+    let d = tmp("gptrain-text");
+    let mut text = String::from(
+        "model: 4 layers, 4 heads, 128 dims, block 64, vocab 65, bias false\ntokens per iteration: 768 ; FLOPs per iteration: 3.97G\n",
+    );
+    for (i, ms) in [900.0, 120.0, 100.0, 101.0, 100.0, 99.0, 100.0, 100.5].iter().enumerate() {
+        text += &format!("iter {i}: loss 4.0000, time {ms:.2}ms, lr 1.00e-3, norm 0.5000\n");
+    }
+    std::fs::write(d.join("train.log"), text).unwrap();
+    let v = read(&d.join("train.log"), &["--device", "cpu"]);
+    assert_eq!(v["format"].as_str(), Some("gptrain"), "{v}");
+    let facts: Vec<&str> = v["log_facts"].as_array().unwrap().iter().filter_map(|f| f.as_str()).collect();
+    assert!(facts.contains(&"FLOPs per iteration 3.97G (`FLOPs per iteration: 3.97G`)"), "{v}");
+    assert_eq!(v["tokens_per_iter"].as_f64(), Some(768.0), "{v}");
+    std::fs::remove_dir_all(d).ok();
+}

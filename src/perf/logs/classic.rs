@@ -94,7 +94,8 @@ pub(super) fn gptrain_jsonl(line: &str) -> Option<(Format, Hit)> {
             Some((Format::Gptrain, Hit::Iter(r)))
         }
         "eval" => Some((Format::Gptrain, Hit::Eval)),
-        "start" | "checkpoint" | "summary" => Some((Format::Gptrain, Hit::Info)),
+        "start" => Some((Format::Gptrain, Hit::Start)),
+        "checkpoint" | "summary" => Some((Format::Gptrain, Hit::Info)),
         _ => None, // another loop's `"type"` (the JSON-lines reader's)
     }
 }

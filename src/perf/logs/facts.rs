@@ -16,6 +16,9 @@ pub struct Facts {
     pub total_iters: Option<u64>,
     /// nanoGPT's `tokens per iteration will be: N`.
     pub stated_tokens_per_iter: Option<u64>,
+    /// gptrain's banner `tokens per iteration: 768 ; FLOPs per iteration: 3.97G` (its text
+    /// log; its metrics.jsonl's `start` record has the exact figure).
+    pub stated_flops_per_iter: Option<f64>,
     pub n_layer: Option<u64>,
     pub n_embd: Option<u64>,
     pub n_head: Option<u64>,
@@ -34,6 +37,11 @@ struct Fact {
 const SEP: &str = r"[\s.:=]*";
 // a whole number, with thousands separators (`1,000`) or without
 const N: &str = r"(\d{1,3}(?:,\d{3})+|\d+)";
+
+/// gptrain's `FLOPs per iteration: 3.97G` (as `si` prints it: k, M, G, T, P or none) and
+/// `estimate`'s `FLOPs per iteration: 2.382e13`.
+static FLOPS: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\bFLOPs per iteration:\s*(\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)\s*([kMGTP])?(?:\s|;|,|\(|$)").unwrap());
 
 static FACTS: LazyLock<Vec<Fact>> = LazyLock::new(|| {
     let f = |pat: &str, set: fn(&mut Facts) -> &mut Option<u64>, name: &'static str| Fact {
@@ -89,6 +97,25 @@ impl Facts {
             .any(|k| l.contains(k))
         {
             return;
+        }
+        if self.stated_flops_per_iter.is_none() {
+            if let Some(c) = FLOPS.captures(line) {
+                let scale = match c.get(2).map(|m| m.as_str()) {
+                    Some("k") => 1e3,
+                    Some("M") => 1e6,
+                    Some("G") => 1e9,
+                    Some("T") => 1e12,
+                    Some("P") => 1e15,
+                    _ => 1.0,
+                };
+                let v = c[1].parse::<f64>().ok().map(|x| x * scale).filter(|x| x.is_finite() && *x > 0.0);
+                if let Some(v) = v {
+                    self.stated_flops_per_iter = Some(v);
+                    let m = c.get(0).unwrap().as_str().trim_end_matches([' ', ';', ',', '(']);
+                    let shown = format!("{}{}", &c[1], c.get(2).map_or("", |u| u.as_str()));
+                    self.sources.push(format!("FLOPs per iteration {shown} (`{m}`)"));
+                }
+            }
         }
         for f in FACTS.iter() {
             if (f.set)(self).is_some() {

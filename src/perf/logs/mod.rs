@@ -236,6 +236,9 @@ pub struct Record {
     /// The time's number when it came without a unit (`dt: 0.41`, `{"dt": 410}`): its unit is
     /// settled for the whole log ([`settle_units`]), not line by line.
     pub unitless: Option<f64>,
+    /// Which session of the run (a process's start to its end): a resumed gptrain run appends
+    /// a `start` record to its metrics.jsonl, and each starts cold ([`Hit::Start`]).
+    pub session: u32,
 }
 
 impl Record {
@@ -254,6 +257,7 @@ impl Record {
             stream: 0,
             minus_100: false,
             unitless: None,
+            session: 0,
         }
     }
 }
@@ -272,6 +276,9 @@ pub enum Hit {
     /// A line of this format that is no iteration (a Hugging Face loss dict, DeepSpeed's
     /// `step=N, skipped=...` without a timestamp).
     Info,
+    /// A process of the run starts (gptrain's `start` record, written again by each resume):
+    /// the iterations after it are a new session, with a warm-up of their own.
+    Start,
 }
 
 type Reader = fn(&str) -> Option<(Format, Hit)>;
@@ -344,6 +351,8 @@ pub struct Sample {
     pub log_tflops: Option<f64>,
     pub log_tok_s: Option<f64>,
     pub log_tok_s_per_gpu: Option<f64>,
+    /// The session of the run it belongs to ([`Record::session`]).
+    pub session: u32,
 }
 
 /// What the caller knows that the log may not say.
@@ -485,6 +494,7 @@ pub fn parse_with(text: &str, opt: &Options) -> Result<Parsed> {
     let mut records: Vec<(Format, Record)> = Vec::new();
     let mut facts = Facts::default();
     let (mut evals, mut skipped, mut lines, mut hf_dicts) = (0, 0, 0, 0);
+    let mut session = 0;
     let text = blocks::join(text);
     for raw in text.split(['\n', '\r']) {
         if raw.trim().is_empty() {
@@ -503,10 +513,12 @@ pub fn parse_with(text: &str, opt: &Options) -> Result<Parsed> {
             Some((_, Hit::Iter(r))) if !sound(&r.time) => skipped += 1,
             Some((f, Hit::Iter(mut r))) => {
                 r.stamp = r.stamp.or(stamp);
+                r.session = session;
                 records.push((f, r));
             }
             Some((_, Hit::Eval)) => evals += 1,
             Some((f, Hit::Info)) => hf_dicts += usize::from(f == Format::HfTrainer),
+            Some((_, Hit::Start)) => session += 1,
             None => skipped += 1,
         }
     }
@@ -658,6 +670,7 @@ fn sample(r: &Record, ms: f64, span: u64) -> Sample {
         log_tflops: r.log_tflops,
         log_tok_s: r.log_tok_s,
         log_tok_s_per_gpu: r.log_tok_s_per_gpu,
+        session: r.session,
     }
 }
 
@@ -773,7 +786,7 @@ pub struct Steady {
     /// Iterations the kept samples stand for, by the counter.
     pub iters_counted: u64,
     /// False when the log ended before the time settled (then only the first sample counts
-    /// as warm-up).
+    /// as warm-up). Of its first session: a later session too short to settle is all warm-up.
     pub warmup_settled: bool,
     pub steady_ms_per_iter: f64,
     pub p10_ms: f64,
@@ -785,33 +798,119 @@ pub struct Steady {
     pub log_tok_s: Option<f64>,
     pub log_tok_s_per_gpu: Option<f64>,
     pub total_from_log: Option<u64>,
+    /// Each session's share, in the file's order (one for most logs; a resumed gptrain run's
+    /// metrics.jsonl holds one per process).
+    pub sessions: Vec<SessionSteady>,
+}
+
+/// One session's share of the steady figures (a file with several: [`Steady::sessions`]).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SessionSteady {
+    pub first_iter: u64,
+    pub last_iter: u64,
+    pub samples: usize,
+    pub warmup_dropped: usize,
+    pub outliers_dropped: usize,
+    /// Median ms/iter of its kept samples (NaN when none is kept).
+    pub steady_ms_per_iter: f64,
+}
+
+/// Fewer kept samples than this make no steady figure: [`Steady::few_samples_warning`].
+pub const MIN_STEADY_SAMPLES: usize = 3;
+
+impl Steady {
+    /// Samples the steady figures rest on.
+    pub fn samples_kept(&self) -> usize {
+        self.iters_seen - self.iters_dropped
+    }
+
+    /// A warning when the steady figure rests on fewer than [`MIN_STEADY_SAMPLES`] samples
+    /// (a one-figure-for-the-whole-run log, trainer_state.json's, says so itself).
+    pub fn few_samples_warning(&self, meaning: Meaning) -> Option<String> {
+        let n = self.samples_kept();
+        if n >= MIN_STEADY_SAMPLES || meaning == Meaning::RunAverage {
+            return None;
+        }
+        let what = if n == 1 { "one sample".to_string() } else { format!("{n} samples") };
+        Some(format!(
+            "the steady figure rests on {what} ({} iteration{}): too few to be a steady state (it takes {MIN_STEADY_SAMPLES}); give a longer log",
+            self.iters_counted,
+            if self.iters_counted == 1 { "" } else { "s" }
+        ))
+    }
+
+    /// A note when the file holds several sessions (a resumed gptrain run's metrics.jsonl):
+    /// how the steady figures were formed, and each session's median.
+    pub fn sessions_note(&self) -> Option<String> {
+        if self.sessions.len() < 2 {
+            return None;
+        }
+        let each: Vec<String> = self
+            .sessions
+            .iter()
+            .map(|s| match s.steady_ms_per_iter {
+                ms if ms.is_nan() => format!("iterations {}-{}: all warm-up", s.first_iter, s.last_iter),
+                ms => format!("iterations {}-{}: {ms:.2} ms/iter", s.first_iter, s.last_iter),
+            })
+            .collect();
+        Some(format!(
+            "the file holds {} sessions (a start record each: the run was resumed); each has its own warm-up, outliers are judged within each, and the steady figures are over all their steady samples ({})",
+            self.sessions.len(),
+            each.join("; ")
+        ))
+    }
 }
 
 pub fn steady(p: &Parsed) -> Steady {
-    // warm-up: the live meter's rule, fed the samples in order
-    let mut meter = Meter::new(1.0, 1.0, None);
-    for l in &p.samples {
-        if meter.is_warm() {
-            break;
-        }
-        meter.record_iter(l.ms);
-    }
-    // the sample that settles the meter is the first steady one (as in the live log);
-    // a log too short to settle keeps all but the first MIN_WARMUP samples
-    let settled = meter.is_warm();
     let n = p.samples.len();
-    let warm = if !p.from_start {
-        0 // an excerpt from the middle of a run: its warm-up is not in the log
-    } else if settled {
-        meter.warmup_iters()
-    } else {
-        super::meter::MIN_WARMUP.min(n.saturating_sub(1))
-    };
-    let rest = &p.samples[warm..];
-    let mut times: Vec<f64> = rest.iter().map(|l| l.ms).collect();
-    times.sort_by(|a, b| a.total_cmp(b));
-    let med = percentile(&times, 0.5);
-    let kept: Vec<&Sample> = rest.iter().filter(|l| l.ms <= OUTLIER * med).collect();
+    let (mut kept, mut warmup_dropped, mut outliers_dropped, mut first_settled) = (Vec::<&Sample>::new(), 0, 0, true);
+    let mut sessions = Vec::new();
+    // each session (a process: a resumed run's metrics.jsonl holds several) starts cold
+    for (i, run) in p.samples.chunk_by(|a, b| a.session == b.session).enumerate() {
+        // warm-up: the live meter's rule, fed the samples in order
+        let mut meter = Meter::new(1.0, 1.0, None);
+        for l in run {
+            if meter.is_warm() {
+                break;
+            }
+            meter.record_iter(l.ms);
+        }
+        // the sample that settles the meter is the first steady one (as in the live log);
+        // a log too short to settle keeps all but the first MIN_WARMUP samples (a later
+        // session's are all warm-up: the earlier ones give the steady figures)
+        let settled = meter.is_warm();
+        let warm = if i == 0 && !p.from_start {
+            0 // an excerpt from the middle of a run: its warm-up is not in the log
+        } else if settled {
+            meter.warmup_iters()
+        } else if i == 0 {
+            super::meter::MIN_WARMUP.min(run.len().saturating_sub(1))
+        } else {
+            run.len()
+        };
+        if i == 0 {
+            first_settled = settled || !p.from_start;
+        }
+        // outliers: against the session's own median (sessions may have run at different speeds)
+        let rest = &run[warm..];
+        let mut times: Vec<f64> = rest.iter().map(|l| l.ms).collect();
+        times.sort_by(|a, b| a.total_cmp(b));
+        let med = percentile(&times, 0.5);
+        let mine: Vec<&Sample> = rest.iter().filter(|l| l.ms <= OUTLIER * med).collect();
+        let mut mt: Vec<f64> = mine.iter().map(|l| l.ms).collect();
+        mt.sort_by(|a, b| a.total_cmp(b));
+        sessions.push(SessionSteady {
+            first_iter: run[0].iter,
+            last_iter: run[run.len() - 1].iter,
+            samples: run.len(),
+            warmup_dropped: warm,
+            outliers_dropped: rest.len() - mine.len(),
+            steady_ms_per_iter: percentile(&mt, 0.5),
+        });
+        warmup_dropped += warm;
+        outliers_dropped += rest.len() - mine.len();
+        kept.extend(mine);
+    }
     let mut kt: Vec<f64> = kept.iter().map(|l| l.ms).collect();
     kt.sort_by(|a, b| a.total_cmp(b));
     let median_of = |f: fn(&Sample) -> Option<f64>| -> Option<f64> {
@@ -821,11 +920,11 @@ pub fn steady(p: &Parsed) -> Steady {
     };
     Steady {
         iters_seen: n,
-        warmup_dropped: warm,
-        outliers_dropped: rest.len() - kept.len(),
+        warmup_dropped,
+        outliers_dropped,
         iters_dropped: n - kept.len(),
         iters_counted: kept.iter().map(|s| s.span).sum(),
-        warmup_settled: settled || !p.from_start,
+        warmup_settled: first_settled,
         steady_ms_per_iter: percentile(&kt, 0.5),
         p10_ms: percentile(&kt, 0.1),
         p90_ms: percentile(&kt, 0.9),
@@ -835,6 +934,7 @@ pub fn steady(p: &Parsed) -> Steady {
         log_tok_s: median_of(|s| s.log_tok_s),
         log_tok_s_per_gpu: median_of(|s| s.log_tok_s_per_gpu),
         total_from_log: p.total_from_log,
+        sessions,
     }
 }
 

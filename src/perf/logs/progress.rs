@@ -114,7 +114,16 @@ fn run_average(v: &serde_json::Value, history: &[serde_json::Value], step: u64) 
     Ok(Parsed {
         format: Format::HfTrainerState,
         meaning: Meaning::RunAverage,
-        samples: vec![Sample { iter: step, ms, span: step, log_mfu: None, log_tflops: None, log_tok_s: None, log_tok_s_per_gpu: None }],
+        samples: vec![Sample {
+            iter: step,
+            ms,
+            span: step,
+            log_mfu: None,
+            log_tflops: None,
+            log_tok_s: None,
+            log_tok_s_per_gpu: None,
+            session: 0,
+        }],
         iter_lines: loss_lines,
         other_iter_lines: 0,
         evals: evals.len(),

@@ -419,3 +419,104 @@ fn times_without_a_unit_take_one_unit_for_the_whole_log() {
     let p = parse("step 1 | dt: 45ms\nstep 2 | dt: 55\nstep 3 | dt: 55\n").unwrap();
     assert_eq!(p.samples.iter().map(|s| s.ms).collect::<Vec<_>>(), [45.0, 55.0, 55.0]);
 }
+
+/// A resumed gptrain run's metrics.jsonl: a `start` record per process. The first session ran
+/// at ~80 ms/iter, the resumed one at ~50 (another load on the machine).
+fn resumed(first: &[f64], second: &[f64]) -> String {
+    let mut t = String::from("{\"type\":\"start\",\"iter\":0,\"tokens_per_iter\":384}\n");
+    for (i, ms) in first.iter().enumerate() {
+        t += &format!("{{\"type\":\"iter\",\"iter\":{i},\"loss\":4.0,\"ms\":{ms}}}\n");
+    }
+    t += &format!("{{\"type\":\"checkpoint\",\"iter\":{}}}\n", first.len());
+    t += &format!("{{\"type\":\"start\",\"iter\":{},\"tokens_per_iter\":384}}\n", first.len());
+    for (i, ms) in second.iter().enumerate() {
+        t += &format!("{{\"type\":\"iter\",\"iter\":{},\"loss\":4.0,\"ms\":{ms}}}\n", first.len() + i);
+    }
+    t
+}
+
+#[test]
+fn each_start_record_begins_a_session_with_its_own_warm_up_and_outliers() {
+    let first = [400.0, 160.0, 81.0, 80.0, 80.5, 79.5, 80.0, 81.0];
+    let second = [300.0, 130.0, 50.0, 50.5, 49.5, 50.0, 50.2, 49.8, 50.1, 50.3, 49.9, 50.0];
+    let p = parse(&resumed(&first, &second)).unwrap();
+    assert_eq!(p.format, Format::Gptrain);
+    assert_eq!(p.samples.iter().map(|s| s.session).collect::<std::collections::BTreeSet<_>>().len(), 2);
+    let s = steady(&p);
+    assert_eq!(s.sessions.len(), 2);
+    // each session: its samples until three agree (81, 80, 80.5 settle the first: 80.5 is its
+    // first steady one; 50, 50.5, 49.5 the second)
+    assert_eq!((s.sessions[0].warmup_dropped, s.sessions[1].warmup_dropped), (4, 4));
+    // outliers are judged within each session: the slower first session is not dropped
+    assert_eq!((s.warmup_dropped, s.outliers_dropped, s.iters_counted), (8, 0, 12));
+    assert_eq!((s.sessions[0].first_iter, s.sessions[0].last_iter, s.sessions[1].first_iter), (0, 7, 8));
+    assert!((s.sessions[0].steady_ms_per_iter - 80.25).abs() < 1e-9, "{:?}", s.sessions);
+    assert!((s.sessions[1].steady_ms_per_iter - 50.0).abs() < 1e-9, "{:?}", s.sessions);
+    // the steady figure: the median of both sessions' steady samples (4 at ~80, 8 at ~50)
+    assert!((s.steady_ms_per_iter - (50.1 + 50.2) / 2.0).abs() < 1e-9, "{}", s.steady_ms_per_iter);
+    let note = s.sessions_note().unwrap();
+    assert!(note.contains("2 sessions") && note.contains("iterations 0-7: 80.25 ms/iter") && note.contains("8-19: 50.00"), "{note}");
+    // a file of one session has no note, and is read as before
+    let one = parse(&resumed(&first, &[]).replace("{\"type\":\"checkpoint\",\"iter\":8}\n", "")).unwrap();
+    let s1 = steady(&one);
+    assert_eq!((s1.sessions.len(), s1.warmup_dropped, s1.iters_counted), (1, 4, 4));
+    assert!(s1.sessions_note().is_none());
+}
+
+#[test]
+fn a_resumed_session_too_short_to_settle_is_all_warm_up() {
+    let first = [400.0, 160.0, 81.0, 80.0, 80.5, 79.5, 80.0, 81.0];
+    let s = steady(&parse(&resumed(&first, &[300.0, 130.0])).unwrap());
+    // (the first session's steady samples give the figure)
+    assert_eq!((s.sessions[1].warmup_dropped, s.warmup_dropped, s.iters_counted), (2, 6, 4));
+    assert!((s.steady_ms_per_iter - 80.25).abs() < 1e-9);
+    assert!(s.warmup_settled);
+}
+
+#[test]
+fn a_steady_figure_from_fewer_than_three_samples_is_flagged() {
+    let mut p = parse(NANOGPT).unwrap();
+    assert!(steady(&p).few_samples_warning(p.meaning).is_none());
+    // an excerpt of one line: no warm-up, one sample
+    p.samples.truncate(1);
+    p.from_start = false;
+    let s = steady(&p);
+    let w = s.few_samples_warning(p.meaning).unwrap();
+    assert!(w.contains("rests on one sample (1 iteration)") && w.contains("too few"), "{w}");
+    p.samples = parse(NANOGPT).unwrap().samples[4..6].to_vec();
+    let s = steady(&p);
+    assert!(s.few_samples_warning(p.meaning).unwrap().contains("rests on 2 samples (2 iterations)"));
+    // trainer_state.json's one figure for the whole run says what it is
+    assert!(s.few_samples_warning(Meaning::RunAverage).is_none());
+}
+
+#[test]
+fn gptrain_banner_states_its_flops_per_iteration() {
+    let mut f = Facts::default();
+    f.scan("tokens per iteration: 768 ; FLOPs per iteration: 3.97G");
+    assert_eq!(f.stated_tokens_per_iter, Some(768));
+    assert!((f.stated_flops_per_iter.unwrap() - 3.97e9).abs() < 1.0, "{:?}", f.stated_flops_per_iter);
+    assert!(f.sources.iter().any(|s| s.starts_with("FLOPs per iteration 3.97G")), "{:?}", f.sources);
+    for (line, want) in [
+        ("tokens per iteration: 384 ; FLOPs per iteration: 71.66M", 71.66e6),
+        ("tokens per iteration: 8 ; FLOPs per iteration: 512.00k", 512e3),
+        ("tokens per iteration: 8 ; FLOPs per iteration: 999", 999.0),
+        ("FLOPs per iteration: 1.20T", 1.2e12),
+        ("FLOPs per iteration: 2.50P", 2.5e15),
+        // `gptrain estimate`'s
+        ("FLOPs per iteration: 2.382e13 (1.191e13 per micro-step)", 2.382e13),
+    ] {
+        let mut f = Facts::default();
+        f.scan(line);
+        let got = f.stated_flops_per_iter.unwrap_or_else(|| panic!("{line}"));
+        assert!((got - want).abs() <= 1e-9 * want, "{line}: {got}");
+    }
+    // the first statement wins; a FLOPs figure of another kind is not this one
+    let mut f = Facts::default();
+    f.scan("FLOPs per iteration: 2G");
+    f.scan("FLOPs per iteration: 3G");
+    assert_eq!(f.stated_flops_per_iter, Some(2e9));
+    let mut f = Facts::default();
+    f.scan("model FLOPs per token: 6.2M, iteration 4");
+    assert_eq!(f.stated_flops_per_iter, None);
+}
