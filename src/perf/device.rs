@@ -17,6 +17,8 @@ pub enum Class {
     Datacenter,
     /// Turing (T4): FP16 tensor cores, no TF32 and no BF16.
     Turing,
+    /// Volta (V100): the first tensor cores, FP16 only: no TF32 and no BF16.
+    Volta,
 }
 
 /// One device's peaks. TFLOP/s are dense (no structured sparsity).
@@ -71,6 +73,10 @@ impl Device {
             (Turing, Precision::Tf32) => "no TF32 on Turing: tf32 matmuls run as FP32, Single-Precision (FP32)",
             (Turing, Precision::F16) => "Mixed-Precision (FP16/FP32) Tensor",
             (Turing, Precision::Bf16) => "no BF16 on Turing: the Mixed-Precision (FP16/FP32) Tensor figure, which bf16 does not reach",
+            (Volta, Precision::F32) => "Single-Precision Performance",
+            (Volta, Precision::Tf32) => "no TF32 on Volta: tf32 matmuls run as FP32, Single-Precision Performance",
+            (Volta, Precision::F16) => "Tensor Performance (FP16 products, FP32 accumulate)",
+            (Volta, Precision::Bf16) => "no BF16 on Volta: the FP16 Tensor Performance figure, which bf16 does not reach",
         };
         format!("{}: {line}", self.source)
     }
@@ -113,6 +119,10 @@ const AMPERE: &str = "NVIDIA Ampere GA102 GPU architecture whitepaper v2.1, appe
 const A100: &str = "NVIDIA A100 Tensor Core GPU datasheet (dense)";
 const H100: &str = "NVIDIA H100 Tensor Core GPU datasheet (dense: half the sparsity figures)";
 const H200: &str = "NVIDIA H200 Tensor Core GPU datasheet (dense: half the sparsity figures)";
+const V100: &str = "NVIDIA Tesla V100 GPU datasheet (Volta; no TF32, no BF16)";
+/// NVLink 2.0 on the SXM2 boards: the datasheet's 300 GB/s is both directions.
+const NVLINK2: &str = "NVIDIA V100 datasheet: NVLink 300 GB/s (both directions), 150 GB/s each way";
+const V100_PCIE_LINK: &str = "NVIDIA V100 datasheet: PCIe 32 GB/s (both directions), 15.8 GB/s each way (Gen3 x16); no NVLink";
 const L4: &str = "NVIDIA L4 Tensor Core GPU datasheet (dense: half the sparsity figures)";
 
 // PCIe: 8 GT/s (Gen3), 16 (Gen4), 32 (Gen5) per lane with 128b/130b encoding, each way (PCI-SIG
@@ -239,6 +249,62 @@ pub const TABLE: &[Card] = &[
         source: L4,
         link: 31.5,
         link_source: "NVIDIA L4 datasheet: PCIe Gen4 x16 64 GB/s (both directions), 31.5 GB/s each way; no NVLink",
+    },
+    Card {
+        name: "v100-sxm2-32gb",
+        aliases: &["v100", "v100-32gb", "v100 32gb", "v100-sxm2", "v100-sxm", "tesla v100", "tesla v100-sxm2-32gb"],
+        description: "Tesla V100 SXM2 32GB (no TF32, no BF16)",
+        class: Class::Volta,
+        fp32: 15.7,
+        tf32: 15.7,
+        half: 125.0,
+        memory: 32 * GB,
+        bandwidth: 900.0,
+        source: V100,
+        link: 150.0,
+        link_source: NVLINK2,
+    },
+    Card {
+        name: "v100-sxm2-16gb",
+        aliases: &["v100-16gb", "v100 16gb", "tesla v100-sxm2-16gb"],
+        description: "Tesla V100 SXM2 16GB (no TF32, no BF16)",
+        class: Class::Volta,
+        fp32: 15.7,
+        tf32: 15.7,
+        half: 125.0,
+        memory: 16 * GB,
+        bandwidth: 900.0,
+        source: V100,
+        link: 150.0,
+        link_source: NVLINK2,
+    },
+    Card {
+        name: "v100-pcie-32gb",
+        aliases: &["v100 pcie", "v100-pcie", "tesla v100-pcie-32gb"],
+        description: "Tesla V100 PCIe 32GB (no TF32, no BF16)",
+        class: Class::Volta,
+        fp32: 14.0,
+        tf32: 14.0,
+        half: 112.0,
+        memory: 32 * GB,
+        bandwidth: 900.0,
+        source: V100,
+        link: 15.8,
+        link_source: V100_PCIE_LINK,
+    },
+    Card {
+        name: "v100-pcie-16gb",
+        aliases: &["tesla v100-pcie-16gb"],
+        description: "Tesla V100 PCIe 16GB (no TF32, no BF16)",
+        class: Class::Volta,
+        fp32: 14.0,
+        tf32: 14.0,
+        half: 112.0,
+        memory: 16 * GB,
+        bandwidth: 900.0,
+        source: V100,
+        link: 15.8,
+        link_source: V100_PCIE_LINK,
     },
     Card {
         name: "t4",
@@ -552,6 +618,26 @@ mod tests {
         let lines: std::collections::BTreeSet<String> =
             [Precision::F32, Precision::Tf32, Precision::F16, Precision::Bf16].map(|d| a100.peak_source(d)).into();
         assert_eq!(lines.len(), 4);
+    }
+
+    #[test]
+    fn v100s_are_in_the_table_without_bf16() {
+        for (n, want) in [
+            ("v100", "v100-sxm2-32gb"),
+            ("V100 32GB", "v100-sxm2-32gb"),
+            ("Tesla V100-SXM2-32GB", "v100-sxm2-32gb"),
+            ("v100-16gb", "v100-sxm2-16gb"),
+            ("Tesla V100-PCIE-16GB", "v100-pcie-16gb"),
+            ("v100 pcie", "v100-pcie-32gb"),
+        ] {
+            assert_eq!(lookup(n).unwrap().name, want, "{n}");
+        }
+        let (sxm, pcie) = (lookup("v100").unwrap(), lookup("v100-pcie-32gb").unwrap());
+        assert_eq!((sxm.peak_flops(Precision::F16), sxm.peak_flops(Precision::F32)), (125e12, 15.7e12));
+        assert_eq!((pcie.peak_flops(Precision::F16), pcie.peak_flops(Precision::F32)), (112e12, 14e12));
+        assert_eq!((sxm.memory_bytes, sxm.bandwidth_gbs), (32 * GB, 900.0));
+        assert!(!sxm.has_bf16() && sxm.peak_source(Precision::Bf16).contains("no BF16"));
+        assert!(sxm.peak_source(Precision::F16).contains("V100 GPU datasheet"));
     }
 
     #[test]
