@@ -140,3 +140,62 @@ fn bad_gpu_counts_get_one_clear_line() {
     }
     std::fs::remove_dir_all(d).ok();
 }
+
+#[test]
+fn expect_total_answers_can_it_finish_in_ten_minutes() {
+    // the founding case: 6000 iterations of rtx4070-40m on an RTX 4070 "in about 10 minutes"
+    let d = tmp("expect-total");
+    let run = ["estimate", "--preset", "rtx4070-40m", "--device", "rtx-4070", "--dtype", "fp16"];
+    let with = |extra: &[&str]| {
+        let mut a = run.to_vec();
+        a.extend(extra);
+        gptrain(&a, &d)
+    };
+    let (code, out, err) = with(&["--expect-total", "10m"]);
+    // an impossible verdict is an answer, not an error
+    assert_eq!(code, 0, "{err}");
+    let last = out.lines().last().unwrap();
+    assert!(last.starts_with("10m00s for 6000 iterations + 4 evals = 99.7 ms/iteration ("), "{last}");
+    assert!(last.contains("impossible: 99.7 ms/iteration means") && last.contains("23.0x the rtx-4070 peak"), "{last}");
+    // --expect-ms says the total it implies
+    let (code, out, _) = with(&["--expect-ms", "100"]);
+    assert_eq!(code, 0);
+    assert!(out.lines().last().unwrap().starts_with("100 ms/iteration = 10m02s for 6000 iterations + 4 evals ("), "{out}");
+    // --json: both times, the verdict, and what was given
+    let v = json(&["--preset", "rtx4070-40m", "--device", "rtx-4070", "--dtype", "fp16", "--expect-total", "2h30m"], &d);
+    let x = &v["expect_total"];
+    assert_eq!(
+        (x["given"].as_str(), x["total_seconds"].as_f64(), x["possible"].as_bool()),
+        (Some("2h30m"), Some(9000.0), Some(false)),
+        "{x}"
+    );
+    assert!((f(&x["ms"]) - 1500.0 * (1.0 - f(&x["eval_share"]))).abs() < 1e-6, "{x}");
+    let v = json(&["--preset", "rtx4070-40m", "--device", "rtx-4070", "--dtype", "fp16", "--expect-total", "86400"], &d);
+    assert_eq!(v["expect_total"]["possible"], true, "{v}");
+    let v = json(&["--preset", "rtx4070-40m", "--device", "rtx-4070", "--dtype", "fp16", "--expect-ms", "100"], &d);
+    assert!((f(&v["expect_ms"]["total_seconds"]) - 601.7).abs() < 0.5 && v["expect_ms"]["possible"] == false, "{v}");
+    // a duration that is not one: one clear line
+    let (code, _, err) = with(&["--expect-total", "ten minutes"]);
+    let last = err.lines().last().unwrap_or("");
+    assert!(code == 1 && last.starts_with("error: cannot read `ten minutes` as a duration") && last.contains("2h30m"), "{err}");
+    std::fs::remove_dir_all(d).ok();
+}
+
+#[test]
+fn v100_is_in_the_table_and_the_cpu_has_no_gpu_words() {
+    let d = tmp("v100");
+    // the V100 has no bf16: nanoGPT's default there is fp16, at the 125 TFLOP/s tensor peak
+    let v = json(&["--preset", "gpt2-124m", "--device", "v100"], &d);
+    assert_eq!((v["device"].as_str(), v["dtype"].as_str(), f(&v["peak_flops"])), (Some("v100-sxm2-32gb"), Some("fp16"), 125e12), "{v}");
+    assert!(v["peak_source"].as_str().unwrap().contains("V100"), "{v}");
+    let v = json(&["--preset", "gpt2-124m", "--device", "v100-pcie-16gb", "--dtype", "fp32"], &d);
+    assert_eq!((f(&v["peak_flops"]), v["device_memory_bytes"].as_u64()), (14e12, Some(16_000_000_000)), "{v}");
+    let (code, out, _) = gptrain(&["estimate", "--list-devices"], &d);
+    assert!(code == 0 && out.contains("v100-sxm2-32gb") && out.contains("v100-pcie-32gb"), "{out}");
+    // the CPU is not a GPU
+    let (code, out, err) = gptrain(&["estimate", "--device", "cpu"], &d);
+    assert_eq!(code, 0, "{err}");
+    let line = out.lines().find(|l| l.starts_with("device: cpu")).unwrap();
+    assert!(!line.contains("per GPU"), "{line}");
+    std::fs::remove_dir_all(d).ok();
+}

@@ -320,9 +320,15 @@ pub struct EstimateArgs {
     /// Peak TFLOP/s to use instead of the device table's.
     #[arg(long)]
     pub peak_tflops: Option<f64>,
-    /// Is this many ms per iteration physically possible?
-    #[arg(long)]
+    /// Is this many ms per iteration physically possible? Also says the total it implies
+    /// for max_iters iterations and the evals.
+    #[arg(long, conflicts_with = "expect_total")]
     pub expect_ms: Option<f64>,
+    /// Can the whole run (max_iters iterations and the evals) finish in this time? e.g. 10m,
+    /// 2h30m, 90s, 600 (seconds); the evals' share comes off at the same MFU, the rest per
+    /// iteration gets --expect-ms's verdict. The exit code is 0 either way.
+    #[arg(long, value_name = "DURATION")]
+    pub expect_total: Option<String>,
     /// Time a few real training iterations here and use the measured MFU (cpu only).
     #[arg(long)]
     pub calibrate: bool,
@@ -349,6 +355,7 @@ pub struct BenchArgs {
     /// says more.
     #[arg(long, default_value_t = 1)]
     pub grad_accum: usize,
+    /// CPU worker threads (default: the config's `threads`; 0 = the physical cores).
     #[arg(long)]
     pub threads: Option<usize>,
     /// Share of the step per kernel.
@@ -358,6 +365,7 @@ pub struct BenchArgs {
     /// model's shapes: the matmul library's speed, to compare with `tools/torch_bench.py --linears`.
     #[arg(long, conflicts_with = "profile")]
     pub linears: bool,
+    /// Print one JSON object on stdout instead of the summary line.
     #[arg(long)]
     pub json: bool,
 }
@@ -532,14 +540,33 @@ pub fn estimate(a: &EstimateArgs) -> Result<()> {
         notes.extend(mfu.note.clone());
         let peak = a.peak_tflops.map(|t| t * 1e12);
         let e = estimate::estimate(&run, &dev, &precision, peak, mfu);
-        let verdict = a.expect_ms.map(|ms| estimate::expect_verdict(&e, ms));
+        // a verdict, possible or not, is an answer: the exit code stays 0
+        let verdict = match (a.expect_ms, &a.expect_total) {
+            (Some(ms), _) => {
+                if !(ms.is_finite() && ms > 0.0) {
+                    bail!("--expect-ms must be a positive number of milliseconds (got {ms})");
+                }
+                Some(("expect_ms", estimate::expect_ms(&e, ms)))
+            }
+            (None, Some(t)) => Some(("expect_total", estimate::expect_total(&e, estimate::parse_duration(t)?)?)),
+            (None, None) => None,
+        };
         if a.json {
             for n in &notes {
                 eprintln!("{n}");
             }
             let mut v = serde_json::to_value(&e)?;
-            if let Some((ok, why)) = &verdict {
-                v["expect_ms"] = serde_json::json!({ "ms": a.expect_ms, "possible": ok, "reason": why });
+            if let Some((key, x)) = &verdict {
+                v[*key] = serde_json::json!({
+                    "ms": x.ms_per_iter,
+                    "total_seconds": x.total_seconds,
+                    "eval_share": x.eval_share,
+                    "possible": x.possible,
+                    "reason": x.reason,
+                });
+                if *key == "expect_total" {
+                    v[*key]["given"] = serde_json::json!(a.expect_total);
+                }
             }
             say!("{v}");
             return Ok(());
@@ -547,7 +574,7 @@ pub fn estimate(a: &EstimateArgs) -> Result<()> {
         for n in &notes {
             say!("{n}");
         }
-        print_estimate(&e, &model, &run, &dev, verdict.as_ref());
+        print_estimate(&e, &model, &run, &dev, verdict.as_ref().map(|(_, x)| x.reason.as_str()));
         Ok(())
     })
 }
@@ -561,7 +588,7 @@ fn fit_word(fits: bool) -> &'static str {
     }
 }
 
-fn print_estimate(e: &estimate::Estimate, m: &ModelConfig, run: &Run, dev: &device::Device, verdict: Option<&(bool, String)>) {
+fn print_estimate(e: &estimate::Estimate, m: &ModelConfig, run: &Run, dev: &device::Device, verdict: Option<&str>) {
     use crate::perf::estimate::fmt_ms;
     // seconds as the meter shows them, milliseconds (3 significant digits) below one second
     let dur = |s: f64| if s < 1.0 { fmt_ms(s * 1e3) } else { crate::perf::meter::human_duration(s) };
@@ -595,7 +622,8 @@ fn print_estimate(e: &estimate::Estimate, m: &ModelConfig, run: &Run, dev: &devi
     );
     say!("FLOPs per iteration: {:.3e} ({:.3e} per micro-step)", e.flops_per_iter, e.flops_per_micro_step);
     let cards = if e.gpus > 1 { format!("{} x {}", e.gpus, dev.name) } else { dev.name.clone() };
-    say!("device: {cards} ({}), {} peak {:.1} TFLOP/s per GPU [{}]", dev.description, e.dtype, e.peak_flops / 1e12, e.peak_source);
+    let per = if dev.is_gpu() { " per GPU" } else { "" };
+    say!("device: {cards} ({}), {} peak {:.1} TFLOP/s{per} [{}]", dev.description, e.dtype, e.peak_flops / 1e12, e.peak_source);
     say!("dtype: {} ({})", e.dtype, e.dtype_source);
     if let Some(a) = &e.allreduce {
         let what = match a.zero_weight_bytes {
@@ -698,7 +726,7 @@ fn print_estimate(e: &estimate::Estimate, m: &ModelConfig, run: &Run, dev: &devi
             None => say!("to fit: even micro-batch 1 does not fit; use a smaller block_size or model"),
         }
     }
-    if let Some((_, why)) = verdict {
+    if let Some(why) = verdict {
         say!();
         say!("{why}");
     }

@@ -422,7 +422,8 @@ pub fn expect_verdict(e: &Estimate, ms: f64) -> (bool, String) {
         (
             false,
             format!(
-                "impossible: {ms} ms/iteration means {:.3e} FLOP/s ({:.1} TFLOP/s), {ratio:.1}x the {cards} peak of {:.1} TFLOP/s for {}; even at 100% utilisation an iteration of {:.3e} FLOPs takes {}",
+                "impossible: {} ms/iteration means {:.3e} FLOP/s ({:.1} TFLOP/s), {ratio:.1}x the {cards} peak of {:.1} TFLOP/s for {}; even at 100% utilisation an iteration of {:.3e} FLOPs takes {}",
+                show_ms(ms),
                 needed,
                 needed / 1e12,
                 all / 1e12,
@@ -435,7 +436,8 @@ pub fn expect_verdict(e: &Estimate, ms: f64) -> (bool, String) {
         (
             true,
             format!(
-                "possible: {ms} ms/iteration means {:.1}% MFU on {cards} ({}); the expected time is {} at {:.0}% MFU",
+                "possible: {} ms/iteration means {:.1}% MFU on {cards} ({}); the expected time is {} at {:.0}% MFU",
+                show_ms(ms),
                 ratio * 100.0,
                 e.dtype,
                 fmt_ms(e.ms_per_iter),
@@ -443,6 +445,117 @@ pub fn expect_verdict(e: &Estimate, ms: f64) -> (bool, String) {
             ),
         )
     }
+}
+
+/// A time the user gave as they gave it (`100`, `12.5`), a derived one to three significant
+/// digits (`99.7`).
+fn show_ms(ms: f64) -> String {
+    if (ms * 1e3).fract() == 0.0 {
+        format!("{ms}")
+    } else {
+        fmt_ms(ms).trim_end_matches(" ms").to_string()
+    }
+}
+
+/// The evals' share of the run's compute (the all-reduce aside): an eval and an iteration run
+/// at the same utilisation, so this share of any total time goes to the evals, at every MFU.
+pub fn eval_share(e: &Estimate) -> f64 {
+    let iters = e.max_iters as f64 * e.floor_ms_per_iter / 1e3;
+    let evals = e.evals as f64 * e.eval_seconds * e.mfu.mid();
+    if iters + evals > 0.0 {
+        evals / (iters + evals)
+    } else {
+        0.0
+    }
+}
+
+/// An expected time, per iteration and in total for the run's iterations and evals, and
+/// whether it is physically possible (`expect_verdict` on the time per iteration).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Expected {
+    pub ms_per_iter: f64,
+    /// `max_iters` iterations plus the evals, at the same utilisation as the iterations.
+    pub total_seconds: f64,
+    /// The evals' share of `total_seconds` (`eval_share`).
+    pub eval_share: f64,
+    pub possible: bool,
+    /// One line: both times, then the verdict and its reason.
+    pub reason: String,
+}
+
+/// What `ms` per iteration comes to over the whole run (`--expect-ms`).
+pub fn expect_ms(e: &Estimate, ms: f64) -> Expected {
+    let share = eval_share(e);
+    let total = e.max_iters as f64 * ms / 1e3 / (1.0 - share);
+    let (possible, why) = expect_verdict(e, ms);
+    let reason = format!(
+        "{} ms/iteration = {} for {} iterations + {} evals (the evals' {:.1}% of the compute at the same MFU): {why}",
+        show_ms(ms),
+        crate::perf::meter::human_duration(total),
+        e.max_iters,
+        e.evals,
+        share * 100.0
+    );
+    Expected { ms_per_iter: ms, total_seconds: total, eval_share: share, possible, reason }
+}
+
+/// The time per iteration that finishes the run, iterations and evals, in `seconds`
+/// (`--expect-total`): the evals' share of the compute comes off first, as they would run at
+/// the same utilisation; the rest divided by `max_iters`.
+pub fn expect_total(e: &Estimate, seconds: f64) -> Result<Expected> {
+    if e.max_iters == 0 {
+        bail!("--expect-total: the run has no iterations (max_iters = 0); give --set max_iters=N");
+    }
+    let share = eval_share(e);
+    let ms = seconds * (1.0 - share) / e.max_iters as f64 * 1e3;
+    let (possible, why) = expect_verdict(e, ms);
+    let reason = format!(
+        "{} for {} iterations + {} evals = {} ms/iteration (the evals' {:.1}% of the compute taken out at the same MFU): {why}",
+        crate::perf::meter::human_duration(seconds),
+        e.max_iters,
+        e.evals,
+        show_ms(ms),
+        share * 100.0
+    );
+    Ok(Expected { ms_per_iter: ms, total_seconds: seconds, eval_share: share, possible, reason })
+}
+
+/// A duration: numbers with units `d`, `h`, `m`, `s` (`10m`, `2h30m`, `90s`, `1.5h`), or a
+/// plain number of seconds (`600`).
+pub fn parse_duration(text: &str) -> Result<f64> {
+    let bad = |why: &str| anyhow::anyhow!("cannot read `{text}` as a duration ({why}); write e.g. 10m, 2h30m, 90s, 1.5h, or 600 (seconds)");
+    let t = text.trim().to_ascii_lowercase();
+    if t.is_empty() {
+        return Err(bad("it is empty"));
+    }
+    if let Ok(x) = t.parse::<f64>() {
+        return if x.is_finite() && x > 0.0 { Ok(x) } else { Err(bad("it must be a positive time")) };
+    }
+    let (mut total, mut num, mut last_unit) = (0.0, String::new(), None::<usize>);
+    const UNITS: [(char, f64); 4] = [('d', 86400.0), ('h', 3600.0), ('m', 60.0), ('s', 1.0)];
+    for c in t.chars() {
+        if c.is_ascii_digit() || c == '.' {
+            num.push(c);
+            continue;
+        }
+        let Some(i) = UNITS.iter().position(|(u, _)| *u == c) else {
+            return Err(bad(&format!("unknown unit `{c}`: use d, h, m or s")));
+        };
+        if last_unit.is_some_and(|l| i <= l) {
+            return Err(bad("units must go from days down to seconds, each once"));
+        }
+        let x: f64 = num.parse().map_err(|_| bad(&format!("no number before `{c}`")))?;
+        total += x * UNITS[i].1;
+        num.clear();
+        last_unit = Some(i);
+    }
+    if !num.is_empty() {
+        return Err(bad("a number without a unit after the first: write 2h30m, not 2h30"));
+    }
+    if !(total.is_finite() && total > 0.0) {
+        return Err(bad("it must be a positive time"));
+    }
+    Ok(total)
 }
 
 /// Milliseconds with three significant digits (`0.0123 ms`, `1.23 ms`, `123 ms`), whole
@@ -520,6 +633,46 @@ mod tests {
         assert_eq!(e.fits, Some(true), "the run fit its user's 12 GB card: {} bytes", e.memory_bytes);
         let (ok, why) = expect_verdict(&e, 100.0);
         assert!(!ok && why.starts_with("impossible"), "{why}");
+    }
+
+    #[test]
+    fn durations_parse_with_units_or_as_seconds() {
+        for (t, want) in
+            [("10m", 600.0), ("2h30m", 9000.0), ("90s", 90.0), ("600", 600.0), ("1.5h", 5400.0), ("1d2h", 93600.0), (" 10M ", 600.0)]
+        {
+            assert_eq!(parse_duration(t).unwrap(), want, "{t}");
+        }
+        for (t, why) in [
+            ("", "empty"),
+            ("ten minutes", "unknown unit"),
+            ("10x", "unknown unit `x`"),
+            ("2h30", "without a unit"),
+            ("30m2h", "days down to seconds"),
+            ("m", "no number"),
+            ("0", "positive"),
+            ("-5", "positive"),
+        ] {
+            let e = parse_duration(t).unwrap_err().to_string();
+            assert!(e.contains(why) && e.contains("2h30m"), "{t}: {e}");
+        }
+    }
+
+    #[test]
+    fn an_expected_total_is_a_time_per_iteration_after_the_evals() {
+        let e = est(&rtx4070_run(), "rtx-4070", Precision::F16);
+        let x = expect_total(&e, 600.0).unwrap();
+        let share = eval_share(&e);
+        assert!(share > 0.0 && share < 0.01, "{share}");
+        assert!((x.ms_per_iter - 100.0 * (1.0 - share)).abs() < 1e-9);
+        assert!(!x.possible && x.reason.starts_with("10m00s for 6000 iterations + 4 evals = 99.7 ms/iteration"), "{}", x.reason);
+        assert!(x.reason.contains("impossible: 99.7 ms/iteration means") && x.reason.contains("x the rtx-4070 peak"), "{}", x.reason);
+        // and back: --expect-ms gives the total it implies, evals included
+        let y = expect_ms(&e, x.ms_per_iter);
+        assert!((y.total_seconds - 600.0).abs() < 1e-6 && y.reason.contains("= 10m00s for 6000 iterations + 4 evals"), "{}", y.reason);
+        assert!(expect_ms(&e, 100.0).reason.starts_with("100 ms/iteration = "));
+        // a total the card can meet
+        assert!(expect_total(&e, 24.0 * 3600.0).unwrap().possible);
+        assert!(expect_total(&Estimate { max_iters: 0, ..e }, 600.0).is_err());
     }
 
     #[test]
