@@ -617,3 +617,80 @@ fn gptrain_text_log_states_its_flops_per_iteration() {
     assert_eq!(v["tokens_per_iter"].as_f64(), Some(768.0), "{v}");
     std::fs::remove_dir_all(d).ok();
 }
+
+// ---- new-user report items 3, 10, 11, 12: the V100 logs' device, flags asked for, CPU wording
+
+#[test]
+fn v100_logs_get_an_mfu_and_an_unknown_device_is_said_in_the_mfu_line() {
+    let meg = shared("megatron-lm-32xv100-bigscience-n8.log");
+    // the note's model (48 layers, 7168 wide, 32 heads, vocab 50257) on 32 V100 32GB in fp16:
+    // ~11% of the 125 TFLOP/s fp16 tensor peak (the note's rough 6N figure)
+    let shape =
+        ["--set", "n_layer=48", "--set", "n_embd=7168", "--set", "n_head=32", "--set", "vocab_size=50257", "--set", "block_size=1024"];
+    let mut args = vec!["--device", "v100", "--block-size", "1024", "--gpus", "32"];
+    args.extend(shape);
+    let v = read(&meg, &args);
+    assert_eq!((v["device"].as_str(), v["peak_flops"].as_f64()), (Some("v100-sxm2-32gb"), Some(125e12)), "{v}");
+    let mfu = v["mfu"].as_f64().unwrap();
+    assert!((0.10..0.13).contains(&mfu), "{v}");
+    // an unknown device: said in the MFU line itself, no warning after the report
+    let (code, out, err) = gptrain(&["logs", meg.to_str().unwrap(), "--device", "v100x"]);
+    assert_eq!(code, 0, "{err}");
+    let line = out.lines().find(|l| l.starts_with("MFU:")).unwrap_or_default();
+    assert!(
+        line.starts_with("MFU: n/a (unknown device `v100x`: give --peak-tflops or one of cpu, ") && line.contains("v100-sxm2-32gb"),
+        "{out}"
+    );
+    assert!(!out.contains("name the GPU with --device") && !err.contains("unknown device"), "{out}\n{err}");
+    assert_eq!(read(&meg, &["--device", "v100x"])["device_unknown"].as_str(), Some("v100x"));
+}
+
+#[test]
+fn logs_asks_only_for_the_flags_it_lacks() {
+    // the log states the global batch (4): only the sequence length is missing
+    let meg = shared("megatron-lm-32xv100-bigscience-n8.log");
+    let (code, out, err) = gptrain(&["logs", meg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("tokens/iter: unknown (give --block-size: the log states the global batch)\n"), "{out}");
+    assert!(out.contains("tokens/s: unknown (give --block-size: the log states the global batch)\n"), "{out}");
+    assert!(out.contains("GPUs: 1 (assumed; give --gpus for a multi-GPU run)\n"), "{out}");
+    let (_, out, _) = gptrain(&["logs", meg.to_str().unwrap(), "--block-size", "1024"]);
+    assert!(out.contains("tokens/iter: 4,096 "), "{out}");
+}
+
+#[test]
+fn a_cpu_log_is_one_device_not_a_gpu() {
+    let d = tmp("cpu-words");
+    let mut text =
+        String::from(r#"{"type":"start","iter":0,"max_iters":100,"tokens_per_iter":768,"flops_per_iter":4.0e9,"params":1000,"config":{}}"#);
+    text.push('\n');
+    for (i, ms) in [900.0, 500.0, 400.0, 400.0, 410.0, 405.0, 400.0].iter().enumerate() {
+        text += &format!("{{\"type\":\"iter\",\"iter\":{i},\"loss\":4.0,\"ms\":{ms}}}\n");
+    }
+    std::fs::write(d.join("metrics.jsonl"), text).unwrap();
+    let (code, out, err) = gptrain(&["logs", d.join("metrics.jsonl").to_str().unwrap(), "--device", "cpu"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("GPU") && !out.contains("(("), "{out}");
+    assert!(out.contains("devices: 1 (the CPU)\n") && out.contains("true MFU on cpu (fp32): "), "{out}");
+    std::fs::remove_dir_all(d).ok();
+}
+
+#[test]
+fn logs_and_bench_help_describe_every_flag() {
+    for (cmd, flags) in [
+        ("logs", &["--dtype", "--peak-tflops", "--block-size", "--grad-accum", "--max-iters", "--json"][..]),
+        ("bench", &["--threads", "--json"][..]),
+    ] {
+        let (code, out, _) = gptrain(&[cmd, "--help"]);
+        assert_eq!(code, 0);
+        let lines: Vec<&str> = out.lines().collect();
+        for f in flags {
+            // `  --flag <VALUE>    description` (clap's short help), or the description on the next line
+            let i = lines.iter().position(|l| l.trim_start().starts_with(&format!("{f} ")) || l.trim() == *f).unwrap();
+            let rest = lines[i].trim_start()[f.len()..].trim_start();
+            let rest = if rest.starts_with('<') { rest.split_once('>').map_or("", |x| x.1) } else { rest }.trim();
+            let next = lines.get(i + 1).copied().unwrap_or("").trim();
+            assert!(!rest.is_empty() || !(next.is_empty() || next.starts_with('-')), "{cmd} {f} has no description:\n{out}");
+        }
+    }
+}

@@ -34,8 +34,11 @@ pub struct LogsArgs {
     /// Device the log was made on, for the true MFU (per GPU).
     #[arg(long)]
     pub device: Option<String>,
+    /// The run's matmul dtype, which picks the device's peak: fp32, tf32, fp16 or bf16
+    /// (default: fp32 on the CPU, bf16 on a card that has it, else fp16).
     #[arg(long)]
     pub dtype: Option<String>,
+    /// Peak TFLOP/s per GPU to divide by, instead of the device table's (any device).
     #[arg(long)]
     pub peak_tflops: Option<f64>,
     #[command(flatten)]
@@ -43,19 +46,25 @@ pub struct LogsArgs {
     /// Micro-batch size per GPU (sequences).
     #[arg(long)]
     pub batch_size: Option<usize>,
+    /// Tokens per sequence (the context length); with a global batch the log states, the only
+    /// flag the tokens per iteration need.
     #[arg(long)]
     pub block_size: Option<usize>,
+    /// Gradient-accumulation micro-steps per iteration over all GPUs (default 1, or the
+    /// config's).
     #[arg(long)]
     pub grad_accum: Option<usize>,
     /// GPUs the run used (data-parallel replicas x model-parallel ranks).
     #[arg(long)]
     pub gpus: Option<usize>,
+    /// The run's last iteration, for the ETA (default: what the log or config says).
     #[arg(long)]
     pub max_iters: Option<u64>,
     /// Keep reading a log that is still being written, reprinting the steady figures and ETA
     /// as iterations arrive, until Ctrl-C.
     #[arg(long)]
     pub follow: bool,
+    /// Print one JSON object on stdout instead of the report.
     #[arg(long)]
     pub json: bool,
 }
@@ -68,11 +77,15 @@ struct Report {
     parsed: Parsed,
     st: Steady,
     tokens_per_iter: Sourced<f64>,
+    /// When the tokens per iteration are unknown: the flags that would give them.
+    tokens_missing: String,
     gpus: (f64, String),
     max_iters: Sourced<u64>,
     tokens_per_second: Option<f64>,
     flops_per_token: Sourced<f64>,
     device: Option<device::Device>,
+    /// `--device` named a device the table does not have (and no --peak-tflops was given).
+    device_unknown: Option<String>,
     dtype_name: &'static str,
     peak: Option<f64>,
     mfu: Option<f64>,
@@ -205,10 +218,12 @@ fn report(a: &LogsArgs, forced: Option<Format>, text: &str) -> Result<Report> {
     let src_of = |name: &str| facts.sources.iter().find(|s| s.starts_with(name)).map(|s| format!("log: {s}"));
 
     // GPUs: --gpus, else the log's world size, else one
+    let on_cpu = a.device.as_deref().is_some_and(|d| device::lookup(d).is_ok_and(|d| !d.is_gpu()));
     let gpus = match (a.gpus, facts.world_size) {
         (Some(g), _) => (g as f64, "--gpus".to_string()),
         (None, Some(w)) => (w as f64, src_of("world size").unwrap_or_default()),
-        _ => (1.0, "assumed (give --gpus for a multi-GPU run)".to_string()),
+        _ if on_cpu => (1.0, "the CPU".to_string()),
+        _ => (1.0, "assumed; give --gpus for a multi-GPU run".to_string()),
     };
     // tokens per iteration: explicit flags, else the log (or gptrain's start record), else the config
     // a per-GPU batch counts the GPUs above: `--gpus`, else the log's world size, else one
@@ -244,8 +259,18 @@ fn report(a: &LogsArgs, forced: Option<Format>, text: &str) -> Result<Report> {
     }
     .or(start.as_ref().and_then(|s| s.tokens_per_iter).map(|t| (t, "metrics.jsonl: the run's start record".to_string())))
     .or(facts.stated_tokens_per_iter.map(|t| (t as f64, src_of("tokens per iteration").unwrap_or_default())))
-    .or(log_batch.or(cfg_batch).zip(seq).map(|((b, bs), (t, ts))| (b * t, format!("{b} sequences ({bs}) x {t} tokens ({ts})"))));
+    .or(log_batch
+        .clone()
+        .or(cfg_batch)
+        .zip(seq.clone())
+        .map(|((b, bs), (t, ts))| (b * t, format!("{b} sequences ({bs}) x {t} tokens ({ts})"))));
 
+    // only what is missing: a global batch the log states needs just the sequence length
+    let tokens_missing = match (log_batch.is_some(), seq.is_some()) {
+        (true, false) => "give --block-size: the log states the global batch".to_string(),
+        (false, true) => "give --batch-size and --grad-accum (and --gpus), or a --preset/--config".to_string(),
+        _ => "give --batch-size, --block-size and --grad-accum (and --gpus), or a --preset/--config".to_string(),
+    };
     let s = st.steady_ms_per_iter / 1e3;
     let tokens_per_second = tokens_per_iter.as_ref().map(|(t, _)| t / s).or(st.log_tok_s).or(st.log_tok_s_per_gpu.map(|t| t * gpus.0));
     let max_iters = a
@@ -256,16 +281,19 @@ fn report(a: &LogsArgs, forced: Option<Format>, text: &str) -> Result<Report> {
         .or(cfg.as_ref().map(|c| (c.max_iters, "config".to_string())))
         .or(facts.total_iters.map(|m| (m, src_of("total iterations").unwrap_or_default())));
 
-    // an unknown device gives "MFU n/a" and a hint, never a made-up figure
-    let dev = match a.device.as_deref().map(device::lookup).transpose() {
-        Ok(d) => d,
-        Err(e) if a.peak_tflops.is_none() => {
-            eprintln!("warning: {e:#}; MFU n/a");
-            None
-        }
-        Err(_) => None,
+    // an unknown device gives "MFU n/a" with the reason in that line, never a made-up figure
+    let (dev, device_unknown) = match a.device.as_deref().map(device::lookup).transpose() {
+        Ok(d) => (d, None),
+        Err(_) if a.peak_tflops.is_none() => (None, a.device.clone()),
+        Err(_) => (None, None),
     };
-    let dtype = parse_dtype(a.dtype.as_deref().unwrap_or(if dev.as_ref().is_some_and(|d| d.name == "cpu") { "fp32" } else { "bf16" }))?;
+    // default: fp32 on the CPU, bf16 on a card that has it, else fp16 (V100, T4)
+    let default_dtype = match &dev {
+        Some(d) if !d.is_gpu() => "fp32",
+        Some(d) if !d.has_bf16() => "fp16",
+        _ => "bf16",
+    };
+    let dtype = parse_dtype(a.dtype.as_deref().unwrap_or(default_dtype))?;
     let peak = a.peak_tflops.map(|t| t * 1e12).or(dev.as_ref().map(|d| d.peak_flops(dtype)));
     // FLOPs per token: the config's model, else gptrain's start record, else Megatron's argument dump
     let seq_len = a.block_size.map(|b| b as u64).or(facts.seq_len);
@@ -310,11 +338,13 @@ fn report(a: &LogsArgs, forced: Option<Format>, text: &str) -> Result<Report> {
         parsed,
         st,
         tokens_per_iter,
+        tokens_missing,
         gpus,
         max_iters,
         tokens_per_second,
         flops_per_token,
         device: dev,
+        device_unknown,
         dtype_name: dtype.name(),
         peak,
         mfu,
@@ -405,6 +435,7 @@ fn json(a: &LogsArgs, r: &Report) -> serde_json::Value {
         "minus_100_lines": p.minus_100,
         "log_facts": p.facts.sources,
         "device": r.device.as_ref().map(|d| d.name.clone()),
+        "device_unknown": r.device_unknown,
         "peak_flops": r.peak,
     });
     if let (Some(v), serde_json::Value::Object(m)) = (v.as_object_mut(), more) {
@@ -465,24 +496,40 @@ fn print(a: &LogsArgs, r: &Report) {
     }
     match &r.tokens_per_iter {
         Some((t, src)) => say!("tokens/iter: {} ({src})", thousands(*t)),
-        None => say!("tokens/iter: unknown (give --batch-size, --block-size and --grad-accum (and --gpus), or a --preset/--config)"),
+        None => say!("tokens/iter: unknown ({})", r.tokens_missing),
     }
-    say!("GPUs: {} ({})", r.gpus.0, r.gpus.1);
+    // a CPU run is one device, not a GPU
+    let cpu = r.device.as_ref().is_some_and(|d| !d.is_gpu());
+    let (units, per) = if cpu { ("devices", "per device") } else { ("GPUs", "per GPU") };
+    say!("{units}: {} ({})", r.gpus.0, r.gpus.1);
     match r.tokens_per_second {
-        Some(t) if r.tokens_per_iter.is_some() => say!("tokens/s: {} (whole run; {} per GPU)", thousands(t), thousands(t / r.gpus.0)),
+        Some(t) if r.tokens_per_iter.is_some() => say!("tokens/s: {} (whole run; {} {per})", thousands(t), thousands(t / r.gpus.0)),
         Some(t) => say!("tokens/s: {} (the log's own column)", thousands(t)),
-        None => say!("tokens/s: unknown (give --batch-size, --block-size and --grad-accum, or a --preset/--config)"),
+        None => say!("tokens/s: unknown ({})", r.tokens_missing),
     }
-    match (r.mfu, &r.device, r.peak) {
-        (Some(m), Some(d), _) => say!(
-            "true MFU on {} ({}): {:.1}% per GPU ({:.1} TFLOP/s of model FLOPs per GPU)",
+    let on_one_cpu = cpu && r.gpus.0 == 1.0;
+    match (r.mfu, &r.device, r.peak, &r.device_unknown) {
+        (Some(m), Some(d), _, _) if on_one_cpu => say!(
+            "true MFU on {} ({}): {:.1}% ({:.2} TFLOP/s of model FLOPs)",
             d.name,
             r.dtype_name,
             m * 100.0,
             r.tflops_per_gpu.unwrap_or(0.0)
         ),
-        (Some(m), None, Some(pk)) => say!("true MFU against {:.0} TFLOP/s: {:.1}% per GPU", pk / 1e12, m * 100.0),
-        (None, None, None) => say!("MFU: n/a (name the GPU with --device to compute it)"),
+        (Some(m), Some(d), _, _) => say!(
+            "true MFU on {} ({}): {:.1}% {per} ({:.1} TFLOP/s of model FLOPs {per})",
+            d.name,
+            r.dtype_name,
+            m * 100.0,
+            r.tflops_per_gpu.unwrap_or(0.0)
+        ),
+        (Some(m), None, Some(pk), _) => say!("true MFU against {:.0} TFLOP/s: {:.1}% per GPU", pk / 1e12, m * 100.0),
+        (_, None, None, Some(name)) => say!(
+            "MFU: n/a (unknown device `{name}`: give --peak-tflops or one of {}{})",
+            device::names().join(", "),
+            if r.tflops_per_gpu.is_none() { "; it also needs the model shape: --preset/--config/--set, and the batch shape" } else { "" }
+        ),
+        (None, None, None, None) => say!("MFU: n/a (name the GPU with --device to compute it)"),
         _ => say!("MFU: n/a (needs the model shape: --preset/--config/--set, and the batch shape)"),
     }
     if let Some(m) = st.log_mfu {
