@@ -694,3 +694,47 @@ fn logs_and_bench_help_describe_every_flag() {
         }
     }
 }
+
+// ---- the report's lines: a resumed run's sessions, a too-thin steady figure, MFU from gptrain's banner
+
+#[test]
+fn a_gptrain_text_log_gets_its_mfu_from_the_flops_banner() {
+    let d = tmp("gptrain-text-mfu");
+    let mut text = String::from("tokens per iteration: 768 ; FLOPs per iteration: 3.97G\n");
+    for (i, ms) in [900.0, 120.0, 100.0, 101.0, 100.0, 99.0, 100.0, 100.5].iter().enumerate() {
+        text += &format!("iter {i}: loss 4.0000, time {ms:.2}ms, lr 1.00e-3, norm 0.5000\n");
+    }
+    std::fs::write(d.join("train.log"), text).unwrap();
+    let v = read(&d.join("train.log"), &["--peak-tflops", "1"]);
+    // 3.97e9 FLOPs / 768 tokens; 768 tokens / 0.1 s (median of 100, 99, 100, 100.5... = 100)
+    let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    assert!((f("flops_per_token") - 3.97e9 / 768.0).abs() < 1e-6, "{v}");
+    assert!((f("mfu") - 3.97e9 / (f("steady_ms_per_iter") / 1e3) / 1e12).abs() < 1e-9, "{v}");
+    assert!(v["flops_per_token_source"].as_str().unwrap().contains("FLOPs per iteration: 3.97G"), "{v}");
+    let (code, out, _) = gptrain(&["logs", d.join("train.log").to_str().unwrap(), "--device", "cpu"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("true MFU on cpu (fp32): "), "{out}");
+    std::fs::remove_dir_all(d).ok();
+}
+
+#[test]
+fn a_resumed_run_is_noted_and_one_sample_is_no_steady_state() {
+    let (code, out, _) = gptrain(&["logs", fixture("gptrain-resumed.jsonl").to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("note: the file holds 2 sessions (a start record each: the run was resumed)")
+            && out.contains("(iterations 0-14: 80.25 ms/iter; iterations 15-39: 50.10 ms/iter)"),
+        "{out}"
+    );
+    assert!(out.contains("steady: 50.30 ms/iter (median of 31 samples covering 31 iterations;"), "{out}");
+    assert!(!out.contains("warning:"), "{out}");
+    // one fairseq line (as README's format table quotes): a figure, not a steady state
+    let d = tmp("one-sample");
+    let line = "2020-07-17 07:11:02 | INFO | train_inner | epoch 001:   2800 / 160368 loss=9.255, wps=57.3, ups=0.04, wpb=1613, bsz=80, num_updates=2800, wall=1236\n";
+    std::fs::write(d.join("one.log"), line).unwrap();
+    let (code, out, _) = gptrain(&["logs", d.join("one.log").to_str().unwrap()]);
+    std::fs::remove_dir_all(d).ok();
+    assert_eq!(code, 0);
+    assert!(out.contains("(median of 1 sample covering 1 iteration;"), "{out}");
+    assert!(out.contains("warning: the steady figure rests on one sample (1 iteration): too few to be a steady state"), "{out}");
+}

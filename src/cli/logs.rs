@@ -306,6 +306,19 @@ fn report(a: &LogsArgs, forced: Option<Format>, text: &str) -> Result<Report> {
             .as_ref()
             .and_then(|s| s.flops_per_iter.zip(s.tokens_per_iter))
             .map(|(f, t)| (f / t, "metrics.jsonl: the run's start record".to_string()))
+            // gptrain's text log: its banner's `FLOPs per iteration: 3.97G`, over its tokens per iteration
+            .or_else(|| {
+                facts.stated_flops_per_iter.zip(facts.stated_tokens_per_iter).map(|(f, t)| {
+                    (
+                        f / t as f64,
+                        format!(
+                            "{}, over {}",
+                            src_of("FLOPs per iteration").unwrap_or_default(),
+                            src_of("tokens per iteration").unwrap_or_default()
+                        ),
+                    )
+                })
+            })
             .or_else(|| {
                 megatron_model(&parsed, seq_len).map(|m| {
                     (
@@ -483,14 +496,20 @@ fn print(a: &LogsArgs, r: &Report) {
     if p.format == Format::Torchtune && p.meaning == logreader::Meaning::Throughput {
         say!("note: torchtune's tokens_per_second_per_gpu counts the labels' tokens only (no padding, no masked prompt): with packed, unmasked data it is every token; otherwise the time here is too long");
     }
+    if let Some(n) = st.sessions_note() {
+        say!("note: {n}");
+    }
     say!(
-        "steady: {:.2} ms/iter (median of {} samples covering {} iterations; p10 {:.2}, p90 {:.2})",
+        "steady: {:.2} ms/iter (median of {} covering {}; p10 {:.2}, p90 {:.2})",
         st.steady_ms_per_iter,
-        st.iters_seen - st.iters_dropped,
-        st.iters_counted,
+        count(st.samples_kept(), "sample"),
+        count(st.iters_counted as usize, "iteration"),
         st.p10_ms,
         st.p90_ms
     );
+    if let Some(w) = st.few_samples_warning(p.meaning) {
+        say!("warning: {w}");
+    }
     for f in &p.facts.sources {
         say!("log states {f}");
     }
