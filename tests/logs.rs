@@ -596,6 +596,14 @@ fn gptrain_resumed_metrics_jsonl_is_read_session_by_session() {
     assert_eq!((n("iters_seen"), n("warmup_dropped"), n("outliers_dropped"), n("iters_counted")), (40, 9, 0, 31), "{v}");
     assert_eq!(v["warmup_settled"].as_bool(), Some(true), "{v}");
     assert_eq!(v["p90_ms"].as_f64(), Some(80.5), "{v}");
+    let sessions: Vec<(u64, f64)> = v["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["first_iter"].as_u64().unwrap(), s["steady_ms_per_iter"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(sessions, [(0, 80.25), (15, 50.1)], "{v}");
+    assert!(v["few_samples_warning"].is_null(), "{v}");
     // the last start record states the run: max_iters 40
     assert_eq!((v["tokens_per_iter"].as_f64(), v["max_iters"].as_u64()), (Some(384.0), Some(40)), "{v}");
 }

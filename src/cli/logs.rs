@@ -450,6 +450,9 @@ fn json(a: &LogsArgs, r: &Report) -> serde_json::Value {
         "device": r.device.as_ref().map(|d| d.name.clone()),
         "device_unknown": r.device_unknown,
         "peak_flops": r.peak,
+        // a resumed gptrain run's metrics.jsonl holds one session per process; most logs one
+        "sessions": st.sessions,
+        "few_samples_warning": st.few_samples_warning(p.meaning),
     });
     if let (Some(v), serde_json::Value::Object(m)) = (v.as_object_mut(), more) {
         v.extend(m);
