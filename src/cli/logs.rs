@@ -218,7 +218,13 @@ fn report(a: &LogsArgs, forced: Option<Format>, text: &str) -> Result<Report> {
     let src_of = |name: &str| facts.sources.iter().find(|s| s.starts_with(name)).map(|s| format!("log: {s}"));
 
     // GPUs: --gpus, else the log's world size, else one
-    let on_cpu = a.device.as_deref().is_some_and(|d| device::lookup(d).is_ok_and(|d| !d.is_gpu()));
+    // an unknown device gives "MFU n/a" with the reason in that line, never a made-up figure
+    let (dev, device_unknown) = match a.device.as_deref().map(device::lookup).transpose() {
+        Ok(d) => (d, None),
+        Err(_) if a.peak_tflops.is_none() => (None, a.device.clone()),
+        Err(_) => (None, None),
+    };
+    let on_cpu = dev.as_ref().is_some_and(|d| !d.is_gpu());
     let gpus = match (a.gpus, facts.world_size) {
         (Some(g), _) => (g as f64, "--gpus".to_string()),
         (None, Some(w)) => (w as f64, src_of("world size").unwrap_or_default()),
@@ -281,12 +287,6 @@ fn report(a: &LogsArgs, forced: Option<Format>, text: &str) -> Result<Report> {
         .or(cfg.as_ref().map(|c| (c.max_iters, "config".to_string())))
         .or(facts.total_iters.map(|m| (m, src_of("total iterations").unwrap_or_default())));
 
-    // an unknown device gives "MFU n/a" with the reason in that line, never a made-up figure
-    let (dev, device_unknown) = match a.device.as_deref().map(device::lookup).transpose() {
-        Ok(d) => (d, None),
-        Err(_) if a.peak_tflops.is_none() => (None, a.device.clone()),
-        Err(_) => (None, None),
-    };
     // default: fp32 on the CPU, bf16 on a card that has it, else fp16 (V100, T4)
     let default_dtype = match &dev {
         Some(d) if !d.is_gpu() => "fp32",
