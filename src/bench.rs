@@ -98,9 +98,8 @@ pub fn run<B: Backend>(
     backend.prepare(&model.plan(b, precision, crate::backend::Work::Train)); // a GPU's kernels compile while the weights are made
     let timer = Timer::default();
     let (mut times, mut ends) = (Vec::new(), Vec::new());
-    let note;
-    // the device memory the backend's allocations peaked at (None on the CPU)
-    let peak_device_bytes = if profile {
+    // the device memory the backend's allocations peaked at (None on the CPU), and what getting ready cost
+    let (peak_device_bytes, note) = if profile {
         let mut g = Gpt::init_in(Timed { inner: backend, timer: &timer }, model.clone(), 1, precision)?;
         g.set_recompute(recompute);
         for i in 0..warmup + steps {
@@ -113,8 +112,7 @@ pub fn run<B: Backend>(
             times.push(t0.elapsed().as_secs_f64() * 1e3);
             ends.push(began.elapsed().as_secs_f64() * 1e3);
         }
-        note = g.backend.warm_up_note();
-        g.backend.memory_use().map(|m| m.peak)
+        (g.backend.memory_use().map(|m| m.peak), g.backend.warm_up_note())
     } else {
         let mut g = Gpt::init_in(backend, model.clone(), 1, precision)?;
         g.set_recompute(recompute);
@@ -125,8 +123,7 @@ pub fn run<B: Backend>(
             times.push(t0.elapsed().as_secs_f64() * 1e3);
             ends.push(began.elapsed().as_secs_f64() * 1e3);
         }
-        note = g.backend.warm_up_note();
-        g.backend.memory_use().map(|m| m.peak)
+        (g.backend.memory_use().map(|m| m.peak), g.backend.warm_up_note())
     };
     let mut timed = times[warmup..].to_vec();
     timed.sort_by(|a, b| a.total_cmp(b));

@@ -15,8 +15,6 @@ pub struct Series {
     pub tok_s: Vec<(f64, f64)>,
     /// The meter's steady tokens/s (median of recent iterations), after warm-up.
     pub steady_tok_s: Vec<(f64, f64)>,
-    /// Iterations logged as warm-up.
-    pub warmup: Vec<f64>,
     /// The warm-up's stretches, first and last iteration: one per session (a resumed run's
     /// metrics.jsonl holds a `start` record per process, each followed by its own warm-up).
     pub warmup_bands: Vec<(f64, f64)>,
@@ -46,7 +44,6 @@ pub fn read(text: &str) -> Result<Series> {
                 }
                 let warm = v["warmup"].as_bool() == Some(true);
                 if warm {
-                    s.warmup.push(it);
                     match s.warmup_bands.last_mut() {
                         Some(band) if in_band => band.1 = it,
                         _ => s.warmup_bands.push((it, it)),
@@ -244,7 +241,8 @@ mod tests {
             t += &iter(i, i < 1254);
         }
         let s = read(&t).unwrap();
-        assert_eq!(s.warmup.len(), 8);
+        let warm_iters: f64 = s.warmup_bands.iter().map(|(first, last)| last - first + 1.0).sum();
+        assert_eq!(warm_iters, 8.0);
         assert_eq!(s.warmup_bands, vec![(0.0, 4.0), (1251.0, 1253.0)]);
         // shaded: from the axis' start to halfway past 4, and around 1251-1253 (each at least
         // 0.6% of the axis wide), not 0-1253

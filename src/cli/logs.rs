@@ -86,6 +86,8 @@ struct Report {
     device: Option<device::Device>,
     /// `--device` named a device the table does not have (and no --peak-tflops was given).
     device_unknown: Option<String>,
+    /// The device is a CPU: one device, not a GPU.
+    on_cpu: bool,
     dtype_name: &'static str,
     peak: Option<f64>,
     mfu: Option<f64>,
@@ -358,6 +360,7 @@ fn report(a: &LogsArgs, forced: Option<Format>, text: &str) -> Result<Report> {
         flops_per_token,
         device: dev,
         device_unknown,
+        on_cpu,
         dtype_name: dtype.name(),
         peak,
         mfu,
@@ -521,7 +524,7 @@ fn print(a: &LogsArgs, r: &Report) {
         None => say!("tokens/iter: unknown ({})", r.tokens_missing),
     }
     // a CPU run is one device, not a GPU
-    let cpu = r.device.as_ref().is_some_and(|d| !d.is_gpu());
+    let cpu = r.on_cpu;
     let (units, per) = if cpu { ("devices", "per device") } else { ("GPUs", "per GPU") };
     say!("{units}: {} ({})", r.gpus.0, r.gpus.1);
     match r.tokens_per_second {

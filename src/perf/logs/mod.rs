@@ -766,6 +766,13 @@ fn difference(clock: &[(&Record, f64, f64)]) -> Vec<Sample> {
     out
 }
 
+/// The values, in order (for [`percentile`]).
+fn sorted(xs: impl IntoIterator<Item = f64>) -> Vec<f64> {
+    let mut v: Vec<f64> = xs.into_iter().collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v
+}
+
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -893,29 +900,23 @@ pub fn steady(p: &Parsed) -> Steady {
         }
         // outliers: against the session's own median (sessions may have run at different speeds)
         let rest = &run[warm..];
-        let mut times: Vec<f64> = rest.iter().map(|l| l.ms).collect();
-        times.sort_by(|a, b| a.total_cmp(b));
-        let med = percentile(&times, 0.5);
+        let med = percentile(&sorted(rest.iter().map(|l| l.ms)), 0.5);
         let mine: Vec<&Sample> = rest.iter().filter(|l| l.ms <= OUTLIER * med).collect();
-        let mut mt: Vec<f64> = mine.iter().map(|l| l.ms).collect();
-        mt.sort_by(|a, b| a.total_cmp(b));
         sessions.push(SessionSteady {
             first_iter: run[0].iter,
             last_iter: run[run.len() - 1].iter,
             samples: run.len(),
             warmup_dropped: warm,
             outliers_dropped: rest.len() - mine.len(),
-            steady_ms_per_iter: percentile(&mt, 0.5),
+            steady_ms_per_iter: percentile(&sorted(mine.iter().map(|l| l.ms)), 0.5),
         });
         warmup_dropped += warm;
         outliers_dropped += rest.len() - mine.len();
         kept.extend(mine);
     }
-    let mut kt: Vec<f64> = kept.iter().map(|l| l.ms).collect();
-    kt.sort_by(|a, b| a.total_cmp(b));
+    let kt = sorted(kept.iter().map(|l| l.ms));
     let median_of = |f: fn(&Sample) -> Option<f64>| -> Option<f64> {
-        let mut xs: Vec<f64> = kept.iter().filter_map(|s| f(s)).collect();
-        xs.sort_by(|a, b| a.total_cmp(b));
+        let xs = sorted(kept.iter().filter_map(|s| f(s)));
         (!xs.is_empty()).then(|| percentile(&xs, 0.5))
     };
     Steady {
