@@ -11,10 +11,12 @@ fn tmp(name: &str) -> PathBuf {
     common::tmp(&format!("cli-{name}"))
 }
 
-/// Runs and checks: exit 1, no panic, the last stderr line is one `error:` line containing `want`.
+/// Runs and checks: exit 1, no panic, the last stderr line is one `error:` line containing `want`;
+/// a run refused before it starts has not printed its config table first.
 fn fails_with(args: &[&str], dir: &Path, want: &str) {
-    let (code, _, err) = gptrain(args, dir);
+    let (code, out, err) = gptrain(args, dir);
     assert_eq!(code, 1, "{args:?}: exit {code}, stderr: {err}");
+    assert!(!out.contains("config:\n"), "{args:?}: the config table before the error:\n{out}");
     assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
     let last = err.lines().last().unwrap_or("");
     assert!(last.starts_with("error: ") && last.contains(want), "{args:?}: {err}");

@@ -119,9 +119,6 @@ pub fn train(a: &ConfigArgs) -> Result<()> {
     let rank = world.rank;
     let ranked = |e: anyhow::Error| if world.size > 1 && rank > 0 { e.context(format!("rank {rank}")) } else { e };
     train::check_device(&cfg).map_err(ranked)?;
-    if world.is_root() {
-        say!("config:\n{}", cfg.table());
-    }
     install_signal_handler();
     pool(cfg.threads)?.install(|| -> Result<()> {
         let (mut printer, mut silent) = (Printer::new(), Silent);

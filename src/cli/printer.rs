@@ -75,6 +75,9 @@ impl Observer for Printer {
     }
 
     fn start(&mut self, s: &StartInfo) {
+        // the config comes once the run has opened its data and weights, so that an error
+        // there is not the last line under a screenful of settings
+        say!("config:\n{}", s.config.table());
         let m = &s.model;
         say!(
             "model: {} layers, {} heads, {} dims, block {}, vocab {}{}, bias {}",
