@@ -25,6 +25,12 @@ impl<B: Backend> Sampler<B> {
         Ok(Sampler { model, pos: 0, context: Vec::new() })
     }
 
+    /// What getting ready cost (a GPU's kernels: [`Backend::warm_up_note`]), once sampling has
+    /// launched them.
+    pub fn warm_up_note(&self) -> Option<String> {
+        self.model.backend.warm_up_note()
+    }
+
     /// Clears the cache and context.
     pub fn reset(&mut self) {
         self.pos = 0;

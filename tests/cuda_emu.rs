@@ -122,6 +122,11 @@ fn fp32_training_on_the_gpu_follows_the_cpu_and_repeats_bitwise() {
         let (code, out, err) = on_emu(&emu, &args, &d, &[]);
         assert_eq!(code, 0, "{device}: {out}\n{err}");
         assert!(out.contains("---------------"), "{device}: {out}");
+        // the samples alone on standard output; the GPU's kernels line on standard error
+        assert!(!out.contains("kernels: "), "{device}: {out}");
+        if device == "device=cuda" {
+            all_kernels_planned(&err, 4); // sampling's forward, one position at a time
+        }
     }
     std::fs::remove_dir_all(d).ok();
 }

@@ -192,6 +192,11 @@ fn v100_is_in_the_table_and_the_cpu_has_no_gpu_words() {
     assert_eq!((f(&v["peak_flops"]), v["device_memory_bytes"].as_u64()), (14e12, Some(16_000_000_000)), "{v}");
     let (code, out, _) = gptrain(&["estimate", "--list-devices"], &d);
     assert!(code == 0 && out.contains("v100-sxm2-32gb") && out.contains("v100-pcie-32gb"), "{out}");
+    // no TF32 and no BF16 on Volta: the list says so in its columns
+    let v100 = out.lines().find(|l| l.starts_with("v100-sxm2-32gb")).unwrap();
+    assert!(v100.contains("tf32      -") && v100.contains("fp16 only  125.0"), "{v100}");
+    let h100 = out.lines().find(|l| l.starts_with("h100-sxm")).unwrap();
+    assert!(h100.contains("tf32  494.7") && h100.contains("fp16/bf16  989.4"), "{h100}");
     // the CPU is not a GPU
     let (code, out, err) = gptrain(&["estimate", "--device", "cpu"], &d);
     assert_eq!(code, 0, "{err}");

@@ -257,10 +257,17 @@ fn sample_run(cfg: &Config, from: Option<&Path>, num_samples: usize, max_new_tok
     if let Some(r) = reason.filter(|_| from.is_none()) {
         eprintln!("{r}");
     }
-    crate::on_backend!(chosen, b => sample_with(Sampler::new(b, mc, &params)?, cfg, &start, &prompt, &tok, num_samples, max_new_tokens))
+    let kernels = crate::on_backend!(chosen, b => sample_with(Sampler::new(b, mc, &params)?, cfg, &start, &prompt, &tok, num_samples, max_new_tokens))?;
+    // on standard error, as "sampling from": standard output is the samples alone (after a
+    // training run its backend said it already)
+    if let Some(note) = kernels.filter(|_| from.is_none()) {
+        eprintln!("{note}");
+    }
+    Ok(())
 }
 
-/// Draws `num_samples` samples with `sampler` and prints them as they come.
+/// Draws `num_samples` samples with `sampler` and prints them as they come; returns the
+/// backend's note on getting ready ([`Sampler::warm_up_note`]).
 #[allow(clippy::too_many_arguments)]
 fn sample_with<B: crate::backend::Backend>(
     mut sampler: Sampler<B>,
@@ -270,7 +277,7 @@ fn sample_with<B: crate::backend::Backend>(
     tok: &crate::tokenizer::Tokenizer,
     num_samples: usize,
     max_new_tokens: usize,
-) -> Result<()> {
+) -> Result<Option<String>> {
     let stdout = std::io::stdout();
     for k in 0..num_samples {
         let mut rng = rng::Rng::new(cfg.seed, rng::STREAM_SAMPLE + 1000 * k as u64);
@@ -291,7 +298,7 @@ fn sample_with<B: crate::backend::Backend>(
         }
         say!("\n---------------");
     }
-    Ok(())
+    Ok(sampler.warm_up_note())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -438,12 +445,14 @@ pub fn estimate(a: &EstimateArgs) -> Result<()> {
     if a.list_devices {
         for n in device::names() {
             let d = device::lookup(n)?;
+            // a card without TF32 runs tf32 as fp32, one without BF16 reaches the figure in fp16
+            let tf32 = if d.has_tf32() { format!("{:>6.1}", d.tf32_tflops) } else { format!("{:>6}", "-") };
             say!(
-                "{:<18} {:<40} fp32 {:>6.1}  tf32 {:>6.1}  fp16/bf16 {:>6.1} TFLOP/s  {:>6.1} GiB  link {:>5.1} GB/s",
+                "{:<18} {:<40} fp32 {:>6.1}  tf32 {tf32}  {} {:>6.1} TFLOP/s  {:>6.1} GiB  link {:>5.1} GB/s",
                 d.name,
                 d.description,
                 d.fp32_tflops,
-                d.tf32_tflops,
+                if d.has_bf16() || !d.is_gpu() { "fp16/bf16" } else { "fp16 only" },
                 d.half_tflops,
                 d.memory_bytes as f64 / (1u64 << 30) as f64,
                 d.link_gbs

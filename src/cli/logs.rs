@@ -548,7 +548,7 @@ fn print(a: &LogsArgs, r: &Report) {
             m * 100.0,
             r.tflops_per_gpu.unwrap_or(0.0)
         ),
-        (Some(m), None, Some(pk), _) => say!("true MFU against {:.0} TFLOP/s: {:.1}% per GPU", pk / 1e12, m * 100.0),
+        (Some(m), None, Some(pk), _) => say!("true MFU against {:.0} TFLOP/s: {:.1}% {per}", pk / 1e12, m * 100.0),
         (_, None, None, Some(name)) => say!(
             "MFU: n/a (unknown device `{name}`: give --peak-tflops or one of {}{})",
             device::names().join(", "),
