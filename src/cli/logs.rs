@@ -3,7 +3,8 @@
 //! the log states (or gptrain's metrics.jsonl `start` record), then from `--preset`/`--config`;
 //! each figure says where it came from. `--follow` re-reads the file as it grows.
 
-use super::commands::{model_without_data, parse_dtype, resolve};
+use super::commands::resolve;
+use super::estimate::{model_without_data, parse_dtype};
 use super::printer::{say, thousands};
 use super::units::count;
 use super::ConfigArgs;

@@ -1,8 +1,10 @@
 //! The command line: parses flags into a validated plan, runs it, and is the only place that
 //! prints.
 
+mod bench;
 mod check;
 mod commands;
+mod estimate;
 mod keys;
 mod logs;
 mod printer;
@@ -55,11 +57,11 @@ enum Cmd {
     /// Sample from the newest checkpoint in out_dir (or init_from = a GPT-2 model.safetensors).
     Sample(ConfigArgs),
     /// Predict time per iteration, total time and memory of a config on a device.
-    Estimate(commands::EstimateArgs),
+    Estimate(estimate::EstimateArgs),
     /// Read a training log (nanoGPT, llm.c, gptrain, Hugging Face, Lightning, litgpt, torchtitan, Megatron, DeepSpeed, modded-nanogpt, or any line with a counter and a time): steady speed, true MFU, ETA.
     Logs(logs::LogsArgs),
     /// Time full training steps on synthetic tokens: ms/step, tokens/s, GFLOP/s, MFU.
-    Bench(commands::BenchArgs),
+    Bench(bench::BenchArgs),
     /// List every config key with its default and meaning, and the presets (with --preset,
     /// --config or --set: the values they resolve to).
     Config(ConfigArgs),
@@ -82,9 +84,9 @@ pub fn main() -> i32 {
         Cmd::Prepare { input, tokenizer, out, threads } => commands::prepare(input, &tokenizer, &out, threads),
         Cmd::Train(a) => commands::train(&a),
         Cmd::Sample(a) => commands::sample(&a),
-        Cmd::Estimate(a) => commands::estimate(&a),
+        Cmd::Estimate(a) => estimate::estimate(&a),
         Cmd::Logs(a) => logs::logs(&a),
-        Cmd::Bench(a) => commands::bench(&a),
+        Cmd::Bench(a) => bench::bench(&a),
         Cmd::Check(a) => check::check(&a),
         Cmd::Plot { metrics, out } => commands::plot(&metrics, out),
         Cmd::Config(a) => keys::config(&a),
