@@ -4,7 +4,8 @@
 //! `u64 LE length | masked CRC-32C of those 8 bytes | data | masked CRC-32C of data`, and the first
 //! event of a file names the format (`file_version = "brain.Event:2"`). The messages below are the
 //! few parts of TensorFlow's `event.proto`, `summary.proto`, `tensor.proto` and
-//! `tensor_shape.proto` that gptrain writes, with their field numbers.
+//! `tensor_shape.proto` that gptrain writes, and reads in other writers' files (TF2's scalars
+//! are tensors), with their field numbers.
 //!
 //! A run writes one new file. Its second event is a `SessionLog` START at the run's first
 //! iteration N: TensorBoard's reader then drops what earlier files logged at steps >= N, so a
@@ -80,20 +81,53 @@ pub struct PluginData {
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct TensorProto {
-    /// `DataType`: DT_STRING = 7.
+    /// `DataType` (`types.proto`): DT_FLOAT = 1, DT_DOUBLE = 2, DT_STRING = 7, ...
     #[prost(int32, tag = "1")]
     pub dtype: i32,
-    /// No dimensions: a scalar.
+    /// No dimensions (or none at all): a scalar.
     #[prost(message, optional, tag = "2")]
     pub tensor_shape: Option<TensorShapeProto>,
+    /// The values' raw little-endian bytes, as TensorFlow's C++ writer stores every numeric
+    /// tensor (`Tensor::AsProtoTensorContent`); else one of the typed fields below holds them.
+    #[prost(bytes = "vec", tag = "4")]
+    pub tensor_content: Vec<u8>,
+    #[prost(float, repeated, tag = "5")]
+    pub float_val: Vec<f32>,
+    #[prost(double, repeated, tag = "6")]
+    pub double_val: Vec<f64>,
+    /// DT_INT32 (and the narrower ints).
+    #[prost(int32, repeated, tag = "7")]
+    pub int_val: Vec<i32>,
     #[prost(bytes = "vec", repeated, tag = "8")]
     pub string_val: Vec<Vec<u8>>,
+    #[prost(int64, repeated, tag = "10")]
+    pub int64_val: Vec<i64>,
+    /// DT_HALF and DT_BFLOAT16: each value's 16 bits in an int32.
+    #[prost(int32, repeated, tag = "13")]
+    pub half_val: Vec<i32>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct TensorShapeProto {}
+pub struct TensorShapeProto {
+    #[prost(message, repeated, tag = "2")]
+    pub dim: Vec<Dim>,
+}
 
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Dim {
+    /// -1: unknown.
+    #[prost(int64, tag = "1")]
+    pub size: i64,
+}
+
+const DT_FLOAT: i32 = 1;
+const DT_DOUBLE: i32 = 2;
+const DT_INT32: i32 = 3;
 const DT_STRING: i32 = 7;
+const DT_INT64: i32 = 9;
+const DT_BFLOAT16: i32 = 14;
+const DT_HALF: i32 = 19;
+const DATA_CLASS_SCALAR: i32 = 1;
 const DATA_CLASS_TENSOR: i32 = 2;
 
 // ---------------------------------------------------------------------------------------------
@@ -221,8 +255,9 @@ impl EventWriter {
             }),
             tensor: Some(TensorProto {
                 dtype: DT_STRING,
-                tensor_shape: Some(TensorShapeProto {}),
+                tensor_shape: Some(TensorShapeProto::default()),
                 string_val: vec![text.as_bytes().to_vec()],
+                ..Default::default()
             }),
             ..Default::default()
         };
@@ -252,9 +287,15 @@ pub fn read_scalars(dir: &Path) -> BTreeMap<(String, i64), (f64, f32)> {
 }
 
 /// The scalars of these events files, read in this order as [`read_scalars`] reads a
-/// directory's.
+/// directory's. A scalar is a `simple_value` (torch's SummaryWriter, TF1), or a one-value
+/// tensor of a tag whose metadata names the scalars plugin (TF2's `tf.summary.scalar`, so
+/// Keras; torch's `new_style`).
 pub fn read_scalars_of(files: &[PathBuf]) -> BTreeMap<(String, i64), (f64, f32)> {
     let mut out = BTreeMap::new();
+    // tag -> whether its metadata says scalar. The first metadata of a tag decides, as in
+    // TensorBoard's reader: Python writers write it with a tag's first value only (TF2's C++
+    // writer with every value), so a later value without it is still that tag's kind
+    let mut scalar_tags = std::collections::HashMap::new();
     for path in files {
         let Ok(bytes) = std::fs::read(path) else { continue };
         for rec in read_records(&bytes).0 {
@@ -263,13 +304,70 @@ pub fn read_scalars_of(files: &[PathBuf]) -> BTreeMap<(String, i64), (f64, f32)>
                 out.retain(|k: &(String, i64), _| k.1 < ev.step);
             }
             for v in ev.summary.map(|s| s.value).unwrap_or_default() {
-                if let Some(x) = v.simple_value {
+                if let Some(m) = &v.metadata {
+                    scalar_tags.entry(v.tag.clone()).or_insert_with(|| is_scalar_metadata(m));
+                }
+                let tensor = || v.tensor.as_ref().filter(|_| scalar_tags.get(&v.tag) == Some(&true)).and_then(tensor_scalar);
+                if let Some(x) = v.simple_value.or_else(tensor) {
                     out.insert((v.tag, ev.step), (ev.wall_time, x));
                 }
             }
         }
     }
     out
+}
+
+/// Whether a value's metadata makes it a scalar: the scalars plugin's (`plugin_name`
+/// "scalars", which every TF2/Keras and torch tensor scalar carries and by which TensorBoard
+/// puts a tag on its Scalars dashboard), or the scalar data class (TensorBoard's own newer
+/// writers). Without this check a one-value tensor of another plugin (a text, a custom
+/// plugin's datum) would be read as a metric.
+fn is_scalar_metadata(m: &SummaryMetadata) -> bool {
+    m.plugin_data.as_ref().is_some_and(|p| p.plugin_name == "scalars") || m.data_class == DATA_CLASS_SCALAR
+}
+
+/// The value of a tensor that holds exactly one number, as TensorBoard's `make_ndarray` reads
+/// it: from `tensor_content` (little-endian bytes: TF2's C++ writer) when it is set, else from
+/// the dtype's typed field (torch's `new_style`, tensorboard's Python writer), packed or not.
+/// `tf.summary.scalar` casts to float32, but TensorBoard reads any numeric dtype, so doubles,
+/// halves, bfloat16 and ints are read too. Anything else (several values: an image, a
+/// histogram; strings, bools) is no scalar.
+pub fn tensor_scalar(t: &TensorProto) -> Option<f32> {
+    // no shape at all (torch's new_style) or no dimensions: rank 0, one element
+    let dims = t.tensor_shape.as_ref().map_or(&[][..], |s| &s.dim[..]);
+    if dims.iter().any(|d| d.size != 1) {
+        return None;
+    }
+    let raw = &t.tensor_content[..];
+    let v = match t.dtype {
+        DT_FLOAT if raw.is_empty() => only(&t.float_val)?,
+        DT_FLOAT => f32::from_le_bytes(raw.try_into().ok()?),
+        DT_DOUBLE if raw.is_empty() => only(&t.double_val)? as f32,
+        DT_DOUBLE => f64::from_le_bytes(raw.try_into().ok()?) as f32,
+        DT_HALF | DT_BFLOAT16 => {
+            // half_val keeps the 16 bits in an int32's low half
+            let bits = if raw.is_empty() { only(&t.half_val)? as u16 } else { u16::from_le_bytes(raw.try_into().ok()?) };
+            if t.dtype == DT_HALF {
+                half::f16::from_bits(bits).to_f32()
+            } else {
+                half::bf16::from_bits(bits).to_f32()
+            }
+        }
+        DT_INT32 if raw.is_empty() => only(&t.int_val)? as f32,
+        DT_INT32 => i32::from_le_bytes(raw.try_into().ok()?) as f32,
+        DT_INT64 if raw.is_empty() => only(&t.int64_val)? as f32,
+        DT_INT64 => i64::from_le_bytes(raw.try_into().ok()?) as f32,
+        _ => return None,
+    };
+    Some(v)
+}
+
+/// The one value of a typed field (one value repeated to fill a one-element shape is itself).
+fn only<T: Copy>(values: &[T]) -> Option<T> {
+    match values {
+        [x] => Some(*x),
+        _ => None,
+    }
 }
 
 /// Whether `bytes` begin as an events file does: a whole record holding an `Event` that
@@ -292,15 +390,16 @@ const RUN_SUMMARY_TAGS: [&str; 5] =
 /// reader counts as an eval; and, when anything was logged at that step over 50 ms after the
 /// training scalars (an evaluation), a row of the step alone at the latest wall time, so the
 /// next interval starts after it (the reader restarts its window at a step seen again later).
-/// Tags that count something else than steps (Megatron's `... vs samples`), step counters and
-/// the end-of-run summary are left out.
+/// Tags that count something else than steps (Megatron's `... vs samples`, Keras's other
+/// axis: [`other_axis`]), step counters and the end-of-run summary are left out.
 pub fn json_lines(scalars: &BTreeMap<(String, i64), (f64, f32)>) -> String {
     use crate::perf::logs::{is_counter, is_eval_part};
     type Row = (f64, serde_json::Map<String, serde_json::Value>);
+    let other_axis = other_axis(scalars);
     let mut steps: BTreeMap<i64, (Option<Row>, Option<Row>, f64)> = BTreeMap::new();
     for ((tag, step), (wall, v)) in scalars {
         let lower = tag.to_ascii_lowercase();
-        if tag.contains(" vs ") || is_counter(&lower) || RUN_SUMMARY_TAGS.contains(&tag.as_str()) {
+        if tag.contains(" vs ") || other_axis(tag) || is_counter(&lower) || RUN_SUMMARY_TAGS.contains(&tag.as_str()) {
             continue;
         }
         let (train, eval, latest) = steps.entry(*step).or_insert((None, None, f64::NEG_INFINITY));
@@ -330,6 +429,24 @@ pub fn json_lines(scalars: &BTreeMap<(String, i64), (f64, f32)>) -> String {
         }
     }
     out
+}
+
+/// Which tags count another axis than the run's iterations. Keras's TensorBoard callback logs
+/// `epoch_<metric>` at the epoch's index, `batch_<metric>` (with `update_freq` "batch" or N) at
+/// the count of batches trained, and `evaluation_<metric>_vs_iterations` at the optimizer's
+/// iterations; one run's rows need one axis. With batch tags the batches are the iterations
+/// and the epoch tags are left out; without, the epochs are, and the `_vs_iterations` tags
+/// (batches) are left out.
+fn other_axis(scalars: &BTreeMap<(String, i64), (f64, f32)>) -> fn(&str) -> bool {
+    // the name's last part: `validation/epoch_loss` is an epoch's
+    fn leaf(tag: &str) -> &str {
+        tag.rsplit('/').next().unwrap_or(tag)
+    }
+    if scalars.keys().any(|(tag, _)| leaf(tag).starts_with("batch_")) {
+        |tag| leaf(tag).starts_with("epoch_")
+    } else {
+        |tag| leaf(tag).ends_with("_vs_iterations")
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -484,6 +601,120 @@ mod tests {
         let w2 = EventWriter::create(&dir).unwrap();
         assert_eq!(event_files(&dir), vec![path, w2.path.clone()]);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A tensor of `dtype` and `shape` (None: no shape at all, as torch's new_style writes).
+    fn tensor(dtype: i32, shape: Option<&[i64]>) -> TensorProto {
+        let tensor_shape = shape.map(|s| TensorShapeProto { dim: s.iter().map(|&size| Dim { size }).collect() });
+        TensorProto { dtype, tensor_shape, ..Default::default() }
+    }
+
+    #[test]
+    fn tensor_scalars_from_their_bytes_or_their_typed_field() {
+        // TF2's C++ writer: the raw little-endian bytes, shape with no dimensions
+        let t = TensorProto { tensor_content: 0.4125f32.to_le_bytes().to_vec(), ..tensor(DT_FLOAT, Some(&[])) };
+        assert_eq!(tensor_scalar(&t), Some(0.4125));
+        let t = TensorProto { tensor_content: 2.5e-4f64.to_le_bytes().to_vec(), ..tensor(DT_DOUBLE, Some(&[])) };
+        assert_eq!(tensor_scalar(&t), Some(2.5e-4f64 as f32));
+        // half and bfloat16: two bytes, or the bits in half_val
+        let t = TensorProto { tensor_content: half::f16::from_f32(1.5).to_le_bytes().to_vec(), ..tensor(DT_HALF, Some(&[])) };
+        assert_eq!(tensor_scalar(&t), Some(1.5));
+        let t = TensorProto { half_val: vec![half::f16::from_f32(-0.25).to_bits() as i32], ..tensor(DT_HALF, Some(&[])) };
+        assert_eq!(tensor_scalar(&t), Some(-0.25));
+        let t = TensorProto { half_val: vec![half::bf16::from_f32(3.0).to_bits() as i32], ..tensor(DT_BFLOAT16, None) };
+        assert_eq!(tensor_scalar(&t), Some(3.0));
+        // ints, as TensorBoard reads them
+        let t = TensorProto { int64_val: vec![1875], ..tensor(DT_INT64, Some(&[])) };
+        assert_eq!(tensor_scalar(&t), Some(1875.0));
+        let t = TensorProto { tensor_content: (-7i32).to_le_bytes().to_vec(), ..tensor(DT_INT32, Some(&[])) };
+        assert_eq!(tensor_scalar(&t), Some(-7.0));
+        // torch's new_style: float_val / double_val, no shape; a one-element shape is one value too
+        let t = TensorProto { float_val: vec![2.75], ..tensor(DT_FLOAT, None) };
+        assert_eq!(tensor_scalar(&t), Some(2.75));
+        let t = TensorProto { double_val: vec![0.125], ..tensor(DT_DOUBLE, Some(&[1, 1])) };
+        assert_eq!(tensor_scalar(&t), Some(0.125));
+        // float_val as it arrives on the wire: packed (what prost and TF write) and unpacked
+        // (what a proto2-style writer may write; parsers must take both)
+        let packed = [&[0x08, DT_FLOAT as u8, 0x2a, 4][..], &2.75f32.to_le_bytes()].concat();
+        let unpacked = [&[0x08, DT_FLOAT as u8, 0x2d][..], &2.75f32.to_le_bytes()].concat();
+        for bytes in [packed, unpacked] {
+            let t = <TensorProto as prost::Message>::decode(&bytes[..]).unwrap();
+            assert_eq!((t.float_val.clone(), tensor_scalar(&t)), (vec![2.75], Some(2.75)), "{bytes:?}");
+        }
+    }
+
+    #[test]
+    fn tensors_that_are_not_one_number_are_no_scalar() {
+        // several values: a histogram's buckets, an image's bytes
+        let two = [1.0f32.to_le_bytes(), 2.0f32.to_le_bytes()].concat();
+        assert_eq!(tensor_scalar(&TensorProto { tensor_content: two.clone(), ..tensor(DT_FLOAT, Some(&[2])) }), None);
+        assert_eq!(tensor_scalar(&TensorProto { float_val: vec![1.0, 2.0], ..tensor(DT_FLOAT, Some(&[2])) }), None);
+        assert_eq!(tensor_scalar(&TensorProto { float_val: vec![1.0], ..tensor(DT_FLOAT, Some(&[3, 1])) }), None);
+        assert_eq!(tensor_scalar(&TensorProto { float_val: vec![1.0], ..tensor(DT_FLOAT, Some(&[0])) }), None);
+        // bytes that do not fit the dtype, no value at all, a string, a bool
+        assert_eq!(tensor_scalar(&TensorProto { tensor_content: two, ..tensor(DT_FLOAT, Some(&[])) }), None);
+        assert_eq!(tensor_scalar(&tensor(DT_FLOAT, Some(&[]))), None);
+        assert_eq!(tensor_scalar(&TensorProto { string_val: vec![b"1.0".to_vec()], ..tensor(DT_STRING, Some(&[])) }), None);
+        assert_eq!(tensor_scalar(&TensorProto { tensor_content: vec![1], ..tensor(10, Some(&[])) }), None);
+    }
+
+    /// A value holding a float32 tensor scalar as TF2 writes it, with `plugin`'s metadata or none.
+    fn tf2_value(tag: &str, v: f32, plugin: Option<&str>) -> Value {
+        Value {
+            tag: tag.into(),
+            tensor: Some(TensorProto { tensor_content: v.to_le_bytes().to_vec(), ..tensor(DT_FLOAT, Some(&[])) }),
+            metadata: plugin
+                .map(|p| SummaryMetadata { plugin_data: Some(PluginData { plugin_name: p.into(), content: Vec::new() }), data_class: 0 }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn tensor_scalars_are_read_by_their_tags_plugin() {
+        let dir = std::env::temp_dir().join(format!("gptrain-tb-tensors-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let events = [
+            summary_event(10.0, 0, vec![tf2_value("epoch_loss", 0.5, Some("scalars")), tf2_value("note", 7.0, Some("text"))]),
+            // a Python writer's later values carry no metadata: still the tag's first kind
+            summary_event(11.0, 1, vec![tf2_value("epoch_loss", 0.25, None), tf2_value("note", 8.0, None)]),
+            // a tag never described: not known to be a scalar
+            summary_event(12.0, 2, vec![tf2_value("mystery", 1.0, None)]),
+        ];
+        let path = dir.join("events.out.tfevents.1.host.v2");
+        std::fs::write(&path, events.iter().flat_map(|e| frame(&prost::Message::encode_to_vec(e))).collect::<Vec<u8>>()).unwrap();
+        let got: Vec<_> = read_scalars_of(&[path]).into_iter().collect();
+        let want = vec![(("epoch_loss".to_string(), 0), (10.0, 0.5)), (("epoch_loss".to_string(), 1), (11.0, 0.25))];
+        assert_eq!(got, want);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn keras_epoch_and_batch_tags_are_not_mixed_on_one_axis() {
+        let scalars = |tags: &[(&str, i64)]| -> BTreeMap<(String, i64), (f64, f32)> {
+            tags.iter().map(|(t, s)| ((t.to_string(), *s), (100.0 + *s as f64, 1.0))).collect()
+        };
+        let keys = |out: &str| -> Vec<String> {
+            let mut k: Vec<String> = out
+                .lines()
+                .flat_map(|l| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(l).unwrap().into_iter().map(|(k, _)| k))
+                .filter(|k| k != "step" && k != "_timestamp")
+                .collect();
+            k.sort();
+            k.dedup();
+            k
+        };
+        // update_freq="epoch": epochs are the axis; the evaluation at the optimizer's iterations is not
+        let epochs = scalars(&[
+            ("epoch_loss", 0),
+            ("epoch_loss", 1),
+            ("validation/epoch_loss", 1),
+            ("validation/evaluation_loss_vs_iterations", 938),
+        ]);
+        assert_eq!(keys(&json_lines(&epochs)), ["epoch_loss", "validation/epoch_loss"]);
+        // update_freq="batch": batches are, the evaluation at the iterations with them; the epochs' tags are not
+        let batches = scalars(&[("batch_loss", 1), ("batch_loss", 2), ("epoch_loss", 0), ("validation/evaluation_loss_vs_iterations", 2)]);
+        assert_eq!(keys(&json_lines(&batches)), ["batch_loss", "validation/evaluation_loss_vs_iterations"]);
     }
 
     #[test]
