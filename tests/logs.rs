@@ -587,6 +587,41 @@ fn tensorboard_events_are_read_by_their_wall_times() {
 }
 
 #[test]
+fn keras_tf2_tensor_scalars_in_train_and_validation_folders_are_one_run() {
+    // see the fixture's note: 12 epochs of a Keras fit, scalars stored as TF2 tensors; train/
+    // and validation/ are one run, its iterations the epochs, its evals validation/'s rows
+    let run = fixture("keras/fit/20261206-101500");
+    for p in [fixture("keras"), run.clone()] {
+        let v = read(&p, &[]);
+        check(&v, "tensorboard", "timestamps", 4105.0, 1e-6);
+        let n = |k: &str| v[k].as_u64().unwrap_or(u64::MAX);
+        assert_eq!((n("first_iter"), n("last_iter"), n("iters_seen"), n("evals")), (0, 11, 11, 12), "{p:?}: {v}");
+        assert_eq!((n("warmup_dropped"), n("outliers_dropped"), n("iters_counted")), (3, 0, 8), "{p:?}: {v}");
+    }
+    // the train folder alone: the same epochs, no evaluation
+    let v = read(&run.join("train"), &[]);
+    check(&v, "tensorboard", "timestamps", 4105.0, 1e-6);
+    assert_eq!(v["evals"].as_u64(), Some(0), "{v}");
+    // two Keras runs side by side: refused, naming the runs' folders (not their train/, validation/)
+    let d = tmp("keras");
+    for name in ["A", "B"] {
+        for sub in ["train", "validation"] {
+            let to = d.join("fit").join(name).join(sub);
+            std::fs::create_dir_all(&to).unwrap();
+            for f in std::fs::read_dir(run.join(sub)).unwrap() {
+                let f = f.unwrap().path();
+                std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+    let (code, _, err) = gptrain(&["logs", d.to_str().unwrap()]);
+    let runs = format!("({}, {})", d.join("fit/A").display(), d.join("fit/B").display());
+    assert!(code == 1 && err.contains(&format!("holds 2 runs' TensorBoard event files {runs}")), "{err}");
+    assert_eq!(read(&d.join("fit/B"), &[])["steady_ms_per_iter"].as_f64(), Some(4105.0));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
 fn gptrain_resumed_metrics_jsonl_is_read_session_by_session() {
     // see the fixture's note: two sessions (a start record each), ~80 and ~50 ms/iter
     let v = read(&fixture("gptrain-resumed.jsonl"), &[]);

@@ -24,8 +24,8 @@ pub struct LogsArgs {
     /// (console or trainer_state.json), Lightning, litgpt, torchtitan, Megatron-LM, DeepSpeed,
     /// modded-nanogpt, nanotron, fairseq/metaseq, torchtune, Composer/llm-foundry, OLMo, JSON
     /// lines of metrics (a loop's metrics.jsonl, W&B history rows), TensorBoard events (a file,
-    /// or a folder of them), or any line with an iteration counter and a time, a rate or a
-    /// timestamp.
+    /// or a folder of them; a Keras run's folder), or any line with an iteration counter and a
+    /// time, a rate or a timestamp.
     pub file: PathBuf,
     /// Read only this format's lines (nanogpt, llmccuda, llmccpu, gptrain, hf-trainer,
     /// hf-trainer-state, lightning, litgpt, torchtitan, megatron, deepspeed, modded-nanogpt,
@@ -111,11 +111,11 @@ pub fn logs(a: &LogsArgs) -> Result<()> {
     }
     let (text, forced) = match input(a, forced)? {
         Input::Text(bytes) => (String::from_utf8_lossy(&bytes).into_owned(), forced),
-        Input::Events(files) => {
+        Input::Events { files, validation } => {
             if forced.is_some_and(|f| f != Format::Tensorboard) {
                 bail!("{} holds TensorBoard events: read it with --format tensorboard (or no --format)", a.file.display());
             }
-            (events_as_json_lines(a, &files)?, Some(Format::Tensorboard))
+            (events_as_json_lines(a, &files, &validation)?, Some(Format::Tensorboard))
         }
     };
     let r = report(a, forced, &text)?;
@@ -123,10 +123,11 @@ pub fn logs(a: &LogsArgs) -> Result<()> {
     Ok(())
 }
 
-/// What `gptrain logs` reads: a log's bytes, or TensorBoard event files.
+/// What `gptrain logs` reads: a log's bytes, or one run's TensorBoard event files: its own,
+/// and those of a Keras run's `validation/` folder (its evaluations).
 enum Input {
     Text(Vec<u8>),
-    Events(Vec<PathBuf>),
+    Events { files: Vec<PathBuf>, validation: Vec<PathBuf> },
 }
 
 fn events_name(p: &Path) -> bool {
@@ -134,16 +135,17 @@ fn events_name(p: &Path) -> bool {
 }
 
 /// The file, read once (a pipe can be read only once), and whether it holds TensorBoard
-/// events; or a folder: a gptrain `out_dir`'s `metrics.jsonl`, else the one folder below it
+/// events; or a folder: a gptrain `out_dir`'s `metrics.jsonl`, else the one run below it
 /// (three levels at most: Hugging Face's `runs/<run>/`, Lightning's
-/// `lightning_logs/version_N/`, gptrain's `tensorboard/`) that holds event files.
+/// `lightning_logs/version_N/`, gptrain's `tensorboard/`, Keras's `logs/fit/<run>/` with its
+/// `train/` and `validation/`) that holds event files.
 fn input(a: &LogsArgs, forced: Option<Format>) -> Result<Input> {
     use crate::tensorboard;
     let path = &a.file;
     if !path.is_dir() {
         let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         if tensorboard::is_events_file(&bytes) {
-            return Ok(Input::Events(vec![path.clone()]));
+            return Ok(Input::Events { files: vec![path.clone()], validation: Vec::new() });
         }
         if forced == Some(Format::Tensorboard) {
             bail!("{} is not a TensorBoard events file (events.out.tfevents.*)", path.display());
@@ -155,18 +157,22 @@ fn input(a: &LogsArgs, forced: Option<Format>) -> Result<Input> {
     if metrics.is_file() && forced != Some(Format::Tensorboard) {
         return Ok(Input::Text(std::fs::read(&metrics).with_context(|| format!("cannot read {}", metrics.display()))?));
     }
-    let mut runs = Vec::new();
-    event_folders(path, 3, &mut runs);
+    let mut folders = Vec::new();
+    event_folders(path, 3, &mut folders);
+    let runs = runs_of(path, folders);
     match runs.len() {
         0 => bail!(
             "{} holds no metrics.jsonl and no TensorBoard event files (events.out.tfevents.*) in it or three folders down: give a log file",
             path.display()
         ),
-        1 => Ok(Input::Events(tensorboard::event_files(&runs[0]))),
+        1 => {
+            let files = |dirs: &[PathBuf]| dirs.iter().flat_map(|d| tensorboard::event_files(d)).collect();
+            Ok(Input::Events { files: files(&runs[0].train), validation: files(&runs[0].validation) })
+        }
         n => bail!(
             "{} holds {n} runs' TensorBoard event files ({}{}): give one of these folders",
             path.display(),
-            runs.iter().take(4).map(|r| r.display().to_string()).collect::<Vec<_>>().join(", "),
+            runs.iter().take(4).map(|r| r.dir.display().to_string()).collect::<Vec<_>>().join(", "),
             if n > 4 { ", ..." } else { "" }
         ),
     }
@@ -188,12 +194,47 @@ fn event_folders(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The scalars of TensorBoard event files as JSON lines (`tensorboard::json_lines`).
-fn events_as_json_lines(a: &LogsArgs, files: &[PathBuf]) -> Result<String> {
-    let scalars = crate::tensorboard::read_scalars_of(files);
+/// One run's folders of event files: `dir`, the run, and the folders read as its training
+/// log (`train`) and as its evaluations (`validation`).
+struct Run {
+    dir: PathBuf,
+    train: Vec<PathBuf>,
+    validation: Vec<PathBuf>,
+}
+
+/// The runs the event folders found below `top` belong to. The Keras TensorBoard callback
+/// writes one run as two folders, `<log_dir>/train/` and `<log_dir>/validation/` (the
+/// evaluations' scalars, under the same tags: `epoch_loss`), so folders of those names below
+/// `top` are their parent's; any other folder is a run of its own.
+fn runs_of(top: &Path, folders: Vec<PathBuf>) -> Vec<Run> {
+    let mut runs: Vec<Run> = Vec::new();
+    for f in folders {
+        let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let keras = (name == "train" || name == "validation") && f != top;
+        let dir = if keras { f.parent().unwrap_or(&f).to_path_buf() } else { f.clone() };
+        let i = runs.iter().position(|r| r.dir == dir).unwrap_or_else(|| {
+            runs.push(Run { dir, train: Vec::new(), validation: Vec::new() });
+            runs.len() - 1
+        });
+        if keras && name == "validation" {
+            runs[i].validation.push(f);
+        } else {
+            runs[i].train.push(f);
+        }
+    }
+    runs
+}
+
+/// The scalars of TensorBoard event files as JSON lines (`tensorboard::json_lines`); those of
+/// a Keras run's `validation/` folder as evaluations, their tags under `validation/`, a part
+/// that names an evaluation (`perf::logs::is_eval_part`).
+fn events_as_json_lines(a: &LogsArgs, files: &[PathBuf], validation: &[PathBuf]) -> Result<String> {
+    use crate::tensorboard::read_scalars_of;
+    let mut scalars = read_scalars_of(files);
+    scalars.extend(read_scalars_of(validation).into_iter().map(|((tag, step), v)| ((format!("validation/{tag}"), step), v)));
     if scalars.is_empty() {
         bail!(
-            "{}: TensorBoard events without a scalar (`simple_value`, as torch's SummaryWriter, the Hugging Face Trainer and Lightning write them; TF2/Keras scalars stored as tensors are not read)",
+            "{}: TensorBoard events without a scalar (a `simple_value`, as torch's SummaryWriter, the Hugging Face Trainer and Lightning write them, or a one-value tensor of the scalars plugin, as TF2's tf.summary.scalar and Keras's TensorBoard callback write them)",
             a.file.display()
         );
     }
