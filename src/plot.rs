@@ -13,14 +13,18 @@ pub struct Series {
     pub eval_val: Vec<(f64, f64)>,
     /// Instantaneous tokens/s of each logged iteration (tokens per iteration / its time).
     pub tok_s: Vec<(f64, f64)>,
-    /// The meter's steady tokens/s (median of recent iterations), after warm-up.
-    pub steady_tok_s: Vec<(f64, f64)>,
+    /// The meter's steady tokens/s (median of recent iterations), after warm-up: one line per
+    /// session, since each process's meter starts afresh.
+    pub steady_tok_s: Vec<Vec<(f64, f64)>>,
     /// The warm-up's stretches, first and last iteration: one per session (a resumed run's
     /// metrics.jsonl holds a `start` record per process, each followed by its own warm-up).
     pub warmup_bands: Vec<(f64, f64)>,
 }
 
-/// Reads gptrain's metrics.jsonl.
+/// Reads gptrain's metrics.jsonl. The file is appended to by every run in the out_dir: a
+/// session that starts at iteration N (its `start` record) replaces what earlier ones logged
+/// from N on (an interrupted run's iterations after its last checkpoint were trained again),
+/// as TensorBoard's reader does with the session start gptrain writes there.
 pub fn read(text: &str) -> Result<Series> {
     let mut s = Series::default();
     let mut tokens_per_iter = None;
@@ -32,6 +36,10 @@ pub fn read(text: &str) -> Result<Series> {
             Some("start") => {
                 tokens_per_iter = v["tokens_per_iter"].as_f64();
                 in_band = false;
+                if let Some(n) = v["iter"].as_f64() {
+                    s.from(n);
+                }
+                s.steady_tok_s.push(Vec::new());
             }
             Some("iter") => {
                 let (Some(it), Some(loss)) = (v["iter"].as_f64(), v["loss"].as_f64()) else { continue };
@@ -40,7 +48,10 @@ pub fn read(text: &str) -> Result<Series> {
                     s.tok_s.push((it, t / (ms / 1e3)));
                 }
                 if let Some(t) = v["tokens_per_sec"].as_f64() {
-                    s.steady_tok_s.push((it, t));
+                    match s.steady_tok_s.last_mut() {
+                        Some(line) => line.push((it, t)),
+                        None => s.steady_tok_s.push(vec![(it, t)]),
+                    }
                 }
                 let warm = v["warmup"].as_bool() == Some(true);
                 if warm {
@@ -53,6 +64,9 @@ pub fn read(text: &str) -> Result<Series> {
             }
             Some("eval") => {
                 if let (Some(it), Some(t), Some(vl)) = (v["iter"].as_f64(), v["train_loss"].as_f64(), v["val_loss"].as_f64()) {
+                    // an eval at a resumed session's first iteration again: the same point
+                    s.eval_train.retain(|p| p.0 != it);
+                    s.eval_val.retain(|p| p.0 != it);
                     s.eval_train.push((it, t));
                     s.eval_val.push((it, vl));
                 }
@@ -64,6 +78,27 @@ pub fn read(text: &str) -> Result<Series> {
         bail!("no iteration records (`\"type\":\"iter\"`) found: expected a gptrain metrics.jsonl");
     }
     Ok(s)
+}
+
+impl Series {
+    /// Forgets what was logged from iteration `n` on (the evaluation at `n` stays: it was made
+    /// before the checkpoint a session resumes from).
+    fn from(&mut self, n: f64) {
+        for points in [&mut self.train, &mut self.tok_s] {
+            points.retain(|p| p.0 < n);
+        }
+        for line in &mut self.steady_tok_s {
+            line.retain(|p| p.0 < n);
+        }
+        self.steady_tok_s.retain(|line| !line.is_empty());
+        for points in [&mut self.eval_train, &mut self.eval_val] {
+            points.retain(|p| p.0 <= n);
+        }
+        self.warmup_bands.retain(|b| b.0 < n);
+        for band in &mut self.warmup_bands {
+            band.1 = band.1.min(n - 1.0);
+        }
+    }
 }
 
 fn range(xs: impl Iterator<Item = f64> + Clone) -> (f64, f64) {
@@ -172,7 +207,7 @@ where
         .legend(|(x, y)| PathElement::new([(x, y), (x + 15, y)], RED));
     c.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(e)?;
 
-    let (_, t1) = range(s.tok_s.iter().chain(&s.steady_tok_s).map(|p| p.1));
+    let (_, t1) = range(s.tok_s.iter().chain(s.steady_tok_s.iter().flatten()).map(|p| p.1));
     let mut c = ChartBuilder::on(&bottom)
         .caption("throughput", ("sans-serif", 20))
         .margin(10)
@@ -199,10 +234,13 @@ where
         .map_err(e)?
         .label("each iteration")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 15, y)], BLUE.mix(0.4)));
-    c.draw_series(LineSeries::new(s.steady_tok_s.iter().cloned(), BLACK.stroke_width(2)))
-        .map_err(e)?
-        .label("steady (median)")
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 15, y)], BLACK));
+    // one line per session: a resumed run's line restarts after its own warm-up
+    for (i, line) in s.steady_tok_s.iter().enumerate() {
+        let drawn = c.draw_series(LineSeries::new(line.iter().cloned(), BLACK.stroke_width(2))).map_err(e)?;
+        if i == 0 {
+            drawn.label("steady (median)").legend(|(x, y)| PathElement::new([(x, y), (x + 15, y)], BLACK));
+        }
+    }
     c.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(e)?;
     root.present().map_err(e)?;
     Ok(())
@@ -252,6 +290,41 @@ mod tests {
         assert!((sh[0].1 - 1999.0 * 0.006).abs() < 1e-9, "{sh:?}");
         assert_eq!(sh[1].0, 1250.5);
         assert!((sh[1].1 - (1250.5 + 1999.0 * 0.006)).abs() < 1e-9, "{sh:?}");
+    }
+
+    fn steady(i: u64, tok_s: f64) -> String {
+        format!("{{\"type\":\"iter\",\"iter\":{i},\"loss\":4.0,\"ms\":50.0,\"warmup\":false,\"tokens_per_sec\":{tok_s}}}\n")
+    }
+
+    #[test]
+    fn a_resumed_session_replaces_what_the_interrupted_one_logged_after_its_checkpoint() {
+        // session 1: iterations 0-14, warm-up 0-2, checkpoint at 10 (evaluated there), killed
+        // after 14; session 2 resumes at 10: warm-up 10-11, then steady again
+        let mut t = String::from("{\"type\":\"start\",\"iter\":0,\"tokens_per_iter\":100}\n");
+        for i in 0..15 {
+            t += &if i < 3 { iter(i, true) } else { steady(i, 1000.0) };
+            if i == 10 {
+                t += "{\"type\":\"eval\",\"iter\":10,\"train_loss\":3.5,\"val_loss\":3.6}\n";
+            }
+        }
+        t += "{\"type\":\"start\",\"iter\":10,\"tokens_per_iter\":100}\n";
+        for i in 10..20 {
+            t += &if i < 12 { iter(i, true) } else { steady(i, 2000.0) };
+        }
+        let s = read(&t).unwrap();
+        // each iteration once, in order
+        let xs: Vec<f64> = s.train.iter().map(|p| p.0).collect();
+        assert_eq!(xs, (0..20).map(f64::from).collect::<Vec<_>>());
+        assert_eq!(s.tok_s.len(), 20);
+        // two steady lines, the first ending before the resume, the second after its warm-up
+        let ends: Vec<_> = s.steady_tok_s.iter().map(|l| (l[0].0, l[l.len() - 1].0)).collect();
+        assert_eq!(ends, vec![(3.0, 9.0), (12.0, 19.0)]);
+        assert_eq!((s.eval_val.clone(), s.warmup_bands.clone()), (vec![(10.0, 3.6)], vec![(0.0, 2.0), (10.0, 11.0)]));
+        // a session that resumes inside the first one's warm-up cuts that band short
+        let mut t = String::from("{\"type\":\"start\",\"iter\":0}\n") + &iter(0, true) + &iter(1, true) + &iter(2, true);
+        t += &("{\"type\":\"start\",\"iter\":1}\n".to_string() + &iter(1, true) + &steady(2, 5.0));
+        let s = read(&t).unwrap();
+        assert_eq!((s.warmup_bands.clone(), s.steady_tok_s.len()), (vec![(0.0, 0.0), (1.0, 1.0)], 1));
     }
 
     #[test]
