@@ -204,8 +204,21 @@ const TINY: [&str; 12] = [
 
 #[test]
 fn sigint_finishes_the_iteration_and_leaves_a_checkpoint() {
+    stops_with_a_checkpoint("sigint", &["-INT"]);
+}
+
+/// GNU `timeout` sends its signal to the process and then to its group: two at once are one
+/// stop, and still leave the checkpoint.
+#[test]
+fn a_sigterm_delivered_twice_at_once_still_leaves_a_checkpoint() {
+    stops_with_a_checkpoint("sigterm-twice", &["-TERM", "-TERM"]);
+}
+
+/// Trains, sends `signals` (one right after the other) after iteration 5, and checks the run
+/// finished its iteration, wrote a checkpoint of it and said how to resume.
+fn stops_with_a_checkpoint(name: &str, signals: &[&str]) {
     use std::io::BufRead;
-    let d = tmp("sigint");
+    let d = tmp(name);
     let mut args = vec!["train", "--set", "max_iters=100000", "--set", "eval_interval=100000"];
     args.extend(TINY);
     let mut child = Command::new(env!("CARGO_BIN_EXE_gptrain"))
@@ -224,7 +237,10 @@ fn sigint_finishes_the_iteration_and_leaves_a_checkpoint() {
         }
     }
     let drain = std::thread::spawn(move || lines.map_while(Result::ok).filter(|l| l.starts_with("iter ")).last());
-    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let pid = child.id().to_string();
+    for signal in signals {
+        assert!(Command::new("kill").args([signal, pid.as_str()]).status().unwrap().success());
+    }
     let out = child.wait_with_output().unwrap();
     let last_line = drain.join().unwrap().unwrap_or_default();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -241,6 +257,7 @@ fn sigint_finishes_the_iteration_and_leaves_a_checkpoint() {
     assert!(d.join(format!("out/ckpt-{:06}/MANIFEST.json", it + 1)).exists(), "{err}");
     assert!(err.contains(&format!("resumes at iteration {}", it + 1)), "{err}");
     assert!(err.contains("init_from=resume"), "{err}");
+    assert!(!err.contains("second interrupt") && !err.contains("error:"), "a stop asked for is no error: {err}");
     std::fs::remove_dir_all(d).ok();
 }
 

@@ -123,7 +123,7 @@ fn a_stop_signal_to_any_rank_stops_every_rank_at_the_same_iteration() {
     assert_eq!(code0, 130, "{out0}{err0}");
     assert_eq!(status1.code(), Some(0));
     let last = err0.lines().last().unwrap();
-    assert!(last.starts_with("error: interrupted after iteration") && last.contains("checkpoint written to"), "{err0}");
+    assert!(last.starts_with("interrupted after iteration") && last.contains("checkpoint written to"), "{err0}");
     let ckpt = last.split("checkpoint written to ").nth(1).unwrap().split(' ').next().unwrap();
     assert!(d.join(ckpt).join("model.safetensors").is_file(), "{ckpt}");
     // whole: one process resumes from it for an iteration more

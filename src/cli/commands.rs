@@ -141,16 +141,30 @@ impl train::Observer for Silent {
     fn finish(&mut self, _: &train::Summary) {}
 }
 
+/// Ctrl-C (SIGINT) and SIGTERM: the first finishes the iteration and writes a checkpoint; a
+/// second one over a second later quits at once. One sooner is the same stop delivered twice:
+/// GNU `timeout`, and launchers that signal the process group, send it to the process and to
+/// its group within microseconds, and it must not cost the checkpoint.
 fn install_signal_handler() {
+    static FIRST: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     let _ = ctrlc::set_handler(|| {
+        // the handler's thread writes with `writeln!`, not `eprintln!`: a closed stderr (the
+        // reader of a pipe gone) must not panic it, which would leave signals unanswered
+        let say = |text: &str| {
+            let _ = writeln!(std::io::stderr(), "{text}");
+        };
+        let first = *FIRST.get_or_init(std::time::Instant::now);
         if train::STOP.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            eprintln!("\nstopping now (second interrupt), without a checkpoint of this iteration; any checkpoint written before is intact");
+            if first.elapsed() < std::time::Duration::from_secs(1) {
+                return; // the same stop, delivered twice
+            }
+            say("\nstopping now (second interrupt), without a checkpoint of this iteration; any checkpoint written before is intact");
             std::process::exit(130);
         }
         if train::WAITING_TO_SAVE.load(std::sync::atomic::Ordering::SeqCst) {
-            eprintln!("\ninterrupt: giving up on the final checkpoint");
+            say("\ninterrupt: giving up on the final checkpoint");
         } else {
-            eprintln!("\ninterrupt: finishing this iteration and writing a checkpoint (interrupt again to quit at once)");
+            say("\ninterrupt: finishing this iteration and writing a checkpoint (interrupt again to quit at once)");
         }
     });
 }

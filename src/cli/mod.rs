@@ -93,13 +93,14 @@ pub fn main() -> i32 {
     });
     match result {
         Ok(()) => 0,
+        // a stop asked for (Ctrl-C, SIGTERM) is no error: it says where the checkpoint is
+        Err(e) if e.downcast_ref::<crate::train::Interrupted>().is_some() => {
+            eprintln!("{e:#}");
+            130
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
-            if e.downcast_ref::<crate::train::Interrupted>().is_some() {
-                130
-            } else {
-                1
-            }
+            1
         }
     }
 }

@@ -396,7 +396,7 @@ fn run_in<B: Backend>(backend: B, cfg: &Config, obs: &mut dyn Observer, group: O
             if !run.is_root() {
                 return Ok(run.finish()); // rank 0 says where its checkpoint is
             }
-            bail!(Interrupted { last_logged: run.it - 1, path });
+            bail!(Interrupted { last_logged: run.it - 1, path, command_resumes: cfg.init_from == "resume" });
         }
     }
     run.barrier()?;

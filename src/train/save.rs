@@ -60,13 +60,16 @@ pub struct Interrupted {
     /// The last iteration the log shows (0-based, as every log line counts).
     pub last_logged: u64,
     pub path: PathBuf,
+    /// Whether the run's own command resumes (`init_from = 'resume'`): then it resumes as it is.
+    pub command_resumes: bool,
 }
 
 impl std::fmt::Display for Interrupted {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let how = if self.command_resumes { "the same command" } else { "the same command plus `--set init_from=resume`" };
         write!(
             f,
-            "interrupted after iteration {}; checkpoint written to {} (resumes at iteration {}). Resume with the same command plus `--set init_from=resume`",
+            "interrupted after iteration {}; checkpoint written to {} (resumes at iteration {}). Resume with {how}",
             self.last_logged,
             self.path.display(),
             self.last_logged + 1
@@ -75,3 +78,15 @@ impl std::fmt::Display for Interrupted {
 }
 
 impl std::error::Error for Interrupted {}
+
+#[cfg(test)]
+mod tests {
+    use super::Interrupted;
+
+    #[test]
+    fn an_interrupted_resume_is_resumed_by_the_same_command() {
+        let stop = |command_resumes| Interrupted { last_logged: 90, path: "out/ckpt-000091".into(), command_resumes }.to_string();
+        assert!(stop(false).ends_with("Resume with the same command plus `--set init_from=resume`"), "{}", stop(false));
+        assert!(stop(true).ends_with("Resume with the same command"), "{}", stop(true));
+    }
+}
