@@ -110,9 +110,26 @@ fn fp32_training_on_the_gpu_follows_the_cpu_and_repeats_bitwise() {
         assert!(((g.1 - c.1) / c.1).abs() <= tol.tensor, "iteration {i}: grad norm {} on the GPU, {} on the CPU", g.1, c.1);
     }
     assert!(gpu[11].0 < gpu[0].0, "the loss did not fall: {gpu:?}");
-    // an evaluation alone plans (and launches) the forward's kernels only
-    let out = train(&emu, &d, &["max_iters=12", "init_from=resume", "eval_only=true", "device=cuda", "dtype=float32", "out_dir=gpu"]);
+    // an evaluation alone plans (and launches) the forward's kernels only; with no kernel
+    // cached, its wait for them is warm-up, not evaluation time
+    let cold = d.join("cold-cache");
+    let args = [
+        SMALL.to_vec(),
+        ["max_iters=12", "init_from=resume", "eval_only=true", "device=cuda", "dtype=float32", "out_dir=gpu"]
+            .iter()
+            .flat_map(|s| ["--set", s])
+            .collect(),
+    ]
+    .concat();
+    let (code, out, err) = on_emu(&emu, &args, &d, &[("XDG_CACHE_HOME", cold.to_str())]);
+    assert_eq!(code, 0, "{out}\n{err}");
     all_kernels_planned(&out, 6);
+    assert!(!out.contains("from the cache"), "{out}");
+    let summary =
+        std::fs::read_to_string(d.join("gpu/metrics.jsonl")).unwrap().lines().rev().find(|l| l.contains("\"summary\"")).map(String::from);
+    let v: serde_json::Value = serde_json::from_str(&summary.unwrap()).unwrap();
+    let (warm_up, eval) = (v["summary"]["warmup_s"].as_f64().unwrap(), v["summary"]["eval_s"].as_f64().unwrap());
+    assert!(warm_up > eval, "the kernels' compile is warm-up: warm-up {warm_up} s, evaluation {eval} s");
     // the GPU's checkpoint goes on training on the CPU, and samples there
     let (_, resumed) = run_resumed(&emu, &d, "gpu", "cpu");
     assert_eq!(resumed.len(), 12 + 4);

@@ -228,6 +228,13 @@ pub trait Backend: Send + Sync {
         None
     }
 
+    /// Seconds the work so far has waited for getting ready (a GPU's kernels compiling), which
+    /// is warm-up whatever the run was doing: an evaluation that waits for the kernels books
+    /// that wait as warm-up, not as evaluation time.
+    fn warm_up_waited_s(&self) -> f64 {
+        0.0
+    }
+
     /// What `dtype = 'auto'` means here, nanoGPT's choice: float32 (the CPU); a GPU says
     /// bfloat16 where the card has it, else float16.
     fn auto_precision(&self) -> Precision {

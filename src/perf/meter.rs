@@ -103,9 +103,14 @@ impl Meter {
         !was_warm && !self.warm
     }
 
-    pub fn record_eval(&mut self, secs: f64) {
-        self.eval_times.push(secs);
-        self.phase_s[2] += secs;
+    /// Records an evaluation of `secs` seconds, `ready_s` of which it waited for the backend to
+    /// get ready (a GPU's kernels compiling at the run's first evaluation): that part is
+    /// warm-up, and no later evaluation will pay it.
+    pub fn record_eval(&mut self, secs: f64, ready_s: f64) {
+        let ready = ready_s.clamp(0.0, secs);
+        self.eval_times.push(secs - ready);
+        self.phase_s[0] += ready;
+        self.phase_s[2] += secs - ready;
     }
     pub fn record_checkpoint(&mut self, secs: f64) {
         self.ckpt_times.push(secs);
@@ -139,11 +144,10 @@ impl Meter {
         let Some(s) = self.steady_s() else {
             return Reading { warmup: !self.warm, steady_ms: None, tokens_per_sec: None, mfu: None, eta_s: None };
         };
-        let eval_s = if self.eval_times.is_empty() {
-            eval_batches * s / accum / 3.0
-        } else {
-            self.eval_times.iter().sum::<f64>() / self.eval_times.len() as f64
-        };
+        // the run's first evaluation also pays for first use (buffers, libraries, caches):
+        // once there is another, the ones after it price those to come
+        let evals = if self.eval_times.len() > 1 { &self.eval_times[1..] } else { &self.eval_times[..] };
+        let eval_s = if evals.is_empty() { eval_batches * s / accum / 3.0 } else { evals.iter().sum::<f64>() / evals.len() as f64 };
         let ckpt_s = if self.ckpt_times.is_empty() { 0.0 } else { self.ckpt_times.iter().sum::<f64>() / self.ckpt_times.len() as f64 };
         Reading {
             warmup: false,
@@ -265,11 +269,32 @@ mod tests {
         for _ in 0..5 {
             m.record_iter(0.2);
         }
-        m.record_eval(3.0);
+        m.record_eval(3.0, 0.0);
         m.record_checkpoint(1.0);
         let r = m.reading(10, 2, 1, 0.0, 1.0);
         assert!((r.eta_s.unwrap() - (2.0 + 6.0 + 1.0)).abs() < 1e-9);
         assert!(r.mfu.is_none());
+    }
+
+    #[test]
+    fn the_first_evaluations_wait_for_the_kernels_is_warm_up() {
+        let mut m = Meter::new(1.0, 1.0, None);
+        for _ in 0..5 {
+            m.record_iter(0.2);
+        }
+        let warm_up = m.phase_s[0];
+        // the first evaluation: 14 s, 12 of them waiting for kernels to compile
+        m.record_eval(14.0, 12.0);
+        assert!((m.phase_s[0] - warm_up - 12.0).abs() < 1e-9 && (m.phase_s[2] - 2.0).abs() < 1e-9, "{:?}", m.phase_s);
+        // alone, it prices the evaluations to come at its own 2 s
+        assert!((m.reading(0, 3, 0, 0.0, 1.0).eta_s.unwrap() - 6.0).abs() < 1e-9);
+        // once another was timed, the first (first use of everything) is left out of the price
+        m.record_eval(1.0, 0.0);
+        m.record_eval(1.5, 0.0);
+        assert!((m.reading(0, 4, 0, 0.0, 1.0).eta_s.unwrap() - 5.0).abs() < 1e-9);
+        // a wait longer than the evaluation (clock granularity) books no negative time
+        m.record_eval(0.5, 0.7);
+        assert!(m.phase_s.iter().all(|&p| p >= 0.0));
     }
 
     #[test]

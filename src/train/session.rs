@@ -236,10 +236,11 @@ impl<'a, B: Backend> Session<'a, B> {
     /// that). A failed mid-run save is reported and training goes on. Returns the val loss.
     pub(super) fn evaluate(&mut self) -> Result<f32> {
         let (cfg, it) = (self.cfg, self.it);
-        let t0 = Instant::now();
+        let (t0, ready0) = (Instant::now(), self.model.backend.warm_up_waited_s());
         let (tl, vl) = estimate_loss(&mut self.model, &self.ds, cfg, it, self.group.as_mut())?;
         let secs = t0.elapsed().as_secs_f64();
-        self.meter.record_eval(secs);
+        // the first evaluation launches the first kernels: its wait for them is warm-up
+        self.meter.record_eval(secs, self.model.backend.warm_up_waited_s() - ready0);
         self.obs.eval(it, tl, vl, secs);
         self.last_eval = Some((tl, vl));
         if let Some(g) = self.group.as_mut() {

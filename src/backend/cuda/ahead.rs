@@ -192,6 +192,12 @@ impl Ahead {
     /// time), how many of them on background threads; how many read from the cache; how long
     /// launches waited for them; those compiled at their first launch without having been
     /// planned, and those planned and not (yet) launched. None before any was loaded.
+    /// Seconds launches have waited for kernels so far (compiling one themselves included):
+    /// getting ready, which a run books as warm-up whatever it was doing.
+    pub fn waited_s(&self) -> f64 {
+        self.lock().loads.iter().map(|l| l.waited).sum()
+    }
+
     pub fn note(&self) -> Option<String> {
         let st = self.lock();
         if st.loads.is_empty() {
@@ -204,7 +210,8 @@ impl Ahead {
             let span = compiled.iter().map(|l| (l.started - first).as_secs_f64() + l.secs).fold(0.0, f64::max);
             let ahead = compiled.iter().filter(|l| l.ahead).count();
             let plural = if st.threads == 1 { "" } else { "s" };
-            let threads = if ahead > 0 { format!(", {ahead} on {} background thread{plural}", st.threads) } else { String::new() };
+            let threads =
+                if ahead > 0 { format!(" ({ahead} ahead of launch, on {} background thread{plural})", st.threads) } else { String::new() };
             parts.push(format!("{} compiled over {span:.1} s{threads}", compiled.len()));
         }
         let cached = st.loads.len() - compiled.len();

@@ -466,6 +466,10 @@ impl Backend for Cuda {
         self.inner.ahead.note()
     }
 
+    fn warm_up_waited_s(&self) -> f64 {
+        self.inner.ahead.waited_s()
+    }
+
     fn device(&self, p: Precision) -> DeviceInfo {
         let c = &self.inner.card;
         let dev = table_device(&c.name);
