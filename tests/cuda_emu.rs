@@ -67,6 +67,23 @@ fn train(emu: &Path, dir: &Path, extra: &[&str]) -> String {
     out
 }
 
+/// `gptrain train` with nothing named runs nanoGPT README's CPU preset: with a GPU there it says
+/// the GPU stays idle and how to use it; naming the device silences it.
+#[test]
+fn a_default_run_says_the_gpu_stays_idle() {
+    let Some(emu) = emu_or_skip("a_default_run_says_the_gpu_stays_idle") else { return };
+    let d = tmp("emu-idle");
+    for (extra, said, out_dir) in [(None, true, "out_dir=a"), (Some("device=cpu"), false, "out_dir=b")] {
+        let mut args =
+            vec!["train", "--set", "max_iters=1", "--set", "eval_iters=1", "--set", "n_layer=1", "--set", "n_embd=32", "--set", out_dir];
+        args.extend(extra.iter().flat_map(|s| ["--set", *s]));
+        let (code, out, err) = on_emu(&emu, &args, &d, &[]);
+        assert_eq!(code, 0, "{out}\n{err}");
+        assert_eq!(err.contains("the GPU cuda:0 (cuda-emu") && err.contains("--preset shakespeare-char"), said, "{extra:?}: {err}");
+    }
+    std::fs::remove_dir_all(d).ok();
+}
+
 #[test]
 fn check_passes_on_the_emulated_gpu() {
     let Some(emu) = emu_or_skip("check_passes_on_the_emulated_gpu") else { return };

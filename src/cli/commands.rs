@@ -114,6 +114,11 @@ pub fn train(a: &ConfigArgs) -> Result<()> {
     let rank = world.rank;
     let ranked = |e: anyhow::Error| if world.size > 1 && rank > 0 { e.context(format!("rank {rank}")) } else { e };
     train::check_device(&cfg).map_err(ranked)?;
+    if world.is_root() {
+        if let Some(note) = gpu_left_idle(a) {
+            eprintln!("{note}");
+        }
+    }
     install_signal_handler();
     pool(cfg.threads)?.install(|| -> Result<()> {
         let (mut printer, mut silent) = (Printer::new(), Silent);
@@ -126,6 +131,21 @@ pub fn train(a: &ConfigArgs) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// A note for `gptrain train` with no preset, config or device named, on a machine with a
+/// usable GPU: the default preset is nanoGPT README's CPU run, so it would leave the GPU idle
+/// without a word.
+fn gpu_left_idle(a: &ConfigArgs) -> Option<String> {
+    let named = |key: &str| a.sets.iter().any(|s| s.split('=').next().map(str::trim) == Some(key));
+    if a.preset.is_some() || a.config.is_some() || named("device") {
+        return None;
+    }
+    let card = crate::backend::cuda::select::find_card(None).ok()?;
+    Some(format!(
+        "note: this is the default `{DEFAULT_PRESET}` preset, nanoGPT README's CPU run; the GPU cuda:{} ({}) stays idle: `--preset shakespeare-char` trains nanoGPT's GPU config on it (or `--set device=cuda` this one)",
+        card.ordinal, card.name
+    ))
 }
 
 /// What a data-parallel rank other than 0 reports: nothing (rank 0 reports for the run; an
