@@ -159,6 +159,7 @@ fn fp32_training_on_the_gpu_follows_the_cpu_and_repeats_bitwise() {
         // the samples alone on standard output; the GPU's kernels line on standard error
         assert!(!out.contains("kernels: "), "{device}: {out}");
         if device == "device=cuda" {
+            assert!(err.contains("sampling on cuda-emu") && err.contains("in float32"), "{err}");
             all_kernels_planned(&err, 4); // sampling's forward, one position at a time
         }
     }

@@ -286,6 +286,11 @@ fn sample_run(cfg: &Config, from: Option<&Path>, num_samples: usize, max_new_tok
     if let Some(r) = reason.filter(|_| from.is_none()) {
         eprintln!("{r}");
     }
+    // a GPU samples in float32, whatever precision trained the checkpoint's f32 weights
+    if let train::Chosen::Cuda(gpu) = &chosen {
+        use crate::backend::Backend;
+        eprintln!("sampling on {} in float32", gpu.device(crate::backend::Precision::F32).description);
+    }
     let kernels = crate::on_backend!(chosen, b => sample_with(Sampler::new(b, mc, &params)?, cfg, &start, &prompt, &tok, num_samples, max_new_tokens))?;
     // on standard error, as "sampling from": standard output is the samples alone (after a
     // training run its backend said it already)
