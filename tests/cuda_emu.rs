@@ -93,6 +93,13 @@ fn check_passes_on_the_emulated_gpu() {
     assert!(out.contains("cuda:0: cuda-emu"), "{out}");
     assert!(out.contains("summary: 153 passed, 0 failed, 0 skipped (fp32, bf16, fp16)"), "{out}");
     all_kernels_planned(&out, 27);
+    // a card before compute capability 8.0 has no bf16: `train` refuses it there, so `check`
+    // skips it (with the reason) rather than passing it
+    let t4 = [("GPTRAIN_EMU_CC", Some("7.5"))];
+    let (code, out, err) = on_emu(&emu, &["check", "--device", "cuda", "--dtype", "bf16"], &d, &t4);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("summary: 0 passed, 0 failed, 51 skipped (bf16)"), "{out}");
+    assert!(out.contains("SKIP: dtype bfloat16 needs compute capability 8.0 or newer, and cuda:0 (cuda-emu"), "{out}");
     // `estimate` without --device takes this machine's GPU: one not in the table is named,
     // with the way out; given a peak, it estimates for it
     let (code, _, err) = on_emu(&emu, &["estimate", "--preset", "shakespeare-char"], &d, &[]);

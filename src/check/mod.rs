@@ -118,19 +118,37 @@ pub fn check_ops<B: Backend>(candidate: &B, precision: Precision) -> Result<Vec<
             bail!("the backend under check cannot allocate f32 buffers: {why}");
         }
     }
+    if let Some(why) = skip {
+        return Ok(skipped_ops(precision, &why));
+    }
     let mut rows = Vec::new();
     for case in cases::all() {
         let (shape, dtype) = (case.shape.clone(), precision.name());
-        let (max_rel_err, worst, verdict) = match &skip {
-            Some(why) => (None, "", Verdict::Skip(why.clone())),
-            None => match run_case(candidate, &case, precision) {
-                Ok((err, worst)) => (Some(err), worst, Verdict::of(err, tol)),
-                Err(e) => (None, "", Verdict::Error(format!("{e:#}"))),
-            },
+        let (max_rel_err, worst, verdict) = match run_case(candidate, &case, precision) {
+            Ok((err, worst)) => (Some(err), worst, Verdict::of(err, tol)),
+            Err(e) => (None, "", Verdict::Error(format!("{e:#}"))),
         };
         rows.push(OpCheck { op: case.op, shape, dtype, max_rel_err, worst, tol, verdict });
     }
     Ok(rows)
+}
+
+/// [`check_ops`]'s rows at `precision`, each skipped for `why` (a precision the device cannot
+/// compute in, such as bf16 on a GPU before compute capability 8.0, which `train` refuses).
+pub fn skipped_ops(precision: Precision, why: &str) -> Vec<OpCheck> {
+    let tol = tolerance(precision);
+    cases::all()
+        .into_iter()
+        .map(|case| OpCheck {
+            op: case.op,
+            shape: case.shape.clone(),
+            dtype: precision.name(),
+            max_rel_err: None,
+            worst: "",
+            tol,
+            verdict: Verdict::Skip(why.to_string()),
+        })
+        .collect()
 }
 
 /// Runs one case on both backends: (the worst output's error, its name).

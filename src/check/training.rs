@@ -35,6 +35,15 @@ pub struct TrainCheck {
     pub verdict: Verdict,
 }
 
+impl TrainCheck {
+    /// The training check at `precision`, skipped for `why` (see [`super::skipped_ops`]).
+    pub fn skipped(precision: Precision, why: &str) -> TrainCheck {
+        let what = "not run".to_string();
+        let (dtype, tol) = (precision.name(), tolerance(precision));
+        TrainCheck { dtype, what, losses: Vec::new(), max_rel_diff: None, worst_step: 0, tol, verdict: Verdict::Skip(why.to_string()) }
+    }
+}
+
 /// The tiny model: 2 layers, 3 heads, 24 channels, a 13-token vocabulary padded to 16, biases.
 fn tiny() -> ModelConfig {
     ModelConfig { n_layer: 2, n_head: 3, n_embd: 24, block_size: 8, vocab_size: 13, padded_vocab_size: 16, bias: true }

@@ -42,34 +42,53 @@ fn dtypes(s: Option<&str>) -> Result<Option<Vec<Precision>>> {
 pub fn check(a: &CheckArgs) -> Result<()> {
     let wanted = dtypes(a.dtype.as_deref())?;
     match Target::parse(&a.device)? {
-        Target::Cpu => super::commands::pool(a.threads.unwrap_or(0))?.install(|| check_on(Cpu::FAST, wanted, a.json)),
+        Target::Cpu => super::commands::pool(a.threads.unwrap_or(0))?.install(|| check_on(Cpu::FAST, wanted, a.json, |_| None)),
         Target::Cuda(n) => {
             use crate::backend::cuda::{select, Cuda};
             let device = n.map_or("cuda".to_string(), |n| format!("cuda:{n}"));
             let select::Selected::Cuda { ordinal, .. } = select::select(&device, Precision::F32)? else {
                 bail!("device `{device}`: no CUDA device")
             };
+            // a dtype `train` refuses on this card is skipped, not checked: cuBLASLt may reject
+            // its products there, and a pass would promise what a run cannot use
+            let card = select::find_card(Some(ordinal)).map_err(anyhow::Error::msg)?;
+            let lacks = |p| select::lacks(&card, p);
             // the reference runs on the CPU's pool
-            super::commands::pool(a.threads.unwrap_or(0))?.install(|| check_on(Cuda::new(ordinal, false)?, wanted, a.json))
+            super::commands::pool(a.threads.unwrap_or(0))?.install(|| check_on(Cuda::new(ordinal, false)?, wanted, a.json, lacks))
         }
     }
 }
 
 /// Checks `backend` at the `wanted` precisions (default: float32, and bf16/fp16 where it stores
-/// them), prints the report, and fails when any check failed.
-fn check_on<B: Backend + Describe + Clone>(backend: B, wanted: Option<Vec<Precision>>, json: bool) -> Result<()> {
+/// them and the device computes in them: `lacks` says why not), prints the report, and fails
+/// when any check failed.
+fn check_on<B: Backend + Describe + Clone>(
+    backend: B,
+    wanted: Option<Vec<Precision>>,
+    json: bool,
+    lacks: impl Fn(Precision) -> Option<String>,
+) -> Result<()> {
+    let why_not = |p| lacks(p).or_else(|| check::unsupported(&backend, p));
     let (precisions, not_checked): (Vec<Precision>, Vec<Precision>) = match wanted {
         Some(w) => (w, Vec::new()),
-        None => ALL.iter().partition(|&&p| p == Precision::F32 || check::unsupported(&backend, p).is_none()),
+        None => ALL.iter().partition(|&&p| p == Precision::F32 || why_not(p).is_none()),
     };
     // every precision's kernels compile at once, on parallel threads (a GPU's)
-    for &p in precisions.iter().filter(|&&p| check::unsupported(&backend, p).is_none()) {
+    for &p in precisions.iter().filter(|&&p| why_not(p).is_none()) {
         check::plans(p).iter().for_each(|plan| backend.prepare(plan));
     }
     let (mut ops, mut trains) = (Vec::new(), Vec::new());
     for &p in &precisions {
-        ops.extend(check_ops(&backend, p)?);
-        trains.push(check_training(backend.clone(), p)?);
+        match lacks(p) {
+            Some(why) => {
+                ops.extend(check::skipped_ops(p, &why));
+                trains.push(TrainCheck::skipped(p, &why));
+            }
+            None => {
+                ops.extend(check_ops(&backend, p)?);
+                trains.push(check_training(backend.clone(), p)?);
+            }
+        }
     }
     let verdicts: Vec<&Verdict> = ops.iter().map(|o| &o.verdict).chain(trains.iter().map(|t| &t.verdict)).collect();
     let failed: Vec<String> = ops
@@ -80,8 +99,7 @@ fn check_on<B: Backend + Describe + Clone>(backend: B, wanted: Option<Vec<Precis
         .collect();
     let skipped = verdicts.iter().filter(|v| matches!(v, Verdict::Skip(_))).count();
     let passed = verdicts.iter().filter(|v| **v == &Verdict::Pass).count();
-    let why_not: Vec<(&str, String)> =
-        not_checked.iter().map(|&p| (p.name(), check::unsupported(&backend, p).unwrap_or_default())).collect();
+    let why_not: Vec<(&str, String)> = not_checked.iter().map(|&p| (p.name(), why_not(p).unwrap_or_default())).collect();
     if json {
         let setup: serde_json::Map<String, serde_json::Value> = backend.describe().into_iter().map(|(k, v)| (k, v.into())).collect();
         let v = serde_json::json!({

@@ -152,16 +152,8 @@ pub fn check_card(card: &Card, p: Precision) -> Result<()> {
     if card.cc < MIN_CC {
         bail!("{}", too_old(card));
     }
-    if p == Precision::Bf16 && card.cc < BF16_CC {
-        bail!(
-            "dtype bfloat16 needs compute capability {}.{} or newer, and cuda:{} ({}) has {}.{}; use `--set dtype=float16`",
-            BF16_CC.0,
-            BF16_CC.1,
-            card.ordinal,
-            card.name,
-            card.cc.0,
-            card.cc.1
-        );
+    if let Some(why) = lacks(card, p) {
+        bail!("{why}; use `--set dtype=float16`");
     }
     if p == Precision::Tf32 && card.cc < BF16_CC {
         bail!(
@@ -173,6 +165,18 @@ pub fn check_card(card: &Card, p: Precision) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Why `card` cannot compute in `p` although gptrain's kernels run on it (bf16 came with
+/// compute capability 8.0), or None: the rule `train` refuses a dtype by, which `gptrain check`
+/// skips that dtype's rows by.
+pub fn lacks(card: &Card, p: Precision) -> Option<String> {
+    (p == Precision::Bf16 && card.cc < BF16_CC).then(|| {
+        format!(
+            "dtype bfloat16 needs compute capability {}.{} or newer, and cuda:{} ({}) has {}.{}",
+            BF16_CC.0, BF16_CC.1, card.ordinal, card.name, card.cc.0, card.cc.1
+        )
+    })
 }
 
 /// The oldest driver gptrain runs on: CUDA 12.0 (its libraries are CUDA 12's or 13's).
@@ -256,6 +260,10 @@ mod tests {
         assert_eq!(e, "dtype bfloat16 needs compute capability 8.0 or newer, and cuda:1 (Tesla T4) has 7.5; use `--set dtype=float16`");
         check_card(&card((7, 5)), Precision::F16).unwrap();
         check_card(&card((8, 9)), Precision::Bf16).unwrap();
+        // `check` skips by the same rule, without train's advice
+        assert_eq!(lacks(&card((7, 5)), Precision::Bf16).unwrap(), "dtype bfloat16 needs compute capability 8.0 or newer, and cuda:1 (Tesla T4) has 7.5");
+        assert_eq!(lacks(&card((7, 5)), Precision::F16), None);
+        assert_eq!(lacks(&card((8, 0)), Precision::Bf16), None);
         assert_eq!(out_of_range(4, 2), "device cuda:4 does not exist: the NVIDIA driver sees 2 GPU(s), cuda:0 to cuda:1");
         assert_eq!(out_of_range(0, 0), "device cuda:0 does not exist: the NVIDIA driver sees no GPU");
     }
