@@ -402,7 +402,8 @@ fn bench_prints_one_json_object_and_a_profile_by_kernel() {
     assert!(v["first_steady_ms"].as_f64().is_some_and(|x| x >= first), "{v}");
     assert_eq!(v["grad_accum"], 1);
     // with gradient accumulation a step is grad_accum micro-batches: tokens and FLOPs scale with it
-    let mut args = vec!["bench", "--steps", "2", "--warmup", "1", "--threads", "1", "--json", "--grad-accum", "3"];
+    // ... and `--set peak_tflops` is the peak MFU is measured against, as `train` takes it
+    let mut args = vec!["bench", "--steps", "2", "--warmup", "1", "--threads", "1", "--json", "--grad-accum", "3", "--set", "peak_tflops=2"];
     args.extend(shape);
     let (code, out, err) = gptrain(&args, &d);
     assert_eq!(code, 0, "{err}");
@@ -412,6 +413,8 @@ fn bench_prints_one_json_object_and_a_profile_by_kernel() {
     let per_micro = |x: &serde_json::Value| x["gflops"].as_f64().unwrap() * x["ms_per_step"].as_f64().unwrap();
     assert!((per_micro(&w) / per_micro(&v) - 3.0).abs() < 1e-9, "{v} {w}");
     assert_eq!(w["grad_accum"], 3);
+    assert_eq!(w["peak_gflops"], 2000.0, "{w}");
+    assert!((w["mfu"].as_f64().unwrap() - w["gflops"].as_f64().unwrap() / 2000.0).abs() < 1e-12, "{w}");
     let mut args = vec!["bench", "--steps", "1", "--warmup", "0", "--threads", "1", "--profile"];
     args.extend(shape);
     let (code, out, err) = gptrain(&args, &d);

@@ -84,7 +84,8 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         let r = crate::bench::run(&model, cfg.batch_size, a.grad_accum, a.steps, a.warmup, a.profile, cpu, precision, recompute)?;
         // the CPU's peaks are probed once, here
         let info = crate::backend::Backend::device(&cpu, precision);
-        let peak = info.peak_flops.unwrap_or(0.0);
+        let (peak, peak_source) = peak_of(&cfg, &info);
+        let peak = peak.unwrap_or(0.0);
         let tps = (cfg.batch_size * model.block_size * a.grad_accum) as f64 / (r.ms_per_step / 1e3);
         let gflops = r.flops_per_step / (r.ms_per_step / 1e3) / 1e9;
         // GFLOP/s of the profiled kernels that do matmul work (a step's: all its micro-batches)
@@ -126,7 +127,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             gflops,
             gflops * 1e9 / peak * 100.0,
             peak / 1e9,
-            info.peak_source
+            peak_source
         );
         say!("peak memory (RSS): {}{}", gib(r.peak_rss_bytes), recompute_note(recompute));
         if !r.profile.is_empty() {
@@ -139,6 +140,16 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// The peak FLOP/s MFU is measured against, and where it comes from: `--set peak_tflops` when
+/// given (as `train` takes it: a card not in the device table has no other), else the device's.
+fn peak_of(cfg: &Config, info: &crate::backend::DeviceInfo) -> (Option<f64>, String) {
+    if cfg.peak_tflops > 0.0 {
+        (Some(cfg.peak_tflops * 1e12), "--set peak_tflops".into())
+    } else {
+        (info.peak_flops, info.peak_source.clone())
+    }
 }
 
 /// A profile as `bench --json` has always given it: [name, ms per step] pairs, largest first.
@@ -171,27 +182,29 @@ fn bench_gpu(
     }
     let precision = train::check_device(cfg)?;
     let info = gpu.device(precision);
+    let (peak, peak_source) = peak_of(cfg, &info);
     let d = precision.bytes() as u64;
     let held = gpu.memory_use().map_or(0, |m| m.current);
     let recompute = cfg.recompute_level();
-    train::check_gpu_memory(model, cfg.batch_size, a.grad_accum, d, recompute, info.memory, held, 0, &info.description)?;
+    let caller = train::Caller::Bench;
+    train::check_gpu_memory_for(caller, model, cfg.batch_size, a.grad_accum, d, recompute, info.memory, held, 0, &info.description)?;
     let memory_model = flops::memory(model, cfg.batch_size, model.block_size, d, recompute, flops::Impl::Gpu).allocated();
     let to_run = began.elapsed().as_secs_f64() * 1e3;
     let r = crate::bench::run(model, cfg.batch_size, a.grad_accum, a.steps, a.warmup, a.profile, gpu, precision, recompute)?;
     let tps = (cfg.batch_size * model.block_size * a.grad_accum) as f64 / (r.ms_per_step / 1e3);
     let flops_s = r.flops_per_step / (r.ms_per_step / 1e3);
-    let mfu = info.peak_flops.map(|p| flops_s / p);
+    let mfu = peak.map(|p| flops_s / p);
     // each profiled op's TFLOP/s (ops that do matmul work: a step's FLOPs, all its
     // micro-batches) or GB/s (the rest), against the card's ceilings
     let kernel_flops = crate::bench::profile_flops(model, cfg.batch_size * a.grad_accum);
-    let rates = crate::bench::profile_rates(&r.profile, &kernel_flops, info.peak_flops, info.bandwidth);
+    let rates = crate::bench::profile_rates(&r.profile, &kernel_flops, peak, info.bandwidth);
     if a.json {
         let profile_rates: serde_json::Map<String, serde_json::Value> =
             rates.iter().map(|x| (x.name.clone(), serde_json::to_value(x).expect("plain numbers"))).collect();
         say!(
             "{}",
             serde_json::json!({ "ms_per_step": r.ms_per_step, "ms_p10": r.p10_ms, "ms_p90": r.p90_ms, "tokens_per_second": tps,
-                "gflops": flops_s / 1e9, "mfu": mfu, "peak_gflops": info.peak_flops.map(|p| p / 1e9), "device": info.description,
+                "gflops": flops_s / 1e9, "mfu": mfu, "peak_gflops": peak.map(|p| p / 1e9), "device": info.description,
                 "params": r.params, "steps": a.steps, "profile": profile_pairs(&r), "profile_rates": profile_rates,
                 "dtype": precision.name(), "dtype_note": info.precision_note, "recompute": recompute.level(),
                 "grad_accum": a.grad_accum, "warmup_ms": r.times_ms[..a.warmup], "steps_ms": r.times_ms[a.warmup..],
@@ -200,7 +213,7 @@ fn bench_gpu(
         );
         return Ok(());
     }
-    say!("device: {} ; {}", info.description, info.peak_source);
+    say!("device: {} ; {}", info.description, peak_source);
     say!("dtype: {} ({})", precision.name(), info.precision_note);
     say_step(&r, a.steps, a.grad_accum);
     let mfu = mfu.map_or("MFU n/a".to_string(), |m| format!("MFU {:.1}%", m * 100.0));
@@ -218,8 +231,10 @@ fn bench_gpu(
         say!("{note}");
     }
     if !rates.is_empty() {
-        let ceilings = match (info.peak_flops, info.bandwidth) {
+        let ceilings = match (peak, info.bandwidth) {
             (Some(f), Some(b)) => format!("% of {:.1} TFLOP/s ({}) or {:.0} GB/s", f / 1e12, precision.name(), b / 1e9),
+            // `--set peak_tflops` on a card not in the table: its bandwidth is unknown
+            (Some(f), None) => format!("% of {:.1} TFLOP/s ({}) for matmul work", f / 1e12, precision.name()),
             _ => "the card is not in the device table: no %".into(),
         };
         say!("profile: device time per op (CUDA events) per step, its share; TFLOP/s for matmul work, GB/s for the rest; {ceilings}");

@@ -445,6 +445,49 @@ pub fn check_gpu_memory(
     zero_saves: u64,
     card: &str,
 ) -> Result<()> {
+    check_gpu_memory_for(Caller::Train, mc, b, accum, d, recompute, mem, held, zero_saves, card)
+}
+
+/// The command whose run [`check_gpu_memory_for`] advises on: each takes the micro-batches of
+/// a step its own way (`bench` ignores the config's gradient_accumulation_steps).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caller {
+    Train,
+    Bench,
+}
+
+impl Caller {
+    /// The flag that runs `n` micro-batches a step.
+    fn accum_flag(self, n: usize) -> String {
+        match self {
+            Caller::Train => format!("--set gradient_accumulation_steps={n}"),
+            Caller::Bench => format!("--grad-accum {n}"),
+        }
+    }
+
+    /// What the command calls the micro-batches' update.
+    fn step(self) -> &'static str {
+        match self {
+            Caller::Train => "iteration",
+            Caller::Bench => "step",
+        }
+    }
+}
+
+/// [`check_gpu_memory`] with the advice in `caller`'s flags.
+#[allow(clippy::too_many_arguments)]
+pub fn check_gpu_memory_for(
+    caller: Caller,
+    mc: &ModelConfig,
+    b: usize,
+    accum: usize,
+    d: u64,
+    recompute: Recompute,
+    mem: Option<device::MemInfo>,
+    held: u64,
+    zero_saves: u64,
+    card: &str,
+) -> Result<()> {
     use crate::cli::units::human_bytes;
     use crate::perf::flops::{self, Impl};
     let Some(m) = mem else { return Ok(()) };
@@ -463,15 +506,18 @@ pub fn check_gpu_memory(
         String::new()
     };
     let sequences = b * accum;
+    // the micro-batch advised divides the sequences a step, so that the step stays the same
     let advice = match (1..=fits).rev().find(|x| sequences.is_multiple_of(*x)) {
         None => format!("even micro-batch 1 does not fit: use a smaller block_size or model{or_recompute}"),
         Some(x) => format!(
-            "the largest micro-batch that fits is {fits}: --set batch_size={x} --set gradient_accumulation_steps={} keeps {sequences} sequences per iteration{or_recompute}",
-            sequences / x
+            "the largest micro-batch that fits is {fits}: --set batch_size={x} {} keeps {sequences} sequences per {}{}{or_recompute}",
+            caller.accum_flag(sequences / x),
+            caller.step(),
+            if x < fits { format!(" ({x}: the largest that fits and divides {sequences})") } else { String::new() }
         ),
     };
     bail!(
-        "this run needs about {} of GPU memory at micro-batch {b} (perf::flops's model of gptrain's buffers), more than the {} free on {card} ({} total); {advice}",
+        "this run needs about {} of GPU memory at micro-batch {b} (gptrain's memory model of its buffers), more than the {} free on {card} ({} total); {advice}",
         human_bytes(need),
         human_bytes(m.available + held),
         human_bytes(m.total)
@@ -543,7 +589,20 @@ mod tests {
             e.contains(&format!("the largest micro-batch that fits is {fits}: ")) && e.contains("RTX 4070") && !e.contains('\n'),
             "{e}"
         );
-        assert!(e.contains("keeps 512 sequences per iteration; with --set recompute=2"), "{e}");
+        assert!(e.contains("keeps 512 sequences per iteration") && e.contains("; with --set recompute=2"), "{e}");
+        assert!(e.contains("--set gradient_accumulation_steps=") && e.contains("gptrain's memory model"), "{e}");
+        // `bench` takes the micro-batches a step as --grad-accum, and names its steps so
+        let bench = |b, accum| {
+            let e = check_gpu_memory_for(Caller::Bench, &mc, b, accum, 2, off, card(11 * GIB), held, 0, "RTX 4070").unwrap_err();
+            format!("{e:#}")
+        };
+        let e = bench(64, 8);
+        assert!(e.contains(" --grad-accum ") && e.contains("keeps 512 sequences per step") && !e.contains("gradient_accumulation"), "{e}");
+        // a micro-batch below the largest that fits says why: it divides the sequences a step
+        let n = fits + 1;
+        let x = (1..fits).rev().find(|x| n % x == 0).unwrap();
+        let want = format!("--set batch_size={x} --grad-accum {} keeps {n} sequences per step ({x}: the largest that fits and divides {n})", n / x);
+        assert!(bench(n, 1).contains(&want), "{}", bench(n, 1));
         // recomputing, more fits, and the error says so at the run's own level
         let recomputing = flops::max_micro_batch(&mc, 1024, 2, Recompute::GeluAndLayerNorm, Impl::Gpu, capacity);
         assert!(recomputing > fits, "{recomputing} vs {fits}");
