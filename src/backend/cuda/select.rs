@@ -55,13 +55,22 @@ pub struct Card {
 /// Resolves `device` for a run at precision `p`: `cpu` as is, `cuda`/`cuda:N` or an error
 /// saying why not, `auto` the first usable GPU or the CPU with the reason.
 pub fn select(device: &str, p: Precision) -> Result<Selected> {
+    select_as(device, p, "or run on the CPU (`--set device=cpu`, or `--set device=auto`)")
+}
+
+/// [`select`] for a command that takes the CPU its own way: `or_cpu` ends the hint given when
+/// the machine has no NVIDIA driver or GPU (`or run on the CPU (...)`).
+pub fn select_as(device: &str, p: Precision, or_cpu: &str) -> Result<Selected> {
     match Choice::parse(device)? {
         Choice::Cpu => Ok(Selected::Cpu { reason: None }),
         Choice::Cuda(n) => {
             let card = find_card(n).map_err(|why| {
-                anyhow::anyhow!(
-                    "{why}; hint: device `{device}` needs an NVIDIA GPU and its driver, or run on the CPU (`--set device=cpu`, or `--set device=auto`)"
-                )
+                // the way to a GPU only where there is none: a wrong index or a card too old
+                // says its own fix, and the user has a driver and a GPU
+                match driver_count() {
+                    Ok(count) if count > 0 => anyhow::anyhow!("{why}"),
+                    _ => anyhow::anyhow!("{why}; hint: device `{device}` needs an NVIDIA GPU and its driver, {or_cpu}"),
+                }
             })?;
             check_card(&card, p)?;
             check_libraries().map_err(anyhow::Error::msg)?;
@@ -123,7 +132,7 @@ pub fn find_card(n: Option<usize>) -> Result<Card, String> {
         Ok(Card { ordinal: i, name, cc: (major, minor) })
     };
     match n {
-        Some(i) if i >= count => Err(out_of_range(i, count)),
+        Some(i) if i >= count => Err(out_of_range(i, count, std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref())),
         Some(i) => card(i),
         None if count == 0 => Err("no CUDA GPU found (the NVIDIA driver sees none)".into()),
         None => {
@@ -133,11 +142,19 @@ pub fn find_card(n: Option<usize>) -> Result<Card, String> {
     }
 }
 
-fn out_of_range(i: usize, count: usize) -> String {
-    match count {
-        0 => format!("device cuda:{i} does not exist: the NVIDIA driver sees no GPU"),
-        n => format!("device cuda:{i} does not exist: the NVIDIA driver sees {n} GPU(s), cuda:0 to cuda:{}", n - 1),
-    }
+/// Why GPU `i` does not exist among the `count` the driver shows this process, which
+/// `CUDA_VISIBLE_DEVICES` (`visible`) may have chosen and renumbered from cuda:0.
+fn out_of_range(i: usize, count: usize, visible: Option<&str>) -> String {
+    let exist = match count {
+        0 => return format!("device cuda:{i} does not exist: the NVIDIA driver sees no GPU"),
+        1 => "only cuda:0 does".to_string(),
+        n => format!("cuda:0 to cuda:{} do", n - 1),
+    };
+    let why = match visible {
+        Some(v) => format!("CUDA_VISIBLE_DEVICES={v} leaves this process {count} GPU{}", if count == 1 { "" } else { "s" }),
+        None => "CUDA_VISIBLE_DEVICES is not set: these are all the GPUs the NVIDIA driver sees".into(),
+    };
+    format!("device cuda:{i} does not exist: {exist} ({why})")
 }
 
 fn too_old(c: &Card) -> String {
@@ -261,11 +278,21 @@ mod tests {
         check_card(&card((7, 5)), Precision::F16).unwrap();
         check_card(&card((8, 9)), Precision::Bf16).unwrap();
         // `check` skips by the same rule, without train's advice
-        assert_eq!(lacks(&card((7, 5)), Precision::Bf16).unwrap(), "dtype bfloat16 needs compute capability 8.0 or newer, and cuda:1 (Tesla T4) has 7.5");
+        assert_eq!(
+            lacks(&card((7, 5)), Precision::Bf16).unwrap(),
+            "dtype bfloat16 needs compute capability 8.0 or newer, and cuda:1 (Tesla T4) has 7.5"
+        );
         assert_eq!(lacks(&card((7, 5)), Precision::F16), None);
         assert_eq!(lacks(&card((8, 0)), Precision::Bf16), None);
-        assert_eq!(out_of_range(4, 2), "device cuda:4 does not exist: the NVIDIA driver sees 2 GPU(s), cuda:0 to cuda:1");
-        assert_eq!(out_of_range(0, 0), "device cuda:0 does not exist: the NVIDIA driver sees no GPU");
+        assert_eq!(
+            out_of_range(4, 2, None),
+            "device cuda:4 does not exist: cuda:0 to cuda:1 do (CUDA_VISIBLE_DEVICES is not set: these are all the GPUs the NVIDIA driver sees)"
+        );
+        assert_eq!(
+            out_of_range(5, 1, Some("2")),
+            "device cuda:5 does not exist: only cuda:0 does (CUDA_VISIBLE_DEVICES=2 leaves this process 1 GPU)"
+        );
+        assert_eq!(out_of_range(0, 0, None), "device cuda:0 does not exist: the NVIDIA driver sees no GPU");
     }
 
     #[test]
@@ -288,5 +315,8 @@ mod tests {
                 .to_string()
                 .starts_with("no NVIDIA driver found (libcuda.so.1 not loadable); hint:"));
         }
+        // `gptrain check` takes the CPU as --device cpu
+        let e = select_as("cuda", Precision::F32, "or check the CPU (`--device cpu`)").unwrap_err().to_string();
+        assert!(e.ends_with("hint: device `cuda` needs an NVIDIA GPU and its driver, or check the CPU (`--device cpu`)"), "{e}");
     }
 }
