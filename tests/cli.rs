@@ -403,7 +403,8 @@ fn bench_prints_one_json_object_and_a_profile_by_kernel() {
     assert_eq!(v["grad_accum"], 1);
     // with gradient accumulation a step is grad_accum micro-batches: tokens and FLOPs scale with it
     // ... and `--set peak_tflops` is the peak MFU is measured against, as `train` takes it
-    let mut args = vec!["bench", "--steps", "2", "--warmup", "1", "--threads", "1", "--json", "--grad-accum", "3", "--set", "peak_tflops=2"];
+    let mut args =
+        vec!["bench", "--steps", "2", "--warmup", "1", "--threads", "1", "--json", "--grad-accum", "3", "--set", "peak_tflops=2"];
     args.extend(shape);
     let (code, out, err) = gptrain(&args, &d);
     assert_eq!(code, 0, "{err}");
@@ -725,6 +726,23 @@ fn sample_reads_a_checkpoints_own_tokenizer_and_says_what_it_loaded() {
     std::fs::remove_dir_all(d).ok();
 }
 
+/// `check` takes its device as `--device`: without a GPU its hint says so, not `--set device=`.
+#[test]
+fn check_without_a_gpu_points_to_its_own_cpu_flag() {
+    if gptrain::backend::cuda::select::driver_present() {
+        eprintln!("check_without_a_gpu_points_to_its_own_cpu_flag: skipped: this machine has an NVIDIA driver");
+        return;
+    }
+    let d = tmp("check-no-gpu");
+    for device in ["cuda", "cuda:1"] {
+        let (code, _, err) = gptrain(&["check", "--device", device], &d);
+        assert_eq!((code, err.lines().count()), (1, 1), "{err}");
+        assert!(err.trim_end().ends_with("needs an NVIDIA GPU and its driver, or check the CPU (`--device cpu`)"), "{err}");
+        assert!(!err.contains("--set device"), "{err}");
+    }
+    std::fs::remove_dir_all(d).ok();
+}
+
 #[test]
 fn check_passes_every_op_and_training_here_and_names_a_missing_gpu() {
     let d = tmp("check");
@@ -744,6 +762,10 @@ fn check_passes_every_op_and_training_here_and_names_a_missing_gpu() {
     ] {
         assert!(row(op).contains(" fp32 ") && row(op).ends_with("PASS"), "{}", row(op));
     }
+    // the tolerance column lines up, however long the worst output's name
+    let tols: std::collections::BTreeSet<usize> =
+        out.lines().filter(|l| l.starts_with("  ") && l.contains(" fp32 ")).filter_map(|l| l.find(" 1e-5  ")).collect();
+    assert_eq!(tols.len(), 1, "{out}");
     for t in ["training fp32:", "training bf16:", "training fp16:"] {
         assert!(row(t).ends_with("PASS"), "{}", row(t));
     }

@@ -42,11 +42,12 @@ fn dtypes(s: Option<&str>) -> Result<Option<Vec<Precision>>> {
 pub fn check(a: &CheckArgs) -> Result<()> {
     let wanted = dtypes(a.dtype.as_deref())?;
     match Target::parse(&a.device)? {
-        Target::Cpu => super::commands::pool(a.threads.unwrap_or(0))?.install(|| check_on(Cpu::FAST, wanted, a.json, |_| None)),
+        Target::Cpu => super::commands::pool(a.threads.unwrap_or(0))?.install(|| check_on(Cpu::FAST, wanted, a.json, |_| None, None)),
         Target::Cuda(n) => {
             use crate::backend::cuda::{select, Cuda};
             let device = n.map_or("cuda".to_string(), |n| format!("cuda:{n}"));
-            let select::Selected::Cuda { ordinal, .. } = select::select(&device, Precision::F32)? else {
+            let select::Selected::Cuda { ordinal, .. } = select::select_as(&device, Precision::F32, "or check the CPU (`--device cpu`)")?
+            else {
                 bail!("device `{device}`: no CUDA device")
             };
             // a dtype `train` refuses on this card is skipped, not checked: cuBLASLt may reject
@@ -54,19 +55,25 @@ pub fn check(a: &CheckArgs) -> Result<()> {
             let card = select::find_card(Some(ordinal)).map_err(anyhow::Error::msg)?;
             let lacks = |p| select::lacks(&card, p);
             // the reference runs on the CPU's pool
-            super::commands::pool(a.threads.unwrap_or(0))?.install(|| check_on(Cuda::new(ordinal, false)?, wanted, a.json, lacks))
+            super::commands::pool(a.threads.unwrap_or(0))?
+                .install(|| check_on(Cuda::new(ordinal, false)?, wanted, a.json, lacks, Some(CUDA_NEXT)))
         }
     }
 }
 
+/// What to do after a failed check on a GPU: the switches tools/gpu_check.sh tries to narrow a
+/// failure down, the tested path meanwhile, and what a report needs.
+const CUDA_NEXT: &str = "next: rerun with GPTRAIN_CUDA_SYNC=1 (a faulting kernel's error then names its op), with GPTRAIN_CUDA_ATTENTION=tiled (attention without tensor cores) and with GPTRAIN_CUDA_GELU_FUSION=0 (gptrain's GELU, not cuBLASLt's) to narrow it down; meanwhile train with --set device=cpu; please report it with this command's --json output";
+
 /// Checks `backend` at the `wanted` precisions (default: float32, and bf16/fp16 where it stores
 /// them and the device computes in them: `lacks` says why not), prints the report, and fails
-/// when any check failed.
+/// when any check failed, after `next` (what to try) when given.
 fn check_on<B: Backend + Describe + Clone>(
     backend: B,
     wanted: Option<Vec<Precision>>,
     json: bool,
     lacks: impl Fn(Precision) -> Option<String>,
+    next: Option<&str>,
 ) -> Result<()> {
     let why_not = |p| lacks(p).or_else(|| check::unsupported(&backend, p));
     let (precisions, not_checked): (Vec<Precision>, Vec<Precision>) = match wanted {
@@ -118,6 +125,14 @@ fn check_on<B: Backend + Describe + Clone>(
         say!("summary: {passed} passed, {} failed, {skipped} skipped ({})", failed.len(), names.join(", "));
     }
     if !failed.is_empty() {
+        if let Some(next) = next {
+            // stdout holds the JSON object alone
+            if json {
+                eprintln!("{next}");
+            } else {
+                say!("{next}");
+            }
+        }
         bail!("check failed: {} of {} checks: {}", failed.len(), verdicts.len(), failed.join(", "));
     }
     Ok(())
@@ -135,11 +150,13 @@ fn print_report<B: Backend + Describe>(backend: &B, ops: &[OpCheck], trains: &[T
     );
     let wo = ops.iter().map(|o| o.op.len()).max().unwrap_or(0);
     let ws = ops.iter().map(|o| o.shape.len()).max().unwrap_or(0);
-    say!("  {:<wo$}  {:<ws$}  {:<5} {:>9} {:<14} {:>6}  result", "op", "shapes", "dtype", "max error", "(output)", "tol");
+    // as wide as the longest output name in parentheses, so that the tolerances line up
+    let ww = ops.iter().map(|o| o.worst.len() + 2).chain(["(output)".len()]).max().unwrap_or(0);
+    say!("  {:<wo$}  {:<ws$}  {:<5} {:>9} {:<ww$} {:>6}  result", "op", "shapes", "dtype", "max error", "(output)", "tol");
     for o in ops {
         let err = o.max_rel_err.map_or("-".into(), |e| format!("{e:.1e}"));
         let worst = if o.worst.is_empty() { String::new() } else { format!("({})", o.worst) };
-        say!("  {:<wo$}  {:<ws$}  {:<5} {err:>9} {worst:<14} {:>6.0e}  {}", o.op, o.shape, o.dtype, o.tol, verdict(&o.verdict));
+        say!("  {:<wo$}  {:<ws$}  {:<5} {err:>9} {worst:<ww$} {:>6.0e}  {}", o.op, o.shape, o.dtype, o.tol, verdict(&o.verdict));
     }
     for t in trains {
         let diff = match t.max_rel_diff {
