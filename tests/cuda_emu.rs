@@ -100,6 +100,15 @@ fn check_passes_on_the_emulated_gpu() {
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("summary: 0 passed, 0 failed, 51 skipped (bf16)"), "{out}");
     assert!(out.contains("SKIP: dtype bfloat16 needs compute capability 8.0 or newer, and cuda:0 (cuda-emu"), "{out}");
+    // a failed check (an allocation the emulator refuses) says what to try next
+    let fail = [("GPTRAIN_EMU_FAIL_ALLOC", Some("40"))];
+    let (code, out, err) = on_emu(&emu, &["check", "--device", "cuda", "--dtype", "float32"], &d, &fail);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(err.starts_with("error: check failed: 1 of 51 checks") && err.lines().count() == 1, "{err}");
+    let next = out.lines().find(|l| l.starts_with("next: ")).unwrap_or_else(|| panic!("no next step: {out}"));
+    for step in ["GPTRAIN_CUDA_SYNC=1", "GPTRAIN_CUDA_ATTENTION=tiled", "GPTRAIN_CUDA_GELU_FUSION=0", "--set device=cpu", "--json"] {
+        assert!(next.contains(step), "{next}");
+    }
     // `estimate` without --device takes this machine's GPU: one not in the table is named,
     // with the way out; given a peak, it estimates for it
     let (code, _, err) = on_emu(&emu, &["estimate", "--preset", "shakespeare-char"], &d, &[]);
@@ -447,5 +456,50 @@ fn a_cuda_12_driver_runs_with_cuda_12_libraries_and_refuses_cuda_13_ones() {
     let (code, out, err) = on_emu(&emu, &["train", "--set", "device=cuda", "--set", "max_iters=1"], &d, &env);
     assert_eq!((code, err.lines().count()), (1, 1), "{out}\n{err}");
     assert!(err.starts_with("error: cuBLASLt 13.0.99 (CUDA 13) was loaded by name") && err.contains("supports CUDA 12.4 at most"), "{err}");
+    std::fs::remove_dir_all(d).ok();
+}
+
+/// What a GPU user reads: a wrong index or too old a card gets its own fix, not a hint to
+/// install a driver; a run on the GPU, and `bench` there, say the backend is not yet validated
+/// (a CPU run does not); `bench` takes `--set peak_tflops` as `train` does, and a run too big
+/// for the card gets advice in bench's own flags.
+#[test]
+fn a_gpu_user_gets_advice_for_their_card_and_command() {
+    let Some(emu) = emu_or_skip("a_gpu_user_gets_advice_for_their_card_and_command") else { return };
+    let d = tmp("emu-advice");
+    let one_line = |args: &[&str], env: &[(&str, Option<&str>)]| {
+        let (code, out, err) = on_emu(&emu, args, &d, env);
+        assert_eq!((code, err.lines().count()), (1, 1), "{out}\n{err}");
+        assert!(!err.contains("hint:"), "the user has a driver and a GPU: {err}");
+        err
+    };
+    let err = one_line(&["train", "--set", "device=cuda:5"], &[("CUDA_VISIBLE_DEVICES", None)]);
+    assert!(err.starts_with("error: device cuda:5 does not exist: only cuda:0 does (CUDA_VISIBLE_DEVICES is not set"), "{err}");
+    let err = one_line(&["train", "--set", "device=cuda:2"], &[("CUDA_VISIBLE_DEVICES", Some("1"))]);
+    assert!(err.contains("only cuda:0 does (CUDA_VISIBLE_DEVICES=1 leaves this process 1 GPU)"), "{err}");
+    let err = one_line(&["train", "--set", "device=cuda"], &[("GPTRAIN_EMU_CC", Some("6.1"))]);
+    assert!(err.contains("has compute capability 6.1; gptrain's CUDA kernels need 7.0 or newer"), "{err}");
+    // bench ignores gradient_accumulation_steps: its advice is --grad-accum, per step
+    let err = one_line(&["bench", "--preset", "gpt2-124m", "--set", "device=cuda", "--set", "batch_size=512"], &[]);
+    assert!(err.contains("--grad-accum ") && err.contains("sequences per step") && !err.contains("gradient_accumulation_steps"), "{err}");
+    assert!(err.contains("gptrain's memory model") && !err.contains("perf::flops"), "{err}");
+
+    let tiny = ["--set", "n_layer=1", "--set", "n_embd=32", "--set", "n_head=2", "--set", "block_size=16", "--set", "batch_size=2"];
+    let bench = [&["bench", "--set", "device=cuda", "--steps", "1", "--warmup", "0", "--set", "peak_tflops=100"][..], &tiny].concat();
+    let (code, out, err) = on_emu(&emu, &bench, &d, &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("; peak 100.0 TFLOP/s at bf16 (--set peak_tflops)") && out.contains("MFU 0.0%"), "{out}");
+    assert!(out.contains("note: gptrain's CUDA backend has not yet been validated on a real GPU"), "{out}");
+    let train = [&["train", "--set", "max_iters=0", "--set", "eval_iters=1", "--set", "max_new_tokens=0"][..], &tiny].concat();
+    for (device, on_gpu) in [("cuda", true), ("cpu", false)] {
+        let (dev, out_dir) = (format!("device={device}"), format!("out_dir=out-{device}"));
+        let args = [&train[..], &["--set", &dev, "--set", &out_dir]].concat();
+        let (code, out, err) = on_emu(&emu, &args, &d, &[]);
+        assert_eq!(code, 0, "{out}\n{err}");
+        assert_eq!(out.contains("note: gptrain's CUDA backend has not yet been validated"), on_gpu, "{device}: {out}");
+        if on_gpu {
+            assert!(out.contains("peak unknown (not in the device table): MFU n/a; `--set peak_tflops=N`"), "{out}");
+        }
+    }
     std::fs::remove_dir_all(d).ok();
 }

@@ -199,6 +199,7 @@ fn bench_gpu(
     let kernel_flops = crate::bench::profile_flops(model, cfg.batch_size * a.grad_accum);
     let rates = crate::bench::profile_rates(&r.profile, &kernel_flops, peak, info.bandwidth);
     if a.json {
+        eprintln!("{}", super::printer::UNVALIDATED_GPU);
         let profile_rates: serde_json::Map<String, serde_json::Value> =
             rates.iter().map(|x| (x.name.clone(), serde_json::to_value(x).expect("plain numbers"))).collect();
         say!(
@@ -213,7 +214,8 @@ fn bench_gpu(
         );
         return Ok(());
     }
-    say!("device: {} ; {}", info.description, peak_source);
+    say!("device: {} ; {}", info.description, super::printer::peak_text(peak, precision, &peak_source));
+    say!("{}", super::printer::UNVALIDATED_GPU);
     say!("dtype: {} ({})", precision.name(), info.precision_note);
     say_step(&r, a.steps, a.grad_accum);
     let mfu = mfu.map_or("MFU n/a".to_string(), |m| format!("MFU {:.1}%", m * 100.0));

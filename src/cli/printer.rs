@@ -65,6 +65,33 @@ pub fn recompute_note(r: Recompute) -> String {
     r.describe().map_or(String::new(), |what| format!("; {what} recomputed in the backward (recompute={})", r.level()))
 }
 
+/// What a run on a GPU says under its device, once. Remove it (and its uses) once
+/// tools/gpu_check.sh has passed on a GPU: until then the emulator is all the backend has run on.
+pub const UNVALIDATED_GPU: &str = "note: gptrain's CUDA backend has not yet been validated on a real GPU; `gptrain check --device cuda` compares it with the CPU, and --set device=cpu is the tested path";
+
+/// A rate of FLOPs: `989.0 TFLOP/s` from 1 TFLOP/s up (a GPU's), else `151.2 GFLOP/s`.
+pub fn flops_rate(x: f64) -> String {
+    if x >= 1e12 {
+        format!("{:.1} TFLOP/s", x / 1e12)
+    } else {
+        format!("{:.1} GFLOP/s", x / 1e9)
+    }
+}
+
+/// The peak MFU is measured against, at dtype `p`, and where it comes from (`source`); or, when
+/// unknown, how to give one. `train`'s banner and `bench` say it alike.
+pub fn peak_text(peak: Option<f64>, p: crate::backend::Precision, source: &str) -> String {
+    match peak {
+        Some(x) => format!("peak {} at {} ({source})", flops_rate(x), p.name()),
+        None => {
+            // the backend's reason may end as this line does
+            let why = source.trim_end_matches(": MFU n/a").trim();
+            let why = if why.is_empty() { String::new() } else { format!(" ({why})") };
+            format!("peak unknown{why}: MFU n/a; `--set peak_tflops=N` (the card's dense TFLOP/s at {}) gives one", p.name())
+        }
+    }
+}
+
 pub fn gib(b: u64) -> String {
     format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
 }
@@ -96,9 +123,11 @@ impl Observer for Printer {
         );
         say!("data: {}", s.dataset);
         say!("tokens per iteration: {} ; FLOPs per iteration: {}", thousands(s.tokens_per_iter as f64), si(s.flops_per_iter));
-        match s.peak_flops {
-            Some(p) => say!("device: {} ; peak {:.1} GFLOP/s ({})", s.device, p / 1e9, s.peak_source),
-            None => say!("device: {} ; peak unknown: MFU n/a", s.device),
+        say!("device: {} ; {}", s.device, peak_text(s.peak_flops, s.precision, &s.peak_source));
+        // perf::flops's GPU model adds the CUDA context to what gptrain allocates; the CPU's adds nothing
+        let on_gpu = s.memory_bytes != s.memory_allocated_bytes;
+        if on_gpu {
+            say!("{UNVALIDATED_GPU}");
         }
         if s.precision_note.is_empty() {
             say!("dtype: {}", s.precision.name());
@@ -224,5 +253,23 @@ impl Observer for Printer {
                 count(s.overflow_skips as usize, "update")
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Precision;
+
+    #[test]
+    fn peaks_read_in_tflops_on_a_gpu_with_their_dtype_and_an_unknown_one_says_how_to_give_it() {
+        assert_eq!(flops_rate(989e12), "989.0 TFLOP/s");
+        assert_eq!(flops_rate(151.23e9), "151.2 GFLOP/s");
+        assert_eq!(peak_text(Some(989e12), Precision::Bf16, "--set peak_tflops"), "peak 989.0 TFLOP/s at bf16 (--set peak_tflops)");
+        assert_eq!(
+            peak_text(None, Precision::Bf16, "not in the device table: MFU n/a"),
+            "peak unknown (not in the device table): MFU n/a; `--set peak_tflops=N` (the card's dense TFLOP/s at bf16) gives one"
+        );
+        assert!(peak_text(None, Precision::F32, "").starts_with("peak unknown: MFU n/a; `--set peak_tflops=N`"));
     }
 }
