@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "gptrain", version, about = "Train GPT-2-family models on CPU, and tell the truth about time.", long_about = None)]
+#[command(name = "gptrain", version, about = "Train GPT-2-family models on CPU and NVIDIA GPUs, and tell the truth about time.", long_about = None)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
