@@ -601,7 +601,10 @@ mod tests {
         // a micro-batch below the largest that fits says why: it divides the sequences a step
         let n = fits + 1;
         let x = (1..fits).rev().find(|x| n % x == 0).unwrap();
-        let want = format!("--set batch_size={x} --grad-accum {} keeps {n} sequences per step ({x}: the largest that fits and divides {n})", n / x);
+        let want = format!(
+            "--set batch_size={x} --grad-accum {} keeps {n} sequences per step ({x}: the largest that fits and divides {n})",
+            n / x
+        );
         assert!(bench(n, 1).contains(&want), "{}", bench(n, 1));
         // recomputing, more fits, and the error says so at the run's own level
         let recomputing = flops::max_micro_batch(&mc, 1024, 2, Recompute::GeluAndLayerNorm, Impl::Gpu, capacity);
