@@ -600,7 +600,7 @@ mod tests {
         assert!(e.contains(" --grad-accum ") && e.contains("keeps 512 sequences per step") && !e.contains("gradient_accumulation"), "{e}");
         // a micro-batch below the largest that fits says why: it divides the sequences a step
         let n = fits + 1;
-        let x = (1..fits).rev().find(|x| n % x == 0).unwrap();
+        let x = (1..fits).rev().find(|x| n.is_multiple_of(*x)).unwrap();
         let want = format!(
             "--set batch_size={x} --grad-accum {} keeps {n} sequences per step ({x}: the largest that fits and divides {n})",
             n / x
