@@ -277,7 +277,7 @@ fn fit_word(fits: bool) -> &'static str {
 fn print_estimate(e: &estimate::Estimate, m: &ModelConfig, run: &Run, dev: &device::Device, verdict: Option<&str>) {
     use crate::perf::estimate::fmt_ms;
     // seconds as the meter shows them, milliseconds (3 significant digits) below one second
-    let dur = |s: f64| if s < 1.0 { fmt_ms(s * 1e3) } else { crate::cli::units::duration(s) };
+    let dur = |s: f64| if s < 1.0 { fmt_ms(s * 1e3) } else { crate::perf::meter::human_duration(s) };
     say!(
         "model: {} layers, {} heads, {} dims, block {}, vocab {}, bias {}",
         m.n_layer,

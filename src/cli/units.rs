@@ -21,24 +21,6 @@ pub fn human_bytes(b: u64) -> String {
     unreachable!("the last unit returns")
 }
 
-/// A duration as `estimate` gives it, one format per scale: `6.1s`, `4m05s`, `1h02m` (no seconds
-/// past an hour), `1d19h58m` from a day up.
-pub fn duration(s: f64) -> String {
-    if !s.is_finite() {
-        return "?".into();
-    }
-    if s < 60.0 {
-        return format!("{s:.1}s");
-    }
-    let t = s.round() as u64;
-    let m = (t + 30) / 60; // to the nearest minute past an hour
-    match t {
-        ..3600 => format!("{}m{:02}s", t / 60, t % 60),
-        _ if m < 24 * 60 => format!("{}h{:02}m", m / 60, m % 60),
-        _ => format!("{}d{}h{:02}m", m / (24 * 60), m / 60 % 24, m % 60),
-    }
-}
-
 /// `1 document`, `2 documents`: `noun` is the singular, made plural with an `s`.
 pub fn count(n: usize, noun: &str) -> String {
     format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
@@ -64,25 +46,6 @@ mod tests {
             assert_eq!(human_bytes(b), want, "{b} bytes");
         }
         assert_eq!(count(1, "document"), "1 document");
-    }
-
-    #[test]
-    fn durations_keep_one_format_per_scale() {
-        let cases = [
-            (6.14, "6.1s"),
-            (245.0, "4m05s"),
-            (3599.0, "59m59s"),
-            (3723.0, "1h02m"),
-            (86_369.0, "23h59m"),
-            (86_390.0, "1d0h00m"),
-            // the walkthrough's 43h57m51s beside 2d10h37m
-            (158_271.0, "1d19h58m"),
-            (210_620.0, "2d10h30m"),
-        ];
-        for (s, want) in cases {
-            assert_eq!(duration(s), want, "{s} s");
-        }
-        assert_eq!(duration(f64::INFINITY), "?");
         assert_eq!(count(0, "document"), "0 documents");
         assert_eq!(count(2, "iteration"), "2 iterations");
     }

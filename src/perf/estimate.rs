@@ -491,7 +491,7 @@ pub fn expect_ms(e: &Estimate, ms: f64) -> Expected {
     let reason = format!(
         "{} ms/iteration = {} for {} iterations + {} evals (the evals' {:.1}% of the compute at the same MFU): {why}",
         show_ms(ms),
-        crate::cli::units::duration(total),
+        crate::perf::meter::human_duration(total),
         e.max_iters,
         e.evals,
         share * 100.0
@@ -511,7 +511,7 @@ pub fn expect_total(e: &Estimate, seconds: f64) -> Result<Expected> {
     let (possible, why) = expect_verdict(e, ms);
     let reason = format!(
         "{} for {} iterations + {} evals = {} ms/iteration (the evals' {:.1}% of the compute taken out at the same MFU): {why}",
-        crate::cli::units::duration(seconds),
+        crate::perf::meter::human_duration(seconds),
         e.max_iters,
         e.evals,
         show_ms(ms),

@@ -159,20 +159,21 @@ impl Meter {
     }
 }
 
-/// `1h02m03s`, `4m05s`, `6.1s`.
+/// A duration, one format per scale: `6.1s`, `4m05s`, `1h02m` (no seconds past an hour),
+/// `1d19h58m` from a day up; `?` for no finite number.
 pub fn human_duration(s: f64) -> String {
     if !s.is_finite() {
         return "?".into();
     }
-    let t = s.round() as u64;
     if s < 60.0 {
-        format!("{s:.1}s")
-    } else if t < 3600 {
-        format!("{}m{:02}s", t / 60, t % 60)
-    } else if t < 86400 * 2 {
-        format!("{}h{:02}m{:02}s", t / 3600, t / 60 % 60, t % 60)
-    } else {
-        format!("{}d{:02}h{:02}m", t / 86400, t / 3600 % 24, t / 60 % 60)
+        return format!("{s:.1}s");
+    }
+    let t = s.round() as u64;
+    let m = (t + 30) / 60; // to the nearest minute past an hour
+    match t {
+        ..3600 => format!("{}m{:02}s", t / 60, t % 60),
+        _ if m < 24 * 60 => format!("{}h{:02}m", m / 60, m % 60),
+        _ => format!("{}d{}h{:02}m", m / (24 * 60), m / 60 % 24, m % 60),
     }
 }
 
@@ -299,8 +300,21 @@ mod tests {
 
     #[test]
     fn durations_and_dates_format() {
-        assert_eq!(human_duration(3723.0), "1h02m03s");
-        assert_eq!(human_duration(65.0), "1m05s");
+        let cases = [
+            (6.14, "6.1s"),
+            (65.0, "1m05s"),
+            (3599.0, "59m59s"),
+            (3723.0, "1h02m"),
+            (86_369.0, "23h59m"),
+            (86_390.0, "1d0h00m"),
+            // a new GPU user's walkthrough saw 43h57m51s beside 2d10h37m
+            (158_271.0, "1d19h58m"),
+            (210_620.0, "2d10h30m"),
+        ];
+        for (s, want) in cases {
+            assert_eq!(human_duration(s), want, "{s} s");
+        }
+        assert_eq!(human_duration(f64::INFINITY), "?");
         assert_eq!(civil_from_days(20_000), (2024, 10, 4));
     }
 }
