@@ -253,7 +253,7 @@ fn gpu_ranks_train_what_one_gpu_process_trains() {
     let (code, _, err) = finish(rank(2, 4, free_port(), &d, "out", &[&gpu[..], &["--set", "device=cuda"]].concat(), &two_gpus));
     assert_eq!((code, err.lines().count()), (1, 1), "{err}");
     assert!(
-        err.starts_with("error: rank 2: device cuda:2 does not exist: the NVIDIA driver sees 2 GPU(s)")
+        err.starts_with("error: rank 2: device cuda:2 does not exist: cuda:0 to cuda:1 do")
             && err.contains("each rank takes the GPU of its local rank (2 here)"),
         "{err}"
     );
