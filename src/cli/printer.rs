@@ -124,9 +124,7 @@ impl Observer for Printer {
         say!("data: {}", s.dataset);
         say!("tokens per iteration: {} ; FLOPs per iteration: {}", thousands(s.tokens_per_iter as f64), si(s.flops_per_iter));
         say!("device: {} ; {}", s.device, peak_text(s.peak_flops, s.precision, &s.peak_source));
-        // perf::flops's GPU model adds the CUDA context to what gptrain allocates; the CPU's adds nothing
-        let on_gpu = s.memory_bytes != s.memory_allocated_bytes;
-        if on_gpu {
+        if s.on_gpu {
             say!("{UNVALIDATED_GPU}");
         }
         if s.precision_note.is_empty() {

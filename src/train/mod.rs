@@ -60,6 +60,8 @@ pub struct StartInfo {
     pub tokens_per_iter: usize,
     pub flops_per_iter: f64,
     pub device: String,
+    /// Whether the run is on a GPU (the CUDA backend), not the CPU.
+    pub on_gpu: bool,
     /// The compute precision (and, under mixed precision, how the CPU runs its matmuls).
     pub precision: Precision,
     pub precision_note: String,

@@ -185,6 +185,7 @@ impl<'a, B: Backend> Session<'a, B> {
             tokens_per_iter,
             flops_per_iter,
             device: dev.description.clone(),
+            on_gpu: dev.memory_model == flops::Impl::Gpu,
             precision,
             precision_note: dev.precision_note.clone(),
             peak_flops: peak,
