@@ -117,6 +117,8 @@ fn check_passes_on_the_emulated_gpu() {
     let (code, out, err) = on_emu(&emu, &["estimate", "--preset", "shakespeare-char", "--peak-tflops", "100"], &d, &[]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("device: cuda-emu") && out.contains("bf16 peak 100.0 TFLOP/s"), "{out}");
+    // and with the card's memory as its driver reports it (the emulator's 16 GiB)
+    assert!(out.contains(" of 16.00 GiB -> fits") && out.contains("largest micro-batch that fits"), "{out}");
     std::fs::remove_dir_all(d).ok();
 }
 

@@ -141,6 +141,8 @@ pub fn estimate(a: &EstimateArgs) -> Result<()> {
         return Ok(());
     }
     let cfg = resolve(&a.cfg)?;
+    // the device's name, and its memory when it is this machine's GPU and not in the table
+    let mut local_memory = None;
     let dev_name = match (&a.device, cfg.device.as_str()) {
         (Some(d), _) => d.clone(),
         (None, "cpu") => "cpu".into(),
@@ -150,7 +152,10 @@ pub fn estimate(a: &EstimateArgs) -> Result<()> {
                 let card = crate::backend::cuda::select::find_card(Some(ordinal)).map_err(anyhow::Error::msg)?;
                 match crate::backend::cuda::table_device(&card.name) {
                     Some(d) => d.name,
-                    None if a.peak_tflops.is_some() => card.name,
+                    None if a.peak_tflops.is_some() => {
+                        local_memory = card.memory;
+                        card.name
+                    }
                     None => bail!(
                         "this machine's GPU, {} (cuda:{ordinal}), is not in gptrain's device table: name a card like it with `--device` (`--list-devices` shows all) or give its peak with `--peak-tflops`",
                         card.name
@@ -167,7 +172,8 @@ pub fn estimate(a: &EstimateArgs) -> Result<()> {
     pool(cfg.threads)?.install(|| -> Result<()> {
         let dev = match (device::lookup(&dev_name), a.peak_tflops) {
             (Ok(d), _) => d,
-            // an unknown device is fine with an explicit peak; its memory is then unknown
+            // an unknown device is fine with an explicit peak; its memory is then unknown,
+            // unless it is this machine's GPU, whose driver says
             (Err(_), Some(t)) => device::Device {
                 name: dev_name.clone(),
                 description: "not in gptrain's table".into(),
@@ -175,7 +181,7 @@ pub fn estimate(a: &EstimateArgs) -> Result<()> {
                 fp32_tflops: t,
                 tf32_tflops: t,
                 half_tflops: t,
-                memory_bytes: 0,
+                memory_bytes: local_memory.unwrap_or(0),
                 bandwidth_gbs: 0.0,
                 source: "--peak-tflops".into(),
                 link_gbs: 0.0,

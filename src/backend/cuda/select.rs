@@ -50,6 +50,8 @@ pub struct Card {
     pub ordinal: usize,
     pub name: String,
     pub cc: (i32, i32),
+    /// Its memory in bytes, as the driver reports it (`cuDeviceTotalMem`; no context needed).
+    pub memory: Option<u64>,
 }
 
 /// Resolves `device` for a run at precision `p`: `cpu` as is, `cuda`/`cuda:N` or an error
@@ -129,7 +131,9 @@ pub fn find_card(n: Option<usize>) -> Result<Card, String> {
         };
         let major = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
         let minor = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
-        Ok(Card { ordinal: i, name, cc: (major, minor) })
+        // SAFETY: `dev` is a device handle the driver just returned; the call only reads a size.
+        let memory = unsafe { result::device::total_mem(dev) }.ok().map(|b| b as u64);
+        Ok(Card { ordinal: i, name, cc: (major, minor), memory })
     };
     match n {
         Some(i) if i >= count => Err(out_of_range(i, count, std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref())),
@@ -270,7 +274,7 @@ mod tests {
 
     #[test]
     fn card_errors_name_the_card_and_the_way_out() {
-        let card = |cc| Card { ordinal: 1, name: "Tesla T4".into(), cc };
+        let card = |cc| Card { ordinal: 1, name: "Tesla T4".into(), cc, memory: None };
         let e = check_card(&card((6, 1)), Precision::F32).unwrap_err().to_string();
         assert_eq!(e, "cuda:1 (Tesla T4) has compute capability 6.1; gptrain's CUDA kernels need 7.0 or newer");
         let e = check_card(&card((7, 5)), Precision::Bf16).unwrap_err().to_string();
