@@ -452,6 +452,13 @@ fn a_cuda_12_driver_runs_with_cuda_12_libraries_and_refuses_cuda_13_ones() {
     assert_eq!((code, err.lines().count()), (1, 1), "{out}\n{err}");
     let want = format!("error: cuBLASLt {e13}/libcublasLt.so.13 is for CUDA 13 and this NVIDIA driver supports CUDA 12.4 at most: update the driver, or `pip install nvidia-cublas-cu12`");
     assert!(err.starts_with(&want), "{err}");
+    // neither library anywhere: both named in the one line
+    let empty = d.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let env = [("LD_LIBRARY_PATH", driver_only.to_str()), ("GPTRAIN_CUDA_LIB_DIR", empty.to_str())];
+    let (code, out, err) = on_emu(&emu, &["check", "--device", "cuda"], &d, &env);
+    assert_eq!((code, err.lines().count()), (1, 1), "{out}\n{err}");
+    assert!(err.contains("cuBLASLt library not found") && err.contains("; and NVRTC library not found"), "{err}");
     // gptrain picks CUDA 12's, but the loader's path has CUDA 13's, which cudarc asks for first
     let env = [("LD_LIBRARY_PATH", Some(format!("{e12}:{e13}"))), ("GPTRAIN_CUDA_LIB_DIR", Some(e12.to_string()))];
     let env: Vec<(&str, Option<&str>)> = env.iter().map(|(k, v)| (*k, v.as_deref())).collect();

@@ -219,13 +219,13 @@ pub fn check_libraries() -> Result<(), String> {
         (libs::CUBLASLT, cublaslt_present as fn() -> bool, cublaslt_version as fn() -> Result<(i32, String), String>),
         (libs::NVRTC, nvrtc_present, nvrtc_version),
     ];
-    for (lib, present, version) in loaded {
+    // every missing library named at once, not one per attempt
+    let missing: Vec<String> = loaded.iter().filter_map(|&(lib, present, _)| libs::open(lib).err().filter(|_| !present())).collect();
+    if !missing.is_empty() {
+        return Err(missing.join("; and "));
+    }
+    for (lib, _, version) in loaded {
         let chosen = libs::open(lib);
-        if let Err(e) = &chosen {
-            if !present() {
-                return Err(e.clone());
-            }
-        }
         let (major, shown) = version()?;
         // where gptrain's own search failed, its message (a file too new, say) says more
         libs::verify(lib, major, &shown, driver).map_err(|e| chosen.err().unwrap_or(e))?;
