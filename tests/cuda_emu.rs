@@ -508,6 +508,8 @@ fn a_gpu_user_gets_advice_for_their_card_and_command() {
         assert_eq!(out.contains("note: gptrain's CUDA backend has not yet been validated"), on_gpu, "{device}: {out}");
         if on_gpu {
             assert!(out.contains("peak unknown (not in the device table): MFU n/a; `--set peak_tflops=N`"), "{out}");
+            // dtype 'auto' says why it chose (the emulated card has bf16)
+            assert!(out.contains("\ndtype: bf16 (auto: the card has bf16; "), "{out}");
         }
     }
     std::fs::remove_dir_all(d).ok();

@@ -127,10 +127,18 @@ impl Observer for Printer {
         if s.on_gpu {
             say!("{UNVALIDATED_GPU}");
         }
-        if s.precision_note.is_empty() {
+        // `dtype = 'auto'` on a GPU is nanoGPT's choice, which the line names
+        let auto = (s.on_gpu && s.config.dtype.eq_ignore_ascii_case("auto"))
+            .then(|| match s.precision {
+                crate::backend::Precision::Bf16 => "auto: the card has bf16".to_string(),
+                p => format!("auto: no bf16 before compute capability 8.0, so {}", p.name()),
+            })
+            .into_iter();
+        let notes: Vec<String> = auto.chain(Some(s.precision_note.clone()).filter(|n| !n.is_empty())).collect();
+        if notes.is_empty() {
             say!("dtype: {}", s.precision.name());
         } else {
-            say!("dtype: {} ({})", s.precision.name(), s.precision_note);
+            say!("dtype: {} ({})", s.precision.name(), notes.join("; "));
         }
         // perf::flops's figure for the run, and the device's memory
         let b = human_bytes;
