@@ -21,3 +21,4 @@ pub mod tensorboard;
 pub mod tensorfile;
 pub mod tokenizer;
 pub mod train;
+pub mod units;

@@ -414,7 +414,14 @@ fn running_out_of_gpu_memory_mid_run_is_one_line_and_keeps_the_checkpoints() {
     let errors: Vec<&str> = err.lines().filter(|l| !l.starts_with("cuda-emu: ")).collect();
     assert_eq!(code, 1, "{out}\n{err}");
     assert_eq!(errors.len(), 1, "{err}");
-    assert!(errors[0].starts_with("error: ") && errors[0].contains("out of GPU memory") && errors[0].contains("lower batch_size"), "{err}");
+    assert!(
+        errors[0].starts_with("error: ")
+            && errors[0].contains("out of GPU memory")
+            && errors[0].contains("a lower batch_size")
+            && errors[0].contains(" free of ")
+            && !errors[0].contains("0.00 GiB"),
+        "{err}"
+    );
     assert!(out.contains("iterations 5 -> 10"), "it failed before the run started: {out}");
     // the checkpoint is whole: the same resume, with memory, trains on
     let (code, out, err) = run(&["max_iters=10", "init_from=resume"], None);

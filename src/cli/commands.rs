@@ -2,7 +2,6 @@
 //! resolution the others share (`estimate`, `bench`, `logs` and `check` have files of their own).
 
 use super::printer::{say, thousands, Printer};
-use super::units::{count, human_bytes};
 use super::ConfigArgs;
 use crate::checkpoint;
 use crate::config::{self, Config};
@@ -13,6 +12,7 @@ use crate::rng;
 use crate::sample::Sampler;
 use crate::tokenizer::Tokenizer;
 use crate::train;
+use crate::units::{count, human_bytes};
 use anyhow::{bail, Context, Result};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};

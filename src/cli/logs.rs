@@ -6,12 +6,12 @@
 use super::commands::resolve;
 use super::estimate::{model_without_data, parse_dtype};
 use super::printer::{say, thousands};
-use super::units::count;
 use super::ConfigArgs;
 use crate::model::ModelConfig;
 use crate::perf::logs::{self as logreader, Format, Options, Parsed, Steady};
 use crate::perf::meter::human_duration;
 use crate::perf::{device, flops};
+use crate::units::count;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};

@@ -8,7 +8,6 @@ mod estimate;
 mod keys;
 mod logs;
 mod printer;
-pub(crate) mod units;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;

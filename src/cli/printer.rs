@@ -1,10 +1,10 @@
 //! How training reads on a terminal (a progress bar with lines above it) and in a log file
 //! (plain lines, nanoGPT's shapes).
 
-use super::units::{count, human_bytes};
 use crate::model::Recompute;
 use crate::perf::meter::{finish_time, human_duration};
 use crate::train::{IterLog, Observer, StartInfo, Summary};
+use crate::units::{count, human_bytes};
 use std::io::IsTerminal;
 use std::path::Path;
 

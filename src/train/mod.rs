@@ -490,8 +490,8 @@ pub fn check_gpu_memory_for(
     zero_saves: u64,
     card: &str,
 ) -> Result<()> {
-    use crate::cli::units::human_bytes;
     use crate::perf::flops::{self, Impl};
+    use crate::units::human_bytes;
     let Some(m) = mem else { return Ok(()) };
     let t = mc.block_size;
     // ZeRO-1's share of the optimiser state leaves `zero_saves` bytes unallocated whatever the batch
@@ -530,7 +530,7 @@ pub fn check_gpu_memory_for(
 /// peak of the backend's allocations beside `perf::flops`'s model of them, and the driver's
 /// view when known.
 pub fn memory_line(used: crate::backend::MemoryUse, model: u64) -> String {
-    use crate::cli::units::human_bytes;
+    use crate::units::human_bytes;
     let off = (used.peak as f64 / model as f64 - 1.0) * 100.0;
     let driver =
         used.driver.map_or(String::new(), |d| format!("; the driver: {} more in use than when the backend opened", human_bytes(d)));

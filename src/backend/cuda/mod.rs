@@ -22,6 +22,7 @@ mod run;
 pub mod select;
 
 use super::{Backend, Buffers, DType, DeviceInfo, Host, MemoryUse, Op, Precision, Span, Tensor};
+use crate::units::human_bytes;
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::driver::{
     result as drv, sys, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr, DriverError,
@@ -275,9 +276,9 @@ impl Cuda {
         if e.0 != sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
             return anyhow!("could not allocate {what} ({e:?})");
         }
-        let free = self.inner.ctx.mem_get_info().map(|(f, t)| format!(" ({:.2} GiB free of {:.2} GiB)", gib(f), gib(t)));
+        let free = self.inner.ctx.mem_get_info().map(|(f, t)| format!(" ({} free of {})", human_bytes(f as u64), human_bytes(t as u64)));
         anyhow!(
-            "out of GPU memory allocating {what}{}; lower batch_size (and raise gradient_accumulation_steps) or block_size, or free the card; checkpoints already written are intact",
+            "out of GPU memory allocating {what}{}; free the card (`nvidia-smi` lists the processes holding it) or make the run smaller (a lower batch_size, with a higher gradient_accumulation_steps for the same tokens per iteration, or block_size); checkpoints already written are intact",
             free.unwrap_or_default()
         )
     }
@@ -498,7 +499,7 @@ impl Backend for Cuda {
 
     fn alloc(&self, n: usize, dtype: DType) -> Result<CudaBuf> {
         let bytes = (n * dtype.bytes()).max(1);
-        let what = format!("{n} {dtype:?} elements ({:.2} GiB) of a model buffer", gib(bytes));
+        let what = format!("{n} {dtype:?} elements ({}) of a model buffer", human_bytes(bytes as u64));
         let card = self.inner.card.ordinal;
         let mem = self
             .inner
@@ -598,10 +599,6 @@ impl Backend for Cuda {
             driver: self.inner.free_at_open.zip(free_now).map(|(open, now)| open.saturating_sub(now) as u64),
         })
     }
-}
-
-fn gib(bytes: usize) -> f64 {
-    bytes as f64 / (1u64 << 30) as f64
 }
 
 #[cfg(test)]
