@@ -495,6 +495,14 @@ fn a_gpu_user_gets_advice_for_their_card_and_command() {
     assert!(err.contains("only cuda:0 does (CUDA_VISIBLE_DEVICES=1 leaves this process 1 GPU)"), "{err}");
     let err = one_line(&["train", "--set", "device=cuda"], &[("GPTRAIN_EMU_CC", Some("6.1"))]);
     assert!(err.contains("has compute capability 6.1; gptrain's CUDA kernels need 7.0 or newer"), "{err}");
+    // a Volta card with CUDA 13's NVRTC (the emulator's): refused before the run starts (no
+    // config table), and `auto` takes the CPU saying why
+    let (volta, small) = ([("GPTRAIN_EMU_CC", Some("7.0"))], ["--set", "n_layer=1", "--set", "n_embd=32", "--set", "max_iters=0"]);
+    let err = one_line(&[&["train", "--set", "device=cuda"][..], &small].concat(), &volta);
+    assert!(err.starts_with("error: cuda:0: NVRTC 13.") && err.contains("cannot compile for compute capability 7.0"), "{err}");
+    let (code, out, err) = on_emu(&emu, &[&["train", "--set", "device=auto", "--set", "out_dir=volta"][..], &small].concat(), &d, &volta);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("auto: cuda:0: NVRTC 13.") && out.contains(", using the CPU"), "{out}");
     // bench ignores gradient_accumulation_steps: its advice is --grad-accum, per step
     let err = one_line(&["bench", "--preset", "gpt2-124m", "--set", "device=cuda", "--set", "batch_size=512"], &[]);
     assert!(err.contains("--grad-accum ") && err.contains("sequences per step") && !err.contains("gradient_accumulation_steps"), "{err}");

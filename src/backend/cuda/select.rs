@@ -75,10 +75,10 @@ pub fn select_as(device: &str, p: Precision, or_cpu: &str) -> Result<Selected> {
                 }
             })?;
             check_card(&card, p)?;
-            check_libraries().map_err(anyhow::Error::msg)?;
+            check_libraries().and_then(|()| compiles_for(&card)).map_err(anyhow::Error::msg)?;
             Ok(Selected::Cuda { ordinal: card.ordinal, reason: None })
         }
-        Choice::Auto => match find_card(None).and_then(|c| check_libraries().map(|()| c)) {
+        Choice::Auto => match find_card(None).and_then(|c| check_libraries().and_then(|()| compiles_for(&c)).map(|()| c)) {
             Ok(card) => {
                 check_card(&card, p)?;
                 let reason = format!("auto: cuda:{} ({}, compute capability {}.{})", card.ordinal, card.name, card.cc.0, card.cc.1);
@@ -87,6 +87,13 @@ pub fn select_as(device: &str, p: Precision, or_cpu: &str) -> Result<Selected> {
             Err(why) => Ok(Selected::Cpu { reason: Some(format!("auto: {why}, using the CPU")) }),
         },
     }
+}
+
+/// Whether the NVRTC found can compile for `card` (CUDA 13's has no Volta): said before the
+/// run starts, so that `auto` can fall back to the CPU, rather than at the first kernel.
+fn compiles_for(card: &Card) -> Result<(), String> {
+    let version = super::compile::nvrtc()?;
+    super::compile::unsupported_arch(version, card.cc).map_or(Ok(()), |why| Err(format!("cuda:{}: {why}", card.ordinal)))
 }
 
 /// Whether the NVIDIA driver library can be loaded (nothing is called through it).
