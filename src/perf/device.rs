@@ -100,6 +100,13 @@ impl Device {
 
 const GIB: u64 = 1 << 30;
 const GB: u64 = 1_000_000_000;
+/// The memory the driver reports (nvidia-smi's total, `cuMemGetInfo`'s), where it has been seen
+/// on a card: what a run there actually has. An HBM card's "80GB" is binary gigabytes less what
+/// the driver keeps (H100 SXM: 81559 MiB, 79.6 GiB; H200: 143771 MiB, 140.4 GiB; both read on
+/// the project's lent machines, .library/device/KINDS.md), not 80e9 bytes (74.5 GiB), so the
+/// datasheet's figure in decimal bytes would call fitting runs too big. Cards not yet seen keep
+/// the datasheet's decimal figure: it errs low.
+const MIB: u64 = 1 << 20;
 
 /// One row of the device table.
 pub struct Card {
@@ -207,7 +214,7 @@ pub const TABLE: &[Card] = &[
         fp32: 67.0,
         tf32: 494.7,
         half: 989.4,
-        memory: 80 * GB,
+        memory: 81559 * MIB, // seen: see MIB
         bandwidth: 3350.0,
         source: H100,
         link: 450.0,
@@ -236,7 +243,7 @@ pub const TABLE: &[Card] = &[
         fp32: 67.0,
         tf32: 494.7,
         half: 989.4,
-        memory: 141 * GB,
+        memory: 143771 * MIB, // seen: see MIB
         bandwidth: 4800.0,
         source: H200,
         link: 450.0,
@@ -617,6 +624,8 @@ mod tests {
             // a link figure is each way: at most half of what a datasheet gives for both
             assert!(c.link <= 450.0, "{}", c.name);
         }
+        // the memory a run has on the cards seen: the driver's total, not the datasheet's in 10^9 bytes
+        assert_eq!((lookup("h100").unwrap().memory_bytes, lookup("h200").unwrap().memory_bytes), (81559 << 20, 143771 << 20));
         let (a100, t4, rtx) = (lookup("a100").unwrap(), lookup("t4").unwrap(), lookup("rtx-4070").unwrap());
         assert!(a100.has_bf16() && rtx.has_bf16() && !t4.has_bf16());
         assert!(a100.link_source.contains("NVLink") && rtx.link_source.contains("PCIe"));
