@@ -97,7 +97,9 @@ fn check_passes_on_the_emulated_gpu() {
     // skips it (with the reason) rather than passing it
     let t4 = [("GPTRAIN_EMU_CC", Some("7.5"))];
     let (code, out, err) = on_emu(&emu, &["check", "--device", "cuda", "--dtype", "bf16"], &d, &t4);
-    assert_eq!(code, 0, "{out}\n{err}");
+    // nothing was proven: not a success
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(err.starts_with("error: nothing checked: every check was skipped") && err.lines().count() == 1, "{err}");
     assert!(out.contains("summary: 0 passed, 0 failed, 51 skipped (bf16)"), "{out}");
     assert!(out.contains("SKIP: dtype bfloat16 needs compute capability 8.0 or newer, and cuda:0 (cuda-emu"), "{out}");
     // a failed check (an allocation the emulator refuses) says what to try next
@@ -165,6 +167,7 @@ fn fp32_training_on_the_gpu_follows_the_cpu_and_repeats_bitwise() {
     let v: serde_json::Value = serde_json::from_str(&summary.unwrap()).unwrap();
     let (warm_up, eval) = (v["summary"]["warmup_s"].as_f64().unwrap(), v["summary"]["eval_s"].as_f64().unwrap());
     assert!(warm_up > eval, "the kernels' compile is warm-up: warm-up {warm_up} s, evaluation {eval} s");
+    assert!(out.contains(&format!("(eval {}, warm-up ", gptrain::perf::meter::human_duration(eval))), "{out}");
     // the GPU's checkpoint goes on training on the CPU, and samples there
     let (_, resumed) = run_resumed(&emu, &d, "gpu", "cpu");
     assert_eq!(resumed.len(), 12 + 4);

@@ -360,6 +360,22 @@ fn resuming_a_finished_run_says_there_is_nothing_to_do() {
     std::fs::remove_dir_all(d).ok();
 }
 
+/// A resumed run skips the evaluation at its first iteration only when its checkpoint was
+/// evaluated there: one saved between evaluations (here: at the end, with another
+/// eval_interval; a Ctrl-C checkpoint is the other kind) is evaluated on resume.
+#[test]
+fn a_checkpoint_saved_without_an_evaluation_is_evaluated_on_resume() {
+    let d = tmp("resume-eval");
+    let first = run(&tiny(&d, &["max_iters=20", "eval_interval=7"])).unwrap();
+    assert_eq!(first.evals.iter().map(|e| e.0).collect::<Vec<_>>(), vec![0, 7, 14]);
+    let second = run(&tiny(&d, &["max_iters=30", "init_from=resume"])).unwrap();
+    assert_eq!(second.evals.iter().map(|e| e.0).collect::<Vec<_>>(), vec![20, 30], "the eval at 20 was never made");
+    // a checkpoint saved at an evaluation is not evaluated again
+    let third = run(&tiny(&d, &["max_iters=40", "init_from=resume"])).unwrap();
+    assert_eq!(third.evals.iter().map(|e| e.0).collect::<Vec<_>>(), vec![40]);
+    std::fs::remove_dir_all(d).ok();
+}
+
 /// Mixed precision keeps the loop's promises: bf16 and fp16 runs resume bitwise (the fp16 loss
 /// scale travels in the checkpoint), their checkpoints are f32 and resume in another precision,
 /// and the loss falls.

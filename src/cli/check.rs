@@ -135,6 +135,10 @@ fn check_on<B: Backend + Describe + Clone>(
         }
         bail!("check failed: {} of {} checks: {}", failed.len(), verdicts.len(), failed.join(", "));
     }
+    // every check skipped (a dtype this card lacks, asked for by name): nothing was proven
+    if passed == 0 && skipped > 0 {
+        bail!("nothing checked: every check was skipped (see SKIP above); another --dtype checks what this device runs");
+    }
     Ok(())
 }
 

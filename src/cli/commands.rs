@@ -141,7 +141,13 @@ fn gpu_left_idle(a: &ConfigArgs) -> Option<String> {
     if a.preset.is_some() || a.config.is_some() || named("device") {
         return None;
     }
-    let card = crate::backend::cuda::select::find_card(None).ok()?;
+    // the GPU `auto` would take (its libraries found, its kernels compilable), else none
+    let crate::backend::cuda::select::Selected::Cuda { ordinal, .. } =
+        crate::backend::cuda::select::select("auto", crate::backend::Precision::F32).ok()?
+    else {
+        return None;
+    };
+    let card = crate::backend::cuda::select::find_card(Some(ordinal)).ok()?;
     Some(format!(
         "note: this is the default `{DEFAULT_PRESET}` preset, nanoGPT README's CPU run; the GPU cuda:{} ({}) stays idle: `--preset shakespeare-char` trains nanoGPT's GPU config on it (or `--set device=cuda` this one)",
         card.ordinal, card.name
@@ -184,7 +190,9 @@ fn install_signal_handler() {
         if train::WAITING_TO_SAVE.load(std::sync::atomic::Ordering::SeqCst) {
             say("\ninterrupt: giving up on the final checkpoint");
         } else {
-            say("\ninterrupt: finishing this iteration and writing a checkpoint (interrupt again to quit at once)");
+            say(
+                "\ninterrupt: finishing this iteration and writing a checkpoint (interrupt again, a second or more later, to quit at once)",
+            );
         }
     });
 }

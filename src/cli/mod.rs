@@ -10,6 +10,7 @@ mod logs;
 mod printer;
 
 use clap::{Args, Parser, Subcommand};
+use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -93,12 +94,13 @@ pub fn main() -> i32 {
     match result {
         Ok(()) => 0,
         // a stop asked for (Ctrl-C, SIGTERM) is no error: it says where the checkpoint is
+        // written with `writeln!`: a closed standard error must not turn the exit into a panic
         Err(e) if e.downcast_ref::<crate::train::Interrupted>().is_some() => {
-            eprintln!("{e:#}");
+            let _ = writeln!(std::io::stderr(), "{e:#}");
             130
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
             1
         }
     }

@@ -223,7 +223,9 @@ impl Observer for Printer {
             b.abandon(); // stays on screen as it is: at 100%, "done"
         }
         if self.eval_only {
-            say!("done: evaluation in {} (eval {})", human_duration(s.total_s), human_duration(s.eval_s));
+            // a GPU's first evaluation waits for its kernels: warm-up, said apart
+            let warm_up = if s.warmup_s >= 0.05 { format!(", warm-up {}", human_duration(s.warmup_s)) } else { String::new() };
+            say!("done: evaluation in {} (eval {}{warm_up})", human_duration(s.total_s), human_duration(s.eval_s));
             if let (Some(t), Some(v)) = (s.final_train_loss, s.final_val_loss) {
                 say!("train loss {t:.4}, val loss {v:.4}");
             }

@@ -102,8 +102,8 @@ const GIB: u64 = 1 << 30;
 const GB: u64 = 1_000_000_000;
 /// The memory the driver reports (nvidia-smi's total, `cuMemGetInfo`'s), where it has been seen
 /// on a card: what a run there actually has. An HBM card's "80GB" is binary gigabytes less what
-/// the driver keeps (H100 SXM: 81559 MiB, 79.6 GiB; H200: 143771 MiB, 140.4 GiB; both read on
-/// the project's lent machines, .library/device/KINDS.md), not 80e9 bytes (74.5 GiB), so the
+/// the driver keeps (H100 SXM: 81559 MiB, 79.6 GiB; H200: 143771 MiB, 140.4 GiB; both read by
+/// nvidia-smi on the machines lent to this project, driver 580), not 80e9 bytes (74.5 GiB), so the
 /// datasheet's figure in decimal bytes would call fitting runs too big. Cards not yet seen keep
 /// the datasheet's decimal figure: it errs low.
 const MIB: u64 = 1 << 20;

@@ -26,6 +26,9 @@ pub(super) struct Init {
     pub(super) outliers: [OutlierDetector; 2],
     pub(super) loss_scaler: Option<crate::optim::LossScaler>,
     pub(super) resumed: bool,
+    /// Whether the checkpoint resumed from was evaluated at its iteration (a save at an
+    /// evaluation); one written on Ctrl-C, or at the end between evaluations, was not.
+    pub(super) evaluated: bool,
 }
 
 impl Init {
@@ -42,6 +45,7 @@ impl Init {
             outliers: Default::default(),
             loss_scaler: None,
             resumed: false,
+            evaluated: false,
         }
     }
 }
@@ -142,6 +146,7 @@ fn initialise_from(cfg: &Config, ds: &Dataset, obs: &mut dyn Observer) -> Result
                 outliers: ck.state.outliers.clone(),
                 loss_scaler: ck.state.loss_scaler.clone(),
                 resumed: true,
+                evaluated: ck.state.val_loss.is_some(),
             })
         }
         path => {

@@ -52,7 +52,8 @@ pub(super) struct Session<'a, B: Backend> {
     /// Optimiser steps done.
     pub(super) it: u64,
     first_iter: u64,
-    resumed: bool,
+    /// Whether the checkpoint this run resumed from was evaluated at `first_iter`.
+    first_evaluated: bool,
     best_val: Option<f32>,
     skipped: u64,
     outliers: [OutlierDetector; 2],
@@ -163,8 +164,8 @@ impl<'a, B: Backend> Session<'a, B> {
             same_weights(&model, g, init.start_iter, "did every rank read the same out_dir, with no rank writing it?")?;
         }
         std::fs::create_dir_all(&out_dir).with_context(|| format!("cannot create out_dir {}", out_dir.display()))?;
-        let Init { start_iter, resumed, best_val, skipped, outliers, .. } = init;
-        let evaluates_first = evaluates_at(cfg, resumed, start_iter, start_iter);
+        let Init { start_iter, evaluated, best_val, skipped, outliers, .. } = init;
+        let evaluates_first = evaluates_at(cfg, evaluated, start_iter, start_iter);
         let mut tensorboard = TensorBoard::off();
         // rank 0 of a data-parallel run keeps the run's record, as it keeps its checkpoints
         let root = Group::world_of(group.as_ref()).is_root();
@@ -212,7 +213,7 @@ impl<'a, B: Backend> Session<'a, B> {
             out_dir,
             it: start_iter,
             first_iter: start_iter,
-            resumed,
+            first_evaluated: evaluated,
             best_val,
             skipped,
             outliers,
@@ -229,7 +230,7 @@ impl<'a, B: Backend> Session<'a, B> {
 
     /// Whether the loop evaluates at the current iteration.
     pub(super) fn evaluates_now(&self) -> bool {
-        evaluates_at(self.cfg, self.resumed, self.first_iter, self.it)
+        evaluates_at(self.cfg, self.first_evaluated, self.first_iter, self.it)
     }
 
     /// Evaluates both splits and reports it; checkpoints when val improved (every eval with
@@ -240,9 +241,11 @@ impl<'a, B: Backend> Session<'a, B> {
         let (t0, ready0) = (Instant::now(), self.model.backend.warm_up_waited_s());
         let (tl, vl) = estimate_loss(&mut self.model, &self.ds, cfg, it, self.group.as_mut())?;
         let secs = t0.elapsed().as_secs_f64();
-        // the first evaluation launches the first kernels: its wait for them is warm-up
-        self.meter.record_eval(secs, self.model.backend.warm_up_waited_s() - ready0);
-        self.obs.eval(it, tl, vl, secs);
+        // the first evaluation launches the first kernels: its wait for them is warm-up, and
+        // the eval's record (metrics.jsonl) gives its own time, as the summary does
+        let ready = (self.model.backend.warm_up_waited_s() - ready0).clamp(0.0, secs);
+        self.meter.record_eval(secs, ready);
+        self.obs.eval(it, tl, vl, secs - ready);
         self.last_eval = Some((tl, vl));
         if let Some(g) = self.group.as_mut() {
             same_weights(&self.model, g, it, "their sums disagreed, which is a bug in gptrain: please report it with this run's log")?;
@@ -538,9 +541,11 @@ fn initialise_ranks(cfg: &Config, ds: &Dataset, user: &mut dyn Observer, group: 
 }
 
 /// Whether a run evaluates at iteration `it`: every `eval_interval`, except at a resumed run's
-/// first iteration (its checkpoint's, evaluated before it was written); always with `eval_only`.
-fn evaluates_at(cfg: &Config, resumed: bool, first_iter: u64, it: u64) -> bool {
-    it.is_multiple_of(cfg.eval_interval) && !(resumed && it == first_iter) || cfg.eval_only
+/// first iteration when its checkpoint was evaluated there before it was written (`first_evaluated`:
+/// a Ctrl-C checkpoint at an evaluation's iteration was not, and is evaluated on resume);
+/// always with `eval_only`.
+fn evaluates_at(cfg: &Config, first_evaluated: bool, first_iter: u64, it: u64) -> bool {
+    it.is_multiple_of(cfg.eval_interval) && !(first_evaluated && it == first_iter) || cfg.eval_only
 }
 
 /// The f32 weights, and the AdamW moments (m, v) once an update has made them.

@@ -187,17 +187,17 @@ impl Ahead {
         st.loads.push(Load { key, planned, ahead, cached: built.cached, started: built.started, secs: built.secs, waited });
     }
 
-    /// What the kernels cost the run so far, for its log: how many were loaded; how many
-    /// compiled, over how long (from the first compile's start to the last one's end, wall
-    /// time), how many of them on background threads; how many read from the cache; how long
-    /// launches waited for them; those compiled at their first launch without having been
-    /// planned, and those planned and not (yet) launched. None before any was loaded.
     /// Seconds launches have waited for kernels so far (compiling one themselves included):
     /// getting ready, which a run books as warm-up whatever it was doing.
     pub fn waited_s(&self) -> f64 {
         self.lock().loads.iter().map(|l| l.waited).sum()
     }
 
+    /// What the kernels cost the run so far, for its log: how many were loaded; how many
+    /// compiled, over how long (from the first compile's start to the last one's end, wall
+    /// time), how many of them on background threads; how many read from the cache; how long
+    /// launches waited for them; those compiled at their first launch without having been
+    /// planned, and those planned and not (yet) launched. None before any was loaded.
     pub fn note(&self) -> Option<String> {
         let st = self.lock();
         if st.loads.is_empty() {
