@@ -429,28 +429,7 @@ pub fn check_memory(need: u64, mem: Option<device::MemInfo>) -> Result<Option<St
     }))
 }
 
-/// A GPU run of micro-batch `b` (and `accum` micro-batches a step) against its card: an error,
-/// before the model allocates anything, when `perf::flops`'s GPU model of gptrain's buffers
-/// (less `held`, what the backend holds already: its workspace and scratch) is more than the
-/// card has free (the CUDA context exists by now, so `overhead` is not asked for), naming the
-/// largest micro-batch that fits (at the run's `recompute` level, and at level 2 when that fits
-/// more). Ok when it fits or the card's memory is unknown.
-#[allow(clippy::too_many_arguments)]
-pub fn check_gpu_memory(
-    mc: &ModelConfig,
-    b: usize,
-    accum: usize,
-    d: u64,
-    recompute: Recompute,
-    mem: Option<device::MemInfo>,
-    held: u64,
-    zero_saves: u64,
-    card: &str,
-) -> Result<()> {
-    check_gpu_memory_for(Caller::Train, mc, b, accum, d, recompute, mem, held, zero_saves, card)
-}
-
-/// The command whose run [`check_gpu_memory_for`] advises on: each takes the micro-batches of
+/// The command whose run [`check_gpu_memory`] advises on: each takes the micro-batches of
 /// a step its own way (`bench` ignores the config's gradient_accumulation_steps).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Caller {
@@ -476,9 +455,14 @@ impl Caller {
     }
 }
 
-/// [`check_gpu_memory`] with the advice in `caller`'s flags.
+/// A GPU run of micro-batch `b` (and `accum` micro-batches a step) against its card: an error,
+/// before the model allocates anything, when `perf::flops`'s GPU model of gptrain's buffers
+/// (less `held`, what the backend holds already: its workspace and scratch) is more than the
+/// card has free (the CUDA context exists by now, so `overhead` is not asked for), naming the
+/// largest micro-batch that fits (at the run's `recompute` level, and at level 2 when that fits
+/// more), in `caller`'s flags. Ok when it fits or the card's memory is unknown.
 #[allow(clippy::too_many_arguments)]
-pub fn check_gpu_memory_for(
+pub fn check_gpu_memory(
     caller: Caller,
     mc: &ModelConfig,
     b: usize,
@@ -582,8 +566,8 @@ mod tests {
         // a 12 GiB card with the context taken: 16 fits, 64 does not
         let card = |free: u64| Some(device::MemInfo { total: 12 * GIB, available: free, swap_free: 0 });
         let off = Recompute::Off;
-        assert!(check_gpu_memory(&mc, 16, 32, 2, off, card(11 * GIB), held, 0, "RTX 4070").is_ok());
-        let e = format!("{:#}", check_gpu_memory(&mc, 64, 8, 2, off, card(11 * GIB), held, 0, "RTX 4070").unwrap_err());
+        assert!(check_gpu_memory(Caller::Train, &mc, 16, 32, 2, off, card(11 * GIB), held, 0, "RTX 4070").is_ok());
+        let e = format!("{:#}", check_gpu_memory(Caller::Train, &mc, 64, 8, 2, off, card(11 * GIB), held, 0, "RTX 4070").unwrap_err());
         let capacity = 11 * GIB + held + flops::GPU_OVERHEAD_BYTES;
         let fits = flops::max_micro_batch(&mc, 1024, 2, off, Impl::Gpu, capacity);
         assert!((16..64).contains(&fits), "{fits}");
@@ -595,7 +579,7 @@ mod tests {
         assert!(e.contains("--set gradient_accumulation_steps=") && e.contains("gptrain's memory model"), "{e}");
         // `bench` takes the micro-batches a step as --grad-accum, and names its steps so
         let bench = |b, accum| {
-            let e = check_gpu_memory_for(Caller::Bench, &mc, b, accum, 2, off, card(11 * GIB), held, 0, "RTX 4070").unwrap_err();
+            let e = check_gpu_memory(Caller::Bench, &mc, b, accum, 2, off, card(11 * GIB), held, 0, "RTX 4070").unwrap_err();
             format!("{e:#}")
         };
         let e = bench(64, 8);
@@ -611,12 +595,14 @@ mod tests {
         // recomputing, more fits, and the error says so at the run's own level
         let recomputing = flops::max_micro_batch(&mc, 1024, 2, Recompute::GeluAndLayerNorm, Impl::Gpu, capacity);
         assert!(recomputing > fits, "{recomputing} vs {fits}");
-        let e = format!("{:#}", check_gpu_memory(&mc, 64, 8, 2, Recompute::GeluAndLayerNorm, card(11 * GIB), held, 0, "x").unwrap_err());
-        assert!(e.contains(&format!("the largest micro-batch that fits is {recomputing}: ")) && !e.contains("with --set"), "{e}");
-        assert!(
-            format!("{:#}", check_gpu_memory(&mc, 1, 1, 2, off, card(GIB / 4), held, 0, "x").unwrap_err()).contains("even micro-batch 1")
+        let e = format!(
+            "{:#}",
+            check_gpu_memory(Caller::Train, &mc, 64, 8, 2, Recompute::GeluAndLayerNorm, card(11 * GIB), held, 0, "x").unwrap_err()
         );
-        assert!(check_gpu_memory(&mc, 1 << 20, 1, 2, off, None, 0, 0, "x").is_ok(), "unknown memory: no verdict");
+        assert!(e.contains(&format!("the largest micro-batch that fits is {recomputing}: ")) && !e.contains("with --set"), "{e}");
+        assert!(format!("{:#}", check_gpu_memory(Caller::Train, &mc, 1, 1, 2, off, card(GIB / 4), held, 0, "x").unwrap_err())
+            .contains("even micro-batch 1"));
+        assert!(check_gpu_memory(Caller::Train, &mc, 1 << 20, 1, 2, off, None, 0, 0, "x").is_ok(), "unknown memory: no verdict");
     }
 
     #[test]

@@ -122,9 +122,18 @@ impl<'a, B: Backend> Session<'a, B> {
         let device_memory = dev.memory.map(|m| device::MemInfo { available: m.available + held, ..m });
         match backend.memory_use() {
             // a device: what is still to allocate against what it has free
-            Some(_) if dev.memory_model == flops::Impl::Gpu => {
-                check_gpu_memory(&mc, b, accum, d, recompute, dev.memory, held, full.allocated() - mem.allocated(), &dev.description)?
-            }
+            Some(_) if dev.memory_model == flops::Impl::Gpu => check_gpu_memory(
+                super::Caller::Train,
+                &mc,
+                b,
+                accum,
+                d,
+                recompute,
+                dev.memory,
+                held,
+                full.allocated() - mem.allocated(),
+                &dev.description,
+            )?,
             _ => {
                 if let Some(warning) = check_memory(mem.total(), dev.memory)? {
                     user.message(&warning);
