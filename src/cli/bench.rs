@@ -84,7 +84,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         let r = crate::bench::run(&model, cfg.batch_size, a.grad_accum, a.steps, a.warmup, a.profile, cpu, precision, recompute)?;
         // the CPU's peaks are probed once, here
         let info = crate::backend::Backend::device(&cpu, precision);
-        let (peak, peak_source) = peak_of(&cfg, &info);
+        let (peak, peak_source) = train::peak_of(&cfg, &info);
         let peak = peak.unwrap_or(0.0);
         let tps = (cfg.batch_size * model.block_size * a.grad_accum) as f64 / (r.ms_per_step / 1e3);
         let gflops = r.flops_per_step / (r.ms_per_step / 1e3) / 1e9;
@@ -142,16 +142,6 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     })
 }
 
-/// The peak FLOP/s MFU is measured against, and where it comes from: `--set peak_tflops` when
-/// given (as `train` takes it: a card not in the device table has no other), else the device's.
-fn peak_of(cfg: &Config, info: &crate::backend::DeviceInfo) -> (Option<f64>, String) {
-    if cfg.peak_tflops > 0.0 {
-        (Some(cfg.peak_tflops * 1e12), "--set peak_tflops".into())
-    } else {
-        (info.peak_flops, info.peak_source.clone())
-    }
-}
-
 /// A profile as `bench --json` has always given it: [name, ms per step] pairs, largest first.
 fn profile_pairs(r: &crate::bench::BenchResult) -> Vec<(&str, f64)> {
     r.profile.iter().map(|p| (p.name.as_str(), p.ms)).collect()
@@ -182,7 +172,7 @@ fn bench_gpu(
     }
     let precision = train::check_device(cfg)?;
     let info = gpu.device(precision);
-    let (peak, peak_source) = peak_of(cfg, &info);
+    let (peak, peak_source) = train::peak_of(cfg, &info);
     let d = precision.bytes() as u64;
     let held = gpu.memory_use().map_or(0, |m| m.current);
     let recompute = cfg.recompute_level();

@@ -125,8 +125,9 @@ pub fn estimate(a: &EstimateArgs) -> Result<()> {
     if a.list_devices {
         for n in device::names() {
             let d = device::lookup(n)?;
-            // a card without TF32 runs tf32 as fp32, one without BF16 reaches the figure in fp16
-            let tf32 = if d.has_tf32() { format!("{:>6.1}", d.tf32_tflops) } else { format!("{:>6}", "-") };
+            // a card without TF32 runs tf32 as fp32, one without BF16 reaches the figure in fp16;
+            // Ampere brought both, so the cards with bf16 are those with tf32
+            let tf32 = if d.has_bf16() { format!("{:>6.1}", d.tf32_tflops) } else { format!("{:>6}", "-") };
             say!(
                 "{:<18} {:<40} fp32 {:>6.1}  tf32 {tf32}  {} {:>6.1} TFLOP/s  {:>6.1} GiB  link {:>5.1} GB/s",
                 d.name,

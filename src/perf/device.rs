@@ -87,12 +87,6 @@ impl Device {
         matches!(self.class, Class::GeForce | Class::Datacenter)
     }
 
-    /// Whether `dtype = 'tfloat32'` has tensor cores of its own here (Ampere and later; on
-    /// GeForce cards at the fp32 rate), rather than running as fp32.
-    pub fn has_tf32(&self) -> bool {
-        matches!(self.class, Class::GeForce | Class::Datacenter)
-    }
-
     pub fn is_gpu(&self) -> bool {
         self.class != Class::Cpu
     }

@@ -429,6 +429,17 @@ pub fn check_memory(need: u64, mem: Option<device::MemInfo>) -> Result<Option<St
     }))
 }
 
+/// The peak FLOP/s MFU is measured against, and where it comes from: `--set peak_tflops` when
+/// given (a card not in the device table has no other), else the device's: `train`'s and
+/// `bench`'s MFU alike.
+pub fn peak_of(cfg: &Config, info: &crate::backend::DeviceInfo) -> (Option<f64>, String) {
+    if cfg.peak_tflops > 0.0 {
+        (Some(cfg.peak_tflops * 1e12), "--set peak_tflops".into())
+    } else {
+        (info.peak_flops, info.peak_source.clone())
+    }
+}
+
 /// The command whose run [`check_gpu_memory`] advises on: each takes the micro-batches of
 /// a step its own way (`bench` ignores the config's gradient_accumulation_steps).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

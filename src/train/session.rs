@@ -101,10 +101,9 @@ impl<'a, B: Backend> Session<'a, B> {
         let precision = super::precision_on(cfg, &backend)?;
         backend.prepare(&plan(&mc, precision)); // the checkpoint's shape, if it differs
         let dev = backend.device(precision);
-        let peak = if cfg.peak_tflops > 0.0 { Some(cfg.peak_tflops * 1e12) } else { dev.peak_flops };
+        let (peak, peak_source) = super::peak_of(cfg, &dev);
         // MFU per device: a data-parallel run's FLOPs are shared by its ranks' devices
         let ranks = Group::world_of(group.as_ref()).size as f64;
-        let peak_source = if cfg.peak_tflops > 0.0 { "--set peak_tflops".to_string() } else { dev.peak_source.clone() };
         let flops_per_iter = flops::flops_per_iter(&mc, b, t, accum);
         let tokens_per_iter = b * t * accum;
         let d = precision.bytes() as u64;
