@@ -326,6 +326,50 @@ fn the_fast_paths_switch_off_and_fall_back_and_check_still_passes() {
     std::fs::remove_dir_all(d).ok();
 }
 
+/// A kernel's static shared memory counts in the 48 KiB a block may use without opting in, so
+/// the generic attention kernels (heads of 12 here) opt in past 48 KiB less their static
+/// memory: on sm_90 a real card reserves 1 KiB there, which 48 KiB of scores (block_size 3072)
+/// would overflow. The emulator reports an oversized static size instead (cheaper than such
+/// a block) and refuses, as a GPU does, a launch that exceeds its allowance: forward,
+/// backward and sampling's decode each opt in.
+#[test]
+fn the_static_shared_memory_a_kernel_reports_counts_against_its_48_kib() {
+    let Some(emu) = emu_or_skip("the_static_shared_memory_a_kernel_reports_counts_against_its_48_kib") else { return };
+    let d = tmp("emu-static-shared");
+    let args = [
+        "train",
+        "--set",
+        "device=cuda",
+        "--set",
+        "dtype=float32",
+        "--set",
+        "n_layer=1",
+        "--set",
+        "n_embd=24",
+        "--set",
+        "n_head=2",
+        "--set",
+        "block_size=64",
+        "--set",
+        "batch_size=1",
+        "--set",
+        "max_iters=1",
+        "--set",
+        "eval_iters=1",
+        "--set",
+        "max_new_tokens=70",
+    ];
+    // 512 bytes left of 48 KiB: 4 warps' rows of 64 scores (1 KiB) must opt in
+    let env = [("GPTRAIN_EMU_STATIC_SHARED", Some("48640")), ("GPTRAIN_EMU_TRACE", Some("1"))];
+    let (code, out, err) = on_emu(&emu, &args, &d, &env);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(!err.contains("dynamic shared memory, over"), "{err}");
+    for kernel in ["attention_forward_f32", "attention_backward_q_f32", "attention_decode_f32"] {
+        assert!(err.lines().any(|l| l.starts_with("cuda-emu: ") && l.contains(kernel)), "{kernel} never ran:\n{err}");
+    }
+    std::fs::remove_dir_all(d).ok();
+}
+
 /// A training step talks to the GPU as little as the issue asks: one token upload per
 /// micro-batch (inputs, targets and the inputs' order together) and one read-back per step
 /// (loss and gradient norm), no round trip per kernel (counted by the emulator's trace of every

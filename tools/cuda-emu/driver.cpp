@@ -7,7 +7,9 @@
 // Settings: GPTRAIN_EMU_CC (compute capability, default 9.0), GPTRAIN_EMU_MEMORY_GIB (default 16),
 // GPTRAIN_EMU_TRACE (set: every launch, its shape and host time, every copy, and cuBLASLt's
 // heuristic queries and products, on stderr),
-// GPTRAIN_EMU_FAIL_ALLOC (N: the N-th device allocation fails with out-of-memory).
+// GPTRAIN_EMU_FAIL_ALLOC (N: the N-th device allocation fails with out-of-memory),
+// GPTRAIN_EMU_STATIC_SHARED (bytes of static shared memory every kernel reports, counted in
+// its 48 KiB as a card counts it; default 0).
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -39,8 +41,16 @@ struct Module { void* lib; std::string path; };
 struct Function {
     void (*entry)(Launch*);
     std::string name;
-    unsigned max_dynamic = 48u << 10; // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES: 48 KiB until opted in
+    unsigned static_shared;           // CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES: GPTRAIN_EMU_STATIC_SHARED, else 0
+    unsigned max_dynamic;             // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES: 48 KiB less the static until opted in
 };
+// The static shared memory the driver reports for every kernel (bytes): the emulator's kernels
+// keep theirs in host memory, so a test says how much a real card would count (sm_90 gives
+// kernels with dynamic shared memory 1 KiB) with GPTRAIN_EMU_STATIC_SHARED.
+unsigned static_shared() {
+    const char* s = std::getenv("GPTRAIN_EMU_STATIC_SHARED");
+    return s ? (unsigned)std::atoi(s) : 0u;
+}
 struct Event { double ms; };
 struct Buffer { uintptr_t map; size_t map_len, size; };
 
@@ -272,16 +282,25 @@ CUresult cuModuleGetFunction(void** f, void* m, const char* name) {
     std::string entry = std::string("emu_launch_") + name;
     void* sym = dlsym(static_cast<Module*>(m)->lib, entry.c_str());
     if (!sym) return NOT_FOUND;
-    *f = new Function{reinterpret_cast<void (*)(Launch*)>(sym), name};
+    unsigned st = static_shared();
+    *f = new Function{reinterpret_cast<void (*)(Launch*)>(sym), name, st, (48u << 10) - std::min(st, 48u << 10)};
     return SUCCESS;
 }
-CUresult cuFuncGetAttribute(int* v, int, void*) { *v = 0; return SUCCESS; }
+// CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK (0): 1024 (the emulator has no registers to run out
+// of); SHARED_SIZE_BYTES (1) and MAX_DYNAMIC_SHARED_SIZE_BYTES (8) as above; the rest 0
+CUresult cuFuncGetAttribute(int* v, int attr, void* f) {
+    if (!f) return INVALID_VALUE;
+    Function* fn = static_cast<Function*>(f);
+    *v = attr == 0 ? 1024 : attr == 1 ? (int)fn->static_shared : attr == 8 ? (int)fn->max_dynamic : 0;
+    return SUCCESS;
+}
 // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES (8) opts a kernel in to more dynamic shared
-// memory per block, up to the device's MAX_SHARED_MEMORY_PER_BLOCK_OPTIN (227 KiB here)
+// memory per block: static and dynamic together up to the device's
+// MAX_SHARED_MEMORY_PER_BLOCK_OPTIN (227 KiB here)
 CUresult cuFuncSetAttribute(void* f, int attr, int v) {
     if (!f) return INVALID_VALUE;
     if (attr == 8) {
-        if (v < 0 || v > (227 << 10)) return INVALID_VALUE;
+        if (v < 0 || (unsigned)v + static_cast<Function*>(f)->static_shared > (227u << 10)) return INVALID_VALUE;
         static_cast<Function*>(f)->max_dynamic = (unsigned)v;
     }
     return SUCCESS;
@@ -292,9 +311,10 @@ CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned
                         void** params, void** extra) {
     if (!f || extra) return INVALID_VALUE;
     Function* fn = static_cast<Function*>(f);
-    if (shared > std::max(48u << 10, fn->max_dynamic)) {
-        std::fprintf(stderr, "cuda-emu: %s asks for %u bytes of dynamic shared memory, over the %u it may use (48 KiB unless opted in)\n",
-                     fn->name.c_str(), shared, std::max(48u << 10, fn->max_dynamic));
+    if (shared > fn->max_dynamic) {
+        std::fprintf(stderr,
+                     "cuda-emu: %s asks for %u bytes of dynamic shared memory, over the %u it may use (48 KiB less its %u static unless opted in)\n",
+                     fn->name.c_str(), shared, fn->max_dynamic, fn->static_shared);
         return INVALID_VALUE;
     }
     Launch l{{gx, gy, gz}, {bx, by, bz}, shared, params, {0}};

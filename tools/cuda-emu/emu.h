@@ -411,6 +411,7 @@ using halfemu::f32_to_f16;
 } // namespace emu
 
 #define __global__
+#define __launch_bounds__(...)
 #define __device__
 #define __host__
 #define __forceinline__ inline

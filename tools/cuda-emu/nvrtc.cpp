@@ -125,7 +125,7 @@ nvrtcResult nvrtcCompileProgram(Program* p, int n, const char* const* options) {
     std::set<std::string> kernels;
     if (std::system(pre.c_str()) == 0) {
         std::string expanded = slurp(dir + "/src.i");
-        std::regex k(R"(extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\()");
+        std::regex k(R"(extern\s+"C"\s+__global__\s+(?:__launch_bounds__\s*\([^)]*\)\s+)?void\s+(\w+)\s*\()");
         for (auto it = std::sregex_iterator(expanded.begin(), expanded.end(), k); it != std::sregex_iterator(); ++it)
             kernels.insert((*it)[1]);
     }

@@ -25,8 +25,7 @@ use super::{Backend, Buffers, DType, DeviceInfo, Host, MemoryUse, Op, Precision,
 use crate::units::human_bytes;
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::driver::{
-    result as drv, sys, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr, DriverError,
-    ValidAsZeroBits,
+    result as drv, sys, CudaContext, CudaEvent, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr, DriverError, ValidAsZeroBits,
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -96,9 +95,9 @@ struct Inner {
     /// The variants a run has said it will launch ([`Backend::prepare`]), compiled (or read
     /// from the cache) on background threads meanwhile.
     ahead: ahead::Ahead,
-    /// Kernels by name, looked up in `modules` on first use, each with the dynamic shared
-    /// memory per block it has been allowed (bytes; over 48 KiB only once asked for).
-    funcs: Mutex<HashMap<String, (CudaFunction, usize)>>,
+    /// Kernels by name, looked up in `modules` on first use, with what the driver says of
+    /// their launches.
+    funcs: Mutex<HashMap<String, run::Kernel>>,
     blas: blas::Blas,
     /// cuBLASLt's workspace, held for `blas`.
     _workspace: Counted<u8>,
@@ -125,8 +124,8 @@ struct Inner {
     /// `GPTRAIN_CUDA_SYNC=1`: wait for each op's kernels, so a fault names its op.
     sync_each_op: bool,
     sms: usize,
-    /// The most dynamic shared memory a block may use once its kernel opts in (bytes; 48 KiB
-    /// without opting in).
+    /// The most shared memory, static and dynamic, a block may use once its kernel opts in
+    /// (bytes; 48 KiB without opting in).
     shared_optin: usize,
 }
 

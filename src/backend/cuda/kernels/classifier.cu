@@ -49,7 +49,7 @@ __device__ void classifier(T* logits, float* losses, const u32* targets, u32 v, 
 }
 
 #define CLASSIFIER_KERNELS(T, S) \
-extern "C" __global__ void fused_classifier_##S(T* logits, float* losses, const u32* targets, u32 v, u32 vp, \
+extern "C" __global__ __launch_bounds__(512) void fused_classifier_##S(T* logits, float* losses, const u32* targets, u32 v, u32 vp, \
                                                 int write_grad, float grad_scale) { \
     classifier<T>(logits, losses, targets, v, vp, write_grad, grad_scale); \
 }

@@ -7,6 +7,11 @@
 // result once into its output's type (round to nearest even), as the CPU backend does. No
 // headers: conversions are bit arithmetic (bf16) and PTX `cvt` (f16), so NVRTC needs no
 // include path.
+//
+// A kernel launched with more than 256 threads per block carries `__launch_bounds__(N)`, N its
+// largest block: ptxas then keeps its registers within what such a block may hold (64 per
+// thread at 1024), so its launch cannot fail for registers (at 256 threads or fewer, any
+// kernel's 255 fit).
 
 // -infinity, the start of a running maximum (no math header defines INFINITY here)
 #define NEG_INF __int_as_float(0xff800000)

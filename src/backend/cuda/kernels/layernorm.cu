@@ -119,7 +119,7 @@ extern "C" __global__ void layernorm_backward_dinp_##S(T* dinp, const T* dout, c
 /* norm * dout (for dw, part[0][r]) and dout (for db, part[1][r]); reduce.cu's */ \
 /* column_partials_add adds the chunks in order. Block (32, up to 32): x the column, y a */ \
 /* stride of the chunk's rows; the y partial sums add in order. */ \
-extern "C" __global__ void layernorm_backward_dw_##S(float* part, const T* dout, const T* inp, \
+extern "C" __global__ __launch_bounds__(1024) void layernorm_backward_dw_##S(float* part, const T* dout, const T* inp, \
                                                      const float* mean, const float* rstd, u32 n, u32 c, u32 per) { \
     __shared__ float pw[32][32], pb[32][32]; \
     u32 col = blockIdx.x * 32 + threadIdx.x, end = umin(n, (blockIdx.y + 1) * per); \

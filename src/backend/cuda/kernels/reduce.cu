@@ -9,7 +9,7 @@
 /* part(R, OC): part[r][col] = sum of dout(N,OC)[row][col] over row chunk r = blockIdx.y (rows */ \
 /* r*per .. (r+1)*per). Block (32, up to 32): x the column, y a stride of the chunk's rows; the */ \
 /* y partial sums add in order. column_partials_add then adds the R chunks in order into db. */ \
-extern "C" __global__ void bias_backward_##S(float* part, const T* dout, u32 n, u32 oc, u32 per) { \
+extern "C" __global__ __launch_bounds__(1024) void bias_backward_##S(float* part, const T* dout, u32 n, u32 oc, u32 per) { \
     __shared__ float sh[32][32]; \
     u32 col = blockIdx.x * 32 + threadIdx.x, end = umin(n, (blockIdx.y + 1) * per); \
     float s = 0.0f; \
@@ -25,7 +25,7 @@ extern "C" __global__ void bias_backward_##S(float* part, const T* dout, u32 n, 
 /* as if launched alone on grid = its blocks of blockDim.x elements, at most maxg: */ \
 /* partial[y*maxg + b] = the sum of squares of block b's grid-stride share of it, in f64; */ \
 /* blocks past that grid idle. */ \
-extern "C" __global__ void sum_squares_partial_##S(double* partial, const T* x, u64 n, u64 per, u32 maxg) { \
+extern "C" __global__ __launch_bounds__(1024) void sum_squares_partial_##S(double* partial, const T* x, u64 n, u64 per, u32 maxg) { \
     __shared__ double sh[1024]; \
     u64 start = (u64)blockIdx.y * per, len = u64min(per, n - start); \
     u32 grid = (u32)u64min((len + blockDim.x - 1) / blockDim.x, maxg); \
@@ -70,7 +70,7 @@ extern "C" __global__ void add_partials(double* into, const double* partial, u64
 }
 
 // *into += (float)(mean of losses(n)), summed in f64 by one block in a fixed order, as the CPU.
-extern "C" __global__ void add_mean_loss(double* into, const float* losses, u32 n) {
+extern "C" __global__ __launch_bounds__(1024) void add_mean_loss(double* into, const float* losses, u32 n) {
     __shared__ double sh[1024];
     double s = 0.0;
     for (u32 i = threadIdx.x; i < n; i += blockDim.x) s += losses[i];
