@@ -396,13 +396,21 @@ pub fn json_lines(scalars: &BTreeMap<(String, i64), (f64, f32)>) -> String {
     use crate::perf::logs::{is_counter, is_eval_part};
     type Row = (f64, serde_json::Map<String, serde_json::Value>);
     let other_axis = other_axis(scalars);
+    let kept = |tag: &String| {
+        let lower = tag.to_ascii_lowercase();
+        !(tag.contains(" vs ") || other_axis(tag) || is_counter(&lower) || RUN_SUMMARY_TAGS.contains(&tag.as_str()))
+    };
+    // Keras logs epoch e's scalars at step e (from 0): a run whose every scalar is an epoch's
+    // counts epochs done, as the other logs count iterations done, so that an ETA against the
+    // run's epochs ends at its last
+    let epochs = scalars.keys().filter(|(tag, _)| kept(tag)).all(|(tag, _)| leaf(tag).starts_with("epoch_"));
     let mut steps: BTreeMap<i64, (Option<Row>, Option<Row>, f64)> = BTreeMap::new();
     for ((tag, step), (wall, v)) in scalars {
-        let lower = tag.to_ascii_lowercase();
-        if tag.contains(" vs ") || other_axis(tag) || is_counter(&lower) || RUN_SUMMARY_TAGS.contains(&tag.as_str()) {
+        if !kept(tag) {
             continue;
         }
-        let (train, eval, latest) = steps.entry(*step).or_insert((None, None, f64::NEG_INFINITY));
+        let lower = tag.to_ascii_lowercase();
+        let (train, eval, latest) = steps.entry(step + epochs as i64).or_insert((None, None, f64::NEG_INFINITY));
         *latest = latest.max(*wall);
         let row = if is_eval_part(&lower) { eval } else { train };
         let (time, values) = row.get_or_insert((f64::INFINITY, serde_json::Map::new()));
@@ -431,6 +439,11 @@ pub fn json_lines(scalars: &BTreeMap<(String, i64), (f64, f32)>) -> String {
     out
 }
 
+/// A tag's last part: `validation/epoch_loss` is an epoch's.
+fn leaf(tag: &str) -> &str {
+    tag.rsplit('/').next().unwrap_or(tag)
+}
+
 /// Which tags count another axis than the run's iterations. Keras's TensorBoard callback logs
 /// `epoch_<metric>` at the epoch's index, `batch_<metric>` (with `update_freq` "batch" or N) at
 /// the count of batches trained, and `evaluation_<metric>_vs_iterations` at the optimizer's
@@ -438,10 +451,6 @@ pub fn json_lines(scalars: &BTreeMap<(String, i64), (f64, f32)>) -> String {
 /// and the epoch tags are left out; without, the epochs are, and the `_vs_iterations` tags
 /// (batches) are left out.
 fn other_axis(scalars: &BTreeMap<(String, i64), (f64, f32)>) -> fn(&str) -> bool {
-    // the name's last part: `validation/epoch_loss` is an epoch's
-    fn leaf(tag: &str) -> &str {
-        tag.rsplit('/').next().unwrap_or(tag)
-    }
     if scalars.keys().any(|(tag, _)| leaf(tag).starts_with("batch_")) {
         |tag| leaf(tag).starts_with("epoch_")
     } else {

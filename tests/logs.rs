@@ -595,8 +595,14 @@ fn keras_tf2_tensor_scalars_in_train_and_validation_folders_are_one_run() {
         let v = read(&p, &[]);
         check(&v, "tensorboard", "timestamps", 4105.0, 1e-6);
         let n = |k: &str| v[k].as_u64().unwrap_or(u64::MAX);
-        assert_eq!((n("first_iter"), n("last_iter"), n("iters_seen"), n("evals")), (0, 11, 11, 12), "{p:?}: {v}");
+        // epochs done: epoch 0's scalars (at step 0) end the first
+        assert_eq!((n("first_iter"), n("last_iter"), n("iters_seen"), n("evals")), (1, 12, 11, 12), "{p:?}: {v}");
         assert_eq!((n("warmup_dropped"), n("outliers_dropped"), n("iters_counted")), (3, 0, 8), "{p:?}: {v}");
+    }
+    // so a fit of 12 epochs that logged its 12th has nothing left; at 13, one epoch
+    for (epochs, eta) in [("12", 0.0), ("13", 4.105)] {
+        let v = read(&run, &["--max-iters", epochs]);
+        assert!((v["eta_seconds"].as_f64().unwrap() - eta).abs() < 1e-6, "{epochs}: {v}");
     }
     // the train folder alone: the same epochs, no evaluation
     let v = read(&run.join("train"), &[]);

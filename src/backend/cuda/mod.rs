@@ -277,7 +277,7 @@ impl Cuda {
         }
         let free = self.inner.ctx.mem_get_info().map(|(f, t)| format!(" ({} free of {})", human_bytes(f as u64), human_bytes(t as u64)));
         anyhow!(
-            "out of GPU memory allocating {what}{}; free the card (`nvidia-smi` lists the processes holding it) or make the run smaller (a lower batch_size, with a higher gradient_accumulation_steps for the same tokens per iteration, or block_size); checkpoints already written are intact",
+            "out of GPU memory allocating {what}{}; free the card (`nvidia-smi` lists the processes holding it) or make the run smaller (a lower batch_size, with more gradient accumulation for the same tokens per iteration, or block_size); checkpoints already written are intact",
             free.unwrap_or_default()
         )
     }
