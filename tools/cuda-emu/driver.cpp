@@ -9,7 +9,8 @@
 // heuristic queries and products, on stderr),
 // GPTRAIN_EMU_FAIL_ALLOC (N: the N-th device allocation fails with out-of-memory),
 // GPTRAIN_EMU_STATIC_SHARED (bytes of static shared memory every kernel reports, counted in
-// its 48 KiB as a card counts it; default 0).
+// its 48 KiB as a card counts it; default 0), GPTRAIN_EMU_BLOCK_ORDER (`reverse`: each launch's
+// blocks last first, as a GPU may run them; emu.h).
 #include <algorithm>
 #include <atomic>
 #include <chrono>

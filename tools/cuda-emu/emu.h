@@ -11,8 +11,9 @@
 // - shared memory read before the `cp.async` that fills it is waited for: the copy lands only
 //   at the thread's `cp.async.wait_group` that covers it, and until then its bytes are NaN.
 //
-// What it cannot check: races between blocks (blocks run one after another), the memory
-// model, timing. Exited threads count as arrived at a barrier, as on Volta and later.
+// What it cannot check: races between blocks (blocks run one after another; with
+// GPTRAIN_EMU_BLOCK_ORDER=reverse last first, so that a block reading another's output shows),
+// the memory model, timing. Exited threads count as arrived at a barrier, as on Volta and later.
 #pragma once
 #include "half.h"
 #include <cmath>
@@ -234,28 +235,33 @@ inline void launch(void (*k)(A...), Launch* L, const char* name) {
     b.gdim = {L->grid[0], L->grid[1], L->grid[2]};
     b.dyn_bytes = L->shared;
     b.dyn = static_cast<unsigned char*>(std::malloc(L->shared ? L->shared : 1));
-    for (unsigned z = 0; z < L->grid[2]; z++)
-        for (unsigned y = 0; y < L->grid[1]; y++)
-            for (unsigned x = 0; x < L->grid[0]; x++) {
-                b.bid = {x, y, z};
-                b.serial++;
-                std::memset(b.dyn, 0xff, L->shared); // NaN until written
-                for (unsigned i = 0; i < n; i++) {
-                    Thread& t = b.threads[i];
-                    t.linear = i;
-                    t.tid = {i % b.bdim.x, i / b.bdim.x % b.bdim.y, i / (b.bdim.x * b.bdim.y)};
-                    t.state = RUN;
-                    t.sp = fresh_stack(i);
-                    b.copies[i].clear();
-                    b.groups[i] = 0;
-                }
-                char why[200];
-                if (!run_block(why, sizeof why)) {
-                    std::snprintf(L->error, sizeof L->error, "%s: %s", name, why);
-                    std::free(b.dyn);
-                    return;
-                }
-            }
+    // GPTRAIN_EMU_BLOCK_ORDER=reverse runs the blocks last first: a GPU runs them in any
+    // order, so a kernel whose block reads what another block of the launch wrote gives other
+    // results then
+    const char* order = std::getenv("GPTRAIN_EMU_BLOCK_ORDER");
+    const bool reverse = order && std::strcmp(order, "reverse") == 0;
+    const unsigned blocks = L->grid[0] * L->grid[1] * L->grid[2];
+    for (unsigned at = 0; at < blocks; at++) {
+        unsigned k = reverse ? blocks - 1 - at : at;
+        b.bid = {k % L->grid[0], k / L->grid[0] % L->grid[1], k / (L->grid[0] * L->grid[1])};
+        b.serial++;
+        std::memset(b.dyn, 0xff, L->shared); // NaN until written
+        for (unsigned i = 0; i < n; i++) {
+            Thread& t = b.threads[i];
+            t.linear = i;
+            t.tid = {i % b.bdim.x, i / b.bdim.x % b.bdim.y, i / (b.bdim.x * b.bdim.y)};
+            t.state = RUN;
+            t.sp = fresh_stack(i);
+            b.copies[i].clear();
+            b.groups[i] = 0;
+        }
+        char why[200];
+        if (!run_block(why, sizeof why)) {
+            std::snprintf(L->error, sizeof L->error, "%s: %s", name, why);
+            std::free(b.dyn);
+            return;
+        }
+    }
     std::free(b.dyn);
 }
 

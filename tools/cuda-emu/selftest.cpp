@@ -1,6 +1,7 @@
 // The CUDA emulator checks itself: that its warp shuffles, block barriers and mma compute what a
-// GPU does, that a barrier not every thread reaches and a misaligned access are reported, and
-// that the fake driver stops a write past a buffer's end and a copy out of range. Run by tests/cuda_emu.rs:
+// GPU does, that a barrier not every thread reaches and a misaligned access are reported, that
+// a launch's blocks can run last first, and that the fake driver stops a write past a buffer's
+// end and a copy out of range. Run by tests/cuda_emu.rs:
 //     c++ -std=c++17 -O1 -I DIR tools/cuda-emu/selftest.cpp -o selftest -ldl && ./selftest DIR
 // (DIR: a folder built by build.sh). Prints one line per check; exits 1 if any fails.
 #include "emu.h"
@@ -101,6 +102,12 @@ extern "C" __global__ void async_copies(float* out, const float* in) {
     for (int i = 0; i < 8; i++) out[16 + i] = s[i];
 }
 
+// out[b] = out[b - 1] + 1 (out[0] = 1): a block reading what an earlier block of its launch
+// wrote, right only when the blocks run in order (a race on a GPU)
+extern "C" __global__ void block_chain(float* out) {
+    if (threadIdx.x == 0) out[blockIdx.x] = blockIdx.x == 0 ? 1.0f : out[blockIdx.x - 1] + 1.0f;
+}
+
 // a 4-byte read one byte off its alignment, as common.cuh's ld32 checks it
 extern "C" __global__ void misaligned(float* out) { emu::aligned(reinterpret_cast<char*>(out) + 1, 4); }
 
@@ -199,6 +206,17 @@ int main(int argc, char** argv) {
         ok &= cout[16 + i] == (i < 6 ? cin[i] : 0.0f);                   // both, zeros past 8 bytes
     }
     check(ok, "a cp.async lands at the wait_group that covers it, zero-filled past its source bytes " + e);
+
+    // GPTRAIN_EMU_BLOCK_ORDER=reverse runs the last block first, so the chain breaks
+    float chain[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+    for (int reverse = 0; reverse < 2; reverse++) {
+        float* pc = chain[reverse];
+        void* chp[] = {&pc};
+        if (reverse) setenv("GPTRAIN_EMU_BLOCK_ORDER", "reverse", 1);
+        run(block_chain, 4, 32, chp, "block_chain");
+        unsetenv("GPTRAIN_EMU_BLOCK_ORDER");
+    }
+    check(chain[0][3] == 4.0f && chain[1][3] == 1.0f, "GPTRAIN_EMU_BLOCK_ORDER=reverse runs a launch's blocks last first");
 
     pid_t kid = fork();
     if (kid == 0) {
