@@ -318,9 +318,13 @@ pub(super) fn all() -> Vec<Case> {
         }));
     }
 
-    // the qkv layer's shape with a bias; the tied lm_head's (OC = Vp) without
+    // the qkv layer's shape with a bias; the tied lm_head's (OC = Vp) without; and one row, as
+    // sampling's products are (biased: PyTorch reports cuBLASLt refusing those, where the CUDA
+    // backend adds the bias with its own kernel)
     let n = B * T;
-    for (op, oc, bias) in [("matmul forward", 3 * C, true), ("matmul forward, no bias", VP, false)] {
+    for (op, n, oc, bias) in
+        [("matmul forward", n, 3 * C, true), ("matmul forward, no bias", n, VP, false), ("matmul forward, one row", 1, 3 * C, true)]
+    {
         v.push(case(op, format!("N={n} IC={C} OC={oc}"), move |l| {
             let (out, inp) = (l.t(Acts, &[n, oc], Normal(1.0)), l.t(Acts, &[n, C], Normal(1.0)));
             let (w, b) = (l.t(Params, &[oc, C], Normal(0.3)), l.t(Params, &[oc], Normal(0.3)));

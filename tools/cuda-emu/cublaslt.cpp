@@ -99,6 +99,11 @@ cublasStatus_t cublasLtMatmulPreferenceSetAttribute(Pref* p, int attr, const voi
         return OK;
     }
     if (attr >= 5 && attr <= 8) return n == 4 ? OK : INVALID_VALUE; // MIN_ALIGNMENT_{A,B,C,D}_BYTES
+    if (attr == 3) { // REDUCTION_SCHEME_MASK (uint32_t, bits of cublasLtReductionScheme_t); no split-K here
+        uint32_t mask = 0;
+        if (n == 4) std::memcpy(&mask, buf, 4);
+        return n == 4 && mask <= 7 ? OK : INVALID_VALUE;
+    }
     std::fprintf(stderr, "cuda-emu cuBLASLt: preference attribute %d is not emulated\n", attr);
     return NOT_SUPPORTED;
 }
@@ -184,6 +189,10 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(void*, Desc* d, Layout* a, Layout*
     if (gelu_epilogue(d->epilogue) && no == 1) return NOT_SUPPORTED;
     if (gelu_epilogue(d->epilogue) && no == 2) return INVALID_VALUE;
     if (!aux_ok(d, m)) return INVALID_VALUE;
+    // GPTRAIN_EMU_NO_BIAS_VECTOR=1: the heuristic answers INVALID_VALUE for a biased product
+    // with one row or column, as PyTorch reports of cuBLASLt (aten/src/ATen/native/cuda/Blas.cpp)
+    const char* nbv = std::getenv("GPTRAIN_EMU_NO_BIAS_VECTOR");
+    if (nbv && nbv[0] == '1' && d->epilogue == EPILOGUE_BIAS && (m == 1 || n == 1)) return INVALID_VALUE;
     std::memset(out, 0, sizeof *out);
     out->state = OK;
     out->wavesCount = 1.0f;

@@ -1,6 +1,7 @@
 //! Matmuls through cuBLASLt, f32 accumulation always: operands in their storage types (f32,
 //! bf16 or f16), the output in its own (f32 for parameter gradients), a bias added by the
-//! epilogue (so the output is rounded once). `float32` runs compute in true fp32
+//! epilogue (so the output is rounded once; where cuBLASLt refuses the epilogue, as for one
+//! row, the caller adds it with a kernel), split-K partial sums added in f32. `float32` runs compute in true fp32
 //! (`CUBLAS_COMPUTE_32F`); `tfloat32` allows TF32 tensor cores (`..._FAST_TF32`).
 //!
 //! cuBLASLt is column-major; a row-major (R, C) matrix is a column-major (C, R) one, so every
@@ -57,6 +58,14 @@ pub struct Gemm {
     /// GELU's backward in the epilogue (tanh form, as gptrain's): see [`Gelu`].
     pub gelu: Option<Gelu>,
     pub tf32: bool,
+}
+
+impl Gemm {
+    /// Whether it has an epilogue its caller can do without (the bias, GELU's backward), so
+    /// that cuBLASLt's refusal of it is a "no", not an error.
+    fn optional_epilogue(&self) -> bool {
+        self.bias.is_some() || self.gelu.is_some()
+    }
 }
 
 /// GELU's backward in the epilogue (`CUBLASLT_EPILOGUE_DGELU`): D = the product * gelu'(aux),
@@ -174,8 +183,8 @@ impl Plan {
             }
             // the heuristic checks the epilogue's pointers are set: this call's, replaced at each
             epilogue = epilogue.and_then(|()| plan.point(g));
-            if epilogue.is_err() && g.gelu.is_some() {
-                return Ok(plan); // a library that refuses GELU's epilogue: the caller's kernel (algo None)
+            if epilogue.is_err() && g.optional_epilogue() {
+                return Ok(plan); // a library that refuses the epilogue: the caller's kernel (algo None)
             }
             epilogue.map_err(|e| err("attributes", e))?;
         }
@@ -211,14 +220,22 @@ impl Plan {
             for (attr, bytes) in aligns {
                 r = r.and_then(|()| result::set_matmul_pref_attribute(pref, attr, &bytes as *const u32 as *const c_void, 4));
             }
+            // a 16-bit D: split-K's partial sums added in f32 only (the INPLACE and OUTPUT_TYPE
+            // schemes add them in D's type), so the product is rounded once, as documented above
+            if g.d.1 != DType::F32 {
+                let f32_sums = sys::cublasLtReductionScheme_t::CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE as u32;
+                let mask = P::CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK;
+                r = r.and_then(|()| result::set_matmul_pref_attribute(pref, mask, &f32_sums as *const u32 as *const c_void, 4));
+            }
             let chosen = r.map_err(|e| err("attributes", e)).and_then(|()| {
                 match result::get_matmul_algo_heuristic(handle, self.desc, la, lb, ld, ld, pref) {
                     Ok(h) => Ok(Some(h.algo)),
                     // no algorithm for this combination: the caller's other way; any other
                     // status is a product described wrongly, an error
                     Err(result::CublasError(sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED)) => Ok(None),
-                    // GELU's epilogue is an option with a fallback: any refusal of it is a no
-                    Err(_) if g.gelu.is_some() => Ok(None),
+                    // an epilogue is an option with a fallback: any refusal of it is a no
+                    // (PyTorch reports INVALID_VALUE for a biased product of one row or column)
+                    Err(_) if g.optional_epilogue() => Ok(None),
                     Err(e) => Err(err("found no algorithm", e)),
                 }
             });
@@ -272,6 +289,8 @@ impl Drop for Plan {
 impl Blas {
     /// A handle, with `workspace` (device address of [`WORKSPACE_BYTES`] bytes) for its use.
     pub fn new(workspace: u64) -> Result<Blas> {
+        // cublasLtMatmul documents a 256-byte aligned workspace (the driver's allocations are)
+        anyhow::ensure!(workspace.is_multiple_of(256), "cuBLASLt's workspace at {workspace:#x} is not 256-byte aligned");
         let handle = result::create_handle().map_err(|e| anyhow!("cuBLASLt would not start: {e:?}"))?;
         Ok(Blas { handle, workspace, plans: Mutex::new(HashMap::new()) })
     }
@@ -285,8 +304,10 @@ impl Blas {
     }
 
     /// Runs `g` on `stream` if cuBLASLt has an algorithm for it (false, nothing run, when its
-    /// heuristic answers NOT_SUPPORTED: an epilogue the library or the card does not offer for
-    /// these types; any other refusal is an error). The heuristic is asked once per [`Key`].
+    /// heuristic answers NOT_SUPPORTED, or refuses the bias or GELU epilogue in any way: an
+    /// epilogue the library or the card does not offer for these types or this shape, which the
+    /// caller does with a kernel instead; any other refusal is an error). The heuristic is
+    /// asked once per [`Key`].
     pub fn gemm_if_supported(&self, g: &Gemm, stream: cudarc::driver::sys::CUstream) -> Result<bool> {
         let stream = stream as sys::cudaStream_t; // the same CUstream, in cuBLASLt's bindings
         let mut plans = self.plans.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -327,9 +348,9 @@ impl Blas {
             );
             match done {
                 Ok(()) => {}
-                // refused before launching anything: GELU's epilogue is not for this library
-                // or product after all; the caller's kernel from now on
-                Err(_) if g.gelu.is_some() => {
+                // refused before launching anything: the epilogue is not for this library or
+                // product after all; the caller's kernel from now on
+                Err(_) if g.optional_epilogue() => {
                     plan.algo = None;
                     return Ok(false);
                 }

@@ -28,7 +28,7 @@ pub const SOURCES: [(&str, &str); 8] = [
 
 /// The family (a name of [`SOURCES`]) that defines kernel `kernel`, by its name's prefix.
 pub fn family(kernel: &str) -> Option<&'static str> {
-    const BY_PREFIX: [(&str, &str); 13] = [
+    const BY_PREFIX: [(&str, &str); 14] = [
         ("encoder_", "encoder"),
         ("layernorm_", "layernorm"),
         ("attention_tc_", "attention_tc"), // before "attention_": the first prefix that matches wins
@@ -36,6 +36,7 @@ pub fn family(kernel: &str) -> Option<&'static str> {
         ("gelu_", "pointwise"),
         ("residual_", "pointwise"),
         ("dropout_", "pointwise"),
+        ("bias_add_", "pointwise"),
         ("fused_classifier_", "classifier"),
         ("adamw_", "adamw"),
         ("bias_backward_", "reduce"),

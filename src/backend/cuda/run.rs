@@ -303,7 +303,14 @@ impl Cuda {
                 let (n, ic, oc) = (m.inp.rows(), m.inp.cols(), m.out.cols());
                 let (out, inp, w) = (self.operand(bufs, m.out), self.operand(bufs, m.inp), self.operand(bufs, m.w));
                 let g = linear_forward(n, ic, oc, out, inp, w, m.b.map(|b| self.ptr(bufs, b)), self.inner.tf32);
-                self.inner.blas.gemm(&g, self.cu_stream())?;
+                if !self.inner.blas.gemm_if_supported(&g, self.cu_stream())? {
+                    // the bias epilogue refused (one row: sampling's products): the product
+                    // alone, then the bias by gptrain's kernel
+                    let Some(b) = m.b.filter(|b| b.dtype == m.out.dtype) else { bail!("cuBLASLt found no algorithm for {g:?}") };
+                    self.inner.blas.gemm(&Gemm { bias: None, ..g }, self.cu_stream())?;
+                    let args = [p(m.out), p(b), Arg::U64((n * oc) as u64), u32_(oc)];
+                    self.launch_1d(&format!("bias_add_{}", sfx(m.out.dtype)), n * oc, &args)?;
+                }
             }
             Op::MatmulBackward(m) => {
                 let (n, ic, oc) = (m.inp.rows(), m.inp.cols(), m.dout.cols());

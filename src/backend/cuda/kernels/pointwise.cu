@@ -1,5 +1,6 @@
-// Elementwise kernels: GELU (tanh form) and its backward, the residual add and dropout (copy
-// and zero are the driver's memcpy and memset). Grid-stride loops over 16-byte packs of
+// Elementwise kernels: GELU (tanh form) and its backward, the residual add, dropout and the
+// bias add of a product whose epilogue cuBLASLt refused (copy and zero are the driver's memcpy
+// and memset). Grid-stride loops over 16-byte packs of
 // elements (see FOR_PACKS); each output is written (=), rounded once to its type. Dropout's
 // element index is the position in the tensor, as the CPU's.
 
@@ -59,5 +60,11 @@ extern "C" __global__ void dropout_##S(T* x, u64 n, float p, u64 key) { \
         st128(x + k * N, v); \
     } \
     FOR_REST(T) x[i] = store<T>(load(x[i]) * drop_scale(p, key, i)); \
+} \
+/* out(n / oc, oc) += bias(oc) on every row, in place: a linear layer's bias when cuBLASLt */ \
+/* refused its epilogue (the product is rounded first, so 16-bit types round twice) */ \
+extern "C" __global__ void bias_add_##S(T* out, const T* bias, u64 n, u32 oc) { \
+    const u64 tid = blockIdx.x * (u64)blockDim.x + threadIdx.x, stride = (u64)gridDim.x * blockDim.x; \
+    for (u64 i = tid; i < n; i += stride) out[i] = store<T>(load(out[i]) + load(bias[i % oc])); \
 }
 FOR_STORAGE(POINTWISE_KERNELS)
