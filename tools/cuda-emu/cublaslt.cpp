@@ -174,11 +174,25 @@ static int no_epilogue() {
     return v && v[0] >= '1' && v[0] <= '3' ? v[0] - '0' : 0;
 }
 
+// The rows of cublasLtMatmul's "Datatypes Supported" table gptrain could use, for compute type
+// 32F with scale type 32F: A and B of one type, C (= D) of that type or f32 for the 16-bit ones;
+// FAST_TF32 only with everything f32. Anything else a real cuBLASLt answers NOT_SUPPORTED.
+static bool types_ok(const Desc* d, const Layout* a, const Layout* b, const Layout* dl) {
+    if (a->type != b->type) return false;
+    if (d->compute == COMPUTE_32F_FAST_TF32) return a->type == R_32F && dl->type == R_32F;
+    return dl->type == a->type || (a->type != R_32F && dl->type == R_32F);
+}
+
 cublasStatus_t cublasLtMatmulAlgoGetHeuristic(void*, Desc* d, Layout* a, Layout* b, Layout* c, Layout* dl, Pref*, int requested,
                                               Heuristic* out, int* returned) {
     uint64_t m, n, k;
     if (!shapes(d, a, b, c, dl, &m, &n, &k) || requested < 1) return INVALID_VALUE;
     trace("heuristic", d, a, b, dl, m, n, k);
+    if (!types_ok(d, a, b, dl)) {
+        std::fprintf(stderr, "cuda-emu cuBLASLt: types A %d, B %d, D %d with compute %d are not in cuBLASLt's table\n", a->type, b->type,
+                     dl->type, d->compute);
+        return NOT_SUPPORTED;
+    }
     if (!known_epilogue(d->epilogue)) {
         std::fprintf(stderr, "cuda-emu cuBLASLt: epilogue %d is not emulated\n", d->epilogue);
         return NOT_SUPPORTED;
