@@ -559,6 +559,11 @@ fn a_gpu_user_gets_advice_for_their_card_and_command() {
     let (code, out, err) = on_emu(&emu, &[&["train", "--set", "device=auto", "--set", "out_dir=volta"][..], &small].concat(), &d, &volta);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("auto: cuda:0: NVRTC 13.") && out.contains(", using the CPU"), "{out}");
+    // with a newer card beside it, `auto` takes that one
+    let pair = [("GPTRAIN_EMU_CC", Some("7.0,9.0")), ("GPTRAIN_EMU_GPUS", Some("2"))];
+    let (code, out, err) = on_emu(&emu, &[&["train", "--set", "device=auto", "--set", "out_dir=pair"][..], &small].concat(), &d, &pair);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("auto: cuda:1 (cuda-emu (the CPU emulating a GPU), compute capability 9.0)"), "{out}");
     // bench ignores gradient_accumulation_steps: its advice is --grad-accum, per step
     let err = one_line(&["bench", "--preset", "gpt2-124m", "--set", "device=cuda", "--set", "batch_size=512"], &[]);
     assert!(err.contains("--grad-accum ") && err.contains("sequences per step") && !err.contains("gradient_accumulation_steps"), "{err}");

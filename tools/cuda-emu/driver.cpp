@@ -4,7 +4,7 @@
 // run by emu.h one block at a time, one launch at a time. Everything is synchronous: a stream
 // is the calling thread.
 //
-// Settings: GPTRAIN_EMU_CC (compute capability, default 9.0), GPTRAIN_EMU_MEMORY_GIB (default 16),
+// Settings: GPTRAIN_EMU_CC (compute capability, default 9.0; or one per GPU, "7.0,9.0"), GPTRAIN_EMU_MEMORY_GIB (default 16),
 // GPTRAIN_EMU_TRACE (set: every launch, its shape and host time, every copy, and cuBLASLt's
 // heuristic queries and products, on stderr),
 // GPTRAIN_EMU_FAIL_ALLOC (N: the N-th device allocation fails with out-of-memory),
@@ -67,8 +67,11 @@ size_t memory() {
     const char* g = std::getenv("GPTRAIN_EMU_MEMORY_GIB");
     return (size_t)((g ? std::atof(g) : 16.0) * (double)(1ull << 30));
 }
-void cc(int* major, int* minor) {
+// GPU `dev`'s compute capability: GPTRAIN_EMU_CC, one for every GPU ("8.9") or one per GPU
+// ("7.0,9.0": the last for any GPU past the list)
+void cc(int dev, int* major, int* minor) {
     const char* s = std::getenv("GPTRAIN_EMU_CC");
+    for (int i = 0; s && i < dev && std::strchr(s, ','); i++) s = std::strchr(s, ',') + 1;
     if (!s || std::sscanf(s, "%d.%d", major, minor) != 2) *major = 9, *minor = 0;
 }
 
@@ -177,9 +180,9 @@ CUresult cuDeviceGetUuid_v2(unsigned char* uuid, int) {
     return SUCCESS;
 }
 CUresult cuDeviceGetUuid(unsigned char* uuid, int d) { return cuDeviceGetUuid_v2(uuid, d); }
-CUresult cuDeviceGetAttribute(int* v, int attr, int) {
+CUresult cuDeviceGetAttribute(int* v, int attr, int dev) {
     int major, minor;
-    cc(&major, &minor);
+    cc(dev, &major, &minor);
     switch (attr) {
     case 75: *v = major; break;             // COMPUTE_CAPABILITY_MAJOR
     case 76: *v = minor; break;             // COMPUTE_CAPABILITY_MINOR

@@ -78,7 +78,7 @@ pub fn select_as(device: &str, p: Precision, or_cpu: &str) -> Result<Selected> {
             check_libraries().and_then(|()| compiles_for(&card)).map_err(anyhow::Error::msg)?;
             Ok(Selected::Cuda { ordinal: card.ordinal, reason: None })
         }
-        Choice::Auto => match find_card(None).and_then(|c| check_libraries().and_then(|()| compiles_for(&c)).map(|()| c)) {
+        Choice::Auto => match auto_card() {
             Ok(card) => {
                 check_card(&card, p)?;
                 let reason = format!("auto: cuda:{} ({}, compute capability {}.{})", card.ordinal, card.name, card.cc.0, card.cc.1);
@@ -128,20 +128,6 @@ fn driver_count() -> Result<usize, String> {
 /// GPU `n`, or the first with compute capability at least [`MIN_CC`]; or why there is none.
 pub fn find_card(n: Option<usize>) -> Result<Card, String> {
     let count = driver_count()?;
-    let card = |i: usize| -> Result<Card, String> {
-        let dev = result::device::get(i as i32).map_err(|e| format!("cuda:{i}: {e:?}"))?;
-        let name = result::device::get_name(dev).unwrap_or_else(|_| "unnamed GPU".into());
-        let attr = |a| {
-            // SAFETY: `dev` is a device handle the driver just returned; the attribute is a
-            // plain integer query.
-            unsafe { result::device::get_attribute(dev, a) }.map_err(|e| format!("cuda:{i}: {e:?}"))
-        };
-        let major = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
-        let minor = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
-        // SAFETY: `dev` is a device handle the driver just returned; the call only reads a size.
-        let memory = unsafe { result::device::total_mem(dev) }.ok().map(|b| b as u64);
-        Ok(Card { ordinal: i, name, cc: (major, minor), memory })
-    };
     match n {
         Some(i) if i >= count => Err(out_of_range(i, count, std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref())),
         Some(i) => card(i),
@@ -151,6 +137,41 @@ pub fn find_card(n: Option<usize>) -> Result<Card, String> {
             cards.iter().find(|c| c.cc >= MIN_CC).cloned().ok_or_else(|| too_old(&cards[0]))
         }
     }
+}
+
+/// GPU `i` (the driver initialised) as the driver describes it.
+fn card(i: usize) -> Result<Card, String> {
+    let dev = result::device::get(i as i32).map_err(|e| format!("cuda:{i}: {e:?}"))?;
+    let name = result::device::get_name(dev).unwrap_or_else(|_| "unnamed GPU".into());
+    let attr = |a| {
+        // SAFETY: `dev` is a device handle the driver just returned; the attribute is a plain
+        // integer query.
+        unsafe { result::device::get_attribute(dev, a) }.map_err(|e| format!("cuda:{i}: {e:?}"))
+    };
+    let major = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
+    let minor = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
+    // SAFETY: `dev` is a device handle the driver just returned; the call only reads a size.
+    let memory = unsafe { result::device::total_mem(dev) }.ok().map(|b| b as u64);
+    Ok(Card { ordinal: i, name, cc: (major, minor), memory })
+}
+
+/// The GPU `auto` takes: the first of compute capability [`MIN_CC`] or newer that the NVRTC
+/// found compiles for (CUDA 13's has no Volta, so a V100 at cuda:0 leaves an A100 at cuda:1);
+/// or why there is none (the first such card's reason).
+fn auto_card() -> Result<Card, String> {
+    let first = find_card(None)?;
+    check_libraries()?;
+    let mut why = None;
+    for i in first.ordinal..driver_count()? {
+        let c = if i == first.ordinal { first.clone() } else { card(i)? };
+        if c.cc >= MIN_CC {
+            match compiles_for(&c) {
+                Ok(()) => return Ok(c),
+                Err(e) => why = why.or(Some(e)),
+            }
+        }
+    }
+    Err(why.unwrap_or_else(|| "no usable CUDA GPU".into()))
 }
 
 /// Why GPU `i` does not exist among the `count` the driver shows this process, which
