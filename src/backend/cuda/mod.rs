@@ -16,6 +16,7 @@
 mod ahead;
 pub mod blas;
 pub mod compile;
+mod launch;
 pub mod libs;
 pub mod nccl;
 mod run;
@@ -97,7 +98,7 @@ struct Inner {
     ahead: ahead::Ahead,
     /// Kernels by name, looked up in `modules` on first use, with what the driver says of
     /// their launches.
-    funcs: Mutex<HashMap<String, run::Kernel>>,
+    funcs: Mutex<HashMap<String, launch::Kernel>>,
     blas: blas::Blas,
     /// cuBLASLt's workspace, held for `blas`.
     _workspace: Counted<u8>,
@@ -183,7 +184,7 @@ impl Cuda {
         let columns = memory.alloc::<f32>(&stream, run::COLUMN_PARTIALS).map_err(|e| anyhow!("cuda:{ordinal}: scratch: {e:?}"))?;
         let sms = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).unwrap_or(1).max(1) as usize;
         let optin = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN);
-        let shared_optin = optin.map_or(0, |b| b.max(0) as usize).max(run::SHARED);
+        let shared_optin = optin.map_or(0, |b| b.max(0) as usize).max(launch::SHARED);
         let cc = card.cc;
         if let Some(dir) = compile::cache_dir() {
             compile::tidy_cache(&dir);
