@@ -286,7 +286,7 @@ fn the_emulator_catches_deadlocks_and_out_of_bounds_accesses() {
     let out = std::process::Command::new(&exe).arg(&emu).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(text.lines().filter(|l| l.starts_with("ok ")).count(), 14, "{text}");
+    assert_eq!(text.lines().filter(|l| l.starts_with("ok ")).count(), 27, "{text}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("out-of-bounds access past the end of a device buffer"), "{err}");
     std::fs::remove_file(exe).ok();

@@ -3,9 +3,18 @@
 // thread a fiber. The fake NVRTC (nvrtc.cpp) puts this header in front of every source it
 // "compiles"; the fake driver (driver.cpp) calls each kernel's `emu_launch_<name>`.
 //
-// What it checks as it runs, beyond computing the same results:
+// What it checks as it runs, beyond computing the same results (a check that fires fails the
+// launch with an error naming the kernel and block, unless said otherwise):
 // - `__syncthreads()` reached by only part of a block, or a warp shuffle/`__syncwarp()` that
-//   some lanes of a warp never reach: a deadlock, reported with the kernel and block;
+//   some lanes of a warp never reach: a deadlock;
+// - lanes of one warp at different warp collectives (a shuffle and a `__syncwarp()`, an ldmatrix
+//   and an mma, ldmatrix .x4 and .x2...): PTX has every lane execute the same one, with the same
+//   qualifiers; a shuffle that reads a lane that exited (the value is undefined on a GPU); an mma
+//   or ldmatrix without all 32 lanes; a mask other than the full warp (the emulator models no
+//   other), a shuffle width other than 32;
+// - a `cp.async` that PTX leaves undefined: a size not 4, 8 or 16, more source bytes than that,
+//   an address not aligned to the size;
+// - a misaligned access through common.cuh's checked loads: stops the process;
 // - dynamic shared memory read before it is written: it starts as NaN bytes (0xff) in every block;
 // - a launch shape no GPU takes (over 1024 threads, zero dimensions, over 227 KiB of shared);
 // - shared memory read before the `cp.async` that fills it is waited for: the copy lands only
@@ -17,6 +26,7 @@
 #pragma once
 #include "half.h"
 #include <cmath>
+#include <cstdarg>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -30,13 +40,23 @@ struct uint3 { unsigned x, y, z; };
 
 namespace emu {
 
-// One CUDA thread: its saved stack pointer, its index, and where it waits.
-enum State : int { RUN, AT_BLOCK, AT_WARP, DONE };
+// One CUDA thread: its saved stack pointer, its index, where it waits and, at a warp collective,
+// which (FAILED: it stopped the block, with Block::fault saying why).
+enum State : int { RUN, AT_BLOCK, AT_WARP, DONE, FAILED };
+// A warp collective and its qualifiers, the same in every lane that meets there: shuffle: the
+// value's bytes (8 are two shfl.b32); mma: bf16 (else f16); ldmatrix: num and trans.
+enum Op : unsigned char { SYNCWARP, SHFL_XOR, BALLOT, MMA, LDMATRIX };
+struct Collective {
+    Op op;
+    unsigned char a, b;
+    bool operator==(const Collective& o) const { return op == o.op && a == o.a && b == o.b; }
+};
 struct Thread {
     void* sp;
     uint3 tid;
     unsigned linear;
     State state;
+    Collective at;
 };
 
 // What the fake driver passes to `emu_launch_<name>` (its layout is repeated in driver.cpp).
@@ -75,6 +95,7 @@ struct Block {
     void (*body)();
     unsigned char* stacks;
     uint64_t serial; // this block's run, counted over the module's launches (from 1)
+    char fault[160]; // why the thread that FAILED stopped the block
 };
 
 inline Block& blk() {
@@ -138,8 +159,69 @@ inline void wait(State s) {
     emu_switch(&b.cur->sp, b.sched_sp);
 }
 
-inline void warp_barrier() { wait(AT_WARP); }
+inline void warp_barrier(Collective c) {
+    blk().cur->at = c;
+    wait(AT_WARP);
+}
 inline void block_barrier() { wait(AT_BLOCK); }
+
+// Stops the block: the launch fails with the message (printf-style), as on a deadlock. The
+// thread is never resumed; its stack is dropped with the block.
+[[noreturn]] inline void fail(const char* format, ...) {
+    Block& b = blk();
+    va_list args;
+    va_start(args, format);
+    std::vsnprintf(b.fault, sizeof b.fault, format, args);
+    va_end(args);
+    wait(FAILED);
+    std::abort(); // a failed thread is never resumed
+}
+
+// A collective as an error names it; snprintf's count.
+inline int describe(char* out, size_t len, Collective c) {
+    switch (c.op) {
+    case SYNCWARP: return std::snprintf(out, len, "__syncwarp");
+    case SHFL_XOR: return std::snprintf(out, len, "__shfl_xor_sync of %u bytes", c.a);
+    case BALLOT: return std::snprintf(out, len, "__ballot_sync");
+    case MMA: return std::snprintf(out, len, "mma.sync .%s", c.a ? "bf16" : "f16");
+    case LDMATRIX: return std::snprintf(out, len, "ldmatrix .x%u%s", c.a, c.b ? ".trans" : "");
+    }
+    return 0;
+}
+
+// Releases warp w once every live lane waits at a warp collective: RELEASED, or BROKEN (with
+// `why`) where they wait at different ones or an mma/ldmatrix misses lanes; NOT_YET while some
+// lane still runs or waits for the block.
+enum Release { NOT_YET, RELEASED, BROKEN };
+inline Release release_warp(unsigned w, char* why, size_t why_len) {
+    Block& b = blk();
+    unsigned first = w * 32, end = first + 32 < b.n ? first + 32 : b.n, waiting = 0, live = 0;
+    for (unsigned k = first; k < end; k++) {
+        live += b.threads[k].state != DONE;
+        waiting += b.threads[k].state == AT_WARP;
+    }
+    if (waiting == 0 || waiting != live) return NOT_YET;
+    unsigned lead = first;
+    while (b.threads[lead].state != AT_WARP) lead++;
+    const Collective c = b.threads[lead].at;
+    int at = std::snprintf(why, why_len, "in block (%u,%u,%u), warp %u: ", b.bid.x, b.bid.y, b.bid.z, w);
+    for (unsigned k = lead + 1; k < end; k++) {
+        if (b.threads[k].state != AT_WARP || b.threads[k].at == c) continue;
+        at += std::snprintf(why + at, why_len - at, "lane %u at ", lead - first);
+        at += describe(why + at, why_len - at, c);
+        at += std::snprintf(why + at, why_len - at, ", lane %u at ", k - first);
+        describe(why + at, why_len - at, b.threads[k].at);
+        return BROKEN;
+    }
+    // mma and ldmatrix read operands of every lane (PTX's .aligned: all threads of the warp)
+    if ((c.op == MMA || c.op == LDMATRIX) && live < 32) {
+        at += describe(why + at, why_len - at, c);
+        std::snprintf(why + at, why_len - at, " with %u of the warp's 32 lanes (the others exited or do not exist)", live);
+        return BROKEN;
+    }
+    for (unsigned k = first; k < end; k++) if (b.threads[k].state == AT_WARP) b.threads[k].state = RUN;
+    return RELEASED;
+}
 
 // The order warps run in: by default each warp runs on as soon as all its lanes reach a warp
 // operation (a shuffle, an mma, an ldmatrix, a cp.async wait), so one warp races ahead of the
@@ -152,7 +234,8 @@ inline bool eager_warps() {
     return eager;
 }
 
-// Runs every thread of the current block to its end; false (with `why`) on a deadlock.
+// Runs every thread of the current block to its end; false (with `why`) on a deadlock or a
+// broken rule of warp collectives.
 inline bool run_block(char* why, size_t why_len) {
     Block& b = blk();
     for (;;) {
@@ -163,16 +246,14 @@ inline bool run_block(char* why, size_t why_len) {
             b.cur = &t;
             emu_switch(&b.sched_sp, t.sp);
             ran = true;
+            if (t.state == FAILED) {
+                std::snprintf(why, why_len, "in block (%u,%u,%u), thread %u: %s", b.bid.x, b.bid.y, b.bid.z, i, b.fault);
+                return false;
+            }
             if (!eager_warps()) continue;
-            unsigned w = i / 32, end = (w + 1) * 32 < b.n ? (w + 1) * 32 : b.n, waiting = 0, live = 0;
-            for (unsigned k = w * 32; k < end; k++) {
-                live += b.threads[k].state != DONE;
-                waiting += b.threads[k].state == AT_WARP;
-            }
-            if (waiting > 0 && waiting == live) {
-                for (unsigned k = w * 32; k < end; k++) if (b.threads[k].state == AT_WARP) b.threads[k].state = RUN;
-                i = w * 32 - 1; // this warp again, from its first lane (for w = 0 the ++i wraps to 0)
-            }
+            Release r = release_warp(i / 32, why, why_len);
+            if (r == BROKEN) return false;
+            if (r == RELEASED) i = i / 32 * 32 - 1; // this warp again, from its first lane (for warp 0 the ++i wraps to 0)
         }
         if (ran) continue;
         // nobody can run: release a barrier every live thread (or warp lane) has reached
@@ -188,15 +269,9 @@ inline bool run_block(char* why, size_t why_len) {
         }
         bool released = false;
         for (unsigned w = 0; w * 32 < b.n; w++) {
-            unsigned end = (w + 1) * 32 < b.n ? (w + 1) * 32 : b.n, waiting = 0, live = 0;
-            for (unsigned i = w * 32; i < end; i++) {
-                live += b.threads[i].state != DONE;
-                waiting += b.threads[i].state == AT_WARP;
-            }
-            if (waiting > 0 && waiting == live) {
-                for (unsigned i = w * 32; i < end; i++) if (b.threads[i].state == AT_WARP) b.threads[i].state = RUN;
-                released = true;
-            }
+            Release r = release_warp(w, why, why_len);
+            if (r == BROKEN) return false;
+            released |= r == RELEASED;
         }
         if (released) continue;
         std::snprintf(why, why_len, "deadlock in block (%u,%u,%u): %u of %u threads wait at __syncthreads, the others at a warp barrier or exited",
@@ -265,44 +340,42 @@ inline void launch(void (*k)(A...), Launch* L, const char* name) {
     std::free(b.dyn);
 }
 
+// The warp is modelled whole: a member mask naming part of it would need the lanes outside to
+// be told apart, so any other mask is refused rather than ignored (gptrain's kernels pass ~0u).
+inline void full_mask(const char* what, unsigned mask) {
+    if (mask != 0xffffffffu) fail("%s with mask %#x (the emulator takes only the full warp, 0xffffffff)", what, mask);
+}
+
+// PTX's shfl.sync waits only for the lanes that have not exited; a lane that reads one that has
+// gets an undefined value (CUDA's programming guide: "If the target thread is inactive, the
+// retrieved value is undefined"), so that read fails the launch.
 template <class T> inline T shfl_xor(T v, int mask) {
     static_assert(sizeof(T) <= 8, "a shuffle of at most 8 bytes");
     Block& b = blk();
-    unsigned me = b.cur->linear, lane = me % 32;
+    unsigned me = b.cur->linear, lane = me % 32, from = me - lane + ((lane ^ (unsigned)mask) & 31);
+    const Collective c{SHFL_XOR, (unsigned char)sizeof(T), 0};
     std::memcpy(&b.slot[me], &v, sizeof(T));
-    warp_barrier();
+    warp_barrier(c);
+    if (from >= b.n || b.threads[from].state == DONE)
+        fail("__shfl_xor_sync by lane %u reads lane %u, which exited or is past the block's end", lane, from % 32);
     T r;
-    std::memcpy(&r, &b.slot[me - lane + ((lane ^ (unsigned)mask) & 31)], sizeof(T));
-    warp_barrier(); // nobody overwrites a slot before every lane has read
+    std::memcpy(&r, &b.slot[from], sizeof(T));
+    warp_barrier(c); // nobody overwrites a slot before every lane has read
     return r;
 }
 
-// The warp's predicates as a mask: bit i is lane i's (lanes that exited count as false).
+// The warp's predicates as a mask: bit i is lane i's (lanes that exited count as false, as
+// vote.sync defines it).
 inline unsigned ballot(bool pred) {
     Block& b = blk();
     unsigned me = b.cur->linear, first = me - me % 32;
     b.slot[me] = pred;
-    for (unsigned i = first; i < first + 32 && i < b.n; i++)
-        if (b.threads[i].state == DONE) b.slot[i] = 0;
-    warp_barrier();
+    warp_barrier({BALLOT, 0, 0});
+    // read after the barrier: a higher lane may exit only after this one posted, its slot stale
     unsigned mask = 0;
-    for (unsigned i = first; i < first + 32 && i < b.n; i++) mask |= (b.slot[i] ? 1u : 0u) << (i - first);
-    warp_barrier();
+    for (unsigned i = first; i < first + 32 && i < b.n; i++) mask |= (b.threads[i].state != DONE && b.slot[i] ? 1u : 0u) << (i - first);
+    warp_barrier({BALLOT, 0, 0});
     return mask;
-}
-
-// A warp-collective instruction (`what`) needs every lane of the warp (a GPU requires it): a
-// lane that exited, or a warp cut short by the block's size, aborts the run.
-inline void whole_warp(const char* what) {
-    Block& bl = blk();
-    unsigned me = bl.cur->linear, first = me - me % 32;
-    for (unsigned i = first; i < first + 32; i++) {
-        if (i >= bl.n || bl.threads[i].state == DONE) {
-            std::fprintf(stderr, "cuda-emu: %s in block (%u,%u,%u) without all 32 lanes of warp %u\n", what, bl.bid.x, bl.bid.y, bl.bid.z,
-                         me / 32);
-            std::abort();
-        }
-    }
 }
 
 // `mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.f32` with D = C (in `d`): the warp's
@@ -314,15 +387,15 @@ inline void whole_warp(const char* what) {
 //   d[0], d[1] = D[g][2t], D[g][2t+1];  d[2], d[3] = D[g+8][2t], D[g+8][2t+1]
 // The products are exact in double, summed over k in order and added to C, rounded once: the
 // hardware's order and rounding are unspecified, so a kernel may not depend on them. Every lane
-// of the warp must take part (a GPU requires it): an exited lane aborts the run.
+// of the warp must take part (a GPU requires it): an exited lane fails the launch.
 inline void mma16816(float* d, const uint32_t* a, const uint32_t* b, bool bf16) {
-    whole_warp("mma.sync");
     Block& bl = blk();
     unsigned me = bl.cur->linear, lane = me % 32, first = me - lane;
+    const Collective c{MMA, bf16, 0};
     for (int i = 0; i < 4; i++) bl.frag[me][i] = a[i];
     bl.frag[me][4] = b[0];
     bl.frag[me][5] = b[1];
-    warp_barrier();
+    warp_barrier(c);
     auto value = [&](unsigned l, unsigned reg, unsigned hi) {
         uint32_t w = bl.frag[first + l][reg];
         uint16_t v = (uint16_t)(hi ? w >> 16 : w & 0xffffu);
@@ -338,7 +411,7 @@ inline void mma16816(float* d, const uint32_t* a, const uint32_t* b, bool bf16) 
         for (unsigned k = 0; k < 16; k++) acc += A(row, k) * B(k, col);
         r[i] = (float)((double)d[i] + acc);
     }
-    warp_barrier(); // nobody overwrites its operands before every lane has read them
+    warp_barrier(c); // nobody overwrites its operands before every lane has read them
     for (int i = 0; i < 4; i++) d[i] = r[i];
 }
 
@@ -348,29 +421,33 @@ inline void mma16816(float* d, const uint32_t* a, const uint32_t* b, bool bf16) 
 // trans its [2j][i] and [2j+1][i] (the matrix read as column-major). Every lane must take part.
 inline void aligned(const void* p, unsigned bytes);
 inline void ldmatrix(uint32_t* out, const void* p, unsigned num, bool trans) {
-    whole_warp("ldmatrix");
     Block& bl = blk();
     unsigned me = bl.cur->linear, lane = me % 32, first = me - lane;
+    const Collective c{LDMATRIX, (unsigned char)num, trans};
     if (lane < 8 * num) aligned(p, 16);
     bl.slot[me] = reinterpret_cast<uint64_t>(p);
-    warp_barrier();
+    warp_barrier(c);
     unsigned i = lane / 4, j = lane % 4;
     for (unsigned m = 0; m < num; m++) {
         auto at = [&](unsigned r, unsigned c) { return reinterpret_cast<const uint16_t*>(bl.slot[first + 8 * m + r])[c]; };
         uint16_t lo = trans ? at(2 * j, i) : at(i, 2 * j), hi = trans ? at(2 * j + 1, i) : at(i, 2 * j + 1);
         out[m] = (uint32_t)lo | ((uint32_t)hi << 16);
     }
-    warp_barrier(); // nobody posts a new address before every lane has read
+    warp_barrier(c); // nobody posts a new address before every lane has read
 }
 
 // `cp.async.ca.shared.global [dst], [src], bytes, from_src` (4, 8 or 16 bytes, both addresses
 // aligned to it; past `from_src` bytes, zeros): recorded, not done; it lands at the thread's
 // `cp.async.wait_group` that covers its group (PTX: the copy's completion is only guaranteed
 // then). Until then dst holds NaN bytes (0xff), so a kernel that reads before waiting reads
-// NaN, not last block's tile that may happen to be the same.
+// NaN, not last block's tile that may happen to be the same. What PTX leaves undefined fails the
+// launch: another size, `from_src` past it, and an address off its alignment, src included when
+// none of it is read (it is an operand all the same; "Addresses as Operands" exempts none).
 inline void cp_async(void* dst, const void* src, unsigned bytes, unsigned from_src) {
-    aligned(dst, bytes);
-    if (from_src) aligned(src, bytes);
+    if (bytes != 4 && bytes != 8 && bytes != 16) fail("cp.async of %u bytes (PTX: 4, 8 or 16)", bytes);
+    if (from_src > bytes) fail("cp.async of %u bytes with %u from its source (PTX: undefined past it)", bytes, from_src);
+    if (reinterpret_cast<uintptr_t>(dst) % bytes || reinterpret_cast<uintptr_t>(src) % bytes)
+        fail("cp.async of %u bytes from %p to %p, not both aligned to it", bytes, src, dst);
     std::memset(dst, 0xff, bytes);
     Block& b = blk();
     unsigned me = b.cur->linear;
@@ -448,9 +525,19 @@ inline void poison_shared(void* p, size_t n) {
 #define emu_dyn_smem() ((void*)emu::blk().dyn)
 
 inline void __syncthreads() { emu::block_barrier(); }
-inline void __syncwarp(unsigned = 0xffffffffu) { emu::warp_barrier(); }
-template <class T> inline T __shfl_xor_sync(unsigned, T v, int mask, int = 32) { return emu::shfl_xor(v, mask); }
-inline unsigned __ballot_sync(unsigned, bool pred) { return emu::ballot(pred); }
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+    emu::full_mask("__syncwarp", mask);
+    emu::warp_barrier({emu::SYNCWARP, 0, 0});
+}
+template <class T> inline T __shfl_xor_sync(unsigned members, T v, int mask, int width = 32) {
+    emu::full_mask("__shfl_xor_sync", members);
+    if (width != 32) emu::fail("__shfl_xor_sync of width %d (the emulator shuffles whole warps only)", width);
+    return emu::shfl_xor(v, mask);
+}
+inline unsigned __ballot_sync(unsigned members, bool pred) {
+    emu::full_mask("__ballot_sync", members);
+    return emu::ballot(pred);
+}
 inline int __ffs(unsigned x) { return __builtin_ffs((int)x); }
 inline float __int_as_float(int i) { return emu::bits_float((uint32_t)i); }
 inline float __uint_as_float(unsigned u) { return emu::bits_float(u); }

@@ -1,7 +1,7 @@
 // The CUDA emulator checks itself: that its warp shuffles, block barriers and mma compute what a
-// GPU does, that a barrier not every thread reaches and a misaligned access are reported, that
-// a launch's blocks can run last first, and that the fake driver stops a write past a buffer's
-// end and a copy out of range. Run by tests/cuda_emu.rs:
+// GPU does, that a barrier not every thread reaches, a misaligned access and each broken rule of
+// warp collectives and cp.async it knows are reported, that a launch's blocks can run last
+// first, and that the fake driver stops a write past a buffer's end and a copy out of range. Run by tests/cuda_emu.rs:
 //     c++ -std=c++17 -O1 -I DIR tools/cuda-emu/selftest.cpp -o selftest -ldl && ./selftest DIR
 // (DIR: a folder built by build.sh). Prints one line per check; exits 1 if any fails.
 #include "emu.h"
@@ -35,6 +35,63 @@ extern "C" __global__ void divergent(float* out) {
     if (threadIdx.x < 16) __syncthreads();
     else __syncwarp();
     out[threadIdx.x] = 1.0f;
+}
+
+// lanes 16-31 exit, lanes 0-15 read them by a shuffle: undefined on a GPU
+extern "C" __global__ void shuffle_from_exited(float* out) {
+    if (threadIdx.x >= 16) return;
+    out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, 1.0f, 16);
+}
+
+// lanes 16-31 exit, the rest take a ballot: defined (the exited lanes' bits are 0)
+extern "C" __global__ void ballot_after_exits(unsigned* out) {
+    if (threadIdx.x >= 16) return;
+    unsigned m = __ballot_sync(0xffffffffu, threadIdx.x % 2 == 0);
+    if (threadIdx.x == 0) *out = m;
+}
+
+// a member mask naming half the warp (which 0-2: shuffle, ballot, __syncwarp) or a shuffle of
+// width 16 (which 3): the emulator models neither, so it refuses them
+extern "C" __global__ void partial_warp(float* out, int which) {
+    if (which == 0) out[threadIdx.x] = __shfl_xor_sync(0xffffu, 1.0f, 1);
+    if (which == 1) out[threadIdx.x] = (float)__ballot_sync(0xffffu, true);
+    if (which == 2) __syncwarp(0xffffu);
+    if (which == 3) out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, 1.0f, 1, 16);
+}
+
+// half the warp at a shuffle, the other half at __syncwarp: released together by a barrier
+// that only counts lanes, undefined on a GPU
+extern "C" __global__ void mixed_collectives(float* out) {
+    if (threadIdx.x < 16) out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, 1.0f, 1);
+    else __syncwarp();
+}
+
+// half the warp at ldmatrix.x4, the other half at ldmatrix.x2: two instructions
+extern "C" __global__ void mixed_ldmatrix(uint32_t* out) {
+    __shared__ __align__(16) uint16_t tile[32][8];
+    for (unsigned e = threadIdx.x; e < 32 * 8; e += 32) tile[e / 8][e % 8] = 0;
+    __syncwarp();
+    emu::ldmatrix(out + 4 * threadIdx.x, &tile[threadIdx.x][0], threadIdx.x < 16 ? 4 : 2, false);
+}
+
+// an mma after lane 31 exited: it reads every lane's operands
+extern "C" __global__ void mma_missing_lane(float* d) {
+    if (threadIdx.x == 31) return;
+    uint32_t a[4] = {0, 0, 0, 0}, b[2] = {0, 0};
+    emu::mma16816(d + 4 * threadIdx.x, a, b, true);
+}
+
+// a cp.async PTX leaves undefined (which 0-3): 12 bytes, 20 of 16 bytes from src, dst off its
+// 16-byte alignment, src off it with nothing read from it
+extern "C" __global__ void bad_copy(float* out, const float* in) {
+    __shared__ __align__(16) float s[8];
+    const int which = (int)out[0];
+    if (which == 0) emu::cp_async(s, in, 12, 12);
+    if (which == 1) emu::cp_async(s, in, 16, 20);
+    if (which == 2) emu::cp_async(s + 1, in, 16, 16);
+    if (which == 3) emu::cp_async(s, in + 1, 16, 0);
+    emu::cp_commit();
+    emu::cp_wait(0);
 }
 
 // d(16x8) = a(16x16) b(16x8) (row-major floats) by one warp's mma.m16n8k16 in bf16, each
@@ -156,6 +213,28 @@ int main(int argc, char** argv) {
     e = run(divergent, 1, 64, one, "divergent");
     check(e.find("deadlock") != std::string::npos, "a barrier half a warp never reaches is reported: " + e);
 
+    e = run(shuffle_from_exited, 1, 32, one, "shuffle_from_exited");
+    check(e.find("reads lane 16, which exited") != std::string::npos, "a shuffle that reads an exited lane is reported: " + e);
+    unsigned votes = 0, *pvotes = &votes;
+    void* vp[] = {&pvotes};
+    e = run(ballot_after_exits, 1, 32, vp, "ballot_after_exits");
+    check(e.empty() && votes == 0x5555u, "a ballot counts exited lanes as false " + e);
+    const char* partial[] = {"__shfl_xor_sync with mask 0xffff", "__ballot_sync with mask 0xffff", "__syncwarp with mask 0xffff",
+                             "__shfl_xor_sync of width 16"};
+    for (int which = 0; which < 4; which++) {
+        void* pp[] = {&pout, &which};
+        e = run(partial_warp, 1, 32, pp, "partial_warp");
+        check(e.find(partial[which]) != std::string::npos, std::string("a partial warp is refused: ") + e);
+    }
+    e = run(mixed_collectives, 1, 32, one, "mixed_collectives");
+    check(e.find("lane 0 at __shfl_xor_sync of 4 bytes, lane 16 at __syncwarp") != std::string::npos,
+          "lanes at a shuffle and at __syncwarp are reported: " + e);
+    uint32_t words[4 * 32];
+    uint32_t* pwords = words;
+    void* wp[] = {&pwords};
+    e = run(mixed_ldmatrix, 1, 32, wp, "mixed_ldmatrix");
+    check(e.find("lane 0 at ldmatrix .x4, lane 16 at ldmatrix .x2") != std::string::npos, "ldmatrix .x4 and .x2 in one warp are reported: " + e);
+
     float ma[16 * 16], mb[16 * 8], md[16 * 8];
     for (int i = 0; i < 16 * 16; i++) ma[i] = (float)(i % 5) - 2.0f;
     for (int i = 0; i < 16 * 8; i++) mb[i] = (float)(i % 3) - 1.0f;
@@ -173,6 +252,8 @@ int main(int argc, char** argv) {
     };
     e = run(mma_product, 1, 32, mp, "mma_product");
     check(e.empty() && product_ok(), "mma.m16n8k16 multiplies fragments laid out as PTX documents " + e);
+    e = run(mma_missing_lane, 1, 32, mp, "mma_missing_lane");
+    check(e.find("mma.sync .bf16 with 31 of the warp's 32 lanes") != std::string::npos, "an mma without all its lanes is reported: " + e);
 
     uint16_t lin[32 * 8];
     uint32_t lout[4 * 32];
@@ -206,6 +287,16 @@ int main(int argc, char** argv) {
         ok &= cout[16 + i] == (i < 6 ? cin[i] : 0.0f);                   // both, zeros past 8 bytes
     }
     check(ok, "a cp.async lands at the wait_group that covers it, zero-filled past its source bytes " + e);
+    const char* copies[] = {"cp.async of 12 bytes", "cp.async of 16 bytes with 20 from its source", "not both aligned",
+                            "not both aligned"};
+    alignas(16) float aligned_in[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    float* pain = aligned_in;
+    for (int which = 0; which < 4; which++) {
+        float sel = (float)which, *psel = &sel;
+        void* bp[] = {&psel, &pain};
+        e = run(bad_copy, 1, 1, bp, "bad_copy");
+        check(e.find(copies[which]) != std::string::npos, "an undefined cp.async is reported: " + e);
+    }
 
     // GPTRAIN_EMU_BLOCK_ORDER=reverse runs the last block first, so the chain breaks
     float chain[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
