@@ -83,9 +83,8 @@ extern "C" __global__ void mma_missing_lane(float* d) {
 
 // a cp.async PTX leaves undefined (which 0-3): 12 bytes, 20 of 16 bytes from src, dst off its
 // 16-byte alignment, src off it with nothing read from it
-extern "C" __global__ void bad_copy(float* out, const float* in) {
+extern "C" __global__ void bad_copy(const float* in, int which) {
     __shared__ __align__(16) float s[8];
-    const int which = (int)out[0];
     if (which == 0) emu::cp_async(s, in, 12, 12);
     if (which == 1) emu::cp_async(s, in, 16, 20);
     if (which == 2) emu::cp_async(s + 1, in, 16, 16);
@@ -292,8 +291,7 @@ int main(int argc, char** argv) {
     alignas(16) float aligned_in[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     float* pain = aligned_in;
     for (int which = 0; which < 4; which++) {
-        float sel = (float)which, *psel = &sel;
-        void* bp[] = {&psel, &pain};
+        void* bp[] = {&pain, &which};
         e = run(bad_copy, 1, 1, bp, "bad_copy");
         check(e.find(copies[which]) != std::string::npos, "an undefined cp.async is reported: " + e);
     }
