@@ -302,6 +302,7 @@ int main(int argc, char** argv) {
         float* pc = chain[reverse];
         void* chp[] = {&pc};
         if (reverse) setenv("GPTRAIN_EMU_BLOCK_ORDER", "reverse", 1);
+        else unsetenv("GPTRAIN_EMU_BLOCK_ORDER"); // first first, whatever the caller's setting
         run(block_chain, 4, 32, chp, "block_chain");
         unsetenv("GPTRAIN_EMU_BLOCK_ORDER");
     }
