@@ -103,8 +103,16 @@ impl Cuda {
             let asked = |a, what| f.get_attribute(a).map_err(|e| anyhow!("{name}: asking the driver for its {what}: {e:?}"));
             let static_shared = asked(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, "static shared memory")?;
             let max_threads = asked(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK, "threads per block")?;
-            let static_shared = static_shared.max(0) as usize;
-            let kernel = Kernel { allowed: SHARED.saturating_sub(static_shared), static_shared, max_threads: max_threads.max(0) as u32, f };
+            // the dynamic shared memory a launch may take before opting in, as the driver keeps
+            // it (48 KiB less the static: the two together are what the 48 KiB bounds)
+            let allowed = asked(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, "dynamic shared memory")?;
+            let (static_shared, allowed) = (static_shared.max(0) as usize, allowed.max(0) as usize);
+            let kernel = Kernel {
+                allowed: allowed.min(SHARED.saturating_sub(static_shared)),
+                static_shared,
+                max_threads: max_threads.max(0) as u32,
+                f,
+            };
             funcs.insert(name.to_string(), kernel);
         }
         let k = funcs.get_mut(name).expect("inserted above");
