@@ -324,7 +324,18 @@ fn the_fast_paths_switch_off_and_fall_back_and_check_still_passes() {
     // a biased product of one row refused by cuBLASLt's heuristic (INVALID_VALUE, as PyTorch
     // reports of it): the product alone, then gptrain's bias kernel (check's one-row case)
     assert_eq!(launches(&[], "bias_add_bf16"), 0, "the bias kernel ran with the epilogue there");
-    assert_eq!(launches(&[("GPTRAIN_EMU_NO_BIAS_VECTOR", Some("1"))], "bias_add_bf16"), 1);
+    // in every storage type (fp32's serves tf32 too)
+    let refused = [("GPTRAIN_EMU_NO_BIAS_VECTOR", Some("1")), ("GPTRAIN_EMU_TRACE", Some("1"))];
+    let (code, out, err) = on_emu(&emu, &["check", "--device", "cuda", "--dtype", "all"], &d, &refused);
+    assert_eq!(code, 0, "{out}\n{err}");
+    for s in ["f32", "bf16", "f16"] {
+        let kernel = format!("bias_add_{s}");
+        let n = err
+            .lines()
+            .filter(|l| l.starts_with("cuda-emu: ") && l.split(|c: char| !c.is_alphanumeric() && c != '_').any(|w| w == kernel))
+            .count();
+        assert_eq!(n, 1, "{kernel} ran {n} times");
+    }
     // waiting for each op changes nothing but the time
     assert_eq!(launches(&[("GPTRAIN_CUDA_SYNC", Some("1"))], "gelu_backward_bf16"), 1);
     for (var, bad) in [("GPTRAIN_CUDA_ATTENTION", "fast"), ("GPTRAIN_CUDA_GELU_FUSION", "yes"), ("GPTRAIN_CUDA_SYNC", "on")] {
@@ -376,6 +387,17 @@ fn the_static_shared_memory_a_kernel_reports_counts_against_its_48_kib() {
     for kernel in ["attention_forward_f32", "attention_backward_q_f32", "attention_decode_f32"] {
         assert!(err.lines().any(|l| l.starts_with("cuda-emu: ") && l.contains(kernel)), "{kernel} never ran:\n{err}");
     }
+    // past the card's limit for static and dynamic together (a Turing card's 64 KiB), one line
+    // before the launch: 40 KiB static and 4 warps' rows of 2048 scores (32 KiB)
+    let mut long = args.to_vec();
+    long.extend(["--set", "block_size=2048", "--set", "out_dir=long"]);
+    let turing = [("GPTRAIN_EMU_STATIC_SHARED", Some("40960")), ("GPTRAIN_EMU_CC", Some("7.5"))];
+    let (code, out, err) = on_emu(&emu, &long, &d, &turing);
+    assert_eq!((code, err.lines().count()), (1, 1), "{out}\n{err}");
+    assert!(
+        err.contains("attention_forward_f32 needs 72 KiB of shared memory per block and this GPU allows 64 KiB: block_size is too long"),
+        "{err}"
+    );
     std::fs::remove_dir_all(d).ok();
 }
 
@@ -564,6 +586,10 @@ fn a_gpu_user_gets_advice_for_their_card_and_command() {
     let (code, out, err) = on_emu(&emu, &[&["train", "--set", "device=auto", "--set", "out_dir=pair"][..], &small].concat(), &d, &pair);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("auto: cuda:1 (cuda-emu (the CPU emulating a GPU), compute capability 9.0)"), "{out}");
+    // and so does `cuda` (no index), which took cuda:0 and failed
+    let (code, out, err) = on_emu(&emu, &[&["train", "--set", "device=cuda", "--set", "out_dir=pair2"][..], &small].concat(), &d, &pair);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("(cuda:1, compute capability 9.0)"), "{out}");
     // bench ignores gradient_accumulation_steps: its advice is --grad-accum, per step
     let err = one_line(&["bench", "--preset", "gpt2-124m", "--set", "device=cuda", "--set", "batch_size=512"], &[]);
     assert!(err.contains("--grad-accum ") && err.contains("sequences per step") && !err.contains("gradient_accumulation_steps"), "{err}");

@@ -204,7 +204,7 @@ fn bench_gpu(
         );
         return Ok(());
     }
-    say!("device: {}; {}", info.description, super::printer::peak_text(peak, precision, &peak_source));
+    say!("device: {} ; {}", info.description, super::printer::peak_text(peak, precision, &peak_source));
     say!("{}", super::printer::UNVALIDATED_GPU);
     say!("dtype: {} ({})", precision.name(), info.precision_note);
     say_step(&r, a.steps, a.grad_accum);

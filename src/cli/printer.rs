@@ -123,7 +123,7 @@ impl Observer for Printer {
         );
         say!("data: {}", s.dataset);
         say!("tokens per iteration: {} ; FLOPs per iteration: {}", thousands(s.tokens_per_iter as f64), si(s.flops_per_iter));
-        say!("device: {}; {}", s.device, peak_text(s.peak_flops, s.precision, &s.peak_source));
+        say!("device: {} ; {}", s.device, peak_text(s.peak_flops, s.precision, &s.peak_source));
         if s.on_gpu {
             say!("{UNVALIDATED_GPU}");
         }

@@ -44,6 +44,7 @@ struct Function {
     std::string name;
     unsigned static_shared;           // CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES: GPTRAIN_EMU_STATIC_SHARED, else 0
     unsigned max_dynamic;             // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES: 48 KiB less the static until opted in
+    unsigned max_threads;             // CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK: its __launch_bounds__, else 1024
 };
 // The static shared memory the driver reports for every kernel (bytes): the emulator's kernels
 // keep theirs in host memory, so a test says how much a real card would count (sm_90 gives
@@ -60,6 +61,7 @@ std::map<uintptr_t, Buffer> buffers; // by start address
 size_t allocated = 0;
 bool initialised = false;
 int context_tag, stream_tag;
+int current_device = 0; // the GPU whose primary context was retained last (one context at a time)
 const char* running = nullptr; // the kernel being run, for the out-of-bounds message
 const size_t PAGE = 4096;
 
@@ -73,6 +75,16 @@ void cc(int dev, int* major, int* minor) {
     const char* s = std::getenv("GPTRAIN_EMU_CC");
     for (int i = 0; s && i < dev && std::strchr(s, ','); i++) s = std::strchr(s, ',') + 1;
     if (!s || std::sscanf(s, "%d.%d", major, minor) != 2) *major = 9, *minor = 0;
+}
+
+// The most shared memory a block of GPU `dev` may use once its kernel opts in, static and
+// dynamic together (CUDA's table of compute capabilities: Volta 96 KiB, Turing 64, A100 163,
+// other Ampere and Ada 99, Hopper 227, the sm_120 cards 99).
+unsigned optin_limit(int dev) {
+    int major, minor;
+    cc(dev, &major, &minor);
+    unsigned kib = major == 7 ? (minor == 5 ? 64 : 96) : major == 8 ? (minor == 0 ? 163 : 99) : major == 12 ? 99 : 227;
+    return kib << 10;
 }
 
 // The buffer holding [p, p + n), or null.
@@ -189,19 +201,23 @@ CUresult cuDeviceGetAttribute(int* v, int attr, int dev) {
     case 16: *v = 4; break;                 // MULTIPROCESSOR_COUNT
     case 1: *v = 1024; break;               // MAX_THREADS_PER_BLOCK
     case 8: *v = 48 << 10; break;           // MAX_SHARED_MEMORY_PER_BLOCK
-    case 97: *v = 227 << 10; break;         // MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
+    case 97: *v = (int)optin_limit(dev); break; // MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
     case 10: *v = 32; break;                // WARP_SIZE
     case 115: *v = 0; break;                // MEMORY_POOLS_SUPPORTED: plain allocations
     default: *v = 0; break;
     }
     return SUCCESS;
 }
-CUresult cuDevicePrimaryCtxRetain(void** ctx, int) { *ctx = &context_tag; return SUCCESS; }
+CUresult cuDevicePrimaryCtxRetain(void** ctx, int dev) {
+    *ctx = &context_tag;
+    current_device = dev;
+    return SUCCESS;
+}
 CUresult cuDevicePrimaryCtxRelease_v2(int) { return SUCCESS; }
 CUresult cuDevicePrimaryCtxRelease(int) { return SUCCESS; }
 CUresult cuCtxSetCurrent(void*) { return SUCCESS; }
 CUresult cuCtxGetCurrent(void** ctx) { *ctx = &context_tag; return SUCCESS; }
-CUresult cuCtxGetDevice(int* d) { *d = 0; return SUCCESS; }
+CUresult cuCtxGetDevice(int* d) { *d = current_device; return SUCCESS; }
 CUresult cuCtxPushCurrent_v2(void*) { return SUCCESS; }
 CUresult cuCtxPopCurrent_v2(void** ctx) { if (ctx) *ctx = &context_tag; return SUCCESS; }
 CUresult cuCtxSynchronize() { return SUCCESS; }
@@ -287,24 +303,27 @@ CUresult cuModuleGetFunction(void** f, void* m, const char* name) {
     void* sym = dlsym(static_cast<Module*>(m)->lib, entry.c_str());
     if (!sym) return NOT_FOUND;
     unsigned st = static_shared();
-    *f = new Function{reinterpret_cast<void (*)(Launch*)>(sym), name, st, (48u << 10) - std::min(st, 48u << 10)};
+    // the kernel's __launch_bounds__, as the fake NVRTC recorded it (else 1024)
+    auto bound = static_cast<const unsigned*>(dlsym(static_cast<Module*>(m)->lib, (std::string("emu_max_threads_") + name).c_str()));
+    *f = new Function{reinterpret_cast<void (*)(Launch*)>(sym), name, st, (48u << 10) - std::min(st, 48u << 10), bound ? *bound : 1024u};
     return SUCCESS;
 }
-// CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK (0): 1024 (the emulator has no registers to run out
-// of); SHARED_SIZE_BYTES (1) and MAX_DYNAMIC_SHARED_SIZE_BYTES (8) as above; the rest 0
+// CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK (0): the kernel's __launch_bounds__, else 1024 (the
+// emulator has no registers to run out of); SHARED_SIZE_BYTES (1) and
+// MAX_DYNAMIC_SHARED_SIZE_BYTES (8) as above; the rest 0
 CUresult cuFuncGetAttribute(int* v, int attr, void* f) {
     if (!f) return INVALID_VALUE;
     Function* fn = static_cast<Function*>(f);
-    *v = attr == 0 ? 1024 : attr == 1 ? (int)fn->static_shared : attr == 8 ? (int)fn->max_dynamic : 0;
+    *v = attr == 0 ? (int)fn->max_threads : attr == 1 ? (int)fn->static_shared : attr == 8 ? (int)fn->max_dynamic : 0;
     return SUCCESS;
 }
 // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES (8) opts a kernel in to more dynamic shared
 // memory per block: static and dynamic together up to the device's
-// MAX_SHARED_MEMORY_PER_BLOCK_OPTIN (227 KiB here)
+// MAX_SHARED_MEMORY_PER_BLOCK_OPTIN (by compute capability: optin_limit)
 CUresult cuFuncSetAttribute(void* f, int attr, int v) {
     if (!f) return INVALID_VALUE;
     if (attr == 8) {
-        if (v < 0 || (unsigned)v + static_cast<Function*>(f)->static_shared > (227u << 10)) return INVALID_VALUE;
+        if (v < 0 || (unsigned)v + static_cast<Function*>(f)->static_shared > optin_limit(current_device)) return INVALID_VALUE;
         static_cast<Function*>(f)->max_dynamic = (unsigned)v;
     }
     return SUCCESS;
@@ -315,6 +334,11 @@ CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned
                         void** params, void** extra) {
     if (!f || extra) return INVALID_VALUE;
     Function* fn = static_cast<Function*>(f);
+    if (bx * by * bz > fn->max_threads) {
+        std::fprintf(stderr, "cuda-emu: %s launched with %u threads per block, over its __launch_bounds__ of %u\n", fn->name.c_str(),
+                     bx * by * bz, fn->max_threads);
+        return INVALID_VALUE;
+    }
     if (shared > fn->max_dynamic) {
         std::fprintf(stderr,
                      "cuda-emu: %s asks for %u bytes of dynamic shared memory, over the %u it may use (48 KiB less its %u static unless opted in)\n",

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <dlfcn.h>
 #include <fstream>
+#include <map>
 #include <regex>
 #include <set>
 #include <vector>
@@ -122,12 +123,12 @@ nvrtcResult nvrtcCompileProgram(Program* p, int n, const char* const* options) {
     // the kernels' names, from the source with its macros expanded
     { std::ofstream(dir + "/src.cu") << p->src; }
     std::string pre = cxx + " -E -P -x c++ -DGPTRAIN_EMU " + dir + "/src.cu -o " + dir + "/src.i 2>" + dir + "/log";
-    std::set<std::string> kernels;
+    std::map<std::string, unsigned> kernels; // name -> its __launch_bounds__ (0: none)
     if (std::system(pre.c_str()) == 0) {
         std::string expanded = slurp(dir + "/src.i");
-        std::regex k(R"(extern\s+"C"\s+__global__\s+(?:__launch_bounds__\s*\([^)]*\)\s+)?void\s+(\w+)\s*\()");
+        std::regex k(R"(extern\s+"C"\s+__global__\s+(?:__launch_bounds__\s*\(\s*(\d+)[^)]*\)\s+)?void\s+(\w+)\s*\()");
         for (auto it = std::sregex_iterator(expanded.begin(), expanded.end(), k); it != std::sregex_iterator(); ++it)
-            kernels.insert((*it)[1]);
+            kernels[(*it)[2]] = (*it)[1].matched ? (unsigned)std::stoul((*it)[1]) : 0u;
     }
     // dynamic shared memory: the block's buffer
     std::string body = std::regex_replace(p->src, std::regex(R"(extern\s+__shared__\s+(\w+)\s+(\w+)\s*\[\s*\]\s*;)"),
@@ -135,8 +136,11 @@ nvrtcResult nvrtcCompileProgram(Program* p, int n, const char* const* options) {
     body = poison_static_shared(body);
     std::ostringstream out;
     out << "#include \"" << here() << "/emu.h\"\n#line 1 \"" << p->name << "\"\n" << body << "\n";
-    for (const auto& k : kernels)
+    for (const auto& [k, bound] : kernels) {
         out << "extern \"C\" void emu_launch_" << k << "(emu::Launch* l) { emu::launch(" << k << ", l, \"" << k << "\"); }\n";
+        // the driver's MAX_THREADS_PER_BLOCK for it: a GPU refuses a launch past the bound
+        if (bound) out << "extern \"C\" const unsigned emu_max_threads_" << k << " = " << bound << ";\n";
+    }
     { std::ofstream(dir + "/kernel.cpp") << out.str(); }
     std::string cmd = cxx + " -std=c++17 -O2 -fPIC -shared -ffp-contract=off -fno-fast-math -DGPTRAIN_EMU -o " + dir + "/kernel.so " + dir +
                       "/kernel.cpp >" + dir + "/log 2>&1";

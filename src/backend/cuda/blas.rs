@@ -1,7 +1,8 @@
 //! Matmuls through cuBLASLt, f32 accumulation always: operands in their storage types (f32,
 //! bf16 or f16), the output in its own (f32 for parameter gradients), a bias added by the
 //! epilogue (so the output is rounded once; where cuBLASLt refuses the epilogue, as for one
-//! row, the caller adds it with a kernel), split-K partial sums added in f32. `float32` runs compute in true fp32
+//! row, the caller adds it with a kernel after the product, so a 16-bit output is rounded
+//! twice), split-K partial sums added in f32. `float32` runs compute in true fp32
 //! (`CUBLAS_COMPUTE_32F`); `tfloat32` allows TF32 tensor cores (`..._FAST_TF32`).
 //!
 //! cuBLASLt is column-major; a row-major (R, C) matrix is a column-major (C, R) one, so every
@@ -58,6 +59,13 @@ pub struct Gemm {
     /// GELU's backward in the epilogue (tanh form, as gptrain's): see [`Gelu`].
     pub gelu: Option<Gelu>,
     pub tf32: bool,
+}
+
+/// Whether cuBLASLt status `e` refuses what it was asked (NOT_SUPPORTED, INVALID_VALUE), as
+/// opposed to failing at it (out of memory, a failed launch).
+fn refusal(e: result::CublasError) -> bool {
+    use sys::cublasStatus_t as S;
+    matches!(e.0, S::CUBLAS_STATUS_NOT_SUPPORTED | S::CUBLAS_STATUS_INVALID_VALUE)
 }
 
 impl Gemm {
@@ -131,7 +139,8 @@ impl Key {
 }
 
 /// A product's descriptors (operation, epilogue, the three layouts) and the algorithm
-/// cuBLASLt's heuristic chose for them (`None`: it answered NOT_SUPPORTED), made once per
+/// cuBLASLt's heuristic chose for them (`None`: it answered NOT_SUPPORTED, or refused an
+/// optional epilogue, which the caller then does with a kernel), made once per
 /// [`Key`]: the heuristic costs tens of microseconds of host time, and a step makes ~150
 /// products. The bias and auxiliary pointers are set on `desc` at each call.
 struct Plan {
@@ -183,7 +192,7 @@ impl Plan {
             }
             // the heuristic checks the epilogue's pointers are set: this call's, replaced at each
             epilogue = epilogue.and_then(|()| plan.point(g));
-            if epilogue.is_err() && g.optional_epilogue() {
+            if matches!(epilogue, Err(e) if refusal(e)) && g.optional_epilogue() {
                 return Ok(plan); // a library that refuses the epilogue: the caller's kernel (algo None)
             }
             epilogue.map_err(|e| err("attributes", e))?;
@@ -233,9 +242,9 @@ impl Plan {
                     // no algorithm for this combination: the caller's other way; any other
                     // status is a product described wrongly, an error
                     Err(result::CublasError(sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED)) => Ok(None),
-                    // an epilogue is an option with a fallback: any refusal of it is a no
+                    // an epilogue is an option with a fallback: a refusal of it is a no
                     // (PyTorch reports INVALID_VALUE for a biased product of one row or column)
-                    Err(_) if g.optional_epilogue() => Ok(None),
+                    Err(e) if g.optional_epilogue() && refusal(e) => Ok(None),
                     Err(e) => Err(err("found no algorithm", e)),
                 }
             });
@@ -304,10 +313,11 @@ impl Blas {
     }
 
     /// Runs `g` on `stream` if cuBLASLt has an algorithm for it (false, nothing run, when its
-    /// heuristic answers NOT_SUPPORTED, or refuses the bias or GELU epilogue in any way: an
-    /// epilogue the library or the card does not offer for these types or this shape, which the
-    /// caller does with a kernel instead; any other refusal is an error). The heuristic is
-    /// asked once per [`Key`].
+    /// heuristic answers NOT_SUPPORTED, or refuses the bias or GELU epilogue with NOT_SUPPORTED
+    /// or INVALID_VALUE, at the heuristic or the product: an epilogue the library or the card
+    /// does not offer for these types or this shape, which the caller does with a kernel
+    /// instead; any other refusal or failure is an error). The heuristic is asked once per
+    /// [`Key`].
     pub fn gemm_if_supported(&self, g: &Gemm, stream: cudarc::driver::sys::CUstream) -> Result<bool> {
         let stream = stream as sys::cudaStream_t; // the same CUstream, in cuBLASLt's bindings
         let mut plans = self.plans.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -349,8 +359,9 @@ impl Blas {
             match done {
                 Ok(()) => {}
                 // refused before launching anything: the epilogue is not for this library or
-                // product after all; the caller's kernel from now on
-                Err(_) if g.optional_epilogue() => {
+                // product after all; the caller's kernel from now on (a failure of another
+                // kind, out of memory, is an error, not a reason to change paths for good)
+                Err(e) if g.optional_epilogue() && refusal(e) => {
                     plan.algo = None;
                     return Ok(false);
                 }

@@ -19,8 +19,9 @@ pub(super) struct Kernel {
     /// Dynamic shared memory per block it may use now (bytes): 48 KiB less its static shared
     /// memory (which the driver counts in the same 48 KiB), more once opted in.
     allowed: usize,
-    /// Its static `__shared__` arrays (bytes, as the driver reports them: on sm_90 a kernel
-    /// with dynamic shared memory reserves 1 KiB more here).
+    /// Its static `__shared__` arrays (bytes, as the driver reports them; measured, not a
+    /// documented rule: NVRTC 12.9's sm_90 CUBINs give the kernels with dynamic shared memory
+    /// 1 KiB here).
     static_shared: usize,
     /// The most threads per block its registers allow.
     max_threads: u32,

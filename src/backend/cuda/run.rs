@@ -158,11 +158,13 @@ impl Cuda {
             Op::Matmul(m) => {
                 let (n, ic, oc) = (m.inp.rows(), m.inp.cols(), m.out.cols());
                 let (out, inp, w) = (self.operand(bufs, m.out), self.operand(bufs, m.inp), self.operand(bufs, m.w));
+                // cuBLASLt reads the bias in D's type (its default, which gptrain keeps)
+                assert!(m.b.is_none_or(|b| b.dtype == m.out.dtype), "a linear layer's bias in another type than its output: {m:?}");
                 let g = linear_forward(n, ic, oc, out, inp, w, m.b.map(|b| self.ptr(bufs, b)), self.inner.tf32);
                 if !self.inner.blas.gemm_if_supported(&g, self.cu_stream())? {
                     // the bias epilogue refused (one row: sampling's products): the product
                     // alone, then the bias by gptrain's kernel
-                    let Some(b) = m.b.filter(|b| b.dtype == m.out.dtype) else { bail!("cuBLASLt found no algorithm for {g:?}") };
+                    let Some(b) = m.b else { bail!("cuBLASLt found no algorithm for {g:?}") };
                     self.inner.blas.gemm(&Gemm { bias: None, ..g }, self.cu_stream())?;
                     let args = [p(m.out), p(b), Arg::U64((n * oc) as u64), u32_(oc)];
                     self.launch_1d(&format!("bias_add_{}", sfx(m.out.dtype)), n * oc, &args)?;

@@ -66,7 +66,8 @@ pub fn select_as(device: &str, p: Precision, or_cpu: &str) -> Result<Selected> {
     match Choice::parse(device)? {
         Choice::Cpu => Ok(Selected::Cpu { reason: None }),
         Choice::Cuda(n) => {
-            let card = find_card(n).map_err(|why| {
+            // `cuda` takes the card `auto` would; `cuda:N` that one
+            let card = n.map_or_else(|| usable_card(p), |i| find_card(Some(i))).map_err(|why| {
                 // the way to a GPU only where there is none: a wrong index or a card too old
                 // says its own fix, and the user has a driver and a GPU
                 match driver_count() {
@@ -78,7 +79,7 @@ pub fn select_as(device: &str, p: Precision, or_cpu: &str) -> Result<Selected> {
             check_libraries().and_then(|()| compiles_for(&card)).map_err(anyhow::Error::msg)?;
             Ok(Selected::Cuda { ordinal: card.ordinal, reason: None })
         }
-        Choice::Auto => match auto_card() {
+        Choice::Auto => match usable_card(p) {
             Ok(card) => {
                 check_card(&card, p)?;
                 let reason = format!("auto: cuda:{} ({}, compute capability {}.{})", card.ordinal, card.name, card.cc.0, card.cc.1);
@@ -155,23 +156,26 @@ fn card(i: usize) -> Result<Card, String> {
     Ok(Card { ordinal: i, name, cc: (major, minor), memory })
 }
 
-/// The GPU `auto` takes: the first of compute capability [`MIN_CC`] or newer that the NVRTC
-/// found compiles for (CUDA 13's has no Volta, so a V100 at cuda:0 leaves an A100 at cuda:1);
-/// or why there is none (the first such card's reason).
-fn auto_card() -> Result<Card, String> {
+/// The GPU `auto` and `cuda` take: the first of compute capability [`MIN_CC`] or newer that
+/// the NVRTC found compiles for (CUDA 13's has no Volta, so a V100 at cuda:0 leaves an A100 at
+/// cuda:1) and that has precision `p` (else the first the kernels compile for, which
+/// [`check_card`] then refuses, saying why); or why there is none (the first such card's
+/// reason).
+fn usable_card(p: Precision) -> Result<Card, String> {
     let first = find_card(None)?;
     check_libraries()?;
-    let mut why = None;
+    let (mut compiles, mut why) = (Vec::new(), None);
     for i in first.ordinal..driver_count()? {
         let c = if i == first.ordinal { first.clone() } else { card(i)? };
         if c.cc >= MIN_CC {
             match compiles_for(&c) {
-                Ok(()) => return Ok(c),
+                Ok(()) => compiles.push(c),
                 Err(e) => why = why.or(Some(e)),
             }
         }
     }
-    Err(why.unwrap_or_else(|| "no usable CUDA GPU".into()))
+    let has_p = compiles.iter().position(|c| lacks(c, p).is_none()).unwrap_or(0);
+    compiles.into_iter().nth(has_p).ok_or_else(|| why.unwrap_or_else(|| "no usable CUDA GPU".into()))
 }
 
 /// Why GPU `i` does not exist among the `count` the driver shows this process, which
