@@ -748,7 +748,7 @@ fn check_passes_every_op_and_training_here_and_names_a_missing_gpu() {
     let d = tmp("check");
     let (code, out, err) = gptrain(&["check", "--threads", "2"], &d);
     assert_eq!(code, 0, "{out}{err}");
-    for line in ["setup:", "  vectors ", "  matmuls ", "  threads   2", "summary: 156 passed, 0 failed, 0 skipped (fp32, bf16, fp16)"] {
+    for line in ["setup:", "  vectors ", "  matmuls ", "  threads   2", "summary: 159 passed, 0 failed, 0 skipped (fp32, bf16, fp16)"] {
         assert!(out.contains(line), "no `{line}` in: {out}");
     }
     let row = |op: &str| out.lines().find(|l| l.trim_start().starts_with(op)).unwrap_or_else(|| panic!("no row {op}: {out}")).to_string();

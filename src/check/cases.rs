@@ -318,16 +318,23 @@ pub(super) fn all() -> Vec<Case> {
         }));
     }
 
-    // the qkv layer's shape with a bias; the tied lm_head's (OC = Vp) without; and one row, as
-    // sampling's products are (biased: PyTorch reports cuBLASLt refusing those, where the CUDA
-    // backend adds the bias with its own kernel)
+    // the qkv layer's shape with a bias; the tied lm_head's (OC = Vp) without; one row, as
+    // sampling's products are (biased: PyTorch reports cuBLASLt refusing those); and a bias off
+    // 16-byte alignment (the CUDA backend adds those two biases with its own kernel)
     let n = B * T;
-    for (op, n, oc, bias) in
-        [("matmul forward", n, 3 * C, true), ("matmul forward, no bias", n, VP, false), ("matmul forward, one row", 1, 3 * C, true)]
-    {
+    for (op, n, oc, bias, misalign) in [
+        ("matmul forward", n, 3 * C, true, false),
+        ("matmul forward, no bias", n, VP, false, false),
+        ("matmul forward, one row", 1, 3 * C, true, false),
+        ("matmul forward, unaligned bias", n, 3 * C, true, true),
+    ] {
         v.push(case(op, format!("N={n} IC={C} OC={oc}"), move |l| {
             let (out, inp) = (l.t(Acts, &[n, oc], Normal(1.0)), l.t(Acts, &[n, C], Normal(1.0)));
-            let (w, b) = (l.t(Params, &[oc, C], Normal(0.3)), l.t(Params, &[oc], Normal(0.3)));
+            let w = l.t(Params, &[oc, C], Normal(0.3));
+            if misalign {
+                l.pad(&[Params]);
+            }
+            let b = l.t(Params, &[oc], Normal(0.3));
             let op = Matmul { out, inp, w, b: bias.then_some(b), role: if bias { Role::Qkv } else { Role::LmHead } };
             Spec::new(vec![op.into()], vec![("out", out, Write)])
         }));

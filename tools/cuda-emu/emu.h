@@ -291,7 +291,7 @@ inline void launch(void (*k)(A...), Launch* L, const char* name) {
     Block& b = blk();
     L->error[0] = 0;
     unsigned n = L->block[0] * L->block[1] * L->block[2];
-    if (n == 0 || n > MAX_THREADS || L->grid[0] * L->grid[1] * L->grid[2] == 0) {
+    if (n == 0 || n > MAX_THREADS || L->grid[0] == 0 || L->grid[1] == 0 || L->grid[2] == 0) {
         std::snprintf(L->error, sizeof L->error, "%s: launch of %ux%ux%u blocks of %ux%ux%u threads", name, L->grid[0], L->grid[1],
                       L->grid[2], L->block[0], L->block[1], L->block[2]);
         return;
@@ -315,10 +315,10 @@ inline void launch(void (*k)(A...), Launch* L, const char* name) {
     // results then
     const char* order = std::getenv("GPTRAIN_EMU_BLOCK_ORDER");
     const bool reverse = order && std::strcmp(order, "reverse") == 0;
-    const unsigned blocks = L->grid[0] * L->grid[1] * L->grid[2];
-    for (unsigned at = 0; at < blocks; at++) {
-        unsigned k = reverse ? blocks - 1 - at : at;
-        b.bid = {k % L->grid[0], k / L->grid[0] % L->grid[1], k / (L->grid[0] * L->grid[1])};
+    const uint64_t blocks = (uint64_t)L->grid[0] * L->grid[1] * L->grid[2];
+    for (uint64_t at = 0; at < blocks; at++) {
+        uint64_t k = reverse ? blocks - 1 - at : at, plane = (uint64_t)L->grid[0] * L->grid[1];
+        b.bid = {(unsigned)(k % L->grid[0]), (unsigned)(k / L->grid[0] % L->grid[1]), (unsigned)(k / plane)};
         b.serial++;
         std::memset(b.dyn, 0xff, L->shared); // NaN until written
         for (unsigned i = 0; i < n; i++) {

@@ -1,8 +1,8 @@
 //! Matmuls through cuBLASLt, f32 accumulation always: operands in their storage types (f32,
 //! bf16 or f16), the output in its own (f32 for parameter gradients), a bias added by the
 //! epilogue (so the output is rounded once; where cuBLASLt refuses the epilogue, as for one
-//! row, the caller adds it with a kernel after the product, so a 16-bit output is rounded
-//! twice), split-K partial sums added in f32. `float32` runs compute in true fp32
+//! row, or the bias is not 16-byte aligned, the caller adds it with a kernel after the product,
+//! so a 16-bit output is rounded twice), split-K partial sums added in f32. `float32` runs compute in true fp32
 //! (`CUBLAS_COMPUTE_32F`); `tfloat32` allows TF32 tensor cores (`..._FAST_TF32`).
 //!
 //! cuBLASLt is column-major; a row-major (R, C) matrix is a column-major (C, R) one, so every

@@ -160,12 +160,21 @@ impl Cuda {
                 let (out, inp, w) = (self.operand(bufs, m.out), self.operand(bufs, m.inp), self.operand(bufs, m.w));
                 // cuBLASLt reads the bias in D's type (its default, which gptrain keeps)
                 assert!(m.b.is_none_or(|b| b.dtype == m.out.dtype), "a linear layer's bias in another type than its output: {m:?}");
-                let g = linear_forward(n, ic, oc, out, inp, w, m.b.map(|b| self.ptr(bufs, b)), self.inner.tf32);
-                if !self.inner.blas.gemm_if_supported(&g, self.cu_stream())? {
-                    // the bias epilogue refused (one row: sampling's products): the product
-                    // alone, then the bias by gptrain's kernel
-                    let Some(b) = m.b else { bail!("cuBLASLt found no algorithm for {g:?}") };
+                // the bias in the epilogue when 16-byte aligned (Marian NMT found an A100's
+                // epilogue needs it; small models' biases may sit anywhere) and cuBLASLt takes it
+                // (it refuses one-row products, PyTorch reports: sampling's); else the product
+                // alone, then the bias by gptrain's kernel
+                let fused = m.b.map(|b| self.ptr(bufs, b)).filter(|a| a % 16 == 0);
+                let g = linear_forward(n, ic, oc, out, inp, w, fused, self.inner.tf32);
+                let in_epilogue = if self.inner.blas.gemm_if_supported(&g, self.cu_stream())? {
+                    fused.is_some()
+                } else if fused.is_some() {
                     self.inner.blas.gemm(&Gemm { bias: None, ..g }, self.cu_stream())?;
+                    false
+                } else {
+                    bail!("cuBLASLt found no algorithm for {g:?}")
+                };
+                if let (Some(b), false) = (m.b, in_epilogue) {
                     let args = [p(m.out), p(b), Arg::U64((n * oc) as u64), u32_(oc)];
                     self.launch_1d(&format!("bias_add_{}", sfx(m.out.dtype)), n * oc, &args)?;
                 }
