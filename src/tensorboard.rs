@@ -317,6 +317,22 @@ pub fn read_scalars_of(files: &[PathBuf]) -> BTreeMap<(String, i64), (f64, f32)>
     out
 }
 
+/// Whether these events files hold a Keras TensorBoard callback's log: its model, the `keras`
+/// tag of the `graph_keras_model` plugin (written with `write_graph`, the default).
+pub fn written_by_keras(files: &[PathBuf]) -> bool {
+    files.iter().any(|path| {
+        let Ok(bytes) = std::fs::read(path) else { return false };
+        read_records(&bytes).0.iter().map_while(|rec| <Event as prost::Message>::decode(*rec).ok()).any(|ev| {
+            ev.summary.is_some_and(|s| {
+                s.value.iter().any(|v| {
+                    v.tag == "keras"
+                        && v.metadata.as_ref().and_then(|m| m.plugin_data.as_ref()).is_some_and(|p| p.plugin_name == "graph_keras_model")
+                })
+            })
+        })
+    })
+}
+
 /// Whether a value's metadata makes it a scalar: the scalars plugin's (`plugin_name`
 /// "scalars", which every TF2/Keras and torch tensor scalar carries and by which TensorBoard
 /// puts a tag on its Scalars dashboard), or the scalar data class (TensorBoard's own newer
@@ -392,7 +408,12 @@ const RUN_SUMMARY_TAGS: [&str; 5] =
 /// next interval starts after it (the reader restarts its window at a step seen again later).
 /// Tags that count something else than steps (Megatron's `... vs samples`, Keras's other
 /// axis: [`other_axis`]), step counters and the end-of-run summary are left out.
-pub fn json_lines(scalars: &BTreeMap<(String, i64), (f64, f32)>) -> String {
+///
+/// `keras`: the events are a Keras TensorBoard callback's ([`written_by_keras`]), whose epoch
+/// axis (no `batch_*` tags) has epoch e's scalars at step e, from 0: its steps then count
+/// epochs done (e + 1), as the other logs count iterations done, so that an ETA against the
+/// fit's epochs ends at its last.
+pub fn json_lines(scalars: &BTreeMap<(String, i64), (f64, f32)>, keras: bool) -> String {
     use crate::perf::logs::{is_counter, is_eval_part};
     type Row = (f64, serde_json::Map<String, serde_json::Value>);
     let other_axis = other_axis(scalars);
@@ -400,10 +421,7 @@ pub fn json_lines(scalars: &BTreeMap<(String, i64), (f64, f32)>) -> String {
         let lower = tag.to_ascii_lowercase();
         !(tag.contains(" vs ") || other_axis(tag) || is_counter(&lower) || RUN_SUMMARY_TAGS.contains(&tag.as_str()))
     };
-    // Keras logs epoch e's scalars at step e (from 0): a run whose every scalar is an epoch's
-    // counts epochs done, as the other logs count iterations done, so that an ETA against the
-    // run's epochs ends at its last
-    let epochs = scalars.keys().filter(|(tag, _)| kept(tag)).all(|(tag, _)| leaf(tag).starts_with("epoch_"));
+    let epochs = keras && !scalars.keys().any(|(tag, _)| leaf(tag).starts_with("batch_"));
     let mut steps: BTreeMap<i64, (Option<Row>, Option<Row>, f64)> = BTreeMap::new();
     for ((tag, step), (wall, v)) in scalars {
         if !kept(tag) {
@@ -720,10 +738,10 @@ mod tests {
             ("validation/epoch_loss", 1),
             ("validation/evaluation_loss_vs_iterations", 938),
         ]);
-        assert_eq!(keys(&json_lines(&epochs)), ["epoch_loss", "validation/epoch_loss"]);
+        assert_eq!(keys(&json_lines(&epochs, true)), ["epoch_loss", "validation/epoch_loss"]);
         // update_freq="batch": batches are, the evaluation at the iterations with them; the epochs' tags are not
         let batches = scalars(&[("batch_loss", 1), ("batch_loss", 2), ("epoch_loss", 0), ("validation/evaluation_loss_vs_iterations", 2)]);
-        assert_eq!(keys(&json_lines(&batches)), ["batch_loss", "validation/evaluation_loss_vs_iterations"]);
+        assert_eq!(keys(&json_lines(&batches, true)), ["batch_loss", "validation/evaluation_loss_vs_iterations"]);
     }
 
     #[test]

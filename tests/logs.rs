@@ -604,10 +604,21 @@ fn keras_tf2_tensor_scalars_in_train_and_validation_folders_are_one_run() {
         let v = read(&run, &["--max-iters", epochs]);
         assert!((v["eta_seconds"].as_f64().unwrap() - eta).abs() < 1e-6, "{epochs}: {v}");
     }
-    // the train folder alone: the same epochs, no evaluation
+    // the train folder alone: the same epochs (a Keras run by the model it holds), no evaluation
     let v = read(&run.join("train"), &[]);
     check(&v, "tensorboard", "timestamps", 4105.0, 1e-6);
-    assert_eq!(v["evals"].as_u64(), Some(0), "{v}");
+    assert_eq!((v["evals"].as_u64(), v["first_iter"].as_u64()), (Some(0), Some(1)), "{v}");
+    // a torch SummaryWriter loop's `epoch_loss` at its own (1-based) steps is not shifted
+    let torch = tmp("keras-like");
+    let mut w = gptrain::tensorboard::EventWriter::create(&torch).unwrap();
+    for step in 1..=6i64 {
+        let value = vec![gptrain::tensorboard::Value { tag: "epoch_loss".into(), simple_value: Some(2.0), ..Default::default() }];
+        let summary = Some(gptrain::tensorboard::Summary { value });
+        w.write(&gptrain::tensorboard::Event { wall_time: 1e9 + step as f64, step, summary, ..Default::default() }).unwrap();
+    }
+    let v = read(&torch, &[]);
+    assert_eq!((v["first_iter"].as_u64(), v["last_iter"].as_u64()), (Some(1), Some(6)), "{v}");
+    let _ = std::fs::remove_dir_all(&torch);
     // two Keras runs side by side: refused, naming the runs' folders (not their train/, validation/)
     let d = tmp("keras");
     for name in ["A", "B"] {

@@ -238,7 +238,9 @@ fn events_as_json_lines(a: &LogsArgs, files: &[PathBuf], validation: &[PathBuf])
             a.file.display()
         );
     }
-    Ok(crate::tensorboard::json_lines(&scalars))
+    // a Keras run: its model in the events, or its validation/ folder beside train/
+    let keras = !validation.is_empty() || crate::tensorboard::written_by_keras(files);
+    Ok(crate::tensorboard::json_lines(&scalars, keras))
 }
 
 /// Flags' tokens per iteration, before the log is read (a throughput column needs them).

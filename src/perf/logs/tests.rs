@@ -391,7 +391,7 @@ fn tensorboard_scalars_become_rows_by_step() {
     }
     sc.insert(("eval/accuracy".into(), 4), (t0 + 1.6 + 5.0, 0.5));
     sc.insert(("train/train_runtime".into(), 8), (t0 + 30.0, 30.0));
-    let text = crate::tensorboard::json_lines(&sc);
+    let text = crate::tensorboard::json_lines(&sc, false);
     assert!(!text.contains("vs samples") && !text.contains("train_runtime") && !text.contains("global_step"), "{text}");
     let p = parse_with(&text, &Options { format: Some(Format::Tensorboard), ..Options::default() }).unwrap();
     // eight steps of 400 ms: the evaluation's 5 s (at step 4) in no interval
