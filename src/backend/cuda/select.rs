@@ -66,7 +66,8 @@ pub fn select_as(device: &str, p: Precision, or_cpu: &str) -> Result<Selected> {
     match Choice::parse(device)? {
         Choice::Cpu => Ok(Selected::Cpu { reason: None }),
         Choice::Cuda(n) => {
-            // `cuda` takes the card `auto` would; `cuda:N` that one
+            // `cuda` takes the card `auto` would (its libraries and kernels checked on the way);
+            // `cuda:N` that one
             let card = n.map_or_else(|| usable_card(p), |i| find_card(Some(i))).map_err(|why| {
                 // the way to a GPU only where there is none: a wrong index or a card too old
                 // says its own fix, and the user has a driver and a GPU
@@ -76,7 +77,9 @@ pub fn select_as(device: &str, p: Precision, or_cpu: &str) -> Result<Selected> {
                 }
             })?;
             check_card(&card, p)?;
-            check_libraries().and_then(|()| compiles_for(&card)).map_err(anyhow::Error::msg)?;
+            if n.is_some() {
+                check_libraries().and_then(|()| compiles_for(&card)).map_err(anyhow::Error::msg)?;
+            }
             Ok(Selected::Cuda { ordinal: card.ordinal, reason: None })
         }
         Choice::Auto => match usable_card(p) {
@@ -128,16 +131,34 @@ fn driver_count() -> Result<usize, String> {
 
 /// GPU `n`, or the first with compute capability at least [`MIN_CC`]; or why there is none.
 pub fn find_card(n: Option<usize>) -> Result<Card, String> {
-    let count = driver_count()?;
     match n {
-        Some(i) if i >= count => Err(out_of_range(i, count, std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref())),
-        Some(i) => card(i),
-        None if count == 0 => Err("no CUDA GPU found (the NVIDIA driver sees none)".into()),
-        None => {
-            let cards = (0..count).map(card).collect::<Result<Vec<_>, _>>()?;
-            cards.iter().find(|c| c.cc >= MIN_CC).cloned().ok_or_else(|| too_old(&cards[0]))
+        Some(i) => {
+            let count = driver_count()?;
+            if i >= count {
+                return Err(out_of_range(i, count, std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref()));
+            }
+            card(i)
         }
+        None => Ok(capable(&all_cards()?)?[0].clone()),
     }
+}
+
+/// Every GPU the driver shows this process, or why there is none.
+fn all_cards() -> Result<Vec<Card>, String> {
+    match driver_count()? {
+        0 => Err("no CUDA GPU found (the NVIDIA driver sees none)".into()),
+        count => (0..count).map(card).collect(),
+    }
+}
+
+/// The cards of compute capability [`MIN_CC`] or newer among `cards` (at least one), in order;
+/// or why there is none (the first card is too old).
+fn capable(cards: &[Card]) -> Result<Vec<&Card>, String> {
+    let ok: Vec<&Card> = cards.iter().filter(|c| c.cc >= MIN_CC).collect();
+    if ok.is_empty() {
+        return Err(too_old(&cards[0]));
+    }
+    Ok(ok)
 }
 
 /// GPU `i` (the driver initialised) as the driver describes it.
@@ -162,20 +183,13 @@ fn card(i: usize) -> Result<Card, String> {
 /// [`check_card`] then refuses, saying why); or why there is none (the first such card's
 /// reason).
 fn usable_card(p: Precision) -> Result<Card, String> {
-    let first = find_card(None)?;
+    let cards = all_cards()?;
+    let capable = capable(&cards)?;
     check_libraries()?;
-    let (mut compiles, mut why) = (Vec::new(), None);
-    for i in first.ordinal..driver_count()? {
-        let c = if i == first.ordinal { first.clone() } else { card(i)? };
-        if c.cc >= MIN_CC {
-            match compiles_for(&c) {
-                Ok(()) => compiles.push(c),
-                Err(e) => why = why.or(Some(e)),
-            }
-        }
-    }
+    let mut why = None;
+    let compiles: Vec<&Card> = capable.into_iter().filter(|c| compiles_for(c).map_err(|e| why.get_or_insert(e)).is_ok()).collect();
     let has_p = compiles.iter().position(|c| lacks(c, p).is_none()).unwrap_or(0);
-    compiles.into_iter().nth(has_p).ok_or_else(|| why.unwrap_or_else(|| "no usable CUDA GPU".into()))
+    compiles.get(has_p).map(|&c| c.clone()).ok_or_else(|| why.unwrap_or_else(|| "no usable CUDA GPU".into()))
 }
 
 /// Why GPU `i` does not exist among the `count` the driver shows this process, which
