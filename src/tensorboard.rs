@@ -290,8 +290,18 @@ pub fn read_scalars(dir: &Path) -> BTreeMap<(String, i64), (f64, f32)> {
 /// directory's. A scalar is a `simple_value` (torch's SummaryWriter, TF1), or a one-value
 /// tensor of a tag whose metadata names the scalars plugin (TF2's `tf.summary.scalar`, so
 /// Keras; torch's `new_style`).
-pub fn read_scalars_of(files: &[PathBuf]) -> BTreeMap<(String, i64), (f64, f32)> {
-    let mut out = BTreeMap::new();
+pub fn read_scalars_of(files: &[PathBuf]) -> Scalars {
+    read_events(files).0
+}
+
+/// Scalars by (tag, step): (wall time, value).
+pub type Scalars = BTreeMap<(String, i64), (f64, f32)>;
+
+/// [`read_scalars_of`]'s scalars, and whether a Keras TensorBoard callback wrote the events: its
+/// model is there, the `keras` tag of the `graph_keras_model` plugin (written with
+/// `write_graph`, the default).
+pub fn read_events(files: &[PathBuf]) -> (Scalars, bool) {
+    let (mut out, mut keras) = (BTreeMap::new(), false);
     // tag -> whether its metadata says scalar. The first metadata of a tag decides, as in
     // TensorBoard's reader: Python writers write it with a tag's first value only (TF2's C++
     // writer with every value), so a later value without it is still that tag's kind
@@ -306,6 +316,7 @@ pub fn read_scalars_of(files: &[PathBuf]) -> BTreeMap<(String, i64), (f64, f32)>
             for v in ev.summary.map(|s| s.value).unwrap_or_default() {
                 if let Some(m) = &v.metadata {
                     scalar_tags.entry(v.tag.clone()).or_insert_with(|| is_scalar_metadata(m));
+                    keras |= v.tag == "keras" && m.plugin_data.as_ref().is_some_and(|p| p.plugin_name == "graph_keras_model");
                 }
                 let tensor = || v.tensor.as_ref().filter(|_| scalar_tags.get(&v.tag) == Some(&true)).and_then(tensor_scalar);
                 if let Some(x) = v.simple_value.or_else(tensor) {
@@ -314,23 +325,7 @@ pub fn read_scalars_of(files: &[PathBuf]) -> BTreeMap<(String, i64), (f64, f32)>
             }
         }
     }
-    out
-}
-
-/// Whether these events files hold a Keras TensorBoard callback's log: its model, the `keras`
-/// tag of the `graph_keras_model` plugin (written with `write_graph`, the default).
-pub fn written_by_keras(files: &[PathBuf]) -> bool {
-    files.iter().any(|path| {
-        let Ok(bytes) = std::fs::read(path) else { return false };
-        read_records(&bytes).0.iter().map_while(|rec| <Event as prost::Message>::decode(*rec).ok()).any(|ev| {
-            ev.summary.is_some_and(|s| {
-                s.value.iter().any(|v| {
-                    v.tag == "keras"
-                        && v.metadata.as_ref().and_then(|m| m.plugin_data.as_ref()).is_some_and(|p| p.plugin_name == "graph_keras_model")
-                })
-            })
-        })
-    })
+    (out, keras)
 }
 
 /// Whether a value's metadata makes it a scalar: the scalars plugin's (`plugin_name`
@@ -409,7 +404,7 @@ const RUN_SUMMARY_TAGS: [&str; 5] =
 /// Tags that count something else than steps (Megatron's `... vs samples`, Keras's other
 /// axis: [`other_axis`]), step counters and the end-of-run summary are left out.
 ///
-/// `keras`: the events are a Keras TensorBoard callback's ([`written_by_keras`]), whose epoch
+/// `keras`: the events are a Keras TensorBoard callback's ([`read_events`]), whose epoch
 /// axis (no `batch_*` tags) has epoch e's scalars at step e, from 0: its steps then count
 /// epochs done (e + 1), as the other logs count iterations done, so that an ETA against the
 /// fit's epochs ends at its last.

@@ -229,8 +229,8 @@ fn runs_of(top: &Path, folders: Vec<PathBuf>) -> Vec<Run> {
 /// a Keras run's `validation/` folder as evaluations, their tags under `validation/`, a part
 /// that names an evaluation (`perf::logs::is_eval_part`).
 fn events_as_json_lines(a: &LogsArgs, files: &[PathBuf], validation: &[PathBuf]) -> Result<String> {
-    use crate::tensorboard::read_scalars_of;
-    let mut scalars = read_scalars_of(files);
+    use crate::tensorboard::{read_events, read_scalars_of};
+    let (mut scalars, keras_model) = read_events(files);
     scalars.extend(read_scalars_of(validation).into_iter().map(|((tag, step), v)| ((format!("validation/{tag}"), step), v)));
     if scalars.is_empty() {
         bail!(
@@ -239,7 +239,7 @@ fn events_as_json_lines(a: &LogsArgs, files: &[PathBuf], validation: &[PathBuf])
         );
     }
     // a Keras run: its model in the events, or its validation/ folder beside train/
-    let keras = !validation.is_empty() || crate::tensorboard::written_by_keras(files);
+    let keras = !validation.is_empty() || keras_model;
     Ok(crate::tensorboard::json_lines(&scalars, keras))
 }
 
