@@ -352,7 +352,9 @@ fn the_fast_paths_switch_off_and_fall_back_and_check_still_passes() {
 /// memory: on sm_90 a real card reserves 1 KiB there, which 48 KiB of scores (block_size 3072)
 /// would overflow. The emulator reports an oversized static size instead (cheaper than such
 /// a block) and refuses, as a GPU does, a launch that exceeds its allowance: forward,
-/// backward and sampling's decode each opt in.
+/// backward and sampling's decode each opt in. A kernel's threads per block, as the driver
+/// reports them, are kept the same way: a launch over them is one error line, not a failed
+/// launch.
 #[test]
 fn the_static_shared_memory_a_kernel_reports_counts_against_its_48_kib() {
     let Some(emu) = emu_or_skip("the_static_shared_memory_a_kernel_reports_counts_against_its_48_kib") else { return };
@@ -399,6 +401,14 @@ fn the_static_shared_memory_a_kernel_reports_counts_against_its_48_kib() {
         err.contains("attention_forward_f32 needs 72 KiB of shared memory per block and this GPU allows 64 KiB: block_size is too long"),
         "{err}"
     );
+    // a card whose registers allow a kernel fewer threads per block than gptrain launches it
+    // with: one line naming the kernel and both counts, before the launch
+    let mut few = args.to_vec();
+    few.extend(["--set", "out_dir=few"]);
+    let (code, out, err) = on_emu(&emu, &few, &d, &[("GPTRAIN_EMU_MAX_THREADS", Some("128"))]);
+    assert_eq!((code, err.lines().count()), (1, 1), "{out}\n{err}");
+    assert!(err.contains("runs at most 128 threads per block on this GPU (its registers), and gptrain launched it with 256"), "{err}");
+    assert!(!err.contains("cuda-emu:"), "the launch reached the driver:\n{err}");
     std::fs::remove_dir_all(d).ok();
 }
 

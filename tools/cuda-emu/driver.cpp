@@ -10,7 +10,8 @@
 // GPTRAIN_EMU_FAIL_ALLOC (N: the N-th device allocation fails with out-of-memory),
 // GPTRAIN_EMU_STATIC_SHARED (bytes of static shared memory every kernel reports, counted in
 // its 48 KiB as a card counts it; default 0), GPTRAIN_EMU_BLOCK_ORDER (`reverse`: each launch's
-// blocks last first, as a GPU may run them; emu.h).
+// blocks last first, as a GPU may run them; emu.h), GPTRAIN_EMU_MAX_THREADS (N: every kernel
+// reports at most N threads per block, as a card does for a kernel whose registers allow no more).
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -44,7 +45,7 @@ struct Function {
     std::string name;
     unsigned static_shared;           // CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES: GPTRAIN_EMU_STATIC_SHARED, else 0
     unsigned max_dynamic;             // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES: 48 KiB less the static until opted in
-    unsigned max_threads;             // CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK: its __launch_bounds__, else 1024
+    unsigned max_threads;             // CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK: its __launch_bounds__, else 1024 (max_threads)
 };
 // The static shared memory the driver reports for every kernel (bytes): the emulator's kernels
 // keep theirs in host memory, so a test says how much a real card would count (sm_90 gives
@@ -52,6 +53,12 @@ struct Function {
 unsigned static_shared() {
     const char* s = std::getenv("GPTRAIN_EMU_STATIC_SHARED");
     return s ? (unsigned)std::atoi(s) : 0u;
+}
+// The threads per block a kernel with `bound` (its __launch_bounds__, else 1024) reports: at most
+// GPTRAIN_EMU_MAX_THREADS when set, as a card reports fewer for a kernel short of registers.
+unsigned max_threads(unsigned bound) {
+    const char* s = std::getenv("GPTRAIN_EMU_MAX_THREADS");
+    return s && std::atoi(s) > 0 ? std::min(bound, (unsigned)std::atoi(s)) : bound;
 }
 struct Event { double ms; };
 struct Buffer { uintptr_t map; size_t map_len, size; };
@@ -305,7 +312,7 @@ CUresult cuModuleGetFunction(void** f, void* m, const char* name) {
     unsigned st = static_shared();
     // the kernel's __launch_bounds__, as the fake NVRTC recorded it (else 1024)
     auto bound = static_cast<const unsigned*>(dlsym(static_cast<Module*>(m)->lib, (std::string("emu_max_threads_") + name).c_str()));
-    *f = new Function{reinterpret_cast<void (*)(Launch*)>(sym), name, st, (48u << 10) - std::min(st, 48u << 10), bound ? *bound : 1024u};
+    *f = new Function{reinterpret_cast<void (*)(Launch*)>(sym), name, st, (48u << 10) - std::min(st, 48u << 10), max_threads(bound ? *bound : 1024u)};
     return SUCCESS;
 }
 // CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK (0): the kernel's __launch_bounds__, else 1024 (the
@@ -335,8 +342,8 @@ CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned
     if (!f || extra) return INVALID_VALUE;
     Function* fn = static_cast<Function*>(f);
     if (bx * by * bz > fn->max_threads) {
-        std::fprintf(stderr, "cuda-emu: %s launched with %u threads per block, over its __launch_bounds__ of %u\n", fn->name.c_str(),
-                     bx * by * bz, fn->max_threads);
+        std::fprintf(stderr, "cuda-emu: %s launched with %u threads per block, over the %u it reports\n", fn->name.c_str(), bx * by * bz,
+                     fn->max_threads);
         return INVALID_VALUE;
     }
     if (shared > fn->max_dynamic) {
