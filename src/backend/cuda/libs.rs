@@ -15,8 +15,9 @@
 //!
 //! Search order: a folder given to [`prefer`] (the CUDA emulator's, in tests),
 //! `$GPTRAIN_CUDA_LIB_DIR`, `$LD_LIBRARY_PATH`, `$CUDA_HOME/lib64`,
-//! `$CUDA_PATH/lib64`, `/usr/local/cuda/lib64`, then `nvidia/*/lib` (the `cu13/lib` of the
-//! CUDA 13 wheels included) under the site-packages of `$VIRTUAL_ENV` and of `python3`.
+//! `$CUDA_PATH/lib64`, `$CONDA_PREFIX/lib` (an active conda environment), `/usr/local/cuda/lib64`,
+//! then `nvidia/*/lib` (the `cu13/lib` of the CUDA 13 wheels included) under the site-packages
+//! of `$VIRTUAL_ENV` and of `python3`.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
@@ -62,8 +63,13 @@ pub fn prefer(dir: &Path) -> Result<(), String> {
 
 /// The folders searched, in order (existing ones only, each once).
 pub fn search_dirs() -> Vec<PathBuf> {
+    dirs_from(&|k| std::env::var_os(k), &site_packages())
+}
+
+/// [`search_dirs`] for the environment `env` gives and the Python `site_packages` folders.
+fn dirs_from(env: &dyn Fn(&str) -> Option<std::ffi::OsString>, site_packages: &[PathBuf]) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = PREFERRED.get().into_iter().cloned().collect();
-    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    let var = |k: &str| env(k).filter(|v| !v.is_empty());
     if let Some(d) = var(LIB_DIR_VAR) {
         dirs.push(d.into());
     }
@@ -75,8 +81,13 @@ pub fn search_dirs() -> Vec<PathBuf> {
             dirs.push(Path::new(&d).join("lib64"));
         }
     }
+    // an active conda environment: conda's CUDA packages (cuda-nvrtc, libcublas, nccl, as
+    // PyTorch's conda install pulls them in) put their libraries in its lib/
+    if let Some(d) = var("CONDA_PREFIX") {
+        dirs.push(Path::new(&d).join("lib"));
+    }
     dirs.push("/usr/local/cuda/lib64".into());
-    for sp in site_packages() {
+    for sp in site_packages {
         if let Ok(rd) = std::fs::read_dir(sp.join("nvidia")) {
             let mut found: Vec<PathBuf> = rd.flatten().map(|e| e.path().join("lib")).collect();
             found.sort(); // cu13 before cuda_nvrtc, cublas: any fixed order
@@ -281,6 +292,33 @@ mod tests {
         assert!(e.starts_with("cuBLASLt 13.0.2 (CUDA 13) was loaded by name") && e.contains("supports CUDA 12.8 at most"), "{e}");
         for d in [d12, d13] {
             let _ = std::fs::remove_dir_all(d);
+        }
+    }
+
+    /// An active conda environment's lib/ is searched after the folders named for CUDA and
+    /// before /usr/local/cuda and the pip wheels; a folder that does not exist is left out.
+    #[test]
+    fn an_active_conda_environment_is_searched() {
+        let conda = fake_libs("conda", &[]);
+        std::fs::create_dir_all(conda.join("lib")).unwrap();
+        let home = fake_libs("cuda-home", &[]);
+        std::fs::create_dir_all(home.join("lib64")).unwrap();
+        let wheel = fake_libs("wheel", &[]);
+        std::fs::create_dir_all(wheel.join("nvidia/cu13/lib")).unwrap();
+        let env = |k: &str| match k {
+            "CONDA_PREFIX" => Some(conda.clone().into_os_string()),
+            "CUDA_HOME" => Some(home.clone().into_os_string()),
+            _ => None,
+        };
+        let d = dirs_from(&env, std::slice::from_ref(&wheel));
+        let at = |p: PathBuf| d.iter().position(|x| *x == p).unwrap_or_else(|| panic!("{} not in {d:?}", p.display()));
+        let (h, c, w) = (at(home.join("lib64")), at(conda.join("lib")), at(wheel.join("nvidia/cu13/lib")));
+        assert!(h < c && c < w, "{d:?}");
+        // a conda environment without lib/ adds nothing
+        std::fs::remove_dir_all(conda.join("lib")).unwrap();
+        assert!(!dirs_from(&env, &[]).iter().any(|p| p.starts_with(&conda)));
+        for x in [conda, home, wheel] {
+            let _ = std::fs::remove_dir_all(x);
         }
     }
 
