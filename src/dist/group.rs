@@ -108,27 +108,35 @@ impl Group {
     /// reading anything: for waits outside the group's own messages, such as NCCL's start. A
     /// close is seen only once nothing sent before it is left unread.
     pub fn gone(&self) -> Option<usize> {
-        use std::os::fd::AsRawFd;
-        self.links.iter().enumerate().find_map(|(i, l)| {
-            let mut b = 0u8;
-            // SAFETY: peeks at most one byte into `b`, which we own, from a socket we hold open;
-            // MSG_DONTWAIT makes this call non-blocking without changing the socket's mode.
-            let n = unsafe { libc::recv(l.as_raw_fd(), (&raw mut b).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
-            let closed = match n {
-                0 => true,
-                n if n > 0 => false,
-                _ => {
-                    let e = std::io::Error::last_os_error();
-                    !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted)
-                }
-            };
-            closed.then_some(if self.world.is_root() { i + 1 } else { 0 })
-        })
+        first_closed(&self.links, self.world.is_root())
+    }
+
+    /// [`Group::gone`] for another thread or owner (the GPU backend, watching its NCCL sums):
+    /// it watches copies of the group's connections (the same sockets), reading nothing.
+    pub fn watcher(&self) -> Result<impl Fn() -> Option<usize> + Send + 'static> {
+        let links = self.links.iter().map(TcpStream::try_clone).collect::<std::io::Result<Vec<_>>>()?;
+        let root = self.world.is_root();
+        Ok(move || first_closed(&links, root))
     }
 
     /// Returns when every rank has called it.
     pub fn barrier(&mut self) -> Result<()> {
         self.sum_f64(&mut [0.0])
+    }
+
+    /// [`Group::barrier`], each rank waiting up to `extra` longer than the group's timeout: for
+    /// the wait after rank 0's last checkpoint, which it may retry for `checkpoint_retry_s`.
+    pub fn barrier_allowing(&mut self, extra: Duration) -> Result<()> {
+        let base = self.links.first().and_then(|l| l.read_timeout().ok().flatten());
+        let set = |links: &[TcpStream], t: Option<Duration>| links.iter().for_each(|l| drop(l.set_read_timeout(t)));
+        if let Some(b) = base {
+            set(&self.links, Some(b + extra));
+        }
+        let done = self.barrier();
+        if base.is_some() {
+            set(&self.links, base);
+        }
+        done
     }
 
     /// Every rank's `x` summed, in rank order, into every rank's `x` (same length everywhere).
@@ -244,6 +252,27 @@ impl Group {
         }
         Ok(())
     }
+}
+
+/// The rank behind the first of `links` that has closed (see [`Group::gone`]): rank 0's links
+/// lead to ranks 1.. in order (`root`), another rank's one link to rank 0.
+fn first_closed(links: &[TcpStream], root: bool) -> Option<usize> {
+    use std::os::fd::AsRawFd;
+    links.iter().enumerate().find_map(|(i, l)| {
+        let mut b = 0u8;
+        // SAFETY: peeks at most one byte into `b`, which we own, from a socket we hold open;
+        // MSG_DONTWAIT makes this call non-blocking without changing the socket's mode.
+        let n = unsafe { libc::recv(l.as_raw_fd(), (&raw mut b).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+        let closed = match n {
+            0 => true,
+            n if n > 0 => false,
+            _ => {
+                let e = std::io::Error::last_os_error();
+                !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted)
+            }
+        };
+        closed.then_some(if root { i + 1 } else { 0 })
+    })
 }
 
 /// The message for `x`: its length, then its elements.
@@ -462,6 +491,33 @@ mod tests {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     }
 
+    /// Rank 0 late at a barrier by more than the group's timeout: a plain barrier gives up on
+    /// it, one allowing that much longer waits for it.
+    #[test]
+    fn a_barrier_allowing_longer_waits_out_a_late_rank_0() {
+        for (allow, ok) in [(Duration::ZERO, false), (Duration::from_secs(10), true)] {
+            let addr = format!("127.0.0.1:{}", free_port());
+            let join = |r: usize| {
+                let addr = addr.clone();
+                std::thread::spawn(move || -> Result<()> {
+                    let mut g = Group::connect(&world(r, 2), &addr, 7, Duration::from_millis(800))?;
+                    if r == 0 {
+                        std::thread::sleep(Duration::from_millis(1500)); // a slow last checkpoint
+                    }
+                    g.barrier_allowing(allow)
+                })
+            };
+            let (r0, r1) = (join(0), join(1));
+            let (r0, r1) = (r0.join().unwrap(), r1.join().unwrap());
+            assert_eq!(r1.is_ok(), ok, "{r1:?}");
+            if ok {
+                assert!(r0.is_ok(), "{r0:?}");
+            } else {
+                assert!(r1.unwrap_err().to_string().contains("no word from rank 0"));
+            }
+        }
+    }
+
     #[test]
     fn sums_are_in_rank_order_and_the_same_on_every_rank() {
         let out = ranks(
@@ -617,20 +673,22 @@ mod tests {
                 if g.world().rank == 1 {
                     g.barrier()?;
                     g.barrier()?; // then leaves: its connection closes
-                    return Ok((None, None));
+                    return Ok(((None, None), (None, None)));
                 }
                 g.barrier()?;
+                // a watcher (as the GPU backend keeps for its NCCL sums) sees what the group sees
+                let watcher = g.watcher()?;
                 std::thread::sleep(Duration::from_millis(100)); // rank 1's next message waits unread
-                let alive = g.gone();
+                let alive = (g.gone(), watcher());
                 g.barrier()?; // and is still there to read
                 let t0 = Instant::now();
-                while g.gone().is_none() && t0.elapsed() < Duration::from_secs(10) {
+                while watcher().is_none() && t0.elapsed() < Duration::from_secs(10) {
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                Ok((alive, g.gone()))
+                Ok((alive, (g.gone(), watcher())))
             },
         );
-        assert_eq!(out[0].as_ref().unwrap(), &(None, Some(1)));
+        assert_eq!(out[0].as_ref().unwrap(), &((None, None), (Some(1), Some(1))));
         assert!(out[1].is_ok());
     }
 

@@ -105,7 +105,9 @@ pub(super) fn join_gpus(cuda: &Cuda, group: &mut Group) -> Result<String> {
     let timeout = group::timeout_from_env()?;
     let joining = cuda.clone();
     let (rank, size) = (world.rank, world.size);
-    while_ranks_live(group, "NCCL's start", timeout, move || joining.join_ranks(rank, size, u, timeout))
+    // each sum watches the ranks' connections: NCCL does not say when a peer dies mid-sum
+    let gone = Box::new(group.watcher()?);
+    while_ranks_live(group, "NCCL's start", timeout, move || joining.join_ranks(rank, size, u, timeout, gone))
         .map_err(|e| anyhow::anyhow!("{e:#}; `GPTRAIN_DIST_NCCL=0` sums through host memory instead"))?;
     Ok(format!("gradients summed by NCCL {} on the GPUs, losses through rank 0", nccl.unwrap_or_default()))
 }

@@ -446,9 +446,11 @@ impl<'a, B: Backend> Session<'a, B> {
     }
 
     /// Waits until every rank is here (after rank 0's last checkpoint: the launcher may stop
-    /// the others as soon as one exits).
+    /// the others as soon as one exits), as long as rank 0 may retry that checkpoint
+    /// (`checkpoint_retry_s`) more than the ranks' usual wait.
     pub(super) fn barrier(&mut self) -> Result<()> {
-        self.group.as_mut().map_or(Ok(()), Group::barrier)
+        let retries = Duration::from_secs(self.cfg.checkpoint_retry_s);
+        self.group.as_mut().map_or(Ok(()), |g| g.barrier_allowing(retries))
     }
 
     /// The closing summary, reported and returned.

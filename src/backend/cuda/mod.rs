@@ -77,6 +77,11 @@ impl Counter {
     }
 }
 
+/// The first rank of a data-parallel run whose process has ended, if any (watched while an NCCL
+/// sum runs: NCCL itself does not report a peer on the same machine that died mid-sum; its
+/// kernels wait for it).
+pub type RankGone = Box<dyn Fn() -> Option<usize> + Send>;
+
 /// The CUDA backend on one GPU (cheap to clone: the state is shared).
 #[derive(Clone)]
 pub struct Cuda {
@@ -85,8 +90,9 @@ pub struct Cuda {
 
 struct Inner {
     /// The data-parallel run's NCCL communicator, once this rank has joined one
-    /// ([`Cuda::join_ranks`]), and how long a sum may take; freed before the context.
-    ranks: Mutex<Option<(nccl::Comm, std::time::Duration)>>,
+    /// ([`Cuda::join_ranks`]), how long a sum may take, and what says a rank has gone; freed
+    /// before the context.
+    ranks: Mutex<Option<(nccl::Comm, std::time::Duration, RankGone)>>,
     card: select::Card,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
@@ -299,11 +305,11 @@ impl Cuda {
 
     /// Joins the NCCL communicator `id` names as rank `rank` of `size` (every rank must call it:
     /// it waits for all); from then on [`Backend::sum_over_ranks`] sums on the GPUs, each sum
-    /// given at most `timeout` to finish.
-    pub fn join_ranks(&self, rank: usize, size: usize, id: nccl::UniqueId, timeout: std::time::Duration) -> Result<()> {
+    /// given at most `timeout` to finish and watched with `gone`.
+    pub fn join_ranks(&self, rank: usize, size: usize, id: nccl::UniqueId, timeout: std::time::Duration, gone: RankGone) -> Result<()> {
         self.bind()?;
         let comm = nccl::Comm::init(rank, size, id).with_context(|| format!("cuda:{}", self.inner.card.ordinal))?;
-        *self.inner.ranks.lock().unwrap_or_else(|e| e.into_inner()) = Some((comm, timeout));
+        *self.inner.ranks.lock().unwrap_or_else(|e| e.into_inner()) = Some((comm, timeout, gone));
         Ok(())
     }
 
@@ -312,10 +318,10 @@ impl Cuda {
     /// other ranks' collectives fail rather than wait on this one) and says `what` failed.
     fn over_ranks(&self, what: &str, call: impl FnOnce(&nccl::Comm, *mut std::ffi::c_void) -> Result<()>) -> Result<()> {
         let mut ranks = self.inner.ranks.lock().unwrap_or_else(|e| e.into_inner());
-        let Some((comm, timeout)) = ranks.as_ref() else { bail!("cuda:{}: no NCCL communicator", self.inner.card.ordinal) };
+        let Some((comm, timeout, gone)) = ranks.as_ref() else { bail!("cuda:{}: no NCCL communicator", self.inner.card.ordinal) };
         self.bind()?;
         let stream = self.cu_stream() as *mut std::ffi::c_void;
-        let done = call(comm, stream).and_then(|()| self.wait_for_sum(comm, *timeout));
+        let done = call(comm, stream).and_then(|()| self.wait_for_sum(comm, *timeout, gone));
         if let Err(e) = done {
             ranks.take(); // ncclCommAbort
             return Err(e.context(format!("cuda:{}: {what}", self.inner.card.ordinal)));
@@ -323,12 +329,15 @@ impl Cuda {
         Ok(())
     }
 
-    /// Waits for `stream`'s work (an NCCL sum among it) while watching `comm`: an error NCCL
-    /// reports, or no end within `timeout` (a rank gone mid-sum would hang the GPUs), aborts
-    /// the communicator and ends the run with one line.
-    fn wait_for_sum(&self, comm: &nccl::Comm, timeout: std::time::Duration) -> Result<()> {
+    /// Waits for `stream`'s work (an NCCL sum among it) while watching `comm` and the ranks: an
+    /// error NCCL reports, a rank whose process has ended (`gone`: NCCL's kernels would wait
+    /// for it without an error), or no end within `timeout`, aborts the communicator and ends
+    /// the run with one line.
+    fn wait_for_sum(&self, comm: &nccl::Comm, timeout: std::time::Duration, gone: &RankGone) -> Result<()> {
         let start = std::time::Instant::now();
+        let mut polls = 0u64;
         loop {
+            polls += 1;
             // SAFETY: the backend's stream, alive as long as the backend; a query has no effects.
             match unsafe { sys::cuStreamQuery(self.cu_stream()) } {
                 sys::CUresult::CUDA_SUCCESS => return Ok(()),
@@ -336,6 +345,12 @@ impl Cuda {
                 e => bail!("waiting for the sum over ranks ({e:?})"),
             }
             comm.async_error()?;
+            // the ranks' links every ~10 ms (a system call per link), not at every poll
+            if polls.is_multiple_of(200) {
+                if let Some(r) = gone() {
+                    bail!("rank {r} stopped during NCCL's sum over the ranks (see its output for why)");
+                }
+            }
             if start.elapsed() > timeout {
                 bail!(
                     "NCCL's collective over the ranks did not finish within {} s (GPTRAIN_DIST_TIMEOUT_S): a rank has gone or the network failed",

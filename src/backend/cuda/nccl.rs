@@ -27,6 +27,8 @@ pub struct UniqueId {
 const UINT8: i32 = 1;
 const FLOAT32: i32 = 7;
 const SUM: i32 = 0;
+/// `ncclInProgress` (ncclResult_t 7): a non-blocking operation still under way.
+const IN_PROGRESS: i32 = 7;
 
 /// The NCCL functions gptrain calls (nccl.h's signatures; `ncclComm_t` and `cudaStream_t` are
 /// pointers).
@@ -211,6 +213,10 @@ impl Comm {
         let mut e = 0;
         // SAFETY: `raw` is a live communicator; the call writes one int we own.
         check(a, "ncclCommGetAsyncError", unsafe { (a.get_async_error)(self.raw, &mut e) })?;
+        // ncclInProgress: an operation still under way (non-blocking communicators), not an error
+        if e == IN_PROGRESS {
+            return Ok(());
+        }
         check(a, "a collective", e)
     }
 
