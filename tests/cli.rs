@@ -261,6 +261,45 @@ fn stops_with_a_checkpoint(name: &str, signals: &[&str]) {
     std::fs::remove_dir_all(d).ok();
 }
 
+/// A second interrupt a second or more after the first quits at once, without waiting for the
+/// iteration (here a long one: 300 micro-steps): exit 130, said in one line, nothing written.
+#[test]
+fn a_second_interrupt_a_second_later_quits_at_once() {
+    use std::io::BufRead;
+    let d = tmp("second-interrupt");
+    let mut args = vec!["train", "--set", "max_iters=10", "--set", "gradient_accumulation_steps=300", "--set", "batch_size=16"];
+    args.extend(TINY);
+    args.extend(["--set", "n_embd=128", "--set", "block_size=128"]); // over TINY's: ~1.5e12 FLOPs an iteration
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gptrain"))
+        .args(&args)
+        .current_dir(&d)
+        .env("XDG_CACHE_HOME", &d)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        if line.unwrap().starts_with("step 0:") {
+            break; // iteration 0 is under way
+        }
+    }
+    let drain = std::thread::spawn(move || lines.map_while(Result::ok).filter(|l| l.starts_with("iter ")).count());
+    let pid = child.id().to_string();
+    let kill = || assert!(Command::new("kill").args(["-INT", pid.as_str()]).status().unwrap().success());
+    kill();
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    kill();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("stopping now (second interrupt), without a checkpoint of this iteration"), "{err}");
+    assert_eq!(drain.join().unwrap(), 0, "an iteration finished before the second interrupt (make it longer): {err}");
+    assert!(!d.join("out/ckpt-000001").exists(), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    std::fs::remove_dir_all(d).ok();
+}
+
 #[test]
 fn an_absurd_learning_rate_aborts_or_skips() {
     let d = tmp("nan");

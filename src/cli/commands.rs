@@ -185,7 +185,12 @@ fn install_signal_handler() {
                 return; // the same stop, delivered twice
             }
             say("\nstopping now (second interrupt), without a checkpoint of this iteration; any checkpoint written before is intact");
-            std::process::exit(130);
+            let _ = std::io::stdout().flush();
+            // SAFETY: ends the process at once, output flushed above. Not `exit`: the main
+            // thread may be inside CUDA, cuBLASLt or NCCL (whose threads run too), and the
+            // libraries' teardown that `exit` runs would race it (hang or crash on the way out);
+            // a checkpoint being written is left as a temporary folder, never half a checkpoint.
+            unsafe { libc::_exit(130) }
         }
         if train::WAITING_TO_SAVE.load(std::sync::atomic::Ordering::SeqCst) {
             say("\ninterrupt: giving up on the final checkpoint");
