@@ -177,7 +177,7 @@ fn bench_gpu(
     let held = gpu.memory_use().map_or(0, |m| m.current);
     let recompute = cfg.recompute_level();
     let caller = train::Caller::Bench;
-    train::check_gpu_memory(caller, model, cfg.batch_size, a.grad_accum, d, recompute, info.memory, held, 0, &info.description)?;
+    train::check_gpu_memory(caller, model, cfg.batch_size, a.grad_accum, d, recompute, info.memory, held, 0, 0, &info.description)?;
     let memory_model = flops::memory(model, cfg.batch_size, model.block_size, d, recompute, flops::Impl::Gpu).allocated();
     let to_run = began.elapsed().as_secs_f64() * 1e3;
     let r = crate::bench::run(model, cfg.batch_size, a.grad_accum, a.steps, a.warmup, a.profile, gpu, precision, recompute)?;

@@ -353,12 +353,15 @@ pub fn estimate(run: &Run, device: &Device, precision: &DtypeChoice, peak_overri
         Some(n) => mem.sharded(n),
         None => mem,
     };
-    let full = flops::memory(m, run.batch_size, t, d, run.recompute, imp);
+    // GPUs summing by NCCL: each keeps room for NCCL's buffers too, as `train` does
+    let nccl = if gpus > 1 && imp == Impl::Gpu { flops::NCCL_BUFFER_BYTES } else { 0 };
+    let runtime = |mem: flops::Memory| flops::Memory { overhead: mem.overhead + nccl, ..mem };
+    let full = runtime(flops::memory(m, run.batch_size, t, d, run.recompute, imp));
     let mem = shard(full.clone());
     let most = Recompute::GeluAndLayerNorm;
     let cap = device.memory_bytes;
-    // (no verdict where the memory is unknown)
-    let room = if cap > 0 { cap + (full.total() - mem.total()) } else { 0 };
+    // (no verdict where the memory is unknown; max_micro_batch's model has no NCCL term)
+    let room = if cap > 0 { (cap + (full.total() - mem.total())).saturating_sub(nccl) } else { 0 };
     let more_by_recomputing = run.recompute < most && cap > 0;
     let fits = |bytes: u64| (cap > 0).then_some(bytes <= cap); // None: the device's memory is unknown
     let torch = (imp == Impl::Gpu).then(|| flops::memory(m, run.batch_size, t, d, Recompute::Off, Impl::Torch).total());
@@ -404,7 +407,7 @@ pub fn estimate(run: &Run, device: &Device, precision: &DtypeChoice, peak_overri
         max_micro_batch: flops::max_micro_batch(m, t, d, run.recompute, imp, room),
         recompute: run.recompute.level(),
         max_micro_batch_recompute: if more_by_recomputing { flops::max_micro_batch(m, t, d, most, imp, room) } else { 0 },
-        memory_with_recompute: shard(flops::memory(m, run.batch_size, t, d, most, imp)).total(),
+        memory_with_recompute: shard(runtime(flops::memory(m, run.batch_size, t, d, most, imp))).total(),
         zero_stage: if zero { 1 } else { 0 },
         memory_pytorch_bytes: torch,
         fits_pytorch: torch.and_then(fits),
@@ -761,6 +764,10 @@ mod tests {
         let one = est(&preset_run("gpt2-124m", 50304, 1), "a100-40gb", Precision::Bf16);
         let eight = est(&preset_run("gpt2-124m", 50304, 8), "a100-40gb", Precision::Bf16);
         assert!(one.allreduce.is_none());
+        // each GPU keeps room for NCCL's buffers, as `train` does: in the total and the fit
+        assert_eq!(eight.memory.overhead, one.memory.overhead + flops::NCCL_BUFFER_BYTES);
+        assert_eq!(eight.memory_bytes, one.memory_bytes + flops::NCCL_BUFFER_BYTES);
+        assert!(eight.max_micro_batch < one.max_micro_batch, "{} vs {}", eight.max_micro_batch, one.max_micro_batch);
         let a = eight.allreduce.as_ref().unwrap();
         // ring all-reduce of fp32 gradients: 2 (N-1)/N of them through each GPU's link
         assert_eq!(a.gradient_bytes, 4 * one.params as u64);

@@ -180,6 +180,12 @@ impl Memory {
 /// yet: its counter sees only its own buffers.
 pub const GPU_OVERHEAD_BYTES: u64 = 600 << 20;
 
+/// What a data-parallel rank keeps free on its card for NCCL's buffers, which NCCL (2.22 on,
+/// `NCCL_RUNTIME_CONNECT=1`) allocates at the first sum, after gptrain's memory check: its
+/// ring and tree buffers per channel, and NVLS's (288 MiB a rank on 8 H100s, as vLLM's issue
+/// 9699 logs). A reserve, not a measurement: to be measured on a multi-GPU machine.
+pub const NCCL_BUFFER_BYTES: u64 = 1 << 30;
+
 /// Memory of training `cfg` with micro-batch `b` at length `t`, compute dtype bytes `d`
 /// (4 for fp32/tf32, 2 for fp16/bf16), with the activations `recompute` names kept for one
 /// layer only (gptrain's [`ActLayout`]; for [`Impl::Torch`], nanoGPT keeps everything and

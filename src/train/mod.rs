@@ -471,7 +471,9 @@ impl Caller {
 /// (less `held`, what the backend holds already: its workspace and scratch) is more than the
 /// card has free (the CUDA context exists by now, so `overhead` is not asked for), naming the
 /// largest micro-batch that fits (at the run's `recompute` level, and at level 2 when that fits
-/// more), in `caller`'s flags. Ok when it fits or the card's memory is unknown.
+/// more), in `caller`'s flags. `nccl`: bytes kept free for NCCL's buffers (a data-parallel
+/// run summing on the GPUs; NCCL allocates them at the first sum). Ok when it fits or the
+/// card's memory is unknown.
 #[allow(clippy::too_many_arguments)]
 pub fn check_gpu_memory(
     caller: Caller,
@@ -483,6 +485,7 @@ pub fn check_gpu_memory(
     mem: Option<device::MemInfo>,
     held: u64,
     zero_saves: u64,
+    nccl: u64,
     card: &str,
 ) -> Result<()> {
     use crate::perf::flops::{self, Impl};
@@ -490,11 +493,11 @@ pub fn check_gpu_memory(
     let Some(m) = mem else { return Ok(()) };
     let t = mc.block_size;
     // ZeRO-1's share of the optimiser state leaves `zero_saves` bytes unallocated whatever the batch
-    let need = flops::memory(mc, b, t, d, recompute, Impl::Gpu).allocated() - zero_saves;
+    let need = flops::memory(mc, b, t, d, recompute, Impl::Gpu).allocated() - zero_saves + nccl;
     if need <= m.available + held {
         return Ok(());
     }
-    let capacity = m.available + held + zero_saves + flops::GPU_OVERHEAD_BYTES;
+    let capacity = (m.available + held + zero_saves + flops::GPU_OVERHEAD_BYTES).saturating_sub(nccl);
     let fits = flops::max_micro_batch(mc, t, d, recompute, Impl::Gpu, capacity);
     let fits_recomputing = flops::max_micro_batch(mc, t, d, Recompute::GeluAndLayerNorm, Impl::Gpu, capacity);
     let or_recompute = if fits_recomputing > fits {
@@ -513,8 +516,9 @@ pub fn check_gpu_memory(
             if x < fits { format!(" ({x}: the largest that fits and divides {sequences})") } else { String::new() }
         ),
     };
+    let nccl_words = if nccl > 0 { format!(", and {} kept for NCCL's buffers", human_bytes(nccl)) } else { String::new() };
     bail!(
-        "this run needs about {} of GPU memory at micro-batch {b} (gptrain's memory model of its buffers), more than the {} free on {card} ({} total); {advice}",
+        "this run needs about {} of GPU memory at micro-batch {b} (gptrain's memory model of its buffers{nccl_words}), more than the {} free on {card} ({} total); {advice}",
         human_bytes(need),
         human_bytes(m.available + held),
         human_bytes(m.total)
@@ -577,8 +581,8 @@ mod tests {
         // a 12 GiB card with the context taken: 16 fits, 64 does not
         let card = |free: u64| Some(device::MemInfo { total: 12 * GIB, available: free, swap_free: 0 });
         let off = Recompute::Off;
-        assert!(check_gpu_memory(Caller::Train, &mc, 16, 32, 2, off, card(11 * GIB), held, 0, "RTX 4070").is_ok());
-        let e = format!("{:#}", check_gpu_memory(Caller::Train, &mc, 64, 8, 2, off, card(11 * GIB), held, 0, "RTX 4070").unwrap_err());
+        assert!(check_gpu_memory(Caller::Train, &mc, 16, 32, 2, off, card(11 * GIB), held, 0, 0, "RTX 4070").is_ok());
+        let e = format!("{:#}", check_gpu_memory(Caller::Train, &mc, 64, 8, 2, off, card(11 * GIB), held, 0, 0, "RTX 4070").unwrap_err());
         let capacity = 11 * GIB + held + flops::GPU_OVERHEAD_BYTES;
         let fits = flops::max_micro_batch(&mc, 1024, 2, off, Impl::Gpu, capacity);
         assert!((16..64).contains(&fits), "{fits}");
@@ -590,7 +594,7 @@ mod tests {
         assert!(e.contains("--set gradient_accumulation_steps=") && e.contains("gptrain's memory model"), "{e}");
         // `bench` takes the micro-batches a step as --grad-accum, and names its steps so
         let bench = |b, accum| {
-            let e = check_gpu_memory(Caller::Bench, &mc, b, accum, 2, off, card(11 * GIB), held, 0, "RTX 4070").unwrap_err();
+            let e = check_gpu_memory(Caller::Bench, &mc, b, accum, 2, off, card(11 * GIB), held, 0, 0, "RTX 4070").unwrap_err();
             format!("{e:#}")
         };
         let e = bench(64, 8);
@@ -608,12 +612,20 @@ mod tests {
         assert!(recomputing > fits, "{recomputing} vs {fits}");
         let e = format!(
             "{:#}",
-            check_gpu_memory(Caller::Train, &mc, 64, 8, 2, Recompute::GeluAndLayerNorm, card(11 * GIB), held, 0, "x").unwrap_err()
+            check_gpu_memory(Caller::Train, &mc, 64, 8, 2, Recompute::GeluAndLayerNorm, card(11 * GIB), held, 0, 0, "x").unwrap_err()
         );
         assert!(e.contains(&format!("the largest micro-batch that fits is {recomputing}: ")) && !e.contains("with --set"), "{e}");
-        assert!(format!("{:#}", check_gpu_memory(Caller::Train, &mc, 1, 1, 2, off, card(GIB / 4), held, 0, "x").unwrap_err())
+        assert!(format!("{:#}", check_gpu_memory(Caller::Train, &mc, 1, 1, 2, off, card(GIB / 4), held, 0, 0, "x").unwrap_err())
             .contains("even micro-batch 1"));
-        assert!(check_gpu_memory(Caller::Train, &mc, 1 << 20, 1, 2, off, None, 0, 0, "x").is_ok(), "unknown memory: no verdict");
+        assert!(check_gpu_memory(Caller::Train, &mc, 1 << 20, 1, 2, off, None, 0, 0, 0, "x").is_ok(), "unknown memory: no verdict");
+        // a rank summing by NCCL keeps room for NCCL's buffers: the largest micro-batch that
+        // fits alone may not, and the error says what was kept
+        let nccl = flops::NCCL_BUFFER_BYTES;
+        let fits_nccl = flops::max_micro_batch(&mc, 1024, 2, off, Impl::Gpu, capacity - nccl);
+        assert!(fits_nccl < fits, "{fits_nccl} vs {fits}");
+        assert!(check_gpu_memory(Caller::Train, &mc, fits, 1, 2, off, card(11 * GIB), held, 0, 0, "x").is_ok());
+        let e = format!("{:#}", check_gpu_memory(Caller::Train, &mc, fits, 1, 2, off, card(11 * GIB), held, 0, nccl, "x").unwrap_err());
+        assert!(e.contains("kept for NCCL's buffers") && e.contains(&format!("the largest micro-batch that fits is {fits_nccl}: ")), "{e}");
     }
 
     #[test]

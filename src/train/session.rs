@@ -131,6 +131,7 @@ impl<'a, B: Backend> Session<'a, B> {
                 dev.memory,
                 held,
                 full.allocated() - mem.allocated(),
+                if backend.joined_ranks() { flops::NCCL_BUFFER_BYTES } else { 0 },
                 &dev.description,
             )?,
             _ => {
