@@ -357,6 +357,9 @@ pub fn run_ranked(cfg: &Config, obs: &mut dyn Observer, world: &World) -> Result
             w.source,
             if each == 1 { "" } else { "es" }
         ));
+        if let Some(note) = ranks::one_gpu_named(&cfg.device, g.world(), || cuda::select::gpu_count().ok()) {
+            obs.message(&note);
+        }
     }
     if let Some(r) = reason {
         obs.message(&r);

@@ -24,6 +24,18 @@ pub(super) fn rank_device(device: &str, world: &World, gpus: impl FnOnce() -> Op
     }
 }
 
+/// A note when the ranks of one machine all train on the one GPU `device` names (`cuda:N`)
+/// while the machine has more (`gpus`): nanoGPT's train.py gives each DDP rank
+/// `cuda:LOCAL_RANK` whatever the config says, so a config written for it can mean that.
+pub(super) fn one_gpu_named(device: &str, world: &World, gpus: impl FnOnce() -> Option<usize>) -> Option<String> {
+    let n: usize = device.strip_prefix("cuda:")?.parse().ok()?;
+    let seen = gpus().filter(|&g| g > 1 && world.local_size > 1)?;
+    Some(format!(
+        "note: device={device} puts all {} ranks of this machine on GPU {n} of its {seen} (nanoGPT's train.py gives each rank cuda:LOCAL_RANK whatever its config says); --set device=cuda gives each rank its own",
+        world.local_size
+    ))
+}
+
 /// The connection to the other ranks, after checking the run can be shared out.
 pub(super) fn connect(cfg: &Config, world: &World) -> Result<Group> {
     let accum = cfg.gradient_accumulation_steps;
@@ -208,6 +220,19 @@ fn gpu_key(uuid: [u8; 16]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_named_gpu_shared_by_a_machines_ranks_beside_others_is_noted() {
+        let w = |local_size| World { rank: 0, size: 8, local_rank: 0, local_size, source: "torchrun" };
+        let note = one_gpu_named("cuda:0", &w(8), || Some(8)).unwrap();
+        assert!(note.starts_with("note: device=cuda:0 puts all 8 ranks of this machine on GPU 0 of its 8"), "{note}");
+        assert!(note.contains("--set device=cuda gives each rank its own"), "{note}");
+        // one GPU to share, one rank a machine, or every rank given its own: nothing to say
+        assert_eq!(one_gpu_named("cuda:0", &w(8), || Some(1)), None);
+        assert_eq!(one_gpu_named("cuda:0", &w(1), || Some(8)), None);
+        assert_eq!(one_gpu_named("cuda", &w(8), || Some(8)), None);
+        assert_eq!(one_gpu_named("cpu", &w(8), || Some(8)), None);
+    }
 
     #[test]
     fn ranks_asking_for_a_gpu_take_their_local_ranks() {
