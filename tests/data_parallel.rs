@@ -259,6 +259,43 @@ fn gpu_ranks_train_what_one_gpu_process_trains() {
     );
 }
 
+/// A GPU rank whose process ends inside an NCCL sum, after the check-in before it: a real NCCL
+/// reports no error to the others (its kernels wait on for the dead peer; the emulator's
+/// GPTRAIN_EMU_NCCL_HANG does the same, its stream left busy), so rank 0 must see rank 1's
+/// connection close while it waits, and stop with one line naming it, long before
+/// GPTRAIN_DIST_TIMEOUT_S.
+#[test]
+fn a_gpu_rank_that_dies_inside_an_nccl_sum_is_named_at_once() {
+    let Some(emu) = common::emu_or_skip("a_gpu_rank_that_dies_inside_an_nccl_sum_is_named_at_once") else { return };
+    let d = tmp("gpu-dies");
+    let e = emu.to_str().unwrap();
+    let cache = emu.join("cache");
+    let env = [("LD_LIBRARY_PATH", e), ("GPTRAIN_CUDA_LIB_DIR", e), ("XDG_CACHE_HOME", cache.to_str().unwrap())];
+    let gpu = ["--set", "device=cuda:0", "--set", "dtype=float32", "--set", "max_iters=4", "--set", "eval_interval=100"];
+    let env0 = [&env[..], &[("GPTRAIN_EMU_GPU", "0"), ("GPTRAIN_EMU_NCCL_HANG", "1"), ("GPTRAIN_DIST_TIMEOUT_S", "60")]].concat();
+    let env1 = [&env[..], &[("GPTRAIN_EMU_GPU", "1"), ("GPTRAIN_EMU_NCCL_EXIT_AT", "2"), ("GPTRAIN_DIST_TIMEOUT_S", "60")]].concat();
+    let port = free_port();
+    let r1 = rank(1, 2, port, &d, "out", &gpu, &env1);
+    let r0 = rank(0, 2, port, &d, "out", &gpu, &env0);
+    let pid0 = r0.id();
+    let (code1, _, err1) = finish(r1);
+    let died = std::time::Instant::now();
+    let (code0, out0, err0) = finish(r0);
+    assert_eq!((code0, code1), (1, 3), "rank 0: {err0}\nrank 1: {err1}");
+    assert!(out0.contains("gradients summed by NCCL"), "{out0}");
+    assert!(err1.contains("ends inside its collective 2"), "{err1}");
+    assert_eq!(err0.lines().count(), 1, "{err0}");
+    assert!(err0.contains("rank 1 stopped during NCCL's sum over the ranks (see its output for why)"), "{err0}");
+    assert!(died.elapsed() < Duration::from_secs(20), "rank 0 took {:?} after rank 1's end", died.elapsed());
+    // the communicator rank 0 left behind (the emulator's segments, named by rank 0's pid)
+    for f in std::fs::read_dir("/dev/shm").into_iter().flatten().flatten() {
+        if f.file_name().to_string_lossy().starts_with(&format!("gptrain-emu-nccl-{pid0}-")) {
+            let _ = std::fs::remove_file(f.path());
+        }
+    }
+    std::fs::remove_dir_all(d).ok();
+}
+
 /// Ranks that start from different weights (here: each resumed from its own out_dir, at the same
 /// iteration) are stopped at the start with one line naming the rank: the ranks never send
 /// weights, so they would train apart.

@@ -18,7 +18,7 @@ build_set() {
     ln -sf libcuda.so.1 "$dir/libcuda.so"
     "$cxx" "${flags[@]}" -DEMU_CUDA="$cuda" -Wl,-soname,libcublasLt.so.$major -o "$dir/libcublasLt.so.$major" "$here/cublaslt.cpp"
     "$cxx" "${flags[@]}" -DEMU_CUDA="$cuda" -Wl,-soname,libnvrtc.so.$major -o "$dir/libnvrtc.so.$major" "$here/nvrtc.cpp" -ldl
-    "$cxx" "${flags[@]}" -Wl,-soname,libnccl.so.2 -o "$dir/libnccl.so.2" "$here/nccl.cpp" -lrt -pthread
+    "$cxx" "${flags[@]}" -Wl,-soname,libnccl.so.2 -o "$dir/libnccl.so.2" "$here/nccl.cpp" -lrt -pthread -ldl
     cp "$here/emu.h" "$here/half.h" "$dir/"
 }
 # DIR: a CUDA 13.0 driver and libraries; DIR/cuda12: a CUDA 12.4 driver (no

@@ -31,7 +31,7 @@
 namespace {
 typedef int CUresult;
 enum { SUCCESS = 0, INVALID_VALUE = 1, OUT_OF_MEMORY = 2, NOT_INITIALIZED = 3, INVALID_DEVICE = 101, INVALID_IMAGE = 200,
-       INVALID_CONTEXT = 201, INVALID_HANDLE = 400, NOT_FOUND = 500, LAUNCH_FAILED = 719, NOT_SUPPORTED = 801 };
+       INVALID_CONTEXT = 201, INVALID_HANDLE = 400, NOT_FOUND = 500, NOT_READY = 600, LAUNCH_FAILED = 719, NOT_SUPPORTED = 801 };
 
 struct Launch { // emu.h's emu::Launch
     unsigned grid[3], block[3];
@@ -239,7 +239,12 @@ CUresult cuStreamCreate(void** s, unsigned) { *s = &stream_tag; return SUCCESS; 
 CUresult cuStreamCreateWithPriority(void** s, unsigned, int) { *s = &stream_tag; return SUCCESS; }
 CUresult cuStreamDestroy_v2(void*) { return SUCCESS; }
 CUresult cuStreamSynchronize(void*) { return SUCCESS; }
-CUresult cuStreamQuery(void*) { return SUCCESS; }
+// Work is done when it returns, so a stream is never busy; except once the emulator's NCCL has
+// left a collective waiting for a rank that never came (GPTRAIN_EMU_NCCL_HANG), as a GPU's NCCL
+// kernel spins: from then on the stream stays busy.
+std::atomic<bool> stream_stuck{false};
+extern "C" void emu_stream_stuck() { stream_stuck = true; }
+CUresult cuStreamQuery(void*) { return stream_stuck ? NOT_READY : SUCCESS; }
 CUresult cuStreamWaitEvent(void*, void*, unsigned) { return SUCCESS; }
 
 CUresult cuEventCreate(void** e, unsigned) { *e = new Event{0}; return SUCCESS; }

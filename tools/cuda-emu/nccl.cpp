@@ -8,12 +8,20 @@
 // Streams are synchronous in the emulator, so the call completes before it returns; a group
 // (ncclGroupStart/End) is then the same calls one after another, in the same order on every
 // rank, which is what NCCL's grouping asks of its callers anyway.
+//
+// Faults, for tests: GPTRAIN_EMU_NCCL_INIT_FAIL=1 (below); GPTRAIN_EMU_NCCL_EXIT_AT=K ends this
+// rank's process inside its K-th collective (counted from 1), before it arrives, as a rank
+// killed mid-sum; GPTRAIN_EMU_NCCL_HANG=1 makes a collective whose ranks have not all arrived
+// within 2 s return as a real one does, its kernel still waiting: the emulated driver's stream
+// then stays busy (cuStreamQuery: not ready), and no error is ever reported (a real NCCL
+// reports none for a peer on the same machine that died); without it the wait fails after 30 s.
 #include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <random>
 #include <string>
@@ -59,6 +67,43 @@ ncclResult_t barrier(Comm* c) {
     return ncclSuccess;
 }
 
+// How a collective's wait for the other ranks ended.
+enum class Wait { Arrived, Failed, Stuck };
+
+// The emulated driver's stream, left busy by a collective that waits on (GPTRAIN_EMU_NCCL_HANG).
+void leave_stream_busy() {
+    void* cuda = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
+    if (auto stuck = cuda ? reinterpret_cast<void (*)()>(dlsym(cuda, "emu_stream_stuck")) : nullptr) stuck();
+}
+
+// [`barrier`] for a collective: with GPTRAIN_EMU_NCCL_HANG=1, ranks missing after 2 s leave the
+// stream busy and the call returns (Stuck), as a GPU's NCCL kernel waits on for them.
+Wait collective_barrier(Comm* c) {
+    const char* h = std::getenv("GPTRAIN_EMU_NCCL_HANG");
+    if (!h || std::strcmp(h, "1") != 0) return barrier(c) == ncclSuccess ? Wait::Arrived : Wait::Failed;
+    c->barriers++;
+    uint64_t want = c->barriers * (uint64_t)c->nranks;
+    c->header->arrived.fetch_add(1);
+    auto start = std::chrono::steady_clock::now();
+    while (c->header->arrived.load() < want) {
+        if (std::chrono::steady_clock::now() - start > std::chrono::seconds(2)) {
+            leave_stream_busy();
+            return Wait::Stuck;
+        }
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+    return Wait::Arrived;
+}
+
+// GPTRAIN_EMU_NCCL_EXIT_AT=K: the process ends inside its K-th collective (`c->seq` made so far)
+void exit_if_asked(const Comm* c) {
+    const char* k = std::getenv("GPTRAIN_EMU_NCCL_EXIT_AT");
+    if (k && std::strtoull(k, nullptr, 10) == c->seq + 1) {
+        std::fprintf(stderr, "cuda-emu nccl: rank %d ends inside its collective %s (GPTRAIN_EMU_NCCL_EXIT_AT)\n", c->rank, k);
+        _exit(3);
+    }
+}
+
 // Maps segment `name` of `bytes` (created by whichever rank comes first), or null.
 void* map(const std::string& name, size_t bytes) {
     int fd = shm_open(name.c_str(), O_RDWR | O_CREAT, 0600);
@@ -77,12 +122,15 @@ void* map(const std::string& name, size_t bytes) {
 ncclResult_t sum_to(const void* send, void* recv, size_t count, int datatype, int op, int root, void* comm) {
     Comm* c = static_cast<Comm*>(comm);
     if (!c || datatype != 7 || op != 0 || root < -1 || root >= c->nranks) return ncclInvalidArgument;
+    exit_if_asked(c);
     std::string name = c->name + "-" + std::to_string(c->seq++);
     size_t bytes = count * sizeof(float);
     float* slots = static_cast<float*>(map(name, bytes * (size_t)c->nranks + 1));
     if (!slots) return ncclSystemError;
     std::memcpy(slots + count * (size_t)c->rank, send, bytes);
-    ncclResult_t r = barrier(c); // every rank's buffer is in its slot
+    Wait w = collective_barrier(c); // every rank's buffer is in its slot
+    if (w == Wait::Stuck) return ncclSuccess; // (the segment stays: the "kernel" still uses it)
+    ncclResult_t r = w == Wait::Arrived ? ncclSuccess : ncclSystemError;
     if (r == ncclSuccess) {
         if (root == -1 || c->rank == root) {
             float* out = static_cast<float*>(recv);
@@ -155,12 +203,15 @@ ncclResult_t ncclBroadcast(const void* send, void* recv, size_t count, int datat
     Comm* c = static_cast<Comm*>(comm);
     static const size_t sizes[] = {1, 1, 4, 4, 8, 8, 2, 4, 8, 2}; // ncclInt8 .. ncclBfloat16
     if (!c || datatype < 0 || datatype > 9 || root < 0 || root >= c->nranks) return ncclInvalidArgument;
+    exit_if_asked(c);
     std::string name = c->name + "-" + std::to_string(c->seq++);
     size_t bytes = count * sizes[datatype];
     char* slot = static_cast<char*>(map(name, bytes + 1));
     if (!slot) return ncclSystemError;
     if (c->rank == root) std::memcpy(slot, send, bytes);
-    ncclResult_t r = barrier(c);
+    Wait w = collective_barrier(c);
+    if (w == Wait::Stuck) return ncclSuccess;
+    ncclResult_t r = w == Wait::Arrived ? ncclSuccess : ncclSystemError;
     if (r == ncclSuccess) {
         std::memmove(recv, slot, bytes);
         r = barrier(c);
@@ -184,7 +235,8 @@ ncclResult_t ncclCommDestroy(void* comm) {
     return ncclSuccess;
 }
 
-// no background errors: a rank that never comes makes the barrier's wait fail instead
+// no background errors: a rank that never comes makes the barrier's wait fail instead (or,
+// with GPTRAIN_EMU_NCCL_HANG, leaves the stream busy without an error, as a real NCCL does)
 ncclResult_t ncclCommGetAsyncError(void* comm, ncclResult_t* e) {
     if (!comm) return ncclInvalidArgument;
     *e = ncclSuccess;
