@@ -83,13 +83,15 @@ pub(super) fn join_gpus(cuda: &Cuda, group: &mut Group) -> Result<String> {
     let world = group.world().clone();
     let off = std::env::var("GPTRAIN_DIST_NCCL").is_ok_and(|v| v == "0");
     let nccl = if off { Err("GPTRAIN_DIST_NCCL=0".to_string()) } else { nccl::version() };
-    // each rank's facts: NCCL loads here (1 or 0), which GPU it is (its UUID, hashed), and
-    // whether its NCCL lets ranks share a GPU (1 or 0)
+    // each rank's facts: NCCL loads here (1 or 0), which GPU it is (its UUID, hashed), whether
+    // its NCCL lets ranks share a GPU (1 or 0), and its NCCL's version
     let (gpu, share) = (gpu_key(cuda.uuid()?), nccl.is_ok() && nccl::ranks_may_share_a_gpu());
-    let mine = [f64::from(u8::from(nccl.is_ok())), (gpu >> 32) as f64, (gpu & 0xffff_ffff) as f64, f64::from(u8::from(share))];
+    let code = if nccl.is_ok() { nccl::version_code() } else { 0 };
+    let mine =
+        [f64::from(u8::from(nccl.is_ok())), (gpu >> 32) as f64, (gpu & 0xffff_ffff) as f64, f64::from(u8::from(share)), f64::from(code)];
     let facts = group.gather_f64(&mine)?;
-    let slot = |f: &[f64]| Slot { nccl: f[0] == 1.0, gpu: ((f[1] as u64) << 32) | f[2] as u64, share: f[3] == 1.0 };
-    let slots: Vec<Slot> = facts.chunks(4).map(slot).collect();
+    let slot = |f: &[f64]| Slot { nccl: f[0] == 1.0, gpu: ((f[1] as u64) << 32) | f[2] as u64, share: f[3] == 1.0, version: f[4] as i32 };
+    let slots: Vec<Slot> = facts.chunks(mine.len()).map(slot).collect();
     if let Some(why) = host_reason(&slots, world.rank, nccl.as_ref().err()) {
         return Ok(staged(&why));
     }
@@ -186,6 +188,8 @@ struct Slot {
     gpu: u64,
     /// Its NCCL lets ranks share a GPU ([`nccl::ranks_may_share_a_gpu`]).
     share: bool,
+    /// Its NCCL's [`nccl::version_code`].
+    version: i32,
 }
 
 /// Why the ranks cannot sum by NCCL, from every rank's [`Slot`] and the reason NCCL does not
@@ -196,6 +200,13 @@ fn host_reason(slots: &[Slot], me: usize, here: Option<&String>) -> Option<Strin
     }
     if let Some(r) = slots.iter().position(|s| !s.nccl) {
         return Some(format!("NCCL is not usable on rank {r}"));
+    }
+    if let Some(r) = slots.iter().position(|s| s.version != slots[0].version) {
+        return Some(format!(
+            "rank 0 has NCCL {} and rank {r} NCCL {}, and NCCL joins only ranks of one version",
+            nccl::version_of(slots[0].version),
+            nccl::version_of(slots[r].version)
+        ));
     }
     if slots.iter().all(|s| s.share) {
         return None;
@@ -254,7 +265,7 @@ mod tests {
 
     #[test]
     fn ranks_sum_by_nccl_only_when_every_rank_can_and_no_two_share_a_gpu() {
-        let s = |nccl, gpu, share| Slot { nccl, gpu, share };
+        let s = |nccl, gpu, share| Slot { nccl, gpu, share, version: 22105 };
         assert!(host_reason(&[s(true, 1, false), s(true, 2, false), s(true, 3, false)], 0, None).is_none());
         let no = "NCCL library not found".to_string();
         let e = host_reason(&[s(true, 1, false), s(false, 2, false)], 1, Some(&no)).unwrap();
@@ -263,6 +274,10 @@ mod tests {
         let e = host_reason(&[s(true, 1, false), s(true, 2, true), s(true, 1, true)], 1, None).unwrap();
         assert_eq!(e, "ranks 0 and 2 share one GPU, which NCCL allows only from 2.30 with NCCL_MULTI_RANK_GPU_ENABLE=1");
         assert!(host_reason(&[s(true, 1, true), s(true, 1, true)], 1, None).is_none());
+        // NCCL refuses ranks of different versions (environments that differ by node)
+        let older = Slot { version: 21903, ..s(true, 3, false) };
+        let e = host_reason(&[s(true, 1, false), s(true, 2, false), older], 0, None).unwrap();
+        assert_eq!(e, "rank 0 has NCCL 2.21.5 and rank 2 NCCL 2.19.3, and NCCL joins only ranks of one version");
         let (a, b) = (gpu_key([1; 16]), gpu_key([2; 16]));
         assert_ne!(a, b);
         assert_eq!(a, gpu_key([1; 16]));

@@ -107,6 +107,17 @@ pub fn version() -> Result<String, String> {
     api().map(|a| a.version.clone())
 }
 
+/// NCCL's version as NCCL_VERSION_CODE of 2.9 on (22105 for 2.21.5), 0 when it cannot be
+/// loaded: ranks must all run the same one (NCCL refuses a communicator of mixed versions).
+pub fn version_code() -> i32 {
+    api().map_or(0, |a| a.code)
+}
+
+/// A [`version_code`] as "2.21.5".
+pub fn version_of(code: i32) -> String {
+    format!("{}.{}.{}", code / 10000, code / 100 % 100, code % 100)
+}
+
 /// Whether this NCCL lets several ranks share one GPU: 2.30 and newer do when
 /// `NCCL_MULTI_RANK_GPU_ENABLE=1` (older ones refuse such ranks).
 pub fn ranks_may_share_a_gpu() -> bool {
