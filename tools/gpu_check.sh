@@ -13,7 +13,7 @@
 #                                checkpoint sampled on the CPU, 50 fp16 iterations of the
 #                                rtx4070-40m shape on GPT-2 BPE tokens, two data-parallel ranks
 #                                sharing the GPU against one process (through host memory, by
-#                                NCCL, by NCCL with ZeRO-1), and benches (gpt2-124m
+#                                NCCL, by NCCL with ZeRO-1; one rank killed mid-run), and benches (gpt2-124m
 #                                in bf16: as it is, with CUDA-core attention, with GELU's backward
 #                                unfused). Under 8
 #                                minutes; a summary table last; full logs under $OUT when set
@@ -198,6 +198,23 @@ for v in "host::" "nccl:NCCL_MULTI_RANK_GPU_ENABLE=1:" "zero:NCCL_MULTI_RANK_GPU
         row "2 ranks (${v%%:*}) losses = one's" FAIL "-" "$name-diff.txt"
     fi
 done
+# a rank killed (SIGKILL) mid-run while the ranks sum by NCCL: NCCL itself reports nothing for
+# a dead peer on the same machine, so rank 0 must see rank 1's connection close, in the TCP
+# check-in or while its NCCL sum waits, and stop with one line naming it within seconds
+KILL_RUN='bin=$1 logs=$2 out=$3; shift 3; port=$((29500 + RANDOM % 2000))
+RANK=1 WORLD_SIZE=2 LOCAL_RANK=1 LOCAL_WORLD_SIZE=2 MASTER_PORT=$port "$bin" train "$@" --set "out_dir=$out" >"$logs/train-dp-killed-rank1.log" 2>&1 &
+r1=$!
+RANK=0 WORLD_SIZE=2 LOCAL_RANK=0 LOCAL_WORLD_SIZE=2 MASTER_PORT=$port "$bin" train "$@" --set "out_dir=$out" &
+r0=$!
+for _ in $(seq 600); do grep -q "^iter 5:" "$logs/train-dp-killed-rank0.log" 2>/dev/null && break; sleep 0.1; done
+kill -9 $r1; t0=$(date +%s%N)
+wait $r0; rc=$?
+ms=$((($(date +%s%N) - t0) / 1000000))
+echo "rank 0: exit $rc, $ms ms after rank 1 was killed"
+[ $rc -eq 1 ] && grep -q "rank 1" "$logs/train-dp-killed-rank0.log" && [ $ms -lt 20000 ]'
+timed "2 ranks, nccl, rank 1 killed" train-dp-killed-rank0.log 60 env NCCL_MULTI_RANK_GPU_ENABLE=1 bash -c "$KILL_RUN" _ "$BIN/gptrain" \
+    "$LOGS" "$WORK/dp-killed" "${PAIR[@]}" --set max_iters=100000 --set eval_interval=100000
+grep -h "data parallel\|^error\|rank 0: exit" "$LOGS/train-dp-killed-rank0.log" 2>/dev/null | sed 's/^/    /'
 for f in train-cuda.log train-cpu.log train-cuda-bf16.log train-cuda-fp16.log train-rtx4070-fp16.log; do
     echo "== $f (start banner, iteration lines)"
     grep -E "^(device|dtype|memory|kernels)" "$LOGS/$f"
