@@ -1,10 +1,10 @@
 //! The fallback: any line with an iteration counter (`iter N`, `step N/M`, `iteration: N`,
 //! `global_step=N`, `Batch [N/M]`) and
 //! one of: a per-iteration time (`dt: 989ms`, `iter time 0.41s`, `seconds: 2.167`,
-//! `time (ms): 350`), a rate (`3.1it/s`, `2.54s/it`, `1.2 s/step`, `tok/sec: 529,882`, `12.5 samples/s`), or
-//! only the line's timestamp. Times without a unit are seconds when their median over the log
+//! `time (ms): 350`), a rate (`3.1it/s`, `2.54s/it`, `1.2 s/step`, `tok/sec: 529,882`, `12.5 samples/s`;
+//! per GPU: `tokens/gpu/sec: 9,400`, `Tokens/s/device: 36,650`), or only the line's timestamp. Times without a unit are seconds when their median over the log
 //! is below 50, else milliseconds.
-//! `total time` and `data time` are not an iteration's time.
+//! `total time` and `data time` are not an iteration's time, nor is the `sec` of a rate's unit.
 
 use super::{num, Format, Hit, Record, Time, Unit};
 use regex::Regex;
@@ -23,7 +23,7 @@ static RATE_AFTER: LazyLock<Regex> = LazyLock::new(|| {
     .unwrap()
 });
 static RATE_BEFORE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)\b(s/it|it/s|tok/s|tokens/s|tok/sec|tokens/sec|tokens_per_sec(?:ond)?|tps|samples/s|samples/sec|samples_per_sec(?:ond)?)\s*[:=]\s*([\d,]*\.?\d+)").unwrap()
+    Regex::new(r"(?i)\b(tok(?:ens)?/(?:gpu|device)/s(?:ec)?|tok(?:ens)?/s(?:ec)?/(?:gpu|device)|tokens_per_sec(?:ond)?_per_(?:gpu|device)|s/it|it/s|tok/s|tokens/s|tok/sec|tokens/sec|tokens_per_sec(?:ond)?|tps|samples/s|samples/sec|samples_per_sec(?:ond)?)\s*[:=]\s*([\d,]*\.?\d+)").unwrap()
 });
 static LOSS: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?i)\b(?:train[_ ])?loss\s*[:=]?\s*([-\d.Ee+]+)").unwrap());
 static MFU: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?i)\bmfu\s*[:=]?\s*([\d.]+)\s*(%)?").unwrap());
@@ -34,7 +34,13 @@ fn per_iter_ms(line: &str) -> Option<(f64, Option<f64>)> {
     for c in TIME.captures_iter(line) {
         let start = c.get(0).unwrap().start();
         let before = line[..start].to_ascii_lowercase();
-        if before.ends_with("total ") || before.ends_with("total_") || before.ends_with("data ") || before.ends_with("eval ") {
+        // `total time`, `data time`; `tokens/gpu/sec:` is a rate's unit
+        if before.ends_with("total ")
+            || before.ends_with("total_")
+            || before.ends_with("data ")
+            || before.ends_with("eval ")
+            || before.ends_with('/')
+        {
             continue;
         }
         let key = c[1].to_ascii_lowercase();
@@ -66,6 +72,9 @@ fn rate(line: &str) -> Option<Time> {
         u if u.starts_with("s/") => Time::PerIter(v * 1e3),
         "it/s" | "steps/s" => Time::PerIter(1e3 / v),
         u if u.starts_with("sample") => Time::Throughput { per_s: v, unit: Unit::Samples },
+        u if u.ends_with("gpu") || u.ends_with("device") || u.contains("/gpu/") || u.contains("/device/") => {
+            Time::Throughput { per_s: v, unit: Unit::TokensPerGpu }
+        }
         _ => Time::Throughput { per_s: v, unit: Unit::Tokens },
     })
 }
@@ -86,8 +95,10 @@ pub(super) fn line(line: &str) -> Option<(Format, Hit)> {
     r.loss = LOSS.captures(line).and_then(|c| num(&c[1]));
     r.log_mfu = MFU.captures(line).and_then(|c| num(&c[1]).map(|m| if c.get(2).is_some() || m > 1.0 { m / 100.0 } else { m }));
     r.log_tflops = TFLOPS.captures(line).and_then(|c| num(&c[1]));
-    if let Some(Time::Throughput { per_s, unit: Unit::Tokens }) = rate(line) {
-        r.log_tok_s = Some(per_s);
+    match rate(line) {
+        Some(Time::Throughput { per_s, unit: Unit::Tokens }) => r.log_tok_s = Some(per_s),
+        Some(Time::Throughput { per_s, unit: Unit::TokensPerGpu }) => r.log_tok_s_per_gpu = Some(per_s),
+        _ => {}
     }
     Some((Format::Generic, Hit::Iter(r)))
 }

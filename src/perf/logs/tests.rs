@@ -520,3 +520,23 @@ fn gptrain_banner_states_its_flops_per_iteration() {
     f.scan("model FLOPs per token: 6.2M, iteration 4");
     assert_eq!(f.stated_flops_per_iter, None);
 }
+
+#[test]
+fn a_per_gpu_rate_in_the_fallback_is_no_time_in_seconds() {
+    // modula's train-gpt.py (https://github.com/modula-systems/modula/pull/1): `tokens/gpu/sec:`
+    // was read as `sec: 9400`, 9400 s a step; it is a rate of tokens per GPU
+    let log = "step: 10     train loss: 3.20    test loss: 3.10    tokens/gpu/sec: 9000.00    MFU: 60.00%\n\
+               step: 20     train loss: 2.80    test loss: 2.90    tokens/gpu/sec: 10000.00   MFU: 66.00%\n\
+               step: 30     train loss: 2.70    test loss: 2.80    tokens/gpu/sec: 10000.00   MFU: 66.00%\n";
+    let p = parse(log).unwrap_err();
+    assert!(p.to_string().contains("throughput column needs the batch"), "{p}");
+    // 8192 tokens per GPU per step at 10,000 tokens/s/GPU: 819.2 ms
+    let opt = Options { tokens_per_iter: Some(8192.0), ..Options::default() };
+    let p = parse_with(log, &opt).unwrap();
+    assert_eq!((p.format, p.meaning), (Format::Generic, Meaning::Throughput));
+    assert!((p.samples[2].ms - 819.2).abs() < 1e-9, "{:?}", p.samples);
+    assert_eq!(p.samples[2].log_tok_s_per_gpu, Some(10000.0));
+    // MaxText's `Tokens/s/device`, with its own `seconds:`: the seconds time the line
+    let p = parse("completed step: 9, seconds: 1.250, TFLOP/s/device: 200.5, Tokens/s/device: 30000.0, loss: 2.5").unwrap();
+    assert!((p.samples[0].ms - 1250.0).abs() < 1e-9 && p.samples[0].log_tok_s_per_gpu == Some(30000.0), "{:?}", p.samples);
+}
