@@ -109,6 +109,20 @@ fn modded_nanogpt_cumulative_train_time() {
 }
 
 #[test]
+fn llama2c_lines_read_as_nanogpt() {
+    // iterations 0, 10, 20 warm-up; the eval-and-checkpoint line (61204.50 ms) an outlier;
+    // median of the nine left (399.9 ... 402.2 ... 404.7) = 402.2
+    let v = read(&fixture("llama2c.log"), &["--max-iters", "200"]);
+    check(&v, "nanogpt", "per-iteration", 402.2, 1e-9);
+    assert_eq!((v["warmup_dropped"].as_u64(), v["outliers_dropped"].as_u64(), v["evals"].as_u64()), (Some(3), Some(1), Some(2)), "{v}");
+    // `tokens per iteration will be: 131,072`: 131072 / 0.4022 s
+    assert!((v["tokens_per_second"].as_f64().unwrap() - 131_072.0 / 0.4022).abs() < 0.01, "{v}");
+    assert!((v["log_mfu"].as_f64().unwrap() - 0.0414).abs() < 1e-9, "{v}");
+    // 79 iterations left (121 done: 0-120) x 0.4022 s
+    assert!((v["eta_seconds"].as_f64().unwrap() - 79.0 * 0.4022).abs() < 1e-6, "{v}");
+}
+
+#[test]
 fn litgpt_iter_time() {
     // iterations 1-4 warm-up (5 settles the meter); median of the 12 others
     // (96.4 ... 97.2, 97.3 ... 103.1) = (97.2 + 97.3) / 2

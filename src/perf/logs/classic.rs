@@ -1,6 +1,8 @@
 //! nanoGPT, llm.c and gptrain: each line is one iteration's time.
 //! * nanoGPT: `iter N: loss X, time Yms, mfu Z%` (gptrain's own text lines have this shape,
-//!   with `, norm`);
+//!   with `, norm`); llama2.c's `train.py` is nanoGPT's loop (the same counter, the last
+//!   iteration's time, MFU against an A100's 312 TFLOP/s, -100% until the 5th iteration) and
+//!   prints `N | loss X | lr L | Yms | mfu Z%`: read as nanoGPT's;
 //! * llm.c CUDA trainer: `step N/M | loss X | ... | Y ms | ... | T tok/s`;
 //! * llm.c CPU trainer: `step N: train loss X (took Y ms)`, and its older CUDA trainer's
 //!   `step N/M: train loss X (Y ms, T tok/s)`;
@@ -16,6 +18,9 @@ pub(super) fn num_after<'a>(s: &'a str, key: &str) -> Option<&'a str> {
 }
 
 pub(super) fn nanogpt(line: &str) -> Option<(Format, Hit)> {
+    if let Some(hit) = llama2c(line) {
+        return Some(hit);
+    }
     let rest = line.strip_prefix("iter ")?;
     let (n, rest) = rest.split_once(':')?;
     let iter = n.trim().parse().ok()?;
@@ -29,6 +34,22 @@ pub(super) fn nanogpt(line: &str) -> Option<(Format, Hit)> {
     r.minus_100 = placeholder;
     let f = if rest.contains(", norm ") { Format::Gptrain } else { Format::NanoGpt };
     Some((f, Hit::Iter(r)))
+}
+
+/// llama2.c: `490 | loss 5.7543 | lr 4.900000e-05 | 8060.78ms | mfu 0.21%` (forks drop the mfu
+/// or add `| 1.2GB memory`).
+fn llama2c(line: &str) -> Option<(Format, Hit)> {
+    let f: Vec<&str> = line.split(" | ").map(str::trim).collect();
+    if f.len() < 4 || !f[1].starts_with("loss ") || !f[2].starts_with("lr ") {
+        return None;
+    }
+    let ms: f64 = f[3].strip_suffix("ms")?.parse().ok()?;
+    let mfu: Option<f64> = f.get(4).and_then(|m| m.strip_prefix("mfu ")?.strip_suffix('%')?.parse().ok());
+    let mut r = Record::new(f[0].parse().ok()?, Time::PerIter(ms));
+    r.loss = f[1][5..].parse().ok();
+    r.minus_100 = mfu.is_some_and(|m| m <= -99.99);
+    r.log_mfu = mfu.filter(|_| !r.minus_100).map(|m| m / 100.0);
+    Some((Format::NanoGpt, Hit::Iter(r)))
 }
 
 pub(super) fn llmc_cuda(line: &str) -> Option<(Format, Hit)> {
