@@ -123,6 +123,18 @@ fn llama2c_lines_read_as_nanogpt() {
 }
 
 #[test]
+fn llamafactory_trainer_log_elapsed_clock() {
+    // `elapsed_time` (H:MM:SS) differenced between training rows: 4.2, 4.2, 4.4 warm-up; of
+    // 4.2, 4.2, 11.2 (the eval inside), 4.2, 4.4, 4.2 the 11.2 is an outlier; median 4.2 s
+    let v = read(&fixture("llamafactory-trainer-log.jsonl"), &[]);
+    check(&v, "jsonl", "cumulative-clock", 4200.0, 1e-9);
+    assert_eq!((v["warmup_dropped"].as_u64(), v["outliers_dropped"].as_u64(), v["evals"].as_u64()), (Some(3), Some(1), Some(1)), "{v}");
+    // `total_steps: 60`, 10 left
+    assert_eq!(v["max_iters"].as_u64(), Some(60), "{v}");
+    assert!((v["eta_seconds"].as_f64().unwrap() - 42.0).abs() < 1e-6, "{v}");
+}
+
+#[test]
 fn litgpt_iter_time() {
     // iterations 1-4 warm-up (5 settles the meter); median of the 12 others
     // (96.4 ... 97.2, 97.3 ... 103.1) = (97.2 + 97.3) / 2

@@ -12,7 +12,9 @@
 //!   (`steps_per_second`, `it/s`);
 //! * W&B's clock since the start, `_runtime`, in seconds: differenced (a timestamp written
 //!   finer is used instead). Names such as `time` or `elapsed` are a clock in one loop and an
-//!   interval's time in another: not guessed at;
+//!   interval's time in another: not guessed at, unless written `H:MM:SS` (LLaMA-Factory's
+//!   `trainer_log.jsonl`: `"current_steps": 3210, "total_steps": 3235, ..., "elapsed_time":
+//!   "5:14:24"`, to the second; its `throughput` is the run's average so far, not used);
 //! * a rate: tokens (`tokens_per_second`, ...), tokens per GPU (`..._per_gpu`, or a rate under
 //!   `device/`) or samples (`samples_per_second`) per second; but a line with a timestamp is
 //!   timed by the timestamps (they need no batch size);
@@ -20,7 +22,7 @@
 //!   (milliseconds past 1e12, microseconds past 1e15, nanoseconds past 1e17) or a date-time
 //!   string: differenced.
 //!
-//! The counter is the first of `global_step`, `step`, `iter`, ... (`iter` with litgpt's
+//! The counter is the first of `global_step`, `step`, `iter`, ..., `current_steps` (`iter` with litgpt's
 //! `iter_time`); W&B's `_step` counts `wandb.log` calls, so a row counted by it alone is a
 //! step only when it holds a training loss. A line with a validation loss (`val_loss`,
 //! `eval/loss`, `evaluation/loss`, ...) and no training loss is an eval line. A clock or
@@ -33,7 +35,7 @@ use serde_json::{Map, Value};
 
 /// The step counter's names, the most specific first. W&B's `_step` counts `wandb.log` calls,
 /// so a row counted by it alone is a step only when it holds a training loss.
-const STEP: &[&str] = &["global_step", "step", "iter", "iteration", "num_updates", "update", "steps", "_step"];
+const STEP: &[&str] = &["global_step", "step", "iter", "iteration", "num_updates", "update", "steps", "current_steps", "_step"];
 const PER_ITER: &[&str] = &[
     "dt",
     "dt_ms",
@@ -61,6 +63,9 @@ const STEPS_PER_S: &[&str] = &["steps_per_second", "steps_per_sec", "it/s", "ite
 /// Clocks from the start: W&B's own only. Names such as `time` or `elapsed` are a clock in
 /// one loop and the last interval's time in another, so they are not guessed at.
 const CLOCK: &[&str] = &["_runtime"];
+/// Clocks from the start written as text, `5:13:22` or `1 day, 2:03:04` (Python's
+/// `str(timedelta)`: LLaMA-Factory's `trainer_log.jsonl`): a clock, whatever the name.
+const CLOCK_TEXT: &[&str] = &["elapsed_time", "elapsed"];
 const STAMP: &[&str] = &["_timestamp", "timestamp", "time", "wall_time", "ts"];
 /// One iteration's time is believed between a microsecond and a day.
 const MS_RANGE: std::ops::RangeInclusive<f64> = 1e-3..=86_400e3;
@@ -102,6 +107,8 @@ pub(super) fn jsonl(line: &str) -> Option<(Format, Hit)> {
     {
         // a clock from the start, unless the timestamp is the finer (W&B's `_runtime` in whole seconds)
         Time::Cumulative { ms, resolution_ms: res }
+    } else if let Some((ms, res)) = get(CLOCK_TEXT).and_then(|(_, v)| hms(v)) {
+        Time::Cumulative { ms, resolution_ms: res }
     } else if let Some((_, v)) = tokens {
         Time::Throughput { per_s: v, unit: Unit::Tokens }
     } else if let Some((_, v)) = tokens_per_gpu {
@@ -126,6 +133,7 @@ pub(super) fn jsonl(line: &str) -> Option<(Format, Hit)> {
     r.log_mfu = positive(&["mfu"], any).map(|(_, m)| if m > 1.0 { m / 100.0 } else { m });
     r.log_tflops = positive(&["tflops", "tflops_per_gpu"], any).map(|(_, v)| v);
     r.batch = get(&["global_batch_size"]).and_then(|(_, v)| v.as_u64());
+    r.total = get(&["total_steps", "max_steps"]).and_then(|(_, v)| v.as_u64()).filter(|t| *t > 0);
     Some((Format::Jsonl, Hit::Iter(r)))
 }
 
@@ -133,6 +141,19 @@ pub(super) fn jsonl(line: &str) -> Option<(Format, Hit)> {
 fn clock(v: &Value) -> Option<(f64, f64)> {
     let x = v.as_f64().filter(|x| x.is_finite() && *x >= 0.0 && *x < 1e9)?;
     Some((x * 1e3, resolution_ms(v, 1e3)))
+}
+
+/// A clock written as Python's `str(timedelta)`: `5:13:22`, `1 day, 2:03:04`, `3 days, 0:00:09`
+/// (LLaMA-Factory writes whole seconds): (ms, resolution ms).
+fn hms(v: &Value) -> Option<(f64, f64)> {
+    let s = v.as_str()?.trim();
+    let (days, rest) = match s.split_once(", ") {
+        Some((d, rest)) => (d.strip_suffix(" days").or(d.strip_suffix(" day"))?.parse::<f64>().ok()?, rest),
+        None => (0.0, s),
+    };
+    let parts: Vec<f64> = rest.split(':').map(|x| x.parse::<f64>().ok().filter(|x| x.is_finite() && *x >= 0.0)).collect::<Option<_>>()?;
+    let [h, m, sec] = parts[..] else { return None };
+    Some(((((days * 24.0 + h) * 60.0 + m) * 60.0 + sec) * 1e3, 1e3))
 }
 
 /// `obj`'s scalar members, nested objects' as `outer/inner`, names in lower case.

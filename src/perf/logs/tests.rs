@@ -540,3 +540,16 @@ fn a_per_gpu_rate_in_the_fallback_is_no_time_in_seconds() {
     let p = parse("completed step: 9, seconds: 1.250, TFLOP/s/device: 200.5, Tokens/s/device: 30000.0, loss: 2.5").unwrap();
     assert!((p.samples[0].ms - 1250.0).abs() < 1e-9 && p.samples[0].log_tok_s_per_gpu == Some(30000.0), "{:?}", p.samples);
 }
+
+#[test]
+fn a_clock_written_as_text_is_read_to_the_second() {
+    // LLaMA-Factory's `elapsed_time` past a day: Python's `str(timedelta)`
+    let line = r#"{"current_steps": 10, "total_steps": 20, "loss": 1.0, "elapsed_time": "1 day, 2:03:04", "throughput": 50.5}"#;
+    match jsonl::jsonl(line) {
+        Some((Format::Jsonl, Hit::Iter(r))) => {
+            assert_eq!((r.iter, r.total), (10, Some(20)));
+            assert_eq!(r.time, Time::Cumulative { ms: (86_400.0 + 7384.0) * 1e3, resolution_ms: 1e3 });
+        }
+        other => panic!("{other:?}"),
+    }
+}
