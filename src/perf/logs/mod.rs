@@ -574,11 +574,12 @@ pub fn parse_with(text: &str, opt: &Options) -> Result<Parsed> {
     })
 }
 
-/// Whether `--format forced` reads the lines of `reader`: its own; Lightning's bar is the
-/// Hugging Face one's; TensorBoard events come as JSON lines.
+/// Whether `--format forced` reads the lines of `reader`: its own; Lightning's, torchtune's
+/// and fairseq's bars are read by the Hugging Face one's reader; TensorBoard events come as
+/// JSON lines.
 fn reads(forced: Format, reader: Format) -> bool {
     forced == reader
-        || (forced == Format::Lightning && reader == Format::HfTrainer)
+        || (matches!(forced, Format::Lightning | Format::Torchtune | Format::Fairseq) && reader == Format::HfTrainer)
         || (forced == Format::Tensorboard && reader == Format::Jsonl)
 }
 

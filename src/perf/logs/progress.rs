@@ -9,6 +9,11 @@
 //!   torchtune's (`1|52|Loss: 2.37:   0%|▏   | 52/25880 [00:24<3:55:01,  1.83it/s]`: epoch,
 //!   global step, loss) too, its clock restarting each epoch;
 //!   NeMo's `train_step_timing in s=1.21` in the bar's postfix is one step's time.
+//!   fairseq's (`epoch 001:  61%|▌| 18901/31098 [1:49:00<1:05:19,  3.11it/s, loss=4.404, ...,
+//!   num_updates=18901, ...]`, printed when its output is a terminal) likewise, counting batches
+//!   (updates times `--update-freq`) on from the epochs before: its postfix holds the stats of
+//!   the last `--log-interval` (up to v0.9 the epoch's running averages) and is cut at the
+//!   terminal's width, so it is not used.
 //! * The Trainer's `{'loss': ..., 'grad_norm': ..., 'learning_rate': ..., 'epoch': ...}` dicts
 //!   (untimed) and `{'eval_...': ...}` (evals).
 //! * `trainer_state.json` as the file: no per-step times; the run's `train_runtime` less its
@@ -28,6 +33,8 @@ static NEMO_STEP: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"train_step_tim
 static EPOCH: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^Epoch\s+(\d+)").unwrap());
 /// torchtune's bar label: `EPOCH|GLOBAL_STEP|Loss: X` (the epoch from 1).
 static TORCHTUNE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^(\d+)\|\d+\|Loss: \S+$").unwrap());
+/// fairseq's bar label: `epoch 001` (from 1; its valid bar's is `epoch 001 | valid on 'valid' subset`).
+static FAIRSEQ: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^epoch (\d{3,})$").unwrap());
 
 pub(super) fn bar(line: &str) -> Option<(Format, Hit)> {
     if let Some(c) = RICH.captures(line) {
@@ -54,6 +61,11 @@ pub(super) fn bar(line: &str) -> Option<(Format, Hit)> {
         let before = e[1].parse::<u64>().ok()?.checked_sub(1)?.checked_mul(total)?;
         let r = Record::new(before.checked_add(n)?, Time::Cumulative { ms, resolution_ms: 1000.0 });
         return Some((Format::Torchtune, Hit::Iter(r)));
+    } else if let Some(e) = FAIRSEQ.captures(label) {
+        // its batches in the epoch, on from the epochs before (the clock restarts each epoch)
+        let before = e[1].parse::<u64>().ok()?.checked_sub(1)?.checked_mul(total)?;
+        let r = Record::new(before.checked_add(n)?, Time::Cumulative { ms, resolution_ms: 1000.0 });
+        return Some((Format::Fairseq, Hit::Iter(r)));
     } else if ["Training", "Train", "train", "Steps", "Iteration", "Iter", "Step"].contains(&label) {
         // Hugging Face's older example scripts (`Iteration:`), Accelerate and diffusers (`Steps:`)
         (Format::HfTrainer, n, label)

@@ -542,6 +542,45 @@ fn a_per_gpu_rate_in_the_fallback_is_no_time_in_seconds() {
 }
 
 #[test]
+fn fairseqs_progress_bar_is_read_by_its_clock() {
+    // fairseq's tqdm bar (a terminal's capture, refreshes joined by carriage returns), in the
+    // shape of https://github.com/facebookresearch/fairseq/issues/416 and /247; before, no line
+    // was recognised. Epoch 1: 2.5 s a batch for the first 10, then 2.0; its valid bar is an
+    // eval; epoch 2's clock restarts at 0 and runs 2.1 s a batch. 100 batches an epoch.
+    let bar = |e: u64, n: u64, secs: u64, upd: u64| {
+        format!(
+            "| epoch {e:03}:  {:2}%|▌   | {n}/100 [{:02}:{:02}<01:00,  2.00s/it, loss=4.404, nll_loss=2.815, ppl=7.04, wps=18745, ups=0.5, wpb=6109, bsz=225, num_updates={upd}, lr=0.0001, gn",
+            n,
+            secs / 60,
+            secs % 60
+        )
+    };
+    let mut log = String::new();
+    for k in 0..=10u64 {
+        log += &bar(1, 10 * k, if k == 0 { 0 } else { 25 + 20 * (k - 1) }, 10 * k.saturating_sub(1));
+        log.push('\r');
+    }
+    log += "\n| epoch 001 | valid on 'valid' subset:  50%|▌   | 5/10 [00:03<00:03,  1.50it/s]\n";
+    log += "| epoch 001 | loss 4.404 | nll_loss 2.815 | ppl 7.04 | wps 18745 | ups 0.5 | wpb 6109 | bsz 225 | num_updates 100 | lr 0.0001 | gnorm 0.893 | clip 0% | oom 0 | wall 215 | train_wall 185\n";
+    for k in 0..=9u64 {
+        log += &bar(2, 10 * k, 21 * k, 100 + 10 * k);
+        log.push('\r');
+    }
+    let p = parse(&log).unwrap();
+    assert_eq!((p.format, p.meaning, p.evals, p.last_iter), (Format::Fairseq, Meaning::CumulativeClock, 1, 190));
+    let ms: Vec<f64> = p.samples.iter().map(|s| s.ms).collect();
+    assert_eq!(ms, [vec![2500.0], vec![2000.0; 9], vec![2100.0; 9]].concat());
+    // warm-up 2.5, 2.0, 2.0; of seven 2.0 and nine 2.1 the median is 2.1
+    assert_eq!(steady(&p).steady_ms_per_iter, 2100.0);
+    // `--format fairseq` (and torchtune) read their bars, which the Hugging Face reader parses
+    let opt = Options { format: Some(Format::Fairseq), ..Options::default() };
+    assert_eq!(parse_with(&log, &opt).unwrap().samples.len(), 19);
+    let tune = "1|10|Loss: 2.5:   0%|▏   | 10/500 [00:20<16:20,  2.00s/it]\n1|20|Loss: 2.4:   0%|▏   | 20/500 [00:40<16:00,  2.00s/it]\n";
+    let opt = Options { format: Some(Format::Torchtune), ..Options::default() };
+    assert_eq!(parse_with(tune, &opt).unwrap().format, Format::Torchtune);
+}
+
+#[test]
 fn a_clock_written_as_text_is_read_to_the_second() {
     // LLaMA-Factory's `elapsed_time` past a day: Python's `str(timedelta)`
     let line = r#"{"current_steps": 10, "total_steps": 20, "loss": 1.0, "elapsed_time": "1 day, 2:03:04", "throughput": 50.5}"#;
