@@ -23,8 +23,9 @@
 //!   string: differenced.
 //!
 //! The counter is the first of `global_step`, `step`, `iter`, ..., `current_steps` (`iter` with litgpt's
-//! `iter_time`); W&B's `_step` counts `wandb.log` calls, so a row counted by it alone is a
-//! step only when it holds a training loss. A line with a validation loss (`val_loss`,
+//! `iter_time`); W&B's `_step` counts `wandb.log` calls, so rows counted by it alone are
+//! renumbered by logging event (the rows one step logged within a few ms of each other are one
+//! step, [`wandb_steps`]), and such a row is a step only when it holds a training loss. A line with a validation loss (`val_loss`,
 //! `eval/loss`, `evaluation/loss`, ...) and no training loss is an eval line. A clock or
 //! timestamp written as a whole number is read to one unit (a second, W&B's whole-second
 //! `_runtime`), one written with a fraction to a thousandth. The format ranks with the generic
@@ -90,9 +91,9 @@ pub(super) fn jsonl(line: &str) -> Option<(Format, Hit)> {
     let per_iter = positive(PER_ITER, any);
     let counter = if per_iter.is_some_and(|(k, _)| leaf(k).starts_with("iter_time")) { get(&["iter"]).or(get(STEP)) } else { get(STEP) }?;
     let step = counter.1.as_f64().filter(|s| (0.0..=9.0e15).contains(s) && s.fract() == 0.0)?;
-    if leaf(counter.0) == "_step" && train_loss.is_none() {
-        return Some((Format::Jsonl, Hit::Info)); // a W&B row of other metrics (a learning-rate monitor's)
-    }
+    // W&B's row counter: a row of other metrics (a learning-rate monitor's) is kept for its
+    // time, to tell which rows one step logged (`wandb_steps`)
+    let wandb_row = leaf(counter.0) == "_step";
     // a timestamp times the line whatever else it has: timestamps are differenced before a
     // rate is used (as torchtitan's are)
     let stamp = get(STAMP).and_then(|(_, v)| stamp_of(v));
@@ -115,9 +116,10 @@ pub(super) fn jsonl(line: &str) -> Option<(Format, Hit)> {
         Time::Throughput { per_s: v, unit: Unit::TokensPerGpu }
     } else if let Some((_, v)) = positive(SAMPLES_PER_S, any) {
         Time::Throughput { per_s: v, unit: Unit::Samples }
-    } else {
-        stamp?;
+    } else if stamp.is_some() {
         Time::Timestamp
+    } else {
+        return wandb_row.then_some((Format::Jsonl, Hit::Info));
     };
     if let Time::PerIter(ms) = time {
         if !MS_RANGE.contains(&ms) {
@@ -133,6 +135,7 @@ pub(super) fn jsonl(line: &str) -> Option<(Format, Hit)> {
     r.log_mfu = positive(&["mfu"], any).map(|(_, m)| if m > 1.0 { m / 100.0 } else { m });
     r.log_tflops = positive(&["tflops", "tflops_per_gpu"], any).map(|(_, v)| v);
     r.batch = get(&["global_batch_size"]).and_then(|(_, v)| v.as_u64());
+    r.wandb_row = wandb_row;
     r.total = get(&["total_steps", "max_steps"]).and_then(|(_, v)| v.as_u64()).filter(|t| *t > 0);
     Some((Format::Jsonl, Hit::Iter(r)))
 }
@@ -141,6 +144,47 @@ pub(super) fn jsonl(line: &str) -> Option<(Format, Hit)> {
 fn clock(v: &Value) -> Option<(f64, f64)> {
     let x = v.as_f64().filter(|x| x.is_finite() && *x >= 0.0 && *x < 1e9)?;
     Some((x * 1e3, resolution_ms(v, 1e3)))
+}
+
+/// Rows logged within this many ms of the row before are one logging event (one step's).
+const SAME_EVENT_MS: f64 = 5.0;
+
+/// W&B's `_step` counts `wandb.log` calls: a loop that logs twice a step (its loss, then its
+/// learning rate) writes two rows a step, and counting by `_step` halves every figure. Rows
+/// counted by `_step` alone are renumbered by logging event: a row logged within
+/// [`SAME_EVENT_MS`] (or a quarter of the typical time between loss rows, if less) of the row
+/// before is the same step's. Only where every such row is timed to a millisecond or finer
+/// (`_timestamp`, a float `_runtime`): whole seconds cannot tell one step's rows from the
+/// next's, and `_step` stands. Then the rows without a training loss go. A loop that logs
+/// once every N steps still counts one step a row: nothing in the rows says N.
+pub(super) fn wandb_steps(records: &mut Vec<Record>) {
+    let rows: Vec<usize> = (0..records.len()).filter(|&i| records[i].wandb_row).collect();
+    if rows.is_empty() {
+        return;
+    }
+    // each row's time, ms: its timestamp, else its clock
+    let when = |r: &Record| match (r.stamp, r.time) {
+        (Some(s), _) => Some((s.secs * 1e3, s.resolution_ms)),
+        (None, Time::Cumulative { ms, resolution_ms }) => Some((ms, resolution_ms)),
+        _ => None,
+    };
+    let times: Option<Vec<f64>> = rows.iter().map(|&i| when(&records[i]).filter(|&(_, res)| res <= 1.0).map(|(ms, _)| ms)).collect();
+    if let Some(t) = times {
+        let loss_t: Vec<f64> = rows.iter().zip(&t).filter(|(&i, _)| records[i].loss.is_some()).map(|(_, &x)| x).collect();
+        let gaps = super::sorted(loss_t.windows(2).map(|w| w[1] - w[0]).filter(|g| *g > 0.0));
+        if !gaps.is_empty() {
+            let same = SAME_EVENT_MS.min(0.25 * super::percentile(&gaps, 0.5));
+            let base = records[rows[0]].iter;
+            let mut event = 0;
+            for (k, &i) in rows.iter().enumerate() {
+                if k > 0 && !(t[k] >= t[k - 1] && t[k] - t[k - 1] <= same) {
+                    event += 1;
+                }
+                records[i].iter = base + event;
+            }
+        }
+    }
+    records.retain(|r| !r.wandb_row || r.loss.is_some());
 }
 
 /// A clock written as Python's `str(timedelta)`: `5:13:22`, `1 day, 2:03:04`, `3 days, 0:00:09`

@@ -239,6 +239,9 @@ pub struct Record {
     /// Which session of the run (a process's start to its end): a resumed gptrain run appends
     /// a `start` record to its metrics.jsonl, and each starts cold ([`Hit::Start`]).
     pub session: u32,
+    /// Counted by W&B's `_step` alone (its `wandb.log` calls, not steps): renumbered by
+    /// [`jsonl::wandb_steps`]; such a row without a training loss is there only for its time.
+    pub wandb_row: bool,
 }
 
 impl Record {
@@ -258,6 +261,7 @@ impl Record {
             minus_100: false,
             unitless: None,
             session: 0,
+            wandb_row: false,
         }
     }
 }
@@ -533,9 +537,14 @@ pub fn parse_with(text: &str, opt: &Options) -> Result<Parsed> {
             ),
         }
     };
-    let all = records.len();
+    let mut all = records.len();
     let mut mine: Vec<Record> = records.into_iter().filter(|(f, _)| *f == format).map(|(_, r)| r).collect();
     settle_units(&mut mine);
+    if format == Format::Jsonl {
+        let n = mine.len();
+        jsonl::wandb_steps(&mut mine);
+        all -= n - mine.len(); // W&B rows kept only for their time are no iteration lines
+    }
     // TensorBoard events arrive as JSON lines of their scalars (`tensorboard::json_lines`)
     let format = if opt.format == Some(Format::Tensorboard) { Format::Tensorboard } else { format };
     // progress bars: the one with the most distinct counters is the training bar

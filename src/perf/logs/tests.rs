@@ -335,7 +335,10 @@ fn json_lines_are_read_by_their_names() {
     let r = iter(r#"{"_step": 4, "loss": 3.0, "tokens_per_second": 9.0, "_runtime": 8.5}"#);
     assert_eq!(r.time, Time::Cumulative { ms: 8500.0, resolution_ms: 1.0 });
     assert_eq!(iter(r#"{"_step": 2, "loss": 3.0, "_runtime": 14, "_timestamp": 1764982803.125}"#).time, Time::Timestamp);
-    assert_eq!(jsonl::jsonl(r#"{"_step": 5, "lr": 0.001, "_runtime": 8.6}"#), Some((Format::Jsonl, Hit::Info)));
+    // (a row without one is kept for its time, to tell one step's rows: `wandb_steps`)
+    let r = iter(r#"{"_step": 5, "lr": 0.001, "_runtime": 8.6}"#);
+    assert!(r.wandb_row && r.loss.is_none());
+    assert_eq!(jsonl::jsonl(r#"{"_step": 5, "lr": 0.001}"#), Some((Format::Jsonl, Hit::Info)));
     // litgpt: `iter_time` is a micro-batch's, counted by `iter`
     assert_eq!(iter(r#"{"iter": 80, "step": 10, "iter_time": 0.1}"#).iter, 80);
     // a validation loss without a training loss: an eval line; a validation time is no step's
@@ -591,4 +594,44 @@ fn a_clock_written_as_text_is_read_to_the_second() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn w_and_b_rows_one_step_logged_are_one_step() {
+    // a loop that calls wandb.log twice a step (its loss, then its learning rate, 0.4 ms
+    // later), 500 ms a step, and a validation row after step 5: `_step` counts 2 a step (and
+    // 1 for the validation), which read 250 ms/step before
+    let t0 = 1_764_982_800.0;
+    let (mut log, mut row) = (String::new(), 0);
+    let mut push = |log: &mut String, fields: &str, t: f64| {
+        *log += &format!("{{{fields}, \"_step\": {row}, \"_runtime\": {:.4}, \"_timestamp\": {:.4}}}\n", t - t0, t);
+        row += 1;
+    };
+    for k in 0..12 {
+        let t = t0 + 0.5 * k as f64 + if k > 5 { 3.0 } else { 0.0 };
+        push(&mut log, &format!("\"train/loss\": {:.2}", 4.0 - 0.1 * k as f64), t);
+        push(&mut log, "\"train/lr\": 0.0003", t + 0.0004);
+        if k == 5 {
+            push(&mut log, "\"val/loss\": 3.6", t + 3.0);
+        }
+    }
+    let p = parse(&log).unwrap();
+    assert_eq!((p.format, p.meaning, p.evals, p.iter_lines, p.other_iter_lines), (Format::Jsonl, Meaning::CumulativeClock, 1, 12, 0));
+    assert_eq!((p.first_iter, p.last_iter), (0, 11));
+    let ms: Vec<f64> = p.samples.iter().map(|s| (s.ms * 1e3).round() / 1e3).collect();
+    // step 6's interval holds the 3 s validation
+    assert_eq!(ms, [500.0, 500.0, 500.0, 500.0, 500.0, 3500.0, 500.0, 500.0, 500.0, 500.0, 500.0]);
+    // in whole seconds the rows cannot be told apart: `_step` stands (less the rows without a loss)
+    let coarse: String = log
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let mut o = v.as_object().unwrap().clone();
+            o.remove("_timestamp");
+            o.insert("_runtime".into(), serde_json::json!(v["_runtime"].as_f64().unwrap().floor() as u64));
+            serde_json::Value::Object(o).to_string() + "\n"
+        })
+        .collect();
+    let p = parse(&coarse).unwrap();
+    assert_eq!((p.iter_lines, p.last_iter), (12, 23));
 }
