@@ -1,6 +1,7 @@
 //! The fallback: any line with an iteration counter (`iter N`, `step N/M`, `iteration: N`,
 //! `global_step=N`, `Batch [N/M]`) and
-//! one of: a per-iteration time (`dt: 989ms`, `iter time 0.41s`, `seconds: 2.167`,
+//! one of: a per-iteration time (`dt: 989ms`, `iter time 0.41s`, `seconds: 2.167`, verl's
+//! `timing_s/step:96.551`,
 //! `time (ms): 350`), a rate (`3.1it/s`, `2.54s/it`, `1.2 s/step`, `tok/sec: 529,882`, `12.5 samples/s`;
 //! per GPU: `tokens/gpu/sec: 9,400`, `Tokens/s/device: 36,650`), or only the line's timestamp. Times without a unit are seconds when their median over the log
 //! is below 50, else milliseconds.
@@ -14,7 +15,7 @@ static COUNTER: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"(?i)\b(?:global[_ ]?)?(?:iter(?:ation)?|step|update|batch)s?\b\s*[:=#\[]?\s*(\d+)(?:\s*(?:/|of)\s*(\d+))?").unwrap()
 });
 static TIME: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)\b(dt|iter(?:ation)?[_ ]?time|step[_ ]?time|time[_ /]per[_ ](?:iter(?:ation)?|step)|time|elapsed|seconds|sec|duration|took|latency)\b\s*(?:\((ms|s|sec)\))?\s*[:=]?\s*([\d.]+)\s*(ms|s|sec|seconds)?\b").unwrap()
+    Regex::new(r"(?i)\b(dt|timing_s/step|iter(?:ation)?[_ ]?time|step[_ ]?time|time[_ /]per[_ ](?:iter(?:ation)?|step)|time|elapsed|seconds|sec|duration|took|latency)\b\s*(?:\((ms|s|sec)\))?\s*[:=]?\s*([\d.]+)\s*(ms|s|sec|seconds)?\b").unwrap()
 });
 static RATE_AFTER: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(
@@ -34,22 +35,22 @@ fn per_iter_ms(line: &str) -> Option<(f64, Option<f64>)> {
     for c in TIME.captures_iter(line) {
         let start = c.get(0).unwrap().start();
         let before = line[..start].to_ascii_lowercase();
-        // `total time`, `data time`; `tokens/gpu/sec:` is a rate's unit
+        let key = c[1].to_ascii_lowercase();
+        // `total time`, `data time`; the `sec` of `tokens/gpu/sec:` is a rate's unit
         if before.ends_with("total ")
             || before.ends_with("total_")
             || before.ends_with("data ")
             || before.ends_with("eval ")
-            || before.ends_with('/')
+            || (before.ends_with('/') && key.starts_with("sec"))
         {
             continue;
         }
-        let key = c[1].to_ascii_lowercase();
         let v = num(&c[3])?;
         let unit = c.get(2).or(c.get(4)).map(|m| m.as_str().to_ascii_lowercase());
         let ms = match unit.as_deref() {
             Some("ms") => (v, None),
             Some(_) => (v * 1e3, None),
-            None if key.starts_with("sec") => (v * 1e3, None),
+            None if key.starts_with("sec") || key.starts_with("timing_s") => (v * 1e3, None),
             None => (super::unitless_ms(v, v), Some(v)),
         };
         return Some(ms);

@@ -635,3 +635,20 @@ fn w_and_b_rows_one_step_logged_are_one_step() {
     let p = parse(&coarse).unwrap();
     assert_eq!((p.iter_lines, p.last_iter), (12, 23));
 }
+
+#[test]
+fn verls_step_timing_is_one_steps_time() {
+    // verl's console line (https://github.com/verl-project/verl/issues/1208): `timing_s/step`
+    // is the step's seconds; before, no time was found and no line recognised. Behind Ray's
+    // `(TaskRunner pid=...)`; `timing_s/gen` and the rest are parts of the step
+    let line = |step: u32, secs: f64| {
+        format!("(TaskRunner pid=4242) step:{step} - actor/pg_loss:0.002 - perf/mfu/actor:0.310 - critic/score/mean:0.120 - response_length/mean:310.500 - timing_s/gen:60.125 - timing_s/update_actor:12.500 - timing_s/step:{secs:.3} - timing_per_token_ms/adv:0.001\n")
+    };
+    let log: String = [(1, 95.0), (2, 80.25), (3, 80.5), (4, 80.0)].iter().map(|&(s, t)| line(s, t)).collect();
+    let p = parse(&log).unwrap();
+    assert_eq!((p.format, p.meaning), (Format::Generic, Meaning::PerIteration));
+    assert_eq!(p.samples.iter().map(|s| s.ms).collect::<Vec<_>>(), [95000.0, 80250.0, 80500.0, 80000.0]);
+    // a time under a namespace is still a time (`perf/time_per_step`); only a rate's `/sec` is not
+    let p = parse("step:7 - perf/throughput:1500.2 - perf/time_per_step:42.5").unwrap();
+    assert_eq!(p.samples[0].ms, 42500.0);
+}
