@@ -3,7 +3,8 @@
 //! A log is read line by line (carriage returns count as line ends, so a progress bar's
 //! refreshes are lines too). Each line first loses its noise ([`clean`]): ANSI colours, a
 //! `> ` quote, a `#` or `//` comment marker, a `[rank0]:` or `0: ` rank label, a timestamp
-//! (kept: it can time the line), bracketed tags and a logger's `- root - INFO -`. What is left
+//! (a date and time, or a time of day alone before a logger's tag; kept: it can time the
+//! line), bracketed tags and a logger's `- root - INFO -`. What is left
 //! is offered to each format's reader in turn ([`READERS`]; `--format` keeps one). A reader
 //! answers with an iteration [`Record`] whose time number says what it MEANS ([`Time`]), an
 //! eval line, an informative line of its format, or nothing (the line is skipped and counted).
@@ -414,7 +415,10 @@ static DATE_TIME: LazyLock<Regex> = LazyLock::new(|| {
 });
 static GLOG: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[IWEF](\d{2})(\d{2}) (\d{2}):(\d{2}):(\d{2})\.(\d+)\s+\d+\s+\S+:\d+\]\s*").unwrap());
-static TIME_ONLY: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^\[(\d{1,2}):(\d{2}):(\d{2})(?:[.,](\d{1,9}))?\][ \t|:,\-]*").unwrap());
+/// A time of day alone: `[12:00:01]` (rich's), `03:22:14 [INFO] ...` (prime-rl's).
+static TIME_ONLY: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^(?:\[(\d{1,2}):(\d{2}):(\d{2})(?:[.,](\d{1,9}))?\]|(\d{1,2}):(\d{2}):(\d{2})(?:[.,](\d{1,9}))?\s)[ \t|:,\-]*").unwrap()
+});
 static TAG: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^\[[^\[\]]{0,60}\]:?[ \t]*").unwrap());
 static LOGGER: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^(?:-\s*)?(?:[\w.:<>]+\s+-\s+)?(?:INFO|WARNING|WARN|DEBUG|ERROR|CRITICAL|NOTICE)\b\s*(?:-\s*|:\s*(?:[\w.]+:)?)?\s*")
@@ -441,9 +445,12 @@ pub fn clean(line: &str) -> (String, Option<Stamp>) {
             let n = |i: usize| c.get(i).map_or(0, |m| m.as_str().parse::<i64>().unwrap_or(0));
             stamp = Some(stamp_of(2000, n(1), n(2), n(3), n(4), n(5), c.get(6).map(|m| m.as_str())));
             rest = &rest[c.get(0).unwrap().end()..];
-        } else if let Some(c) = TIME_ONLY.captures(rest) {
-            let n = |i: usize| c.get(i).map_or(0, |m| m.as_str().parse::<i64>().unwrap_or(0));
-            stamp = Some(stamp_of(1970, 1, 1, n(1), n(2), n(3), c.get(4).map(|m| m.as_str())));
+        } else if let Some(c) = TIME_ONLY.captures(rest).filter(|c| c.get(1).is_some() || after_bare_time(&rest[c.get(0).unwrap().end()..]))
+        {
+            // bracketed, groups 1-4; bare, 5-8
+            let k = if c.get(1).is_some() { 0 } else { 4 };
+            let n = |i: usize| c.get(k + i).map_or(0, |m| m.as_str().parse::<i64>().unwrap_or(0));
+            stamp = Some(stamp_of(1970, 1, 1, n(1), n(2), n(3), c.get(k + 4).map(|m| m.as_str())));
             rest = &rest[c.get(0).unwrap().end()..];
         } else if let Some(m) = TAG.find(rest).filter(|m| !is_counter_tag(m.as_str())) {
             rest = &rest[m.end()..];
@@ -457,6 +464,12 @@ pub fn clean(line: &str) -> (String, Option<Stamp>) {
         s = rest.to_string();
     }
     (s.trim_end().to_string(), stamp)
+}
+
+/// A bare time of day is a timestamp only before a logger's tag or level (`03:22:14 [INFO]`,
+/// `12:00:01 - INFO -`, `12:00:01 INFO ...`), not when it is the line's content (a clock).
+fn after_bare_time(rest: &str) -> bool {
+    rest.starts_with(['[', '|', '-']) || LOGGER.find(rest).is_some_and(|m| m.end() > 0)
 }
 
 /// `[Epoch 1/10]`, `[Batch 100/500]`, `[iter 20]`: a bracket that holds the counter stays.

@@ -85,6 +85,11 @@ fn noise_before_a_line_is_stripped_and_its_timestamp_kept() {
         ("\x1b[31mstep: \x1b[32m 5\x1b[39m", "step:  5", None),
         ("2024-05-01T10:00:00Z INFO step 3 dt 1.5s", "step 3 dt 1.5s", Some(1000.0)),
         ("0: iteration 10/ 100 |", "iteration 10/ 100 |", None),
+        // a time of day alone, bracketed (rich) or bare (prime-rl), before its tags
+        ("[12:00:01] INFO     step 3 dt 1.5s", "step 3 dt 1.5s", Some(1000.0)),
+        ("03:26:55 [INFO] [TRAIN] [Rank 0] step: 8, loss: 0.97", "step: 8, loss: 0.97", Some(1000.0)),
+        // a clock that is the line's content is no timestamp
+        ("0:02:13 • 0:02:43 3.37it/s", "0:02:13 • 0:02:43 3.37it/s", None),
     ];
     for (raw, want, res) in cases {
         let (got, stamp) = clean(raw);
@@ -651,4 +656,18 @@ fn verls_step_timing_is_one_steps_time() {
     // a time under a namespace is still a time (`perf/time_per_step`); only a rate's `/sec` is not
     let p = parse("step:7 - perf/throughput:1500.2 - perf/time_per_step:42.5").unwrap();
     assert_eq!(p.samples[0].ms, 42500.0);
+}
+
+#[test]
+fn a_bare_time_of_day_times_the_line() {
+    // prime-rl's trainer (https://github.com/PrimeIntellect-ai/prime-rl/pull/20): a time of day,
+    // then a rate that needs the batch; before, the time was not seen and the log asked for the
+    // batch. To the second, differenced over at least ten: 7 s (the first alone), then 15 s / 2
+    let log = "03:26:55 [INFO] [TRAIN] [Rank 0] step: 8, loss: 0.9760, tokens_per_second: 76900.12, mfu: 42.40\n\
+               03:27:02 [INFO] [TRAIN] [Rank 0] step: 9, loss: 0.9751, tokens_per_second: 76950.50, mfu: 42.43\n\
+               03:27:10 [INFO] [TRAIN] [Rank 0] step: 10, loss: 0.9742, tokens_per_second: 76910.77, mfu: 42.41\n\
+               03:27:17 [INFO] [TRAIN] [Rank 0] step: 11, loss: 0.9733, tokens_per_second: 76930.31, mfu: 42.42\n";
+    let p = parse(log).unwrap();
+    assert_eq!((p.format, p.meaning), (Format::Generic, Meaning::Timestamps));
+    assert_eq!(p.samples.iter().map(|s| s.ms).collect::<Vec<_>>(), [7000.0, 7500.0]);
 }
