@@ -7,7 +7,9 @@
 //!   `train_time` is a cumulative clock (paused during evals), differenced.
 //! * litgpt: `iter N step M: loss X, iter time: Yms` (older) and
 //!   `Epoch E | iter N step M | loss train: X, val: ... | iter time: Y ms`: one micro-batch
-//!   iteration's time (`iter` counts micro-batches, `step` optimizer steps).
+//!   iteration's time (`iter` counts micro-batches, `step` optimizer steps). The iteration
+//!   that steps the optimiser (`(step)`, `(optimizer.step)`) is the slow one of its cycle, so
+//!   a cycle's iterations are one sample, their mean ([`super::Record::cycle`]).
 //! * nanotron and torchtune: see their readers.
 
 use super::{num, Format, Hit, Record, Time, Unit};
@@ -42,15 +44,21 @@ pub(super) fn modded_nanogpt(line: &str) -> Option<(Format, Hit)> {
 }
 
 static LITGPT: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)^(?:ep(?:och)?\s+\d+\s*\|\s*)?iter\s+(\d+)\s*\|?\s*step\s+\d+\s*[:|].*?\biter time:\s*([\d.]+)\s*(ms|s)\b").unwrap()
+    Regex::new(r"(?i)^(?:ep(?:och)?\s+\d+\s*\|\s*)?iter\s+(\d+)\s*\|?\s*step\s+(\d+)\s*[:|].*?\biter time:\s*([\d.]+)\s*(ms|s)\b(.*)$")
+        .unwrap()
 });
 static LITGPT_LOSS: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\bloss(?: train)?(?: \(curr\))?:?\s*([-\d.Ee+]+)").unwrap());
 
 pub(super) fn litgpt(line: &str) -> Option<(Format, Hit)> {
     let c = LITGPT.captures(line)?;
-    let ms = num(&c[2])? * if c[3].eq_ignore_ascii_case("s") { 1e3 } else { 1.0 };
+    let ms = num(&c[3])? * if c[4].eq_ignore_ascii_case("s") { 1e3 } else { 1.0 };
     let mut r = Record::new(c[1].parse().ok()?, Time::PerIter(ms));
     r.loss = LITGPT_LOSS.captures(line).and_then(|c| num(&c[1]));
+    // the iteration that steps the optimiser says so, and already counts the new step: it
+    // ends the cycle of the step before
+    let step: u64 = c[2].parse().ok()?;
+    let stepped = c[5].contains("step)");
+    r.cycle = Some(if stepped { step.saturating_sub(1) } else { step });
     Some((Format::Litgpt, Hit::Iter(r)))
 }
 

@@ -243,6 +243,9 @@ pub struct Record {
     /// Counted by W&B's `_step` alone (its `wandb.log` calls, not steps): renumbered by
     /// [`jsonl::wandb_steps`]; such a row without a training loss is there only for its time.
     pub wandb_row: bool,
+    /// The gradient-accumulation cycle the iteration belongs to (litgpt's micro-batches of one
+    /// optimiser step): a cycle's consecutive iterations are one sample, their mean ([`samples`]).
+    pub cycle: Option<u64>,
 }
 
 impl Record {
@@ -263,6 +266,7 @@ impl Record {
             unitless: None,
             session: 0,
             wandb_row: false,
+            cycle: None,
         }
     }
 }
@@ -274,6 +278,8 @@ pub struct Stamp {
 }
 
 /// A reader's answer for one line.
+// one a line, consumed at once: boxing the record would allocate a line for nothing
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Hit {
     Iter(Record),
@@ -701,7 +707,12 @@ fn sample(r: &Record, ms: f64, span: u64) -> Sample {
 pub fn samples(records: &[Record], opt: &Options, facts: &Facts) -> (Meaning, Vec<Sample>) {
     let has = |f: fn(&Time) -> bool| records.iter().any(|r| f(&r.time));
     if has(|t| matches!(t, Time::PerIter(_))) {
-        let s = records.iter().filter_map(|r| if let Time::PerIter(ms) = r.time { Some(sample(r, ms, 1)) } else { None }).collect();
+        let each = records.iter().filter_map(|r| if let Time::PerIter(ms) = r.time { Some((r, ms)) } else { None });
+        let s = if records.iter().any(|r| r.cycle.is_some()) {
+            by_cycle(each.collect())
+        } else {
+            each.map(|(r, ms)| sample(r, ms, 1)).collect()
+        };
         return (Meaning::PerIteration, s);
     }
     if has(|t| matches!(t, Time::Window(_))) {
@@ -757,6 +768,25 @@ pub fn samples(records: &[Record], opt: &Options, facts: &Facts) -> (Meaning, Ve
         })
         .collect();
     (Meaning::Throughput, s)
+}
+
+/// One sample per gradient-accumulation cycle ([`Record::cycle`]): the mean of its
+/// consecutive iterations' times, standing for them all; only cycles of the usual length (the
+/// most common), so that a cycle cut by the log's start or end, or by a gap in the lines,
+/// does not read as a whole one with or without its optimiser step.
+fn by_cycle(each: Vec<(&Record, f64)>) -> Vec<Sample> {
+    let runs: Vec<&[(&Record, f64)]> =
+        each.chunk_by(|(a, _), (b, _)| a.cycle.is_some() && a.cycle == b.cycle && b.iter == a.iter + 1 && a.session == b.session).collect();
+    let mut lengths: Vec<usize> = runs.iter().map(|r| r.len()).collect();
+    lengths.sort_unstable();
+    let usual = lengths.chunk_by(|a, b| a == b).max_by_key(|g| (g.len(), g[0])).map_or(1, |g| g[0]);
+    runs.into_iter()
+        .filter(|run| run.len() == usual)
+        .map(|run| {
+            let (last, _) = run[run.len() - 1];
+            sample(last, run.iter().map(|(_, ms)| ms).sum::<f64>() / run.len() as f64, run.len() as u64)
+        })
+        .collect()
 }
 
 /// Differences a clock (`(record, ms, resolution ms)`) between lines: each sample after the

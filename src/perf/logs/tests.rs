@@ -219,8 +219,9 @@ fn a_rounded_or_scaled_figure_is_no_fact() {
 
 #[test]
 fn an_excerpt_from_the_middle_of_a_run_has_no_warmup() {
-    // litgpt's older shape, iterations 76-83 of a run (alternating optimizer-step iterations):
-    // all eight are steady; median = (198.35 + 214.40) / 2
+    // litgpt's older shape, iterations 76-83 of a run (alternating optimizer-step iterations,
+    // each ending its 2-iteration cycle): all four cycles are steady; their means 206.135,
+    // 206.655, 206.51, 206.875: median = (206.51 + 206.655) / 2
     let log = "iter 76 step 38: loss 10.8259, iter time: 197.87ms
 iter 77 step 39: loss 10.8259, iter time: 214.40ms (optimizer.step)
 iter 78 step 39: loss 10.8259, iter time: 198.00ms
@@ -234,7 +235,8 @@ iter 83 step 42: loss 10.8259, iter time: 215.40ms (optimizer.step)
     assert_eq!((p.format, p.from_start), (Format::Litgpt, false));
     let s = steady(&p);
     assert_eq!(s.warmup_dropped, 0);
-    assert!((s.steady_ms_per_iter - (198.35 + 214.40) / 2.0).abs() < 1e-9, "{}", s.steady_ms_per_iter);
+    assert!((s.steady_ms_per_iter - (206.51 + 206.655) / 2.0).abs() < 1e-9, "{}", s.steady_ms_per_iter);
+    assert_eq!((s.iters_seen, s.iters_counted), (4, 8));
 }
 
 #[test]
