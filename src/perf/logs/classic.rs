@@ -3,7 +3,8 @@
 //!   with `, norm`); llama2.c's `train.py` is nanoGPT's loop (the same counter, the last
 //!   iteration's time, MFU against an A100's 312 TFLOP/s, -100% until the 5th iteration) and
 //!   prints `N | loss X | lr L | Yms | mfu Z%`: read as nanoGPT's;
-//! * llm.c CUDA trainer: `step N/M | loss X | ... | Y ms | ... | T tok/s`;
+//! * llm.c CUDA trainer: `step N/M | loss X | ... | Y ms | Z% bf16 MFU | T tok/s` (`-100.0%` when
+//!   it does not know the GPU: no MFU);
 //! * llm.c CPU trainer: `step N: train loss X (took Y ms)`, and its older CUDA trainer's
 //!   `step N/M: train loss X (Y ms, T tok/s)`;
 //! * gptrain's `metrics.jsonl`: `{"type":"iter","iter":N,"loss":X,"ms":Y,...}`.
@@ -69,8 +70,12 @@ pub(super) fn llmc_cuda(line: &str) -> Option<(Format, Hit)> {
     r.loss = Some(loss);
     r.total = total.trim().parse().ok();
     r.log_tok_s = fields.iter().find_map(|f| f.strip_suffix("tok/s").and_then(|x| x.trim().parse().ok()));
-    r.log_mfu =
-        fields.iter().find_map(|f| f.contains("MFU").then(|| f.split('%').next()?.trim().parse::<f64>().ok()).flatten()).map(|m| m / 100.0);
+    // llm.c prints -100% when it does not know the GPU's peak: no measurement
+    r.log_mfu = fields
+        .iter()
+        .find_map(|f| f.contains("MFU").then(|| f.split('%').next()?.trim().parse::<f64>().ok()).flatten())
+        .filter(|m| *m > 0.0)
+        .map(|m| m / 100.0);
     Some((Format::LlmcCuda, Hit::Iter(r)))
 }
 

@@ -673,3 +673,15 @@ fn a_bare_time_of_day_times_the_line() {
     assert_eq!((p.format, p.meaning), (Format::Generic, Meaning::Timestamps));
     assert_eq!(p.samples.iter().map(|s| s.ms).collect::<Vec<_>>(), [7000.0, 7500.0]);
 }
+
+#[test]
+fn llmcs_minus_100_mfu_is_no_measurement() {
+    // llm.c on a GPU it has no peak for (https://github.com/karpathy/llm.c/issues/796, a
+    // Blackwell card) prints `-100.0% bf16 MFU`; the report said "the log's own MFU column: -100.0%"
+    let log = "step   61/74 | loss 3.201000 (+nanz)| norm 1.4000 (+nanz)| lr 3.00e-04 | 40.10 ms | -100.0% bf16 MFU | 102000 tok/s\n\
+               step   62/74 | loss 3.300000 (+nanz)| norm 1.3000 (+nanz)| lr 3.00e-04 | 40.20 ms | -100.0% bf16 MFU | 101900 tok/s\n";
+    let p = parse(log).unwrap();
+    assert_eq!(p.format, Format::LlmcCuda);
+    assert!(p.samples.iter().all(|s| s.log_mfu.is_none()), "{:?}", p.samples);
+    assert_eq!(steady(&p).log_mfu, None);
+}
