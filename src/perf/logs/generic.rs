@@ -1,8 +1,9 @@
 //! The fallback: any line with an iteration counter (`iter N`, `step N/M`, `iteration: N`,
 //! `global_step=N`, `Batch [N/M]`) and
 //! one of: a per-iteration time (`dt: 989ms`, `iter time 0.41s`, `seconds: 2.167`, verl's
-//! `timing_s/step:96.551`,
-//! `time (ms): 350`), a rate (`3.1it/s`, `2.54s/it`, `1.2 s/step`, `tok/sec: 529,882`, `12.5 samples/s`;
+//! `timing_s/step:96.551`, NeMo 2's `train_step_timing in s: 0.0315` (its line also holds the
+//! last `val_loss`: it stays a training line),
+//! `time (ms): 350`), a rate (`3.1it/s`, `2.54s/it`, `1.2 s/step`, `17.053 sec/step`, `tok/sec: 529,882`, `12.5 samples/s`;
 //! per GPU: `tokens/gpu/sec: 9,400`, `Tokens/s/device: 36,650`), or only the line's timestamp. Times without a unit are seconds when their median over the log
 //! is below 50, else milliseconds.
 //! `total time` and `data time` are not an iteration's time, nor is the `sec` of a rate's unit.
@@ -15,11 +16,11 @@ static COUNTER: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"(?i)\b(?:global[_ ]?)?(?:iter(?:ation)?|step|update|batch)s?\b\s*[:=#\[]?\s*(\d+)(?:\s*(?:/|of)\s*(\d+))?").unwrap()
 });
 static TIME: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)\b(dt|timing_s/step|iter(?:ation)?[_ ]?time|step[_ ]?time|time[_ /]per[_ ](?:iter(?:ation)?|step)|time|elapsed|seconds|sec|duration|took|latency)\b\s*(?:\((ms|s|sec)\))?\s*[:=]?\s*([\d.]+)\s*(ms|s|sec|seconds)?\b").unwrap()
+    Regex::new(r"(?i)\b(dt|timing_s/step|train_step_timing(?: in s)?|iter(?:ation)?[_ ]?time|step[_ ]?time|time[_ /]per[_ ](?:iter(?:ation)?|step)|time|elapsed|seconds|sec|duration|took|latency)\b\s*(?:\((ms|s|sec)\))?\s*[:=]?\s*([\d.]+)\s*(ms|s|sec|seconds)?\b").unwrap()
 });
 static RATE_AFTER: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(
-        r"(?i)([\d,]*\.?\d+)\s*(ms/(?:it|iter|step)|s/(?:it|iter|step)|it/s|steps/s|tok/s|tokens/s|tok/sec|tokens/sec|tokens per second|samples/s|samples/sec|samples per second)\b",
+        r"(?i)([\d,]*\.?\d+)\s*(ms/(?:it|iter|step)|s/(?:it|iter|step)|sec/(?:it|iter|step)|it/s|steps/s|tok/s|tokens/s|tok/sec|tokens/sec|tokens per second|samples/s|samples/sec|samples per second)\b",
     )
     .unwrap()
 });
@@ -50,7 +51,7 @@ fn per_iter_ms(line: &str) -> Option<(f64, Option<f64>)> {
         let ms = match unit.as_deref() {
             Some("ms") => (v, None),
             Some(_) => (v * 1e3, None),
-            None if key.starts_with("sec") || key.starts_with("timing_s") => (v * 1e3, None),
+            None if key.starts_with("sec") || key.starts_with("timing_s") || key.starts_with("train_step_timing") => (v * 1e3, None),
             None => (super::unitless_ms(v, v), Some(v)),
         };
         return Some(ms);
@@ -70,7 +71,7 @@ fn rate(line: &str) -> Option<Time> {
     }
     Some(match unit.as_str() {
         u if u.starts_with("ms/") => Time::PerIter(v),
-        u if u.starts_with("s/") => Time::PerIter(v * 1e3),
+        u if u.starts_with("s/") || u.starts_with("sec/") => Time::PerIter(v * 1e3),
         "it/s" | "steps/s" => Time::PerIter(1e3 / v),
         u if u.starts_with("sample") => Time::Throughput { per_s: v, unit: Unit::Samples },
         u if u.ends_with("gpu") || u.ends_with("device") || u.contains("/gpu/") || u.contains("/device/") => {
@@ -83,7 +84,8 @@ fn rate(line: &str) -> Option<Time> {
 static EVAL: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?i)\bval(?:idation)?[_ ]?(?:loss|bpb|ppl)").unwrap());
 
 pub(super) fn line(line: &str) -> Option<(Format, Hit)> {
-    if EVAL.is_match(line) {
+    // NeMo 2's training line carries the last validation's `val_loss` beside its step time
+    if EVAL.is_match(line) && !line.contains("train_step_timing") {
         return Some((Format::Generic, Hit::Eval));
     }
     let c = COUNTER.captures(line)?;

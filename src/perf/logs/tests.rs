@@ -685,3 +685,20 @@ fn llmcs_minus_100_mfu_is_no_measurement() {
     assert!(p.samples.iter().all(|s| s.log_mfu.is_none()), "{:?}", p.samples);
     assert_eq!(steady(&p).log_mfu, None);
 }
+
+#[test]
+fn nemo2_and_tf_slim_step_times() {
+    // NeMo 2 (https://github.com/NVIDIA-BioNeMo/bionemo-recipes/pull/740): `train_step_timing in
+    // s:` is the step's seconds, and the last validation's `val_loss` rides on every training
+    // line, which made each an eval line before (nothing recognised)
+    let nemo = "Training epoch 0, iteration 40/99 | lr: 3e-05 | consumed_samples: 41 | global_batch_size: 1 | global_step: 40 | reduced_train_loss: 1.25 | train_step_timing in s: 0.0402 | val_loss: 4.2\n\
+                Training epoch 0, iteration 41/99 | lr: 3e-05 | consumed_samples: 42 | global_batch_size: 1 | global_step: 41 | reduced_train_loss: 1.21 | train_step_timing in s: 0.0398 | val_loss: 4.2\n\
+                Training epoch 0, iteration 42/99 | lr: 3e-05 | consumed_samples: 43 | global_batch_size: 1 | global_step: 42 | reduced_train_loss: 1.19 | train_step_timing in s: 0.0405 | val_loss: 4.2\n";
+    let p = parse(nemo).unwrap();
+    assert_eq!((p.format, p.meaning, p.evals, p.total_from_log), (Format::Generic, Meaning::PerIteration, 0, Some(99)));
+    assert_eq!(p.samples.iter().map(|s| (s.ms * 1e3).round() / 1e3).collect::<Vec<_>>(), [40.2, 39.8, 40.5]);
+    // TF-slim (https://github.com/tensorflow/models/issues/2980): `(17.053 sec/step)`
+    let slim = "INFO:tensorflow:global step 2: loss = 70.1000 (18.250 sec/step)\nINFO:tensorflow:global step 3: loss = 68.2000 (17.500 sec/step)\n";
+    let p = parse(slim).unwrap();
+    assert_eq!(p.samples.iter().map(|s| s.ms).collect::<Vec<_>>(), [18250.0, 17500.0]);
+}
