@@ -711,7 +711,9 @@ pub fn samples(records: &[Record], opt: &Options, facts: &Facts) -> (Meaning, Ve
         let s = if records.iter().any(|r| r.cycle.is_some()) {
             by_cycle(each.collect())
         } else {
-            each.map(|(r, ms)| sample(r, ms, 1)).collect()
+            // a line printed twice (two log handlers, two ranks) is one iteration
+            let mut last = None;
+            each.filter(|&(r, ms)| last.replace((r.iter, ms)) != Some((r.iter, ms))).map(|(r, ms)| sample(r, ms, 1)).collect()
         };
         return (Meaning::PerIteration, s);
     }

@@ -701,4 +701,8 @@ fn nemo2_and_tf_slim_step_times() {
     let slim = "INFO:tensorflow:global step 2: loss = 70.1000 (18.250 sec/step)\nINFO:tensorflow:global step 3: loss = 68.2000 (17.500 sec/step)\n";
     let p = parse(slim).unwrap();
     assert_eq!(p.samples.iter().map(|s| s.ms).collect::<Vec<_>>(), [18250.0, 17500.0]);
+    // that log prints every line twice (two handlers): one iteration each, not two
+    let twice: String = slim.lines().flat_map(|l| [l, l]).map(|l| format!("{l}\n")).collect();
+    let p = parse(&twice).unwrap();
+    assert_eq!((p.iter_lines, p.samples.len()), (4, 2));
 }
