@@ -272,7 +272,7 @@ fn a_gpu_rank_that_dies_inside_an_nccl_sum_is_named_at_once() {
     let cache = emu.join("cache");
     let env = [("LD_LIBRARY_PATH", e), ("GPTRAIN_CUDA_LIB_DIR", e), ("XDG_CACHE_HOME", cache.to_str().unwrap())];
     let gpu = ["--set", "device=cuda:0", "--set", "dtype=float32", "--set", "max_iters=4", "--set", "eval_interval=100"];
-    let env0 = [&env[..], &[("GPTRAIN_EMU_GPU", "0"), ("GPTRAIN_EMU_NCCL_HANG", "1"), ("GPTRAIN_DIST_TIMEOUT_S", "60")]].concat();
+    let env0 = [&env[..], &[("GPTRAIN_EMU_GPU", "0"), ("GPTRAIN_EMU_NCCL_HANG", "2"), ("GPTRAIN_DIST_TIMEOUT_S", "60")]].concat();
     let env1 = [&env[..], &[("GPTRAIN_EMU_GPU", "1"), ("GPTRAIN_EMU_NCCL_EXIT_AT", "2"), ("GPTRAIN_DIST_TIMEOUT_S", "60")]].concat();
     let port = free_port();
     let r1 = rank(1, 2, port, &d, "out", &gpu, &env1);

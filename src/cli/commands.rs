@@ -185,12 +185,7 @@ fn install_signal_handler() {
                 return; // the same stop, delivered twice
             }
             say("\nstopping now (second interrupt), without a checkpoint of this iteration; any checkpoint written before is intact");
-            let _ = std::io::stdout().flush();
-            // SAFETY: ends the process at once, output flushed above. Not `exit`: the main
-            // thread may be inside CUDA, cuBLASLt or NCCL (whose threads run too), and the
-            // libraries' teardown that `exit` runs would race it (hang or crash on the way out);
-            // a checkpoint being written is left as a temporary folder, never half a checkpoint.
-            unsafe { libc::_exit(130) }
+            quit_now(130);
         }
         if train::WAITING_TO_SAVE.load(std::sync::atomic::Ordering::SeqCst) {
             say("\ninterrupt: giving up on the final checkpoint");
@@ -200,6 +195,25 @@ fn install_signal_handler() {
             );
         }
     });
+}
+
+/// Ends the process at once with `code`, not through `exit`: the main thread may be inside
+/// CUDA, cuBLASLt or NCCL (whose threads run too), and the libraries' teardown that `exit` runs
+/// would race it (a hang or a crash on the way out). gptrain writes whole lines, so its own
+/// output has nothing buffered (flushing Rust's stdout here could wait forever for a writer
+/// blocked on a pipe nobody reads); C's stdio buffers (NCCL_DEBUG's lines) are flushed by a
+/// thread given 200 ms, for the same reason. A checkpoint being written is left as a temporary
+/// folder, never half a checkpoint.
+fn quit_now(code: i32) -> ! {
+    let (done, flushed) = std::sync::mpsc::channel();
+    let _ = std::thread::Builder::new().name("flush".into()).spawn(move || {
+        // SAFETY: fflush(NULL) flushes every C output stream; it has no other effect.
+        unsafe { libc::fflush(std::ptr::null_mut()) };
+        let _ = done.send(());
+    });
+    let _ = flushed.recv_timeout(std::time::Duration::from_millis(200));
+    // SAFETY: ends the process; nothing of gptrain's is left unwritten (above).
+    unsafe { libc::_exit(code) }
 }
 
 pub fn sample(a: &ConfigArgs) -> Result<()> {

@@ -130,9 +130,15 @@ impl Group {
         let base = self.links.first().and_then(|l| l.read_timeout().ok().flatten());
         let set = |links: &[TcpStream], t: Option<Duration>| links.iter().for_each(|l| drop(l.set_read_timeout(t)));
         if let Some(b) = base {
-            set(&self.links, Some(b + extra));
+            set(&self.links, Some(b.saturating_add(extra)));
         }
-        let done = self.barrier();
+        let within = format!("within {TIMEOUT_VAR}");
+        let done = self.barrier().map_err(|e| match e.to_string() {
+            m if !extra.is_zero() && m.contains(&within) => {
+                anyhow::anyhow!(m.replace(&within, &format!("{within} plus {} s", extra.as_secs())))
+            }
+            _ => e,
+        });
         if base.is_some() {
             set(&self.links, base);
         }
@@ -513,7 +519,7 @@ mod tests {
             if ok {
                 assert!(r0.is_ok(), "{r0:?}");
             } else {
-                assert!(r1.unwrap_err().to_string().contains("no word from rank 0"));
+                assert!(r1.unwrap_err().to_string().contains("no word from rank 0 within GPTRAIN_DIST_TIMEOUT_S ("));
             }
         }
     }

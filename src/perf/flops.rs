@@ -183,7 +183,8 @@ pub const GPU_OVERHEAD_BYTES: u64 = 600 << 20;
 /// What a data-parallel rank keeps free on its card for NCCL's buffers, which NCCL (2.22 on,
 /// `NCCL_RUNTIME_CONNECT=1`) allocates at the first sum, after gptrain's memory check: its
 /// ring and tree buffers per channel, and NVLS's (288 MiB a rank on 8 H100s, as vLLM's issue
-/// 9699 logs). A reserve, not a measurement: to be measured on a multi-GPU machine.
+/// 9699 logs). A reserve, not a measurement: to be measured on a multi-GPU machine. Not kept
+/// when `NCCL_RUNTIME_CONNECT=0` (NCCL then allocates them at its start, before the check).
 pub const NCCL_BUFFER_BYTES: u64 = 1 << 30;
 
 /// Memory of training `cfg` with micro-batch `b` at length `t`, compute dtype bytes `d`

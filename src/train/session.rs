@@ -131,7 +131,12 @@ impl<'a, B: Backend> Session<'a, B> {
                 dev.memory,
                 held,
                 full.allocated() - mem.allocated(),
-                if backend.joined_ranks() { flops::NCCL_BUFFER_BYTES } else { 0 },
+                // (NCCL_RUNTIME_CONNECT=0: NCCL allocated them at its start, before the card was read)
+                if backend.joined_ranks() && std::env::var("NCCL_RUNTIME_CONNECT").map_or(true, |v| v.trim() != "0") {
+                    flops::NCCL_BUFFER_BYTES
+                } else {
+                    0
+                },
                 &dev.description,
             )?,
             _ => {

@@ -11,9 +11,9 @@
 //
 // Faults, for tests: GPTRAIN_EMU_NCCL_INIT_FAIL=1 (below); GPTRAIN_EMU_NCCL_EXIT_AT=K ends this
 // rank's process inside its K-th collective (counted from 1), before it arrives, as a rank
-// killed mid-sum; GPTRAIN_EMU_NCCL_HANG=1 makes a collective whose ranks have not all arrived
-// within 2 s return as a real one does, its kernel still waiting: the emulated driver's stream
-// then stays busy (cuStreamQuery: not ready), and no error is ever reported (a real NCCL
+// killed mid-sum; GPTRAIN_EMU_NCCL_HANG=K makes this rank's K-th collective, if its ranks have
+// not all arrived within 2 s, return as a real one does, its kernel still waiting: the emulated
+// driver's stream then stays busy (cuStreamQuery: not ready), and no error is ever reported (a real NCCL
 // reports none for a peer on the same machine that died); without it the wait fails after 30 s.
 #include <atomic>
 #include <chrono>
@@ -76,11 +76,12 @@ void leave_stream_busy() {
     if (auto stuck = cuda ? reinterpret_cast<void (*)()>(dlsym(cuda, "emu_stream_stuck")) : nullptr) stuck();
 }
 
-// [`barrier`] for a collective: with GPTRAIN_EMU_NCCL_HANG=1, ranks missing after 2 s leave the
-// stream busy and the call returns (Stuck), as a GPU's NCCL kernel waits on for them.
+// [`barrier`] for a collective: in this rank's GPTRAIN_EMU_NCCL_HANG-th (`c->seq` so far, this
+// one counted), ranks missing after 2 s leave the stream busy and the call returns (Stuck), as
+// a GPU's NCCL kernel waits on for them.
 Wait collective_barrier(Comm* c) {
     const char* h = std::getenv("GPTRAIN_EMU_NCCL_HANG");
-    if (!h || std::strcmp(h, "1") != 0) return barrier(c) == ncclSuccess ? Wait::Arrived : Wait::Failed;
+    if (!h || std::strtoull(h, nullptr, 10) != c->seq) return barrier(c) == ncclSuccess ? Wait::Arrived : Wait::Failed;
     c->barriers++;
     uint64_t want = c->barriers * (uint64_t)c->nranks;
     c->header->arrived.fetch_add(1);
@@ -236,7 +237,7 @@ ncclResult_t ncclCommDestroy(void* comm) {
 }
 
 // no background errors: a rank that never comes makes the barrier's wait fail instead (or,
-// with GPTRAIN_EMU_NCCL_HANG, leaves the stream busy without an error, as a real NCCL does)
+// at GPTRAIN_EMU_NCCL_HANG's collective, leaves the stream busy without an error, as a real NCCL does)
 ncclResult_t ncclCommGetAsyncError(void* comm, ncclResult_t* e) {
     if (!comm) return ncclInvalidArgument;
     *e = ncclSuccess;

@@ -335,9 +335,8 @@ impl Cuda {
     /// the run with one line.
     fn wait_for_sum(&self, comm: &nccl::Comm, timeout: std::time::Duration, gone: &RankGone) -> Result<()> {
         let start = std::time::Instant::now();
-        let mut polls = 0u64;
+        let mut watched = start;
         loop {
-            polls += 1;
             // SAFETY: the backend's stream, alive as long as the backend; a query has no effects.
             match unsafe { sys::cuStreamQuery(self.cu_stream()) } {
                 sys::CUresult::CUDA_SUCCESS => return Ok(()),
@@ -345,8 +344,9 @@ impl Cuda {
                 e => bail!("waiting for the sum over ranks ({e:?})"),
             }
             comm.async_error()?;
-            // the ranks' links every ~10 ms (a system call per link), not at every poll
-            if polls.is_multiple_of(200) {
+            // the ranks' links every 20 ms (a system call per link), not at every poll
+            if watched.elapsed() >= std::time::Duration::from_millis(20) {
+                watched = std::time::Instant::now();
                 if let Some(r) = gone() {
                     bail!("rank {r} stopped during NCCL's sum over the ranks (see its output for why)");
                 }
