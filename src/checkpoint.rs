@@ -11,6 +11,7 @@ use crate::data::Meta;
 use crate::model::{ModelConfig, ParamLayout};
 use crate::tensorfile;
 use anyhow::{bail, Context, Result};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -146,8 +147,9 @@ fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
-/// Our parameter buffer as HF GPT-2 tensors (zero biases where the model has none).
-fn to_hf(cfg: &ModelConfig, layout: &ParamLayout, params: &[f32]) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+/// Our parameter buffer as HF GPT-2 tensors (zero biases where the model has none): slices of
+/// `params` where HF lays a tensor out as we do, copies only where it transposes (Conv1D).
+fn to_hf<'a>(cfg: &ModelConfig, layout: &ParamLayout, params: &'a [f32]) -> BTreeMap<String, (Vec<usize>, Cow<'a, [f32]>)> {
     let c = cfg.n_embd;
     let mut out = BTreeMap::new();
     for (name, ours, layer, conv) in hf_names(cfg) {
@@ -160,9 +162,9 @@ fn to_hf(cfg: &ModelConfig, layout: &ParamLayout, params: &[f32]) -> BTreeMap<St
                 let x = &params[span.off..span.end()];
                 let shape: Vec<usize> = if layer.is_some() { t.shape[1..].to_vec() } else { t.shape.clone() };
                 if conv {
-                    (vec![shape[1], shape[0]], transpose(x, shape[0], shape[1]))
+                    (vec![shape[1], shape[0]], Cow::Owned(transpose(x, shape[0], shape[1])))
                 } else {
-                    (shape, x.to_vec())
+                    (shape, Cow::Borrowed(x))
                 }
             }
             None => {
@@ -172,7 +174,7 @@ fn to_hf(cfg: &ModelConfig, layout: &ParamLayout, params: &[f32]) -> BTreeMap<St
                     "fcb" => 4 * c,
                     _ => c,
                 };
-                (vec![n], vec![0.0; n])
+                (vec![n], Cow::Owned(vec![0.0; n]))
             }
         };
         out.insert(format!("transformer.{name}"), (shape, data));
@@ -235,7 +237,7 @@ pub fn serialize(
     v: Option<&[f32]>,
 ) -> Result<Vec<(&'static str, Vec<u8>)>> {
     let hf = to_hf(&state.model, layout, params);
-    let views: BTreeMap<String, (Vec<usize>, &[f32])> = hf.iter().map(|(k, (s, d))| (k.clone(), (s.clone(), d.as_slice()))).collect();
+    let views: BTreeMap<String, (Vec<usize>, &[f32])> = hf.iter().map(|(k, (s, d))| (k.clone(), (s.clone(), d.as_ref()))).collect();
     let model = tensorfile::serialize(&views, Some(HashMap::from([("format".to_string(), "pt".to_string())])))?;
     let mut files =
         vec![("model.safetensors", model), ("config.json", serde_json::to_vec_pretty(&hf_config(&state.model, state.config.dropout))?)];

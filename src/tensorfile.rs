@@ -60,14 +60,37 @@ fn to_f32(v: &TensorView) -> Result<Vec<f32>> {
     Ok(out)
 }
 
-/// Serialises f32 tensors (name -> (shape, data)) with metadata into safetensors bytes.
+/// Serialises f32 tensors (name -> (shape, data)) with metadata into safetensors bytes: one
+/// copy of the data, the file's (each tensor's bytes are its own memory, not a copy first).
 pub fn serialize(tensors: &BTreeMap<String, (Vec<usize>, &[f32])>, metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
-        tensors.iter().map(|(n, (s, d))| (n.clone(), s.clone(), d.iter().flat_map(|x| x.to_le_bytes()).collect())).collect();
-    let views: Vec<(String, TensorView)> = bytes
-        .iter()
-        .map(|(n, s, b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
-        .collect::<Result<_, safetensors::SafeTensorError>>()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let views = tensors.iter().map(|(n, (s, d))| (n.clone(), F32View { shape: s.clone(), data: d }));
     safetensors::serialize(views, metadata).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// An f32 tensor as safetensors' writer asks for it: little-endian bytes, borrowed where the
+/// machine is little-endian, else made one tensor at a time.
+struct F32View<'a> {
+    shape: Vec<usize>,
+    data: &'a [f32],
+}
+
+impl safetensors::View for F32View<'_> {
+    fn dtype(&self) -> Dtype {
+        Dtype::F32
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        if cfg!(target_endian = "little") {
+            // SAFETY: the bytes of `data`'s own memory (f32 has no padding, u8 no alignment),
+            // borrowed for as long as `data`; on a little-endian machine they are the file's.
+            std::borrow::Cow::Borrowed(unsafe { std::slice::from_raw_parts(self.data.as_ptr().cast::<u8>(), 4 * self.data.len()) })
+        } else {
+            std::borrow::Cow::Owned(self.data.iter().flat_map(|x| x.to_le_bytes()).collect())
+        }
+    }
+    fn data_len(&self) -> usize {
+        4 * self.data.len()
+    }
 }
