@@ -620,6 +620,36 @@ pub fn hf_shape(tf: &tensorfile::TensorFile, dir: &Path, n_head_default: usize) 
 mod tests {
     use super::*;
 
+    /// `perf::flops::checkpoint_bytes`, the host memory a checkpoint takes while written, is
+    /// what `serialize` makes of a model (its files), beside the weights and moments copied out
+    /// for it and the transposed Conv1D weights, to within the files' headers.
+    #[test]
+    fn the_checkpoint_memory_model_counts_what_serialize_makes() {
+        let mc = ModelConfig { n_layer: 2, n_head: 2, n_embd: 32, block_size: 16, vocab_size: 50, padded_vocab_size: 64, bias: true };
+        let layout = ParamLayout::new(&mc);
+        let params = crate::model::gpt::init_params(&mc, &layout, 1);
+        let state = TrainState {
+            format: FORMAT_VERSION,
+            iter: 1,
+            val_loss: None,
+            best_val_loss: None,
+            seed: 1,
+            model: mc.clone(),
+            config: Config::default(),
+            meta: Meta::char((0..50).map(|i| i.to_string()).collect()),
+            skipped_updates: 0,
+            outliers: Default::default(),
+            loss_scaler: None,
+        };
+        let m = vec![0.0; layout.total];
+        let files = serialize(&layout, &state, &params, Some(&m), Some(&m)).unwrap();
+        let tensors: usize = files.iter().filter(|f| f.0.ends_with(".safetensors")).map(|f| f.1.len()).sum();
+        let (n, conv) = (layout.total, 12 * mc.n_layer * mc.n_embd * mc.n_embd);
+        let made = (12 * n + tensors + 4 * conv) as u64;
+        let model = crate::perf::flops::checkpoint_bytes(&mc);
+        assert!(model <= made && made - model < 8 << 10, "model {model}, serialize {made}");
+    }
+
     fn files() -> Vec<(&'static str, Vec<u8>)> {
         vec![("a.bin", vec![1u8; 1000]), ("MANIFEST.json", b"{}".to_vec())]
     }

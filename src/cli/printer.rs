@@ -145,7 +145,16 @@ impl Observer for Printer {
         let free = |then: &str| s.device_memory.map_or(String::new(), |m| format!("; {} free of {}{then}", b(m.available), b(m.total)));
         let recomputed = recompute_note(s.config.recompute_level());
         match s.memory_bytes - s.memory_allocated_bytes {
-            0 => say!("memory: about {} for weights, optimizer and activations{}{recomputed}", b(s.memory_bytes), free("")),
+            0 => say!(
+                "memory: about {} for weights, optimizer and activations{}{}{recomputed}",
+                b(s.memory_bytes),
+                if s.checkpoint_bytes > 0 {
+                    format!(", {} more while a checkpoint is written", b(s.checkpoint_bytes))
+                } else {
+                    String::new()
+                },
+                free("")
+            ),
             // the CUDA context exists by now: the device's free memory is what the buffers get
             _ => say!(
                 "memory: about {} for gptrain's buffers, {} with the CUDA context (estimated){}{recomputed}",

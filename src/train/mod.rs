@@ -77,6 +77,9 @@ pub struct StartInfo {
     /// allocations (the rest is the CUDA context on a GPU).
     pub memory_bytes: u64,
     pub memory_allocated_bytes: u64,
+    /// Host memory a checkpoint takes while written, on top of `memory_bytes` ([`flops::checkpoint_bytes`];
+    /// 0 where the run's memory is a device's, whose checkpoints take host memory instead).
+    pub checkpoint_bytes: u64,
     /// The device's memory, total and free for this run (on a GPU, what the backend holds
     /// already counts as free; None when unknown).
     pub device_memory: Option<device::MemInfo>,

@@ -140,7 +140,8 @@ impl<'a, B: Backend> Session<'a, B> {
                 &dev.description,
             )?,
             _ => {
-                if let Some(warning) = check_memory(mem.total(), dev.memory)? {
+                // training's buffers stay while a checkpoint is written: the peak is both
+                if let Some(warning) = check_memory(mem.total() + flops::checkpoint_bytes(&mc), dev.memory)? {
                     user.message(&warning);
                 }
             }
@@ -212,6 +213,7 @@ impl<'a, B: Backend> Session<'a, B> {
             eval_only: cfg.eval_only,
             memory_bytes: mem.total(),
             memory_allocated_bytes: mem.allocated(),
+            checkpoint_bytes: if dev.memory_model == flops::Impl::Gpu { 0 } else { flops::checkpoint_bytes(&mc) },
             device_memory,
             config: cfg.clone(),
         });
