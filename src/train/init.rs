@@ -114,11 +114,25 @@ pub(super) fn initialise(cfg: &Config, ds: &Dataset, obs: &mut dyn Observer, wri
     Ok(init)
 }
 
+/// A note when `vocab_size` (a GPT-2 preset's 50304) is set far above a character dataset's
+/// vocabulary (the built-in corpus has 76 characters): the output layer and its time and memory are
+/// the BPE run's, and the ids past the data's can never be a target.
+fn vocab_note(vocab: Option<usize>, meta: &crate::data::Meta, source: &str) -> Option<String> {
+    let v = vocab.filter(|&v| meta.tokenizer == "char" && v >= 8 * meta.vocab_size)?;
+    Some(format!(
+        "note: vocab_size = {v} but the data, {source}, has {} characters: the model's output layer, time and memory are a GPT-2 BPE run's; for BPE data, `gptrain prepare --tokenizer gpt2 --input TEXT --out DIR` and `--set dataset=DIR`, or `--set vocab_size=auto` for the characters",
+        meta.vocab_size
+    ))
+}
+
 fn initialise_from(cfg: &Config, ds: &Dataset, obs: &mut dyn Observer) -> Result<Init> {
     let out_dir = Path::new(&cfg.out_dir);
     match cfg.init_from.as_str() {
         "scratch" => {
             let model_cfg = model_config(cfg, ds.meta.vocab_size)?;
+            if let Some(note) = vocab_note(cfg.vocab_size, &ds.meta, &ds.source) {
+                obs.message(&note);
+            }
             let layout = crate::model::ParamLayout::new(&model_cfg);
             let params = crate::model::gpt::init_params(&model_cfg, &layout, cfg.seed);
             Ok(Init::fresh(model_cfg, params))
@@ -179,5 +193,22 @@ fn initialise_from(cfg: &Config, ds: &Dataset, obs: &mut dyn Observer) -> Result
             ));
             Ok(Init::fresh(model_cfg, params))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bpe_sized_vocabulary_over_character_data_is_noted() {
+        let chars = crate::data::Meta::char((0..65).map(|i| i.to_string()).collect());
+        let note = vocab_note(Some(50304), &chars, "built-in").unwrap();
+        assert!(note.starts_with("note: vocab_size = 50304 but the data, built-in, has 65 characters"), "{note}");
+        assert!(note.contains("--tokenizer gpt2") && note.contains("vocab_size=auto"), "{note}");
+        // the data's own size, a little room, BPE data, or no vocab_size set: nothing to say
+        assert_eq!(vocab_note(None, &chars, "x"), None);
+        assert_eq!(vocab_note(Some(128), &chars, "x"), None);
+        assert_eq!(vocab_note(Some(50304), &crate::data::Meta::gpt2(), "x"), None);
     }
 }
