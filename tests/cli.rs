@@ -214,6 +214,19 @@ fn a_sigterm_delivered_twice_at_once_still_leaves_a_checkpoint() {
     stops_with_a_checkpoint("sigterm-twice", &["-TERM", "-TERM"]);
 }
 
+/// Starts gptrain with `args` in `d` (its own kernel cache there), stdout and stderr piped.
+fn spawn(args: &[&str], d: &Path) -> std::process::Child {
+    let piped = std::process::Stdio::piped;
+    Command::new(env!("CARGO_BIN_EXE_gptrain"))
+        .args(args)
+        .current_dir(d)
+        .env("XDG_CACHE_HOME", d)
+        .stdout(piped())
+        .stderr(piped())
+        .spawn()
+        .unwrap()
+}
+
 /// Trains, sends `signals` (one right after the other) after iteration 5, and checks the run
 /// finished its iteration, wrote a checkpoint of it and said how to resume.
 fn stops_with_a_checkpoint(name: &str, signals: &[&str]) {
@@ -221,14 +234,7 @@ fn stops_with_a_checkpoint(name: &str, signals: &[&str]) {
     let d = tmp(name);
     let mut args = vec!["train", "--set", "max_iters=100000", "--set", "eval_interval=100000"];
     args.extend(TINY);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gptrain"))
-        .args(&args)
-        .current_dir(&d)
-        .env("XDG_CACHE_HOME", &d)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(&args, &d);
     let stdout = child.stdout.take().unwrap();
     let mut lines = std::io::BufReader::new(stdout).lines();
     for line in lines.by_ref() {
@@ -272,14 +278,7 @@ fn a_second_interrupt_a_second_later_quits_at_once() {
     args.extend(TINY);
     // over TINY's: ~1.5e12 FLOPs an iteration, on one thread whatever the machine's cores
     args.extend(["--set", "n_embd=128", "--set", "block_size=128", "--set", "threads=1"]);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gptrain"))
-        .args(&args)
-        .current_dir(&d)
-        .env("XDG_CACHE_HOME", &d)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(&args, &d);
     let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
     for line in lines.by_ref() {
         if line.unwrap().starts_with("step 0:") {

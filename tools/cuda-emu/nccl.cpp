@@ -51,20 +51,25 @@ struct Comm {
     uint64_t seq = 0;      // all-reduces this rank has made
 };
 
-// Waits until all ranks have arrived at this rank's next barrier (at most 30 s).
-ncclResult_t barrier(Comm* c) {
+// Arrives at this rank's next barrier and waits at most `limit` for every rank to: whether
+// they all did.
+bool arrive_and_wait(Comm* c, std::chrono::seconds limit) {
     c->barriers++;
     uint64_t want = c->barriers * (uint64_t)c->nranks;
     c->header->arrived.fetch_add(1);
     auto start = std::chrono::steady_clock::now();
     while (c->header->arrived.load() < want) {
-        if (std::chrono::steady_clock::now() - start > std::chrono::seconds(30)) {
-            std::fprintf(stderr, "cuda-emu nccl: rank %d waited 30 s for the other ranks\n", c->rank);
-            return ncclSystemError;
-        }
+        if (std::chrono::steady_clock::now() - start > limit) return false;
         std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
-    return ncclSuccess;
+    return true;
+}
+
+// Waits until all ranks have arrived at this rank's next barrier (at most 30 s).
+ncclResult_t barrier(Comm* c) {
+    if (arrive_and_wait(c, std::chrono::seconds(30))) return ncclSuccess;
+    std::fprintf(stderr, "cuda-emu nccl: rank %d waited 30 s for the other ranks\n", c->rank);
+    return ncclSystemError;
 }
 
 // How a collective's wait for the other ranks ended.
@@ -82,18 +87,9 @@ void leave_stream_busy() {
 Wait collective_barrier(Comm* c) {
     const char* h = std::getenv("GPTRAIN_EMU_NCCL_HANG");
     if (!h || std::strtoull(h, nullptr, 10) != c->seq) return barrier(c) == ncclSuccess ? Wait::Arrived : Wait::Failed;
-    c->barriers++;
-    uint64_t want = c->barriers * (uint64_t)c->nranks;
-    c->header->arrived.fetch_add(1);
-    auto start = std::chrono::steady_clock::now();
-    while (c->header->arrived.load() < want) {
-        if (std::chrono::steady_clock::now() - start > std::chrono::seconds(2)) {
-            leave_stream_busy();
-            return Wait::Stuck;
-        }
-        std::this_thread::sleep_for(std::chrono::microseconds(50));
-    }
-    return Wait::Arrived;
+    if (arrive_and_wait(c, std::chrono::seconds(2))) return Wait::Arrived;
+    leave_stream_busy();
+    return Wait::Stuck;
 }
 
 // GPTRAIN_EMU_NCCL_EXIT_AT=K: the process ends inside its K-th collective (`c->seq` made so far)
