@@ -367,13 +367,12 @@ fn print_estimate(e: &estimate::Estimate, m: &ModelConfig, run: &Run, dev: &devi
         "memory at micro-batch {} ({}{}):",
         run.batch_size,
         if dev.name == "cpu" {
-            "gptrain's CPU buffers, fp32"
+            "gptrain's CPU buffers, fp32".to_string()
         } else {
-            if e.gpus > 1 {
-                "gptrain's CUDA backend: flash attention, fused classifier, fp32 master weights, gradients and moments; the CUDA context and NCCL's buffers estimated"
-            } else {
-                "gptrain's CUDA backend: flash attention, fused classifier, fp32 master weights, gradients and moments; the CUDA context estimated"
-            }
+            format!(
+                "gptrain's CUDA backend: flash attention, fused classifier, fp32 master weights, gradients and moments; the CUDA context{} estimated",
+                if e.gpus > 1 { " and NCCL's buffers" } else { "" }
+            )
         },
         if e.zero_stage == 1 {
             format!("{}; per GPU, with ZeRO-1's largest share of the optimiser state", recompute_note(run.recompute))

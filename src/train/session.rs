@@ -116,6 +116,9 @@ impl<'a, B: Backend> Session<'a, B> {
             Some(p) => full.clone().sharded(p[world.rank].len as u64),
             None => full.clone(),
         };
+        // a checkpoint's host copies, beside training's buffers (a device's run holds those on
+        // the device, so its host figure is not this run's memory)
+        let checkpoint = if dev.memory_model == flops::Impl::Gpu { 0 } else { flops::checkpoint_bytes(&mc) };
         // what the backend holds already (its workspace and scratch) is free for this run
         let held = backend.memory_use().map_or(0, |m| m.current);
         let device_memory = dev.memory.map(|m| device::MemInfo { available: m.available + held, ..m });
@@ -141,7 +144,7 @@ impl<'a, B: Backend> Session<'a, B> {
             )?,
             _ => {
                 // training's buffers stay while a checkpoint is written: the peak is both
-                if let Some(warning) = check_memory(mem.total() + flops::checkpoint_bytes(&mc), dev.memory)? {
+                if let Some(warning) = check_memory(mem.total() + checkpoint, dev.memory)? {
                     user.message(&warning);
                 }
             }
@@ -213,7 +216,7 @@ impl<'a, B: Backend> Session<'a, B> {
             eval_only: cfg.eval_only,
             memory_bytes: mem.total(),
             memory_allocated_bytes: mem.allocated(),
-            checkpoint_bytes: if dev.memory_model == flops::Impl::Gpu { 0 } else { flops::checkpoint_bytes(&mc) },
+            checkpoint_bytes: checkpoint,
             device_memory,
             config: cfg.clone(),
         });

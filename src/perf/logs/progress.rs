@@ -55,17 +55,16 @@ pub(super) fn bar(line: &str) -> Option<(Format, Hit)> {
         (Format::HfTrainer, n, "")
     } else if let Some(e) = EPOCH.captures(label) {
         (Format::Lightning, e[1].parse::<u64>().ok()?.checked_mul(total)?.checked_add(n)?, "Epoch")
-    } else if let Some(e) = TORCHTUNE.captures(label) {
-        // its steps in the epoch (the label's global step lags the count by one on a file's
-        // second copy of each refresh); one stream with its `Step` lines
+    } else if let Some((e, format)) =
+        TORCHTUNE.captures(label).map(|e| (e, Format::Torchtune)).or_else(|| FAIRSEQ.captures(label).map(|e| (e, Format::Fairseq)))
+    {
+        // torchtune's steps or fairseq's batches in the epoch (the epoch from 1), on from the
+        // epochs before: the clock restarts each epoch (torchtune's label's global step lags
+        // the count by one on a file's second copy of each refresh; one stream with its `Step`
+        // lines)
         let before = e[1].parse::<u64>().ok()?.checked_sub(1)?.checked_mul(total)?;
         let r = Record::new(before.checked_add(n)?, Time::Cumulative { ms, resolution_ms: 1000.0 });
-        return Some((Format::Torchtune, Hit::Iter(r)));
-    } else if let Some(e) = FAIRSEQ.captures(label) {
-        // its batches in the epoch, on from the epochs before (the clock restarts each epoch)
-        let before = e[1].parse::<u64>().ok()?.checked_sub(1)?.checked_mul(total)?;
-        let r = Record::new(before.checked_add(n)?, Time::Cumulative { ms, resolution_ms: 1000.0 });
-        return Some((Format::Fairseq, Hit::Iter(r)));
+        return Some((format, Hit::Iter(r)));
     } else if ["Training", "Train", "train", "Steps", "Iteration", "Iter", "Step"].contains(&label) {
         // Hugging Face's older example scripts (`Iteration:`), Accelerate and diffusers (`Steps:`)
         (Format::HfTrainer, n, label)
